@@ -1,0 +1,96 @@
+// Reads the YAML config, expands ${ENV} in strings and validates it.
+// Every problem is reported with its key path, so `check-config` can print them all at once.
+import { readFileSync } from 'node:fs';
+import { resolve, dirname, isAbsolute } from 'node:path';
+import { parseDocument } from 'yaml';
+import { configSchema, type Config } from './schema.js';
+
+export interface ConfigProblem {
+  path: string;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly problems: ConfigProblem[],
+  ) {
+    super(`${file}: invalid config:\n` + problems.map((p) => `  ${p.path || '(top)'}: ${p.message}`).join('\n'));
+    this.name = 'ConfigError';
+  }
+}
+
+function pathString(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out;
+}
+
+/** Replaces ${VAR} in every string value; unknown variables are problems, not empty strings. */
+function expandEnv(value: unknown, path: (string | number)[], env: NodeJS.ProcessEnv, problems: ConfigProblem[]): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
+      const v = env[name];
+      if (v === undefined) {
+        problems.push({ path: pathString(path), message: `environment variable ${name} is not set` });
+        return '';
+      }
+      return v;
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => expandEnv(v, [...path, i], env, problems));
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = expandEnv(v, [...path, k], env, problems);
+    return out;
+  }
+  return value;
+}
+
+export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  const doc = parseDocument(text, { prettyErrors: true });
+  if (doc.errors.length) {
+    throw new ConfigError(file, doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })));
+  }
+  const problems: ConfigProblem[] = [];
+  const raw = expandEnv(doc.toJS(), [], env, problems);
+  const parsed = configSchema.safeParse(raw ?? {});
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      let message = issue.message;
+      if (issue.code === 'unrecognized_keys') {
+        for (const key of issue.keys) problems.push({ path: pathString([...issue.path, key]), message: 'unknown key' });
+        continue;
+      }
+      problems.push({ path: pathString(issue.path), message });
+    }
+  }
+  if (problems.length) throw new ConfigError(file, problems);
+  const cfg = parsed.data!;
+  // Relative paths in the file are relative to the file, like nginx and Postfix do.
+  const base = dirname(resolve(file));
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  cfg.stateDir = abs(cfg.stateDir);
+  for (const l of cfg.listeners) {
+    if (l.certFile) l.certFile = abs(l.certFile);
+    if (l.keyFile) l.keyFile = abs(l.keyFile);
+  }
+  for (const a of cfg.accounts) {
+    if (a.upstream.caFile) a.upstream.caFile = abs(a.upstream.caFile);
+    if (a.oauth.caFile) a.oauth.caFile = abs(a.oauth.caFile);
+    if (a.oauth.type === 'user' && a.oauth.clientSecretFile) a.oauth.clientSecretFile = abs(a.oauth.clientSecretFile);
+    if (a.oauth.type === 'service-account') a.oauth.keyFile = abs(a.oauth.keyFile);
+  }
+  if (cfg.tokens.encryptionKeyFile) cfg.tokens.encryptionKeyFile = abs(cfg.tokens.encryptionKeyFile);
+  return cfg;
+}
+
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, [{ path: '', message: `cannot read config file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` }]);
+  }
+  return parseConfig(text, file, env);
+}

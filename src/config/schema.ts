@@ -1,0 +1,189 @@
+// The config file's shape. Every object is strict so a typo is an error that names its key.
+import { z } from 'zod';
+import { isIP } from 'node:net';
+import { parseDuration, parseSize } from './units.js';
+
+const duration = (what: string) =>
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const ms = parseDuration(v);
+    if (ms === null) {
+      ctx.addIssue({ code: 'custom', message: `${what}: expected a duration like 30s, 5m, 4h or 5d` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const n = parseSize(v);
+  if (n === null) {
+    ctx.addIssue({ code: 'custom', message: 'expected a size like 25MB, 512KB or a number of bytes' });
+    return z.NEVER;
+  }
+  return n;
+});
+
+const cidr = z.string().refine((s) => {
+  const [addr, bits, ...rest] = s.split('/');
+  if (rest.length || !addr) return false;
+  const fam = isIP(addr);
+  if (!fam) return false;
+  if (bits === undefined) return true;
+  const n = Number(bits);
+  return Number.isInteger(n) && n >= 0 && n <= (fam === 4 ? 32 : 128);
+}, 'expected an IP address or CIDR like 192.168.1.0/24 or fd00::/8');
+
+const email = z.string().regex(/^[^@\s]+@[^@\s]+$/, 'expected an email address');
+const senderPattern = z.string().regex(/^([^@\s]+|\*)@[^@\s]+$/, 'expected an address or *@domain');
+const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'expected a name of letters, digits, . _ -');
+const tlsVersion = z.enum(['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']);
+
+export const listenerSchema = z.strictObject({
+  name: name,
+  host: z.string().default('127.0.0.1'),
+  port: z.number().int().min(0).max(65535),
+  tls: z.enum(['none', 'starttls', 'implicit']).default('none'),
+  certFile: z.string().optional(),
+  keyFile: z.string().optional(),
+  minTlsVersion: tlsVersion.default('TLSv1.2'),
+  allowInsecureAuth: z.boolean().default(false),
+  trustedNetworks: z.array(cidr).default([]),
+  trustedAccount: name.optional(),
+  maxMessageSize: size.default(25 * 1024 * 1024),
+  maxClients: z.number().int().positive().default(100),
+  maxRecipients: z.number().int().positive().default(1000),
+  proxyProtocol: z.boolean().default(false),
+});
+
+const oauthUser = z.strictObject({
+  type: z.literal('user'),
+  clientId: z.string().min(1),
+  clientSecret: z.string().min(1).optional(),
+  clientSecretFile: z.string().optional(),
+  tokenUrl: z.url().default('https://oauth2.googleapis.com/token'),
+  authUrl: z.url().default('https://accounts.google.com/o/oauth2/v2/auth'),
+  caFile: z.string().optional(),
+});
+
+const oauthServiceAccount = z.strictObject({
+  type: z.literal('service-account'),
+  keyFile: z.string(),
+  subject: email.optional(),
+  tokenUrl: z.url().default('https://oauth2.googleapis.com/token'),
+  caFile: z.string().optional(),
+});
+
+export const accountSchema = z.strictObject({
+  name: name,
+  email: email,
+  oauth: z.discriminatedUnion('type', [oauthUser, oauthServiceAccount]),
+  upstream: z
+    .strictObject({
+      host: z.string().default('smtp.gmail.com'),
+      port: z.number().int().min(1).max(65535).default(465),
+      caFile: z.string().optional(),
+      maxConnections: z.number().int().positive().default(3),
+      maxMessages: z.number().int().positive().default(100),
+    })
+    .prefault({}),
+  limits: z
+    .strictObject({
+      messagesPerDay: z.number().int().positive().default(2000),
+      recipientsPerMessage: z.number().int().positive().default(100),
+    })
+    .prefault({}),
+});
+
+export const userSchema = z.strictObject({
+  username: z.string().min(1),
+  passwordHash: z.string().refine((s) => s.startsWith('$scrypt$'), {
+    message: 'expected a $scrypt$ hash from `xoauth2-bridge hash-password`; plaintext passwords are refused',
+  }),
+  account: name,
+  allowedSenders: z.array(senderPattern).optional(),
+});
+
+export const configSchema = z
+  .strictObject({
+    stateDir: z.string().min(1),
+    listeners: z.array(listenerSchema).min(1),
+    accounts: z.array(accountSchema).min(1),
+    users: z.array(userSchema).default([]),
+    queue: z
+      .strictObject({
+        retry: z.array(duration('retry')).min(1).default([60e3, 300e3, 900e3, 3600e3, 14400e3]),
+        maxAge: duration('maxAge').default(5 * 86400e3),
+        bounceTo: z.union([z.literal('sender'), email]).default('sender'),
+        quotaHold: duration('quotaHold').default(6 * 3600e3),
+        delayWarning: z.union([duration('delayWarning'), z.literal(false)]).default(false),
+        concurrency: z.number().int().positive().default(8),
+      })
+      .prefault({}),
+    tokens: z
+      .strictObject({
+        refreshCron: z.string().default('*/5 * * * *'),
+        refreshAhead: duration('refreshAhead').default(600e3),
+        encryptionKeyFile: z.string().nullable().default(null),
+      })
+      .prefault({}),
+    log: z
+      .strictObject({
+        level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+        format: z.enum(['json', 'text']).default('json'),
+      })
+      .prefault({}),
+    http: z
+      .strictObject({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(9465),
+      })
+      .prefault({}),
+  })
+  .superRefine((cfg, ctx) => {
+    const accounts = new Set<string>();
+    cfg.accounts.forEach((a, i) => {
+      if (accounts.has(a.name)) ctx.addIssue({ code: 'custom', path: ['accounts', i, 'name'], message: `duplicate account name "${a.name}"` });
+      accounts.add(a.name);
+      if (a.oauth.type === 'user' && !a.oauth.clientSecret && !a.oauth.clientSecretFile)
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
+      if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'port'], message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)' });
+    });
+    const users = new Set<string>();
+    cfg.users.forEach((u, i) => {
+      if (users.has(u.username)) ctx.addIssue({ code: 'custom', path: ['users', i, 'username'], message: `duplicate user "${u.username}"` });
+      users.add(u.username);
+      if (!accounts.has(u.account)) ctx.addIssue({ code: 'custom', path: ['users', i, 'account'], message: `no account named "${u.account}"` });
+    });
+    const listeners = new Set<string>();
+    cfg.listeners.forEach((l, i) => {
+      if (listeners.has(l.name)) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicate listener name "${l.name}"` });
+      listeners.add(l.name);
+      if ((l.certFile === undefined) !== (l.keyFile === undefined))
+        ctx.addIssue({ code: 'custom', path: ['listeners', i, l.certFile ? 'keyFile' : 'certFile'], message: 'certFile and keyFile go together' });
+      if (l.trustedNetworks.length && !l.trustedAccount)
+        ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: 'trustedNetworks needs a trustedAccount to relay through' });
+      if (l.trustedAccount && !accounts.has(l.trustedAccount))
+        ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: `no account named "${l.trustedAccount}"` });
+      if (isOpenRelay(l))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, 'trustedNetworks'],
+          message: `listener "${l.name}" on ${l.host} would relay unauthenticated mail from any address (open relay); narrow trustedNetworks`,
+        });
+    });
+  });
+
+/** A non-loopback listener that trusts a network covering every address is an open relay. */
+function isOpenRelay(l: { host: string; trustedNetworks: string[] }): boolean {
+  const loopbackOnly = l.host === '127.0.0.1' || l.host === '::1' || l.host === 'localhost' || l.host.startsWith('127.');
+  if (loopbackOnly) return false;
+  return l.trustedNetworks.some((n) => {
+    const bits = n.split('/')[1];
+    return bits !== undefined && Number(bits) === 0;
+  });
+}
+
+export type Config = z.output<typeof configSchema>;
+export type ListenerConfig = z.output<typeof listenerSchema>;
+export type AccountConfig = z.output<typeof accountSchema>;
+export type UserConfig = z.output<typeof userSchema>;

@@ -1,0 +1,93 @@
+// winston logger with a redaction stage that every entry passes through, plus an adapter
+// for the bunyan-style loggers smtp-server and nodemailer expect.
+import winston from 'winston';
+import { redact, redactString } from './redact.js';
+
+export type Level = 'error' | 'warn' | 'info' | 'debug';
+export type Meta = Record<string, unknown>;
+
+export interface Logger {
+  error(msg: string, meta?: Meta): void;
+  warn(msg: string, meta?: Meta): void;
+  info(msg: string, meta?: Meta): void;
+  debug(msg: string, meta?: Meta): void;
+  child(meta: Meta): Logger;
+}
+
+const scrub = winston.format((info) => {
+  const clean = redact({ ...info }) as winston.Logform.TransformableInfo;
+  // winston keeps level/message under symbols too; copy them over the cleaned object.
+  for (const sym of Object.getOwnPropertySymbols(info)) (clean as unknown as Record<symbol, unknown>)[sym] = (info as unknown as Record<symbol, unknown>)[sym];
+  clean.message = typeof info.message === 'string' ? redactString(info.message) : redact(info.message);
+  return clean;
+});
+
+export interface LogOptions {
+  level?: Level;
+  format?: 'json' | 'text';
+  /** Where lines go; default stderr (journald picks it up). */
+  stream?: NodeJS.WritableStream;
+  silent?: boolean;
+}
+
+export function createLogger(opts: LogOptions = {}): Logger {
+  const format =
+    opts.format === 'text'
+      ? winston.format.combine(
+          scrub(),
+          winston.format.timestamp(),
+          winston.format.printf(({ timestamp, level, message, ...rest }) => {
+            const kv = Object.entries(rest)
+              .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`)
+              .join(' ');
+            return `${timestamp} ${level}: ${message}${kv ? ' ' + kv : ''}`;
+          }),
+        )
+      : winston.format.combine(scrub(), winston.format.timestamp(), winston.format.json());
+  const transport = opts.stream
+    ? new winston.transports.Stream({ stream: opts.stream })
+    : new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug'] });
+  const w = winston.createLogger({ level: opts.level ?? 'info', format, transports: [transport], silent: opts.silent });
+  return wrap(w);
+}
+
+function wrap(w: winston.Logger): Logger {
+  return {
+    error: (m, meta) => w.error(m, meta),
+    warn: (m, meta) => w.warn(m, meta),
+    info: (m, meta) => w.info(m, meta),
+    debug: (m, meta) => w.debug(m, meta),
+    child: (meta) => wrap(w.child(meta)),
+  };
+}
+
+/** A logger that drops everything (CLI commands that print their own output). */
+export const nullLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}, child: () => nullLogger };
+
+/**
+ * bunyan-style adapter for smtp-server/nodemailer: they call logger.info(meta, fmt, ...args).
+ * Their protocol traces go to debug; AUTH payloads are already masked by redact patterns,
+ * and we never enable their raw data logging.
+ */
+const SAFE_CLIENT_LINE = /^C: (EHLO|HELO|LHLO|MAIL FROM|RCPT TO|DATA|QUIT|RSET|NOOP|STARTTLS|BDAT)\b/i;
+
+export function bunyanAdapter(log: Logger, component: string) {
+  const fmt = (args: unknown[]): [string, Meta] => {
+    let meta: Meta = {};
+    if (args.length && args[0] && typeof args[0] === 'object' && !(args[0] instanceof Error)) meta = args.shift() as Meta;
+    const [f, ...rest] = args;
+    let i = 0;
+    const msg = String(f ?? '').replace(/%[sdjo]/g, () => String(rest[i++] ?? ''));
+    const { tnx, cid, ...restMeta } = meta as Meta & { tnx?: unknown; cid?: unknown };
+    void restMeta;
+    return [msg, { component, ...(tnx ? { tnx } : {}), ...(cid ? { cid } : {}) }];
+  };
+  const lvl = (l: Level) => (...args: unknown[]) => {
+    const [m, meta] = fmt(args);
+    // Client lines can carry AUTH payloads (and AUTH LOGIN sends bare base64 lines):
+    // keep only commands known to hold no secret.
+    if (/^C:/.test(m) && !SAFE_CLIENT_LINE.test(m)) return;
+    log[l](m, meta);
+  };
+  return { trace: lvl('debug'), debug: lvl('debug'), info: lvl('debug'), warn: lvl('warn'), error: lvl('error'), fatal: lvl('error'), child: () => bunyanAdapter(log, component) };
+}

@@ -1,0 +1,75 @@
+// Domain types shared by the stages. Kept here so each stage depends on data, not on
+// another stage's implementation.
+
+/** One spooled message's envelope, stored as JSON next to the message file. */
+export interface Envelope {
+  id: string;
+  /** Authenticated local user, or null when accepted from a trusted network. */
+  user: string | null;
+  /** Account (Gmail identity) the message is relayed through. */
+  account: string;
+  /** MAIL FROM; '' is the null sender (bounces). */
+  mailFrom: string;
+  /** Recipients still to deliver. Accepted ones move to `delivered`. */
+  rcptTo: string[];
+  delivered: string[];
+  size: number;
+  clientIp: string;
+  /** 8BITMIME / SMTPUTF8 as the client declared them, passed upstream as-is. */
+  bodyType: '7bit' | '8bitmime';
+  smtputf8: boolean;
+  receivedAt: string;
+  attempts: number;
+  nextAttemptAt: string;
+  lastError?: string;
+  /** Set when this message is itself a bounce (never bounce a bounce). */
+  isBounce?: boolean;
+  /** Set once a delay warning was sent. */
+  warned?: boolean;
+}
+
+/** What the delivery worker needs to know about one upstream attempt. */
+export type Outcome =
+  | 'ok' // every recipient accepted
+  | 'transient' // retry later with backoff
+  | 'permanent' // bounce
+  | 'quota' // Gmail daily limit (550 5.4.5): hold the account's queue
+  | 'auth'; // credentials rejected even after a forced refresh: account needs re-authorization
+
+export interface RecipientResult {
+  rcpt: string;
+  response: string;
+}
+
+export interface SendResult {
+  outcome: Outcome;
+  /** Upstream reply (or local error) worth logging: never contains secrets. */
+  response: string;
+  /** Recipients the upstream accepted in this attempt. */
+  accepted: string[];
+  /** Recipients refused permanently in this attempt (bounced even if others were accepted). */
+  rejected: RecipientResult[];
+}
+
+/** The upstream as the delivery worker sees it. */
+export interface Upstream {
+  send(envelope: Envelope, messageFile: string): Promise<SendResult>;
+  close(): Promise<void>;
+}
+
+export type AccountState = 'ok' | 'needs-reauth' | 'error';
+
+/** The token service as the upstream sees it. */
+export interface TokenSource {
+  /** A usable access token; `force` skips the cache (after a 535). Throws NeedsReauthError when the grant is dead. */
+  getAccessToken(account: string, opts?: { force?: boolean }): Promise<string>;
+}
+
+/** Account health as the delivery worker sees it (owned by the token service). */
+export interface AccountHealth {
+  state(account: string): AccountState;
+  /** Gmail refused our credentials even after a forced refresh (535 twice). */
+  markNeedsReauth(account: string, reason: string): void;
+  /** Called whenever an account's state changes (e.g. ok again after `token import`). */
+  onChange(listener: (account: string, state: AccountState) => void): void;
+}

@@ -41,6 +41,12 @@ export interface RecipientResult {
   response: string;
 }
 
+/**
+ * One attempt's result. `accepted` recipients are done; `rejected` ones bounce with their
+ * own reply. What happens to the rest depends on `outcome`: nothing is left for 'ok';
+ * they wait for a retry for 'transient' / 'quota' / 'auth'; they bounce with `response`
+ * for 'permanent'.
+ */
 export interface SendResult {
   outcome: Outcome;
   /** Upstream reply (or local error) worth logging: never contains secrets. */

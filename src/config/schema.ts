@@ -80,6 +80,8 @@ export const accountSchema = z.strictObject({
     .strictObject({
       host: z.string().default('smtp.gmail.com'),
       port: z.number().int().min(1).max(65535).default(465),
+      // Derived from the port when unset: 465 implicit TLS, anything else STARTTLS (required).
+      tls: z.enum(['implicit', 'starttls']).optional(),
       caFile: z.string().optional(),
       maxConnections: z.number().int().positive().default(3),
       maxMessages: z.number().int().positive().default(100),

@@ -1,0 +1,147 @@
+// The `xoauth2-bridge` command line. Each subcommand is a thin shell over a module; exit
+// codes: 0 ok, 1 operation failed, 2 invalid config or usage.
+import { Command, Option } from 'commander';
+import { loadConfig, ConfigError } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { hashPasswordCommand } from '../listener/passwords.js';
+import { queueList, queueShow, queueRetry, queueDelete } from './queue.js';
+import { tokenImport, tokenStatus, tokenRefresh, authorizeCommand } from './token.js';
+import { serveCommand } from './serve.js';
+import { sendTestCommand } from './sendTest.js';
+import { demoCommand } from './demo.js';
+
+const DEFAULT_CONFIG = process.env.XOAUTH2_BRIDGE_CONFIG ?? '/etc/xoauth2-bridge/config.yaml';
+
+function withConfig(file: string): Config {
+  try {
+    return loadConfig(file);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(e.message + '\n');
+      process.exit(2);
+    }
+    throw e;
+  }
+}
+
+async function run(fn: () => Promise<number>): Promise<void> {
+  try {
+    process.exitCode = await fn();
+  } catch (e) {
+    const err = e as Error;
+    process.stderr.write(`xoauth2-bridge: ${err.message}\n`);
+    process.exitCode = err instanceof ConfigError ? 2 : 1;
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('xoauth2-bridge')
+    .description('Local SMTP to Gmail XOAUTH2 bridge: plain SMTP in, durable spool, XOAUTH2 relay out')
+    .showHelpAfterError();
+  const configOpt = () => new Option('-c, --config <file>', 'config file').default(DEFAULT_CONFIG);
+
+  program
+    .command('serve')
+    .description('run the daemon in the foreground (SIGTERM: graceful stop, SIGHUP: reload)')
+    .addOption(configOpt())
+    .action((o: { config: string }) => run(() => serveCommand(o.config)));
+
+  program
+    .command('check-config')
+    .description('validate the config; every problem is printed with its key path; exit 2 if invalid')
+    .addOption(configOpt())
+    .action((o: { config: string }) =>
+      run(async () => {
+        const cfg = withConfig(o.config);
+        process.stdout.write(
+          `${o.config}: ok (${cfg.listeners.length} listener(s), ${cfg.accounts.length} account(s), ${cfg.users.length} user(s))\n`,
+        );
+        return 0;
+      }),
+    );
+
+  program
+    .command('hash-password')
+    .description('read a password from stdin (or prompt without echo) and print its scrypt hash')
+    .addOption(configOpt().hideHelp())
+    .action(() => run(() => hashPasswordCommand(process.stdin, process.stdout, Boolean(process.stdin.isTTY))));
+
+  program
+    .command('authorize')
+    .description('OAuth consent for ACCOUNT (PKCE, loopback redirect on 127.0.0.1)')
+    .argument('<account>')
+    .option('--manual', 'print the URL and read the pasted redirect URL (works over SSH)', false)
+    .addOption(configOpt())
+    .action((account: string, o: { config: string; manual: boolean }) =>
+      run(() => authorizeCommand(withConfig(o.config), account, { manual: o.manual }, process.stdin, process.stdout)),
+    );
+
+  const token = program.command('token').description('inspect and manage OAuth tokens');
+  token
+    .command('import')
+    .description('read a refresh token from stdin and store it for ACCOUNT')
+    .argument('<account>')
+    .addOption(configOpt())
+    .action((account: string, o: { config: string }) => run(() => tokenImport(withConfig(o.config), account, process.stdin, process.stdout)));
+  token
+    .command('status')
+    .description('per account: state, access-token expiry, last refresh, last error')
+    .option('--json', 'machine-readable output', false)
+    .addOption(configOpt())
+    .action((o: { config: string; json: boolean }) => run(() => tokenStatus(withConfig(o.config), { json: o.json }, process.stdout)));
+  token
+    .command('refresh')
+    .description('force a token refresh for ACCOUNT now')
+    .argument('<account>')
+    .addOption(configOpt())
+    .action((account: string, o: { config: string }) => run(() => tokenRefresh(withConfig(o.config), account, process.stdout)));
+
+  const queue = program.command('queue').description('inspect and steer the spool');
+  queue
+    .command('list')
+    .option('--json', 'machine-readable output', false)
+    .addOption(configOpt())
+    .action((o: { config: string; json: boolean }) => run(() => queueList(withConfig(o.config), { json: o.json }, process.stdout)));
+  queue
+    .command('show')
+    .argument('<id>')
+    .addOption(configOpt())
+    .action((id: string, o: { config: string }) => run(() => queueShow(withConfig(o.config), id, process.stdout)));
+  queue
+    .command('retry')
+    .argument('[id]')
+    .option('--all', 'retry every queued message now', false)
+    .addOption(configOpt())
+    .action((id: string | undefined, o: { config: string; all: boolean }) =>
+      run(async () => {
+        if (!id && !o.all) {
+          process.stderr.write('queue retry: give a queue ID or --all\n');
+          return 2;
+        }
+        return queueRetry(withConfig(o.config), { id, all: o.all }, process.stdout);
+      }),
+    );
+  queue
+    .command('delete')
+    .argument('<id>')
+    .addOption(configOpt())
+    .action((id: string, o: { config: string }) => run(() => queueDelete(withConfig(o.config), id, process.stdout)));
+
+  program
+    .command('send-test')
+    .description('send one test message straight through an account (checks token and Gmail)')
+    .requiredOption('--to <addr>', 'recipient')
+    .option('--account <name>', 'account (default: the first)')
+    .addOption(configOpt())
+    .action((o: { config: string; to: string; account?: string }) =>
+      run(() => sendTestCommand(withConfig(o.config), { to: o.to, account: o.account }, process.stdout)),
+    );
+
+  program
+    .command('demo')
+    .description('run the bridge against a built-in fake Gmail and token endpoint and relay one message')
+    .action(() => run(() => demoCommand(process.stdout)));
+
+  return program;
+}
+

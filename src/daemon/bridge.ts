@@ -1,0 +1,102 @@
+// Wires the stages together: listener -> spool -> delivery -> upstream, with the token
+// service beside them. `serve` and `demo` both run a Bridge; tests start one in-process.
+import type { Config } from '../config/schema.js';
+import { loadConfig } from '../config/load.js';
+import type { Logger } from '../log/logger.js';
+import { Spool } from '../spool/spool.js';
+import { DeliveryWorker } from '../delivery/worker.js';
+import { GmailUpstream } from '../upstream/gmail.js';
+import { TokenService } from '../oauth/service.js';
+import { Listeners } from '../listener/server.js';
+import { watchControl } from '../control/notify.js';
+
+export interface BridgeOptions {
+  config: Config;
+  /** Where SIGHUP re-reads the config from. */
+  configFile?: string;
+  log: Logger;
+  env?: NodeJS.ProcessEnv;
+  /** Measurement only (bench): skip fsync. Never a config key. */
+  unsafeNoFsync?: boolean;
+}
+
+export class Bridge {
+  config: Config;
+  readonly log: Logger;
+  readonly spool: Spool;
+  readonly tokens: TokenService;
+  readonly upstream: GmailUpstream;
+  readonly worker: DeliveryWorker;
+  readonly listeners: Listeners;
+  bound: Array<{ name: string; host: string; port: number }> = [];
+  private stopControl?: () => void;
+  private readonly configFile?: string;
+
+  constructor(opts: BridgeOptions) {
+    this.config = opts.config;
+    this.configFile = opts.configFile;
+    this.log = opts.log;
+    this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync });
+    this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env });
+    this.upstream = new GmailUpstream({ config: this.config, log: this.log, tokens: this.tokens });
+    this.worker = new DeliveryWorker({ config: this.config, log: this.log, spool: this.spool, upstream: this.upstream, health: this.tokens });
+    this.listeners = new Listeners({
+      config: this.config,
+      log: this.log,
+      spool: this.spool,
+      onQueued: (env) => this.worker.notify(env),
+    });
+  }
+
+  async start(): Promise<void> {
+    await this.spool.init();
+    await this.tokens.init();
+    await this.worker.start();
+    this.tokens.startSchedule();
+    this.bound = await this.listeners.start();
+    // CLI commands (token import, authorize, queue retry/delete) signal through stateDir.
+    this.stopControl = watchControl(this.config.stateDir, (topic) => {
+      if (topic === 'queue') void this.worker.rescan();
+      else if (topic === 'tokens') void this.tokens.reloadStore().catch((err) => this.log.error('token store reload failed', { err }));
+      else if (topic === 'reload') void this.reload();
+    });
+    this.log.info('xoauth2-bridge started', {
+      listeners: this.bound.map((b) => `${b.name}=${b.host}:${b.port}`),
+      accounts: this.config.accounts.map((a) => a.name),
+      stateDir: this.config.stateDir,
+    });
+  }
+
+  /** SIGHUP: re-read the config; an invalid one is logged and the running one kept. */
+  async reload(): Promise<boolean> {
+    if (!this.configFile) return false;
+    let next: Config;
+    try {
+      next = loadConfig(this.configFile);
+    } catch (err) {
+      this.log.error('reload rejected, keeping the running config', { err });
+      return false;
+    }
+    if (next.stateDir !== this.config.stateDir) {
+      this.log.error('reload rejected: stateDir cannot change while running, restart instead');
+      return false;
+    }
+    this.config = next;
+    this.tokens.reload(next);
+    this.upstream.reload(next);
+    this.worker.reload(next);
+    await this.listeners.reload(next);
+    this.log.info('config reloaded', { users: next.users.length, accounts: next.accounts.length });
+    return true;
+  }
+
+  /** SIGTERM: stop accepting, let in-flight sends finish (bounded), keep the rest spooled. */
+  async stop(timeoutMs = 30_000): Promise<void> {
+    this.stopControl?.();
+    await this.listeners.stop();
+    await this.worker.stop(timeoutMs);
+    this.tokens.stop();
+    await this.upstream.close();
+    this.log.info('xoauth2-bridge stopped');
+  }
+}

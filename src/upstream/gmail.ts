@@ -1,0 +1,170 @@
+// The upstream stage: relays a spooled message to Gmail with SASL XOAUTH2 over verified TLS.
+// The delivery worker only sees `send(envelope, file)` and a classified result.
+import { hostname } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
+import nodemailer, { type Transporter } from 'nodemailer';
+import type SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
+import type { Config, AccountConfig } from '../config/schema.js';
+import type { Envelope, SendResult, TokenSource, Upstream, RecipientResult } from '../types.js';
+import { bunyanAdapter, type Logger } from '../log/logger.js';
+import { classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
+
+type Transport = Transporter<SMTPPool.SentMessageInfo>;
+
+interface AccountTransport {
+  transport: Transport;
+  /** The config it was built from, to rebuild only when it changed on reload. */
+  key: string;
+  /** Set by the token callback when the token service said the grant is dead. */
+  tokenError: Error | null;
+}
+
+export interface GmailUpstreamOptions {
+  config: Config;
+  log: Logger;
+  tokens: TokenSource;
+  /** Name announced in EHLO; defaults to the host name. */
+  ehloName?: string;
+}
+
+export class GmailUpstream implements Upstream {
+  private config: Config;
+  private readonly log: Logger;
+  private readonly tokens: TokenSource;
+  private readonly transports = new Map<string, AccountTransport>();
+  private readonly ehloName: string;
+
+  constructor(opts: GmailUpstreamOptions) {
+    this.config = opts.config;
+    this.log = opts.log.child({ component: 'upstream' });
+    this.tokens = opts.tokens;
+    this.ehloName = opts.ehloName ?? hostname();
+  }
+
+  reload(config: Config): void {
+    this.config = config;
+    for (const [name, t] of this.transports) {
+      const acct = config.accounts.find((a) => a.name === name);
+      if (!acct || transportKey(acct) !== t.key) {
+        t.transport.close();
+        this.transports.delete(name);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.transports.values()) t.transport.close();
+    this.transports.clear();
+  }
+
+  private transportFor(acct: AccountConfig): AccountTransport {
+    const existing = this.transports.get(acct.name);
+    if (existing) return existing;
+    const up = acct.upstream;
+    const entry: AccountTransport = { transport: undefined as unknown as Transport, key: transportKey(acct), tokenError: null };
+    // Verification is never optional: caFile only adds anchors to the system roots.
+    const implicit = (up.tls ?? (up.port === 465 ? 'implicit' : 'starttls')) === 'implicit';
+    const ca = up.caFile ? [...rootCertificates, readFileSync(up.caFile, 'utf8')] : undefined;
+    entry.transport = nodemailer.createTransport({
+      pool: true,
+      host: up.host,
+      port: up.port,
+      secure: implicit,
+      requireTLS: !implicit, // 587: STARTTLS or nothing
+      name: this.ehloName,
+      maxConnections: up.maxConnections,
+      maxMessages: up.maxMessages,
+      connectionTimeout: 30_000,
+      greetingTimeout: 30_000,
+      socketTimeout: 120_000,
+      tls: { rejectUnauthorized: true, minVersion: 'TLSv1.2', servername: up.host, ...(ca ? { ca } : {}) },
+      auth: { type: 'OAuth2', user: acct.email },
+      // nodemailer calls this for every AUTH; after a 535 it calls again with renew=true,
+      // which is our one forced refresh before the account is declared needs-reauth.
+      provisionCallback: (_user: string, renew: boolean, cb: (err: Error | null, token?: string, expires?: number) => void) => {
+        this.tokens.getAccessToken(acct.name, { force: renew }).then(
+          (token) => {
+            entry.tokenError = null;
+            cb(null, token);
+          },
+          (err: Error) => {
+            entry.tokenError = err;
+            cb(err);
+          },
+        );
+      },
+      logger: bunyanAdapter(this.log, 'smtp-out'),
+      debug: false,
+    } as SMTPPool.Options);
+    this.transports.set(acct.name, entry);
+    return entry;
+  }
+
+  async send(env: Envelope, messageFile: string): Promise<SendResult> {
+    const acct = this.config.accounts.find((a) => a.name === env.account);
+    if (!acct) return { outcome: 'transient', response: `account "${env.account}" is not configured`, accepted: [], rejected: [] };
+    const t = this.transportFor(acct);
+    const accepted: string[] = [];
+    const rejected: RecipientResult[] = [];
+    const per = acct.limits.recipientsPerMessage;
+    let lastResponse = '';
+    // Gmail takes at most 100 recipients per transaction: split, and stop at the first
+    // failure that is not about single recipients so a retry resends only the rest.
+    for (let i = 0; i < env.rcptTo.length; i += per) {
+      const chunk = env.rcptTo.slice(i, i + per);
+      try {
+        const info = await t.transport.sendMail({
+          envelope: { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size } as never,
+          raw: { path: messageFile },
+          disableFileAccess: false,
+          disableUrlAccess: true,
+        });
+        lastResponse = info.response ?? '';
+        const ok = new Set((info.accepted as (string | { address: string })[]).map(addr));
+        for (const r of chunk) if (ok.has(r.toLowerCase())) accepted.push(r);
+        collectRejected(info as unknown as { rejectedErrors?: UpstreamError[]; rejected?: unknown[] }, chunk, rejected);
+        // Recipients answered 4xx inside an otherwise good transaction stay pending.
+        const pending = chunk.filter((r) => !ok.has(r.toLowerCase()) && !rejected.some((x) => x.rcpt === r));
+        if (pending.length) return { outcome: 'transient', response: lastResponse || 'some recipients deferred', accepted, rejected };
+      } catch (e) {
+        const err = e as UpstreamError & { rejectedErrors?: UpstreamError[]; rejected?: unknown[] };
+        if (t.tokenError) {
+          const reauth = t.tokenError.name === 'NeedsReauthError';
+          return { outcome: reauth ? 'auth' : 'transient', response: `token: ${t.tokenError.message}`, accepted, rejected };
+        }
+        if (err.code === 'EENVELOPE' && err.rejectedErrors?.length) {
+          // Every recipient of this chunk refused: the permanent ones bounce, 4xx ones wait.
+          collectRejected(err, chunk, rejected);
+          const transientOnes = chunk.filter((r) => !rejected.some((x) => x.rcpt === r));
+          if (transientOnes.length) return { outcome: 'transient', response: replyText(err), accepted, rejected };
+          lastResponse = replyText(err);
+          continue;
+        }
+        const outcome = classifyError(err);
+        return { outcome: outcome === 'ok' ? 'transient' : outcome, response: replyText(err), accepted, rejected };
+      }
+    }
+    if (!accepted.length && rejected.length) return { outcome: 'permanent', response: rejected[0].response, accepted, rejected };
+    return { outcome: 'ok', response: lastResponse, accepted, rejected };
+  }
+}
+
+function addr(a: string | { address: string }): string {
+  return (typeof a === 'string' ? a : a.address).toLowerCase();
+}
+
+/** Recipients refused with 5xx inside a transaction bounce on their own; 4xx stay pending. */
+function collectRejected(src: { rejectedErrors?: UpstreamError[] }, chunk: string[], out: RecipientResult[]): void {
+  for (const re of src.rejectedErrors ?? []) {
+    const rcpt = (re as UpstreamError & { recipient?: string }).recipient;
+    const match = chunk.find((r) => r.toLowerCase() === rcpt?.toLowerCase());
+    if (!match) continue;
+    const outcome = classifyReply(re.responseCode, re.response ?? '');
+    if (outcome === 'permanent') out.push({ rcpt: match, response: replyText(re) });
+  }
+}
+
+function transportKey(a: AccountConfig): string {
+  return JSON.stringify([a.email, a.upstream]);
+}

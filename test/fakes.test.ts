@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createTestPki, writePki, type TestPki } from '../src/fakes/ca.js';
 import { FakeTokenEndpoint } from '../src/fakes/tokenEndpoint.js';
+import { FakeGmail } from '../src/fakes/gmail.js';
+import nodemailer from 'nodemailer';
 
 let pki: TestPki;
 let tokens: FakeTokenEndpoint;
@@ -285,4 +287,234 @@ test('token endpoint: service-account JWT grant with domain-wide delegation', as
   const forged = await grant(signJwt(other.keyJson, claims));
   assert.equal(forged.status, 400);
   assert.equal(forged.json.error, 'invalid_grant');
+});
+
+// ---- FakeGmail ----
+
+function mailer(gmail: FakeGmail, user: string, accessToken: string, extra: Record<string, unknown> = {}) {
+  return nodemailer.createTransport({
+    host: 'localhost',
+    port: gmail.port,
+    secure: gmail.mode === 'implicit',
+    requireTLS: gmail.mode === 'starttls',
+    auth: { type: 'OAuth2', user, accessToken },
+    tls: { ca: pki.caCert },
+    ...extra,
+  } as any);
+}
+
+async function accessTokenFor(email: string): Promise<string> {
+  const rt = `rt-${randomBytes(6).toString('hex')}`;
+  tokens.addRefreshToken(rt, { clientId: 'cid', email });
+  const r = await post({ grant_type: 'refresh_token', client_id: 'cid', client_secret: 'csecret', refresh_token: rt });
+  return r.json.access_token;
+}
+
+// Lines starting with '.' check dot-unstuffing; the 8-bit bytes check nothing is re-encoded.
+const RAW = Buffer.from(
+  'From: scanner@example.com\r\nTo: boss@example.com\r\nSubject: scan\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n.leading dot\r\n..two dots\r\nGr\u00fc\u00dfe\r\n',
+  'utf8',
+);
+
+/** Minimal line-based SMTP client over implicit TLS for checking exact server replies. */
+async function smtpDialog(port: number, lines: string[]): Promise<string[]> {
+  const socket = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', ca: pki.caCert });
+  const replies: string[] = [];
+  let buf = '';
+  let wake: (() => void) | null = null;
+  socket.on('data', (d: Buffer) => {
+    buf += d.toString('utf8');
+    wake?.();
+  });
+  socket.on('close', () => wake?.());
+  const readReply = async (): Promise<string> => {
+    for (;;) {
+      const m = /(^|\r\n)(\d{3}) [^\r\n]*\r\n/.exec(buf);
+      if (m) {
+        const end = m.index + m[0].length;
+        const reply = buf.slice(0, end).trimEnd();
+        buf = buf.slice(end);
+        return reply;
+      }
+      if (socket.destroyed) return '';
+      await new Promise<void>((r) => (wake = r));
+    }
+  };
+  replies.push(await readReply());
+  for (const line of lines) {
+    socket.write(line + '\r\n');
+    replies.push(await readReply());
+  }
+  socket.destroy();
+  return replies;
+}
+
+test('FakeGmail: accepts a valid bearer via nodemailer and keeps the bytes exact', async () => {
+  const gmail = await FakeGmail.start({ pki, tokens });
+  try {
+    const token = await accessTokenFor('scanner@example.com');
+    const t = mailer(gmail, 'scanner@example.com', token);
+    const info = await t.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com', 'b2@example.com'] }, raw: RAW });
+    t.close();
+    assert.match(info.response, /^250 2\.0\.0 OK/);
+    await gmail.waitForMessages(1, 2000);
+    const m = gmail.messages[0];
+    assert.equal(m.mailFrom, 'scanner@example.com');
+    assert.deepEqual(m.rcptTo, ['boss@example.com', 'b2@example.com']);
+    assert.ok(m.raw.equals(RAW), `raw differs: ${JSON.stringify(m.raw.toString())}`);
+    assert.equal(m.authUser, 'scanner@example.com');
+    assert.equal(m.secure, true);
+    assert.match(m.tlsProtocol ?? '', /^TLSv1\.[23]$/);
+    assert.deepEqual(gmail.auths, [{ user: 'scanner@example.com', ok: true }]);
+    assert.equal(gmail.connections, 1);
+  } finally {
+    await gmail.close();
+  }
+});
+
+test('FakeGmail: rejects an invalid or foreign bearer with 535 after the XOAUTH2 challenge', async () => {
+  const gmail = await FakeGmail.start({ pki, tokens });
+  try {
+    const send = (user: string, token: string) =>
+      mailer(gmail, user, token).sendMail({ envelope: { from: user, to: ['x@example.com'] }, raw: RAW });
+    await assert.rejects(send('scanner@example.com', 'ya29.not-issued'), (err: any) => {
+      assert.equal(err.responseCode, 535);
+      assert.match(err.response, /BadCredentials/);
+      return true;
+    });
+    // A valid token for someone else is refused too.
+    const other = await accessTokenFor('someone@example.com');
+    await assert.rejects(send('scanner@example.com', other), (err: any) => err.responseCode === 535);
+    // An expired token is refused.
+    const token = await accessTokenFor('scanner@example.com');
+    tokens.expireAccessTokens();
+    await assert.rejects(send('scanner@example.com', token), (err: any) => err.responseCode === 535);
+    assert.equal(gmail.messages.length, 0);
+    // nodemailer retries a failed XOAUTH2 once per send, so at least 3 failed attempts.
+    assert.ok(gmail.auths.length >= 3);
+    assert.ok(gmail.auths.every((a) => !a.ok && a.user === 'scanner@example.com'));
+
+    // The exact Gmail dialogue, and PLAIN or MAIL without AUTH refused.
+    const bad = Buffer.from('user=scanner@example.com\x01auth=Bearer ya29.nope\x01\x01').toString('base64');
+    const replies = await smtpDialog(gmail.port, ['EHLO client.example', `AUTH XOAUTH2 ${bad}`, '', 'AUTH PLAIN ' + Buffer.from('\0u\0p').toString('base64'), 'MAIL FROM:<a@example.com>']);
+    assert.match(replies[0], /^220 smtp\.gmail\.com ESMTP/);
+    for (const cap of ['SIZE 35882577', '8BITMIME', 'SMTPUTF8', 'PIPELINING', 'AUTH LOGIN PLAIN XOAUTH2']) {
+      assert.ok(replies[1].includes(cap), `EHLO lacks ${cap}: ${replies[1]}`);
+    }
+    const challenge = /^334 (.+)$/.exec(replies[2]);
+    assert.ok(challenge, replies[2]);
+    assert.deepEqual(JSON.parse(Buffer.from(challenge[1], 'base64').toString()), { status: '400', schemes: 'Bearer', scope: 'https://mail.google.com/' });
+    assert.match(replies[3], /^535-5\.7\.8 Username and Password not accepted\. For more information, go to\r\n535 5\.7\.8  https:\/\/support\.google\.com\/mail\/\?p=BadCredentials/);
+    assert.match(replies[4], /^535 5\.7\.8 /);
+    assert.match(replies[5], /^530 5\.7\.0 Authentication Required/);
+  } finally {
+    await gmail.close();
+  }
+});
+
+test('FakeGmail: scripted replies at connect, rcpt and data; down() and back up', async () => {
+  const gmail = await FakeGmail.start({ pki, tokens });
+  try {
+    const token = await accessTokenFor('scanner@example.com');
+    const send = (to: string[]) =>
+      mailer(gmail, 'scanner@example.com', token).sendMail({ envelope: { from: 'scanner@example.com', to }, raw: RAW });
+
+    gmail.script({ stage: 'data', reply: '421 4.7.0 Try again later, closing connection.' });
+    await assert.rejects(send(['boss@example.com']), (err: any) => {
+      assert.equal(err.responseCode, 421);
+      assert.match(err.response, /4\.7\.0 Try again later/);
+      return true;
+    });
+    assert.equal(gmail.messages.length, 0);
+
+    gmail.script({ stage: 'rcpt', rcpt: 'ghost@example.com', reply: '550 5.1.1 The email account that you tried to reach does not exist.', count: Infinity });
+    const info = await send(['boss@example.com', 'ghost@example.com']);
+    assert.deepEqual(info.accepted, ['boss@example.com']);
+    assert.deepEqual(info.rejected, ['ghost@example.com']);
+    assert.deepEqual(gmail.messages[0].rcptTo, ['boss@example.com']);
+
+    gmail.script({ stage: 'connect', reply: '421 4.7.0 Try again later, closing connection.' });
+    const greeting = await smtpDialog(gmail.port, []);
+    assert.equal(greeting[0], '421 4.7.0 Try again later, closing connection.');
+
+    gmail.script({ stage: 'mail', reply: '550 5.4.5 Daily user sending limit exceeded.' });
+    await assert.rejects(send(['boss@example.com']), (err: any) => err.responseCode === 550 && /5\.4\.5/.test(err.response));
+
+    gmail.down(true);
+    await assert.rejects(send(['boss@example.com']), (err: any) => err.code === 'ESOCKET' || err.code === 'ECONNECTION');
+    gmail.down(false);
+    await send(['boss@example.com']);
+    assert.equal(gmail.messages.length, 2);
+  } finally {
+    await gmail.close();
+  }
+});
+
+test('FakeGmail: STARTTLS mode requires TLS before AUTH', async () => {
+  const gmail = await FakeGmail.start({ pki, tokens, mode: 'starttls' });
+  try {
+    const token = await accessTokenFor('scanner@example.com');
+    await mailer(gmail, 'scanner@example.com', token).sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW });
+    await gmail.waitForMessages(1, 2000);
+    assert.equal(gmail.messages[0].secure, true);
+    assert.match(gmail.messages[0].tlsProtocol ?? '', /^TLSv1\.[23]$/);
+    // A client that skips STARTTLS cannot authenticate.
+    const plain = mailer(gmail, 'scanner@example.com', token, { requireTLS: false, ignoreTLS: true });
+    await assert.rejects(plain.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW }), (err: any) => {
+      assert.equal(err.responseCode, 530, String(err.response));
+      assert.match(err.response, /5\.7\.0 Must issue a STARTTLS command first/);
+      return true;
+    });
+    assert.equal(gmail.messages.length, 1);
+    // An unverifiable certificate is refused by a verifying client.
+    const noCa = mailer(gmail, 'scanner@example.com', token, { tls: {} });
+    await assert.rejects(noCa.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW }), /unable to verify/);
+    assert.equal(gmail.messages.length, 1);
+  } finally {
+    await gmail.close();
+  }
+});
+
+test('FakeGmail: maxMessagesPerConnection closes a reused connection with 421', async () => {
+  const gmail = await FakeGmail.start({ pki, tokens, maxMessagesPerConnection: 1 });
+  const token = await accessTokenFor('scanner@example.com');
+  const pool = mailer(gmail, 'scanner@example.com', token, { pool: true, maxConnections: 1 });
+  try {
+    const send = () => pool.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW });
+    await send();
+    await assert.rejects(send(), (err: any) => err.responseCode === 421);
+    await send();
+    assert.equal(gmail.messages.length, 2);
+    assert.notEqual(gmail.messages[0].connectionId, gmail.messages[1].connectionId);
+    assert.ok(gmail.connections >= 2);
+  } finally {
+    pool.close();
+    await gmail.close();
+  }
+});
+
+test('FakeGmail: records BODY=8BITMIME and SMTPUTF8 from MAIL FROM', async () => {
+  const gmail = await FakeGmail.start({ pki, tokens });
+  try {
+    const token = await accessTokenFor('scanner@example.com');
+    const auth = Buffer.from(`user=scanner@example.com\x01auth=Bearer ${token}\x01\x01`).toString('base64');
+    const replies = await smtpDialog(gmail.port, [
+      'EHLO client.example',
+      `AUTH XOAUTH2 ${auth}`,
+      'MAIL FROM:<scanner@example.com> BODY=8BITMIME SMTPUTF8',
+      'RCPT TO:<jürgen@example.com>',
+      'DATA',
+      'Subject: x\r\n\r\n..hi\r\n.',
+      'QUIT',
+    ]);
+    assert.match(replies[2], /^235/);
+    assert.match(replies[6], /^250 2\.0\.0 OK/);
+    const m = gmail.messages[0];
+    assert.equal(m.bodyType, '8bitmime');
+    assert.equal(m.smtputf8, true);
+    assert.deepEqual(m.rcptTo, ['jürgen@example.com']);
+    assert.equal(m.raw.toString('utf8'), 'Subject: x\r\n\r\n.hi\r\n');
+  } finally {
+    await gmail.close();
+  }
 });

@@ -52,6 +52,15 @@ export const listenerSchema = z.strictObject({
   maxClients: z.number().int().positive().default(100),
   maxRecipients: z.number().int().positive().default(1000),
   proxyProtocol: z.boolean().default(false),
+  // Inbound hardening (src/listener). Failed AUTHs are counted per client IP across listeners.
+  maxConnectionsPerIp: z.number().int().positive().default(20),
+  socketTimeout: duration('socketTimeout').default(300e3),
+  closeTimeout: duration('closeTimeout').default(10e3),
+  authFailLimit: z.number().int().positive().default(5),
+  authFailWindow: duration('authFailWindow').default(600e3),
+  authLockout: duration('authLockout').default(900e3),
+  /** Allowed senders for trusted-network mail; default: the trusted account's email. */
+  trustedSenders: z.array(senderPattern).optional(),
 });
 
 const oauthUser = z.strictObject({

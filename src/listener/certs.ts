@@ -1,0 +1,102 @@
+// Certificates for TLS listeners: the configured certFile/keyFile, or a self-signed one
+// generated once into stateDir/tls/<listener>.{crt,key} and reused on later starts.
+import { readFile, writeFile, mkdir, rename } from 'node:fs/promises';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { createSecureContext } from 'node:tls';
+import { hostname } from 'node:os';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import { generate } from 'selfsigned';
+import type { ListenerConfig } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+
+export interface KeyPair {
+  key: string;
+  cert: string;
+  /** Where it came from, for log lines. */
+  certPath: string;
+  selfSigned: boolean;
+}
+
+export function selfSignedPaths(stateDir: string, listener: string): { cert: string; key: string } {
+  const dir = join(stateDir, 'tls');
+  return { cert: join(dir, `${listener}.crt`), key: join(dir, `${listener}.key`) };
+}
+
+/** Throws with a readable message when the pair is unusable (wrong key, not PEM, expired). */
+function validate(pair: { key: string; cert: string }, what: string): X509Certificate {
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(pair.cert);
+    createSecureContext({ key: pair.key, cert: pair.cert });
+    if (!x509.checkPrivateKey(createPrivateKey(pair.key))) throw new Error('key does not match certificate');
+  } catch (e) {
+    throw new Error(`${what}: unusable certificate/key: ${(e as Error).message}`);
+  }
+  return x509;
+}
+
+async function writeAtomic(path: string, data: string, mode: number): Promise<void> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, data, { mode });
+  await rename(tmp, path);
+}
+
+async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cert: string }> {
+  const cn = hostname() || 'localhost';
+  const altNames: Array<{ type: 2; value: string } | { type: 7; ip: string }> = [
+    { type: 2, value: cn },
+    { type: 2, value: 'localhost' },
+    { type: 7, ip: '127.0.0.1' },
+    { type: 7, ip: '::1' },
+  ];
+  if (isIP(l.host) && l.host !== '0.0.0.0' && l.host !== '::' && l.host !== '127.0.0.1') altNames.push({ type: 7, ip: l.host });
+  const now = Date.now();
+  // RSA rather than EC: old printers that need TLSv1 rarely speak ECDSA.
+  const pems = await generate([{ name: 'commonName', value: cn }], {
+    keyType: 'rsa',
+    keySize: 2048,
+    algorithm: 'sha256',
+    notBeforeDate: new Date(now - 3600e3),
+    notAfterDate: new Date(now + 5 * 365 * 86400e3),
+    extensions: [
+      { name: 'basicConstraints', cA: false },
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
+      { name: 'extKeyUsage', serverAuth: true },
+      { name: 'subjectAltName', altNames },
+    ],
+  });
+  return { key: pems.private, cert: pems.cert };
+}
+
+export async function loadKeyPair(l: ListenerConfig, stateDir: string, log: Logger): Promise<KeyPair> {
+  if (l.certFile && l.keyFile) {
+    const [cert, key] = await Promise.all([readFile(l.certFile, 'utf8'), readFile(l.keyFile, 'utf8')]);
+    const x509 = validate({ key, cert }, `listener "${l.name}" (${l.certFile})`);
+    if (new Date(x509.validTo).getTime() < Date.now()) log.warn('listener certificate has expired', { listener: l.name, certFile: l.certFile, validTo: x509.validTo });
+    return { key, cert, certPath: l.certFile, selfSigned: false };
+  }
+  const paths = selfSignedPaths(stateDir, l.name);
+  let pair: { key: string; cert: string } | null = null;
+  try {
+    const [cert, key] = await Promise.all([readFile(paths.cert, 'utf8'), readFile(paths.key, 'utf8')]);
+    const x509 = validate({ key, cert }, paths.cert);
+    // Renew a month ahead so a long-running daemon never serves an expired one after a reload.
+    if (new Date(x509.validTo).getTime() > Date.now() + 30 * 86400e3) pair = { key, cert };
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('regenerating the self-signed certificate', { listener: l.name, reason: (e as Error).message });
+  }
+  if (!pair) {
+    pair = await generateSelfSigned(l);
+    await mkdir(join(stateDir, 'tls'), { recursive: true, mode: 0o700 });
+    await writeAtomic(paths.key, pair.key, 0o600);
+    await writeAtomic(paths.cert, pair.cert, 0o644);
+  }
+  const fingerprint = new X509Certificate(pair.cert).fingerprint256;
+  log.warn('TLS listener uses a self-signed certificate; set certFile/keyFile for clients that verify certificates', {
+    listener: l.name,
+    cert: paths.cert,
+    sha256: fingerprint,
+  });
+  return { ...pair, certPath: paths.cert, selfSigned: true };
+}

@@ -1,0 +1,150 @@
+// The Transform between smtp-server's DATA stream and the spool: normalises bare LF line
+// endings to CRLF, counts the bytes the client sent against the size limit, and captures
+// the header section (only the start of the message is ever buffered) so the From header
+// can be checked before the message is accepted.
+import { Transform, type TransformCallback } from 'node:stream';
+
+/** A refusal that ends the transaction with this reply at the end of DATA. */
+export class SmtpReply extends Error {
+  constructor(
+    readonly responseCode: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'SmtpReply';
+  }
+}
+
+const CR = 0x0d;
+const LF = 0x0a;
+const CRLF = Buffer.from('\r\n');
+const HEADER_END = Buffer.from('\r\n\r\n');
+
+export interface MessageFilterOptions {
+  /** Largest message, in bytes the client sent; beyond it the message is refused with 552. */
+  maxBytes: number;
+  /** How much header may precede the blank line before the message is refused. */
+  maxHeaderBytes?: number;
+  /** Inspects the header section (CRLF lines, unfolded by the caller); a reply refuses the message. */
+  inspectHeaders?: (header: string) => SmtpReply | null;
+  /** Called once, synchronously, when the message is refused; the filter then errors with it. */
+  onReject: (reply: SmtpReply) => void;
+}
+
+export class MessageFilter extends Transform {
+  /** Bytes received from the client (before normalisation). */
+  received = 0;
+  rejection: SmtpReply | null = null;
+  private lastByte = -1;
+  private header: Buffer[] | null = [];
+  private headerLen = 0;
+  private readonly maxHeaderBytes: number;
+
+  constructor(private readonly opts: MessageFilterOptions) {
+    super();
+    this.maxHeaderBytes = opts.maxHeaderBytes ?? 1024 * 1024;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.rejection) return cb();
+    this.received += chunk.length;
+    if (this.received > this.opts.maxBytes) {
+      this.reject(new SmtpReply(552, '5.3.4 Message size exceeds fixed maximum message size'));
+      return cb();
+    }
+    const out = this.normalise(chunk);
+    if (this.header && !this.captureHeader(out)) return cb();
+    cb(null, out);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    // A message without a blank line is all header; it still gets inspected.
+    if (this.header && !this.rejection) this.inspect(Buffer.concat(this.header, this.headerLen).toString('utf8'));
+    if (this.rejection) return cb(this.rejection);
+    cb();
+  }
+
+  private reject(reply: SmtpReply): void {
+    if (this.rejection) return;
+    this.rejection = reply;
+    this.header = null;
+    this.opts.onReject(reply);
+    this.destroy(reply);
+  }
+
+  /** Bare LF -> CRLF; a CR split from its LF across chunks is remembered in lastByte. */
+  private normalise(chunk: Buffer): Buffer {
+    let i = chunk.indexOf(LF);
+    if (i < 0) {
+      this.lastByte = chunk[chunk.length - 1];
+      return chunk;
+    }
+    const parts: Buffer[] = [];
+    let start = 0;
+    while (i >= 0) {
+      const prev = i > 0 ? chunk[i - 1] : this.lastByte;
+      if (prev !== CR) {
+        parts.push(chunk.subarray(start, i), CRLF);
+        start = i + 1;
+      }
+      i = chunk.indexOf(LF, i + 1);
+    }
+    this.lastByte = chunk[chunk.length - 1];
+    if (start === 0) return chunk;
+    parts.push(chunk.subarray(start));
+    return Buffer.concat(parts);
+  }
+
+  /** Collects header bytes until the blank line; false when the message was refused. */
+  private captureHeader(out: Buffer): boolean {
+    const header = this.header!;
+    const before = this.headerLen;
+    header.push(out);
+    this.headerLen += out.length;
+    const all = header.length === 1 ? out : Buffer.concat(header, this.headerLen);
+    if (header.length > 1) {
+      header.length = 0;
+      header.push(all);
+    }
+    let end: number;
+    if (all.length >= 2 && all[0] === CR && all[1] === LF) end = 0; // no header at all
+    else {
+      const at = all.indexOf(HEADER_END, Math.max(0, before - 3));
+      end = at < 0 ? -1 : at + 2;
+    }
+    if (end < 0) {
+      if (this.headerLen > this.maxHeaderBytes) {
+        this.reject(new SmtpReply(552, '5.3.4 Message header section too large'));
+        return false;
+      }
+      return true;
+    }
+    this.header = null;
+    this.inspect(all.subarray(0, end).toString('utf8'));
+    return !this.rejection;
+  }
+
+  private inspect(header: string): void {
+    const reply = this.opts.inspectHeaders?.(header);
+    if (reply) this.reject(reply);
+  }
+}
+
+/** Values of every header field named `name` (case-insensitive), unfolded. */
+export function headerValues(header: string, name: string): string[] {
+  const out: string[] = [];
+  const lower = name.toLowerCase();
+  let current: string | null = null;
+  for (const line of header.split(/\r\n/)) {
+    if (/^[ \t]/.test(line)) {
+      if (current !== null) current += ' ' + line.trim();
+      continue;
+    }
+    if (current !== null) out.push(current);
+    current = null;
+    const colon = line.indexOf(':');
+    if (colon > 0 && line.slice(0, colon).trim().toLowerCase() === lower) current = line.slice(colon + 1).trim();
+  }
+  if (current !== null) out.push(current);
+  return out;
+}

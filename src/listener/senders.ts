@@ -1,0 +1,60 @@
+// Who may send as whom: a user's allowedSenders (exact addresses or *@domain), checked
+// against MAIL FROM and the From header. Comparison is case-insensitive; domains compare
+// in their ASCII (punycode) form so an IDN matches whichever way the client spelled it.
+import { domainToASCII } from 'node:url';
+import addressparser from 'nodemailer/lib/addressparser';
+
+function normDomain(d: string): string {
+  const lower = d.trim().replace(/\.$/, '').toLowerCase();
+  return domainToASCII(lower) || lower;
+}
+
+/** Lower-cased address with an ASCII domain, or null when it has no local@domain shape. */
+export function normalizeAddress(addr: string): string | null {
+  const a = addr.trim();
+  const at = a.lastIndexOf('@');
+  if (at <= 0 || at === a.length - 1) return null;
+  return `${a.slice(0, at).toLowerCase()}@${normDomain(a.slice(at + 1))}`;
+}
+
+export class SenderPolicy {
+  private readonly exact = new Set<string>();
+  private readonly domains = new Set<string>();
+
+  constructor(readonly patterns: readonly string[]) {
+    for (const p of patterns) {
+      if (p.startsWith('*@')) this.domains.add(normDomain(p.slice(2)));
+      else {
+        const n = normalizeAddress(p);
+        if (n) this.exact.add(n);
+      }
+    }
+  }
+
+  allows(address: string): boolean {
+    const n = normalizeAddress(address);
+    if (!n) return false;
+    return this.exact.has(n) || this.domains.has(n.slice(n.lastIndexOf('@') + 1));
+  }
+}
+
+// Anything address-shaped, wherever it sits in the header (display name, comment, angle
+// brackets): a display name like "ceo@example.com" <allowed@...> is a spoof too.
+const ADDRESS_LIKE = /[^\s<>"(),;:\[\]\\]+@[^\s<>"(),;:\[\]\\]+/g;
+
+/**
+ * Checks the From header values of a message against the policy. Returns null when every
+ * address in them is allowed, else the first offending address (or the raw value when no
+ * address could be parsed from it).
+ */
+export function checkFromHeaders(values: readonly string[], policy: SenderPolicy): string | null {
+  for (const value of values) {
+    const parsed = addressparser(value, { flatten: true })
+      .map((a) => a.address)
+      .filter((a): a is string => !!a);
+    if (!parsed.length) return value.trim().slice(0, 200) || '(empty From header)';
+    const found = new Set([...parsed, ...(value.match(ADDRESS_LIKE) ?? [])]);
+    for (const a of found) if (!policy.allows(a.replace(/^mailto:/i, ''))) return a;
+  }
+  return null;
+}

@@ -1,0 +1,464 @@
+// Inbound SMTP: one smtp-server per configured listener. Decides who may relay (AUTH or a
+// trusted network), as whom (allowed senders, checked on MAIL FROM and the From header),
+// how much (size, recipients, connections), then streams the message into the spool and
+// answers 250 only once the spool has made it durable.
+import { hostname } from 'node:os';
+import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerAddress, type SMTPServerDataStream } from 'smtp-server';
+import type { Config, ListenerConfig, UserConfig, AccountConfig } from '../config/schema.js';
+import type { Envelope } from '../types.js';
+import { bunyanAdapter, type Logger } from '../log/logger.js';
+import type { NewMessage } from '../spool/spool.js';
+import { PasswordCache, checkPassword } from './passwords.js';
+import { NetworkList, isLoopback } from './networks.js';
+import { SenderPolicy, checkFromHeaders } from './senders.js';
+import { MessageFilter, SmtpReply, headerValues } from './filter.js';
+import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
+import { loadKeyPair } from './certs.js';
+
+export type { NewMessage };
+
+export interface SpoolSink {
+  receive(source: NodeJS.ReadableStream | AsyncIterable<Buffer>, meta: NewMessage): Promise<Envelope>;
+}
+
+export interface ListenersOptions {
+  config: Config;
+  log: Logger;
+  spool: SpoolSink;
+  onQueued: (env: Envelope) => void;
+}
+
+export interface BoundListener {
+  name: string;
+  host: string;
+  port: number;
+}
+
+/** Who the current mail transaction relays for, decided at MAIL FROM. */
+interface Transaction {
+  user: string | null;
+  account: AccountConfig;
+  policy: SenderPolicy;
+  /** "user X" or "trusted account Y", for replies and logs. */
+  owner: string;
+}
+
+/** The bits of smtp-server's per-connection object we hook (see `hookConnection`). */
+interface Connection {
+  session: SMTPServerSession;
+  send(code: number, data?: string | string[] | null, context?: string | false): void;
+  close(): void;
+  handler_AUTH(command: Buffer, callback: () => void): void;
+}
+
+interface Running {
+  cfg: ListenerConfig;
+  trusted: NetworkList;
+  server: SMTPServer;
+  bound?: BoundListener;
+}
+
+// Replies that carry their own enhanced status code ("553 5.7.1 ...").
+const HAS_ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
+
+const MAX_TLS_CIPHERS_LEGACY = 'DEFAULT:@SECLEVEL=0';
+
+/** Usernames are attacker-chosen: keep log lines single-token and short. */
+function safeUser(u: string): string {
+  return u.replace(/[^A-Za-z0-9._@+-]/g, '?').slice(0, 64);
+}
+
+export class Listeners {
+  private config: Config;
+  private readonly log: Logger;
+  private readonly spool: SpoolSink;
+  private readonly onQueued: (env: Envelope) => void;
+  private readonly running: Running[] = [];
+  private readonly cache = new PasswordCache();
+  private readonly authFailures = new AuthFailures();
+  private readonly connections = new ConnectionCounter();
+  /** session id -> ip, for connections counted against the per-IP cap. */
+  private readonly counted = new Map<string, string>();
+  private readonly transactions = new WeakMap<SMTPServerSession, Transaction>();
+  /** Sessions inside DATA (stop() lets them finish). */
+  private readonly inData = new Set<SMTPServerSession>();
+  private readonly pending = new Set<Promise<void>>();
+  private users = new Map<string, UserConfig>();
+  private accounts = new Map<string, AccountConfig>();
+  private policies = new Map<string, SenderPolicy>();
+  private stopping = false;
+
+  constructor(opts: ListenersOptions) {
+    this.config = opts.config;
+    this.log = opts.log.child({ component: 'listener' });
+    this.spool = opts.spool;
+    this.onQueued = opts.onQueued;
+    this.index(opts.config);
+  }
+
+  async start(): Promise<BoundListener[]> {
+    try {
+      for (const cfg of this.config.listeners) {
+        const rt = { cfg, trusted: new NetworkList(cfg.trustedNetworks) } as Running;
+        rt.server = await this.createServer(rt);
+        this.running.push(rt);
+        await this.listen(rt);
+      }
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+    return this.running.map((r) => r.bound!);
+  }
+
+  /** SIGHUP: users, senders, accounts, trusted networks, limits and certificates; sessions keep going. */
+  async reload(config: Config): Promise<void> {
+    this.config = config;
+    this.index(config);
+    this.cache.clear();
+    for (const rt of this.running) {
+      const next = config.listeners.find((l) => l.name === rt.cfg.name);
+      if (!next) {
+        this.log.warn('listener removed from the config keeps running until restart', { listener: rt.cfg.name });
+        continue;
+      }
+      if (next.host !== rt.cfg.host || next.port !== rt.cfg.port || next.tls !== rt.cfg.tls)
+        this.log.warn('listener host/port/tls changes need a restart', { listener: next.name });
+      const effective: ListenerConfig = { ...next, host: rt.cfg.host, port: rt.cfg.port, tls: rt.cfg.tls };
+      if (effective.tls !== 'none') {
+        try {
+          await this.applyTls(rt.server, effective);
+        } catch (err) {
+          this.log.error('listener certificate reload failed, keeping the old one', { listener: next.name, err });
+          effective.certFile = rt.cfg.certFile;
+          effective.keyFile = rt.cfg.keyFile;
+          effective.minTlsVersion = rt.cfg.minTlsVersion;
+        }
+      }
+      Object.assign(rt.server.options, this.sessionOptions(effective));
+      rt.cfg = effective;
+      rt.trusted = new NetworkList(effective.trustedNetworks);
+    }
+    for (const l of config.listeners)
+      if (!this.running.some((r) => r.cfg.name === l.name)) this.log.warn('new listener starts after a restart', { listener: l.name });
+  }
+
+  /** Stops accepting; sessions in DATA may finish (bounded by closeTimeout), the rest get 421. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(
+      this.running.map(
+        (rt) =>
+          new Promise<void>((resolve) => {
+            if (!rt.bound) return resolve();
+            rt.server.close(() => resolve());
+            for (const conn of rt.server.connections as Set<unknown> as Set<Connection>) {
+              if (!this.inData.has(conn.session)) conn.send(421, '4.3.2 Service shutting down, try again later');
+            }
+          }),
+      ),
+    );
+    await Promise.allSettled([...this.pending]);
+    this.running.length = 0;
+  }
+
+  // ---- setup -------------------------------------------------------------------------
+
+  private index(config: Config): void {
+    this.users = new Map(config.users.map((u) => [u.username, u]));
+    this.accounts = new Map(config.accounts.map((a) => [a.name, a]));
+    this.policies = new Map(
+      config.users.map((u) => [u.username, new SenderPolicy(u.allowedSenders ?? [this.accounts.get(u.account)?.email ?? ''].filter(Boolean))]),
+    );
+  }
+
+  /** Options that can change on reload without rebinding. */
+  private sessionOptions(l: ListenerConfig): Partial<SMTPServerOptions> {
+    return {
+      size: l.maxMessageSize,
+      maxClients: l.maxClients,
+      useProxy: l.proxyProtocol,
+      socketTimeout: l.socketTimeout,
+      closeTimeout: l.closeTimeout,
+    };
+  }
+
+  private async tlsOptions(l: ListenerConfig): Promise<Partial<SMTPServerOptions>> {
+    const pair = await loadKeyPair(l, this.config.stateDir, this.log);
+    const legacy = l.minTlsVersion === 'TLSv1' || l.minTlsVersion === 'TLSv1.1';
+    if (legacy) this.log.warn('listener allows legacy TLS versions', { listener: l.name, minTlsVersion: l.minTlsVersion });
+    return {
+      key: pair.key,
+      cert: pair.cert,
+      minVersion: l.minTlsVersion,
+      // OpenSSL 3 refuses TLS 1.0/1.1 handshakes at its default security level.
+      ciphers: legacy ? MAX_TLS_CIPHERS_LEGACY : undefined,
+    };
+  }
+
+  private async applyTls(server: SMTPServer, l: ListenerConfig): Promise<void> {
+    server.updateSecureContext(await this.tlsOptions(l));
+  }
+
+  /** The handlers read `rt.cfg` at call time, so a reload applies to the next command. */
+  private async createServer(rt: Running): Promise<SMTPServer> {
+    const l = rt.cfg;
+    const tls = l.tls === 'none' ? {} : await this.tlsOptions(l);
+    const options: SMTPServerOptions = {
+      name: hostname(),
+      banner: 'xoauth2-bridge',
+      secure: l.tls === 'implicit',
+      disabledCommands: l.tls === 'none' ? ['STARTTLS'] : [],
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: true,
+      authMethods: ['PLAIN', 'LOGIN'],
+      // Trusted networks relay without AUTH; MAIL FROM enforces it for everyone else.
+      authOptional: true,
+      // Checked per client in the AUTH hook (loopback is fine without TLS).
+      allowInsecureAuth: true,
+      disableReverseLookup: true,
+      logger: bunyanAdapter(this.log, 'smtp-in'),
+      ...this.sessionOptions(l),
+      ...tls,
+      onConnect: (session, cb) => this.onConnect(rt, session, cb),
+      onAuth: (auth, session, cb) => void this.onAuth(rt, auth, session, cb),
+      onMailFrom: (address, session, cb) => this.onMailFrom(rt, address, session, cb),
+      onRcptTo: (address, session, cb) => this.onRcptTo(rt, address, session, cb),
+      onData: (stream, session, cb) => this.track(this.onData(rt, stream, session, cb)),
+      onClose: (session) => this.onClose(session),
+    };
+    const server = new SMTPServer(options);
+    // Hook every connection smtp-server creates (it has no factory option for that).
+    const connect = server.connect.bind(server);
+    const hooked = new WeakSet<object>();
+    server.connect = (socket, socketOptions) => {
+      connect(socket, socketOptions);
+      for (const conn of server.connections as Set<unknown> as Set<Connection>) {
+        if (hooked.has(conn)) continue;
+        hooked.add(conn);
+        this.hookConnection(rt, conn);
+      }
+    };
+    server.on('error', (err: Error & { remoteAddress?: string; meta?: { remoteAddress?: string } }) => {
+      const ip = err.remoteAddress ?? err.meta?.remoteAddress;
+      if (ip) this.log.info('smtp session error', { listener: rt.cfg.name, ip, err });
+      else this.log.error('smtp listener error', { listener: rt.cfg.name, err });
+    });
+    return server;
+  }
+
+  private listen(rt: Running): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(new Error(`listener "${rt.cfg.name}" cannot listen on ${rt.cfg.host}:${rt.cfg.port}: ${err.message}`));
+      rt.server.server.once('error', onError);
+      rt.server.listen(rt.cfg.port, rt.cfg.host, () => {
+        rt.server.server.removeListener('error', onError);
+        const addr = rt.server.server.address();
+        const port = addr && typeof addr === 'object' ? addr.port : rt.cfg.port;
+        rt.bound = { name: rt.cfg.name, host: rt.cfg.host, port };
+        this.log.info('listening', { listener: rt.cfg.name, host: rt.cfg.host, port, tls: rt.cfg.tls });
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * Per-connection hooks: (1) replies whose text starts with an enhanced status code keep
+   * exactly that code (smtp-server would prefix its generic one per reply code); (2) AUTH
+   * is refused before any credential is exchanged when encryption is required or the
+   * client is locked out.
+   */
+  private hookConnection(rt: Running, conn: Connection): void {
+    const send = conn.send.bind(conn);
+    conn.send = (code, data, context) => {
+      if (code === 552 && typeof data === 'string' && data.startsWith('Error: message exceeds fixed maximum message size'))
+        data = '5.3.4 Message size exceeds fixed maximum message size';
+      if (typeof data === 'string' && HAS_ENHANCED.test(data)) context = false;
+      send(code, data, context);
+    };
+    const auth = conn.handler_AUTH.bind(conn);
+    conn.handler_AUTH = (command, callback) => {
+      const ip = conn.session.remoteAddress;
+      if (!conn.session.secure && !isLoopback(ip) && !rt.cfg.allowInsecureAuth) {
+        conn.send(538, '5.7.11 Encryption required for requested authentication mechanism');
+        return callback();
+      }
+      if (this.authFailures.lockedFor(ip) > 0) {
+        conn.send(454, '4.7.0 Too many authentication failures, try later');
+        return callback();
+      }
+      auth(command, callback);
+    };
+  }
+
+  private track(p: Promise<void>): void {
+    this.pending.add(p);
+    void p.finally(() => this.pending.delete(p));
+  }
+
+  // ---- SMTP handlers -------------------------------------------------------------------
+
+  private onConnect(rt: Running, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const ip = session.remoteAddress;
+    if (this.stopping) return cb(new SmtpReply(421, '4.3.2 Service shutting down, try again later'));
+    if (!this.connections.acquire(ip, rt.cfg.maxConnectionsPerIp)) {
+      this.log.warn('too many connections from one address', { listener: rt.cfg.name, ip, limit: rt.cfg.maxConnectionsPerIp });
+      return cb(new SmtpReply(421, '4.7.0 Too many connections from your address, try again later'));
+    }
+    this.counted.set(session.id, ip);
+    cb();
+  }
+
+  private onClose(session: SMTPServerSession): void {
+    const ip = this.counted.get(session.id);
+    if (ip === undefined) return;
+    this.counted.delete(session.id);
+    this.connections.release(ip);
+  }
+
+  private authLimits(l: ListenerConfig): AuthLimits {
+    return { limit: l.authFailLimit, windowMs: l.authFailWindow, lockoutMs: l.authLockout };
+  }
+
+  private async onAuth(
+    rt: Running,
+    auth: SMTPServerAuthentication,
+    session: SMTPServerSession,
+    cb: (err: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void,
+  ): Promise<void> {
+    const ip = session.remoteAddress;
+    if (this.authFailures.lockedFor(ip) > 0) return cb(new SmtpReply(454, '4.7.0 Too many authentication failures, try later'));
+    const username = auth.username ?? '';
+    const password = auth.password ?? '';
+    // We do not support acting on behalf of another identity (RFC 4616 authzid).
+    const proxyAttempt = auth.method === 'PLAIN' && !!auth.authzid && !!auth.authcid && auth.authzid !== auth.authcid;
+    const user = this.users.get(username);
+    let ok = false;
+    try {
+      ok = await checkPassword(this.cache, username, password, user?.passwordHash);
+    } catch (err) {
+      this.log.error('password check failed', { err });
+    }
+    if (ok && user && !proxyAttempt) {
+      this.log.debug('auth ok', { listener: rt.cfg.name, ip, user: user.username });
+      return cb(null, { user: user.username });
+    }
+    const limits = this.authLimits(rt.cfg);
+    const lockout = this.authFailures.fail(ip, limits);
+    // Stable lines for fail2ban (config/fail2ban/filter.d/xoauth2-bridge.conf): the same
+    // whether or not the user exists, and never the password.
+    this.log.warn(`auth failed ip=${ip}`, { ip, listener: rt.cfg.name, method: auth.method, user: safeUser(username) });
+    if (lockout)
+      this.log.warn(`auth lockout ip=${ip}`, { ip, listener: rt.cfg.name, failures: limits.limit, lockoutSeconds: Math.round(limits.lockoutMs / 1000) });
+    cb(new SmtpReply(535, '5.7.8 Authentication credentials invalid'));
+  }
+
+  private onMailFrom(rt: Running, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const ip = session.remoteAddress;
+    let tx: Transaction | undefined;
+    if (session.user) {
+      const user = this.users.get(session.user as string);
+      const account = user && this.accounts.get(user.account);
+      const policy = user && this.policies.get(user.username);
+      // The user may have been removed by a reload since it authenticated.
+      if (user && account && policy) tx = { user: user.username, account, policy, owner: `user ${user.username}` };
+    } else if (rt.cfg.trustedAccount && rt.trusted.has(ip)) {
+      const account = this.accounts.get(rt.cfg.trustedAccount);
+      if (account)
+        tx = { user: null, account, policy: new SenderPolicy(rt.cfg.trustedSenders ?? [account.email]), owner: `trusted account ${account.name}` };
+    }
+    if (!tx) return cb(new SmtpReply(530, '5.7.0 Authentication required'));
+    if (!tx.policy.allows(address.address)) {
+      this.log.info('sender rejected', { listener: rt.cfg.name, ip, user: tx.user, from: address.address });
+      return cb(new SmtpReply(553, `5.7.1 Sender address rejected: not owned by ${tx.owner}`));
+    }
+    this.transactions.set(session, tx);
+    cb();
+  }
+
+  private onRcptTo(rt: Running, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const rcpts = session.envelope.rcptTo;
+    const repeated = rcpts.some((r) => r.address.toLowerCase() === address.address.toLowerCase());
+    if (!repeated && rcpts.length >= rt.cfg.maxRecipients) return cb(new SmtpReply(452, '4.5.3 Too many recipients'));
+    cb();
+  }
+
+  private async onData(rt: Running, stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): Promise<void> {
+    const tx = this.transactions.get(session);
+    const mailFrom = session.envelope.mailFrom;
+    if (!tx || !mailFrom) {
+      stream.resume();
+      return cb(new SmtpReply(503, '5.5.1 Bad sequence of commands'));
+    }
+    const ip = session.remoteAddress;
+    this.inData.add(session);
+    let disconnected = false;
+    const filter = new MessageFilter({
+      maxBytes: rt.cfg.maxMessageSize,
+      inspectHeaders: (header) => {
+        const bad = checkFromHeaders(headerValues(header, 'from'), tx.policy);
+        if (!bad) return null;
+        this.log.info('from header rejected', { listener: rt.cfg.name, ip, user: tx.user, from: bad });
+        return new SmtpReply(553, `5.7.1 Sender address rejected: From header address not owned by ${tx.owner}`);
+      },
+      // Stop feeding the spool, but read the client's DATA to its end so the reply
+      // comes at the end of DATA as SMTP expects.
+      onReject: () => {
+        stream.unpipe(filter);
+        stream.resume();
+      },
+    });
+    stream.on('error', () => {}); // the close handler below deals with it
+    stream.once('close', () => {
+      if (stream.readableEnded) return;
+      disconnected = true;
+      filter.destroy(new Error('client disconnected during DATA'));
+    });
+    stream.pipe(filter);
+    const meta: NewMessage = {
+      user: tx.user,
+      account: tx.account.name,
+      mailFrom: mailFrom.address,
+      rcptTo: session.envelope.rcptTo.map((r) => r.address),
+      clientIp: ip,
+      bodyType: session.envelope.bodyType === '8bitmime' ? '8bitmime' : '7bit',
+      smtputf8: !!session.envelope.smtpUtf8,
+    };
+    let env: Envelope;
+    try {
+      env = await this.spool.receive(filter, meta);
+    } catch (err) {
+      stream.unpipe(filter);
+      stream.resume();
+      if (filter.rejection) {
+        if (filter.rejection.responseCode === 552)
+          this.log.info('message too big', { listener: rt.cfg.name, ip, user: tx.user, limit: rt.cfg.maxMessageSize });
+        return cb(filter.rejection);
+      }
+      if (disconnected) {
+        this.log.info('client disconnected during DATA, nothing queued', { listener: rt.cfg.name, ip, user: tx.user });
+        return cb(new SmtpReply(451, '4.3.0 Connection lost'));
+      }
+      this.log.error('spool write failed, message refused with 452', { listener: rt.cfg.name, ip, user: tx.user, err });
+      return cb(new SmtpReply(452, '4.3.1 Insufficient system storage'));
+    } finally {
+      this.inData.delete(session);
+    }
+    cb(null, `2.0.0 Ok: queued as ${env.id}`);
+    this.log.info('received', {
+      id: env.id,
+      ip,
+      user: tx.user,
+      account: env.account,
+      from: env.mailFrom,
+      rcpts: env.rcptTo.length,
+      size: env.size,
+      listener: rt.cfg.name,
+    });
+    try {
+      this.onQueued(env);
+    } catch (err) {
+      this.log.error('onQueued failed', { id: env.id, err });
+    }
+  }
+}

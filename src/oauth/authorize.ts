@@ -1,0 +1,224 @@
+// `authorize ACCOUNT`: the OAuth authorization-code flow with PKCE (S256) and a checked
+// random state, redirected to a loopback listener on 127.0.0.1:<random port>. With
+// --manual the user pastes the final redirect URL instead (headless server over SSH: the
+// browser's request to 127.0.0.1 fails on their machine, but the address bar holds the code).
+// No device flow: Google refuses the Gmail scope there.
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { CodeChallengeMethod } from 'google-auth-library';
+import type { Config } from '../config/schema.js';
+import { addSecret } from '../log/redact.js';
+import { notifyDaemon } from '../control/notify.js';
+import { GMAIL_SCOPE, classifyTokenError, createUserClient } from './client.js';
+import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
+
+export interface AuthorizeOptions {
+  config: Config;
+  account: string;
+  manual: boolean;
+  input: NodeJS.ReadableStream;
+  output: NodeJS.WritableStream;
+  openUrl?: (url: string) => void;
+  env?: NodeJS.ProcessEnv;
+  /** Give up waiting for the browser after this long (default 10 minutes). */
+  timeoutMs?: number;
+}
+
+export class AuthorizeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'AuthorizeError';
+  }
+}
+
+export async function authorize(opts: AuthorizeOptions): Promise<{ email: string | null }> {
+  const acct = opts.config.accounts.find((a) => a.name === opts.account);
+  if (!acct) throw new AuthorizeError(`no account named "${opts.account}" in the config`);
+  if (acct.oauth.type !== 'user')
+    throw new AuthorizeError(`account ${acct.name} uses a service account; service accounts do not need authorize (they sign in with keyFile and domain-wide delegation)`);
+  const env = opts.env ?? process.env;
+  const out = opts.output;
+  // Open the store first so a wrong key or bad file mode fails before the user consents.
+  const store = new TokenStore({ stateDir: opts.config.stateDir, key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, env) });
+  await store.load();
+
+  const loop = await startLoopback();
+  let rl: ReturnType<typeof createInterface> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const redirectUri = `http://127.0.0.1:${loop.port}/`;
+    const client = createUserClient(acct, { redirectUri });
+    const { codeVerifier, codeChallenge } = await client.generateCodeVerifierAsync();
+    addSecret(codeVerifier);
+    const state = randomBytes(24).toString('base64url');
+    const url = client.generateAuthUrl({
+      access_type: 'offline',
+      prompt: 'consent',
+      scope: GMAIL_SCOPE,
+      state,
+      code_challenge: codeChallenge!,
+      code_challenge_method: CodeChallengeMethod.S256,
+      login_hint: acct.email,
+    });
+
+    out.write(`To authorize account "${acct.name}", open this URL in a browser and sign in as ${acct.email}:\n\n  ${url}\n\n`);
+    const result = new Promise<string>((resolve, reject) => {
+      loop.onRedirect = (q) => {
+        try {
+          const code = checkRedirect(q, state);
+          resolve(code);
+          return { ok: true, text: 'Authorization received. You can close this tab and return to the terminal.' };
+        } catch (e) {
+          reject(e);
+          return { ok: false, text: (e as Error).message };
+        }
+      };
+      if (opts.manual) {
+        out.write(
+          `After you allow access, the browser is sent to ${redirectUri}?state=...&code=... ` +
+            `That page may fail to load (nothing listens there on your computer); that is expected.\n` +
+            `Copy the whole address from the browser's address bar, paste it here and press Enter:\n`,
+        );
+        rl = createInterface({ input: opts.input, terminal: false });
+        rl.on('line', (line) => {
+          const q = parseRedirect(line);
+          if (!q) {
+            if (line.trim()) out.write('That does not look like the redirect URL (it should contain code= and state=); paste the full address:\n');
+            return;
+          }
+          try {
+            resolve(checkRedirect(q, state));
+          } catch (e) {
+            reject(e);
+          }
+        });
+        rl.on('close', () => reject(new AuthorizeError('no redirect URL was pasted (input closed)')));
+      } else {
+        out.write(`Waiting for the browser to come back to ${redirectUri} ...\n(Browser on another machine? Run again with --manual.)\n`);
+      }
+      const ms = opts.timeoutMs ?? 10 * 60_000;
+      timer = setTimeout(() => reject(new AuthorizeError(`gave up waiting for the authorization after ${Math.round(ms / 1000)}s`)), ms);
+    });
+    opts.openUrl?.(url);
+    const code = await result;
+    addSecret(code);
+
+    let tokens;
+    try {
+      tokens = (await client.getToken({ code, codeVerifier, redirect_uri: redirectUri })).tokens;
+    } catch (e) {
+      throw new AuthorizeError(`exchanging the authorization code failed: ${classifyTokenError(e).message}`);
+    }
+    const raw = tokens as typeof tokens & { refresh_token_expires_in?: number };
+    if (!tokens.refresh_token)
+      throw new AuthorizeError(
+        'Google returned no refresh token. Remove the app at https://myaccount.google.com/permissions and run authorize again.',
+      );
+    addSecret(tokens.refresh_token);
+    addSecret(tokens.access_token);
+    const email = emailFromIdToken(tokens.id_token);
+    const now = Date.now();
+    const rec: TokenRecord = {
+      refreshToken: tokens.refresh_token,
+      refreshTokenIssuedAt: new Date(now).toISOString(),
+      state: 'ok',
+      lastRefreshAt: new Date(now).toISOString(),
+    };
+    if (raw.refresh_token_expires_in) rec.refreshTokenExpiresAt = new Date(now + raw.refresh_token_expires_in * 1000).toISOString();
+    if (tokens.access_token && tokens.expiry_date) {
+      rec.accessToken = tokens.access_token;
+      rec.accessTokenExpiresAt = new Date(tokens.expiry_date).toISOString();
+    }
+    if (email) rec.authorizedEmail = email;
+    await store.update((d) => {
+      d.accounts[acct.name] = rec;
+    });
+    notifyDaemon(opts.config.stateDir, 'tokens');
+    if (email && email.toLowerCase() !== acct.email.toLowerCase())
+      out.write(`Warning: you signed in as ${email}, but account "${acct.name}" sends as ${acct.email}; Gmail refuses other senders unless they are aliases of ${email}.\n`);
+    return { email };
+  } finally {
+    if (timer) clearTimeout(timer);
+    rl?.removeAllListeners('close');
+    rl?.close();
+    await loop.close();
+  }
+}
+
+/** Accepts the full redirect URL, or just its query string. */
+export function parseRedirect(text: string): URLSearchParams | null {
+  const t = text.trim();
+  if (!t) return null;
+  let q: URLSearchParams;
+  try {
+    q = new URL(t).searchParams;
+  } catch {
+    q = new URLSearchParams(t.startsWith('?') ? t.slice(1) : t);
+  }
+  return q.get('code') || q.get('error') ? q : null;
+}
+
+function checkRedirect(q: URLSearchParams, state: string): string {
+  // State first: an error= from someone else's redirect is as untrusted as a code.
+  if (q.get('state') !== state)
+    throw new AuthorizeError('state mismatch: this redirect does not belong to this authorization attempt; rejected. Run authorize again.');
+  const err = q.get('error');
+  if (err) throw new AuthorizeError(err === 'access_denied' ? 'access was denied in the browser' : `authorization failed: ${err}`);
+  const code = q.get('code');
+  if (!code) throw new AuthorizeError('the redirect carries no authorization code');
+  return code;
+}
+
+/** The id_token came straight from the token endpoint over verified TLS, so its payload is trusted as-is. */
+function emailFromIdToken(idToken: string | null | undefined): string | null {
+  if (!idToken) return null;
+  try {
+    const payload = JSON.parse(Buffer.from(idToken.split('.')[1] ?? '', 'base64url').toString('utf8')) as { email?: unknown };
+    return typeof payload.email === 'string' ? payload.email : null;
+  } catch {
+    return null;
+  }
+}
+
+interface Loopback {
+  port: number;
+  onRedirect?: (q: URLSearchParams) => { ok: boolean; text: string };
+  close(): Promise<void>;
+}
+
+async function startLoopback(): Promise<Loopback> {
+  const loop: Loopback = { port: 0, close: async () => {} };
+  const server = http.createServer((req, res) => {
+    const u = new URL(req.url ?? '/', 'http://127.0.0.1');
+    const q = u.pathname === '/' ? parseRedirect(u.search) : null;
+    if (!q || !loop.onRedirect) {
+      res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end('not found\n');
+      return;
+    }
+    const handler = loop.onRedirect;
+    loop.onRedirect = undefined; // one answer per authorization attempt
+    const r = handler(q);
+    res.writeHead(r.ok ? 200 : 400, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store', Connection: 'close' });
+    res.end(page(r.ok, r.text));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  loop.port = (server.address() as { port: number }).port;
+  loop.close = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeIdleConnections();
+      // Let the result page finish sending before dropping what is left.
+      setTimeout(() => server.closeAllConnections(), 200).unref();
+    });
+  return loop;
+}
+
+function page(ok: boolean, text: string): string {
+  const esc = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  const title = ok ? 'xoauth2-bridge: authorized' : 'xoauth2-bridge: authorization failed';
+  return `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title></head><body style="font-family:sans-serif;max-width:40em;margin:3em auto"><h1>${ok ? '&#10003; Authorized' : '&#10007; Authorization failed'}</h1><p>${esc(text)}</p></body></html>\n`;
+}

@@ -1,0 +1,80 @@
+// A 25 MB message must stream through the daemon (client -> spool file -> Gmail) without
+// the daemon's memory growing with the message size. Measured on a real `serve` process
+// through /proc, so it is the daemon's own RSS, not the test runner's.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createWriteStream, createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { once } from 'node:events';
+import { execFileSync } from 'node:child_process';
+import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
+import { spawnBridge, sendThroughBridge, message, CLI } from './helpers/bridge.js';
+import { SmtpSession } from './helpers/smtp.js';
+
+async function procStatus(pid: number): Promise<{ rss: number; hwm: number }> {
+  const s = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(s)?.[1] ?? NaN) * 1024;
+  return { rss: kb('VmRSS'), hwm: kb('VmHWM') };
+}
+
+async function writeBigMessage(file: string, bytes: number): Promise<number> {
+  const out = createWriteStream(file);
+  out.write('From: scanner@example.com\r\nTo: big@example.org\r\nSubject: 25 MB scan\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n');
+  const line = Buffer.from('QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n');
+  const block = Buffer.concat(Array.from({ length: 1000 }, () => line));
+  let written = 0;
+  while (written < bytes) {
+    if (!out.write(block)) await once(out, 'drain');
+    written += block.length;
+  }
+  out.end();
+  await once(out, 'finish');
+  return written;
+}
+
+test('a 25 MB message streams through the daemon with flat RSS', { timeout: 120_000 }, async (t) => {
+  if (process.platform !== 'linux') return t.skip('needs /proc');
+  const world = await startFakeWorld();
+  try {
+    const configFile = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'info', format: 'json' } }));
+    execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], { input: world.account.refreshToken });
+    const file = join(world.dir, 'big.eml');
+    const size = await writeBigMessage(file, 25 * 1024 * 1024 - 4096);
+    const d = await spawnBridge(configFile);
+    try {
+      const pid = d.child.pid!;
+      // Warm up: one small message through the whole path (pools, TLS, token) first.
+      await sendThroughBridge({ port: d.ports.local, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['warm@example.org'], raw: message({ from: 'scanner@example.com', to: 'warm@example.org' }) });
+      await world.gmail.waitForMessages(1, 10_000);
+      const base = await procStatus(pid);
+
+      const s = await SmtpSession.connect(d.ports.local);
+      await s.cmd('EHLO memtest', 250);
+      await s.cmd(`AUTH PLAIN ${Buffer.from(`\0${world.user.username}\0${world.user.password}`).toString('base64')}`, 235);
+      await s.cmd('MAIL FROM:<scanner@example.com>', 250);
+      await s.cmd('RCPT TO:<big@example.org>', 250);
+      await s.cmd('DATA', 354);
+      await s.pipeFrom(createReadStream(file));
+      const t0 = process.hrtime.bigint();
+      const reply = await s.cmd('.', 250);
+      const dataEndTo250Ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      await s.cmd('QUIT', 221);
+      assert.match(reply, /^250 2\.0\.0 Ok: queued as /);
+
+      await world.gmail.waitForMessages(2, 60_000);
+      const got = world.gmail.messages[1];
+      assert.equal(got.raw.length, size);
+      const after = await procStatus(pid);
+      const growth = after.hwm - base.rss;
+      t.diagnostic(`daemon RSS before ${(base.rss / 2 ** 20).toFixed(1)} MB, peak ${(after.hwm / 2 ** 20).toFixed(1)} MB, growth ${(growth / 2 ** 20).toFixed(1)} MB for a ${(size / 2 ** 20).toFixed(1)} MB message; DATA end -> 250: ${dataEndTo250Ms.toFixed(1)} ms`);
+      // Buffering the message would cost at least its size; streaming costs socket/file buffers.
+      assert.ok(growth < 12 * 2 ** 20, `RSS grew by ${(growth / 2 ** 20).toFixed(1)} MB`);
+    } finally {
+      d.child.kill('SIGTERM');
+      await d.exited;
+    }
+  } finally {
+    await world.close();
+  }
+});

@@ -1,7 +1,9 @@
 // The config file's shape. Every object is strict so a typo is an error that names its key.
 import { z } from 'zod';
 import { isIP } from 'node:net';
+import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
+import { coversAllAddresses } from '../listener/networks.js';
 
 const duration = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -52,6 +54,8 @@ export const listenerSchema = z.strictObject({
   maxClients: z.number().int().positive().default(100),
   maxRecipients: z.number().int().positive().default(1000),
   proxyProtocol: z.boolean().default(false),
+  /** With proxyProtocol: the proxies allowed to send a PROXY header (others count as direct clients). */
+  proxyFrom: z.array(z.string().refine((s) => isIP(s) !== 0, 'expected an IP address')).optional(),
   // Inbound hardening (src/listener). Failed AUTHs are counted per client IP across listeners.
   maxConnectionsPerIp: z.number().int().positive().default(20),
   socketTimeout: duration('socketTimeout').default(300e3),
@@ -131,7 +135,7 @@ export const configSchema = z
       .prefault({}),
     tokens: z
       .strictObject({
-        refreshCron: z.string().default('*/5 * * * *'),
+        refreshCron: z.string().refine((s) => cron.validate(s), 'expected a cron expression like "*/5 * * * *"').default('*/5 * * * *'),
         refreshAhead: duration('refreshAhead').default(600e3),
         encryptionKeyFile: z.string().nullable().default(null),
       })
@@ -175,6 +179,13 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: 'trustedNetworks needs a trustedAccount to relay through' });
       if (l.trustedAccount && !accounts.has(l.trustedAccount))
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: `no account named "${l.trustedAccount}"` });
+      // Any client reaching the port could claim a trusted address in its PROXY header.
+      if (l.proxyProtocol && !l.proxyFrom?.length && l.trustedNetworks.length && !isLoopbackHost(l.host))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, 'proxyFrom'],
+          message: `listener "${l.name}" takes PROXY headers from anyone and trusts networks: list your proxy's addresses in proxyFrom`,
+        });
       if (isOpenRelay(l))
         ctx.addIssue({
           code: 'custom',
@@ -184,14 +195,14 @@ export const configSchema = z
     });
   });
 
-/** A non-loopback listener that trusts a network covering every address is an open relay. */
+function isLoopbackHost(host: string): boolean {
+  return host === '127.0.0.1' || host === '::1' || host === 'localhost' || host.startsWith('127.');
+}
+
+/** A non-loopback listener that trusts networks covering every address is an open relay. */
 function isOpenRelay(l: { host: string; trustedNetworks: string[] }): boolean {
-  const loopbackOnly = l.host === '127.0.0.1' || l.host === '::1' || l.host === 'localhost' || l.host.startsWith('127.');
-  if (loopbackOnly) return false;
-  return l.trustedNetworks.some((n) => {
-    const bits = n.split('/')[1];
-    return bits !== undefined && Number(bits) === 0;
-  });
+  if (isLoopbackHost(l.host)) return false;
+  return coversAllAddresses(l.trustedNetworks);
 }
 
 export type Config = z.output<typeof configSchema>;

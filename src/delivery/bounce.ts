@@ -94,7 +94,7 @@ export async function buildDsn(opts: DsnOptions): Promise<Buffer> {
     ...(subjectLine !== undefined ? [`Subject: ${oneLine(Buffer.from(subjectLine, 'binary').toString('utf8'))}`] : []),
     ...(delayed && opts.retryUntil ? [`Will retry until: ${rfc5322Date(opts.retryUntil)}`] : []),
     '',
-    ...recipients.map((r) => `<${r.rcpt}>: ${oneLine(r.diagnostic)}`),
+    ...recipients.map((r) => `<${r.rcpt}>: ${oneLine(r.diagnostic).slice(0, 900)}`), // SMTP lines stay under 998
     '',
   ];
 

@@ -77,7 +77,7 @@ export class DeliveryWorker {
   async start(): Promise<void> {
     await this.accounts.load();
     this.started = true;
-    await this.rescan();
+    await this.scan(); // errors propagate: a daemon that cannot read its spool must not start
     this.log.info('delivery started', { queued: this.items.size, concurrency: this.config.queue.concurrency });
   }
 
@@ -88,10 +88,10 @@ export class DeliveryWorker {
     if (this.started) this.pump();
   }
 
-  /** Re-reads the spool after a CLI command changed it (retry, delete). */
+  /** Re-reads the spool after a CLI command changed it (retry, delete). Never rejects: errors are logged. */
   rescan(): Promise<void> {
-    const run = this.rescanChain.then(() => this.scan());
-    this.rescanChain = run.catch(() => {});
+    const run = this.rescanChain.then(() => this.scan()).catch((err) => this.log.error('spool rescan failed', { err }));
+    this.rescanChain = run;
     return run;
   }
 

@@ -95,7 +95,9 @@ export class PasswordCache {
   }
 
   private id(username: string, password: string): string {
-    return createHmac('sha256', this.key).update(username).update('\0').update(password).digest('base64');
+    // Length-prefixed so ("a\0b", "c") and ("a", "b\0c") cannot collide.
+    const user = Buffer.from(username, 'utf8');
+    return createHmac('sha256', this.key).update(`${user.length}:`).update(user).update('\0').update(password, 'utf8').digest('base64');
   }
 
   has(username: string, password: string, phc: string): boolean {

@@ -61,7 +61,7 @@ interface Running {
 // Replies that carry their own enhanced status code ("553 5.7.1 ...").
 const HAS_ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
 
-const MAX_TLS_CIPHERS_LEGACY = 'DEFAULT:@SECLEVEL=0';
+const LEGACY_TLS_CIPHERS = 'DEFAULT:@SECLEVEL=0';
 
 /** Usernames are attacker-chosen: keep log lines single-token and short. */
 function safeUser(u: string): string {
@@ -99,6 +99,7 @@ export class Listeners {
   async start(): Promise<BoundListener[]> {
     try {
       for (const cfg of this.config.listeners) {
+        this.warnAboutCleartext(cfg);
         const rt = { cfg, trusted: new NetworkList(cfg.trustedNetworks) } as Running;
         rt.server = await this.createServer(rt);
         this.running.push(rt);
@@ -164,6 +165,14 @@ export class Listeners {
 
   // ---- setup -------------------------------------------------------------------------
 
+  private warnAboutCleartext(l: ListenerConfig): void {
+    const loopbackOnly = isLoopback(l.host) || l.host === 'localhost';
+    if (l.tls !== 'none' || loopbackOnly) return;
+    if (l.allowInsecureAuth) this.log.warn('passwords may cross the network in cleartext on this listener', { listener: l.name });
+    else if (!l.proxyProtocol)
+      this.log.warn('cleartext listener: AUTH from non-loopback clients is refused (538); set tls or allowInsecureAuth', { listener: l.name });
+  }
+
   private index(config: Config): void {
     this.users = new Map(config.users.map((u) => [u.username, u]));
     this.accounts = new Map(config.accounts.map((a) => [a.name, a]));
@@ -177,7 +186,7 @@ export class Listeners {
     return {
       size: l.maxMessageSize,
       maxClients: l.maxClients,
-      useProxy: l.proxyProtocol,
+      useProxy: l.proxyProtocol ? (l.proxyFrom?.length ? l.proxyFrom : true) : false,
       socketTimeout: l.socketTimeout,
       closeTimeout: l.closeTimeout,
     };
@@ -192,7 +201,7 @@ export class Listeners {
       cert: pair.cert,
       minVersion: l.minTlsVersion,
       // OpenSSL 3 refuses TLS 1.0/1.1 handshakes at its default security level.
-      ciphers: legacy ? MAX_TLS_CIPHERS_LEGACY : undefined,
+      ciphers: legacy ? LEGACY_TLS_CIPHERS : undefined,
     };
   }
 
@@ -408,6 +417,9 @@ export class Listeners {
         stream.resume();
       },
     });
+    // Errors surface through spool.receive (its iterator throws them), which may start
+    // reading only after the filter already refused the message: no unhandled 'error'.
+    filter.on('error', () => {});
     stream.on('error', () => {}); // the close handler below deals with it
     stream.once('close', () => {
       if (stream.readableEnded) return;

@@ -10,7 +10,7 @@ import { CodeChallengeMethod } from 'google-auth-library';
 import type { Config } from '../config/schema.js';
 import { addSecret } from '../log/redact.js';
 import { notifyDaemon } from '../control/notify.js';
-import { GMAIL_SCOPE, classifyTokenError, createUserClient } from './client.js';
+import { GMAIL_SCOPE, accountIdentity, classifyTokenError, createUserClient } from './client.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
 
 export interface AuthorizeOptions {
@@ -129,6 +129,7 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
     if (tokens.access_token && tokens.expiry_date) {
       rec.accessToken = tokens.access_token;
       rec.accessTokenExpiresAt = new Date(tokens.expiry_date).toISOString();
+      rec.accessTokenFor = accountIdentity(acct);
     }
     if (email) rec.authorizedEmail = email;
     await store.update((d) => {

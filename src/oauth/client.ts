@@ -10,6 +10,13 @@ import { addSecret } from '../log/redact.js';
 /** The only scope Gmail SMTP (XOAUTH2) accepts. */
 export const GMAIL_SCOPE = 'https://mail.google.com/';
 
+/** Who an access token speaks for: a stored token is only reused for the same identity. */
+export function accountIdentity(a: AccountConfig): string {
+  return a.oauth.type === 'user'
+    ? `user:${a.oauth.clientId}:${a.oauth.tokenUrl}`
+    : `sa:${a.oauth.keyFile}:${a.oauth.subject ?? ''}:${a.oauth.tokenUrl}`;
+}
+
 export type UserOAuth = Extract<AccountConfig['oauth'], { type: 'user' }>;
 export type ServiceAccountOAuth = Extract<AccountConfig['oauth'], { type: 'service-account' }>;
 

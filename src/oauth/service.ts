@@ -9,6 +9,7 @@ import type { Logger } from '../log/logger.js';
 import { addSecret } from '../log/redact.js';
 import type { AccountHealth, AccountState, TokenSource } from '../types.js';
 import {
+  accountIdentity,
   classifyTokenError,
   createUserClient,
   readServiceAccountKey,
@@ -192,6 +193,9 @@ export class TokenService implements TokenSource, AccountHealth {
             const p = this.persistRotation(s, t.refresh_token, t.refresh_token_expires_in);
             p.catch(() => {});
             s.pendingRotation = p;
+          } else if (t.refresh_token_expires_in) {
+            // A time-limited grant (e.g. app in "Testing"): remember when it lapses, for the warning.
+            s.rec.refreshTokenExpiresAt = new Date(this.now() + t.refresh_token_expires_in * 1000).toISOString();
           }
         });
         s.client = client;
@@ -205,7 +209,7 @@ export class TokenService implements TokenSource, AccountHealth {
   }
 
   private adoptStoredAccessToken(s: Slot, rec: TokenRecord | undefined): boolean {
-    if (!rec?.accessToken || !rec.accessTokenExpiresAt) return false;
+    if (!rec?.accessToken || !rec.accessTokenExpiresAt || rec.accessTokenFor !== accountIdentity(s.cfg)) return false;
     const exp = Date.parse(rec.accessTokenExpiresAt);
     if (!(exp > this.now()) || (s.expiresAt !== undefined && exp <= s.expiresAt)) return false;
     s.accessToken = rec.accessToken;
@@ -265,7 +269,7 @@ export class TokenService implements TokenSource, AccountHealth {
       if (s.configError) throw new AccountConfigError(s.configError);
       if (s.cfg.oauth.type === 'user') {
         if (!usedRt) {
-          this.setNeedsReauth(s, 'no refresh token stored', undefined);
+          await this.setNeedsReauth(s, 'no refresh token stored', undefined);
           throw new NeedsReauthError(name, 'no refresh token stored');
         }
         const client = s.client!;
@@ -303,13 +307,15 @@ export class TokenService implements TokenSource, AccountHealth {
     s.backoffUntil = 0;
     const iso = new Date(t).toISOString();
     const expIso = new Date(expiresAt).toISOString();
-    s.rec = { ...s.rec, accessToken, accessTokenExpiresAt: expIso, lastRefreshAt: iso, lastError: undefined, state: 'ok' };
+    const accessTokenFor = accountIdentity(s.cfg);
+    s.rec = { ...s.rec, accessToken, accessTokenExpiresAt: expIso, accessTokenFor, lastRefreshAt: iso, lastError: undefined, state: 'ok' };
     try {
       await this.persist(s, (r) => {
-        const next: TokenRecord = { ...(r ?? { state: 'ok' }), accessToken, accessTokenExpiresAt: expIso, lastRefreshAt: iso };
+        const next: TokenRecord = { ...(r ?? { state: 'ok' }), accessToken, accessTokenExpiresAt: expIso, accessTokenFor, lastRefreshAt: iso };
         if (!r || r.refreshToken === s.rec.refreshToken) {
           next.state = 'ok';
           delete next.lastError;
+          if (s.rec.refreshTokenExpiresAt) next.refreshTokenExpiresAt = s.rec.refreshTokenExpiresAt;
         }
         return next;
       });
@@ -335,7 +341,7 @@ export class TokenService implements TokenSource, AccountHealth {
         // A new refresh token arrived (token import) while this one was being refused.
         return new Error(`account ${name}: refresh token was replaced during a refresh; try again`);
       }
-      this.setNeedsReauth(s, c.message, usedRt);
+      await this.setNeedsReauth(s, c.message, usedRt);
       return new NeedsReauthError(name, c.message);
     }
     const t = this.now();
@@ -397,22 +403,22 @@ export class TokenService implements TokenSource, AccountHealth {
     s.seen = JSON.stringify(data.accounts[name] ?? null);
   }
 
-  private setNeedsReauth(s: Slot, reason: string, usedRt: string | undefined): void {
+  private setNeedsReauth(s: Slot, reason: string, usedRt: string | undefined): Promise<void> {
     const name = s.cfg.name;
     s.accessToken = undefined;
     s.expiresAt = undefined;
     s.rec = { ...s.rec, state: 'needs-reauth', lastError: reason, accessToken: undefined, accessTokenExpiresAt: undefined };
     if (s.state !== 'needs-reauth') {
       // The one loud line: what happened, that mail is safe, and the exact fix.
-      this.log.error(`account ${name} needs re-authorization: ${reason}. Its mail is held (not bounced). Fix: ${fixHint(s.cfg)}`, {
+      this.log.error(`account ${name} needs re-authorization: ${reason.replace(/\.$/, '')}. Its mail is held (not bounced). Fix: ${fixHint(s.cfg)}`, {
         account: name,
         reason,
       });
     }
     this.setState(s, 'needs-reauth');
-    this.persist(s, (r) => {
+    return this.persist(s, (r) => {
       if (usedRt !== undefined && r?.refreshToken !== undefined && r.refreshToken !== usedRt) return r;
-      return { ...(r ?? {}), state: 'needs-reauth', lastError: reason, accessToken: undefined, accessTokenExpiresAt: undefined };
+      return { ...(r ?? {}), state: 'needs-reauth', lastError: reason, accessToken: undefined, accessTokenExpiresAt: undefined, accessTokenFor: undefined };
     }).catch((e: unknown) => this.log.warn(`account ${name}: could not save needs-reauth state`, { account: name, err: e }));
   }
 
@@ -437,7 +443,7 @@ export class TokenService implements TokenSource, AccountHealth {
 
   markNeedsReauth(account: string, reason: string): void {
     const s = this.slot(account);
-    this.setNeedsReauth(s, reason, s.rec.refreshToken);
+    void this.setNeedsReauth(s, reason, s.rec.refreshToken);
   }
 
   onChange(listener: (account: string, state: AccountState) => void): void {

@@ -17,6 +17,8 @@ export interface TokenRecord {
   refreshTokenExpiresAt?: string;
   accessToken?: string;
   accessTokenExpiresAt?: string;
+  /** Which identity (client / service account + subject) the access token belongs to. */
+  accessTokenFor?: string;
   lastRefreshAt?: string;
   lastError?: string;
   state: AccountState;

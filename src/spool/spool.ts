@@ -177,28 +177,32 @@ export class Spool {
       } catch (e) {
         writeErr = e;
       }
-      let batch: Buffer[] = [];
-      let batchBytes = 0;
+      // Chunks are copied into one batch buffer: few large writes, no per-message growth,
+      // and a source that reuses its buffers cannot change what we already accepted.
+      const batch = Buffer.allocUnsafe(WRITE_BATCH);
+      let used = 0;
       const flush = async () => {
-        const bufs = batch;
-        batch = [];
-        batchBytes = 0;
-        if (!fh || writeErr || !bufs.length) return;
+        const n = used;
+        used = 0;
+        if (!fh || writeErr || !n) return;
         try {
-          await writeAll(fh, bufs.length === 1 ? bufs[0] : Buffer.concat(bufs));
+          await writeAll(fh, batch.subarray(0, n));
         } catch (e) {
           writeErr = e;
         }
       };
       for await (const chunk of source as AsyncIterable<Buffer | string>) {
-        const buf = typeof chunk === 'string' ? Buffer.from(chunk, 'binary') : chunk;
+        const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
         size += buf.length;
         if (opts.maxBytes !== undefined && size > opts.maxBytes) over = true;
         // After a failure keep reading to the end so the SMTP dialogue stays in step.
         if (writeErr || over) continue;
-        batch.push(buf);
-        batchBytes += buf.length;
-        if (batchBytes >= WRITE_BATCH) await flush();
+        for (let off = 0; off < buf.length; ) {
+          const n = buf.copy(batch, used, off);
+          used += n;
+          off += n;
+          if (used === WRITE_BATCH) await flush();
+        }
       }
       await flush();
       if (writeErr) throw new SpoolWriteError(`spool write failed: ${errText(writeErr)}`, { cause: writeErr });

@@ -79,20 +79,23 @@ export class GmailUpstream implements Upstream {
       greetingTimeout: 30_000,
       socketTimeout: 120_000,
       tls: { rejectUnauthorized: true, minVersion: 'TLSv1.2', servername: up.host, ...(ca ? { ca } : {}) },
-      auth: { type: 'OAuth2', user: acct.email },
-      // nodemailer calls this for every AUTH; after a 535 it calls again with renew=true,
-      // which is our one forced refresh before the account is declared needs-reauth.
-      provisionCallback: (_user: string, renew: boolean, cb: (err: Error | null, token?: string, expires?: number) => void) => {
-        this.tokens.getAccessToken(acct.name, { force: renew }).then(
-          (token) => {
-            entry.tokenError = null;
-            cb(null, token);
-          },
-          (err: Error) => {
-            entry.tokenError = err;
-            cb(err);
-          },
-        );
+      auth: {
+        type: 'OAuth2',
+        user: acct.email,
+        // nodemailer calls this for every AUTH; after a 535 it calls again with renew=true,
+        // which is our one forced refresh before the account is declared needs-reauth.
+        provisionCallback: (_user: string, renew: boolean, cb: (err: Error | null, token?: string) => void) => {
+          this.tokens.getAccessToken(acct.name, { force: renew }).then(
+            (token) => {
+              entry.tokenError = null;
+              cb(null, token);
+            },
+            (err: Error) => {
+              entry.tokenError = err;
+              cb(err);
+            },
+          );
+        },
       },
       logger: bunyanAdapter(this.log, 'smtp-out'),
       debug: false,

@@ -1,0 +1,183 @@
+// The queue CLI functions against a spool, with a worker wired to the control folder the way
+// the daemon wires it, so "works while the daemon runs, which notices within seconds" is real.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { Spool, type NewMessage } from '../src/spool/spool.js';
+import { DeliveryWorker } from '../src/delivery/worker.js';
+import { queueList, queueShow, queueRetry, queueDelete } from '../src/cli/queue.js';
+import { watchControl } from '../src/control/notify.js';
+import { ScriptedUpstream, TestHealth, recordingLogger, tempState, testConfig, MESSAGE, waitFor, sleep, ok, fail } from './delivery-harness.js';
+
+class Sink extends Writable {
+  text = '';
+  _write(chunk: Buffer, _enc: string, cb: () => void) {
+    this.text += chunk.toString();
+    cb();
+  }
+}
+
+const base: NewMessage = {
+  user: 'printer',
+  account: 'office',
+  mailFrom: 'scanner@example.com',
+  rcptTo: ['a@example.org', 'b@example.org'],
+  clientIp: '127.0.0.1',
+  bodyType: '7bit',
+  smtputf8: false,
+};
+
+async function setup(script?: ConstructorParameters<typeof ScriptedUpstream>[0]) {
+  const { dir, cleanup } = await tempState();
+  const config = testConfig(dir, { retry: ['1h'] });
+  const log = recordingLogger();
+  const spool = new Spool(dir, log);
+  await spool.init();
+  const upstream = new ScriptedUpstream(script);
+  const worker = new DeliveryWorker({ config, log, spool, upstream, health: new TestHealth(), hostname: 'bridge.test' });
+  await worker.start();
+  const stopWatch = watchControl(dir, (topic) => void (topic === 'queue' && worker.rescan()), 50);
+  return {
+    dir,
+    config,
+    spool,
+    upstream,
+    worker,
+    log,
+    async queue(m: Partial<NewMessage> = {}) {
+      const env = await spool.receive([MESSAGE], { ...base, ...m });
+      worker.notify(env);
+      return env;
+    },
+    async done() {
+      stopWatch();
+      await worker.stop(500);
+      await cleanup();
+    },
+  };
+}
+
+test('queue list shows each deferred message with its error, as a table and as JSON', async () => {
+  const h = await setup((env) => (env.account === 'office' ? fail('transient', '421 4.7.0 Try again later, closing connection.') : ok(env)));
+  try {
+    const a = await h.queue();
+    const b = await h.queue({ rcptTo: ['c@example.org'], mailFrom: 'other@example.com' });
+    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 'both deferred');
+
+    const out = new Sink();
+    assert.equal(await queueList(h.config, { json: false }, out), 0);
+    const lines = out.text.trim().split('\n');
+    assert.match(lines[0], /^ID\s+ACCOUNT\s+FROM\s+RCPTS\s+SIZE\s+AGE\s+ATTEMPTS\s+NEXT TRY\s+LAST ERROR$/);
+    const rowA = lines.find((l) => l.startsWith(a.id))!;
+    assert.match(rowA, /office\s+scanner@example\.com\s+a@example\.org \(\+1\)\s+\d+B\s+\d+s\s+1\s+in (5\dm|1h(\d+m)?)\s+421 4\.7\.0 Try again later/);
+    assert.ok(lines.some((l) => l.startsWith(b.id) && /other@example\.com\s+c@example\.org\s/.test(l)));
+    assert.match(lines[lines.length - 1], /^-- 2 messages queued, /);
+
+    const json = new Sink();
+    assert.equal(await queueList(h.config, { json: true }, json), 0);
+    const rows = JSON.parse(json.text);
+    assert.deepEqual(rows.map((r: { id: string }) => r.id), [a.id, b.id]);
+    assert.deepEqual(rows[0].rcpts, ['a@example.org', 'b@example.org']);
+    assert.equal(rows[0].attempts, 1);
+    assert.equal(rows[0].size, MESSAGE.length);
+    assert.equal(rows[0].lastError, '421 4.7.0 Try again later, closing connection.');
+    assert.ok(Date.parse(rows[0].nextAttemptAt) > Date.now() + 50 * 60e3);
+  } finally {
+    await h.done();
+  }
+});
+
+test('queue show prints the envelope and only the headers; unknown id exits 1', async () => {
+  const h = await setup((env) => (env.rcptTo.includes('bad@example.org') ? fail('permanent', '550 5.1.1 no such user') : fail('transient', '451 4.3.0 later')));
+  try {
+    const a = await h.queue();
+    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1, 'deferred');
+    const out = new Sink();
+    assert.equal(await queueShow(h.config, a.id, out), 0);
+    assert.match(out.text, new RegExp(`^id:\\s+${a.id}$`, 'm'));
+    assert.match(out.text, /^state:\s+queued$/m);
+    assert.match(out.text, /^to:\s+a@example\.org, b@example\.org$/m);
+    assert.match(out.text, /^last error:\s+451 4\.3\.0 later$/m);
+    assert.match(out.text, /\n\nFrom: Scanner <scanner@example\.com>\r\n/);
+    assert.match(out.text, /Subject: Scan of invoice 42/);
+    assert.ok(!out.text.includes('PDF attached'));
+
+    const f = await h.queue({ rcptTo: ['bad@example.org'], mailFrom: '' }); // null sender: failed without a bounce
+    await waitFor(async () => (await h.spool.listFailed()).length === 1, 'failed');
+    const fo = new Sink();
+    assert.equal(await queueShow(h.config, f.id, fo), 0);
+    assert.match(fo.text, /^state:\s+failed$/m);
+    assert.match(fo.text, /^failed:\s+\S+: 550 5\.1\.1 no such user$/m);
+
+    const err = new Sink();
+    assert.equal(await queueShow(h.config, 'NOSUCHID', new Sink(), err), 1);
+    assert.match(err.text, /no message with id NOSUCHID/);
+  } finally {
+    await h.done();
+  }
+});
+
+test('queue retry ID: a running worker notices and tries the message now', async () => {
+  let calls = 0;
+  const h = await setup((env) => (++calls === 1 ? fail('transient', '451 4.3.0 later') : ok(env)));
+  try {
+    const a = await h.queue();
+    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1, 'deferred for an hour');
+    const out = new Sink();
+    const t0 = Date.now();
+    assert.equal(await queueRetry(h.config, { id: a.id }, out), 0);
+    assert.match(out.text, new RegExp(`${a.id}: scheduled for immediate retry`));
+    await waitFor(async () => (await h.spool.list()).length === 0, 'delivered after retry', 5000);
+    assert.ok(Date.now() - t0 < 5000);
+    assert.equal(h.upstream.callsFor(a.id).length, 2);
+
+    const err = new Sink();
+    assert.equal(await queueRetry(h.config, { id: 'NOSUCHID' }, new Sink(), err), 1);
+    assert.match(err.text, /no queued message with id NOSUCHID/);
+  } finally {
+    await h.done();
+  }
+});
+
+test('queue retry --all retries every deferred message', async () => {
+  let fails = true;
+  const h = await setup((env) => (fails ? fail('transient', '421 4.7.0 later') : ok(env)));
+  try {
+    await h.queue();
+    await h.queue();
+    await h.queue({ account: 'other' });
+    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 'all deferred');
+    fails = false;
+    const out = new Sink();
+    assert.equal(await queueRetry(h.config, { all: true }, out), 0);
+    assert.match(out.text, /^3 messages scheduled for immediate retry$/m);
+    await waitFor(async () => (await h.spool.list()).length === 0, 'all delivered');
+  } finally {
+    await h.done();
+  }
+});
+
+test('queue delete: the message leaves the queue and the running worker never sends it again', async () => {
+  const h = await setup(() => fail('transient', '451 4.3.0 later'));
+  try {
+    const a = await h.queue();
+    const b = await h.queue();
+    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 'deferred');
+    const out = new Sink();
+    assert.equal(await queueDelete(h.config, a.id, out), 0);
+    assert.match(out.text, new RegExp(`${a.id}: deleted from the queue`));
+    await waitFor(() => h.worker.stats().queued === 1, 'worker dropped it');
+    assert.deepEqual((await h.spool.list()).map((e) => e.id), [b.id]);
+    // retrying everything now must not resurrect the deleted one
+    assert.equal(await queueRetry(h.config, { all: true }, new Sink()), 0);
+    await waitFor(() => h.upstream.callsFor(b.id).length === 2, 'b retried');
+    await sleep(100);
+    assert.equal(h.upstream.callsFor(a.id).length, 1);
+
+    const err = new Sink();
+    assert.equal(await queueDelete(h.config, a.id, new Sink(), err), 1);
+    assert.match(err.text, /no message with id/);
+  } finally {
+    await h.done();
+  }
+});

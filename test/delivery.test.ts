@@ -1,0 +1,481 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Spool, type NewMessage } from '../src/spool/spool.js';
+import { DeliveryWorker } from '../src/delivery/worker.js';
+import { statusFromReply } from '../src/delivery/bounce.js';
+import { queueRetry } from '../src/cli/queue.js';
+import type { Envelope, SendResult } from '../src/types.js';
+import {
+  ScriptedUpstream,
+  TestHealth,
+  recordingLogger,
+  tempState,
+  testConfig,
+  MESSAGE,
+  waitFor,
+  sleep,
+  ok,
+  fail,
+  parseDsn,
+  statusGroups,
+  type Script,
+} from './delivery-harness.js';
+import { PassThrough } from 'node:stream';
+
+const base: NewMessage = {
+  user: 'printer',
+  account: 'office',
+  mailFrom: 'scanner@example.com',
+  rcptTo: ['a@example.org', 'b@example.org'],
+  clientIp: '127.0.0.1',
+  bodyType: '7bit',
+  smtputf8: false,
+};
+
+async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<string, unknown>; script?: Script } = {}) {
+  const { dir, cleanup } = await tempState();
+  const config = testConfig(dir, opts.queue, opts.limits);
+  const log = recordingLogger();
+  const spool = new Spool(dir, log);
+  await spool.init();
+  const upstream = new ScriptedUpstream(opts.script);
+  const health = new TestHealth();
+  const workers: DeliveryWorker[] = [];
+  const newWorker = (up = upstream, sp = spool) => {
+    const w = new DeliveryWorker({ config, log, spool: sp, upstream: up, health, hostname: 'bridge.test' });
+    workers.push(w);
+    return w;
+  };
+  const worker = newWorker();
+  const queue = async (m: Partial<NewMessage> = {}, w = worker) => {
+    const env = await spool.receive([MESSAGE], { ...base, ...m });
+    w.notify(env);
+    return env;
+  };
+  const queuedIds = async () => (await spool.list()).map((e) => e.id);
+  const done = async () => {
+    for (const w of workers) await w.stop(200);
+    await cleanup();
+  };
+  return { dir, config, log, spool, upstream, health, worker, newWorker, queue, queuedIds, done };
+}
+
+function dsnOf(call: { body: Buffer }) {
+  const dsn = parseDsn(call.body);
+  const status = dsn.parts.find((p) => p.headers['content-type'] === 'message/delivery-status');
+  assert.ok(status, 'DSN has a message/delivery-status part');
+  const [perMessage, ...perRcpt] = statusGroups(status.body);
+  return { ...dsn, perMessage, perRcpt };
+}
+
+test('ok: delivered once with the spooled bytes, then removed from the spool', async () => {
+  const h = await setup();
+  try {
+    await h.worker.start();
+    const env = await h.queue();
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'message removed');
+    assert.equal(h.upstream.calls.length, 1);
+    const [call] = h.upstream.calls;
+    assert.equal(call.id, env.id);
+    assert.deepEqual(call.body, MESSAGE);
+    assert.deepEqual(call.rcptTo, base.rcptTo);
+    assert.equal(call.mailFrom, base.mailFrom);
+    const [ev] = h.log.events('delivered');
+    assert.equal(ev.id, env.id);
+    assert.equal(ev.rcpts, 2);
+    assert.equal(ev.attempt, 1);
+    assert.match(String(ev.reply), /^250 /);
+    assert.deepEqual(h.worker.stats(), { queued: 0, inFlight: 0, oldestAgeMs: null, held: {} });
+  } finally {
+    await h.done();
+  }
+});
+
+test('transient: retried with growing backoff, attempts and last error persisted, then delivered', async () => {
+  const reply = '421 4.7.0 Try again later, closing connection.';
+  const h = await setup({ script: (env, _c, n) => (n <= 3 ? fail('transient', reply) : ok(env)) });
+  try {
+    await h.worker.start();
+    const env = await h.queue();
+    await waitFor(async () => (await h.spool.get(env.id))?.attempts === 1, 'first deferral persisted');
+    const stored = (await h.spool.get(env.id))!;
+    assert.equal(stored.lastError, reply);
+    const retryIn = Number(h.log.events('deferred')[0].retryIn);
+    assert.ok(retryIn >= 45 && retryIn <= 55, `first retry in retry[0]=50ms ±10%, got ${retryIn}`);
+    assert.ok(Date.parse(stored.nextAttemptAt) >= h.upstream.calls[0].at + 45);
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'delivered after retries');
+    const at = h.upstream.calls.map((c) => c.at);
+    assert.equal(at.length, 4);
+    const gaps = [at[1] - at[0], at[2] - at[1], at[3] - at[2]];
+    assert.ok(gaps[0] >= 44, `gap 1 follows retry[0]=50ms: ${gaps}`);
+    assert.ok(gaps[1] >= 134 && gaps[2] >= 134, `later gaps follow retry[1]=150ms: ${gaps}`);
+    assert.deepEqual(h.log.events('deferred').map((e) => e.attempt), [1, 2, 3]);
+    assert.equal(h.log.events('deferred')[0].reply, reply);
+    assert.equal(h.upstream.bounces().length, 0);
+  } finally {
+    await h.done();
+  }
+});
+
+test('transient past queue.maxAge: bounced with Action failed and moved to failed/', async () => {
+  const reply = '451 4.3.0 Mail server temporarily rejected message.';
+  const h = await setup({ queue: { retry: ['40ms'], maxAge: '250ms' }, script: (env) => (env.isBounce ? ok(env) : fail('transient', reply)) });
+  try {
+    await h.worker.start();
+    const env = await h.queue({ rcptTo: ['a@example.org'] });
+    await waitFor(() => h.upstream.bounces().length === 1, 'expiry bounce sent');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'spool empty');
+    const [failed] = await h.spool.listFailed();
+    assert.equal(failed.id, env.id);
+    assert.match(failed.failReason, /gave up after 250ms/);
+    const tries = h.upstream.callsFor(env.id);
+    assert.ok(tries.length >= 3, `retried until maxAge (${tries.length} attempts)`);
+    assert.ok(tries[tries.length - 1].at - Date.parse(env.receivedAt) >= 240, 'last attempt at maxAge, not before');
+    const dsn = dsnOf(h.upstream.bounces()[0]);
+    assert.equal(dsn.perRcpt.length, 1);
+    assert.equal(dsn.perRcpt[0]['final-recipient'], 'rfc822; a@example.org');
+    assert.equal(dsn.perRcpt[0].action, 'failed');
+    assert.equal(dsn.perRcpt[0].status, '4.3.0');
+    assert.equal(dsn.perRcpt[0]['diagnostic-code'], `smtp; ${reply}`);
+  } finally {
+    await h.done();
+  }
+});
+
+test('permanent: failed/ plus an RFC 3464 bounce to the sender with the right fields', async () => {
+  const reply = '550 5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient\'s email address for typos or unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser x1-20020a';
+  const h = await setup({ script: (env) => (env.isBounce ? ok(env) : fail('permanent', reply)) });
+  try {
+    await h.worker.start();
+    const env = await h.queue();
+    await waitFor(() => h.upstream.bounces().length === 1, 'bounce delivered');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'spool empty');
+    assert.equal(h.upstream.callsFor(env.id).length, 1, 'a permanent failure is not retried');
+    const failed = await h.spool.listFailed();
+    assert.deepEqual(failed.map((f) => f.id), [env.id]);
+    assert.equal(failed[0].failReason, reply);
+
+    const call = h.upstream.bounces()[0];
+    assert.equal(call.mailFrom, '', 'bounces use the null sender');
+    assert.deepEqual(call.rcptTo, ['scanner@example.com']);
+    assert.equal(call.account, 'office');
+    const dsn = dsnOf(call);
+    assert.equal(dsn.headers.from, 'Mail Delivery Subsystem <scanner@example.com>');
+    assert.equal(dsn.headers.to, '<scanner@example.com>');
+    assert.match(dsn.headers['content-type'], /^multipart\/report; report-type=delivery-status; boundary="/);
+    assert.equal(dsn.headers['auto-submitted'], 'auto-replied');
+    assert.deepEqual(dsn.parts.map((p) => p.headers['content-type']), ['text/plain; charset=utf-8', 'message/delivery-status', 'text/rfc822-headers']);
+    assert.match(dsn.parts[0].body, /<a@example\.org>: 550 5\.1\.1 The email account/);
+    assert.equal(dsn.perMessage['reporting-mta'], 'dns; bridge.test');
+    assert.equal(Date.parse(dsn.perMessage['arrival-date']), Math.floor(Date.parse(env.receivedAt) / 1000) * 1000);
+    assert.deepEqual(dsn.perRcpt.map((r) => r['final-recipient']), ['rfc822; a@example.org', 'rfc822; b@example.org']);
+    for (const r of dsn.perRcpt) {
+      assert.equal(r.action, 'failed');
+      assert.equal(r.status, '5.1.1');
+      assert.equal(r['diagnostic-code'], `smtp; ${reply}`);
+      assert.equal(r['remote-mta'], 'dns; smtp.gmail.com');
+    }
+    const orig = dsn.parts[2].body;
+    assert.match(orig, /^From: Scanner <scanner@example\.com>\r\n/);
+    assert.match(orig, /Subject: Scan of invoice 42\r\n/);
+    assert.ok(!orig.includes('PDF attached'), 'only the headers of the original are returned');
+    assert.equal(h.log.events('bounced')[0].id, env.id);
+  } finally {
+    await h.done();
+  }
+});
+
+test('bounceTo: an address in queue.bounceTo receives the bounce instead of the sender', async () => {
+  const h = await setup({ queue: { bounceTo: 'postmaster@example.com' }, script: (env) => (env.isBounce ? ok(env) : fail('permanent', '552 5.2.2 mailbox full')) });
+  try {
+    await h.worker.start();
+    await h.queue({ rcptTo: ['a@example.org'] });
+    await waitFor(() => h.upstream.bounces().length === 1, 'bounce delivered');
+    assert.deepEqual(h.upstream.bounces()[0].rcptTo, ['postmaster@example.com']);
+    assert.equal(dsnOf(h.upstream.bounces()[0]).perRcpt[0].status, '5.2.2');
+  } finally {
+    await h.done();
+  }
+});
+
+test('never a bounce for a bounce (isBounce or null sender): failed/ and a log line only', async () => {
+  const h = await setup({ script: () => fail('permanent', '550 5.1.1 no such user') });
+  try {
+    await h.worker.start();
+    const a = await h.queue({ mailFrom: '', isBounce: true, user: null, rcptTo: ['gone@example.org'] });
+    const b = await h.queue({ mailFrom: '', rcptTo: ['gone2@example.org'] });
+    await waitFor(async () => (await h.spool.listFailed()).length === 2, 'both failed');
+    await sleep(100);
+    assert.deepEqual(await h.queuedIds(), [], 'no bounce was queued');
+    assert.equal(h.upstream.calls.length, 2);
+    assert.deepEqual(h.upstream.bounces().map((c) => c.id), [a.id], 'only the original bounce was ever sent');
+    const events = h.log.events('bounced');
+    assert.deepEqual(events.map((e) => e.id).sort(), [a.id, b.id].sort());
+    for (const e of events) assert.match(String(e.dsn), /none/);
+  } finally {
+    await h.done();
+  }
+});
+
+test('partial rejection: accepted recipients are done, the rejected one bounces alone', async () => {
+  const h = await setup({
+    script: (env, call) =>
+      env.isBounce ? ok(env) : { outcome: 'ok', response: '250 2.0.0 OK', accepted: call.rcptTo.filter((r) => r !== 'b@example.org'), rejected: [{ rcpt: 'b@example.org', response: '550 5.1.1 b: no such user' }] },
+  });
+  try {
+    await h.worker.start();
+    const env = await h.queue({ rcptTo: ['a@example.org', 'b@example.org', 'c@example.org'] });
+    await waitFor(() => h.upstream.bounces().length === 1, 'bounce for b');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'spool empty');
+    assert.equal(h.upstream.callsFor(env.id).length, 1);
+    const dsn = dsnOf(h.upstream.bounces()[0]);
+    assert.deepEqual(dsn.perRcpt.map((r) => [r['final-recipient'], r.status]), [['rfc822; b@example.org', '5.1.1']]);
+    assert.deepEqual(await h.spool.listFailed(), [], 'a message whose other recipients got it is not a failed message');
+  } finally {
+    await h.done();
+  }
+});
+
+test('accepted recipients are persisted before the retry, which goes only to the rest', async () => {
+  let onDiskAtRetry: Envelope | null = null;
+  const h = await setup({
+    script: async (env, call, n) => {
+      if (n === 1) return { outcome: 'transient', response: '451 4.3.0 later', accepted: call.rcptTo.slice(0, 2), rejected: [] };
+      onDiskAtRetry = await h.spool.get(env.id);
+      return ok(env);
+    },
+  });
+  try {
+    await h.worker.start();
+    const env = await h.queue({ rcptTo: ['a@example.org', 'b@example.org', 'c@example.org'] });
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'delivered');
+    assert.deepEqual(h.upstream.calls.map((c) => c.rcptTo), [['a@example.org', 'b@example.org', 'c@example.org'], ['c@example.org']]);
+    assert.ok(onDiskAtRetry);
+    const d = onDiskAtRetry as Envelope;
+    assert.deepEqual(d.delivered, ['a@example.org', 'b@example.org']);
+    assert.deepEqual(d.rcptTo, ['c@example.org']);
+    assert.equal(d.attempts, 1);
+    assert.equal(h.upstream.callsFor(env.id).length, 2);
+  } finally {
+    await h.done();
+  }
+});
+
+test('quota (550 5.4.5): the account is held without bounce, survives a restart, `queue retry` probes it', async () => {
+  let officeOk = false;
+  const quota = '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852';
+  const h = await setup({
+    queue: { concurrency: 1, quotaHold: '1h' },
+    script: (env) => (env.account === 'office' && !officeOk ? fail('quota', quota) : ok(env)),
+  });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    await waitFor(() => h.upstream.calls.length === 1, 'first office message tried');
+    const b = await h.queue();
+    const c = await h.queue({ account: 'other', mailFrom: 'other@example.net' });
+    await waitFor(() => h.upstream.callsFor(c.id).length === 1, 'other account unaffected');
+    await sleep(250); // several retry periods
+    assert.equal(h.upstream.callsFor(a.id).length, 1, 'held message not retried');
+    assert.equal(h.upstream.callsFor(b.id).length, 0, 'the whole account is held');
+    const storedA = (await h.spool.get(a.id))!;
+    assert.equal(storedA.attempts, 0, 'attempts not burnt');
+    assert.equal(storedA.lastError, quota);
+    assert.deepEqual(await h.spool.listFailed(), []);
+    assert.equal(h.upstream.bounces().length, 0);
+    assert.equal(h.log.entries.filter((e) => e.level === 'warn' && /sending limit/.test(e.msg)).length, 1, 'one warning');
+    assert.match(h.worker.stats().held.office, /^quota until /);
+    assert.ok(h.log.events('held').some((e) => e.id === b.id && e.reason === 'quota'));
+
+    // restart: the hold is remembered
+    await h.worker.stop(1000);
+    const w2 = h.newWorker();
+    await w2.start();
+    await sleep(150);
+    assert.equal(h.upstream.callsFor(a.id).length + h.upstream.callsFor(b.id).length, 1);
+
+    // the operator retries one message: it is tried despite the hold; Gmail takes it, so the hold lifts
+    officeOk = true;
+    const sink = new PassThrough();
+    assert.equal(await queueRetry(h.config, { id: a.id }, sink), 0);
+    await w2.rescan();
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'account flows again');
+    assert.equal(h.upstream.callsFor(a.id).length, 2);
+    assert.equal(h.upstream.callsFor(b.id).length, 1);
+    assert.deepEqual(w2.stats().held, {});
+  } finally {
+    await h.done();
+  }
+});
+
+test('auth: needs-reauth, mail held (no bounce, new mail waits), released at once when the account is ok again', async () => {
+  const reply = '535-5.7.8 Username and Password not accepted. For more information, go to 5.7.8 https://support.google.com/mail/?p=BadCredentials';
+  let released = false;
+  const h = await setup({ queue: { retry: ['10s'] }, script: (env) => (env.account === 'office' && !released ? fail('auth', reply) : ok(env)) });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    await waitFor(() => h.health.reauth.length === 1, 'markNeedsReauth called');
+    assert.deepEqual(h.health.reauth[0], { account: 'office', reason: reply });
+    const b = await h.queue();
+    const c = await h.queue({ account: 'other' });
+    await waitFor(() => h.upstream.callsFor(c.id).length === 1, 'other account delivers');
+    await sleep(100);
+    assert.equal(h.upstream.callsFor(b.id).length, 0, 'no send for a needs-reauth account');
+    assert.equal(h.upstream.callsFor(a.id).length, 1);
+    assert.deepEqual(h.worker.stats().held, { office: 'needs-reauth' });
+    assert.equal(h.upstream.bounces().length, 0);
+    assert.deepEqual(await h.spool.listFailed(), []);
+    assert.ok(h.log.events('held').some((e) => e.id === a.id && e.reason === 'needs-reauth'));
+    assert.equal((await h.spool.get(a.id))!.attempts, 0);
+
+    released = true;
+    const t0 = Date.now();
+    h.health.set('office', 'ok'); // `token import` / `authorize` done
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'held mail delivered');
+    assert.ok(Date.now() - t0 < 2000, 'retried at once, not after the 10s backoff');
+    assert.equal(h.upstream.callsFor(a.id).length, 2);
+    assert.equal(h.upstream.callsFor(b.id).length, 1);
+  } finally {
+    await h.done();
+  }
+});
+
+test('restart: every spooled message is picked up, including one in flight when the process stopped', async () => {
+  let hang!: () => void;
+  const hung = new Promise<SendResult>((r) => (hang = () => r(fail('transient', 'connection lost'))));
+  const h = await setup({ script: () => hung });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    await waitFor(() => h.upstream.calls.length === 1, 'send in flight');
+    await h.worker.stop(50); // the "crash": the send never finished
+    assert.ok(h.log.entries.some((e) => e.level === 'warn' && /did not finish/.test(e.msg)));
+    const b = await h.spool.receive([MESSAGE], base);
+    const c = await h.spool.receive([MESSAGE], base);
+    c.nextAttemptAt = new Date(Date.now() + 300).toISOString();
+    await h.spool.update(c);
+
+    const spool2 = new Spool(h.dir, h.log);
+    await spool2.init();
+    const up2 = new ScriptedUpstream();
+    const w2 = h.newWorker(up2, spool2);
+    await w2.start();
+    await waitFor(async () => (await spool2.list()).length === 0, 'all delivered after restart');
+    assert.deepEqual(up2.calls.map((x) => x.id).sort(), [a.id, b.id, c.id].sort());
+    assert.ok(up2.callsFor(c.id)[0].at >= Date.parse(c.nextAttemptAt), 'a message not yet due waits for its time');
+    hang();
+  } finally {
+    await h.done();
+  }
+});
+
+test('concurrency: never more than queue.concurrency sends, each message sent exactly once', async () => {
+  const h = await setup({ queue: { concurrency: 3 }, script: async (env) => (await sleep(40), ok(env)) });
+  try {
+    await h.worker.start();
+    const ids: string[] = [];
+    for (let i = 0; i < 10; i++) ids.push((await h.queue()).id);
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'all delivered');
+    assert.equal(h.upstream.maxInFlight, 3);
+    assert.deepEqual(h.upstream.calls.map((c) => c.id).sort(), ids.sort());
+  } finally {
+    await h.done();
+  }
+});
+
+test('notify and rescan of a message already in flight do not send it twice', async () => {
+  const h = await setup({ script: async (env) => (await sleep(150), ok(env)) });
+  try {
+    await h.worker.start();
+    const env = await h.queue();
+    await waitFor(() => h.upstream.calls.length === 1, 'in flight');
+    h.worker.notify(env);
+    await h.worker.rescan();
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'delivered');
+    await sleep(50);
+    assert.equal(h.upstream.calls.length, 1);
+  } finally {
+    await h.done();
+  }
+});
+
+test('stop waits for in-flight sends and leaves the rest spooled', async () => {
+  let finishedAt = 0;
+  const h = await setup({ queue: { concurrency: 1 }, script: async (env) => (await sleep(300), (finishedAt = Date.now()), ok(env)) });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    const b = await h.queue();
+    const c = await h.queue();
+    await waitFor(() => h.upstream.calls.length === 1, 'first send started');
+    assert.equal(finishedAt, 0);
+    await h.worker.stop(5000);
+    assert.ok(finishedAt > 0, 'stop waited for the send to finish');
+    assert.deepEqual(await h.queuedIds(), [b.id, c.id], 'the finished one is removed, the rest stay');
+    assert.equal(h.upstream.calls[0].id, a.id);
+    h.worker.notify(b);
+    await sleep(100);
+    assert.equal(h.upstream.calls.length, 1, 'no new work after stop');
+  } finally {
+    await h.done();
+  }
+});
+
+test('messagesPerDay: over the limit mail waits, and the count survives a restart', async () => {
+  const h = await setup({ limits: { messagesPerDay: 2 } });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    const b = await h.queue();
+    await waitFor(async () => (await h.queuedIds()).length === 0, 'two delivered');
+    const c = await h.queue();
+    const d = await h.queue({ account: 'other' });
+    await waitFor(() => h.upstream.callsFor(d.id).length === 1, 'other account not limited');
+    await sleep(100);
+    assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
+    assert.match(h.worker.stats().held.office, /^rate-limit until /);
+    assert.ok(h.log.events('held').some((e) => e.id === c.id && e.reason === 'rate-limit'));
+    assert.deepEqual([a, b].map((x) => h.upstream.callsFor(x.id).length), [1, 1]);
+
+    await h.worker.stop(1000);
+    const w2 = h.newWorker();
+    await w2.start();
+    await sleep(150);
+    assert.equal(h.upstream.callsFor(c.id).length, 0, 'still held after a restart');
+    assert.deepEqual(await h.queuedIds(), [c.id]);
+  } finally {
+    await h.done();
+  }
+});
+
+test('delayWarning: one Action: delayed notice per message, the message keeps being retried', async () => {
+  const reply = '451 4.4.2 Timeout - closing connection.';
+  const h = await setup({ queue: { retry: ['40ms'], delayWarning: '120ms' }, script: (env) => (env.isBounce ? ok(env) : fail('transient', reply)) });
+  try {
+    await h.worker.start();
+    const env = await h.queue({ rcptTo: ['a@example.org'] });
+    await waitFor(() => h.upstream.bounces().length === 1, 'delay notice sent');
+    const tries = h.upstream.callsFor(env.id).length;
+    await waitFor(() => h.upstream.callsFor(env.id).length >= tries + 3, 'still retried');
+    assert.equal(h.upstream.bounces().length, 1, 'only one notice');
+    const stored = (await h.spool.get(env.id))!;
+    assert.equal(stored.warned, true);
+    const dsn = dsnOf(h.upstream.bounces()[0]);
+    assert.equal(dsn.headers.subject, 'Delayed Mail (still being retried)');
+    assert.equal(dsn.perRcpt[0].action, 'delayed');
+    assert.equal(dsn.perRcpt[0].status, '4.4.2');
+    assert.ok(Date.parse(dsn.perRcpt[0]['will-retry-until']) > Date.now() + 4 * 86400e3);
+    assert.deepEqual(await h.spool.listFailed(), []);
+  } finally {
+    await h.done();
+  }
+});
+
+test('statusFromReply reads enhanced codes and falls back on the reply class', () => {
+  assert.equal(statusFromReply('550-5.1.1 The email account ... 550 5.1.1 double-check'), '5.1.1');
+  assert.equal(statusFromReply('552 5.2.2 mailbox full'), '5.2.2');
+  assert.equal(statusFromReply('554 transaction failed', '5.0.0'), '5.0.0');
+  assert.equal(statusFromReply('421 closing', '4.4.7'), '4.0.0');
+  assert.equal(statusFromReply('ECONNREFUSED: connect failed', '4.4.7'), '4.4.7');
+});

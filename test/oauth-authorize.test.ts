@@ -1,0 +1,220 @@
+// `authorize`: auth code + PKCE + state against the fake consent page and token endpoint.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import https from 'node:https';
+import http from 'node:http';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { authorize } from '../src/oauth/authorize.js';
+import { TokenService } from '../src/oauth/service.js';
+import { TokenStore } from '../src/oauth/store.js';
+import { authorizeCommand } from '../src/cli/token.js';
+import { nullLogger } from '../src/log/logger.js';
+import { oauthWorld, collect, type OAuthWorld } from './oauth-harness.js';
+
+/** Plays the browser at the consent page: GET the auth URL, return the redirect Location. */
+function consent(w: OAuthWorld, url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    https
+      .get(url, { ca: readFileSync(w.caFile) }, (res) => {
+        res.resume();
+        if (res.statusCode !== 302 || !res.headers.location) reject(new Error(`consent page answered ${res.statusCode}`));
+        else resolve(res.headers.location);
+      })
+      .on('error', reject);
+  });
+}
+
+function httpGet(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(url, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      })
+      .on('error', reject);
+  });
+}
+
+function withState(location: string, state: string): string {
+  const u = new URL(location);
+  u.searchParams.set('state', state);
+  return u.toString();
+}
+
+test('loopback flow: PKCE S256, state, offline consent; stores the refresh token and notifies the daemon', async () => {
+  const w = await oauthWorld();
+  try {
+    const out = collect();
+    let authUrl = '';
+    let page: { status: number; body: string } | undefined;
+    const browser: Promise<void>[] = [];
+    const res = await authorize({
+      config: w.config(),
+      account: 'office',
+      manual: false,
+      input: new PassThrough(),
+      output: out.stream,
+      openUrl: (url) => {
+        authUrl = url;
+        browser.push(consent(w, url).then(async (loc) => void (page = await httpGet(loc))));
+      },
+    });
+    await Promise.all(browser);
+    assert.equal(res.email, w.email);
+    const q = new URL(authUrl).searchParams;
+    assert.equal(q.get('code_challenge_method'), 'S256');
+    assert.match(q.get('code_challenge') ?? '', /^[A-Za-z0-9_-]{43}$/);
+    assert.equal(q.get('access_type'), 'offline');
+    assert.equal(q.get('prompt'), 'consent');
+    assert.equal(q.get('scope'), 'https://mail.google.com/');
+    assert.ok((q.get('state') ?? '').length >= 32);
+    assert.match(q.get('redirect_uri') ?? '', /^http:\/\/127\.0\.0\.1:\d+\/$/);
+    assert.ok(out.text().includes(authUrl), 'URL printed');
+    assert.equal(page?.status, 200);
+    assert.match(page?.body ?? '', /Authorized/);
+    // The fake verified the PKCE verifier against the challenge when exchanging the code.
+    const exchange = w.fake.requests.find((r) => r.grantType === 'authorization_code');
+    assert.equal(exchange?.ok, true);
+
+    const rec = (await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office;
+    assert.ok(rec.refreshToken && w.fake.refreshTokensFor(w.email).includes(rec.refreshToken));
+    assert.equal(rec.authorizedEmail, w.email);
+    assert.ok(existsSync(join(w.stateDir, 'control', 'tokens')), 'daemon notified');
+
+    // The daemon side uses what authorize stored.
+    const svc = new TokenService({ config: w.config(), log: nullLogger });
+    await svc.init();
+    assert.equal(svc.state('office'), 'ok');
+    assert.ok(w.fake.tokenInfo(await svc.getAccessToken('office', { force: true })));
+  } finally {
+    await w.close();
+  }
+});
+
+test('--manual: the pasted redirect URL completes the flow (nothing needs to listen)', async () => {
+  const w = await oauthWorld();
+  try {
+    const input = new PassThrough();
+    const out = collect();
+    const done = authorize({
+      config: w.config(),
+      account: 'office',
+      manual: true,
+      input,
+      output: out.stream,
+      openUrl: (url) => {
+        void consent(w, url).then((loc) => {
+          input.write('not a url\n');
+          input.write(`  ${loc}  \n`);
+        });
+      },
+    });
+    const { email } = await done;
+    assert.equal(email, w.email);
+    assert.match(out.text(), /paste it here/);
+    assert.match(out.text(), /does not look like the redirect URL/);
+    const rec = (await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office;
+    assert.ok(rec.refreshToken && w.fake.refreshTokensFor(w.email).includes(rec.refreshToken));
+  } finally {
+    await w.close();
+  }
+});
+
+test('a redirect with the wrong state is rejected (manual and loopback) and nothing is stored', async () => {
+  const w = await oauthWorld();
+  try {
+    const input = new PassThrough();
+    await assert.rejects(
+      authorize({
+        config: w.config(),
+        account: 'office',
+        manual: true,
+        input,
+        output: collect().stream,
+        openUrl: (url) => void consent(w, url).then((loc) => input.write(withState(loc, 'forged-state') + '\n')),
+      }),
+      /state mismatch/,
+    );
+
+    let page: Promise<{ status: number; body: string }> | undefined;
+    await assert.rejects(
+      authorize({
+        config: w.config(),
+        account: 'office',
+        manual: false,
+        input: new PassThrough(),
+        output: collect().stream,
+        openUrl: (url) => {
+          page = consent(w, url).then((loc) => httpGet(withState(loc, 'forged-state')));
+        },
+      }),
+      /state mismatch/,
+    );
+    const p = await page!;
+    assert.equal(p.status, 400);
+    assert.match(p.body, /Authorization failed/);
+    assert.equal(w.fake.requests.filter((r) => r.grantType === 'authorization_code').length, 0, 'no code exchanged');
+    assert.deepEqual((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts, {});
+  } finally {
+    await w.close();
+  }
+});
+
+test('denied consent, EOF on --manual input and service accounts give clear errors', async () => {
+  const w = await oauthWorld();
+  try {
+    w.fake.denyConsent = true;
+    const input = new PassThrough();
+    await assert.rejects(
+      authorize({
+        config: w.config(),
+        account: 'office',
+        manual: true,
+        input,
+        output: collect().stream,
+        openUrl: (url) => void consent(w, url).then((loc) => input.write(loc + '\n')),
+      }),
+      /access was denied/,
+    );
+    const eof = new PassThrough();
+    eof.end();
+    await assert.rejects(
+      authorize({ config: w.config(), account: 'office', manual: true, input: eof, output: collect().stream }),
+      /no redirect URL was pasted/,
+    );
+
+    const keyFile = join(w.dir, 'sa.json');
+    writeFileSync(keyFile, w.fake.createServiceAccount('sa@p.iam.gserviceaccount.com').keyJson, { mode: 0o600 });
+    const saCfg = w.config({
+      accounts: [{ name: 'ws', email: w.email, oauth: { type: 'service-account', keyFile, subject: w.email, tokenUrl: w.fake.url } }],
+    });
+    const out = collect();
+    assert.equal(await authorizeCommand(saCfg, 'ws', { manual: false }, new PassThrough(), out.stream), 1);
+    assert.match(out.text(), /service accounts do not need authorize/);
+  } finally {
+    await w.close();
+  }
+});
+
+test('authorizeCommand prints who was authorized and warns about a different signed-in user', async () => {
+  const w = await oauthWorld();
+  try {
+    w.fake.consentEmail = 'someone.else@example.com';
+    const input = new PassThrough();
+    const out = collect();
+    // authorizeCommand has no openUrl hook: play the browser from the printed URL.
+    out.stream.on('data', (c: Buffer) => {
+      const m = /(https:\/\/127\.0\.0\.1:\d+\/auth\?\S+)/.exec(c.toString());
+      if (m) void consent(w, m[1]).then((loc) => input.write(loc + '\n'));
+    });
+    assert.equal(await authorizeCommand(w.config(), 'office', { manual: true }, input, out.stream), 0, out.text());
+    assert.match(out.text(), /Authorized account office as someone\.else@example\.com/);
+    assert.match(out.text(), /Warning: you signed in as someone\.else@example\.com/);
+  } finally {
+    await w.close();
+  }
+});

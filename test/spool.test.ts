@@ -1,0 +1,379 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, readdir, readFile, writeFile, stat, mkdir, statfs } from 'node:fs/promises';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { Spool, SpoolWriteError, SpoolSizeError, newQueueId, type NewMessage } from '../src/spool/spool.js';
+import { readHeaderBlock } from '../src/spool/headers.js';
+import { nullLogger } from '../src/log/logger.js';
+
+const meta: NewMessage = {
+  user: 'printer',
+  account: 'office',
+  mailFrom: 'scanner@example.com',
+  rcptTo: ['a@example.org', 'b@example.org'],
+  clientIp: '127.0.0.1',
+  bodyType: '8bitmime',
+  smtputf8: false,
+};
+
+const MSG = Buffer.from('From: scanner@example.com\r\nTo: a@example.org\r\nSubject: scan\r\n\r\nbody \xe9\r\n', 'latin1');
+
+async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'spool-test-'));
+  try {
+    return await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Files in the spool folder, without failed/ and dot files (rate-limit state). */
+async function spoolFiles(spool: Spool): Promise<string[]> {
+  return (await readdir(spool.dir)).filter((n) => n !== 'failed' && !n.startsWith('.')).sort();
+}
+
+test('receive stores the exact bytes and a complete envelope, files 0600', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    assert.equal((await stat(spool.dir)).mode & 0o777, 0o700);
+    const env = await spool.receive(Readable.from([MSG.subarray(0, 10), MSG.subarray(10)]), meta);
+    assert.match(env.id, /^[0-9A-Z]{16}$/);
+    assert.deepEqual(await readFile(spool.messagePath(env.id)), MSG);
+    assert.equal((await stat(spool.messagePath(env.id))).mode & 0o777, 0o600);
+    assert.equal((await stat(join(spool.dir, `${env.id}.json`))).mode & 0o777, 0o600);
+    const onDisk = JSON.parse(await readFile(join(spool.dir, `${env.id}.json`), 'utf8'));
+    assert.deepEqual(onDisk, env);
+    assert.equal(env.size, MSG.length);
+    assert.deepEqual(env.rcptTo, meta.rcptTo);
+    assert.deepEqual(env.delivered, []);
+    assert.equal(env.attempts, 0);
+    assert.equal(env.user, 'printer');
+    assert.equal(env.bodyType, '8bitmime');
+    assert.ok(Math.abs(Date.parse(env.receivedAt) - Date.now()) < 5000);
+    assert.equal(env.nextAttemptAt, env.receivedAt);
+    assert.deepEqual(await spoolFiles(spool), [`${env.id}.eml`, `${env.id}.json`]);
+  });
+});
+
+test('the envelope (commit point) appears only after the whole message is stored', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let firstWritten!: () => void;
+    const started = new Promise<void>((r) => (firstWritten = r));
+    async function* source() {
+      yield MSG.subarray(0, 20);
+      firstWritten();
+      await gate;
+      yield MSG.subarray(20);
+    }
+    const pending = spool.receive(source(), meta);
+    await started;
+    await new Promise((r) => setTimeout(r, 50));
+    const during = await spoolFiles(spool);
+    assert.equal(during.length, 1, `only the message file exists while data is arriving: ${during}`);
+    assert.match(during[0], /\.eml$/);
+    assert.deepEqual(await spool.list(), [], 'an uncommitted message is not queued');
+    release();
+    const env = await pending;
+    assert.deepEqual(await spoolFiles(spool), [`${env.id}.eml`, `${env.id}.json`]);
+    assert.deepEqual((await spool.list()).map((e) => e.id), [env.id]);
+  });
+});
+
+test('a source that errors or is destroyed leaves no files and rejects with its error', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    async function* failing() {
+      yield Buffer.alloc(300_000, 0x61); // past the write batch, so something hit the disk
+      throw new Error('client went away');
+    }
+    await assert.rejects(spool.receive(failing(), meta), /client went away/);
+    assert.deepEqual(await spoolFiles(spool), []);
+
+    const r = new Readable({ read() {} });
+    const p = spool.receive(r, meta);
+    r.push(Buffer.alloc(1000, 0x62));
+    setTimeout(() => r.destroy(), 20);
+    await assert.rejects(p, (e: Error) => !(e instanceof SpoolWriteError));
+    assert.deepEqual(await spoolFiles(spool), []);
+    assert.deepEqual(await spool.list(), []);
+  });
+});
+
+test('maxBytes: an oversized message is drained to its end, rejected with SpoolSizeError, nothing kept', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    let consumed = 0;
+    async function* big() {
+      for (let i = 0; i < 10; i++) {
+        consumed++;
+        yield Buffer.alloc(100_000, 0x63);
+      }
+    }
+    await assert.rejects(spool.receive(big(), meta, { maxBytes: 250_000 }), (e: unknown) => e instanceof SpoolSizeError && e.size === 1_000_000);
+    assert.equal(consumed, 10, 'the source is read to its end so the SMTP dialogue stays in step');
+    assert.deepEqual(await spoolFiles(spool), []);
+  });
+});
+
+test('a new Spool on the same directory sees the queue; update, remove and fail persist', async () => {
+  await withDir(async (dir) => {
+    const a = new Spool(dir, nullLogger);
+    await a.init();
+    const e1 = await a.receive([MSG], meta);
+    const e2 = await a.receive([MSG], { ...meta, rcptTo: ['c@example.org'] });
+    const e3 = await a.receive([MSG], meta);
+    assert.ok(e1.id < e2.id && e2.id < e3.id, 'ids sort by arrival');
+
+    const b = new Spool(dir, nullLogger); // "after a restart"
+    await b.init();
+    assert.deepEqual((await b.list()).map((e) => e.id), [e1.id, e2.id, e3.id]);
+    const got = await b.get(e2.id);
+    assert.deepEqual(got, e2);
+    assert.equal(await b.get('../../etc/passwd'), null);
+
+    got!.attempts = 3;
+    got!.lastError = '451 4.3.0 try later';
+    got!.delivered = ['x@example.org'];
+    assert.equal(await b.update(got!), true);
+    assert.deepEqual(await new Spool(dir, nullLogger).get(e2.id), got);
+
+    await b.remove(e1.id);
+    await b.remove(e1.id); // idempotent
+    assert.equal(await b.get(e1.id), null);
+    assert.equal(await b.update({ ...e1 }), false, 'update of a removed message writes nothing');
+    assert.equal(await b.get(e1.id), null);
+
+    await b.fail(e3.id, '550 5.1.1 no such user');
+    assert.deepEqual((await b.list()).map((e) => e.id), [e2.id]);
+    const failed = await b.listFailed();
+    assert.equal(failed.length, 1);
+    assert.equal(failed[0].id, e3.id);
+    assert.equal(failed[0].failReason, '550 5.1.1 no such user');
+    assert.deepEqual(await readFile(b.failedMessagePath(e3.id)), MSG);
+    assert.deepEqual(await spoolFiles(b), [`${e2.id}.eml`, `${e2.id}.json`]);
+  });
+});
+
+test('init removes leftovers of unacknowledged writes and keeps committed messages', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    const kept = await spool.receive([MSG], meta);
+    const orphanId = newQueueId();
+    await writeFile(join(spool.dir, `${orphanId}.eml`), 'half a message'); // crash before the envelope
+    await writeFile(join(spool.dir, `${kept.id}.1234.abcdef.tmp`), '{"half');  // crash during an envelope rewrite
+    const lostId = newQueueId();
+    await writeFile(join(spool.dir, `${lostId}.json`), JSON.stringify({ ...kept, id: lostId })); // message file lost
+    await writeFile(join(spool.dir, '.ratelimit.json'), '{}');
+
+    const again = new Spool(dir, nullLogger);
+    await again.init();
+    assert.deepEqual(await spoolFiles(again), [`${kept.id}.eml`, `${kept.id}.json`]);
+    assert.ok((await readdir(again.dir)).includes('.ratelimit.json'), 'worker state is not a leftover');
+    assert.deepEqual((await again.list()).map((e) => e.id), [kept.id]);
+    const failed = await again.listFailed();
+    assert.deepEqual(failed.map((e) => e.id), [lostId]);
+    assert.match(failed[0].failReason, /message file missing/);
+  });
+});
+
+test('a 25 MB message is streamed: RSS stays flat and the bytes are intact', async (t) => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    const total = 25 * 1024 * 1024;
+    const chunk = 64 * 1024;
+    const hash = createHash('sha256');
+    // A small ring of reused buffers, like a socket's read pool: the spool must copy what it
+    // keeps (the hash check fails otherwise) and the test itself creates no garbage to measure.
+    const ring = Array.from({ length: 4 }, () => Buffer.allocUnsafe(chunk));
+    async function* source() {
+      for (let off = 0, n = 0; off < total; off += chunk, n++) {
+        const b = ring[n % ring.length];
+        for (let i = 0; i < chunk; i += 4096) b.fill((n * 7 + i / 4096) & 0xff, i, i + 4096);
+        hash.update(b);
+        yield b;
+      }
+    }
+    (globalThis as { gc?: () => void }).gc?.();
+    const base = process.memoryUsage().rss;
+    let peak = base;
+    const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 5);
+    const t0 = performance.now();
+    const env = await spool.receive(source(), meta);
+    const ms = performance.now() - t0;
+    clearInterval(sampler);
+    peak = Math.max(peak, process.memoryUsage().rss);
+    const growth = (peak - base) / 1024 / 1024;
+    t.diagnostic(`25 MB: peak RSS growth ${growth.toFixed(1)} MB, ${ms.toFixed(0)} ms to commit`);
+    assert.ok(growth < 16, `RSS grew by ${growth.toFixed(1)} MB`);
+    assert.equal(env.size, total);
+    const onDisk = createHash('sha256');
+    for await (const c of (await import('node:fs')).createReadStream(spool.messagePath(env.id))) onDisk.update(c as Buffer);
+    assert.equal(onDisk.digest('hex'), hash.digest('hex'));
+  });
+});
+
+test('readHeaderBlock returns only the header part', async () => {
+  await withDir(async (dir) => {
+    const f = join(dir, 'm.eml');
+    await writeFile(f, Buffer.concat([Buffer.from('Subject: x\r\nX-A: 1\r\n\r\n'), Buffer.alloc(2_000_000, 0x61)]));
+    assert.equal((await readHeaderBlock(f)).toString(), 'Subject: x\r\nX-A: 1\r\n');
+    await writeFile(f, 'Subject: lf only\nX: y\n\nbody\n');
+    assert.equal((await readHeaderBlock(f)).toString(), 'Subject: lf only\nX: y\n');
+  });
+});
+
+test('syscall order (strace): message fsynced, envelope fsynced, renamed, then the directory fsynced', async (t) => {
+  if (spawnSync('strace', ['-V']).status !== 0) {
+    t.skip('strace not installed (the commit-point test above still checks the envelope appears last)');
+    return;
+  }
+  await withDir(async (dir) => {
+    const script = join(dir, 'order.mts');
+    await writeFile(
+      script,
+      `import { Spool } from ${JSON.stringify(resolve('src/spool/spool.ts'))};
+import { nullLogger } from ${JSON.stringify(resolve('src/log/logger.ts'))};
+const spool = new Spool(${JSON.stringify(join(dir, 'state'))}, nullLogger);
+await spool.init();
+const env = await spool.receive([Buffer.from('Subject: x\\r\\n\\r\\nhi\\r\\n')], { user: null, account: 'a', mailFrom: 'a@b', rcptTo: ['c@d'], clientIp: '127.0.0.1', bodyType: '7bit', smtputf8: false });
+console.log(env.id);
+`,
+    );
+    const trace = join(dir, 'trace.out');
+    const r = spawnSync('strace', ['-f', '-qq', '-e', 'trace=openat,fsync,fdatasync,rename,renameat,renameat2', '-o', trace, process.execPath, '--import', 'tsx', script], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const id = r.stdout.trim().split('\n').pop()!;
+    const spoolDir = join(dir, 'state', 'spool');
+    const fdPath = new Map<string, string>();
+    const events: string[] = [];
+    const name = (p: string) => (p === spoolDir ? 'spool/' : p.startsWith(spoolDir + '/' + id) ? p.slice(spoolDir.length + 1 + id.length).replace(/^\.\d+\.[0-9a-f]+\.tmp$/, '.tmp') : null);
+    for (const line of (await readFile(trace, 'utf8')).split('\n')) {
+      let m = /openat\(AT_FDCWD, "([^"]+)",.*\) = (\d+)$/.exec(line);
+      if (m) {
+        fdPath.set(m[2], m[1]);
+        continue;
+      }
+      m = /f(?:data)?sync\((\d+)\)\s+= 0/.exec(line);
+      if (m) {
+        const n = name(fdPath.get(m[1]) ?? '');
+        if (n) events.push(`fsync ${n}`);
+        continue;
+      }
+      m = /rename(?:at2?)?\(.*"([^"]+)",.*"([^"]+)".*\) = 0/.exec(line);
+      if (m && name(m[1]) && name(m[2])) events.push(`rename ${name(m[1])} ${name(m[2])}`);
+    }
+    assert.deepEqual(events, ['fsync .eml', 'fsync .tmp', 'rename .tmp .json', 'fsync spool/']);
+  });
+});
+
+// ---- disk full: a real write error from the kernel, not a mocked fs ----
+
+function tryMountTmpfs(dir: string, options: string): boolean {
+  if (process.env.SPOOL_TEST_NO_MOUNT) return false;
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', dir], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function umount(dir: string): void {
+  try {
+    execFileSync('umount', [dir], { stdio: 'ignore' });
+  } catch {
+    /* not mounted */
+  }
+}
+
+test('disk full while writing the message: SpoolWriteError, no partial files, space given back', async (t) => {
+  await withDir(async (dir) => {
+    const state = join(dir, 'state');
+    await mkdir(state);
+    if (tryMountTmpfs(state, 'size=256k,mode=0700')) {
+      t.diagnostic('disk full simulated with a 256 KB tmpfs (ENOSPC)');
+      try {
+        const spool = new Spool(state, nullLogger);
+        await spool.init();
+        const before = await statfs(state);
+        let consumed = 0;
+        async function* big() {
+          for (let i = 0; i < 16; i++) {
+            consumed++;
+            yield Buffer.alloc(64 * 1024, 0x64);
+          }
+        }
+        await assert.rejects(spool.receive(big(), meta), (e: unknown) => e instanceof SpoolWriteError && /ENOSPC/.test((e as Error).message));
+        assert.equal(consumed, 16, 'the rest of the message is drained');
+        assert.deepEqual(await spoolFiles(spool), []);
+        assert.deepEqual(await spool.list(), []);
+        assert.equal((await statfs(state)).bfree, before.bfree, 'the partial message file was removed');
+        // and once there is room, mail flows again
+        const env = await spool.receive([MSG], meta);
+        assert.deepEqual(await readFile(spool.messagePath(env.id)), MSG);
+      } finally {
+        umount(state);
+      }
+      return;
+    }
+    // No mount permission: limit the file size of a child process instead (RLIMIT_FSIZE,
+    // SIGXFSZ ignored), so its write fails with EFBIG exactly like a full disk would.
+    t.diagnostic('mount not permitted: disk full simulated with RLIMIT_FSIZE (EFBIG) in a child process');
+    const script = join(dir, 'child.mts');
+    const spoolModule = resolve('src/spool/spool.ts');
+    const logModule = resolve('src/log/logger.ts');
+    await writeFile(
+      script,
+      `import { Spool, SpoolWriteError } from ${JSON.stringify(spoolModule)};
+import { nullLogger } from ${JSON.stringify(logModule)};
+import { readdir } from 'node:fs/promises';
+const spool = new Spool(${JSON.stringify(state)}, nullLogger);
+await spool.init();
+async function* big() { for (let i = 0; i < 16; i++) yield Buffer.alloc(64 * 1024, 0x64); }
+let result = 'resolved';
+try { await spool.receive(big(), { user: null, account: 'a', mailFrom: 'x@y', rcptTo: ['r@y'], clientIp: '127.0.0.1', bodyType: '7bit', smtputf8: false }); }
+catch (e) { result = e instanceof SpoolWriteError ? 'SpoolWriteError ' + e.message : 'other ' + e; }
+console.log(JSON.stringify({ result, files: (await readdir(spool.dir)).filter((n) => n !== 'failed') }));
+`,
+    );
+    const r = spawnSync('sh', ['-c', `trap '' XFSZ; ulimit -f 256; exec "${process.execPath}" --import tsx "${script}"`], { encoding: 'utf8', cwd: process.cwd() });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.match(out.result, /^SpoolWriteError .*EFBIG/);
+    assert.deepEqual(out.files, []);
+  });
+});
+
+test('no room for the envelope (inodes exhausted): SpoolWriteError and the message file is removed', async (t) => {
+  await withDir(async (dir) => {
+    const state = join(dir, 'state');
+    await mkdir(state);
+    // root + spool/ + failed/ + the message file: the envelope's temp file cannot be created.
+    if (!tryMountTmpfs(state, 'size=1m,nr_inodes=4,mode=0700')) {
+      t.skip('needs mount permission for a tmpfs with an inode limit (the data-write case above still runs)');
+      return;
+    }
+    try {
+      const spool = new Spool(state, nullLogger);
+      await spool.init();
+      await assert.rejects(spool.receive([MSG], meta), (e: unknown) => e instanceof SpoolWriteError && /ENOSPC/.test((e as Error).message));
+      assert.deepEqual(await spoolFiles(spool), []);
+      assert.deepEqual(await spool.list(), []);
+    } finally {
+      umount(state);
+    }
+  });
+});

@@ -138,6 +138,9 @@ function releaseBodies(world: FakeWorld): { bytes: number; stop(): void } {
   };
 }
 
+/** Every bridge started, so a failing scenario can show what the daemon logged. */
+const started: Array<{ name: string; stderr: string[] }> = [];
+
 interface BridgeProc {
   child: ChildProcess;
   pid: number;
@@ -170,11 +173,14 @@ async function startBridgeProc(
     input: world.account.refreshToken,
     stdio: ['pipe', 'ignore', 'pipe'],
   });
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'serve.ts'), file, ...(opts.noFsync ? ['--unsafe-no-fsync'] : [])], {
+  // BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") profiles the daemon.
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, 'bench', 'serve.ts'), file, ...(opts.noFsync ? ['--unsafe-no-fsync'] : [])], {
     cwd: ROOT,
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   const stderr: string[] = [];
+  started.push({ name, stderr });
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => stderr.push(...d.split('\n').filter(Boolean)));
   const exited = once(child, 'exit');
@@ -364,7 +370,7 @@ async function concurrent(): Promise<void> {
   let bridge: BridgeProc | undefined;
   try {
     const token = await fetchAccessToken(world);
-    bridge = await startBridgeProc(world, 'concurrent');
+    bridge = await startBridgeProc(world, 'concurrent', { noFsync: !!process.env.BENCH_DIAG_NOFSYNC });
     const raw = makeMessage(SMALL, FROM, TO, 'concurrent');
     const viaBridge = { host: '127.0.0.1', port: bridge.port, secure: false, ignoreTLS: true, auth: { user: world.user.username, pass: world.user.password }, authMethod: 'PLAIN' };
     const direct = {
@@ -639,6 +645,7 @@ async function main(): Promise<void> {
   for (const [n, name, fn] of scenarios) {
     if (!want(n) && !(n === 1 && want(5))) continue;
     const s0 = now();
+    const logsBefore = started.length;
     process.stdout.write(`running ${n} ${name} ... `);
     try {
       await fn();
@@ -647,6 +654,9 @@ async function main(): Promise<void> {
       const msg = (e as Error).stack ?? String(e);
       errors[name] = msg;
       console.log(`FAILED\n${msg}`);
+      for (const b of started.slice(logsBefore)) {
+        if (b.stderr.length) console.log(`bridge ${b.name} log (last 20 lines):\n${b.stderr.slice(-20).join('\n')}`);
+      }
       row(String(n) + ' ' + name, 'error', (e as Error).message.split('\n')[0].slice(0, 60), '', '', '', false);
     }
   }

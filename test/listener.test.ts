@@ -250,6 +250,9 @@ test('sender policy: MAIL FROM and From header must be allowed (exact, case-inse
     assert.equal(bad2.code, 553);
     const bad3 = await c.sendRaw('backup@nas.example.com', ['x@example.net'], 'Subject: two froms\r\nFrom: backup@nas.example.com\r\nFROM: evil@example.org\r\n\r\nhi\r\n.\r\n');
     assert.equal(bad3.code, 553);
+    // A From header hidden behind a bare CR (the upstream client turns it into a line break).
+    const bad4 = await c.sendRaw('backup@nas.example.com', ['x@example.net'], 'From: backup@nas.example.com\r\nSubject: cr\rFrom: evil@example.org\r\n\r\nhi\r\n.\r\n');
+    assert.equal(bad4.code, 553);
     assert.deepEqual(await spooledIds(), before);
     // The session is still usable after a refusal.
     assert.equal((await c.cmd('NOOP')).code, 250);
@@ -279,6 +282,23 @@ test('size: EHLO SIZE, MAIL SIZE= too big and an oversized stream both get 552 5
     // Just under the limit still goes through.
     const fits = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net', 'z'.repeat(max - 200)));
     assert.equal(fits.code, 250, fits.text);
+    await c.quit();
+  } finally {
+    await h.stop();
+  }
+});
+
+test('a header section that never ends is refused (552 5.3.4) instead of being buffered', async () => {
+  const h = await start([local()]);
+  try {
+    const c = await RawSmtp.connect(h.port());
+    await c.ehlo();
+    await c.authPlain('printer', PASSWORD);
+    const before = await spooledIds();
+    const junk = Array.from({ length: 6000 }, (_, i) => `X-Junk-${i}: ${'j'.repeat(60)}\r\n`).join('');
+    const r = await c.sendRaw('scanner@example.com', ['x@example.net'], `From: scanner@example.com\r\n${junk}.\r\n`);
+    assert.equal(r.lines.join(), '552 5.3.4 Message header section too large');
+    assert.deepEqual(await spooledIds(), before);
     await c.quit();
   } finally {
     await h.stop();
@@ -401,7 +421,7 @@ test('8BITMIME and SMTPUTF8 are recorded, UTF-8 addresses accepted, bytes kept',
 });
 
 test('PROXY protocol v1: client IP comes from the header (trusted networks, AUTH-before-TLS rule, lockouts)', async () => {
-  const h = await start([local({ name: 'proxied', proxyProtocol: true, trustedNetworks: ['198.51.100.0/24'], trustedAccount: 'office', authFailLimit: 2 })]);
+  const h = await start([local({ name: 'proxied', proxyProtocol: true, trustedNetworks: ['198.51.100.0/24', '2001:db8:1::/48'], trustedAccount: 'office', authFailLimit: 2 })]);
   try {
     const lan = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n' });
     await lan.ehlo();
@@ -410,6 +430,15 @@ test('PROXY protocol v1: client IP comes from the header (trusted networks, AUTH
     await lan.quit();
     assert.equal(h.queued[0].clientIp, '198.51.100.7');
     assert.equal(h.queued[0].user, null);
+    const lan6 = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP6 2001:db8:1::5 ::1 40000 25\r\n' });
+    await lan6.ehlo();
+    assert.equal((await lan6.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250);
+    await lan6.quit();
+    assert.equal(h.queued[1].clientIp, '2001:db8:1::5');
+    const outside6 = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP6 2001:db8:2::5 ::1 40000 25\r\n' });
+    await outside6.ehlo();
+    assert.equal((await outside6.cmd('MAIL FROM:<scanner@example.com>')).code, 530);
+    await outside6.quit();
 
     // Seen as a remote client: no AUTH on cleartext, no relay.
     const remote = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP4 203.0.113.9 127.0.0.1 40001 25\r\n' });
@@ -451,8 +480,13 @@ test('connection limits: per-IP cap (421 4.7.0) and maxClients', async () => {
     // Another address still gets in; and a slot frees up when a client leaves.
     const d = await RawSmtp.connect(h.port('local'), { localAddress: '127.0.0.8' });
     await a.quit();
-    await new Promise((r) => setTimeout(r, 50));
-    const e = await RawSmtp.connect(h.port('local'), { localAddress: '127.0.0.7' });
+    // The server notices the close asynchronously; the freed slot shows up shortly after.
+    let e: RawSmtp | undefined;
+    for (let i = 0; i < 40 && !e; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      e = await RawSmtp.connect(h.port('local'), { localAddress: '127.0.0.7' }).catch(() => undefined);
+    }
+    assert.ok(e, 'a freed slot is usable again');
     await Promise.all([b.quit(), d.quit(), e.quit()]);
 
     const t1 = await RawSmtp.connect(h.port('tiny'));

@@ -15,7 +15,11 @@ export class ConfigError extends Error {
     readonly file: string,
     readonly problems: ConfigProblem[],
   ) {
-    super(`${file}: invalid config:\n` + problems.map((p) => `  ${p.path || '(top)'}: ${p.message}`).join('\n'));
+    super(
+      problems.length === 1 && !problems[0].path
+        ? `${file}: ${problems[0].message}`
+        : `${file}: invalid config:\n` + problems.map((p) => `  ${p.path || '(top)'}: ${p.message}`).join('\n'),
+    );
     this.name = 'ConfigError';
   }
 }

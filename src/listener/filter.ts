@@ -42,7 +42,7 @@ export class MessageFilter extends Transform {
 
   constructor(private readonly opts: MessageFilterOptions) {
     super();
-    this.maxHeaderBytes = opts.maxHeaderBytes ?? 1024 * 1024;
+    this.maxHeaderBytes = opts.maxHeaderBytes ?? 256 * 1024;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -135,7 +135,9 @@ export function headerValues(header: string, name: string): string[] {
   const out: string[] = [];
   const lower = name.toLowerCase();
   let current: string | null = null;
-  for (const line of header.split(/\r\n/)) {
+  // A bare CR counts as a line break too: the upstream client turns it into CRLF, so a
+  // header hidden behind one would otherwise reach Gmail unchecked.
+  for (const line of header.split(/\r\n|\r|\n/)) {
     if (/^[ \t]/.test(line)) {
       if (current !== null) current += ' ' + line.trim();
       continue;

@@ -230,10 +230,29 @@ export class Listeners {
       ...this.sessionOptions(l),
       ...tls,
       onConnect: (session, cb) => this.onConnect(rt, session, cb),
-      onAuth: (auth, session, cb) => void this.onAuth(rt, auth, session, cb),
+      onAuth: (auth, session, cb) => {
+        this.onAuth(rt, auth, session, cb).catch((err) => {
+          this.log.error('auth handler failed', { err });
+          cb(new SmtpReply(454, '4.7.0 Temporary authentication failure'));
+        });
+      },
       onMailFrom: (address, session, cb) => this.onMailFrom(rt, address, session, cb),
       onRcptTo: (address, session, cb) => this.onRcptTo(rt, address, session, cb),
-      onData: (stream, session, cb) => this.track(this.onData(rt, stream, session, cb)),
+      onData: (stream, session, cb) => {
+        let answered = false;
+        const once: typeof cb = (err, msg) => {
+          if (answered) return;
+          answered = true;
+          cb(err, msg);
+        };
+        this.track(
+          this.onData(rt, stream, session, once).catch((err) => {
+            this.log.error('message handling failed', { err });
+            stream.resume();
+            once(new SmtpReply(451, '4.3.0 Local error in processing'));
+          }),
+        );
+      },
       onClose: (session) => this.onClose(session),
     };
     const server = new SMTPServer(options);

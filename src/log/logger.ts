@@ -77,7 +77,9 @@ export function bunyanAdapter(log: Logger, component: string) {
     if (args.length && args[0] && typeof args[0] === 'object' && !(args[0] instanceof Error)) meta = args.shift() as Meta;
     const [f, ...rest] = args;
     let i = 0;
-    const msg = String(f ?? '').replace(/%[sdjo]/g, () => String(rest[i++] ?? ''));
+    let msg = String(f ?? '').replace(/%[sdjo]/g, () => String(rest[i++] ?? ''));
+    // Arguments without a placeholder are appended, as util.format does ('S:', line).
+    if (i < rest.length) msg += ' ' + rest.slice(i).map((a) => String(a).trimEnd()).join(' ');
     const { tnx, cid, ...restMeta } = meta as Meta & { tnx?: unknown; cid?: unknown };
     void restMeta;
     return [msg, { component, ...(tnx ? { tnx } : {}), ...(cid ? { cid } : {}) }];

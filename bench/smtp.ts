@@ -18,6 +18,10 @@ export class SmtpClient {
   private buf = '';
   private wake: (() => void) | null = null;
   private closed = false;
+  /** Milliseconds from connect() to the transport being up (TCP, or TCP + TLS handshake). */
+  connectMs = 0;
+  /** Milliseconds from then to the 220 greeting. */
+  greetingMs = 0;
 
   private constructor(private readonly socket: Socket) {
     socket.setEncoding('latin1');
@@ -44,9 +48,13 @@ export class SmtpClient {
     const socket = o.tls
       ? tlsConnect({ port: o.port, host, ca: o.tls.ca, servername: o.tls.servername, minVersion: 'TLSv1.2' })
       : netConnect({ port: o.port, host });
+    const t0 = performance.now();
     await once(socket, o.tls ? 'secureConnect' : 'connect');
+    const up = performance.now();
     const c = new SmtpClient(socket);
     await c.expect(220);
+    c.connectMs = up - t0;
+    c.greetingMs = performance.now() - up;
     return c;
   }
 

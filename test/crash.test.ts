@@ -2,15 +2,14 @@
 // restart (at-least-once; duplicates only for messages that were in flight upstream).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
-import { spawnBridge, sendThroughBridge, message, CLI, waitFor } from './helpers/bridge.js';
+import { spawnBridge, sendThroughBridge, message, importToken, waitFor } from './helpers/bridge.js';
 
 test('SIGKILL under load loses no acknowledged message', { timeout: 180_000 }, async (t) => {
   const world = await startFakeWorld();
   try {
-    const configFile = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'warn', format: 'json' }, queue: { retry: ['1s'], concurrency: 4 } }));
-    execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], { input: world.account.refreshToken });
+    const configFile = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'info', format: 'json' }, queue: { retry: ['1s'], concurrency: 4 } }));
+    importToken(configFile, world);
     const first = await spawnBridge(configFile);
     const TOTAL = 300;
     const acked = new Set<string>();

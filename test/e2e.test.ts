@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../src/fakes/world.js';
-import { startBridge, spawnBridge, sendThroughBridge, message, waitFor, secretsOf, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
+import { startBridge, spawnBridge, importToken, sendThroughBridge, message, waitFor, secretsOf, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
 
 for (const mode of ['implicit', 'starttls'] as const) {
   describe(`relay through fake Gmail (${mode} TLS upstream)`, () => {
@@ -104,10 +104,7 @@ test('mail spooled while Gmail is down is delivered by the next daemon process a
   const world = await startFakeWorld();
   try {
     const configFile = await writeBridgeConfig(world, bridgeConfig(world, { queue: { retry: ['2s'] } }));
-    // token import through the real CLI, the way an operator provisions the account
-    const { execFileSync } = await import('node:child_process');
-    const { CLI } = await import('./helpers/bridge.js');
-    execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], { input: world.account.refreshToken + '\n' });
+    importToken(configFile, world);
     world.gmail.down(true);
     const first = await spawnBridge(configFile);
     const ids: string[] = [];

@@ -7,9 +7,8 @@ import { createWriteStream, createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { once } from 'node:events';
-import { execFileSync } from 'node:child_process';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
-import { spawnBridge, sendThroughBridge, message, CLI } from './helpers/bridge.js';
+import { spawnBridge, sendThroughBridge, message, importToken } from './helpers/bridge.js';
 import { SmtpSession } from './helpers/smtp.js';
 
 async function procStatus(pid: number): Promise<{ rss: number; hwm: number }> {
@@ -38,7 +37,7 @@ test('a 25 MB message streams through the daemon with flat RSS', { timeout: 120_
   const world = await startFakeWorld();
   try {
     const configFile = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'info', format: 'json' } }));
-    execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], { input: world.account.refreshToken });
+    importToken(configFile, world);
     const file = join(world.dir, 'big.eml');
     const size = await writeBigMessage(file, 25 * 1024 * 1024 - 4096);
     const d = await spawnBridge(configFile);

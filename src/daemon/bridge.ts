@@ -9,6 +9,8 @@ import { GmailUpstream } from '../upstream/gmail.js';
 import { TokenService } from '../oauth/service.js';
 import { Listeners } from '../listener/server.js';
 import { watchControl } from '../control/notify.js';
+import { Metrics } from '../metrics/metrics.js';
+import { HttpEndpoint, spoolWritable, accountNotReadyReason, type Readiness } from '../http/server.js';
 
 export interface BridgeOptions {
   config: Config;
@@ -18,6 +20,8 @@ export interface BridgeOptions {
   env?: NodeJS.ProcessEnv;
   /** Measurement only (bench): skip fsync. Never a config key. */
   unsafeNoFsync?: boolean;
+  /** Tests: bind the HTTP endpoint on a random port even when http.port is 0. */
+  httpEphemeral?: boolean;
 }
 
 export class Bridge {
@@ -28,6 +32,9 @@ export class Bridge {
   readonly upstream: GmailUpstream;
   readonly worker: DeliveryWorker;
   readonly listeners: Listeners;
+  readonly metrics: Metrics;
+  readonly http: HttpEndpoint;
+  httpAddress: { host: string; port: number } | null = null;
   bound: Array<{ name: string; host: string; port: number }> = [];
   private stopControl?: () => void;
   private readonly configFile?: string;
@@ -36,24 +43,58 @@ export class Bridge {
     this.config = opts.config;
     this.configFile = opts.configFile;
     this.log = opts.log;
+    this.metrics = new Metrics({ log: this.log, ...names(this.config) });
+    const metrics = this.metrics;
     this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync });
-    this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env });
+    this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env, metrics });
     this.upstream = new GmailUpstream({ config: this.config, log: this.log, tokens: this.tokens });
-    this.worker = new DeliveryWorker({ config: this.config, log: this.log, spool: this.spool, upstream: this.upstream, health: this.tokens });
+    this.worker = new DeliveryWorker({ config: this.config, log: this.log, spool: this.spool, upstream: this.upstream, health: this.tokens, metrics });
     this.listeners = new Listeners({
       config: this.config,
       log: this.log,
       spool: this.spool,
-      onQueued: (env) => this.worker.notify(env),
+      metrics,
+      onQueued: (env) => {
+        metrics.received(env.account, env.size);
+        this.worker.notify(env);
+      },
     });
+    this.tokens.onChange((account, state) => metrics.accountState(account, state));
+    metrics.setQueueSource(() => {
+      const st = this.worker.stats();
+      return { size: st.queued, oldestAgeSeconds: st.oldestAgeMs === null ? 0 : st.oldestAgeMs / 1000 };
+    });
+    this.http = new HttpEndpoint({
+      host: this.config.http.host,
+      port: this.config.http.port,
+      metrics,
+      log: this.log,
+      ready: () => this.readiness(),
+      ephemeral: opts.httpEphemeral,
+    });
+  }
+
+  /** /readyz: listeners bound, spool writable, every account's token usable. */
+  async readiness(): Promise<Readiness> {
+    const reasons: string[] = [];
+    if (!this.bound.length) reasons.push('listeners not bound yet');
+    const spool = await spoolWritable(this.spool.dir);
+    if (spool) reasons.push(spool);
+    for (const st of this.tokens.status()) {
+      const r = accountNotReadyReason(st.account, st.state, st.lastError ?? undefined);
+      if (r) reasons.push(r);
+    }
+    return { ok: reasons.length === 0, reasons };
   }
 
   async start(): Promise<void> {
     await this.spool.init();
     await this.tokens.init();
     await this.worker.start();
+    for (const st of this.tokens.status()) this.metrics.accountState(st.account, st.state);
     this.tokens.startSchedule();
     this.bound = await this.listeners.start();
+    this.httpAddress = await this.http.start();
     // CLI commands (token import, authorize, queue retry/delete) signal through stateDir.
     this.stopControl = watchControl(this.config.stateDir, (topic) => {
       if (topic === 'queue') void this.worker.rescan();
@@ -62,6 +103,7 @@ export class Bridge {
     });
     this.log.info('xoauth2-bridge started', {
       listeners: this.bound.map((b) => `${b.name}=${b.host}:${b.port}`),
+      http: this.httpAddress ? `${this.httpAddress.host}:${this.httpAddress.port}` : 'off',
       accounts: this.config.accounts.map((a) => a.name),
       stateDir: this.config.stateDir,
     });
@@ -82,6 +124,7 @@ export class Bridge {
       return false;
     }
     this.config = next;
+    this.metrics.configure(names(next));
     this.tokens.reload(next);
     this.upstream.reload(next);
     this.worker.reload(next);
@@ -93,10 +136,15 @@ export class Bridge {
   /** SIGTERM: stop accepting, let in-flight sends finish (bounded), keep the rest spooled. */
   async stop(timeoutMs = 30_000): Promise<void> {
     this.stopControl?.();
+    await this.http.stop();
     await this.listeners.stop();
     await this.worker.stop(timeoutMs);
     this.tokens.stop();
     await this.upstream.close();
     this.log.info('xoauth2-bridge stopped');
   }
+}
+
+function names(c: Config): { accounts: string[]; listeners: string[] } {
+  return { accounts: c.accounts.map((a) => a.name), listeners: c.listeners.map((l) => l.name) };
 }

@@ -21,6 +21,15 @@ export interface DeliveryWorkerOptions {
   now?: () => number;
   /** Reporting-MTA in bounces; default the host name. */
   hostname?: string;
+  metrics?: DeliveryMetrics;
+}
+
+/** The counters this stage feeds (implemented by src/metrics). */
+export interface DeliveryMetrics {
+  delivered(account: string, rcpts: number): void;
+  deferred(account: string): void;
+  bounced(account: string): void;
+  upstreamReply(account: string, outcome: SendResult['outcome']): void;
 }
 
 interface Item {
@@ -50,6 +59,7 @@ export class DeliveryWorker {
   private readonly health: AccountHealth;
   private readonly now: () => number;
   private readonly host: string;
+  private readonly metrics?: DeliveryMetrics;
   private readonly accounts: AccountState;
   private readonly items = new Map<string, Item>();
   private readonly inFlight = new Map<string, Promise<void>>();
@@ -69,6 +79,7 @@ export class DeliveryWorker {
     this.health = opts.health;
     this.now = opts.now ?? Date.now;
     this.host = opts.hostname ?? hostname();
+    this.metrics = opts.metrics;
     this.accounts = new AccountState(join(this.spool.dir, '.ratelimit.json'), this.log);
     this.health.onChange((account, state) => this.onHealthChange(account, state));
   }
@@ -286,6 +297,7 @@ export class DeliveryWorker {
     } catch (err) {
       r = { outcome: 'transient', response: `local error: ${(err as Error)?.message ?? String(err)}`, accepted: [], rejected: [] };
     }
+    this.metrics?.upstreamReply(env.account, r.outcome);
     const now = this.now();
     if (!r.accepted.length && r.outcome !== 'ok') this.accounts.release(env.account, stamp);
 
@@ -472,6 +484,9 @@ export class DeliveryWorker {
   }
 
   private event(name: string, env: Envelope, extra: Meta): void {
+    if (name === 'delivered') this.metrics?.delivered(env.account, Number(extra.rcpts ?? 0));
+    else if (name === 'deferred') this.metrics?.deferred(env.account);
+    else if (name === 'bounced') this.metrics?.bounced(env.account);
     this.log.info(name, {
       id: env.id,
       account: env.account,

@@ -26,6 +26,13 @@ export interface ListenersOptions {
   log: Logger;
   spool: SpoolSink;
   onQueued: (env: Envelope) => void;
+  metrics?: ListenerMetrics;
+}
+
+/** The counters this stage feeds (implemented by src/metrics). */
+export interface ListenerMetrics {
+  authFailure(listener: string): void;
+  lockout(listener: string): void;
 }
 
 export interface BoundListener {
@@ -73,6 +80,7 @@ export class Listeners {
   private readonly log: Logger;
   private readonly spool: SpoolSink;
   private readonly onQueued: (env: Envelope) => void;
+  private readonly metrics?: ListenerMetrics;
   private readonly running: Running[] = [];
   private readonly cache = new PasswordCache();
   private readonly authFailures = new AuthFailures();
@@ -93,6 +101,7 @@ export class Listeners {
     this.log = opts.log.child({ component: 'listener' });
     this.spool = opts.spool;
     this.onQueued = opts.onQueued;
+    this.metrics = opts.metrics;
     this.index(opts.config);
   }
 
@@ -376,6 +385,8 @@ export class Listeners {
     // Stable lines for fail2ban (config/fail2ban/filter.d/xoauth2-bridge.conf): the same
     // whether or not the user exists, and never the password.
     this.log.warn(`auth failed ip=${ip}`, { ip, listener: rt.cfg.name, method: auth.method, user: safeUser(username) });
+    this.metrics?.authFailure(rt.cfg.name);
+    if (lockout) this.metrics?.lockout(rt.cfg.name);
     if (lockout)
       this.log.warn(`auth lockout ip=${ip}`, { ip, listener: rt.cfg.name, failures: limits.limit, lockoutSeconds: Math.round(limits.lockoutMs / 1000) });
     cb(new SmtpReply(535, '5.7.8 Authentication credentials invalid'));

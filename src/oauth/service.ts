@@ -114,11 +114,14 @@ export interface TokenServiceOptions {
   now?: () => number;
   /** HTTP timeout for the token endpoint (tests use a short one). */
   http?: HttpOptions;
+  /** Refresh counters (implemented by src/metrics). */
+  metrics?: { tokenRefresh(account: string, ok: boolean): void };
 }
 
 export class TokenService implements TokenSource, AccountHealth {
   private config: Config;
   private readonly log: Logger;
+  private readonly metrics?: { tokenRefresh(account: string, ok: boolean): void };
   private readonly env: NodeJS.ProcessEnv;
   private readonly now: () => number;
   private readonly http: HttpOptions;
@@ -136,6 +139,7 @@ export class TokenService implements TokenSource, AccountHealth {
     this.env = opts.env ?? process.env;
     this.now = opts.now ?? Date.now;
     this.http = opts.http ?? {};
+    this.metrics = opts.metrics;
     this.keyFile = opts.config.tokens.encryptionKeyFile;
     this.store = this.openStore();
   }
@@ -323,6 +327,7 @@ export class TokenService implements TokenSource, AccountHealth {
       this.log.warn(`account ${name}: could not save refresh status to the token store`, { account: name, err: e });
     }
     this.log.info('access token refreshed', { account: name, expiresAt: expIso });
+    this.metrics?.tokenRefresh(name, true);
     this.setState(s, 'ok');
     return accessToken;
   }
@@ -330,6 +335,7 @@ export class TokenService implements TokenSource, AccountHealth {
   private async refreshFailed(s: Slot, err: unknown, usedRt: string | undefined): Promise<Error> {
     const name = s.cfg.name;
     if (err instanceof NeedsReauthError) return err;
+    this.metrics?.tokenRefresh(name, false);
     if (err instanceof AccountConfigError) {
       s.rec.lastError = err.message;
       this.setState(s, 'error');

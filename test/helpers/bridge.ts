@@ -1,9 +1,9 @@
 // Starts a bridge in front of a fake world, in-process or as a real `serve` child process,
 // and captures its log lines so tests can assert on them and scan them for secrets.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { dirname, join } from 'node:path';
 import { once } from 'node:events';
 import nodemailer from 'nodemailer';
@@ -13,7 +13,9 @@ import { Bridge } from '../../src/daemon/bridge.js';
 import { bridgeConfig, writeBridgeConfig, type FakeWorld } from '../../src/fakes/world.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI = [join(ROOT, 'node_modules', 'tsx', 'dist', 'cli.mjs'), join(ROOT, 'src', 'cli', 'main.ts')];
+// node itself with tsx's loader, not tsx's CLI: that one runs the program in a second
+// process and does not pass SIGHUP/SIGKILL on, and /proc/PID would measure the wrapper.
+export const CLI = ['--import', pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href, join(ROOT, 'src', 'cli', 'main.ts')];
 
 export interface RunningBridge {
   bridge: Bridge;
@@ -23,7 +25,7 @@ export interface RunningBridge {
   stop(): Promise<void>;
 }
 
-export async function startBridge(world: FakeWorld, overrides: Record<string, unknown> = {}, opts: { importToken?: boolean } = {}): Promise<RunningBridge> {
+export async function startBridge(world: FakeWorld, overrides: Record<string, unknown> = {}, opts: { importToken?: boolean; http?: boolean } = {}): Promise<RunningBridge> {
   const configFile = await writeBridgeConfig(world, bridgeConfig(world, overrides));
   const config = parseConfig(await readFile(configFile, 'utf8'), configFile);
   const logs: string[] = [];
@@ -34,7 +36,7 @@ export async function startBridge(world: FakeWorld, overrides: Record<string, un
     },
   });
   const log = createLogger({ level: 'debug', format: 'json', stream });
-  const bridge = new Bridge({ config, configFile, log });
+  const bridge = new Bridge({ config, configFile, log, httpEphemeral: opts.http });
   if (opts.importToken !== false) {
     // Import before start, the way an operator runs `token import` before `serve`.
     const { TokenService } = await import('../../src/oauth/service.js');
@@ -47,6 +49,11 @@ export async function startBridge(world: FakeWorld, overrides: Record<string, un
   return { bridge, port: bridge.bound[0].port, configFile, logs, stop: () => bridge.stop(5000) };
 }
 
+/** `token import` through the real CLI, the way an operator provisions the account. */
+export function importToken(configFile: string, world: FakeWorld): void {
+  execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], { input: world.account.refreshToken + '\n' });
+}
+
 export interface SpawnedBridge {
   child: ChildProcess;
   ports: Record<string, number>;
@@ -55,7 +62,8 @@ export interface SpawnedBridge {
   exited: Promise<number | null>;
 }
 
-/** Runs `xoauth2-bridge serve` as a real process; resolves once its listeners are bound. */
+/** Runs `xoauth2-bridge serve` as a real process; resolves once its listeners are bound
+ * (read from its 'xoauth2-bridge started' line: the config's log level must be info or debug, format json). */
 export async function spawnBridge(configFile: string, env: NodeJS.ProcessEnv = {}): Promise<SpawnedBridge> {
   const child = spawn(process.execPath, [...CLI, 'serve', '-c', configFile], {
     env: { ...process.env, ...env },

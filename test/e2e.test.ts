@@ -129,3 +129,22 @@ test('mail spooled while Gmail is down is delivered by the next daemon process a
     await world.close();
   }
 });
+
+test('upstream TLS is always verified: an untrusted certificate is refused and the mail stays queued', async () => {
+  const world = await startFakeWorld();
+  const cfg = bridgeConfig(world) as { accounts: Array<{ upstream: Record<string, unknown> }> };
+  delete cfg.accounts[0].upstream.caFile; // the fake Gmail's test CA is not a system root
+  const b = await startBridge(world, { accounts: cfg.accounts });
+  try {
+    const res = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['tls@example.org'], raw: message({ from: 'scanner@example.com', to: 'tls@example.org' }) });
+    assert.match(res.response, /^250 /);
+    await waitFor(async () => (await b.bridge.spool.list()).some((e) => e.attempts >= 1), 10_000, 'a failed attempt');
+    const [env] = await b.bridge.spool.list();
+    assert.match(env.lastError ?? '', /certificate/i);
+    assert.equal(world.gmail.messages.length, 0);
+    assert.equal(world.gmail.auths.length, 0, 'no credentials were offered to the unverified server');
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});

@@ -53,10 +53,11 @@ export function createLogger(opts: LogOptions = {}): Logger {
 
 function wrap(w: winston.Logger): Logger {
   return {
-    error: (m, meta) => w.error(m, meta),
-    warn: (m, meta) => w.warn(m, meta),
-    info: (m, meta) => w.info(m, meta),
-    debug: (m, meta) => w.debug(m, meta),
+    // Level check first: winston would format (and redact) an entry before dropping it.
+    error: (m, meta) => void (w.isLevelEnabled('error') && w.error(m, meta)),
+    warn: (m, meta) => void (w.isLevelEnabled('warn') && w.warn(m, meta)),
+    info: (m, meta) => void (w.isLevelEnabled('info') && w.info(m, meta)),
+    debug: (m, meta) => void (w.isLevelEnabled('debug') && w.debug(m, meta)),
     child: (meta) => wrap(w.child(meta)),
   };
 }

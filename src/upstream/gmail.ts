@@ -2,7 +2,7 @@
 // The delivery worker only sees `send(envelope, file)` and a classified result.
 import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
-import { rootCertificates } from 'node:tls';
+import { rootCertificates, createSecureContext } from 'node:tls';
 import nodemailer, { type Transporter } from 'nodemailer';
 import type SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
 import type { Config, AccountConfig } from '../config/schema.js';
@@ -65,7 +65,11 @@ export class GmailUpstream implements Upstream {
     const entry: AccountTransport = { transport: undefined as unknown as Transport, key: transportKey(acct), tokenError: null };
     // Verification is never optional: caFile only adds anchors to the system roots.
     const implicit = (up.tls ?? (up.port === 465 ? 'implicit' : 'starttls')) === 'implicit';
-    const ca = up.caFile ? [...rootCertificates, readFileSync(up.caFile, 'utf8')] : undefined;
+    // One TLS context per account, not one per connection (parsing every root CA each time is costly).
+    const secureContext = createSecureContext({
+      minVersion: 'TLSv1.2',
+      ...(up.caFile ? { ca: [...rootCertificates, readFileSync(up.caFile, 'utf8')] } : {}),
+    });
     entry.transport = nodemailer.createTransport({
       pool: true,
       host: up.host,
@@ -78,7 +82,7 @@ export class GmailUpstream implements Upstream {
       connectionTimeout: 30_000,
       greetingTimeout: 30_000,
       socketTimeout: 120_000,
-      tls: { rejectUnauthorized: true, minVersion: 'TLSv1.2', servername: up.host, ...(ca ? { ca } : {}) },
+      tls: { rejectUnauthorized: true, minVersion: 'TLSv1.2', servername: up.host, secureContext },
       auth: {
         type: 'OAuth2',
         user: acct.email,

@@ -18,8 +18,10 @@ const MAX_EXPOSURE = 2.0;
 function has(cmd: string): boolean {
   return spawnSync(cmd, ['--version'], { stdio: 'ignore' }).status === 0;
 }
-const noAnalyze = has('systemd-analyze') ? false : 'systemd-analyze not installed (apt-get install systemd)';
-const noStrace = noAnalyze || (has('strace') ? false : 'strace not installed (apt-get install strace)');
+// CI (.ci/run) installs both and sets XOAUTH2_BRIDGE_REQUIRE_INTEROP=1: there a missing tool fails instead of skipping.
+const REQUIRE = process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1';
+const noAnalyze = has('systemd-analyze') || REQUIRE ? false : 'systemd-analyze not installed (apt-get install systemd)';
+const noStrace = noAnalyze || (has('strace') || REQUIRE ? false : 'strace not installed (apt-get install strace)');
 
 /** `Key=value` lines of the [Service] section; a key may repeat. */
 async function serviceSection(): Promise<Map<string, string[]>> {

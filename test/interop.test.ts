@@ -10,7 +10,17 @@ import { promisify } from 'node:util';
 import { startFakeWorld, type FakeWorld } from '../src/fakes/world.js';
 import { startBridge, secretsOf, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
 
-const run = promisify(execFile);
+const execFileP = promisify(execFile);
+// A failing client's error would echo its argv (with the test password): report only what it printed.
+async function run(cmd: string, args: string[], opts: Parameters<typeof execFileP>[2] = {}): Promise<{ stdout: string; stderr: string }> {
+  try {
+    const r = await execFileP(cmd, args, { ...opts, encoding: 'utf8' });
+    return { stdout: String(r.stdout), stderr: String(r.stderr) };
+  } catch (e) {
+    const err = e as { code?: unknown; stdout?: string; stderr?: string };
+    throw new Error(`${cmd} failed (exit ${String(err.code)}): ${err.stderr ?? ''}${err.stdout ?? ''}`.trim());
+  }
+}
 const REQUIRE = process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1';
 
 async function has(cmd: string): Promise<boolean> {
@@ -128,4 +138,44 @@ test('msmtp: the sendmail-compatible client cron jobs use', async (t) => {
   const code = await new Promise<number | null>((r) => child.on('exit', r));
   assert.equal(code, 0, 'msmtp exit code');
   await expectDelivered('msmtp');
+});
+
+test('TLS listeners: swaks over STARTTLS and curl over implicit TLS, both verifying the certificate', async (t) => {
+  if (!(await clientTest('swaks', t)) || !(await clientTest('curl', t))) return;
+  const pki = join(world.dir, 'pki');
+  const tlsBridge = await startBridge(world, {
+    stateDir: join(world.dir, 'state-tls'),
+    listeners: [
+      { name: 'submission', host: '127.0.0.1', port: 0, tls: 'starttls', certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') },
+      { name: 'smtps', host: '127.0.0.1', port: 0, tls: 'implicit', certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') },
+    ],
+  });
+  try {
+    const port = (name: string) => tlsBridge.bridge.bound.find((l) => l.name === name)!.port;
+    const file = join(world.dir, 'tls.eml');
+    await writeFile(file, body('swaks-tls'));
+    const { stdout } = await run('swaks', [
+      '--server', 'localhost', '--port', String(port('submission')), '--tls', '--tls-verify', '--tls-ca-path', world.caFile,
+      '--auth', 'PLAIN', '--auth-user', world.user.username, '--auth-password', world.user.password,
+      '--from', 'scanner@example.com', '--to', 'swaks-tls@example.org', '--data', `@${file}`,
+    ]);
+    assert.match(stdout, /^ -> STARTTLS$/m, 'swaks used STARTTLS');
+    assert.match(stdout, /^<~ +250 2\.0\.0 Ok: queued as /m, 'queued over the encrypted session');
+    await expectDelivered('swaks-tls');
+
+    await writeFile(file, body('curl-tls'));
+    await run('curl', [
+      '--silent', '--show-error', `smtps://localhost:${port('smtps')}`, '--cacert', world.caFile,
+      '--mail-from', 'scanner@example.com', '--mail-rcpt', 'curl-tls@example.org', '--upload-file', file,
+      '--user', `${world.user.username}:${world.user.password}`,
+    ]);
+    await expectDelivered('curl-tls');
+    // And the same curl without the CA refuses the server: the certificate really is checked.
+    await assert.rejects(
+      run('curl', ['--silent', '--show-error', `smtps://localhost:${port('smtps')}`, '--mail-from', 'scanner@example.com', '--mail-rcpt', 'x@example.org', '--upload-file', file]),
+      /certificate/i,
+    );
+  } finally {
+    await tlsBridge.stop();
+  }
 });

@@ -109,3 +109,14 @@ test('250 recipients with a limit of 100 go out as 3 transactions; a 451 midway 
     assert.equal(new Set(all).size, 250, 'no recipient received it twice');
   });
 });
+
+test('50 concurrent deliveries on a cold start make exactly one token request', async () => {
+  await withBridge(async (world, b) => {
+    const before = world.tokens.requests.length;
+    await Promise.all(Array.from({ length: 50 }, (_, i) => send(world, b, [`c${i}@example.org`])));
+    await world.gmail.waitForMessages(50, 20_000);
+    const grants = world.tokens.requests.slice(before).filter((r) => r.grantType === 'refresh_token');
+    assert.equal(grants.length, 1);
+    assert.ok(world.gmail.auths.filter((a) => a.ok).length <= 3, 'pooled upstream connections: at most maxConnections AUTHs');
+  }, { listeners: [{ name: 'local', host: '127.0.0.1', port: 0, maxConnectionsPerIp: 60 }] });
+});

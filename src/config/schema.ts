@@ -63,6 +63,8 @@ export const listenerSchema = z.strictObject({
   authFailLimit: z.number().int().positive().default(5),
   authFailWindow: duration('authFailWindow').default(600e3),
   authLockout: duration('authLockout').default(900e3),
+  /** A From header with an address the sender may not use: refuse (553 5.7.1) or rewrite it to the envelope sender. */
+  fromHeader: z.enum(['reject', 'rewrite']).default('reject'),
   /** Allowed senders for trusted-network mail; default: the trusted account's email. */
   trustedSenders: z.array(senderPattern).optional(),
 });

@@ -20,13 +20,22 @@ const LF = 0x0a;
 const CRLF = Buffer.from('\r\n');
 const HEADER_END = Buffer.from('\r\n\r\n');
 
+/** Replaces every From field with `from` (a complete field value) and adds `Reply-To: replyTo` when there is none. */
+export interface HeaderEdit {
+  from: string;
+  replyTo?: string;
+}
+
 export interface MessageFilterOptions {
   /** Largest message, in bytes the client sent; beyond it the message is refused with 552. */
   maxBytes: number;
   /** How much header may precede the blank line before the message is refused. */
   maxHeaderBytes?: number;
-  /** Inspects the header section (CRLF lines, unfolded by the caller); a reply refuses the message. */
-  inspectHeaders?: (header: string) => SmtpReply | null;
+  /**
+   * Inspects the header section (CRLF lines, unfolded by the caller): a reply refuses the
+   * message, a HeaderEdit rewrites it, null passes it on unchanged.
+   */
+  inspectHeaders?: (header: string) => SmtpReply | HeaderEdit | null;
   /** Called once, synchronously, when the message is refused; the filter then errors with it. */
   onReject: (reply: SmtpReply) => void;
 }
@@ -53,13 +62,19 @@ export class MessageFilter extends Transform {
       return cb();
     }
     const out = this.normalise(chunk);
-    if (this.header && !this.captureHeader(out)) return cb();
-    cb(null, out);
+    // The header section is held back until it is complete: it may be refused or rewritten.
+    if (this.header) this.captureHeader(out);
+    else this.push(out);
+    cb();
   }
 
   override _flush(cb: TransformCallback): void {
     // A message without a blank line is all header; it still gets inspected.
-    if (this.header && !this.rejection) this.inspect(Buffer.concat(this.header, this.headerLen).toString('utf8'));
+    if (this.header && !this.rejection) {
+      const all = Buffer.concat(this.header, this.headerLen);
+      this.header = null;
+      this.finishHeader(all, all.length);
+    }
     if (this.rejection) return cb(this.rejection);
     cb();
   }
@@ -95,8 +110,8 @@ export class MessageFilter extends Transform {
     return Buffer.concat(parts);
   }
 
-  /** Collects header bytes until the blank line; false when the message was refused. */
-  private captureHeader(out: Buffer): boolean {
+  /** Collects header bytes until the blank line, then inspects them and passes them on. */
+  private captureHeader(out: Buffer): void {
     const header = this.header!;
     const before = this.headerLen;
     header.push(out);
@@ -113,20 +128,21 @@ export class MessageFilter extends Transform {
       end = at < 0 ? -1 : at + 2;
     }
     if (end < 0) {
-      if (this.headerLen > this.maxHeaderBytes) {
-        this.reject(new SmtpReply(552, '5.3.4 Message header section too large'));
-        return false;
-      }
-      return true;
+      if (this.headerLen > this.maxHeaderBytes) this.reject(new SmtpReply(552, '5.3.4 Message header section too large'));
+      return;
     }
     this.header = null;
-    this.inspect(all.subarray(0, end).toString('utf8'));
-    return !this.rejection;
+    this.finishHeader(all, end);
   }
 
-  private inspect(header: string): void {
-    const reply = this.opts.inspectHeaders?.(header);
-    if (reply) this.reject(reply);
+  /** `all[0, end)` is the header section (ending in CRLF), the rest is body. */
+  private finishHeader(all: Buffer, end: number): void {
+    const verdict = this.opts.inspectHeaders?.(all.subarray(0, end).toString('utf8')) ?? null;
+    if (verdict instanceof SmtpReply) return this.reject(verdict);
+    if (verdict) {
+      this.push(editHeader(all.subarray(0, end), verdict));
+      this.push(all.subarray(end));
+    } else this.push(all);
   }
 }
 
@@ -149,4 +165,33 @@ export function headerValues(header: string, name: string): string[] {
   }
   if (current !== null) out.push(current);
   return out;
+}
+
+/**
+ * Applies a HeaderEdit to raw header bytes. Only the From field(s) are replaced; every other
+ * byte is kept as the client sent it (latin1 round-trips arbitrary 8-bit bytes).
+ */
+export function editHeader(header: Buffer, edit: HeaderEdit): Buffer {
+  const lines = header.toString('latin1').split('\r\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  const out: string[] = [];
+  let skipping = false;
+  let replaced = false;
+  let hasReplyTo = false;
+  const field = (v: string) => Buffer.from(v, 'utf8').toString('latin1');
+  for (const line of lines) {
+    if (skipping && /^[ \t]/.test(line)) continue; // continuation of a replaced From
+    skipping = false;
+    if (/^from\s*:/i.test(line)) {
+      skipping = true;
+      if (!replaced) out.push(`From: ${field(edit.from)}`);
+      replaced = true;
+      continue;
+    }
+    if (/^reply-to\s*:/i.test(line)) hasReplyTo = true;
+    out.push(line);
+  }
+  if (!replaced) out.unshift(`From: ${field(edit.from)}`);
+  if (edit.replyTo && !hasReplyTo) out.push(`Reply-To: ${field(edit.replyTo)}`);
+  return Buffer.from(out.join('\r\n') + '\r\n', 'latin1');
 }

@@ -407,7 +407,8 @@ export class Listeners {
         tx = { user: null, account, policy: new SenderPolicy(rt.cfg.trustedSenders ?? [account.email]), owner: `trusted account ${account.name}` };
     }
     if (!tx) return cb(new SmtpReply(530, '5.7.0 Authentication required'));
-    if (!tx.policy.allows(address.address)) {
+    // The null sender (bounces relayed by an MTA) owns no address; the From header is still checked.
+    if (address.address !== '' && !tx.policy.allows(address.address)) {
       this.log.info('sender rejected', { listener: rt.cfg.name, ip, user: tx.user, from: address.address });
       return cb(new SmtpReply(553, `5.7.1 Sender address rejected: not owned by ${tx.owner}`));
     }
@@ -435,8 +436,16 @@ export class Listeners {
     const filter = new MessageFilter({
       maxBytes: rt.cfg.maxMessageSize,
       inspectHeaders: (header) => {
-        const bad = checkFromHeaders(headerValues(header, 'from'), tx.policy);
+        const fromValues = headerValues(header, 'from');
+        const bad = checkFromHeaders(fromValues, tx.policy);
         if (!bad) return null;
+        if (rt.cfg.fromHeader === 'rewrite') {
+          // Keep the display name, put an address the sender owns, and let replies reach the original.
+          const owned = mailFrom.address || tx.account.email;
+          const edit = { from: rewrittenFrom(fromValues[0] ?? '', owned), replyTo: fromValues[0] };
+          this.log.info('from header rewritten', { listener: rt.cfg.name, ip, user: tx.user, from: bad, to: owned });
+          return edit;
+        }
         this.log.info('from header rejected', { listener: rt.cfg.name, ip, user: tx.user, from: bad });
         return new SmtpReply(553, `5.7.1 Sender address rejected: From header address not owned by ${tx.owner}`);
       },
@@ -503,4 +512,11 @@ export class Listeners {
       this.log.error('onQueued failed', { id: env.id, err });
     }
   }
+}
+
+/** `"Scanner 3rd floor" <owned@example.com>` from an original From value and the owned address. */
+function rewrittenFrom(original: string, owned: string): string {
+  const display = /^\s*(.*?)\s*<[^>]*>\s*$/.exec(original)?.[1]?.trim() ?? '';
+  const safe = display && !/[@<>\r\n]/.test(display) ? display : '';
+  return safe ? `${safe} <${owned}>` : owned;
 }

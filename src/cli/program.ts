@@ -3,12 +3,11 @@
 import { Command, Option } from 'commander';
 import { loadConfig, ConfigError } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { hashPasswordCommand } from '../listener/passwords.js';
-import { queueList, queueShow, queueRetry, queueDelete } from './queue.js';
-import { tokenImport, tokenStatus, tokenRefresh, authorizeCommand } from './token.js';
-import { serveCommand } from './serve.js';
-import { sendTestCommand } from './sendTest.js';
-import { demoCommand } from './demo.js';
+
+// Each command loads only its own modules: the daemon never loads the demo's fakes, and a
+// CLI call never loads the daemon.
+const queueCli = () => import('./queue.js');
+const tokenCli = () => import('./token.js');
 
 const DEFAULT_CONFIG = process.env.XOAUTH2_BRIDGE_CONFIG ?? '/etc/xoauth2-bridge/config.yaml';
 
@@ -44,7 +43,7 @@ export function buildProgram(): Command {
     .command('serve')
     .description('run the daemon in the foreground (SIGTERM: graceful stop, SIGHUP: reload)')
     .addOption(configOpt())
-    .action((o: { config: string }) => run(() => serveCommand(o.config)));
+    .action((o: { config: string }) => run(async () => (await import('./serve.js')).serveCommand(o.config)));
 
   program
     .command('check-config')
@@ -64,7 +63,7 @@ export function buildProgram(): Command {
     .command('hash-password')
     .description('read a password from stdin (or prompt without echo) and print its scrypt hash')
     .addOption(configOpt().hideHelp())
-    .action(() => run(() => hashPasswordCommand(process.stdin, process.stdout, Boolean(process.stdin.isTTY))));
+    .action(() => run(async () => (await import('../listener/passwords.js')).hashPasswordCommand(process.stdin, process.stdout, Boolean(process.stdin.isTTY))));
 
   program
     .command('authorize')
@@ -73,7 +72,7 @@ export function buildProgram(): Command {
     .option('--manual', 'print the URL and read the pasted redirect URL (works over SSH)', false)
     .addOption(configOpt())
     .action((account: string, o: { config: string; manual: boolean }) =>
-      run(() => authorizeCommand(withConfig(o.config), account, { manual: o.manual }, process.stdin, process.stdout)),
+      run(async () => (await tokenCli()).authorizeCommand(withConfig(o.config), account, { manual: o.manual }, process.stdin, process.stdout)),
     );
 
   const token = program.command('token').description('inspect and manage OAuth tokens');
@@ -82,31 +81,31 @@ export function buildProgram(): Command {
     .description('read a refresh token from stdin and store it for ACCOUNT')
     .argument('<account>')
     .addOption(configOpt())
-    .action((account: string, o: { config: string }) => run(() => tokenImport(withConfig(o.config), account, process.stdin, process.stdout)));
+    .action((account: string, o: { config: string }) => run(async () => (await tokenCli()).tokenImport(withConfig(o.config), account, process.stdin, process.stdout)));
   token
     .command('status')
     .description('per account: state, access-token expiry, last refresh, last error')
     .option('--json', 'machine-readable output', false)
     .addOption(configOpt())
-    .action((o: { config: string; json: boolean }) => run(() => tokenStatus(withConfig(o.config), { json: o.json }, process.stdout)));
+    .action((o: { config: string; json: boolean }) => run(async () => (await tokenCli()).tokenStatus(withConfig(o.config), { json: o.json }, process.stdout)));
   token
     .command('refresh')
     .description('force a token refresh for ACCOUNT now')
     .argument('<account>')
     .addOption(configOpt())
-    .action((account: string, o: { config: string }) => run(() => tokenRefresh(withConfig(o.config), account, process.stdout)));
+    .action((account: string, o: { config: string }) => run(async () => (await tokenCli()).tokenRefresh(withConfig(o.config), account, process.stdout)));
 
   const queue = program.command('queue').description('inspect and steer the spool');
   queue
     .command('list')
     .option('--json', 'machine-readable output', false)
     .addOption(configOpt())
-    .action((o: { config: string; json: boolean }) => run(() => queueList(withConfig(o.config), { json: o.json }, process.stdout)));
+    .action((o: { config: string; json: boolean }) => run(async () => (await queueCli()).queueList(withConfig(o.config), { json: o.json }, process.stdout)));
   queue
     .command('show')
     .argument('<id>')
     .addOption(configOpt())
-    .action((id: string, o: { config: string }) => run(() => queueShow(withConfig(o.config), id, process.stdout)));
+    .action((id: string, o: { config: string }) => run(async () => (await queueCli()).queueShow(withConfig(o.config), id, process.stdout)));
   queue
     .command('retry')
     .argument('[id]')
@@ -118,14 +117,14 @@ export function buildProgram(): Command {
           process.stderr.write('queue retry: give a queue ID or --all\n');
           return 2;
         }
-        return queueRetry(withConfig(o.config), { id, all: o.all }, process.stdout);
+        return (await queueCli()).queueRetry(withConfig(o.config), { id, all: o.all }, process.stdout);
       }),
     );
   queue
     .command('delete')
     .argument('<id>')
     .addOption(configOpt())
-    .action((id: string, o: { config: string }) => run(() => queueDelete(withConfig(o.config), id, process.stdout)));
+    .action((id: string, o: { config: string }) => run(async () => (await queueCli()).queueDelete(withConfig(o.config), id, process.stdout)));
 
   program
     .command('send-test')
@@ -134,13 +133,13 @@ export function buildProgram(): Command {
     .option('--account <name>', 'account (default: the first)')
     .addOption(configOpt())
     .action((o: { config: string; to: string; account?: string }) =>
-      run(() => sendTestCommand(withConfig(o.config), { to: o.to, account: o.account }, process.stdout)),
+      run(async () => (await import('./sendTest.js')).sendTestCommand(withConfig(o.config), { to: o.to, account: o.account }, process.stdout)),
     );
 
   program
     .command('demo')
     .description('run the bridge against a built-in fake Gmail and token endpoint and relay one message')
-    .action(() => run(() => demoCommand(process.stdout)));
+    .action(() => run(async () => (await import('./demo.js')).demoCommand(process.stdout)));
 
   return program;
 }

@@ -6,7 +6,6 @@ import { createSecureContext } from 'node:tls';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { generate } from 'selfsigned';
 import type { ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 
@@ -53,6 +52,8 @@ async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cer
   if (isIP(l.host) && l.host !== '0.0.0.0' && l.host !== '::' && l.host !== '127.0.0.1') altNames.push({ type: 7, ip: l.host });
   const now = Date.now();
   // RSA rather than EC: old printers that need TLSv1 rarely speak ECDSA.
+  // Loaded only when a certificate is generated: it is the heaviest dependency at start.
+  const { generate } = await import('selfsigned');
   const pems = await generate([{ name: 'commonName', value: cn }], {
     keyType: 'rsa',
     keySize: 2048,

@@ -14,6 +14,7 @@ import tls from 'node:tls';
 import nodemailer from 'nodemailer';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../src/fakes/world.js';
 import { CLI, ROOT } from '../test/helpers/bridge.js';
+import { sleep } from '../test/helpers/wait.js';
 import { SmtpClient, makeMessage, type Auth, type ConnectOptions } from './smtp.js';
 
 const argv = process.argv.slice(2);
@@ -43,7 +44,6 @@ const TO = 'archive@example.org';
 
 // ---------------------------------------------------------------- helpers
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const now = () => performance.now();
 const mb = (b: number) => b / 2 ** 20;
 

@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
-import { spawnBridge, sendThroughBridge, message, importToken, waitFor } from './helpers/bridge.js';
+import { spawnBridge, sendThroughBridge, message, importToken } from './helpers/bridge.js';
+import { waitFor } from './helpers/wait.js';
 
 test('SIGKILL under load loses no acknowledged message', { timeout: 180_000 }, async (t) => {
   const world = await startFakeWorld();

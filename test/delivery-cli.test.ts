@@ -7,7 +7,8 @@ import { Spool, type NewMessage } from '../src/spool/spool.js';
 import { DeliveryWorker } from '../src/delivery/worker.js';
 import { queueList, queueShow, queueRetry, queueDelete } from '../src/cli/queue.js';
 import { watchControl } from '../src/control/notify.js';
-import { ScriptedUpstream, TestHealth, recordingLogger, tempState, testConfig, MESSAGE, waitFor, sleep, ok, fail } from './delivery-harness.js';
+import { ScriptedUpstream, TestHealth, recordingLogger, tempState, testConfig, MESSAGE, MESSAGE_META, ok, fail } from './helpers/delivery.js';
+import { waitFor, sleep } from './helpers/wait.js';
 
 class Sink extends Writable {
   text = '';
@@ -16,16 +17,6 @@ class Sink extends Writable {
     cb();
   }
 }
-
-const base: NewMessage = {
-  user: 'printer',
-  account: 'office',
-  mailFrom: 'scanner@example.com',
-  rcptTo: ['a@example.org', 'b@example.org'],
-  clientIp: '127.0.0.1',
-  bodyType: '7bit',
-  smtputf8: false,
-};
 
 async function setup(script?: ConstructorParameters<typeof ScriptedUpstream>[0]) {
   const { dir, cleanup } = await tempState();
@@ -45,7 +36,7 @@ async function setup(script?: ConstructorParameters<typeof ScriptedUpstream>[0])
     worker,
     log,
     async queue(m: Partial<NewMessage> = {}) {
-      const env = await spool.receive([MESSAGE], { ...base, ...m });
+      const env = await spool.receive([MESSAGE], { ...MESSAGE_META, ...m });
       worker.notify(env);
       return env;
     },
@@ -62,7 +53,7 @@ test('queue list shows each deferred message with its error, as a table and as J
   try {
     const a = await h.queue();
     const b = await h.queue({ rcptTo: ['c@example.org'], mailFrom: 'other@example.com' });
-    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 'both deferred');
+    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 5000, 'both deferred');
 
     const out = new Sink();
     assert.equal(await queueList(h.config, { json: false }, out), 0);
@@ -91,7 +82,7 @@ test('queue show prints the envelope and only the headers; unknown id exits 1', 
   const h = await setup((env) => (env.rcptTo.includes('bad@example.org') ? fail('permanent', '550 5.1.1 no such user') : fail('transient', '451 4.3.0 later')));
   try {
     const a = await h.queue();
-    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1, 'deferred');
+    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1, 5000, 'deferred');
     const out = new Sink();
     assert.equal(await queueShow(h.config, a.id, out), 0);
     assert.match(out.text, new RegExp(`^id:\\s+${a.id}$`, 'm'));
@@ -103,7 +94,7 @@ test('queue show prints the envelope and only the headers; unknown id exits 1', 
     assert.ok(!out.text.includes('PDF attached'));
 
     const f = await h.queue({ rcptTo: ['bad@example.org'], mailFrom: '' }); // null sender: failed without a bounce
-    await waitFor(async () => (await h.spool.listFailed()).length === 1, 'failed');
+    await waitFor(async () => (await h.spool.listFailed()).length === 1, 5000, 'failed');
     const fo = new Sink();
     assert.equal(await queueShow(h.config, f.id, fo), 0);
     assert.match(fo.text, /^state:\s+failed$/m);
@@ -122,12 +113,12 @@ test('queue retry ID: a running worker notices and tries the message now', async
   const h = await setup((env) => (++calls === 1 ? fail('transient', '451 4.3.0 later') : ok(env)));
   try {
     const a = await h.queue();
-    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1, 'deferred for an hour');
+    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1, 5000, 'deferred for an hour');
     const out = new Sink();
     const t0 = Date.now();
     assert.equal(await queueRetry(h.config, { id: a.id }, out), 0);
     assert.match(out.text, new RegExp(`${a.id}: scheduled for immediate retry`));
-    await waitFor(async () => (await h.spool.list()).length === 0, 'delivered after retry', 5000);
+    await waitFor(async () => (await h.spool.list()).length === 0, 5000, 'delivered after retry');
     assert.ok(Date.now() - t0 < 5000);
     assert.equal(h.upstream.callsFor(a.id).length, 2);
 
@@ -146,12 +137,12 @@ test('queue retry --all retries every deferred message', async () => {
     await h.queue();
     await h.queue();
     await h.queue({ account: 'other' });
-    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 'all deferred');
+    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 5000, 'all deferred');
     fails = false;
     const out = new Sink();
     assert.equal(await queueRetry(h.config, { all: true }, out), 0);
     assert.match(out.text, /^3 messages scheduled for immediate retry$/m);
-    await waitFor(async () => (await h.spool.list()).length === 0, 'all delivered');
+    await waitFor(async () => (await h.spool.list()).length === 0, 5000, 'all delivered');
   } finally {
     await h.done();
   }
@@ -162,15 +153,15 @@ test('queue delete: the message leaves the queue and the running worker never se
   try {
     const a = await h.queue();
     const b = await h.queue();
-    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 'deferred');
+    await waitFor(async () => (await h.spool.list()).every((e) => e.attempts === 1), 5000, 'deferred');
     const out = new Sink();
     assert.equal(await queueDelete(h.config, a.id, out), 0);
     assert.match(out.text, new RegExp(`${a.id}: deleted from the queue`));
-    await waitFor(() => h.worker.stats().queued === 1, 'worker dropped it');
+    await waitFor(() => h.worker.stats().queued === 1, 5000, 'worker dropped it');
     assert.deepEqual((await h.spool.list()).map((e) => e.id), [b.id]);
     // retrying everything now must not resurrect the deleted one
     assert.equal(await queueRetry(h.config, { all: true }, new Sink()), 0);
-    await waitFor(() => h.upstream.callsFor(b.id).length === 2, 'b retried');
+    await waitFor(() => h.upstream.callsFor(b.id).length === 2, 5000, 'b retried');
     await sleep(100);
     assert.equal(h.upstream.callsFor(a.id).length, 1);
 

@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeWorld, type FakeWorld } from '../src/fakes/world.js';
-import { startBridge, sendThroughBridge, message, waitFor, type RunningBridge } from './helpers/bridge.js';
+import { startBridge, sendThroughBridge, message, type RunningBridge } from './helpers/bridge.js';
+import { waitFor, sleep } from './helpers/wait.js';
 
 async function withBridge(fn: (world: FakeWorld, b: RunningBridge) => Promise<void>, overrides: Record<string, unknown> = {}): Promise<void> {
   const world = await startFakeWorld();
@@ -26,7 +27,7 @@ test('421 and 451 are retried with backoff, then delivered once', async () => {
     await send(world, b, ['retry@example.org']);
     await world.gmail.waitForMessages(1, 10_000);
     await waitFor(async () => (await b.bridge.spool.list()).length === 0, 5000, 'spool empty');
-    await new Promise((r) => setTimeout(r, 700));
+    await sleep(700);
     assert.equal(world.gmail.messages.length, 1, 'delivered exactly once');
     assert.ok(b.logs.filter((l) => l.includes('"message":"deferred"')).length >= 2, 'two deferrals logged');
   });
@@ -37,7 +38,7 @@ test('550 5.4.5 daily limit holds the account without bouncing', async () => {
     world.gmail.script({ stage: 'mail', reply: '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852', count: 1 });
     await send(world, b, ['quota@example.org']);
     await waitFor(() => b.logs.some((l) => l.includes('"reason":"quota"')), 5000, 'quota hold');
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     const [env] = await b.bridge.spool.list();
     assert.ok(env, 'the message is still queued');
     assert.equal(world.gmail.messages.length, 0, 'no retry during the hold, and no bounce');
@@ -81,7 +82,7 @@ test('535 (Gmail\'s 334 + 535 dialogue) after the renewed token marks the accoun
     assert.ok(world.gmail.auths.filter((a) => !a.ok).length >= 2, 'AUTH retried with a renewed token before giving up');
     assert.ok(b.logs.some((l) => /"level":"error"/.test(l) && l.includes('xoauth2-bridge authorize office')), 'one loud line with the fix');
     const attempts = world.gmail.auths.length;
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     assert.equal(world.gmail.auths.length, attempts, 'no more AUTH attempts while the account needs re-authorization');
   } finally {
     await b.stop();

@@ -12,25 +12,15 @@ import {
   tempState,
   testConfig,
   MESSAGE,
-  waitFor,
-  sleep,
+  MESSAGE_META,
   ok,
   fail,
   parseDsn,
   statusGroups,
   type Script,
-} from './delivery-harness.js';
+} from './helpers/delivery.js';
+import { waitFor, sleep } from './helpers/wait.js';
 import { PassThrough } from 'node:stream';
-
-const base: NewMessage = {
-  user: 'printer',
-  account: 'office',
-  mailFrom: 'scanner@example.com',
-  rcptTo: ['a@example.org', 'b@example.org'],
-  clientIp: '127.0.0.1',
-  bodyType: '7bit',
-  smtputf8: false,
-};
 
 async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<string, unknown>; script?: Script } = {}) {
   const { dir, cleanup } = await tempState();
@@ -48,7 +38,7 @@ async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<st
   };
   const worker = newWorker();
   const queue = async (m: Partial<NewMessage> = {}, w = worker) => {
-    const env = await spool.receive([MESSAGE], { ...base, ...m });
+    const env = await spool.receive([MESSAGE], { ...MESSAGE_META, ...m });
     w.notify(env);
     return env;
   };
@@ -73,13 +63,13 @@ test('ok: delivered once with the spooled bytes, then removed from the spool', a
   try {
     await h.worker.start();
     const env = await h.queue();
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'message removed');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'message removed');
     assert.equal(h.upstream.calls.length, 1);
     const [call] = h.upstream.calls;
     assert.equal(call.id, env.id);
     assert.deepEqual(call.body, MESSAGE);
-    assert.deepEqual(call.rcptTo, base.rcptTo);
-    assert.equal(call.mailFrom, base.mailFrom);
+    assert.deepEqual(call.rcptTo, MESSAGE_META.rcptTo);
+    assert.equal(call.mailFrom, MESSAGE_META.mailFrom);
     const [ev] = h.log.events('delivered');
     assert.equal(ev.id, env.id);
     assert.equal(ev.rcpts, 2);
@@ -97,13 +87,13 @@ test('transient: retried with growing backoff, attempts and last error persisted
   try {
     await h.worker.start();
     const env = await h.queue();
-    await waitFor(async () => (await h.spool.get(env.id))?.attempts === 1, 'first deferral persisted');
+    await waitFor(async () => (await h.spool.get(env.id))?.attempts === 1, 5000, 'first deferral persisted');
     const stored = (await h.spool.get(env.id))!;
     assert.equal(stored.lastError, reply);
     const retryIn = Number(h.log.events('deferred')[0].retryIn);
     assert.ok(retryIn >= 45 && retryIn <= 55, `first retry in retry[0]=50ms ±10%, got ${retryIn}`);
     assert.ok(Date.parse(stored.nextAttemptAt) >= h.upstream.calls[0].at + 45);
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'delivered after retries');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'delivered after retries');
     const at = h.upstream.calls.map((c) => c.at);
     assert.equal(at.length, 4);
     const gaps = [at[1] - at[0], at[2] - at[1], at[3] - at[2]];
@@ -123,8 +113,8 @@ test('transient past queue.maxAge: bounced with Action failed and moved to faile
   try {
     await h.worker.start();
     const env = await h.queue({ rcptTo: ['a@example.org'] });
-    await waitFor(() => h.upstream.bounces().length === 1, 'expiry bounce sent');
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'spool empty');
+    await waitFor(() => h.upstream.bounces().length === 1, 5000, 'expiry bounce sent');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'spool empty');
     const [failed] = await h.spool.listFailed();
     assert.equal(failed.id, env.id);
     assert.match(failed.failReason, /gave up after 250ms/);
@@ -148,8 +138,8 @@ test('permanent: failed/ plus an RFC 3464 bounce to the sender with the right fi
   try {
     await h.worker.start();
     const env = await h.queue();
-    await waitFor(() => h.upstream.bounces().length === 1, 'bounce delivered');
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'spool empty');
+    await waitFor(() => h.upstream.bounces().length === 1, 5000, 'bounce delivered');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'spool empty');
     assert.equal(h.upstream.callsFor(env.id).length, 1, 'a permanent failure is not retried');
     const failed = await h.spool.listFailed();
     assert.deepEqual(failed.map((f) => f.id), [env.id]);
@@ -190,7 +180,7 @@ test('bounceTo: an address in queue.bounceTo receives the bounce instead of the 
   try {
     await h.worker.start();
     await h.queue({ rcptTo: ['a@example.org'] });
-    await waitFor(() => h.upstream.bounces().length === 1, 'bounce delivered');
+    await waitFor(() => h.upstream.bounces().length === 1, 5000, 'bounce delivered');
     assert.deepEqual(h.upstream.bounces()[0].rcptTo, ['postmaster@example.com']);
     assert.equal(dsnOf(h.upstream.bounces()[0]).perRcpt[0].status, '5.2.2');
   } finally {
@@ -204,7 +194,7 @@ test('never a bounce for a bounce (isBounce or null sender): failed/ and a log l
     await h.worker.start();
     const a = await h.queue({ mailFrom: '', isBounce: true, user: null, rcptTo: ['gone@example.org'] });
     const b = await h.queue({ mailFrom: '', rcptTo: ['gone2@example.org'] });
-    await waitFor(async () => (await h.spool.listFailed()).length === 2, 'both failed');
+    await waitFor(async () => (await h.spool.listFailed()).length === 2, 5000, 'both failed');
     await sleep(100);
     assert.deepEqual(await h.queuedIds(), [], 'no bounce was queued');
     assert.equal(h.upstream.calls.length, 2);
@@ -225,8 +215,8 @@ test('partial rejection: accepted recipients are done, the rejected one bounces 
   try {
     await h.worker.start();
     const env = await h.queue({ rcptTo: ['a@example.org', 'b@example.org', 'c@example.org'] });
-    await waitFor(() => h.upstream.bounces().length === 1, 'bounce for b');
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'spool empty');
+    await waitFor(() => h.upstream.bounces().length === 1, 5000, 'bounce for b');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'spool empty');
     assert.equal(h.upstream.callsFor(env.id).length, 1);
     const dsn = dsnOf(h.upstream.bounces()[0]);
     assert.deepEqual(dsn.perRcpt.map((r) => [r['final-recipient'], r.status]), [['rfc822; b@example.org', '5.1.1']]);
@@ -248,7 +238,7 @@ test('accepted recipients are persisted before the retry, which goes only to the
   try {
     await h.worker.start();
     const env = await h.queue({ rcptTo: ['a@example.org', 'b@example.org', 'c@example.org'] });
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'delivered');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'delivered');
     assert.deepEqual(h.upstream.calls.map((c) => c.rcptTo), [['a@example.org', 'b@example.org', 'c@example.org'], ['c@example.org']]);
     assert.ok(onDiskAtRetry);
     const d = onDiskAtRetry as Envelope;
@@ -271,10 +261,10 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
   try {
     await h.worker.start();
     const a = await h.queue();
-    await waitFor(() => h.upstream.calls.length === 1, 'first office message tried');
+    await waitFor(() => h.upstream.calls.length === 1, 5000, 'first office message tried');
     const b = await h.queue();
     const c = await h.queue({ account: 'other', mailFrom: 'other@example.net' });
-    await waitFor(() => h.upstream.callsFor(c.id).length === 1, 'other account unaffected');
+    await waitFor(() => h.upstream.callsFor(c.id).length === 1, 5000, 'other account unaffected');
     await sleep(250); // several retry periods
     assert.equal(h.upstream.callsFor(a.id).length, 1, 'held message not retried');
     assert.equal(h.upstream.callsFor(b.id).length, 0, 'the whole account is held');
@@ -299,7 +289,7 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
     const sink = new PassThrough();
     assert.equal(await queueRetry(h.config, { id: a.id }, sink), 0);
     await w2.rescan();
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'account flows again');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'account flows again');
     assert.equal(h.upstream.callsFor(a.id).length, 2);
     assert.equal(h.upstream.callsFor(b.id).length, 1);
     assert.deepEqual(w2.stats().held, {});
@@ -315,11 +305,11 @@ test('auth: needs-reauth, mail held (no bounce, new mail waits), released at onc
   try {
     await h.worker.start();
     const a = await h.queue();
-    await waitFor(() => h.health.reauth.length === 1, 'markNeedsReauth called');
+    await waitFor(() => h.health.reauth.length === 1, 5000, 'markNeedsReauth called');
     assert.deepEqual(h.health.reauth[0], { account: 'office', reason: reply });
     const b = await h.queue();
     const c = await h.queue({ account: 'other' });
-    await waitFor(() => h.upstream.callsFor(c.id).length === 1, 'other account delivers');
+    await waitFor(() => h.upstream.callsFor(c.id).length === 1, 5000, 'other account delivers');
     await sleep(100);
     assert.equal(h.upstream.callsFor(b.id).length, 0, 'no send for a needs-reauth account');
     assert.equal(h.upstream.callsFor(a.id).length, 1);
@@ -332,7 +322,7 @@ test('auth: needs-reauth, mail held (no bounce, new mail waits), released at onc
     released = true;
     const t0 = Date.now();
     h.health.set('office', 'ok'); // `token import` / `authorize` done
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'held mail delivered');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'held mail delivered');
     assert.ok(Date.now() - t0 < 2000, 'retried at once, not after the 10s backoff');
     assert.equal(h.upstream.callsFor(a.id).length, 2);
     assert.equal(h.upstream.callsFor(b.id).length, 1);
@@ -348,11 +338,11 @@ test('restart: every spooled message is picked up, including one in flight when 
   try {
     await h.worker.start();
     const a = await h.queue();
-    await waitFor(() => h.upstream.calls.length === 1, 'send in flight');
+    await waitFor(() => h.upstream.calls.length === 1, 5000, 'send in flight');
     await h.worker.stop(50); // the "crash": the send never finished
     assert.ok(h.log.entries.some((e) => e.level === 'warn' && /did not finish/.test(e.msg)));
-    const b = await h.spool.receive([MESSAGE], base);
-    const c = await h.spool.receive([MESSAGE], base);
+    const b = await h.spool.receive([MESSAGE], MESSAGE_META);
+    const c = await h.spool.receive([MESSAGE], MESSAGE_META);
     c.nextAttemptAt = new Date(Date.now() + 300).toISOString();
     await h.spool.update(c);
 
@@ -361,7 +351,7 @@ test('restart: every spooled message is picked up, including one in flight when 
     const up2 = new ScriptedUpstream();
     const w2 = h.newWorker(up2, spool2);
     await w2.start();
-    await waitFor(async () => (await spool2.list()).length === 0, 'all delivered after restart');
+    await waitFor(async () => (await spool2.list()).length === 0, 5000, 'all delivered after restart');
     assert.deepEqual(up2.calls.map((x) => x.id).sort(), [a.id, b.id, c.id].sort());
     assert.ok(up2.callsFor(c.id)[0].at >= Date.parse(c.nextAttemptAt), 'a message not yet due waits for its time');
     hang();
@@ -376,7 +366,7 @@ test('concurrency: never more than queue.concurrency sends, each message sent ex
     await h.worker.start();
     const ids: string[] = [];
     for (let i = 0; i < 10; i++) ids.push((await h.queue()).id);
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'all delivered');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'all delivered');
     assert.equal(h.upstream.maxInFlight, 3);
     assert.deepEqual(h.upstream.calls.map((c) => c.id).sort(), ids.sort());
   } finally {
@@ -389,10 +379,10 @@ test('notify and rescan of a message already in flight do not send it twice', as
   try {
     await h.worker.start();
     const env = await h.queue();
-    await waitFor(() => h.upstream.calls.length === 1, 'in flight');
+    await waitFor(() => h.upstream.calls.length === 1, 5000, 'in flight');
     h.worker.notify(env);
     await h.worker.rescan();
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'delivered');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'delivered');
     await sleep(50);
     assert.equal(h.upstream.calls.length, 1);
   } finally {
@@ -408,7 +398,7 @@ test('stop waits for in-flight sends and leaves the rest spooled', async () => {
     const a = await h.queue();
     const b = await h.queue();
     const c = await h.queue();
-    await waitFor(() => h.upstream.calls.length === 1, 'first send started');
+    await waitFor(() => h.upstream.calls.length === 1, 5000, 'first send started');
     assert.equal(finishedAt, 0);
     await h.worker.stop(5000);
     assert.ok(finishedAt > 0, 'stop waited for the send to finish');
@@ -428,10 +418,10 @@ test('messagesPerDay: over the limit mail waits, and the count survives a restar
     await h.worker.start();
     const a = await h.queue();
     const b = await h.queue();
-    await waitFor(async () => (await h.queuedIds()).length === 0, 'two delivered');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'two delivered');
     const c = await h.queue();
     const d = await h.queue({ account: 'other' });
-    await waitFor(() => h.upstream.callsFor(d.id).length === 1, 'other account not limited');
+    await waitFor(() => h.upstream.callsFor(d.id).length === 1, 5000, 'other account not limited');
     await sleep(100);
     assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
     assert.match(h.worker.stats().held.office, /^rate-limit until /);
@@ -455,9 +445,9 @@ test('delayWarning: one Action: delayed notice per message, the message keeps be
   try {
     await h.worker.start();
     const env = await h.queue({ rcptTo: ['a@example.org'] });
-    await waitFor(() => h.upstream.bounces().length === 1, 'delay notice sent');
+    await waitFor(() => h.upstream.bounces().length === 1, 5000, 'delay notice sent');
     const tries = h.upstream.callsFor(env.id).length;
-    await waitFor(() => h.upstream.callsFor(env.id).length >= tries + 3, 'still retried');
+    await waitFor(() => h.upstream.callsFor(env.id).length >= tries + 3, 5000, 'still retried');
     assert.equal(h.upstream.bounces().length, 1, 'only one notice');
     const stored = (await h.spool.get(env.id))!;
     assert.equal(stored.warned, true);

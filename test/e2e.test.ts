@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../src/fakes/world.js';
-import { startBridge, spawnBridge, importToken, sendThroughBridge, message, waitFor, secretsOf, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
+import { startBridge, spawnBridge, importToken, sendThroughBridge, message, secretsOf, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
+import { waitFor } from './helpers/wait.js';
 
 for (const mode of ['implicit', 'starttls'] as const) {
   describe(`relay through fake Gmail (${mode} TLS upstream)`, () => {

@@ -17,7 +17,7 @@ import { Spool } from '../src/spool/spool.js';
 import { createLogger, nullLogger, type Logger } from '../src/log/logger.js';
 import { createTestPki, writePki } from '../src/fakes/ca.js';
 import type { Envelope } from '../src/types.js';
-import { RawSmtp, makeConfig, message } from './listener-smtp.js';
+import { RawSmtp, makeConfig, message } from './helpers/listener.js';
 
 const PASSWORD = 'tls test password';
 let dir: string;

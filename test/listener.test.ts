@@ -14,7 +14,8 @@ import { createLogger } from '../src/log/logger.js';
 import { parseConfig, ConfigError } from '../src/config/load.js';
 import type { Config } from '../src/config/schema.js';
 import type { Envelope } from '../src/types.js';
-import { RawSmtp, makeConfig, message, ACCOUNT } from './listener-smtp.js';
+import { RawSmtp, makeConfig, message, ACCOUNT } from './helpers/listener.js';
+import { sleep } from './helpers/wait.js';
 
 const PASSWORD = 'correct horse battery staple';
 const b64 = (s: string) => Buffer.from(s).toString('base64');
@@ -179,7 +180,7 @@ test('lockout: after N failures 454 4.7.0 even with the right password, logged f
     const matched = h.rawLog().split('\n').map((l) => re.exec(l)?.groups?.host).filter(Boolean);
     assert.deepEqual(matched, ['127.0.0.5', '127.0.0.5', '127.0.0.5', '127.0.0.5']);
 
-    await new Promise((r) => setTimeout(r, 1600));
+    await sleep(1600);
     const again = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.5' });
     await again.ehlo();
     assert.equal((await again.authPlain('printer', PASSWORD)).code, 235);
@@ -483,7 +484,7 @@ test('connection limits: per-IP cap (421 4.7.0) and maxClients', async () => {
     // The server notices the close asynchronously; the freed slot shows up shortly after.
     let e: RawSmtp | undefined;
     for (let i = 0; i < 40 && !e; i++) {
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
       e = await RawSmtp.connect(h.port('local'), { localAddress: '127.0.0.7' }).catch(() => undefined);
     }
     assert.ok(e, 'a freed slot is usable again');
@@ -530,7 +531,7 @@ test('stop(): a session in DATA finishes with 250, idle sessions get 421, new co
   const stopped = h.stop();
   const idleReply = await idle.read();
   assert.equal(idleReply.code, 421);
-  await new Promise((r) => setTimeout(r, 200));
+  await sleep(200);
   busy.write('second half\r\n.\r\n');
   const done = await busy.read();
   assert.match(done.lines.join(), /^250 2\.0\.0 Ok: queued as /);

@@ -11,7 +11,7 @@ import { TokenService } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
 import { authorizeCommand } from '../src/cli/token.js';
 import { nullLogger } from '../src/log/logger.js';
-import { oauthWorld, collect, type OAuthWorld } from './oauth-harness.js';
+import { oauthWorld, collect, type OAuthWorld } from './helpers/oauth.js';
 
 /** Plays the browser at the consent page: GET the auth URL, return the redirect Location. */
 function consent(w: OAuthWorld, url: string): Promise<string> {

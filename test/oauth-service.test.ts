@@ -10,7 +10,8 @@ import { GMAIL_SCOPE } from '../src/oauth/client.js';
 import { tokenImport, tokenRefresh, tokenStatus } from '../src/cli/token.js';
 import { createLogger, nullLogger } from '../src/log/logger.js';
 import type { AccountState } from '../src/types.js';
-import { oauthWorld, collect, waitFor } from './oauth-harness.js';
+import { oauthWorld, collect } from './helpers/oauth.js';
+import { waitFor, sleep } from './helpers/wait.js';
 
 const refreshes = (w: { fake: { requests: { grantType: string }[] } }) => w.fake.requests.filter((r) => r.grantType === 'refresh_token').length;
 
@@ -139,13 +140,13 @@ test('node-cron job refreshes short-lived tokens ahead of expiry by itself', asy
     svc.startSchedule();
     await waitFor(() => refreshes(w) >= 3, 8000, 'two scheduled refreshes');
     svc.stop();
-    await new Promise((r) => setTimeout(r, 300));
+    await sleep(300);
     const t = await svc.getAccessToken('office');
     assert.notEqual(t, t1);
     assert.ok(w.fake.tokenInfo(t), 'the served token is valid at the endpoint');
     assert.ok(w.fake.requests.every((r) => r.ok));
     const n = refreshes(w);
-    await new Promise((r) => setTimeout(r, 1500));
+    await sleep(1500);
     assert.ok(refreshes(w) <= n + 1, 'stop() ends the schedule');
   } finally {
     svc.stop();

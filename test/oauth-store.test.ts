@@ -9,7 +9,7 @@ import { TokenService } from '../src/oauth/service.js';
 import { TokenStore, resolveStoreKey } from '../src/oauth/store.js';
 import { tokenImport, tokenStatus } from '../src/cli/token.js';
 import { nullLogger } from '../src/log/logger.js';
-import { oauthWorld, collect } from './oauth-harness.js';
+import { oauthWorld, collect } from './helpers/oauth.js';
 
 test('store file is 0600, written atomically with the previous version kept as .bak', async () => {
   const w = await oauthWorld();

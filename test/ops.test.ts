@@ -8,7 +8,8 @@ import { writeFile, readFile } from 'node:fs/promises';
 import { stringify, parse } from 'yaml';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
 import { hashPassword } from '../src/listener/passwords.js';
-import { startBridge, spawnBridge, importToken, sendThroughBridge, message, waitFor, secretsOf, assertNoSecrets, CLI } from './helpers/bridge.js';
+import { startBridge, spawnBridge, importToken, sendThroughBridge, message, secretsOf, assertNoSecrets, CLI } from './helpers/bridge.js';
+import { waitFor, sleep } from './helpers/wait.js';
 
 const run = promisify(execFile);
 
@@ -42,11 +43,11 @@ test('revoked grant: /readyz 503 and mail held; token import via the CLI -> 200 
     assert.match(ready.body, /xoauth2-bridge authorize office/);
     const status = await run(process.execPath, [...CLI, 'token', 'status', '--json', '-c', b.configFile]).catch((e) => e as { stdout: string });
     assert.equal((JSON.parse(status.stdout) as Array<{ state: string }>)[0].state, 'needs-reauth');
-    await new Promise((r) => setTimeout(r, 1500));
+    await sleep(1500);
     assert.equal(world.gmail.messages.length, 0, 'mail waits, it is not bounced or sent');
     assert.equal((await b.bridge.spool.list()).length, 3);
     const requestsWhileDead = world.tokens.requests.length;
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     assert.equal(world.tokens.requests.length, requestsWhileDead, 'no retry storm against the token endpoint');
     const loud = b.logs.filter((l) => /needs re-?auth/i.test(l) && /"level":"error"/.test(l));
     assert.ok(loud.length >= 1 && loud.some((l) => l.includes('xoauth2-bridge authorize office')), 'one loud line with the fix command');

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
-import { spawnBridge, importToken, sendThroughBridge, message, waitFor, CLI } from './helpers/bridge.js';
+import { spawnBridge, importToken, sendThroughBridge, message, CLI } from './helpers/bridge.js';
+import { waitFor, sleep } from './helpers/wait.js';
 
 const run = promisify(execFile);
 const cli = async (...args: string[]) => (await run(process.execPath, [...CLI, ...args])).stdout;
@@ -42,7 +43,7 @@ test('queue list / show / delete / retry --all against a running daemon', { time
       world.gmail.down(false);
       await cli('queue', 'retry', '--all', '-c', configFile);
       await world.gmail.waitForMessages(1, 10_000);
-      await new Promise((r) => setTimeout(r, 1500));
+      await sleep(1500);
       assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]), ['keep@example.org'], 'the deleted message is never sent');
       assert.deepEqual(JSON.parse(await cli('queue', 'list', '--json', '-c', configFile)), []);
       await assert.rejects(cli('queue', 'show', 'NOSUCHID0000000', '-c', configFile), /exit code 1|Command failed/);

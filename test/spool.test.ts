@@ -9,6 +9,7 @@ import { Readable } from 'node:stream';
 import { Spool, SpoolWriteError, SpoolSizeError, newQueueId, type NewMessage } from '../src/spool/spool.js';
 import { readHeaderBlock } from '../src/spool/headers.js';
 import { nullLogger } from '../src/log/logger.js';
+import { sleep } from './helpers/wait.js';
 
 const meta: NewMessage = {
   user: 'printer',
@@ -76,7 +77,7 @@ test('the envelope (commit point) appears only after the whole message is stored
     }
     const pending = spool.receive(source(), meta);
     await started;
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
     const during = await spoolFiles(spool);
     assert.equal(during.length, 1, `only the message file exists while data is arriving: ${during}`);
     assert.match(during[0], /\.eml$/);

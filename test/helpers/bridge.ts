@@ -140,15 +140,6 @@ export function message(opts: { from: string; to: string; subject?: string; body
   );
 }
 
-export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-}
-
 /** Every secret of the world that must never appear in logs or output. */
 export function secretsOf(world: FakeWorld, extra: string[] = []): string[] {
   return [world.account.clientSecret, world.account.refreshToken, world.user.password, ...extra].filter(Boolean);

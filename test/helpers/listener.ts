@@ -1,11 +1,14 @@
 // Test helpers for the inbound listener: a raw SMTP client over net/tls sockets (for the
-// protocol-level cases nodemailer would paper over) and a config builder.
+// protocol-level cases nodemailer would paper over, and for exact control of the bytes on the
+// wire: streaming a large body, timing DATA end -> 250) and a config builder.
 import net from 'node:net';
 import tls from 'node:tls';
+import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
 import { stringify } from 'yaml';
 import { join } from 'node:path';
-import { parseConfig } from '../src/config/load.js';
-import type { Config } from '../src/config/schema.js';
+import { parseConfig } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
 
 export interface Reply {
   code: number;
@@ -95,9 +98,14 @@ export class RawSmtp {
     this.socket.write(data);
   }
 
-  async cmd(line: string): Promise<Reply> {
+  async cmd(line: string, timeoutMs?: number): Promise<Reply> {
     this.write(line + '\r\n');
-    return this.read();
+    return this.read(timeoutMs);
+  }
+
+  /** Streams a (dot-stuffed, CRLF) body with backpressure, without ending the socket. */
+  async pipeFrom(src: Readable): Promise<void> {
+    await pipeline(src, this.socket, { end: false });
   }
 
   async ehlo(name = 'client.test'): Promise<Reply> {

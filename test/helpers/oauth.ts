@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough } from 'node:stream';
-import { createTestPki, writePki, type TestPki } from '../src/fakes/ca.js';
-import { FakeTokenEndpoint } from '../src/fakes/tokenEndpoint.js';
-import { configSchema, type Config } from '../src/config/schema.js';
-import { createLogger, type Logger } from '../src/log/logger.js';
+import { createTestPki, writePki, type TestPki } from '../../src/fakes/ca.js';
+import { FakeTokenEndpoint } from '../../src/fakes/tokenEndpoint.js';
+import { configSchema, type Config } from '../../src/config/schema.js';
+import { createLogger, type Logger } from '../../src/log/logger.js';
 
 let sharedPki: Promise<TestPki> | undefined;
 
@@ -85,12 +85,4 @@ export function collect(): { stream: PassThrough; text(): string } {
   const chunks: Buffer[] = [];
   stream.on('data', (c: Buffer) => chunks.push(c));
   return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
-
-export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }

@@ -3,10 +3,11 @@
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseConfig } from '../src/config/load.js';
-import type { Config } from '../src/config/schema.js';
-import type { Logger, Meta } from '../src/log/logger.js';
-import type { AccountHealth, AccountState, Envelope, SendResult, Upstream } from '../src/types.js';
+import { parseConfig } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
+import type { Logger, Meta } from '../../src/log/logger.js';
+import type { NewMessage } from '../../src/spool/spool.js';
+import type { AccountHealth, AccountState, Envelope, SendResult, Upstream } from '../../src/types.js';
 
 export interface Call {
   id: string;
@@ -129,15 +130,16 @@ export const MESSAGE = Buffer.from(
   'From: Scanner <scanner@example.com>\r\nTo: a@example.org\r\nSubject: Scan of invoice 42\r\nMessage-ID: <scan42@example.com>\r\n\r\nPDF attached.\r\n',
 );
 
-export async function waitFor(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Spool metadata for MESSAGE: one user's mail to two recipients through the office account. */
+export const MESSAGE_META: NewMessage = {
+  user: 'printer',
+  account: 'office',
+  mailFrom: 'scanner@example.com',
+  rcptTo: ['a@example.org', 'b@example.org'],
+  clientIp: '127.0.0.1',
+  bodyType: '7bit',
+  smtputf8: false,
+};
 
 /** Header fields of one header block (folded lines joined), names lower-cased. */
 export function parseFields(block: string): Record<string, string> {

@@ -43,7 +43,7 @@ export function buildProgram(): Command {
     .command('serve')
     .description('run the daemon in the foreground (SIGTERM: graceful stop, SIGHUP: reload)')
     .addOption(configOpt())
-    .action((o: { config: string }) => run(async () => (await import('./serve.js')).serveCommand(o.config)));
+    .action((o: { config: string }) => run(async () => (await import('./serve.js')).serveCommand(withConfig(o.config), o.config)));
 
   program
     .command('check-config')

@@ -1,19 +1,10 @@
 // `serve`: run the daemon in the foreground under systemd (or a terminal).
-import { loadConfig, ConfigError } from '../config/load.js';
+import type { Config } from '../config/schema.js';
 import { createLogger } from '../log/logger.js';
 import { Bridge } from '../daemon/bridge.js';
 
-export async function serveCommand(configFile: string): Promise<number> {
-  let config;
-  try {
-    config = loadConfig(configFile);
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      process.stderr.write(e.message + '\n');
-      return 2;
-    }
-    throw e;
-  }
+/** `configFile` is kept for SIGHUP, which re-reads it. */
+export async function serveCommand(config: Config, configFile: string): Promise<number> {
   const log = createLogger({ level: config.log.level, format: config.log.format });
   const bridge = new Bridge({ config, configFile, log });
   try {

@@ -81,8 +81,8 @@ export function bunyanAdapter(log: Logger, component: string) {
     let msg = String(f ?? '').replace(/%[sdjo]/g, () => String(rest[i++] ?? ''));
     // Arguments without a placeholder are appended, as util.format does ('S:', line).
     if (i < rest.length) msg += ' ' + rest.slice(i).map((a) => String(a).trimEnd()).join(' ');
-    const { tnx, cid, ...restMeta } = meta as Meta & { tnx?: unknown; cid?: unknown };
-    void restMeta;
+    // Only the transaction kind and connection id: other fields may hold addresses or payloads.
+    const { tnx, cid } = meta as Meta & { tnx?: unknown; cid?: unknown };
     return [msg, { component, ...(tnx ? { tnx } : {}), ...(cid ? { cid } : {}) }];
   };
   const lvl = (l: Level) => (...args: unknown[]) => {

@@ -8,6 +8,7 @@ import type SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
 import type { Config, AccountConfig } from '../config/schema.js';
 import type { Envelope, SendResult, TokenSource, Upstream, RecipientResult } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
+import { NeedsReauthError } from '../oauth/service.js';
 import { classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
 
 type Transport = Transporter<SMTPPool.SentMessageInfo>;
@@ -137,7 +138,7 @@ export class GmailUpstream implements Upstream {
       } catch (e) {
         const err = e as UpstreamError & { rejectedErrors?: UpstreamError[]; rejected?: unknown[] };
         if (t.tokenError) {
-          const reauth = t.tokenError.name === 'NeedsReauthError';
+          const reauth = t.tokenError instanceof NeedsReauthError;
           return { outcome: reauth ? 'auth' : 'transient', response: `token: ${t.tokenError.message}`, accepted, rejected };
         }
         if (err.code === 'EENVELOPE' && err.rejectedErrors?.length) {

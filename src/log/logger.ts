@@ -67,10 +67,30 @@ export const nullLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}
 
 /**
  * bunyan-style adapter for smtp-server/nodemailer: they call logger.info(meta, fmt, ...args).
- * Their protocol traces go to debug; AUTH payloads are already masked by redact patterns,
- * and we never enable their raw data logging.
+ * Their protocol traces go to debug, and we never enable their raw data logging.
  */
-const SAFE_CLIENT_LINE = /^C: (EHLO|HELO|LHLO|MAIL FROM|RCPT TO|DATA|QUIT|RSET|NOOP|STARTTLS|BDAT)\b/i;
+// Client commands known to carry no secret. Anything else a client sends (AUTH lines,
+// AUTH LOGIN's bare base64 continuation lines, unknown commands) is not logged.
+const SAFE_COMMAND = /^(EHLO|HELO|LHLO|MAIL FROM|RCPT TO|DATA|QUIT|RSET|NOOP|STARTTLS|BDAT)\b/i;
+// An AUTH verb anywhere in a segment, with everything after it (the mechanism's initial response).
+const AUTH_ANYWHERE = /\bAUTH\b[\s\S]*$/i;
+
+/**
+ * The loggable form of a client command line, or null to drop it. smtp-server splits
+ * commands on LF only, so `NOOP\rAUTH PLAIN <base64>` arrives as one line that starts
+ * with a harmless verb: every CR/LF-separated segment is judged on its own, and an AUTH
+ * verb anywhere (also as an argument, `NOOP AUTH PLAIN …`) loses everything after it.
+ */
+export function clientLineForLog(line: string): string | null {
+  const segments = line.split(/[\r\n]+/).filter((s) => s.trim() !== '');
+  const kept = segments.map((seg) => {
+    const s = seg.trim();
+    if (AUTH_ANYWHERE.test(s)) return s.replace(AUTH_ANYWHERE, 'AUTH [redacted]');
+    return SAFE_COMMAND.test(s) ? s : null;
+  });
+  if (!kept.length || kept.every((s) => s === null)) return null;
+  return kept.map((s) => s ?? '[unlisted command]').join(' \\r ');
+}
 
 export function bunyanAdapter(log: Logger, component: string) {
   const fmt = (args: unknown[]): [string, Meta] => {
@@ -87,9 +107,11 @@ export function bunyanAdapter(log: Logger, component: string) {
   };
   const lvl = (l: Level) => (...args: unknown[]) => {
     const [m, meta] = fmt(args);
-    // Client lines can carry AUTH payloads (and AUTH LOGIN sends bare base64 lines):
-    // keep only commands known to hold no secret.
-    if (/^C:/.test(m) && !SAFE_CLIENT_LINE.test(m)) return;
+    if (m.startsWith('C:')) {
+      const line = clientLineForLog(m.slice(2));
+      if (line === null) return;
+      return log[l](`C: ${line}`, meta);
+    }
     log[l](m, meta);
   };
   return { trace: lvl('debug'), debug: lvl('debug'), info: lvl('debug'), warn: lvl('warn'), error: lvl('error'), fatal: lvl('error'), child: () => bunyanAdapter(log, component) };

@@ -8,7 +8,10 @@ import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { SMTPServer } from 'smtp-server';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { Listeners } from '../src/listener/server.js';
+import { smtpServerHookProblems, assertSmtpServerHooks, SMTP_SERVER_VERSION } from '../src/listener/hooks.js';
 import { hashPassword } from '../src/listener/passwords.js';
 import { Spool } from '../src/spool/spool.js';
 import { createLogger } from '../src/log/logger.js';
@@ -98,5 +101,91 @@ test('debug log: no AUTH payload, whatever precedes the AUTH verb on the line (b
     assert.ok(h.logs().some((l) => l.message === 'C: EHLO x \\r AUTH [redacted] \\r MAIL FROM:<scanner@example.com>'), all);
   } finally {
     await h.stop();
+  }
+});
+
+test('a client that writes `.` and QUIT together and then half-closes (as Exim does) still gets 250 queued and 221', async () => {
+  const h = await start();
+  try {
+    for (const auth of [true, false]) {
+      const c = await RawSmtp.connect(h.port());
+      await c.ehlo('exim.test');
+      if (auth) assert.equal((await c.authPlain('printer', PASSWORD)).code, 235);
+      else assert.equal((await c.cmd('RSET')).code, 250);
+      if (!auth) {
+        // Without AUTH the transaction is refused; the refusal must reach the half-closed client too.
+        c.write('MAIL FROM:<scanner@example.com>\r\nQUIT\r\n');
+        c.socket.end();
+        assert.match((await c.read()).lines.join(), /^530 5\.7\.0/);
+        assert.equal((await c.read()).code, 221);
+        await c.waitClosed();
+        continue;
+      }
+      assert.equal((await c.cmd('MAIL FROM:<scanner@example.com>')).code, 250);
+      assert.equal((await c.cmd('RCPT TO:<boss@example.net>')).code, 250);
+      assert.equal((await c.cmd('DATA')).code, 354);
+      const body = message('scanner@example.com', 'boss@example.net');
+      c.write(body.replace(/\.\r\n$/, '') + '.\r\nQUIT\r\n');
+      c.socket.end();
+      const queued = await c.read();
+      assert.match(queued.lines.join(), /^250 2\.0\.0 Ok: queued as \S+$/);
+      assert.equal((await c.read()).code, 221);
+      await c.waitClosed();
+      assert.equal(h.queued.length, 1);
+      assert.equal(queued.text, `2.0.0 Ok: queued as ${h.queued[0].id}`);
+    }
+  } finally {
+    await h.stop();
+  }
+});
+
+test('a client that half-closes without QUIT gets its replies and then the server closes its side', async () => {
+  const h = await start();
+  try {
+    const c = await RawSmtp.connect(h.port());
+    c.write('EHLO eof.test\r\nNOOP\r\n');
+    c.socket.end();
+    assert.equal((await c.read()).code, 250);
+    assert.equal((await c.read()).code, 250);
+    await c.waitClosed(); // well before the 5-minute idle timeout
+  } finally {
+    await h.stop();
+  }
+});
+
+test('start-up guard: the installed smtp-server has every internal the hooks use; a missing or changed one refuses to start, named', async () => {
+  assert.deepEqual(smtpServerHookProblems(), []);
+  const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as { dependencies: Record<string, string> };
+  assert.equal(pkg.dependencies['smtp-server'], SMTP_SERVER_VERSION, 'package.json pins the version the hooks were written for');
+
+  // A prototype without handler_AUTH (as if a release renamed it).
+  const withoutAuth = Object.create(SMTPConnection.prototype) as Record<string, unknown>;
+  withoutAuth.handler_AUTH = undefined;
+  assert.deepEqual(smtpServerHookProblems({ server: SMTPServer.prototype, connection: withoutAuth }), ['SMTPConnection.handler_AUTH() is missing']);
+  // A send() that no longer guards its write with readyState === 'open' (the half-close hook relies on it).
+  const otherSend = Object.create(SMTPConnection.prototype) as Record<string, unknown>;
+  otherSend.send = function send(this: { _socket: { writable: boolean } }) {
+    return this._socket.writable;
+  };
+  assert.match(smtpServerHookProblems({ server: SMTPServer.prototype, connection: otherSend }).join(), /SMTPConnection\.send\(\) no longer contains `readyState === 'open'`/);
+  // A connection object without the fields the hooks read.
+  const probe = () => ({ _socket: null, session: {} });
+  const fields = smtpServerHookProblems({ server: SMTPServer.prototype, connection: SMTPConnection.prototype, probe });
+  assert.ok(fields.includes('SMTPConnection has no _socket') && fields.includes('SMTPConnection has no _parser stream'), fields.join());
+  assert.throws(
+    () => assertSmtpServerHooks({ server: {}, connection: SMTPConnection.prototype }, '9.9.9'),
+    (e: Error) =>
+      /^smtp-server 9\.9\.9 does not have the internals the listener hooks into \(written for 3\.21\.6\): SMTPServer\.connect\(\) is missing; /.test(e.message) &&
+      /Install smtp-server 3\.21\.6 exactly/.test(e.message),
+  );
+
+  // The listener itself refuses to start, and binds nothing, when the library lacks a hook target.
+  const proto = SMTPConnection.prototype as unknown as Record<string, unknown>;
+  const saved = proto.connectionReady;
+  delete proto.connectionReady;
+  try {
+    await assert.rejects(start(), /SMTPConnection\.connectionReady\(\) is missing/);
+  } finally {
+    proto.connectionReady = saved;
   }
 });

@@ -14,6 +14,7 @@ import { SenderPolicy, checkFromHeaders } from './senders.js';
 import { MessageFilter, SmtpReply, headerValues } from './filter.js';
 import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
+import { assertSmtpServerHooks, hookServer, sendToHalfClosed, closeAfterClientEof, greetAfter, type Conn } from './hooks.js';
 
 export type { NewMessage };
 
@@ -48,14 +49,6 @@ interface Transaction {
   policy: SenderPolicy;
   /** "user X" or "trusted account Y", for replies and logs. */
   owner: string;
-}
-
-/** The bits of smtp-server's per-connection object we hook (see `hookConnection`). */
-interface Connection {
-  session: SMTPServerSession;
-  send(code: number, data?: string | string[] | null, context?: string | false): void;
-  close(): void;
-  handler_AUTH(command: Buffer, callback: () => void): void;
 }
 
 interface Running {
@@ -106,6 +99,7 @@ export class Listeners {
   }
 
   async start(): Promise<BoundListener[]> {
+    assertSmtpServerHooks();
     try {
       for (const cfg of this.config.listeners) {
         this.warnAboutCleartext(cfg);
@@ -162,7 +156,7 @@ export class Listeners {
           new Promise<void>((resolve) => {
             if (!rt.bound) return resolve();
             rt.server.close(() => resolve());
-            for (const conn of rt.server.connections as Set<unknown> as Set<Connection>) {
+            for (const conn of rt.server.connections ) {
               if (!this.inData.has(conn.session)) conn.send(421, '4.3.2 Service shutting down, try again later');
             }
           }),
@@ -235,6 +229,8 @@ export class Listeners {
       // Checked per client in the AUTH hook (loopback is fine without TLS).
       allowInsecureAuth: true,
       disableReverseLookup: true,
+      // Exim sends `.` and QUIT in one write and half-closes: its replies must still go out.
+      allowHalfOpen: true,
       logger: bunyanAdapter(this.log, 'smtp-in'),
       ...this.sessionOptions(l),
       ...tls,
@@ -265,17 +261,7 @@ export class Listeners {
       onClose: (session) => this.onClose(session),
     };
     const server = new SMTPServer(options);
-    // Hook every connection smtp-server creates (it has no factory option for that).
-    const connect = server.connect.bind(server);
-    const hooked = new WeakSet<object>();
-    server.connect = (socket, socketOptions) => {
-      connect(socket, socketOptions);
-      for (const conn of server.connections as Set<unknown> as Set<Connection>) {
-        if (hooked.has(conn)) continue;
-        hooked.add(conn);
-        this.hookConnection(rt, conn);
-      }
-    };
+    hookServer(server, (conn) => this.hookConnection(rt, conn));
     server.on('error', (err: Error & { remoteAddress?: string; meta?: { remoteAddress?: string } }) => {
       const ip = err.remoteAddress ?? err.meta?.remoteAddress;
       if (ip) this.log.info('smtp session error', { listener: rt.cfg.name, ip, err });
@@ -300,13 +286,15 @@ export class Listeners {
   }
 
   /**
-   * Per-connection hooks: (1) replies whose text starts with an enhanced status code keep
-   * exactly that code (smtp-server would prefix its generic one per reply code); (2) AUTH
-   * is refused before any credential is exchanged when encryption is required or the
-   * client is locked out.
+   * Per-connection hooks (see hooks.ts): (1) replies whose text starts with an enhanced
+   * status code keep exactly that code (smtp-server would prefix its generic one per reply
+   * code), and replies reach a client that half-closed; (2) AUTH is refused before any
+   * credential is exchanged when encryption is required (onAuth only runs after the client
+   * sent them); (3) the client's EOF ends the session once its replies are out; (4) the
+   * greeting goes out without smtp-server's fixed pause.
    */
-  private hookConnection(rt: Running, conn: Connection): void {
-    const send = conn.send.bind(conn);
+  private hookConnection(rt: Running, conn: Conn): void {
+    const send = sendToHalfClosed(conn, conn.send.bind(conn));
     conn.send = (code, data, context) => {
       if (code === 552 && typeof data === 'string' && data.startsWith('Error: message exceeds fixed maximum message size'))
         data = '5.3.4 Message size exceeds fixed maximum message size';
@@ -320,12 +308,10 @@ export class Listeners {
         conn.send(538, '5.7.11 Encryption required for requested authentication mechanism');
         return callback();
       }
-      if (this.authFailures.lockedFor(ip) > 0) {
-        conn.send(454, '4.7.0 Too many authentication failures, try later');
-        return callback();
-      }
       auth(command, callback);
     };
+    closeAfterClientEof(conn);
+    greetAfter(conn, 0);
   }
 
   private track(p: Promise<void>): void {

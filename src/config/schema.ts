@@ -119,6 +119,40 @@ export const userSchema = z.strictObject({
   allowedSenders: z.array(senderPattern).optional(),
 });
 
+/** `alerts:` (src/alerts): where to tell a person, and when. */
+export const alertsSchema = z
+  .strictObject({
+    webhook: z
+      .url()
+      .refine((u) => u.startsWith('https://'), 'expected an https:// URL (alerts are sent over verified TLS)')
+      .optional(),
+    /** Extra trust anchors for the webhook (private CA). */
+    caFile: z.string().optional(),
+    email: email.optional(),
+    /** Account the alert mail is sent through; default: the first account that works. */
+    emailAccount: name.optional(),
+    queueAgeWarn: duration('queueAgeWarn').default(3600e3),
+    upstreamFailingFor: duration('upstreamFailingFor').default(1800e3),
+    /** Free space on the stateDir file system below which to alert: a size (500MB) or a percentage (5%). */
+    diskFreeWarn: z
+      .union([z.string(), z.number()])
+      .transform((v, ctx) => {
+        const pct = typeof v === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(v) : null;
+        if (pct && Number(pct[1]) <= 100) return { percent: Number(pct[1]) };
+        const n = parseSize(v);
+        if (n === null) {
+          ctx.addIssue({ code: 'custom', message: 'diskFreeWarn: expected a size like 500MB or a percentage like 5%' });
+          return z.NEVER;
+        }
+        return { bytes: n };
+      })
+      .default({ percent: 5 }),
+    /** Warn this long before a grant's known expiry (refresh_token_expires_in, idle limit). */
+    grantExpiryWarn: duration('grantExpiryWarn').default(2 * 86400e3),
+    checkInterval: duration('checkInterval').default(60e3),
+  })
+  .prefault({});
+
 export const configSchema = z
   .strictObject({
     stateDir: z.string().min(1),
@@ -152,10 +186,21 @@ export const configSchema = z
       .strictObject({
         host: z.string().default('127.0.0.1'),
         port: z.number().int().min(0).max(65535).default(9465),
+        /** The web console at / (src/http/console). */
+        console: z.boolean().default(false),
+        adminPasswordHash: z
+          .string()
+          .refine((s) => s.startsWith('$scrypt$'), { message: 'expected a $scrypt$ hash from `xoauth2-bridge hash-password`; plaintext passwords are refused' })
+          .optional(),
+        certFile: z.string().optional(),
+        keyFile: z.string().optional(),
+        allowInsecureConsole: z.boolean().default(false),
       })
       .prefault({}),
+    alerts: alertsSchema,
   })
   .superRefine((cfg, ctx) => {
+    checkHttp(cfg.http, ctx);
     const accounts = new Set<string>();
     cfg.accounts.forEach((a, i) => {
       if (accounts.has(a.name)) ctx.addIssue({ code: 'custom', path: ['accounts', i, 'name'], message: `duplicate account name "${a.name}"` });
@@ -165,6 +210,8 @@ export const configSchema = z
       if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'port'], message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)' });
     });
+    if (cfg.alerts.emailAccount && !accounts.has(cfg.alerts.emailAccount))
+      ctx.addIssue({ code: 'custom', path: ['alerts', 'emailAccount'], message: `no account named "${cfg.alerts.emailAccount}"` });
     const users = new Set<string>();
     cfg.users.forEach((u, i) => {
       if (users.has(u.username)) ctx.addIssue({ code: 'custom', path: ['users', i, 'username'], message: `duplicate user "${u.username}"` });
@@ -197,7 +244,19 @@ export const configSchema = z
     });
   });
 
-function isLoopbackHost(host: string): boolean {
+/** The console must not hand an admin password or session cookie to the network in clear text. */
+function checkHttp(h: { host: string; console: boolean; certFile?: string; keyFile?: string; allowInsecureConsole: boolean }, ctx: z.RefinementCtx): void {
+  if ((h.certFile === undefined) !== (h.keyFile === undefined))
+    ctx.addIssue({ code: 'custom', path: ['http', h.certFile ? 'keyFile' : 'certFile'], message: 'certFile and keyFile go together' });
+  if (h.console && !isLoopbackHost(h.host) && !h.certFile && !h.allowInsecureConsole)
+    ctx.addIssue({
+      code: 'custom',
+      path: ['http', 'console'],
+      message: `the console on ${h.host} (not loopback) would be served without TLS: set http.certFile and http.keyFile, or http.allowInsecureConsole: true (passwords and cookies then cross the network in clear text), or bind http.host: 127.0.0.1`,
+    });
+}
+
+export function isLoopbackHost(host: string): boolean {
   return host === '127.0.0.1' || host === '::1' || host === 'localhost' || host.startsWith('127.');
 }
 
@@ -211,3 +270,4 @@ export type Config = z.output<typeof configSchema>;
 export type ListenerConfig = z.output<typeof listenerSchema>;
 export type AccountConfig = z.output<typeof accountSchema>;
 export type UserConfig = z.output<typeof userSchema>;
+export type AlertsConfig = z.output<typeof alertsSchema>;

@@ -10,7 +10,14 @@ import { TokenService } from '../oauth/service.js';
 import { Listeners } from '../listener/server.js';
 import { watchControl } from '../control/notify.js';
 import { Metrics } from '../metrics/metrics.js';
+import { readFileSync } from 'node:fs';
 import { HttpEndpoint, spoolWritable, accountNotReadyReason, type Readiness } from '../http/server.js';
+import { WebConsole } from '../http/console/console.js';
+import { bridgeOps } from '../http/console/ops.js';
+import { AlertMonitor } from '../alerts/monitor.js';
+import { UpstreamHealth } from '../alerts/upstream.js';
+import { MailSender, WebhookSender, type AlertSender } from '../alerts/send.js';
+import type { DeliveryMetrics } from '../delivery/worker.js';
 
 export interface BridgeOptions {
   config: Config;
@@ -34,6 +41,9 @@ export class Bridge {
   readonly listeners: Listeners;
   readonly metrics: Metrics;
   readonly http: HttpEndpoint;
+  readonly alerts: AlertMonitor;
+  readonly console: WebConsole | null;
+  readonly upstreamHealth = new UpstreamHealth();
   httpAddress: { host: string; port: number } | null = null;
   bound: Array<{ name: string; host: string; port: number }> = [];
   private stopControl?: () => void;
@@ -48,7 +58,17 @@ export class Bridge {
     this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync });
     this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env, metrics });
     this.upstream = new GmailUpstream({ config: this.config, log: this.log, tokens: this.tokens });
-    this.worker = new DeliveryWorker({ config: this.config, log: this.log, spool: this.spool, upstream: this.upstream, health: this.tokens, metrics });
+    // The alert monitor learns how long each upstream has been failing from the same results.
+    const delivery: DeliveryMetrics = {
+      delivered: (a, n) => metrics.delivered(a, n),
+      deferred: (a) => metrics.deferred(a),
+      bounced: (a) => metrics.bounced(a),
+      upstreamReply: (a, o) => {
+        metrics.upstreamReply(a, o);
+        this.upstreamHealth.record(a, o);
+      },
+    };
+    this.worker = new DeliveryWorker({ config: this.config, log: this.log, spool: this.spool, upstream: this.upstream, health: this.tokens, metrics: delivery });
     this.listeners = new Listeners({
       config: this.config,
       log: this.log,
@@ -64,14 +84,64 @@ export class Bridge {
       const st = this.worker.stats();
       return { size: st.queued, oldestAgeSeconds: st.oldestAgeMs === null ? 0 : st.oldestAgeMs / 1000 };
     });
+    this.alerts = new AlertMonitor({
+      config: () => this.config,
+      log: this.log.child({ component: 'alerts' }),
+      registry: metrics.registry,
+      senders: () => this.alertSenders(),
+      facts: {
+        accounts: () => {
+          const st = new Map(this.tokens.status().map((s) => [s.account, s]));
+          return this.config.accounts.flatMap((config) => (st.has(config.name) ? [{ config, status: st.get(config.name)! }] : []));
+        },
+        oldestQueuedMs: () => this.worker.stats().oldestAgeMs,
+        upstream: this.upstreamHealth,
+        stateDir: () => this.config.stateDir,
+      },
+    });
+    const h = this.config.http;
+    const tls = h.certFile && h.keyFile ? { cert: readPem(h.certFile, 'http.certFile'), key: readPem(h.keyFile, 'http.keyFile') } : undefined;
+    this.console = h.console
+      ? new WebConsole({ config: () => this.config, ops: bridgeOps(this), log: this.log.child({ component: 'console' }), tls: Boolean(tls), attention: () => this.alerts.active(), env: opts.env })
+      : null;
     this.http = new HttpEndpoint({
-      host: this.config.http.host,
-      port: this.config.http.port,
+      host: h.host,
+      port: h.port,
       metrics,
       log: this.log,
       ready: () => this.readiness(),
       ephemeral: opts.httpEphemeral,
+      tls,
+      console: this.console ?? undefined,
     });
+  }
+
+  private senderCache?: { key: string; senders: AlertSender[] };
+
+  /** Built from the current config (SIGHUP may change alerts:). */
+  private alertSenders(): AlertSender[] {
+    const a = this.config.alerts;
+    const key = JSON.stringify([a.webhook, a.caFile, a.email, a.emailAccount]);
+    if (this.senderCache?.key === key) return this.senderCache.senders;
+    const senders: AlertSender[] = [];
+    const log = this.log.child({ component: 'alerts' });
+    if (a.webhook) senders.push(new WebhookSender(a.webhook, a.caFile, log));
+    if (a.email)
+      senders.push(
+        new MailSender({
+          to: a.email,
+          account: a.emailAccount ?? null,
+          accounts: () => this.tokens.status().map((s) => ({ name: s.account, email: s.email, state: s.state })),
+          enqueue: async (raw, meta) => {
+            const env = await this.spool.receive([raw], { ...meta, user: null, clientIp: '127.0.0.1', bodyType: '8bitmime', smtputf8: false });
+            this.metrics.received(env.account, env.size);
+            this.worker.notify(env);
+            return env;
+          },
+        }),
+      );
+    this.senderCache = { key, senders };
+    return senders;
   }
 
   /** /readyz: listeners bound, spool writable, every account's token usable. */
@@ -95,6 +165,7 @@ export class Bridge {
     this.tokens.startSchedule();
     this.bound = await this.listeners.start();
     this.httpAddress = await this.http.start();
+    this.alerts.start();
     // CLI commands (token import, authorize, queue retry/delete) signal through stateDir.
     this.stopControl = watchControl(this.config.stateDir, (topic) => {
       if (topic === 'queue') void this.worker.rescan();
@@ -136,12 +207,21 @@ export class Bridge {
   /** SIGTERM: stop accepting, let in-flight sends finish (bounded), keep the rest spooled. */
   async stop(timeoutMs = 30_000): Promise<void> {
     this.stopControl?.();
+    await this.alerts.stop();
     await this.http.stop();
     await this.listeners.stop();
     await this.worker.stop(timeoutMs);
     this.tokens.stop();
     await this.upstream.close();
     this.log.info('xoauth2-bridge stopped');
+  }
+}
+
+function readPem(file: string, key: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    throw new Error(`${key}: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
 }
 

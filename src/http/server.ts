@@ -1,6 +1,8 @@
 // Operator HTTP endpoint: /healthz (process up), /readyz (able to take and relay mail),
-// /metrics (Prometheus). Read-only, GET/HEAD only, plain-text answers.
+// /metrics (Prometheus): read-only, GET/HEAD only, plain-text answers. Every other path
+// goes to the web console when it is on (src/http/console). HTTPS with http.certFile/keyFile.
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { open, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -30,7 +32,13 @@ export interface HttpEndpointOptions {
   ephemeral?: boolean;
   /** A readiness check slower than this (e.g. a hung disk) answers 503. Default 5 s. */
   readyTimeoutMs?: number;
+  /** Serve HTTPS with this certificate chain and key (PEM). */
+  tls?: { cert: Buffer; key: Buffer };
+  /** The web console, for every path the endpoint does not serve itself. */
+  console?: { handle(req: http.IncomingMessage, res: http.ServerResponse, path: string): Promise<void>; close(): void };
 }
+
+const OWN_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
 
 const TEXT = 'text/plain; charset=utf-8';
 
@@ -48,13 +56,15 @@ export class HttpEndpoint {
       return null;
     }
     const port = ephemeral ? 0 : this.opts.port;
-    const server = http.createServer((req, res) => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.handle(req, res).catch((err) => {
         log.error('http: request failed', { err, path: safePath(req.url) });
         if (!res.headersSent) send(res, req, 500, 'internal error\n');
         else res.destroy();
       });
-    });
+    };
+    const tls = this.opts.tls;
+    const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' }, onRequest) : http.createServer(onRequest);
     // Scrapers and probes send tiny requests; don't let a slow client hold a socket.
     server.headersTimeout = 10_000;
     server.requestTimeout = 15_000;
@@ -76,7 +86,7 @@ export class HttpEndpoint {
     server.on('error', (err) => log.error('http endpoint error', { err }));
     this.server = server;
     const addr = server.address() as AddressInfo;
-    log.info('http endpoint listening', { host: addr.address, port: addr.port });
+    log.info('http endpoint listening', { host: addr.address, port: addr.port, tls: Boolean(tls), console: Boolean(this.opts.console) });
     return { host: addr.address, port: addr.port };
   }
 
@@ -85,6 +95,7 @@ export class HttpEndpoint {
     const server = this.server;
     if (!server) return;
     this.server = null;
+    this.opts.console?.close();
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();
@@ -92,11 +103,13 @@ export class HttpEndpoint {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const p = safePath(req.url);
+    if (this.opts.console && !OWN_PATHS.has(p)) return this.opts.console.handle(req, res, p);
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('Allow', 'GET, HEAD');
       return send(res, req, 405, 'method not allowed\n');
     }
-    switch (safePath(req.url)) {
+    switch (p) {
       case '/healthz':
         return send(res, req, 200, 'ok\n');
       case '/readyz': {

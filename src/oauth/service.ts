@@ -38,6 +38,8 @@ export interface AccountStatus {
   lastRefreshAt: string | null;
   lastError: string | null;
   refreshTokenIssuedAt: string | null;
+  /** Known end of a time-limited grant (refresh_token_expires_in), e.g. an app in "Testing". */
+  refreshTokenExpiresAt: string | null;
 }
 
 /** The exact command that fixes a dead grant, for log lines and CLI output. */
@@ -58,6 +60,7 @@ export function statusFromRecord(account: AccountConfig, rec: TokenRecord | unde
     lastRefreshAt: rec?.lastRefreshAt ?? null,
     lastError: noToken ? (rec?.lastError ?? 'no refresh token stored') : (rec?.lastError ?? null),
     refreshTokenIssuedAt: rec?.refreshTokenIssuedAt ?? null,
+    refreshTokenExpiresAt: rec?.refreshTokenExpiresAt ?? null,
   };
 }
 
@@ -465,6 +468,7 @@ export class TokenService implements TokenSource, AccountHealth {
       lastRefreshAt: s.rec.lastRefreshAt ?? null,
       lastError: s.configError ?? s.rec.lastError ?? (s.cfg.oauth.type === 'user' && !s.rec.refreshToken ? 'no refresh token stored' : null),
       refreshTokenIssuedAt: s.rec.refreshTokenIssuedAt ?? null,
+      refreshTokenExpiresAt: s.rec.refreshTokenExpiresAt ?? null,
     }));
   }
 

@@ -1,0 +1,50 @@
+// When a grant is likely to stop working, from what the token store knows. Shared by the
+// alert monitor and the console so both say the same thing.
+import type { AccountConfig } from '../config/schema.js';
+import type { AccountStatus } from '../oauth/service.js';
+
+const DAY = 86400e3;
+// Google revokes refresh tokens of apps in "Testing" publishing status 7 days after issue;
+// the issue asks for the warning at day 5.
+export const TESTING_LIFETIME_MS = 7 * DAY;
+export const TESTING_WARN_AFTER_MS = 5 * DAY;
+// Unused grants lapse: Google after 6 months, Microsoft after 90 days of inactivity.
+const IDLE_LIMIT_MS: Record<string, number> = { google: 180 * DAY, microsoft: 90 * DAY };
+
+export interface GrantRisk {
+  /** warn: a person should act before `at`; info: worth showing, nothing to do yet. */
+  level: 'none' | 'info' | 'warn';
+  text: string;
+  at?: string;
+}
+
+export function providerOf(acct: AccountConfig): string {
+  return (acct as { provider?: string }).provider ?? 'google';
+}
+
+export function grantRisk(acct: AccountConfig, st: AccountStatus, now: number, warnAheadMs: number): GrantRisk {
+  if (acct.oauth.type !== 'user') return { level: 'none', text: 'no refresh token (signs in with its own key)' };
+  if (st.state === 'needs-reauth') return { level: 'warn', text: 'grant refused: authorize again' };
+  if (!st.refreshTokenIssuedAt && !st.refreshTokenExpiresAt) return { level: 'none', text: 'unknown' };
+  if (st.refreshTokenExpiresAt) {
+    const exp = Date.parse(st.refreshTokenExpiresAt);
+    return exp - now <= warnAheadMs
+      ? { level: 'warn', text: `time-limited grant expires ${st.refreshTokenExpiresAt}`, at: st.refreshTokenExpiresAt }
+      : { level: 'info', text: `time-limited grant, expires ${st.refreshTokenExpiresAt}`, at: st.refreshTokenExpiresAt };
+  }
+  const idleLimit = IDLE_LIMIT_MS[providerOf(acct)] ?? IDLE_LIMIT_MS.google;
+  const lastUse = Date.parse(st.lastRefreshAt ?? st.refreshTokenIssuedAt!);
+  if (now - lastUse >= idleLimit - warnAheadMs) {
+    const at = new Date(lastUse + idleLimit).toISOString();
+    return { level: 'warn', text: `unused since ${new Date(lastUse).toISOString()}; unused grants lapse at ${at}`, at };
+  }
+  if (providerOf(acct) === 'google' && st.refreshTokenIssuedAt) {
+    const issued = Date.parse(st.refreshTokenIssuedAt);
+    const age = now - issued;
+    const at = new Date(issued + TESTING_LIFETIME_MS).toISOString();
+    if (age >= TESTING_WARN_AFTER_MS && age < TESTING_LIFETIME_MS)
+      return { level: 'warn', text: `if the OAuth app is in "Testing" status, Google revokes this grant at ${at}`, at };
+    if (age < TESTING_WARN_AFTER_MS) return { level: 'info', text: `revoked at ${at} if the OAuth app is in "Testing" status`, at };
+  }
+  return { level: 'none', text: 'no known expiry' };
+}

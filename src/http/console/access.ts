@@ -1,0 +1,144 @@
+// Who may use the console. Without http.adminPasswordHash: requests from this machine only
+// (loopback peer address AND a loopback Host header, so a DNS-rebinding page cannot reach
+// it). With it: a session cookie from the login form, or HTTP basic auth. Every POST also
+// needs the session's CSRF token and a same-origin Origin (or Referer) header.
+import type http from 'node:http';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { verifyPassword } from '../../listener/passwords.js';
+import { AuthFailures } from '../../listener/limits.js';
+
+export const COOKIE = 'xob_session';
+const SESSION_IDLE_MS = 8 * 3600e3;
+const MAX_SESSIONS = 1000;
+const LOGIN_LIMITS = { limit: 5, windowMs: 10 * 60e3, lockoutMs: 15 * 60e3 };
+
+export interface Session {
+  id: string;
+  csrf: string;
+  lastSeen: number;
+}
+
+export interface AccessOptions {
+  passwordHash: () => string | undefined;
+  tls: boolean;
+}
+
+export function isLoopbackAddress(addr: string | undefined): boolean {
+  if (!addr) return false;
+  const a = addr.startsWith('::ffff:') ? addr.slice(7) : addr;
+  return a === '::1' || a.startsWith('127.');
+}
+
+function hostName(hostHeader: string | undefined): string {
+  const h = (hostHeader ?? '').trim().toLowerCase();
+  if (h.startsWith('[')) return h.slice(1, h.indexOf(']'));
+  return h.split(':')[0];
+}
+
+function isLoopbackHostHeader(hostHeader: string | undefined): boolean {
+  const h = hostName(hostHeader);
+  return h === 'localhost' || isLoopbackAddress(h);
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+export function cookies(req: http.IncomingMessage): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const part of (req.headers.cookie ?? '').split(';')) {
+    const i = part.indexOf('=');
+    if (i > 0) out.set(part.slice(0, i).trim(), part.slice(i + 1).trim());
+  }
+  return out;
+}
+
+export class ConsoleAccess {
+  private readonly sessions = new Map<string, Session>();
+  private readonly failures = new AuthFailures();
+
+  constructor(private readonly opts: AccessOptions) {}
+
+  get passwordRequired(): boolean {
+    return this.opts.passwordHash() !== undefined;
+  }
+
+  /** Why this peer may not even see the login page, or null. */
+  refusal(req: http.IncomingMessage): string | null {
+    if (this.passwordRequired) return null;
+    if (!isLoopbackAddress(req.socket.remoteAddress) || !isLoopbackHostHeader(req.headers.host))
+      return 'The console answers on this machine only (http://127.0.0.1). To use it from elsewhere set http.adminPasswordHash (and TLS).';
+    return null;
+  }
+
+  /** The caller's session: from the cookie, from valid basic auth, or (loopback mode) a new one. */
+  async session(req: http.IncomingMessage): Promise<{ session: Session; isNew: boolean } | null> {
+    const now = Date.now();
+    const id = cookies(req).get(COOKIE);
+    const s = id ? this.sessions.get(id) : undefined;
+    if (s && now - s.lastSeen < SESSION_IDLE_MS) {
+      s.lastSeen = now;
+      return { session: s, isNew: false };
+    }
+    if (s) this.sessions.delete(s.id);
+    if (!this.passwordRequired) return { session: this.create(), isNew: true };
+    const basic = /^Basic\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+    if (basic) {
+      const text = Buffer.from(basic[1], 'base64').toString('utf8');
+      const pw = text.slice(text.indexOf(':') + 1);
+      if ((await this.login(req, pw)) === 'ok') return { session: this.create(), isNew: true };
+    }
+    return null;
+  }
+
+  /** Checks the admin password (rate-limited per client address). */
+  async login(req: http.IncomingMessage, password: string): Promise<'ok' | 'bad' | 'locked'> {
+    const ip = req.socket.remoteAddress ?? '?';
+    if (this.failures.lockedFor(ip) > 0) return 'locked';
+    const hash = this.opts.passwordHash();
+    if (hash && password && (await verifyPassword(password, hash))) return 'ok';
+    this.failures.fail(ip, LOGIN_LIMITS);
+    return 'bad';
+  }
+
+  create(): Session {
+    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), lastSeen: Date.now() };
+    if (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value as string);
+    this.sessions.set(s.id, s);
+    return s;
+  }
+
+  end(s: Session): void {
+    this.sessions.delete(s.id);
+  }
+
+  setCookie(s: Session): string {
+    return `${COOKIE}=${s.id}; Path=/; HttpOnly; SameSite=Strict${this.opts.tls ? '; Secure' : ''}`;
+  }
+
+  clearCookie(): string {
+    return `${COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0${this.opts.tls ? '; Secure' : ''}`;
+  }
+
+  /** CSRF: the form's token matches the session's and the request comes from our own pages. */
+  csrfOk(req: http.IncomingMessage, s: Session | null, token: string | undefined): boolean {
+    if (!this.sameOrigin(req)) return false;
+    if (s === null) return true; // the login form: no session yet, origin checked
+    return typeof token === 'string' && safeEqual(token, s.csrf);
+  }
+
+  private sameOrigin(req: http.IncomingMessage): boolean {
+    const self = `${this.opts.tls ? 'https' : 'http'}://${(req.headers.host ?? '').toLowerCase()}`;
+    const origin = req.headers.origin;
+    if (origin) return origin.toLowerCase() === self;
+    const referer = req.headers.referer;
+    if (!referer) return false;
+    try {
+      return new URL(referer).origin.toLowerCase() === self;
+    } catch {
+      return false;
+    }
+  }
+}

@@ -1,0 +1,164 @@
+// The web console's access rules without a browser: loopback-only mode, the admin password
+// (form and basic auth), CSRF refusals, cookies, TLS, and the config refusing a console on
+// the network without TLS. The browser flows are in console-browser.test.ts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import https from 'node:https';
+import http from 'node:http';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
+import { hashPassword } from '../src/listener/passwords.js';
+import { startBridge, secretsOf, assertNoSecrets, CLI } from './helpers/bridge.js';
+
+const run = promisify(execFile);
+
+interface Res {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+function request(url: string, o: { method?: string; headers?: Record<string, string>; body?: string; ca?: string } = {}): Promise<Res> {
+  const u = new URL(url);
+  const mod = u.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = mod.request(u, { method: o.method ?? 'GET', headers: o.headers, ca: o.ca }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end(o.body);
+  });
+}
+
+const cookieOf = (r: Res) => (r.headers['set-cookie']?.[0] ?? '').split(';')[0];
+const csrfOf = (body: string) => /name="csrf" value="([^"]+)"/.exec(body)?.[1] ?? '';
+
+test('loopback-only console: a session without a password, refused for a foreign Host header (DNS rebinding)', async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    const page = await request(`${base}/accounts`);
+    assert.equal(page.status, 200);
+    assert.match(page.body, /<h1>Accounts<\/h1>/);
+    assert.match(page.body, /data-account="office"/);
+    const setCookie = page.headers['set-cookie']?.[0] ?? '';
+    assert.match(setCookie, /HttpOnly/);
+    assert.match(setCookie, /SameSite=Strict/);
+    assert.doesNotMatch(setCookie, /Secure/, 'no Secure flag over plain HTTP (the browser would drop the cookie)');
+    assert.match(String(page.headers['content-security-policy'] ?? ''), /frame-ancestors 'none'/);
+    const rebound = await request(`${base}/accounts`, { headers: { Host: 'attacker.example:80' } });
+    assert.equal(rebound.status, 403);
+    assert.match(rebound.body, /adminPasswordHash/);
+    // The health endpoints are unchanged.
+    assert.equal((await request(`${base}/healthz`)).body, 'ok\n');
+    assertNoSecrets(page.body + (await request(`${base}/queue`, { headers: { Cookie: cookieOf(page) } })).body, secretsOf(world));
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+test('admin password: login form and basic auth; every POST needs the CSRF token and a same-origin Origin', async () => {
+  const world = await startFakeWorld();
+  const adminPw = 'admin-pw-' + Math.random().toString(36).slice(2);
+  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw) } }, { http: true });
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    const origin = { Origin: base };
+    const anon = await request(`${base}/accounts`);
+    assert.equal(anon.status, 303);
+    assert.equal(anon.headers.location, '/login');
+    const form = (s: Record<string, string>) => new URLSearchParams(s).toString();
+    const post = (path: string, body: string, headers: Record<string, string>) =>
+      request(`${base}${path}`, { method: 'POST', body, headers: { 'Content-Type': 'application/x-www-form-urlencoded', ...headers } });
+
+    assert.equal((await post('/login', form({ password: 'wrong' }), origin)).status, 401);
+    assert.equal((await post('/login', form({ password: adminPw }), { Origin: 'https://evil.example' })).status, 403, 'login from a foreign page');
+    const login = await post('/login', form({ password: adminPw }), origin);
+    assert.equal(login.status, 303);
+    const cookie = cookieOf(login);
+    assert.match(cookie, /^xob_session=/);
+    const page = await request(`${base}/queue`, { headers: { Cookie: cookie } });
+    assert.equal(page.status, 200);
+    const csrf = csrfOf(page.body);
+    assert.ok(csrf.length >= 32, 'the page carries the session CSRF token');
+
+    const basic = await request(`${base}/accounts`, { headers: { Authorization: `Basic ${Buffer.from(`admin:${adminPw}`).toString('base64')}` } });
+    assert.equal(basic.status, 200);
+    assert.equal((await request(`${base}/accounts`, { headers: { Authorization: `Basic ${Buffer.from('admin:nope').toString('base64')}` } })).status, 303);
+
+    // CSRF: no token, a wrong token, the right token from a foreign origin, no origin at all.
+    const action = '/accounts/office/authorize';
+    assert.equal((await post(action, '', { Cookie: cookie, ...origin })).status, 403);
+    assert.equal((await post(action, form({ csrf: 'x'.repeat(43) }), { Cookie: cookie, ...origin })).status, 403);
+    assert.equal((await post(action, form({ csrf }), { Cookie: cookie, Origin: 'http://evil.example' })).status, 403);
+    assert.equal((await post(action, form({ csrf }), { Cookie: cookie })).status, 403);
+    assert.equal((await post(action, form({ csrf }), { ...origin })).status, 403, 'no session');
+    assert.ok(b.logs.some((l) => l.includes('refused by the CSRF check')));
+    // The right token from our own page works.
+    const ok = await post(action, form({ csrf }), { Cookie: cookie, ...origin });
+    assert.equal(ok.status, 303);
+    assert.equal(ok.headers.location, '/accounts/office/authorize');
+    const consent = await request(`${base}${ok.headers.location}`, { headers: { Cookie: cookie } });
+    assert.match(consent.body, /id="consent-url" href="https:\/\/127\.0\.0\.1:\d+\/[^"]*code_challenge_method=S256/);
+    assertNoSecrets(page.body + consent.body + b.logs.join('\n'), [...secretsOf(world), adminPw]);
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+test('console over TLS: the session cookie is Secure', async () => {
+  const world = await startFakeWorld();
+  const pki = join(world.dir, 'pki');
+  const b = await startBridge(
+    world,
+    { http: { port: 0, console: true, adminPasswordHash: await hashPassword('pw-tls'), certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') } },
+    { http: true },
+  );
+  try {
+    const base = `https://localhost:${b.bridge.httpAddress!.port}`;
+    const ca = readFileSync(world.caFile, 'utf8');
+    const login = await request(`${base}/login`, {
+      method: 'POST',
+      ca,
+      body: 'password=pw-tls',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base },
+    });
+    assert.equal(login.status, 303);
+    assert.match(login.headers['set-cookie']?.[0] ?? '', /; Secure/);
+    assert.equal((await request(`${base}/metrics`, { ca })).status, 200, '/metrics over the same HTTPS endpoint');
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+test('a console on a non-loopback address without TLS is refused by check-config and serve, naming the keys', async () => {
+  const world = await startFakeWorld();
+  try {
+    const file = await writeBridgeConfig(world, bridgeConfig(world, { http: { host: '0.0.0.0', port: 0, console: true, adminPasswordHash: await hashPassword('x') } }));
+    for (const cmd of ['check-config', 'serve']) {
+      const r = await run(process.execPath, [...CLI, cmd, '-c', file]).then(
+        () => ({ code: 0, stderr: '' }),
+        (e: { code: number; stderr: string }) => e,
+      );
+      assert.equal(r.code, 2, `${cmd} exits 2`);
+      assert.match(r.stderr, /http\.console: the console on 0\.0\.0\.0 \(not loopback\) would be served without TLS/);
+      assert.match(r.stderr, /http\.certFile and http\.keyFile/);
+      assert.match(r.stderr, /http\.allowInsecureConsole: true/);
+    }
+    const insecure = await writeBridgeConfig(world, bridgeConfig(world, { http: { host: '0.0.0.0', port: 0, console: true, allowInsecureConsole: true } }), 'insecure.yaml');
+    const ok = await run(process.execPath, [...CLI, 'check-config', '-c', insecure]);
+    assert.match(ok.stdout, /ok/);
+  } finally {
+    await world.close();
+  }
+});

@@ -23,6 +23,11 @@ export interface AuthorizeOptions {
   env?: NodeJS.ProcessEnv;
   /** Give up waiting for the browser after this long (default 10 minutes). */
   timeoutMs?: number;
+  /**
+   * false (web console, with manual): nothing listens on the redirect port, so the pasted URL
+   * is the only way back (the browser is on another machine, or its 127.0.0.1 is not ours).
+   */
+  listen?: boolean;
 }
 
 export class AuthorizeError extends Error {
@@ -43,7 +48,7 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
   const store = new TokenStore({ stateDir: opts.config.stateDir, key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, env) });
   await store.load();
 
-  const loop = await startLoopback();
+  const loop = opts.listen === false && opts.manual ? await unusedLoopbackPort() : await startLoopback();
   let rl: ReturnType<typeof createInterface> | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -186,6 +191,18 @@ interface Loopback {
   port: number;
   onRedirect?: (q: URLSearchParams) => { ok: boolean; text: string };
   close(): Promise<void>;
+}
+
+/** A loopback port that was free a moment ago, for a redirect URI nobody answers. */
+async function unusedLoopbackPort(): Promise<Loopback> {
+  const server = http.createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return { port, close: async () => {} };
 }
 
 async function startLoopback(): Promise<Loopback> {

@@ -107,7 +107,7 @@ export function authorizePage(ctx: PageContext, account: string, email: string, 
 <li>Copy the whole address from the browser's address bar and paste it here:
 <form method="post" action="/accounts/${a}/authorize/complete">${csrfField(ctx)}<p><input type="text" name="redirect" id="redirect" placeholder="http://127.0.0.1:…/?state=…&amp;code=…" required autocomplete="off"></p>
 <p><button class="primary" id="complete">Complete authorization</button></p></form></li></ol>
-<p class="muted">Same as <code>xoauth2-bridge authorize ${esc(account)} --manual</code>. If your browser runs on the bridge host, it completes by itself: <a href="/accounts/${a}/authorize">reload</a>.</p>`,
+<p class="muted">Same as <code>xoauth2-bridge authorize ${esc(account)} --manual</code>. The attempt expires after 15 minutes; <a href="/accounts">cancel</a>.</p>`,
   );
 }
 

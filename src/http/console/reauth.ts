@@ -1,8 +1,8 @@
 // "Authorize" from the browser: the same flow as `xoauth2-bridge authorize --manual`
 // (src/oauth/authorize.ts: code + PKCE S256 + state), driven by two requests instead of a
 // terminal. The first starts it and shows the consent URL; the second passes the URL the
-// user's browser ended on. A browser on the bridge host itself reaches authorize's loopback
-// listener and completes the attempt without the paste.
+// user's browser ended on. Nothing listens on the redirect port (listen: false): the
+// browser is usually on another machine, where 127.0.0.1 is not the bridge.
 import { PassThrough } from 'node:stream';
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../log/logger.js';
@@ -42,7 +42,7 @@ export class ConsoleAuthorizations {
     const out = collect();
     let gotUrl!: (u: string) => void;
     const urlP = new Promise<string>((r) => (gotUrl = r));
-    const flow = authorize({ config: this.opts.config(), account, manual: true, input, output: out.stream, openUrl: gotUrl, env: this.opts.env, timeoutMs: ATTEMPT_TTL_MS });
+    const flow = authorize({ config: this.opts.config(), account, manual: true, listen: false, input, output: out.stream, openUrl: gotUrl, env: this.opts.env, timeoutMs: ATTEMPT_TTL_MS });
     const result: Promise<AttemptResult> = flow.then(
       async ({ email }) => {
         await this.opts.onAuthorized(account);

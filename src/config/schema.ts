@@ -141,7 +141,7 @@ export const alertsSchema = z
         if (pct && Number(pct[1]) <= 100) return { percent: Number(pct[1]) };
         const n = parseSize(v);
         if (n === null) {
-          ctx.addIssue({ code: 'custom', message: 'diskFreeWarn: expected a size like 500MB or a percentage like 5%' });
+          ctx.addIssue({ code: 'custom', message: 'expected a size like 500MB or a percentage like 5%' });
           return z.NEVER;
         }
         return { bytes: n };

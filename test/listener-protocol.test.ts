@@ -189,3 +189,44 @@ test('start-up guard: the installed smtp-server has every internal the hooks use
     proto.connectionReady = saved;
   }
 });
+
+test('From display names are judged RFC 2047-decoded: B and Q encoded (also split) addresses refused, a harmless encoded name accepted', async () => {
+  const send = async (h: Harness, from: string) => {
+    const c = await RawSmtp.connect(h.port());
+    await c.ehlo();
+    await c.authPlain('printer', PASSWORD);
+    const r = await c.sendRaw('scanner@example.com', ['boss@example.net'], message(from, 'boss@example.net'));
+    await c.quit();
+    return r;
+  };
+  const h = await start();
+  try {
+    const spoofs = [
+      `=?UTF-8?B?${b64('ceo@bank.example')}?= <scanner@example.com>`,
+      '=?utf-8?q?ceo=40bank=2Eexample?= <scanner@example.com>',
+      '=?UTF-8?Q?ceo?= =?UTF-8?Q?=40bank.example?= <scanner@example.com>',
+      `"=?UTF-8?B?${b64('Bank <ceo@bank.example>')}?=" <scanner@example.com>`,
+    ];
+    for (const from of spoofs) {
+      const r = await send(h, from);
+      assert.equal(r.lines.join(), '553 5.7.1 Sender address rejected: From header address not owned by user printer', from);
+    }
+    assert.equal(h.queued.length, 0);
+    const ok = await send(h, `=?UTF-8?B?${b64('Jörg Müller, 3rd floor')}?= <scanner@example.com>`);
+    assert.equal(ok.code, 250, ok.lines.join());
+    const okQ = await send(h, '=?iso-8859-1?q?Scanner_J=F6rg?= <scanner@example.com>');
+    assert.equal(okQ.code, 250, okQ.lines.join());
+  } finally {
+    await h.stop();
+  }
+  // fromHeader: rewrite drops a display name that decodes to an address.
+  const r = await start({ fromHeader: 'rewrite' });
+  try {
+    const got = await send(r, `=?UTF-8?B?${b64('ceo@bank.example')}?= <ceo@bank.example>`);
+    assert.equal(got.code, 250);
+    const raw = await readFile(spool.messagePath(r.queued[0].id), 'utf8');
+    assert.match(raw, /^From: scanner@example\.com\r\n/m);
+  } finally {
+    await r.stop();
+  }
+});

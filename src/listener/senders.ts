@@ -3,6 +3,7 @@
 // in their ASCII (punycode) form so an IDN matches whichever way the client spelled it.
 import { domainToASCII } from 'node:url';
 import addressparser from 'nodemailer/lib/addressparser';
+import libmime from 'libmime';
 
 function normDomain(d: string): string {
   const lower = d.trim().replace(/\.$/, '').toLowerCase();
@@ -43,9 +44,22 @@ export class SenderPolicy {
 const ADDRESS_LIKE = /[^\s<>"(),;:\[\]\\]+@[^\s<>"(),;:\[\]\\]+/g;
 
 /**
+ * A header value with its RFC 2047 encoded words (`=?UTF-8?B?…?=`, `=?…?Q?…?=`, adjacent
+ * words joined) decoded, as a mail client will display it. Undecodable words stay as they are.
+ */
+export function decodeEncodedWords(value: string): string {
+  try {
+    return libmime.decodeWords(value);
+  } catch {
+    return value;
+  }
+}
+
+/**
  * Checks the From header values of a message against the policy. Returns null when every
  * address in them is allowed, else the first offending address (or the raw value when no
- * address could be parsed from it).
+ * address could be parsed from it). Encoded display names are judged decoded: the reader
+ * sees `ceo@bank.example` whether it was written plainly or as `=?UTF-8?B?…?=`.
  */
 export function checkFromHeaders(values: readonly string[], policy: SenderPolicy): string | null {
   for (const value of values) {
@@ -53,7 +67,8 @@ export function checkFromHeaders(values: readonly string[], policy: SenderPolicy
       .map((a) => a.address)
       .filter((a): a is string => !!a);
     if (!parsed.length) return value.trim().slice(0, 200) || '(empty From header)';
-    const found = new Set([...parsed, ...(value.match(ADDRESS_LIKE) ?? [])]);
+    const decoded = decodeEncodedWords(value);
+    const found = new Set([...parsed, ...(value.match(ADDRESS_LIKE) ?? []), ...(decoded.match(ADDRESS_LIKE) ?? [])]);
     for (const a of found) if (!policy.allows(a.replace(/^mailto:/i, ''))) return a;
   }
   return null;

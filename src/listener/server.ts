@@ -10,7 +10,7 @@ import { bunyanAdapter, type Logger } from '../log/logger.js';
 import type { NewMessage } from '../spool/spool.js';
 import { PasswordCache, checkPassword } from './passwords.js';
 import { NetworkList, isLoopback } from './networks.js';
-import { SenderPolicy, checkFromHeaders } from './senders.js';
+import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
 import { MessageFilter, SmtpReply, headerValues } from './filter.js';
 import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
@@ -503,6 +503,7 @@ export class Listeners {
 /** `"Scanner 3rd floor" <owned@example.com>` from an original From value and the owned address. */
 function rewrittenFrom(original: string, owned: string): string {
   const display = /^\s*(.*?)\s*<[^>]*>\s*$/.exec(original)?.[1]?.trim() ?? '';
-  const safe = display && !/[@<>\r\n]/.test(display) ? display : '';
+  // Judged decoded: an encoded word can hide an address in the name.
+  const safe = display && !/[@<>\r\n]/.test(decodeEncodedWords(display)) ? display : '';
   return safe ? `${safe} <${owned}>` : owned;
 }

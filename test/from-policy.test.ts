@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeWorld } from '../src/fakes/world.js';
 import { startBridge, sendThroughBridge } from './helpers/bridge.js';
+import { splitReceived } from './helpers/received.js';
 
 const spoofed = (extra = '') =>
   Buffer.from(
@@ -35,7 +36,7 @@ test('fromHeader: rewrite puts the envelope sender in From, keeps the name and e
     const res = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['alice@example.org'], raw: spoofed() });
     assert.match(res.response, /^250 /);
     await world.gmail.waitForMessages(1, 10_000);
-    const got = world.gmail.messages[0].raw.toString('utf8');
+    const got = splitReceived(world.gmail.messages[0].raw.toString('utf8')).rest;
     assert.equal(
       got,
       'Received: from printer (printer.lan [192.168.1.50])\r\n\tby host; Thu, 26 Nov 2026 10:00:00 +0000\r\n' +

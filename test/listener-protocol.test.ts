@@ -17,7 +17,7 @@ import { Spool } from '../src/spool/spool.js';
 import { createLogger } from '../src/log/logger.js';
 import type { Envelope } from '../src/types.js';
 import { RawSmtp, makeConfig, message } from './helpers/listener.js';
-import { waitFor } from './helpers/wait.js';
+import { splitReceived } from './helpers/received.js';
 
 const PASSWORD = 'tr0ub4dor&3 secret';
 const b64 = (s: string) => Buffer.from(s).toString('base64');
@@ -228,5 +228,38 @@ test('From display names are judged RFC 2047-decoded: B and Q encoded (also spli
     assert.match(raw, /^From: scanner@example\.com\r\n/m);
   } finally {
     await r.stop();
+  }
+});
+
+test('Received: header prepended (RFC 5321 4.4, RFC 3848 types), client address from PROXY, no AUTH user name; the rest byte-identical', async () => {
+  const h = await start({ proxyProtocol: true, trustedNetworks: ['198.51.100.0/24', '2001:db8::/32'], trustedAccount: 'office' });
+  const tlsL = await start({ name: 'secure', tls: 'implicit' });
+  try {
+    const body = message('scanner@example.com', 'boss@example.net', 'exact bytes\r\n..dot-stuffed line\r\n\ttab');
+    const sent = body.replace(/\r\n\.\./, '\r\n.').replace(/\.\r\n$/, '');
+    const cases: Array<{ port: number; helo: string; greet: 'HELO' | 'EHLO'; auth: boolean; proxy?: string; tls?: boolean; want: string; from: string; client: string }> = [
+      { port: h.port(), helo: 'printer.lan', greet: 'HELO', auth: false, proxy: 'PROXY TCP4 198.51.100.7 127.0.0.1 4000 25\r\n', want: 'SMTP', from: 'printer.lan', client: '[198.51.100.7]' },
+      { port: h.port(), helo: 'nas.lan', greet: 'EHLO', auth: false, proxy: 'PROXY TCP6 2001:db8::1 ::1 4000 25\r\n', want: 'ESMTP', from: 'nas.lan', client: '[IPv6:2001:db8::1]' },
+      { port: h.port(), helo: '[127.0.0.1]', greet: 'EHLO', auth: true, proxy: 'PROXY TCP4 127.0.0.1 127.0.0.1 4000 25\r\n', want: 'ESMTPA', from: '[127.0.0.1]', client: '[127.0.0.1]' },
+      { port: tlsL.port(), helo: 'bad_name!', greet: 'EHLO', auth: true, tls: true, want: 'ESMTPSA', from: 'unknown', client: '[127.0.0.1]' },
+    ];
+    for (const k of cases) {
+      const c = await RawSmtp.connect(k.port, { proxy: k.proxy, implicitTls: k.tls ? { rejectUnauthorized: false } : undefined });
+      assert.equal((await c.cmd(`${k.greet} ${k.helo}`)).code, 250);
+      if (k.auth) assert.equal((await c.authPlain('printer', PASSWORD)).code, 235);
+      const r = await c.sendRaw('scanner@example.com', ['boss@example.net'], body);
+      assert.equal(r.code, 250, r.lines.join());
+      await c.quit();
+      const queued = [...h.queued, ...tlsL.queued].at(-1)!;
+      const raw = await readFile(spool.messagePath(queued.id), 'utf8');
+      const { fields, rest } = splitReceived(raw, { id: queued.id, protocol: k.want, helo: k.from, client: k.client });
+      assert.equal(fields.listener, k.tls ? 'secure' : 'local');
+      assert.equal(rest, sent, 'every byte after the header is what the client sent');
+      assert.ok(!raw.includes('printer ') && !/Authenticated sender/i.test(raw), 'no AUTH user name in the header');
+      assert.equal(queued.size, Buffer.byteLength(raw));
+    }
+  } finally {
+    await h.stop();
+    await tlsL.stop();
   }
 });

@@ -16,6 +16,7 @@ import type { Config } from '../src/config/schema.js';
 import type { Envelope } from '../src/types.js';
 import { RawSmtp, makeConfig, message, ACCOUNT } from './helpers/listener.js';
 import { sleep } from './helpers/wait.js';
+import { splitReceived } from './helpers/received.js';
 
 const PASSWORD = 'correct horse battery staple';
 const b64 = (s: string) => Buffer.from(s).toString('base64');
@@ -103,12 +104,13 @@ test('AUTH PLAIN via nodemailer: 250 2.0.0 Ok: queued as ID after the spool has 
     assert.equal(env.bodyType, '7bit');
     assert.equal(env.smtputf8, false);
     assert.deepEqual(await spool.get(id), env);
-    assert.equal(await readFile(spool.messagePath(id), 'utf8'), raw);
+    const spooled = splitReceived(await readFile(spool.messagePath(id), 'utf8'), { id, protocol: 'ESMTPA', listener: 'local', client: '[127.0.0.1]' });
+    assert.equal(spooled.rest, raw);
     const rec = h.logs.find((l) => l.message === 'received');
     assert.ok(rec);
     assert.deepEqual(
       { id: rec.id, ip: rec.ip, user: rec.user, from: rec.from, rcpts: rec.rcpts, size: rec.size },
-      { id, ip: '127.0.0.1', user: 'printer', from: 'scanner@example.com', rcpts: 2, size: Buffer.byteLength(raw) },
+      { id, ip: '127.0.0.1', user: 'printer', from: 'scanner@example.com', rcpts: 2, size: (await readFile(spool.messagePath(id))).length },
     );
     assert.ok(!h.rawLog().includes(PASSWORD));
   } finally {
@@ -354,7 +356,7 @@ test('bare LF lines from a device are spooled as CRLF', async () => {
     const r = await c.sendRaw('scanner@example.com', ['x@example.net'], payload);
     assert.equal(r.code, 250);
     await c.quit();
-    const body = await readFile(spool.messagePath(h.queued[0].id), 'utf8');
+    const body = splitReceived(await readFile(spool.messagePath(h.queued[0].id), 'utf8')).rest;
     assert.equal(body, 'From: scanner@example.com\r\nTo: x@example.net\r\nSubject: lf\r\n\r\nline one\r\nline two\r\nline three\r\n\r\n');
   } finally {
     await h.stop();
@@ -415,7 +417,7 @@ test('8BITMIME and SMTPUTF8 are recorded, UTF-8 addresses accepted, bytes kept',
     assert.equal(env.smtputf8, true);
     assert.equal(env.mailFrom, 'jörg@exämple.com');
     assert.deepEqual(env.rcptTo, ['zoë@exämple.org']);
-    assert.deepEqual(await readFile(spool.messagePath(env.id)), Buffer.from(raw, 'utf8'));
+    assert.deepEqual(splitReceived(await readFile(spool.messagePath(env.id)), { id: env.id }).rest, Buffer.from(raw, 'utf8'));
   } finally {
     await h.stop();
   }

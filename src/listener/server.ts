@@ -14,12 +14,13 @@ import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js
 import { MessageFilter, SmtpReply, headerValues } from './filter.js';
 import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
+import { receivedHeader } from './received.js';
 import { assertSmtpServerHooks, hookServer, sendToHalfClosed, closeAfterClientEof, greetAfter, type Conn } from './hooks.js';
 
 export type { NewMessage };
 
 export interface SpoolSink {
-  receive(source: NodeJS.ReadableStream | AsyncIterable<Buffer>, meta: NewMessage): Promise<Envelope>;
+  receive(source: NodeJS.ReadableStream | AsyncIterable<Buffer>, meta: NewMessage, opts?: { prefix?: (id: string) => string }): Promise<Envelope>;
 }
 
 export interface ListenersOptions {
@@ -88,6 +89,8 @@ export class Listeners {
   private accounts = new Map<string, AccountConfig>();
   private policies = new Map<string, SenderPolicy>();
   private stopping = false;
+  /** Our name in the greeting and in Received: headers. */
+  private readonly hostName = hostname();
 
   constructor(opts: ListenersOptions) {
     this.config = opts.config;
@@ -217,7 +220,7 @@ export class Listeners {
     const l = rt.cfg;
     const tls = l.tls === 'none' ? {} : await this.tlsOptions(l);
     const options: SMTPServerOptions = {
-      name: hostname(),
+      name: this.hostName,
       banner: 'xoauth2-bridge',
       secure: l.tls === 'implicit',
       disabledCommands: l.tls === 'none' ? ['STARTTLS'] : [],
@@ -463,7 +466,19 @@ export class Listeners {
     };
     let env: Envelope;
     try {
-      env = await this.spool.receive(filter, meta);
+      const trace = (id: string) =>
+        receivedHeader({
+          helo: session.hostNameAppearsAs,
+          ip,
+          host: this.hostName,
+          listener: rt.cfg.name,
+          esmtp: session.openingCommand === 'EHLO',
+          tls: !!session.secure,
+          authenticated: !!session.user,
+          id,
+          date: new Date(),
+        });
+      env = await this.spool.receive(filter, meta, { prefix: trace });
     } catch (err) {
       stream.unpipe(filter);
       stream.resume();

@@ -49,6 +49,8 @@ export interface SpoolOptions {
 export interface ReceiveOptions {
   /** Stop storing past this many bytes but keep reading the source to its end, then reject with SpoolSizeError. */
   maxBytes?: number;
+  /** Bytes written before the source's (the listener's Received: header), given the queue id; counted in the size. */
+  prefix?: (id: string) => string;
 }
 
 const ID_RE = /^[0-9A-Za-z_-]{1,64}$/;
@@ -196,7 +198,8 @@ export class Spool {
           writeErr = e;
         }
       };
-      for await (const chunk of source as AsyncIterable<Buffer | string>) {
+      const input = opts.prefix ? withPrefix(opts.prefix(id), source as AsyncIterable<Buffer | string>) : (source as AsyncIterable<Buffer | string>);
+      for await (const chunk of input) {
         const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
         size += buf.length;
         if (opts.maxBytes !== undefined && size > opts.maxBytes) over = true;
@@ -431,4 +434,9 @@ export class Spool {
 function errText(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
   return err?.code ? `${err.code}: ${err.message}` : String(err?.message ?? e);
+}
+
+async function* withPrefix(prefix: string, source: AsyncIterable<Buffer | string>): AsyncIterable<Buffer | string> {
+  yield Buffer.from(prefix, 'latin1');
+  yield* source;
 }

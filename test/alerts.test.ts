@@ -135,3 +135,82 @@ test('alerts config: webhook must be https, emailAccount must exist, diskFreeWar
     await world.close();
   }
 });
+
+test('grant-expiring: a Google grant warns at day 5 (Testing apps are revoked at day 7), once, and clears after re-authorization', async () => {
+  const { AlertMonitor } = await import('../src/alerts/monitor.js');
+  const { UpstreamHealth } = await import('../src/alerts/upstream.js');
+  const { parseConfig } = await import('../src/config/load.js');
+  const { bridgeConfig } = await import('../src/fakes/world.js');
+  const { stringify } = await import('yaml');
+  const { nullLogger } = await import('../src/log/logger.js');
+  const world = await startFakeWorld();
+  try {
+    const config = parseConfig(stringify(bridgeConfig(world)), 'c.yaml');
+    const DAY = 86400e3;
+    const issued = Date.parse('2026-01-01T00:00:00Z');
+    let now = issued + 4 * DAY;
+    const status = {
+      account: 'office',
+      email: world.account.email,
+      state: 'ok' as const,
+      accessTokenExpiresAt: null,
+      lastRefreshAt: new Date(issued).toISOString(),
+      lastError: null,
+      refreshTokenIssuedAt: new Date(issued).toISOString(),
+      refreshTokenExpiresAt: null as string | null,
+    };
+    const sent: Array<{ alert: string; status: string; summary: string }> = [];
+    const monitor = new AlertMonitor({
+      config: () => config,
+      log: nullLogger,
+      now: () => now,
+      senders: () => [{ name: 'test', send: async (n) => void sent.push(n) }],
+      facts: { accounts: () => [{ config: config.accounts[0], status: { ...status, lastRefreshAt: new Date(now - 3600e3).toISOString() } }], oldestQueuedMs: () => null, upstream: new UpstreamHealth(), stateDir: () => world.dir },
+    });
+    await monitor.check();
+    assert.equal(sent.length, 0, 'day 4: nothing yet');
+    now = issued + 5 * DAY + 60e3;
+    await monitor.check();
+    now += 3600e3;
+    await monitor.check();
+    await monitor.flush();
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0].alert, 'grant-expiring');
+    assert.match(sent[0].summary, /"Testing" status, Google revokes this grant at 2026-01-08T00:00:00\.000Z/);
+    // Re-authorized: a fresh grant.
+    status.refreshTokenIssuedAt = new Date(now).toISOString();
+    await monitor.check();
+    await monitor.flush();
+    assert.deepEqual(sent.map((n) => `${n.alert}:${n.status}`), ['grant-expiring:firing', 'grant-expiring:resolved']);
+    // A known expiry (refresh_token_expires_in) within grantExpiryWarn (2 days) fires too.
+    status.refreshTokenExpiresAt = new Date(now + DAY).toISOString();
+    await monitor.check();
+    await monitor.flush();
+    assert.equal(sent.length, 3);
+    assert.match(sent[2].summary, /time-limited grant expires/);
+  } finally {
+    await world.close();
+  }
+});
+
+test('disk-low: fires while free space is under diskFreeWarn and resolves after a reload raises the headroom', { timeout: 30_000 }, async () => {
+  const world = await startFakeWorld();
+  const hook = await webhookReceiver(world);
+  const alerts = { webhook: hook.url, caFile: world.caFile, checkInterval: '100ms' };
+  const b = await startBridge(world, { http: { port: 0 }, alerts: { ...alerts, diskFreeWarn: '99999GB' } }, { http: true });
+  try {
+    await waitFor(() => count(hook.events, 'disk-low', 'firing') === 1, 10_000, 'disk-low alert');
+    assert.match(hook.events[0].summary, /^disk almost full: \d+ MB free of \d+ MB under /);
+    const { bridgeConfig, writeBridgeConfig } = await import('../src/fakes/world.js');
+    await writeBridgeConfig(world, bridgeConfig(world, { http: { port: 0 }, alerts: { ...alerts, diskFreeWarn: '1MB' } }));
+    assert.equal(await b.bridge.reload(), true);
+    await waitFor(() => count(hook.events, 'disk-low', 'resolved') === 1, 10_000, 'disk-low recovery');
+    await b.bridge.alerts.check();
+    await b.bridge.alerts.flush();
+    assert.deepEqual(hook.events.map((e) => `${e.alert}:${e.status}`), ['disk-low:firing', 'disk-low:resolved']);
+  } finally {
+    await b.stop();
+    await hook.close();
+    await world.close();
+  }
+});

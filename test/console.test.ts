@@ -9,9 +9,11 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
 import { hashPassword } from '../src/listener/passwords.js';
-import { startBridge, secretsOf, assertNoSecrets, CLI } from './helpers/bridge.js';
+import { startBridge, secretsOf, assertNoSecrets, CLI, sendThroughBridge, message } from './helpers/bridge.js';
+import { waitFor } from './helpers/wait.js';
 
 const run = promisify(execFile);
 
@@ -159,6 +161,59 @@ test('a console on a non-loopback address without TLS is refused by check-config
     const ok = await run(process.execPath, [...CLI, 'check-config', '-c', insecure]);
     assert.match(ok.stdout, /ok/);
   } finally {
+    await world.close();
+  }
+});
+
+test('queue actions from the console: Retry and Delete act on the spool like the CLI and report its answer', async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    world.tokens.revoke(world.account.refreshToken);
+    world.tokens.expireAccessTokens();
+    await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['q@example.org'], raw: message({ from: 'scanner@example.com', to: 'q@example.org' }) });
+    await waitFor(() => b.bridge.tokens.state('office') === 'needs-reauth', 10_000, 'needs-reauth');
+    const first = await request(`${base}/queue`);
+    const cookie = cookieOf(first);
+    const csrf = csrfOf(first.body);
+    const [id] = (await b.bridge.spool.list()).map((e) => e.id);
+    assert.match(first.body, new RegExp(`data-id="${id}"`));
+    const act = (what: string) =>
+      request(`${base}/queue/${id}/${what}`, { method: 'POST', body: `csrf=${encodeURIComponent(csrf)}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base } });
+    const retried = await act('retry');
+    assert.equal(retried.status, 303);
+    const afterRetry = await request(`${base}/queue`, { headers: { Cookie: cookie } });
+    assert.match(afterRetry.body, new RegExp(`id="flash">${id}: scheduled for immediate retry`));
+    assert.equal((await act('delete')).status, 303);
+    const afterDelete = await request(`${base}/queue`, { headers: { Cookie: cookie } });
+    assert.match(afterDelete.body, new RegExp(`id="flash">${id}: deleted from the queue`));
+    assert.match(afterDelete.body, /id="no-waiting"/);
+    assert.deepEqual(await b.bridge.spool.list(), []);
+    await act('delete');
+    assert.match((await request(`${base}/queue`, { headers: { Cookie: cookie } })).body, /class="flash-bad" id="flash">queue delete: no message with id/);
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+const external = Object.values(networkInterfaces())
+  .flat()
+  .find((i) => i && !i.internal && i.family === 'IPv4');
+
+test('loopback-only console on 0.0.0.0: a request from a non-loopback address is refused', { skip: external ? false : 'no non-loopback IPv4 interface' }, async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { http: { host: '0.0.0.0', port: 0, console: true, allowInsecureConsole: true } }, { http: true });
+  try {
+    const port = b.bridge.httpAddress!.port;
+    const remote = await request(`http://${external!.address}:${port}/accounts`);
+    assert.equal(remote.status, 403);
+    assert.match(remote.body, /answers on this machine only/);
+    assert.equal((await request(`http://${external!.address}:${port}/healthz`)).status, 200, 'health endpoints stay reachable');
+    assert.equal((await request(`http://127.0.0.1:${port}/accounts`)).status, 200);
+  } finally {
+    await b.stop();
     await world.close();
   }
 });

@@ -52,7 +52,8 @@ export class HttpEndpoint {
     const { host, ephemeral, log } = this.opts;
     if (this.server) throw new Error('http endpoint already started');
     if (this.opts.port === 0 && !ephemeral) {
-      log.info('http endpoint disabled (http.port is 0)');
+      if (this.opts.console) log.warn('http.console is true but http.port is 0, which turns the HTTP endpoint and so the console off; set http.port (e.g. 9465)');
+      else log.info('http endpoint disabled (http.port is 0)');
       return null;
     }
     const port = ephemeral ? 0 : this.opts.port;

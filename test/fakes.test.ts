@@ -518,3 +518,20 @@ test('FakeGmail: records BODY=8BITMIME and SMTPUTF8 from MAIL FROM', async () =>
     await gmail.close();
   }
 });
+
+test('FakeGmail: AUTH PLAIN works only for a password set with acceptPassword', async () => {
+  const gmail = await FakeGmail.start({ pki, tokens });
+  const plain = (user: string, pass: string) => `AUTH PLAIN ${Buffer.from(`\0${user}\0${pass}`).toString('base64')}`;
+  try {
+    const before = await smtpDialog(gmail.port, ['EHLO client.example', plain('scanner@example.com', 'app-pass'), 'QUIT']);
+    assert.match(before[2], /^535 5\.7\.8/);
+    gmail.acceptPassword('scanner@example.com', 'app-pass');
+    const wrong = await smtpDialog(gmail.port, ['EHLO client.example', plain('scanner@example.com', 'other'), 'QUIT']);
+    assert.match(wrong[2], /^535 5\.7\.8/);
+    const ok = await smtpDialog(gmail.port, ['EHLO client.example', plain('scanner@example.com', 'app-pass'), 'QUIT']);
+    assert.match(ok[2], /^235/);
+    assert.deepEqual(gmail.auths.map((a) => a.ok), [false, false, true]);
+  } finally {
+    await gmail.close();
+  }
+});

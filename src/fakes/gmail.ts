@@ -81,6 +81,8 @@ export class FakeGmail {
   private readonly sockets = new Set<Socket>();
   private readonly perConnection = new Map<string, number>();
   private isDown = false;
+  /** Users allowed to AUTH PLAIN/LOGIN with a fixed password (the bench's Postfix baseline). */
+  private readonly passwords = new Map<string, string>();
   private waiters: Array<() => void> = [];
 
   private constructor(smtp: SMTPServer, tokens: FakeTokenEndpoint, port: number, mode: 'implicit' | 'starttls', maxPerConn: number) {
@@ -149,6 +151,14 @@ export class FakeGmail {
   script(rule: ScriptRule): void {
     replyError(rule.reply); // validate now, not mid-session
     this.rules.push({ ...rule, remaining: rule.count ?? 1 });
+  }
+
+  /**
+   * Lets `user` authenticate with PLAIN or LOGIN and this password, as Gmail does for app
+   * passwords. Only the bench uses it: its Postfix baseline has no XOAUTH2.
+   */
+  acceptPassword(user: string, password: string): void {
+    this.passwords.set(user.toLowerCase(), password);
   }
 
   /** Drops every scripted rule. */
@@ -232,6 +242,11 @@ export class FakeGmail {
       return cb(scripted);
     }
     if (auth.method !== 'XOAUTH2') {
+      const pass = this.passwords.get(user.toLowerCase());
+      if (pass !== undefined && auth.password === pass) {
+        this.auths.push({ user, ok: true });
+        return cb(null, { user });
+      }
       // Gmail refuses app passwords for OAuth-only setups; catch a client configured for passwords.
       this.auths.push({ user, ok: false });
       return cb(replyError(`535 ${BAD_CREDENTIALS.join(' ')}`));

@@ -18,6 +18,8 @@ export interface ScriptRule {
   count?: number;
   /** Stage 'rcpt' only: fire only for this recipient. */
   rcpt?: string;
+  /** Answer only after this long (a slow server), e.g. to order events across two connections. */
+  delayMs?: number;
 }
 
 export interface ReceivedMessage {
@@ -46,12 +48,15 @@ function gsmtpId(): string {
   return randomBytes(6).toString('hex');
 }
 
-/** Turns a reply line like '421 4.7.0 Try again later' into the error smtp-server sends verbatim. */
+/**
+ * Turns a reply line like '421 4.7.0 Try again later' into the error smtp-server sends
+ * verbatim. A broken server's malformed code ('2x0 huh') is passed through as text.
+ */
 function replyError(reply: string): ReplyError {
-  const m = /^(\d{3})[ -]?(.*)$/s.exec(reply.trim());
+  const m = /^(\S{3})[ -]?(.*)$/s.exec(reply.trim());
   if (!m) throw new Error(`bad scripted reply: ${reply}`);
   const err = new Error(m[2]) as ReplyError;
-  err.responseCode = Number(m[1]);
+  err.responseCode = (/^\d{3}$/.test(m[1]) ? Number(m[1]) : m[1]) as number;
   return err;
 }
 
@@ -212,13 +217,24 @@ export class FakeGmail {
 
   /** Returns the reply of the first live rule for this stage (and recipient), consuming one use. */
   private take(stage: ScriptStage, rcpt?: string): ReplyError | null {
+    return this.takeRule(stage, rcpt)?.err ?? null;
+  }
+
+  /** Like take(), but waits the rule's delayMs first. */
+  private async takeDelayed(stage: ScriptStage, rcpt?: string): Promise<ReplyError | null> {
+    const r = this.takeRule(stage, rcpt);
+    if (r?.delayMs) await new Promise((resolve) => setTimeout(resolve, r.delayMs));
+    return r?.err ?? null;
+  }
+
+  private takeRule(stage: ScriptStage, rcpt?: string): { err: ReplyError; delayMs?: number } | null {
     const rule = this.rules.find(
       (r) => r.stage === stage && r.remaining > 0 && (r.rcpt === undefined || (rcpt !== undefined && r.rcpt.toLowerCase() === rcpt.toLowerCase())),
     );
     if (!rule) return null;
     rule.remaining -= 1;
     this.rules = this.rules.filter((r) => r.remaining > 0);
-    return replyError(rule.reply);
+    return { err: replyError(rule.reply), delayMs: rule.delayMs };
   }
 
   private onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
@@ -278,7 +294,7 @@ export class FakeGmail {
   }
 
   private onRcptTo(address: string, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
-    cb(this.take('rcpt', address));
+    void this.takeDelayed('rcpt', address).then((err) => cb(err));
   }
 
   private onData(

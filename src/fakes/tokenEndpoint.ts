@@ -15,7 +15,12 @@ const EXTRA_SCOPES = new Set(['openid', 'email', 'profile', 'https://www.googlea
 const MAX_BODY = 64 * 1024;
 const CODE_TTL_MS = 10 * 60 * 1000;
 
-export type TokenFailureKind = 'http500' | 'invalid_grant' | 'unauthorized_client' | 'hang';
+/**
+ * Scripted failures. `echo500`: a broken backend that echoes the request form (refresh token,
+ * client secret) in a text/plain 500 body; `truncated`: a 200 whose JSON body (with an
+ * access token) is cut off mid-way; `notJson`: a 200 with an HTML error page.
+ */
+export type TokenFailureKind = 'http500' | 'invalid_grant' | 'unauthorized_client' | 'hang' | 'echo500' | 'echo500json' | 'truncated' | 'notJson';
 
 export interface TokenRequestRecord {
   at: number;
@@ -81,6 +86,8 @@ export class FakeTokenEndpoint {
   readonly url: string;
   readonly authUrl: string;
   accessTokenTtlSec: number;
+  /** Google's access tokens start with ya29.; tests of literal (registered-secret) redaction use a shape no pattern knows. */
+  accessTokenPrefix = 'ya29.';
   rotateRefreshTokens = false;
   /** How long a rotated-away refresh token keeps working. */
   rotationGraceMs = 5 * 60 * 1000;
@@ -310,7 +317,7 @@ export class FakeTokenEndpoint {
     res.end();
   }
 
-  private handleToken(p: URLSearchParams, res: ServerResponse): void {
+  private handleToken(p: URLSearchParams, res: ServerResponse, rawBody = p.toString()): void {
     const grantType = p.get('grant_type') ?? '';
     const rec: TokenRequestRecord = { at: Date.now(), grantType, ok: false };
     const clientId = p.get('client_id');
@@ -328,6 +335,16 @@ export class FakeTokenEndpoint {
           return;
         case 'http500':
           return this.sendJson(res, 500, { error: 'internal_failure', error_description: 'Backend Error' });
+        case 'echo500':
+          return this.sendText(res, 500, 'text/plain; charset=utf-8', `backend failed for request: ${rawBody}`);
+        case 'echo500json':
+          return this.sendJson(res, 500, { error: 'internal_failure', error_description: `backend failed for request: ${rawBody}` });
+        case 'truncated': {
+          const full = JSON.stringify({ ...this.issueAccessToken(this.consentEmail), scope: GMAIL_SCOPE, refresh_token: `1//${rnd(40)}` });
+          return this.sendText(res, 200, 'application/json; charset=utf-8', full.slice(0, full.indexOf('"expires_in"') - 10));
+        }
+        case 'notJson':
+          return this.sendText(res, 200, 'text/html; charset=utf-8', '<html><body>502 Bad Gateway</body></html>');
         case 'invalid_grant':
           return this.sendJson(res, 400, { error: 'invalid_grant', error_description: 'Token has been expired or revoked.' });
         case 'unauthorized_client':
@@ -365,7 +382,7 @@ export class FakeTokenEndpoint {
   }
 
   private issueAccessToken(email: string): { access_token: string; expires_in: number; token_type: 'Bearer' } {
-    const token = `ya29.${rnd(48)}`;
+    const token = `${this.accessTokenPrefix}${rnd(48)}`;
     this.accessTokens.set(token, { email, expiresAt: Date.now() + this.accessTokenTtlSec * 1000 });
     return { access_token: token, expires_in: this.accessTokenTtlSec, token_type: 'Bearer' };
   }
@@ -479,9 +496,12 @@ export class FakeTokenEndpoint {
   }
 
   private sendJson(res: ServerResponse, status: number, body: unknown): void {
-    const text = JSON.stringify(body);
+    this.sendText(res, status, 'application/json; charset=utf-8', JSON.stringify(body));
+  }
+
+  private sendText(res: ServerResponse, status: number, type: string, text: string): void {
     res.writeHead(status, {
-      'Content-Type': 'application/json; charset=utf-8',
+      'Content-Type': type,
       'Cache-Control': 'no-cache, no-store, max-age=0, must-revalidate',
       'Content-Length': Buffer.byteLength(text),
     });

@@ -7,28 +7,70 @@
 const SECRET_KEYS = /^(pass|password|passwordHash|secret|clientSecret|client_secret|token|accessToken|access_token|refreshToken|refresh_token|id_token|authorization|credentials|assertion|private_key|privateKey|code_verifier)$/i;
 const OBJECT_KEYS = /^(config|request|headers|auth|options)$/i;
 
-// Token shapes: Google access tokens (ya29.), refresh tokens (1//), bearer values,
-// XOAUTH2 SASL strings, and form-encoded secrets inside URLs/bodies.
+// Token shapes: Google access tokens (ya29.), refresh tokens (1//, also URL-encoded as
+// 1%2F%2F), bearer values, XOAUTH2 SASL strings, and secrets inside form-encoded or
+// URL-encoded bodies (a token endpoint that echoes the request) and JSON (also escaped,
+// also cut off before the closing quote).
+const SECRET_PARAMS = 'refresh_token|access_token|client_secret|code|code_verifier|assertion|client_assertion|password|id_token|device_code';
 const PATTERNS: [RegExp, string][] = [
   [/ya29\.[A-Za-z0-9._\-]+/g, 'ya29.[redacted]'],
   [/1\/\/[A-Za-z0-9._\-]+/g, '1//[redacted]'],
+  [/1%2F%2F[A-Za-z0-9._\-%]+/gi, '1%2F%2F[redacted]'],
   [/(Bearer\s+)[A-Za-z0-9._~+\/\-]+=*/gi, '$1[redacted]'],
   [/(auth=Bearer\s*)[^\x01\s]+/gi, '$1[redacted]'],
-  [/\b(refresh_token|access_token|client_secret|code|code_verifier|assertion|password|id_token)=([^&\s"']+)/gi, '$1=[redacted]'],
-  [/("(?:refresh_token|access_token|client_secret|id_token|private_key|password)"\s*:\s*")[^"]*"/gi, '$1[redacted]"'],
-  [/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----/g, '[redacted private key]'],
+  [new RegExp(`\\b(${SECRET_PARAMS})(=|%3D)([^&\\s"']+)`, 'gi'), '$1$2[redacted]'],
+  [new RegExp(`(\\\\?"(?:${SECRET_PARAMS}|private_key)\\\\?"\\s*:\\s*\\\\?")(?:[^"\\\\]|\\\\(?!"))*(\\\\?"|$)`, 'gi'), '$1[redacted]$2'],
+  [/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)/g, '[redacted private key]'],
 ];
 
-/** Extra literal secrets (passwords typed at runtime, configured client secrets) to scrub anywhere. */
-const literals = new Set<string>();
+/**
+ * Literal secrets to scrub anywhere, with the spellings they take in a form body, a URL
+ * or a JSON string. Only live secrets are kept: a named slot (e.g. `access:office`) holds
+ * one value and a new one replaces it, and an entry with an expiry is dropped once it has
+ * passed, so the scan per log line stays as long as the number of accounts.
+ */
+interface Entry {
+  forms: string[];
+  expiresAt?: number;
+}
+const entries = new Map<string, Entry>();
+let nextPrune = 0;
 
-export function addSecret(s: string | undefined | null): void {
-  if (s && s.length >= 6) literals.add(s);
+function spellings(s: string): string[] {
+  const forms = new Set([s, encodeURIComponent(s), new URLSearchParams({ v: s }).toString().slice(2), JSON.stringify(s).slice(1, -1)]);
+  return [...forms].filter((f) => f.length >= 6);
+}
+
+/**
+ * Registers a secret to scrub. With `slot`, the value replaces what the slot held (the
+ * previous access token of an account is no longer live); `expiresAt` (ms) drops it after.
+ */
+export function addSecret(s: string | undefined | null, opts: { slot?: string; expiresAt?: number } = {}): void {
+  if (!s || s.length < 6) return;
+  entries.set(opts.slot ?? `lit:${s}`, { forms: spellings(s), expiresAt: opts.expiresAt });
+}
+
+/** Forgets a slot's secret (account removed, grant replaced). */
+export function dropSecret(slot: string): void {
+  entries.delete(slot);
+}
+
+/** How many secrets the redactor scans for (bounded by the live ones; exported for tests and metrics). */
+export function secretRegistrySize(): number {
+  prune(Date.now());
+  return entries.size;
+}
+
+function prune(now: number): void {
+  if (now < nextPrune) return;
+  nextPrune = now + 1000;
+  for (const [k, e] of entries) if (e.expiresAt !== undefined && e.expiresAt <= now) entries.delete(k);
 }
 
 export function redactString(s: string): string {
   let out = s;
-  for (const lit of literals) if (out.includes(lit)) out = out.split(lit).join('[redacted]');
+  prune(Date.now());
+  for (const e of entries.values()) for (const f of e.forms) if (out.includes(f)) out = out.split(f).join('[redacted]');
   for (const [re, rep] of PATTERNS) out = out.replace(re, rep);
   return out;
 }

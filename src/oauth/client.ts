@@ -4,8 +4,10 @@ import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import tls from 'node:tls';
 import { OAuth2Client } from 'google-auth-library';
+type Gaxios = OAuth2Client['transporter'];
+type GaxiosResponse = Awaited<ReturnType<Gaxios['request']>>;
 import type { AccountConfig } from '../config/schema.js';
-import { addSecret } from '../log/redact.js';
+import { addSecret, redactString } from '../log/redact.js';
 
 /** The only scope Gmail SMTP (XOAUTH2) accepts. */
 export const GMAIL_SCOPE = 'https://mail.google.com/';
@@ -24,6 +26,9 @@ export interface HttpOptions {
   /** Per-request timeout; a hung endpoint must not stall delivery forever. */
   timeoutMs?: number;
 }
+
+/** Token endpoint request timeout unless the caller sets one. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
 
 const agents = new Map<string, https.Agent>();
 
@@ -58,14 +63,43 @@ export function readClientSecret(oauth: UserOAuth): string {
     }
   }
   if (!secret) throw new Error('no client secret configured (oauth.clientSecret or oauth.clientSecretFile)');
-  addSecret(secret);
+  addSecret(secret, { slot: `client-secret:${oauth.clientId}` });
   return secret;
+}
+
+/** A 2xx answer that is not the JSON object OAuth requires (an HTML error page, a cut-off body). */
+export class InvalidTokenResponse extends Error {
+  constructor(
+    readonly status: number,
+    readonly contentType: string,
+    readonly bytes: number,
+  ) {
+    super(`token endpoint sent invalid JSON in the response (HTTP ${status}, ${contentType || 'no content type'}, ${bytes} bytes)`);
+    this.name = 'InvalidTokenResponse';
+  }
+}
+
+/**
+ * gaxios hands a body it cannot parse on as a string and google-auth-library then fails
+ * with a TypeError quoting the body (with the access token in it). This public response
+ * interceptor turns that into a clear error before the library sees it.
+ */
+export function rejectNonJson(transporter: Gaxios): void {
+  transporter.interceptors.response.add({
+    resolved: async (res: GaxiosResponse) => {
+      if (res.data === null || typeof res.data !== 'object') {
+        const text = typeof res.data === 'string' ? res.data : '';
+        throw new InvalidTokenResponse(res.status, res.headers?.get?.('content-type') ?? '', Buffer.byteLength(text));
+      }
+      return res;
+    },
+  });
 }
 
 export function transporterOptions(caFile: string | undefined, http: HttpOptions = {}) {
   return {
     agent: tokenAgent(caFile),
-    timeout: http.timeoutMs ?? 20_000,
+    timeout: http.timeoutMs ?? DEFAULT_TIMEOUT_MS,
     // The library retries POSTs on 5xx/429/no response; keep that short: our own backoff
     // (service.ts) handles longer outages without hammering the endpoint.
     retryConfig: { retry: 2, noResponseRetries: 1, retryDelay: 200 },
@@ -76,13 +110,15 @@ export function createUserClient(account: AccountConfig, opts: { redirectUri?: s
   const oauth = account.oauth;
   if (oauth.type !== 'user') throw new Error(`account ${account.name} is a service account`);
   const clientSecret = readClientSecret(oauth);
-  return new OAuth2Client({
+  const client = new OAuth2Client({
     clientId: oauth.clientId,
     clientSecret,
     redirectUri: opts.redirectUri,
     endpoints: { oauth2TokenUrl: oauth.tokenUrl, oauth2AuthBaseUrl: oauth.authUrl },
     transporterOptions: transporterOptions(oauth.caFile, opts.http),
   });
+  rejectNonJson(client.transporter);
+  return client;
 }
 
 /** A Google service-account JSON key, the parts we use. */
@@ -144,9 +180,10 @@ export async function serviceAccountToken(
   const signingInput = `${b64(header)}.${b64(claims)}`;
   const signature = createSign('RSA-SHA256').update(signingInput).sign(key.private_key).toString('base64url');
   const assertion = `${signingInput}.${signature}`;
-  addSecret(assertion);
+  addSecret(assertion, { slot: `assertion:${key.client_email}:${oauth.subject ?? ''}`, expiresAt: (nowSec + 3600) * 1000 + 60_000 });
   // A bare OAuth2Client only as a carrier for the library's configured HTTP transporter.
   const carrier = new OAuth2Client({ transporterOptions: transporterOptions(oauth.caFile, http) });
+  rejectNonJson(carrier.transporter);
   const res = await carrier.transporter.request<TokenResponse>({
     method: 'POST',
     url: oauth.tokenUrl,
@@ -168,17 +205,40 @@ export interface ClassifiedError {
 
 const DEAD_GRANT = new Set(['invalid_grant', 'unauthorized_client']);
 
-/** Reduces a token-endpoint failure to what we may log: no config, no request body. */
-export function classifyTokenError(err: unknown): ClassifiedError {
-  const e = err as { message?: string; code?: unknown; status?: number; response?: { status?: number; data?: unknown } };
-  const data = e?.response?.data as { error?: unknown; error_description?: unknown } | undefined;
+/**
+ * Reduces a token-endpoint failure to what we may log: no config, no request body, and
+ * every text the endpoint sent passed through the redactor (a broken endpoint may echo
+ * the request with the refresh token and client secret in it). The message names what
+ * happened: an OAuth error, an HTTP status, invalid JSON, a timeout, a network error.
+ */
+export function classifyTokenError(err: unknown, http: HttpOptions = {}): ClassifiedError {
+  const c = classifyRaw(err, http);
+  return { ...c, message: redactString(c.message).replace(/\s+/g, ' ').trim().slice(0, 400) };
+}
+
+function classifyRaw(err: unknown, http: HttpOptions): ClassifiedError {
+  const e = err as { name?: string; message?: string; code?: unknown; status?: number; cause?: unknown; response?: { status?: number; data?: unknown; headers?: { get?(k: string): string | null } } };
+  if (err instanceof InvalidTokenResponse) return { dead: false, code: 'invalid_response', message: err.message };
+  const cause = e?.cause as { name?: string; code?: unknown } | undefined;
+  if (cause instanceof InvalidTokenResponse) return { dead: false, code: 'invalid_response', message: cause.message };
+  const data = e?.response?.data;
   const status = e?.response?.status ?? e?.status;
-  if (data && typeof data === 'object' && typeof data.error === 'string') {
-    const desc = typeof data.error_description === 'string' ? `: ${data.error_description}` : '';
-    return { dead: DEAD_GRANT.has(data.error), code: data.error, message: `token endpoint ${status ?? ''} ${data.error}${desc}`.replace(/\s+/g, ' ') };
+  if (data && typeof data === 'object' && typeof (data as { error?: unknown }).error === 'string') {
+    const d = data as { error: string; error_description?: unknown };
+    const desc = typeof d.error_description === 'string' ? `: ${d.error_description}` : '';
+    return { dead: DEAD_GRANT.has(d.error), code: d.error, message: `token endpoint ${status ?? ''} ${d.error}${desc}` };
   }
-  if (status) return { dead: false, code: String(status), message: `token endpoint answered HTTP ${status}` };
-  const code = typeof e?.code === 'string' ? e.code : undefined;
+  if (status) {
+    // A non-OAuth body (gaxios' errorRedactor already replaced its text): name its type only.
+    const type = (e?.response?.headers?.get?.('content-type') ?? '').split(';')[0];
+    return { dead: false, code: String(status), message: `token endpoint answered HTTP ${status}${type ? ` (${type}, not an OAuth error)` : ''}` };
+  }
+  // gaxios aborts the request when its timeout fires; nothing else here aborts one.
+  if (e?.name === 'TimeoutError' || e?.name === 'AbortError' || cause?.name === 'AbortError' || cause?.name === 'TimeoutError') {
+    const ms = http.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    return { dead: false, code: 'ETIMEDOUT', message: `token endpoint timed out after ${ms % 1000 ? ms / 1000 : Math.round(ms / 1000)} s` };
+  }
+  const code = typeof e?.code === 'string' ? e.code : typeof cause?.code === 'string' ? cause.code : undefined;
   const msg = (e?.message ?? String(err)).split('\n')[0] ?? 'unknown error';
-  return { dead: false, code, message: `token endpoint unreachable: ${code ? code + ' ' : ''}${msg}`.slice(0, 300) };
+  return { dead: false, code, message: `token endpoint unreachable: ${code && !msg.includes(code) ? code + ' ' : ''}${msg}` };
 }

@@ -6,7 +6,7 @@ import cron, { type ScheduledTask } from 'node-cron';
 import type { OAuth2Client } from 'google-auth-library';
 import type { AccountConfig, Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import { addSecret } from '../log/redact.js';
+import { addSecret, redactString } from '../log/redact.js';
 import type { AccountHealth, AccountState, TokenSource } from '../types.js';
 import {
   accountIdentity,
@@ -72,9 +72,12 @@ function skew(s: { expiresAt?: number; obtainedAt?: number }): number {
   if (s.expiresAt === undefined || s.obtainedAt === undefined) return EXPIRY_SKEW_MS;
   return Math.min(EXPIRY_SKEW_MS, (s.expiresAt - s.obtainedAt) / 10);
 }
-// A forced refresh right after a refresh is pointless (Gmail refusing a brand-new token is
-// not a stale-token problem); this also stops 50 parallel 535s from causing 50 refreshes.
-const FORCE_MIN_AGE_MS = 5_000;
+// The upstream rejected a token: get a new one whatever its age (a revoked access token
+// can be seconds old). Rejections that arrive together share one request: callers join
+// the refresh in flight, and a token that itself answered a rejection moments ago is
+// handed to the next rejecting caller instead of starting another request (if that
+// fresh token is rejected too, the account needs re-authorization).
+const FORCED_SHARE_MS = 5_000;
 // Refresh idle accounts at least this often so refresh tokens never expire from disuse.
 const IDLE_REFRESH_MS = 20 * 3600_000;
 const BACKOFF_BASE_MS = 5_000;
@@ -97,6 +100,8 @@ interface Slot {
   accessToken?: string;
   expiresAt?: number;
   obtainedAt?: number;
+  /** The current access token came from a forced refresh (an upstream rejection). */
+  forced?: boolean;
   inflight?: Promise<string>;
   failures: number;
   backoffUntil: number;
@@ -108,6 +113,8 @@ interface Slot {
   /** JSON of the stored record as we last read or wrote it: a difference means another process changed it. */
   seen: string;
   lapseWarnedAt?: number;
+  /** The refresh token registered with the redactor. */
+  liveRefreshToken?: string;
 }
 
 export interface TokenServiceOptions {
@@ -165,7 +172,7 @@ export class TokenService implements TokenSource, AccountHealth {
 
   private newSlot(acct: AccountConfig, rec: TokenRecord | undefined): Slot {
     const s: Slot = { cfg: acct, rec: rec ? { ...rec } : { state: 'ok' }, state: 'ok', failures: 0, backoffUntil: 0, seen: JSON.stringify(rec ?? null) };
-    addSecret(s.rec.refreshToken);
+    this.registerRefreshToken(s, s.rec.refreshToken);
     this.prepare(s);
     this.adoptStoredAccessToken(s, rec);
     if (s.configError) {
@@ -208,7 +215,7 @@ export class TokenService implements TokenSource, AccountHealth {
         s.client = client;
       } else {
         s.saKey = readServiceAccountKey(s.cfg.oauth.keyFile);
-        addSecret(s.saKey.private_key);
+        addSecret(s.saKey.private_key, { slot: `sa-key:${s.cfg.name}` });
       }
     } catch (e) {
       s.configError = (e as Error).message;
@@ -222,8 +229,18 @@ export class TokenService implements TokenSource, AccountHealth {
     s.accessToken = rec.accessToken;
     s.expiresAt = exp;
     s.obtainedAt = rec.lastRefreshAt ? Date.parse(rec.lastRefreshAt) : undefined;
-    addSecret(rec.accessToken);
+    s.forced = false;
+    addSecret(rec.accessToken, { slot: `access:${s.cfg.name}`, expiresAt: exp });
     return true;
+  }
+
+  /** The redactor keeps an account's current refresh token and the one before it (still valid for a while after a rotation). */
+  private registerRefreshToken(s: Slot, rt: string | undefined): void {
+    if (!rt) return;
+    const name = s.cfg.name;
+    if (s.liveRefreshToken && s.liveRefreshToken !== rt) addSecret(s.liveRefreshToken, { slot: `refresh-prev:${name}` });
+    s.liveRefreshToken = rt;
+    addSecret(rt, { slot: `refresh:${name}` });
   }
 
   private slot(account: string): Slot {
@@ -240,14 +257,14 @@ export class TokenService implements TokenSource, AccountHealth {
     const t = this.now();
     const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
     if (!opts.force && valid && s.expiresAt! - t > skew(s)) return s.accessToken!;
-    if (opts.force && valid && s.obtainedAt !== undefined && t - s.obtainedAt < FORCE_MIN_AGE_MS) return s.accessToken!;
     if (s.inflight) return s.inflight;
+    if (opts.force && valid && s.forced && s.obtainedAt !== undefined && t - s.obtainedAt < FORCED_SHARE_MS) return s.accessToken!;
     if (t < s.backoffUntil) {
       // The endpoint failed recently: keep using a still-valid token rather than hammering it.
       if (!opts.force && valid) return s.accessToken!;
       throw new Error(`account ${account}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`);
     }
-    return this.startRefresh(s);
+    return this.startRefresh(s, opts.force === true);
   }
 
   /** Forced refresh now (CLI `token refresh`); ignores backoff and tries even a needs-reauth account once. */
@@ -260,15 +277,15 @@ export class TokenService implements TokenSource, AccountHealth {
     await this.startRefresh(s);
   }
 
-  private startRefresh(s: Slot): Promise<string> {
-    const p = this.doRefresh(s).finally(() => {
+  private startRefresh(s: Slot, forced = false): Promise<string> {
+    const p = this.doRefresh(s, forced).finally(() => {
       if (s.inflight === p) s.inflight = undefined;
     });
     s.inflight = p;
     return p;
   }
 
-  private async doRefresh(s: Slot): Promise<string> {
+  private async doRefresh(s: Slot, forced: boolean): Promise<string> {
     const name = s.cfg.name;
     const usedRt = s.rec.refreshToken;
     let tokens: TokenResponse;
@@ -300,16 +317,17 @@ export class TokenService implements TokenSource, AccountHealth {
     } catch (err) {
       throw await this.refreshFailed(s, err, usedRt);
     }
-    return this.refreshSucceeded(s, tokens.access_token, tokens.expiry_date!);
+    return this.refreshSucceeded(s, tokens.access_token, tokens.expiry_date!, forced);
   }
 
-  private async refreshSucceeded(s: Slot, accessToken: string, expiresAt: number): Promise<string> {
+  private async refreshSucceeded(s: Slot, accessToken: string, expiresAt: number, forced: boolean): Promise<string> {
     const name = s.cfg.name;
     const t = this.now();
-    addSecret(accessToken);
+    addSecret(accessToken, { slot: `access:${name}`, expiresAt });
     s.accessToken = accessToken;
     s.expiresAt = expiresAt;
     s.obtainedAt = t;
+    s.forced = forced;
     s.failures = 0;
     s.backoffUntil = 0;
     const iso = new Date(t).toISOString();
@@ -344,7 +362,7 @@ export class TokenService implements TokenSource, AccountHealth {
       this.setState(s, 'error');
       return new Error(`account ${name}: ${err.message}`);
     }
-    const c = err instanceof LocalError ? { dead: false, code: undefined, message: err.message } : classifyTokenError(err);
+    const c = err instanceof LocalError ? { dead: false, code: undefined, message: redactString(err.message) } : classifyTokenError(err, this.http);
     if (c.dead) {
       if (usedRt !== undefined && s.rec.refreshToken !== usedRt && s.rec.refreshToken) {
         // A new refresh token arrived (token import) while this one was being refused.
@@ -380,7 +398,7 @@ export class TokenService implements TokenSource, AccountHealth {
 
   /** Persist a rotated refresh token; runs before the new access token is handed out. */
   private async persistRotation(s: Slot, newRt: string, expiresInSec: number | undefined): Promise<void> {
-    addSecret(newRt);
+    this.registerRefreshToken(s, newRt);
     const oldRt = s.rec.refreshToken;
     const iso = new Date(this.now()).toISOString();
     const rtExp = expiresInSec ? new Date(this.now() + expiresInSec * 1000).toISOString() : undefined;
@@ -478,7 +496,7 @@ export class TokenService implements TokenSource, AccountHealth {
     if (s.cfg.oauth.type !== 'user') throw new Error(`account ${account} is a service account; it has no refresh token to import`);
     const rt = refreshToken.trim();
     if (!rt || /\s/.test(rt)) throw new Error('expected one refresh token (no spaces)');
-    addSecret(rt);
+    this.registerRefreshToken(s, rt);
     const iso = new Date(this.now()).toISOString();
     const rec: TokenRecord = { refreshToken: rt, refreshTokenIssuedAt: iso, state: 'ok', ...(extra.authorizedEmail ? { authorizedEmail: extra.authorizedEmail } : {}) };
     await this.persist(s, () => ({ ...rec }));
@@ -506,7 +524,7 @@ export class TokenService implements TokenSource, AccountHealth {
       if (!disk) continue;
       const grantChanged = disk.refreshToken !== s.rec.refreshToken;
       if (grantChanged) {
-        addSecret(disk.refreshToken);
+        this.registerRefreshToken(s, disk.refreshToken);
         s.accessToken = undefined;
         s.expiresAt = undefined;
         s.failures = 0;

@@ -14,8 +14,15 @@ export function replyText(err: UpstreamError): string {
   return (text || `${err.code ?? 'ERROR'}: ${err.message ?? 'unknown error'}`).replace(/\s+/g, ' ').trim();
 }
 
+/** A reply is an SMTP reply only if it starts with a valid code (RFC 5321 §4.2: 2yz to 5yz, y 0 to 5). */
+export function wellFormed(text: string): boolean {
+  return /^[2-5][0-5]\d(?:[ -]|$)/.test(text);
+}
+
 export function classifyReply(code: number | undefined, text: string): Outcome {
   if (code === undefined) return 'transient'; // connection refused/reset/timeout, TLS failure, DNS
+  // Anything that is not a valid SMTP reply ("999 …", "2x0 huh") says nothing reliable: retry.
+  if (!(code >= 200 && code <= 559) || (text && /^\d/.test(text) && !wellFormed(text))) return 'transient';
   if (code >= 200 && code < 300) return 'ok';
   // 550 5.4.5 (and 4.7.x "daily user sending limit") is Gmail's quota: hold, don't bounce.
   if (/\b5\.4\.5\b/.test(text) || /sending limit|quota exceeded/i.test(text)) return 'quota';

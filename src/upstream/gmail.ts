@@ -10,6 +10,7 @@ import type { Envelope, SendResult, TokenSource, Upstream, RecipientResult } fro
 import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { NeedsReauthError } from '../oauth/service.js';
 import { classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
+import { redactString } from '../log/redact.js';
 
 type Transport = Transporter<SMTPPool.SentMessageInfo>;
 
@@ -17,9 +18,21 @@ interface AccountTransport {
   transport: Transport;
   /** The config it was built from, to rebuild only when it changed on reload. */
   key: string;
-  /** Set by the token callback when the token service said the grant is dead. */
-  tokenError: Error | null;
 }
+
+/**
+ * The token service could not give this connection a token. nodemailer passes the error
+ * object it got from provisionCallback on to the send that waited for the connection, so
+ * each send judges its own failure (a token blip on one pooled connection says nothing
+ * about a 550 on another).
+ */
+class TokenUnavailable extends Error {
+  constructor(readonly reason: Error) {
+    super(reason.message);
+    this.name = 'TokenUnavailable';
+  }
+}
+
 
 export interface GmailUpstreamOptions {
   config: Config;
@@ -63,7 +76,7 @@ export class GmailUpstream implements Upstream {
     const existing = this.transports.get(acct.name);
     if (existing) return existing;
     const up = acct.upstream;
-    const entry: AccountTransport = { transport: undefined as unknown as Transport, key: transportKey(acct), tokenError: null };
+    const entry: AccountTransport = { transport: undefined as unknown as Transport, key: transportKey(acct) };
     // Verification is never optional: caFile only adds anchors to the system roots.
     const implicit = (up.tls ?? (up.port === 465 ? 'implicit' : 'starttls')) === 'implicit';
     // One TLS context per account, not one per connection (parsing every root CA each time is costly).
@@ -87,18 +100,12 @@ export class GmailUpstream implements Upstream {
       auth: {
         type: 'OAuth2',
         user: acct.email,
-        // nodemailer calls this for every AUTH; after a 535 it calls again with renew=true,
-        // which is our one forced refresh before the account is declared needs-reauth.
+        // nodemailer calls this for every AUTH; after a 334 challenge and 535 it calls again
+        // with renew=true (a forced refresh). A bare 535 is renewed in send() below.
         provisionCallback: (_user: string, renew: boolean, cb: (err: Error | null, token?: string) => void) => {
           this.tokens.getAccessToken(acct.name, { force: renew }).then(
-            (token) => {
-              entry.tokenError = null;
-              cb(null, token);
-            },
-            (err: Error) => {
-              entry.tokenError = err;
-              cb(err);
-            },
+            (token) => cb(null, token),
+            (err: Error) => cb(new TokenUnavailable(err)),
           );
         },
       },
@@ -110,6 +117,12 @@ export class GmailUpstream implements Upstream {
   }
 
   async send(env: Envelope, messageFile: string): Promise<SendResult> {
+    const r = await this.attempt(env, messageFile);
+    // Replies and token errors end up in the envelope (spool), queue list and logs.
+    return { ...r, response: redactString(r.response), rejected: r.rejected.map((x) => ({ ...x, response: redactString(x.response) })) };
+  }
+
+  private async attempt(env: Envelope, messageFile: string): Promise<SendResult> {
     const acct = this.config.accounts.find((a) => a.name === env.account);
     if (!acct) return { outcome: 'transient', response: `account "${env.account}" is not configured`, accepted: [], rejected: [] };
     const t = this.transportFor(acct);
@@ -117,6 +130,7 @@ export class GmailUpstream implements Upstream {
     const rejected: RecipientResult[] = [];
     const per = acct.limits.recipientsPerMessage;
     let lastResponse = '';
+    let renewed = false;
     // Gmail takes at most 100 recipients per transaction: split, and stop at the first
     // failure that is not about single recipients so a retry resends only the rest.
     for (let i = 0; i < env.rcptTo.length; i += per) {
@@ -129,6 +143,9 @@ export class GmailUpstream implements Upstream {
           disableUrlAccess: true,
         });
         lastResponse = info.response ?? '';
+        // nodemailer takes any reply starting with "2" as success; only a real 250 is.
+        if (!/^250(?:[ -]|$)/.test(lastResponse))
+          return { outcome: 'transient', response: `malformed reply to DATA: ${oneLine(lastResponse) || '(empty)'}`, accepted, rejected };
         const ok = new Set((info.accepted as (string | { address: string })[]).map(addr));
         for (const r of chunk) if (ok.has(r.toLowerCase())) accepted.push(r);
         collectRejected(info as unknown as { rejectedErrors?: UpstreamError[]; rejected?: unknown[] }, chunk, rejected);
@@ -137,9 +154,23 @@ export class GmailUpstream implements Upstream {
         if (pending.length) return { outcome: 'transient', response: lastResponse || 'some recipients deferred', accepted, rejected };
       } catch (e) {
         const err = e as UpstreamError & { rejectedErrors?: UpstreamError[]; rejected?: unknown[] };
-        if (t.tokenError) {
-          const reauth = t.tokenError instanceof NeedsReauthError;
-          return { outcome: reauth ? 'auth' : 'transient', response: `token: ${t.tokenError.message}`, accepted, rejected };
+        if (e instanceof TokenUnavailable) {
+          const reauth = e.reason instanceof NeedsReauthError;
+          return { outcome: reauth ? 'auth' : 'transient', response: `token: ${e.reason.message}`, accepted, rejected };
+        }
+        if (err.code === 'EAUTH' && classifyError(err) === 'auth' && !renewed) {
+          // The server refused the token (also a bare 535 without the 334 challenge, which
+          // nodemailer does not renew): get a fresh one, shared with concurrent rejections,
+          // and try this chunk once more. AUTH comes before MAIL, so nothing was sent.
+          renewed = true;
+          try {
+            await this.tokens.getAccessToken(acct.name, { force: true });
+          } catch (te) {
+            const reauth = te instanceof NeedsReauthError;
+            return { outcome: reauth ? 'auth' : 'transient', response: `token: ${(te as Error).message}`, accepted, rejected };
+          }
+          i -= per;
+          continue;
         }
         if (err.code === 'EENVELOPE' && err.rejectedErrors?.length) {
           // Every recipient of this chunk refused: the permanent ones bounce, 4xx ones wait.
@@ -156,6 +187,10 @@ export class GmailUpstream implements Upstream {
     if (!accepted.length && rejected.length) return { outcome: 'permanent', response: rejected[0].response, accepted, rejected };
     return { outcome: 'ok', response: lastResponse, accepted, rejected };
   }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, ' ').trim().slice(0, 200);
 }
 
 function addr(a: string | { address: string }): string {

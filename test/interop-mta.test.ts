@@ -7,13 +7,16 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import net from 'node:net';
+import { once } from 'node:events';
 import { mkdtemp, mkdir, rm, writeFile, readFile, chown, chmod, access, constants } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startFakeWorld, type FakeWorld } from '../src/fakes/world.js';
 import { startBridge, secretsOf, assertNoSecrets, ROOT, type RunningBridge } from './helpers/bridge.js';
-import { waitFor } from './helpers/wait.js';
+import { waitFor, sleep } from './helpers/wait.js';
+import { RawSmtp } from './helpers/listener.js';
 import { splitReceived } from './helpers/received.js';
 
 const execFileP = promisify(execFile);
@@ -133,3 +136,106 @@ test('Exim as smarthost client: every message arrives exactly once (it sends `.`
   assert.ok(!/defer|==/.test(log), `no deferral in Exim's log:\n${log}`);
   assertNoSecrets(b.logs.join('\n'), secretsOf(world));
 });
+
+test("Postfix as smarthost client: its own bounce (null sender, From: MAILER-DAEMON@its host) is relayed, not refused", { timeout: 120_000 }, async (t) => {
+  if (!(await available('postfix', () => access('/usr/sbin/postfix', constants.X_OK), t))) return;
+  if (process.getuid?.() !== 0) {
+    if (REQUIRE) assert.fail('the Postfix test needs root to start its master');
+    return t.skip('not root');
+  }
+  const root = join(dir, 'postfix');
+  const conf = join(root, 'etc');
+  const queue = join(root, 'queue');
+  const data = join(root, 'data');
+  for (const d of [conf, queue, data]) await mkdir(d, { recursive: true });
+  for (const d of [dir, root]) await chmod(d, 0o755);
+  const [uid, gid] = (await run('getent', ['passwd', 'postfix'])).split(':').slice(2, 4).map(Number);
+  await chown(data, uid, gid);
+  const port = await freePort();
+  const main: Record<string, string> = {
+    compatibility_level: '3.6',
+    queue_directory: queue,
+    data_directory: data,
+    myhostname: 'postfix.test',
+    mydomain: 'postfix.test',
+    myorigin: '$myhostname',
+    mydestination: '$myhostname',
+    // Local delivery fails for everyone: mail to nobody@postfix.test makes Postfix bounce.
+    local_transport: 'error:5.1.1 no such user here',
+    local_recipient_maps: '',
+    smtpd_reject_unlisted_recipient: 'no',
+    alias_maps: '',
+    alias_database: '',
+    inet_interfaces: 'loopback-only',
+    inet_protocols: 'ipv4',
+    mynetworks: '127.0.0.0/8',
+    smtpd_relay_restrictions: 'permit_mynetworks, reject',
+    smtpd_peername_lookup: 'no',
+    relayhost: `[127.0.0.1]:${b.port}`,
+    smtp_tls_security_level: 'none',
+    smtp_sasl_auth_enable: 'yes',
+    smtp_sasl_password_maps: `static:${world.user.username}:${world.user.password}`,
+    smtp_sasl_security_options: 'noanonymous',
+    smtp_sasl_mechanism_filter: 'plain',
+    disable_dns_lookups: 'yes',
+    smtp_host_lookup: 'native',
+    biff: 'no',
+    maillog_file: join(root, 'maillog'),
+    maillog_file_prefixes: root,
+  };
+  await writeFile(join(conf, 'main.cf'), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
+  // Debian's master.cf without chroot (the temp tree has no /etc copies), our own loopback smtpd.
+  const master = (await readFile('/etc/postfix/master.cf', 'utf8'))
+    .split('\n')
+    .filter((l) => !/^smtp\s+inet\s/.test(l))
+    .map((l) => l.replace(/^(\S+\s+(?:unix|inet|fifo|pass|unix-dgram)\s+\S+\s+\S+\s+)y(\s)/, '$1n$2'));
+  master.push(`127.0.0.1:${port} inet n - n - - smtpd`);
+  await writeFile(join(conf, 'master.cf'), master.join('\n') + '\n');
+  const log = () => readFile(join(root, 'maillog'), 'utf8').catch(() => '(no log)');
+  await run('/usr/sbin/postfix', ['-c', conf, 'start']);
+  try {
+    await waitFor(async () => (await log()).includes('daemon started'), 20_000, 'postfix master');
+    // Mail to a local user that does not exist: Postfix accepts it, local delivery fails,
+    // and Postfix sends its bounce to the (remote) sender through the relayhost, the bridge.
+    const c = await connectWhenListening(port);
+    assert.equal((await c.cmd('EHLO client.test')).code, 250);
+    const r = await c.sendRaw('scanner@example.com', ['nobody@postfix.test'], 'From: scanner@example.com\r\nTo: nobody@postfix.test\r\nSubject: to nobody\r\n\r\nhello\r\n.\r\n');
+    assert.equal(r.code, 250, r.lines.join());
+    await c.quit();
+    await waitFor(() => world.gmail.messages.some((m) => m.mailFrom === '' && m.rcptTo.includes('scanner@example.com')), 30_000, 'the bounce at fake Gmail').catch(
+      async (e: Error) => {
+        throw new Error(`${e.message}; postfix log:\n${await log()}\nbridge:\n${b.logs.filter((l) => /rejected|553/.test(l)).join('\n')}`);
+      },
+    );
+    const bounce = world.gmail.messages.find((m) => m.mailFrom === '' && m.rcptTo.includes('scanner@example.com'))!;
+    const text = splitReceived(bounce.raw).rest.toString('latin1');
+    assert.match(text, /^From: Mail Delivery System <MAILER-DAEMON@postfix\.test>\r$/m);
+    assert.match(text, /no such user here/);
+    await waitFor(async () => /to=<scanner@example\.com>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+,.* status=sent \(250 2\.0\.0 Ok: queued as/.test(await log()), 10_000, 'postfix logs the bounce as sent');
+  } finally {
+    await run('/usr/sbin/postfix', ['-c', conf, 'stop']).catch(() => '');
+    await waitFor(async () => (await log()).includes('terminating on signal'), 20_000, 'postfix to stop').catch(() => {});
+  }
+  assertNoSecrets(b.logs.join('\n'), secretsOf(world));
+});
+
+async function freePort(): Promise<number> {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function connectWhenListening(port: number): Promise<RawSmtp> {
+  let last: unknown;
+  for (let i = 0; i < 100; i++) {
+    try {
+      return await RawSmtp.connect(port);
+    } catch (e) {
+      last = e;
+      await sleep(100);
+    }
+  }
+  throw last;
+}

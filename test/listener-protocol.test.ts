@@ -263,3 +263,25 @@ test('Received: header prepended (RFC 5321 4.4, RFC 3848 types), client address 
     await tlsL.stop();
   }
 });
+
+test('null sender (an MTA delivery notice): From MAILER-DAEMON@… or postmaster@… accepted; other addresses still judged; not without the null sender', async () => {
+  const h = await start();
+  try {
+    const send = async (mailFrom: string, from: string) => {
+      const c = await RawSmtp.connect(h.port());
+      await c.ehlo();
+      await c.authPlain('printer', PASSWORD);
+      const r = await c.sendRaw(mailFrom, ['scanner@example.com'], message(from, 'scanner@example.com'));
+      await c.quit();
+      return r;
+    };
+    assert.equal((await send('', 'Mail Delivery System <MAILER-DAEMON@postfix.lan>')).code, 250);
+    assert.equal((await send('', 'postmaster@exim.lan')).code, 250);
+    assert.equal((await send('', 'MAILER-DAEMON@postfix.lan, ceo@bank.example')).code, 553);
+    assert.equal((await send('', '"ceo@bank.example" <MAILER-DAEMON@postfix.lan>')).code, 553);
+    assert.equal((await send('scanner@example.com', 'MAILER-DAEMON@postfix.lan')).code, 553);
+    assert.equal(h.queued.length, 2);
+  } finally {
+    await h.stop();
+  }
+});

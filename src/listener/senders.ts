@@ -55,13 +55,26 @@ export function decodeEncodedWords(value: string): string {
   }
 }
 
+// The role addresses MTAs send their own delivery notices from (RFC 5321 4.5.5 has them
+// use the null reverse-path; Postfix writes MAILER-DAEMON@myhostname, Exim
+// Mailer-Daemon@qualify_domain, RFC 2142 reserves postmaster), on any domain: the MTA's
+// host name is not known to us.
+const NOTICE_SENDER = /^(mailer-daemon|postmaster)@[^@\s]+$/i;
+
+export function isNoticeSender(address: string): boolean {
+  return NOTICE_SENDER.test(address.trim());
+}
+
 /**
  * Checks the From header values of a message against the policy. Returns null when every
  * address in them is allowed, else the first offending address (or the raw value when no
  * address could be parsed from it). Encoded display names are judged decoded: the reader
  * sees `ceo@bank.example` whether it was written plainly or as `=?UTF-8?B?…?=`.
+ * With `nullSender` (MAIL FROM:<>, a delivery notice) MAILER-DAEMON@… and postmaster@…
+ * are allowed as well; any other address in the header is still judged by the policy.
  */
-export function checkFromHeaders(values: readonly string[], policy: SenderPolicy): string | null {
+export function checkFromHeaders(values: readonly string[], policy: SenderPolicy, opts: { nullSender?: boolean } = {}): string | null {
+  const allowed = (a: string) => policy.allows(a) || (!!opts.nullSender && isNoticeSender(a));
   for (const value of values) {
     const parsed = addressparser(value, { flatten: true })
       .map((a) => a.address)
@@ -69,7 +82,7 @@ export function checkFromHeaders(values: readonly string[], policy: SenderPolicy
     if (!parsed.length) return value.trim().slice(0, 200) || '(empty From header)';
     const decoded = decodeEncodedWords(value);
     const found = new Set([...parsed, ...(value.match(ADDRESS_LIKE) ?? []), ...(decoded.match(ADDRESS_LIKE) ?? [])]);
-    for (const a of found) if (!policy.allows(a.replace(/^mailto:/i, ''))) return a;
+    for (const a of found) if (!allowed(a.replace(/^mailto:/i, ''))) return a;
   }
   return null;
 }

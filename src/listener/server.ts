@@ -426,7 +426,7 @@ export class Listeners {
       maxBytes: rt.cfg.maxMessageSize,
       inspectHeaders: (header) => {
         const fromValues = headerValues(header, 'from');
-        const bad = checkFromHeaders(fromValues, tx.policy);
+        const bad = checkFromHeaders(fromValues, tx.policy, { nullSender: mailFrom.address === '' });
         if (!bad) return null;
         if (rt.cfg.fromHeader === 'rewrite') {
           // Keep the display name, put an address the sender owns, and let replies reach the original.

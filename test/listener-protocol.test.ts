@@ -285,3 +285,32 @@ test('null sender (an MTA delivery notice): From MAILER-DAEMON@… or postmaster
     await h.stop();
   }
 });
+
+test('greeting: at once by default (a client talking first is served, not 421); greetingDelay holds it and refuses early talkers', async () => {
+  const h = await start();
+  try {
+    // Written before the greeting can have arrived: with smtp-server's fixed 100 ms hold this got "421 You talk too soon".
+    const c = await RawSmtp.connect(h.port(), { greeting: false });
+    c.write('EHLO early.test\r\n');
+    assert.equal((await c.read()).code, 220);
+    assert.equal((await c.read()).code, 250);
+    await c.quit();
+  } finally {
+    await h.stop();
+  }
+  const d = await start({ greetingDelay: '300ms' });
+  try {
+    const t0 = process.hrtime.bigint();
+    const c = await RawSmtp.connect(d.port());
+    const waited = Number(process.hrtime.bigint() - t0) / 1e6;
+    assert.ok(waited >= 290, `greeting after ${waited.toFixed(0)} ms, greetingDelay is 300 ms`);
+    assert.equal((await c.ehlo()).code, 250);
+    await c.quit();
+    const early = await RawSmtp.connect(d.port(), { greeting: false });
+    early.write('EHLO early.test\r\n');
+    assert.match((await early.read()).lines.join(), /^421 .*You talk too soon/);
+    await early.waitClosed();
+  } finally {
+    await d.stop();
+  }
+});

@@ -60,6 +60,8 @@ export const listenerSchema = z.strictObject({
   maxConnectionsPerIp: z.number().int().positive().default(20),
   socketTimeout: duration('socketTimeout').default(300e3),
   closeTimeout: duration('closeTimeout').default(10e3),
+  /** Pause before the 220 greeting (an "early talker" check, as Postfix's postscreen does); 0 = greet at once. */
+  greetingDelay: duration('greetingDelay').default(0),
   authFailLimit: z.number().int().positive().default(5),
   authFailWindow: duration('authFailWindow').default(600e3),
   authLockout: duration('authLockout').default(900e3),

@@ -314,7 +314,7 @@ export class Listeners {
       auth(command, callback);
     };
     closeAfterClientEof(conn);
-    greetAfter(conn, 0);
+    greetAfter(conn, rt.cfg.greetingDelay);
   }
 
   private track(p: Promise<void>): void {

@@ -1,7 +1,10 @@
 // Domain types shared by the stages. Kept here so each stage depends on data, not on
 // another stage's implementation.
 
-/** One spooled message's envelope, stored as JSON next to the message file. */
+/**
+ * A message as the upstream sees it for one attempt: `rcptTo` holds exactly the recipients to
+ * try now (the worker never hands it one that was accepted before).
+ */
 export interface Envelope {
   id: string;
   /** Authenticated local user, or null when accepted from a trusted network. */
@@ -10,22 +13,49 @@ export interface Envelope {
   account: string;
   /** MAIL FROM; '' is the null sender (bounces). */
   mailFrom: string;
-  /** Recipients still to deliver. Accepted ones move to `delivered`. */
   rcptTo: string[];
-  delivered: string[];
   size: number;
   clientIp: string;
   /** 8BITMIME / SMTPUTF8 as the client declared them, passed upstream as-is. */
   bodyType: '7bit' | '8bitmime';
   smtputf8: boolean;
   receivedAt: string;
-  attempts: number;
-  nextAttemptAt: string;
-  lastError?: string;
   /** Set when this message is itself a bounce (never bounce a bounce). */
   isBounce?: boolean;
+}
+
+/** Where a message stands (README "Message states"). `in-flight` is the daemon's live view, never stored. */
+export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'failed' | 'corrupt';
+export type HoldReason = 'needs-reauth' | 'quota' | 'operator';
+export type RcptStatus = 'pending' | 'accepted' | 'deferred' | 'rejected';
+
+export interface Recipient {
+  address: string;
+  status: RcptStatus;
+  /** The last upstream reply about this recipient. */
+  reply?: string;
+}
+
+/**
+ * One spooled message's envelope (version 2), stored as JSON next to the message file.
+ * `rcptTo` is every recipient in the client's order (never changes); what happened to each
+ * is in `rcpts`. Version-1 envelopes (pending `rcptTo` + `delivered`) are migrated on read.
+ */
+export interface SpooledEnvelope extends Envelope {
+  version: 2;
+  rcpts: Recipient[];
+  state: Exclude<MessageState, 'in-flight' | 'corrupt'>;
+  /** Set exactly when state is 'held'. */
+  reason: HoldReason | null;
+  attempts: number;
+  nextAttemptAt: string;
+  /** Last upstream reply (or local error) for the message; never contains secrets. */
+  lastReply?: string;
   /** Set once a delay warning was sent. */
   warned?: boolean;
+  /** state 'failed': why and when. */
+  failReason?: string;
+  failedAt?: string;
 }
 
 /** What the delivery worker needs to know about one upstream attempt. */

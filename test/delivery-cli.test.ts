@@ -1,12 +1,14 @@
-// The queue CLI functions against a spool, with a worker wired to the control folder the way
-// the daemon wires it, so "works while the daemon runs, which notices within seconds" is real.
+// The queue CLI functions against a worker served on the control socket the way the daemon
+// serves it, so the CLI's answers are the running worker's.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { Spool, type NewMessage } from '../src/spool/spool.js';
 import { DeliveryWorker } from '../src/delivery/worker.js';
 import { queueList, queueShow, queueRetry, queueDelete } from '../src/cli/queue.js';
-import { watchControl } from '../src/control/notify.js';
+import { Operations } from '../src/control/ops.js';
+import { ControlServer } from '../src/control/server.js';
+import { TokenService } from '../src/oauth/service.js';
 import { ScriptedUpstream, TestHealth, recordingLogger, tempState, testConfig, MESSAGE, MESSAGE_META, ok, fail } from './helpers/delivery.js';
 import { waitFor, sleep } from './helpers/wait.js';
 
@@ -27,7 +29,10 @@ async function setup(script?: ConstructorParameters<typeof ScriptedUpstream>[0])
   const upstream = new ScriptedUpstream(script);
   const worker = new DeliveryWorker({ config, log, spool, upstream, health: new TestHealth(), hostname: 'bridge.test' });
   await worker.start();
-  const stopWatch = watchControl(dir, (topic) => void (topic === 'queue' && worker.rescan()), 50);
+  const tokens = new TokenService({ config, log });
+  await tokens.init();
+  const control = new ControlServer(dir, new Operations({ config: () => config, spool, worker, tokens, live: true }), log);
+  await control.start();
   return {
     dir,
     config,
@@ -41,7 +46,7 @@ async function setup(script?: ConstructorParameters<typeof ScriptedUpstream>[0])
       return env;
     },
     async done() {
-      stopWatch();
+      await control.stop();
       await worker.stop(500);
       await cleanup();
     },
@@ -58,7 +63,7 @@ test('queue list shows each deferred message with its error, as a table and as J
     const out = new Sink();
     assert.equal(await queueList(h.config, { json: false }, out), 0);
     const lines = out.text.trim().split('\n');
-    assert.match(lines[0], /^ID\s+ACCOUNT\s+FROM\s+RCPTS\s+SIZE\s+AGE\s+ATTEMPTS\s+NEXT TRY\s+LAST ERROR$/);
+    assert.match(lines[0], /^ID\s+ACCOUNT\s+FROM\s+RCPTS\s+SIZE\s+AGE\s+ATTEMPTS\s+NEXT TRY\s+LAST REPLY$/);
     const rowA = lines.find((l) => l.startsWith(a.id))!;
     assert.match(rowA, /office\s+scanner@example\.com\s+a@example\.org \(\+1\)\s+\d+B\s+\d+s\s+1\s+in (5\dm|1h(\d+m)?)\s+421 4\.7\.0 Try again later/);
     assert.ok(lines.some((l) => l.startsWith(b.id) && /other@example\.com\s+c@example\.org\s/.test(l)));
@@ -68,10 +73,12 @@ test('queue list shows each deferred message with its error, as a table and as J
     assert.equal(await queueList(h.config, { json: true }, json), 0);
     const rows = JSON.parse(json.text);
     assert.deepEqual(rows.map((r: { id: string }) => r.id), [a.id, b.id]);
-    assert.deepEqual(rows[0].rcpts, ['a@example.org', 'b@example.org']);
+    assert.deepEqual(rows[0].rcpts.map((r: { address: string; status: string }) => [r.address, r.status]), [['a@example.org', 'deferred'], ['b@example.org', 'deferred']]);
+    assert.equal(rows[0].state, 'deferred');
+    assert.equal(rows[0].reason, null);
     assert.equal(rows[0].attempts, 1);
     assert.equal(rows[0].size, MESSAGE.length);
-    assert.equal(rows[0].lastError, '421 4.7.0 Try again later, closing connection.');
+    assert.equal(rows[0].lastReply, '421 4.7.0 Try again later, closing connection.');
     assert.ok(Date.parse(rows[0].nextAttemptAt) > Date.now() + 50 * 60e3);
   } finally {
     await h.done();
@@ -86,9 +93,10 @@ test('queue show prints the envelope and only the headers; unknown id exits 1', 
     const out = new Sink();
     assert.equal(await queueShow(h.config, a.id, out), 0);
     assert.match(out.text, new RegExp(`^id:\\s+${a.id}$`, 'm'));
-    assert.match(out.text, /^state:\s+queued$/m);
-    assert.match(out.text, /^to:\s+a@example\.org, b@example\.org$/m);
-    assert.match(out.text, /^last error:\s+451 4\.3\.0 later$/m);
+    assert.match(out.text, /^state:\s+deferred$/m);
+    assert.match(out.text, /^to:\s+a@example\.org \[deferred\] 451 4\.3\.0 later$/m);
+    assert.match(out.text, /^to:\s+b@example\.org \[deferred\] 451 4\.3\.0 later$/m);
+    assert.match(out.text, /^last reply:\s+451 4\.3\.0 later$/m);
     assert.match(out.text, /\n\nFrom: Scanner <scanner@example\.com>\r\n/);
     assert.match(out.text, /Subject: Scan of invoice 42/);
     assert.ok(!out.text.includes('PDF attached'));
@@ -124,7 +132,7 @@ test('queue retry ID: a running worker notices and tries the message now', async
 
     const err = new Sink();
     assert.equal(await queueRetry(h.config, { id: 'NOSUCHID' }, new Sink(), err), 1);
-    assert.match(err.text, /no queued message with id NOSUCHID/);
+    assert.match(err.text, /no message with id NOSUCHID/);
   } finally {
     await h.done();
   }

@@ -3,8 +3,7 @@ import assert from 'node:assert/strict';
 import { Spool, type NewMessage } from '../src/spool/spool.js';
 import { DeliveryWorker } from '../src/delivery/worker.js';
 import { statusFromReply } from '../src/delivery/bounce.js';
-import { queueRetry } from '../src/cli/queue.js';
-import type { Envelope, SendResult } from '../src/types.js';
+import type { SendResult, SpooledEnvelope } from '../src/types.js';
 import {
   ScriptedUpstream,
   TestHealth,
@@ -20,7 +19,6 @@ import {
   type Script,
 } from './helpers/delivery.js';
 import { waitFor, sleep } from './helpers/wait.js';
-import { PassThrough } from 'node:stream';
 
 async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<string, unknown>; script?: Script } = {}) {
   const { dir, cleanup } = await tempState();
@@ -89,7 +87,7 @@ test('transient: retried with growing backoff, attempts and last error persisted
     const env = await h.queue();
     await waitFor(async () => (await h.spool.get(env.id))?.attempts === 1, 5000, 'first deferral persisted');
     const stored = (await h.spool.get(env.id))!;
-    assert.equal(stored.lastError, reply);
+    assert.equal(stored.lastReply, reply);
     const retryIn = Number(h.log.events('deferred')[0].retryIn);
     assert.ok(retryIn >= 45 && retryIn <= 55, `first retry in retry[0]=50ms ±10%, got ${retryIn}`);
     assert.ok(Date.parse(stored.nextAttemptAt) >= h.upstream.calls[0].at + 45);
@@ -227,7 +225,7 @@ test('partial rejection: accepted recipients are done, the rejected one bounces 
 });
 
 test('accepted recipients are persisted before the retry, which goes only to the rest', async () => {
-  let onDiskAtRetry: Envelope | null = null;
+  let onDiskAtRetry: SpooledEnvelope | null = null;
   const h = await setup({
     script: async (env, call, n) => {
       if (n === 1) return { outcome: 'transient', response: '451 4.3.0 later', accepted: call.rcptTo.slice(0, 2), rejected: [] };
@@ -241,9 +239,9 @@ test('accepted recipients are persisted before the retry, which goes only to the
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'delivered');
     assert.deepEqual(h.upstream.calls.map((c) => c.rcptTo), [['a@example.org', 'b@example.org', 'c@example.org'], ['c@example.org']]);
     assert.ok(onDiskAtRetry);
-    const d = onDiskAtRetry as Envelope;
-    assert.deepEqual(d.delivered, ['a@example.org', 'b@example.org']);
-    assert.deepEqual(d.rcptTo, ['c@example.org']);
+    const d = onDiskAtRetry as SpooledEnvelope;
+    assert.deepEqual(d.rcpts.map((r) => [r.address, r.status]), [['a@example.org', 'accepted'], ['b@example.org', 'accepted'], ['c@example.org', 'deferred']]);
+    assert.equal(d.state, 'deferred');
     assert.equal(d.attempts, 1);
     assert.equal(h.upstream.callsFor(env.id).length, 2);
   } finally {
@@ -270,7 +268,9 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
     assert.equal(h.upstream.callsFor(b.id).length, 0, 'the whole account is held');
     const storedA = (await h.spool.get(a.id))!;
     assert.equal(storedA.attempts, 0, 'attempts not burnt');
-    assert.equal(storedA.lastError, quota);
+    assert.equal(storedA.lastReply, quota);
+    assert.equal(storedA.state, 'held');
+    assert.equal(storedA.reason, 'quota');
     assert.deepEqual(await h.spool.listFailed(), []);
     assert.equal(h.upstream.bounces().length, 0);
     assert.equal(h.log.entries.filter((e) => e.level === 'warn' && /sending limit/.test(e.msg)).length, 1, 'one warning');
@@ -286,9 +286,8 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
 
     // the operator retries one message: it is tried despite the hold; Gmail takes it, so the hold lifts
     officeOk = true;
-    const sink = new PassThrough();
-    assert.equal(await queueRetry(h.config, { id: a.id }, sink), 0);
-    await w2.rescan();
+    const r = await w2.command(a.id, { type: 'retry', force: true });
+    assert.equal(r.ok, true, r.message);
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'account flows again');
     assert.equal(h.upstream.callsFor(a.id).length, 2);
     assert.equal(h.upstream.callsFor(b.id).length, 1);
@@ -374,14 +373,16 @@ test('concurrency: never more than queue.concurrency sends, each message sent ex
   }
 });
 
-test('notify and rescan of a message already in flight do not send it twice', async () => {
+test('notify and an operator retry of a message already in flight do not send it twice', async () => {
   const h = await setup({ script: async (env) => (await sleep(150), ok(env)) });
   try {
     await h.worker.start();
     const env = await h.queue();
     await waitFor(() => h.upstream.calls.length === 1, 5000, 'in flight');
     h.worker.notify(env);
-    await h.worker.rescan();
+    const r = await h.worker.command(env.id, { type: 'retry' });
+    assert.equal(r.ok, false, 'nothing left to retry once the attempt in flight delivered it');
+    assert.match(r.message, /finished it \(it was delivered\)/);
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'delivered');
     await sleep(50);
     assert.equal(h.upstream.calls.length, 1);

@@ -144,7 +144,7 @@ test('upstream TLS is always verified: an untrusted certificate is refused and t
     assert.match(res.response, /^250 /);
     await waitFor(async () => (await b.bridge.spool.list()).some((e) => e.attempts >= 1), 10_000, 'a failed attempt');
     const [env] = await b.bridge.spool.list();
-    assert.match(env.lastError ?? '', /certificate/i);
+    assert.match(env.lastReply ?? '', /certificate/i);
     assert.equal(world.gmail.messages.length, 0);
     assert.equal(world.gmail.auths.length, 0, 'no credentials were offered to the unverified server');
   } finally {

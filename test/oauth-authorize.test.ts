@@ -45,7 +45,7 @@ function withState(location: string, state: string): string {
   return u.toString();
 }
 
-test('loopback flow: PKCE S256, state, offline consent; stores the refresh token and notifies the daemon', async () => {
+test('loopback flow: PKCE S256, state, offline consent; stores the refresh token', async () => {
   const w = await oauthWorld();
   try {
     const out = collect();
@@ -83,7 +83,6 @@ test('loopback flow: PKCE S256, state, offline consent; stores the refresh token
     const rec = (await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office;
     assert.ok(rec.refreshToken && w.fake.refreshTokensFor(w.email).includes(rec.refreshToken));
     assert.equal(rec.authorizedEmail, w.email);
-    assert.ok(existsSync(join(w.stateDir, 'control', 'tokens')), 'daemon notified');
 
     // The daemon side uses what authorize stored.
     const svc = new TokenService({ config: w.config(), log: nullLogger });

@@ -25,14 +25,14 @@ test('queue list / show / delete / retry --all against a running daemon', { time
         ids.push(r.response.split(' ').pop()!);
       }
       // Both fail once (Gmail down) and wait an hour for their next try.
-      type Row = { id: string; account: string; from: string; rcpts: string[]; size: number; attempts: number; nextAttemptAt: string; lastError: string | null };
+      type Row = { id: string; account: string; from: string; state: string; rcpts: { address: string; status: string }[]; size: number; attempts: number; nextAttemptAt: string; lastReply: string | null };
       let rows: Row[] = [];
       await waitFor(async () => {
         rows = JSON.parse(await cli('queue', 'list', '--json', '-c', configFile)) as Row[];
         return rows.length === 2 && rows.every((r) => r.attempts >= 1);
       }, 15_000, 'two deferred messages');
       assert.deepEqual(rows.map((r) => r.id).sort(), [...ids].sort());
-      assert.ok(rows.every((r) => r.account === 'office' && r.from === 'scanner@example.com' && r.lastError));
+      assert.ok(rows.every((r) => r.account === 'office' && r.from === 'scanner@example.com' && r.lastReply && r.state === 'deferred'));
       const table = await cli('queue', 'list', '-c', configFile);
       for (const id of ids) assert.ok(table.includes(id), 'table lists every id');
 

@@ -32,9 +32,9 @@ async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   }
 }
 
-/** Files in the spool folder, without failed/ and dot files (rate-limit state). */
+/** Files in the spool folder, without failed/, corrupt/ and dot files (rate-limit state). */
 async function spoolFiles(spool: Spool): Promise<string[]> {
-  return (await readdir(spool.dir)).filter((n) => n !== 'failed' && !n.startsWith('.')).sort();
+  return (await readdir(spool.dir)).filter((n) => n !== 'failed' && n !== 'corrupt' && !n.startsWith('.')).sort();
 }
 
 test('receive stores the exact bytes and a complete envelope, files 0600', async () => {
@@ -51,7 +51,9 @@ test('receive stores the exact bytes and a complete envelope, files 0600', async
     assert.deepEqual(onDisk, env);
     assert.equal(env.size, MSG.length);
     assert.deepEqual(env.rcptTo, meta.rcptTo);
-    assert.deepEqual(env.delivered, []);
+    assert.deepEqual(env.rcpts, meta.rcptTo.map((address) => ({ address, status: 'pending' })));
+    assert.equal(env.state, 'queued');
+    assert.equal(env.version, 2);
     assert.equal(env.attempts, 0);
     assert.equal(env.user, 'printer');
     assert.equal(env.bodyType, '8bitmime');
@@ -144,8 +146,9 @@ test('a new Spool on the same directory sees the queue; update, remove and fail 
     assert.equal(await b.get('../../etc/passwd'), null);
 
     got!.attempts = 3;
-    got!.lastError = '451 4.3.0 try later';
-    got!.delivered = ['x@example.org'];
+    got!.lastReply = '451 4.3.0 try later';
+    got!.state = 'deferred';
+    got!.rcpts = [{ address: 'c@example.org', status: 'deferred', reply: '451 4.3.0 try later' }];
     assert.equal(await b.update(got!), true);
     assert.deepEqual(await new Spool(dir, nullLogger).get(e2.id), got);
 
@@ -155,12 +158,13 @@ test('a new Spool on the same directory sees the queue; update, remove and fail 
     assert.equal(await b.update({ ...e1 }), false, 'update of a removed message writes nothing');
     assert.equal(await b.get(e1.id), null);
 
-    await b.fail(e3.id, '550 5.1.1 no such user');
+    await b.fail(e3, '550 5.1.1 no such user');
     assert.deepEqual((await b.list()).map((e) => e.id), [e2.id]);
     const failed = await b.listFailed();
     assert.equal(failed.length, 1);
     assert.equal(failed[0].id, e3.id);
     assert.equal(failed[0].failReason, '550 5.1.1 no such user');
+    assert.equal(failed[0].state, 'failed');
     assert.deepEqual(await readFile(b.failedMessagePath(e3.id)), MSG);
     assert.deepEqual(await spoolFiles(b), [`${e2.id}.eml`, `${e2.id}.json`]);
   });

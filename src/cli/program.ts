@@ -108,23 +108,43 @@ export function buildProgram(): Command {
     .action((id: string, o: { config: string }) => run(async () => (await queueCli()).queueShow(withConfig(o.config), id, process.stdout)));
   queue
     .command('retry')
+    .description('try a message now (a failed one: its failed recipients again); --all: every queued message')
     .argument('[id]')
     .option('--all', 'retry every queued message now', false)
+    .option('--force', "with --all: also messages under their account's quota hold", false)
     .addOption(configOpt())
-    .action((id: string | undefined, o: { config: string; all: boolean }) =>
+    .action((id: string | undefined, o: { config: string; all: boolean; force: boolean }) =>
       run(async () => {
         if (!id && !o.all) {
           process.stderr.write('queue retry: give a queue ID or --all\n');
           return 2;
         }
-        return (await queueCli()).queueRetry(withConfig(o.config), { id, all: o.all }, process.stdout);
+        return (await queueCli()).queueRetry(withConfig(o.config), { id, all: o.all, force: o.force }, process.stdout);
       }),
     );
+  queue
+    .command('hold')
+    .description('hold a message (state held, reason operator) until `queue release`')
+    .argument('<id>')
+    .addOption(configOpt())
+    .action((id: string, o: { config: string }) => run(async () => (await queueCli()).queueHold(withConfig(o.config), id, process.stdout)));
+  queue
+    .command('release')
+    .description('let an operator-held message go (due now)')
+    .argument('<id>')
+    .addOption(configOpt())
+    .action((id: string, o: { config: string }) => run(async () => (await queueCli()).queueRelease(withConfig(o.config), id, process.stdout)));
   queue
     .command('delete')
     .argument('<id>')
     .addOption(configOpt())
     .action((id: string, o: { config: string }) => run(async () => (await queueCli()).queueDelete(withConfig(o.config), id, process.stdout)));
+
+  program
+    .command('reload')
+    .description('ask the running daemon to re-read its config (like SIGHUP) and say whether it took it')
+    .addOption(configOpt())
+    .action((o: { config: string }) => run(async () => (await tokenCli()).reloadCommand(withConfig(o.config), process.stdout)));
 
   program
     .command('send-test')

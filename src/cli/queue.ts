@@ -1,18 +1,13 @@
-// `queue list|show|retry|delete`: inspect and steer the spool from the command line. Works
-// on the files directly, so it also works while the daemon runs; commands that change the
-// queue signal the daemon (notifyDaemon), which rescans within seconds.
+// `queue list|show|retry|delete|hold|release`: inspect and steer the spool from the command
+// line. Each asks the owner of the state directory (the running daemon over its control
+// socket, or this process holding the state lock when no daemon runs) and prints its answer;
+// a refusal exits 1.
 import type { Config } from '../config/schema.js';
-import { nullLogger } from '../log/logger.js';
-import { Spool, type FailedEnvelope } from '../spool/spool.js';
-import { readHeaderBlock } from '../spool/headers.js';
-import { notifyDaemon } from '../control/notify.js';
-import type { Envelope } from '../types.js';
+import { callOwner } from '../control/client.js';
+import type { QueueRow, RetryAllResult, ShowResult } from '../control/ops.js';
+import type { CommandResult } from '../delivery/worker.js';
 
 type Out = NodeJS.WritableStream;
-
-function spoolOf(config: Config): Spool {
-  return new Spool(config.stateDir, nullLogger);
-}
 
 export function formatAge(ms: number): string {
   const s = Math.max(0, Math.round(ms / 1000));
@@ -31,16 +26,20 @@ export function formatSize(n: number): string {
   return `${(n / 1024 / 1024).toFixed(1)}M`;
 }
 
-function nextTry(env: Envelope, now: number): string {
-  const at = Date.parse(env.nextAttemptAt);
+/** The NEXT TRY column: when, or why not (`held: needs-reauth`, `in flight`, `failed`, `corrupt`). */
+function nextTry(r: QueueRow, now: number): string {
+  if (r.state === 'held') return `held: ${r.reason ?? '?'}`;
+  if (r.state === 'in-flight') return 'in flight';
+  if (r.state === 'failed' || r.state === 'corrupt') return r.state;
+  const at = r.nextAttemptAt ? Date.parse(r.nextAttemptAt) : 0;
   return at <= now ? 'now' : `in ${formatAge(at - now)}`;
 }
 
-function sender(env: Envelope): string {
-  return env.mailFrom === '' ? '<>' : env.mailFrom;
+function sender(from: string | null): string {
+  return from === null ? '?' : from === '' ? '<>' : from;
 }
 
-function oneLine(s: string | undefined, max: number): string {
+function oneLine(s: string | null | undefined, max: number): string {
   if (!s) return '';
   const t = s.replace(/\s+/g, ' ').trim();
   return t.length > max ? t.slice(0, max - 1) + '…' : t;
@@ -51,132 +50,107 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd()).join('\n') + '\n';
 }
 
-/** `queue list [--json]`: one line per queued message. */
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+/** `queue list [--json]`: one line per message (queued, failed and corrupt ones). */
 export async function queueList(config: Config, opts: { json: boolean }, out: Out): Promise<number> {
-  const spool = spoolOf(config);
+  const rows = (await callOwner(config, 'queue.list')).result as QueueRow[];
   const now = Date.now();
-  const envs = await spool.list();
-  const failed = await spool.listFailed();
   if (opts.json) {
-    const rows = envs.map((e) => ({
-      id: e.id,
-      account: e.account,
-      user: e.user,
-      from: e.mailFrom,
-      rcpts: e.rcptTo,
-      delivered: e.delivered,
-      size: e.size,
-      receivedAt: e.receivedAt,
-      ageMs: Math.max(0, now - Date.parse(e.receivedAt)),
-      attempts: e.attempts,
-      nextAttemptAt: e.nextAttemptAt,
-      lastError: e.lastError ?? null,
-      isBounce: e.isBounce === true,
-    }));
     out.write(JSON.stringify(rows, null, 2) + '\n');
     return 0;
   }
-  if (!envs.length) out.write('queue is empty\n');
-  else {
-    const rows = [['ID', 'ACCOUNT', 'FROM', 'RCPTS', 'SIZE', 'AGE', 'ATTEMPTS', 'NEXT TRY', 'LAST ERROR']];
-    for (const e of envs) {
-      const rcpts = e.rcptTo.length === 1 ? e.rcptTo[0] : `${e.rcptTo[0] ?? ''} (+${e.rcptTo.length - 1})`;
-      rows.push([e.id, e.account, sender(e), rcpts, formatSize(e.size), formatAge(now - Date.parse(e.receivedAt)), String(e.attempts), nextTry(e, now), oneLine(e.lastError, 60)]);
-    }
-    out.write(table(rows));
-    const total = envs.reduce((n, e) => n + e.size, 0);
-    out.write(`-- ${envs.length} message${envs.length === 1 ? '' : 's'} queued, ${formatSize(total)}\n`);
+  if (!rows.length) {
+    out.write('queue is empty\n');
+    return 0;
   }
-  if (failed.length) out.write(`-- ${failed.length} message${failed.length === 1 ? '' : 's'} in ${spool.failedDir} (see \`queue show ID\`)\n`);
+  const t = [['ID', 'ACCOUNT', 'FROM', 'RCPTS', 'SIZE', 'AGE', 'ATTEMPTS', 'NEXT TRY', 'LAST REPLY']];
+  for (const r of rows) {
+    const first = r.rcpts[0]?.address ?? '';
+    const rcpts = r.rcpts.length > 1 ? `${first} (+${r.rcpts.length - 1})` : first;
+    const age = r.ageMs === null ? '-' : formatAge(r.ageMs);
+    const last = r.state === 'corrupt' ? `${r.file}: ${r.error}` : r.state === 'failed' ? r.failReason : r.lastReply;
+    t.push([r.id, r.account ?? '?', sender(r.from), rcpts, formatSize(r.size), age, String(r.attempts), nextTry(r, now), oneLine(last, 60)]);
+  }
+  out.write(table(t));
+  const queued = rows.filter((r) => r.state !== 'failed' && r.state !== 'corrupt');
+  const failed = rows.filter((r) => r.state === 'failed').length;
+  const corrupt = rows.filter((r) => r.state === 'corrupt').length;
+  let summary = `-- ${plural(queued.length, 'message')} queued, ${formatSize(queued.reduce((n, r) => n + r.size, 0))}`;
+  if (failed) summary += `; ${failed} failed (\`queue show ID\`, \`queue retry ID\`)`;
+  if (corrupt) summary += `; ${corrupt} corrupt (in spool/corrupt/)`;
+  out.write(summary + '\n');
   return 0;
 }
 
-/** `queue show ID`: the envelope and the message headers (queued or failed). */
+/** `queue show ID`: the envelope, each recipient's status and the message headers. */
 export async function queueShow(config: Config, id: string, out: Out, err: Out = process.stderr): Promise<number> {
-  const spool = spoolOf(config);
-  const env: Envelope | null = await spool.get(id);
-  const failed: FailedEnvelope | null = env ? null : await spool.getFailed(id);
-  const e = env ?? failed;
-  if (!e) {
+  const s = (await callOwner(config, 'queue.show', { id })).result as ShowResult | null;
+  if (!s) {
     err.write(`queue show: no message with id ${id}\n`);
     return 1;
   }
+  const r = s.row;
   const now = Date.now();
   const lines: [string, string][] = [
-    ['id', e.id],
-    ['state', failed ? 'failed' : 'queued'],
-    ['account', e.account],
-    ['user', e.user ?? '(trusted network)'],
-    ['client', e.clientIp],
-    ['from', sender(e)],
-    ['to', e.rcptTo.join(', ') || '(none)'],
-    ...(e.delivered.length ? ([['delivered', e.delivered.join(', ')]] as [string, string][]) : []),
-    ['size', `${e.size} bytes`],
-    ['body', `${e.bodyType}${e.smtputf8 ? ', SMTPUTF8' : ''}`],
-    ['received', `${e.receivedAt} (${formatAge(now - Date.parse(e.receivedAt))} ago)`],
-    ['attempts', String(e.attempts)],
-    ...(failed ? ([] as [string, string][]) : ([['next try', `${e.nextAttemptAt} (${nextTry(e, now)})`]] as [string, string][])),
-    ...(e.lastError ? ([['last error', oneLine(e.lastError, 500)]] as [string, string][]) : []),
-    ...(e.isBounce ? ([['bounce', 'yes (never bounced itself)']] as [string, string][]) : []),
-    ...(failed ? ([['failed', `${failed.failedAt}: ${oneLine(failed.failReason, 500)}`]] as [string, string][]) : []),
+    ['id', r.id],
+    ['state', r.state === 'held' ? `held (${r.reason})` : r.state],
   ];
+  if (r.state === 'corrupt') lines.push(['file', r.file ?? '?'], ['error', r.error ?? '?']);
+  else {
+    lines.push(['account', r.account ?? '?'], ['user', r.user ?? '(trusted network)'], ['client', s.client ?? '?'], ['from', sender(r.from)]);
+    for (const x of r.rcpts) lines.push(['to', `${x.address} [${x.status}]${x.reply ? ` ${oneLine(x.reply, 200)}` : ''}`]);
+    lines.push(
+      ['size', `${r.size} bytes`],
+      ['body', `${s.bodyType}${s.smtputf8 ? ', SMTPUTF8' : ''}`],
+      ['received', `${r.receivedAt} (${formatAge(r.ageMs ?? 0)} ago)`],
+      ['attempts', String(r.attempts)],
+    );
+    if (r.nextAttemptAt && r.state !== 'failed') lines.push(['next try', `${r.nextAttemptAt} (${nextTry(r, now)})`]);
+    if (r.lastReply) lines.push(['last reply', oneLine(r.lastReply, 500)]);
+    if (r.isBounce) lines.push(['bounce', 'yes (never bounced itself)']);
+    if (r.state === 'failed') lines.push(['failed', `${r.failedAt}: ${oneLine(r.failReason, 500)}`]);
+  }
   const w = Math.max(...lines.map(([k]) => k.length)) + 1;
   out.write(lines.map(([k, v]) => `${(k + ':').padEnd(w)} ${v}`).join('\n') + '\n\n');
-  const file = failed ? spool.failedMessagePath(id) : spool.messagePath(id);
-  try {
-    const headers = await readHeaderBlock(file);
-    out.write(headers);
-    if (headers.length && headers[headers.length - 1] !== 0x0a) out.write('\n');
-  } catch (e2) {
-    err.write(`queue show: cannot read the message file: ${(e2 as Error).message}\n`);
-    return 1;
-  }
+  out.write(s.headers);
+  if (s.headers.length && !s.headers.endsWith('\n')) out.write('\n');
   return 0;
 }
 
-/** `queue retry ID|--all`: make messages due now; the daemon tries them within seconds. */
-export async function queueRetry(config: Config, target: { id?: string; all?: boolean }, out: Out, err: Out = process.stderr): Promise<number> {
-  const spool = spoolOf(config);
-  const now = new Date().toISOString();
-  let envs: Envelope[];
-  if (target.all) envs = await spool.list();
-  else {
-    const env = target.id ? await spool.get(target.id) : null;
-    if (!env) {
-      const failed = target.id ? await spool.getFailed(target.id) : null;
-      err.write(failed ? `queue retry: ${target.id} failed permanently and is kept in ${spool.failedDir} for inspection; it is not retried\n` : `queue retry: no queued message with id ${target.id ?? ''}\n`);
-      return 1;
-    }
-    envs = [env];
-  }
-  let n = 0;
-  for (const env of envs) {
-    env.nextAttemptAt = now;
-    if (await spool.update(env)) n++;
-  }
-  if (!target.all && n === 0) {
-    err.write(`queue retry: ${target.id} left the queue meanwhile\n`);
-    return 1;
-  }
-  notifyDaemon(config.stateDir, 'queue');
-  out.write(target.all ? `${n} message${n === 1 ? '' : 's'} scheduled for immediate retry\n` : `${target.id}: scheduled for immediate retry\n`);
-  return 0;
+function answer(r: CommandResult, cmd: string, out: Out, err: Out): number {
+  if (r.ok) out.write(r.message + '\n');
+  else err.write(`queue ${cmd}: ${r.message}\n`);
+  return r.ok ? 0 : 1;
 }
 
-/** `queue delete ID`: drop a queued (or failed) message without delivering or bouncing it. */
+/**
+ * `queue retry ID|--all [--force]`: due now. One ID also goes through its account's quota
+ * hold; `--all` only with `--force`. A message in flight is retried after that attempt, for
+ * the recipients still pending; a failed one is re-queued for the recipients that failed.
+ */
+export async function queueRetry(config: Config, target: { id?: string; all?: boolean; force?: boolean }, out: Out, err: Out = process.stderr): Promise<number> {
+  if (target.all) {
+    const r = (await callOwner(config, 'queue.retryAll', { force: target.force === true })).result as RetryAllResult;
+    out.write(r.message + '\n');
+    return 0;
+  }
+  return answer((await callOwner(config, 'queue.retry', { id: target.id ?? '' })).result as CommandResult, 'retry', out, err);
+}
+
+/** `queue delete ID`: drop a message (queued, failed or corrupt) without delivering or bouncing it. */
 export async function queueDelete(config: Config, id: string, out: Out, err: Out = process.stderr): Promise<number> {
-  const spool = spoolOf(config);
-  if (await spool.get(id)) {
-    await spool.remove(id);
-    notifyDaemon(config.stateDir, 'queue');
-    out.write(`${id}: deleted from the queue\n`);
-    return 0;
-  }
-  if (await spool.getFailed(id)) {
-    await spool.removeFailed(id);
-    out.write(`${id}: deleted from failed/\n`);
-    return 0;
-  }
-  err.write(`queue delete: no message with id ${id}\n`);
-  return 1;
+  return answer((await callOwner(config, 'queue.delete', { id })).result as CommandResult, 'delete', out, err);
+}
+
+/** `queue hold ID`: state held, reason operator, until `queue release`. */
+export async function queueHold(config: Config, id: string, out: Out, err: Out = process.stderr): Promise<number> {
+  return answer((await callOwner(config, 'queue.hold', { id })).result as CommandResult, 'hold', out, err);
+}
+
+/** `queue release ID`: an operator-held message is due now. */
+export async function queueRelease(config: Config, id: string, out: Out, err: Out = process.stderr): Promise<number> {
+  return answer((await callOwner(config, 'queue.release', { id })).result as CommandResult, 'release', out, err);
 }

@@ -46,14 +46,11 @@ export async function sendTestCommand(config: Config, opts: { to: string; accoun
       account: acct.name,
       mailFrom: acct.email,
       rcptTo: [opts.to],
-      delivered: [],
       size: 0,
       clientIp: '127.0.0.1',
       bodyType: '7bit',
       smtputf8: false,
       receivedAt: now.toISOString(),
-      attempts: 0,
-      nextAttemptAt: now.toISOString(),
     };
     const res = await upstream.send(env, file);
     out.write(`${res.outcome === 'ok' ? 'sent' : 'failed'} via ${acct.upstream.host}:${acct.upstream.port} as ${acct.email}: ${res.outcome} ${res.response}\n`);

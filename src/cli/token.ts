@@ -1,11 +1,12 @@
-// `token import|status|refresh` and `authorize`: thin CLI layers over src/oauth/. Each
-// returns the process exit code; the commander wiring lives in the CLI entry point.
+// `token import|status|refresh` and `authorize`: thin CLI layers. Everything that reads or
+// changes live token state asks the owner of the state directory (the running daemon over
+// its control socket, or this process holding the state lock); `authorize` obtains the grant
+// here and hands it to that owner. Each returns the process exit code.
 import type { Config } from '../config/schema.js';
-import { notifyDaemon } from '../control/notify.js';
-import { nullLogger } from '../log/logger.js';
+import { callOwner } from '../control/client.js';
+import type { OpResult } from '../control/ops.js';
 import { authorize } from '../oauth/authorize.js';
-import { NeedsReauthError, TokenService, fixHint, statusFromRecord, type AccountStatus } from '../oauth/service.js';
-import { TokenStore, resolveStoreKey } from '../oauth/store.js';
+import type { AccountStatus } from '../oauth/service.js';
 
 type Out = NodeJS.WritableStream;
 
@@ -21,7 +22,7 @@ async function readAll(input: NodeJS.ReadableStream): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-/** Reads a refresh token from stdin and stores it; a running daemon picks it up within seconds. */
+/** Reads a refresh token from stdin and hands it to the owner; a running daemon answers once the grant is in use. */
 export async function tokenImport(config: Config, account: string, input: NodeJS.ReadableStream, out: Out): Promise<number> {
   const acct = findAccount(config, account, out);
   if (!acct) return 1;
@@ -34,26 +35,23 @@ export async function tokenImport(config: Config, account: string, input: NodeJS
     out.write('error: no refresh token on stdin\n');
     return 1;
   }
-  try {
-    const svc = new TokenService({ config, log: nullLogger });
-    await svc.init();
-    await svc.importRefreshToken(account, token);
-    notifyDaemon(config.stateDir, 'tokens');
-  } catch (e) {
-    out.write(`error: ${(e as Error).message}\n`);
-    return 1;
-  }
-  out.write(`Stored the refresh token for account ${account}. A running daemon uses it within seconds.\n`);
-  return 0;
+  return said(await callOwner(config, 'token.import', { account, refreshToken: token }).then((r) => r.result as OpResult, fail), out);
 }
 
-/** Reads the store (no daemon needed). Exit 0 when every account is ok, 1 otherwise, 2 if the store is unreadable. */
+function fail(e: unknown): OpResult {
+  return { ok: false, message: (e as Error).message };
+}
+
+function said(r: OpResult, out: Out): number {
+  out.write(r.ok ? `${r.message}\n` : `error: ${r.message}\n`);
+  return r.ok ? 0 : 1;
+}
+
+/** The daemon's live view when it runs (so it never disagrees with /readyz), else the store. Exit 0 when every account is ok, 1 otherwise, 2 if unreadable. */
 export async function tokenStatus(config: Config, opts: { json: boolean }, out: Out): Promise<number> {
   let rows: AccountStatus[];
   try {
-    const store = new TokenStore({ stateDir: config.stateDir, key: resolveStoreKey(config.tokens.encryptionKeyFile) });
-    const data = await store.load();
-    rows = config.accounts.map((a) => statusFromRecord(a, data.accounts[a.name]));
+    rows = (await callOwner(config, 'token.status')).result as AccountStatus[];
   } catch (e) {
     out.write(`error: ${(e as Error).message}\n`);
     return 2;
@@ -81,26 +79,11 @@ export function formatStatus(rows: AccountStatus[], now: number): string {
   return table.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n') + '\n';
 }
 
-/** Forces a refresh now, persists it and tells a running daemon to pick up the result. */
+/** Forces a refresh now, in the daemon when it runs. */
 export async function tokenRefresh(config: Config, account: string, out: Out): Promise<number> {
   const acct = findAccount(config, account, out);
   if (!acct) return 1;
-  try {
-    const svc = new TokenService({ config, log: nullLogger });
-    await svc.init();
-    try {
-      await svc.refresh(account);
-    } finally {
-      notifyDaemon(config.stateDir, 'tokens');
-    }
-    const st = svc.status().find((s) => s.account === account);
-    out.write(`Account ${account}: access token refreshed, valid until ${st?.accessTokenExpiresAt ?? '?'}.\n`);
-    return 0;
-  } catch (e) {
-    out.write(`error: ${(e as Error).message}\n`);
-    if (e instanceof NeedsReauthError) out.write(`Fix: ${fixHint(acct)}\n`);
-    return 1;
-  }
+  return said(await callOwner(config, 'token.refresh', { account }).then((r) => r.result as OpResult, fail), out);
 }
 
 export async function authorizeCommand(
@@ -112,16 +95,32 @@ export async function authorizeCommand(
 ): Promise<number> {
   const acct = findAccount(config, account, out);
   if (!acct) return 1;
+  let stored: OpResult = { ok: false, message: 'no grant was obtained' };
   try {
-    const { email } = await authorize({ config, account, manual: opts.manual, input, output: out });
+    const { email } = await authorize({
+      config,
+      account,
+      manual: opts.manual,
+      input,
+      output: out,
+      save: async (rec) => {
+        stored = (await callOwner(config, 'token.import', { account, refreshToken: rec.refreshToken, ...(rec.authorizedEmail ? { authorizedEmail: rec.authorizedEmail } : {}) })).result as OpResult;
+      },
+    });
+    if (!stored.ok) return said(stored, out);
     out.write(
       email
-        ? `Authorized account ${account} as ${email}. The refresh token is stored; a running daemon uses it within seconds.\n`
-        : `Authorized account ${account} (Google did not say which user signed in; it must be ${acct.email}). The refresh token is stored.\n`,
+        ? `Authorized account ${account} as ${email}. ${stored.message}\n`
+        : `Authorized account ${account} (Google did not say which user signed in; it must be ${acct.email}). ${stored.message}\n`,
     );
     return 0;
   } catch (e) {
     out.write(`error: ${(e as Error).message}\n`);
     return 1;
   }
+}
+
+/** `reload`: the running daemon re-reads its config (like SIGHUP) and says whether it took it. */
+export async function reloadCommand(config: Config, out: Out): Promise<number> {
+  return said(await callOwner(config, 'reload').then((r) => r.result as OpResult, fail), out);
 }

@@ -1,5 +1,6 @@
 // Wires the stages together: listener -> spool -> delivery -> upstream, with the token
 // service beside them. `serve` and `demo` both run a Bridge; tests start one in-process.
+import { mkdir } from 'node:fs/promises';
 import type { Config } from '../config/schema.js';
 import { loadConfig } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
@@ -8,7 +9,10 @@ import { DeliveryWorker } from '../delivery/worker.js';
 import { GmailUpstream } from '../upstream/gmail.js';
 import { TokenService } from '../oauth/service.js';
 import { Listeners } from '../listener/server.js';
-import { watchControl } from '../control/notify.js';
+import { acquireStateLock, type StateLock } from '../control/stateLock.js';
+import { ControlServer } from '../control/server.js';
+import { Operations } from '../control/ops.js';
+import type { SpooledEnvelope } from '../types.js';
 import { Metrics } from '../metrics/metrics.js';
 import { readFileSync } from 'node:fs';
 import { HttpEndpoint, spoolWritable, accountNotReadyReason, type Readiness } from '../http/server.js';
@@ -44,9 +48,12 @@ export class Bridge {
   readonly alerts: AlertMonitor;
   readonly console: WebConsole | null;
   readonly upstreamHealth = new UpstreamHealth();
+  /** Every operation on live state (control socket, console): one owner, one set of answers. */
+  readonly ops: Operations;
+  private readonly control: ControlServer;
+  private lock?: StateLock;
   httpAddress: { host: string; port: number } | null = null;
   bound: Array<{ name: string; host: string; port: number }> = [];
-  private stopControl?: () => void;
   private readonly configFile?: string;
 
   constructor(opts: BridgeOptions) {
@@ -55,7 +62,7 @@ export class Bridge {
     this.log = opts.log;
     this.metrics = new Metrics({ log: this.log, ...names(this.config) });
     const metrics = this.metrics;
-    this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync });
+    this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync, onCorrupt: () => metrics.corruptEnvelope() });
     this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env, metrics });
     this.upstream = new GmailUpstream({ config: this.config, log: this.log, tokens: this.tokens });
     // The alert monitor learns how long each upstream has been failing from the same results.
@@ -76,7 +83,8 @@ export class Bridge {
       metrics,
       onQueued: (env) => {
         metrics.received(env.account, env.size);
-        this.worker.notify(env);
+        // The listener sees the envelope as the upstream would; it is the spool's full envelope.
+        this.worker.notify(env as SpooledEnvelope);
       },
     });
     this.tokens.onChange((account, state) => metrics.accountState(account, state));
@@ -114,6 +122,8 @@ export class Bridge {
       tls,
       console: this.console ?? undefined,
     });
+    this.ops = new Operations({ config: () => this.config, spool: this.spool, worker: this.worker, tokens: this.tokens, reload: () => this.reload(), live: true });
+    this.control = new ControlServer(this.config.stateDir, this.ops, this.log);
   }
 
   private senderCache?: { key: string; senders: AlertSender[] };
@@ -158,6 +168,9 @@ export class Bridge {
   }
 
   async start(): Promise<void> {
+    // One owner per state directory: a second daemon is refused here, naming the first one's PID.
+    await mkdir(this.config.stateDir, { recursive: true, mode: 0o700 });
+    this.lock = await acquireStateLock(this.config.stateDir, 'daemon');
     await this.spool.init();
     await this.tokens.init();
     await this.worker.start();
@@ -166,12 +179,8 @@ export class Bridge {
     this.bound = await this.listeners.start();
     this.httpAddress = await this.http.start();
     this.alerts.start();
-    // CLI commands (token import, authorize, queue retry/delete) signal through stateDir.
-    this.stopControl = watchControl(this.config.stateDir, (topic) => {
-      if (topic === 'queue') void this.worker.rescan();
-      else if (topic === 'tokens') void this.tokens.reloadStore().catch((err) => this.log.error('token store reload failed', { err }));
-      else if (topic === 'reload') void this.reload();
-    });
+    // CLI commands (queue, token, authorize, reload) ask over stateDir/control.sock.
+    await this.control.start();
     this.log.info('xoauth2-bridge started', {
       listeners: this.bound.map((b) => `${b.name}=${b.host}:${b.port}`),
       http: this.httpAddress ? `${this.httpAddress.host}:${this.httpAddress.port}` : 'off',
@@ -206,13 +215,15 @@ export class Bridge {
 
   /** SIGTERM: stop accepting, let in-flight sends finish (bounded), keep the rest spooled. */
   async stop(timeoutMs = 30_000): Promise<void> {
-    this.stopControl?.();
+    await this.control.stop();
     await this.alerts.stop();
     await this.http.stop();
     await this.listeners.stop();
     await this.worker.stop(timeoutMs);
     this.tokens.stop();
     await this.upstream.close();
+    await this.lock?.release();
+    this.lock = undefined;
     this.log.info('xoauth2-bridge stopped');
   }
 }

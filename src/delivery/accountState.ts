@@ -1,9 +1,9 @@
 // Per-account delivery state that must survive a restart: the rolling 24 h send count
-// (limits.messagesPerDay) and Gmail quota holds. Kept in memory and written (debounced,
-// temp + rename) to stateDir/spool/.ratelimit.json. Losing the last second of counts in a
-// power loss is harmless, so no fsync here.
-import { readFile, writeFile, rename } from 'node:fs/promises';
+// (limits.messagesPerDay) and Gmail quota holds. Kept in memory and written (debounced, with
+// the safe-write module) to stateDir/spool/.ratelimit.json.
+import { readFile } from 'node:fs/promises';
 import type { Logger } from '../log/logger.js';
+import { safeWrite } from '../fs/safeWrite.js';
 
 export const DAY_MS = 24 * 3600e3;
 
@@ -125,10 +125,8 @@ export class AccountState {
     // Serialised so an older snapshot never renames over a newer one.
     this.saving = this.saving.then(async () => {
       const data: Persisted = { version: 1, sent: Object.fromEntries(this.sent), quotaHold: Object.fromEntries(this.holds) };
-      const tmp = `${this.file}.${process.pid}.tmp`;
       try {
-        await writeFile(tmp, JSON.stringify(data) + '\n', { mode: 0o600 });
-        await rename(tmp, this.file);
+        await safeWrite(this.file, JSON.stringify(data) + '\n', { mode: 0o600 });
       } catch (e) {
         this.log.warn('could not save rate-limit state', { file: this.file, err: e });
       }

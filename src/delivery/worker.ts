@@ -1,22 +1,27 @@
 // The delivery stage: takes due messages from the spool, hands them to the upstream and acts
-// on the classified outcome (deliver, defer with backoff, hold the account, bounce). Every
-// decision is persisted in the envelope before the next step, so a crash at any point
-// resends at most the recipients that were in flight, and never loses one.
+// on the classified outcome (deliver, defer with backoff, hold, bounce). Every state change is
+// decided by transition() and persisted in the envelope before the next step, so a crash at
+// any point resends at most the recipients that were in flight, and never loses one. The
+// worker is also the only place operator commands (retry, hold, release, delete) change a
+// queued message: they wait for an attempt in flight, so they can never undo its result.
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { Heap } from 'heap-js';
 import type { Config } from '../config/schema.js';
 import { formatDuration } from '../config/units.js';
 import type { Logger, Meta } from '../log/logger.js';
 import type { Spool } from '../spool/spool.js';
-import type { AccountHealth, AccountState as HealthState, Envelope, SendResult, Upstream } from '../types.js';
+import type { AccountHealth, AccountState as HealthState, Envelope, HoldReason, MessageState, Recipient, SendResult, SpooledEnvelope, Upstream } from '../types.js';
 import { AccountState } from './accountState.js';
 import { buildDsn, statusFromReply, type DsnRecipient } from './bounce.js';
+import { openRcpts, transition, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';
 
 export interface DeliveryWorkerOptions {
   config: Config;
   log: Logger;
   spool: Spool;
-  upstream: Upstream;
+  /** null: this worker only answers operator commands (the CLI with no daemon running); it never sends. */
+  upstream: Upstream | null;
   health: AccountHealth;
   now?: () => number;
   /** Reporting-MTA in bounces; default the host name. */
@@ -32,16 +37,41 @@ export interface DeliveryMetrics {
   upstreamReply(account: string, outcome: SendResult['outcome']): void;
 }
 
+/** A message as operators see it: its stored envelope and its live state. */
+export interface QueuedView {
+  env: SpooledEnvelope;
+  state: MessageState;
+  reason: HoldReason | null;
+}
+
+/** The answer to an operator command. */
+export interface CommandResult {
+  ok: boolean;
+  id: string;
+  /** State after the command ('removed' after a delete). */
+  state?: MessageState | 'removed';
+  message: string;
+}
+
+export type OperatorEvent = Extract<QueueEvent, { type: 'retry' | 'hold' | 'release' | 'delete' }>;
+
 interface Item {
-  env: Envelope;
-  /** Due now regardless of nextAttemptAt (the account was re-authorized). Memory only. */
-  forceAt?: number;
-  /** An operator's `queue retry` of this message: try it even while the account is quota-held. */
+  env: SpooledEnvelope;
+  /** Bumped on every (re)schedule: older heap entries for this item are stale. */
+  gen: number;
+  /** Operator commands queued on this message; the scheduler leaves it alone meanwhile. */
+  locks: number;
+  commands: Promise<unknown>;
+  /** An operator's retry of this message: tried even while the account is quota-held. Memory only. */
   bypassQuota?: boolean;
   /** Last hold reason logged, so a waiting message logs 'held' once per reason. */
   heldReason?: string;
-  /** Order of arrival in memory, to tell items added during a spool listing. */
-  seq: number;
+}
+
+interface Due {
+  at: number;
+  id: string;
+  gen: number;
 }
 
 interface Block {
@@ -55,21 +85,23 @@ export class DeliveryWorker {
   private config: Config;
   private readonly log: Logger;
   private readonly spool: Spool;
-  private readonly upstream: Upstream;
+  private readonly upstream: Upstream | null;
   private readonly health: AccountHealth;
   private readonly now: () => number;
   private readonly host: string;
   private readonly metrics?: DeliveryMetrics;
   private readonly accounts: AccountState;
   private readonly items = new Map<string, Item>();
+  /** Messages waiting to be tried, ordered by due time: the scheduler never scans the whole queue. */
+  private readonly due = new Heap<Due>((a, b) => a.at - b.at || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  /** Due messages of an account that cannot send now, by account; released together when it can. */
+  private readonly parked = new Map<string, Set<string>>();
+  private readonly parkTimers = new Map<string, NodeJS.Timeout>();
   private readonly inFlight = new Map<string, Promise<void>>();
   private timer?: NodeJS.Timeout;
+  private timerAt = Infinity;
   private stopping = false;
   private started = false;
-  private rescanChain: Promise<void> = Promise.resolve();
-  /** Ids finished while a spool listing was being read, so a stale listing does not bring them back. */
-  private finishedDuringScan: Set<string> | null = null;
-  private addSeq = 0;
 
   constructor(opts: DeliveryWorkerOptions) {
     this.config = opts.config;
@@ -84,26 +116,26 @@ export class DeliveryWorker {
     this.health.onChange((account, state) => this.onHealthChange(account, state));
   }
 
-  /** Loads every spooled message, including ones that were being sent when the process died. */
-  async start(): Promise<void> {
+  /** Reads every spooled message (and the rate-limit state) without sending anything. */
+  async load(): Promise<void> {
     await this.accounts.load();
+    for (const env of await this.spool.list()) if (!this.items.has(env.id)) this.add(env);
+  }
+
+  /** Loads every spooled message, including ones that were being sent when the process died, and starts sending. */
+  async start(): Promise<void> {
+    if (!this.upstream) throw new Error('a worker without an upstream cannot start delivering');
+    await this.load(); // errors propagate: a daemon that cannot read its spool must not start
     this.started = true;
-    await this.scan(); // errors propagate: a daemon that cannot read its spool must not start
     this.log.info('delivery started', { queued: this.items.size, concurrency: this.config.queue.concurrency });
+    this.pump();
   }
 
   /** A message was just queued: try it at once. */
-  notify(env: Envelope): void {
+  notify(env: SpooledEnvelope): void {
     if (this.stopping) return; // stays spooled; the next start picks it up
     if (!this.items.has(env.id)) this.add(env);
-    if (this.started) this.pump();
-  }
-
-  /** Re-reads the spool after a CLI command changed it (retry, delete). Never rejects: errors are logged. */
-  rescan(): Promise<void> {
-    const run = this.rescanChain.then(() => this.scan()).catch((err) => this.log.error('spool rescan failed', { err }));
-    this.rescanChain = run;
-    return run;
+    this.pump();
   }
 
   reload(config: Config): void {
@@ -115,6 +147,8 @@ export class DeliveryWorker {
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
     this.clearTimer();
+    for (const t of this.parkTimers.values()) clearTimeout(t);
+    this.parkTimers.clear();
     if (this.inFlight.size) {
       let t: NodeJS.Timeout | undefined;
       const timedOut = await Promise.race([
@@ -125,7 +159,12 @@ export class DeliveryWorker {
       if (timedOut) this.log.warn('stop: in-flight sends did not finish in time, they stay spooled and are retried at the next start', { inFlight: this.inFlight.size });
     }
     await this.accounts.flush();
-    this.log.info('delivery stopped', { queued: this.items.size });
+    if (this.started) this.log.info('delivery stopped', { queued: this.items.size });
+  }
+
+  /** Writes the rate-limit state now (the CLI before it exits). */
+  flush(): Promise<void> {
+    return this.accounts.flush();
   }
 
   stats(): { queued: number; inFlight: number; oldestAgeMs: number | null; held: Record<string, string> } {
@@ -144,86 +183,248 @@ export class DeliveryWorker {
     return { queued: this.items.size, inFlight: this.inFlight.size, oldestAgeMs: oldest === Infinity ? null : Math.max(0, now - oldest), held };
   }
 
-  // ---- scheduling ----
+  // ---- what operators see and do ----
 
-  private async scan(): Promise<void> {
-    const listedAt = this.addSeq;
-    this.finishedDuringScan = new Set();
-    const finished = this.finishedDuringScan;
-    let envs: Envelope[];
-    try {
-      envs = await this.spool.list();
-    } finally {
-      this.finishedDuringScan = null;
-    }
-    const now = this.now();
-    const onDisk = new Set<string>();
-    for (const env of envs) {
-      onDisk.add(env.id);
-      if (finished.has(env.id) || this.inFlight.has(env.id)) continue;
-      const item = this.items.get(env.id);
-      if (!item) {
-        this.add(env);
-        continue;
-      }
-      // The worker persists every change it makes, so a different nextAttemptAt on disk is
-      // an operator's `queue retry`.
-      if (env.nextAttemptAt !== item.env.nextAttemptAt && Date.parse(env.nextAttemptAt) <= now) {
-        item.bypassQuota = true;
-        item.heldReason = undefined;
-      }
-      item.env = env;
-    }
-    for (const [id, item] of this.items) {
-      // Gone from disk: deleted with `queue delete` (items added after the listing was read are spared).
-      if (!onDisk.has(id) && !this.inFlight.has(id) && item.seq <= listedAt) {
-        this.items.delete(id);
-        this.log.info('removed', { id, account: item.env.account, reason: 'deleted from the queue' });
-      }
-    }
-    this.pump();
+  /** Every queued message with its live state (in-flight, or held because its account cannot send). */
+  list(): QueuedView[] {
+    return [...this.items.values()].sort((a, b) => (a.env.id < b.env.id ? -1 : 1)).map((it) => ({ env: it.env, ...this.view(it) }));
   }
 
-  private add(env: Envelope): void {
-    this.items.set(env.id, { env, seq: ++this.addSeq });
+  get(id: string): QueuedView | null {
+    const it = this.items.get(id);
+    return it ? { env: it.env, ...this.view(it) } : null;
+  }
+
+  /**
+   * Applies an operator command to one message (queued, failed or corrupt). On a message in
+   * flight it waits for the attempt to end and then decides on the result (e.g. a retry then
+   * concerns only the recipients still pending).
+   */
+  command(id: string, e: OperatorEvent): Promise<CommandResult> {
+    const item = this.items.get(id);
+    if (!item) return this.commandOffQueue(id, e);
+    item.locks++;
+    const run = item.commands.then(() => this.commandOn(item, e));
+    item.commands = run.catch(() => {});
+    return run.finally(() => {
+      item.locks--;
+      if (!item.locks && this.items.get(id) === item) {
+        this.schedule(item);
+        this.pump();
+      }
+    });
+  }
+
+  /** `queue retry --all`: every queued message now; quota holds only with `force`, operator holds never. */
+  async retryAll(force: boolean): Promise<{ retried: number; refused: CommandResult[] }> {
+    let retried = 0;
+    const refused: CommandResult[] = [];
+    for (const it of [...this.items.values()]) {
+      if (this.inFlight.has(it.env.id)) continue; // being tried right now
+      const r = await this.command(it.env.id, { type: 'retry', force });
+      if (r.ok) retried++;
+      else if (this.items.has(it.env.id)) refused.push(r);
+    }
+    return { retried, refused };
+  }
+
+  private async commandOn(item: Item, e: OperatorEvent): Promise<CommandResult> {
+    const id = item.env.id;
+    let waited = false;
+    for (;;) {
+      const running = this.inFlight.get(id);
+      if (running) {
+        waited = true;
+        await running.catch(() => {});
+      }
+      if (this.items.get(id) !== item) {
+        const where = (await this.spool.getFailed(id)) ? 'it failed and is in failed/' : 'it was delivered';
+        return { ok: false, id, message: `${id}: the attempt in flight finished it (${where}); nothing to ${e.type}` };
+      }
+      if (this.inFlight.has(id)) continue;
+      const v = this.view(item);
+      const d = transition({ state: v.state, reason: v.reason, rcpts: item.env.rcpts }, e);
+      if (d.kind === 'after-attempt') continue;
+      if (d.kind === 'refuse') return { ok: false, id, state: v.state, message: `${id}: ${d.message}` };
+      if (d.kind === 'same') return { ok: true, id, state: v.state, message: `${id}: already ${describe(v.state, v.reason)}` };
+      if (d.state === 'removed') {
+        await this.spool.remove(id);
+        this.finish(id);
+        this.log.info('removed', { id, account: item.env.account, reason: 'deleted by an operator' });
+        return { ok: true, id, state: 'removed', message: `${id}: deleted from the queue` };
+      }
+      const next = this.applied(item.env, d);
+      if (!(await this.spool.update(next))) {
+        this.finish(id);
+        return { ok: false, id, message: `${id}: left the queue meanwhile` };
+      }
+      item.env = next;
+      item.heldReason = undefined;
+      if (e.type === 'retry') item.bypassQuota = v.state === 'held' && v.reason === 'quota';
+      this.log.info(`operator ${e.type}`, { id, account: next.account, state: next.state, ...(next.reason ? { reason: next.reason } : {}) });
+      const pending = openRcpts(next.rcpts).length;
+      const what =
+        e.type === 'retry'
+          ? `scheduled for immediate retry (${pending} recipient${pending === 1 ? '' : 's'} pending${waited ? ', after the attempt in flight' : ''})`
+          : e.type === 'hold'
+            ? 'held (reason operator)'
+            : 'released, due now';
+      return { ok: true, id, state: next.state, message: `${id}: ${what}` };
+    }
+  }
+
+  /** Commands on messages in failed/ or corrupt/. */
+  private async commandOffQueue(id: string, e: OperatorEvent): Promise<CommandResult> {
+    const failed = await this.spool.getFailed(id);
+    if (failed) {
+      const d = transition({ state: 'failed', reason: null, rcpts: failed.rcpts }, e);
+      if (d.kind === 'refuse') return { ok: false, id, state: 'failed', message: `${id}: ${d.message}` };
+      if (d.kind !== 'change') return { ok: true, id, state: 'failed', message: `${id}: unchanged` };
+      if (d.state === 'removed') {
+        await this.spool.removeFailed(id);
+        this.log.info('removed', { id, account: failed.account, reason: 'deleted from failed/ by an operator' });
+        return { ok: true, id, state: 'removed', message: `${id}: deleted from failed/` };
+      }
+      const next = this.applied(failed, d);
+      if (!(await this.spool.requeueFailed(next))) return { ok: false, id, message: `${id}: left failed/ meanwhile` };
+      const queued = (await this.spool.get(id)) ?? next;
+      this.add(queued);
+      this.log.info('operator retry', { id, account: next.account, state: next.state, from: 'failed/' });
+      this.pump();
+      const n = openRcpts(next.rcpts).length;
+      return { ok: true, id, state: next.state, message: `${id}: moved back from failed/ and scheduled for immediate retry (${n} recipient${n === 1 ? '' : 's'})` };
+    }
+    if ((await this.spool.listCorrupt()).some((c) => c.id === id)) {
+      const d = transition({ state: 'corrupt', reason: null, rcpts: [] }, e);
+      if (d.kind === 'change' && d.state === 'removed') {
+        await this.spool.removeCorrupt(id);
+        this.log.info('removed', { id, reason: 'corrupt envelope deleted by an operator' });
+        return { ok: true, id, state: 'removed', message: `${id}: deleted from corrupt/` };
+      }
+      return { ok: false, id, state: 'corrupt', message: `${id}: ${d.kind === 'refuse' ? d.message : 'unchanged'}` };
+    }
+    return { ok: false, id, message: `no message with id ${id}` };
+  }
+
+  /** The envelope after a decided change (not for 'removed'). */
+  private applied(env: SpooledEnvelope, d: Change): SpooledEnvelope {
+    const { failReason: _f, failedAt: _a, ...rest } = env;
+    const base = d.state === 'failed' ? env : rest;
+    return {
+      ...base,
+      state: d.state as SpooledEnvelope['state'],
+      reason: d.state === 'held' ? d.reason : null,
+      rcpts: d.rcpts,
+      ...(d.dueNow ? { nextAttemptAt: new Date(this.now()).toISOString() } : d.nextAttemptAt ? { nextAttemptAt: d.nextAttemptAt } : {}),
+      ...(d.lastReply !== undefined ? { lastReply: d.lastReply } : {}),
+    };
+  }
+
+  /** Live state: in flight, the stored state, or held because the account cannot send now. */
+  private view(it: Item): { state: MessageState; reason: HoldReason | null } {
+    if (this.inFlight.has(it.env.id)) return { state: 'in-flight', reason: null };
+    const { state, reason } = it.env;
+    if (state === 'held' && reason === 'operator') return { state, reason };
+    if (this.health.state(it.env.account) === 'needs-reauth') return { state: 'held', reason: 'needs-reauth' };
+    if (!it.bypassQuota && this.accounts.quotaHoldUntil(it.env.account, this.now()) !== null) return { state: 'held', reason: 'quota' };
+    // Held for a reason that has ended: it goes with the next run.
+    if (state === 'held') return { state: it.env.attempts ? 'deferred' : 'queued', reason: null };
+    return { state, reason };
+  }
+
+  // ---- scheduling ----
+
+  private add(env: SpooledEnvelope): void {
+    const item: Item = { env, gen: 0, locks: 0, commands: Promise.resolve() };
+    this.items.set(env.id, item);
+    this.schedule(item);
+  }
+
+  /** (Re)enters a message into the due-time index, unless it waits for an operator. */
+  private schedule(item: Item, at?: number): void {
+    item.gen++;
+    if (item.env.state === 'held' && item.env.reason === 'operator') return;
+    if (item.env.state === 'failed' || this.inFlight.has(item.env.id)) return;
+    const t = Date.parse(item.env.nextAttemptAt);
+    this.due.push({ at: at ?? (Number.isNaN(t) ? 0 : t), id: item.env.id, gen: item.gen });
   }
 
   /** Starts every due message there is capacity for, then sleeps until the next one is due. */
   private pump(): void {
     if (this.stopping || !this.started) return;
-    this.clearTimer();
     const now = this.now();
     const max = this.config.queue.concurrency;
-    let wake = Infinity;
-    for (const item of this.items.values()) {
-      if (this.inFlight.size >= max) return; // a completion pumps again
-      if (this.inFlight.has(item.env.id)) continue;
-      const due = this.dueAt(item);
-      if (due > now) {
-        wake = Math.min(wake, due);
+    while (this.inFlight.size < max) {
+      const top = this.due.peek();
+      if (!top) break;
+      const item = this.items.get(top.id);
+      if (!item || item.gen !== top.gen || item.locks) {
+        this.due.pop(); // stale entry; a locked item is scheduled again when its commands are done
         continue;
       }
+      if (top.at > now) break;
+      this.due.pop();
       const block = this.accountBlock(item.env.account, now, item.bypassQuota === true);
       if (block) {
-        if (block.until !== null) wake = Math.min(wake, block.until);
-        this.markHeld(item, block);
+        this.park(item, block);
         continue;
+      }
+      if (item.env.state === 'held') {
+        // Held for its account (quota, needs-reauth) and the account can send again.
+        const d = transition({ state: 'held', reason: item.env.reason, rcpts: item.env.rcpts }, { type: 'account-ok' });
+        if (d.kind === 'change') item.env = this.applied(item.env, d);
       }
       this.startSend(item, now);
     }
-    if (wake !== Infinity && this.inFlight.size < max) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
+    this.arm(this.inFlight.size < max ? (this.due.peek()?.at ?? Infinity) : Infinity, now);
+  }
+
+  private arm(at: number, now: number): void {
+    if (at === this.timerAt && this.timer) return;
+    this.clearTimer();
+    if (at === Infinity) return;
+    this.timerAt = at;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.timerAt = Infinity;
+      this.pump();
+    }, Math.min(MAX_TIMER, Math.max(0, at - now)));
+    this.timer.unref();
+  }
+
+  /** A due message whose account cannot send: waits with the account's other mail until the block ends. */
+  private park(item: Item, block: Block): void {
+    const account = item.env.account;
+    let set = this.parked.get(account);
+    if (!set) this.parked.set(account, (set = new Set()));
+    set.add(item.env.id);
+    item.gen++;
+    this.markHeld(item, block);
+    if (block.until !== null && !this.parkTimers.has(account)) {
+      const t = setTimeout(() => {
+        this.parkTimers.delete(account);
+        this.unpark(account);
         this.pump();
-      }, Math.min(MAX_TIMER, Math.max(0, wake - now)));
-      this.timer.unref();
+      }, Math.min(MAX_TIMER, Math.max(0, block.until - this.now())));
+      t.unref();
+      this.parkTimers.set(account, t);
     }
   }
 
-  private dueAt(item: Item): number {
-    const at = Date.parse(item.env.nextAttemptAt);
-    const due = Number.isNaN(at) ? 0 : at;
-    return item.forceAt !== undefined ? Math.min(due, item.forceAt) : due;
+  private unpark(account: string): void {
+    const set = this.parked.get(account);
+    if (!set) return;
+    this.parked.delete(account);
+    for (const id of set) {
+      const item = this.items.get(id);
+      if (item && !this.inFlight.has(id)) this.schedule(item);
+    }
+  }
+
+  private clearTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerAt = Infinity;
   }
 
   /** Why an account's mail must wait now, and until when (null: until something changes). */
@@ -244,21 +445,21 @@ export class DeliveryWorker {
     this.event('held', item.env, { reason: block.reason, ...(block.until !== null ? { until: new Date(block.until).toISOString() } : {}) });
   }
 
-  private clearTimer(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-  }
-
   private onHealthChange(account: string, state: HealthState): void {
     if (state === 'ok') {
-      const now = this.now();
+      // The hold ended: held and deferred mail of the account is due at once.
       let n = 0;
       for (const item of this.items.values()) {
         if (item.env.account !== account || this.inFlight.has(item.env.id)) continue;
-        item.forceAt = now;
+        const d = transition({ state: item.env.state, reason: item.env.reason, rcpts: item.env.rcpts }, { type: 'account-ok' });
         item.heldReason = undefined;
-        n++;
+        if (d.kind === 'change') {
+          item.env = this.applied(item.env, d); // memory only: after a restart it is due at once anyway
+          n++;
+        }
+        if (!item.locks) this.schedule(item, this.now());
       }
+      this.parked.delete(account);
       if (n) this.log.info('account usable again, retrying its mail now', { account, messages: n });
     }
     this.pump();
@@ -274,12 +475,12 @@ export class DeliveryWorker {
       .catch((err) => {
         // Bookkeeping failed (spool I/O): keep the message and try again later.
         const retryAt = this.now() + this.config.queue.retry[0];
-        item.env.nextAttemptAt = new Date(retryAt).toISOString();
-        item.forceAt = undefined;
+        item.env = { ...item.env, nextAttemptAt: new Date(retryAt).toISOString() };
         this.log.error('delivery bookkeeping failed, message kept for a later attempt', { id, account: item.env.account, err });
       })
       .finally(() => {
         this.inFlight.delete(id);
+        if (this.items.get(id) === item && !item.locks) this.schedule(item);
         this.pump();
       });
     this.inFlight.set(id, run);
@@ -287,144 +488,113 @@ export class DeliveryWorker {
 
   private async attempt(item: Item, stamp: number): Promise<void> {
     const env = item.env;
-    item.forceAt = undefined;
     const bypassQuota = item.bypassQuota === true;
     item.bypassQuota = false;
     const attempt = env.attempts + 1;
+    const send: Envelope = sendView(env);
     let r: SendResult;
     try {
-      r = await this.upstream.send(env, this.spool.messagePath(env.id));
+      r = await this.upstream!.send(send, this.spool.messagePath(env.id));
     } catch (err) {
       r = { outcome: 'transient', response: `local error: ${(err as Error)?.message ?? String(err)}`, accepted: [], rejected: [] };
     }
     this.metrics?.upstreamReply(env.account, r.outcome);
     const now = this.now();
     if (!r.accepted.length && r.outcome !== 'ok') this.accounts.release(env.account, stamp);
+    const q = this.config.queue;
+    const expiresAt = Date.parse(env.receivedAt) + q.maxAge;
+    const base = q.retry[Math.min(attempt - 1, q.retry.length - 1)];
+    // The last try happens at maxAge, so a message is never bounced before its time.
+    const retryAt = Math.min(now + Math.round(base * (0.9 + Math.random() * 0.2)), expiresAt);
+    const d = transition(
+      { state: 'in-flight', reason: null, rcpts: env.rcpts },
+      {
+        type: 'outcome',
+        outcome: r.outcome,
+        response: r.response,
+        accepted: r.accepted,
+        rejected: r.rejected,
+        retryAt: new Date(retryAt).toISOString(),
+        ...(now >= expiresAt ? { expiry: `gave up after ${formatDuration(q.maxAge)} in the queue: ${r.response}` } : {}),
+      },
+    );
+    if (d.kind !== 'change') throw new Error(`unexpected decision ${d.kind} for an attempt's outcome`);
+    const next: SpooledEnvelope = { ...this.applied(env, d), attempts: d.countAttempt ? attempt : env.attempts };
+    const accepted = d.rcpts.filter((x, i) => x.status === 'accepted' && env.rcpts[i]?.status !== 'accepted');
 
     // 1. Recipients Gmail accepted are never sent again: persist that first.
-    const accepted = pick(env.rcptTo, r.accepted);
     if (accepted.length) {
-      env.delivered.push(...accepted);
-      env.rcptTo = env.rcptTo.filter((x) => !accepted.includes(x));
-      const quotaLifted = this.accounts.clearQuotaHold(env.account);
-      if (quotaLifted) this.log.info('quota hold lifted: Gmail accepted mail again', { account: env.account });
-      const nothingElse = env.rcptTo.length === 0 && r.rejected.length === 0;
-      if (nothingElse) {
+      if (this.accounts.clearQuotaHold(env.account)) {
+        this.log.info('quota hold lifted: Gmail accepted mail again', { account: env.account });
+        this.unpark(env.account);
+      }
+      if (d.state === 'removed' && !d.bounce?.length) {
         await this.spool.remove(env.id);
         this.finish(env.id);
-        this.event('delivered', env, { rcpts: accepted.length, attempt, reply: r.response, status: 'sent' });
+        this.event('delivered', next, { rcpts: accepted.length, attempt, reply: r.response, status: 'sent' });
         return;
       }
-      if (!(await this.persist(env))) return;
-      this.event('delivered', env, { rcpts: accepted.length, attempt, reply: r.response, status: 'partial', pending: env.rcptTo.length });
+      const acceptedOnly = { ...env, rcpts: env.rcpts.map((x, i) => (d.rcpts[i].status === 'accepted' ? d.rcpts[i] : x)) };
+      if (!(await this.persist(item, acceptedOnly))) return;
+      this.event('delivered', next, { rcpts: accepted.length, attempt, reply: r.response, status: 'partial', pending: openRcpts(next.rcpts).length });
     }
 
-    // 2. Permanent refusals bounce: per-recipient rejections always, everything left on a permanent outcome.
-    const rejected = r.rejected.flatMap((x) => pick(env.rcptTo, [x.rcpt]).map((rcpt) => ({ rcpt, response: x.response })));
-    const rejectedSet = new Set(rejected.map((x) => x.rcpt));
-    const bounced: { rcpt: string; response: string }[] = [...rejected];
-    if (r.outcome === 'permanent') for (const rcpt of env.rcptTo) if (!rejectedSet.has(rcpt)) bounced.push({ rcpt, response: r.response });
-    if (bounced.length) {
-      if (!(await this.spool.get(env.id))) return this.gone(env);
-      const gone = new Set(bounced.map((b) => b.rcpt));
-      await this.bounce(env, bounced.map((b) => ({ rcpt: b.rcpt, status: statusFromReply(b.response, '5.0.0'), action: 'failed', diagnostic: b.response })), {
-        attempt,
-        reason: r.outcome === 'permanent' ? 'permanent failure' : 'recipient rejected',
-      });
-      env.rcptTo = env.rcptTo.filter((x) => !gone.has(x));
-      env.lastError = r.response;
-      if (r.outcome === 'permanent' || env.rcptTo.length === 0) {
-        if (r.outcome === 'permanent') await this.spool.fail(env.id, r.response);
-        else await this.spool.remove(env.id);
-        this.finish(env.id);
-        return;
-      }
-      if (!(await this.persist(env))) return;
+    // 2. Permanent refusals bounce (per-recipient rejections always; everything left on a permanent outcome or expiry).
+    if (d.bounce?.length) {
+      const reason = d.state === 'failed' ? (d.failReason && d.failReason !== r.response ? `expired after ${formatDuration(q.maxAge)}` : 'permanent failure') : 'recipient rejected';
+      await this.bounce(env, bounceList(d.bounce, d.failReason !== r.response && d.state === 'failed' ? '4.4.7' : '5.0.0'), { attempt, reason });
     }
-    if (env.rcptTo.length === 0) {
+
+    // 3. The message's new state.
+    if (d.state === 'removed') {
       await this.spool.remove(env.id);
       this.finish(env.id);
       return;
     }
-
-    // 3. What is left waits.
-    switch (r.outcome) {
-      case 'quota':
-        return this.holdQuota(item, r, now, bypassQuota);
-      case 'auth':
-        return this.holdAuth(item, r, now);
-      default:
-        // 'transient', or 'ok' that left recipients unanswered: retry those later.
-        return this.defer(item, r, now, attempt);
-    }
-  }
-
-  private async defer(item: Item, r: SendResult, now: number, attempt: number): Promise<void> {
-    const env = item.env;
-    const q = this.config.queue;
-    env.attempts = attempt;
-    env.lastError = r.response;
-    const received = Date.parse(env.receivedAt);
-    const expiresAt = received + q.maxAge;
-    if (now >= expiresAt) {
-      if (!(await this.spool.get(env.id))) return this.gone(env);
-      const reason = `gave up after ${formatDuration(q.maxAge)} in the queue: ${r.response}`;
-      await this.bounce(env, env.rcptTo.map((rcpt) => ({ rcpt, status: statusFromReply(r.response, '4.4.7'), action: 'failed', diagnostic: r.response })), {
-        attempt,
-        reason: `expired after ${formatDuration(q.maxAge)}`,
-      });
-      await this.spool.fail(env.id, reason);
+    if (d.state === 'failed') {
+      await this.spool.fail(next, d.failReason ?? r.response);
       this.finish(env.id);
       return;
     }
-    const base = q.retry[Math.min(attempt - 1, q.retry.length - 1)];
-    const delay = Math.round(base * (0.9 + Math.random() * 0.2));
-    // The last try happens at maxAge, so a message is never bounced before its time.
-    const next = Math.min(now + delay, expiresAt);
-    env.nextAttemptAt = new Date(next).toISOString();
-    await this.maybeWarn(env, now);
-    if (!(await this.persist(env))) return;
-    this.event('deferred', env, { attempt, retryIn: next - now, nextAttemptAt: env.nextAttemptAt, reply: r.response });
-  }
-
-  private async holdQuota(item: Item, r: SendResult, now: number, wasBypass: boolean): Promise<void> {
-    const env = item.env;
-    env.lastError = r.response; // attempts are not burnt: Gmail refused the account, not the message
-    const until = now + this.config.queue.quotaHold;
-    if (this.accounts.quotaHoldUntil(env.account, now) === null) {
-      this.log.warn('Gmail daily sending limit reached: holding this account\'s mail (no bounce)', {
-        account: env.account,
-        until: new Date(until).toISOString(),
-        reply: r.response,
-        ...(wasBypass ? { retriedByOperator: true } : {}),
-      });
+    if (d.state === 'held' && d.reason === 'quota') {
+      const until = now + q.quotaHold;
+      if (this.accounts.quotaHoldUntil(env.account, now) === null) {
+        this.log.warn("Gmail daily sending limit reached: holding this account's mail (no bounce)", {
+          account: env.account,
+          until: new Date(until).toISOString(),
+          reply: r.response,
+          ...(bypassQuota ? { retriedByOperator: true } : {}),
+        });
+      }
+      this.accounts.setQuotaHold(env.account, until);
+      await this.maybeWarn(next, now);
+      if (!(await this.persist(item, next))) return;
+      item.heldReason = 'quota';
+      this.event('held', next, { reason: 'quota', until: new Date(until).toISOString(), reply: r.response });
+      return;
     }
-    this.accounts.setQuotaHold(env.account, until);
-    await this.maybeWarn(env, now);
-    if (!(await this.persist(env))) return;
-    item.heldReason = 'quota';
-    this.event('held', env, { reason: 'quota', until: new Date(until).toISOString(), reply: r.response });
-  }
-
-  private async holdAuth(item: Item, r: SendResult, now: number): Promise<void> {
-    const env = item.env;
-    this.health.markNeedsReauth(env.account, r.response);
-    env.lastError = r.response;
-    // Should the account still report ok, do not spin: look again after the first retry step.
-    env.nextAttemptAt = new Date(now + this.config.queue.retry[0]).toISOString();
-    await this.maybeWarn(env, now);
-    if (!(await this.persist(env))) return;
-    item.heldReason = 'needs-reauth';
-    this.event('held', env, { reason: 'needs-reauth', reply: r.response });
+    if (d.state === 'held') {
+      this.health.markNeedsReauth(env.account, r.response);
+      // Should the account still report ok, do not spin: look again after the first retry step.
+      next.nextAttemptAt = new Date(now + q.retry[0]).toISOString();
+      await this.maybeWarn(next, now);
+      if (!(await this.persist(item, next))) return;
+      item.heldReason = 'needs-reauth';
+      this.event('held', next, { reason: 'needs-reauth', reply: r.response });
+      return;
+    }
+    await this.maybeWarn(next, now);
+    if (!(await this.persist(item, next))) return;
+    this.event('deferred', next, { attempt, retryIn: Date.parse(next.nextAttemptAt) - now, nextAttemptAt: next.nextAttemptAt, reply: r.response });
   }
 
   /** Once per message, after queue.delayWarning: tell the sender it is late but still being tried. */
-  private async maybeWarn(env: Envelope, now: number): Promise<void> {
+  private async maybeWarn(env: SpooledEnvelope, now: number): Promise<void> {
     const after = this.config.queue.delayWarning;
     if (after === false || env.warned || env.isBounce || env.mailFrom === '') return;
     if (now - Date.parse(env.receivedAt) < after) return;
-    const reply = env.lastError ?? 'delivery delayed';
-    await this.bounce(env, env.rcptTo.map((rcpt) => ({ rcpt, status: statusFromReply(reply, '4.0.0'), action: 'delayed', diagnostic: reply })), {
+    const reply = env.lastReply ?? 'delivery delayed';
+    await this.bounce(env, openRcpts(env.rcpts).map((x) => ({ rcpt: x.address, status: statusFromReply(reply, '4.0.0'), action: 'delayed', diagnostic: reply })), {
       retryUntil: new Date(Date.parse(env.receivedAt) + this.config.queue.maxAge),
       reason: 'delay warning',
     });
@@ -432,7 +602,7 @@ export class DeliveryWorker {
   }
 
   /** Queues a DSN (failed or delayed) to the sender or bounceTo; never for a bounce. */
-  private async bounce(env: Envelope, recipients: DsnRecipient[], ctx: { attempt?: number; reason: string; retryUntil?: Date }): Promise<void> {
+  private async bounce(env: SpooledEnvelope, recipients: DsnRecipient[], ctx: { attempt?: number; reason: string; retryUntil?: Date }): Promise<void> {
     const delayed = recipients.every((r) => r.action === 'delayed');
     const meta: Meta = { rcpts: recipients.length, reason: ctx.reason, reply: recipients[0]?.diagnostic, ...(ctx.attempt ? { attempt: ctx.attempt } : {}) };
     if (env.isBounce || env.mailFrom === '') {
@@ -466,24 +636,22 @@ export class DeliveryWorker {
     this.event(delayed ? 'delay-warning' : 'bounced', env, { ...meta, dsn: queued.id, to });
   }
 
-  /** Rewrites the envelope; false when the message was deleted meanwhile (then it is dropped). */
-  private async persist(env: Envelope): Promise<boolean> {
-    if (await this.spool.update(env)) return true;
-    this.gone(env);
-    return false;
-  }
-
-  private gone(env: Envelope): void {
+  /** Rewrites the envelope; false when the message left the spool meanwhile (then it is dropped). */
+  private async persist(item: Item, env: SpooledEnvelope): Promise<boolean> {
+    if (await this.spool.update(env)) {
+      item.env = env;
+      return true;
+    }
     this.finish(env.id);
-    this.log.info('removed', { id: env.id, account: env.account, reason: 'deleted from the queue during delivery' });
+    this.log.info('removed', { id: env.id, account: env.account, reason: 'left the spool during delivery' });
+    return false;
   }
 
   private finish(id: string): void {
     this.items.delete(id);
-    this.finishedDuringScan?.add(id);
   }
 
-  private event(name: string, env: Envelope, extra: Meta): void {
+  private event(name: string, env: SpooledEnvelope, extra: Meta): void {
     if (name === 'delivered') this.metrics?.delivered(env.account, Number(extra.rcpts ?? 0));
     else if (name === 'deferred') this.metrics?.deferred(env.account);
     else if (name === 'bounced') this.metrics?.bounced(env.account);
@@ -492,7 +660,7 @@ export class DeliveryWorker {
       account: env.account,
       user: env.user,
       from: env.mailFrom,
-      rcpts: env.rcptTo.length,
+      rcpts: openRcpts(env.rcpts).length,
       size: env.size,
       attempt: env.attempts,
       delay: Math.max(0, this.now() - Date.parse(env.receivedAt)),
@@ -501,8 +669,29 @@ export class DeliveryWorker {
   }
 }
 
-/** The entries of `want` that are in `list`, spelled as in `list` (addresses compare case-insensitively). */
-function pick(list: string[], want: string[]): string[] {
-  const w = new Set(want.map((x) => x.toLowerCase()));
-  return list.filter((x) => w.has(x.toLowerCase()));
+/** What the upstream is handed: the message and only the recipients still to send. */
+export function sendView(env: SpooledEnvelope): Envelope {
+  return {
+    id: env.id,
+    user: env.user,
+    account: env.account,
+    mailFrom: env.mailFrom,
+    rcptTo: openRcpts(env.rcpts).map((r) => r.address),
+    size: env.size,
+    clientIp: env.clientIp,
+    bodyType: env.bodyType,
+    smtputf8: env.smtputf8,
+    receivedAt: env.receivedAt,
+    ...(env.isBounce ? { isBounce: true } : {}),
+  };
 }
+
+function bounceList(b: Bounce[], fallback: string): DsnRecipient[] {
+  return b.map((x) => ({ rcpt: x.rcpt, status: statusFromReply(x.reply, fallback), action: 'failed', diagnostic: x.reply }));
+}
+
+function describe(state: MessageState, reason: HoldReason | null): string {
+  return state === 'held' && reason ? `held (${reason})` : state;
+}
+
+export type { Recipient };

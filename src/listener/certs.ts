@@ -1,6 +1,6 @@
 // Certificates for TLS listeners: the configured certFile/keyFile, or a self-signed one
 // generated once into stateDir/tls/<listener>.{crt,key} and reused on later starts.
-import { readFile, writeFile, mkdir, rename } from 'node:fs/promises';
+import { readFile, mkdir } from 'node:fs/promises';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { hostname } from 'node:os';
@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import { safeWrite } from '../fs/safeWrite.js';
 
 export interface KeyPair {
   key: string;
@@ -33,12 +34,6 @@ function validate(pair: { key: string; cert: string }, what: string): X509Certif
     throw new Error(`${what}: unusable certificate/key: ${(e as Error).message}`);
   }
   return x509;
-}
-
-async function writeAtomic(path: string, data: string, mode: number): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, data, { mode });
-  await rename(tmp, path);
 }
 
 async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cert: string }> {
@@ -90,8 +85,8 @@ export async function loadKeyPair(l: ListenerConfig, stateDir: string, log: Logg
   if (!pair) {
     pair = await generateSelfSigned(l);
     await mkdir(join(stateDir, 'tls'), { recursive: true, mode: 0o700 });
-    await writeAtomic(paths.key, pair.key, 0o600);
-    await writeAtomic(paths.cert, pair.cert, 0o644);
+    await safeWrite(paths.key, pair.key, { mode: 0o600 });
+    await safeWrite(paths.cert, pair.cert, { mode: 0o644 });
   }
   const fingerprint = new X509Certificate(pair.cert).fingerprint256;
   log.warn('TLS listener uses a self-signed certificate; set certFile/keyFile for clients that verify certificates', {

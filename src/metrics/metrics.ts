@@ -49,6 +49,7 @@ export class Metrics {
   private readonly gAccountState: Gauge<'account' | 'state'>;
   private readonly cAuthFailures: Counter<'listener'>;
   private readonly cLockouts: Counter<'listener'>;
+  private readonly cCorrupt: Counter;
   private readonly gQueueSize: Gauge;
   private readonly gQueueOldest: Gauge;
   private readonly gQueueAccount: Gauge<'account'>;
@@ -70,6 +71,7 @@ export class Metrics {
     this.cReplies = counter('upstream_replies_total', 'Upstream attempt results by class (ok, transient, permanent, quota, auth).', ['account', 'class']);
     this.cRefreshes = counter('token_refreshes_total', 'OAuth access-token refreshes by result (ok, error).', ['account', 'result']);
     this.cAuthFailures = counter('auth_failures_total', 'Failed SMTP AUTH attempts on a listener.', ['listener']);
+    this.cCorrupt = counter('spool_corrupt_envelopes_total', 'Unreadable spool envelopes moved to spool/corrupt/ with their message.', []);
     this.cLockouts = counter('lockouts_total', 'Client IPs locked out after too many AUTH failures.', ['listener']);
     this.gAccountState = new Gauge({
       name: P + 'account_state',
@@ -172,6 +174,11 @@ export class Metrics {
     const a = this.acct(account);
     this.cDelivered.inc({ account: a });
     if (rcpts > 0) this.cDeliveredRcpts.inc({ account: a }, rcpts);
+  }
+
+  /** An unreadable envelope was moved to spool/corrupt/. */
+  corruptEnvelope(): void {
+    this.cCorrupt.inc();
   }
 
   deferred(account: string): void {

@@ -9,7 +9,6 @@ import { createInterface } from 'node:readline';
 import { CodeChallengeMethod } from 'google-auth-library';
 import type { Config } from '../config/schema.js';
 import { addSecret } from '../log/redact.js';
-import { notifyDaemon } from '../control/notify.js';
 import { GMAIL_SCOPE, accountIdentity, classifyTokenError, createUserClient } from './client.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
 
@@ -28,6 +27,11 @@ export interface AuthorizeOptions {
    * is the only way back (the browser is on another machine, or its 127.0.0.1 is not ours).
    */
   listen?: boolean;
+  /**
+   * Stores the grant: the CLI hands it to the owner of the state directory (the running daemon
+   * over its control socket). Default: write the token store directly.
+   */
+  save?: (rec: TokenRecord) => Promise<void>;
 }
 
 export class AuthorizeError extends Error {
@@ -137,10 +141,11 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
       rec.accessTokenFor = accountIdentity(acct);
     }
     if (email) rec.authorizedEmail = email;
-    await store.update((d) => {
-      d.accounts[acct.name] = rec;
-    });
-    notifyDaemon(opts.config.stateDir, 'tokens');
+    if (opts.save) await opts.save(rec);
+    else
+      await store.update((d) => {
+        d.accounts[acct.name] = rec;
+      });
     if (email && email.toLowerCase() !== acct.email.toLowerCase())
       out.write(`Warning: you signed in as ${email}, but account "${acct.name}" sends as ${acct.email}; Gmail refuses other senders unless they are aliases of ${email}.\n`);
     return { email };

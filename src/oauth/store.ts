@@ -1,13 +1,15 @@
-// The token store: one file, stateDir/tokens.json, mode 0600. Writes are atomic (temp +
-// fsync + rename + dir fsync) with the previous version kept as tokens.json.bak, and
-// serialised across processes by a lock file so `token import` in the CLI and a refresh in
-// the daemon never drop each other's change (every write re-reads the file first).
+// The token store: one file, stateDir/tokens.json, mode 0600. Writes go through the safe-write
+// module (temp + fsync + rename + dir fsync) with the previous version kept as
+// tokens.json.bak. Only the owner of the state directory writes it (the daemon, or a CLI
+// command holding the state lock, see src/control/stateLock.ts); within the process every
+// write is a serialised read-modify-write of the freshest file.
 // Optional AES-256-GCM at rest; a file we cannot decrypt is never overwritten.
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { open, readFile, rename, unlink, link, copyFile, mkdir, stat, chmod } from 'node:fs/promises';
+import { open, readFile, unlink, link, copyFile, mkdir, stat, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AccountState } from '../types.js';
+import { safeWrite } from '../fs/safeWrite.js';
 
 export interface TokenRecord {
   /** Absent for service accounts (they sign a fresh assertion each time). */
@@ -114,18 +116,16 @@ interface SealedFile {
 export interface TokenStoreOptions {
   stateDir: string;
   key: StoreKey | null;
-  /** How long to wait for another process holding the lock. */
-  lockTimeoutMs?: number;
 }
+
+/** Per store file: the last write queued, so two TokenStore objects in one process never interleave. */
+const chains = new Map<string, Promise<unknown>>();
 
 export class TokenStore {
   readonly file: string;
-  private readonly lockFile: string;
-  private chain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: TokenStoreOptions) {
     this.file = join(opts.stateDir, STORE_FILE);
-    this.lockFile = this.file + '.lock';
   }
 
   get encrypted(): boolean {
@@ -205,37 +205,19 @@ export class TokenStore {
   update(fn: (data: StoreData) => void): Promise<StoreData> {
     const run = async () => {
       await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
-      const release = await this.lock();
-      try {
-        const data = await this.load();
-        fn(data);
-        await this.write(data);
-        return data;
-      } finally {
-        await release();
-      }
+      const data = await this.load();
+      fn(data);
+      await safeWrite(this.file, this.encode(data), { mode: 0o600, beforeRename: () => this.keepBackup() });
+      return data;
     };
-    const p = this.chain.then(run, run);
-    this.chain = p.catch(() => {});
+    const prev = chains.get(this.file) ?? Promise.resolve();
+    const p = prev.then(run, run);
+    const settled = p.catch(() => {});
+    chains.set(this.file, settled);
+    void settled.then(() => {
+      if (chains.get(this.file) === settled) chains.delete(this.file);
+    });
     return p;
-  }
-
-  private async write(data: StoreData): Promise<void> {
-    const tmp = `${this.file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(this.encode(data));
-      await fh.sync();
-    } catch (e) {
-      await fh.close();
-      await unlink(tmp).catch(() => {});
-      throw e;
-    }
-    await fh.close();
-    await this.keepBackup();
-    await rename(tmp, this.file);
-    await chmod(this.file, 0o600);
-    await fsyncDir(this.opts.stateDir);
   }
 
   /** tokens.json.bak = the version about to be replaced (a hard link keeps it without copying). */
@@ -255,51 +237,5 @@ export class TokenStore {
       const fh = await open(bak, 'r+');
       await fh.sync().finally(() => fh.close());
     }
-  }
-
-  /** Exclusive lock file shared with other processes; a lock left by a dead process is taken over. */
-  private async lock(): Promise<() => Promise<void>> {
-    const deadline = Date.now() + (this.opts.lockTimeoutMs ?? 10_000);
-    for (;;) {
-      try {
-        const fh = await open(this.lockFile, 'wx', 0o600);
-        await fh.writeFile(String(process.pid));
-        await fh.close();
-        return () => unlink(this.lockFile).catch(() => {});
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      if (await this.staleLock()) {
-        await unlink(this.lockFile).catch(() => {});
-        continue;
-      }
-      if (Date.now() > deadline) throw new TokenStoreError(`token store is locked by another process (${this.lockFile}); try again`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-
-  private async staleLock(): Promise<boolean> {
-    try {
-      const pid = Number((await readFile(this.lockFile, 'utf8')).trim());
-      if (!Number.isInteger(pid) || pid <= 0) return (await stat(this.lockFile)).mtimeMs < Date.now() - 30_000;
-      if (pid === process.pid) return false;
-      try {
-        process.kill(pid, 0);
-        return false;
-      } catch (e) {
-        return (e as NodeJS.ErrnoException).code === 'ESRCH';
-      }
-    } catch {
-      return false;
-    }
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

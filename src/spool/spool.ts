@@ -1,12 +1,15 @@
 // The durable queue: one message file (ID.eml, the bytes the client sent) and one envelope
 // (ID.json) per message in stateDir/spool. The envelope is the commit point: it is written
-// (temp + fsync + rename, then a directory fsync) only after the message file is fsynced, so
-// a message file without an envelope is an unacknowledged leftover and `init` deletes it.
-import { open, readdir, readFile, rename, unlink, mkdir, link, access, type FileHandle } from 'node:fs/promises';
+// (safe write: temp + fsync + rename, then a directory fsync) only after the message file is
+// fsynced, so a message file without an envelope is an unacknowledged leftover and `init`
+// deletes it. Moves between spool/, failed/ and corrupt/ are decided by one atomic envelope
+// rewrite (its `state`) before any file moves, so `init` can always finish a half-done move.
+import { open, readdir, readFile, rename, mkdir, access, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { Envelope } from '../types.js';
+import type { Recipient, SpooledEnvelope } from '../types.js';
 import type { Logger } from '../log/logger.js';
+import { fsyncDir, safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
 
 export interface NewMessage {
   user: string | null;
@@ -20,9 +23,19 @@ export interface NewMessage {
 }
 
 /** An envelope in failed/: the queued envelope plus why and when it failed. */
-export interface FailedEnvelope extends Envelope {
+export interface FailedEnvelope extends SpooledEnvelope {
+  state: 'failed';
   failReason: string;
   failedAt: string;
+}
+
+/** An envelope that could not be read (e.g. truncated JSON), kept with its message in spool/corrupt/. */
+export interface CorruptEntry {
+  id: string;
+  state: 'corrupt';
+  /** The envelope file as it lies in spool/corrupt/. */
+  file: string;
+  error: string;
 }
 
 /** The spool could not store the message (disk full, I/O error): the listener answers 452 4.3.1. */
@@ -44,6 +57,8 @@ export class SpoolSizeError extends Error {
 export interface SpoolOptions {
   /** Measurement only (bench): false skips every fsync. Never a config key. */
   fsync?: boolean;
+  /** Called once per envelope moved to corrupt/ (metrics). */
+  onCorrupt?: (id: string) => void;
 }
 
 export interface ReceiveOptions {
@@ -79,14 +94,6 @@ export function isQueueId(id: string): boolean {
   return ID_RE.test(id);
 }
 
-async function unlinkQuiet(path: string): Promise<void> {
-  try {
-    await unlink(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-  }
-}
-
 async function exists(path: string): Promise<boolean> {
   try {
     await access(path);
@@ -96,18 +103,12 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
-  let off = 0;
-  while (off < buf.length) {
-    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
-    off += bytesWritten;
-  }
-}
-
 export class Spool {
   readonly dir: string;
   readonly failedDir: string;
+  readonly corruptDir: string;
   private readonly fsync: boolean;
+  private readonly onCorrupt?: (id: string) => void;
   /** Per directory: the fsync in progress and the one queued behind it (see syncDir). */
   private readonly dirSyncs = new Map<string, { running: Promise<void> | null; next: Promise<void> | null }>();
 
@@ -118,7 +119,9 @@ export class Spool {
   ) {
     this.dir = join(stateDir, 'spool');
     this.failedDir = join(this.dir, 'failed');
+    this.corruptDir = join(this.dir, 'corrupt');
     this.fsync = opts.fsync !== false;
+    this.onCorrupt = opts.onCorrupt;
   }
 
   messagePath(id: string): string {
@@ -129,10 +132,25 @@ export class Spool {
     return join(this.dir, `${id}.json`);
   }
 
-  /** Creates the folders and removes what unacknowledged writes left behind. */
+  /**
+   * Creates the folders, removes what unacknowledged writes left behind and finishes moves
+   * to or from failed/ that a crash interrupted (the envelope's state says which way).
+   */
   async init(): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     await mkdir(this.failedDir, { recursive: true, mode: 0o700 });
+    // corrupt/ is created on first use: most spools never need it.
+    const failedNames = new Set(await readdir(this.failedDir));
+    // A retry of a failed message that a crash interrupted: its failed/ envelope already says queued.
+    for (const name of failedNames) {
+      const m = /^([0-9A-Za-z_-]+)\.json$/.exec(name);
+      if (!m) continue;
+      const env = await this.readEnvelope(join(this.failedDir, name), this.failedDir);
+      if (env && env.state !== 'failed') {
+        this.log.warn('spool: finishing the interrupted re-queue of a failed message', { id: m[1] });
+        await this.finishMove(m[1], this.failedDir, this.dir);
+      }
+    }
     const names = new Set(await readdir(this.dir));
     let removed = 0;
     for (const name of names) {
@@ -141,13 +159,26 @@ export class Spool {
         await unlinkQuiet(join(this.dir, name));
         removed++;
       } else if (m && m[2] === 'eml' && !names.has(`${m[1]}.json`)) {
-        // Never acknowledged (crash before the envelope), or the tail of a remove()/fail().
+        if (failedNames.has(`${m[1]}.json`)) {
+          // fail() renamed the envelope into failed/ and the crash lost the message's rename.
+          this.log.warn('spool: finishing the interrupted move to failed/', { id: m[1] });
+          await this.finishMove(m[1], this.dir, this.failedDir);
+          continue;
+        }
+        // Never acknowledged (crash before the envelope), or the tail of a remove().
         await unlinkQuiet(join(this.dir, name));
         removed++;
-      } else if (m && m[2] === 'json' && !names.has(`${m[1]}.eml`)) {
+      } else if (m && m[2] === 'json') {
         const id = m[1];
-        this.log.error('spooled envelope without its message file, moved to failed/', { id });
-        await this.moveOrphanEnvelope(id);
+        const env = await this.readEnvelope(join(this.dir, name), this.dir);
+        if (env?.state === 'failed') {
+          // fail() committed (the envelope says failed) but did not finish moving the files.
+          this.log.warn('spool: finishing the interrupted move to failed/', { id });
+          await this.finishMove(id, this.dir, this.failedDir);
+        } else if (env && !names.has(`${id}.eml`)) {
+          this.log.error('spooled envelope without its message file, moved to failed/', { id });
+          await this.moveOrphanEnvelope(env);
+        }
       }
     }
     for (const name of await readdir(this.failedDir)) {
@@ -164,11 +195,10 @@ export class Spool {
    * Source errors reject with the source's error; storage errors with SpoolWriteError. In
    * both cases no file is left behind.
    */
-  async receive(source: AsyncIterable<Buffer | string> | Iterable<Buffer> | NodeJS.ReadableStream, meta: NewMessage, opts: ReceiveOptions = {}): Promise<Envelope> {
+  async receive(source: AsyncIterable<Buffer | string> | Iterable<Buffer> | NodeJS.ReadableStream, meta: NewMessage, opts: ReceiveOptions = {}): Promise<SpooledEnvelope> {
     const id = newQueueId();
     const eml = this.messagePath(id);
     const json = this.envelopePath(id);
-    const tmp = this.tempPath(this.dir, id);
     let fh: FileHandle | undefined;
     let writeErr: unknown;
     let size = 0;
@@ -221,13 +251,16 @@ export class Spool {
       if (writeErr) throw new SpoolWriteError(`spool write failed: ${errText(writeErr)}`, { cause: writeErr });
       if (over) throw new SpoolSizeError(size, opts.maxBytes!);
       const now = new Date().toISOString();
-      const env: Envelope = {
+      const env: SpooledEnvelope = {
+        version: 2,
         id,
         user: meta.user,
         account: meta.account,
         mailFrom: meta.mailFrom,
         rcptTo: [...meta.rcptTo],
-        delivered: [],
+        rcpts: meta.rcptTo.map((address): Recipient => ({ address, status: 'pending' })),
+        state: 'queued',
+        reason: null,
         size,
         clientIp: meta.clientIp,
         bodyType: meta.bodyType,
@@ -241,8 +274,7 @@ export class Spool {
         if (this.fsync) await fh!.sync();
         await fh!.close();
         fh = undefined;
-        await this.writeJsonAtomic(tmp, json, env);
-        await this.syncDir(this.dir);
+        await this.writeEnvelope(json, env);
       } catch (e) {
         throw new SpoolWriteError(`spool write failed: ${errText(e)}`, { cause: e });
       }
@@ -252,13 +284,13 @@ export class Spool {
       if (!committed) {
         await fh?.close().catch(() => {});
         // Best effort: whatever is left is also removed by init() at the next start.
-        if (created) for (const p of [json, tmp, eml]) await unlinkQuiet(p).catch(() => {});
+        if (created) for (const p of [json, eml]) await unlinkQuiet(p).catch(() => {});
       }
     }
   }
 
-  /** Every queued envelope, oldest id first. Unreadable envelopes are logged and skipped. */
-  async list(): Promise<Envelope[]> {
+  /** Every queued envelope, oldest id first. Unreadable envelopes are moved to corrupt/ (see readEnvelope). */
+  async list(): Promise<SpooledEnvelope[]> {
     return this.readEnvelopes(this.dir);
   }
 
@@ -266,14 +298,38 @@ export class Spool {
     return (await this.readEnvelopes(this.failedDir)) as FailedEnvelope[];
   }
 
-  async get(id: string): Promise<Envelope | null> {
+  /** Envelopes in corrupt/ (what `queue list` shows with state corrupt). */
+  async listCorrupt(): Promise<CorruptEntry[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.corruptDir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    const out: CorruptEntry[] = [];
+    for (const name of names.filter((n) => n.endsWith('.json') && isQueueId(n.slice(0, -5))).sort()) {
+      const file = join(this.corruptDir, name);
+      let error = 'unreadable envelope';
+      try {
+        JSON.parse(await readFile(file, 'utf8'));
+        error = 'not a valid envelope';
+      } catch (e) {
+        error = (e as Error).message;
+      }
+      out.push({ id: name.slice(0, -5), state: 'corrupt', file, error });
+    }
+    return out;
+  }
+
+  async get(id: string): Promise<SpooledEnvelope | null> {
     if (!isQueueId(id)) return null;
-    return this.readEnvelope(this.envelopePath(id));
+    return this.readEnvelope(this.envelopePath(id), this.dir);
   }
 
   async getFailed(id: string): Promise<FailedEnvelope | null> {
     if (!isQueueId(id)) return null;
-    return (await this.readEnvelope(join(this.failedDir, `${id}.json`))) as FailedEnvelope | null;
+    return (await this.readEnvelope(join(this.failedDir, `${id}.json`), this.failedDir)) as FailedEnvelope | null;
   }
 
   failedMessagePath(id: string): string {
@@ -282,13 +338,12 @@ export class Spool {
 
   /**
    * Atomically rewrites a queued envelope. Returns false (and writes nothing) when the
-   * message is no longer queued, e.g. `queue delete` removed it while it was being sent.
+   * message is no longer queued.
    */
-  async update(env: Envelope): Promise<boolean> {
+  async update(env: SpooledEnvelope): Promise<boolean> {
     if (!isQueueId(env.id)) throw new Error(`invalid queue id ${JSON.stringify(env.id)}`);
     if (!(await exists(this.messagePath(env.id)))) return false;
-    await this.writeJsonAtomic(this.tempPath(this.dir, env.id), this.envelopePath(env.id), env);
-    await this.syncDir(this.dir);
+    await this.writeEnvelope(this.envelopePath(env.id), env);
     return true;
   }
 
@@ -301,20 +356,29 @@ export class Spool {
   }
 
   /**
-   * Moves a message to failed/ with the reason. The failed copy is complete (hard link +
-   * envelope) before the queued envelope goes, so a crash at any point keeps the message
-   * either queued or failed, never neither.
+   * Moves a message to failed/. One atomic step decides it: the queued envelope is rewritten
+   * with state 'failed' (safe write). Only then are the files renamed into failed/; init()
+   * finishes that after a crash, so a failed message is never retried (or bounced) again.
    */
-  async fail(id: string, reason: string): Promise<void> {
-    const env = await this.get(id);
-    if (!env) return;
-    const failed: FailedEnvelope = { ...env, failReason: reason, failedAt: new Date().toISOString() };
-    const target = this.failedMessagePath(id);
-    await unlinkQuiet(target);
-    await link(this.messagePath(id), target);
-    await this.writeJsonAtomic(this.tempPath(this.failedDir, id), join(this.failedDir, `${id}.json`), failed);
-    await this.syncDir(this.failedDir);
-    await this.remove(id);
+  async fail(env: SpooledEnvelope, reason: string): Promise<FailedEnvelope | null> {
+    if (!isQueueId(env.id) || !(await exists(this.messagePath(env.id)))) return null;
+    const failed: FailedEnvelope = { ...env, state: 'failed', reason: null, failReason: reason, failedAt: new Date().toISOString() };
+    await this.writeEnvelope(this.envelopePath(env.id), failed);
+    await this.finishMove(env.id, this.dir, this.failedDir);
+    return failed;
+  }
+
+  /**
+   * `queue retry` of a failed message: the reverse move, decided the same way (the failed/
+   * envelope is rewritten with its new state first).
+   */
+  async requeueFailed(env: SpooledEnvelope): Promise<boolean> {
+    if (!isQueueId(env.id) || !(await exists(this.failedMessagePath(env.id)))) return false;
+    const { failReason: _r, failedAt: _a, ...rest } = env;
+    const queued: SpooledEnvelope = { ...rest };
+    await this.writeEnvelope(join(this.failedDir, `${env.id}.json`), queued);
+    await this.finishMove(env.id, this.failedDir, this.dir);
+    return true;
   }
 
   /** Deletes a message from failed/ (`queue delete` of a failed id). */
@@ -325,37 +389,63 @@ export class Spool {
     await this.syncDir(this.failedDir);
   }
 
-  private async moveOrphanEnvelope(id: string): Promise<void> {
-    const env = await this.readEnvelope(this.envelopePath(id));
-    if (env) {
-      const failed: FailedEnvelope = { ...env, failReason: 'message file missing from the spool', failedAt: new Date().toISOString() };
-      await this.writeJsonAtomic(this.tempPath(this.failedDir, id), join(this.failedDir, `${id}.json`), failed);
-      await this.syncDir(this.failedDir);
-    }
-    await unlinkQuiet(this.envelopePath(id));
+  /** Deletes a corrupt envelope and its message (`queue delete` of a corrupt id). */
+  async removeCorrupt(id: string): Promise<boolean> {
+    if (!isQueueId(id) || !(await exists(join(this.corruptDir, `${id}.json`)))) return false;
+    await unlinkQuiet(join(this.corruptDir, `${id}.json`));
+    await unlinkQuiet(join(this.corruptDir, `${id}.eml`));
+    await this.syncDir(this.corruptDir);
+    return true;
   }
 
-  private tempPath(dir: string, id: string): string {
-    return join(dir, `${id}.${process.pid}.${randomBytes(3).toString('hex')}.tmp`);
+  /** Renames ID.eml then ID.json from one folder to the other (each step idempotent), then makes both durable. */
+  private async finishMove(id: string, from: string, to: string): Promise<void> {
+    for (const ext of ['eml', 'json']) {
+      try {
+        await rename(join(from, `${id}.${ext}`), join(to, `${id}.${ext}`));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+    }
+    await this.syncDir(to);
+    await this.syncDir(from);
   }
 
-  private async writeJsonAtomic(tmp: string, dest: string, value: unknown): Promise<void> {
-    const fh = await open(tmp, 'wx', 0o600);
+  private async moveOrphanEnvelope(env: SpooledEnvelope): Promise<void> {
+    const failed: FailedEnvelope = { ...env, state: 'failed', reason: null, failReason: 'message file missing from the spool', failedAt: new Date().toISOString() };
+    await this.writeEnvelope(join(this.failedDir, `${env.id}.json`), failed);
+    await unlinkQuiet(this.envelopePath(env.id));
+    await this.syncDir(this.dir);
+  }
+
+  /** An envelope that cannot be read goes to corrupt/ with its message: one error line, counted, shown by `queue list`. */
+  private async moveCorrupt(dir: string, id: string, err: unknown): Promise<void> {
+    const file = join(dir, `${id}.json`);
     try {
-      await writeAll(fh, Buffer.from(JSON.stringify(value, null, 2) + '\n'));
-      if (this.fsync) await fh.sync();
+      await mkdir(this.corruptDir, { recursive: true, mode: 0o700 });
+      for (const ext of ['eml', 'json']) {
+        try {
+          await rename(join(dir, `${id}.${ext}`), join(this.corruptDir, `${id}.${ext}`));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        }
+      }
+      await this.syncDir(this.corruptDir);
+      await this.syncDir(dir);
     } catch (e) {
-      await fh.close().catch(() => {});
-      await unlinkQuiet(tmp).catch(() => {});
-      throw e;
+      this.log.error('unreadable spool envelope could not be moved to corrupt/', { file, err: e });
+      return;
     }
-    await fh.close();
-    try {
-      await rename(tmp, dest);
-    } catch (e) {
-      await unlinkQuiet(tmp).catch(() => {});
-      throw e;
-    }
+    this.log.error(`corrupt spool envelope ${file} moved to ${this.corruptDir} with its message; inspect it, then \`queue delete ${id}\``, {
+      id,
+      file,
+      err,
+    });
+    this.onCorrupt?.(id);
+  }
+
+  private writeEnvelope(dest: string, env: SpooledEnvelope): Promise<void> {
+    return safeWrite(dest, JSON.stringify(env, null, 2) + '\n', { mode: 0o600, fsync: this.fsync, syncDir: (d) => this.syncDir(d) });
   }
 
   /**
@@ -370,7 +460,7 @@ export class Spool {
     if (!st) this.dirSyncs.set(dir, (st = { running: null, next: null }));
     const state = st;
     const start = (): Promise<void> => {
-      const p: Promise<void> = this.fsyncDir(dir).finally(() => {
+      const p: Promise<void> = fsyncDir(dir).finally(() => {
         if (state.running === p) state.running = null;
       });
       state.running = p;
@@ -386,16 +476,7 @@ export class Spool {
     return state.next;
   }
 
-  private async fsyncDir(dir: string): Promise<void> {
-    const fh = await open(dir, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  }
-
-  private async readEnvelopes(dir: string): Promise<Envelope[]> {
+  private async readEnvelopes(dir: string): Promise<SpooledEnvelope[]> {
     let names: string[];
     try {
       names = await readdir(dir);
@@ -403,15 +484,16 @@ export class Spool {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
-    const out: Envelope[] = [];
+    const out: SpooledEnvelope[] = [];
     for (const name of names.filter((n) => n.endsWith('.json') && isQueueId(n.slice(0, -5))).sort()) {
-      const env = await this.readEnvelope(join(dir, name));
+      const env = await this.readEnvelope(join(dir, name), dir);
       if (env) out.push(env);
     }
     return out;
   }
 
-  private async readEnvelope(path: string): Promise<Envelope | null> {
+  /** Reads (and migrates) one envelope; an unparseable one is moved to corrupt/ and null returned. */
+  private async readEnvelope(path: string, dir: string): Promise<SpooledEnvelope | null> {
     let text: string;
     try {
       text = await readFile(path, 'utf8');
@@ -420,15 +502,50 @@ export class Spool {
       throw e;
     }
     try {
-      const env = JSON.parse(text) as Envelope;
-      if (!env || typeof env.id !== 'string' || !Array.isArray(env.rcptTo)) throw new Error('not an envelope');
-      env.delivered ??= [];
-      return env;
+      return migrateEnvelope(JSON.parse(text), dir === this.failedDir);
     } catch (e) {
-      this.log.error('unreadable spool envelope skipped', { file: path, err: e });
+      await this.moveCorrupt(dir, path.slice(dir.length + 1, -5), e);
       return null;
     }
   }
+}
+
+/** The first envelope format: `rcptTo` = recipients still to deliver, `delivered` = accepted ones. */
+interface EnvelopeV1 {
+  id: string;
+  rcptTo: string[];
+  delivered?: string[];
+  attempts?: number;
+  lastError?: string;
+  failReason?: string;
+}
+
+/** Accepts a version-2 envelope as is and turns a version-1 one into version 2; throws on anything else. */
+export function migrateEnvelope(raw: unknown, inFailed: boolean): SpooledEnvelope {
+  const o = raw as Partial<SpooledEnvelope> & Partial<EnvelopeV1>;
+  if (!o || typeof o !== 'object' || typeof o.id !== 'string' || !isQueueId(o.id) || !Array.isArray(o.rcptTo)) throw new Error('not an envelope');
+  if (o.version === 2) {
+    if (!Array.isArray(o.rcpts) || typeof o.state !== 'string') throw new Error('envelope without rcpts/state');
+    return o as SpooledEnvelope;
+  }
+  const v1 = o as EnvelopeV1 & Omit<SpooledEnvelope, 'rcptTo' | 'rcpts' | 'state' | 'reason' | 'version'>;
+  const tried = (v1.attempts ?? 0) > 0;
+  const left: Recipient['status'] = inFailed ? 'rejected' : tried ? 'deferred' : 'pending';
+  const reply = v1.failReason ?? v1.lastError;
+  const { delivered = [], lastError, ...rest } = v1;
+  return {
+    ...rest,
+    version: 2,
+    rcptTo: [...delivered, ...v1.rcptTo],
+    rcpts: [
+      ...delivered.map((address): Recipient => ({ address, status: 'accepted' })),
+      ...v1.rcptTo.map((address): Recipient => ({ address, status: left, ...(reply && left !== 'pending' ? { reply } : {}) })),
+    ],
+    state: inFailed ? 'failed' : tried ? 'deferred' : 'queued',
+    reason: null,
+    attempts: v1.attempts ?? 0,
+    ...(lastError ? { lastReply: lastError } : {}),
+  };
 }
 
 function errText(e: unknown): string {

@@ -1,0 +1,36 @@
+// The operations as the CLI runs them when no daemon is running (the caller holds the state
+// lock): the same Spool, DeliveryWorker (loaded, never sending) and TokenService the daemon
+// would use, on the files directly.
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+import { Spool } from '../spool/spool.js';
+import { DeliveryWorker } from '../delivery/worker.js';
+import { TokenService } from '../oauth/service.js';
+import { Operations } from './ops.js';
+import type { OpName } from './protocol.js';
+import type { AccountHealth } from '../types.js';
+
+export async function localOperations(config: Config, log: Logger, op: OpName): Promise<{ ops: Operations; close: () => Promise<void> }> {
+  const tokens = new TokenService({ config, log });
+  // Queue commands work even when the token store cannot be read (its error is the token
+  // commands' business); the accounts then count as able to send.
+  let health: AccountHealth = tokens;
+  try {
+    await tokens.init();
+  } catch (e) {
+    if (op.startsWith('token.')) throw e;
+    health = { state: () => 'ok', markNeedsReauth: () => {}, onChange: () => {} };
+  }
+  const spool = new Spool(config.stateDir, log);
+  if (op.startsWith('queue.')) await spool.init();
+  const worker = new DeliveryWorker({ config, log, spool, upstream: null, health });
+  if (op.startsWith('queue.')) await worker.load();
+  const ops = new Operations({ config: () => config, spool, worker, tokens, live: false });
+  return {
+    ops,
+    close: async () => {
+      await worker.flush();
+      tokens.stop();
+    },
+  };
+}

@@ -1,0 +1,96 @@
+// The daemon's end of the control socket (stateDir/control.sock, mode 0660: the service's
+// group may steer it). Each connection carries one request line and gets one answer line.
+// Request arguments (a refresh token for `token import`) are never logged.
+import { createServer, type Server, type Socket } from 'node:net';
+import { chmod } from 'node:fs/promises';
+import type { Logger } from '../log/logger.js';
+import { unlinkQuiet } from '../fs/safeWrite.js';
+import type { Operations } from './ops.js';
+import { dispatch, RequestError, socketPath, type Request, type Response } from './protocol.js';
+
+const MAX_REQUEST = 64 * 1024;
+
+export class ControlServer {
+  readonly path: string;
+  private server?: Server;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(
+    stateDir: string,
+    private readonly ops: Operations,
+    private readonly log: Logger,
+  ) {
+    this.path = socketPath(stateDir);
+  }
+
+  /** Call while holding the state lock: a socket file left by a dead daemon is removed. */
+  async start(): Promise<void> {
+    await unlinkQuiet(this.path);
+    const server = createServer((s) => this.onConnection(s));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.log.error('control socket error', { err }));
+    await chmod(this.path, 0o660);
+    this.server = server;
+  }
+
+  async stop(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    if (!s) return;
+    const closed = new Promise<void>((r) => s.close(() => r()));
+    for (const c of this.sockets) c.destroy();
+    await closed;
+    await unlinkQuiet(this.path).catch(() => {});
+  }
+
+  private onConnection(sock: Socket): void {
+    this.sockets.add(sock);
+    sock.on('close', () => this.sockets.delete(sock));
+    sock.on('error', () => {});
+    let buf = '';
+    let done = false;
+    sock.setEncoding('utf8');
+    sock.on('data', (chunk: string) => {
+      if (done) return;
+      buf += chunk;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) {
+        if (buf.length > MAX_REQUEST) {
+          done = true;
+          this.answer(sock, { ok: false, error: 'request too long' });
+        }
+        return;
+      }
+      done = true;
+      void this.handle(sock, buf.slice(0, nl));
+    });
+  }
+
+  private async handle(sock: Socket, line: string): Promise<void> {
+    let req: Request;
+    try {
+      req = JSON.parse(line) as Request;
+    } catch {
+      return this.answer(sock, { ok: false, error: 'request is not JSON' });
+    }
+    const op = typeof req?.op === 'string' ? req.op : '?';
+    try {
+      const result = await dispatch(this.ops, req);
+      this.log.debug('control request', { op });
+      this.answer(sock, { ok: true, result: result ?? null });
+    } catch (err) {
+      if (!(err instanceof RequestError)) this.log.error('control request failed', { op, err });
+      this.answer(sock, { ok: false, error: (err as Error).message });
+    }
+  }
+
+  private answer(sock: Socket, res: Response): void {
+    if (!sock.destroyed) sock.end(JSON.stringify(res) + '\n');
+  }
+}

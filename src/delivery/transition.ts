@@ -1,0 +1,178 @@
+// The one place that decides how a message's state changes. Pure: it takes the message's
+// state, reason and recipients plus one event (a delivery outcome, an operator command, an
+// account hold or its end, expiry) and returns the decision; the worker only carries it out
+// (persist, bounce, move). Tested table-driven over every state x event.
+import type { HoldReason, MessageState, Outcome, Recipient, RecipientResult } from '../types.js';
+
+export interface MessageView {
+  state: MessageState;
+  reason: HoldReason | null;
+  rcpts: Recipient[];
+}
+
+export type QueueEvent =
+  /** An attempt starts. */
+  | { type: 'start' }
+  /** The attempt ended. `retryAt`: when to try again if it defers; `expiry`: set (the reason) when the message is past queue.maxAge. */
+  | { type: 'outcome'; outcome: Outcome; response: string; accepted: string[]; rejected: RecipientResult[]; retryAt: string; expiry?: string }
+  /** Operator `queue retry` (`force`: also through a quota hold). */
+  | { type: 'retry'; force?: boolean }
+  | { type: 'hold' }
+  | { type: 'release' }
+  | { type: 'delete' }
+  /** The account cannot send (dead grant, Gmail's daily quota). */
+  | { type: 'account-hold'; reason: 'needs-reauth' | 'quota' }
+  /** The account's hold ended (re-authorized, quota window over). */
+  | { type: 'account-ok' }
+  /** queue.maxAge passed while the message waited. */
+  | { type: 'expire'; reason: string };
+
+export interface Bounce {
+  rcpt: string;
+  reply: string;
+}
+
+export type Decision =
+  /** The event does not apply; `message` says why (CLI refusal text). */
+  | { kind: 'refuse'; message: string }
+  /** An attempt is in flight: apply the event again once it has ended. */
+  | { kind: 'after-attempt' }
+  /** Nothing changes. */
+  | { kind: 'same' }
+  | Change;
+
+export interface Change {
+  kind: 'change';
+  /** 'removed': the message leaves the queue (every recipient done, or deleted). */
+  state: MessageState | 'removed';
+  reason: HoldReason | null;
+  rcpts: Recipient[];
+  /** Due at once (retry, release, a hold ended). */
+  dueNow?: boolean;
+  /** When to try next (a deferral). */
+  nextAttemptAt?: string;
+  /** Recipients that failed for good in this step: a DSN reports them. */
+  bounce?: Bounce[];
+  /** The attempt counts against the message (quota and auth holds do not burn attempts). */
+  countAttempt?: boolean;
+  lastReply?: string;
+  /** state 'failed': why. */
+  failReason?: string;
+}
+
+const OPEN: ReadonlySet<string> = new Set(['pending', 'deferred']);
+
+/** Recipients still to send (pending or deferred). */
+export function openRcpts(rcpts: Recipient[]): Recipient[] {
+  return rcpts.filter((r) => OPEN.has(r.status));
+}
+
+function change(m: MessageView, c: Partial<Change> & Pick<Change, 'state'>): Change {
+  return { kind: 'change', reason: null, rcpts: m.rcpts, ...c };
+}
+
+function refuse(message: string): Decision {
+  return { kind: 'refuse', message };
+}
+
+function heldWhy(m: MessageView): string {
+  if (m.reason === 'operator') return 'it is held by an operator; `queue release` lets it go';
+  if (m.reason === 'quota') return "its account is held after Gmail's daily sending limit; `queue retry --force` tries anyway";
+  return 'its account needs re-authorization (run `authorize` or `token import`); it is sent once the account works again';
+}
+
+export function transition(m: MessageView, e: QueueEvent): Decision {
+  const waiting = m.state === 'queued' || m.state === 'deferred';
+  switch (e.type) {
+    case 'start':
+      if (waiting) return change(m, { state: 'in-flight' });
+      return refuse(m.state === 'held' ? `not sent: ${heldWhy(m)}` : `cannot start an attempt on a ${m.state} message`);
+
+    case 'outcome':
+      if (m.state !== 'in-flight') return refuse(`no attempt in flight (state ${m.state})`);
+      return outcome(m, e);
+
+    case 'retry':
+      if (m.state === 'in-flight') return { kind: 'after-attempt' };
+      if (waiting) return change(m, { state: 'queued', dueNow: true });
+      if (m.state === 'held') {
+        if (m.reason === 'quota' && e.force) return change(m, { state: 'queued', dueNow: true });
+        return refuse(`not retried: ${heldWhy(m)}`);
+      }
+      if (m.state === 'failed') {
+        // Re-queue the recipients that failed; accepted ones are never sent again.
+        const rcpts = m.rcpts.map((r): Recipient => (r.status === 'accepted' ? r : { address: r.address, status: 'pending' }));
+        if (!openRcpts(rcpts).length) return refuse('every recipient already accepted it; nothing to retry');
+        return change(m, { state: 'queued', rcpts, dueNow: true });
+      }
+      return refuse('the envelope is corrupt; inspect spool/corrupt/ and `queue delete` it');
+
+    case 'hold':
+      if (m.state === 'in-flight') return { kind: 'after-attempt' };
+      if (m.state === 'held' && m.reason === 'operator') return { kind: 'same' };
+      if (waiting || m.state === 'held') return change(m, { state: 'held', reason: 'operator' });
+      return refuse(`a ${m.state} message cannot be held`);
+
+    case 'release':
+      if (m.state === 'in-flight') return { kind: 'after-attempt' };
+      if (m.state === 'held' && m.reason === 'operator') return change(m, { state: 'queued', dueNow: true });
+      if (m.state === 'held') return refuse(`not held by an operator: ${heldWhy(m)}`);
+      return refuse(`not held (state ${m.state})`);
+
+    case 'delete':
+      if (m.state === 'in-flight') return { kind: 'after-attempt' };
+      return change(m, { state: 'removed' });
+
+    case 'account-hold':
+      if (waiting) return change(m, { state: 'held', reason: e.reason });
+      if (m.state === 'held' && m.reason !== 'operator' && m.reason !== e.reason) return change(m, { state: 'held', reason: e.reason });
+      return { kind: 'same' };
+
+    case 'account-ok':
+      // Contract: deferred mail of a re-authorized account is retried at once.
+      if (m.state === 'deferred' || (m.state === 'held' && m.reason !== 'operator')) return change(m, { state: 'queued', dueNow: true });
+      return { kind: 'same' };
+
+    case 'expire':
+      // An operator's hold and a dead grant keep mail (never lost to a revoked token); the rest bounces.
+      if (waiting || (m.state === 'held' && m.reason === 'quota')) return giveUp(m, e.reason, e.reason);
+      return { kind: 'same' };
+  }
+}
+
+function giveUp(m: MessageView, reply: string, failReason: string, rcpts = m.rcpts, bounce: Bounce[] = []): Change {
+  const out = [...bounce];
+  const next = rcpts.map((r): Recipient => {
+    if (!OPEN.has(r.status)) return r;
+    out.push({ rcpt: r.address, reply: r.reply ?? reply });
+    return { address: r.address, status: 'rejected', reply: r.reply ?? reply };
+  });
+  return change(m, { state: 'failed', rcpts: next, bounce: out, failReason, lastReply: reply, countAttempt: true });
+}
+
+function outcome(m: MessageView, e: Extract<QueueEvent, { type: 'outcome' }>): Change {
+  const accepted = new Set(e.accepted.map((a) => a.toLowerCase()));
+  const rejected = new Map(e.rejected.map((r) => [r.rcpt.toLowerCase(), r.response]));
+  const bounce: Bounce[] = [];
+  const rcpts = m.rcpts.map((r): Recipient => {
+    if (!OPEN.has(r.status)) return r;
+    const key = r.address.toLowerCase();
+    if (accepted.has(key)) return { address: r.address, status: 'accepted', reply: e.response };
+    const why = rejected.get(key) ?? (e.outcome === 'permanent' ? e.response : undefined);
+    if (why !== undefined) {
+      bounce.push({ rcpt: r.address, reply: why });
+      return { address: r.address, status: 'rejected', reply: why };
+    }
+    return { address: r.address, status: 'deferred', reply: e.response };
+  });
+  const left = openRcpts(rcpts).length;
+  if (!left) {
+    if (e.outcome === 'permanent') return change(m, { state: 'failed', rcpts, bounce, failReason: e.response, lastReply: e.response, countAttempt: true });
+    return change(m, { state: 'removed', rcpts, bounce, lastReply: e.response, countAttempt: true });
+  }
+  if (e.outcome === 'quota') return change(m, { state: 'held', reason: 'quota', rcpts, bounce, lastReply: e.response });
+  if (e.outcome === 'auth') return change(m, { state: 'held', reason: 'needs-reauth', rcpts, bounce, lastReply: e.response });
+  // 'transient', or 'ok' that left recipients unanswered: retry those later, unless too old.
+  if (e.expiry) return giveUp({ ...m, rcpts }, e.response, e.expiry, rcpts, bounce);
+  return change(m, { state: 'deferred', rcpts, bounce, nextAttemptAt: e.retryAt, lastReply: e.response, countAttempt: true });
+}

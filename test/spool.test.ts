@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, readdir, readFile, writeFile, stat, mkdir, statfs } from 'node:fs/promises';
+import { mkdtemp, rm, readdir, readFile, writeFile, stat, mkdir, statfs, rename } from 'node:fs/promises';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -10,6 +10,7 @@ import { Spool, SpoolWriteError, SpoolSizeError, newQueueId, type NewMessage } f
 import { readHeaderBlock } from '../src/spool/headers.js';
 import { nullLogger } from '../src/log/logger.js';
 import { sleep } from './helpers/wait.js';
+import { recordingLogger } from './helpers/delivery.js';
 
 const meta: NewMessage = {
   user: 'printer',
@@ -380,5 +381,96 @@ test('no room for the envelope (inodes exhausted): SpoolWriteError and the messa
     } finally {
       umount(state);
     }
+  });
+});
+
+// ---- moves decided by one atomic step; corrupt envelopes; old envelopes ----
+
+test('fail(): a crash at any point of the move is finished by init, never retried or bounced again', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    // 1. Crash right after the commit step: the queued envelope already says failed.
+    const a = await spool.receive([MSG], meta);
+    await writeFile(spool.envelopePath(a.id), JSON.stringify({ ...a, state: 'failed', failReason: '550 5.1.1 a', failedAt: new Date().toISOString() }));
+    // 2. Crash after both renames were issued but only the envelope's reached the disk.
+    const b = await spool.receive([MSG], meta);
+    await spool.fail(b, '550 5.1.1 b');
+    await rename(spool.failedMessagePath(b.id), spool.messagePath(b.id));
+    // 3. Crash between the message's rename and the envelope's.
+    const c = await spool.receive([MSG], meta);
+    await writeFile(spool.envelopePath(c.id), JSON.stringify({ ...c, state: 'failed', failReason: '550 5.1.1 c', failedAt: new Date().toISOString() }));
+    await rename(spool.messagePath(c.id), spool.failedMessagePath(c.id));
+
+    const again = new Spool(dir, nullLogger);
+    await again.init();
+    assert.deepEqual(await again.list(), [], 'nothing failed is queued again');
+    assert.deepEqual(await spoolFiles(again), []);
+    const failed = await again.listFailed();
+    assert.deepEqual(failed.map((f) => [f.id, f.state, f.failReason]), [
+      [a.id, 'failed', '550 5.1.1 a'],
+      [b.id, 'failed', '550 5.1.1 b'],
+      [c.id, 'failed', '550 5.1.1 c'],
+    ]);
+    for (const id of [a.id, b.id, c.id]) assert.deepEqual(await readFile(again.failedMessagePath(id)), MSG, `${id}: message kept`);
+  });
+});
+
+test('requeueFailed(): the reverse move, finished by init after a crash', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    const a = await spool.receive([MSG], meta);
+    const failed = (await spool.fail(a, '550 5.1.1 a'))!;
+    // Crash after the commit step of a retry: failed/ID.json already says queued.
+    await writeFile(join(spool.failedDir, `${a.id}.json`), JSON.stringify({ ...failed, state: 'queued', failReason: undefined }));
+    const again = new Spool(dir, nullLogger);
+    await again.init();
+    assert.deepEqual((await again.list()).map((e) => [e.id, e.state]), [[a.id, 'queued']]);
+    assert.deepEqual(await again.listFailed(), []);
+    assert.deepEqual(await readFile(again.messagePath(a.id)), MSG);
+  });
+});
+
+test('a corrupt envelope is moved to corrupt/ with its message, logged once naming the file, counted, listed', async () => {
+  await withDir(async (dir) => {
+    const log = recordingLogger();
+    const counted: string[] = [];
+    const spool = new Spool(dir, log, { onCorrupt: (id) => counted.push(id) });
+    await spool.init();
+    const good = await spool.receive([MSG], meta);
+    const bad = await spool.receive([MSG], meta);
+    const text = await readFile(spool.envelopePath(bad.id), 'utf8');
+    await writeFile(spool.envelopePath(bad.id), text.slice(0, text.length / 2)); // truncated JSON
+    assert.deepEqual((await spool.list()).map((e) => e.id), [good.id]);
+    assert.deepEqual((await spool.list()).map((e) => e.id), [good.id], 'a second scan has nothing to skip');
+    const errors = log.entries.filter((e) => e.level === 'error');
+    assert.equal(errors.length, 1, 'one error line');
+    assert.ok(errors[0].msg.includes(spool.envelopePath(bad.id)), errors[0].msg);
+    assert.deepEqual(counted, [bad.id]);
+    assert.deepEqual(await spoolFiles(spool), [`${good.id}.eml`, `${good.id}.json`]);
+    const corrupt = await spool.listCorrupt();
+    assert.deepEqual(corrupt.map((c) => [c.id, c.state]), [[bad.id, 'corrupt']]);
+    assert.deepEqual(await readFile(join(spool.corruptDir, `${bad.id}.eml`)), MSG, 'the message is kept with it');
+    assert.equal(await spool.removeCorrupt(bad.id), true);
+    assert.deepEqual(await spool.listCorrupt(), []);
+  });
+});
+
+test('a version-1 envelope (rcptTo pending + delivered) is read as version 2', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    const e = await spool.receive([MSG], meta);
+    const { version: _v, rcpts: _r, state: _s, reason: _x, ...v1 } = e;
+    await writeFile(spool.envelopePath(e.id), JSON.stringify({ ...v1, rcptTo: ['b@example.org'], delivered: ['a@example.org'], attempts: 2, lastError: '451 later' }));
+    const got = (await spool.get(e.id))!;
+    assert.equal(got.version, 2);
+    assert.equal(got.state, 'deferred');
+    assert.equal(got.lastReply, '451 later');
+    assert.deepEqual(got.rcpts, [
+      { address: 'a@example.org', status: 'accepted' },
+      { address: 'b@example.org', status: 'deferred', reply: '451 later' },
+    ]);
   });
 });

@@ -9,6 +9,7 @@ import type { Operations } from './ops.js';
 import { dispatch, RequestError, socketPath, type Request, type Response } from './protocol.js';
 
 const MAX_REQUEST = 64 * 1024;
+const READS = new Set(['queue.list', 'queue.show', 'token.status']);
 
 export class ControlServer {
   readonly path: string;
@@ -80,9 +81,12 @@ export class ControlServer {
       return this.answer(sock, { ok: false, error: 'request is not JSON' });
     }
     const op = typeof req?.op === 'string' ? req.op : '?';
+    // Changes are logged (audit); reads only at debug. Arguments are never logged (token import carries a secret).
+    const id = typeof req?.args?.id === 'string' ? { id: req.args.id } : {};
+    if (READS.has(op)) this.log.debug('control request', { op });
+    else this.log.info('control request', { op, ...id });
     try {
       const result = await dispatch(this.ops, req);
-      this.log.debug('control request', { op });
       this.answer(sock, { ok: true, result: result ?? null });
     } catch (err) {
       if (!(err instanceof RequestError)) this.log.error('control request failed', { op, err });

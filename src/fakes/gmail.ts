@@ -89,6 +89,7 @@ export class FakeGmail {
   /** Users allowed to AUTH PLAIN/LOGIN with a fixed password (the bench's Postfix baseline). */
   private readonly passwords = new Map<string, string>();
   private waiters: Array<() => void> = [];
+  private dataGates: Array<{ reached: () => void; wait: Promise<void> }> = [];
 
   private constructor(smtp: SMTPServer, tokens: FakeTokenEndpoint, port: number, mode: 'implicit' | 'starttls', maxPerConn: number) {
     this.smtp = smtp;
@@ -166,6 +167,19 @@ export class FakeGmail {
     this.passwords.set(user.toLowerCase(), password);
   }
 
+  /**
+   * The next DATA stops after the message's last byte, before Gmail's reply, until
+   * `release()`: a send that is in flight for as long as a test needs. `reached` resolves
+   * when a DATA got there.
+   */
+  holdNextData(): { reached: Promise<void>; release: () => void } {
+    let reached!: () => void;
+    let release!: () => void;
+    const r = new Promise<void>((res) => (reached = res));
+    this.dataGates.push({ reached, wait: new Promise<void>((res) => (release = res)) });
+    return { reached: r, release };
+  }
+
   /** Drops every scripted rule. */
   clearScript(): void {
     this.rules = [];
@@ -211,6 +225,10 @@ export class FakeGmail {
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
     await closed;
+  }
+
+  private connectionOpen(session: SMTPServerSession): boolean {
+    return [...(this.smtp.connections as Set<unknown>)].some((c) => (c as ConnectionInternals).session === session);
   }
 
   // ---- handlers ----
@@ -304,7 +322,13 @@ export class FakeGmail {
   ): void {
     const chunks: Buffer[] = [];
     stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('end', () => {
+    stream.on('end', async () => {
+      const gate = this.dataGates.shift();
+      if (gate) {
+        gate.reached();
+        await gate.wait;
+        if (!this.connectionOpen(session)) return; // the client went away meanwhile: nothing was received
+      }
       const scripted = this.take('data');
       if (scripted) return cb(scripted);
       if (stream.sizeExceeded) {

@@ -1,13 +1,11 @@
 // The console's one door into the daemon: every fact it shows and every action it takes goes
-// through here, on the same objects the CLI's commands act on (the Bridge's spool, delivery
-// worker and token service). When the daemon-side operations module (src/control/ops.ts) is
-// on main, this adapter switches to it and nothing else in the console changes.
+// through the daemon-side operations (src/control/ops.ts), the same ones the CLI's commands
+// reach over the control socket: same checks, same answers, one owner of the queue.
 import { Writable } from 'node:stream';
 import type { Bridge } from '../../daemon/bridge.js';
 import type { AccountStatus } from '../../oauth/service.js';
 import type { AccountConfig } from '../../config/schema.js';
-import type { Envelope } from '../../types.js';
-import { queueDelete, queueRetry } from '../../cli/queue.js';
+import type { CommandResult } from '../../delivery/worker.js';
 import { redactString } from '../../log/redact.js';
 
 export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'failed';
@@ -55,60 +53,51 @@ export interface ConsoleOps {
 }
 
 export function bridgeOps(bridge: Bridge): ConsoleOps {
-  const view = async (): Promise<{ envs: Envelope[]; failed: number; held: Record<string, string> }> => ({
-    envs: await bridge.spool.list(),
-    failed: (await bridge.spool.listFailed()).length,
-    held: bridge.worker.stats().held,
-  });
-  // The CLI's own command functions: same checks, same wording, same daemon notification.
-  const viaCli = async (fn: (out: NodeJS.WritableStream, err: NodeJS.WritableStream) => Promise<number>): Promise<string> => {
-    const out = collect();
-    const err = collect();
-    const code = await fn(out.stream, err.stream);
-    if (code !== 0) throw new Error(err.text().trim() || 'failed');
-    await bridge.worker.rescan();
-    return out.text().trim();
+  const answer = (r: CommandResult): string => {
+    if (!r.ok) throw new Error(r.message);
+    return r.message;
   };
   return {
     async accounts() {
-      const { envs, held } = await view();
-      const status = new Map(bridge.tokens.status().map((s) => [s.account, s]));
+      const rows = await bridge.ops.listQueue();
+      const held = bridge.worker.stats().held;
+      const status = new Map(bridge.ops.tokenStatus().map((s) => [s.account, s]));
       return bridge.config.accounts.flatMap((config) => {
         const st = status.get(config.name);
         if (!st) return [];
-        return [{ config, status: st, held: held[config.name] ?? null, queued: envs.filter((e) => e.account === config.name).length }];
+        return [{ config, status: st, held: held[config.name] ?? null, queued: rows.filter((r) => r.account === config.name && r.state !== 'failed' && r.state !== 'corrupt').length }];
       });
     },
     async queue() {
-      const { envs, failed, held } = await view();
-      const now = Date.now();
-      const counts: Record<MessageState, number> = { queued: 0, deferred: 0, 'in-flight': 0, held: 0, failed };
+      const rows = await bridge.ops.listQueue();
+      const counts: Record<MessageState, number> = { queued: 0, deferred: 0, 'in-flight': 0, held: 0, failed: 0 };
       let oldest: number | null = null;
-      const messages = envs.map((e): MessageView => {
-        const hold = held[e.account] ?? null;
-        const state: MessageState = hold ? 'held' : e.attempts > 0 && Date.parse(e.nextAttemptAt) > now ? 'deferred' : 'queued';
-        counts[state]++;
-        const age = Math.max(0, now - Date.parse(e.receivedAt));
-        oldest = oldest === null ? age : Math.max(oldest, age);
-        return {
-          id: e.id,
-          account: e.account,
-          from: e.mailFrom,
-          rcpts: e.rcptTo,
-          size: e.size,
-          receivedAt: e.receivedAt,
-          attempts: e.attempts,
-          nextAttemptAt: e.nextAttemptAt,
-          state,
-          reason: hold,
-          lastError: e.lastError ? redactString(e.lastError) : null,
-        };
-      });
-      counts['in-flight'] = bridge.worker.stats().inFlight;
+      const messages: MessageView[] = [];
+      for (const r of rows) {
+        if (r.state === 'corrupt') continue; // shown by `queue list`; nothing the console can act on
+        counts[r.state]++;
+        if (r.state === 'failed') continue;
+        oldest = oldest === null ? r.ageMs : Math.max(oldest, r.ageMs ?? 0);
+        messages.push({
+          id: r.id,
+          account: r.account ?? '?',
+          from: r.from ?? '',
+          rcpts: r.rcpts.map((x) => x.address),
+          size: r.size,
+          receivedAt: r.receivedAt ?? '',
+          attempts: r.attempts,
+          nextAttemptAt: r.nextAttemptAt ?? '',
+          state: r.state,
+          reason: r.reason,
+          lastError: r.lastReply ? redactString(r.lastReply) : null,
+        });
+      }
       return { counts, oldestAgeMs: oldest, messages };
     },
-    retry: (id) => viaCli((out, err) => queueRetry(bridge.config, { id }, out, err)),
-    remove: (id) => viaCli((out, err) => queueDelete(bridge.config, id, out, err)),
+    retry: async (id) => answer(await bridge.ops.retry(id)),
+    remove: async (id) => answer(await bridge.ops.delete(id)),
+    hold: async (id) => answer(await bridge.ops.hold(id)),
+    release: async (id) => answer(await bridge.ops.release(id)),
     async authorized() {
       await bridge.tokens.reloadStore();
     },

@@ -54,7 +54,7 @@ test('token endpoint bodies that echo secrets never reach the spool, queue list/
     world.tokens.failNext(3, 'echo500json');
     const r = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['x@example.org'], raw: message({ from: 'scanner@example.com', to: 'x@example.org' }) });
     const id = r.response.split(' ').pop()!;
-    const lastError = async () => (await b.bridge.spool.list()).find((e) => e.id === id)?.lastError ?? '';
+    const lastError = async () => (await b.bridge.spool.list()).find((e) => e.id === id)?.lastReply ?? '';
     await waitFor(async () => (await lastError()).includes('internal_failure'), 10_000, 'the echoed 500 in lastError');
     seenErrors.push(await lastError());
     assert.match(await lastError(), /refresh_token=\[redacted\]/);

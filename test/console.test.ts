@@ -174,6 +174,7 @@ test('queue actions from the console: Retry and Delete act on the spool like the
     world.tokens.expireAccessTokens();
     await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['q@example.org'], raw: message({ from: 'scanner@example.com', to: 'q@example.org' }) });
     await waitFor(() => b.bridge.tokens.state('office') === 'needs-reauth', 10_000, 'needs-reauth');
+    await waitFor(async () => (await b.bridge.ops.listQueue()).some((r) => r.state === 'held' && r.reason === 'needs-reauth'), 10_000, 'the message held (its attempt over)');
     const first = await request(`${base}/queue`);
     const cookie = cookieOf(first);
     const csrf = csrfOf(first.body);
@@ -184,7 +185,8 @@ test('queue actions from the console: Retry and Delete act on the spool like the
     const retried = await act('retry');
     assert.equal(retried.status, 303);
     const afterRetry = await request(`${base}/queue`, { headers: { Cookie: cookie } });
-    assert.match(afterRetry.body, new RegExp(`id="flash">${id}: scheduled for immediate retry`));
+    // Its account needs re-authorization: a retry would change nothing, so it is refused with the fix.
+    assert.match(afterRetry.body, new RegExp(`class="flash-bad" id="flash">queue retry: ${id}: not retried: its account needs re-authorization`));
     assert.equal((await act('delete')).status, 303);
     const afterDelete = await request(`${base}/queue`, { headers: { Cookie: cookie } });
     assert.match(afterDelete.body, new RegExp(`id="flash">${id}: deleted from the queue`));

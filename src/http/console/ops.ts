@@ -53,8 +53,9 @@ export interface ConsoleOps {
 }
 
 export function bridgeOps(bridge: Bridge): ConsoleOps {
-  const answer = (r: CommandResult): string => {
-    if (!r.ok) throw new Error(r.message);
+  // Refusals read as the CLI prints them (`queue retry: …`).
+  const answer = (verb: string, r: CommandResult): string => {
+    if (!r.ok) throw new Error(`queue ${verb}: ${r.message}`);
     return r.message;
   };
   return {
@@ -94,10 +95,10 @@ export function bridgeOps(bridge: Bridge): ConsoleOps {
       }
       return { counts, oldestAgeMs: oldest, messages };
     },
-    retry: async (id) => answer(await bridge.ops.retry(id)),
-    remove: async (id) => answer(await bridge.ops.delete(id)),
-    hold: async (id) => answer(await bridge.ops.hold(id)),
-    release: async (id) => answer(await bridge.ops.release(id)),
+    retry: async (id) => answer('retry', await bridge.ops.retry(id)),
+    remove: async (id) => answer('delete', await bridge.ops.delete(id)),
+    hold: async (id) => answer('hold', await bridge.ops.hold(id)),
+    release: async (id) => answer('release', await bridge.ops.release(id)),
     async authorized() {
       await bridge.tokens.reloadStore();
     },

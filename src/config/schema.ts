@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
-import { coversAllAddresses } from '../listener/networks.js';
+import { isNetwork, isLoopbackHost, openRelayReason } from '../listener/networks.js';
 
 const duration = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -24,15 +24,8 @@ const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
   return n;
 });
 
-const cidr = z.string().refine((s) => {
-  const [addr, bits, ...rest] = s.split('/');
-  if (rest.length || !addr) return false;
-  const fam = isIP(addr);
-  if (!fam) return false;
-  if (bits === undefined) return true;
-  const n = Number(bits);
-  return Number.isInteger(n) && n >= 0 && n <= (fam === 4 ? 32 : 128);
-}, 'expected an IP address or CIDR like 192.168.1.0/24 or fd00::/8');
+// Parsed by the same code the listener matches clients with (src/listener/networks.ts).
+const cidr = z.string().refine(isNetwork, 'expected an IP address or CIDR like 192.168.1.0/24 or fd00::/8');
 
 const email = z.string().regex(/^[^@\s]+@[^@\s]+$/, 'expected an email address');
 const senderPattern = z.string().regex(/^([^@\s]+|\*)@[^@\s]+$/, 'expected an address or *@domain');
@@ -237,12 +230,8 @@ export const configSchema = z
           path: ['listeners', i, 'proxyFrom'],
           message: `listener "${l.name}" takes PROXY headers from anyone and trusts networks: list your proxy's addresses in proxyFrom`,
         });
-      if (isOpenRelay(l))
-        ctx.addIssue({
-          code: 'custom',
-          path: ['listeners', i, 'trustedNetworks'],
-          message: `listener "${l.name}" on ${l.host} would relay unauthenticated mail from any address (open relay); narrow trustedNetworks`,
-        });
+      const openRelay = openRelayReason(l);
+      if (openRelay) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedNetworks'], message: openRelay });
     });
   });
 
@@ -256,16 +245,6 @@ function checkHttp(h: { host: string; console: boolean; certFile?: string; keyFi
       path: ['http', 'console'],
       message: `the console on ${h.host} (not loopback) would be served without TLS: set http.certFile and http.keyFile, or http.allowInsecureConsole: true (passwords and cookies then cross the network in clear text), or bind http.host: 127.0.0.1`,
     });
-}
-
-export function isLoopbackHost(host: string): boolean {
-  return host === '127.0.0.1' || host === '::1' || host === 'localhost' || host.startsWith('127.');
-}
-
-/** A non-loopback listener that trusts networks covering every address is an open relay. */
-function isOpenRelay(l: { host: string; trustedNetworks: string[] }): boolean {
-  if (isLoopbackHost(l.host)) return false;
-  return coversAllAddresses(l.trustedNetworks);
 }
 
 export type Config = z.output<typeof configSchema>;

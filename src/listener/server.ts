@@ -9,7 +9,7 @@ import type { Envelope } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
 import type { NewMessage } from '../spool/spool.js';
 import { PasswordCache, checkPassword } from './passwords.js';
-import { NetworkList, isLoopback } from './networks.js';
+import { NetworkList, isLoopback, trustedNetworksOf } from './networks.js';
 import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
 import { MessageFilter, SmtpReply, headerValues } from './filter.js';
 import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
@@ -106,7 +106,7 @@ export class Listeners {
     try {
       for (const cfg of this.config.listeners) {
         this.warnAboutCleartext(cfg);
-        const rt = { cfg, trusted: new NetworkList(cfg.trustedNetworks) } as Running;
+        const rt = { cfg, trusted: trustedNetworksOf(cfg) } as Running;
         rt.server = await this.createServer(rt);
         this.running.push(rt);
         await this.listen(rt);
@@ -144,7 +144,7 @@ export class Listeners {
       }
       Object.assign(rt.server.options, this.sessionOptions(effective));
       rt.cfg = effective;
-      rt.trusted = new NetworkList(effective.trustedNetworks);
+      rt.trusted = trustedNetworksOf(effective);
     }
     for (const l of config.listeners)
       if (!this.running.some((r) => r.cfg.name === l.name)) this.log.warn('new listener starts after a restart', { listener: l.name });

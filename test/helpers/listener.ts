@@ -9,6 +9,10 @@ import { stringify } from 'yaml';
 import { join } from 'node:path';
 import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
+import { Writable } from 'node:stream';
+import { Listeners, type SpoolSink, type ListenerMetrics } from '../../src/listener/server.js';
+import { createLogger } from '../../src/log/logger.js';
+import type { Envelope } from '../../src/types.js';
 
 export interface Reply {
   code: number;
@@ -191,4 +195,35 @@ export function makeConfig(dir: string, partial: Record<string, unknown>): Confi
 /** A message with CRLF line ends, terminated for DATA. */
 export function message(from: string, to: string, body = 'Hello from the test.', extraHeaders = ''): string {
   return `From: ${from}\r\nTo: ${to}\r\nSubject: test\r\n${extraHeaders}\r\n${body}\r\n.\r\n`;
+}
+
+export interface ListenerHarness {
+  listeners: Listeners;
+  port: (name?: string) => number;
+  queued: Envelope[];
+  /** Parsed JSON log lines so far. */
+  logs: () => Array<Record<string, unknown>>;
+  stop: () => Promise<void>;
+}
+
+/** Real listeners on port 0 in front of a real spool, logging JSON into memory. */
+export async function startListeners(config: Config, spool: SpoolSink, metrics?: ListenerMetrics): Promise<ListenerHarness> {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(...chunk.toString().split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  const log = createLogger({ level: 'debug', format: 'json', stream });
+  const queued: Envelope[] = [];
+  const listeners = new Listeners({ config, log, spool, onQueued: (env) => queued.push(env), metrics });
+  const bound = await listeners.start();
+  return {
+    listeners,
+    port: (name) => bound.find((b) => !name || b.name === name)!.port,
+    queued,
+    logs: () => lines.map((x) => JSON.parse(x) as Record<string, unknown>),
+    stop: () => listeners.stop(),
+  };
 }

@@ -1,5 +1,6 @@
 // Per-client-IP bookkeeping: failed AUTH attempts with a lockout (brute-force brake), and
 // open connections (so one device or attacker cannot take every slot).
+import { clientKey } from './networks.js';
 
 export interface AuthLimits {
   /** Failures within `windowMs` that trigger a lockout. */
@@ -8,48 +9,74 @@ export interface AuthLimits {
   lockoutMs: number;
 }
 
-export class AuthFailures {
-  private readonly byIp = new Map<string, { failures: number[]; lockedUntil: number }>();
+/** Unlocked entries kept (a distributed flood ages out the oldest of these, never a lockout). */
+export const MAX_TRACKED = 10_000;
 
-  constructor(private readonly now: () => number = Date.now) {}
+/**
+ * Failed logins per client key (IPv4 address or IPv6 /64, see `clientKey`). Locked keys
+ * live in their own map and leave it only when their lockout ends: no flood of other
+ * addresses can push a lockout out. Memory is bounded on the unlocked side (oldest first);
+ * a locked entry costs an attacker `limit` failures, and expired ones are swept.
+ */
+export class AuthFailures {
+  /** Unlocked keys with recent failures, oldest activity first (Map keeps insertion order). */
+  private readonly recent = new Map<string, number[]>();
+  private readonly locked = new Map<string, number>();
+  private sweepAt = 1024;
+
+  constructor(
+    private readonly now: () => number = Date.now,
+    private readonly maxTracked = MAX_TRACKED,
+  ) {}
 
   /** Milliseconds of lockout left for `ip` (0 = not locked). */
   lockedFor(ip: string): number {
-    const e = this.byIp.get(ip);
-    if (!e) return 0;
-    const left = e.lockedUntil - this.now();
+    const key = clientKey(ip);
+    const until = this.locked.get(key);
+    if (until === undefined) return 0;
+    const left = until - this.now();
     if (left > 0) return left;
-    if (e.lockedUntil) this.byIp.delete(ip); // cool-down over: start from a clean slate
+    this.locked.delete(key); // cool-down over: start from a clean slate
     return 0;
   }
 
   /** Records a failure; returns true when this failure started a lockout. */
   fail(ip: string, limits: AuthLimits): boolean {
     const t = this.now();
-    this.prune(t);
-    let e = this.byIp.get(ip);
-    if (!e) this.byIp.set(ip, (e = { failures: [], lockedUntil: 0 }));
-    e.failures = e.failures.filter((f) => f > t - limits.windowMs);
-    e.failures.push(t);
-    if (e.failures.length >= limits.limit && e.lockedUntil <= t) {
-      e.lockedUntil = t + limits.lockoutMs;
-      e.failures = [];
+    const key = clientKey(ip);
+    if (this.lockedFor(ip) > 0) return false;
+    const failures = (this.recent.get(key) ?? []).filter((f) => f > t - limits.windowMs);
+    failures.push(t);
+    this.recent.delete(key); // re-inserted below as the newest
+    if (failures.length >= limits.limit) {
+      this.locked.set(key, t + limits.lockoutMs);
+      this.sweep(t);
       return true;
     }
+    this.recent.set(key, failures);
+    while (this.recent.size > this.maxTracked) this.recent.delete(this.recent.keys().next().value as string);
     return false;
   }
 
-  failures(ip: string): number {
-    return this.byIp.get(ip)?.failures.length ?? 0;
+  /** Takes back the newest failure of `ip` (one charged before a check that then succeeded). */
+  refund(ip: string): void {
+    this.recent.get(clientKey(ip))?.pop();
   }
 
-  // Keeps the map from growing without bound under a distributed attack.
-  private prune(t: number): void {
-    if (this.byIp.size < 10_000) return;
-    for (const [ip, e] of this.byIp) {
-      if (e.lockedUntil <= t && (e.failures.at(-1) ?? 0) < t - 3600e3) this.byIp.delete(ip);
-    }
-    while (this.byIp.size >= 10_000) this.byIp.delete(this.byIp.keys().next().value as string);
+  failures(ip: string): number {
+    return this.recent.get(clientKey(ip))?.length ?? 0;
+  }
+
+  /** Entry counts, for tests and metrics. */
+  get size(): { tracked: number; locked: number } {
+    return { tracked: this.recent.size, locked: this.locked.size };
+  }
+
+  // Amortised: a full pass only each time the locked map has doubled since the last one.
+  private sweep(t: number): void {
+    if (this.locked.size < this.sweepAt) return;
+    for (const [key, until] of this.locked) if (until <= t) this.locked.delete(key);
+    this.sweepAt = Math.max(1024, 2 * this.locked.size);
   }
 }
 

@@ -168,3 +168,21 @@ export function trustedNetworksOf(l: Parameters<typeof openRelayReason>[0]): Net
   if (relay) throw new Error(`refusing to start: ${relay}`);
   return new NetworkList(l.trustedNetworks);
 }
+
+/**
+ * The unit a client is judged in for failed logins: its IPv4 address (IPv4-mapped folded),
+ * or its IPv6 /64 (one site's subnet: a host there picks any of 2^64 addresses at will).
+ */
+export function clientKey(ip: string): string {
+  const a = parseAddress(ip);
+  if (!a) return ip.trim().toLowerCase();
+  if (a.family === 4) return ipaddr.fromByteArray(toBytes(a.n, 4)).toString();
+  const prefix = (a.n >> 64n) << 64n;
+  return `${ipaddr.fromByteArray(toBytes(prefix, 16)).toString()}/64`;
+}
+
+function toBytes(n: bigint, len: number): number[] {
+  const out: number[] = [];
+  for (let i = len - 1; i >= 0; i--) out.push(Number((n >> BigInt(8 * i)) & 0xffn));
+  return out;
+}

@@ -9,7 +9,7 @@ import type { Envelope } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
 import type { NewMessage } from '../spool/spool.js';
 import { PasswordCache, checkPassword } from './passwords.js';
-import { NetworkList, isLoopback, trustedNetworksOf } from './networks.js';
+import { NetworkList, isLoopback, trustedNetworksOf, clientKey } from './networks.js';
 import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
 import { MessageFilter, SmtpReply, headerValues } from './filter.js';
 import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
@@ -29,6 +29,8 @@ export interface ListenersOptions {
   spool: SpoolSink;
   onQueued: (env: Envelope) => void;
   metrics?: ListenerMetrics;
+  /** Failed-login table (tests pass one in to flood it directly); default: a fresh one. */
+  authFailures?: AuthFailures;
 }
 
 /** The counters this stage feeds (implemented by src/metrics). */
@@ -77,7 +79,7 @@ export class Listeners {
   private readonly metrics?: ListenerMetrics;
   private readonly running: Running[] = [];
   private readonly cache = new PasswordCache();
-  private readonly authFailures = new AuthFailures();
+  private readonly authFailures: AuthFailures;
   private readonly connections = new ConnectionCounter();
   /** session id -> ip, for connections counted against the per-IP cap. */
   private readonly counted = new Map<string, string>();
@@ -98,6 +100,7 @@ export class Listeners {
     this.spool = opts.spool;
     this.onQueued = opts.onQueued;
     this.metrics = opts.metrics;
+    this.authFailures = opts.authFailures ?? new AuthFailures();
     this.index(opts.config);
   }
 
@@ -377,7 +380,7 @@ export class Listeners {
     this.metrics?.authFailure(rt.cfg.name);
     if (lockout) this.metrics?.lockout(rt.cfg.name);
     if (lockout)
-      this.log.warn(`auth lockout ip=${ip}`, { ip, listener: rt.cfg.name, failures: limits.limit, lockoutSeconds: Math.round(limits.lockoutMs / 1000) });
+      this.log.warn(`auth lockout ip=${ip}`, { ip, scope: clientKey(ip), listener: rt.cfg.name, failures: limits.limit, lockoutSeconds: Math.round(limits.lockoutMs / 1000) });
     cb(new SmtpReply(535, '5.7.8 Authentication credentials invalid'));
   }
 

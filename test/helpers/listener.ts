@@ -12,6 +12,7 @@ import type { Config } from '../../src/config/schema.js';
 import { Writable } from 'node:stream';
 import { Listeners, type SpoolSink, type ListenerMetrics } from '../../src/listener/server.js';
 import { createLogger } from '../../src/log/logger.js';
+import type { AuthFailures } from '../../src/listener/limits.js';
 import type { Envelope } from '../../src/types.js';
 
 export interface Reply {
@@ -207,7 +208,7 @@ export interface ListenerHarness {
 }
 
 /** Real listeners on port 0 in front of a real spool, logging JSON into memory. */
-export async function startListeners(config: Config, spool: SpoolSink, metrics?: ListenerMetrics): Promise<ListenerHarness> {
+export async function startListeners(config: Config, spool: SpoolSink, extra: { metrics?: ListenerMetrics; authFailures?: AuthFailures } = {}): Promise<ListenerHarness> {
   const lines: string[] = [];
   const stream = new Writable({
     write(chunk, _enc, cb) {
@@ -217,7 +218,7 @@ export async function startListeners(config: Config, spool: SpoolSink, metrics?:
   });
   const log = createLogger({ level: 'debug', format: 'json', stream });
   const queued: Envelope[] = [];
-  const listeners = new Listeners({ config, log, spool, onQueued: (env) => queued.push(env), metrics });
+  const listeners = new Listeners({ config, log, spool, onQueued: (env) => queued.push(env), ...extra });
   const bound = await listeners.start();
   return {
     listeners,

@@ -152,3 +152,35 @@ test('upstream TLS is always verified: an untrusted certificate is refused and t
     await world.close();
   }
 });
+
+describe('internationalized recipient domain', () => {
+  let world: FakeWorld;
+  let b: RunningBridge;
+  before(async () => {
+    world = await startFakeWorld();
+    b = await startBridge(world);
+  });
+  after(async () => {
+    await b?.stop();
+    await world?.close();
+  });
+
+  test('an IDN recipient domain counts as accepted upstream: the message is sent once, not retried', async () => {
+    const res = await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['safe@jõgeva.ee', 'bob@Example.ORG'],
+      raw: message({ from: 'scanner@example.com', to: 'safe@jõgeva.ee' }),
+    });
+    assert.match(res.response, /^250 /);
+    await world.gmail.waitForMessages(1, 10_000);
+    // On the wire the domain is punycoded (xn--jgeva-dua.ee); smtp-server decodes it back.
+    assert.deepEqual(world.gmail.messages[0].rcptTo, ['safe@jõgeva.ee', 'bob@example.org']);
+    // Both recipients were accepted upstream, so the message leaves the spool (not deferred
+    // for a retry that would send it to them again).
+    await waitFor(async () => (await b.bridge.spool.list()).length === 0, 5000, 'spool to drain');
+    assert.equal(world.gmail.messages.length, 1);
+  });
+});

@@ -3,8 +3,7 @@
 import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { rootCertificates, createSecureContext } from 'node:tls';
-import nodemailer, { type Transporter } from 'nodemailer';
-import type SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
+import { SMTPPool, sendRaw, assertRawSendContract } from './rawSend.js';
 import type { Config, AccountConfig } from '../config/schema.js';
 import type { Envelope, SendResult, TokenSource, Upstream, RecipientResult } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
@@ -12,7 +11,7 @@ import { NeedsReauthError } from '../oauth/service.js';
 import { classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
 import { redactString } from '../log/redact.js';
 
-type Transport = Transporter<SMTPPool.SentMessageInfo>;
+type Transport = SMTPPool;
 
 interface AccountTransport {
   transport: Transport;
@@ -50,6 +49,7 @@ export class GmailUpstream implements Upstream {
   private readonly ehloName: string;
 
   constructor(opts: GmailUpstreamOptions) {
+    assertRawSendContract();
     this.config = opts.config;
     this.log = opts.log.child({ component: 'upstream' });
     this.tokens = opts.tokens;
@@ -84,7 +84,7 @@ export class GmailUpstream implements Upstream {
       minVersion: 'TLSv1.2',
       ...(up.caFile ? { ca: [...rootCertificates, readFileSync(up.caFile, 'utf8')] } : {}),
     });
-    entry.transport = nodemailer.createTransport({
+    entry.transport = new SMTPPool({
       pool: true,
       host: up.host,
       port: up.port,
@@ -136,12 +136,7 @@ export class GmailUpstream implements Upstream {
     for (let i = 0; i < env.rcptTo.length; i += per) {
       const chunk = env.rcptTo.slice(i, i + per);
       try {
-        const info = await t.transport.sendMail({
-          envelope: { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size } as never,
-          raw: { path: messageFile },
-          disableFileAccess: false,
-          disableUrlAccess: true,
-        });
+        const info = await sendRaw(t.transport, env.id, { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size }, messageFile);
         lastResponse = info.response ?? '';
         // nodemailer takes any reply starting with "2" as success; only a real 250 is.
         if (!/^250(?:[ -]|$)/.test(lastResponse))

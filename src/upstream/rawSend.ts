@@ -1,0 +1,144 @@
+// Hands a spooled message file to nodemailer's SMTP pool byte for byte. nodemailer's Mail layer
+// (`transport.sendMail({ raw })`) would wrap the same bytes in a MIME tree, generate a
+// Message-ID with random bytes, parse every envelope address and pipe the file through extra
+// stream stages for each message, only to send what is on disk. The pool's transport contract
+// (`send(mail, cb)` with `mail.data` and `mail.message`) is all it needs; nodemailer 10.6.1
+// calls getEnvelope, messageId, getHeader('message-id') and createReadStream on the message.
+import { createReadStream } from 'node:fs';
+import { createRequire } from 'node:module';
+import SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
+import MimeNode from 'nodemailer/lib/mime-node/index.js';
+import PoolResource from 'nodemailer/lib/smtp-pool/pool-resource.js';
+
+export { SMTPPool };
+
+/** The nodemailer release this contract was read from (pinned in package.json). */
+export const NODEMAILER_VERSION = '10.6.1';
+/** What our stand-in message offers; the pool must not ask for anything else. */
+const MESSAGE_METHODS = new Set(['getEnvelope', 'messageId', 'getHeader', 'createReadStream']);
+
+/**
+ * The pool code that handles a queued mail, as source text: every SMTPPool method and
+ * PoolResource.send (nodemailer has no public way to hand a pool raw bytes).
+ */
+function poolSources(): string[] {
+  const protos: object[] = [SMTPPool.prototype, (PoolResource as unknown as { prototype: object }).prototype];
+  const out: string[] = [];
+  for (const proto of protos)
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      const f = Object.getOwnPropertyDescriptor(proto, name)?.value as unknown;
+      if (typeof f === 'function') out.push(Function.prototype.toString.call(f));
+    }
+  return out;
+}
+
+/** One sentence per way the pool's use of `mail.message` differs from what sendRaw provides. */
+export function rawSendProblems(sources: string[] = poolSources()): string[] {
+  const used = new Set<string>();
+  let opaque = false;
+  for (const src of sources) {
+    for (const m of src.matchAll(/\bmail\.message\b(\.(\w+))?/g)) {
+      if (m[2]) used.add(m[2]);
+      else opaque = true;
+    }
+  }
+  const problems: string[] = [];
+  if (!used.has('createReadStream')) problems.push('the pool no longer reads the message through mail.message.createReadStream()');
+  for (const u of used) if (!MESSAGE_METHODS.has(u)) problems.push(`the pool calls mail.message.${u}(), which the raw message does not provide`);
+  if (opaque) problems.push('the pool hands mail.message on as a whole');
+  return problems;
+}
+
+/** Throws one clear error at start-up instead of failing each delivery later. */
+export function assertRawSendContract(sources?: string[]): void {
+  const problems = rawSendProblems(sources);
+  if (!problems.length) return;
+  let version = '(unknown version)';
+  try {
+    version = (createRequire(import.meta.url)('nodemailer/package.json') as { version: string }).version;
+  } catch {
+    /* keep unknown */
+  }
+  throw new Error(
+    `nodemailer ${version} does not relay raw messages the way the upstream expects (written for ${NODEMAILER_VERSION}): ` +
+      `${problems.join('; ')}. Install nodemailer ${NODEMAILER_VERSION} exactly (npm ci uses the pinned version).`,
+  );
+}
+
+export interface RawEnvelope {
+  /** '' is the null sender. */
+  from: string;
+  to: string[];
+  use8BitMime: boolean;
+  size: number;
+}
+
+export interface RawSendInfo {
+  response: string;
+  accepted: string[];
+  rejected: string[];
+  rejectedErrors?: Array<Error & { recipient?: string }>;
+}
+
+/** Addresses nodemailer sends unchanged except for a lower-cased domain (its normalisation). */
+const PLAIN = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+
+/**
+ * The address as nodemailer's Mail layer would put it on the wire (IDN domains punycoded,
+ * odd local parts quoted); the cheap path covers the everyday ASCII address.
+ */
+export function wireAddress(address: string): string {
+  if (address === '') return '';
+  if (PLAIN.test(address)) {
+    const at = address.lastIndexOf('@');
+    return address.slice(0, at + 1) + address.slice(at + 1).toLowerCase();
+  }
+  const env = new MimeNode().setEnvelope({ from: address, to: [] }).getEnvelope();
+  return typeof env.from === 'string' && env.from ? env.from : address;
+}
+
+/**
+ * One transaction through the pool. Recipients in the result (and in a thrown error's
+ * rejectedErrors) are spelled as in `env.to`, whatever went on the wire, so the caller can
+ * match them against its envelope.
+ */
+export function sendRaw(pool: SMTPPool, id: string, env: RawEnvelope, file: string): Promise<RawSendInfo> {
+  const original = new Map<string, string>();
+  const to: string[] = [];
+  for (const r of env.to) {
+    const w = wireAddress(r);
+    if (original.has(w)) continue; // one RCPT per address, as the Mail layer dedupes
+    original.set(w, r);
+    to.push(w);
+  }
+  const back = (a: unknown): string => {
+    const s = typeof a === 'string' ? a : String((a as { address?: string })?.address ?? '');
+    return original.get(s) ?? s;
+  };
+  const fixRecipients = (x: { accepted?: unknown[]; rejected?: unknown[]; rejectedErrors?: Array<{ recipient?: string }> }): void => {
+    if (x.accepted) x.accepted = x.accepted.map(back);
+    if (x.rejected) x.rejected = x.rejected.map(back);
+    for (const e of x.rejectedErrors ?? []) if (e.recipient !== undefined) e.recipient = back(e.recipient);
+  };
+  const envelope = { from: wireAddress(env.from), to, use8BitMime: env.use8BitMime, size: env.size };
+  const message = {
+    getEnvelope: () => envelope,
+    // The queue id stands in for a Message-ID in nodemailer's log lines; the message's own
+    // header travels untouched inside the bytes.
+    messageId: () => id,
+    getHeader: (key: string) => (key.toLowerCase() === 'message-id' ? id : undefined),
+    createReadStream: () => createReadStream(file),
+  };
+  return new Promise((resolve, reject) => {
+    pool.send({ data: {}, message } as never, (err: Error | null, info?: unknown) => {
+      if (err) {
+        fixRecipients(err as never);
+        reject(err);
+        return;
+      }
+      const i = info as RawSendInfo;
+      fixRecipients(i as never);
+      resolve(i);
+    });
+  });
+}

@@ -54,6 +54,7 @@ export class Bridge {
   private lock?: StateLock;
   httpAddress: { host: string; port: number } | null = null;
   bound: Array<{ name: string; host: string; port: number }> = [];
+  private draining = false;
   private readonly configFile?: string;
 
   constructor(opts: BridgeOptions) {
@@ -157,7 +158,8 @@ export class Bridge {
   /** /readyz: listeners bound, spool writable, every account's token usable. */
   async readiness(): Promise<Readiness> {
     const reasons: string[] = [];
-    if (!this.bound.length) reasons.push('listeners not bound yet');
+    if (this.draining) reasons.push('draining: the bridge is stopping; sessions and deliveries in flight are finishing');
+    else if (!this.bound.length) reasons.push('listeners not bound yet');
     const spool = await spoolWritable(this.spool.dir);
     if (spool) reasons.push(spool);
     for (const st of this.tokens.status()) {
@@ -215,13 +217,15 @@ export class Bridge {
 
   /** SIGTERM: stop accepting, let in-flight sends finish (bounded), keep the rest spooled. */
   async stop(timeoutMs = 30_000): Promise<void> {
+    // /readyz answers 503 from now on, while the listeners drain: a balancer stops sending at once.
+    this.draining = true;
     await this.control.stop();
     await this.alerts.stop();
-    await this.http.stop();
     await this.listeners.stop();
     await this.worker.stop(timeoutMs);
     this.tokens.stop();
     await this.upstream.close();
+    await this.http.stop();
     await this.lock?.release();
     this.lock = undefined;
     this.log.info('xoauth2-bridge stopped');

@@ -6,6 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { Writable } from 'node:stream';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SMTPServer } from 'smtp-server';
@@ -312,5 +313,86 @@ test('greeting: at once by default (a client talking first is served, not 421); 
     await early.waitClosed();
   } finally {
     await d.stop();
+  }
+});
+
+/** A PROXY v2 header built by hand from the spec (haproxy.org proxy-protocol.txt, section 2.2). */
+function proxyV2(src: string, sport: number, opts: { local?: boolean; tlv?: Buffer } = {}): Buffer {
+  const sig = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
+  if (opts.local) return Buffer.concat([sig, Buffer.from([0x20, 0x00, 0x00, 0x00])]);
+  const v6 = src.includes(':');
+  const ip = (a: string) => (v6 ? Buffer.from(expand6(a), 'hex') : Buffer.from(a.split('.').map(Number)));
+  const addr = Buffer.concat([ip(src), ip(v6 ? '::1' : '127.0.0.1'), Buffer.from([sport >> 8, sport & 255, 0, 25])]);
+  const tlv = opts.tlv ?? Buffer.alloc(0);
+  const len = addr.length + tlv.length;
+  return Buffer.concat([sig, Buffer.from([0x21, v6 ? 0x21 : 0x11, len >> 8, len & 255]), addr, tlv]);
+}
+function expand6(a: string): string {
+  const [head, tail = ''] = a.split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  return [...h, ...Array(8 - h.length - t.length).fill('0'), ...t].map((g) => g.padStart(4, '0')).join('');
+}
+
+test('PROXY v2: client address from the binary header (trusted networks, lockouts, logs, Received); v1 still works; a bad header is dropped; proxyFrom still decides', async () => {
+  const h = await start({ proxyProtocol: true, trustedNetworks: ['198.51.100.0/24'], trustedAccount: 'office', allowInsecureAuth: true, authFailLimit: 2 });
+  try {
+    // v2 header and EHLO in one write: the bytes after the header are SMTP.
+    const lan = await RawSmtp.connect(h.port(), { greeting: false });
+    lan.write(Buffer.concat([proxyV2('198.51.100.7', 40000, { tlv: Buffer.from([0x04, 0x00, 0x01, 0x00]) }), Buffer.from('EHLO lan.test\r\n')]));
+    assert.equal((await lan.read()).code, 220);
+    assert.equal((await lan.read()).code, 250);
+    assert.equal((await lan.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250, 'trusted by the proxied address');
+    await lan.quit();
+    const env = h.queued.at(-1)!;
+    assert.equal(env.clientIp, '198.51.100.7');
+    assert.equal(splitReceived(await readFile(spool.messagePath(env.id), 'utf8')).fields.client, '[198.51.100.7]');
+    assert.ok(h.logs().some((l) => l.message === 'received' && l.ip === '198.51.100.7'));
+
+    const v6 = await RawSmtp.connect(h.port(), { greeting: false });
+    v6.write(proxyV2('2001:db8::77', 40001));
+    assert.equal((await v6.read()).code, 220);
+    await v6.ehlo();
+    assert.equal((await v6.cmd('MAIL FROM:<scanner@example.com>')).code, 530, 'not in the trusted networks');
+    assert.equal((await v6.authPlain('printer', 'wrong 1')).code, 535);
+    assert.equal((await v6.authPlain('printer', 'wrong 2')).code, 535);
+    assert.equal((await v6.authPlain('printer', PASSWORD)).code, 454, 'locked out by the proxied address');
+    await v6.quit();
+    assert.ok(h.logs().some((l) => l.message === 'auth lockout ip=2001:db8::77'));
+
+    // LOCAL (a proxy's own health check): the connection's own address.
+    const local = await RawSmtp.connect(h.port(), { greeting: false });
+    local.write(proxyV2('', 0, { local: true }));
+    assert.equal((await local.read()).code, 220);
+    await local.ehlo();
+    assert.equal((await local.authPlain('printer', PASSWORD)).code, 235, '127.0.0.1 is not locked out');
+    await local.quit();
+
+    const v1 = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP4 198.51.100.8 127.0.0.1 40002 25\r\n' });
+    await v1.ehlo();
+    assert.equal((await v1.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250);
+    await v1.quit();
+    assert.equal(h.queued.at(-1)!.clientIp, '198.51.100.8');
+
+    // A v2 signature with a wrong version byte: no session at all.
+    const bad = await RawSmtp.connect(h.port(), { greeting: false });
+    const broken = proxyV2('198.51.100.9', 1);
+    broken[12] = 0x31;
+    bad.write(broken);
+    await bad.waitClosed();
+  } finally {
+    await h.stop();
+  }
+  // Only the peers in proxyFrom send a header: anyone else is greeted at once as a direct client.
+  const p = await start({ proxyProtocol: true, proxyFrom: ['192.0.2.1'] });
+  try {
+    const c = await RawSmtp.connect(p.port());
+    await c.ehlo();
+    await c.authPlain('printer', PASSWORD);
+    assert.equal((await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250);
+    await c.quit();
+    assert.equal(p.queued.at(-1)!.clientIp, '127.0.0.1');
+  } finally {
+    await p.stop();
   }
 });

@@ -15,6 +15,7 @@ import { MessageFilter, SmtpReply, headerValues } from './filter.js';
 import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
 import { receivedHeader } from './received.js';
+import { acceptProxyV2 } from './proxyV2.js';
 import { assertSmtpServerHooks, hookServer, sendToHalfClosed, closeAfterClientEof, greetAfter, type Conn } from './hooks.js';
 
 export type { NewMessage };
@@ -268,6 +269,8 @@ export class Listeners {
     };
     const server = new SMTPServer(options);
     hookServer(server, (conn) => this.hookConnection(rt, conn));
+    // PROXY v2 as well as smtp-server's v1 (only where useProxy asks for a header at all).
+    acceptProxyV2(server);
     server.on('error', (err: Error & { remoteAddress?: string; meta?: { remoteAddress?: string } }) => {
       const ip = err.remoteAddress ?? err.meta?.remoteAddress;
       if (ip) this.log.info('smtp session error', { listener: rt.cfg.name, ip, err });

@@ -82,6 +82,7 @@ test('admin password: login form and basic auth; every POST needs the CSRF token
       request(`${base}${path}`, { method: 'POST', body, headers: { 'Content-Type': 'application/x-www-form-urlencoded', ...headers } });
 
     assert.equal((await post('/login', form({ password: 'wrong' }), origin)).status, 401);
+    assert.ok(b.logs.some((l) => l.includes('web console: login failed')), 'a failed login is logged (with the address, never the password)');
     assert.equal((await post('/login', form({ password: adminPw }), { Origin: 'https://evil.example' })).status, 403, 'login from a foreign page');
     const login = await post('/login', form({ password: adminPw }), origin);
     assert.equal(login.status, 303);
@@ -214,6 +215,24 @@ test('loopback-only console on 0.0.0.0: a request from a non-loopback address is
     assert.match(remote.body, /answers on this machine only/);
     assert.equal((await request(`http://${external!.address}:${port}/healthz`)).status, 200, 'health endpoints stay reachable');
     assert.equal((await request(`http://127.0.0.1:${port}/accounts`)).status, 200);
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+test('five wrong admin passwords from one address lock it out (429), even for the right password', { timeout: 60_000 }, async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw') } }, { http: true });
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    const login = (pw: string) =>
+      request(`${base}/login`, { method: 'POST', body: `password=${pw}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base } });
+    for (let i = 0; i < 5; i++) assert.equal((await login('wrong')).status, 401);
+    const locked = await login('right-pw');
+    assert.equal(locked.status, 429);
+    assert.match(locked.body, /Too many failed logins/);
+    assert.equal(locked.headers['set-cookie'], undefined);
   } finally {
     await b.stop();
     await world.close();

@@ -136,6 +136,7 @@ export class WebConsole {
     const flash = (ok: boolean, text: string) => this.flashes.set(session.id, { ok, text: redactString(text) });
     if (path === '/logout') {
       this.access.end(session);
+      this.flashes.delete(session.id);
       res.setHeader('Set-Cookie', this.access.clearCookie());
       return redirect(res, this.access.passwordRequired ? '/login' : '/accounts');
     }

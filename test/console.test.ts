@@ -238,3 +238,41 @@ test('five wrong admin passwords from one address lock it out (429), even for th
     await world.close();
   }
 });
+
+test('Hold and Release from the console: an operator hold keeps a deferred message from being tried until released', async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    world.gmail.script({ stage: 'mail', reply: '451 4.3.0 Mail server temporarily rejected message.', count: Infinity });
+    await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['h@example.org'], raw: message({ from: 'scanner@example.com', to: 'h@example.org' }) });
+    await waitFor(async () => (await b.bridge.ops.listQueue()).some((r) => r.state === 'deferred'), 10_000, 'the message deferred');
+    const first = await request(`${base}/queue`);
+    const cookie = cookieOf(first);
+    const csrf = csrfOf(first.body);
+    const [row] = await b.bridge.ops.listQueue();
+    assert.match(first.body, new RegExp(`action="/queue/${row.id}/hold"`), 'a deferred message offers Hold');
+    const act = (what: string) =>
+      request(`${base}/queue/${row.id}/${what}`, { method: 'POST', body: `csrf=${encodeURIComponent(csrf)}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base } });
+    assert.equal((await act('hold')).status, 303);
+    const held = await request(`${base}/queue`, { headers: { Cookie: cookie } });
+    assert.match(held.body, /id="flash">/);
+    assert.doesNotMatch(held.body, /class="flash-bad"/);
+    assert.match(held.body, /class="st st-held">held<\/span><br><span class="muted">operator/);
+    assert.match(held.body, new RegExp(`action="/queue/${row.id}/release"`), 'a held message offers Release');
+    const r = (await b.bridge.ops.listQueue())[0];
+    assert.equal(r.state, 'held');
+    assert.equal(r.reason, 'operator');
+    // Gmail works again; the held message still waits for the operator: even Retry is refused.
+    world.gmail.clearScript();
+    await act('retry');
+    assert.match((await request(`${base}/queue`, { headers: { Cookie: cookie } })).body, /class="flash-bad" id="flash">queue retry: .*held by an operator/);
+    assert.equal(world.gmail.messages.length, 0);
+    assert.equal((await act('release')).status, 303);
+    await world.gmail.waitForMessages(1, 15_000);
+    assert.equal(world.gmail.messages[0].rcptTo[0], 'h@example.org');
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});

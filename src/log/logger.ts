@@ -12,6 +12,8 @@ export interface Logger {
   info(msg: string, meta?: Meta): void;
   debug(msg: string, meta?: Meta): void;
   child(meta: Meta): Logger;
+  /** Whether a line at this level would be written (lets callers skip building it). */
+  enabled?(level: Level): boolean;
 }
 
 const scrub = winston.format((info) => {
@@ -59,11 +61,12 @@ function wrap(w: winston.Logger): Logger {
     info: (m, meta) => void (w.isLevelEnabled('info') && w.info(m, meta)),
     debug: (m, meta) => void (w.isLevelEnabled('debug') && w.debug(m, meta)),
     child: (meta) => wrap(w.child(meta)),
+    enabled: (level) => w.isLevelEnabled(level),
   };
 }
 
 /** A logger that drops everything (CLI commands that print their own output). */
-export const nullLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}, child: () => nullLogger };
+export const nullLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}, child: () => nullLogger, enabled: () => false };
 
 /**
  * bunyan-style adapter for smtp-server/nodemailer: they call logger.info(meta, fmt, ...args).
@@ -106,6 +109,8 @@ export function bunyanAdapter(log: Logger, component: string) {
     return [msg, { component, ...(tnx ? { tnx } : {}), ...(cid ? { cid } : {}) }];
   };
   const lvl = (l: Level) => (...args: unknown[]) => {
+    // Protocol traces arrive for every command and reply; do not format the dropped ones.
+    if (log.enabled && !log.enabled(l)) return;
     const [m, meta] = fmt(args);
     if (m.startsWith('C:')) {
       const line = clientLineForLog(m.slice(2));

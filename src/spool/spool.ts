@@ -1,7 +1,7 @@
 // The durable queue: one message file (ID.eml, the bytes the client sent) and one envelope
-// (ID.json) per message in stateDir/spool. The envelope is the commit point: it is written
-// (safe write: temp + fsync + rename, then a directory fsync) only after the message file is
-// fsynced, so a message file without an envelope is an unacknowledged leftover and `init`
+// (ID.json) per message in stateDir/spool. The envelope is the commit point: it is renamed
+// into place (safe write: temp + fsync + rename, then a directory fsync) only after the message
+// file is fsynced, so a message file without an envelope is an unacknowledged leftover and `init`
 // deletes it. Moves between spool/, failed/ and corrupt/ are decided by one atomic envelope
 // rewrite (its `state`) before any file moves, so `init` can always finish a half-done move.
 import { open, readdir, readFile, rename, mkdir, access, type FileHandle } from 'node:fs/promises';
@@ -271,10 +271,15 @@ export class Spool {
         ...(meta.isBounce ? { isBounce: true } : {}),
       };
       try {
-        if (this.fsync) await fh!.sync();
-        await fh!.close();
+        // The envelope's temp file is written and fsynced while the message file's fsync
+        // runs (the two usually share one journal commit); it is renamed into place only
+        // once the message is durable, so an envelope never names a message that is not.
+        const handle = fh!;
         fh = undefined;
-        await this.writeEnvelope(json, env);
+        const messageDurable = (this.fsync ? handle.sync() : Promise.resolve()).finally(() => handle.close());
+        // Awaited before the rename; this only keeps it from being unhandled if the temp write fails first.
+        messageDurable.catch(() => {});
+        await this.writeEnvelope(json, env, () => messageDurable);
       } catch (e) {
         throw new SpoolWriteError(`spool write failed: ${errText(e)}`, { cause: e });
       }
@@ -444,8 +449,8 @@ export class Spool {
     this.onCorrupt?.(id);
   }
 
-  private writeEnvelope(dest: string, env: SpooledEnvelope): Promise<void> {
-    return safeWrite(dest, JSON.stringify(env, null, 2) + '\n', { mode: 0o600, fsync: this.fsync, syncDir: (d) => this.syncDir(d) });
+  private writeEnvelope(dest: string, env: SpooledEnvelope, beforeRename?: () => Promise<void>): Promise<void> {
+    return safeWrite(dest, JSON.stringify(env, null, 2) + '\n', { mode: 0o600, fsync: this.fsync, syncDir: (d) => this.syncDir(d), beforeRename });
   }
 
   /**

@@ -108,4 +108,6 @@ export interface AccountHealth {
   markNeedsReauth(account: string, reason: string): void;
   /** Called whenever an account's state changes (e.g. ok again after `token import`). */
   onChange(listener: (account: string, state: AccountState) => void): void;
+  /** Set when the account cannot send until an operator fixes something (token store unreadable): its mail waits, with this reason. */
+  holdReason?(account: string): string | null;
 }

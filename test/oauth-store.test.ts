@@ -11,6 +11,16 @@ import { tokenImport, tokenStatus } from '../src/cli/token.js';
 import { nullLogger } from '../src/log/logger.js';
 import { oauthWorld, collect } from './helpers/oauth.js';
 
+/** The daemon keeps running on an unusable store: the account is held, its status carries the store's message. */
+async function storeRefusal(svc: TokenService): Promise<string> {
+  await svc.init();
+  const st = svc.status()[0];
+  svc.stop();
+  assert.equal(st.state, 'error');
+  await assert.rejects(svc.getAccessToken(st.account), /token store unusable/);
+  return st.lastError ?? '';
+}
+
 test('store file is 0600, written atomically with the previous version kept as .bak', async () => {
   const w = await oauthWorld();
   try {
@@ -44,7 +54,8 @@ test('a group/world-readable store is refused with the fix in the message', asyn
     chmodSync(file, 0o644);
     const before = readFileSync(file);
     const again = new TokenService({ config: w.config(), log: nullLogger });
-    await assert.rejects(again.init(), (e: Error) => e.message.includes(`chmod 600 ${file}`) && /mode 644/.test(e.message));
+    const refused = await storeRefusal(again);
+    assert.ok(refused.includes(`chmod 600 ${file}`) && /mode 644/.test(refused), refused);
     const out = collect();
     assert.equal(await tokenStatus(w.config(), { json: false }, out.stream), 2);
     assert.match(out.text(), /group\/others/);
@@ -87,7 +98,8 @@ test('AES-256-GCM at rest: round trip with hex, raw and base64 keys; wrong key i
     const wrongCfg = w.config({ tokens: { encryptionKeyFile: wrongFile } });
     const before = readFileSync(file);
     const wrong = new TokenService({ config: wrongCfg, log: nullLogger });
-    await assert.rejects(wrong.init(), (e: Error) => /cannot decrypt/.test(e.message) && e.message.includes(`tokens.encryptionKeyFile (${wrongFile})`) && /left untouched/.test(e.message));
+    const undecryptable = await storeRefusal(wrong);
+    assert.ok(/cannot decrypt/.test(undecryptable) && undecryptable.includes(`tokens.encryptionKeyFile (${wrongFile})`) && /left untouched/.test(undecryptable), undecryptable);
     const input = new PassThrough();
     input.end('rtsomethingelse0123456789\n');
     const out = collect();
@@ -98,7 +110,7 @@ test('AES-256-GCM at rest: round trip with hex, raw and base64 keys; wrong key i
     assert.deepEqual(readFileSync(file), before, 'store untouched');
 
     // Encrypted store but no key configured: clear error too.
-    await assert.rejects(new TokenService({ config: w.config(), log: nullLogger, env: {} }).init(), /encrypted but no key is configured/);
+    assert.match(await storeRefusal(new TokenService({ config: w.config(), log: nullLogger, env: {} })), /encrypted but no key is configured/);
     assert.deepEqual(readFileSync(file), before);
 
     // The right key still works afterwards.

@@ -432,6 +432,8 @@ export class DeliveryWorker {
     const acct = this.config.accounts.find((a) => a.name === account);
     if (!acct) return { reason: 'account not configured', until: null };
     if (this.health.state(account) === 'needs-reauth') return { reason: 'needs-reauth', until: null };
+    const hold = this.health.holdReason?.(account);
+    if (hold) return { reason: hold, until: null };
     const quota = this.accounts.quotaHoldUntil(account, now);
     if (quota !== null && !bypassQuota) return { reason: 'quota', until: quota };
     const rate = this.accounts.blockedUntil(account, acct.limits.messagesPerDay, now);

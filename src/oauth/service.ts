@@ -49,6 +49,11 @@ export function fixHint(account: AccountConfig): string {
   return `run: xoauth2-bridge authorize ${account.name}   (or pipe a refresh token into: xoauth2-bridge token import ${account.name})`;
 }
 
+/** Stored errors predating the redaction of token-endpoint bodies are scrubbed on the way out. */
+function redactOrNull(s: string | undefined): string | null {
+  return s ? redactString(s) : null;
+}
+
 /** Status as `token status` shows it, from a stored record (works without the daemon). */
 export function statusFromRecord(account: AccountConfig, rec: TokenRecord | undefined): AccountStatus {
   const noToken = account.oauth.type === 'user' && !rec?.refreshToken;
@@ -58,7 +63,7 @@ export function statusFromRecord(account: AccountConfig, rec: TokenRecord | unde
     state: noToken ? 'needs-reauth' : (rec?.state ?? 'ok'),
     accessTokenExpiresAt: rec?.accessTokenExpiresAt ?? null,
     lastRefreshAt: rec?.lastRefreshAt ?? null,
-    lastError: noToken ? (rec?.lastError ?? 'no refresh token stored') : (rec?.lastError ?? null),
+    lastError: noToken ? (redactOrNull(rec?.lastError) ?? 'no refresh token stored') : redactOrNull(rec?.lastError),
     refreshTokenIssuedAt: rec?.refreshTokenIssuedAt ?? null,
     refreshTokenExpiresAt: rec?.refreshTokenExpiresAt ?? null,
   };
@@ -81,6 +86,8 @@ const FORCED_SHARE_MS = 5_000;
 // Refresh idle accounts at least this often so refresh tokens never expire from disuse.
 const IDLE_REFRESH_MS = 20 * 3600_000;
 const BACKOFF_BASE_MS = 5_000;
+/** How often an unusable token store is read again. */
+const STORE_RETRY_MS = 5_000;
 const BACKOFF_MAX_MS = 5 * 60_000;
 const DAY_MS = 86400_000;
 // Google revokes refresh tokens of apps in "Testing" publishing status 7 days after issue.
@@ -142,6 +149,11 @@ export class TokenService implements TokenSource, AccountHealth {
   private task?: ScheduledTask;
   private scheduleRunning?: Promise<void>;
   private lastData: StoreData = { accounts: {} };
+  /** Why the token store cannot be used (mode, damage, key); while set, every account is held and nothing is written. */
+  private storeError: string | null = null;
+  /** The store could not even be opened (key file); retried on the next load. */
+  private storeOpenError: string | null = null;
+  private storeRetry?: NodeJS.Timeout;
 
   constructor(opts: TokenServiceOptions) {
     this.config = opts.config;
@@ -155,19 +167,83 @@ export class TokenService implements TokenSource, AccountHealth {
   }
 
   private openStore(): TokenStore {
-    return new TokenStore({ stateDir: this.config.stateDir, key: resolveStoreKey(this.keyFile, this.env) });
+    try {
+      this.storeOpenError = null;
+      return new TokenStore({ stateDir: this.config.stateDir, key: resolveStoreKey(this.keyFile, this.env) });
+    } catch (e) {
+      this.storeOpenError = (e as Error).message;
+      // Only for its path: nothing is read or written while storeOpenError is set.
+      return new TokenStore({ stateDir: this.config.stateDir, key: null });
+    }
+  }
+
+  private async loadStore(): Promise<StoreData> {
+    if (this.storeOpenError) this.store = this.openStore();
+    if (this.storeOpenError) throw new Error(this.storeOpenError);
+    return this.store.load();
   }
 
   get storeFile(): string {
     return this.store.file;
   }
 
-  /** Loads the store (throws clear errors: permissions, wrong key) and sets up every account. */
+  /**
+   * Loads the store and sets up every account. An unusable store (group-readable, damaged,
+   * wrong key) does not stop the daemon: mail is still accepted and spooled, every account
+   * is held with the store's message, and the store is checked again until it is repaired.
+   */
   async init(): Promise<void> {
-    const data = await this.store.load();
+    let data: StoreData = { accounts: {} };
+    try {
+      data = await this.loadStore();
+    } catch (e) {
+      this.storeError = redactString((e as Error).message);
+    }
     this.lastData = data;
-    if (this.store.encrypted) this.log.info('token store encrypted at rest (AES-256-GCM)', { file: this.store.file });
-    for (const acct of this.config.accounts) this.slots.set(acct.name, this.newSlot(acct, data.accounts[acct.name]));
+    if (this.store.encrypted && !this.storeError) this.log.info('token store encrypted at rest (AES-256-GCM)', { file: this.store.file });
+    for (const acct of this.config.accounts) this.slots.set(acct.name, this.storeError ? this.heldSlot(acct) : this.newSlot(acct, data.accounts[acct.name]));
+    if (this.storeError) {
+      this.log.error(
+        `token store unusable: ${this.storeError}. Mail is still accepted and spooled; every account's mail is held until the store is repaired (checked every ${STORE_RETRY_MS / 1000} s)`,
+        { file: this.store.file },
+      );
+      this.storeRetry = setInterval(() => void this.retryStore(), STORE_RETRY_MS);
+      this.storeRetry.unref();
+    }
+  }
+
+  /** An account while the store is unusable: nothing known, held with the store's message. */
+  private heldSlot(acct: AccountConfig): Slot {
+    return { cfg: acct, rec: { state: 'error', lastError: this.storeError ?? undefined }, state: 'error', failures: 0, backoffUntil: 0, seen: '' };
+  }
+
+  /** Tries the unusable store again; once it loads, every account starts from what it holds. */
+  private async retryStore(): Promise<void> {
+    if (!this.storeError) return;
+    let data: StoreData;
+    try {
+      data = await this.loadStore();
+    } catch (e) {
+      const msg = redactString((e as Error).message);
+      if (msg !== this.storeError) {
+        this.storeError = msg;
+        for (const s of this.slots.values()) s.rec.lastError = msg;
+        this.log.error(`token store still unusable: ${msg}`, { file: this.store.file });
+      }
+      return;
+    }
+    this.storeError = null;
+    clearInterval(this.storeRetry);
+    this.storeRetry = undefined;
+    this.lastData = data;
+    this.log.info('token store readable again; accounts resume', { file: this.store.file });
+    for (const acct of this.config.accounts) {
+      const fresh = this.newSlot(acct, data.accounts[acct.name]);
+      const target = fresh.state;
+      fresh.state = 'error';
+      this.slots.set(acct.name, fresh);
+      this.setState(fresh, target);
+    }
   }
 
   private newSlot(acct: AccountConfig, rec: TokenRecord | undefined): Slot {
@@ -253,6 +329,7 @@ export class TokenService implements TokenSource, AccountHealth {
 
   async getAccessToken(account: string, opts: { force?: boolean } = {}): Promise<string> {
     const s = this.slot(account);
+    if (this.storeError) throw new Error(`account ${account}: token store unusable: ${this.storeError}`);
     if (s.state === 'needs-reauth') throw new NeedsReauthError(account, s.rec.lastError ?? 'grant refused');
     const t = this.now();
     const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
@@ -270,6 +347,7 @@ export class TokenService implements TokenSource, AccountHealth {
   /** Forced refresh now (CLI `token refresh`); ignores backoff and tries even a needs-reauth account once. */
   async refresh(account: string): Promise<void> {
     const s = this.slot(account);
+    if (this.storeError) throw new Error(`account ${account}: token store unusable: ${this.storeError}`);
     if (s.inflight) {
       await s.inflight;
       return;
@@ -419,6 +497,8 @@ export class TokenService implements TokenSource, AccountHealth {
   /** Read-modify-write of one account's stored record; `fn` returning undefined leaves it absent. */
   private async persist(s: Slot, fn: (r: TokenRecord | undefined) => TokenRecord | undefined): Promise<void> {
     const name = s.cfg.name;
+    // Never overwrite a store we could not read: the operator repairs it (or restores the .bak).
+    if (this.storeError) throw new LocalError(`token store unusable: ${this.storeError}`);
     const data = await this.store.update((d) => {
       const next = fn(d.accounts[name]);
       if (next) {
@@ -477,6 +557,11 @@ export class TokenService implements TokenSource, AccountHealth {
     this.listeners.push(listener);
   }
 
+  holdReason(account: string): string | null {
+    this.slot(account);
+    return this.storeError ? `token store unusable: ${this.storeError}` : null;
+  }
+
   status(): AccountStatus[] {
     return [...this.slots.values()].map((s) => ({
       account: s.cfg.name,
@@ -484,7 +569,7 @@ export class TokenService implements TokenSource, AccountHealth {
       state: s.state,
       accessTokenExpiresAt: s.expiresAt !== undefined ? new Date(s.expiresAt).toISOString() : null,
       lastRefreshAt: s.rec.lastRefreshAt ?? null,
-      lastError: s.configError ?? s.rec.lastError ?? (s.cfg.oauth.type === 'user' && !s.rec.refreshToken ? 'no refresh token stored' : null),
+      lastError: this.storeError ?? s.configError ?? redactOrNull(s.rec.lastError) ?? (s.cfg.oauth.type === 'user' && !s.rec.refreshToken ? 'no refresh token stored' : null),
       refreshTokenIssuedAt: s.rec.refreshTokenIssuedAt ?? null,
       refreshTokenExpiresAt: s.rec.refreshTokenExpiresAt ?? null,
     }));
@@ -514,6 +599,7 @@ export class TokenService implements TokenSource, AccountHealth {
    * `token refresh`); accounts that became healthy fire onChange(account, 'ok').
    */
   async reloadStore(): Promise<void> {
+    if (this.storeError) return this.retryStore();
     const data = await this.store.load();
     this.lastData = data;
     for (const s of this.slots.values()) {
@@ -568,6 +654,8 @@ export class TokenService implements TokenSource, AccountHealth {
   }
 
   stop(): void {
+    clearInterval(this.storeRetry);
+    this.storeRetry = undefined;
     const t = this.task;
     this.task = undefined;
     if (t) void Promise.resolve(t.destroy()).catch(() => {});
@@ -585,7 +673,7 @@ export class TokenService implements TokenSource, AccountHealth {
       const due: Slot[] = [];
       for (const s of this.slots.values()) {
         this.warnLapsing(s);
-        if (s.state === 'needs-reauth' || s.configError || t < s.backoffUntil) continue;
+        if (this.storeError || s.state === 'needs-reauth' || s.configError || t < s.backoffUntil) continue;
         const expiring = s.expiresAt === undefined || s.expiresAt - t <= ahead;
         const last = s.rec.lastRefreshAt ? Date.parse(s.rec.lastRefreshAt) : 0;
         const idle = s.cfg.oauth.type === 'user' && t - last > IDLE_REFRESH_MS;

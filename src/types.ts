@@ -99,6 +99,8 @@ export type AccountState = 'ok' | 'needs-reauth' | 'error';
 export interface TokenSource {
   /** A usable access token; `force` skips the cache (after a 535). Throws NeedsReauthError when the grant is dead. */
   getAccessToken(account: string, opts?: { force?: boolean }): Promise<string>;
+  /** The upstream says the account cannot send until an operator fixes something: hold its mail with that fix for a while. */
+  holdAccount?(account: string, reason: string, forMs: number): void;
 }
 
 /** Account health as the delivery worker sees it (owned by the token service). */
@@ -108,6 +110,6 @@ export interface AccountHealth {
   markNeedsReauth(account: string, reason: string): void;
   /** Called whenever an account's state changes (e.g. ok again after `token import`). */
   onChange(listener: (account: string, state: AccountState) => void): void;
-  /** Set when the account cannot send until an operator fixes something (token store unreadable): its mail waits, with this reason. */
-  holdReason?(account: string): string | null;
+  /** Set when the account cannot send until an operator fixes something (token store unreadable, SMTP AUTH disabled): its mail waits, with this reason, until `until` (null: until fixed). */
+  holdReason?(account: string): { reason: string; until: number | null } | null;
 }

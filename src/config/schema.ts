@@ -1,5 +1,6 @@
 // The config file's shape. Every object is strict so a typo is an error that names its key.
 import { z } from 'zod';
+import { withProviderDefaults, providerIssues } from '../providers/defaults.js';
 import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
@@ -69,8 +70,13 @@ const oauthUser = z.strictObject({
   clientId: z.string().min(1),
   clientSecret: z.string().min(1).optional(),
   clientSecretFile: z.string().optional(),
-  tokenUrl: z.url().default('https://oauth2.googleapis.com/token'),
-  authUrl: z.url().default('https://accounts.google.com/o/oauth2/v2/auth'),
+  /** Defaults per provider (Google: oauth2.googleapis.com; Microsoft: authorityHost/tenant/oauth2/v2.0/token). */
+  tokenUrl: z.url().optional(),
+  authUrl: z.url().optional(),
+  /** Microsoft only: a tenant GUID or domain, `organizations`, or `consumers` (Outlook.com). */
+  tenant: z.string().min(1).optional(),
+  /** Microsoft only: the identity platform host (national clouds, test fakes). */
+  authorityHost: z.url().optional(),
   caFile: z.string().optional(),
 });
 
@@ -82,28 +88,50 @@ const oauthServiceAccount = z.strictObject({
   caFile: z.string().optional(),
 });
 
-export const accountSchema = z.strictObject({
-  name: name,
-  email: email,
-  oauth: z.discriminatedUnion('type', [oauthUser, oauthServiceAccount]),
-  upstream: z
-    .strictObject({
-      host: z.string().default('smtp.gmail.com'),
-      port: z.number().int().min(1).max(65535).default(465),
-      // Derived from the port when unset: 465 implicit TLS, anything else STARTTLS (required).
-      tls: z.enum(['implicit', 'starttls']).optional(),
-      caFile: z.string().optional(),
-      maxConnections: z.number().int().positive().default(3),
-      maxMessages: z.number().int().positive().default(100),
-    })
-    .prefault({}),
-  limits: z
-    .strictObject({
-      messagesPerDay: z.number().int().positive().default(2000),
-      recipientsPerMessage: z.number().int().positive().default(100),
-    })
-    .prefault({}),
+/** Microsoft app-only: client credentials with a secret or a certificate (signed client assertion). */
+const oauthApp = z.strictObject({
+  type: z.literal('app'),
+  clientId: z.string().min(1),
+  tenant: z.string().min(1),
+  authorityHost: z.url().optional(),
+  clientSecret: z.string().min(1).optional(),
+  clientSecretFile: z.string().optional(),
+  certificateFile: z.string().optional(),
+  privateKeyFile: z.string().optional(),
+  tokenUrl: z.url().optional(),
+  caFile: z.string().optional(),
 });
+
+export const accountSchema = z
+  .strictObject({
+    name: name,
+    /** Whose mail service: google (default) or microsoft (Microsoft 365 / Outlook.com). */
+    provider: z.enum(['google', 'microsoft']).default('google'),
+    email: email,
+    oauth: z.discriminatedUnion('type', [oauthUser, oauthServiceAccount, oauthApp]),
+    upstream: z
+      .strictObject({
+        /** Defaults per provider: smtp.gmail.com:465; smtp.office365.com:587 (smtp-mail.outlook.com for tenant consumers). */
+        host: z.string().optional(),
+        port: z.number().int().min(1).max(65535).optional(),
+        // Derived from the port when unset: 465 implicit TLS, anything else STARTTLS (required).
+        tls: z.enum(['implicit', 'starttls']).optional(),
+        caFile: z.string().optional(),
+        maxConnections: z.number().int().positive().default(3),
+        maxMessages: z.number().int().positive().default(100),
+      })
+      .prefault({}),
+    limits: z
+      .strictObject({
+        /** Defaults per provider: Google 2000 messages/day; Microsoft 10000 (its limit counts recipients). */
+        messagesPerDay: z.number().int().positive().optional(),
+        /** Microsoft default 30 (Exchange Online's per-minute limit); Google none. */
+        messagesPerMinute: z.number().int().positive().optional(),
+        recipientsPerMessage: z.number().int().positive().default(100),
+      })
+      .prefault({}),
+  })
+  .transform((a) => withProviderDefaults(a));
 
 export const userSchema = z.strictObject({
   username: z.string().min(1),
@@ -202,6 +230,7 @@ export const configSchema = z
       accounts.add(a.name);
       if (a.oauth.type === 'user' && !a.oauth.clientSecret && !a.oauth.clientSecretFile)
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
+      for (const issue of providerIssues(a)) ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });
       if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'port'], message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)' });
     });

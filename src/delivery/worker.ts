@@ -433,7 +433,7 @@ export class DeliveryWorker {
     if (!acct) return { reason: 'account not configured', until: null };
     if (this.health.state(account) === 'needs-reauth') return { reason: 'needs-reauth', until: null };
     const hold = this.health.holdReason?.(account);
-    if (hold) return { reason: hold, until: null };
+    if (hold) return hold;
     const quota = this.accounts.quotaHoldUntil(account, now);
     if (quota !== null && !bypassQuota) return { reason: 'quota', until: quota };
     const rate = this.accounts.blockedUntil(account, acct.limits.messagesPerDay, now);

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { CodeChallengeMethod } from 'google-auth-library';
 import type { Config } from '../config/schema.js';
+import { MS_DELEGATED_SCOPES } from '../providers/microsoft.js';
 import { addSecret } from '../log/redact.js';
 import { GMAIL_SCOPE, accountIdentity, classifyTokenError, createUserClient } from './client.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
@@ -44,8 +45,14 @@ export class AuthorizeError extends Error {
 export async function authorize(opts: AuthorizeOptions): Promise<{ email: string | null }> {
   const acct = opts.config.accounts.find((a) => a.name === opts.account);
   if (!acct) throw new AuthorizeError(`no account named "${opts.account}" in the config`);
+  if (acct.oauth.type === 'app')
+    throw new AuthorizeError(`account ${acct.name} is app-only (client credentials); it needs no authorize: it signs in with its client secret or certificate`);
   if (acct.oauth.type !== 'user')
     throw new AuthorizeError(`account ${acct.name} uses a service account; service accounts do not need authorize (they sign in with keyFile and domain-wide delegation)`);
+  if (acct.provider === 'microsoft')
+    throw new AuthorizeError(
+      `authorize for Microsoft accounts is not available yet; sign in with another OAuth tool (scopes ${MS_DELEGATED_SCOPES.join(' ')}) and pipe its refresh token into: xoauth2-bridge token import ${acct.name}`,
+    );
   const env = opts.env ?? process.env;
   const out = opts.output;
   // Open the store first so a wrong key or bad file mode fails before the user consents.

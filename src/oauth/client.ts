@@ -14,9 +14,9 @@ export const GMAIL_SCOPE = 'https://mail.google.com/';
 
 /** Who an access token speaks for: a stored token is only reused for the same identity. */
 export function accountIdentity(a: AccountConfig): string {
-  return a.oauth.type === 'user'
-    ? `user:${a.oauth.clientId}:${a.oauth.tokenUrl}`
-    : `sa:${a.oauth.keyFile}:${a.oauth.subject ?? ''}:${a.oauth.tokenUrl}`;
+  if (a.oauth.type === 'user') return `user:${a.oauth.clientId}:${a.oauth.tokenUrl}`;
+  if (a.oauth.type === 'app') return `app:${a.oauth.clientId}:${a.oauth.tokenUrl}`;
+  return `sa:${a.oauth.keyFile}:${a.oauth.subject ?? ''}:${a.oauth.tokenUrl}`;
 }
 
 export type UserOAuth = Extract<AccountConfig['oauth'], { type: 'user' }>;

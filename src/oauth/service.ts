@@ -14,10 +14,13 @@ import {
   createUserClient,
   readServiceAccountKey,
   serviceAccountToken,
+  tokenAgent,
+  DEFAULT_TIMEOUT_MS,
   type HttpOptions,
   type ServiceAccountKey,
   type TokenResponse,
 } from './client.js';
+import { classifyMicrosoftError, microsoftAppToken, microsoftCredentials, microsoftRefresh, type MicrosoftCredentials, type MicrosoftOAuth } from '../providers/microsoft.js';
 import { TokenStore, resolveStoreKey, type StoreData, type TokenRecord } from './store.js';
 
 export class NeedsReauthError extends Error {
@@ -44,6 +47,8 @@ export interface AccountStatus {
 
 /** The exact command that fixes a dead grant, for log lines and CLI output. */
 export function fixHint(account: AccountConfig): string {
+  if (account.oauth.type === 'app')
+    return `check the app registration in Entra ID (client secret or certificate, SMTP.SendAsApp with admin consent, the Exchange service principal and its mailbox permission: see README "Microsoft 365"), then run: xoauth2-bridge token refresh ${account.name}`;
   if (account.oauth.type === 'service-account')
     return `check the key file and the domain-wide delegation of the service account (scope https://mail.google.com/${account.oauth.subject ? `, subject ${account.oauth.subject}` : ''}), then run: xoauth2-bridge token refresh ${account.name}`;
   return `run: xoauth2-bridge authorize ${account.name}   (or pipe a refresh token into: xoauth2-bridge token import ${account.name})`;
@@ -113,6 +118,8 @@ interface Slot {
   failures: number;
   backoffUntil: number;
   client?: OAuth2Client;
+  /** Microsoft accounts: the client secret or certificate key, read when the account is set up. */
+  msCredentials?: Promise<MicrosoftCredentials>;
   saKey?: ServiceAccountKey;
   configError?: string;
   /** Persisting a rotated refresh token, started from the library's 'tokens' event. */
@@ -120,6 +127,8 @@ interface Slot {
   /** JSON of the stored record as we last read or wrote it: a difference means another process changed it. */
   seen: string;
   lapseWarnedAt?: number;
+  /** Held by the upstream's verdict (e.g. SMTP AUTH disabled) until the fix is made; re-checked at `until`. */
+  hold?: { reason: string; until: number };
   /** The refresh token registered with the redactor. */
   liveRefreshToken?: string;
 }
@@ -272,9 +281,14 @@ export class TokenService implements TokenSource, AccountHealth {
   private prepare(s: Slot): void {
     s.client = undefined;
     s.saKey = undefined;
+    s.msCredentials = undefined;
     s.configError = undefined;
     try {
-      if (s.cfg.oauth.type === 'user') {
+      if (s.cfg.provider === 'microsoft' && s.cfg.oauth.type !== 'service-account') {
+        const p = microsoftCredentials(s.cfg.oauth, s.cfg.name);
+        p.catch(() => {}); // reported by the first refresh, as a config error
+        s.msCredentials = p;
+      } else if (s.cfg.oauth.type === 'user') {
         const client = createUserClient(s.cfg, { http: this.http });
         // Rotation: the library emits the raw response (with the new refresh token) and then
         // keeps the old one in its credentials; we persist the new one before using the access token.
@@ -289,7 +303,7 @@ export class TokenService implements TokenSource, AccountHealth {
           }
         });
         s.client = client;
-      } else {
+      } else if (s.cfg.oauth.type === 'service-account') {
         s.saKey = readServiceAccountKey(s.cfg.oauth.keyFile);
         addSecret(s.saKey.private_key, { slot: `sa-key:${s.cfg.name}` });
       }
@@ -347,6 +361,7 @@ export class TokenService implements TokenSource, AccountHealth {
   /** Forced refresh now (CLI `token refresh`); ignores backoff and tries even a needs-reauth account once. */
   async refresh(account: string): Promise<void> {
     const s = this.slot(account);
+    s.hold = undefined; // the operator says it is fixed: try again
     if (this.storeError) throw new Error(`account ${account}: token store unusable: ${this.storeError}`);
     if (s.inflight) {
       await s.inflight;
@@ -369,7 +384,9 @@ export class TokenService implements TokenSource, AccountHealth {
     let tokens: TokenResponse;
     try {
       if (s.configError) throw new AccountConfigError(s.configError);
-      if (s.cfg.oauth.type === 'user') {
+      if (s.msCredentials && s.cfg.oauth.type !== 'service-account') {
+        tokens = await this.microsoftRefresh(s, s.cfg.oauth, usedRt);
+      } else if (s.cfg.oauth.type === 'user') {
         if (!usedRt) {
           await this.setNeedsReauth(s, 'no refresh token stored', undefined);
           throw new NeedsReauthError(name, 'no refresh token stored');
@@ -386,16 +403,47 @@ export class TokenService implements TokenSource, AccountHealth {
         // The library stamps expiry with the real clock; keep it relative to ours.
         const expiresAt = c.expiry_date ? this.now() + (c.expiry_date - Date.now()) : this.now() + 3600_000;
         tokens = { access_token: c.access_token, expiry_date: expiresAt };
-      } else {
+      } else if (s.cfg.oauth.type === 'service-account') {
         this.log.debug('requesting service-account access token', { account: name });
         const res = await serviceAccountToken(s.cfg.oauth, s.saKey!, Math.floor(Date.now() / 1000), this.http);
         if (!res?.access_token) throw new Error('token endpoint returned no access_token');
         tokens = { access_token: res.access_token, expiry_date: this.now() + (res.expires_in ?? 3600) * 1000 };
+      } else {
+        throw new AccountConfigError(`oauth.type ${s.cfg.oauth.type} is not supported for provider ${s.cfg.provider}`);
       }
     } catch (err) {
       throw await this.refreshFailed(s, err, usedRt);
     }
     return this.refreshSucceeded(s, tokens.access_token, tokens.expiry_date!, forced);
+  }
+
+  /**
+   * Microsoft: delegated refresh (every answer rotates the refresh token, and the fake makes
+   * each one usable once) or app-only client credentials. A rotated refresh token is on
+   * disk before the new access token is handed out.
+   */
+  private async microsoftRefresh(s: Slot, o: MicrosoftOAuth, usedRt: string | undefined): Promise<TokenResponse> {
+    const name = s.cfg.name;
+    let credentials: MicrosoftCredentials;
+    try {
+      credentials = await s.msCredentials!;
+    } catch (e) {
+      throw new AccountConfigError((e as Error).message);
+    }
+    const req = { oauth: o, credentials, agent: tokenAgent(o.caFile), timeoutMs: this.http.timeoutMs ?? DEFAULT_TIMEOUT_MS };
+    if (o.type === 'app') {
+      this.log.debug('requesting app-only access token', { account: name });
+      const r = await microsoftAppToken(req);
+      return { access_token: r.access_token, expiry_date: this.now() + (r.expires_in ?? 3600) * 1000 };
+    }
+    if (!usedRt) {
+      await this.setNeedsReauth(s, 'no refresh token stored', undefined);
+      throw new NeedsReauthError(name, 'no refresh token stored');
+    }
+    this.log.debug('refreshing access token', { account: name });
+    const r = await microsoftRefresh(req, usedRt);
+    if (r.refresh_token && r.refresh_token !== usedRt) await this.persistRotation(s, r.refresh_token, undefined);
+    return { access_token: r.access_token, expiry_date: this.now() + (r.expires_in ?? 3600) * 1000 };
   }
 
   private async refreshSucceeded(s: Slot, accessToken: string, expiresAt: number, forced: boolean): Promise<string> {
@@ -440,7 +488,7 @@ export class TokenService implements TokenSource, AccountHealth {
       this.setState(s, 'error');
       return new Error(`account ${name}: ${err.message}`);
     }
-    const c = err instanceof LocalError ? { dead: false, code: undefined, message: redactString(err.message) } : classifyTokenError(err, this.http);
+    const c = err instanceof LocalError ? { dead: false, code: undefined, message: redactString(err.message) } : (classifyMicrosoftError(err) ?? classifyTokenError(err, this.http));
     if (c.dead) {
       if (usedRt !== undefined && s.rec.refreshToken !== usedRt && s.rec.refreshToken) {
         // A new refresh token arrived (token import) while this one was being refused.
@@ -557,9 +605,18 @@ export class TokenService implements TokenSource, AccountHealth {
     this.listeners.push(listener);
   }
 
-  holdReason(account: string): string | null {
-    this.slot(account);
-    return this.storeError ? `token store unusable: ${this.storeError}` : null;
+  holdReason(account: string): { reason: string; until: number | null } | null {
+    const s = this.slot(account);
+    if (this.storeError) return { reason: `token store unusable: ${this.storeError}`, until: null };
+    if (s.hold && s.hold.until > this.now()) return { ...s.hold };
+    return null;
+  }
+
+  holdAccount(account: string, reason: string, forMs: number): void {
+    const s = this.slot(account);
+    const text = reason.replace(/ACCOUNT\b/g, account);
+    if (s.hold?.reason !== text) this.log.error(`account ${account} is held: ${text}`, { account });
+    s.hold = { reason: text, until: this.now() + forMs };
   }
 
   status(): AccountStatus[] {

@@ -10,6 +10,10 @@ import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { NeedsReauthError } from '../oauth/service.js';
 import { classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
 import { redactString } from '../log/redact.js';
+import { exchangeReply } from '../providers/microsoft.js';
+
+/** How long an account stays held for a fix only an operator can make before it is tried again. */
+const OPERATOR_HOLD_MS = 15 * 60_000;
 
 type Transport = SMTPPool;
 
@@ -153,6 +157,12 @@ export class GmailUpstream implements Upstream {
           const reauth = e.reason instanceof NeedsReauthError;
           return { outcome: reauth ? 'auth' : 'transient', response: `token: ${e.reason.message}`, accepted, rejected };
         }
+        const ms = acct.provider === 'microsoft' ? exchangeReply(replyText(err), acct.oauth, acct.email) : null;
+        if (ms?.hold && (renewed || !/\b5\.7\.3\b/.test(replyText(err)))) {
+          // Only an operator can fix this (5.7.139 at once; app-only 5.7.3 after a fresh token was refused too).
+          this.tokens.holdAccount?.(acct.name, ms.hold, OPERATOR_HOLD_MS);
+          return { outcome: 'transient', response: `${replyText(err)} (held: ${ms.hold.replace(/ACCOUNT\b/g, acct.name)})`, accepted, rejected };
+        }
         if (err.code === 'EAUTH' && classifyError(err) === 'auth' && !renewed) {
           // The server refused the token (also a bare 535 without the 334 challenge, which
           // nodemailer does not renew): get a fresh one, shared with concurrent rejections,
@@ -176,7 +186,8 @@ export class GmailUpstream implements Upstream {
           continue;
         }
         const outcome = classifyError(err);
-        return { outcome: outcome === 'ok' ? 'transient' : outcome, response: replyText(err), accepted, rejected };
+        const response = ms?.explain ? `${replyText(err)} (${ms.explain})` : replyText(err);
+        return { outcome: outcome === 'ok' ? 'transient' : outcome, response, accepted, rejected };
       }
     }
     if (!accepted.length && rejected.length) return { outcome: 'permanent', response: rejected[0].response, accepted, rejected };

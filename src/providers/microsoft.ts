@@ -1,0 +1,191 @@
+// Microsoft identity platform (Entra ID) tokens for Exchange Online SMTP, through
+// oauth4webapi: an OpenID-certified, dependency-free OAuth 2.0 client that hands us every
+// token response as it came (so each rotated refresh token is ours to persist before the
+// new access token is used; MSAL keeps refresh tokens inside its own cache instead).
+import { createHash, createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
+import * as oauth from 'oauth4webapi';
+import { addSecret, redactString } from '../log/redact.js';
+
+/** Delegated scope for SMTP AUTH XOAUTH2; offline_access brings the refresh token. */
+export const MS_SMTP_SCOPE = 'https://outlook.office.com/SMTP.Send';
+export const MS_DELEGATED_SCOPES = [MS_SMTP_SCOPE, 'offline_access'];
+/** App-only (client credentials): Exchange Online's application permission SMTP.SendAsApp. */
+export const MS_APP_SCOPE = 'https://outlook.office365.com/.default';
+
+export interface MicrosoftOAuth {
+  type: 'user' | 'app';
+  clientId: string;
+  tenant?: string;
+  authorityHost?: string;
+  tokenUrl: string;
+  clientSecret?: string;
+  clientSecretFile?: string;
+  certificateFile?: string;
+  privateKeyFile?: string;
+  caFile?: string;
+}
+
+export interface MicrosoftTokens {
+  access_token: string;
+  expires_in?: number;
+  refresh_token?: string;
+}
+
+/** How the app proves who it is: a secret, or a certificate's key signing a client assertion. */
+export interface MicrosoftCredentials {
+  auth: oauth.ClientAuth;
+}
+
+function readFile(key: string, file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new Error(`cannot read oauth.${key} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+/** Reads the secret or certificate now, so config mistakes show at start. */
+export async function microsoftCredentials(o: MicrosoftOAuth, slot: string): Promise<MicrosoftCredentials> {
+  if (o.certificateFile && o.privateKeyFile) {
+    const cert = new X509Certificate(readFile('certificateFile', o.certificateFile));
+    const pem = readFile('privateKeyFile', o.privateKeyFile);
+    addSecret(pem, { slot: `ms-key:${slot}` });
+    const keyObject = createPrivateKey(pem);
+    const key = await crypto.subtle.importKey('pkcs8', keyObject.export({ type: 'pkcs8', format: 'der' }), { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }, false, ['sign']);
+    // Entra ID finds the certificate by its thumbprint in the assertion header.
+    const x5t = createHash('sha1').update(cert.raw).digest('base64url');
+    const x5tS256 = createHash('sha256').update(cert.raw).digest('base64url');
+    return {
+      auth: oauth.PrivateKeyJwt(
+        { key },
+        {
+          [oauth.modifyAssertion]: (header) => {
+            header.x5t = x5t;
+            header['x5t#S256'] = x5tS256;
+          },
+        },
+      ),
+    };
+  }
+  let secret = o.clientSecret;
+  if (!secret && o.clientSecretFile) secret = readFile('clientSecretFile', o.clientSecretFile).trim();
+  if (!secret) throw new Error('no client secret configured (oauth.clientSecret or oauth.clientSecretFile)');
+  addSecret(secret, { slot: `client-secret:${o.clientId}` });
+  return { auth: oauth.ClientSecretPost(secret) };
+}
+
+/** fetch over node:https so oauth.caFile adds trust anchors (verification stays on) and a timeout applies. */
+function httpsFetch(agent: https.Agent | undefined, timeoutMs: number): typeof fetch {
+  return ((input: string | URL | Request, init?: RequestInit) =>
+    new Promise<Response>((resolve, reject) => {
+      const url = new URL(typeof input === 'string' || input instanceof URL ? input.toString() : input.url);
+      const headers: Record<string, string> = {};
+      new Headers(init?.headers).forEach((v, k) => (headers[k] = v));
+      const req = https.request(url, { method: init?.method ?? 'GET', headers, agent, minVersion: 'TLSv1.2', timeout: timeoutMs }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const h = new Headers();
+          for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) h.set(k, Array.isArray(v) ? v.join(', ') : v);
+          resolve(new Response(Buffer.concat(chunks), { status: res.statusCode ?? 0, headers: h }));
+        });
+        res.on('error', reject);
+      });
+      req.on('timeout', () => {
+        const e = new Error(`timed out after ${timeoutMs / 1000} s`);
+        e.name = 'TimeoutError';
+        req.destroy(e);
+      });
+      req.on('error', reject);
+      req.end(init?.body === undefined || init.body === null ? undefined : String(init.body));
+    })) as typeof fetch;
+}
+
+export interface MicrosoftRequest {
+  oauth: MicrosoftOAuth;
+  credentials: MicrosoftCredentials;
+  agent?: https.Agent;
+  timeoutMs: number;
+}
+
+function server(o: MicrosoftOAuth): oauth.AuthorizationServer {
+  return { issuer: new URL(o.tokenUrl).origin, token_endpoint: o.tokenUrl };
+}
+
+/** Delegated: refresh_token grant. Microsoft answers with a new refresh token every time. */
+export async function microsoftRefresh(r: MicrosoftRequest, refreshToken: string): Promise<MicrosoftTokens> {
+  const client: oauth.Client = { client_id: r.oauth.clientId };
+  const res = await oauth.refreshTokenGrantRequest(server(r.oauth), client, r.credentials.auth, refreshToken, {
+    additionalParameters: { scope: MS_DELEGATED_SCOPES.join(' ') },
+    [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
+  });
+  const body = await oauth.processRefreshTokenResponse(server(r.oauth), client, res);
+  return { access_token: body.access_token, expires_in: body.expires_in, refresh_token: body.refresh_token };
+}
+
+/** App-only: client_credentials grant for Exchange Online's .default scope. */
+export async function microsoftAppToken(r: MicrosoftRequest): Promise<MicrosoftTokens> {
+  const client: oauth.Client = { client_id: r.oauth.clientId };
+  const res = await oauth.clientCredentialsGrantRequest(server(r.oauth), client, r.credentials.auth, { scope: MS_APP_SCOPE }, {
+    [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
+  });
+  const body = await oauth.processClientCredentialsResponse(server(r.oauth), client, res);
+  return { access_token: body.access_token, expires_in: body.expires_in };
+}
+
+// AADSTS codes that mean the grant is gone and a person must sign in again.
+const REAUTH_CODES: Record<string, string> = {
+  '70008': 'the refresh token expired or was revoked',
+  '700082': 'the refresh token expired after 90 days without use',
+  '700084': 'the refresh token expired (single-page-app lifetime)',
+  '50173': 'the grant was revoked (password changed or sessions revoked)',
+  '50076': 'multi-factor authentication is now required',
+  '50079': 'multi-factor authentication enrolment is required',
+  '50078': 'multi-factor authentication expired',
+  '70043': 'a Conditional Access sign-in frequency requires a new sign-in',
+  '65001': 'the user or an admin has not consented to SMTP.Send for this app',
+  '50126': 'invalid user name or password',
+  '54005': 'the authorization code was already redeemed',
+};
+const CLIENT_CODES: Record<string, string> = {
+  '7000215': 'the client secret is wrong (use the secret\'s Value, not its ID)',
+  '7000222': 'the client secret has expired: create a new one under App registrations > Certificates & secrets and update oauth.clientSecret(File)',
+  '700027': 'the certificate assertion was refused (certificate not uploaded to the app registration, or expired)',
+  '700016': 'the application (client ID) was not found in this tenant',
+  '90002': 'the tenant was not found',
+};
+
+/**
+ * Microsoft's token-endpoint errors keep their AADSTS code in the message. A dead grant or
+ * a dead client credential (wrong/expired secret) needs a person: needs-reauth.
+ */
+export function classifyMicrosoftError(err: unknown): { dead: boolean; code: string | undefined; message: string } | null {
+  if (!(err instanceof oauth.ResponseBodyError)) return null;
+  const desc = (err.error_description ?? '').split(/\r?\n/)[0];
+  const aadsts = /AADSTS(\d+)/.exec(desc)?.[1];
+  const known = aadsts ? (REAUTH_CODES[aadsts] ?? CLIENT_CODES[aadsts]) : undefined;
+  const dead = err.error === 'invalid_grant' || err.error === 'interaction_required' || (aadsts !== undefined && aadsts in CLIENT_CODES) || err.error === 'unauthorized_client';
+  const what = known ? `${known} (AADSTS${aadsts})` : desc;
+  return { dead, code: aadsts ? `AADSTS${aadsts}` : err.error, message: redactString(`token endpoint ${err.status} ${err.error}: ${what}`).slice(0, 400) };
+}
+
+/**
+ * Exchange Online replies that need more than the generic SMTP classes: a hold with the
+ * exact fix (SMTP AUTH disabled; app-only without mailbox rights), or a permanent refusal
+ * with a clear bounce reason (send-as denied).
+ */
+export function exchangeReply(text: string, o: { type: string }, mailbox: string): { hold?: string; explain?: string } | null {
+  if (/\b5\.7\.139\b/.test(text))
+    return {
+      hold: `SMTP AUTH is disabled for ${mailbox} (or tenant-wide). Fix: Set-CASMailbox -Identity ${mailbox} -SmtpClientAuthenticationDisabled $false   (and check Security Defaults), then run: xoauth2-bridge token refresh ACCOUNT`,
+    };
+  if (/\b5\.7\.3\b/.test(text) && o.type === 'app')
+    return {
+      hold: `Exchange refused the app's token for ${mailbox} (535 5.7.3): register the Exchange service principal (New-ServicePrincipal -AppId CLIENT_ID -ObjectId ENTERPRISE_APP_OBJECT_ID) and grant it the mailbox (Add-MailboxPermission -Identity ${mailbox} -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess), then run: xoauth2-bridge token refresh ACCOUNT`,
+    };
+  if (/\b5\.7\.60\b|\b5\.2\.252\b/.test(text))
+    return { explain: `the mailbox ${mailbox} may not send as this sender (grant Send As, or send from the mailbox's own address)` };
+  return null;
+}

@@ -57,8 +57,9 @@ test('a group/world-readable store is refused with the fix in the message', asyn
     const refused = await storeRefusal(again);
     assert.ok(refused.includes(`chmod 600 ${file}`) && /mode 644/.test(refused), refused);
     const out = collect();
-    assert.equal(await tokenStatus(w.config(), { json: false }, out.stream), 2);
-    assert.match(out.text(), /group\/others/);
+    // The account shows as not ok, with the store's message (the daemon keeps running on it).
+    assert.equal(await tokenStatus(w.config(), { json: false }, out.stream), 1);
+    assert.match(out.text(), /error .*group\/others/);
     assert.deepEqual(readFileSync(file), before);
   } finally {
     await w.close();
@@ -106,7 +107,8 @@ test('AES-256-GCM at rest: round trip with hex, raw and base64 keys; wrong key i
     assert.equal(await tokenImport(wrongCfg, 'office', input, out.stream), 1);
     assert.match(out.text(), /cannot decrypt/);
     const st = collect();
-    assert.equal(await tokenStatus(wrongCfg, { json: true }, st.stream), 2);
+    assert.equal(await tokenStatus(wrongCfg, { json: true }, st.stream), 1);
+    assert.match((JSON.parse(st.text()) as { lastError: string }[])[0].lastError, /cannot decrypt/);
     assert.deepEqual(readFileSync(file), before, 'store untouched');
 
     // Encrypted store but no key configured: clear error too.

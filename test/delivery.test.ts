@@ -440,6 +440,23 @@ test('messagesPerDay: over the limit mail waits, and the count survives a restar
   }
 });
 
+test('messagesPerMinute (Exchange Online: 30/min): over the limit mail waits for the minute to pass', async () => {
+  const h = await setup({ limits: { messagesPerMinute: 2 } });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    const b = await h.queue();
+    await waitFor(() => h.upstream.callsFor(a.id).length + h.upstream.callsFor(b.id).length === 2, 5000, 'two delivered');
+    const c = await h.queue();
+    await waitFor(() => h.log.events('held').some((e) => e.id === c.id && e.reason === 'rate-limit'), 5000, 'third held');
+    assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
+    const until = Date.parse(h.worker.stats().held.office.replace(/^rate-limit until /, ''));
+    assert.ok(until - Date.now() > 50_000 && until - Date.now() <= 60_000, 'until the first send is a minute old');
+  } finally {
+    await h.done();
+  }
+});
+
 test('delayWarning: one Action: delayed notice per message, the message keeps being retried', async () => {
   const reply = '451 4.4.2 Timeout - closing connection.';
   const h = await setup({ queue: { retry: ['40ms'], delayWarning: '120ms' }, script: (env) => (env.isBounce ? ok(env) : fail('transient', reply)) });

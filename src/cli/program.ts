@@ -158,8 +158,9 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('run the bridge against a built-in fake Gmail and token endpoint and relay one message')
-    .action(() => run(async () => (await import('./demo.js')).demoCommand(process.stdout)));
+    .description('run the bridge against built-in fakes (token endpoint + Gmail, or Microsoft identity + Exchange Online) and relay one message')
+    .addOption(new Option('--provider <provider>', 'which provider to fake').choices(['google', 'microsoft']).default('google'))
+    .action((o: { provider: 'google' | 'microsoft' }) => run(async () => (await import('./demo.js')).demoCommand(process.stdout, { provider: o.provider })));
 
   return program;
 }

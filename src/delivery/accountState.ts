@@ -6,6 +6,7 @@ import type { Logger } from '../log/logger.js';
 import { safeWrite } from '../fs/safeWrite.js';
 
 export const DAY_MS = 24 * 3600e3;
+const MINUTE_MS = 60_000;
 
 interface Persisted {
   version: 1;
@@ -48,6 +49,13 @@ export class AccountState {
     const list = this.prune(account, now);
     if (list.length < limit) return null;
     return list[list.length - limit] + DAY_MS;
+  }
+
+  /** The same for a per-minute limit (Exchange Online's 30 messages a minute). */
+  minuteBlockedUntil(account: string, limit: number, now: number): number | null {
+    const recent = this.prune(account, now).filter((t) => t > now - MINUTE_MS);
+    if (recent.length < limit) return null;
+    return recent[recent.length - limit] + MINUTE_MS;
   }
 
   /** Counts a send before it starts, so concurrent sends cannot overshoot the limit. */

@@ -436,6 +436,9 @@ export class DeliveryWorker {
     if (hold) return hold;
     const quota = this.accounts.quotaHoldUntil(account, now);
     if (quota !== null && !bypassQuota) return { reason: 'quota', until: quota };
+    const perMinute = acct.limits.messagesPerMinute;
+    const minute = perMinute ? this.accounts.minuteBlockedUntil(account, perMinute, now) : null;
+    if (minute !== null) return { reason: 'rate-limit', until: minute };
     const rate = this.accounts.blockedUntil(account, acct.limits.messagesPerDay, now);
     if (rate !== null) return { reason: 'rate-limit', until: rate };
     return null;

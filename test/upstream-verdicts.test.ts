@@ -40,7 +40,11 @@ test('a token blip while a second pool connection opens does not change the verd
     // connection's token request has failed.
     world.tokens.down(true);
     world.gmail.script({ stage: 'rcpt', rcpt: 'nobody@example.org', reply: '550 5.1.1 The email account that you tried to reach does not exist.', count: 1, delayMs: 1500 });
-    const [bad] = await Promise.all([send(world, b, ['nobody@example.org'], 'to nobody'), send(world, b, ['second@example.org'], 'second')]);
+    // The 550's message goes first, onto the idle authenticated connection; the second
+    // message, sent while the RCPT is pending, needs a new connection and so a token.
+    const bad = await send(world, b, ['nobody@example.org'], 'to nobody');
+    await waitFor(() => b.logs.some((l) => l.includes('RCPT TO:<nobody@example.org>')), 10_000, 'the RCPT on the authenticated connection');
+    await send(world, b, ['second@example.org'], 'second');
     await waitFor(() => events(b, 'bounced', idOf(bad)).length > 0 || events(b, 'deferred', idOf(bad)).length > 0, 10_000, 'a verdict for the 550');
     assert.deepEqual(events(b, 'deferred', idOf(bad)), [], 'the 550 is not deferred because of another connection\'s token error');
     assert.equal(events(b, 'bounced', idOf(bad)).length, 1, 'the 550 bounces');

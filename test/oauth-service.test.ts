@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { TokenService, NeedsReauthError } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
-import { GMAIL_SCOPE } from '../src/oauth/client.js';
+import { GMAIL_SCOPE, DEFAULT_TIMEOUT_MS } from '../src/oauth/client.js';
 import { tokenImport, tokenRefresh, tokenStatus } from '../src/cli/token.js';
 import { createLogger, nullLogger } from '../src/log/logger.js';
 import type { AccountState } from '../src/types.js';
@@ -363,6 +363,31 @@ test('debug logs during refresh failures hold none of the secrets used', async (
     const secrets = [w.clientSecret, w.refreshToken, stored.refreshToken!, ...w.fake.refreshTokensFor(w.email), ...access];
     assert.ok(secrets.length >= 5);
     for (const s of secrets) assert.ok(!text.includes(s), `secret leaked into logs: ${s.slice(0, 6)}…`);
+  } finally {
+    await w.close();
+  }
+});
+
+test('token request policy: a timed-out request is not retried, a dropped connection once, HTTP 5xx twice', async () => {
+  const w = await oauthWorld();
+  try {
+    assert.equal(DEFAULT_TIMEOUT_MS, 10_000);
+    const svc = new TokenService({ config: w.config(), log: nullLogger, http: { timeoutMs: 300 } });
+    await svc.init();
+    await svc.importRefreshToken('office', w.refreshToken);
+    const sent = async (kind: 'hang' | 'reset' | 'http500', n: number, ok: boolean) => {
+      w.fake.failNext(n, kind);
+      const before = refreshes(w);
+      if (ok) await svc.refresh('office');
+      else await assert.rejects(svc.refresh('office'), (e: Error) => !(e instanceof NeedsReauthError));
+      return refreshes(w) - before;
+    };
+    assert.equal(await sent('hang', 1, false), 1, 'a timed-out request is sent once');
+    assert.equal(await sent('reset', 1, true), 2, 'a dropped connection is retried once and then succeeds');
+    assert.equal(await sent('reset', 2, false), 2, 'but not twice');
+    assert.equal(await sent('http500', 2, true), 3, '5xx is retried twice');
+    assert.equal(await sent('http500', 3, false), 3, 'and then given up to our own backoff');
+    assert.equal(svc.state('office'), 'ok', 'transient failures never mark the grant dead');
   } finally {
     await w.close();
   }

@@ -3,6 +3,7 @@
 import { Command, Option } from 'commander';
 import { loadConfig, ConfigError } from '../config/load.js';
 import type { Config } from '../config/schema.js';
+import { VERSION } from '../version.js';
 
 // Each command loads only its own modules: the daemon never loads the demo's fakes, and a
 // CLI call never loads the daemon.
@@ -36,6 +37,7 @@ async function run(fn: () => Promise<number>): Promise<void> {
 export function buildProgram(): Command {
   const program = new Command('xoauth2-bridge')
     .description('Local SMTP to Gmail XOAUTH2 bridge: plain SMTP in, durable spool, XOAUTH2 relay out')
+    .version(VERSION, '-V, --version', 'print the version')
     .showHelpAfterError();
   const configOpt = () => new Option('-c, --config <file>', 'config file').default(DEFAULT_CONFIG);
 

@@ -20,7 +20,7 @@ const CODE_TTL_MS = 10 * 60 * 1000;
  * client secret) in a text/plain 500 body; `truncated`: a 200 whose JSON body (with an
  * access token) is cut off mid-way; `notJson`: a 200 with an HTML error page.
  */
-export type TokenFailureKind = 'http500' | 'invalid_grant' | 'unauthorized_client' | 'hang' | 'echo500' | 'echo500json' | 'truncated' | 'notJson';
+export type TokenFailureKind = 'http500' | 'invalid_grant' | 'unauthorized_client' | 'hang' | 'echo500' | 'echo500json' | 'truncated' | 'notJson' | 'reset';
 
 export interface TokenRequestRecord {
   at: number;
@@ -332,6 +332,10 @@ export class FakeTokenEndpoint {
           // Never answer: the client's own timeout has to fire.
           this.hanging.add(res);
           res.on('close', () => this.hanging.delete(res));
+          return;
+        case 'reset':
+          // The connection dies without an answer (a proxy or the endpoint restarting).
+          res.socket?.destroy();
           return;
         case 'http500':
           return this.sendJson(res, 500, { error: 'internal_failure', error_description: 'Backend Error' });

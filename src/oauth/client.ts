@@ -27,14 +27,17 @@ export interface HttpOptions {
   timeoutMs?: number;
 }
 
-/** Token endpoint request timeout unless the caller sets one. */
-export const DEFAULT_TIMEOUT_MS = 30_000;
+/**
+ * Per-attempt timeout of a token request unless the caller sets one (Google answers in well
+ * under a second; a timed-out request is not retried, see retryTokenRequest).
+ */
+export const DEFAULT_TIMEOUT_MS = 10_000;
 
 const agents = new Map<string, https.Agent>();
 
 /**
  * caFile adds trust anchors on top of the system roots (never replaces or disables
- * verification). gaxios 7 uses node-fetch in Node, which honours an https.Agent.
+ * verification). gaxios 8 uses node-fetch in Node, which honours an https.Agent.
  */
 export function tokenAgent(caFile: string | undefined): https.Agent | undefined {
   if (!caFile) return undefined;
@@ -96,13 +99,25 @@ export function rejectNonJson(transporter: Gaxios): void {
   });
 }
 
+/**
+ * Retry policy of a token request (gaxios 8 would also retry a timed-out POST): a hung
+ * endpoint costs one timeout, then our own backoff (service.ts) takes over, so a refresh
+ * never stalls delivery for several timeouts and a single-use authorization code is not
+ * POSTed twice. A connection that dies without an answer is retried once, 408/429/5xx twice.
+ */
+export function retryTokenRequest(err: { code?: unknown; response?: { status: number }; config?: { retryConfig?: { currentRetryAttempt?: number } } }): boolean {
+  if (err.code === 'TimeoutError') return false;
+  const attempt = err.config?.retryConfig?.currentRetryAttempt ?? 0;
+  if (!err.response) return attempt < 1;
+  const s = err.response.status;
+  return (s === 408 || s === 429 || s >= 500) && attempt < 2;
+}
+
 export function transporterOptions(caFile: string | undefined, http: HttpOptions = {}) {
   return {
     agent: tokenAgent(caFile),
     timeout: http.timeoutMs ?? DEFAULT_TIMEOUT_MS,
-    // The library retries POSTs on 5xx/429/no response; keep that short: our own backoff
-    // (service.ts) handles longer outages without hammering the endpoint.
-    retryConfig: { retry: 2, noResponseRetries: 1, retryDelay: 200 },
+    retryConfig: { retry: 2, noResponseRetries: 1, retryDelay: 200, shouldRetry: retryTokenRequest },
   };
 }
 

@@ -19,7 +19,7 @@ if (!(major >= MIN_MAJOR)) {
 Promise.all([import('node:fs'), import('node:url'), import('node:path')])
   .then(async ([{ existsSync }, { fileURLToPath, pathToFileURL }, { dirname, join }]) => {
     const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-    const compiled = join(root, 'dist', 'src', 'cli', 'main.js');
+    const compiled = join(root, 'dist', 'main.mjs');
     if (existsSync(compiled)) return import(pathToFileURL(compiled).href);
     const { register } = await import('tsx/esm/api');
     register();

@@ -32,7 +32,8 @@ const defaultTargets = (): HookTargets => ({
 
 const source = (o: object, name: string): string | null => {
   const f = (o as Record<string, unknown>)[name];
-  return typeof f === 'function' ? Function.prototype.toString.call(f) : null;
+  // Quotes normalised: a bundler (the .deb and image run an esbuild bundle) reprints 'x' as "x".
+  return typeof f === 'function' ? Function.prototype.toString.call(f).replace(/"/g, "'") : null;
 };
 
 /**

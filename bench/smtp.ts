@@ -8,6 +8,8 @@ import { once } from 'node:events';
 export interface ConnectOptions {
   port: number;
   host?: string;
+  /** Source address (the KDF-flood scenario uses many loopback addresses). */
+  localAddress?: string;
   /** Implicit TLS, verified against this CA. */
   tls?: { ca: string; servername: string };
 }
@@ -47,7 +49,7 @@ export class SmtpClient {
     const host = o.host ?? '127.0.0.1';
     const socket = o.tls
       ? tlsConnect({ port: o.port, host, ca: o.tls.ca, servername: o.tls.servername, minVersion: 'TLSv1.2' })
-      : netConnect({ port: o.port, host });
+      : netConnect({ port: o.port, host, localAddress: o.localAddress });
     const t0 = performance.now();
     await once(socket, o.tls ? 'secureConnect' : 'connect');
     const up = performance.now();

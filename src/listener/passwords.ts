@@ -141,6 +141,111 @@ export async function checkPassword(cache: PasswordCache, username: string, pass
   return true;
 }
 
+// ---- KDF gate ----------------------------------------------------------------------------
+
+/** A queued check dropped because its client got locked out meanwhile. */
+export class KdfCancelled extends Error {
+  constructor() {
+    super('password check cancelled: client locked out');
+  }
+}
+
+interface Waiter {
+  start: () => void;
+  cancel: () => void;
+}
+
+/**
+ * Bounds concurrent password KDFs process-wide. scrypt runs on libuv's threadpool, which the
+ * spool's fs calls share: unbounded, a burst of wrong-password logins delays every fsync
+ * behind it. Fair between clients: each client key has at most one KDF in flight, waiting
+ * clients are served round-robin (one flooding address waits behind its own queue, not in
+ * front of everyone else's).
+ */
+export class KdfGate {
+  /** Bench-only: no bound and no queue (the "before" of the bench). Never a config key. */
+  bypass = false;
+  private running = 0;
+  /** Client key -> waiting checks, in round-robin order (served keys move to the back). */
+  private readonly queues = new Map<string, Waiter[]>();
+  private readonly active = new Set<string>();
+  /** KDF runs started through the gate, and runs refused before the KDF. */
+  readonly stats = { runs: 0 };
+
+  constructor(public concurrency = 2) {}
+
+  /** Checks waiting for a slot. */
+  get queued(): number {
+    let n = 0;
+    for (const q of this.queues.values()) n += q.length;
+    return n;
+  }
+
+  get inFlight(): number {
+    return this.running;
+  }
+
+  /** Checks of `key` in flight or waiting. */
+  pending(key: string): number {
+    if (this.bypass) return 0;
+    return (this.active.has(key) ? 1 : 0) + (this.queues.get(key)?.length ?? 0);
+  }
+
+  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    if (this.bypass) {
+      this.stats.runs++;
+      return fn();
+    }
+    return new Promise<T>((resolve, reject) => {
+      const start = () => {
+        this.running++;
+        this.active.add(key);
+        this.stats.runs++;
+        fn()
+          .then(resolve, reject)
+          .finally(() => {
+            this.running--;
+            this.active.delete(key);
+            this.pump();
+          });
+      };
+      const q = this.queues.get(key);
+      if (q) q.push({ start, cancel: () => reject(new KdfCancelled()) });
+      else this.queues.set(key, [{ start, cancel: () => reject(new KdfCancelled()) }]);
+      this.pump();
+    });
+  }
+
+  /** Drops every waiting check of `key` (it was locked out): they fail with KdfCancelled. */
+  cancel(key: string): void {
+    const q = this.queues.get(key);
+    if (!q) return;
+    this.queues.delete(key);
+    for (const w of q) w.cancel();
+  }
+
+  private pump(): void {
+    while (this.running < this.concurrency) {
+      let next: string | undefined;
+      for (const key of this.queues.keys()) {
+        if (!this.active.has(key)) {
+          next = key;
+          break;
+        }
+      }
+      if (next === undefined) return;
+      const q = this.queues.get(next)!;
+      const w = q.shift()!;
+      this.queues.delete(next); // back of the round-robin order
+      if (q.length) this.queues.set(next, q);
+      w.start();
+    }
+  }
+}
+
+/** The process-wide gate (scrypt's memory and the threadpool are per process). */
+export const kdfGate = new KdfGate();
+
 // ---- `xoauth2-bridge hash-password` ---------------------------------------------------
 
 const MAX_PASSWORD_BYTES = 4096;

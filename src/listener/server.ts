@@ -8,7 +8,7 @@ import type { Config, ListenerConfig, UserConfig, AccountConfig } from '../confi
 import type { Envelope } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
 import type { NewMessage } from '../spool/spool.js';
-import { PasswordCache, checkPassword } from './passwords.js';
+import { Logins } from './logins.js';
 import { NetworkList, isLoopback, trustedNetworksOf, clientKey } from './networks.js';
 import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
 import { MessageFilter, SmtpReply, headerValues } from './filter.js';
@@ -79,8 +79,7 @@ export class Listeners {
   private readonly onQueued: (env: Envelope) => void;
   private readonly metrics?: ListenerMetrics;
   private readonly running: Running[] = [];
-  private readonly cache = new PasswordCache();
-  private readonly authFailures: AuthFailures;
+  private readonly logins: Logins;
   private readonly connections = new ConnectionCounter();
   /** session id -> ip, for connections counted against the per-IP cap. */
   private readonly counted = new Map<string, string>();
@@ -101,7 +100,7 @@ export class Listeners {
     this.spool = opts.spool;
     this.onQueued = opts.onQueued;
     this.metrics = opts.metrics;
-    this.authFailures = opts.authFailures ?? new AuthFailures();
+    this.logins = new Logins(opts.authFailures);
     this.index(opts.config);
   }
 
@@ -126,7 +125,7 @@ export class Listeners {
   async reload(config: Config): Promise<void> {
     this.config = config;
     this.index(config);
-    this.cache.clear();
+    this.logins.cache.clear();
     for (const rt of this.running) {
       const next = config.listeners.find((l) => l.name === rt.cfg.name);
       if (!next) {
@@ -359,31 +358,29 @@ export class Listeners {
     cb: (err: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void,
   ): Promise<void> {
     const ip = session.remoteAddress;
-    if (this.authFailures.lockedFor(ip) > 0) return cb(new SmtpReply(454, '4.7.0 Too many authentication failures, try later'));
     const username = auth.username ?? '';
     const password = auth.password ?? '';
-    // We do not support acting on behalf of another identity (RFC 4616 authzid).
+    // We do not support acting on behalf of another identity (RFC 4616 authzid): such a
+    // login is checked like an unknown user's (same cost, never succeeds).
     const proxyAttempt = auth.method === 'PLAIN' && !!auth.authzid && !!auth.authcid && auth.authzid !== auth.authcid;
-    const user = this.users.get(username);
-    let ok = false;
-    try {
-      ok = await checkPassword(this.cache, username, password, user?.passwordHash);
-    } catch (err) {
-      this.log.error('password check failed', { err });
-    }
-    if (ok && user && !proxyAttempt) {
+    const user = proxyAttempt ? undefined : this.users.get(username);
+    const limits = this.authLimits(rt.cfg);
+    const verdict = await this.logins.check(ip, username, password, user?.passwordHash, limits);
+    if (verdict.result === 'ok' && user) {
       this.log.debug('auth ok', { listener: rt.cfg.name, ip, user: user.username });
       return cb(null, { user: user.username });
     }
-    const limits = this.authLimits(rt.cfg);
-    const lockout = this.authFailures.fail(ip, limits);
-    // Stable lines for fail2ban (config/fail2ban/filter.d/xoauth2-bridge.conf): the same
-    // whether or not the user exists, and never the password.
-    this.log.warn(`auth failed ip=${ip}`, { ip, listener: rt.cfg.name, method: auth.method, user: safeUser(username) });
-    this.metrics?.authFailure(rt.cfg.name);
-    if (lockout) this.metrics?.lockout(rt.cfg.name);
-    if (lockout)
+    if (verdict.failed) {
+      // Stable lines for fail2ban (config/fail2ban/filter.d/xoauth2-bridge.conf): the same
+      // whether or not the user exists, and never the password.
+      this.log.warn(`auth failed ip=${ip}`, { ip, listener: rt.cfg.name, method: auth.method, user: safeUser(username) });
+      this.metrics?.authFailure(rt.cfg.name);
+    }
+    if (verdict.lockoutStarted) {
+      this.metrics?.lockout(rt.cfg.name);
       this.log.warn(`auth lockout ip=${ip}`, { ip, scope: clientKey(ip), listener: rt.cfg.name, failures: limits.limit, lockoutSeconds: Math.round(limits.lockoutMs / 1000) });
+    }
+    if (verdict.result === 'locked') return cb(new SmtpReply(454, '4.7.0 Too many authentication failures, try later'));
     cb(new SmtpReply(535, '5.7.8 Authentication credentials invalid'));
   }
 

@@ -3,6 +3,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AccountState, Outcome } from '../types.js';
 import type { Logger } from '../log/logger.js';
+import { kdfGate } from '../listener/passwords.js';
 
 const P = 'xoauth2_bridge_';
 
@@ -79,6 +80,18 @@ export class Metrics {
       labelNames: ['account', 'state'],
       registers,
     });
+
+    // Password KDF work (issue 10 item 16), read from the process-wide gate at scrape time.
+    new Counter({ name: P + 'kdf_runs_total', help: 'Password KDF (scrypt) runs started.', registers, collect() {
+      this.reset();
+      this.inc(kdfGate.stats.runs);
+    } });
+    new Gauge({ name: P + 'kdf_queue', help: 'Password checks waiting for a KDF slot.', registers, collect() {
+      this.set(kdfGate.queued);
+    } });
+    new Gauge({ name: P + 'kdf_in_flight', help: 'Password KDF runs in progress.', registers, collect() {
+      this.set(kdfGate.inFlight);
+    } });
 
     // Queue gauges are read from the spool at scrape time instead of being kept in step
     // with every enqueue/dequeue, so they cannot drift.

@@ -1,0 +1,54 @@
+// One login check: lockout, then the cache of successful logins (never waits for a KDF),
+// then the fair KDF gate. A client that already has a check in flight or queued is charged
+// a failure BEFORE its next check waits (refunded if that check succeeds), so 20 parallel
+// connections from one address reach the lockout after `limit` of them instead of running
+// 20 KDFs; the lockout then drops the rest of its queue.
+import { PasswordCache, KdfGate, KdfCancelled, kdfGate, checkPassword } from './passwords.js';
+import { AuthFailures, type AuthLimits } from './limits.js';
+import { clientKey } from './networks.js';
+
+export interface LoginVerdict {
+  /** ok: authenticated; bad: 535; locked: 454 (no KDF was run for it, or it was dropped). */
+  result: 'ok' | 'bad' | 'locked';
+  /** This attempt counted as a failure (log it, count it). */
+  failed: boolean;
+  /** This attempt started a lockout. */
+  lockoutStarted: boolean;
+}
+
+export class Logins {
+  constructor(
+    readonly failures: AuthFailures = new AuthFailures(),
+    readonly cache: PasswordCache = new PasswordCache(),
+    readonly gate: KdfGate = kdfGate,
+  ) {}
+
+  async check(ip: string, username: string, password: string, phc: string | undefined, limits: AuthLimits): Promise<LoginVerdict> {
+    if (this.failures.lockedFor(ip) > 0) return { result: 'locked', failed: false, lockoutStarted: false };
+    if (phc !== undefined && this.cache.has(username, password, phc)) return { result: 'ok', failed: false, lockoutStarted: false };
+    const key = clientKey(ip);
+    const precharged = this.gate.pending(key) > 0;
+    if (precharged && this.fail(ip, key, limits)) return { result: 'locked', failed: true, lockoutStarted: true };
+    let ok: boolean;
+    try {
+      ok = await this.gate.run(key, () => checkPassword(this.cache, username, password, phc));
+    } catch (e) {
+      if (e instanceof KdfCancelled) return { result: 'locked', failed: precharged, lockoutStarted: false };
+      throw e;
+    }
+    if (ok) {
+      if (precharged) this.failures.refund(ip);
+      return { result: 'ok', failed: false, lockoutStarted: false };
+    }
+    if (precharged) return { result: 'bad', failed: true, lockoutStarted: false };
+    const lockoutStarted = this.fail(ip, key, limits);
+    return { result: 'bad', failed: true, lockoutStarted };
+  }
+
+  /** Counts a failure; a lockout also drops the client's queued checks. */
+  private fail(ip: string, key: string, limits: AuthLimits): boolean {
+    const started = this.failures.fail(ip, limits);
+    if (started) this.gate.cancel(key);
+    return started;
+  }
+}

@@ -56,6 +56,10 @@ export const listenerSchema = z.strictObject({
   closeTimeout: duration('closeTimeout').default(10e3),
   /** Pause before the 220 greeting (an "early talker" check, as Postfix's postscreen does); 0 = greet at once. */
   greetingDelay: duration('greetingDelay').default(0),
+  /** A client must AUTH or send MAIL FROM within this time of connecting (421 otherwise). */
+  preAuthTimeout: duration('preAuthTimeout').default(30e3),
+  /** Slots of maxClients kept for trusted networks and loopback clients (default: a tenth). */
+  reservedClients: z.number().int().min(0).optional(),
   authFailLimit: z.number().int().positive().default(5),
   authFailWindow: duration('authFailWindow').default(600e3),
   authLockout: duration('authLockout').default(900e3),
@@ -259,6 +263,8 @@ export const configSchema = z
           path: ['listeners', i, 'proxyFrom'],
           message: `listener "${l.name}" takes PROXY headers from anyone and trusts networks: list your proxy's addresses in proxyFrom`,
         });
+      if (l.reservedClients !== undefined && l.reservedClients >= l.maxClients)
+        ctx.addIssue({ code: 'custom', path: ['listeners', i, 'reservedClients'], message: `must be below maxClients (${l.maxClients}): the rest of the slots serve untrusted clients` });
       const openRelay = openRelayReason(l);
       if (openRelay) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedNetworks'], message: openRelay });
     });

@@ -101,3 +101,54 @@ export class ConnectionCounter {
     return this.open.get(ip) ?? 0;
   }
 }
+
+/**
+ * Keeps `reserved` of a listener's `maxClients` slots for trusted networks and loopback:
+ * idle connections from elsewhere, even spread over many addresses under the per-IP cap,
+ * cannot take the slots a LAN printer needs.
+ */
+export class SlotShare {
+  private readonly untrusted = new Set<string>();
+
+  /** Admits session `id`; false = refuse it (the untrusted share is full). */
+  admit(id: string, trusted: boolean, maxClients: number, reserved: number): boolean {
+    if (trusted) return true;
+    if (this.untrusted.size >= maxClients - reserved) return false;
+    this.untrusted.add(id);
+    return true;
+  }
+
+  release(id: string): void {
+    this.untrusted.delete(id);
+  }
+
+  get untrustedCount(): number {
+    return this.untrusted.size;
+  }
+}
+
+/** The bits of a session the pre-auth deadline looks at. */
+interface PreAuthConn {
+  session: { user?: unknown; transaction: number; envelope: { mailFrom: unknown } };
+  send(code: number, data?: string): void;
+  close(): void;
+  once(event: 'close', f: () => void): unknown;
+}
+
+/**
+ * A client must authenticate or start a mail transaction within `ms` of connecting, or it
+ * gets 421 and is closed (Postfix's smtpd is as strict with idle pre-auth sessions);
+ * afterwards only socketTimeout applies. 0 = off.
+ */
+export function preAuthDeadline(conn: PreAuthConn, ms: number, onTimeout: () => void): void {
+  if (!ms) return;
+  const timer = setTimeout(() => {
+    const s = conn.session;
+    if (s.user || s.envelope?.mailFrom || s.transaction > 1) return;
+    onTimeout();
+    conn.send(421, '4.4.2 Timeout before authentication, closing connection');
+    conn.close();
+  }, ms);
+  timer.unref();
+  conn.once('close', () => clearTimeout(timer));
+}

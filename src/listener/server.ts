@@ -12,7 +12,7 @@ import { Logins } from './logins.js';
 import { NetworkList, isLoopback, trustedNetworksOf, clientKey } from './networks.js';
 import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
 import { MessageFilter, SmtpReply, headerValues } from './filter.js';
-import { AuthFailures, ConnectionCounter, type AuthLimits } from './limits.js';
+import { AuthFailures, ConnectionCounter, SlotShare, preAuthDeadline, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
 import { receivedHeader } from './received.js';
 import { acceptProxyV2 } from './proxyV2.js';
@@ -58,6 +58,7 @@ interface Transaction {
 interface Running {
   cfg: ListenerConfig;
   trusted: NetworkList;
+  slots: SlotShare;
   server: SMTPServer;
   bound?: BoundListener;
 }
@@ -109,7 +110,7 @@ export class Listeners {
     try {
       for (const cfg of this.config.listeners) {
         this.warnAboutCleartext(cfg);
-        const rt = { cfg, trusted: trustedNetworksOf(cfg) } as Running;
+        const rt = { cfg, trusted: trustedNetworksOf(cfg), slots: new SlotShare() } as Running;
         rt.server = await this.createServer(rt);
         this.running.push(rt);
         await this.listen(rt);
@@ -264,7 +265,10 @@ export class Listeners {
           }),
         );
       },
-      onClose: (session) => this.onClose(session),
+      onClose: (session) => {
+        rt.slots.release(session.id);
+        this.onClose(session);
+      },
     };
     const server = new SMTPServer(options);
     hookServer(server, (conn) => this.hookConnection(rt, conn));
@@ -320,6 +324,9 @@ export class Listeners {
     };
     closeAfterClientEof(conn);
     greetAfter(conn, rt.cfg.greetingDelay);
+    preAuthDeadline(conn, rt.cfg.preAuthTimeout, () =>
+      this.log.info('pre-auth timeout, connection closed', { listener: rt.cfg.name, ip: conn.session.remoteAddress, timeoutMs: rt.cfg.preAuthTimeout }),
+    );
   }
 
   private track(p: Promise<void>): void {
@@ -335,6 +342,13 @@ export class Listeners {
     if (!this.connections.acquire(ip, rt.cfg.maxConnectionsPerIp)) {
       this.log.warn('too many connections from one address', { listener: rt.cfg.name, ip, limit: rt.cfg.maxConnectionsPerIp });
       return cb(new SmtpReply(421, '4.7.0 Too many connections from your address, try again later'));
+    }
+    const trusted = isLoopback(ip) || rt.trusted.has(ip);
+    const reserved = rt.cfg.reservedClients ?? Math.floor(rt.cfg.maxClients / 10);
+    if (!rt.slots.admit(session.id, trusted, rt.cfg.maxClients, reserved)) {
+      this.connections.release(ip);
+      this.log.warn('untrusted share of maxClients full', { listener: rt.cfg.name, ip, reserved });
+      return cb(new SmtpReply(421, '4.7.0 Too many connections, try again later'));
     }
     this.counted.set(session.id, ip);
     cb();

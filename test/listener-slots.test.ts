@@ -1,0 +1,84 @@
+// Idle connections must not crowd out real clients (issue 10 item 17): a share of
+// maxClients is kept for trusted networks and loopback, and a client that neither
+// authenticates nor starts a transaction is closed after preAuthTimeout.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Spool } from '../src/spool/spool.js';
+import { createLogger } from '../src/log/logger.js';
+import { hashPassword } from '../src/listener/passwords.js';
+import { RawSmtp, makeConfig, startListeners } from './helpers/listener.js';
+import { waitFor } from './helpers/wait.js';
+
+const PASSWORD = 'correct horse battery staple';
+let dir: string;
+let spool: Spool;
+let hash: string;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'xb-slots-'));
+  spool = new Spool(dir, createLogger({ silent: true }), { fsync: false });
+  await spool.init();
+  hash = await hashPassword(PASSWORD);
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const proxy = (ip: string) => `PROXY TCP4 ${ip} 127.0.0.1 40000 25\r\n`;
+
+test('idle untrusted connections fill only their share of maxClients: trusted and loopback clients still get 220', async () => {
+  const config = makeConfig(dir, {
+    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, maxClients: 6, reservedClients: 2, trustedNetworks: ['192.168.1.0/24'], trustedAccount: 'office' }],
+  });
+  const h = await startListeners(config, spool);
+  const open: RawSmtp[] = [];
+  try {
+    for (let i = 1; i <= 4; i++) open.push(await RawSmtp.connect(h.port(), { proxy: proxy(`203.0.113.${i}`) }));
+    const refused = await RawSmtp.connect(h.port(), { proxy: proxy('203.0.113.99'), greeting: false });
+    assert.equal((await refused.read()).lines.join(), '421 4.7.0 Too many connections, try again later');
+    await refused.waitClosed();
+    assert.ok(h.logs().some((l) => l.message === 'untrusted share of maxClients full' && l.ip === '203.0.113.99'));
+
+    const lan = await RawSmtp.connect(h.port(), { proxy: proxy('192.168.1.5') }); // throws unless 220
+    const local = await RawSmtp.connect(h.port(), { proxy: proxy('127.0.0.1') });
+    open.push(lan, local);
+    assert.equal((await lan.ehlo()).code, 250);
+  } finally {
+    await Promise.all(open.map((c) => c.quit()));
+    await h.stop();
+  }
+});
+
+test('a connection that neither authenticates nor sends MAIL gets 421 after preAuthTimeout; authenticated ones stay', async () => {
+  const config = makeConfig(dir, {
+    listeners: [{ name: 'local', host: '127.0.0.1', port: 0, preAuthTimeout: '1s', socketTimeout: '5m' }],
+    users: [{ username: 'printer', passwordHash: hash, account: 'office' }],
+  });
+  const h = await startListeners(config, spool);
+  try {
+    const authed = await RawSmtp.connect(h.port());
+    await authed.ehlo();
+    assert.equal((await authed.authPlain('printer', PASSWORD)).code, 235);
+    const idle = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.9' });
+    await idle.ehlo();
+    const r = await idle.read(10_000);
+    assert.equal(r.lines.join(), '421 4.4.2 Timeout before authentication, closing connection');
+    await idle.waitClosed();
+    await waitFor(() => h.logs().some((l) => l.message === 'pre-auth timeout, connection closed' && l.ip === '127.0.0.9'), 5000, 'the log line');
+    // The authenticated session outlived the deadline (it was opened first).
+    assert.equal((await authed.cmd('NOOP')).code, 250);
+    await authed.quit();
+  } finally {
+    await h.stop();
+  }
+});
+
+test('check-config refuses reservedClients >= maxClients, naming the key', () => {
+  assert.throws(
+    () => makeConfig(dir, { listeners: [{ name: 'l', host: '127.0.0.1', port: 0, maxClients: 5, reservedClients: 5 }] }),
+    /listeners\[0\]\.reservedClients: must be below maxClients/,
+  );
+});

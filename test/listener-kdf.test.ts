@@ -3,14 +3,11 @@
 // behind them, and one address with many parallel logins is charged before its KDFs run.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Spool } from '../src/spool/spool.js';
-import { createLogger } from '../src/log/logger.js';
+import type { Spool } from '../src/spool/spool.js';
 import { hashPassword, kdfGate } from '../src/listener/passwords.js';
 import { Metrics } from '../src/metrics/metrics.js';
-import { RawSmtp, makeConfig, message, startListeners, type ListenerHarness } from './helpers/listener.js';
+import { RawSmtp, makeConfig, message, startListeners, type ListenerHarness, tempSpool } from './helpers/listener.js';
 import { waitFor } from './helpers/wait.js';
 
 const PASSWORD = 'correct horse battery staple';
@@ -19,15 +16,13 @@ let spool: Spool;
 let hash: string;
 const metrics = new Metrics();
 
+let cleanup: () => Promise<void>;
+
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'xb-kdf-'));
-  spool = new Spool(dir, createLogger({ silent: true }), { fsync: true });
-  await spool.init();
+  ({ dir, spool, cleanup } = await tempSpool('xb-kdf-', true));
   hash = await hashPassword(PASSWORD);
 });
-after(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => cleanup());
 
 async function kdfRuns(): Promise<number> {
   const m = await metrics.registry.getSingleMetric('xoauth2_bridge_kdf_runs_total')!.get();

@@ -2,29 +2,23 @@
 // of failures from other addresses pushes a locked address out of the table.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Spool } from '../src/spool/spool.js';
-import { createLogger } from '../src/log/logger.js';
+import type { Spool } from '../src/spool/spool.js';
 import { hashPassword } from '../src/listener/passwords.js';
 import { AuthFailures, MAX_TRACKED } from '../src/listener/limits.js';
-import { RawSmtp, makeConfig, startListeners } from './helpers/listener.js';
+import { RawSmtp, makeConfig, startListeners, tempSpool } from './helpers/listener.js';
 
 const PASSWORD = 'correct horse battery staple';
 let dir: string;
 let spool: Spool;
 let hash: string;
 
+let cleanup: () => Promise<void>;
+
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'xb-lockout-'));
-  spool = new Spool(dir, createLogger({ silent: true }), { fsync: false });
-  await spool.init();
+  ({ dir, spool, cleanup } = await tempSpool('xb-lockout-'));
   hash = await hashPassword(PASSWORD);
 });
-after(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => cleanup());
 
 test('lockouts survive a flood of 10,000+ failures from other addresses; IPv6 is counted per /64', async () => {
   const limits = { authFailLimit: 3, authFailWindow: '10m', authLockout: '15m' };

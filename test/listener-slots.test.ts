@@ -3,13 +3,9 @@
 // authenticates nor starts a transaction is closed after preAuthTimeout.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Spool } from '../src/spool/spool.js';
-import { createLogger } from '../src/log/logger.js';
+import type { Spool } from '../src/spool/spool.js';
 import { hashPassword } from '../src/listener/passwords.js';
-import { RawSmtp, makeConfig, startListeners } from './helpers/listener.js';
+import { RawSmtp, makeConfig, startListeners, tempSpool } from './helpers/listener.js';
 import { waitFor } from './helpers/wait.js';
 
 const PASSWORD = 'correct horse battery staple';
@@ -17,15 +13,13 @@ let dir: string;
 let spool: Spool;
 let hash: string;
 
+let cleanup: () => Promise<void>;
+
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'xb-slots-'));
-  spool = new Spool(dir, createLogger({ silent: true }), { fsync: false });
-  await spool.init();
+  ({ dir, spool, cleanup } = await tempSpool('xb-slots-'));
   hash = await hashPassword(PASSWORD);
 });
-after(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => cleanup());
 
 const proxy = (ip: string) => `PROXY TCP4 ${ip} 127.0.0.1 40000 25\r\n`;
 

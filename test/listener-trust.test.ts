@@ -5,27 +5,24 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { Spool } from '../src/spool/spool.js';
+import type { Spool } from '../src/spool/spool.js';
 import { createLogger } from '../src/log/logger.js';
 import { Listeners } from '../src/listener/server.js';
 import { CLI } from './helpers/bridge.js';
-import { RawSmtp, makeConfig, message, startListeners, ACCOUNT } from './helpers/listener.js';
+import { RawSmtp, makeConfig, message, startListeners, ACCOUNT, tempSpool } from './helpers/listener.js';
 
 let dir: string;
 let spool: Spool;
 
+let cleanup: () => Promise<void>;
+
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'xb-trust-'));
-  spool = new Spool(dir, createLogger({ silent: true }), { fsync: false });
-  await spool.init();
+  ({ dir, spool, cleanup } = await tempSpool('xb-trust-'));
 });
-after(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => cleanup());
 
 // Each of these covers all of IPv4 or all of IPv6; three of them passed the old guard.
 const OPEN_LISTS: string[][] = [

@@ -12,6 +12,9 @@ import type { Config } from '../../src/config/schema.js';
 import { Writable } from 'node:stream';
 import { Listeners, type SpoolSink, type ListenerMetrics } from '../../src/listener/server.js';
 import { createLogger } from '../../src/log/logger.js';
+import { Spool } from '../../src/spool/spool.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import type { AuthFailures } from '../../src/listener/limits.js';
 import type { Envelope } from '../../src/types.js';
 
@@ -227,4 +230,12 @@ export async function startListeners(config: Config, spool: SpoolSink, extra: { 
     logs: () => lines.map((x) => JSON.parse(x) as Record<string, unknown>),
     stop: () => listeners.stop(),
   };
+}
+
+/** A temp stateDir with a real spool, removed by `cleanup`. */
+export async function tempSpool(prefix: string, fsync = false): Promise<{ dir: string; spool: Spool; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  const spool = new Spool(dir, createLogger({ silent: true }), { fsync });
+  await spool.init();
+  return { dir, spool, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }

@@ -113,3 +113,23 @@ test('fair between addresses: a login from a second address runs while the first
     await h.stop();
   }
 });
+
+test('8 parallel logins with the right password from one address (cold cache) share one KDF and are never locked out', async (t) => {
+  const h = await start(5);
+  try {
+    const runs0 = await kdfRuns();
+    const sessions = await Promise.all(Array.from({ length: 8 }, () => session(h, '192.0.2.88')));
+    const replies = await Promise.all(sessions.map((c) => c.authPlain('printer', PASSWORD)));
+    const runs = (await kdfRuns()) - runs0;
+    t.diagnostic(`KDF runs for 8 parallel right logins from one address: ${runs}`);
+    assert.deepEqual(
+      replies.map((r) => r.code),
+      Array(8).fill(235),
+    );
+    assert.equal(runs, 1);
+    assert.ok(!h.logs().some((l) => String(l.message).startsWith('auth failed')));
+    await Promise.all(sessions.map((c) => c.quit()));
+  } finally {
+    await h.stop();
+  }
+});

@@ -17,6 +17,10 @@ export interface LoginVerdict {
 }
 
 export class Logins {
+  /** Checks running or queued, by keyed hash of the credentials: the same login sent on
+   * several connections at once (a device, a restarted MTA) shares one KDF. */
+  private readonly inFlight = new Map<string, Promise<boolean>>();
+
   constructor(
     readonly failures: AuthFailures = new AuthFailures(),
     readonly cache: PasswordCache = new PasswordCache(),
@@ -27,11 +31,27 @@ export class Logins {
     if (this.failures.lockedFor(ip) > 0) return { result: 'locked', failed: false, lockoutStarted: false };
     if (phc !== undefined && this.cache.has(username, password, phc)) return { result: 'ok', failed: false, lockoutStarted: false };
     const key = clientKey(ip);
+    const same = `${this.cache.id(username, password)}\0${phc ?? ''}`;
+    const shared = this.inFlight.get(same);
+    if (shared) {
+      let ok: boolean;
+      try {
+        ok = await shared;
+      } catch (e) {
+        if (e instanceof KdfCancelled) return { result: 'locked', failed: false, lockoutStarted: false };
+        throw e;
+      }
+      if (ok) return { result: 'ok', failed: false, lockoutStarted: false };
+      if (this.failures.lockedFor(ip) > 0) return { result: 'locked', failed: false, lockoutStarted: false };
+      return { result: 'bad', failed: true, lockoutStarted: this.fail(ip, key, limits) };
+    }
     const precharged = this.gate.pending(key) > 0;
     if (precharged && this.fail(ip, key, limits)) return { result: 'locked', failed: true, lockoutStarted: true };
     let ok: boolean;
     try {
-      ok = await this.gate.run(key, () => checkPassword(this.cache, username, password, phc));
+      const run = this.gate.run(key, () => checkPassword(this.cache, username, password, phc));
+      this.inFlight.set(same, run);
+      ok = await run.finally(() => this.inFlight.delete(same));
     } catch (e) {
       if (e instanceof KdfCancelled) return { result: 'locked', failed: precharged, lockoutStarted: false };
       throw e;

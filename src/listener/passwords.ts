@@ -94,7 +94,8 @@ export class PasswordCache {
     this.now = opts.now ?? Date.now;
   }
 
-  private id(username: string, password: string): string {
+  /** The keyed hash of a username and password (also names a check in flight). */
+  id(username: string, password: string): string {
     // Length-prefixed so ("a\0b", "c") and ("a", "b\0c") cannot collide.
     const user = Buffer.from(username, 'utf8');
     return createHmac('sha256', this.key).update(`${user.length}:`).update(user).update('\0').update(password, 'utf8').digest('base64');

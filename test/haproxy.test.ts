@@ -9,11 +9,10 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { access, constants, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import net from 'node:net';
-import { once } from 'node:events';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../src/fakes/world.js';
 import { spawnBridge, importToken, type SpawnedBridge } from './helpers/bridge.js';
 import { RawSmtp } from './helpers/listener.js';
+import { freePort } from './helpers/net.js';
 import { waitFor, sleep } from './helpers/wait.js';
 
 const HAPROXY = '/usr/sbin/haproxy';
@@ -24,13 +23,6 @@ const N = 600;
 const CLIENTS = 6;
 const CLIENT_IP = '127.0.0.2';
 
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 /** The HAProxy configuration (README "Scaling out" shows the same one). */
 export function haproxyConfig(front: number, backends: Array<{ name: string; smtp: number; http: number }>): string {

@@ -7,14 +7,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import net from 'node:net';
-import { once } from 'node:events';
 import { mkdtemp, mkdir, rm, writeFile, readFile, chown, chmod, access, constants } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startFakeWorld, type FakeWorld } from '../src/fakes/world.js';
 import { startBridge, secretsOf, assertNoSecrets, ROOT, type RunningBridge } from './helpers/bridge.js';
+import { freePort } from './helpers/net.js';
 import { waitFor, sleep } from './helpers/wait.js';
 import { RawSmtp } from './helpers/listener.js';
 import { splitReceived } from './helpers/received.js';
@@ -219,13 +218,6 @@ test("Postfix as smarthost client: its own bounce (null sender, From: MAILER-DAE
   assertNoSecrets(b.logs.join('\n'), secretsOf(world));
 });
 
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function connectWhenListening(port: number): Promise<RawSmtp> {
   let last: unknown;

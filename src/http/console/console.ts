@@ -37,6 +37,7 @@ export class WebConsole {
       log: opts.log,
       env: opts.env,
       onAuthorized: (account) => opts.ops.authorized(account),
+      storeGrant: opts.ops.storeGrant,
     });
   }
 

@@ -6,6 +6,7 @@ import type { Bridge } from '../../daemon/bridge.js';
 import type { AccountStatus } from '../../oauth/service.js';
 import type { AccountConfig } from '../../config/schema.js';
 import type { CommandResult } from '../../delivery/worker.js';
+import type { TokenRecord } from '../../oauth/store.js';
 import { redactString } from '../../log/redact.js';
 
 export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'failed';
@@ -50,6 +51,8 @@ export interface ConsoleOps {
   release?: (id: string) => Promise<string>;
   /** A new grant was stored for `account` by this process: use it now, send the held mail. */
   authorized(account: string): Promise<void>;
+  /** Stores the grant `authorize` obtained through the daemon's operations (then `authorized` has nothing left to do). */
+  storeGrant?: (account: string, rec: TokenRecord) => Promise<void>;
 }
 
 export function bridgeOps(bridge: Bridge): ConsoleOps {
@@ -99,8 +102,13 @@ export function bridgeOps(bridge: Bridge): ConsoleOps {
     remove: async (id) => answer('delete', await bridge.ops.delete(id)),
     hold: async (id) => answer('hold', await bridge.ops.hold(id)),
     release: async (id) => answer('release', await bridge.ops.release(id)),
+    async storeGrant(account, rec) {
+      if (!rec.refreshToken) throw new Error('the token endpoint returned no refresh token');
+      const r = await bridge.ops.importToken(account, rec.refreshToken, rec.authorizedEmail ? { authorizedEmail: rec.authorizedEmail } : {});
+      if (!r.ok) throw new Error(r.message);
+    },
     async authorized() {
-      await bridge.tokens.reloadStore();
+      // The grant went through storeGrant: the token service already uses it.
     },
   };
 }

@@ -7,6 +7,7 @@ import { PassThrough } from 'node:stream';
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../log/logger.js';
 import { authorize, parseRedirect } from '../../oauth/authorize.js';
+import type { TokenRecord } from '../../oauth/store.js';
 import { redactString } from '../../log/redact.js';
 import { collect } from './ops.js';
 
@@ -28,6 +29,8 @@ export interface ReauthOptions {
   env?: NodeJS.ProcessEnv;
   /** Called once the new grant is stored, before the result is shown. */
   onAuthorized: (account: string) => Promise<void>;
+  /** Hands the grant to the daemon's token service (the owner of the token store), which answers once it is in use. */
+  storeGrant?: (account: string, rec: TokenRecord) => Promise<void>;
 }
 
 export class ConsoleAuthorizations {
@@ -42,7 +45,7 @@ export class ConsoleAuthorizations {
     const out = collect();
     let gotUrl!: (u: string) => void;
     const urlP = new Promise<string>((r) => (gotUrl = r));
-    const flow = authorize({ config: this.opts.config(), account, manual: true, listen: false, input, output: out.stream, openUrl: gotUrl, env: this.opts.env, timeoutMs: ATTEMPT_TTL_MS });
+    const flow = authorize({ config: this.opts.config(), account, manual: true, listen: false, input, output: out.stream, openUrl: gotUrl, env: this.opts.env, timeoutMs: ATTEMPT_TTL_MS, ...(this.opts.storeGrant ? { save: (rec: TokenRecord) => this.opts.storeGrant!(account, rec) } : {}) });
     const result: Promise<AttemptResult> = flow.then(
       async ({ email }) => {
         await this.opts.onAuthorized(account);

@@ -102,7 +102,7 @@ test('queue show prints the envelope and only the headers; unknown id exits 1', 
     assert.ok(!out.text.includes('PDF attached'));
 
     const f = await h.queue({ rcptTo: ['bad@example.org'], mailFrom: '' }); // null sender: failed without a bounce
-    await waitFor(async () => (await h.spool.listFailed()).length === 1, 5000, 'failed');
+    await waitFor(async () => (await h.spool.listFailed()).length === 1 && h.worker.get(f.id) === null, 5000, 'failed and its attempt over');
     const fo = new Sink();
     assert.equal(await queueShow(h.config, f.id, fo), 0);
     assert.match(fo.text, /^state:\s+failed$/m);

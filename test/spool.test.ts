@@ -267,23 +267,21 @@ console.log(env.id);
     const events: string[] = [];
     const name = (p: string) => (p === spoolDir ? 'spool/' : p.startsWith(spoolDir + '/' + id) ? p.slice(spoolDir.length + 1 + id.length).replace(/^\.\d+\.[0-9a-f]+\.tmp$/, '.tmp') : null);
     // Concurrent syscalls are split by strace: "PID fsync(FD <unfinished ...>" then
-    // "PID <... fsync resumed>) = 0" when it completes; an event counts at completion.
-    const pendingSync = new Map<string, string>();
-    for (const line of (await readFile(trace, 'utf8')).split('\n')) {
-      let m = /openat\(AT_FDCWD, "([^"]+)",.*\) = (\d+)$/.exec(line);
+    // "PID <... fsync resumed>) = 0" when it completes (openat and rename too). The halves are
+    // joined again, and an event counts where the syscall completes.
+    const pending = new Map<string, string>();
+    for (const raw of (await readFile(trace, 'utf8')).split('\n')) {
+      let line = raw;
+      let m = /^(\d+)\s+(.*) <unfinished \.\.\.>$/.exec(line);
+      if (m) {
+        pending.set(m[1], m[2]);
+        continue;
+      }
+      m = /^(\d+)\s+<\.\.\. \w+ resumed>(.*)$/.exec(line);
+      if (m) line = `${m[1]} ${pending.get(m[1]) ?? ''}${m[2]}`;
+      m = /openat\(AT_FDCWD, "([^"]+)",.*\) = (\d+)$/.exec(line);
       if (m) {
         fdPath.set(m[2], m[1]);
-        continue;
-      }
-      m = /^(\d+)\s+f(?:data)?sync\((\d+) <unfinished \.\.\.>/.exec(line);
-      if (m) {
-        pendingSync.set(m[1], m[2]);
-        continue;
-      }
-      m = /^(\d+)\s+<\.\.\. f(?:data)?sync resumed>\)\s+= 0/.exec(line);
-      if (m) {
-        const n = name(fdPath.get(pendingSync.get(m[1]) ?? '') ?? '');
-        if (n) events.push(`fsync ${n}`);
         continue;
       }
       m = /f(?:data)?sync\((\d+)\)\s+= 0/.exec(line);

@@ -57,6 +57,19 @@ test('check-config on a missing file names the file and exits 2', () => {
   assert.match(r.stderr, /\/nonexistent\/xoauth2-bridge\.yaml: .*cannot read config file: ENOENT/);
 });
 
+test('serve with an invalid config exits 2 (the unit\'s RestartPreventExitStatus) and names the key', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'xoauth2-cli-'));
+  try {
+    const file = join(dir, 'bad.yaml');
+    await writeFile(file, ['stateDir: ./state', 'listeners:', '  - { name: local, host: 127.0.0.1, port: 0, tsl: none }', 'accounts: []', 'users: []'].join('\n'));
+    const r = cli(['serve', '-c', file]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /listeners\[0\]\.tsl: unknown key/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('hash-password reads stdin and prints a scrypt hash that verifies', async () => {
   const r = cli(['hash-password'], 'correct horse battery staple\n');
   assert.equal(r.code, 0, r.stderr);

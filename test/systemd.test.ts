@@ -72,6 +72,8 @@ test('unit has the hardening the ops issue requires', async () => {
   assert.deepEqual(one('RestrictAddressFamilies')?.split(/\s+/).sort(), ['AF_INET', 'AF_INET6', 'AF_UNIX']);
   assert.equal(one('CapabilityBoundingSet'), 'CAP_NET_BIND_SERVICE');
   assert.equal(one('Restart'), 'on-failure');
+  // A config error (exit 2) must not restart forever.
+  assert.equal(one('RestartPreventExitStatus'), '2');
   // The config's stateDir default and the docs assume this path.
   assert.match(one('ExecStart') ?? '', / serve -c \/etc\/xoauth2-bridge\/config\.yaml$/);
 });

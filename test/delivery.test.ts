@@ -62,6 +62,9 @@ test('ok: delivered once with the spooled bytes, then removed from the spool', a
     await h.worker.start();
     const env = await h.queue();
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'message removed');
+    // The log line is written after the spool removal: wait on the event asserted below.
+    await waitFor(() => h.log.events('delivered').length > 0, 5000, 'delivered log line');
+    await waitFor(() => h.worker.stats().inFlight === 0, 5000, 'attempt finished');
     assert.equal(h.upstream.calls.length, 1);
     const [call] = h.upstream.calls;
     assert.equal(call.id, env.id);

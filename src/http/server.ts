@@ -11,6 +11,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Logger } from '../log/logger.js';
 import type { AccountState } from '../types.js';
 import { redactString } from '../log/redact.js';
+import { send } from './respond.js';
 
 export interface Readiness {
   ok: boolean;
@@ -40,7 +41,6 @@ export interface HttpEndpointOptions {
 
 const OWN_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
 
-const TEXT = 'text/plain; charset=utf-8';
 
 export class HttpEndpoint {
   private server: http.Server | null = null;
@@ -155,14 +155,6 @@ function safePath(url: string | undefined): string {
   return p.length > 200 ? p.slice(0, 200) : p;
 }
 
-function send(res: http.ServerResponse, req: http.IncomingMessage, status: number, body: string, type: string = TEXT): void {
-  res.statusCode = status;
-  res.setHeader('Content-Type', type);
-  res.setHeader('Content-Length', Buffer.byteLength(body));
-  res.setHeader('Cache-Control', 'no-store');
-  res.setHeader('X-Content-Type-Options', 'nosniff');
-  res.end(req.method === 'HEAD' ? undefined : body);
-}
 
 /**
  * Readiness probe for the spool: create, write, fsync and remove a file in `dir`.

@@ -4,6 +4,7 @@ import type http from 'node:http';
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../log/logger.js';
 import { redactString } from '../../log/redact.js';
+import { send as sendAs, HTML } from '../respond.js';
 import { ConsoleAccess, type Session } from './access.js';
 import type { AccountView, ConsoleOps } from './ops.js';
 import { ConsoleAuthorizations } from './reauth.js';
@@ -20,7 +21,6 @@ export interface ConsoleOptions {
 }
 
 const MAX_FORM_BYTES = 16 * 1024;
-const HTML = 'text/html; charset=utf-8';
 // No scripts at all; forms post only to us; never framed.
 const CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -207,10 +207,5 @@ function redirect(res: http.ServerResponse, to: string): void {
 }
 
 function send(res: http.ServerResponse, req: http.IncomingMessage, status: number, body: string): void {
-  res.statusCode = status;
-  res.setHeader('Content-Type', HTML);
-  res.setHeader('Content-Length', Buffer.byteLength(body));
-  res.setHeader('Cache-Control', 'no-store');
-  res.setHeader('X-Content-Type-Options', 'nosniff');
-  res.end(req.method === 'HEAD' ? undefined : body);
+  sendAs(res, req, status, body, HTML);
 }

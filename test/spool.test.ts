@@ -268,7 +268,8 @@ console.log(env.id);
     const name = (p: string) => (p === spoolDir ? 'spool/' : p.startsWith(spoolDir + '/' + id) ? p.slice(spoolDir.length + 1 + id.length).replace(/^\.\d+\.[0-9a-f]+\.tmp$/, '.tmp') : null);
     // Concurrent syscalls are split by strace: "PID fsync(FD <unfinished ...>" then
     // "PID <... fsync resumed>) = 0" when it completes (openat and rename too). The halves are
-    // joined again, and an event counts where the syscall completes.
+    // joined again (a resumed half pads the result with spaces), and an event counts where the
+    // syscall completes.
     const pending = new Map<string, string>();
     for (const raw of (await readFile(trace, 'utf8')).split('\n')) {
       let line = raw;
@@ -279,7 +280,7 @@ console.log(env.id);
       }
       m = /^(\d+)\s+<\.\.\. \w+ resumed>(.*)$/.exec(line);
       if (m) line = `${m[1]} ${pending.get(m[1]) ?? ''}${m[2]}`;
-      m = /openat\(AT_FDCWD, "([^"]+)",.*\) = (\d+)$/.exec(line);
+      m = /openat\(AT_FDCWD, "([^"]+)",.*\)\s+= (\d+)$/.exec(line);
       if (m) {
         fdPath.set(m[2], m[1]);
         continue;
@@ -290,7 +291,7 @@ console.log(env.id);
         if (n) events.push(`fsync ${n}`);
         continue;
       }
-      m = /rename(?:at2?)?\(.*"([^"]+)",.*"([^"]+)".*\) = 0/.exec(line);
+      m = /rename(?:at2?)?\(.*"([^"]+)",.*"([^"]+)".*\)\s+= 0/.exec(line);
       if (m && name(m[1]) && name(m[2])) events.push(`rename ${name(m[1])} ${name(m[2])}`);
     }
     // The envelope appears (rename) only after the message is durable; which of the two

@@ -72,9 +72,10 @@ export function buildProgram(): Command {
     .description('OAuth consent for ACCOUNT (PKCE, loopback redirect on 127.0.0.1)')
     .argument('<account>')
     .option('--manual', 'print the URL and read the pasted redirect URL (works over SSH)', false)
+    .option('--device', 'Microsoft accounts: sign in with a device code on any other device', false)
     .addOption(configOpt())
-    .action((account: string, o: { config: string; manual: boolean }) =>
-      run(async () => (await tokenCli()).authorizeCommand(withConfig(o.config), account, { manual: o.manual }, process.stdin, process.stdout)),
+    .action((account: string, o: { config: string; manual: boolean; device: boolean }) =>
+      run(async () => (await tokenCli()).authorizeCommand(withConfig(o.config), account, { manual: o.manual, device: o.device }, process.stdin, process.stdout)),
     );
 
   const token = program.command('token').description('inspect and manage OAuth tokens');

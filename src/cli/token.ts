@@ -89,7 +89,7 @@ export async function tokenRefresh(config: Config, account: string, out: Out): P
 export async function authorizeCommand(
   config: Config,
   account: string,
-  opts: { manual: boolean },
+  opts: { manual: boolean; device?: boolean },
   input: NodeJS.ReadableStream,
   out: Out,
 ): Promise<number> {
@@ -101,6 +101,7 @@ export async function authorizeCommand(
       config,
       account,
       manual: opts.manual,
+      device: opts.device,
       input,
       output: out,
       save: async (rec) => {
@@ -111,7 +112,7 @@ export async function authorizeCommand(
     out.write(
       email
         ? `Authorized account ${account} as ${email}. ${stored.message}\n`
-        : `Authorized account ${account} (Google did not say which user signed in; it must be ${acct.email}). ${stored.message}\n`,
+        : `Authorized account ${account} (the sign-in did not say which user it was; it must be ${acct.email}). ${stored.message}\n`,
     );
     return 0;
   } catch (e) {

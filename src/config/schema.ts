@@ -232,7 +232,8 @@ export const configSchema = z
     cfg.accounts.forEach((a, i) => {
       if (accounts.has(a.name)) ctx.addIssue({ code: 'custom', path: ['accounts', i, 'name'], message: `duplicate account name "${a.name}"` });
       accounts.add(a.name);
-      if (a.oauth.type === 'user' && !a.oauth.clientSecret && !a.oauth.clientSecretFile)
+      // Microsoft delegated may be a public client (desktop registration): no secret.
+      if (a.oauth.type === 'user' && a.provider !== 'microsoft' && !a.oauth.clientSecret && !a.oauth.clientSecretFile)
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
       for (const issue of providerIssues(a)) ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });
       if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')

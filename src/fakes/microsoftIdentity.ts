@@ -1,43 +1,101 @@
-// Fake Microsoft identity platform (login.microsoftonline.com v2.0 token endpoint) over real
-// HTTPS, for tests and `demo`. Stricter than Microsoft where it helps find bugs: every
-// refresh token is usable ONCE (a rotation the bridge failed to save shows at once).
-// Error bodies carry AADSTS codes as Entra ID's do.
+// Fake Microsoft identity platform (login.microsoftonline.com v2.0: authorize, token and
+// devicecode endpoints) over real HTTPS, for tests and `demo`. Stricter than Microsoft where it
+// helps find bugs: every refresh token is usable ONCE (a rotation the bridge failed to save
+// shows at once), every client assertion is verified against the registered certificate and
+// its jti is usable once. Error bodies carry AADSTS codes as Entra ID's do.
 import https from 'node:https';
+import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID, verify, X509Certificate } from 'node:crypto';
 import type { TestPki } from './ca.js';
 
 const rnd = (n: number): string => randomBytes(n).toString('base64url');
 const DELEGATED = 'https://outlook.office.com/SMTP.Send';
 const APP = 'https://outlook.office365.com/.default';
+const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
 interface App {
-  secret: string;
+  /** null: no secret (public client or certificate only). */
+  secret: string | null;
   secretExpired: boolean;
+  /** "Allow public client flows": delegated grants without client credentials. */
+  publicClient: boolean;
+  /** Uploaded certificates by SHA-1 thumbprint (base64url, as in the x5t header). */
+  certs: Map<string, X509Certificate>;
   /** Mailboxes the app's service principal may send as (Add-MailboxPermission). */
   mailboxes: Set<string>;
 }
 
 export interface MsTokenRequest {
+  at: number;
   grantType: string;
   clientId?: string;
+  /** secret | assertion | none */
+  clientAuth?: string;
   ok: boolean;
   error?: string;
 }
 
-export class FakeMicrosoftIdentity {
+interface PendingCode {
+  clientId: string;
+  redirectUri: string;
+  challenge: string;
+  email: string;
+  offline: boolean;
+}
+
+interface DeviceGrant {
+  clientId: string;
+  userCode: string;
+  expiresAt: number;
+  lastPollAt: number;
+  approvedAs?: string;
+  declined?: boolean;
+  redeemed?: boolean;
+  offline: boolean;
+}
+
+class AadError extends Error {
+  constructor(
+    readonly status: number,
+    readonly error: string,
+    readonly description: string,
+  ) {
+    super(description);
+  }
+}
+
+/**
+ * Events: 'request' (MsTokenRequest) after every answer of the token and devicecode
+ * endpoints; 'issued' ({ grantType, refreshToken? }) after a successful one.
+ */
+export class FakeMicrosoftIdentity extends EventEmitter {
   readonly authorityHost: string;
   readonly requests: MsTokenRequest[] = [];
   accessTokenTtlSec = 3600;
+  /** Whom the sign-in page "logs in" as (authorize and device login). */
+  consentEmail = 'printer@contoso.com';
+  /** The sign-in page answers error=access_denied. */
+  denyConsent = false;
+  /** Device codes: polling interval and lifetime announced (seconds). */
+  deviceIntervalSec = 5;
+  deviceCodeTtlSec = 900;
+  /** Answer the next N device-code polls with slow_down, as RFC 8628 allows. */
+  slowDownNext = 0;
   private readonly apps = new Map<string, App>();
   private readonly refreshTokens = new Map<string, { clientId: string; email: string }>();
   private readonly accessTokens = new Map<string, { email: string | null; appId: string; expiresAt: number }>();
+  private readonly codes = new Map<string, PendingCode>();
+  private readonly devices = new Map<string, DeviceGrant>();
+  private readonly usedJtis = new Set<string>();
 
   private constructor(
     private readonly server: https.Server,
     port: number,
     readonly tenant: string,
   ) {
+    super();
     this.authorityHost = `https://127.0.0.1:${port}`;
   }
 
@@ -53,8 +111,19 @@ export class FakeMicrosoftIdentity {
     return `${this.authorityHost}/${this.tenant}/oauth2/v2.0/token`;
   }
 
-  registerApp(clientId: string, secret: string): void {
-    this.apps.set(clientId, { secret, secretExpired: false, mailboxes: new Set() });
+  /** Where the user enters a device code (POST user_code=...&decision=approve|decline). */
+  get deviceLoginUrl(): string {
+    return `${this.authorityHost}/devicelogin`;
+  }
+
+  registerApp(clientId: string, secret: string | null, opts: { publicClient?: boolean } = {}): void {
+    this.apps.set(clientId, { secret, secretExpired: false, publicClient: opts.publicClient ?? false, certs: new Map(), mailboxes: new Set() });
+  }
+
+  /** Certificates & secrets > Upload certificate (the public part, PEM). */
+  uploadCertificate(clientId: string, certPem: string): void {
+    const cert = new X509Certificate(certPem);
+    this.apps.get(clientId)!.certs.set(createHash('sha1').update(cert.raw).digest('base64url'), cert);
   }
 
   expireSecret(clientId: string): void {
@@ -97,38 +166,201 @@ export class FakeMicrosoftIdentity {
     for await (const c of req as AsyncIterable<Buffer>) chunks.push(c);
     const p = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
     const u = new URL(req.url ?? '/', 'https://x');
-    if (req.method !== 'POST' || u.pathname !== `/${this.tenant}/oauth2/v2.0/token`) {
+    const base = `/${this.tenant}/oauth2/v2.0`;
+    if (req.method === 'GET' && u.pathname === `${base}/authorize`) return this.authorizePage(u.searchParams, res);
+    if (req.method === 'POST' && u.pathname === '/devicelogin') return this.deviceLogin(p, res);
+    if (req.method !== 'POST' || (u.pathname !== `${base}/token` && u.pathname !== `${base}/devicecode`))
       return this.error(res, 400, 'invalid_request', `AADSTS90002: Tenant '${u.pathname.split('/')[1]}' not found.`);
-    }
-    const grantType = p.get('grant_type') ?? '';
-    const rec: MsTokenRequest = { grantType, clientId: p.get('client_id') ?? undefined, ok: false };
+    const grantType = u.pathname.endsWith('/devicecode') ? 'devicecode' : (p.get('grant_type') ?? '');
+    const rec: MsTokenRequest = { at: Date.now(), grantType, clientId: p.get('client_id') ?? undefined, ok: false };
     this.requests.push(rec);
-    const fail = (status: number, error: string, desc: string) => {
-      rec.error = `${error}: ${desc.split(':')[0]}`;
-      this.error(res, status, error, desc);
-    };
-    const app = this.apps.get(p.get('client_id') ?? '');
-    if (!app) return fail(400, 'unauthorized_client', `AADSTS700016: Application with identifier '${p.get('client_id')}' was not found in the directory '${this.tenant}'.`);
-    if (p.get('client_secret') !== app.secret) return fail(401, 'invalid_client', 'AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.');
-    if (app.secretExpired) return fail(401, 'invalid_client', `AADSTS7000222: The provided client secret keys for app '${p.get('client_id')}' are expired.`);
+    try {
+      const app = this.clientAuth(p, grantType, rec, u.pathname.replace('/devicecode', '/token'));
+      const body = this.grant(p, grantType, app, rec);
+      rec.ok = true;
+      this.json(res, body);
+      this.emit('issued', { grantType, refreshToken: body.refresh_token });
+    } catch (e) {
+      if (!(e instanceof AadError)) throw e;
+      rec.error = `${e.error}: ${e.description.split(':')[0]}`;
+      this.error(res, e.status, e.error, e.description);
+    }
+    this.emit('request', rec);
+  }
+
+  private grant(p: URLSearchParams, grantType: string, app: App, rec: MsTokenRequest): Record<string, unknown> & { refresh_token?: string } {
+    const clientId = rec.clientId!;
     if (grantType === 'refresh_token') {
       const rt = p.get('refresh_token') ?? '';
       const g = this.refreshTokens.get(rt);
-      if (!g || g.clientId !== p.get('client_id'))
-        return fail(400, 'invalid_grant', 'AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.');
-      const scopes = (p.get('scope') ?? '').split(' ');
-      if (!scopes.includes(DELEGATED)) return fail(400, 'invalid_scope', `AADSTS70011: The provided value for the input parameter 'scope' is not valid.`);
+      if (!g || g.clientId !== clientId)
+        throw new AadError(400, 'invalid_grant', 'AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.');
+      this.checkDelegatedScope(p);
       // Usable once: the old refresh token dies with this answer.
       this.refreshTokens.delete(rt);
-      rec.ok = true;
-      return this.json(res, { token_type: 'Bearer', scope: `${DELEGATED}`, ...this.access(g.email, g.clientId), refresh_token: this.issueRefreshToken(g.clientId, g.email) });
+      return this.delegated(g.email, clientId, true);
+    }
+    if (grantType === 'authorization_code') {
+      const code = p.get('code') ?? '';
+      const c = this.codes.get(code);
+      this.codes.delete(code); // single use, whatever the outcome
+      if (!c || c.clientId !== clientId) throw new AadError(400, 'invalid_grant', 'AADSTS54005: OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.');
+      if (p.get('redirect_uri') !== c.redirectUri) throw new AadError(400, 'invalid_grant', 'AADSTS50011: The redirect URI specified in the request does not match the redirect URI used in the authorization request.');
+      const verifier = p.get('code_verifier') ?? '';
+      if (createHash('sha256').update(verifier).digest('base64url') !== c.challenge)
+        throw new AadError(400, 'invalid_grant', 'AADSTS50148: The code_verifier provided does not match the code_challenge supplied in the authorization request for PKCE.');
+      return this.delegated(c.email, clientId, c.offline);
+    }
+    if (grantType === 'devicecode') {
+      const scopes = this.checkDelegatedScope(p);
+      const deviceCode = rnd(48);
+      const userCode = randomBytes(5).toString('hex').toUpperCase().slice(0, 9);
+      this.devices.set(deviceCode, { clientId, userCode, expiresAt: Date.now() + this.deviceCodeTtlSec * 1000, lastPollAt: 0, offline: scopes.includes('offline_access') });
+      const verification_uri = this.deviceLoginUrl;
+      return {
+        device_code: deviceCode,
+        user_code: userCode,
+        verification_uri,
+        expires_in: this.deviceCodeTtlSec,
+        interval: this.deviceIntervalSec,
+        message: `To sign in, use a web browser to open the page ${verification_uri} and enter the code ${userCode} to authenticate.`,
+      };
+    }
+    if (grantType === DEVICE_GRANT) {
+      const d = this.devices.get(p.get('device_code') ?? '');
+      if (!d || d.clientId !== clientId || d.redeemed) throw new AadError(400, 'invalid_grant', 'AADSTS70000: The provided device code is invalid.');
+      const now = Date.now();
+      const tooSoon = d.lastPollAt && now - d.lastPollAt < this.deviceIntervalSec * 1000 - 50;
+      d.lastPollAt = now;
+      if (now >= d.expiresAt) throw new AadError(400, 'expired_token', 'AADSTS70019: Verification code expired.');
+      if (tooSoon || this.slowDownNext > 0) {
+        if (!tooSoon) this.slowDownNext--;
+        throw new AadError(400, 'slow_down', 'AADSTS70016: The client is polling too often; slow down.');
+      }
+      if (d.declined) throw new AadError(400, 'authorization_declined', 'AADSTS70000: The user declined the sign-in.');
+      if (!d.approvedAs) throw new AadError(400, 'authorization_pending', 'AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.');
+      d.redeemed = true;
+      return this.delegated(d.approvedAs, clientId, d.offline);
     }
     if (grantType === 'client_credentials') {
-      if (p.get('scope') !== APP) return fail(400, 'invalid_scope', `AADSTS1002012: The provided value for scope ${p.get('scope')} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.`);
-      rec.ok = true;
-      return this.json(res, { token_type: 'Bearer', ...this.access(null, p.get('client_id')!) });
+      if (p.get('scope') !== APP) throw new AadError(400, 'invalid_scope', `AADSTS1002012: The provided value for scope ${p.get('scope')} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.`);
+      if (app.publicClient && !p.get('client_secret') && !p.get('client_assertion'))
+        throw new AadError(401, 'invalid_client', "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
+      return { token_type: 'Bearer', ...this.access(null, clientId) };
     }
-    return fail(400, 'unsupported_grant_type', `AADSTS70003: The app requested an unsupported grant type '${grantType}'.`);
+    throw new AadError(400, 'unsupported_grant_type', `AADSTS70003: The app requested an unsupported grant type '${grantType}'.`);
+  }
+
+  private checkDelegatedScope(p: URLSearchParams): string[] {
+    const scopes = (p.get('scope') ?? '').split(' ');
+    if (!scopes.includes(DELEGATED)) throw new AadError(400, 'invalid_scope', `AADSTS70011: The provided value for the input parameter 'scope' is not valid.`);
+    return scopes;
+  }
+
+  private delegated(email: string, clientId: string, offline: boolean): Record<string, unknown> & { refresh_token?: string } {
+    return { token_type: 'Bearer', scope: `${DELEGATED}${offline ? ' offline_access' : ''}`, ...this.access(email, clientId), ...(offline ? { refresh_token: this.issueRefreshToken(clientId, email) } : {}) };
+  }
+
+  /** Who the client is: a secret, a certificate-signed assertion, or nothing (public clients, delegated grants only). */
+  private clientAuth(p: URLSearchParams, grantType: string, rec: MsTokenRequest, tokenUrl: string): App {
+    const clientId = p.get('client_id') ?? '';
+    const app = this.apps.get(clientId);
+    if (!app) throw new AadError(400, 'unauthorized_client', `AADSTS700016: Application with identifier '${clientId}' was not found in the directory '${this.tenant}'.`);
+    const assertion = p.get('client_assertion');
+    const secret = p.get('client_secret');
+    if (assertion) {
+      rec.clientAuth = 'assertion';
+      if (p.get('client_assertion_type') !== ASSERTION_TYPE) throw new AadError(401, 'invalid_client', `AADSTS700025: client_assertion_type must be ${ASSERTION_TYPE}.`);
+      this.verifyAssertion(app, clientId, assertion, `${this.authorityHost}${tokenUrl}`);
+      return app;
+    }
+    if (secret !== null) {
+      rec.clientAuth = 'secret';
+      if (secret !== app.secret) throw new AadError(401, 'invalid_client', 'AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.');
+      if (app.secretExpired) throw new AadError(401, 'invalid_client', `AADSTS7000222: The provided client secret keys for app '${clientId}' are expired.`);
+      return app;
+    }
+    rec.clientAuth = 'none';
+    if (!app.publicClient || grantType === 'client_credentials')
+      throw new AadError(401, 'invalid_client', "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
+    return app;
+  }
+
+  /** What Entra ID checks in a certificate credential (RFC 7523 client assertion). */
+  private verifyAssertion(app: App, clientId: string, jwt: string, tokenUrl: string): void {
+    const parts = jwt.split('.');
+    let header: Record<string, unknown>;
+    let claims: Record<string, unknown>;
+    try {
+      if (parts.length !== 3) throw new Error('parts');
+      header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8')) as Record<string, unknown>;
+      claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8')) as Record<string, unknown>;
+    } catch {
+      throw new AadError(401, 'invalid_client', 'AADSTS50027: JWT token is invalid or malformed.');
+    }
+    const x5t = typeof header.x5t === 'string' ? header.x5t : '';
+    const cert = app.certs.get(x5t);
+    if (!cert)
+      throw new AadError(401, 'invalid_client', `AADSTS700027: Client assertion failed signature validation. [Reason - The key was not found., Thumbprint of key used by client: '${Buffer.from(x5t, 'base64url').toString('hex').toUpperCase()}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '${clientId}'.]`);
+    if (header['x5t#S256'] !== undefined && header['x5t#S256'] !== createHash('sha256').update(cert.raw).digest('base64url'))
+      throw new AadError(401, 'invalid_client', 'AADSTS700027: Client assertion failed signature validation. [Reason - x5t#S256 does not match the certificate.]');
+    const signed = header.alg === 'RS256' && verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), cert.publicKey, Buffer.from(parts[2], 'base64url'));
+    if (!signed) throw new AadError(401, 'invalid_client', 'AADSTS700027: Client assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value.]');
+    if (claims.aud !== tokenUrl) throw new AadError(401, 'invalid_client', `AADSTS700023: Client assertion audience claim does not match Realm issuer. Review the documentation at https://aka.ms/certCreds.`);
+    if (claims.iss !== clientId || claims.sub !== clientId)
+      throw new AadError(401, 'invalid_client', `AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://aka.ms/certCreds.`);
+    const now = Math.floor(Date.now() / 1000);
+    if (typeof claims.exp !== 'number' || claims.exp <= now || (typeof claims.nbf === 'number' && claims.nbf > now + 300))
+      throw new AadError(401, 'invalid_client', 'AADSTS700024: Client assertion is not within its valid time range.');
+    if (new Date(cert.validTo).getTime() <= Date.now()) throw new AadError(401, 'invalid_client', 'AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired.]');
+    const jti = typeof claims.jti === 'string' ? claims.jti : '';
+    if (!jti || this.usedJtis.has(jti)) throw new AadError(401, 'invalid_client', 'AADSTS50027: JWT token is invalid or malformed (jti missing or already used).');
+    this.usedJtis.add(jti);
+  }
+
+  /** The sign-in page: checks the request like Entra ID, "signs in" as consentEmail, redirects back. */
+  private authorizePage(q: URLSearchParams, res: ServerResponse): void {
+    const page = (status: number, text: string) => {
+      res.writeHead(status, { 'Content-Type': 'text/html; charset=utf-8' });
+      res.end(`<html><body><h1>Sign in</h1><p>${text.replace(/[<>&]/g, '')}</p></body></html>`);
+    };
+    const clientId = q.get('client_id') ?? '';
+    if (!this.apps.has(clientId)) return page(400, `AADSTS700016: Application with identifier '${clientId}' was not found in the directory '${this.tenant}'.`);
+    const redirectUri = q.get('redirect_uri') ?? '';
+    let target: URL;
+    try {
+      target = new URL(redirectUri);
+    } catch {
+      return page(400, 'AADSTS50011: The redirect URI specified in the request does not match the redirect URIs configured for the application.');
+    }
+    // Registered: http://127.0.0.1 and http://localhost, any port (loopback, RFC 8252).
+    if (target.protocol !== 'http:' || !['127.0.0.1', 'localhost'].includes(target.hostname))
+      return page(400, 'AADSTS50011: The redirect URI specified in the request does not match the redirect URIs configured for the application.');
+    const state = q.get('state');
+    const back = (params: Record<string, string>) => {
+      for (const [k, v] of Object.entries(params)) target.searchParams.set(k, v);
+      if (state !== null) target.searchParams.set('state', state);
+      res.writeHead(302, { Location: target.toString() });
+      res.end();
+    };
+    const scopes = (q.get('scope') ?? '').split(' ');
+    if (q.get('response_type') !== 'code') return back({ error: 'unsupported_response_type', error_description: 'AADSTS700054: response_type must be code.' });
+    if (!scopes.includes(DELEGATED)) return back({ error: 'invalid_scope', error_description: `AADSTS70011: The provided value for the input parameter 'scope' is not valid.` });
+    if (q.get('code_challenge_method') !== 'S256' || !q.get('code_challenge')) return back({ error: 'invalid_request', error_description: 'AADSTS501491: Invalid code_challenge_method or missing code_challenge.' });
+    if (this.denyConsent) return back({ error: 'access_denied', error_description: 'AADSTS65004: User declined to consent to access the app.' });
+    const code = `1.AQ${rnd(60)}`;
+    this.codes.set(code, { clientId, redirectUri, challenge: q.get('code_challenge')!, email: this.consentEmail, offline: scopes.includes('offline_access') });
+    back({ code, session_state: randomUUID() });
+  }
+
+  /** The user at microsoft.com/devicelogin: enters the code and approves (or declines). */
+  private deviceLogin(p: URLSearchParams, res: ServerResponse): void {
+    const code = (p.get('user_code') ?? '').toUpperCase();
+    const d = [...this.devices.values()].find((x) => x.userCode === code && !x.redeemed);
+    if (!d || d.expiresAt <= Date.now()) return this.error(res, 400, 'invalid_grant', 'AADSTS70000: The code you entered is not valid or has expired.');
+    if (p.get('decision') === 'decline') d.declined = true;
+    else d.approvedAs = this.consentEmail;
+    this.json(res, { ok: true });
   }
 
   private access(email: string | null, appId: string): { access_token: string; expires_in: number; ext_expires_in: number } {

@@ -2,21 +2,36 @@
 // random state, redirected to a loopback listener on 127.0.0.1:<random port>. With
 // --manual the user pastes the final redirect URL instead (headless server over SSH: the
 // browser's request to 127.0.0.1 fails on their machine, but the address bar holds the code).
-// No device flow: Google refuses the Gmail scope there.
+// Microsoft accounts may also sign in with the device code (--device); Google refuses the
+// Gmail scope in the device flow.
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
 import { createInterface } from 'node:readline';
 import { CodeChallengeMethod } from 'google-auth-library';
 import type { Config } from '../config/schema.js';
-import { MS_DELEGATED_SCOPES } from '../providers/microsoft.js';
-import { addSecret } from '../log/redact.js';
-import { GMAIL_SCOPE, accountIdentity, classifyTokenError, createUserClient } from './client.js';
+import * as oauth from 'oauth4webapi';
+import {
+  classifyMicrosoftError,
+  microsoftCodeFlow,
+  microsoftCredentials,
+  microsoftDeviceFlow,
+  type DeviceCode,
+  type MicrosoftGrant,
+  type MicrosoftRequest,
+} from '../providers/microsoft.js';
+import { addSecret, redactString } from '../log/redact.js';
+import { DEFAULT_TIMEOUT_MS, GMAIL_SCOPE, accountIdentity, classifyTokenError, createUserClient, tokenAgent } from './client.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
 
 export interface AuthorizeOptions {
   config: Config;
   account: string;
   manual: boolean;
+  /** Microsoft: sign in with a device code (RFC 8628) instead of a redirect. */
+  device?: boolean;
+  /** Sees the device code once issued (tests play the user with it). */
+  onDeviceCode?: (code: DeviceCode) => void;
   input: NodeJS.ReadableStream;
   output: NodeJS.WritableStream;
   openUrl?: (url: string) => void;
@@ -42,6 +57,18 @@ export class AuthorizeError extends Error {
   }
 }
 
+/** What a sign-in obtained, before it is stored. */
+interface Grant {
+  refreshToken: string;
+  refreshTokenExpiresAt?: string;
+  accessToken?: string;
+  accessTokenExpiresAt?: number;
+  email: string | null;
+}
+
+/** A provider's redirect sign-in: the URL to open and how the redirect's query becomes a grant. */
+type BeginRedirect = (redirectUri: string, state: string) => Promise<{ url: string; exchange(q: URLSearchParams): Promise<Grant> }>;
+
 export async function authorize(opts: AuthorizeOptions): Promise<{ email: string | null }> {
   const acct = opts.config.accounts.find((a) => a.name === opts.account);
   if (!acct) throw new AuthorizeError(`no account named "${opts.account}" in the config`);
@@ -49,25 +76,48 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
     throw new AuthorizeError(`account ${acct.name} is app-only (client credentials); it needs no authorize: it signs in with its client secret or certificate`);
   if (acct.oauth.type !== 'user')
     throw new AuthorizeError(`account ${acct.name} uses a service account; service accounts do not need authorize (they sign in with keyFile and domain-wide delegation)`);
-  if (acct.provider === 'microsoft')
-    throw new AuthorizeError(
-      `authorize for Microsoft accounts is not available yet; sign in with another OAuth tool (scopes ${MS_DELEGATED_SCOPES.join(' ')}) and pipe its refresh token into: xoauth2-bridge token import ${acct.name}`,
-    );
+  if (opts.device && acct.provider !== 'microsoft')
+    throw new AuthorizeError(`--device is for Microsoft accounts; Google refuses the Gmail scope in the device flow. Use --manual on a machine without a browser.`);
   const env = opts.env ?? process.env;
-  const out = opts.output;
   // Open the store first so a wrong key or bad file mode fails before the user consents.
   const store = new TokenStore({ stateDir: opts.config.stateDir, key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, env) });
   await store.load();
 
-  const loop = opts.listen === false && opts.manual ? await unusedLoopbackPort() : await startLoopback();
-  let rl: ReturnType<typeof createInterface> | undefined;
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const redirectUri = `http://127.0.0.1:${loop.port}/`;
+  const grant =
+    acct.provider === 'microsoft'
+      ? await microsoftSignIn(opts, { ...acct, oauth: acct.oauth })
+      : await redirectSignIn(opts, acct, googleRedirect({ ...acct, oauth: acct.oauth }));
+  const now = Date.now();
+  const rec: TokenRecord = {
+    refreshToken: grant.refreshToken,
+    refreshTokenIssuedAt: new Date(now).toISOString(),
+    state: 'ok',
+    lastRefreshAt: new Date(now).toISOString(),
+  };
+  if (grant.refreshTokenExpiresAt) rec.refreshTokenExpiresAt = grant.refreshTokenExpiresAt;
+  if (grant.accessToken && grant.accessTokenExpiresAt) {
+    rec.accessToken = grant.accessToken;
+    rec.accessTokenExpiresAt = new Date(grant.accessTokenExpiresAt).toISOString();
+    rec.accessTokenFor = accountIdentity(acct);
+  }
+  if (grant.email) rec.authorizedEmail = grant.email;
+  if (opts.save) await opts.save(rec);
+  else
+    await store.update((d) => {
+      d.accounts[acct.name] = rec;
+    });
+  if (grant.email && grant.email.toLowerCase() !== acct.email.toLowerCase())
+    opts.output.write(`Warning: you signed in as ${grant.email}, but account "${acct.name}" sends as ${acct.email}; Gmail refuses other senders unless they are aliases of ${grant.email}.\n`);
+  return { email: grant.email };
+}
+
+type UserAccount = Config['accounts'][number] & { oauth: { type: 'user' } };
+
+function googleRedirect(acct: UserAccount): BeginRedirect {
+  return async (redirectUri, state) => {
     const client = createUserClient(acct, { redirectUri });
     const { codeVerifier, codeChallenge } = await client.generateCodeVerifierAsync();
     addSecret(codeVerifier);
-    const state = randomBytes(24).toString('base64url');
     const url = client.generateAuthUrl({
       access_type: 'offline',
       prompt: 'consent',
@@ -77,13 +127,116 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
       code_challenge_method: CodeChallengeMethod.S256,
       login_hint: acct.email,
     });
+    return {
+      url,
+      async exchange(q) {
+        const code = checkRedirect(q, state);
+        addSecret(code);
+        let tokens;
+        try {
+          tokens = (await client.getToken({ code, codeVerifier, redirect_uri: redirectUri })).tokens;
+        } catch (e) {
+          throw new AuthorizeError(`exchanging the authorization code failed: ${classifyTokenError(e).message}`);
+        }
+        const raw = tokens as typeof tokens & { refresh_token_expires_in?: number };
+        if (!tokens.refresh_token)
+          throw new AuthorizeError('Google returned no refresh token. Remove the app at https://myaccount.google.com/permissions and run authorize again.');
+        addSecret(tokens.refresh_token);
+        if (tokens.access_token) addSecret(tokens.access_token);
+        const g: Grant = { refreshToken: tokens.refresh_token, email: emailFromIdToken(tokens.id_token) };
+        if (raw.refresh_token_expires_in) g.refreshTokenExpiresAt = new Date(Date.now() + raw.refresh_token_expires_in * 1000).toISOString();
+        if (tokens.access_token && tokens.expiry_date) {
+          g.accessToken = tokens.access_token;
+          g.accessTokenExpiresAt = tokens.expiry_date;
+        }
+        return g;
+      },
+    };
+  };
+}
+
+/** Microsoft delegated sign-in through oauth4webapi: code + PKCE in a browser, or the device code. */
+async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promise<Grant> {
+  const o = acct.oauth;
+  let credentials;
+  try {
+    credentials = await microsoftCredentials(o, acct.name);
+  } catch (e) {
+    throw new AuthorizeError((e as Error).message);
+  }
+  const req: MicrosoftRequest = { oauth: o, credentials, agent: tokenAgent(o.caFile), timeoutMs: DEFAULT_TIMEOUT_MS };
+  const failed = (what: string, e: unknown): AuthorizeError => {
+    if (e instanceof AuthorizeError) return e;
+    const c = classifyMicrosoftError(e);
+    if (c) return new AuthorizeError(`${what} failed: ${c.message}`);
+    if (e instanceof oauth.AuthorizationResponseError)
+      return new AuthorizeError(e.error === 'access_denied' ? 'access was denied in the browser' : `authorization failed: ${e.error} ${e.error_description ?? ''}`.trim());
+    return new AuthorizeError(`${what} failed: ${redactString((e as Error).message)}`);
+  };
+  const toGrant = (g: MicrosoftGrant): Grant => {
+    addSecret(g.refreshToken);
+    addSecret(g.accessToken);
+    return { refreshToken: g.refreshToken, accessToken: g.accessToken, accessTokenExpiresAt: Date.now() + (g.expiresInSec ?? 3600) * 1000, email: null };
+  };
+  if (!opts.device)
+    return redirectSignIn(opts, acct, async (redirectUri, state) => {
+      const flow = await microsoftCodeFlow(req, { redirectUri, state, loginHint: acct.email });
+      return {
+        url: flow.url,
+        async exchange(q) {
+          checkRedirect(q, state);
+          try {
+            return toGrant(await flow.exchange(q));
+          } catch (e) {
+            throw failed('exchanging the authorization code', e);
+          }
+        },
+      };
+    });
+  let device;
+  try {
+    device = await microsoftDeviceFlow(req, (ms) => delay(ms));
+  } catch (e) {
+    throw failed('starting the device sign-in', e);
+  }
+  const c = device.code;
+  opts.output.write(
+    `To authorize account "${acct.name}", sign in as ${acct.email}:\n\n  ` +
+      (c.message ?? `open ${c.verificationUri} and enter the code ${c.userCode}`) +
+      `\n\nWaiting up to ${Math.round(c.expiresInSec / 60)} minutes (polling every ${c.intervalSec} s) ...\n`,
+  );
+  opts.onDeviceCode?.(c);
+  try {
+    return toGrant(await device.poll());
+  } catch (e) {
+    if (e instanceof oauth.ResponseBodyError && (e.error === 'expired_token' || e.error === 'authorization_pending'))
+      throw new AuthorizeError('the device code expired before the sign-in was completed; run authorize --device again');
+    if (e instanceof oauth.ResponseBodyError && (e.error === 'authorization_declined' || e.error === 'access_denied')) throw new AuthorizeError('the sign-in was declined');
+    throw failed('the device sign-in', e);
+  }
+}
+
+/**
+ * The redirect plumbing both providers share: a random state, the loopback listener on
+ * 127.0.0.1 (or --manual paste), one answer, a timeout. The provider builds the URL and
+ * turns the redirect's query into a grant.
+ */
+async function redirectSignIn(opts: AuthorizeOptions, acct: { name: string; email: string }, begin: BeginRedirect): Promise<Grant> {
+  const out = opts.output;
+  const loop = opts.listen === false && opts.manual ? await unusedLoopbackPort() : await startLoopback();
+  let rl: ReturnType<typeof createInterface> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const redirectUri = `http://127.0.0.1:${loop.port}/`;
+    const state = randomBytes(24).toString('base64url');
+    const { url, exchange } = await begin(redirectUri, state);
 
     out.write(`To authorize account "${acct.name}", open this URL in a browser and sign in as ${acct.email}:\n\n  ${url}\n\n`);
-    const result = new Promise<string>((resolve, reject) => {
+    const result = new Promise<URLSearchParams>((resolve, reject) => {
       loop.onRedirect = (q) => {
         try {
-          const code = checkRedirect(q, state);
-          resolve(code);
+          checkRedirect(q, state);
+          resolve(q);
           return { ok: true, text: 'Authorization received. You can close this tab and return to the terminal.' };
         } catch (e) {
           reject(e);
@@ -104,7 +257,8 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
             return;
           }
           try {
-            resolve(checkRedirect(q, state));
+            checkRedirect(q, state);
+            resolve(q);
           } catch (e) {
             reject(e);
           }
@@ -117,45 +271,7 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
       timer = setTimeout(() => reject(new AuthorizeError(`gave up waiting for the authorization after ${Math.round(ms / 1000)}s`)), ms);
     });
     opts.openUrl?.(url);
-    const code = await result;
-    addSecret(code);
-
-    let tokens;
-    try {
-      tokens = (await client.getToken({ code, codeVerifier, redirect_uri: redirectUri })).tokens;
-    } catch (e) {
-      throw new AuthorizeError(`exchanging the authorization code failed: ${classifyTokenError(e).message}`);
-    }
-    const raw = tokens as typeof tokens & { refresh_token_expires_in?: number };
-    if (!tokens.refresh_token)
-      throw new AuthorizeError(
-        'Google returned no refresh token. Remove the app at https://myaccount.google.com/permissions and run authorize again.',
-      );
-    addSecret(tokens.refresh_token);
-    addSecret(tokens.access_token);
-    const email = emailFromIdToken(tokens.id_token);
-    const now = Date.now();
-    const rec: TokenRecord = {
-      refreshToken: tokens.refresh_token,
-      refreshTokenIssuedAt: new Date(now).toISOString(),
-      state: 'ok',
-      lastRefreshAt: new Date(now).toISOString(),
-    };
-    if (raw.refresh_token_expires_in) rec.refreshTokenExpiresAt = new Date(now + raw.refresh_token_expires_in * 1000).toISOString();
-    if (tokens.access_token && tokens.expiry_date) {
-      rec.accessToken = tokens.access_token;
-      rec.accessTokenExpiresAt = new Date(tokens.expiry_date).toISOString();
-      rec.accessTokenFor = accountIdentity(acct);
-    }
-    if (email) rec.authorizedEmail = email;
-    if (opts.save) await opts.save(rec);
-    else
-      await store.update((d) => {
-        d.accounts[acct.name] = rec;
-      });
-    if (email && email.toLowerCase() !== acct.email.toLowerCase())
-      out.write(`Warning: you signed in as ${email}, but account "${acct.name}" sends as ${acct.email}; Gmail refuses other senders unless they are aliases of ${email}.\n`);
-    return { email };
+    return await exchange(await result);
   } finally {
     if (timer) clearTimeout(timer);
     rl?.removeAllListeners('close');

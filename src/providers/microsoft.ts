@@ -20,6 +20,8 @@ export interface MicrosoftOAuth {
   tenant?: string;
   authorityHost?: string;
   tokenUrl: string;
+  /** Delegated sign-in (authorize): the v2.0 authorize endpoint. */
+  authUrl?: string;
   clientSecret?: string;
   clientSecretFile?: string;
   certificateFile?: string;
@@ -61,9 +63,11 @@ export async function microsoftCredentials(o: MicrosoftOAuth, slot: string): Pro
       auth: oauth.PrivateKeyJwt(
         { key },
         {
-          [oauth.modifyAssertion]: (header) => {
+          [oauth.modifyAssertion]: (header, payload) => {
             header.x5t = x5t;
             header['x5t#S256'] = x5tS256;
+            // oauth4webapi sets aud to the issuer; Entra ID wants the token endpoint (AADSTS700023 otherwise).
+            payload.aud = o.tokenUrl;
           },
         },
       ),
@@ -71,6 +75,8 @@ export async function microsoftCredentials(o: MicrosoftOAuth, slot: string): Pro
   }
   let secret = o.clientSecret;
   if (!secret && o.clientSecretFile) secret = readFile('clientSecretFile', o.clientSecretFile).trim();
+  // Delegated without a secret: a public client ("Mobile and desktop applications" registration).
+  if (!secret && o.type === 'user') return { auth: oauth.None() };
   if (!secret) throw new Error('no client secret configured (oauth.clientSecret or oauth.clientSecretFile)');
   addSecret(secret, { slot: `client-secret:${o.clientId}` });
   return { auth: oauth.ClientSecretPost(secret) };
@@ -111,7 +117,113 @@ export interface MicrosoftRequest {
 }
 
 function server(o: MicrosoftOAuth): oauth.AuthorizationServer {
-  return { issuer: new URL(o.tokenUrl).origin, token_endpoint: o.tokenUrl };
+  const devicecode = o.tokenUrl.replace(/\/token$/, '/devicecode');
+  return { issuer: new URL(o.tokenUrl).origin, token_endpoint: o.tokenUrl, authorization_endpoint: o.authUrl, device_authorization_endpoint: devicecode };
+}
+
+/** A delegated grant as the token endpoint gave it (authorization code or device code). */
+export interface MicrosoftGrant {
+  refreshToken: string;
+  accessToken: string;
+  expiresInSec: number | undefined;
+}
+
+function grantOf(body: oauth.TokenEndpointResponse): MicrosoftGrant {
+  if (!body.refresh_token) throw new Error('Microsoft returned no refresh token (the scope offline_access was not granted)');
+  return { refreshToken: body.refresh_token, accessToken: body.access_token, expiresInSec: body.expires_in };
+}
+
+/**
+ * Authorization code + PKCE (S256) sign-in: `url` is where the browser goes; `exchange` takes
+ * the redirect's query (state checked by the library) and redeems the code with the verifier.
+ */
+export async function microsoftCodeFlow(
+  r: MicrosoftRequest,
+  p: { redirectUri: string; state: string; loginHint?: string },
+): Promise<{ url: string; exchange(q: URLSearchParams): Promise<MicrosoftGrant> }> {
+  const as = server(r.oauth);
+  const client: oauth.Client = { client_id: r.oauth.clientId };
+  const verifier = oauth.generateRandomCodeVerifier();
+  addSecret(verifier);
+  const url = new URL(as.authorization_endpoint!);
+  url.search = new URLSearchParams({
+    client_id: r.oauth.clientId,
+    response_type: 'code',
+    redirect_uri: p.redirectUri,
+    response_mode: 'query',
+    scope: MS_DELEGATED_SCOPES.join(' '),
+    state: p.state,
+    code_challenge: await oauth.calculatePKCECodeChallenge(verifier),
+    code_challenge_method: 'S256',
+    ...(p.loginHint ? { login_hint: p.loginHint } : {}),
+  }).toString();
+  return {
+    url: url.toString(),
+    async exchange(q) {
+      const params = oauth.validateAuthResponse(as, client, q, p.state);
+      addSecret(params.get('code') ?? '');
+      const res = await oauth.authorizationCodeGrantRequest(as, client, r.credentials.auth, params, p.redirectUri, verifier, {
+        additionalParameters: { scope: MS_DELEGATED_SCOPES.join(' ') },
+        [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
+      });
+      return grantOf(await oauth.processAuthorizationCodeResponse(as, client, res));
+    },
+  };
+}
+
+export interface DeviceCode {
+  userCode: string;
+  verificationUri: string;
+  /** Microsoft's own sentence for the user ("To sign in, use a web browser to open ..."). */
+  message: string | undefined;
+  expiresInSec: number;
+  intervalSec: number;
+}
+
+/**
+ * Device authorization grant (RFC 8628): `start` gets the user code; `poll` asks the token
+ * endpoint every `interval` seconds (5 more after each slow_down) until the user has signed in,
+ * the code expired, or the user declined.
+ */
+export async function microsoftDeviceFlow(r: MicrosoftRequest, sleep: (ms: number) => Promise<void>): Promise<{ code: DeviceCode; poll(): Promise<MicrosoftGrant> }> {
+  const as = server(r.oauth);
+  const client: oauth.Client = { client_id: r.oauth.clientId };
+  const fetchOpt = { [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs) };
+  const d = await oauth.processDeviceAuthorizationResponse(
+    as,
+    client,
+    await oauth.deviceAuthorizationRequest(as, client, r.credentials.auth, { scope: MS_DELEGATED_SCOPES.join(' ') }, fetchOpt),
+  );
+  addSecret(d.device_code);
+  const code: DeviceCode = {
+    userCode: d.user_code,
+    verificationUri: d.verification_uri,
+    message: typeof d.message === 'string' ? d.message : undefined,
+    expiresInSec: d.expires_in,
+    intervalSec: d.interval ?? 5,
+  };
+  return {
+    code,
+    async poll() {
+      let interval = code.intervalSec;
+      const deadline = Date.now() + code.expiresInSec * 1000;
+      for (;;) {
+        await sleep(interval * 1000);
+        try {
+          const res = await oauth.deviceCodeGrantRequest(as, client, r.credentials.auth, d.device_code, fetchOpt);
+          return grantOf(await oauth.processDeviceCodeResponse(as, client, res));
+        } catch (e) {
+          if (!(e instanceof oauth.ResponseBodyError)) throw e;
+          if (e.error === 'authorization_pending' && Date.now() < deadline) continue;
+          if (e.error === 'slow_down') {
+            interval += 5;
+            continue;
+          }
+          throw e;
+        }
+      }
+    },
+  };
 }
 
 /** Delegated: refresh_token grant. Microsoft answers with a new refresh token every time. */
@@ -153,6 +265,10 @@ const CLIENT_CODES: Record<string, string> = {
   '7000215': 'the client secret is wrong (use the secret\'s Value, not its ID)',
   '7000222': 'the client secret has expired: create a new one under App registrations > Certificates & secrets and update oauth.clientSecret(File)',
   '700027': 'the certificate assertion was refused (certificate not uploaded to the app registration, or expired)',
+  '700024': 'the client assertion is outside its valid time range (check the clock)',
+  '700023': 'the client assertion has the wrong audience (tenant or authorityHost mismatch)',
+  '700021': 'the client assertion names another application than oauth.clientId',
+  '7000218': 'the app registration requires a client secret or certificate (or enable "Allow public client flows" for a delegated account without one)',
   '700016': 'the application (client ID) was not found in this tenant',
   '90002': 'the tenant was not found',
 };

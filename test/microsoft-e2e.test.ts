@@ -5,7 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { startFakeWorld, type FakeWorld } from '../src/fakes/world.js';
+import { createAppCertificate } from '../src/fakes/ca.js';
 import { FakeMicrosoftIdentity } from '../src/fakes/microsoftIdentity.js';
 import { FakeExchange } from '../src/fakes/exchange.js';
 import { startBridge, sendThroughBridge, message, CLI, type RunningBridge } from './helpers/bridge.js';
@@ -14,19 +17,31 @@ import { waitFor } from './helpers/wait.js';
 const run = promisify(execFile);
 const MAILBOX = 'printer@contoso.com';
 
-async function withMs(type: 'user' | 'app', fn: (x: { world: FakeWorld; ms: FakeMicrosoftIdentity; exo: FakeExchange; b: RunningBridge; send: (user: string, from: string, to: string) => Promise<string> }) => Promise<void>): Promise<void> {
+type Ctx = { world: FakeWorld; ms: FakeMicrosoftIdentity; exo: FakeExchange; b: RunningBridge; clientId: string; send: (user: string, from: string, to: string) => Promise<string> };
+
+/** credential: a client secret, a certificate uploaded to the app registration, or one that was not. */
+async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts: { credential?: 'secret' | 'certificate' | 'unregistered-certificate'; mailboxPermission?: boolean } = {}): Promise<void> {
   const world = await startFakeWorld();
   const ms = await FakeMicrosoftIdentity.start({ pki: world.pki });
   const exo = await FakeExchange.start({ pki: world.pki, identity: ms });
   const clientId = '00000000-aaaa-bbbb-cccc-000000000001';
   const secret = `Xy8Q~${Math.random().toString(36).slice(2)}`;
-  ms.registerApp(clientId, secret);
-  if (type === 'app') ms.allowMailbox(clientId, MAILBOX);
+  const credential = opts.credential ?? 'secret';
+  ms.registerApp(clientId, credential === 'secret' ? secret : null);
+  let creds: Record<string, string> = { clientSecret: secret };
+  if (credential !== 'secret') {
+    const mine = await createAppCertificate();
+    ms.uploadCertificate(clientId, credential === 'certificate' ? mine.cert : (await createAppCertificate('someone else')).cert);
+    creds = { certificateFile: join(world.dir, 'app.crt'), privateKeyFile: join(world.dir, 'app.key') };
+    await writeFile(creds.certificateFile, mine.cert);
+    await writeFile(creds.privateKeyFile, mine.key, { mode: 0o600 });
+  }
+  if (type === 'app' && opts.mailboxPermission !== false) ms.allowMailbox(clientId, MAILBOX);
   const b = await startBridge(world, {
     queue: { retry: ['300ms'] },
     accounts: [
       { name: world.account.name, email: world.account.email, oauth: { type: 'user', clientId: world.account.clientId, clientSecret: world.account.clientSecret, tokenUrl: world.tokens.url, caFile: world.caFile }, upstream: { host: 'localhost', port: world.gmail.port, tls: world.gmail.mode, caFile: world.caFile } },
-      { name: 'm365', provider: 'microsoft', email: MAILBOX, oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, clientSecret: secret, caFile: world.caFile }, upstream: { host: 'localhost', port: exo.port, caFile: world.caFile } },
+      { name: 'm365', provider: 'microsoft', email: MAILBOX, oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, ...creds, caFile: world.caFile }, upstream: { host: 'localhost', port: exo.port, caFile: world.caFile } },
     ],
     users: [
       { username: world.user.username, passwordHash: world.user.passwordHash, account: world.account.name },
@@ -37,7 +52,7 @@ async function withMs(type: 'user' | 'app', fn: (x: { world: FakeWorld; ms: Fake
   const send = async (user: string, from: string, to: string) =>
     (await sendThroughBridge({ port: b.port, user, pass: world.user.password, from, to: [to], raw: message({ from, to }) })).response.split(' ').pop()!;
   try {
-    await fn({ world, ms, exo, b, send });
+    await fn({ world, ms, exo, b, clientId, send });
   } finally {
     await b.stop();
     await exo.close();
@@ -71,4 +86,74 @@ test('app-only Microsoft account relays; 535 5.7.139 holds its mail and queue li
     assert.match(JSON.stringify(row), /5\.7\.139.*Set-CASMailbox -Identity printer@contoso\.com -SmtpClientAuthenticationDisabled \$false/);
     assert.equal(exo.messages.length, 1, 'nothing more was sent');
   });
+});
+
+/** `queue list --json` through the real CLI (the daemon answers over its control socket). */
+async function listed(b: RunningBridge, id: string): Promise<Record<string, unknown>> {
+  const list = await run(process.execPath, [...CLI, 'queue', 'list', '--json', '-c', b.configFile]).catch((e: { stdout: string }) => e);
+  const row = (JSON.parse(list.stdout) as { id: string }[]).find((r) => r.id === id);
+  assert.ok(row, `${id} listed`);
+  return row as Record<string, unknown>;
+}
+
+test('app-only with a certificate: the fake verifies the signed client assertion; the message is delivered', { timeout: 60_000 }, async () => {
+  await withMs(
+    'app',
+    async ({ ms, exo, send }) => {
+      await send('copier', MAILBOX, 'cert@example.org');
+      await waitFor(() => exo.messages.length === 1, 15_000, 'delivered with a certificate-signed token request');
+      const reqs = ms.requests.filter((r) => r.grantType === 'client_credentials');
+      assert.ok(reqs.length >= 1 && reqs.every((r) => r.clientAuth === 'assertion' && r.ok), JSON.stringify(reqs));
+    },
+    { credential: 'certificate' },
+  );
+});
+
+test('app-only with a certificate not uploaded to the app: AADSTS700027 in the message, needs-reauth, mail held', { timeout: 60_000 }, async () => {
+  await withMs(
+    'app',
+    async ({ exo, b, send }) => {
+      const id = await send('copier', MAILBOX, 'nocert@example.org');
+      await waitFor(() => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id)), 15_000, 'held');
+      assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth');
+      assert.match(b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '', /certificate assertion was refused .*\(AADSTS700027\)/);
+      const row = await listed(b, id);
+      assert.equal(row.state, 'held');
+      assert.equal(row.reason, 'needs-reauth');
+      assert.equal(exo.auths.length, 0, 'never reached Exchange');
+    },
+    { credential: 'unregistered-certificate' },
+  );
+});
+
+test('delegated 535 5.7.3: one fresh token, then needs-reauth with the Microsoft fix (authorize, SMTP AUTH, Security Defaults)', { timeout: 60_000 }, async () => {
+  await withMs('user', async ({ ms, exo, b, send }) => {
+    exo.refuseTokens.add(MAILBOX);
+    const id = await send('copier', MAILBOX, 'refused@example.org');
+    await waitFor(() => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('needs-reauth')), 15_000, 'held for re-authorization');
+    assert.deepEqual(exo.auths.map((a) => a.reply?.slice(0, 9)), ['535 5.7.3', '535 5.7.3'], 'the token, then one fresh token');
+    assert.equal(ms.requests.filter((r) => r.grantType === 'refresh_token' && r.ok).length, 2, 'exactly one forced refresh after the first refusal');
+    assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth');
+    const why = b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '';
+    assert.match(why, /535 5\.7\.3 .*run xoauth2-bridge authorize m365 and sign in as printer@contoso\.com.*Set-CASMailbox -Identity printer@contoso\.com -SmtpClientAuthenticationDisabled \$false.*Security Defaults/);
+    const row = await listed(b, id);
+    assert.equal(row.reason, 'needs-reauth');
+    assert.equal(exo.messages.length, 0);
+  });
+});
+
+test('app-only 535 5.7.3 (no mailbox permission for the service principal): one fresh token, then held with the Add-MailboxPermission fix', { timeout: 60_000 }, async () => {
+  await withMs(
+    'app',
+    async ({ ms, exo, b, send }) => {
+      const id = await send('copier', MAILBOX, 'noperm@example.org');
+      await waitFor(() => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('Add-MailboxPermission')), 15_000, 'held with the fix');
+      assert.equal(exo.auths.length, 2, 'the token, then one fresh token');
+      assert.equal(ms.requests.filter((r) => r.grantType === 'client_credentials' && r.ok).length, 2);
+      const row = await listed(b, id);
+      assert.match(JSON.stringify(row), /New-ServicePrincipal -AppId CLIENT_ID .*Add-MailboxPermission -Identity printer@contoso\.com -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess.*token refresh m365/);
+      assert.notEqual(b.bridge.tokens.state('m365'), 'needs-reauth', 'app-only: held, not needs-reauth');
+    },
+    { mailboxPermission: false },
+  );
 });

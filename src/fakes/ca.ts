@@ -67,3 +67,16 @@ export async function writePki(
   await chmod(keyFile, 0o600);
   return { caFile, certFile, keyFile };
 }
+
+/** A self-signed RSA certificate and its key, as an admin makes one for an app registration's certificate credential. */
+export async function createAppCertificate(commonName = 'xoauth2-bridge app'): Promise<{ cert: string; key: string }> {
+  const now = Date.now();
+  const c = await generate([{ name: 'commonName', value: commonName }], {
+    keyType: 'rsa',
+    keySize: 2048,
+    algorithm: 'sha256',
+    notBeforeDate: new Date(now - 3600e3),
+    notAfterDate: new Date(now + 365 * 24 * 3600e3),
+  });
+  return { cert: c.cert, key: c.private };
+}

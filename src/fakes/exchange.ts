@@ -2,6 +2,7 @@
 // test CA, AUTH XOAUTH2 checked against the fake Microsoft identity platform, and
 // Exchange's own replies for the cases the bridge must tell apart: 535 5.7.3 (token not
 // accepted) and 535 5.7.139 (SMTP AUTH disabled for the mailbox).
+import { EventEmitter } from 'node:events';
 import { SMTPServer, type SMTPServerAuthentication, type SMTPServerSession } from 'smtp-server';
 import type { TestPki } from './ca.js';
 import type { FakeMicrosoftIdentity } from './microsoftIdentity.js';
@@ -17,17 +18,31 @@ function reply(code: number, text: string): Error & { responseCode: number } {
   return Object.assign(new Error(text), { responseCode: code });
 }
 
-export class FakeExchange {
+/** Events: 'auth-held' (user) when holdAuth kept an AUTH waiting. */
+export class FakeExchange extends EventEmitter {
   readonly host = '127.0.0.1';
   readonly messages: ExchangeMessage[] = [];
   readonly auths: { user: string; ok: boolean; reply?: string }[] = [];
   /** Mailboxes with SMTP AUTH disabled (Set-CASMailbox -SmtpClientAuthenticationDisabled $true). */
   readonly smtpAuthDisabled = new Set<string>();
+  /** Mailboxes whose tokens are refused with 535 5.7.3 however fresh (a mailbox Exchange will not let in). */
+  readonly refuseTokens = new Set<string>();
+  /** While true, a valid AUTH gets no answer until releaseAuths() (a client caught between token and use). */
+  holdAuth = false;
+  private readonly held: (() => void)[] = [];
 
   private constructor(
     private readonly smtp: SMTPServer,
     readonly port: number,
-  ) {}
+  ) {
+    super();
+  }
+
+  /** Answers every held AUTH (235) and stops holding. */
+  releaseAuths(): void {
+    this.holdAuth = false;
+    for (const answer of this.held.splice(0)) answer();
+  }
 
   static async start(opts: { pki: TestPki; identity: FakeMicrosoftIdentity }): Promise<FakeExchange> {
     let self: FakeExchange | undefined;
@@ -53,10 +68,15 @@ export class FakeExchange {
         };
         if (me.smtpAuthDisabled.has(user.toLowerCase()))
           return fail('5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information. [SN4PR0601CA0012.namprd06.prod.outlook.com]');
-        if (auth.method !== 'XOAUTH2' || !auth.accessToken || !opts.identity.mayUse(auth.accessToken, user))
+        if (auth.method !== 'XOAUTH2' || !auth.accessToken || !opts.identity.mayUse(auth.accessToken, user) || me.refuseTokens.has(user.toLowerCase()))
           return fail('5.7.3 Authentication unsuccessful [SN4PR0601CA0012.namprd06.prod.outlook.com]');
-        me.auths.push({ user, ok: true });
-        cb(null, { user });
+        const answer = () => {
+          me.auths.push({ user, ok: true });
+          cb(null, { user });
+        };
+        if (!me.holdAuth) return answer();
+        me.held.push(answer);
+        me.emit('auth-held', user);
       },
       onMailFrom: (address, session, cb) => {
         if (address.address.toLowerCase() !== String(session.user).toLowerCase())

@@ -186,7 +186,7 @@ export class GmailUpstream implements Upstream {
           continue;
         }
         const outcome = classifyError(err);
-        const response = ms?.explain ? `${replyText(err)} (${ms.explain})` : replyText(err);
+        const response = ms?.explain ? `${replyText(err)} (${ms.explain.replace(/ACCOUNT\b/g, acct.name)})` : replyText(err);
         return { outcome: outcome === 'ok' ? 'transient' : outcome, response, accepted, rejected };
       }
     }

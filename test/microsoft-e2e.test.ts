@@ -17,10 +17,10 @@ import { waitFor } from './helpers/wait.js';
 const run = promisify(execFile);
 const MAILBOX = 'printer@contoso.com';
 
-type Ctx = { world: FakeWorld; ms: FakeMicrosoftIdentity; exo: FakeExchange; b: RunningBridge; clientId: string; send: (user: string, from: string, to: string) => Promise<string> };
+type Ctx = { world: FakeWorld; ms: FakeMicrosoftIdentity; exo: FakeExchange; b: RunningBridge; clientId: string; send: (user: string, from: string, to: string | string[]) => Promise<string> };
 
 /** credential: a client secret, a certificate uploaded to the app registration, or one that was not. */
-async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts: { credential?: 'secret' | 'certificate' | 'unregistered-certificate'; mailboxPermission?: boolean } = {}): Promise<void> {
+async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts: { credential?: 'secret' | 'certificate' | 'unregistered-certificate'; mailboxPermission?: boolean; limits?: Record<string, number> } = {}): Promise<void> {
   const world = await startFakeWorld();
   const ms = await FakeMicrosoftIdentity.start({ pki: world.pki });
   const exo = await FakeExchange.start({ pki: world.pki, identity: ms });
@@ -41,7 +41,7 @@ async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts:
     queue: { retry: ['300ms'] },
     accounts: [
       { name: world.account.name, email: world.account.email, oauth: { type: 'user', clientId: world.account.clientId, clientSecret: world.account.clientSecret, tokenUrl: world.tokens.url, caFile: world.caFile }, upstream: { host: 'localhost', port: world.gmail.port, tls: world.gmail.mode, caFile: world.caFile } },
-      { name: 'm365', provider: 'microsoft', email: MAILBOX, oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, ...creds, caFile: world.caFile }, upstream: { host: 'localhost', port: exo.port, caFile: world.caFile } },
+      { name: 'm365', provider: 'microsoft', email: MAILBOX, oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, ...creds, caFile: world.caFile }, upstream: { host: 'localhost', port: exo.port, caFile: world.caFile }, ...(opts.limits ? { limits: opts.limits } : {}) },
     ],
     users: [
       { username: world.user.username, passwordHash: world.user.passwordHash, account: world.account.name },
@@ -49,8 +49,10 @@ async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts:
     ],
   });
   if (type === 'user') await b.bridge.tokens.importRefreshToken('m365', ms.issueRefreshToken(clientId, MAILBOX));
-  const send = async (user: string, from: string, to: string) =>
-    (await sendThroughBridge({ port: b.port, user, pass: world.user.password, from, to: [to], raw: message({ from, to }) })).response.split(' ').pop()!;
+  const send = async (user: string, from: string, to: string | string[]) => {
+    const rcpts = Array.isArray(to) ? to : [to];
+    return (await sendThroughBridge({ port: b.port, user, pass: world.user.password, from, to: rcpts, raw: message({ from, to: rcpts.join(', ') }) })).response.split(' ').pop()!;
+  };
   try {
     await fn({ world, ms, exo, b, clientId, send });
   } finally {
@@ -155,5 +157,28 @@ test('app-only 535 5.7.3 (no mailbox permission for the service principal): one 
       assert.notEqual(b.bridge.tokens.state('m365'), 'needs-reauth', 'app-only: held, not needs-reauth');
     },
     { mailboxPermission: false },
+  );
+});
+
+test('Exchange counts recipients per day: with recipientsPerDay 5, a second 3-recipient message waits (queue list says why), a 2-recipient one fits', { timeout: 60_000 }, async () => {
+  await withMs(
+    'user',
+    async ({ exo, b, send }) => {
+      const three = (p: string) => [1, 2, 3].map((n) => `${p}${n}@example.org`);
+      await send('copier', MAILBOX, three('a'));
+      await waitFor(() => exo.messages.length === 1, 15_000, 'the first three-recipient message delivered');
+      const id = await send('copier', MAILBOX, three('b'));
+      await waitFor(() => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('rate-limit')), 15_000, 'the second waits');
+      const row = await listed(b, id);
+      assert.match(String(row.waiting), /^limits\.recipientsPerDay 5: 3 sent in 24 h, this message has 3; waits until \d{4}-/);
+      const list = await run(process.execPath, [...CLI, 'queue', 'list', '-c', b.configFile]);
+      assert.match(list.stdout, new RegExp(`${id}.*waiting: limits\\.recipientsPerDay 5`));
+      // Two more recipients still fit the day's five: counted by recipients, not messages.
+      await send('copier', MAILBOX, ['c1@example.org', 'c2@example.org']);
+      await waitFor(() => exo.messages.length === 2, 15_000, 'the two-recipient message delivered');
+      assert.deepEqual(exo.messages[1].rcptTo, ['c1@example.org', 'c2@example.org']);
+      assert.ok(!exo.messages.some((m) => m.rcptTo.includes('b1@example.org')), 'the held one was not sent');
+    },
+    { limits: { recipientsPerDay: 5 } },
   );
 });

@@ -33,7 +33,7 @@ async function msWorld() {
   return { dir, ms, clientId, secret, log, logs: sink.text, config, close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })) };
 }
 
-test('microsoft config defaults: v2.0 endpoints of the tenant, smtp.office365.com:587, 30/min and 10,000/day', () => {
+test('microsoft config defaults: v2.0 endpoints of the tenant, smtp.office365.com:587, 30 messages/min and 10,000 recipients/day', () => {
   const c = configSchema.parse({
     stateDir: '/tmp/x',
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
@@ -45,9 +45,9 @@ test('microsoft config defaults: v2.0 endpoints of the tenant, smtp.office365.co
   });
   const [m, o, g] = c.accounts;
   assert.equal(m.oauth.tokenUrl, 'https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token');
-  assert.deepEqual([m.upstream.host, m.upstream.port, m.limits.messagesPerMinute, m.limits.messagesPerDay], ['smtp.office365.com', 587, 30, 10000]);
+  assert.deepEqual([m.upstream.host, m.upstream.port, m.limits.messagesPerMinute, m.limits.recipientsPerDay, m.limits.messagesPerDay], ['smtp.office365.com', 587, 30, 10000, undefined]);
   assert.equal(o.upstream.host, 'smtp-mail.outlook.com');
-  assert.deepEqual([g.provider, g.upstream.host, g.upstream.port, g.oauth.tokenUrl, g.limits.messagesPerDay, g.limits.messagesPerMinute], ['google', 'smtp.gmail.com', 465, 'https://oauth2.googleapis.com/token', 2000, undefined]);
+  assert.deepEqual([g.provider, g.upstream.host, g.upstream.port, g.oauth.tokenUrl, g.limits.messagesPerDay, g.limits.messagesPerMinute, g.limits.recipientsPerDay], ['google', 'smtp.gmail.com', 465, 'https://oauth2.googleapis.com/token', 2000, undefined, undefined]);
   const bad = configSchema.safeParse({
     stateDir: '/tmp/x',
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],

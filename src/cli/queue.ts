@@ -30,6 +30,7 @@ export function formatSize(n: number): string {
 function nextTry(r: QueueRow, now: number): string {
   if (r.state === 'held') return `held: ${r.reason ?? '?'}`;
   if (r.state === 'in-flight') return 'in flight';
+  if (r.waiting) return `waiting: ${r.waiting}`;
   if (r.state === 'failed' || r.state === 'corrupt') return r.state;
   const at = r.nextAttemptAt ? Date.parse(r.nextAttemptAt) : 0;
   return at <= now ? 'now' : `in ${formatAge(at - now)}`;

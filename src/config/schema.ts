@@ -127,8 +127,10 @@ export const accountSchema = z
       .prefault({}),
     limits: z
       .strictObject({
-        /** Defaults per provider: Google 2000 messages/day; Microsoft 10000 (its limit counts recipients). */
+        /** Defaults per provider: Google 2000 messages/day; Microsoft none (Exchange counts recipients: recipientsPerDay). */
         messagesPerDay: z.number().int().positive().optional(),
+        /** Recipients per rolling 24 h (Exchange Online counts these: default 10,000 for microsoft). */
+        recipientsPerDay: z.number().int().positive().optional(),
         /** Microsoft default 30 (Exchange Online's per-minute limit); Google none. */
         messagesPerMinute: z.number().int().positive().optional(),
         recipientsPerMessage: z.number().int().positive().default(100),

@@ -20,6 +20,8 @@ export interface QueueRow {
   attempts: number;
   nextAttemptAt: string | null;
   lastReply: string | null;
+  /** Due but waiting for a sending limit: which one, until when. */
+  waiting?: string;
   size: number;
   receivedAt: string | null;
   ageMs: number | null;
@@ -183,6 +185,7 @@ function queuedRow(v: QueuedView, now: number): QueueRow {
     attempts: e.attempts,
     nextAttemptAt: v.state === 'held' && v.reason !== 'quota' ? null : e.nextAttemptAt,
     lastReply: e.lastReply ?? null,
+    ...(v.waiting ? { waiting: v.waiting } : {}),
     size: e.size,
     receivedAt: e.receivedAt,
     ageMs: Math.max(0, now - Date.parse(e.receivedAt)),

@@ -1,5 +1,6 @@
 // Per-account delivery state that must survive a restart: the rolling 24 h send count
-// (limits.messagesPerDay) and Gmail quota holds. Kept in memory and written (debounced, with
+// (limits.messagesPerDay, Gmail's), the recipients sent to in 24 h (limits.recipientsPerDay,
+// Exchange Online's) and Gmail quota holds. Kept in memory and written (debounced, with
 // the safe-write module) to stateDir/spool/.ratelimit.json.
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../log/logger.js';
@@ -11,11 +12,14 @@ const MINUTE_MS = 60_000;
 interface Persisted {
   version: 1;
   sent: Record<string, number[]>;
+  /** [send stamp, recipients] per send; absent in files written before recipients were counted. */
+  rcpts?: Record<string, [number, number][]>;
   quotaHold: Record<string, number>;
 }
 
 export class AccountState {
   private sent = new Map<string, number[]>();
+  private rcpts = new Map<string, [number, number][]>();
   private holds = new Map<string, number>();
   private saveTimer?: NodeJS.Timeout;
   private saving: Promise<void> = Promise.resolve();
@@ -35,6 +39,8 @@ export class AccountState {
       return;
     }
     for (const [acct, list] of Object.entries(data.sent ?? {})) if (Array.isArray(list)) this.sent.set(acct, list.filter((n) => typeof n === 'number').sort((a, b) => a - b));
+    for (const [acct, list] of Object.entries(data.rcpts ?? {}))
+      if (Array.isArray(list)) this.rcpts.set(acct, list.filter((e) => Array.isArray(e) && typeof e[0] === 'number' && typeof e[1] === 'number').sort((a, b) => a[0] - b[0]));
     for (const [acct, until] of Object.entries(data.quotaHold ?? {})) if (typeof until === 'number') this.holds.set(acct, until);
   }
 
@@ -58,10 +64,30 @@ export class AccountState {
     return recent[recent.length - limit] + MINUTE_MS;
   }
 
-  /** Counts a send before it starts, so concurrent sends cannot overshoot the limit. */
-  reserve(account: string, now: number): number {
-    const list = this.prune(account, now);
-    list.push(now);
+  /** Recipients sent to in the 24 h window ending at `now` (reservations included). */
+  recipients(account: string, now: number): number {
+    return this.pruneRcpts(account, now).reduce((n, e) => n + e[1], 0);
+  }
+
+  /**
+   * When `need` more recipients fit under `limit` again, else null. A message with more
+   * recipients than the whole limit goes once the window is empty (it could never fit).
+   */
+  recipientsBlockedUntil(account: string, limit: number, need: number, now: number): number | null {
+    const list = this.pruneRcpts(account, now);
+    let used = list.reduce((n, e) => n + e[1], 0);
+    if (used === 0 || used + need <= limit) return null;
+    for (const [t, n] of list) {
+      used -= n;
+      if (used === 0 || used + need <= limit) return t + DAY_MS;
+    }
+    return null;
+  }
+
+  /** Counts a send (and its recipients) before it starts, so concurrent sends cannot overshoot a limit. */
+  reserve(account: string, now: number, recipients = 1): number {
+    this.prune(account, now).push(now);
+    this.pruneRcpts(account, now).push([now, recipients]);
     this.scheduleSave();
     return now;
   }
@@ -70,10 +96,20 @@ export class AccountState {
   release(account: string, stamp: number): void {
     const list = this.sent.get(account);
     const i = list ? list.lastIndexOf(stamp) : -1;
-    if (list && i >= 0) {
-      list.splice(i, 1);
-      this.scheduleSave();
-    }
+    if (list && i >= 0) list.splice(i, 1);
+    this.settle(account, stamp, 0);
+    this.scheduleSave();
+  }
+
+  /** Only `recipients` of the reserved ones were accepted: count those. */
+  settle(account: string, stamp: number, recipients: number): void {
+    const list = this.rcpts.get(account);
+    let i = list ? list.length - 1 : -1;
+    while (list && i >= 0 && list[i][0] !== stamp) i--;
+    if (!list || i < 0 || list[i][1] === recipients) return;
+    if (recipients > 0) list[i] = [stamp, recipients];
+    else list.splice(i, 1);
+    this.scheduleSave();
   }
 
   quotaHoldUntil(account: string, now: number): number | null {
@@ -120,6 +156,18 @@ export class AccountState {
     return list;
   }
 
+  private pruneRcpts(account: string, now: number): [number, number][] {
+    let list = this.rcpts.get(account);
+    if (!list) {
+      list = [];
+      this.rcpts.set(account, list);
+    }
+    let drop = 0;
+    while (drop < list.length && list[drop][0] <= now - DAY_MS) drop++;
+    if (drop) list.splice(0, drop);
+    return list;
+  }
+
   private scheduleSave(): void {
     if (this.saveTimer) return;
     this.saveTimer = setTimeout(() => {
@@ -132,7 +180,7 @@ export class AccountState {
   private save(): Promise<void> {
     // Serialised so an older snapshot never renames over a newer one.
     this.saving = this.saving.then(async () => {
-      const data: Persisted = { version: 1, sent: Object.fromEntries(this.sent), quotaHold: Object.fromEntries(this.holds) };
+      const data: Persisted = { version: 1, sent: Object.fromEntries(this.sent), rcpts: Object.fromEntries(this.rcpts), quotaHold: Object.fromEntries(this.holds) };
       try {
         await safeWrite(this.file, JSON.stringify(data) + '\n', { mode: 0o600 });
       } catch (e) {

@@ -42,6 +42,8 @@ export interface QueuedView {
   env: SpooledEnvelope;
   state: MessageState;
   reason: HoldReason | null;
+  /** Why a due message is not sent yet (a sending limit), when it is parked. */
+  waiting?: string;
 }
 
 /** The answer to an operator command. */
@@ -66,6 +68,8 @@ interface Item {
   bypassQuota?: boolean;
   /** Last hold reason logged, so a waiting message logs 'held' once per reason. */
   heldReason?: string;
+  /** Parked by a sending limit: which one and until when (shown by `queue list`). */
+  waiting?: string;
 }
 
 interface Due {
@@ -77,6 +81,8 @@ interface Due {
 interface Block {
   reason: string;
   until: number | null;
+  /** Which limit, for the log and `queue list`. */
+  why?: string;
 }
 
 const MAX_TIMER = 2 ** 31 - 1;
@@ -321,8 +327,9 @@ export class DeliveryWorker {
   }
 
   /** Live state: in flight, the stored state, or held because the account cannot send now. */
-  private view(it: Item): { state: MessageState; reason: HoldReason | null } {
+  private view(it: Item): { state: MessageState; reason: HoldReason | null; waiting?: string } {
     if (this.inFlight.has(it.env.id)) return { state: 'in-flight', reason: null };
+    if (it.heldReason === 'rate-limit' && it.waiting) return { state: it.env.state, reason: it.env.reason, waiting: it.waiting };
     const { state, reason } = it.env;
     if (state === 'held' && reason === 'operator') return { state, reason };
     if (this.health.state(it.env.account) === 'needs-reauth') return { state: 'held', reason: 'needs-reauth' };
@@ -364,7 +371,7 @@ export class DeliveryWorker {
       }
       if (top.at > now) break;
       this.due.pop();
-      const block = this.accountBlock(item.env.account, now, item.bypassQuota === true);
+      const block = this.accountBlock(item.env.account, now, item.bypassQuota === true, openRcpts(item.env.rcpts).length);
       if (block) {
         this.park(item, block);
         continue;
@@ -428,7 +435,7 @@ export class DeliveryWorker {
   }
 
   /** Why an account's mail must wait now, and until when (null: until something changes). */
-  private accountBlock(account: string, now: number, bypassQuota: boolean): Block | null {
+  private accountBlock(account: string, now: number, bypassQuota: boolean, recipients = 1): Block | null {
     const acct = this.config.accounts.find((a) => a.name === account);
     if (!acct) return { reason: 'account not configured', until: null };
     if (this.health.state(account) === 'needs-reauth') return { reason: 'needs-reauth', until: null };
@@ -438,16 +445,22 @@ export class DeliveryWorker {
     if (quota !== null && !bypassQuota) return { reason: 'quota', until: quota };
     const perMinute = acct.limits.messagesPerMinute;
     const minute = perMinute ? this.accounts.minuteBlockedUntil(account, perMinute, now) : null;
-    if (minute !== null) return { reason: 'rate-limit', until: minute };
-    const rate = this.accounts.blockedUntil(account, acct.limits.messagesPerDay, now);
-    if (rate !== null) return { reason: 'rate-limit', until: rate };
+    if (minute !== null) return { reason: 'rate-limit', until: minute, why: `limits.messagesPerMinute ${perMinute} reached` };
+    const perDay = acct.limits.messagesPerDay;
+    const rate = perDay ? this.accounts.blockedUntil(account, perDay, now) : null;
+    if (rate !== null) return { reason: 'rate-limit', until: rate, why: `limits.messagesPerDay ${perDay} reached` };
+    const rcptsPerDay = acct.limits.recipientsPerDay;
+    const rcpts = rcptsPerDay ? this.accounts.recipientsBlockedUntil(account, rcptsPerDay, recipients, now) : null;
+    if (rcpts !== null)
+      return { reason: 'rate-limit', until: rcpts, why: `limits.recipientsPerDay ${rcptsPerDay}: ${this.accounts.recipients(account, now)} sent in 24 h, this message has ${recipients}` };
     return null;
   }
 
   private markHeld(item: Item, block: Block): void {
+    item.waiting = block.why ? `${block.why}${block.until !== null ? `; waits until ${new Date(block.until).toISOString()}` : ''}` : undefined;
     if (item.heldReason === block.reason) return;
     item.heldReason = block.reason;
-    this.event('held', item.env, { reason: block.reason, ...(block.until !== null ? { until: new Date(block.until).toISOString() } : {}) });
+    this.event('held', item.env, { reason: block.reason, ...(block.until !== null ? { until: new Date(block.until).toISOString() } : {}), ...(block.why ? { why: block.why } : {}) });
   }
 
   private onHealthChange(account: string, state: HealthState): void {
@@ -475,7 +488,7 @@ export class DeliveryWorker {
   private startSend(item: Item, now: number): void {
     const id = item.env.id;
     item.heldReason = undefined;
-    const stamp = this.accounts.reserve(item.env.account, now);
+    const stamp = this.accounts.reserve(item.env.account, now, openRcpts(item.env.rcpts).length);
     const run = this.attempt(item, stamp)
       .catch((err) => {
         // Bookkeeping failed (spool I/O): keep the message and try again later.
@@ -506,6 +519,7 @@ export class DeliveryWorker {
     this.metrics?.upstreamReply(env.account, r.outcome);
     const now = this.now();
     if (!r.accepted.length && r.outcome !== 'ok') this.accounts.release(env.account, stamp);
+    else this.accounts.settle(env.account, stamp, r.accepted.length);
     const q = this.config.queue;
     const expiresAt = Date.parse(env.receivedAt) + q.maxAge;
     const base = q.retry[Math.min(attempt - 1, q.retry.length - 1)];

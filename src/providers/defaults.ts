@@ -8,7 +8,7 @@ export const GOOGLE = {
   tokenUrl: 'https://oauth2.googleapis.com/token',
   authUrl: 'https://accounts.google.com/o/oauth2/v2/auth',
   upstream: { host: 'smtp.gmail.com', port: 465 },
-  limits: { messagesPerDay: 2000, messagesPerMinute: undefined as number | undefined },
+  limits: { messagesPerDay: 2000 as number | undefined, recipientsPerDay: undefined as number | undefined, messagesPerMinute: undefined as number | undefined },
 };
 
 export const MICROSOFT = {
@@ -16,8 +16,8 @@ export const MICROSOFT = {
   upstream: { host: 'smtp.office365.com', port: 587 },
   /** Outlook.com (tenant `consumers`) mailboxes send through a different host. */
   consumerUpstream: { host: 'smtp-mail.outlook.com', port: 587 },
-  // Exchange Online: 30 messages per minute, 10,000 recipients per day.
-  limits: { messagesPerDay: 10_000, messagesPerMinute: 30 },
+  // Exchange Online counts recipients, not messages: 10,000 recipients per day; 30 messages per minute.
+  limits: { messagesPerDay: undefined, recipientsPerDay: 10_000, messagesPerMinute: 30 },
 };
 
 /** The v2.0 endpoints of a tenant at an authority host. */
@@ -42,7 +42,7 @@ interface RawAccount {
   provider: ProviderId;
   oauth: RawOAuth;
   upstream: { host?: string; port?: number };
-  limits: { messagesPerDay?: number; messagesPerMinute?: number };
+  limits: { messagesPerDay?: number; recipientsPerDay?: number; messagesPerMinute?: number };
 }
 
 type FilledOAuth<O> = O extends { type: 'user' } ? O & { tokenUrl: string; authUrl: string } : O extends { type: 'app' } ? O & { tokenUrl: string } : O;
@@ -50,7 +50,7 @@ type FilledOAuth<O> = O extends { type: 'user' } ? O & { tokenUrl: string; authU
 export type WithDefaults<A extends RawAccount> = Omit<A, 'oauth' | 'upstream' | 'limits'> & {
   oauth: FilledOAuth<A['oauth']>;
   upstream: A['upstream'] & { host: string; port: number };
-  limits: A['limits'] & { messagesPerDay: number; messagesPerMinute: number | undefined };
+  limits: A['limits'] & { messagesPerDay: number | undefined; recipientsPerDay: number | undefined; messagesPerMinute: number | undefined };
 };
 
 export function withProviderDefaults<A extends RawAccount>(a: A): WithDefaults<A> {
@@ -72,7 +72,12 @@ export function withProviderDefaults<A extends RawAccount>(a: A): WithDefaults<A
     ...a,
     oauth: o,
     upstream: { ...a.upstream, host: a.upstream.host ?? up.host, port: a.upstream.port ?? up.port },
-    limits: { ...a.limits, messagesPerDay: a.limits.messagesPerDay ?? lim.messagesPerDay, messagesPerMinute: a.limits.messagesPerMinute ?? lim.messagesPerMinute },
+    limits: {
+      ...a.limits,
+      messagesPerDay: a.limits.messagesPerDay ?? lim.messagesPerDay,
+      recipientsPerDay: a.limits.recipientsPerDay ?? lim.recipientsPerDay,
+      messagesPerMinute: a.limits.messagesPerMinute ?? lim.messagesPerMinute,
+    },
   } as unknown as WithDefaults<A>;
 }
 

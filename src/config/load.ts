@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { resolve, dirname, isAbsolute } from 'node:path';
 import { parseDocument } from 'yaml';
 import { configSchema, type Config } from './schema.js';
+import { readGoogleClientFile } from './clientFile.js';
 
 export interface ConfigProblem {
   path: string;
@@ -58,6 +59,10 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   }
   const problems: ConfigProblem[] = [];
   const raw = expandEnv(doc.toJS(), [], env, problems);
+  // Relative paths in the file are relative to the file, like nginx and Postfix do.
+  const base = dirname(resolve(file));
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  applyClientFiles(raw, abs, problems);
   const parsed = configSchema.safeParse(raw ?? {});
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
@@ -71,9 +76,6 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   }
   if (problems.length) throw new ConfigError(file, problems);
   const cfg = parsed.data!;
-  // Relative paths in the file are relative to the file, like nginx and Postfix do.
-  const base = dirname(resolve(file));
-  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   cfg.stateDir = abs(cfg.stateDir);
   for (const l of cfg.listeners) {
     if (l.certFile) l.certFile = abs(l.certFile);
@@ -84,9 +86,59 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     if (a.oauth.caFile) a.oauth.caFile = abs(a.oauth.caFile);
     if (a.oauth.type === 'user' && a.oauth.clientSecretFile) a.oauth.clientSecretFile = abs(a.oauth.clientSecretFile);
     if (a.oauth.type === 'service-account') a.oauth.keyFile = abs(a.oauth.keyFile);
+    if (a.oauth.type === 'app') {
+      if (a.oauth.clientSecretFile) a.oauth.clientSecretFile = abs(a.oauth.clientSecretFile);
+      if (a.oauth.certificateFile) a.oauth.certificateFile = abs(a.oauth.certificateFile);
+      if (a.oauth.privateKeyFile) a.oauth.privateKeyFile = abs(a.oauth.privateKeyFile);
+    }
   }
   if (cfg.tokens.encryptionKeyFile) cfg.tokens.encryptionKeyFile = abs(cfg.tokens.encryptionKeyFile);
+  if (cfg.http.certFile) cfg.http.certFile = abs(cfg.http.certFile);
+  if (cfg.http.keyFile) cfg.http.keyFile = abs(cfg.http.keyFile);
+  if (cfg.alerts.caFile) cfg.alerts.caFile = abs(cfg.alerts.caFile);
   return cfg;
+}
+
+/**
+ * accounts[].oauth.clientFile (Google's downloaded client JSON) fills in clientId,
+ * clientSecret, tokenUrl and authUrl before validation; keys set beside it must not contradict it.
+ */
+function applyClientFiles(raw: unknown, abs: (p: string) => string, problems: ConfigProblem[]): void {
+  const accounts = (raw as { accounts?: unknown })?.accounts;
+  if (!Array.isArray(accounts)) return;
+  accounts.forEach((a: Record<string, unknown> | null, i) => {
+    const o = a?.oauth as Record<string, unknown> | undefined;
+    if (!o || typeof o !== 'object' || typeof o.clientFile !== 'string') return;
+    const at = (k: string) => `accounts[${i}].oauth.${k}`;
+    if (a!.provider === 'microsoft') {
+      problems.push({ path: at('clientFile'), message: "clientFile is Google's downloaded client JSON; for Microsoft set clientId and clientSecretFile" });
+      return;
+    }
+    const file = abs(o.clientFile);
+    o.clientFile = file;
+    const conflicts = ['clientSecret', 'clientSecretFile'].filter((k) => o[k] !== undefined);
+    for (const k of conflicts) problems.push({ path: at(k), message: `clientFile carries the client secret: remove ${k}` });
+    // After a problem, stand-ins keep the schema from adding "clientId: required" beside it.
+    if (conflicts.length) {
+      o.clientId ??= '-';
+      return;
+    }
+    let c;
+    try {
+      c = readGoogleClientFile(file);
+    } catch (e) {
+      problems.push({ path: at('clientFile'), message: (e as Error).message });
+      o.clientId ??= '-';
+      o.clientSecret = '-';
+      return;
+    }
+    if (o.clientId !== undefined && o.clientId !== c.clientId)
+      problems.push({ path: at('clientId'), message: `differs from client_id in clientFile (${c.clientId}): remove clientId` });
+    o.clientId = c.clientId;
+    o.clientSecret = c.clientSecret;
+    if (c.tokenUrl) o.tokenUrl ??= c.tokenUrl;
+    if (c.authUrl) o.authUrl ??= c.authUrl;
+  });
 }
 
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {

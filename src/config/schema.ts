@@ -5,6 +5,7 @@ import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
 import { isNetwork, isLoopbackHost, openRelayReason } from '../listener/networks.js';
+import { isValidPasswordHash } from '../listener/passwords.js';
 
 const duration = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -31,6 +32,24 @@ const cidr = z.string().refine(isNetwork, 'expected an IP address or CIDR like 1
 const email = z.string().regex(/^[^@\s]+@[^@\s]+$/, 'expected an email address');
 const senderPattern = z.string().regex(/^([^@\s]+|\*)@[^@\s]+$/, 'expected an address or *@domain');
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'expected a name of letters, digits, . _ -');
+// Parsed by the code that checks logins (src/listener/passwords.ts): a hash it cannot read never matches.
+const passwordHash = z.string().superRefine((s, ctx) => {
+  if (isValidPasswordHash(s)) return;
+  const message = s.includes('REPLACE')
+    ? "the example config's placeholder: put the output of `xoauth2-bridge hash-password` here"
+    : s.startsWith('$scrypt$')
+      ? 'not a valid $scrypt$ hash ($scrypt$ln=N,r=N,p=N$SALT$HASH): paste the whole output of `xoauth2-bridge hash-password`, in double quotes'
+      : 'expected a $scrypt$ hash from `xoauth2-bridge hash-password`; plaintext passwords are refused';
+  ctx.addIssue({ code: 'custom', message });
+});
+// Client IDs the example config ships with: they exist nowhere, so a refresh could only fail later.
+const EXAMPLE_CLIENT_IDS = new Set(['123.apps.googleusercontent.com', '00000000-0000-0000-0000-000000000000']);
+const clientId = z
+  .string()
+  .min(1)
+  .refine((s) => !EXAMPLE_CLIENT_IDS.has(s), {
+    message: "the example config's placeholder: put your OAuth client ID here (Google Cloud console, APIs & Services > Credentials; Entra ID: Application (client) ID), or for Google replace clientId with oauth.clientFile: the downloaded client JSON",
+  });
 const tlsVersion = z.enum(['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']);
 
 export const listenerSchema = z.strictObject({
@@ -71,7 +90,9 @@ export const listenerSchema = z.strictObject({
 
 const oauthUser = z.strictObject({
   type: z.literal('user'),
-  clientId: z.string().min(1),
+  clientId: clientId,
+  /** Google's downloaded client JSON ({"installed": {...}} or {"web": {...}}); src/config/load.ts reads it into clientId, clientSecret, tokenUrl, authUrl. */
+  clientFile: z.string().optional(),
   clientSecret: z.string().min(1).optional(),
   clientSecretFile: z.string().optional(),
   /** Defaults per provider (Google: oauth2.googleapis.com; Microsoft: authorityHost/tenant/oauth2/v2.0/token). */
@@ -95,7 +116,7 @@ const oauthServiceAccount = z.strictObject({
 /** Microsoft app-only: client credentials with a secret or a certificate (signed client assertion). */
 const oauthApp = z.strictObject({
   type: z.literal('app'),
-  clientId: z.string().min(1),
+  clientId: clientId,
   tenant: z.string().min(1),
   authorityHost: z.url().optional(),
   clientSecret: z.string().min(1).optional(),
@@ -141,9 +162,7 @@ export const accountSchema = z
 
 export const userSchema = z.strictObject({
   username: z.string().min(1),
-  passwordHash: z.string().refine((s) => s.startsWith('$scrypt$'), {
-    message: 'expected a $scrypt$ hash from `xoauth2-bridge hash-password`; plaintext passwords are refused',
-  }),
+  passwordHash: passwordHash,
   account: name,
   allowedSenders: z.array(senderPattern).optional(),
 });
@@ -217,10 +236,7 @@ export const configSchema = z
         port: z.number().int().min(0).max(65535).default(9465),
         /** The web console at / (src/http/console). */
         console: z.boolean().default(false),
-        adminPasswordHash: z
-          .string()
-          .refine((s) => s.startsWith('$scrypt$'), { message: 'expected a $scrypt$ hash from `xoauth2-bridge hash-password`; plaintext passwords are refused' })
-          .optional(),
+        adminPasswordHash: passwordHash.optional(),
         certFile: z.string().optional(),
         keyFile: z.string().optional(),
         allowInsecureConsole: z.boolean().default(false),
@@ -237,6 +253,8 @@ export const configSchema = z
       // Microsoft delegated may be a public client (desktop registration): no secret.
       if (a.oauth.type === 'user' && a.provider !== 'microsoft' && !a.oauth.clientSecret && !a.oauth.clientSecretFile)
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
+      if ((a.oauth.type === 'user' || a.oauth.type === 'app') && a.oauth.clientSecret && a.oauth.clientSecretFile)
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth', 'clientSecretFile'], message: 'set clientSecret or clientSecretFile, not both (keep clientSecretFile and remove clientSecret)' });
       for (const issue of providerIssues(a)) ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });
       if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'port'], message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)' });

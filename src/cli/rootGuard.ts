@@ -1,0 +1,28 @@
+// Root on a state directory that belongs to the service user: a CLI acting on the files itself
+// would leave root-owned tokens.json / spool files behind, and the daemon would stop on EACCES.
+// Refuse (exit 2) and print the command that runs it as the owner instead.
+import { stat } from 'node:fs/promises';
+import type { Config } from '../config/schema.js';
+import { daemonPid } from '../control/client.js';
+import { lookupUser, shellQuote } from './users.js';
+
+export class RootGuardError extends Error {
+  readonly exitCode = 2;
+}
+
+/**
+ * Throws RootGuardError when this process is root, stateDir is owned by another user, and the
+ * command would act on the files: always for `serve`/`send-test` (`always`), else only while no
+ * daemon owns the directory (with one, the request goes over its control socket).
+ */
+export async function refuseRootOnServiceState(cfg: Config, argv: string[], opts: { always?: boolean } = {}): Promise<void> {
+  if (process.getuid?.() !== 0) return;
+  const st = await stat(cfg.stateDir).catch(() => null);
+  if (!st || st.uid === 0) return;
+  if (!opts.always && (await daemonPid(cfg.stateDir)) !== null) return;
+  const owner = lookupUser(st.uid)?.name ?? `#${st.uid}`;
+  throw new RootGuardError(
+    `stateDir ${cfg.stateDir} belongs to user ${owner}; run as root, this command would leave root-owned files there that the daemon cannot read. Run it as ${owner}:\n` +
+      `  runuser -u ${owner} -- xoauth2-bridge ${argv.map(shellQuote).join(' ')}`,
+  );
+}

@@ -26,7 +26,8 @@ export interface Envelope {
 
 /** Where a message stands (README "Message states"). `in-flight` is the daemon's live view, never stored. */
 export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'failed' | 'corrupt';
-export type HoldReason = 'needs-reauth' | 'quota' | 'operator';
+/** `transport`: the Gmail API cannot deliver to exactly this envelope (the headers name other addresses); an operator decides. */
+export type HoldReason = 'needs-reauth' | 'quota' | 'operator' | 'transport';
 export type RcptStatus = 'pending' | 'accepted' | 'deferred' | 'rejected';
 
 export interface Recipient {
@@ -64,7 +65,8 @@ export type Outcome =
   | 'transient' // retry later with backoff
   | 'permanent' // bounce
   | 'quota' // Gmail daily limit (550 5.4.5): hold the account's queue
-  | 'auth'; // credentials rejected even after a forced refresh: account needs re-authorization
+  | 'auth' // credentials rejected even after a forced refresh: account needs re-authorization
+  | 'transport'; // the account's transport cannot send this message as enveloped (Gmail API, header-only recipients): hold it
 
 export interface RecipientResult {
   rcpt: string;

@@ -248,7 +248,7 @@ test('token endpoint: authorization code with PKCE', async () => {
 
   const plain = await request(`${tokens.authUrl}?${new URLSearchParams({ client_id: 'cid', redirect_uri: redirectUri, response_type: 'code', scope: 'https://mail.google.com/', state: 's', code_challenge: 'x', code_challenge_method: 'plain' })}`);
   assert.equal(plain.status, 400);
-  const badScope = await request(`${tokens.authUrl}?${new URLSearchParams({ client_id: 'cid', redirect_uri: redirectUri, response_type: 'code', scope: 'https://www.googleapis.com/auth/gmail.send', state: 's', code_challenge: 'x', code_challenge_method: 'S256' })}`);
+  const badScope = await request(`${tokens.authUrl}?${new URLSearchParams({ client_id: 'cid', redirect_uri: redirectUri, response_type: 'code', scope: 'https://www.googleapis.com/auth/gmail.readonly', state: 's', code_challenge: 'x', code_challenge_method: 'S256' })}`);
   assert.equal(badScope.status, 400);
 });
 

@@ -18,6 +18,7 @@ const STATES: Record<string, MessageView> = {
   'held:needs-reauth': { state: 'held', reason: 'needs-reauth', rcpts },
   'held:quota': { state: 'held', reason: 'quota', rcpts },
   'held:operator': { state: 'held', reason: 'operator', rcpts },
+  'held:transport': { state: 'held', reason: 'transport', rcpts },
   failed: { state: 'failed', reason: null, rcpts: rcpts.map((r) => (r.status === 'accepted' ? r : { ...r, status: 'rejected' as const, reply: '550 no' })) },
   corrupt: { state: 'corrupt', reason: null, rcpts: [] },
 };
@@ -54,6 +55,8 @@ const TABLE: Record<string, string[]> = {
   'held:needs-reauth': ['refuse', 'refuse', 'refuse', 'refuse', 'held:operator', 'refuse', 'removed', 'held:quota', 'same', 'queued!', 'same'],
   'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'failed'],
   'held:operator':   ['refuse', 'refuse', 'refuse', 'refuse', 'same', 'queued!', 'removed', 'same', 'same', 'same', 'same'],
+  // Only an operator moves it on: retry/release choose the transport again (e.g. after `transport: auto`); never expired.
+  'held:transport':  ['refuse', 'refuse', 'queued!', 'queued!', 'held:operator', 'queued!', 'removed', 'same', 'same', 'same', 'same'],
   failed:            ['refuse', 'refuse', 'queued!', 'queued!', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same'],
   corrupt:           ['refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same'],
 };
@@ -122,6 +125,22 @@ test('outcome: permanent -> failed with a bounce for the open recipients; quota 
   assert.equal(q.kind === 'change' && q.countAttempt, undefined);
   const a = transition(inFlight(two), { type: 'outcome', outcome: 'auth', response: '535 5.7.8', accepted: [], rejected: [], retryAt });
   assert.equal(code(a), 'held:needs-reauth');
+});
+
+test('outcome transport (the Gmail API cannot send to exactly the envelope) -> held:transport, no attempt burnt, not bounced, the reason kept', () => {
+  const why = 'the To/Cc/Bcc headers name x@example.org, which is not in the envelope';
+  const d = transition(inFlight(two), { type: 'outcome', outcome: 'transport', response: why, accepted: [], rejected: [], retryAt });
+  assert.equal(code(d), 'held:transport');
+  if (d.kind !== 'change') return;
+  assert.equal(d.countAttempt, undefined);
+  assert.deepEqual(d.bounce, []);
+  assert.equal(d.lastReply, why);
+  assert.deepEqual(d.rcpts.map((r) => r.status), ['deferred', 'deferred']);
+  // Even past maxAge the transport hold keeps the mail: only an operator decides.
+  const late = transition(inFlight(two), { type: 'outcome', outcome: 'transport', response: why, accepted: [], rejected: [], retryAt, expiry: 'gave up after 5d' });
+  assert.equal(code(late), 'held:transport');
+  const start = transition(STATES['held:transport'], EVENTS.start);
+  assert.match((start as { message: string }).message, /transport to auto/);
 });
 
 test('outcome past maxAge: failed, every open recipient bounced with the reason', () => {

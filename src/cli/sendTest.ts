@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { Config } from '../config/schema.js';
 import { createLogger } from '../log/logger.js';
 import { TokenService } from '../oauth/service.js';
-import { GmailUpstream } from '../upstream/gmail.js';
+import { TransportRouter } from '../upstream/router.js';
 import type { Envelope } from '../types.js';
 
 export async function sendTestCommand(config: Config, opts: { to: string; account?: string }, out: NodeJS.WritableStream): Promise<number> {
@@ -19,7 +19,7 @@ export async function sendTestCommand(config: Config, opts: { to: string; accoun
   const log = createLogger({ level: 'warn', format: 'text' });
   const tokens = new TokenService({ config, log });
   await tokens.init();
-  const upstream = new GmailUpstream({ config, log, tokens });
+  const upstream = new TransportRouter({ config, log, tokens });
   const dir = await mkdtemp(join(tmpdir(), 'xoauth2-bridge-test-'));
   try {
     const id = randomUUID();
@@ -53,7 +53,7 @@ export async function sendTestCommand(config: Config, opts: { to: string; accoun
       receivedAt: now.toISOString(),
     };
     const res = await upstream.send(env, file);
-    out.write(`${res.outcome === 'ok' ? 'sent' : 'failed'} via ${acct.upstream.host}:${acct.upstream.port} as ${acct.email}: ${res.outcome} ${res.response}\n`);
+    out.write(`${res.outcome === 'ok' ? 'sent' : 'failed'} via ${upstream.describe(acct.name)} as ${acct.email}: ${res.outcome} ${res.response}\n`);
     return res.outcome === 'ok' ? 0 : 1;
   } finally {
     await upstream.close();

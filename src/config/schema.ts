@@ -134,6 +134,8 @@ export const accountSchema = z
     provider: z.enum(['google', 'microsoft']).default('google'),
     email: email,
     oauth: z.discriminatedUnion('type', [oauthUser, oauthServiceAccount, oauthApp]),
+    /** Google only: smtp (scope mail.google.com), gmail-api (scope gmail.send only), auto (API, SMTP when the API cannot express the envelope). */
+    transport: z.enum(['smtp', 'gmail-api', 'auto']).default('smtp'),
     upstream: z
       .strictObject({
         /** Defaults per provider: smtp.gmail.com:465; smtp.office365.com:587 (smtp-mail.outlook.com for tenant consumers). */
@@ -142,6 +144,8 @@ export const accountSchema = z
         // Derived from the port when unset: 465 implicit TLS, anything else STARTTLS (required).
         tls: z.enum(['implicit', 'starttls']).optional(),
         caFile: z.string().optional(),
+        /** Gmail API base URL (transport gmail-api / auto); overridable for test fakes. */
+        apiUrl: z.url().default('https://gmail.googleapis.com'),
         maxConnections: z.number().int().positive().default(3),
         maxMessages: z.number().int().positive().default(100),
       })
@@ -255,6 +259,8 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
       if ((a.oauth.type === 'user' || a.oauth.type === 'app') && a.oauth.clientSecret && a.oauth.clientSecretFile)
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth', 'clientSecretFile'], message: 'set clientSecret or clientSecretFile, not both (keep clientSecretFile and remove clientSecret)' });
+      if (a.provider !== 'google' && a.transport !== 'smtp')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP: remove transport (or set smtp)` });
       for (const issue of providerIssues(a)) ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });
       if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'port'], message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)' });

@@ -6,7 +6,7 @@ import { loadConfig } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { Spool } from '../spool/spool.js';
 import { DeliveryWorker } from '../delivery/worker.js';
-import { GmailUpstream } from '../upstream/gmail.js';
+import { TransportRouter } from '../upstream/router.js';
 import { TokenService } from '../oauth/service.js';
 import { Listeners } from '../listener/server.js';
 import { acquireStateLock, type StateLock } from '../control/stateLock.js';
@@ -40,7 +40,7 @@ export class Bridge {
   readonly log: Logger;
   readonly spool: Spool;
   readonly tokens: TokenService;
-  readonly upstream: GmailUpstream;
+  readonly upstream: TransportRouter;
   readonly worker: DeliveryWorker;
   readonly listeners: Listeners;
   readonly metrics: Metrics;
@@ -65,7 +65,7 @@ export class Bridge {
     const metrics = this.metrics;
     this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync, onCorrupt: () => metrics.corruptEnvelope() });
     this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env, metrics });
-    this.upstream = new GmailUpstream({ config: this.config, log: this.log, tokens: this.tokens });
+    this.upstream = new TransportRouter({ config: this.config, log: this.log, tokens: this.tokens });
     // The alert monitor learns how long each upstream has been failing from the same results.
     const delivery: DeliveryMetrics = {
       delivered: (a, n) => metrics.delivered(a, n),

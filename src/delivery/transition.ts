@@ -75,8 +75,18 @@ function refuse(message: string): Decision {
   return { kind: 'refuse', message };
 }
 
+/**
+ * Held for this message alone until an operator acts (hold, or a transport that cannot send
+ * it as enveloped): an account's hold or its end does not touch it.
+ */
+export function waitsForOperator(m: Pick<MessageView, 'state' | 'reason'>): boolean {
+  return m.state === 'held' && (m.reason === 'operator' || m.reason === 'transport');
+}
+
 function heldWhy(m: MessageView): string {
   if (m.reason === 'operator') return 'it is held by an operator; `queue release` lets it go';
+  if (m.reason === 'transport')
+    return "the Gmail API cannot send it to exactly its envelope (its To/Cc/Bcc headers name addresses the envelope lacks); set the account's transport to auto (such mail then goes over SMTP), then `queue retry` it";
   if (m.reason === 'quota') return "its account is held after Gmail's daily sending limit; `queue retry --force` tries anyway";
   return 'its account needs re-authorization (run `authorize` or `token import`); it is sent once the account works again';
 }
@@ -97,6 +107,8 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
       if (waiting) return change(m, { state: 'queued', dueNow: true });
       if (m.state === 'held') {
         if (m.reason === 'quota' && e.force) return change(m, { state: 'queued', dueNow: true });
+        // The transport is chosen again (e.g. after switching the account to auto).
+        if (m.reason === 'transport') return change(m, { state: 'queued', dueNow: true });
         return refuse(`not retried: ${heldWhy(m)}`);
       }
       if (m.state === 'failed') {
@@ -115,7 +127,7 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
 
     case 'release':
       if (m.state === 'in-flight') return { kind: 'after-attempt' };
-      if (m.state === 'held' && m.reason === 'operator') return change(m, { state: 'queued', dueNow: true });
+      if (waitsForOperator(m)) return change(m, { state: 'queued', dueNow: true });
       if (m.state === 'held') return refuse(`not held by an operator: ${heldWhy(m)}`);
       return refuse(`not held (state ${m.state})`);
 
@@ -125,16 +137,16 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
 
     case 'account-hold':
       if (waiting) return change(m, { state: 'held', reason: e.reason });
-      if (m.state === 'held' && m.reason !== 'operator' && m.reason !== e.reason) return change(m, { state: 'held', reason: e.reason });
+      if (m.state === 'held' && !waitsForOperator(m) && m.reason !== e.reason) return change(m, { state: 'held', reason: e.reason });
       return { kind: 'same' };
 
     case 'account-ok':
       // Contract: deferred mail of a re-authorized account is retried at once.
-      if (m.state === 'deferred' || (m.state === 'held' && m.reason !== 'operator')) return change(m, { state: 'queued', dueNow: true });
+      if (m.state === 'deferred' || (m.state === 'held' && !waitsForOperator(m))) return change(m, { state: 'queued', dueNow: true });
       return { kind: 'same' };
 
     case 'expire':
-      // An operator's hold and a dead grant keep mail (never lost to a revoked token); the rest bounces.
+      // An operator's hold, a transport hold and a dead grant keep mail (never lost to a revoked token or a config choice); the rest bounces.
       if (waiting || (m.state === 'held' && m.reason === 'quota')) return giveUp(m, e.reason, e.reason);
       return { kind: 'same' };
   }
@@ -172,6 +184,7 @@ function outcome(m: MessageView, e: Extract<QueueEvent, { type: 'outcome' }>): C
   }
   if (e.outcome === 'quota') return change(m, { state: 'held', reason: 'quota', rcpts, bounce, lastReply: e.response });
   if (e.outcome === 'auth') return change(m, { state: 'held', reason: 'needs-reauth', rcpts, bounce, lastReply: e.response });
+  if (e.outcome === 'transport') return change(m, { state: 'held', reason: 'transport', rcpts, bounce, lastReply: e.response });
   // 'transient', or 'ok' that left recipients unanswered: retry those later, unless too old.
   if (e.expiry) return giveUp({ ...m, rcpts }, e.response, e.expiry, rcpts, bounce);
   return change(m, { state: 'deferred', rcpts, bounce, nextAttemptAt: e.retryAt, lastReply: e.response, countAttempt: true });

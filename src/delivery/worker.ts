@@ -14,7 +14,7 @@ import type { Spool } from '../spool/spool.js';
 import type { AccountHealth, AccountState as HealthState, Envelope, HoldReason, MessageState, Recipient, SendResult, SpooledEnvelope, Upstream } from '../types.js';
 import { AccountState } from './accountState.js';
 import { buildDsn, statusFromReply, type DsnRecipient } from './bounce.js';
-import { openRcpts, transition, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';
+import { openRcpts, transition, waitsForOperator, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';
 
 export interface DeliveryWorkerOptions {
   config: Config;
@@ -331,7 +331,7 @@ export class DeliveryWorker {
     if (this.inFlight.has(it.env.id)) return { state: 'in-flight', reason: null };
     if (it.heldReason === 'rate-limit' && it.waiting) return { state: it.env.state, reason: it.env.reason, waiting: it.waiting };
     const { state, reason } = it.env;
-    if (state === 'held' && reason === 'operator') return { state, reason };
+    if (waitsForOperator(it.env)) return { state, reason };
     if (this.health.state(it.env.account) === 'needs-reauth') return { state: 'held', reason: 'needs-reauth' };
     if (!it.bypassQuota && this.accounts.quotaHoldUntil(it.env.account, this.now()) !== null) return { state: 'held', reason: 'quota' };
     // Held for a reason that has ended: it goes with the next run.
@@ -350,7 +350,7 @@ export class DeliveryWorker {
   /** (Re)enters a message into the due-time index, unless it waits for an operator. */
   private schedule(item: Item, at?: number): void {
     item.gen++;
-    if (item.env.state === 'held' && item.env.reason === 'operator') return;
+    if (waitsForOperator(item.env)) return;
     if (item.env.state === 'failed' || this.inFlight.has(item.env.id)) return;
     const t = Date.parse(item.env.nextAttemptAt);
     this.due.push({ at: at ?? (Number.isNaN(t) ? 0 : t), id: item.env.id, gen: item.gen });
@@ -590,6 +590,12 @@ export class DeliveryWorker {
       if (!(await this.persist(item, next))) return;
       item.heldReason = 'quota';
       this.event('held', next, { reason: 'quota', until: new Date(until).toISOString(), reply: r.response });
+      return;
+    }
+    if (d.state === 'held' && d.reason === 'transport') {
+      if (!(await this.persist(item, next))) return;
+      item.heldReason = 'transport';
+      this.event('held', next, { reason: 'transport', reply: r.response });
       return;
     }
     if (d.state === 'held') {

@@ -286,7 +286,8 @@ export class FakeGmail {
       return cb(replyError(`535 ${BAD_CREDENTIALS.join(' ')}`));
     }
     const info = auth.accessToken ? this.tokens.tokenInfo(auth.accessToken) : null;
-    if (info && info.email.toLowerCase() === user.toLowerCase()) {
+    // Gmail SMTP takes only the full-mailbox scope: a gmail.send token is refused like a bad one.
+    if (info && info.email.toLowerCase() === user.toLowerCase() && info.scope.split(' ').includes('https://mail.google.com/')) {
       this.auths.push({ user, ok: true });
       return cb(null, { user });
     }

@@ -8,6 +8,9 @@ import { createHash, createPublicKey, generateKeyPairSync, randomBytes, verify, 
 import type { TestPki } from './ca.js';
 
 export const GMAIL_SCOPE = 'https://mail.google.com/';
+/** The Gmail API's send-only scope (transport gmail-api). */
+export const GMAIL_SEND_SCOPE = 'https://www.googleapis.com/auth/gmail.send';
+const GMAIL_SCOPES = new Set([GMAIL_SCOPE, GMAIL_SEND_SCOPE]);
 const GOOGLE_TOKEN_URL = 'https://oauth2.googleapis.com/token';
 const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 /** Scopes the consent stand-in accepts besides the Gmail one (for id_token/email). */
@@ -49,6 +52,8 @@ interface RefreshGrant {
   email: string;
   issuedAt: Date;
   revoked: boolean;
+  /** What the user consented to; every access token from this grant carries it. */
+  scope: string;
   /** Set when rotated away: still accepted until then (Google keeps old tokens alive a while). */
   validUntil?: number;
 }
@@ -100,7 +105,7 @@ export class FakeTokenEndpoint {
 
   private readonly clients = new Map<string, string>();
   private readonly refreshTokens = new Map<string, RefreshGrant>();
-  private readonly accessTokens = new Map<string, { email: string; expiresAt: number }>();
+  private readonly accessTokens = new Map<string, { email: string; expiresAt: number; scope: string }>();
   private readonly codes = new Map<string, PendingCode>();
   private readonly serviceAccounts = new Map<string, ServiceAccount>();
   private readonly failures: TokenFailureKind[] = [];
@@ -159,12 +164,14 @@ export class FakeTokenEndpoint {
     this.clients.set(clientId, clientSecret);
   }
 
-  addRefreshToken(refreshToken: string, grant: { clientId: string; email: string; issuedAt?: Date }): void {
+  /** `scope`: space-separated, what the grant was consented with (default: the full Gmail scope). */
+  addRefreshToken(refreshToken: string, grant: { clientId: string; email: string; issuedAt?: Date; scope?: string }): void {
     this.refreshTokens.set(refreshToken, {
       clientId: grant.clientId,
       email: grant.email,
       issuedAt: grant.issuedAt ?? new Date(),
       revoked: false,
+      scope: grant.scope ?? GMAIL_SCOPE,
     });
   }
 
@@ -226,7 +233,8 @@ export class FakeTokenEndpoint {
     }
   }
 
-  tokenInfo(accessToken: string): { email: string; expiresAt: number } | null {
+  /** What a resource server (fake Gmail, fake Gmail API) learns about a bearer token. */
+  tokenInfo(accessToken: string): { email: string; expiresAt: number; scope: string } | null {
     const t = this.accessTokens.get(accessToken);
     if (!t || t.expiresAt <= Date.now()) return null;
     return { ...t };
@@ -283,7 +291,7 @@ export class FakeTokenEndpoint {
     if (q.get('response_type') !== 'code') return page(400, 'unsupported_response_type');
     if (q.get('code_challenge_method') !== 'S256') return page(400, 'invalid_request: code_challenge_method must be S256');
     const scopes = scope.split(/\s+/).filter(Boolean);
-    if (!scopes.includes(GMAIL_SCOPE) || scopes.some((s) => s !== GMAIL_SCOPE && !EXTRA_SCOPES.has(s))) {
+    if (!scopes.some((s) => GMAIL_SCOPES.has(s)) || scopes.some((s) => !GMAIL_SCOPES.has(s) && !EXTRA_SCOPES.has(s))) {
       return page(400, 'invalid_scope');
     }
     let target: URL;
@@ -344,7 +352,7 @@ export class FakeTokenEndpoint {
         case 'echo500json':
           return this.sendJson(res, 500, { error: 'internal_failure', error_description: `backend failed for request: ${rawBody}` });
         case 'truncated': {
-          const full = JSON.stringify({ ...this.issueAccessToken(this.consentEmail), scope: GMAIL_SCOPE, refresh_token: `1//${rnd(40)}` });
+          const full = JSON.stringify({ ...this.issueAccessToken(this.consentEmail, GMAIL_SCOPE), scope: GMAIL_SCOPE, refresh_token: `1//${rnd(40)}` });
           return this.sendText(res, 200, 'application/json; charset=utf-8', full.slice(0, full.indexOf('"expires_in"') - 10));
         }
         case 'notJson':
@@ -385,15 +393,15 @@ export class FakeTokenEndpoint {
     return id;
   }
 
-  private issueAccessToken(email: string): { access_token: string; expires_in: number; token_type: 'Bearer' } {
+  private issueAccessToken(email: string, scope: string): { access_token: string; expires_in: number; token_type: 'Bearer' } {
     const token = `${this.accessTokenPrefix}${rnd(48)}`;
-    this.accessTokens.set(token, { email, expiresAt: Date.now() + this.accessTokenTtlSec * 1000 });
+    this.accessTokens.set(token, { email, scope, expiresAt: Date.now() + this.accessTokenTtlSec * 1000 });
     return { access_token: token, expires_in: this.accessTokenTtlSec, token_type: 'Bearer' };
   }
 
-  private newRefreshToken(clientId: string, email: string): string {
+  private newRefreshToken(clientId: string, email: string, scope: string): string {
     const token = `1//${rnd(48)}`;
-    this.refreshTokens.set(token, { clientId, email, issuedAt: new Date(), revoked: false });
+    this.refreshTokens.set(token, { clientId, email, scope, issuedAt: new Date(), revoked: false });
     return token;
   }
 
@@ -405,11 +413,11 @@ export class FakeTokenEndpoint {
     const usable = g && !g.revoked && (g.validUntil === undefined || g.validUntil > Date.now());
     if (!g || !usable) throw new OAuthError(400, 'invalid_grant', 'Token has been expired or revoked.');
     if (g.clientId !== clientId) throw new OAuthError(400, 'invalid_grant', 'Unauthorized');
-    rec.scope = GMAIL_SCOPE;
+    rec.scope = g.scope;
     rec.email = g.email;
-    const body: Record<string, unknown> = { ...this.issueAccessToken(g.email), scope: GMAIL_SCOPE };
+    const body: Record<string, unknown> = { ...this.issueAccessToken(g.email, g.scope), scope: g.scope };
     if (this.rotateRefreshTokens) {
-      body.refresh_token = this.newRefreshToken(clientId, g.email);
+      body.refresh_token = this.newRefreshToken(clientId, g.email, g.scope);
       if (g.validUntil === undefined) g.validUntil = Date.now() + this.rotationGraceMs;
     }
     return body;
@@ -431,9 +439,9 @@ export class FakeTokenEndpoint {
     }
     rec.scope = pending.scope;
     rec.email = pending.email;
-    const body: Record<string, unknown> = { ...this.issueAccessToken(pending.email), scope: pending.scope };
+    const body: Record<string, unknown> = { ...this.issueAccessToken(pending.email, pending.scope), scope: pending.scope };
     // Like Google: a refresh token only for offline access.
-    if (pending.offline) body.refresh_token = this.newRefreshToken(clientId, pending.email);
+    if (pending.offline) body.refresh_token = this.newRefreshToken(clientId, pending.email, pending.scope);
     body.id_token = this.idToken(clientId, pending.email);
     return body;
   }
@@ -492,11 +500,12 @@ export class FakeTokenEndpoint {
       'unauthorized_client',
       'Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.',
     );
-    if (!scope.split(/\s+/).includes(GMAIL_SCOPE)) throw unauthorized;
+    // Domain-wide delegation grants the Gmail scopes the admin listed; the fake grants both.
+    if (!scope.split(/\s+/).some((s) => GMAIL_SCOPES.has(s))) throw unauthorized;
     if (sub && !sa.subjects.has(sub.toLowerCase())) throw unauthorized;
     const email = sub ?? iss;
     rec.email = email;
-    return this.issueAccessToken(email);
+    return this.issueAccessToken(email, scope);
   }
 
   private sendJson(res: ServerResponse, status: number, body: unknown): void {

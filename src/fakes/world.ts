@@ -8,6 +8,8 @@ import { stringify } from 'yaml';
 import { createTestPki, writePki, type TestPki } from './ca.js';
 import { FakeTokenEndpoint } from './tokenEndpoint.js';
 import { FakeGmail } from './gmail.js';
+import { FakeGmailApi } from './gmailApi.js';
+import { scopesFor } from '../oauth/scopes.js';
 import { hashPassword } from '../listener/passwords.js';
 
 export interface FakeWorld {
@@ -16,6 +18,9 @@ export interface FakeWorld {
   caFile: string;
   tokens: FakeTokenEndpoint;
   gmail: FakeGmail;
+  /** Started for transport gmail-api and auto. */
+  gmailApi?: FakeGmailApi;
+  transport: 'smtp' | 'gmail-api' | 'auto';
   account: { name: string; email: string; clientId: string; clientSecret: string; refreshToken: string };
   user: { username: string; password: string; passwordHash: string };
   close(): Promise<void>;
@@ -25,6 +30,8 @@ export interface WorldOptions {
   gmailMode?: 'implicit' | 'starttls';
   accessTokenTtlSec?: number;
   email?: string;
+  /** The account's transport: gmail-api and auto also start a fake Gmail API, and the grant carries that transport's scopes. */
+  transport?: 'smtp' | 'gmail-api' | 'auto';
 }
 
 export async function startFakeWorld(opts: WorldOptions = {}): Promise<FakeWorld> {
@@ -33,6 +40,8 @@ export async function startFakeWorld(opts: WorldOptions = {}): Promise<FakeWorld
   const { caFile } = await writePki(pki, join(dir, 'pki'));
   const tokens = await FakeTokenEndpoint.start({ pki, accessTokenTtlSec: opts.accessTokenTtlSec });
   const gmail = await FakeGmail.start({ pki, tokens, mode: opts.gmailMode ?? 'implicit' });
+  const transport = opts.transport ?? 'smtp';
+  const gmailApi = transport === 'smtp' ? undefined : await FakeGmailApi.start({ pki, tokens });
   const email = opts.email ?? 'scanner@example.com';
   // Random per run so a leak scan of the logs can look for the exact values.
   const account = {
@@ -43,7 +52,7 @@ export async function startFakeWorld(opts: WorldOptions = {}): Promise<FakeWorld
     refreshToken: `1//0g${randomBytes(24).toString('base64url')}`,
   };
   tokens.registerClient(account.clientId, account.clientSecret);
-  tokens.addRefreshToken(account.refreshToken, { clientId: account.clientId, email });
+  tokens.addRefreshToken(account.refreshToken, { clientId: account.clientId, email, scope: scopesFor({ transport }).join(' ') });
   const password = `pw-${randomBytes(9).toString('base64url')}`;
   const user = { username: 'printer', password, passwordHash: await hashPassword(password) };
   return {
@@ -52,9 +61,12 @@ export async function startFakeWorld(opts: WorldOptions = {}): Promise<FakeWorld
     caFile,
     tokens,
     gmail,
+    gmailApi,
+    transport,
     account,
     user,
     async close() {
+      await gmailApi?.close();
       await gmail.close();
       await tokens.close();
       await rm(dir, { recursive: true, force: true });
@@ -79,7 +91,8 @@ export function bridgeConfig(world: FakeWorld, overrides: Record<string, unknown
           authUrl: world.tokens.authUrl,
           caFile: world.caFile,
         },
-        upstream: { host: 'localhost', port: world.gmail.port, tls: world.gmail.mode, caFile: world.caFile },
+        upstream: { host: 'localhost', port: world.gmail.port, tls: world.gmail.mode, caFile: world.caFile, ...(world.gmailApi ? { apiUrl: world.gmailApi.url } : {}) },
+        ...(world.transport !== 'smtp' ? { transport: world.transport } : {}),
       },
     ],
     users: [{ username: world.user.username, passwordHash: world.user.passwordHash, account: world.account.name }],

@@ -27,7 +27,7 @@ export interface MetricsOptions {
 }
 
 const ACCOUNT_STATES: readonly AccountState[] = ['ok', 'needs-reauth', 'error'];
-const OUTCOMES: readonly Outcome[] = ['ok', 'transient', 'permanent', 'quota', 'auth'];
+const OUTCOMES: readonly Outcome[] = ['ok', 'transient', 'permanent', 'quota', 'auth', 'transport'];
 /** Label value for a name that is not in the configured set (keeps cardinality bounded). */
 export const OTHER = '_other';
 
@@ -69,7 +69,7 @@ export class Metrics {
     this.cDeliveredRcpts = counter('recipients_delivered_total', 'Recipients accepted by the upstream.', ['account']);
     this.cDeferred = counter('messages_deferred_total', 'Delivery attempts that left a message queued for a retry.', ['account']);
     this.cBounced = counter('messages_bounced_total', 'Messages (or recipients of a message) that failed permanently and were bounced.', ['account']);
-    this.cReplies = counter('upstream_replies_total', 'Upstream attempt results by class (ok, transient, permanent, quota, auth).', ['account', 'class']);
+    this.cReplies = counter('upstream_replies_total', 'Upstream attempt results by class (ok, transient, permanent, quota, auth, transport).', ['account', 'class']);
     this.cRefreshes = counter('token_refreshes_total', 'OAuth access-token refreshes by result (ok, error).', ['account', 'result']);
     this.cAuthFailures = counter('auth_failures_total', 'Failed SMTP AUTH attempts on a listener.', ['listener']);
     this.cCorrupt = counter('spool_corrupt_envelopes_total', 'Unreadable spool envelopes moved to spool/corrupt/ with their message.', []);

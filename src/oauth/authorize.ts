@@ -21,7 +21,8 @@ import {
   type MicrosoftRequest,
 } from '../providers/microsoft.js';
 import { addSecret, redactString } from '../log/redact.js';
-import { DEFAULT_TIMEOUT_MS, GMAIL_SCOPE, accountIdentity, classifyTokenError, createUserClient, tokenAgent } from './client.js';
+import { scopesFor } from './scopes.js';
+import { DEFAULT_TIMEOUT_MS, accountIdentity, classifyTokenError, createUserClient, tokenAgent } from './client.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
 
 export interface AuthorizeOptions {
@@ -121,7 +122,7 @@ function googleRedirect(acct: UserAccount): BeginRedirect {
     const url = client.generateAuthUrl({
       access_type: 'offline',
       prompt: 'consent',
-      scope: GMAIL_SCOPE,
+      scope: scopesFor(acct),
       state,
       code_challenge: codeChallenge!,
       code_challenge_method: CodeChallengeMethod.S256,

@@ -9,14 +9,17 @@ type GaxiosResponse = Awaited<ReturnType<Gaxios['request']>>;
 import type { AccountConfig } from '../config/schema.js';
 import { addSecret, redactString } from '../log/redact.js';
 
-/** The only scope Gmail SMTP (XOAUTH2) accepts. */
-export const GMAIL_SCOPE = 'https://mail.google.com/';
+/** The only scope Gmail SMTP (XOAUTH2) accepts (scopes.ts chooses per account). */
+export { GMAIL_FULL_SCOPE as GMAIL_SCOPE } from './scopes.js';
+import { scopesFor } from './scopes.js';
 
 /** Who an access token speaks for: a stored token is only reused for the same identity. */
 export function accountIdentity(a: AccountConfig): string {
   if (a.oauth.type === 'user') return `user:${a.oauth.clientId}:${a.oauth.tokenUrl}`;
   if (a.oauth.type === 'app') return `app:${a.oauth.clientId}:${a.oauth.tokenUrl}`;
-  return `sa:${a.oauth.keyFile}:${a.oauth.subject ?? ''}:${a.oauth.tokenUrl}`;
+  // A service account's token carries the scopes it asked for: another transport needs a new one.
+  const scopes = a.transport === 'smtp' ? '' : `:${scopesFor(a).join(' ')}`;
+  return `sa:${a.oauth.keyFile}:${a.oauth.subject ?? ''}:${a.oauth.tokenUrl}${scopes}`;
 }
 
 export type UserOAuth = Extract<AccountConfig['oauth'], { type: 'user' }>;
@@ -121,6 +124,14 @@ export function transporterOptions(caFile: string | undefined, http: HttpOptions
   };
 }
 
+/**
+ * The library's HTTP transporter (gaxios) for a Google API such as Gmail's: callers add the
+ * Authorization header with a token from the token service, which owns every token.
+ */
+export function googleApiTransporter(agent: https.Agent | undefined): Gaxios {
+  return new OAuth2Client({ transporterOptions: { agent } }).transporter;
+}
+
 export function createUserClient(account: AccountConfig, opts: { redirectUri?: string; http?: HttpOptions } = {}): OAuth2Client {
   const oauth = account.oauth;
   if (oauth.type !== 'user') throw new Error(`account ${account.name} is a service account`);
@@ -180,6 +191,8 @@ export async function serviceAccountToken(
   key: ServiceAccountKey,
   nowSec: number,
   http: HttpOptions = {},
+  /** From scopesFor(account): domain-wide delegation must grant exactly these. */
+  scopes: string[],
 ): Promise<TokenResponse> {
   const { createSign } = await import('node:crypto');
   const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -187,7 +200,7 @@ export async function serviceAccountToken(
   const claims = {
     iss: key.client_email,
     ...(oauth.subject ? { sub: oauth.subject } : {}),
-    scope: GMAIL_SCOPE,
+    scope: scopes.join(' '),
     aud: oauth.tokenUrl,
     iat: nowSec,
     exp: nowSec + 3600,

@@ -22,6 +22,7 @@ import {
 } from './client.js';
 import { classifyMicrosoftError, microsoftAppToken, microsoftCredentials, microsoftRefresh, type MicrosoftCredentials, type MicrosoftOAuth } from '../providers/microsoft.js';
 import { TokenStore, resolveStoreKey, type StoreData, type TokenRecord } from './store.js';
+import { scopesFor } from './scopes.js';
 
 export class NeedsReauthError extends Error {
   constructor(
@@ -50,7 +51,7 @@ export function fixHint(account: AccountConfig): string {
   if (account.oauth.type === 'app')
     return `check the app registration in Entra ID (client secret or certificate, SMTP.SendAsApp with admin consent, the Exchange service principal and its mailbox permission: see README "Microsoft 365"), then run: xoauth2-bridge token refresh ${account.name}`;
   if (account.oauth.type === 'service-account')
-    return `check the key file and the domain-wide delegation of the service account (scope https://mail.google.com/${account.oauth.subject ? `, subject ${account.oauth.subject}` : ''}), then run: xoauth2-bridge token refresh ${account.name}`;
+    return `check the key file and the domain-wide delegation of the service account (scope ${scopesFor(account).join(' ')}${account.oauth.subject ? `, subject ${account.oauth.subject}` : ''}), then run: xoauth2-bridge token refresh ${account.name}`;
   return `run: xoauth2-bridge authorize ${account.name}   (or pipe a refresh token into: xoauth2-bridge token import ${account.name})`;
 }
 
@@ -405,7 +406,7 @@ export class TokenService implements TokenSource, AccountHealth {
         tokens = { access_token: c.access_token, expiry_date: expiresAt };
       } else if (s.cfg.oauth.type === 'service-account') {
         this.log.debug('requesting service-account access token', { account: name });
-        const res = await serviceAccountToken(s.cfg.oauth, s.saKey!, Math.floor(Date.now() / 1000), this.http);
+        const res = await serviceAccountToken(s.cfg.oauth, s.saKey!, Math.floor(Date.now() / 1000), this.http, scopesFor(s.cfg));
         if (!res?.access_token) throw new Error('token endpoint returned no access_token');
         tokens = { access_token: res.access_token, expiry_date: this.now() + (res.expires_in ?? 3600) * 1000 };
       } else {

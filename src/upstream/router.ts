@@ -1,0 +1,59 @@
+// Picks the upstream per account transport: SMTP (XOAUTH2), the Gmail API, or auto (the API
+// when it can deliver to exactly the envelope, SMTP when the headers name other addresses).
+// The delivery worker keeps seeing one Upstream.
+import type { Config } from '../config/schema.js';
+import type { Envelope, SendResult, TokenSource, Upstream } from '../types.js';
+import type { Logger } from '../log/logger.js';
+import { GmailUpstream } from './gmail.js';
+import { GmailApiUpstream } from './gmailApi.js';
+
+export interface RouterOptions {
+  config: Config;
+  log: Logger;
+  tokens: TokenSource;
+  ehloName?: string;
+}
+
+export class TransportRouter implements Upstream {
+  private config: Config;
+  readonly smtp: GmailUpstream;
+  readonly api: GmailApiUpstream;
+  private readonly log: Logger;
+
+  constructor(opts: RouterOptions) {
+    this.config = opts.config;
+    this.log = opts.log.child({ component: 'upstream' });
+    this.smtp = new GmailUpstream(opts);
+    this.api = new GmailApiUpstream(opts);
+  }
+
+  reload(config: Config): void {
+    this.config = config;
+    this.smtp.reload(config);
+    this.api.reload(config);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.smtp.close(), this.api.close()]);
+  }
+
+  /** Where this account's mail goes, for `send-test` output. */
+  describe(account: string): string {
+    const a = this.config.accounts.find((x) => x.name === account);
+    if (!a) return 'unknown account';
+    const smtp = `${a.upstream.host}:${a.upstream.port}`;
+    if (a.transport === 'gmail-api') return `${a.upstream.apiUrl} (Gmail API)`;
+    if (a.transport === 'auto') return `${a.upstream.apiUrl} (Gmail API) or ${smtp}`;
+    return smtp;
+  }
+
+  async send(env: Envelope, messageFile: string): Promise<SendResult> {
+    const transport = this.config.accounts.find((a) => a.name === env.account)?.transport ?? 'smtp';
+    if (transport === 'smtp') return this.smtp.send(env, messageFile);
+    if (transport === 'gmail-api') return this.api.send(env, messageFile);
+    const plan = await this.api.plan(env, messageFile);
+    if (plan.ok) return this.api.send(env, messageFile, plan);
+    this.log.debug('transport auto: over SMTP', { id: env.id, account: env.account, why: plan.reason });
+    return this.smtp.send(env, messageFile);
+  }
+}

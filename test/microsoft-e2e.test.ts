@@ -20,7 +20,7 @@ const MAILBOX = 'printer@contoso.com';
 type Ctx = { world: FakeWorld; ms: FakeMicrosoftIdentity; exo: FakeExchange; b: RunningBridge; clientId: string; send: (user: string, from: string, to: string | string[]) => Promise<string> };
 
 /** credential: a client secret, a certificate uploaded to the app registration, or one that was not. */
-async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts: { credential?: 'secret' | 'certificate' | 'unregistered-certificate'; mailboxPermission?: boolean; limits?: Record<string, number> } = {}): Promise<void> {
+async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts: { credential?: 'secret' | 'certificate' | 'unregistered-certificate'; mailboxPermission?: boolean; limits?: Record<string, number>; allowedSenders?: string[] } = {}): Promise<void> {
   const world = await startFakeWorld();
   const ms = await FakeMicrosoftIdentity.start({ pki: world.pki });
   const exo = await FakeExchange.start({ pki: world.pki, identity: ms });
@@ -45,7 +45,7 @@ async function withMs(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts:
     ],
     users: [
       { username: world.user.username, passwordHash: world.user.passwordHash, account: world.account.name },
-      { username: 'copier', passwordHash: world.user.passwordHash, account: 'm365' },
+      { username: 'copier', passwordHash: world.user.passwordHash, account: 'm365', ...(opts.allowedSenders ? { allowedSenders: opts.allowedSenders } : {}) },
     ],
   });
   if (type === 'user') await b.bridge.tokens.importRefreshToken('m365', ms.issueRefreshToken(clientId, MAILBOX));
@@ -180,5 +180,25 @@ test('Exchange counts recipients per day: with recipientsPerDay 5, a second 3-re
       assert.ok(!exo.messages.some((m) => m.rcptTo.includes('b1@example.org')), 'the held one was not sent');
     },
     { limits: { recipientsPerDay: 5 } },
+  );
+});
+
+test('Exchange throttling (432 4.3.2) is retried with backoff; SendAsDenied (5.2.252) fails the message with a clear reason', { timeout: 60_000 }, async () => {
+  await withMs(
+    'user',
+    async ({ exo, b, send }) => {
+      exo.mailReplies.push({ code: 432, text: '4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=SN4PR0601MB3712.namprd06.prod.outlook.com]' });
+      const throttled = await send('copier', MAILBOX, 'later@example.org');
+      await waitFor(() => b.logs.some((l) => l.includes('"message":"deferred"') && l.includes(throttled) && l.includes('4.3.2')), 15_000, 'deferred on 4.3.2');
+      await waitFor(() => exo.messages.some((m) => m.rcptTo.includes('later@example.org')), 15_000, 'delivered on the next try');
+
+      const denied = await send('copier', 'someone.else@contoso.com', 'x@example.org');
+      await waitFor(() => b.logs.some((l) => l.includes(denied) && l.includes('"message":"bounced"')), 15_000, 'failed and bounced');
+      const row = await listed(b, denied);
+      assert.equal(row.state, 'failed');
+      assert.match(String(row.failReason ?? row.lastReply), /5\.2\.252 SendAsDenied.*may not send as this sender/);
+      assert.ok(!exo.messages.some((m) => m.rcptTo.includes('x@example.org')));
+    },
+    { allowedSenders: ['*@contoso.com'] },
   );
 });

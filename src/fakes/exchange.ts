@@ -29,6 +29,8 @@ export class FakeExchange extends EventEmitter {
   readonly refuseTokens = new Set<string>();
   /** While true, a valid AUTH gets no answer until releaseAuths() (a client caught between token and use). */
   holdAuth = false;
+  /** Replies for the next MAIL FROM commands (e.g. Exchange's 4.3.2 throttling), used up in order. */
+  readonly mailReplies: { code: number; text: string }[] = [];
   private readonly held: (() => void)[] = [];
 
   private constructor(
@@ -79,6 +81,8 @@ export class FakeExchange extends EventEmitter {
         me.emit('auth-held', user);
       },
       onMailFrom: (address, session, cb) => {
+        const scripted = self!.mailReplies.shift();
+        if (scripted) return cb(reply(scripted.code, scripted.text));
         if (address.address.toLowerCase() !== String(session.user).toLowerCase())
           return cb(reply(554, `5.2.252 SendAsDenied; ${String(session.user)} not allowed to send as ${address.address}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied`));
         cb();

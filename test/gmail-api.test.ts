@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../src/fakes/world.js';
 import { GMAIL_SEND_SCOPE } from '../src/fakes/tokenEndpoint.js';
-import { startBridge, sendThroughBridge, message, CLI, secretsOf, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
+import { startBridge, sendThroughBridge, message, CLI, secretsOf, assertNoSecrets, importToken, type RunningBridge } from './helpers/bridge.js';
 import { splitReceived } from './helpers/received.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -250,3 +250,23 @@ test('gmail-api: 400 invalidArgument is permanent: the message fails and the sen
     }
   }),
 );
+
+test('send-test through a gmail-api account: sent via the Gmail API with the gmail.send token', { timeout: 60_000 }, () =>
+  withWorld('gmail-api', async (w) => {
+    const configFile = await writeBridgeConfig(w, bridgeConfig(w));
+    importToken(configFile, w);
+    const r = await run(process.execPath, [...CLI, 'send-test', '--to', 'ops@example.org', '-c', configFile]);
+    assert.match(r.stdout, new RegExp(`^sent via ${w.gmailApi!.url} \\(Gmail API\\) as ${FROM}: ok 200 gmail-api messages\\.send ok id=`));
+    await w.gmailApi!.waitForMessages(1);
+    assert.deepEqual(w.gmailApi!.messages[0].recipients, ['ops@example.org']);
+    assert.equal(w.gmail.messages.length, 0);
+  }),
+);
+
+test('demo --transport gmail-api relays one message through the fake Gmail API and says so', { timeout: 60_000 }, async () => {
+  const r = await run(process.execPath, [...CLI, 'demo', '--transport', 'gmail-api']);
+  assert.match(r.stdout, /fake Gmail API received it:/);
+  assert.match(r.stdout, /token scope https:\/\/www\.googleapis\.com\/auth\/gmail\.send \(Bearer/);
+  assert.match(r.stdout, /a Received: header, then exactly what the printer sent/);
+  assert.match(r.stdout, /spool after delivery: 0 message\(s\) left/);
+});

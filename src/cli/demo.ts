@@ -20,10 +20,15 @@ interface Received {
   tlsProtocol?: string;
 }
 
-export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?: 'google' | 'microsoft' } = {}): Promise<number> {
+export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?: 'google' | 'microsoft'; transport?: 'smtp' | 'gmail-api' } = {}): Promise<number> {
   const say = (s = '') => out.write(s + '\n');
-  const world = await startFakeWorld();
   const microsoft = opts.provider === 'microsoft';
+  const api = opts.transport === 'gmail-api';
+  if (microsoft && api) {
+    say('demo: --transport gmail-api is for Google; Microsoft accounts send over SMTP');
+    return 2;
+  }
+  const world = await startFakeWorld({ transport: api ? 'gmail-api' : 'smtp' });
   const identity = microsoft ? await FakeMicrosoftIdentity.start({ pki: world.pki }) : undefined;
   const exo = identity ? await FakeExchange.start({ pki: world.pki, identity }) : undefined;
   let bridge: Bridge | undefined;
@@ -31,7 +36,8 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
     let overrides: Record<string, unknown> = {};
     let refreshToken = world.account.refreshToken;
     const sender = microsoft ? 'printer@contoso.com' : world.account.email;
-    const upstreamName = microsoft ? 'fake Exchange Online' : 'fake Gmail';
+    const upstreamName = microsoft ? 'fake Exchange Online' : api ? 'fake Gmail API' : 'fake Gmail';
+    let how = `AUTH XOAUTH2 over TLS to ${upstreamName}`;
     let received: () => Promise<Received>;
     if (identity && exo) {
       const clientId = '00000000-0000-4000-8000-00000000demo'.slice(0, 36);
@@ -49,6 +55,19 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
         const m = exo.messages[0];
         if (!m) throw new Error('fake Exchange Online received nothing within 15 s');
         return { ...m, secure: true, tlsProtocol: 'STARTTLS' };
+      };
+    } else if (api && world.gmailApi) {
+      const gapi = world.gmailApi;
+      say('xoauth2-bridge demo: everything runs on loopback; no Google account is used.');
+      say(`  fake token endpoint  ${world.tokens.url}  (HTTPS, test CA; the grant has only the gmail.send scope)`);
+      say(`  fake Gmail API       ${gapi.url}  (HTTPS, users.messages.send media upload; checks the bearer and its scope)`);
+      how = `users.messages.send (media upload, message/rfc822, streamed from the spool file) over HTTPS to ${upstreamName}`;
+      received = async () => {
+        await gapi.waitForMessages(1, 15_000);
+        const m = gapi.messages[0];
+        const scope = world.tokens.requests.filter((r) => r.ok && r.email === m.user).at(-1)?.scope ?? '?';
+        // The API has no envelope: Gmail sends to the To/Cc/Bcc headers, which the bridge made match it.
+        return { authUser: `${m.user}, token scope ${scope}`, mailFrom: '(none: the API sends as the token\'s user)', rcptTo: m.recipients, raw: m.raw, secure: true, tlsProtocol: '(HTTPS)' };
       };
     } else {
       say('xoauth2-bridge demo: everything runs on loopback; no Google account is used.');
@@ -99,13 +118,13 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     client.close();
     say(`   bridge answered: ${info.response}   (${ms.toFixed(1)} ms, message and envelope fsynced before this reply)`);
-    say(`2. spool -> delivery worker -> upstream: token from the token endpoint, AUTH XOAUTH2 over TLS to ${upstreamName}`);
+    say(`2. spool -> delivery worker -> upstream: token from the token endpoint, ${how}`);
     const got = await received();
     say(`3. ${upstreamName} received it:`);
-    say(`   authenticated as    ${got.authUser} (XOAUTH2 bearer issued by the token endpoint)`);
+    say(`   authenticated as    ${got.authUser} (${api ? 'Bearer' : 'XOAUTH2 bearer'} issued by the token endpoint)`);
     say(`   connection          ${got.secure ? `TLS ${got.tlsProtocol ?? ''}`.trim() : 'PLAINTEXT (!)'}`);
-    say(`   MAIL FROM           <${got.mailFrom}>`);
-    say(`   RCPT TO             ${got.rcptTo.map((r) => `<${r}>`).join(' ')}`);
+    say(`   MAIL FROM           ${api ? got.mailFrom : `<${got.mailFrom}>`}`);
+    say(`   ${api ? 'recipients (To/Cc) ' : 'RCPT TO            '} ${got.rcptTo.map((r) => `<${r}>`).join(' ')}`);
     // The bridge prepends one Received: trace header; every byte after it is the printer's.
     const afterTrace = got.raw.toString('latin1').replace(/^Received:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n/, '');
     const same = Buffer.from(afterTrace, 'latin1').equals(raw);

@@ -220,8 +220,11 @@ export function buildProgram(): Command {
     .command('demo')
     .description('run the bridge against built-in fakes (token endpoint + Gmail, or Microsoft identity + Exchange Online) and relay one message')
     .addOption(new Option('--provider <provider>', 'which provider to fake').choices(['google', 'microsoft']).default('google'))
-    .addHelpText('after', examples('xoauth2-bridge demo', 'xoauth2-bridge demo --provider microsoft'))
-    .action((o: { provider: 'google' | 'microsoft' }) => run(async () => (await import('./demo.js')).demoCommand(process.stdout, { provider: o.provider })));
+    .addOption(new Option('--transport <transport>', 'Google: relay over SMTP or the Gmail API (scope gmail.send only)').choices(['smtp', 'gmail-api']).default('smtp'))
+    .addHelpText('after', examples('xoauth2-bridge demo', 'xoauth2-bridge demo --transport gmail-api', 'xoauth2-bridge demo --provider microsoft'))
+    .action((o: { provider: 'google' | 'microsoft'; transport: 'smtp' | 'gmail-api' }) =>
+      run(async () => (await import('./demo.js')).demoCommand(process.stdout, { provider: o.provider, transport: o.transport })),
+    );
 
   return program;
 }

@@ -680,7 +680,8 @@ export class DeliveryWorker {
     if (name === 'delivered') this.metrics?.delivered(env.account, Number(extra.rcpts ?? 0));
     else if (name === 'deferred') this.metrics?.deferred(env.account);
     else if (name === 'bounced') this.metrics?.bounced(env.account);
-    this.log.info(name, {
+    // A deferral or a bounce is what `journalctl -p warning` should show: one line per event.
+    this.log[name === 'deferred' || name === 'bounced' ? 'warn' : 'info'](name, {
       id: env.id,
       account: env.account,
       user: env.user,

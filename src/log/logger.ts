@@ -2,6 +2,7 @@
 // for the bunyan-style loggers smtp-server and nodemailer expect.
 import winston from 'winston';
 import { redact, redactString } from './redact.js';
+import { isJournalStream, PRIORITY } from './journal.js';
 
 export type Level = 'error' | 'warn' | 'info' | 'debug';
 export type Meta = Record<string, unknown>;
@@ -32,8 +33,16 @@ export interface LogOptions {
   silent?: boolean;
 }
 
+const MESSAGE = Symbol.for('message');
+/** Last stage: <N> before the finished line, for journald (src/log/journal.ts). */
+const journalPrefix = winston.format((info) => {
+  const line = info as unknown as Record<symbol, unknown>;
+  line[MESSAGE] = `<${PRIORITY[info.level as Level] ?? 6}>${String(line[MESSAGE])}`;
+  return info;
+});
+
 export function createLogger(opts: LogOptions = {}): Logger {
-  const format =
+  const lineFormat =
     opts.format === 'text'
       ? winston.format.combine(
           scrub(),
@@ -46,6 +55,7 @@ export function createLogger(opts: LogOptions = {}): Logger {
           }),
         )
       : winston.format.combine(scrub(), winston.format.timestamp(), winston.format.json());
+  const format = !opts.stream && isJournalStream(2) ? winston.format.combine(lineFormat, journalPrefix()) : lineFormat;
   const transport = opts.stream
     ? new winston.transports.Stream({ stream: opts.stream })
     : new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug'] });
@@ -70,7 +80,9 @@ export const nullLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}
 
 /**
  * bunyan-style adapter for smtp-server/nodemailer: they call logger.info(meta, fmt, ...args).
- * Their protocol traces go to debug, and we never enable their raw data logging.
+ * Everything they say goes to debug, their warnings and errors too (marked libLevel): the
+ * listener and the delivery worker log each outcome once themselves (a refused upstream
+ * connection is one "deferred" warning, not three lines), and we never enable their raw data logging.
  */
 // Client commands known to carry no secret. Anything else a client sends (AUTH lines,
 // AUTH LOGIN's bare base64 continuation lines, unknown commands) is not logged.
@@ -108,16 +120,17 @@ export function bunyanAdapter(log: Logger, component: string) {
     const { tnx, cid } = meta as Meta & { tnx?: unknown; cid?: unknown };
     return [msg, { component, ...(tnx ? { tnx } : {}), ...(cid ? { cid } : {}) }];
   };
-  const lvl = (l: Level) => (...args: unknown[]) => {
+  const lvl = (libLevel: Level) => (...args: unknown[]) => {
     // Protocol traces arrive for every command and reply; do not format the dropped ones.
-    if (log.enabled && !log.enabled(l)) return;
-    const [m, meta] = fmt(args);
+    if (log.enabled && !log.enabled('debug')) return;
+    const [m, base] = fmt(args);
+    const meta = libLevel === 'warn' || libLevel === 'error' ? { ...base, libLevel } : base;
     if (m.startsWith('C:')) {
       const line = clientLineForLog(m.slice(2));
       if (line === null) return;
-      return log[l](`C: ${line}`, meta);
+      return log.debug(`C: ${line}`, meta);
     }
-    log[l](m, meta);
+    log.debug(m, meta);
   };
   return { trace: lvl('debug'), debug: lvl('debug'), info: lvl('debug'), warn: lvl('warn'), error: lvl('error'), fatal: lvl('error'), child: () => bunyanAdapter(log, component) };
 }

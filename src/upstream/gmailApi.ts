@@ -33,6 +33,7 @@ export class GmailApiUpstream implements Upstream {
   private readonly log: Logger;
   private readonly tokens: TokenSource;
   private readonly clients = new Map<string, { agent: https.Agent; http: ReturnType<typeof googleApiTransporter> }>();
+  private readonly retired: https.Agent[] = [];
 
   constructor(opts: GmailApiUpstreamOptions) {
     this.config = opts.config;
@@ -42,11 +43,15 @@ export class GmailApiUpstream implements Upstream {
 
   reload(config: Config): void {
     this.config = config;
-    void this.close(); // caFile contents may have changed
+    // A changed caFile takes effect with the next upload; uploads in flight keep their
+    // connection (destroying it could cut one Gmail already took, and send it twice).
+    for (const c of this.clients.values()) this.retired.push(c.agent);
+    this.clients.clear();
   }
 
   async close(): Promise<void> {
     for (const c of this.clients.values()) c.agent.destroy();
+    for (const a of this.retired.splice(0)) a.destroy();
     this.clients.clear();
   }
 

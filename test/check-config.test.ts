@@ -189,7 +189,7 @@ test('doctor checks as the owner of stateDir: no grant stored is a problem (with
   }
 });
 
-test('root on a stateDir owned by the service user: token import, queue list, serve and send-test refuse (exit 2) with the exact command, and leave nothing there', async (t) => {
+test('root on a stateDir owned by the service user: token import, queue list, serve and send-test refuse (exit 2) with the exact command (through systemd-run for a store sealed with the unit credential), and leave nothing there', async (t) => {
   if (!needRoot(t)) return;
   const nobody = lookupUser('nobody')!;
   const dir = await tempDir();
@@ -210,6 +210,15 @@ test('root on a stateDir owned by the service user: token import, queue list, se
     assert.ok(r.stderr.split('\n').some((l) => l.trim() === command), `${args[0]}: no line "${command}" in:\n${r.stderr}`);
   }
   assert.deepEqual(await readdir(state), [], 'root left no file in the service user\'s stateDir');
+
+  // The .deb's store is sealed with the unit's credential: the command to use goes through systemd.
+  await writeFile(join(state, 'tokens.json'), JSON.stringify({ format: 'xoauth2-bridge-tokens', version: 1, encryption: 'aes-256-gcm', iv: 'x', tag: 'x', data: 'x' }));
+  const sealed = await cli(['token', 'status', '-c', file]);
+  assert.equal(sealed.code, 2, sealed.stdout + sealed.stderr);
+  assert.ok(
+    sealed.stderr.includes(`  systemd-run --quiet --pipe --wait -p User=nobody -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge token status -c ${file}\n`),
+    sealed.stderr,
+  );
 });
 
 test('oauth.clientFile: Google\'s downloaded client JSON supplies client id, secret and token URL at run time', async () => {

@@ -1,9 +1,11 @@
 // Root on a state directory that belongs to the service user: a CLI acting on the files itself
 // would leave root-owned tokens.json / spool files behind, and the daemon would stop on EACCES.
 // Refuse (exit 2) and print the command that runs it as the owner instead.
-import { stat } from 'node:fs/promises';
+import { stat, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { daemonPid } from '../control/client.js';
+import { STORE_FILE } from '../oauth/store.js';
 import { lookupUser, shellQuote } from './users.js';
 
 export class RootGuardError extends Error {
@@ -20,9 +22,17 @@ export async function refuseRootOnServiceState(cfg: Config, argv: string[], opts
   const st = await stat(cfg.stateDir).catch(() => null);
   if (!st || st.uid === 0) return;
   if (!opts.always && (await daemonPid(cfg.stateDir)) !== null) return;
-  const owner = lookupUser(st.uid)?.name ?? `#${st.uid}`;
+  const owner = lookupUser(st.uid)?.name ?? String(st.uid);
+  const args = argv.map(shellQuote).join(' ');
+  // A store sealed with the unit's credential (LoadCredential=token-key, the .deb's setup) opens
+  // only with that credential: run the command through systemd the way the unit runs.
+  const sealed = !cfg.tokens.encryptionKeyFile && (await readFile(join(cfg.stateDir, STORE_FILE), 'utf8').then((t) => /"encryption"\s*:/.test(t), () => false));
+  const command = sealed
+    ? `systemd-run --quiet --pipe --wait -p User=${owner} -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge ${args}`
+    : `runuser -u ${owner} -- xoauth2-bridge ${args}`;
   throw new RootGuardError(
-    `stateDir ${cfg.stateDir} belongs to user ${owner}; run as root, this command would leave root-owned files there that the daemon cannot read. Run it as ${owner}:\n` +
-      `  runuser -u ${owner} -- xoauth2-bridge ${argv.map(shellQuote).join(' ')}`,
+    `stateDir ${cfg.stateDir} belongs to user ${owner}; run as root, this command would leave root-owned files there that the daemon cannot read. Run it as ${owner}` +
+      (sealed ? ' with the unit\'s token-key credential (the token store is encrypted with it):\n' : ':\n') +
+      `  ${command}`,
   );
 }

@@ -202,3 +202,16 @@ test('Exchange throttling (432 4.3.2) is retried with backoff; SendAsDenied (5.2
     { allowedSenders: ['*@contoso.com'] },
   );
 });
+
+test('Exchange\'s own daily limit (554 5.2.0 SubmissionQuotaExceededException) holds the mail as quota, no bounce', { timeout: 60_000 }, async () => {
+  await withMs('user', async ({ exo, b, send }) => {
+    exo.mailReplies.push({ code: 554, text: '5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.' });
+    const id = await send('copier', MAILBOX, 'tomorrow@example.org');
+    await waitFor(() => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('"reason":"quota"')), 15_000, 'held for the quota');
+    const row = await listed(b, id);
+    assert.deepEqual([row.state, row.reason], ['held', 'quota']);
+    assert.match(String(row.lastReply), /SubmissionQuotaExceededException.*sending limit for printer@contoso\.com is reached/);
+    assert.ok(!b.logs.some((l) => l.includes('"message":"bounced"')), 'no bounce');
+    assert.equal(exo.messages.length, 0);
+  });
+});

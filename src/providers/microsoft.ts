@@ -292,7 +292,9 @@ export function classifyMicrosoftError(err: unknown): { dead: boolean; code: str
  * exact fix (SMTP AUTH disabled; app-only without mailbox rights), or a permanent refusal
  * with a clear bounce reason (send-as denied).
  */
-export function exchangeReply(text: string, o: { type: string }, mailbox: string): { hold?: string; explain?: string } | null {
+export function exchangeReply(text: string, o: { type: string }, mailbox: string): { hold?: string; explain?: string; quota?: boolean } | null {
+  if (/SubmissionQuotaExceeded/i.test(text))
+    return { quota: true, explain: `Exchange Online's sending limit for ${mailbox} is reached (10,000 recipients a day); the mail waits` };
   if (/\b5\.7\.139\b/.test(text))
     return {
       hold: `SMTP AUTH is disabled for ${mailbox} (or tenant-wide). Fix: Set-CASMailbox -Identity ${mailbox} -SmtpClientAuthenticationDisabled $false   (and check Security Defaults), then run: xoauth2-bridge token refresh ACCOUNT`,

@@ -185,7 +185,8 @@ export class GmailUpstream implements Upstream {
           lastResponse = replyText(err);
           continue;
         }
-        const outcome = classifyError(err);
+        // Exchange's own daily limit answers 554 5.2.0: a quota (hold), not a reason to bounce.
+        const outcome = ms?.quota ? 'quota' : classifyError(err);
         const response = ms?.explain ? `${replyText(err)} (${ms.explain.replace(/ACCOUNT\b/g, acct.name)})` : replyText(err);
         return { outcome: outcome === 'ok' ? 'transient' : outcome, response, accepted, rejected };
       }

@@ -89,7 +89,8 @@ test('queue show prints the envelope and only the headers; unknown id exits 1', 
   const h = await setup((env) => (env.rcptTo.includes('bad@example.org') ? fail('permanent', '550 5.1.1 no such user') : fail('transient', '451 4.3.0 later')));
   try {
     const a = await h.queue();
-    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1, 5000, 'deferred');
+    // Deferred in the spool and its attempt over (the worker shows it in-flight until then).
+    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1 && h.worker.get(a.id) === null, 5000, 'deferred and its attempt over');
     const out = new Sink();
     assert.equal(await queueShow(h.config, a.id, out), 0);
     assert.match(out.text, new RegExp(`^id:\\s+${a.id}$`, 'm'));

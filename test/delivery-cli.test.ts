@@ -90,7 +90,7 @@ test('queue show prints the envelope and only the headers; unknown id exits 1', 
   try {
     const a = await h.queue();
     // Deferred in the spool and its attempt over (the worker shows it in-flight until then).
-    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1 && h.worker.get(a.id) === null, 5000, 'deferred and its attempt over');
+    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1 && h.worker.get(a.id)?.state === 'deferred', 5000, 'deferred and its attempt over');
     const out = new Sink();
     assert.equal(await queueShow(h.config, a.id, out), 0);
     assert.match(out.text, new RegExp(`^id:\\s+${a.id}$`, 'm'));

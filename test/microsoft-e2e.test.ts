@@ -215,3 +215,20 @@ test('Exchange\'s own daily limit (554 5.2.0 SubmissionQuotaExceededException) h
     assert.equal(exo.messages.length, 0);
   });
 });
+
+test('app-only with an expired client secret: needs-reauth saying so with AADSTS7000222, mail held, nothing leaks', { timeout: 60_000 }, async () => {
+  await withMs('app', async ({ ms, exo, b, send, clientId }) => {
+    ms.expireSecret(clientId);
+    const id = await send('copier', MAILBOX, 'expired@example.org');
+    await waitFor(() => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id)), 15_000, 'held');
+    assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth');
+    const why = b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '';
+    assert.match(why, /AADSTS7000222/);
+    assert.match(why, /secret/i);
+    const row = await listed(b, id);
+    assert.equal(row.state, 'held');
+    assert.equal(row.reason, 'needs-reauth');
+    assert.equal(exo.auths.length, 0, 'never reached Exchange');
+    assert.ok(!b.logs.some((l) => l.includes('Xy8Q~')), 'the client secret is in no log line');
+  });
+});

@@ -67,6 +67,22 @@ for (const [transport, scopes] of [
   });
 }
 
+test('authorize refuses a grant whose send scope was unticked on the consent screen and stores nothing', async () => {
+  const w = await oauthWorld();
+  try {
+    w.fake.uncheckedScopes.add(SEND);
+    const config = w.config({ accounts: [{ name: 'office', email: w.email, transport: 'auto', oauth: { type: 'user', clientId: w.clientId, clientSecret: w.clientSecret, tokenUrl: w.fake.url, authUrl: w.fake.authUrl, caFile: w.caFile } }] });
+    const input = new PassThrough();
+    await assert.rejects(
+      authorize({ config, account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, url).then((loc) => input.write(`${loc}\n`)) }),
+      /the grant lacks https:\/\/www\.googleapis\.com\/auth\/gmail\.send .*nothing was stored/,
+    );
+    assert.equal((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, undefined);
+  } finally {
+    await w.close();
+  }
+});
+
 test('service account with transport gmail-api: the signed assertion asks for gmail.send only', async () => {
   const w = await oauthWorld();
   try {

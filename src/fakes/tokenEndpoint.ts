@@ -100,6 +100,8 @@ export class FakeTokenEndpoint {
   consentEmail = 'user@example.com';
   /** When true the consent stand-in redirects with error=access_denied. */
   denyConsent = false;
+  /** Scopes the user "unticks" on the consent screen (Google's granular consent): left out of the grant. */
+  readonly uncheckedScopes = new Set<string>();
   readonly requests: TokenRequestRecord[] = [];
   readonly authRequests: AuthRequestRecord[] = [];
 
@@ -312,7 +314,7 @@ export class FakeTokenEndpoint {
         redirectUri,
         codeChallenge: q.get('code_challenge')!,
         email: this.consentEmail,
-        scope: scopes.join(' '),
+        scope: scopes.filter((sc) => !this.uncheckedScopes.has(sc)).join(' '),
         offline: q.get('access_type') === 'offline',
         expiresAt: Date.now() + CODE_TTL_MS,
       });

@@ -144,6 +144,11 @@ function googleRedirect(acct: UserAccount): BeginRedirect {
           throw new AuthorizeError('Google returned no refresh token. Remove the app at https://myaccount.google.com/permissions and run authorize again.');
         addSecret(tokens.refresh_token);
         if (tokens.access_token) addSecret(tokens.access_token);
+        // Google's consent screen lets the user untick a scope; such a grant cannot send.
+        const granted = new Set((tokens.scope ?? '').split(/\s+/).filter(Boolean));
+        const missing = typeof tokens.scope === 'string' ? scopesFor(acct).filter((sc) => !granted.has(sc)) : [];
+        if (missing.length)
+          throw new AuthorizeError(`the grant lacks ${missing.join(' and ')} (unticked on the consent screen?); run authorize again and allow sending email, nothing was stored`);
         const g: Grant = { refreshToken: tokens.refresh_token, email: emailFromIdToken(tokens.id_token) };
         if (raw.refresh_token_expires_in) g.refreshTokenExpiresAt = new Date(Date.now() + raw.refresh_token_expires_in * 1000).toISOString();
         if (tokens.access_token && tokens.expiry_date) {

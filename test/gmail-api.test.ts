@@ -160,6 +160,11 @@ test('gmail-api: 429 rateLimitExceeded is deferred with backoff, then delivered 
       await waitLogged(b, 'delivered', (j) => j.id === id);
       assert.equal(w.gmailApi!.messages.length, 1);
       assert.deepEqual(w.gmailApi!.requests.map((r) => r.status), [429, 200]);
+      // The same metrics as over SMTP: one transient and one ok attempt, one recipient delivered.
+      const m = await b.bridge.metrics.registry.metrics();
+      assert.match(m, /xoauth2_bridge_upstream_replies_total\{account="office",class="transient"\} 1\n/);
+      assert.match(m, /xoauth2_bridge_upstream_replies_total\{account="office",class="ok"\} 1\n/);
+      assert.match(m, /xoauth2_bridge_recipients_delivered_total\{account="office"\} 1\n/);
     } finally {
       await b.stop();
     }

@@ -8,8 +8,8 @@ import { domainToASCII } from 'node:url';
 import addressparser from 'nodemailer/lib/addressparser';
 import { headerValues } from '../listener/filter.js';
 
-/** How much header the bridge reads before the blank line (the listener refuses more). */
-export const MAX_HEADER_BYTES = 256 * 1024;
+/** How much header the bridge reads before the blank line: the listener's 256 KB limit plus its Received: line. */
+export const MAX_HEADER_BYTES = 260 * 1024;
 const RECIPIENT_FIELDS = ['to', 'cc', 'bcc'] as const;
 
 export type ApiPlan =

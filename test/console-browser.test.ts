@@ -3,7 +3,7 @@
 // the paste flow, see the held message leave the queue; CSRF refusals from the page itself.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startFakeWorld } from '../src/fakes/world.js';
+import { startFakeWorld, FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { hashPassword } from '../src/listener/passwords.js';
 import { startBridge, sendThroughBridge, message, secretsOf, assertNoSecrets } from './helpers/bridge.js';
 import { browserMissing, launchBrowser, screenshotPaths } from './helpers/browser.js';
@@ -30,7 +30,7 @@ async function reloadUntil(page: Page, cond: () => Promise<boolean>, what: strin
 test('browser: log in, revoked grant -> needs-reauth, Authorize with the pasted redirect URL, held mail leaves the queue', { skip, timeout: 120_000 }, async () => {
   const world = await startFakeWorld();
   const adminPw = `admin-${Math.random().toString(36).slice(2)}`;
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw) } }, { http: true });
+  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw, FAKE_SCRYPT_COST) } }, { http: true });
   const browser = await launchBrowser();
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;

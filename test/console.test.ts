@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
-import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
+import { startFakeWorld, bridgeConfig, writeBridgeConfig, FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { hashPassword } from '../src/listener/passwords.js';
 import { startBridge, secretsOf, assertNoSecrets, CLI, sendThroughBridge, message } from './helpers/bridge.js';
 import { waitFor } from './helpers/wait.js';
@@ -70,7 +70,7 @@ test('loopback-only console: a session without a password, refused for a foreign
 test('admin password: login form and basic auth; every POST needs the CSRF token and a same-origin Origin', async () => {
   const world = await startFakeWorld();
   const adminPw = 'admin-pw-' + Math.random().toString(36).slice(2);
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw) } }, { http: true });
+  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw, FAKE_SCRYPT_COST) } }, { http: true });
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
     const origin = { Origin: base };
@@ -123,7 +123,7 @@ test('console over TLS: the session cookie is Secure', async () => {
   const pki = join(world.dir, 'pki');
   const b = await startBridge(
     world,
-    { http: { port: 0, console: true, adminPasswordHash: await hashPassword('pw-tls'), certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') } },
+    { http: { port: 0, console: true, adminPasswordHash: await hashPassword('pw-tls', FAKE_SCRYPT_COST), certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') } },
     { http: true },
   );
   try {
@@ -147,7 +147,7 @@ test('console over TLS: the session cookie is Secure', async () => {
 test('a console on a non-loopback address without TLS is refused by check-config and serve, naming the keys', async () => {
   const world = await startFakeWorld();
   try {
-    const file = await writeBridgeConfig(world, bridgeConfig(world, { http: { host: '0.0.0.0', port: 0, console: true, adminPasswordHash: await hashPassword('x') } }));
+    const file = await writeBridgeConfig(world, bridgeConfig(world, { http: { host: '0.0.0.0', port: 0, console: true, adminPasswordHash: await hashPassword('x', FAKE_SCRYPT_COST) } }));
     for (const cmd of ['check-config', 'serve']) {
       const r = await run(process.execPath, [...CLI, cmd, '-c', file]).then(
         () => ({ code: 0, stderr: '' }),
@@ -223,7 +223,7 @@ test('loopback-only console on 0.0.0.0: a request from a non-loopback address is
 
 test('five wrong admin passwords from one address lock it out (429), even for the right password', { timeout: 60_000 }, async () => {
   const world = await startFakeWorld();
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw') } }, { http: true });
+  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw', FAKE_SCRYPT_COST) } }, { http: true });
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
     const login = (pw: string) =>

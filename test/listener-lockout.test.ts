@@ -4,6 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Spool } from '../src/spool/spool.js';
 import { hashPassword } from '../src/listener/passwords.js';
+import { FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { AuthFailures, MAX_TRACKED } from '../src/listener/limits.js';
 import { RawSmtp, makeConfig, startListeners, tempSpool } from './helpers/listener.js';
 
@@ -16,7 +17,7 @@ let cleanup: () => Promise<void>;
 
 before(async () => {
   ({ dir, spool, cleanup } = await tempSpool('xb-lockout-'));
-  hash = await hashPassword(PASSWORD);
+  hash = await hashPassword(PASSWORD, FAKE_SCRYPT_COST);
 });
 after(() => cleanup());
 

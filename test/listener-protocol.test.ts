@@ -14,6 +14,7 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { Listeners } from '../src/listener/server.js';
 import { smtpServerHookProblems, assertSmtpServerHooks, SMTP_SERVER_VERSION } from '../src/listener/hooks.js';
 import { hashPassword } from '../src/listener/passwords.js';
+import { FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { Spool } from '../src/spool/spool.js';
 import { createLogger } from '../src/log/logger.js';
 import type { Envelope } from '../src/types.js';
@@ -30,7 +31,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'xb-protocol-'));
   spool = new Spool(dir, createLogger({ silent: true }), { fsync: true });
   await spool.init();
-  hash = await hashPassword(PASSWORD);
+  hash = await hashPassword(PASSWORD, FAKE_SCRYPT_COST);
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

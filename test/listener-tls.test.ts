@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import { Listeners } from '../src/listener/server.js';
 import { hashPassword } from '../src/listener/passwords.js';
+import { FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { Spool } from '../src/spool/spool.js';
 import { createLogger, nullLogger, type Logger } from '../src/log/logger.js';
 import { createTestPki, writePki } from '../src/fakes/ca.js';
@@ -28,7 +29,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'xb-listener-tls-'));
   spool = new Spool(dir, nullLogger);
   await spool.init();
-  hash = await hashPassword(PASSWORD);
+  hash = await hashPassword(PASSWORD, FAKE_SCRYPT_COST);
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import { Listeners } from '../src/listener/server.js';
 import { hashPassword, kdfStats } from '../src/listener/passwords.js';
+import { FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { Spool } from '../src/spool/spool.js';
 import { createLogger } from '../src/log/logger.js';
 import { parseConfig, ConfigError } from '../src/config/load.js';
@@ -29,7 +30,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'xb-listener-'));
   spool = new Spool(dir, createLogger({ silent: true }), { fsync: true });
   await spool.init();
-  [hash, hash2] = await Promise.all([hashPassword(PASSWORD), hashPassword('other password')]);
+  [hash, hash2] = await Promise.all([hashPassword(PASSWORD, FAKE_SCRYPT_COST), hashPassword('other password', FAKE_SCRYPT_COST)]);
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { writeFile, readFile } from 'node:fs/promises';
 import { stringify, parse } from 'yaml';
-import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
+import { startFakeWorld, bridgeConfig, writeBridgeConfig, FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { hashPassword } from '../src/listener/passwords.js';
 import { startBridge, spawnBridge, importToken, sendThroughBridge, message, secretsOf, assertNoSecrets, CLI } from './helpers/bridge.js';
 import { waitFor, sleep } from './helpers/wait.js';
@@ -108,7 +108,7 @@ test('SIGHUP: a new user gets in; a broken config is rejected and the old one ke
         sendThroughBridge({ port, user, pass, from: 'scanner@example.com', to: ['hup@example.org'], raw: message({ from: 'scanner@example.com', to: 'hup@example.org' }) });
       await assert.rejects(send('scanner2', newPw), (e: { responseCode?: number }) => e.responseCode === 535);
       const next = parse(await readFile(configFile, 'utf8')) as { users: unknown[] };
-      next.users.push({ username: 'scanner2', passwordHash: await hashPassword(newPw), account: 'office' });
+      next.users.push({ username: 'scanner2', passwordHash: await hashPassword(newPw, FAKE_SCRYPT_COST), account: 'office' });
       await writeFile(configFile, stringify(next));
       d.child.kill('SIGHUP');
       await waitFor(() => d.stderr.some((l) => l.includes('config reloaded')), 10_000, 'reload');

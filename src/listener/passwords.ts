@@ -47,8 +47,16 @@ export function isValidPasswordHash(phc: string): boolean {
   return parsePhc(phc) !== null;
 }
 
-export async function hashPassword(password: string): Promise<string> {
-  const { ln, r, p, saltBytes, hashBytes } = SCRYPT_DEFAULTS;
+export interface ScryptCost {
+  ln: number;
+  r: number;
+  p: number;
+}
+
+/** `cost` is for the fakes and tests only (see FAKE_SCRYPT_COST); users' hashes get the defaults. */
+export async function hashPassword(password: string, cost: ScryptCost = SCRYPT_DEFAULTS): Promise<string> {
+  const { saltBytes, hashBytes } = SCRYPT_DEFAULTS;
+  const { ln, r, p } = cost;
   const salt = randomBytes(saltBytes);
   const hash = await scrypt(password, salt, hashBytes, { ln, r, p });
   return `$scrypt$ln=${ln},r=${r},p=${p}$${b64(salt)}$${b64(hash)}`;

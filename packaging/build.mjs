@@ -2,6 +2,8 @@
 // Compiles the CLI to plain JavaScript with esbuild, so no installed form needs tsx:
 //   node packaging/build.mjs                  -> dist/ (npm tarball; dependencies stay in node_modules)
 //   node packaging/build.mjs --standalone DIR -> DIR/ with every dependency bundled in (.deb, image)
+//   node packaging/build.mjs --outdir DIR     -> DIR/ like dist/ (the test runner's CLI; DIR inside
+//                                                 the checkout so node_modules resolves)
 // Code splitting keeps the CLI's lazy loading: `--version` loads only the entry chunk.
 import { build } from 'esbuild';
 import { rmSync } from 'node:fs';
@@ -12,8 +14,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
 const at = args.indexOf('--standalone');
 const standalone = at >= 0;
-const outdir = standalone ? resolve(args[at + 1] ?? '') : join(root, 'dist');
-if (standalone && !args[at + 1]) throw new Error('usage: build.mjs [--standalone DIR]');
+const out = args.indexOf('--outdir');
+const outdir = standalone ? resolve(args[at + 1] ?? '') : out >= 0 ? resolve(args[out + 1] ?? '') : join(root, 'dist');
+if ((standalone && !args[at + 1]) || (out >= 0 && !args[out + 1])) throw new Error('usage: build.mjs [--standalone DIR | --outdir DIR]');
 
 rmSync(outdir, { recursive: true, force: true });
 await build({

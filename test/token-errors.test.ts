@@ -24,12 +24,20 @@ async function cli(...args: string[]): Promise<string> {
   return `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
 }
 
+/** Every file under `dir`, read again from the start when one vanished meanwhile (the daemon
+ * renames its temp files into place): the scan then sees the file under its new name. */
 async function filesUnder(dir: string): Promise<string> {
-  let text = '';
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile()) text += await readFile(join(e.parentPath, e.name), 'utf8');
+  for (;;) {
+    let text = '';
+    try {
+      for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+        if (e.isFile()) text += await readFile(join(e.parentPath, e.name), 'utf8');
+      }
+      return text;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
   }
-  return text;
 }
 
 function httpGet(port: number, path: string): Promise<string> {

@@ -13,9 +13,14 @@ import { Bridge } from '../../src/daemon/bridge.js';
 import { bridgeConfig, writeBridgeConfig, type FakeWorld } from '../../src/fakes/world.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-// node itself with tsx's loader, not tsx's CLI: that one runs the program in a second
-// process and does not pass SIGHUP/SIGKILL on, and /proc/PID would measure the wrapper.
-export const CLI = ['--import', pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href, join(ROOT, 'src', 'cli', 'main.ts')];
+// The command line after `node` that runs the CLI. Under `npm test` (test/run.mjs) it is the
+// compiled CLI, built once per run the way it ships in the npm package (a spawn costs a
+// third of a tsx one); a test file run alone gets the sources through tsx's loader. Node
+// itself with the loader, not tsx's CLI: that one runs the program in a second process and
+// does not pass SIGHUP/SIGKILL on, and /proc/PID would measure the wrapper.
+export const CLI = process.env.XOAUTH2_BRIDGE_TEST_CLI
+  ? [process.env.XOAUTH2_BRIDGE_TEST_CLI]
+  : ['--import', pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href, join(ROOT, 'src', 'cli', 'main.ts')];
 
 export interface RunningBridge {
   bridge: Bridge;

@@ -1,0 +1,67 @@
+#!/usr/bin/env node
+// `npm test`: type-checks (tsc --noEmit, alongside the first pass), builds the CLI once (as
+// the npm package ships it) for the tests that spawn it, then runs the test files in two
+// passes of node:test, one process per file: every file not listed below several at a time
+// (they share no state: temp dirs, port 0 or freePort()), then the listed ones one at a time.
+// Exits non-zero if the typecheck or either pass failed.
+//   node test/run.mjs [--node-test-option ...] [test/foo.test.ts ...]   (default: every test/*.test.ts)
+//   XOAUTH2_BRIDGE_TEST_CONCURRENCY=N          (files at once in the first pass; default 4)
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+// Files that run alone, after the others, and why: they load both cores themselves or
+// measure something that other files' load would disturb.
+const ALONE = new Map([
+  ['haproxy.test.ts', 'two daemons and HAProxy under a 6-client load with a kill -9 in the middle'],
+  ['memory.test.ts', 'peak RSS of a daemon streaming a 25 MB message'],
+  ['systemd.test.ts', 'the demo under strace -f (ptrace slows it several times)'],
+  ['console-browser.test.ts', 'Chromium'],
+]);
+
+const concurrency = Number(process.env.XOAUTH2_BRIDGE_TEST_CONCURRENCY ?? 4);
+if (!(concurrency >= 1)) throw new Error('XOAUTH2_BRIDGE_TEST_CONCURRENCY must be a number >= 1');
+const options = process.argv.slice(2).filter((a) => a.startsWith('--'));
+const named = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+const files = named.length
+  ? named
+  : readdirSync(join(root, 'test')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test', f));
+
+// Inside the checkout, so the bundle's bare imports resolve from node_modules.
+mkdirSync(join(root, '.tmp'), { recursive: true });
+const cliDir = mkdtempSync(join(root, '.tmp', 'test-cli-'));
+process.on('exit', () => rmSync(cliDir, { recursive: true, force: true }));
+execFileSync(process.execPath, [join(root, 'packaging', 'build.mjs'), '--outdir', cliDir], { stdio: ['ignore', 'ignore', 'inherit'] });
+const env = { ...process.env, XOAUTH2_BRIDGE_TEST_CLI: join(cliDir, 'main.mjs') };
+
+function exitOf(child) {
+  return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+}
+
+function pass(list, n) {
+  if (list.length === 0) return Promise.resolve(0);
+  return exitOf(spawn(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${n}`, ...options, ...list], { cwd: root, env, stdio: 'inherit' }));
+}
+
+// Its output is printed at the end, not in the middle of the tests'.
+const tsc = spawn(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json', '--noEmit'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+let tscOut = '';
+tsc.stdout.on('data', (d) => (tscOut += d));
+tsc.stderr.on('data', (d) => (tscOut += d));
+const typecheck = exitOf(tsc);
+
+const alone = files.filter((f) => ALONE.has(basename(f)));
+const together = files.filter((f) => !ALONE.has(basename(f)));
+const t0 = Date.now();
+console.log(`# ${together.length} files, ${concurrency} at a time`);
+const a = await pass(together, concurrency);
+const t1 = Date.now();
+if (alone.length) console.log(`# ${alone.length} files one at a time: ${alone.map((f) => basename(f)).join(', ')}`);
+const b = await pass(alone, 1);
+console.log(`# test files took ${((t1 - t0) / 1000).toFixed(0)} s together + ${((Date.now() - t1) / 1000).toFixed(0)} s alone`);
+const c = await typecheck;
+console.log(c ? `# typecheck (tsc --noEmit) failed:\n${tscOut}` : '# typecheck (tsc --noEmit) passed');
+process.exitCode = a || b || c;

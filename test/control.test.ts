@@ -70,6 +70,20 @@ async function served(d: SpawnedBridge, op: string, id: string): Promise<void> {
   await waitFor(() => d.stderr.some((l) => l.includes('"control request"') && l.includes(`"op":"${op}"`) && l.includes(id)), 20_000, `the daemon to receive ${op} ${id}`);
 }
 
+/** Waits for the daemon's event line (`delivered`, `deferred`, `held`) for message `id`: cheaper than
+ * polling `queue list` (a CLI process per poll); the test then checks the list once. */
+async function logged(d: SpawnedBridge, event: string, id: string, extra: (j: Record<string, unknown>) => boolean = () => true): Promise<void> {
+  const match = (l: string) => {
+    try {
+      const j = JSON.parse(l) as Record<string, unknown>;
+      return j.message === event && j.id === id && extra(j);
+    } catch {
+      return false;
+    }
+  };
+  await waitFor(() => d.stderr.some(match), 15_000, `the daemon to log ${event} ${id}`);
+}
+
 const received = (world: FakeWorld, rcpt: string) => world.gmail.messages.filter((m) => m.rcptTo.includes(rcpt)).length;
 
 test('the retry race: a accepted + b deferred, `queue retry` during the send -> a never receives it twice', { timeout: 90_000 }, async () => {
@@ -88,7 +102,8 @@ test('the retry race: a accepted + b deferred, `queue retry` during the send -> 
     const r = await retry.done;
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`${id}: scheduled for immediate retry \\(1 recipient pending, after the attempt in flight\\)`));
-    await waitFor(async () => (await list(h.configFile)).length === 0, 15_000, 'delivered to b as well');
+    await logged(h.d, 'delivered', id, (j) => j.status === 'sent');
+    assert.deepEqual(await list(h.configFile), [], 'delivered to b as well');
     assert.equal(received(h.world, 'a@example.org'), 1, 'a got it exactly once');
     assert.equal(received(h.world, 'b@example.org'), 1, 'b got it once');
     assert.deepEqual(h.world.gmail.messages.map((m) => m.rcptTo), [['a@example.org'], ['b@example.org']]);
@@ -157,9 +172,10 @@ test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 
   try {
     h.world.gmail.script({ stage: 'data', reply: '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852' });
     const first = await send(h.world, h.d.ports.local, ['q1@example.org']);
-    await waitFor(async () => (await list(h.configFile)).some((r) => r.id === first && r.state === 'held' && r.reason === 'quota'), 10_000, 'quota hold');
+    await logged(h.d, 'held', first, (j) => j.reason === 'quota');
     const second = await send(h.world, h.d.ports.local, ['q2@example.org']);
-    await waitFor(async () => (await list(h.configFile)).filter((r) => r.state === 'held' && r.reason === 'quota').length === 2, 10_000, 'both held');
+    await logged(h.d, 'held', second, (j) => j.reason === 'quota');
+    assert.deepEqual((await list(h.configFile)).map((r) => [r.id, r.state, r.reason]).sort(), [[first, 'held', 'quota'], [second, 'held', 'quota']].sort(), 'both held');
     assert.match((await cli('queue', 'list', '-c', h.configFile)).stdout, new RegExp(`${second}.*held: quota`));
     const all = await cli('queue', 'retry', '--all', '-c', h.configFile);
     assert.equal(all.code, 0, all.stderr);
@@ -170,7 +186,8 @@ test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 
     assert.equal(forced.code, 0, forced.stderr);
     assert.match(forced.stdout, /^2 messages scheduled for immediate retry$/m);
     await h.world.gmail.waitForMessages(2, 10_000);
-    await waitFor(async () => (await list(h.configFile)).length === 0, 10_000, 'queue empty');
+    for (const id of [first, second]) await logged(h.d, 'delivered', id, (j) => j.status === 'sent');
+    assert.deepEqual(await list(h.configFile), [], 'queue empty');
   } finally {
     await h.stop();
   }
@@ -197,7 +214,7 @@ test('the CLI without a daemon acts on the files itself; the daemon started late
   try {
     h.world.gmail.down(true);
     const id = await send(h.world, h.d.ports.local, ['later@example.org']);
-    await waitFor(async () => (await list(h.configFile)).some((r) => r.attempts >= 1), 10_000, 'deferred');
+    await logged(h.d, 'deferred', id);
     h.d.child.kill('SIGTERM');
     await h.d.exited;
     // no daemon: the CLI takes the state lock and changes the spool itself
@@ -239,7 +256,8 @@ test('kill -9 of the daemon while it serves a CLI request: the CLI reports it, n
     const d2 = await spawnBridge(h.configFile); // the dead daemon's lock is taken over at once
     try {
       await waitFor(() => received(h.world, 'k@example.org') === 1, 15_000, 'delivered after the restart');
-      await waitFor(async () => (await list(h.configFile)).length === 0, 10_000, 'queue empty');
+      await logged(d2, 'delivered', id, (j) => j.status === 'sent');
+      assert.deepEqual(await list(h.configFile), [], 'queue empty');
       assert.equal(received(h.world, 'k@example.org'), 1);
     } finally {
       d2.child.kill('SIGTERM');

@@ -396,7 +396,11 @@ test('notify and an operator retry of a message already in flight do not send it
 
 test('stop waits for in-flight sends and leaves the rest spooled', async () => {
   let finishedAt = 0;
-  const h = await setup({ queue: { concurrency: 1 }, script: async (env) => (await sleep(300), (finishedAt = Date.now()), ok(env)) });
+  // The send in flight finishes only once stop() has been called (a gate, not a sleep: on a
+  // loaded machine a 300 ms send could finish before the test looks).
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const h = await setup({ queue: { concurrency: 1 }, script: async (env) => (await gate, (finishedAt = Date.now()), ok(env)) });
   try {
     await h.worker.start();
     const a = await h.queue();
@@ -404,7 +408,9 @@ test('stop waits for in-flight sends and leaves the rest spooled', async () => {
     const c = await h.queue();
     await waitFor(() => h.upstream.calls.length === 1, 5000, 'first send started');
     assert.equal(finishedAt, 0);
-    await h.worker.stop(5000);
+    const stopping = h.worker.stop(5000);
+    setTimeout(release, 200);
+    await stopping;
     assert.ok(finishedAt > 0, 'stop waited for the send to finish');
     assert.deepEqual(await h.queuedIds(), [b.id, c.id], 'the finished one is removed, the rest stay');
     assert.equal(h.upstream.calls[0].id, a.id);

@@ -17,7 +17,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // measure something that other files' load would disturb.
 const ALONE = new Map([
   ['haproxy.test.ts', 'two daemons and HAProxy under a 6-client load with a kill -9 in the middle'],
+  ['listener-kdf.test.ts', 'keeps the KDF (full-cost scrypt) busy on purpose; under other files\' load its floods outlast preAuthTimeout'],
   ['memory.test.ts', 'peak RSS of a daemon streaming a 25 MB message'],
+  ['gmail-api-memory.test.ts', 'peak RSS of a daemon uploading a 25 MB message'],
   ['systemd.test.ts', 'the demo under strace -f (ptrace slows it several times)'],
   ['console-browser.test.ts', 'Chromium'],
 ]);

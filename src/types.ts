@@ -38,12 +38,16 @@ export interface Recipient {
 }
 
 /**
- * One spooled message's envelope (version 2), stored as JSON next to the message file.
+ * One spooled message's envelope. Version 3: stored after the message in its queue file
+ * (ID.msg), and as ID.json once its state changes; version 2 (older spools): ID.json next to
+ * ID.eml, which holds the message alone.
  * `rcptTo` is every recipient in the client's order (never changes); what happened to each
  * is in `rcpts`. Version-1 envelopes (pending `rcptTo` + `delivered`) are migrated on read.
  */
 export interface SpooledEnvelope extends Envelope {
-  version: 2;
+  version: 2 | 3;
+  /** Version 3: SHA-256 (hex) of the message bytes, checked when a spool is opened after a stop or crash. */
+  sha256?: string;
   rcpts: Recipient[];
   state: Exclude<MessageState, 'in-flight' | 'corrupt'>;
   /** Set exactly when state is 'held'. */
@@ -89,9 +93,18 @@ export interface SendResult {
   rejected: RecipientResult[];
 }
 
+/**
+ * Where a spooled message's bytes are: the first `size` bytes of `path` (a queue file holds
+ * its envelope after them). Read it with the spool's openMessage / readMessage.
+ */
+export interface MessageSource {
+  readonly path: string;
+  readonly size: number;
+}
+
 /** The upstream as the delivery worker sees it. */
 export interface Upstream {
-  send(envelope: Envelope, messageFile: string): Promise<SendResult>;
+  send(envelope: Envelope, message: MessageSource): Promise<SendResult>;
   close(): Promise<void>;
 }
 

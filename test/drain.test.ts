@@ -57,7 +57,7 @@ test('SIGTERM: /readyz 503 at once while a session in DATA finishes with 250; th
       await c.quit();
       assert.equal(await d.exited, 0);
       const delivered = world.gmail.messages.filter((m) => m.rcptTo.includes('drain@example.org')).length;
-      const spooled = (await readdir(join(config.stateDir as string, 'spool'))).filter((f) => /^[^.]+\.eml$/.test(f)).length;
+      const spooled = (await readdir(join(config.stateDir as string, 'spool'))).filter((f) => /^[^.]+\.(msg|eml)$/.test(f)).length;
       assert.equal(delivered + spooled, 1, `delivered ${delivered}, spooled ${spooled}`);
     } finally {
       if (d.child.exitCode === null) d.child.kill('SIGKILL');

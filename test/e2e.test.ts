@@ -99,7 +99,7 @@ describe('inbound refusals', () => {
       sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['a@example.org'], raw: big }),
       (err: { responseCode?: number; response?: string }) => err.responseCode === 552 && /5\.3\.4/.test(err.response ?? ''),
     );
-    const files = (await readdir(join(b.bridge.config.stateDir, 'spool'))).filter((f) => /\.(eml|json)$/.test(f) && !f.startsWith('.'));
+    const files = (await readdir(join(b.bridge.config.stateDir, 'spool'))).filter((f) => /\.(msg|eml|json)$/.test(f) && !f.startsWith('.'));
     assert.deepEqual(files, []);
   });
 });

@@ -18,7 +18,7 @@ import { FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { Spool } from '../src/spool/spool.js';
 import { createLogger } from '../src/log/logger.js';
 import type { Envelope } from '../src/types.js';
-import { RawSmtp, makeConfig, message } from './helpers/listener.js';
+import { RawSmtp, makeConfig, message, spooledMessage } from './helpers/listener.js';
 import { splitReceived } from './helpers/received.js';
 
 const PASSWORD = 'tr0ub4dor&3 secret';
@@ -226,7 +226,7 @@ test('From display names are judged RFC 2047-decoded: B and Q encoded (also spli
   try {
     const got = await send(r, `=?UTF-8?B?${b64('ceo@bank.example')}?= <ceo@bank.example>`);
     assert.equal(got.code, 250);
-    const raw = await readFile(spool.messagePath(r.queued[0].id), 'utf8');
+    const raw = (await spooledMessage(spool, r.queued[0].id)).toString('utf8');
     assert.match(raw, /^From: scanner@example\.com\r\n/m);
   } finally {
     await r.stop();
@@ -253,7 +253,7 @@ test('Received: header prepended (RFC 5321 4.4, RFC 3848 types), client address 
       assert.equal(r.code, 250, r.lines.join());
       await c.quit();
       const queued = [...h.queued, ...tlsL.queued].at(-1)!;
-      const raw = await readFile(spool.messagePath(queued.id), 'utf8');
+      const raw = (await spooledMessage(spool, queued.id)).toString('utf8');
       const { fields, rest } = splitReceived(raw, { id: queued.id, protocol: k.want, helo: k.from, client: k.client });
       assert.equal(fields.listener, k.tls ? 'secure' : 'local');
       assert.equal(rest, sent, 'every byte after the header is what the client sent');
@@ -347,7 +347,7 @@ test('PROXY v2: client address from the binary header (trusted networks, lockout
     await lan.quit();
     const env = h.queued.at(-1)!;
     assert.equal(env.clientIp, '198.51.100.7');
-    assert.equal(splitReceived(await readFile(spool.messagePath(env.id), 'utf8')).fields.client, '[198.51.100.7]');
+    assert.equal(splitReceived((await spooledMessage(spool, env.id)).toString('utf8')).fields.client, '[198.51.100.7]');
     assert.ok(h.logs().some((l) => l.message === 'received' && l.ip === '198.51.100.7'));
 
     const v6 = await RawSmtp.connect(h.port(), { greeting: false });

@@ -15,7 +15,7 @@ import { createLogger } from '../src/log/logger.js';
 import { parseConfig, ConfigError } from '../src/config/load.js';
 import type { Config } from '../src/config/schema.js';
 import type { Envelope } from '../src/types.js';
-import { RawSmtp, makeConfig, message, ACCOUNT } from './helpers/listener.js';
+import { RawSmtp, makeConfig, message, ACCOUNT, spooledMessage } from './helpers/listener.js';
 import { sleep } from './helpers/wait.js';
 import { splitReceived } from './helpers/received.js';
 
@@ -81,7 +81,7 @@ async function start(listeners: Record<string, unknown>[], over: Record<string, 
 const local = (extra: Record<string, unknown> = {}) => ({ name: 'local', host: '127.0.0.1', port: 0, tls: 'none', ...extra });
 
 async function spooledIds(): Promise<string[]> {
-  return (await readdir(spool.dir)).filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5));
+  return (await spool.list()).map((e) => e.id);
 }
 
 test('AUTH PLAIN via nodemailer: 250 2.0.0 Ok: queued as ID after the spool has the exact bytes', async () => {
@@ -105,13 +105,13 @@ test('AUTH PLAIN via nodemailer: 250 2.0.0 Ok: queued as ID after the spool has 
     assert.equal(env.bodyType, '7bit');
     assert.equal(env.smtputf8, false);
     assert.deepEqual(await spool.get(id), env);
-    const spooled = splitReceived(await readFile(spool.messagePath(id), 'utf8'), { id, protocol: 'ESMTPA', listener: 'local', client: '[127.0.0.1]' });
+    const spooled = splitReceived((await spooledMessage(spool, id)).toString('utf8'), { id, protocol: 'ESMTPA', listener: 'local', client: '[127.0.0.1]' });
     assert.equal(spooled.rest, raw);
     const rec = h.logs.find((l) => l.message === 'received');
     assert.ok(rec);
     assert.deepEqual(
       { id: rec.id, ip: rec.ip, user: rec.user, from: rec.from, rcpts: rec.rcpts, size: rec.size },
-      { id, ip: '127.0.0.1', user: 'printer', from: 'scanner@example.com', rcpts: 2, size: (await readFile(spool.messagePath(id))).length },
+      { id, ip: '127.0.0.1', user: 'printer', from: 'scanner@example.com', rcpts: 2, size: (await spooledMessage(spool, id)).length },
     );
     assert.ok(!h.rawLog().includes(PASSWORD));
   } finally {
@@ -282,7 +282,7 @@ test('size: EHLO SIZE, MAIL SIZE= too big and an oversized stream both get 552 5
     const big = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net', 'y'.repeat(max * 3)));
     assert.equal(big.lines.join(), '552 5.3.4 Message size exceeds fixed maximum message size');
     assert.deepEqual(await spooledIds(), before);
-    assert.deepEqual((await readdir(spool.dir)).filter((n) => n.endsWith('.eml') || n.endsWith('.tmp')).length, before.length);
+    assert.deepEqual((await readdir(spool.dir)).filter((n) => n.endsWith('.msg') || n.endsWith('.tmp')).length, before.length);
     // Just under the limit still goes through.
     const fits = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net', 'z'.repeat(max - 200)));
     assert.equal(fits.code, 250, fits.text);
@@ -357,7 +357,7 @@ test('bare LF lines from a device are spooled as CRLF', async () => {
     const r = await c.sendRaw('scanner@example.com', ['x@example.net'], payload);
     assert.equal(r.code, 250);
     await c.quit();
-    const body = splitReceived(await readFile(spool.messagePath(h.queued[0].id), 'utf8')).rest;
+    const body = splitReceived((await spooledMessage(spool, h.queued[0].id)).toString('utf8')).rest;
     assert.equal(body, 'From: scanner@example.com\r\nTo: x@example.net\r\nSubject: lf\r\n\r\nline one\r\nline two\r\nline three\r\n\r\n');
   } finally {
     await h.stop();
@@ -394,7 +394,7 @@ test('SMTP smuggling: each known end-of-data variant yields exactly one message'
       assert.equal(ids.length, before + 1, `${name}: exactly one message`);
       const last = h.queued.at(-1)!;
       assert.deepEqual(last.rcptTo, ['x@example.net'], name);
-      assert.ok((await readFile(spool.messagePath(last.id), 'utf8')).includes('smuggled body'), `${name}: smuggled text stayed in the body`);
+      assert.ok((await spooledMessage(spool, last.id)).toString('utf8').includes('smuggled body'), `${name}: smuggled text stayed in the body`);
     }
     assert.equal(h.queued.length, Object.keys(variants).length);
   } finally {
@@ -418,7 +418,7 @@ test('8BITMIME and SMTPUTF8 are recorded, UTF-8 addresses accepted, bytes kept',
     assert.equal(env.smtputf8, true);
     assert.equal(env.mailFrom, 'jörg@exämple.com');
     assert.deepEqual(env.rcptTo, ['zoë@exämple.org']);
-    assert.deepEqual(splitReceived(await readFile(spool.messagePath(env.id)), { id: env.id }).rest, Buffer.from(raw, 'utf8'));
+    assert.deepEqual(splitReceived(await spooledMessage(spool, env.id), { id: env.id }).rest, Buffer.from(raw, 'utf8'));
   } finally {
     await h.stop();
   }
@@ -541,7 +541,7 @@ test('stop(): a session in DATA finishes with 250, idle sessions get 421, new co
   busy.socket.end();
   await stopped;
   assert.equal(h.queued.length, 1);
-  assert.match(await readFile(spool.messagePath(h.queued[0].id), 'utf8'), /first half\r\nsecond half\r\n$/);
+  assert.match((await spooledMessage(spool, h.queued[0].id)).toString('utf8'), /first half\r\nsecond half\r\n$/);
   await assert.rejects(RawSmtp.connect(port));
 });
 

@@ -25,8 +25,7 @@ export async function sendTestCommand(config: Config, opts: { to: string; accoun
     const id = randomUUID();
     const file = join(dir, 'message.eml');
     const now = new Date();
-    await writeFile(
-      file,
+    const text = Buffer.from(
       [
         `From: ${acct.email}`,
         `To: ${opts.to}`,
@@ -40,19 +39,20 @@ export async function sendTestCommand(config: Config, opts: { to: string; accoun
         '',
       ].join('\r\n'),
     );
+    await writeFile(file, text);
     const env: Envelope = {
       id,
       user: null,
       account: acct.name,
       mailFrom: acct.email,
       rcptTo: [opts.to],
-      size: 0,
+      size: text.length,
       clientIp: '127.0.0.1',
       bodyType: '7bit',
       smtputf8: false,
       receivedAt: now.toISOString(),
     };
-    const res = await upstream.send(env, file);
+    const res = await upstream.send(env, { path: file, size: text.length });
     out.write(`${res.outcome === 'ok' ? 'sent' : 'failed'} via ${upstream.describe(acct.name)} as ${acct.email}: ${res.outcome} ${res.response}\n`);
     return res.outcome === 'ok' ? 0 : 1;
   } finally {

@@ -6,7 +6,7 @@ import type { DeliveryWorker, CommandResult, QueuedView } from '../delivery/work
 import type { Spool, CorruptEntry, FailedEnvelope } from '../spool/spool.js';
 import { readHeaderBlock } from '../spool/headers.js';
 import { NeedsReauthError, fixHint, type AccountStatus, type TokenService } from '../oauth/service.js';
-import type { HoldReason, MessageState, RcptStatus } from '../types.js';
+import type { HoldReason, MessageSource, MessageState, RcptStatus } from '../types.js';
 
 /** One message as `queue list --json` prints it (and the console shows it). */
 export interface QueueRow {
@@ -80,18 +80,18 @@ export class Operations {
   async show(id: string): Promise<ShowResult | null> {
     const now = Date.now();
     const live = this.p.worker.get(id);
-    if (live) return this.withHeaders(queuedRow(live, now), live.env, this.p.spool.messagePath(id));
+    if (live) return this.withHeaders(queuedRow(live, now), live.env, this.p.spool.message(live.env));
     const failed = await this.p.spool.getFailed(id);
-    if (failed) return this.withHeaders(failedRow(failed, now), failed, this.p.spool.failedMessagePath(id));
+    if (failed) return this.withHeaders(failedRow(failed, now), failed, this.p.spool.failedMessage(failed));
     const corrupt = (await this.p.spool.listCorrupt()).find((c) => c.id === id);
     if (corrupt) return { row: corruptRow(corrupt), client: null, bodyType: null, smtputf8: false, headers: '' };
     return null;
   }
 
-  private async withHeaders(row: QueueRow, env: { clientIp: string; bodyType: string; smtputf8: boolean }, file: string): Promise<ShowResult> {
+  private async withHeaders(row: QueueRow, env: { clientIp: string; bodyType: string; smtputf8: boolean }, msg: MessageSource): Promise<ShowResult> {
     let headers: string;
     try {
-      headers = (await readHeaderBlock(file)).toString('utf8');
+      headers = (await readHeaderBlock(msg)).toString('utf8');
     } catch (e) {
       headers = `(cannot read the message file: ${(e as Error).message})\n`;
     }

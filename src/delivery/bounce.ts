@@ -1,7 +1,7 @@
 // RFC 3464 delivery status notifications: multipart/report with a human-readable part, a
 // message/delivery-status part and the original headers (text/rfc822-headers).
 import { randomBytes } from 'node:crypto';
-import type { Envelope } from '../types.js';
+import type { Envelope, MessageSource } from '../types.js';
 import { readHeaderBlock } from '../spool/headers.js';
 
 export interface DsnRecipient {
@@ -15,7 +15,7 @@ export interface DsnRecipient {
 
 export interface DsnOptions {
   env: Envelope;
-  originalFile: string;
+  original: MessageSource;
   reportingMta: string;
   recipients: DsnRecipient[];
   now?: Date;
@@ -78,7 +78,7 @@ export async function buildDsn(opts: DsnOptions): Promise<Buffer> {
   const from = opts.from ?? `Mail Delivery Subsystem <MAILER-DAEMON@${reportingMta}>`;
   const to = opts.to ?? env.mailFrom;
   const subject = delayed ? 'Delayed Mail (still being retried)' : 'Undelivered Mail Returned to Sender';
-  const headers = await readHeaderBlock(opts.originalFile).catch(() => Buffer.from('(original message no longer available)\r\n'));
+  const headers = await readHeaderBlock(opts.original).catch(() => Buffer.from('(original message no longer available)\r\n'));
   const origHeaders = headers.toString('binary').replace(/\r?\n/g, '\r\n');
   const subjectLine = /^subject:[ \t]*(.*(?:\r\n[ \t].*)*)/im.exec(origHeaders)?.[1];
 

@@ -512,7 +512,7 @@ export class DeliveryWorker {
     const send: Envelope = sendView(env);
     let r: SendResult;
     try {
-      r = await this.upstream!.send(send, this.spool.messagePath(env.id));
+      r = await this.upstream!.send(send, this.spool.message(env));
     } catch (err) {
       r = { outcome: 'transient', response: `local error: ${(err as Error)?.message ?? String(err)}`, accepted: [], rejected: [] };
     }
@@ -639,7 +639,7 @@ export class DeliveryWorker {
     const acct = this.config.accounts.find((a) => a.name === env.account);
     const dsn = await buildDsn({
       env,
-      originalFile: this.spool.messagePath(env.id),
+      original: this.spool.message(env),
       reportingMta: this.host,
       recipients,
       from: `Mail Delivery Subsystem <${acct?.email ?? `MAILER-DAEMON@${this.host}`}>`,

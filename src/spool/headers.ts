@@ -1,12 +1,13 @@
 // Reads only the header block of a spooled message (up to the first empty line), streaming,
 // so bounces and `queue show` never load a 25 MB body.
-import { createReadStream } from 'node:fs';
+import type { MessageSource } from '../types.js';
+import { openMessage } from './message.js';
 
 /** The header block without the separating empty line; at most `maxBytes` (a cut header block ends at the last full line). */
-export async function readHeaderBlock(file: string, maxBytes = 256 * 1024): Promise<Buffer> {
+export async function readHeaderBlock(msg: MessageSource, maxBytes = 256 * 1024): Promise<Buffer> {
   const parts: Buffer[] = [];
   let total = 0;
-  const stream = createReadStream(file, { highWaterMark: 16 * 1024 });
+  const stream = openMessage(msg, { highWaterMark: 16 * 1024 });
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       parts.push(chunk);

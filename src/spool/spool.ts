@@ -1,15 +1,24 @@
-// The durable queue: one message file (ID.eml, the bytes the client sent) and one envelope
-// (ID.json) per message in stateDir/spool. The envelope is the commit point: it is renamed
-// into place (safe write: temp + fsync + rename, then a directory fsync) only after the message
-// file is fsynced, so a message file without an envelope is an unacknowledged leftover and `init`
-// deletes it. Moves between spool/, failed/ and corrupt/ are decided by one atomic envelope
-// rewrite (its `state`) before any file moves, so `init` can always finish a half-done move.
+// The durable queue, one queue file per message in stateDir/spool (Postfix writes one queue
+// file per message too): ID.msg holds the bytes the client sent, then the envelope as JSON,
+// then a footer naming the envelope's length. The footer is written last and the file is
+// fsynced (then the directory) before the 250, so the commit point is one fsync: a queue
+// file without a valid footer is an unacknowledged leftover and `init` deletes it; one whose
+// bytes do not match the envelope's size and SHA-256 is quarantined in corrupt/.
+// The queue file is never rewritten. What changes after the 250 (attempts, recipients'
+// status, state) goes to ID.json beside it (safe write: temp + fsync + rename + directory
+// fsync), which then supersedes the envelope inside the queue file. Moves between spool/,
+// failed/ and corrupt/ are decided by one atomic ID.json write (its `state`) before any file
+// moves, so `init` can always finish a half-done move.
+// Spools of earlier versions (ID.eml = the message alone + ID.json) are read as they are.
 import { open, readdir, readFile, rename, mkdir, access, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import type { Recipient, SpooledEnvelope } from '../types.js';
+import { randomBytes, createHash } from 'node:crypto';
+import type { MessageSource, Recipient, SpooledEnvelope } from '../types.js';
 import type { Logger } from '../log/logger.js';
 import { fsyncDir, safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
+import { openMessage } from './message.js';
+
+export { openMessage, readMessage } from './message.js';
 
 export interface NewMessage {
   user: string | null;
@@ -38,6 +47,7 @@ export interface CorruptEntry {
   error: string;
 }
 
+/** The spool could not store the message (disk full, I/O error): the listener answers 452 4.3.1. */
 /** The spool could not store the message (disk full, I/O error): the listener answers 452 4.3.1. */
 export class SpoolWriteError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -103,6 +113,13 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** The footer that ends every queue file: "\nXB3 <length of the envelope JSON before it>\n". */
+const FOOTER_RE = /\nXB3 (\d{1,10})\n$/;
+const FOOTER_MAX = 16;
+
+/** What a queue file's tail says (see readQueueFile). */
+type QueueFileRead = { kind: 'ok'; env: SpooledEnvelope } | { kind: 'incomplete' } | { kind: 'corrupt'; error: string };
+
 export class Spool {
   readonly dir: string;
   readonly failedDir: string;
@@ -124,12 +141,22 @@ export class Spool {
     this.onCorrupt = opts.onCorrupt;
   }
 
-  messagePath(id: string): string {
-    return join(this.dir, `${id}.eml`);
+  /** The message of a queued envelope (a version-3 queue file, or an older spool's ID.eml). */
+  message(env: SpooledEnvelope): MessageSource {
+    return { path: join(this.dir, messageFileName(env)), size: env.size };
+  }
+
+  /** The message of an envelope in failed/. */
+  failedMessage(env: SpooledEnvelope): MessageSource {
+    return { path: join(this.failedDir, messageFileName(env)), size: env.size };
   }
 
   envelopePath(id: string): string {
     return join(this.dir, `${id}.json`);
+  }
+
+  queueFilePath(id: string): string {
+    return join(this.dir, `${id}.msg`);
   }
 
   /**
@@ -154,30 +181,50 @@ export class Spool {
     const names = new Set(await readdir(this.dir));
     let removed = 0;
     for (const name of names) {
-      const m = /^([0-9A-Za-z_-]+)\.(eml|json)$/.exec(name);
+      const m = /^([0-9A-Za-z_-]+)\.(eml|json|msg)$/.exec(name);
       if (name.endsWith('.tmp')) {
         await unlinkQuiet(join(this.dir, name));
         removed++;
-      } else if (m && m[2] === 'eml' && !names.has(`${m[1]}.json`)) {
-        if (failedNames.has(`${m[1]}.json`)) {
+        continue;
+      }
+      if (!m) continue;
+      const [, id, ext] = m;
+      if (ext !== 'json' && !names.has(`${id}.json`)) {
+        if (failedNames.has(`${id}.json`)) {
           // fail() renamed the envelope into failed/ and the crash lost the message's rename.
-          this.log.warn('spool: finishing the interrupted move to failed/', { id: m[1] });
-          await this.finishMove(m[1], this.dir, this.failedDir);
+          this.log.warn('spool: finishing the interrupted move to failed/', { id });
+          await this.finishMove(id, this.dir, this.failedDir);
           continue;
         }
-        // Never acknowledged (crash before the envelope), or the tail of a remove().
-        await unlinkQuiet(join(this.dir, name));
-        removed++;
-      } else if (m && m[2] === 'json') {
-        const id = m[1];
+        if (ext === 'eml') {
+          // Older spool: never acknowledged (crash before the envelope), or the tail of a remove().
+          await unlinkQuiet(join(this.dir, name));
+          removed++;
+          continue;
+        }
+        const q = await this.readQueueFile(id, { verify: true });
+        if (q.kind === 'incomplete') {
+          // No footer: the crash came before the fsync that precedes the 250.
+          await unlinkQuiet(join(this.dir, name));
+          removed++;
+        } else if (q.kind === 'corrupt') {
+          await this.moveCorrupt(this.dir, id, new Error(q.error), join(this.dir, name));
+        }
+      } else if (ext === 'json') {
         const env = await this.readEnvelope(join(this.dir, name), this.dir);
         if (env?.state === 'failed') {
           // fail() committed (the envelope says failed) but did not finish moving the files.
           this.log.warn('spool: finishing the interrupted move to failed/', { id });
           await this.finishMove(id, this.dir, this.failedDir);
-        } else if (env && !names.has(`${id}.eml`)) {
-          this.log.error('spooled envelope without its message file, moved to failed/', { id });
-          await this.moveOrphanEnvelope(env);
+        } else if (env && !names.has(messageFileName(env))) {
+          if (env.version === 3) {
+            // remove() deletes the queue file first: this is the tail of a delivered message's removal.
+            await unlinkQuiet(join(this.dir, name));
+            removed++;
+          } else {
+            this.log.error('spooled envelope without its message file, moved to failed/', { id });
+            await this.moveOrphanEnvelope(env);
+          }
         }
       }
     }
@@ -197,8 +244,7 @@ export class Spool {
    */
   async receive(source: AsyncIterable<Buffer | string> | Iterable<Buffer> | NodeJS.ReadableStream, meta: NewMessage, opts: ReceiveOptions = {}): Promise<SpooledEnvelope> {
     const id = newQueueId();
-    const eml = this.messagePath(id);
-    const json = this.envelopePath(id);
+    const file = this.queueFilePath(id);
     let fh: FileHandle | undefined;
     let writeErr: unknown;
     let size = 0;
@@ -207,11 +253,12 @@ export class Spool {
     let created = false;
     try {
       try {
-        fh = await open(eml, 'wx', 0o600);
+        fh = await open(file, 'wx', 0o600);
         created = true;
       } catch (e) {
         writeErr = e;
       }
+      const hash = createHash('sha256');
       // Chunks are copied into one batch buffer: few large writes, no per-message growth,
       // and a source that reuses its buffers cannot change what we already accepted. It
       // starts small and doubles up to WRITE_BATCH: a fresh 256 KB buffer per 10 KB message
@@ -228,13 +275,7 @@ export class Spool {
           writeErr = e;
         }
       };
-      const input = opts.prefix ? withPrefix(opts.prefix(id), source as AsyncIterable<Buffer | string>) : (source as AsyncIterable<Buffer | string>);
-      for await (const chunk of input) {
-        const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-        size += buf.length;
-        if (opts.maxBytes !== undefined && size > opts.maxBytes) over = true;
-        // After a failure keep reading to the end so the SMTP dialogue stays in step.
-        if (writeErr || over) continue;
+      const put = async (buf: Buffer) => {
         for (let off = 0; off < buf.length; ) {
           if (used === batch.length && batch.length < WRITE_BATCH) {
             const bigger = Buffer.allocUnsafe(Math.min(WRITE_BATCH, batch.length * 2));
@@ -246,13 +287,21 @@ export class Spool {
           off += n;
           if (used === WRITE_BATCH) await flush();
         }
+      };
+      const input = opts.prefix ? withPrefix(opts.prefix(id), source as AsyncIterable<Buffer | string>) : (source as AsyncIterable<Buffer | string>);
+      for await (const chunk of input) {
+        const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+        size += buf.length;
+        if (opts.maxBytes !== undefined && size > opts.maxBytes) over = true;
+        // After a failure keep reading to the end so the SMTP dialogue stays in step.
+        if (writeErr || over) continue;
+        hash.update(buf);
+        await put(buf);
       }
-      await flush();
-      if (writeErr) throw new SpoolWriteError(`spool write failed: ${errText(writeErr)}`, { cause: writeErr });
       if (over) throw new SpoolSizeError(size, opts.maxBytes!);
       const now = new Date().toISOString();
       const env: SpooledEnvelope = {
-        version: 2,
+        version: 3,
         id,
         user: meta.user,
         account: meta.account,
@@ -262,6 +311,7 @@ export class Spool {
         state: 'queued',
         reason: null,
         size,
+        sha256: hash.digest('hex'),
         clientIp: meta.clientIp,
         bodyType: meta.bodyType,
         smtputf8: meta.smtputf8,
@@ -270,16 +320,22 @@ export class Spool {
         nextAttemptAt: now,
         ...(meta.isBounce ? { isBounce: true } : {}),
       };
+      if (!writeErr) {
+        const trailer = Buffer.from(JSON.stringify(env));
+        await put(Buffer.concat([trailer, Buffer.from(`\nXB3 ${trailer.length}\n`, 'latin1')]));
+        await flush();
+      }
+      if (writeErr) throw new SpoolWriteError(`spool write failed: ${errText(writeErr)}`, { cause: writeErr });
       try {
-        // The envelope's temp file is written and fsynced while the message file's fsync
-        // runs (the two usually share one journal commit); it is renamed into place only
-        // once the message is durable, so an envelope never names a message that is not.
+        // The commit point: the footer is in the file, and the file and its name are durable.
         const handle = fh!;
         fh = undefined;
-        const messageDurable = (this.fsync ? handle.sync() : Promise.resolve()).finally(() => handle.close());
-        // Awaited before the rename; this only keeps it from being unhandled if the temp write fails first.
-        messageDurable.catch(() => {});
-        await this.writeEnvelope(json, env, () => messageDurable);
+        try {
+          if (this.fsync) await handle.sync();
+        } finally {
+          await handle.close();
+        }
+        await this.syncDir(this.dir);
       } catch (e) {
         throw new SpoolWriteError(`spool write failed: ${errText(e)}`, { cause: e });
       }
@@ -289,7 +345,7 @@ export class Spool {
       if (!committed) {
         await fh?.close().catch(() => {});
         // Best effort: whatever is left is also removed by init() at the next start.
-        if (created) for (const p of [json, eml]) await unlinkQuiet(p).catch(() => {});
+        if (created) await unlinkQuiet(file).catch(() => {});
       }
     }
   }
@@ -313,23 +369,30 @@ export class Spool {
       throw e;
     }
     const out: CorruptEntry[] = [];
-    for (const name of names.filter((n) => n.endsWith('.json') && isQueueId(n.slice(0, -5))).sort()) {
-      const file = join(this.corruptDir, name);
+    for (const id of idsIn(names)) {
+      const json = join(this.corruptDir, `${id}.json`);
+      let file = json;
       let error = 'unreadable envelope';
-      try {
-        JSON.parse(await readFile(file, 'utf8'));
-        error = 'not a valid envelope';
-      } catch (e) {
-        error = (e as Error).message;
+      if (names.includes(`${id}.json`)) {
+        try {
+          JSON.parse(await readFile(json, 'utf8'));
+          error = 'not a valid envelope';
+        } catch (e) {
+          error = (e as Error).message;
+        }
+      } else {
+        file = join(this.corruptDir, `${id}.msg`);
+        const q = await readQueueFileAt(file, { verify: true });
+        error = q.kind === 'corrupt' ? q.error : q.kind === 'incomplete' ? 'queue file without its footer' : 'queue file damaged';
       }
-      out.push({ id: name.slice(0, -5), state: 'corrupt', file, error });
+      out.push({ id, state: 'corrupt', file, error });
     }
     return out;
   }
 
   async get(id: string): Promise<SpooledEnvelope | null> {
     if (!isQueueId(id)) return null;
-    return this.readEnvelope(this.envelopePath(id), this.dir);
+    return (await this.readEnvelope(this.envelopePath(id), this.dir)) ?? (await this.queuedFromFile(id));
   }
 
   async getFailed(id: string): Promise<FailedEnvelope | null> {
@@ -337,36 +400,37 @@ export class Spool {
     return (await this.readEnvelope(join(this.failedDir, `${id}.json`), this.failedDir)) as FailedEnvelope | null;
   }
 
-  failedMessagePath(id: string): string {
-    return join(this.failedDir, `${id}.eml`);
-  }
-
   /**
-   * Atomically rewrites a queued envelope. Returns false (and writes nothing) when the
-   * message is no longer queued.
+   * Atomically writes a queued message's new state (ID.json). Returns false (and writes
+   * nothing) when the message is no longer queued.
    */
   async update(env: SpooledEnvelope): Promise<boolean> {
     if (!isQueueId(env.id)) throw new Error(`invalid queue id ${JSON.stringify(env.id)}`);
-    if (!(await exists(this.messagePath(env.id)))) return false;
+    if (!(await exists(this.message(env).path))) return false;
     await this.writeEnvelope(this.envelopePath(env.id), env);
     return true;
   }
 
-  /** Drops a message after its final delivery. Envelope first: a crash in between leaves an orphan init() removes. */
+  /**
+   * Drops a message after its final delivery. The queue file goes first (it alone would be
+   * a queued message again); a crash before the rest leaves only files init() removes.
+   * Older spools: envelope first, the orphaned message file is removed by init().
+   */
   async remove(id: string): Promise<void> {
     if (!isQueueId(id)) return;
+    await unlinkQuiet(this.queueFilePath(id));
     await unlinkQuiet(this.envelopePath(id));
-    await unlinkQuiet(this.messagePath(id));
+    await unlinkQuiet(join(this.dir, `${id}.eml`));
     await this.syncDir(this.dir);
   }
 
   /**
-   * Moves a message to failed/. One atomic step decides it: the queued envelope is rewritten
+   * Moves a message to failed/. One atomic step decides it: the queued envelope is written
    * with state 'failed' (safe write). Only then are the files renamed into failed/; init()
    * finishes that after a crash, so a failed message is never retried (or bounced) again.
    */
   async fail(env: SpooledEnvelope, reason: string): Promise<FailedEnvelope | null> {
-    if (!isQueueId(env.id) || !(await exists(this.messagePath(env.id)))) return null;
+    if (!isQueueId(env.id) || !(await exists(this.message(env).path))) return null;
     const failed: FailedEnvelope = { ...env, state: 'failed', reason: null, failReason: reason, failedAt: new Date().toISOString() };
     await this.writeEnvelope(this.envelopePath(env.id), failed);
     await this.finishMove(env.id, this.dir, this.failedDir);
@@ -378,7 +442,7 @@ export class Spool {
    * envelope is rewritten with its new state first).
    */
   async requeueFailed(env: SpooledEnvelope): Promise<boolean> {
-    if (!isQueueId(env.id) || !(await exists(this.failedMessagePath(env.id)))) return false;
+    if (!isQueueId(env.id) || !(await exists(this.failedMessage(env).path))) return false;
     const { failReason: _r, failedAt: _a, ...rest } = env;
     const queued: SpooledEnvelope = { ...rest };
     await this.writeEnvelope(join(this.failedDir, `${env.id}.json`), queued);
@@ -390,28 +454,23 @@ export class Spool {
   async removeFailed(id: string): Promise<void> {
     if (!isQueueId(id)) return;
     await unlinkQuiet(join(this.failedDir, `${id}.json`));
-    await unlinkQuiet(this.failedMessagePath(id));
+    for (const ext of MESSAGE_EXTS) await unlinkQuiet(join(this.failedDir, `${id}.${ext}`));
     await this.syncDir(this.failedDir);
   }
 
   /** Deletes a corrupt envelope and its message (`queue delete` of a corrupt id). */
   async removeCorrupt(id: string): Promise<boolean> {
-    if (!isQueueId(id) || !(await exists(join(this.corruptDir, `${id}.json`)))) return false;
-    await unlinkQuiet(join(this.corruptDir, `${id}.json`));
-    await unlinkQuiet(join(this.corruptDir, `${id}.eml`));
+    if (!isQueueId(id)) return false;
+    const files = ['json', ...MESSAGE_EXTS].map((ext) => join(this.corruptDir, `${id}.${ext}`));
+    if (!(await exists(files[0])) && !(await exists(files[1]))) return false;
+    for (const f of files) await unlinkQuiet(f);
     await this.syncDir(this.corruptDir);
     return true;
   }
 
-  /** Renames ID.eml then ID.json from one folder to the other (each step idempotent), then makes both durable. */
+  /** Renames the message file(s) then ID.json from one folder to the other (each step idempotent), then makes both durable. */
   private async finishMove(id: string, from: string, to: string): Promise<void> {
-    for (const ext of ['eml', 'json']) {
-      try {
-        await rename(join(from, `${id}.${ext}`), join(to, `${id}.${ext}`));
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      }
-    }
+    await renameAll(id, from, to);
     await this.syncDir(to);
     await this.syncDir(from);
   }
@@ -424,17 +483,10 @@ export class Spool {
   }
 
   /** An envelope that cannot be read goes to corrupt/ with its message: one error line, counted, shown by `queue list`. */
-  private async moveCorrupt(dir: string, id: string, err: unknown): Promise<void> {
-    const file = join(dir, `${id}.json`);
+  private async moveCorrupt(dir: string, id: string, err: unknown, file = join(dir, `${id}.json`)): Promise<void> {
     try {
       await mkdir(this.corruptDir, { recursive: true, mode: 0o700 });
-      for (const ext of ['eml', 'json']) {
-        try {
-          await rename(join(dir, `${id}.${ext}`), join(this.corruptDir, `${id}.${ext}`));
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-        }
-      }
+      await renameAll(id, dir, this.corruptDir);
       await this.syncDir(this.corruptDir);
       await this.syncDir(dir);
     } catch (e) {
@@ -449,8 +501,8 @@ export class Spool {
     this.onCorrupt?.(id);
   }
 
-  private writeEnvelope(dest: string, env: SpooledEnvelope, beforeRename?: () => Promise<void>): Promise<void> {
-    return safeWrite(dest, JSON.stringify(env, null, 2) + '\n', { mode: 0o600, fsync: this.fsync, syncDir: (d) => this.syncDir(d), beforeRename });
+  private writeEnvelope(dest: string, env: SpooledEnvelope): Promise<void> {
+    return safeWrite(dest, JSON.stringify(env, null, 2) + '\n', { mode: 0o600, fsync: this.fsync, syncDir: (d) => this.syncDir(d) });
   }
 
   /**
@@ -489,12 +541,25 @@ export class Spool {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
+    const have = new Set(names);
     const out: SpooledEnvelope[] = [];
-    for (const name of names.filter((n) => n.endsWith('.json') && isQueueId(n.slice(0, -5))).sort()) {
-      const env = await this.readEnvelope(join(dir, name), dir);
+    for (const id of idsIn(names)) {
+      const env = have.has(`${id}.json`) ? await this.readEnvelope(join(dir, `${id}.json`), dir) : dir === this.dir && have.has(`${id}.msg`) ? await this.queuedFromFile(id) : null;
       if (env) out.push(env);
     }
     return out;
+  }
+
+  /** A queued message that has no ID.json yet: the envelope in its queue file (null while it is still being received). */
+  private async queuedFromFile(id: string): Promise<SpooledEnvelope | null> {
+    const q = await this.readQueueFile(id, { verify: false });
+    if (q.kind === 'ok') return q.env;
+    if (q.kind === 'corrupt') await this.moveCorrupt(this.dir, id, new Error(q.error), this.queueFilePath(id));
+    return null;
+  }
+
+  private readQueueFile(id: string, opts: { verify: boolean }): Promise<QueueFileRead | { kind: 'missing' }> {
+    return readQueueFileAt(this.queueFilePath(id), opts);
   }
 
   /** Reads (and migrates) one envelope; an unparseable one is moved to corrupt/ and null returned. */
@@ -515,6 +580,77 @@ export class Spool {
   }
 }
 
+/** Message files of both spool formats: the queue file (version 3) and an older spool's ID.eml. */
+const MESSAGE_EXTS = ['msg', 'eml'];
+
+function messageFileName(env: SpooledEnvelope): string {
+  return `${env.id}.${env.version === 3 ? 'msg' : 'eml'}`;
+}
+
+/** Queue ids named by the envelope or queue files in a folder listing, oldest first. */
+function idsIn(names: string[]): string[] {
+  const ids = new Set<string>();
+  for (const n of names) {
+    const m = /^(.+)\.(json|msg)$/.exec(n);
+    if (m && isQueueId(m[1])) ids.add(m[1]);
+  }
+  return [...ids].sort();
+}
+
+async function renameAll(id: string, from: string, to: string): Promise<void> {
+  for (const ext of [...MESSAGE_EXTS, 'json']) {
+    try {
+      await rename(join(from, `${id}.${ext}`), join(to, `${id}.${ext}`));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+}
+
+/**
+ * Reads a queue file's envelope from its tail. 'incomplete' = no footer (a receive that never
+ * reached its fsync); 'corrupt' = a footer but an envelope that does not parse or does not
+ * match the bytes before it (with `verify`, their SHA-256 is checked too).
+ */
+async function readQueueFileAt(path: string, opts: { verify: boolean }): Promise<QueueFileRead | { kind: 'missing' }> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'missing' };
+    throw e;
+  }
+  try {
+    const { size: len } = await fh.stat();
+    const tailLen = Math.min(len, FOOTER_MAX);
+    const tail = Buffer.alloc(tailLen);
+    await fh.read(tail, 0, tailLen, len - tailLen);
+    const m = FOOTER_RE.exec(tail.toString('latin1'));
+    if (!m) return { kind: 'incomplete' };
+    const footerLen = m[0].length;
+    const jsonLen = Number(m[1]);
+    const start = len - footerLen - jsonLen;
+    if (start < 0) return { kind: 'corrupt', error: 'queue file footer names more bytes than the file has' };
+    const json = Buffer.alloc(jsonLen);
+    await fh.read(json, 0, jsonLen, start);
+    let env: SpooledEnvelope;
+    try {
+      env = migrateEnvelope(JSON.parse(json.toString('utf8')), false);
+    } catch (e) {
+      return { kind: 'corrupt', error: `queue file envelope: ${(e as Error).message}` };
+    }
+    if (env.version !== 3 || env.size !== start || !path.endsWith(`${env.id}.msg`)) return { kind: 'corrupt', error: 'queue file envelope does not match the file' };
+    if (opts.verify && env.sha256) {
+      const hash = createHash('sha256');
+      for await (const c of openMessage({ path, size: start })) hash.update(c as Buffer);
+      if (hash.digest('hex') !== env.sha256) return { kind: 'corrupt', error: 'message bytes do not match the SHA-256 in the queue file' };
+    }
+    return { kind: 'ok', env };
+  } finally {
+    await fh.close();
+  }
+}
+
 /** The first envelope format: `rcptTo` = recipients still to deliver, `delivered` = accepted ones. */
 interface EnvelopeV1 {
   id: string;
@@ -525,11 +661,11 @@ interface EnvelopeV1 {
   failReason?: string;
 }
 
-/** Accepts a version-2 envelope as is and turns a version-1 one into version 2; throws on anything else. */
+/** Accepts a version-2 or -3 envelope as is and turns a version-1 one into version 2; throws on anything else. */
 export function migrateEnvelope(raw: unknown, inFailed: boolean): SpooledEnvelope {
   const o = raw as Partial<SpooledEnvelope> & Partial<EnvelopeV1>;
   if (!o || typeof o !== 'object' || typeof o.id !== 'string' || !isQueueId(o.id) || !Array.isArray(o.rcptTo)) throw new Error('not an envelope');
-  if (o.version === 2) {
+  if (o.version === 2 || o.version === 3) {
     if (!Array.isArray(o.rcpts) || typeof o.state !== 'string') throw new Error('envelope without rcpts/state');
     return o as SpooledEnvelope;
   }

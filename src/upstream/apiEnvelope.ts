@@ -6,6 +6,7 @@
 import { open } from 'node:fs/promises';
 import { domainToASCII } from 'node:url';
 import addressparser from 'nodemailer/lib/addressparser';
+import type { MessageSource } from '../types.js';
 import { headerValues } from '../listener/filter.js';
 
 /** How much header the bridge reads before the blank line: the listener's 256 KB limit plus its Received: line. */
@@ -63,14 +64,15 @@ export function planRecipients(rcptTo: readonly string[], inHeaders: readonly st
 }
 
 /** The header section of a spooled message (up to the blank line), or null when it is longer than `max`. */
-export async function readHeader(file: string, max = MAX_HEADER_BYTES): Promise<string | null> {
-  const fh = await open(file, 'r');
+export async function readHeader(msg: MessageSource, max = MAX_HEADER_BYTES): Promise<string | null> {
+  const fh = await open(msg.path, 'r');
   try {
     const buf = Buffer.alloc(Math.min(max + 4, 64 * 1024));
     const chunks: Buffer[] = [];
     let total = 0;
     for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, total);
+      // Never past the message (a queue file keeps its envelope after it).
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, msg.size - total), total);
       if (!bytesRead) break;
       chunks.push(Buffer.from(buf.subarray(0, bytesRead)));
       total += bytesRead;
@@ -92,8 +94,8 @@ export function bccField(bcc: readonly string[]): string {
 }
 
 /** Reads the message's header and plans the API send for these envelope recipients. */
-export async function planApiSend(file: string, rcptTo: readonly string[], maxRecipients: number): Promise<ApiPlan> {
-  const header = await readHeader(file);
+export async function planApiSend(msg: MessageSource, rcptTo: readonly string[], maxRecipients: number): Promise<ApiPlan> {
+  const header = await readHeader(msg);
   if (header === null) return { ok: false, reason: `the header section is longer than ${MAX_HEADER_BYTES / 1024} KB; its recipients cannot be checked` };
   return planRecipients(rcptTo, headerRecipients(header), maxRecipients);
 }

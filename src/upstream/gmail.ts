@@ -1,11 +1,11 @@
 // The upstream stage: relays a spooled message to Gmail with SASL XOAUTH2 over verified TLS.
-// The delivery worker only sees `send(envelope, file)` and a classified result.
+// The delivery worker only sees `send(envelope, message)` and a classified result.
 import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { rootCertificates, createSecureContext } from 'node:tls';
 import { SMTPPool, sendRaw, assertRawSendContract } from './rawSend.js';
 import type { Config, AccountConfig } from '../config/schema.js';
-import type { Envelope, SendResult, TokenSource, Upstream, RecipientResult } from '../types.js';
+import type { Envelope, MessageSource, SendResult, TokenSource, Upstream, RecipientResult } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { NeedsReauthError } from '../oauth/service.js';
 import { classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
@@ -120,13 +120,13 @@ export class GmailUpstream implements Upstream {
     return entry;
   }
 
-  async send(env: Envelope, messageFile: string): Promise<SendResult> {
-    const r = await this.attempt(env, messageFile);
+  async send(env: Envelope, message: MessageSource): Promise<SendResult> {
+    const r = await this.attempt(env, message);
     // Replies and token errors end up in the envelope (spool), queue list and logs.
     return { ...r, response: redactString(r.response), rejected: r.rejected.map((x) => ({ ...x, response: redactString(x.response) })) };
   }
 
-  private async attempt(env: Envelope, messageFile: string): Promise<SendResult> {
+  private async attempt(env: Envelope, message: MessageSource): Promise<SendResult> {
     const acct = this.config.accounts.find((a) => a.name === env.account);
     if (!acct) return { outcome: 'transient', response: `account "${env.account}" is not configured`, accepted: [], rejected: [] };
     const t = this.transportFor(acct);
@@ -140,7 +140,7 @@ export class GmailUpstream implements Upstream {
     for (let i = 0; i < env.rcptTo.length; i += per) {
       const chunk = env.rcptTo.slice(i, i + per);
       try {
-        const info = await sendRaw(t.transport, env.id, { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size }, messageFile);
+        const info = await sendRaw(t.transport, env.id, { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size }, message);
         lastResponse = info.response ?? '';
         // nodemailer takes any reply starting with "2" as success; only a real 250 is.
         if (!/^250(?:[ -]|$)/.test(lastResponse))

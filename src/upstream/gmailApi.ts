@@ -4,12 +4,11 @@
 // delivery worker only sees send(envelope, file) and a classified result.
 import https from 'node:https';
 import { readFileSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import type { Config, AccountConfig } from '../config/schema.js';
-import type { Envelope, SendResult, TokenSource, Upstream } from '../types.js';
+import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from '../types.js';
+import { openMessage } from '../spool/message.js';
 import type { Logger } from '../log/logger.js';
 import { NeedsReauthError } from '../oauth/service.js';
 import { googleApiTransporter } from '../oauth/client.js';
@@ -56,24 +55,24 @@ export class GmailApiUpstream implements Upstream {
   }
 
   /** Whether the API can deliver this message to exactly its envelope, and the Bcc it needs. */
-  plan(env: Envelope, messageFile: string): Promise<ApiPlan> {
+  plan(env: Envelope, message: MessageSource): Promise<ApiPlan> {
     const acct = this.config.accounts.find((a) => a.name === env.account);
-    return planApiSend(messageFile, env.rcptTo, acct?.limits.recipientsPerMessage ?? 100);
+    return planApiSend(message, env.rcptTo, acct?.limits.recipientsPerMessage ?? 100);
   }
 
-  async send(env: Envelope, messageFile: string, plan?: ApiPlan): Promise<SendResult> {
-    const r = await this.attempt(env, messageFile, plan);
+  async send(env: Envelope, message: MessageSource, plan?: ApiPlan): Promise<SendResult> {
+    const r = await this.attempt(env, message, plan);
     return { ...r, response: redactString(r.response) };
   }
 
-  private async attempt(env: Envelope, messageFile: string, given?: ApiPlan): Promise<SendResult> {
+  private async attempt(env: Envelope, message: MessageSource, given?: ApiPlan): Promise<SendResult> {
     const none = { accepted: [] as string[], rejected: [] };
     const acct = this.config.accounts.find((a) => a.name === env.account);
     if (!acct) return { outcome: 'transient', response: `account "${env.account}" is not configured`, ...none };
-    const plan = given ?? (await this.plan(env, messageFile));
+    const plan = given ?? (await this.plan(env, message));
     if (!plan.ok) return { outcome: 'transport', response: `not sent: ${plan.reason} (transport gmail-api; with transport auto it goes over SMTP)`, ...none };
     const prefix = Buffer.from(bccField(plan.bcc), 'utf8');
-    const bytes = prefix.length + (await stat(messageFile)).size;
+    const bytes = prefix.length + message.size;
     if (bytes > GMAIL_API_MAX_BYTES)
       return { outcome: 'permanent', response: `552 5.3.4 message of ${bytes} bytes exceeds the Gmail API limit of ${GMAIL_API_MAX_BYTES} bytes [gmail-api]`, ...none };
     let renewed = false;
@@ -84,7 +83,7 @@ export class GmailApiUpstream implements Upstream {
       } catch (e) {
         return { outcome: e instanceof NeedsReauthError ? 'auth' : 'transient', response: `token: ${(e as Error).message}`, ...none };
       }
-      const v = await this.upload(acct, token, prefix, messageFile, bytes);
+      const v = await this.upload(acct, token, prefix, message, bytes);
       if (v.ok) return { outcome: 'ok', response: v.response, accepted: [...env.rcptTo], rejected: [] };
       if (v.refresh && !renewed) {
         // Gmail refused the token (revoked, expired early): one fresh one, then needs-reauth.
@@ -100,8 +99,8 @@ export class GmailApiUpstream implements Upstream {
   }
 
   /** One media upload: the Bcc prefix, then the spool file, streamed (never held in memory). */
-  private async upload(acct: AccountConfig, token: string, prefix: Buffer, file: string, bytes: number): Promise<ReturnType<typeof classifyApiAnswer> & { ok?: boolean }> {
-    const body = prefix.length ? Readable.from(withPrefix(prefix, file), { objectMode: false }) : createReadStream(file);
+  private async upload(acct: AccountConfig, token: string, prefix: Buffer, message: MessageSource, bytes: number): Promise<ReturnType<typeof classifyApiAnswer> & { ok?: boolean }> {
+    const body = prefix.length ? Readable.from(withPrefix(prefix, message), { objectMode: false }) : openMessage(message);
     const base = acct.upstream.apiUrl.replace(/\/+$/, '');
     try {
       const res = await this.clientFor(acct).request({
@@ -143,7 +142,7 @@ export class GmailApiUpstream implements Upstream {
   }
 }
 
-async function* withPrefix(prefix: Buffer, file: string): AsyncIterable<Buffer> {
+async function* withPrefix(prefix: Buffer, message: MessageSource): AsyncIterable<Buffer> {
   yield prefix;
-  yield* createReadStream(file) as AsyncIterable<Buffer>;
+  yield* openMessage(message) as AsyncIterable<Buffer>;
 }

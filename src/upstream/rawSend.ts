@@ -4,8 +4,9 @@
 // stream stages for each message, only to send what is on disk. The pool's transport contract
 // (`send(mail, cb)` with `mail.data` and `mail.message`) is all it needs; nodemailer 10.6.1
 // calls getEnvelope, messageId, getHeader('message-id') and createReadStream on the message.
-import { createReadStream } from 'node:fs';
 import { createRequire } from 'node:module';
+import { openMessage } from '../spool/message.js';
+import type { MessageSource } from '../types.js';
 import SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
 import MimeNode from 'nodemailer/lib/mime-node/index.js';
 import PoolResource from 'nodemailer/lib/smtp-pool/pool-resource.js';
@@ -102,7 +103,7 @@ export function wireAddress(address: string): string {
  * rejectedErrors) are spelled as in `env.to`, whatever went on the wire, so the caller can
  * match them against its envelope.
  */
-export function sendRaw(pool: SMTPPool, id: string, env: RawEnvelope, file: string): Promise<RawSendInfo> {
+export function sendRaw(pool: SMTPPool, id: string, env: RawEnvelope, msg: MessageSource): Promise<RawSendInfo> {
   const original = new Map<string, string>();
   const to: string[] = [];
   for (const r of env.to) {
@@ -127,7 +128,7 @@ export function sendRaw(pool: SMTPPool, id: string, env: RawEnvelope, file: stri
     // header travels untouched inside the bytes.
     messageId: () => id,
     getHeader: (key: string) => (key.toLowerCase() === 'message-id' ? id : undefined),
-    createReadStream: () => createReadStream(file),
+    createReadStream: () => openMessage(msg),
   };
   return new Promise((resolve, reject) => {
     pool.send({ data: {}, message } as never, (err: Error | null, info?: unknown) => {

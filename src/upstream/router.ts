@@ -2,7 +2,7 @@
 // when it can deliver to exactly the envelope, SMTP when the headers name other addresses).
 // The delivery worker keeps seeing one Upstream.
 import type { Config } from '../config/schema.js';
-import type { Envelope, SendResult, TokenSource, Upstream } from '../types.js';
+import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from '../types.js';
 import type { Logger } from '../log/logger.js';
 import { GmailUpstream } from './gmail.js';
 import { GmailApiUpstream } from './gmailApi.js';
@@ -47,13 +47,13 @@ export class TransportRouter implements Upstream {
     return smtp;
   }
 
-  async send(env: Envelope, messageFile: string): Promise<SendResult> {
+  async send(env: Envelope, message: MessageSource): Promise<SendResult> {
     const transport = this.config.accounts.find((a) => a.name === env.account)?.transport ?? 'smtp';
-    if (transport === 'smtp') return this.smtp.send(env, messageFile);
-    if (transport === 'gmail-api') return this.api.send(env, messageFile);
-    const plan = await this.api.plan(env, messageFile);
-    if (plan.ok) return this.api.send(env, messageFile, plan);
+    if (transport === 'smtp') return this.smtp.send(env, message);
+    if (transport === 'gmail-api') return this.api.send(env, message);
+    const plan = await this.api.plan(env, message);
+    if (plan.ok) return this.api.send(env, message, plan);
     this.log.debug('transport auto: over SMTP', { id: env.id, account: env.account, why: plan.reason });
-    return this.smtp.send(env, messageFile);
+    return this.smtp.send(env, message);
   }
 }

@@ -7,7 +7,8 @@ import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import type { Logger, Meta } from '../../src/log/logger.js';
 import type { NewMessage } from '../../src/spool/spool.js';
-import type { AccountHealth, AccountState, Envelope, SendResult, Upstream } from '../../src/types.js';
+import type { AccountHealth, AccountState, Envelope, MessageSource, SendResult, Upstream } from '../../src/types.js';
+import { readMessage } from '../../src/spool/message.js';
 
 export interface Call {
   id: string;
@@ -31,11 +32,11 @@ export class ScriptedUpstream implements Upstream {
   closed = false;
   constructor(public script: Script = (env) => ok(env)) {}
 
-  async send(env: Envelope, messageFile: string): Promise<SendResult> {
+  async send(env: Envelope, message: MessageSource): Promise<SendResult> {
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     try {
-      const call: Call = { id: env.id, account: env.account, mailFrom: env.mailFrom, rcptTo: [...env.rcptTo], isBounce: env.isBounce === true, body: await readFile(messageFile), at: Date.now() };
+      const call: Call = { id: env.id, account: env.account, mailFrom: env.mailFrom, rcptTo: [...env.rcptTo], isBounce: env.isBounce === true, body: await readMessage(message), at: Date.now() };
       this.calls.push(call);
       return await this.script(env, call, this.calls.length);
     } finally {

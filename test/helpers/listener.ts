@@ -12,7 +12,7 @@ import type { Config } from '../../src/config/schema.js';
 import { Writable } from 'node:stream';
 import { Listeners, type SpoolSink, type ListenerMetrics } from '../../src/listener/server.js';
 import { createLogger } from '../../src/log/logger.js';
-import { Spool } from '../../src/spool/spool.js';
+import { Spool, readMessage } from '../../src/spool/spool.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import type { AuthFailures } from '../../src/listener/limits.js';
@@ -238,4 +238,11 @@ export async function tempSpool(prefix: string, fsync = false): Promise<{ dir: s
   const spool = new Spool(dir, createLogger({ silent: true }), { fsync });
   await spool.init();
   return { dir, spool, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** The bytes of a spooled message, as the delivery worker would send them. */
+export async function spooledMessage(spool: Spool, id: string): Promise<Buffer> {
+  const env = await spool.get(id);
+  if (!env) throw new Error(`${id} is not in the spool`);
+  return readMessage(spool.message(env));
 }

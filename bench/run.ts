@@ -30,7 +30,7 @@ const ONLY = onlyArg
 const want = (n: number): boolean => !ONLY || ONLY.has(n);
 
 const P = QUICK
-  ? { printerN: 60, printerRounds: 3, concN: 600, largeN: 5, tokenTtlSec: 6, tokenLoadSec: 10 }
+  ? { printerN: 60, printerRounds: 3, concN: 600, largeN: 20, tokenTtlSec: 6, tokenLoadSec: 10 }
   : { printerN: 500, printerRounds: 5, concN: 5000, largeN: 20, tokenTtlSec: 12, tokenLoadSec: 36 };
 const SMALL = 10 * 1024;
 const LARGE = 20 * 1024 * 1024;
@@ -172,6 +172,19 @@ async function prepareDaemon(): Promise<void> {
   daemonMode = 'TypeScript sources through tsx';
 }
 
+/**
+ * The Environment= lines of systemd/xoauth2-bridge.service (thread pool size, V8 flags): the
+ * daemon runs here as the unit runs it. BENCH_NO_UNIT_ENV=1 leaves them out (to measure them).
+ */
+function unitEnvironment(): Record<string, string> {
+  if (process.env.BENCH_NO_UNIT_ENV === '1') return {};
+  const unit = readFileSync(join(ROOT, 'systemd', 'xoauth2-bridge.service'), 'utf8');
+  const env: Record<string, string> = {};
+  for (const m of unit.matchAll(/^Environment=([A-Z_][A-Z0-9_]*)=(.*)$/gm)) env[m[1]] = m[2].trim();
+  return env;
+}
+const UNIT_ENV = unitEnvironment();
+
 interface BridgeProc {
   child: ChildProcess;
   pid: number;
@@ -209,6 +222,7 @@ async function startBridgeProc(
   const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, ...daemonArgs, file, ...(opts.noFsync ? ['--unsafe-no-fsync'] : []), ...(opts.noKdfGate ? ['--unsafe-no-kdf-gate'] : [])], {
     cwd: ROOT,
+    env: { ...process.env, ...UNIT_ENV },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   const stderr: string[] = [];
@@ -909,7 +923,8 @@ async function main(): Promise<void> {
     `bridge: upstream maxConnections ${BRIDGE.upstreamMaxConnections}, maxMessages ${BRIDGE.upstreamMaxMessages}, queue.concurrency ${BRIDGE.queueConcurrency}, log warn; client pool ${CLIENTS} connections`,
   );
   await prepareDaemon();
-  console.log(`daemon: ${daemonMode}\n`);
+  const unitEnv = Object.entries(UNIT_ENV).map(([k, v]) => `${k}=${v}`).join(' ') || 'none (BENCH_NO_UNIT_ENV=1)';
+  console.log(`daemon: ${daemonMode}; environment from the systemd unit: ${unitEnv}\n`);
   const t0 = now();
   const scenarios: Array<[number, string, () => Promise<void>]> = [
     [1, 'printer + durability', printerAndDurability],
@@ -974,6 +989,7 @@ async function main(): Promise<void> {
     params: { ...P, smallBytes: SMALL, largeBytes: LARGE, clients: CLIENTS },
     bridgeConfig: BRIDGE,
     daemon: daemonMode,
+    daemonUnitEnvironment: UNIT_ENV,
     postfix: postfixVersion ? { version: postfixVersion, upstreamAuth: 'SASL PLAIN over verified implicit TLS (not XOAUTH2)' } : { skipped: postfixMissing },
     results,
     table: rows,

@@ -10,7 +10,7 @@
 // failed/ and corrupt/ are decided by one atomic ID.json write (its `state`) before any file
 // moves, so `init` can always finish a half-done move.
 // Spools of earlier versions (ID.eml = the message alone + ID.json) are read as they are.
-import { open, readdir, readFile, rename, mkdir, access, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, rename, mkdir, access, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import type { MessageSource, Recipient, SpooledEnvelope } from '../types.js';
@@ -418,9 +418,15 @@ export class Spool {
    */
   async remove(id: string): Promise<void> {
     if (!isQueueId(id)) return;
-    await unlinkQuiet(this.queueFilePath(id));
+    let olderSpool = false;
+    try {
+      await unlink(this.queueFilePath(id));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      olderSpool = true;
+    }
     await unlinkQuiet(this.envelopePath(id));
-    await unlinkQuiet(join(this.dir, `${id}.eml`));
+    if (olderSpool) await unlinkQuiet(join(this.dir, `${id}.eml`));
     await this.syncDir(this.dir);
   }
 

@@ -100,6 +100,8 @@ export interface SendResult {
 export interface MessageSource {
   readonly path: string;
   readonly size: number;
+  /** The same bytes in memory, when the spool still holds them (a small message just received). */
+  readonly bytes?: Buffer;
 }
 
 /** The upstream as the delivery worker sees it. */

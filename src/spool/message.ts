@@ -6,6 +6,7 @@ import type { MessageSource } from '../types.js';
 
 export function openMessage(msg: MessageSource, opts: { highWaterMark?: number } = {}): Readable {
   if (msg.size <= 0) return Readable.from([]);
+  if (msg.bytes) return Readable.from([msg.bytes], { objectMode: false });
   return createReadStream(msg.path, { start: 0, end: msg.size - 1, ...opts });
 }
 

@@ -1,9 +1,9 @@
 // The durable queue, one queue file per message in stateDir/spool (Postfix writes one queue
 // file per message too): ID.msg holds the bytes the client sent, then the envelope as JSON,
-// then a footer naming the envelope's length. The footer is written last and the file is
-// fsynced (then the directory) before the 250, so the commit point is one fsync: a queue
-// file without a valid footer is an unacknowledged leftover and `init` deletes it; one whose
-// bytes do not match the envelope's size and SHA-256 is quarantined in corrupt/.
+// then a footer naming the envelope's length. The footer is written last; the file and the
+// directory are fsynced (at once, usually one journal commit) before the 250. A queue file
+// without a valid footer is an unacknowledged leftover and `init` deletes it; one whose bytes
+// do not match the envelope's size and SHA-256 is quarantined in corrupt/.
 // The queue file is never rewritten. What changes after the 250 (attempts, recipients'
 // status, state) goes to ID.json beside it (safe write: temp + fsync + rename + directory
 // fsync), which then supersedes the envelope inside the queue file. Moves between spool/,
@@ -79,6 +79,11 @@ export interface ReceiveOptions {
 }
 
 const ID_RE = /^[0-9A-Za-z_-]{1,64}$/;
+/**
+ * Small messages just received stay in memory (at most this many bytes in all) until
+ * delivered, so the worker sends them without opening and reading the file again.
+ */
+const RECENT_MAX_BYTES = 4 * 1024 * 1024;
 const WRITE_BATCH = 256 * 1024;
 const FIRST_BATCH = 16 * 1024;
 
@@ -128,6 +133,11 @@ export class Spool {
   private readonly onCorrupt?: (id: string) => void;
   /** Per directory: the fsync in progress and the one queued behind it (see syncDir). */
   private readonly dirSyncs = new Map<string, { running: Promise<void> | null; next: Promise<void> | null }>();
+  /** Messages received by this process (oldest first), bytes kept while they fit RECENT_MAX_BYTES. */
+  private readonly recent = new Map<string, Buffer>();
+  private recentBytes = 0;
+  /** Received by this process and never given an ID.json: remove() has no envelope file to delete. */
+  private readonly noStateFile = new Set<string>();
 
   constructor(
     readonly stateDir: string,
@@ -143,7 +153,8 @@ export class Spool {
 
   /** The message of a queued envelope (a version-3 queue file, or an older spool's ID.eml). */
   message(env: SpooledEnvelope): MessageSource {
-    return { path: join(this.dir, messageFileName(env)), size: env.size };
+    const bytes = this.recent.get(env.id);
+    return { path: join(this.dir, messageFileName(env)), size: env.size, ...(bytes && bytes.length === env.size ? { bytes } : {}) };
   }
 
   /** The message of an envelope in failed/. */
@@ -265,9 +276,11 @@ export class Spool {
       // cost more in GC (external memory) than all the rest of a receive.
       let batch = Buffer.allocUnsafe(FIRST_BATCH);
       let used = 0;
+      let flushed = 0;
       const flush = async () => {
         const n = used;
         used = 0;
+        flushed += n;
         if (!fh || writeErr || !n) return;
         try {
           await writeAll(fh, batch.subarray(0, n));
@@ -320,26 +333,33 @@ export class Spool {
         nextAttemptAt: now,
         ...(meta.isBounce ? { isBounce: true } : {}),
       };
+      // Nothing flushed yet: the whole message is the start of the batch (kept below only if
+      // the envelope after it did not flush the batch either, which would reuse it).
+      let inMemory = !writeErr && flushed === 0 && used === size ? batch.subarray(0, size) : undefined;
       if (!writeErr) {
         const trailer = Buffer.from(JSON.stringify(env));
         await put(Buffer.concat([trailer, Buffer.from(`\nXB3 ${trailer.length}\n`, 'latin1')]));
+        if (flushed) inMemory = undefined;
         await flush();
       }
       if (writeErr) throw new SpoolWriteError(`spool write failed: ${errText(writeErr)}`, { cause: writeErr });
       try {
         // The commit point: the footer is in the file, and the file and its name are durable.
+        // The name was created (open) before the directory fsync starts, so the two fsyncs may
+        // run at once and usually share one journal commit; the 250 waits for both.
         const handle = fh!;
         fh = undefined;
-        try {
-          if (this.fsync) await handle.sync();
-        } finally {
-          await handle.close();
-        }
-        await this.syncDir(this.dir);
+        const fileDurable = (this.fsync ? handle.sync() : Promise.resolve()).finally(() => handle.close());
+        const nameDurable = this.syncDir(this.dir);
+        await Promise.allSettled([fileDurable, nameDurable]);
+        await fileDurable;
+        await nameDurable;
       } catch (e) {
         throw new SpoolWriteError(`spool write failed: ${errText(e)}`, { cause: e });
       }
       committed = true;
+      this.noStateFile.add(id);
+      if (inMemory) this.keepRecent(id, inMemory);
       return env;
     } finally {
       if (!committed) {
@@ -407,6 +427,7 @@ export class Spool {
   async update(env: SpooledEnvelope): Promise<boolean> {
     if (!isQueueId(env.id)) throw new Error(`invalid queue id ${JSON.stringify(env.id)}`);
     if (!(await exists(this.message(env).path))) return false;
+    this.noStateFile.delete(env.id);
     await this.writeEnvelope(this.envelopePath(env.id), env);
     return true;
   }
@@ -418,6 +439,7 @@ export class Spool {
    */
   async remove(id: string): Promise<void> {
     if (!isQueueId(id)) return;
+    this.dropRecent(id);
     let olderSpool = false;
     try {
       await unlink(this.queueFilePath(id));
@@ -425,7 +447,7 @@ export class Spool {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       olderSpool = true;
     }
-    await unlinkQuiet(this.envelopePath(id));
+    if (!this.noStateFile.delete(id) || olderSpool) await unlinkQuiet(this.envelopePath(id));
     if (olderSpool) await unlinkQuiet(join(this.dir, `${id}.eml`));
     await this.syncDir(this.dir);
   }
@@ -438,6 +460,8 @@ export class Spool {
   async fail(env: SpooledEnvelope, reason: string): Promise<FailedEnvelope | null> {
     if (!isQueueId(env.id) || !(await exists(this.message(env).path))) return null;
     const failed: FailedEnvelope = { ...env, state: 'failed', reason: null, failReason: reason, failedAt: new Date().toISOString() };
+    this.dropRecent(env.id);
+    this.noStateFile.delete(env.id);
     await this.writeEnvelope(this.envelopePath(env.id), failed);
     await this.finishMove(env.id, this.dir, this.failedDir);
     return failed;
@@ -472,6 +496,23 @@ export class Spool {
     for (const f of files) await unlinkQuiet(f);
     await this.syncDir(this.corruptDir);
     return true;
+  }
+
+  private keepRecent(id: string, bytes: Buffer): void {
+    this.recent.set(id, bytes);
+    this.recentBytes += bytes.length;
+    for (const [old, b] of this.recent) {
+      if (this.recentBytes <= RECENT_MAX_BYTES) break;
+      this.recent.delete(old);
+      this.recentBytes -= b.length;
+    }
+  }
+
+  private dropRecent(id: string): void {
+    const b = this.recent.get(id);
+    if (!b) return;
+    this.recent.delete(id);
+    this.recentBytes -= b.length;
   }
 
   /** Renames the message file(s) then ID.json from one folder to the other (each step idempotent), then makes both durable. */

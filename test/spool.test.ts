@@ -379,6 +379,7 @@ test('disk full while writing the message: SpoolWriteError, no partial files, sp
         // and once there is room, mail flows again
         const env = await spool.receive([MSG], meta);
         assert.deepEqual(await readMessage(spool.message(env)), MSG);
+        await spool.close(); // its directory descriptor would keep the tmpfs busy
       } finally {
         umount(state);
       }
@@ -427,6 +428,7 @@ test('no inode for the queue file: SpoolWriteError, the message drained, nothing
       await assert.rejects(spool.receive([MSG], meta), (e: unknown) => e instanceof SpoolWriteError && /ENOSPC/.test((e as Error).message));
       assert.deepEqual(await spoolFiles(spool), []);
       assert.deepEqual(await spool.list(), []);
+      await spool.close();
     } finally {
       umount(state);
     }

@@ -30,6 +30,7 @@ export async function localOperations(config: Config, log: Logger, op: OpName): 
     ops,
     close: async () => {
       await worker.flush();
+      await spool.close();
       tokens.stop();
     },
   };

@@ -226,6 +226,7 @@ export class Bridge {
     this.tokens.stop();
     await this.upstream.close();
     await this.http.stop();
+    await this.spool.close();
     await this.lock?.release();
     this.lock = undefined;
     this.log.info('xoauth2-bridge stopped');

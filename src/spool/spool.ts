@@ -15,7 +15,9 @@ import { join } from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import type { MessageSource, Recipient, SpooledEnvelope } from '../types.js';
 import type { Logger } from '../log/logger.js';
-import { fsyncDir, safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
+import { open as openFd, fsync as fsyncFd, close as closeFd } from 'node:fs';
+import { promisify } from 'node:util';
+import { safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
 import { openMessage } from './message.js';
 
 export { openMessage, readMessage } from './message.js';
@@ -136,6 +138,8 @@ export class Spool {
   /** Messages received by this process (oldest first), bytes kept while they fit RECENT_MAX_BYTES. */
   private readonly recent = new Map<string, Buffer>();
   private recentBytes = 0;
+  /** Directories kept open for their fsyncs (plain descriptors: a spool lives as long as its process; close() ends them). */
+  private readonly dirFds = new Map<string, Promise<number>>();
   /** Received by this process and never given an ID.json: remove() has no envelope file to delete. */
   private readonly noStateFile = new Set<string>();
 
@@ -564,7 +568,7 @@ export class Spool {
     if (!st) this.dirSyncs.set(dir, (st = { running: null, next: null }));
     const state = st;
     const start = (): Promise<void> => {
-      const p: Promise<void> = fsyncDir(dir).finally(() => {
+      const p: Promise<void> = this.fsyncDirFd(dir).finally(() => {
         if (state.running === p) state.running = null;
       });
       state.running = p;
@@ -578,6 +582,24 @@ export class Spool {
         return start();
       });
     return state.next;
+  }
+
+  /** One open descriptor per directory instead of an open and a close around every fsync. */
+  private async fsyncDirFd(dir: string): Promise<void> {
+    let fd = this.dirFds.get(dir);
+    if (!fd) {
+      fd = promisify(openFd)(dir, 'r');
+      this.dirFds.set(dir, fd);
+      fd.catch(() => this.dirFds.delete(dir));
+    }
+    await promisify(fsyncFd)(await fd);
+  }
+
+  /** Closes the directories held open for fsyncs (daemon stop); the spool reopens them if used again. */
+  async close(): Promise<void> {
+    const fds = [...this.dirFds.values()];
+    this.dirFds.clear();
+    for (const fd of fds) await fd.then((n) => promisify(closeFd)(n)).catch(() => {});
   }
 
   private async readEnvelopes(dir: string): Promise<SpooledEnvelope[]> {

@@ -1,13 +1,16 @@
 #!/usr/bin/env node
 // `npm test`: type-checks (tsc --noEmit, alongside the first pass), builds the CLI once (as
-// the npm package ships it) for the tests that spawn it, then runs the test files in two
+// the npm package ships it) for the tests that spawn it and compiles the tests to JavaScript
+// (failures then point at the compiled file: its lines are the source's, minus the types),
+// then runs the test files in two
 // passes of node:test, one process per file: every file not listed below several at a time
 // (they share no state: temp dirs, port 0 or freePort()), then the listed ones one at a time.
 // Exits non-zero if the typecheck or either pass failed.
 //   node test/run.mjs [--node-test-option ...] [test/foo.test.ts ...]   (default: every test/*.test.ts)
 //   XOAUTH2_BRIDGE_TEST_CONCURRENCY=N          (files at once in the first pass; default 4)
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { build } from 'esbuild';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -32,12 +35,29 @@ const files = named.length
   ? named
   : readdirSync(join(root, 'test')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test', f));
 
-// Inside the checkout, so the bundle's bare imports resolve from node_modules.
+// Inside the checkout, so bare imports resolve from its node_modules.
 mkdirSync(join(root, '.tmp'), { recursive: true });
-const cliDir = mkdtempSync(join(root, '.tmp', 'test-cli-'));
-process.on('exit', () => rmSync(cliDir, { recursive: true, force: true }));
-execFileSync(process.execPath, [join(root, 'packaging', 'build.mjs'), '--outdir', cliDir], { stdio: ['ignore', 'ignore', 'inherit'] });
-const env = { ...process.env, XOAUTH2_BRIDGE_TEST_CLI: join(cliDir, 'main.mjs') };
+const work = mkdtempSync(join(root, '.tmp', 'test-run-'));
+process.on('exit', () => rmSync(work, { recursive: true, force: true }));
+execFileSync(process.execPath, [join(root, 'packaging', 'build.mjs'), '--outdir', join(work, 'cli')], { stdio: ['ignore', 'ignore', 'inherit'] });
+const env = { ...process.env, XOAUTH2_BRIDGE_TEST_CLI: join(work, 'cli', 'main.mjs') };
+
+// The tests and sources compiled to JavaScript once (esbuild, one file each, imports kept), so no
+// test process starts tsx: a copy of the checkout with src/ and test/ compiled and everything
+// else linked, so paths the tests derive from their own location still lead to the checkout.
+const tree = join(work, 'tree');
+const sources = ['src', 'test'].flatMap((d) =>
+  readdirSync(join(root, d), { recursive: true }).filter((f) => f.endsWith('.ts')).map((f) => join(root, d, f)),
+);
+await build({ entryPoints: sources, outdir: tree, outbase: root, format: 'esm', platform: 'node', target: 'node22', logLevel: 'warning' });
+for (const entry of readdirSync(root)) {
+  if (!['src', 'test', '.tmp', '.git'].includes(entry)) symlinkSync(join(root, entry), join(tree, entry));
+}
+mkdirSync(join(tree, '.tmp')); // e.g. the unpacked Exim, but not the runs' own trees
+for (const entry of readdirSync(join(root, '.tmp'))) {
+  if (!entry.startsWith('test-run-')) symlinkSync(join(root, '.tmp', entry), join(tree, '.tmp', entry));
+}
+const compiled = (f) => join(tree, 'test', basename(f).replace(/\.ts$/, '.js'));
 
 function exitOf(child) {
   return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
@@ -45,7 +65,7 @@ function exitOf(child) {
 
 function pass(list, n) {
   if (list.length === 0) return Promise.resolve(0);
-  return exitOf(spawn(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${n}`, ...options, ...list], { cwd: root, env, stdio: 'inherit' }));
+  return exitOf(spawn(process.execPath, ['--test', `--test-concurrency=${n}`, ...options, ...list.map(compiled)], { cwd: root, env, stdio: 'inherit' }));
 }
 
 // Its output is printed at the end, not in the middle of the tests'.

@@ -363,11 +363,17 @@ test('restart: every spooled message is picked up, including one in flight when 
 });
 
 test('concurrency: never more than queue.concurrency sends, each message sent exactly once', async () => {
-  const h = await setup({ queue: { concurrency: 3 }, script: async (env) => (await sleep(40), ok(env)) });
+  // The sends wait on a gate until all 10 are queued and 3 are in flight (a 40 ms sleep could
+  // end before the next message is queued on a loaded machine, and 3 never run at once).
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const h = await setup({ queue: { concurrency: 3 }, script: async (env) => (await gate, ok(env)) });
   try {
     await h.worker.start();
     const ids: string[] = [];
     for (let i = 0; i < 10; i++) ids.push((await h.queue()).id);
+    await waitFor(() => h.upstream.inFlight === 3, 5000, 'three sends in flight');
+    release();
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'all delivered');
     assert.equal(h.upstream.maxInFlight, 3);
     assert.deepEqual(h.upstream.calls.map((c) => c.id).sort(), ids.sort());

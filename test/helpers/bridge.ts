@@ -78,7 +78,8 @@ export async function spawnBridge(configFile: string, env: NodeJS.ProcessEnv = {
   const exited = once(child, 'exit').then(([code]) => code as number | null);
   const ports = await new Promise<Record<string, number>>((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error('bridge did not start within 20 s:\n' + stderr.join('\n'))), 20_000);
+    // Generous: with four test files at once on a loaded 2-core machine a start took over 20 s.
+    const timer = setTimeout(() => reject(new Error('bridge did not start within 60 s:\n' + stderr.join('\n'))), 60_000);
     child.stderr!.on('data', (d: Buffer) => {
       buf += d.toString();
       let i;

@@ -88,7 +88,8 @@ test('transient: retried with growing backoff, attempts and last error persisted
   try {
     await h.worker.start();
     const env = await h.queue();
-    await waitFor(async () => (await h.spool.get(env.id))?.attempts === 1, 5000, 'first deferral persisted');
+    // The deferred line is written after the spool update: wait for both.
+    await waitFor(async () => ((await h.spool.get(env.id))?.attempts ?? 0) >= 1 && h.log.events('deferred').length >= 1, 5000, 'first deferral persisted and logged');
     const stored = (await h.spool.get(env.id))!;
     assert.equal(stored.lastReply, reply);
     const retryIn = Number(h.log.events('deferred')[0].retryIn);

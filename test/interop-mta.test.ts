@@ -136,7 +136,7 @@ test('Exim as smarthost client: every message arrives exactly once (it sends `.`
   assertNoSecrets(b.logs.join('\n'), secretsOf(world));
 });
 
-test("Postfix as smarthost client: its own bounce (null sender, From: MAILER-DAEMON@its host) is relayed, not refused", { timeout: 120_000 }, async (t) => {
+test("Postfix as smarthost client (README recipe): cron mail from root@host rewritten by sender_canonical_maps is relayed; its own bounce (null sender, From: MAILER-DAEMON@its host) is relayed, not refused", { timeout: 120_000 }, async (t) => {
   if (!(await available('postfix', () => access('/usr/sbin/postfix', constants.X_OK), t))) return;
   if (process.getuid?.() !== 0) {
     if (REQUIRE) assert.fail('the Postfix test needs root to start its master');
@@ -181,7 +181,11 @@ test("Postfix as smarthost client: its own bounce (null sender, From: MAILER-DAE
     biff: 'no',
     maillog_file: join(root, 'maillog'),
     maillog_file_prefixes: root,
+    // README "Point clients at it": every sender but the MTA's own notices becomes the account's address.
+    sender_canonical_maps: `regexp:${join(conf, 'sender_canonical')}`,
   };
+  // An address (not the null sender, which a bare `!/…/` would match too) that is not the MTA's own.
+  await writeFile(join(conf, 'sender_canonical'), 'if !/^(MAILER-DAEMON|postmaster)@/\n/@/    scanner@example.com\nendif\n');
   await writeFile(join(conf, 'main.cf'), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
   // Debian's master.cf without chroot (the temp tree has no /etc copies), our own loopback smtpd.
   const master = (await readFile('/etc/postfix/master.cf', 'utf8'))
@@ -198,6 +202,9 @@ test("Postfix as smarthost client: its own bounce (null sender, From: MAILER-DAE
     // and Postfix sends its bounce to the (remote) sender through the relayhost, the bridge.
     const c = await connectWhenListening(port);
     assert.equal((await c.cmd('EHLO client.test')).code, 250);
+    // Cron's mail: root@ the host, in the envelope and in From.
+    const cron = await c.sendRaw('root@postfix.test', ['admin@example.org'], 'From: Cron Daemon <root@postfix.test>\r\nTo: admin@example.org\r\nSubject: cron job\r\n\r\nbackup done\r\n.\r\n');
+    assert.equal(cron.code, 250, cron.lines.join());
     const r = await c.sendRaw('scanner@example.com', ['nobody@postfix.test'], 'From: scanner@example.com\r\nTo: nobody@postfix.test\r\nSubject: to nobody\r\n\r\nhello\r\n.\r\n');
     assert.equal(r.code, 250, r.lines.join());
     await c.quit();
@@ -206,6 +213,12 @@ test("Postfix as smarthost client: its own bounce (null sender, From: MAILER-DAE
         throw new Error(`${e.message}; postfix log:\n${await log()}\nbridge:\n${b.logs.filter((l) => /rejected|553/.test(l)).join('\n')}`);
       },
     );
+    await waitFor(() => world.gmail.messages.some((m) => m.rcptTo.includes('admin@example.org')), 30_000, 'the cron mail at fake Gmail').catch(async (e: Error) => {
+      throw new Error(`${e.message}; postfix log:\n${await log()}\nbridge:\n${b.logs.filter((l) => /rejected|553/.test(l)).join('\n')}`);
+    });
+    const cronMail = world.gmail.messages.find((m) => m.rcptTo.includes('admin@example.org'))!;
+    assert.equal(cronMail.mailFrom, 'scanner@example.com');
+    assert.match(splitReceived(cronMail.raw).rest.toString('latin1'), /^From: Cron Daemon <scanner@example\.com>\r$/m);
     const bounce = world.gmail.messages.find((m) => m.mailFrom === '' && m.rcptTo.includes('scanner@example.com'))!;
     const text = splitReceived(bounce.raw).rest.toString('latin1');
     assert.match(text, /^From: Mail Delivery System <MAILER-DAEMON@postfix\.test>\r$/m);

@@ -372,7 +372,9 @@ test('token request policy: a timed-out request is not retried, a dropped connec
   const w = await oauthWorld();
   try {
     assert.equal(DEFAULT_TIMEOUT_MS, 10_000);
-    const svc = new TokenService({ config: w.config(), log: nullLogger, http: { timeoutMs: 300 } });
+    // Long enough that the requests which are answered never time out on a loaded machine (300 ms did
+    // at load 20); only the hanging one waits for it.
+    const svc = new TokenService({ config: w.config(), log: nullLogger, http: { timeoutMs: 2000 } });
     await svc.init();
     await svc.importRefreshToken('office', w.refreshToken);
     const sent = async (kind: 'hang' | 'reset' | 'http500', n: number, ok: boolean) => {

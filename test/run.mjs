@@ -39,6 +39,12 @@ const files = named.length
 mkdirSync(join(root, '.tmp'), { recursive: true });
 const work = mkdtempSync(join(root, '.tmp', 'test-run-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
+const children = new Set();
+for (const sig of ['SIGINT', 'SIGTERM'])
+  process.on(sig, () => {
+    for (const c of children) c.kill(sig);
+    process.exit(130);
+  });
 execFileSync(process.execPath, [join(root, 'packaging', 'build.mjs'), '--outdir', join(work, 'cli')], { stdio: ['ignore', 'ignore', 'inherit'] });
 const env = { ...process.env, XOAUTH2_BRIDGE_TEST_CLI: join(work, 'cli', 'main.mjs') };
 
@@ -60,7 +66,13 @@ for (const entry of readdirSync(join(root, '.tmp'))) {
 const compiled = (f) => join(tree, 'test', basename(f).replace(/\.ts$/, '.js'));
 
 function exitOf(child) {
-  return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  children.add(child);
+  return new Promise((resolve) =>
+    child.on('exit', (code, signal) => {
+      children.delete(child);
+      resolve(code ?? (signal ? 1 : 0));
+    }),
+  );
 }
 
 function pass(list, n) {

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import type { MessageSource, Recipient, SpooledEnvelope } from '../types.js';
 import type { Logger } from '../log/logger.js';
-import { open as openFd, fsync as fsyncFd, close as closeFd } from 'node:fs';
+import { open as openCb, fsync as fsyncCb, close as closeCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
 import { openMessage } from './message.js';
@@ -119,6 +119,11 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+// Plain descriptors for the directories the spool keeps open (see fsyncDirFd).
+const openFd = promisify(openCb);
+const fsyncFd = promisify(fsyncCb);
+const closeFd = promisify(closeCb);
 
 /** The footer that ends every queue file: "\nXB3 <length of the envelope JSON before it>\n". */
 const FOOTER_RE = /\nXB3 (\d{1,10})\n$/;
@@ -588,18 +593,18 @@ export class Spool {
   private async fsyncDirFd(dir: string): Promise<void> {
     let fd = this.dirFds.get(dir);
     if (!fd) {
-      fd = promisify(openFd)(dir, 'r');
+      fd = openFd(dir, 'r');
       this.dirFds.set(dir, fd);
       fd.catch(() => this.dirFds.delete(dir));
     }
-    await promisify(fsyncFd)(await fd);
+    await fsyncFd(await fd);
   }
 
   /** Closes the directories held open for fsyncs (daemon stop); the spool reopens them if used again. */
   async close(): Promise<void> {
     const fds = [...this.dirFds.values()];
     this.dirFds.clear();
-    for (const fd of fds) await fd.then((n) => promisify(closeFd)(n)).catch(() => {});
+    for (const fd of fds) await fd.then((n) => closeFd(n)).catch(() => {});
   }
 
   private async readEnvelopes(dir: string): Promise<SpooledEnvelope[]> {

@@ -2,31 +2,19 @@
 // the service-account assertion, and check-config refusing it for Microsoft accounts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import https from 'node:https';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { authorize } from '../src/oauth/authorize.js';
 import { TokenService } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
-import { oauthWorld, collect, type OAuthWorld } from './helpers/oauth.js';
+import { oauthWorld, collect, type OAuthWorld, consent } from './helpers/oauth.js';
 import { CLI } from './helpers/bridge.js';
 
 const FULL = 'https://mail.google.com/';
 const SEND = 'https://www.googleapis.com/auth/gmail.send';
 
-function consent(w: OAuthWorld, url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    https
-      .get(url, { ca: readFileSync(w.caFile) }, (res) => {
-        res.resume();
-        if (res.statusCode !== 302 || !res.headers.location) reject(new Error(`consent page answered ${res.statusCode}`));
-        else resolve(res.headers.location);
-      })
-      .on('error', reject);
-  });
-}
 
 for (const [transport, scopes] of [
   ['gmail-api', [SEND]],

@@ -1,9 +1,8 @@
 // `authorize`: auth code + PKCE + state against the fake consent page and token endpoint.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import https from 'node:https';
 import http from 'node:http';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { authorize } from '../src/oauth/authorize.js';
@@ -11,20 +10,8 @@ import { TokenService } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
 import { authorizeCommand } from '../src/cli/token.js';
 import { nullLogger } from '../src/log/logger.js';
-import { oauthWorld, collect, type OAuthWorld } from './helpers/oauth.js';
+import { oauthWorld, collect, type OAuthWorld, consent } from './helpers/oauth.js';
 
-/** Plays the browser at the consent page: GET the auth URL, return the redirect Location. */
-function consent(w: OAuthWorld, url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    https
-      .get(url, { ca: readFileSync(w.caFile) }, (res) => {
-        res.resume();
-        if (res.statusCode !== 302 || !res.headers.location) reject(new Error(`consent page answered ${res.statusCode}`));
-        else resolve(res.headers.location);
-      })
-      .on('error', reject);
-  });
-}
 
 function httpGet(url: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {

@@ -1,6 +1,8 @@
 // Shared setup for the OAuth tests: a test CA, the fake token endpoint over HTTPS, one
 // registered client with a refresh token, a config pointing at them and a log capture.
 import { mkdtemp, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -85,4 +87,17 @@ export function collect(): { stream: PassThrough; text(): string } {
   const chunks: Buffer[] = [];
   stream.on('data', (c: Buffer) => chunks.push(c));
   return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
+}
+
+/** Plays the browser at the consent page: GET the auth URL, return the redirect Location. */
+export function consent(w: OAuthWorld, url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    https
+      .get(url, { ca: readFileSync(w.caFile) }, (res) => {
+        res.resume();
+        if (res.statusCode !== 302 || !res.headers.location) reject(new Error(`consent page answered ${res.statusCode}`));
+        else resolve(res.headers.location);
+      })
+      .on('error', reject);
+  });
 }

@@ -20,6 +20,13 @@ export async function procStatus(pid: number): Promise<{ rss: number; hwm: numbe
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') };
 }
 
+/** The big message may raise the peak only by the fixed cost the small one already showed:
+ * holding it in memory anywhere would add at least the size difference (20 MB). */
+export function assertFlatPeak(afterSmall: { hwm: number }, after: { hwm: number }): void {
+  const extra = after.hwm - afterSmall.hwm;
+  assert.ok(extra < 20 * 2 ** 20, `peak RSS rose ${mb(extra)} MB more for the 25 MB message than for the 5 MB one`);
+}
+
 export async function writeBigMessage(file: string, bytes: number): Promise<number> {
   const out = createWriteStream(file);
   const head = 'From: scanner@example.com\r\nTo: big@example.org\r\nSubject: 25 MB scan\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n';

@@ -41,9 +41,13 @@ async function list(configFile: string): Promise<Row[]> {
   return JSON.parse(r.stdout) as Row[];
 }
 
+// The retry step, short so the checks that nothing is retried (a hold, a delete) wait past it briefly.
+const RETRY = '400ms';
+const PAST_RETRY = 1200; // ms: three retry steps
+
 async function setup(overrides: Record<string, unknown> = {}): Promise<{ world: FakeWorld; configFile: string; d: SpawnedBridge; stop: () => Promise<void> }> {
   const world = await startFakeWorld();
-  const configFile = await writeBridgeConfig(world, bridgeConfig(world, { queue: { retry: ['1s'] }, log: { level: 'info', format: 'json' }, ...overrides }));
+  const configFile = await writeBridgeConfig(world, bridgeConfig(world, { queue: { retry: [RETRY] }, log: { level: 'info', format: 'json' }, ...overrides }));
   importToken(configFile, world);
   const d = await spawnBridge(configFile);
   return {
@@ -129,7 +133,7 @@ test('hold, release and delete during an attempt in flight act on its result', {
     const [row] = await list(h.configFile);
     assert.deepEqual([row.id, row.state, row.reason, row.rcpts[0].status], [held, 'held', 'operator', 'deferred']);
     assert.match((await cli('queue', 'list', '-c', h.configFile)).stdout, new RegExp(`${held}.*held: operator`));
-    await sleep(2500); // past the 1 s retry step
+    await sleep(PAST_RETRY);
     assert.equal(received(h.world, 'held@example.org'), 0, 'an operator hold is not retried');
     assert.equal((await cli('queue', 'release', 'NOSUCHID0000000', '-c', h.configFile)).code, 1);
     const rel = await cli('queue', 'release', held, '-c', h.configFile);
@@ -148,7 +152,7 @@ test('hold, release and delete during an attempt in flight act on its result', {
     assert.equal(dr.code, 0, dr.stderr);
     assert.match(dr.stdout, new RegExp(`${gone}: deleted from the queue`));
     assert.deepEqual(await list(h.configFile), []);
-    await sleep(2000);
+    await sleep(PAST_RETRY);
     assert.equal(received(h.world, 'gone@example.org'), 0, 'a deleted message is never sent');
 
     // retry of a message the attempt delivered: nothing left, the CLI says so and exits 1.
@@ -180,7 +184,7 @@ test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 
     const all = await cli('queue', 'retry', '--all', '-c', h.configFile);
     assert.equal(all.code, 0, all.stderr);
     assert.match(all.stdout, /^0 messages scheduled for immediate retry; 2 left under their account's quota hold \(add --force/);
-    await sleep(1500);
+    await sleep(PAST_RETRY);
     assert.equal(h.world.gmail.messages.length, 0, 'nothing sent under the quota hold');
     const forced = await cli('queue', 'retry', '--all', '--force', '-c', h.configFile);
     assert.equal(forced.code, 0, forced.stderr);
@@ -226,7 +230,7 @@ test('the CLI without a daemon acts on the files itself; the daemon started late
     h.world.gmail.down(false);
     const d2 = await spawnBridge(h.configFile);
     try {
-      await sleep(2500);
+      await sleep(PAST_RETRY);
       assert.equal(received(h.world, 'later@example.org'), 0, 'the hold survived the restart');
       assert.equal((await cli('queue', 'release', id, '-c', h.configFile)).code, 0);
       await waitFor(() => received(h.world, 'later@example.org') === 1, 10_000, 'delivered after release');

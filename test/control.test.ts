@@ -41,9 +41,20 @@ async function list(configFile: string): Promise<Row[]> {
   return JSON.parse(r.stdout) as Row[];
 }
 
-// The retry step, short so the checks that nothing is retried (a hold, a delete) wait past it briefly.
+// The retry step, short so the checks that nothing is retried (a hold, a delete) are brief.
 const RETRY = '400ms';
-const PAST_RETRY = 1200; // ms: three retry steps
+
+/**
+ * Returns once the daemon has retried a message after a retry step: a canary refused once
+ * (451 at RCPT), then delivered. A message the worker must leave alone (held, deleted) and
+ * deferred before the canary's first attempt would have been retried by then.
+ */
+async function pastARetryStep(world: FakeWorld, port: number, tag: string): Promise<void> {
+  const rcpt = `canary-${tag}@example.org`;
+  world.gmail.script({ stage: 'rcpt', rcpt, reply: '451 4.3.0 canary: try later' });
+  await send(world, port, [rcpt]);
+  await waitFor(() => received(world, rcpt) === 1, 10_000, `the canary ${rcpt} delivered on its retry`);
+}
 
 async function setup(overrides: Record<string, unknown> = {}): Promise<{ world: FakeWorld; configFile: string; d: SpawnedBridge; stop: () => Promise<void> }> {
   const world = await startFakeWorld();
@@ -133,7 +144,7 @@ test('hold, release and delete during an attempt in flight act on its result', {
     const [row] = await list(h.configFile);
     assert.deepEqual([row.id, row.state, row.reason, row.rcpts[0].status], [held, 'held', 'operator', 'deferred']);
     assert.match((await cli('queue', 'list', '-c', h.configFile)).stdout, new RegExp(`${held}.*held: operator`));
-    await sleep(PAST_RETRY);
+    await pastARetryStep(h.world, h.d.ports.local, 'hold');
     assert.equal(received(h.world, 'held@example.org'), 0, 'an operator hold is not retried');
     assert.equal((await cli('queue', 'release', 'NOSUCHID0000000', '-c', h.configFile)).code, 1);
     const rel = await cli('queue', 'release', held, '-c', h.configFile);
@@ -152,7 +163,7 @@ test('hold, release and delete during an attempt in flight act on its result', {
     assert.equal(dr.code, 0, dr.stderr);
     assert.match(dr.stdout, new RegExp(`${gone}: deleted from the queue`));
     assert.deepEqual(await list(h.configFile), []);
-    await sleep(PAST_RETRY);
+    await pastARetryStep(h.world, h.d.ports.local, 'delete');
     assert.equal(received(h.world, 'gone@example.org'), 0, 'a deleted message is never sent');
 
     // retry of a message the attempt delivered: nothing left, the CLI says so and exits 1.
@@ -184,7 +195,8 @@ test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 
     const all = await cli('queue', 'retry', '--all', '-c', h.configFile);
     assert.equal(all.code, 0, all.stderr);
     assert.match(all.stdout, /^0 messages scheduled for immediate retry; 2 left under their account's quota hold \(add --force/);
-    await sleep(PAST_RETRY);
+    // The whole account is held, so no canary can show a retry step passing: wait three steps.
+    await sleep(1200);
     assert.equal(h.world.gmail.messages.length, 0, 'nothing sent under the quota hold');
     const forced = await cli('queue', 'retry', '--all', '--force', '-c', h.configFile);
     assert.equal(forced.code, 0, forced.stderr);
@@ -230,7 +242,7 @@ test('the CLI without a daemon acts on the files itself; the daemon started late
     h.world.gmail.down(false);
     const d2 = await spawnBridge(h.configFile);
     try {
-      await sleep(PAST_RETRY);
+      await pastARetryStep(h.world, d2.ports.local, 'restart');
       assert.equal(received(h.world, 'later@example.org'), 0, 'the hold survived the restart');
       assert.equal((await cli('queue', 'release', id, '-c', h.configFile)).code, 0);
       await waitFor(() => received(h.world, 'later@example.org') === 1, 10_000, 'delivered after release');

@@ -128,7 +128,10 @@ export function sendRaw(pool: SMTPPool, id: string, env: RawEnvelope, msg: Messa
     // header travels untouched inside the bytes.
     messageId: () => id,
     getHeader: (key: string) => (key.toLowerCase() === 'message-id' ? id : undefined),
-    createReadStream: () => openMessage(msg),
+    // 32 KB reads, not the default 64 KB: 20 concurrent 20 MB messages peaked at 131 MB RSS
+    // instead of 137 MB, for 76 instead of 83 MB/s (`npm run bench -- --only 3`, twice each).
+    // Small messages come from memory and are not read at all.
+    createReadStream: () => openMessage(msg, { highWaterMark: 32 * 1024 }),
   };
   return new Promise((resolve, reject) => {
     pool.send({ data: {}, message } as never, (err: Error | null, info?: unknown) => {

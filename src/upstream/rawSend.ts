@@ -128,9 +128,9 @@ export function sendRaw(pool: SMTPPool, id: string, env: RawEnvelope, msg: Messa
     // header travels untouched inside the bytes.
     messageId: () => id,
     getHeader: (key: string) => (key.toLowerCase() === 'message-id' ? id : undefined),
-    // 32 KB reads, not the default 64 KB: 20 concurrent 20 MB messages peaked at 131 MB RSS
-    // instead of 137 MB, for 76 instead of 83 MB/s (`npm run bench -- --only 3`, twice each).
-    // Small messages come from memory and are not read at all.
+    // 32 KB reads, not the default 64 KB: 20 concurrent 20 MB messages peaked at 131-136 MB RSS
+    // instead of 137 MB (`npm run bench -- --only 3`), at 76-89 MB/s against 83 (run to run
+    // noise). Small messages come from memory and are not read at all.
     createReadStream: () => openMessage(msg, { highWaterMark: 32 * 1024 }),
   };
   return new Promise((resolve, reject) => {

@@ -42,7 +42,8 @@ async function list(configFile: string): Promise<Row[]> {
 }
 
 // The retry step, short so the checks that nothing is retried (a hold, a delete) are brief.
-const RETRY = '400ms';
+const RETRY_MS = 400;
+const RETRY = `${RETRY_MS}ms`;
 
 /**
  * Returns once the daemon has retried a message after a retry step: a canary refused once
@@ -203,7 +204,7 @@ test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 
     assert.equal(all.code, 0, all.stderr);
     assert.match(all.stdout, /^0 messages scheduled for immediate retry; 2 left under their account's quota hold \(add --force/);
     // The whole account is held, so no canary can show a retry step passing: wait three steps.
-    await sleep(1200);
+    await sleep(3 * RETRY_MS);
     assert.equal(h.world.gmail.messages.length, 0, 'nothing sent under the quota hold');
     const forced = await cli('queue', 'retry', '--all', '--force', '-c', h.configFile);
     assert.equal(forced.code, 0, forced.stderr);
@@ -252,7 +253,7 @@ test('the CLI without a daemon acts on the files itself; the daemon started late
       // Three retry steps. (A canary here, right after the fake Gmail came back up and a fresh
       // daemon started, once went undelivered for 10 s in CI on Node 26; not reproduced in 18
       // loaded runs, so this case keeps the plain wait until that is understood.)
-      await sleep(1200);
+      await sleep(3 * RETRY_MS);
       assert.equal(received(h.world, 'later@example.org'), 0, 'the hold survived the restart');
       assert.equal((await cli('queue', 'release', id, '-c', h.configFile)).code, 0);
       await waitFor(() => received(h.world, 'later@example.org') === 1, 10_000, 'delivered after release');

@@ -250,10 +250,7 @@ test('the CLI without a daemon acts on the files itself; the daemon started late
     h.world.gmail.down(false);
     const d2 = await spawnBridge(h.configFile);
     try {
-      // Three retry steps. (A canary here, right after the fake Gmail came back up and a fresh
-      // daemon started, once went undelivered for 10 s in CI on Node 26; not reproduced in 18
-      // loaded runs, so this case keeps the plain wait until that is understood.)
-      await sleep(3 * RETRY_MS);
+      await pastARetryStep(h.world, d2, 'restart');
       assert.equal(received(h.world, 'later@example.org'), 0, 'the hold survived the restart');
       assert.equal((await cli('queue', 'release', id, '-c', h.configFile)).code, 0);
       await waitFor(() => received(h.world, 'later@example.org') === 1, 10_000, 'delivered after release');

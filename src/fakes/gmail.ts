@@ -186,19 +186,21 @@ export class FakeGmail {
   }
 
   /**
-   * down(true): stop listening and drop every open connection (Gmail unreachable: connection
-   * refused). down(false): listen again on the same port.
+   * down(true): drop every open connection and close each new one at once (Gmail unreachable).
+   * The port stays bound: closing the listener and binding again later could fail when another
+   * process's outgoing connection took the free port as its local one meanwhile (it is in the
+   * ephemeral range), and the fake would then stay down. maxConnections 0 makes Node close each
+   * accepted connection before smtp-server sees it. down(false): accept again.
    */
   down(flag: boolean): void {
     if (flag === this.isDown) return;
     this.isDown = flag;
     if (flag) {
-      this.smtp.server.close();
+      this.smtp.server.maxConnections = 0;
       for (const s of this.sockets) s.destroy();
       this.sockets.clear();
     } else {
-      // Binding to an IP literal happens synchronously, so connections right after this work.
-      this.smtp.server.listen(this.port, this.host);
+      this.smtp.server.maxConnections = Infinity;
     }
   }
 

@@ -546,7 +546,7 @@ interface ClientsRun {
   t250: number[];
   auths: number;
   cpuSec: number;
-  /** This process's CPU over the run: the 16 clients and the fake Gmail receiving. */
+  /** This process's CPU over the run: the clients and the fake Gmail receiving. */
   harnessCpuSec: number;
 }
 

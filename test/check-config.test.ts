@@ -73,6 +73,26 @@ test('check-config refuses the unedited example config, naming each placeholder 
   assert.match(r.stderr, /users\[0\]\.passwordHash: the example config's placeholder: put the output of `xoauth2-bridge hash-password` here/);
 });
 
+test('check-config prints every problem in one run: schema problems and the files the config names that are missing', async () => {
+  const dir = await tempDir();
+  const example = await readFile(join(ROOT, 'config', 'xoauth2-bridge.example.yaml'), 'utf8');
+  // The example as shipped, with its /etc paths moved under a directory that has none of the files.
+  const file = join(dir, 'config.yaml');
+  await writeFile(file, example.replaceAll('/etc/xoauth2-bridge/', `${dir}/etc/`));
+  const r = await cli(['check-config', '-c', file]);
+  assert.equal(r.code, 2, r.stdout + r.stderr);
+  assert.match(r.stderr, /accounts\[0\]\.oauth\.clientId: the example config's placeholder/);
+  assert.match(r.stderr, /users\[0\]\.passwordHash: the example config's placeholder/);
+  for (const [key, name] of [['listeners[1].certFile', 'tls.crt'], ['listeners[1].keyFile', 'tls.key'], ['accounts[0].oauth.clientSecretFile', 'client-secret']])
+    assert.ok(r.stderr.includes(`  ${key}: ${dir}/etc/${name} does not exist`), `${key} not reported in the same run:\n${r.stderr}`);
+  // A relative path in a config that fails validation is still resolved against the config's directory.
+  const cfg = baseConfig(dir, { oauth: { clientSecret: undefined, clientSecretFile: 'nosuch-secret', clientId: '123.apps.googleusercontent.com' } });
+  const rel = await cli(['check-config', '-c', await writeConfig(dir, cfg, 'rel.yaml')]);
+  assert.equal(rel.code, 2);
+  assert.ok(rel.stderr.includes(`  accounts[0].oauth.clientSecretFile: ${join(dir, 'nosuch-secret')} does not exist`), rel.stderr);
+  assert.match(rel.stderr, /accounts\[0\]\.oauth\.clientId: the example config's placeholder/);
+});
+
 test('password hashes are parsed: a cut or hand-edited $scrypt$ hash is refused, in users and http.adminPasswordHash', async () => {
   const dir = await tempDir();
   const cut = HASH.slice(0, HASH.lastIndexOf('$')); // the hash part lost in a copy-paste

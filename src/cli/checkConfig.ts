@@ -3,7 +3,7 @@
 // it cannot write, and (doctor) a token store without a usable grant. Exit 0 ok, 2 problems.
 import { statSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
-import { ConfigError, type ConfigProblem } from '../config/load.js';
+import { ConfigError, loadConfig, type ConfigProblem } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { namedPaths, type NamedPath } from '../config/files.js';
 import { TokenStore, resolveStoreKey, STORE_FILE } from '../oauth/store.js';
@@ -25,9 +25,13 @@ function describe(st: Stats): string {
 
 /** Problems with the files the config names, as `user` (null: this process) would meet them. */
 export function fileProblems(cfg: Config, configFile: string, user: SystemUser | null): ConfigProblem[] {
+  return pathProblems(namedPaths(cfg), configFile, user);
+}
+
+function pathProblems(named: NamedPath[], configFile: string, user: SystemUser | null): ConfigProblem[] {
   const who = user ? `user ${user.name}` : 'this user';
   const group = user ? (groupName(user.gid) ?? String(user.gid)) : null;
-  const paths: NamedPath[] = [{ key: 'config file', path: configFile, need: 'read' }, ...namedPaths(cfg)];
+  const paths: NamedPath[] = [{ key: 'config file', path: configFile, need: 'read' }, ...named];
   const problems: ConfigProblem[] = [];
   const present = paths.filter((p) => {
     if (statOrNull(p.path)) return true;
@@ -98,6 +102,23 @@ function report(configFile: string, problems: ConfigProblem[], notes: string[], 
   }
   out.write(`${configFile}: ok (${okLine})\n`);
   return 0;
+}
+
+/**
+ * Loads the config for check-config/doctor. An invalid one is reported together with the
+ * problems of the files it names (missing, unreadable), so one run shows everything to fix.
+ */
+export function loadForCheck(configFile: string, asUser: string | undefined): Config {
+  try {
+    return loadConfig(configFile);
+  } catch (e) {
+    if (!(e instanceof ConfigError) || !e.namedFiles.length) throw e;
+    const user = asUser ? resolveUser(asUser) : null;
+    // A key the schema already complained about (e.g. an unreadable clientFile) is said once.
+    const said = new Set(e.problems.map((p) => p.path));
+    const files = pathProblems(e.namedFiles, configFile, user).filter((p) => !said.has(p.path));
+    throw new ConfigError(configFile, [...e.problems, ...files]);
+  }
 }
 
 export function checkConfigCommand(cfg: Config, configFile: string, opts: { asUser?: string }, out: Out, err: Out): number {

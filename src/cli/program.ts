@@ -16,9 +16,9 @@ const CONFIG_DEFAULT_HELP = '$XOAUTH2_BRIDGE_CONFIG, else /etc/xoauth2-bridge/co
 /** "Examples:" under a command's --help. */
 const examples = (...lines: string[]) => '\nExamples:\n' + lines.map((l) => `  $ ${l}`).join('\n') + '\n';
 
-function withConfig(file: string): Config {
+function withConfig(file: string, load: (file: string) => Config = loadConfig): Config {
   try {
-    return loadConfig(file);
+    return load(file);
   } catch (e) {
     if (e instanceof ConfigError) {
       process.stderr.write(e.message + '\n');
@@ -76,7 +76,10 @@ export function buildProgram(): Command {
     .addOption(asUserOpt())
     .addHelpText('after', examples('xoauth2-bridge check-config -c ./config.yaml', 'sudo xoauth2-bridge check-config --as-user xoauth2-bridge'))
     .action((o: { config: string; asUser?: string }) =>
-      run(async () => (await import('./checkConfig.js')).checkConfigCommand(withConfig(o.config), o.config, o, process.stdout, process.stderr)),
+      run(async () => {
+        const c = await import('./checkConfig.js');
+        return c.checkConfigCommand(withConfig(o.config, (f) => c.loadForCheck(f, o.asUser)), o.config, o, process.stdout, process.stderr);
+      }),
     );
 
   program
@@ -86,7 +89,10 @@ export function buildProgram(): Command {
     .addOption(asUserOpt())
     .addHelpText('after', examples('sudo xoauth2-bridge doctor', 'sudo xoauth2-bridge doctor --as-user xoauth2-bridge -c /etc/xoauth2-bridge/config.yaml'))
     .action((o: { config: string; asUser?: string }) =>
-      run(async () => (await import('./checkConfig.js')).doctorCommand(withConfig(o.config), o.config, o, process.stdout, process.stderr)),
+      run(async () => {
+        const c = await import('./checkConfig.js');
+        return c.doctorCommand(withConfig(o.config, (f) => c.loadForCheck(f, o.asUser)), o.config, o, process.stdout, process.stderr);
+      }),
     );
 
   program

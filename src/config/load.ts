@@ -5,6 +5,7 @@ import { resolve, dirname, isAbsolute } from 'node:path';
 import { parseDocument } from 'yaml';
 import { configSchema, type Config } from './schema.js';
 import { readGoogleClientFile } from './clientFile.js';
+import { namedPaths, type NamedPath } from './files.js';
 
 export interface ConfigProblem {
   path: string;
@@ -15,6 +16,8 @@ export class ConfigError extends Error {
   constructor(
     readonly file: string,
     readonly problems: ConfigProblem[],
+    /** The files an invalid config names (resolved), so check-config can check them in the same run. */
+    readonly namedFiles: NamedPath[] = [],
   ) {
     super(
       problems.length === 1 && !problems[0].path
@@ -74,7 +77,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
       problems.push({ path: pathString(issue.path), message });
     }
   }
-  if (problems.length) throw new ConfigError(file, problems);
+  if (problems.length) throw new ConfigError(file, problems, namedPaths(raw ?? {}, abs));
   const cfg = parsed.data!;
   cfg.stateDir = abs(cfg.stateDir);
   for (const l of cfg.listeners) {

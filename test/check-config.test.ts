@@ -107,6 +107,16 @@ test('password hashes are parsed: a cut or hand-edited $scrypt$ hash is refused,
   assert.equal(serve.code, 2, 'serve refuses it too (no login could ever match)');
 });
 
+test('a plaintext users[].password is an unknown key that points to hash-password', async () => {
+  const dir = await tempDir();
+  const cfg = baseConfig(dir);
+  (cfg.users[0] as Record<string, unknown>).password = 'printer-password';
+  const r = await cli(['check-config', '-c', await writeConfig(dir, cfg)]);
+  assert.equal(r.code, 2, r.stdout + r.stderr);
+  assert.match(r.stderr, /users\[0\]\.password: unknown key: users take passwordHash, not a plaintext password; put the output of `xoauth2-bridge hash-password` in passwordHash/);
+  assert.doesNotMatch(r.stderr, /printer-password/, 'the password is not echoed');
+});
+
 test('clientSecret and clientSecretFile together are refused with the key path', async () => {
   const dir = await tempDir();
   await writeFile(join(dir, 'secret'), 's3cret\n');

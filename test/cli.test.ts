@@ -2,14 +2,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { once } from 'node:events';
+import { stringify } from 'yaml';
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI } from './helpers/bridge.js';
-import { verifyPassword } from '../src/listener/passwords.js';
+import { verifyPassword, hashPassword } from '../src/listener/passwords.js';
 
-function cli(args: string[], input?: string, env: NodeJS.ProcessEnv = {}) {
-  const r = spawnSync(process.execPath, [...CLI, ...args], { input, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
+function cli(args: string[], input?: string, env: NodeJS.ProcessEnv = {}, prefix: string[] = []) {
+  const argv = [...prefix, process.execPath, ...CLI, ...args];
+  const r = spawnSync(argv[0], argv.slice(1), { input, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -72,4 +76,36 @@ test('hash-password reads stdin and prints a scrypt hash that verifies', async (
   assert.equal(await verifyPassword('correct horse battery staple', hash), true);
   assert.equal(await verifyPassword('correct horse battery stapl', hash), false);
   assert.doesNotMatch(r.stdout + r.stderr, /correct horse/);
+});
+
+test('serve names listeners[N].port and the fix when the port is taken, or below 1024 without CAP_NET_BIND_SERVICE', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'xoauth2-cli-'));
+  const holder = net.createServer().listen(0, '127.0.0.1');
+  try {
+    await once(holder, 'listening');
+    const taken = (holder.address() as net.AddressInfo).port;
+    const hash = await hashPassword('pw');
+    const config = (port: number) => ({
+      stateDir: join(dir, 'state'),
+      http: { port: 0 },
+      listeners: [{ name: 'local', host: '127.0.0.1', port: 0 }, { name: 'lan', host: '127.0.0.1', port }],
+      accounts: [{ name: 'office', email: 'office@corp.test', oauth: { type: 'user', clientId: 'cid.apps.googleusercontent.com', clientSecret: 'x' } }],
+      users: [{ username: 'printer', passwordHash: hash, account: 'office' }],
+    });
+    const file = join(dir, 'c.yaml');
+    await writeFile(file, stringify(config(taken)));
+    const r = cli(['serve', '-c', file]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`listeners\\[1\\]\\.port: listener \\\\"lan\\\\" cannot listen on 127\\.0\\.0\\.1:${taken}: .*EADDRINUSE.*stop it, or set listeners\\[1\\]\\.port to a free port`));
+
+    // Port 587 without the capability (root with it dropped from the bounding set, as the service user is).
+    if (process.getuid?.() !== 0) return t.skip('needs root to drop CAP_NET_BIND_SERVICE with setpriv');
+    await writeFile(file, stringify(config(587)));
+    const p = cli(['serve', '-c', file], undefined, {}, ['setpriv', '--bounding-set', '-net_bind_service', '--inh-caps', '-net_bind_service', '--']);
+    assert.equal(p.code, 1, p.stderr);
+    assert.match(p.stderr, /listeners\[1\]\.port: .*127\.0\.0\.1:587: .*EACCES.*need CAP_NET_BIND_SERVICE: start the daemon through its systemd unit .*AmbientCapabilities=.*or set listeners\[1\]\.port to a port above 1023/);
+  } finally {
+    holder.close();
+    await rm(dir, { recursive: true, force: true });
+  }
 });

@@ -325,6 +325,9 @@ test('service account: RS256 JWT bearer grant with subject and Gmail scope, veri
     await assert.rejects(bad.getAccessToken('ws'), NeedsReauthError);
     assert.equal(bad.state('ws'), 'needs-reauth');
     assert.match(w.logText(), /domain-wide delegation/);
+    // The Workspace admin enters the numeric client ID (not the email) under domain-wide delegation.
+    const clientId = (JSON.parse(keyJson) as { client_id: string }).client_id;
+    assert.ok(w.logText().includes(`client ID ${clientId}`), w.logText());
     assert.doesNotMatch(w.logText(), /PRIVATE KEY/);
     const pk = (JSON.parse(keyJson) as { private_key: string }).private_key.split('\n')[1];
     assert.ok(!w.logText().includes(pk));

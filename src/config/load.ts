@@ -71,7 +71,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     for (const issue of parsed.error.issues) {
       let message = issue.message;
       if (issue.code === 'unrecognized_keys') {
-        for (const key of issue.keys) problems.push({ path: pathString([...issue.path, key]), message: 'unknown key' });
+        for (const key of issue.keys) problems.push({ path: pathString([...issue.path, key]), message: unknownKeyMessage(issue.path, key) });
         continue;
       }
       problems.push({ path: pathString(issue.path), message });
@@ -100,6 +100,13 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   if (cfg.http.keyFile) cfg.http.keyFile = abs(cfg.http.keyFile);
   if (cfg.alerts.caFile) cfg.alerts.caFile = abs(cfg.alerts.caFile);
   return cfg;
+}
+
+/** "unknown key", with the fix for keys people write by mistake (a plaintext password). */
+function unknownKeyMessage(path: ReadonlyArray<PropertyKey>, key: string): string {
+  if (path.length === 2 && path[0] === 'users' && /^pass(word)?$/i.test(key))
+    return 'unknown key: users take passwordHash, not a plaintext password; put the output of `xoauth2-bridge hash-password` in passwordHash and remove ' + key;
+  return 'unknown key';
 }
 
 /**

@@ -284,7 +284,7 @@ export class Listeners {
 
   private listen(rt: Running): Promise<void> {
     return new Promise((resolve, reject) => {
-      const onError = (err: Error) => reject(new Error(`listener "${rt.cfg.name}" cannot listen on ${rt.cfg.host}:${rt.cfg.port}: ${err.message}`));
+      const onError = (err: Error) => reject(new Error(listenFailure(rt.cfg, this.config.listeners.indexOf(rt.cfg), err)));
       rt.server.server.once('error', onError);
       rt.server.listen(rt.cfg.port, rt.cfg.host, () => {
         rt.server.server.removeListener('error', onError);
@@ -538,4 +538,16 @@ function rewrittenFrom(original: string, owned: string): string {
   // Judged decoded: an encoded word can hide an address in the name.
   const safe = display && !/[@<>\r\n]/.test(decodeEncodedWords(display)) ? display : '';
   return safe ? `${safe} <${owned}>` : owned;
+}
+
+/** Why a listener could not bind, naming its config key and the fix for the common causes. */
+function listenFailure(cfg: ListenerConfig, index: number, err: NodeJS.ErrnoException): string {
+  const key = `listeners[${index}].port`;
+  const head = `${key}: listener "${cfg.name}" cannot listen on ${cfg.host}:${cfg.port}: ${err.message}`;
+  if (err.code === 'EADDRINUSE')
+    return `${head}. Another process holds the port (\`ss -ltnp 'sport = :${cfg.port}'\` shows which): stop it, or set ${key} to a free port`;
+  if (err.code === 'EACCES' && cfg.port < 1024)
+    return `${head}. Ports below 1024 need CAP_NET_BIND_SERVICE: start the daemon through its systemd unit (\`systemctl start xoauth2-bridge\`; the unit grants it with AmbientCapabilities=), or set ${key} to a port above 1023`;
+  if (err.code === 'EADDRNOTAVAIL') return `${head}. No interface has the address ${cfg.host}: fix listeners[${index}].host`;
+  return head;
 }

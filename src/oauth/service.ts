@@ -50,8 +50,16 @@ export interface AccountStatus {
 export function fixHint(account: AccountConfig): string {
   if (account.oauth.type === 'app')
     return `check the app registration in Entra ID (client secret or certificate, SMTP.SendAsApp with admin consent, the Exchange service principal and its mailbox permission: see README "Microsoft 365"), then run: xoauth2-bridge token refresh ${account.name}`;
-  if (account.oauth.type === 'service-account')
-    return `check the key file and the domain-wide delegation of the service account (scope ${scopesFor(account).join(' ')}${account.oauth.subject ? `, subject ${account.oauth.subject}` : ''}), then run: xoauth2-bridge token refresh ${account.name}`;
+  if (account.oauth.type === 'service-account') {
+    // The Admin console's domain-wide delegation takes the key's numeric client ID, not its email.
+    let clientId: string | undefined;
+    try {
+      clientId = readServiceAccountKey(account.oauth.keyFile).client_id;
+    } catch {
+      /* an unreadable key file is its own error; the hint still names scope and subject */
+    }
+    return `check the key file and the domain-wide delegation of the service account (Google Admin console > Security > API controls > Domain-wide delegation: ${clientId ? `client ID ${clientId}` : "the key file's client_id"}, scope ${scopesFor(account).join(' ')}${account.oauth.subject ? `, subject ${account.oauth.subject}` : ''}), then run: xoauth2-bridge token refresh ${account.name}`;
+  }
   return `run: xoauth2-bridge authorize ${account.name}   (or pipe a refresh token into: xoauth2-bridge token import ${account.name})`;
 }
 

@@ -231,7 +231,8 @@ export const configSchema = z
     log: z
       .strictObject({
         level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
-        format: z.enum(['json', 'text']).default('json'),
+        // Unset: text under systemd, JSON elsewhere (src/log/logger.ts, defaultLogFormat).
+        format: z.enum(['json', 'text']).optional(),
       })
       .prefault({}),
     http: z

@@ -18,3 +18,12 @@ export function isJournalStream(fd: number, env: NodeJS.ProcessEnv = process.env
     return false;
   }
 }
+
+/**
+ * `log.format` when the config sets none: text under systemd (it sets INVOCATION_ID for every
+ * unit it starts, JOURNAL_STREAM when stdout/stderr go to the journal), where the journal adds
+ * time, host and priority itself; JSON elsewhere, for log shippers.
+ */
+export function defaultLogFormat(env: NodeJS.ProcessEnv = process.env): 'json' | 'text' {
+  return env.JOURNAL_STREAM || env.INVOCATION_ID ? 'text' : 'json';
+}

@@ -2,7 +2,7 @@
 // for the bunyan-style loggers smtp-server and nodemailer expect.
 import winston from 'winston';
 import { redact, redactString } from './redact.js';
-import { isJournalStream, PRIORITY } from './journal.js';
+import { isJournalStream, defaultLogFormat, PRIORITY } from './journal.js';
 
 export type Level = 'error' | 'warn' | 'info' | 'debug';
 export type Meta = Record<string, unknown>;
@@ -42,20 +42,22 @@ const journalPrefix = winston.format((info) => {
 });
 
 export function createLogger(opts: LogOptions = {}): Logger {
+  const journal = !opts.stream && isJournalStream(2);
+  const textLine = (info: winston.Logform.TransformableInfo) => {
+    const { timestamp, level, message, ...rest } = info;
+    const kv = Object.entries(rest)
+      .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`)
+      .join(' ');
+    // One entry, one line (a multi-line SMTP reply would otherwise split into entries without a
+    // priority); the journal stores time and priority with each line: not repeated in the text.
+    const msg = String(message).replace(/\r/g, '\\r').replace(/\n/g, '\\n');
+    return `${journal ? '' : `${String(timestamp)} ${level}: `}${msg}${kv ? ' ' + kv : ''}`;
+  };
   const lineFormat =
-    opts.format === 'text'
-      ? winston.format.combine(
-          scrub(),
-          winston.format.timestamp(),
-          winston.format.printf(({ timestamp, level, message, ...rest }) => {
-            const kv = Object.entries(rest)
-              .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`)
-              .join(' ');
-            return `${timestamp} ${level}: ${message}${kv ? ' ' + kv : ''}`;
-          }),
-        )
+    (opts.format ?? defaultLogFormat()) === 'text'
+      ? winston.format.combine(scrub(), winston.format.timestamp(), winston.format.printf(textLine))
       : winston.format.combine(scrub(), winston.format.timestamp(), winston.format.json());
-  const format = !opts.stream && isJournalStream(2) ? winston.format.combine(lineFormat, journalPrefix()) : lineFormat;
+  const format = journal ? winston.format.combine(lineFormat, journalPrefix()) : lineFormat;
   const transport = opts.stream
     ? new winston.transports.Stream({ stream: opts.stream })
     : new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug'] });

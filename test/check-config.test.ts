@@ -205,7 +205,28 @@ test('doctor checks as the owner of stateDir: no grant stored is a problem (with
 
     const r = await cli(['doctor', '-c', file]);
     assert.equal(r.code, 2, r.stdout + r.stderr);
-    assert.match(r.stderr, /accounts\[0\]: no grant stored for account office: run `xoauth2-bridge authorize office` \(or `token import office`\)/);
+    assert.ok(r.stderr.includes(`  accounts[0]: no grant stored for account office: run \`xoauth2-bridge authorize office -c ${file}\` (or \`xoauth2-bridge token import office -c ${file}\``), r.stderr);
+    assert.ok(r.stderr.includes(`${file}: grants (accounts that cannot get a token yet):\n  accounts[0]:`), r.stderr);
+    assert.doesNotMatch(r.stderr, /invalid config/, 'a missing grant is not a config error');
+
+    // Root checking a stateDir that belongs to the service user: the command that works as root
+    // runs as that user (the bare one is refused by the root guard): runuser without the unit,
+    // systemd-run with the unit's credential where the unit is installed.
+    await chown(state, nobody.uid, nobody.gid);
+    const unitDir = join(world.dir, 'units'); // the unit search path, not this machine's
+    await mkdir(unitDir);
+    const asRoot = await cli(['doctor', '-c', file], { env: { SYSTEMD_UNIT_PATH: unitDir } });
+    assert.equal(asRoot.code, 2, asRoot.stdout + asRoot.stderr);
+    assert.ok(asRoot.stderr.includes(`run \`runuser -u nobody -- xoauth2-bridge authorize office -c ${file}\``), asRoot.stderr);
+    await writeFile(join(unitDir, 'xoauth2-bridge.service'), await readFile(join(ROOT, 'systemd', 'xoauth2-bridge.service')));
+    const withUnit = await cli(['doctor', '-c', file], { env: { SYSTEMD_UNIT_PATH: unitDir } });
+    const viaSystemd = `systemd-run --quiet --pipe --wait -p User=nobody -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge authorize office -c ${file}`;
+    assert.ok(withUnit.stderr.includes(`run \`${viaSystemd}\``), withUnit.stderr);
+    // The suggested command is one the root guard lets through: it names the same form itself.
+    const guard = await cli(['authorize', 'office', '-c', file]);
+    assert.equal(guard.code, 2);
+    assert.ok(guard.stderr.includes(`  runuser -u nobody -- xoauth2-bridge authorize office -c ${file}`), guard.stderr);
+    await chown(state, 0, 0);
 
     // Provisioned as root while the directory is still root's, then handed to the service user.
     const imp = await cli(['token', 'import', 'office', '-c', file], { input: world.account.refreshToken + '\n' });

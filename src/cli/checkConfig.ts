@@ -1,13 +1,14 @@
 // `check-config` and `doctor`: after the schema (src/config/schema.ts), what only shows at run
 // time: named files that are missing or unreadable by the user the daemon runs as, a stateDir
 // it cannot write, and (doctor) a token store without a usable grant. Exit 0 ok, 2 problems.
-import { statSync, type Stats } from 'node:fs';
+import { existsSync, statSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, loadConfig, type ConfigProblem } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { namedPaths, type NamedPath } from '../config/files.js';
 import { TokenStore, resolveStoreKey, STORE_FILE } from '../oauth/store.js';
-import { lookupUser, groupName, probeAccess, type SystemUser } from './users.js';
+import { lookupUser, groupName, probeAccess, shellQuote, type SystemUser } from './users.js';
+import { asServiceUser } from './rootGuard.js';
 
 type Out = NodeJS.WritableStream;
 
@@ -57,8 +58,20 @@ function pathProblems(named: NamedPath[], configFile: string, user: SystemUser |
   return problems;
 }
 
-/** Accounts that cannot get a token: no grant stored, or one the provider refused. */
-async function tokenProblems(cfg: Config, notes: string[]): Promise<ConfigProblem[]> {
+/** Whether the packaged unit is installed: then the daemon's commands run through systemd. */
+export function systemdUnitInstalled(env: NodeJS.ProcessEnv = process.env): boolean {
+  // $SYSTEMD_UNIT_PATH replaces systemd's own search path when set (systemd.unit(5)).
+  const dirs = env.SYSTEMD_UNIT_PATH
+    ? env.SYSTEMD_UNIT_PATH.split(':').filter(Boolean)
+    : ['/etc/systemd/system', '/run/systemd/system', '/usr/local/lib/systemd/system', '/usr/lib/systemd/system', '/lib/systemd/system'];
+  return dirs.some((d) => existsSync(join(d, 'xoauth2-bridge.service')));
+}
+
+/**
+ * Accounts that cannot get a token: no grant stored, or one the provider refused. `command`
+ * turns CLI arguments into the command line the operator can run (as the daemon's user).
+ */
+async function tokenProblems(cfg: Config, notes: string[], command: (argv: string[]) => string): Promise<ConfigProblem[]> {
   const file = join(cfg.stateDir, STORE_FILE);
   let accounts: Record<string, { refreshToken?: string; state?: string; lastError?: string }> = {};
   if (statOrNull(file)) {
@@ -78,9 +91,9 @@ async function tokenProblems(cfg: Config, notes: string[]): Promise<ConfigProble
     if (a.oauth.type !== 'user') return; // service accounts and app-only sign in with their key
     const r = accounts[a.name];
     if (!r?.refreshToken)
-      problems.push({ path: `accounts[${i}]`, message: `no grant stored for account ${a.name}: run \`xoauth2-bridge authorize ${a.name}\` (or \`token import ${a.name}\`)` });
+      problems.push({ path: `accounts[${i}]`, message: `no grant stored for account ${a.name}: run \`${command(['authorize', a.name])}\` (or \`${command(['token', 'import', a.name])}\` with the refresh token on stdin)` });
     else if (r.state === 'needs-reauth')
-      problems.push({ path: `accounts[${i}]`, message: `account ${a.name} needs re-authorization (${r.lastError ?? 'grant refused'}): run \`xoauth2-bridge authorize ${a.name}\`` });
+      problems.push({ path: `accounts[${i}]`, message: `account ${a.name} needs re-authorization (${r.lastError ?? 'grant refused'}): run \`${command(['authorize', a.name])}\`` });
   });
   return problems;
 }
@@ -94,12 +107,12 @@ function resolveUser(name: string): SystemUser {
   return user;
 }
 
-function report(configFile: string, problems: ConfigProblem[], notes: string[], okLine: string, out: Out, err: Out): number {
+function report(configFile: string, problems: ConfigProblem[], notes: string[], okLine: string, out: Out, err: Out, grants: ConfigProblem[] = []): number {
   for (const n of notes) err.write(`note: ${n}\n`);
-  if (problems.length) {
-    err.write(new ConfigError(configFile, problems).message + '\n');
-    return 2;
-  }
+  if (problems.length) err.write(new ConfigError(configFile, problems).message + '\n');
+  // Not config errors: the config is fine, the account still needs its OAuth grant.
+  if (grants.length) err.write(`${configFile}: grants (accounts that cannot get a token yet):\n` + grants.map((p) => `  ${p.path}: ${p.message}`).join('\n') + '\n');
+  if (problems.length || grants.length) return 2;
   out.write(`${configFile}: ok (${okLine})\n`);
   return 0;
 }
@@ -137,6 +150,15 @@ export async function doctorCommand(cfg: Config, configFile: string, opts: { asU
   const name = opts.asUser ?? (owner !== undefined ? lookupUser(owner)?.name : undefined) ?? lookupUser('xoauth2-bridge')?.name;
   const user = name ? resolveUser(name) : null;
   const notes: string[] = [];
-  const problems = [...fileProblems(cfg, configFile, user), ...(await tokenProblems(cfg, notes))];
-  return report(configFile, problems, notes, `files readable by ${user?.name ?? 'this user'}, stateDir writable, every account has a grant`, out, err);
+  // Run as another user (root, usually), a fix must run as the daemon's user, in the form that
+  // works for how it is installed: the root guard refuses the bare command.
+  const other = user && user.uid !== process.getuid?.() ? user : null;
+  const unit = systemdUnitInstalled();
+  const command = (argv: string[]) => {
+    const full = [...argv, '-c', configFile];
+    return other ? asServiceUser(other.name, full, unit) : ['xoauth2-bridge', ...full.map(shellQuote)].join(' ');
+  };
+  const problems = fileProblems(cfg, configFile, user);
+  const grants = await tokenProblems(cfg, notes, command);
+  return report(configFile, problems, notes, `files readable by ${user?.name ?? 'this user'}, stateDir writable, every account has a grant`, out, err, grants);
 }

@@ -13,6 +13,18 @@ export class RootGuardError extends Error {
 }
 
 /**
+ * The command line that runs `xoauth2-bridge ARGV...` as the daemon's user: through systemd with
+ * the unit's token-key credential (`viaSystemd`, where the unit runs the daemon), else runuser.
+ * The root guard and `doctor` both suggest commands with it.
+ */
+export function asServiceUser(owner: string, argv: string[], viaSystemd: boolean): string {
+  const args = argv.map(shellQuote).join(' ');
+  return viaSystemd
+    ? `systemd-run --quiet --pipe --wait -p User=${owner} -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge ${args}`
+    : `runuser -u ${owner} -- xoauth2-bridge ${args}`;
+}
+
+/**
  * Throws RootGuardError when this process is root, stateDir is owned by another user, and the
  * command would act on the files: always for `serve`/`send-test` (`always`), else only while no
  * daemon owns the directory (with one, the request goes over its control socket).
@@ -23,13 +35,10 @@ export async function refuseRootOnServiceState(cfg: Config, argv: string[], opts
   if (!st || st.uid === 0) return;
   if (!opts.always && (await daemonPid(cfg.stateDir)) !== null) return;
   const owner = lookupUser(st.uid)?.name ?? String(st.uid);
-  const args = argv.map(shellQuote).join(' ');
   // A store sealed with the unit's credential (LoadCredential=token-key, the .deb's setup) opens
   // only with that credential: run the command through systemd the way the unit runs.
   const sealed = !cfg.tokens.encryptionKeyFile && (await readFile(join(cfg.stateDir, STORE_FILE), 'utf8').then((t) => /"encryption"\s*:/.test(t), () => false));
-  const command = sealed
-    ? `systemd-run --quiet --pipe --wait -p User=${owner} -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge ${args}`
-    : `runuser -u ${owner} -- xoauth2-bridge ${args}`;
+  const command = asServiceUser(owner, argv, sealed);
   throw new RootGuardError(
     `stateDir ${cfg.stateDir} belongs to user ${owner}; run as root, this command would leave root-owned files there that the daemon cannot read. Run it as ${owner}` +
       (sealed ? ' with the unit\'s token-key credential (the token store is encrypted with it):\n' : ':\n') +

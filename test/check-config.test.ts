@@ -8,7 +8,7 @@ import { mkdtemp, writeFile, rm, mkdir, chmod, chown, readdir, readFile } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { CLI, ROOT } from './helpers/bridge.js';
+import { CLI, ROOT, importToken } from './helpers/bridge.js';
 import { hashPassword } from '../src/listener/passwords.js';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
 import { lookupUser } from '../src/cli/users.js';
@@ -234,9 +234,45 @@ test('doctor checks as the owner of stateDir: no grant stored is a problem (with
     for (const p of [state, ...(await readdir(state)).map((n) => join(state, n))]) await chown(p, nobody.uid, nobody.gid);
     const ok = await cli(['doctor', '-c', file]);
     assert.equal(ok.code, 0, ok.stdout + ok.stderr);
-    assert.match(ok.stdout, /ok \(files readable by nobody, stateDir writable, every account has a grant\)/);
+    assert.match(ok.stdout, /ok \(files readable by nobody, stateDir writable, every account has a grant, every upstream answers\)/);
+    assert.match(ok.stdout, new RegExp(`upstream of office: localhost:${world.gmail.port}: ok \\(127\\.0\\.0\\.1, (implicit TLS|STARTTLS) verified, \\d+ ms\\)`));
   } finally {
     await world.close();
+  }
+});
+
+test('doctor connects to each upstream: an unresolvable host and an untrusted certificate are named with their key; the Gmail API gets an HTTPS handshake', async () => {
+  const world = await startFakeWorld();
+  try {
+    const cfg = bridgeConfig(world, { stateDir: join(world.dir, 'state') });
+    const acct = (cfg.accounts as { upstream: Record<string, unknown> }[])[0];
+    acct.upstream = { ...acct.upstream, host: 'smtp.invalid' };
+    const file = await writeBridgeConfig(world, cfg);
+    importToken(file, world);
+    const r = await cli(['doctor', '-c', file]);
+    assert.equal(r.code, 2, r.stdout + r.stderr);
+    assert.ok(r.stderr.includes(`${file}: upstream (connected from this host, TLS verified, no AUTH):\n`), r.stderr);
+    assert.match(r.stderr, new RegExp(`  accounts\\[0\\]\\.upstream: smtp\\.invalid:${world.gmail.port}: cannot resolve smtp\\.invalid \\((ENOTFOUND|EAI_AGAIN)\\): check accounts\\[0\\]\\.upstream\\.host`));
+    assert.doesNotMatch(r.stderr, /invalid config/);
+
+    // Resolves, but the fake's TLS certificate is not trusted without caFile: refused, like the daemon would.
+    acct.upstream = { ...acct.upstream, host: 'localhost', caFile: undefined };
+    const untrusted = await cli(['doctor', '-c', await writeBridgeConfig(world, cfg)]);
+    assert.equal(untrusted.code, 2, untrusted.stdout + untrusted.stderr);
+    assert.match(untrusted.stderr, new RegExp(`  accounts\\[0\\]\\.upstream: localhost:${world.gmail.port}: 127\\.0\\.0\\.1: .*(certificate|self.signed|issuer)`, 'i'));
+    assert.ok(world.gmail.messages.length === 0);
+  } finally {
+    await world.close();
+  }
+  const api = await startFakeWorld({ transport: 'gmail-api' });
+  try {
+    const file = await writeBridgeConfig(api, bridgeConfig(api, { stateDir: join(api.dir, 'state') }));
+    importToken(file, api);
+    const r = await cli(['doctor', '-c', file]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.ok(r.stdout.includes(`upstream of office: ${api.gmailApi!.url}: ok (127.0.0.1, HTTPS TLSv1.`), r.stdout);
+  } finally {
+    await api.close();
   }
 });
 

@@ -9,6 +9,7 @@ import { namedPaths, type NamedPath } from '../config/files.js';
 import { TokenStore, resolveStoreKey, STORE_FILE } from '../oauth/store.js';
 import { lookupUser, groupName, probeAccess, shellQuote, type SystemUser } from './users.js';
 import { asServiceUser } from './rootGuard.js';
+import { probeUpstreams } from './upstreamProbe.js';
 
 type Out = NodeJS.WritableStream;
 
@@ -107,12 +108,17 @@ function resolveUser(name: string): SystemUser {
   return user;
 }
 
-function report(configFile: string, problems: ConfigProblem[], notes: string[], okLine: string, out: Out, err: Out, grants: ConfigProblem[] = []): number {
+/** Problems that are not config errors, under their own heading. */
+interface Section {
+  heading: string;
+  problems: ConfigProblem[];
+}
+
+function report(configFile: string, problems: ConfigProblem[], notes: string[], okLine: string, out: Out, err: Out, sections: Section[] = []): number {
   for (const n of notes) err.write(`note: ${n}\n`);
   if (problems.length) err.write(new ConfigError(configFile, problems).message + '\n');
-  // Not config errors: the config is fine, the account still needs its OAuth grant.
-  if (grants.length) err.write(`${configFile}: grants (accounts that cannot get a token yet):\n` + grants.map((p) => `  ${p.path}: ${p.message}`).join('\n') + '\n');
-  if (problems.length || grants.length) return 2;
+  for (const s of sections) if (s.problems.length) err.write(`${configFile}: ${s.heading}:\n` + s.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n') + '\n');
+  if (problems.length || sections.some((s) => s.problems.length)) return 2;
   out.write(`${configFile}: ok (${okLine})\n`);
   return 0;
 }
@@ -160,5 +166,13 @@ export async function doctorCommand(cfg: Config, configFile: string, opts: { asU
   };
   const problems = fileProblems(cfg, configFile, user);
   const grants = await tokenProblems(cfg, notes, command);
-  return report(configFile, problems, notes, `files readable by ${user?.name ?? 'this user'}, stateDir writable, every account has a grant`, out, err, grants);
+  const upstreams = await probeUpstreams(cfg.accounts);
+  for (const u of upstreams) if (u.ok) out.write(`upstream of ${u.account}: ${u.target}: ok (${u.detail})\n`);
+  const sections = [
+    // Not config errors: the config is fine, the account still needs its OAuth grant.
+    { heading: 'grants (accounts that cannot get a token yet)', problems: grants },
+    { heading: 'upstream (connected from this host, TLS verified, no AUTH)', problems: upstreams.filter((u) => !u.ok).map((u) => ({ path: u.key, message: `${u.target}: ${u.detail}` })) },
+  ];
+  const ok = `files readable by ${user?.name ?? 'this user'}, stateDir writable, every account has a grant, every upstream answers`;
+  return report(configFile, problems, notes, ok, out, err, sections);
 }

@@ -7,6 +7,12 @@ import path from 'node:path';
 import { Metrics, OTHER } from '../src/metrics/metrics.js';
 import { HttpEndpoint, spoolWritable, accountNotReadyReason, type Readiness } from '../src/http/server.js';
 import { nullLogger } from '../src/log/logger.js';
+import { readFile } from 'node:fs/promises';
+import { parseConfig } from '../src/config/load.js';
+import { Bridge } from '../src/daemon/bridge.js';
+import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
+import { importToken, sendThroughBridge, message } from './helpers/bridge.js';
+import { waitFor } from './helpers/wait.js';
 
 interface Reply {
   status: number;
@@ -292,5 +298,41 @@ test('spoolWritable: null for a writable dir (and leaves nothing behind), a reas
     assert.match((await spoolWritable(path.join(dir, 'file')))!, /is not writable: ENOTDIR/);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('/readyz: an account whose upstream failed every attempt (at least 3, for the window) is not ready, with the reason and xoauth2_bridge_upstream_failing; ready again once it delivers', async () => {
+  const world = await startFakeWorld();
+  try {
+    const configFile = await writeBridgeConfig(world, bridgeConfig(world, { queue: { retry: ['100ms'] } }));
+    importToken(configFile, world);
+    const config = parseConfig(await readFile(configFile, 'utf8'), configFile);
+    // A zero window: the attempt count alone decides here (the daemon's default window is 5 min).
+    const bridge = new Bridge({ config, configFile, log: nullLogger, httpEphemeral: true, upstreamNotReadyAfterMs: 0 });
+    await bridge.start();
+    try {
+      const hport = bridge.httpAddress!.port;
+      const failing = async () => parseExposition((await request(hport, '/metrics')).body).get(key('upstream_failing', { account: 'office' }));
+      assert.equal((await request(hport, '/readyz')).status, 200);
+      assert.equal(await failing(), 0);
+
+      world.gmail.down(true);
+      await sendThroughBridge({ port: bridge.bound[0].port, user: world.user.username, pass: world.user.password, from: world.account.email, to: ['r@example.org'], raw: message({ from: world.account.email, to: 'r@example.org' }) });
+      let r: Reply = { status: 0, headers: {}, body: '' };
+      await waitFor(async () => (r = await request(hport, '/readyz')).status === 503, 30_000, '/readyz to turn 503');
+      const m = /^account office: upstream failing — all (\d+) attempts in the last \d+ s failed/m.exec(r.body);
+      assert.ok(m, r.body);
+      assert.ok(Number(m[1]) >= 3, `not ready after ${m[1]} attempts; 3 are needed`);
+      assert.equal(await failing(), 1);
+
+      world.gmail.down(false);
+      await waitFor(async () => (await request(hport, '/readyz')).status === 200, 30_000, '/readyz to turn 200 again');
+      assert.equal(world.gmail.messages.length, 1, 'ready again because the message went through');
+      assert.equal(await failing(), 0);
+    } finally {
+      await bridge.stop(5000);
+    }
+  } finally {
+    await world.close();
   }
 });

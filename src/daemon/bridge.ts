@@ -20,6 +20,7 @@ import { WebConsole } from '../http/console/console.js';
 import { bridgeOps } from '../http/console/ops.js';
 import { AlertMonitor } from '../alerts/monitor.js';
 import { UpstreamHealth } from '../alerts/upstream.js';
+import { UpstreamReadiness } from './upstreamReadiness.js';
 import { MailSender, WebhookSender, type AlertSender } from '../alerts/send.js';
 import type { DeliveryMetrics } from '../delivery/worker.js';
 
@@ -33,6 +34,8 @@ export interface BridgeOptions {
   unsafeNoFsync?: boolean;
   /** Tests: bind the HTTP endpoint on a random port even when http.port is 0. */
   httpEphemeral?: boolean;
+  /** Tests: how long an upstream must fail every attempt before /readyz says so (default 5 min). */
+  upstreamNotReadyAfterMs?: number;
 }
 
 export class Bridge {
@@ -48,6 +51,7 @@ export class Bridge {
   readonly alerts: AlertMonitor;
   readonly console: WebConsole | null;
   readonly upstreamHealth = new UpstreamHealth();
+  private readonly upstreamReadiness: UpstreamReadiness;
   /** Every operation on live state (control socket, console): one owner, one set of answers. */
   readonly ops: Operations;
   private readonly control: ControlServer;
@@ -63,6 +67,8 @@ export class Bridge {
     this.log = opts.log;
     this.metrics = new Metrics({ log: this.log, ...names(this.config) });
     const metrics = this.metrics;
+    this.upstreamReadiness = new UpstreamReadiness(this.upstreamHealth, { afterMs: opts.upstreamNotReadyAfterMs });
+    this.upstreamReadiness.register(metrics.registry, () => this.config.accounts.map((a) => a.name));
     this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync, onCorrupt: () => metrics.corruptEnvelope() });
     this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env, metrics });
     this.upstream = new TransportRouter({ config: this.config, log: this.log, tokens: this.tokens });
@@ -74,6 +80,7 @@ export class Bridge {
       upstreamReply: (a, o) => {
         metrics.upstreamReply(a, o);
         this.upstreamHealth.record(a, o);
+        this.upstreamReadiness.record(a, o);
       },
     };
     this.worker = new DeliveryWorker({ config: this.config, log: this.log, spool: this.spool, upstream: this.upstream, health: this.tokens, metrics: delivery });
@@ -155,7 +162,7 @@ export class Bridge {
     return senders;
   }
 
-  /** /readyz: listeners bound, spool writable, every account's token usable. */
+  /** /readyz: listeners bound, spool writable, every account's token usable and upstream not failing. */
   async readiness(): Promise<Readiness> {
     const reasons: string[] = [];
     if (this.draining) reasons.push('draining: the bridge is stopping; sessions and deliveries in flight are finishing');
@@ -164,6 +171,10 @@ export class Bridge {
     if (spool) reasons.push(spool);
     for (const st of this.tokens.status()) {
       const r = accountNotReadyReason(st.account, st.state, st.lastError ?? undefined);
+      if (r) reasons.push(r);
+    }
+    for (const a of this.config.accounts) {
+      const r = this.upstreamReadiness.reason(a.name);
       if (r) reasons.push(r);
     }
     return { ok: reasons.length === 0, reasons };

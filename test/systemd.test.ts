@@ -3,7 +3,13 @@
 // containers too; where it is missing the tool-based tests skip and say why.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { once } from 'node:events';
+import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
+import { CLI, importToken } from './helpers/bridge.js';
+import { freePort } from './helpers/net.js';
+import { watchdogIntervalMs } from '../src/daemon/notify.js';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -76,6 +82,10 @@ test('unit has the hardening the ops issue requires', async () => {
   assert.equal(one('RestartPreventExitStatus'), '2');
   // The config's stateDir default and the docs assume this path.
   assert.match(one('ExecStart') ?? '', / serve -c \/etc\/xoauth2-bridge\/config\.yaml$/);
+  // Readiness and watchdog come from a systemd-notify child (src/daemon/notify.ts).
+  assert.equal(one('Type'), 'notify');
+  assert.equal(one('NotifyAccess'), 'all');
+  assert.match(one('WatchdogSec') ?? '', /^\d+s$/);
 });
 
 test('systemd-analyze verify accepts the unit without any warning', { skip: noAnalyze }, async () => {
@@ -159,3 +169,111 @@ test('every syscall the bridge makes is allowed by the unit\'s SystemCallFilter'
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+// A stand-in for systemd's notification socket: a unix datagram socket printing each message on
+// one line, closing the descriptor systemd-notify sends with BARRIER=1 (as systemd does) so it
+// returns. /usr/bin/python3: Debian's, which has the socket module's recvmsg.
+const NOTIFY_LISTENER = `
+import socket, sys, os, array
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+print("LISTENING", flush=True)
+while True:
+    msg, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(16 * 4))
+    for level, typ, data in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fds = array.array('i')
+            fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+            for fd in fds: os.close(fd)
+    print(msg.decode().replace("\\n", " | "), flush=True)
+`;
+
+test('watchdog heartbeat: half of WATCHDOG_USEC, only when WATCHDOG_PID is unset or this process', () => {
+  assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000' }, 42), 15_000);
+  assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000', WATCHDOG_PID: '42' }, 42), 15_000);
+  assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000', WATCHDOG_PID: '43' }, 42), null);
+  assert.equal(watchdogIntervalMs({ WATCHDOG_USEC: '30000000' }, 42), null, 'no socket to send to');
+  assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x' }, 42), null, 'no watchdog asked for');
+});
+
+test('sd_notify: READY=1 only once the listener accepts, WATCHDOG=1 periodically, STOPPING=1 on SIGTERM', { skip: has('systemd-notify') || REQUIRE ? false : 'systemd-notify not installed', timeout: 120_000 }, async () => {
+  const world = await startFakeWorld();
+  const children: import('node:child_process').ChildProcess[] = [];
+  try {
+    const sock = path.join(world.dir, 'notify.sock');
+    const listener = spawn('/usr/bin/python3', ['-u', '-c', NOTIFY_LISTENER, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(listener);
+    const messages: string[] = [];
+    const waiters = new Set<() => void>();
+    const waitFor = (what: string, cond: () => boolean) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no ${what} within 60 s; got:\n${messages.join('\n')}`)), 60_000);
+        const check = () => {
+          if (!cond()) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve();
+        };
+        waiters.add(check);
+        check();
+      });
+    let buf = '';
+    let acceptedAtReady: Promise<string> | null = null;
+    const port = await freePort();
+    listener.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        messages.push(line);
+        // The moment READY=1 arrives, the SMTP listener must already answer.
+        if (line.startsWith('READY=1') && !acceptedAtReady) acceptedAtReady = greeting(port);
+      }
+      for (const w of [...waiters]) w();
+    });
+    await waitFor('LISTENING', () => messages.includes('LISTENING'));
+
+    const file = await writeBridgeConfig(world, bridgeConfig(world, { listeners: [{ name: 'local', host: '127.0.0.1', port, tls: 'none' }], log: { level: 'info', format: 'json' } }));
+    importToken(file, world);
+    const env: NodeJS.ProcessEnv = { ...process.env, NOTIFY_SOCKET: sock, WATCHDOG_USEC: '400000' };
+    delete env.WATCHDOG_PID;
+    const daemon = spawn(process.execPath, [...CLI, 'serve', '-c', file], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(daemon);
+    let stderr = '';
+    daemon.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = once(daemon, 'exit');
+
+    await waitFor('READY=1', () => messages.some((m) => m.startsWith('READY=1')));
+    assert.match(await acceptedAtReady!, /^220 /, 'the listener answered right when READY=1 arrived');
+    assert.match(messages.find((m) => m.startsWith('READY=1'))!, new RegExp(`STATUS=relaying; listening on 127\\.0\\.0\\.1:${port}`));
+    await waitFor('three WATCHDOG=1', () => messages.filter((m) => m === 'WATCHDOG=1').length >= 3);
+    assert.ok(messages.findIndex((m) => m === 'WATCHDOG=1') > messages.findIndex((m) => m.startsWith('READY=1')), 'no heartbeat before READY=1');
+    assert.ok(!messages.some((m) => m.startsWith('STOPPING=1')), 'no STOPPING=1 before SIGTERM');
+
+    daemon.kill('SIGTERM');
+    await waitFor('STOPPING=1', () => messages.some((m) => m.startsWith('STOPPING=1')));
+    const [code] = await exited;
+    assert.equal(code, 0, stderr);
+    assert.doesNotMatch(stderr, /systemd notification failed/);
+  } finally {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    await world.close();
+  }
+});
+
+/** The first line an SMTP server sends on a new connection. */
+function greeting(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(port, '127.0.0.1');
+    let data = '';
+    c.on('data', (d) => {
+      data += d.toString();
+      if (data.includes('\n')) {
+        c.end('QUIT\r\n');
+        resolve(data.split('\r\n')[0]);
+      }
+    });
+    c.on('error', reject);
+  });
+}

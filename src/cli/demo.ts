@@ -1,6 +1,8 @@
 // `demo`: the whole job end to end on loopback, with no Google account: a fake token
 // endpoint and a fake Gmail (both real TLS servers), the bridge in front of them, and one
-// message sent through a real SMTP session.
+// message sent through a real SMTP session. `--keep` (rehearsal mode) then leaves it all
+// running and prints where to point a real printer, swaks, the console and `authorize`, until
+// Ctrl-C.
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import nodemailer from 'nodemailer';
@@ -20,7 +22,16 @@ interface Received {
   tlsProtocol?: string;
 }
 
-export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?: 'google' | 'microsoft'; transport?: 'smtp' | 'gmail-api' } = {}): Promise<number> {
+export interface DemoOptions {
+  provider?: 'google' | 'microsoft';
+  transport?: 'smtp' | 'gmail-api';
+  /** Rehearsal mode: keep the fakes and the bridge running until SIGINT/SIGTERM. */
+  keep?: boolean;
+  /** With keep: the SMTP listener's address (default 127.0.0.1, any free port). */
+  listen?: { host: string; port: number };
+}
+
+export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions = {}): Promise<number> {
   const say = (s = '') => out.write(s + '\n');
   const microsoft = opts.provider === 'microsoft';
   const api = opts.transport === 'gmail-api';
@@ -39,6 +50,8 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
     const upstreamName = microsoft ? 'fake Exchange Online' : api ? 'fake Gmail API' : 'fake Gmail';
     let how = `AUTH XOAUTH2 over TLS to ${upstreamName}`;
     let received: () => Promise<Received>;
+    /** Everything the fake upstream has received so far (rehearsal mode reports each new one). */
+    let arrivals: () => Received[];
     if (identity && exo) {
       const clientId = '00000000-0000-4000-8000-00000000demo'.slice(0, 36);
       const secret = `demo~${Math.random().toString(36).slice(2)}`;
@@ -56,6 +69,7 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
         if (!m) throw new Error('fake Exchange Online received nothing within 15 s');
         return { ...m, secure: true, tlsProtocol: 'STARTTLS' };
       };
+      arrivals = () => exo.messages.map((m) => ({ ...m, secure: true }));
     } else if (api && world.gmailApi) {
       const gapi = world.gmailApi;
       say('xoauth2-bridge demo: everything runs on loopback; no Google account is used.');
@@ -69,6 +83,7 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
         // The API has no envelope: Gmail sends to the To/Cc/Bcc headers, which the bridge made match it.
         return { authUser: `${m.user}, token scope ${scope}`, mailFrom: '(none: the API sends as the token\'s user)', rcptTo: m.recipients, raw: m.raw, secure: true, tlsProtocol: '(HTTPS)' };
       };
+      arrivals = () => gapi.messages.map((m) => ({ authUser: m.user, mailFrom: m.user, rcptTo: m.recipients, raw: m.raw, secure: true }));
     } else {
       say('xoauth2-bridge demo: everything runs on loopback; no Google account is used.');
       say(`  fake token endpoint  ${world.tokens.url}  (HTTPS, test CA)`);
@@ -77,12 +92,25 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
         await world.gmail.waitForMessages(1, 15_000);
         return world.gmail.messages[0];
       };
+      arrivals = () => world.gmail.messages;
+    }
+    if (opts.keep) {
+      const l = opts.listen ?? { host: '127.0.0.1', port: 0 };
+      // A printer on the LAN: STARTTLS with a generated certificate, AUTH only after it.
+      const lan = !['127.0.0.1', '::1', 'localhost'].includes(l.host);
+      // `authorize` against the fake consent page signs in as the account's own address.
+      if (!identity) world.tokens.consentEmail = world.account.email;
+      overrides = {
+        ...overrides,
+        listeners: [{ name: 'demo', host: l.host, port: l.port, tls: lan ? 'starttls' : 'none' }],
+        http: { host: '127.0.0.1', port: 0, console: true },
+      };
     }
     const file = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'info', format: 'text' }, ...overrides }));
     const config = parseConfig(await readFile(file, 'utf8'), file);
     // Bridge log lines go to stderr so stdout stays the demo's story.
     const log = createLogger({ level: 'info', format: 'text', stream: process.stderr });
-    bridge = new Bridge({ config, configFile: file, log });
+    bridge = new Bridge({ config, configFile: file, log, httpEphemeral: opts.keep });
     await bridge.start();
     await bridge.tokens.importRefreshToken(world.account.name, refreshToken);
     const listener = bridge.bound[0];
@@ -140,11 +168,56 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: { provider?:
       left = await bridge.spool.list();
     }
     say(`spool after delivery: ${left.length} message(s) left`);
-    return same && left.length === 0 ? 0 : 1;
+    const ok = same && left.length === 0;
+    if (!opts.keep) return ok ? 0 : 1;
+    await rehearse(say, { bridge, file, sender, upstreamName, user: world.user, account: world.account.name, arrivals });
+    return ok ? 0 : 1;
   } finally {
     await bridge?.stop(5000);
     await exo?.close();
     await identity?.close();
     await world.close();
   }
+}
+
+/**
+ * Rehearsal mode: print where to point real clients, report each message the fake upstream
+ * receives, and wait for Ctrl-C (SIGINT) or SIGTERM; the caller then stops everything and
+ * removes the temporary directory.
+ */
+async function rehearse(
+  say: (s?: string) => void,
+  o: { bridge: Bridge; file: string; sender: string; upstreamName: string; user: { username: string; password: string }; account: string; arrivals: () => Received[] },
+): Promise<void> {
+  const l = o.bridge.bound[0];
+  const host = l.host === '0.0.0.0' || l.host === '::' ? '<this machine\'s address>' : l.host;
+  const http = o.bridge.httpAddress;
+  say();
+  say('Rehearsal mode (--keep): the fakes and the bridge keep running until Ctrl-C.');
+  say(`  SMTP host     ${host}`);
+  say(`  SMTP port     ${l.port}  (${o.bridge.config.listeners[0].tls === 'none' ? 'no TLS' : 'STARTTLS, self-signed certificate'}; AUTH PLAIN or LOGIN)`);
+  say(`  user          ${o.user.username}`);
+  say(`  password      ${o.user.password}`);
+  say(`  sender        ${o.sender}  (the account's address; other From addresses are refused)`);
+  say(`  swaks         swaks --server ${host === l.host ? host : '127.0.0.1'}:${l.port} --auth-user ${o.user.username} --auth-password '${o.user.password}' --from ${o.sender} --to you@example.org`);
+  if (http) say(`  console       http://${http.host}:${http.port}/  (loopback: no password)`);
+  say(`  authorize     xoauth2-bridge authorize ${o.account} --manual -c ${o.file}  (the fake consent page; its certificate is the demo's test CA)`);
+  say(`  config        ${o.file}`);
+  say();
+  let seen = o.arrivals().length;
+  // The fakes keep what they receive in memory; a short poll reports each new message.
+  const poll = setInterval(() => {
+    const all = o.arrivals();
+    for (; seen < all.length; seen++) {
+      const m = all[seen];
+      const subject = /^Subject: ?(.*)$/im.exec(m.raw.toString('utf8').split(/\r?\n\r?\n/)[0])?.[1]?.trim() ?? '';
+      say(`arrived at ${o.upstreamName}: from <${m.mailFrom}> to ${m.rcptTo.map((r) => `<${r}>`).join(' ')}, ${m.raw.length} bytes${subject ? `, subject "${subject}"` : ''}`);
+    }
+  }, 200);
+  const signal = await new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+  clearInterval(poll);
+  say(`${signal}: stopping the bridge and the fakes, removing ${o.bridge.config.stateDir.replace(/\/state$/, '')}`);
 }

@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { networkInterfaces } from 'node:os';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 import { hashPassword } from '../src/listener/passwords.js';
@@ -61,6 +62,113 @@ test('loopback-only console: a session without a password, refused for a foreign
     // The health endpoints are unchanged.
     assert.equal((await request(`${base}/healthz`)).body, 'ok\n');
     assertNoSecrets(page.body + (await request(`${base}/queue`, { headers: { Cookie: cookieOf(page) } })).body, secretsOf(world));
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+// DNS rebinding: a name the attacker controls resolves to 127.0.0.1, so the peer is loopback
+// and the browser sends that name as Host and in Origin. Only exact loopback literals (and
+// `localhost`) with an optional numeric port may reach the no-password console.
+const FORGED_HOSTS = (port: number) => [
+  '127.evil.example',
+  `127.evil.example:${port}`,
+  '127.0.0.1.nip.io',
+  `127.0.0.1.nip.io:${port}`,
+  'localhost.evil',
+  `localhost.evil:${port}`,
+  '[::1].x',
+  `[::1].x:${port}`,
+  '[::1]x',
+  'evil.example',
+  '127.1',
+  '0x7f.0.0.1',
+  '2130706433',
+  '127.0.0.1.',
+  'localhost.',
+  '[::2]',
+  '::1',
+  'localhost:abc',
+  '127.0.0.1:99999',
+  '127.0.0.1:',
+  '127.0.0.1:+80',
+  `localhost:${port}:${port}`,
+  `127.0.0.1:${port}@evil.example`,
+];
+const EXACT_HOSTS = (port: number) => ['localhost', `localhost:${port}`, `LOCALHOST:${port}`, '127.0.0.1', `127.0.0.1:${port}`, `127.45.6.7:${port}`, '[::1]', `[::1]:${port}`];
+
+test('DNS rebinding: forged Host and Origin names are refused by the no-password console; exact loopback forms are accepted', async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
+  try {
+    const port = b.bridge.httpAddress!.port;
+    const base = `http://127.0.0.1:${port}`;
+    for (const host of FORGED_HOSTS(port)) {
+      const r = await request(`${base}/accounts`, { headers: { Host: host } });
+      assert.equal(r.status, 403, `Host: ${host} must be refused`);
+      assert.match(r.body, /answers on this machine only/, `Host: ${host}`);
+      assert.equal(r.headers['set-cookie'], undefined, `no session for Host: ${host}`);
+    }
+    for (const host of EXACT_HOSTS(port)) {
+      const r = await request(`${base}/accounts`, { headers: { Host: host } });
+      assert.equal(r.status, 200, `Host: ${host} is an exact loopback form`);
+    }
+    // A page on a rebound name posts with its own Origin: refused even with the right Host,
+    // session and CSRF token.
+    const page = await request(`${base}/accounts`);
+    const cookie = cookieOf(page);
+    const csrf = csrfOf(page.body);
+    const post = (host: string, origin: string) =>
+      request(`${base}/accounts/office/authorize`, {
+        method: 'POST',
+        body: `csrf=${encodeURIComponent(csrf)}`,
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Host: host, Origin: origin },
+      });
+    for (const origin of [`http://127.evil.example:${port}`, `http://127.0.0.1.nip.io:${port}`, `http://localhost.evil:${port}`, `http://[::1].x:${port}`, 'null']) {
+      assert.equal((await post(`127.0.0.1:${port}`, origin)).status, 403, `Origin: ${origin}`);
+    }
+    // The rebinding page itself: Host and Origin both the attacker's name.
+    assert.equal((await post(`127.evil.example:${port}`, `http://127.evil.example:${port}`)).status, 403);
+    assert.equal((await post(`127.0.0.1.nip.io:${port}`, `http://127.0.0.1.nip.io:${port}`)).status, 403);
+    // The console's own origin, spelled as the browser does for each exact form.
+    const ok = await post(`localhost:${port}`, `http://localhost:${port}`);
+    assert.equal(ok.status, 303, 'same-origin POST through localhost');
+    assert.equal(ok.headers.location, '/accounts/office/authorize');
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+test('re-authorization through the console as a different Google user is refused and stores nothing', async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    const page = await request(`${base}/accounts`);
+    const cookie = cookieOf(page);
+    const csrf = csrfOf(page.body);
+    const post = (path: string, body: Record<string, string>) =>
+      request(`${base}${path}`, { method: 'POST', body: new URLSearchParams({ csrf, ...body }).toString(), headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base } });
+    const before = await readFile(join(world.dir, 'state', 'tokens.json'), 'utf8');
+    assert.equal((await post('/accounts/office/authorize', {})).status, 303);
+    const consentPage = await request(`${base}/accounts/office/authorize`, { headers: { Cookie: cookie } });
+    const consentUrl = /id="consent-url" href="([^"]+)"/.exec(consentPage.body)![1].replace(/&#(\d+);/g, (_, c: string) => String.fromCharCode(Number(c)));
+    world.tokens.consentEmail = 'attacker@evil.example';
+    const landed = await request(consentUrl, { ca: readFileSync(world.caFile, 'utf8') });
+    assert.equal(landed.status, 302);
+    const done = await post('/accounts/office/authorize/complete', { redirect: String(landed.headers.location) });
+    assert.equal(done.status, 303);
+    const after = await request(`${base}/accounts`, { headers: { Cookie: cookie } });
+    assert.match(after.body, /class="flash-bad" id="flash">Authorization of office failed: you signed in as attacker@evil\.example, but account &#34;office&#34; sends as scanner@example\.com; nothing was stored/);
+    assert.equal(await readFile(join(world.dir, 'state', 'tokens.json'), 'utf8'), before, 'the token store is unchanged');
+    assert.ok(!b.logs.some((l) => l.includes('account authorized from the web console')));
+    // The account keeps working with its own grant.
+    const sent = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['r@example.org'], raw: message({ from: 'scanner@example.com', to: 'r@example.org' }) });
+    assert.match(sent.response, /^250 /);
+    await world.gmail.waitForMessages(1, 15_000);
+    assert.equal(world.gmail.messages[0].authUser, 'scanner@example.com');
   } finally {
     await b.stop();
     await world.close();

@@ -1,11 +1,14 @@
 // Who may use the console. Without http.adminPasswordHash: requests from this machine only
-// (loopback peer address AND a loopback Host header, so a DNS-rebinding page cannot reach
-// it). With it: a session cookie from the login form, or HTTP basic auth. Every POST also
-// needs the session's CSRF token and a same-origin Origin (or Referer) header.
+// (loopback peer address AND a Host header that is an exact loopback form, so a DNS-rebinding
+// page, whose Host is a name the attacker controls, cannot reach it). With it: a session
+// cookie from the login form, or HTTP basic auth. Every POST also needs the session's CSRF
+// token and a same-origin Origin (or Referer) header.
 import type http from 'node:http';
+import { isIP } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { verifyPassword } from '../../listener/passwords.js';
 import { AuthFailures } from '../../listener/limits.js';
+import { isLoopback } from '../../listener/networks.js';
 
 export const COOKIE = 'xob_session';
 const SESSION_IDLE_MS = 8 * 3600e3;
@@ -24,20 +27,27 @@ export interface AccessOptions {
 }
 
 export function isLoopbackAddress(addr: string | undefined): boolean {
-  if (!addr) return false;
-  const a = addr.startsWith('::ffff:') ? addr.slice(7) : addr;
-  return a === '::1' || a.startsWith('127.');
+  return addr !== undefined && isLoopback(addr);
 }
 
-function hostName(hostHeader: string | undefined): string {
-  const h = (hostHeader ?? '').trim().toLowerCase();
-  if (h.startsWith('[')) return h.slice(1, h.indexOf(']'));
-  return h.split(':')[0];
+/**
+ * True when `host` (a Host header, or an origin's host part) is exactly `localhost`, an
+ * IPv4 literal inside 127/8, or a bracketed IPv6 loopback literal (`[::1]`), each with an
+ * optional numeric port. Names are never matched by prefix: `127.0.0.1.nip.io`,
+ * `127.evil.example` and `localhost.evil` are names whose DNS an attacker controls.
+ */
+export function isExactLoopbackHost(host: string | undefined): boolean {
+  const m = /^(?:\[([0-9a-f:.]+)\]|([a-z0-9.]+))(?::(\d{1,5}))?$/.exec((host ?? '').trim().toLowerCase());
+  if (!m) return false;
+  if (m[3] !== undefined && (Number(m[3]) < 1 || Number(m[3]) > 65535)) return false;
+  if (m[1] !== undefined) return isIP(m[1]) === 6 && isLoopback(m[1]);
+  return m[2] === 'localhost' || (isIP(m[2]) === 4 && isLoopback(m[2]));
 }
 
-function isLoopbackHostHeader(hostHeader: string | undefined): boolean {
-  const h = hostName(hostHeader);
-  return h === 'localhost' || isLoopbackAddress(h);
+/** The host part of an Origin (or Referer) when it is an exact loopback form over http(s), else null. */
+function loopbackOrigin(value: string): string | null {
+  const m = /^(https?):\/\/([^/?#]+)(?:[/?#].*)?$/i.exec(value.trim());
+  return m && isExactLoopbackHost(m[2]) ? `${m[1].toLowerCase()}://${m[2].toLowerCase()}` : null;
 }
 
 function safeEqual(a: string, b: string): boolean {
@@ -68,7 +78,7 @@ export class ConsoleAccess {
   /** Why this peer may not even see the login page, or null. */
   refusal(req: http.IncomingMessage): string | null {
     if (this.passwordRequired) return null;
-    if (!isLoopbackAddress(req.socket.remoteAddress) || !isLoopbackHostHeader(req.headers.host))
+    if (!isLoopbackAddress(req.socket.remoteAddress) || !isExactLoopbackHost(req.headers.host))
       return 'The console answers on this machine only (http://127.0.0.1). To use it from elsewhere set http.adminPasswordHash (and TLS).';
     return null;
   }
@@ -130,13 +140,16 @@ export class ConsoleAccess {
   }
 
   private sameOrigin(req: http.IncomingMessage): boolean {
-    const self = `${this.opts.tls ? 'https' : 'http'}://${(req.headers.host ?? '').toLowerCase()}`;
+    const self = `${this.opts.tls ? 'https' : 'http'}://${(req.headers.host ?? '').trim().toLowerCase()}`;
+    // Without a password the origin must also be an exact loopback form (the Host was checked
+    // by refusal(); this keeps the rule true for the Origin on its own).
+    const check = (origin: string): boolean => (this.passwordRequired ? origin.toLowerCase() === self : loopbackOrigin(origin) === self);
     const origin = req.headers.origin;
-    if (origin) return origin.toLowerCase() === self;
+    if (origin) return check(origin);
     const referer = req.headers.referer;
     if (!referer) return false;
     try {
-      return new URL(referer).origin.toLowerCase() === self;
+      return check(new URL(referer).origin);
     } catch {
       return false;
     }

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { networkInterfaces } from 'node:os';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, FAKE_SCRYPT_COST } from '../src/fakes/world.js';
-import { hashPassword } from '../src/listener/passwords.js';
+import { hashPassword, kdfGate, kdfStats } from '../src/listener/passwords.js';
 import { startBridge, secretsOf, assertNoSecrets, CLI, sendThroughBridge, message } from './helpers/bridge.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -341,6 +341,49 @@ test('five wrong admin passwords from one address lock it out (429), even for th
     assert.equal(locked.status, 429);
     assert.match(locked.body, /Too many failed logins/);
     assert.equal(locked.headers['set-cookie'], undefined);
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});
+
+test('forty concurrent wrong admin passwords: the KDF gate runs at most five, one at a time, and the right password is then locked out', { timeout: 120_000 }, async () => {
+  const world = await startFakeWorld();
+  // The real cost (not FAKE_SCRYPT_COST): each check takes long enough for the 40 to overlap.
+  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw') } }, { http: true });
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    const login = (pw: string) =>
+      request(`${base}/login`, { method: 'POST', body: `password=${pw}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base } });
+    const kdfBefore = kdfStats.calls;
+    const gateBefore = kdfGate.stats.runs;
+    // The gate's contract: one KDF in flight per client. Sampled on every turn of the event
+    // loop the console runs on, for as long as the flood lasts.
+    let maxInFlight = 0;
+    let sampling = true;
+    const sample = (): void => {
+      maxInFlight = Math.max(maxInFlight, kdfGate.inFlight);
+      if (sampling) setImmediate(sample);
+    };
+    sample();
+    const flood = await Promise.all(Array.from({ length: 40 }, (_, i) => login(`wrong-${i}`)));
+    sampling = false;
+    const statuses = flood.map((r) => r.status);
+    assert.ok(statuses.every((s) => s === 401 || s === 429), statuses.join(' '));
+    const kdfRuns = kdfStats.calls - kdfBefore;
+    assert.ok(kdfRuns <= 5, `at most five password checks ran (ran ${kdfRuns})`);
+    assert.equal(kdfGate.stats.runs - gateBefore, kdfRuns, 'every KDF ran through the shared gate');
+    assert.ok(statuses.filter((s) => s === 401).length <= 5, statuses.join(' '));
+    assert.equal(maxInFlight, 1, 'one KDF in flight for the one client');
+    assert.equal(kdfGate.queued, 0, 'nothing left waiting in the gate');
+    const locked = await login('right-pw');
+    assert.equal(locked.status, 429);
+    assert.match(locked.body, /Too many failed logins/);
+    assert.equal(locked.headers['set-cookie'], undefined);
+    assert.equal(kdfStats.calls - kdfBefore, kdfRuns, 'a locked-out login runs no KDF');
+    // Basic auth goes through the same lockout.
+    assert.equal((await request(`${base}/accounts`, { headers: { Authorization: `Basic ${Buffer.from('admin:right-pw').toString('base64')}` } })).status, 303);
+    assert.equal(kdfStats.calls - kdfBefore, kdfRuns);
   } finally {
     await b.stop();
     await world.close();

@@ -6,14 +6,17 @@
 import type http from 'node:http';
 import { isIP } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { verifyPassword } from '../../listener/passwords.js';
+import { Logins } from '../../listener/logins.js';
 import { AuthFailures } from '../../listener/limits.js';
+import { PasswordCache, kdfGate } from '../../listener/passwords.js';
 import { isLoopback } from '../../listener/networks.js';
 
 export const COOKIE = 'xob_session';
 const SESSION_IDLE_MS = 8 * 3600e3;
 const MAX_SESSIONS = 1000;
 const LOGIN_LIMITS = { limit: 5, windowMs: 10 * 60e3, lockoutMs: 15 * 60e3 };
+/** The user name the admin password is cached under (basic auth's user name is ignored). */
+const ADMIN = 'console admin';
 
 export interface Session {
   id: string;
@@ -67,7 +70,9 @@ export function cookies(req: http.IncomingMessage): Map<string, string> {
 
 export class ConsoleAccess {
   private readonly sessions = new Map<string, Session>();
-  private readonly failures = new AuthFailures();
+  /** The SMTP listener's login rule and its process-wide KDF gate: charge before the KDF,
+   * refund on success, one check in flight per client (see src/listener/logins.ts). */
+  private readonly logins = new Logins(new AuthFailures(), new PasswordCache(), kdfGate, 'console ');
 
   constructor(private readonly opts: AccessOptions) {}
 
@@ -103,14 +108,10 @@ export class ConsoleAccess {
     return null;
   }
 
-  /** Checks the admin password (rate-limited per client address). */
+  /** Checks the admin password (locked out per client address after LOGIN_LIMITS failures). */
   async login(req: http.IncomingMessage, password: string): Promise<'ok' | 'bad' | 'locked'> {
     const ip = req.socket.remoteAddress ?? '?';
-    if (this.failures.lockedFor(ip) > 0) return 'locked';
-    const hash = this.opts.passwordHash();
-    if (hash && password && (await verifyPassword(password, hash))) return 'ok';
-    this.failures.fail(ip, LOGIN_LIMITS);
-    return 'bad';
+    return (await this.logins.check(ip, ADMIN, password, this.opts.passwordHash(), LOGIN_LIMITS)).result;
   }
 
   create(): Session {

@@ -1,11 +1,14 @@
 // Who may use the console. Without http.adminPasswordHash: requests from this machine only
 // (loopback peer address AND a Host header that is an exact loopback form, so a DNS-rebinding
-// page, whose Host is a name the attacker controls, cannot reach it). With it: a session
-// cookie from the login form, or HTTP basic auth. Every POST also needs the session's CSRF
-// token and a same-origin Origin (or Referer) header.
+// page, whose Host is a name the attacker controls, cannot reach it), and only with a session
+// opened through a one-time login link. Every local user can reach 127.0.0.1, so the link is
+// what tells the service's owner apart: it is minted by the daemon for whoever may use its
+// control socket (`xoauth2-bridge console-link`), so the console never grants more than that
+// socket does. With a password: a session cookie from the login form or a link, or HTTP basic
+// auth. Every POST also needs the session's CSRF token and a same-origin Origin (or Referer).
 import type http from 'node:http';
 import { isIP } from 'node:net';
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Logins } from '../../listener/logins.js';
 import { AuthFailures } from '../../listener/limits.js';
 import { PasswordCache, kdfGate } from '../../listener/passwords.js';
@@ -14,6 +17,10 @@ import { isLoopback } from '../../listener/networks.js';
 export const COOKIE = 'xob_session';
 const SESSION_IDLE_MS = 8 * 3600e3;
 const MAX_SESSIONS = 1000;
+/** A login link works once, within this long of being minted. */
+export const LINK_TTL_MS = 5 * 60e3;
+/** Unused links kept at most (the oldest are dropped first). */
+const MAX_LINKS = 100;
 const LOGIN_LIMITS = { limit: 5, windowMs: 10 * 60e3, lockoutMs: 15 * 60e3 };
 /** The user name the admin password is cached under (basic auth's user name is ignored). */
 const ADMIN = 'console admin';
@@ -53,6 +60,8 @@ function loopbackOrigin(value: string): string | null {
   return m && isExactLoopbackHost(m[2]) ? `${m[1].toLowerCase()}://${m[2].toLowerCase()}` : null;
 }
 
+const digest = (token: string): string => createHash('sha256').update(token).digest('base64');
+
 function safeEqual(a: string, b: string): boolean {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
@@ -70,6 +79,8 @@ export function cookies(req: http.IncomingMessage): Map<string, string> {
 
 export class ConsoleAccess {
   private readonly sessions = new Map<string, Session>();
+  /** Unused login links: SHA-256 of the token -> expiry (the token itself is never kept). */
+  private readonly links = new Map<string, number>();
   /** The SMTP listener's login rule and its process-wide KDF gate: charge before the KDF,
    * refund on success, one check in flight per client (see src/listener/logins.ts). */
   private readonly logins = new Logins(new AuthFailures(), new PasswordCache(), kdfGate, 'console ');
@@ -88,7 +99,7 @@ export class ConsoleAccess {
     return null;
   }
 
-  /** The caller's session: from the cookie, from valid basic auth, or (loopback mode) a new one. */
+  /** The caller's session: from the cookie, or (with a password) from valid basic auth. */
   async session(req: http.IncomingMessage): Promise<{ session: Session; isNew: boolean } | null> {
     const now = Date.now();
     const id = cookies(req).get(COOKIE);
@@ -98,7 +109,7 @@ export class ConsoleAccess {
       return { session: s, isNew: false };
     }
     if (s) this.sessions.delete(s.id);
-    if (!this.passwordRequired) return { session: this.create(), isNew: true };
+    if (!this.passwordRequired) return null; // only a login link opens a session
     const basic = /^Basic\s+(\S+)$/i.exec(req.headers.authorization ?? '');
     if (basic) {
       const text = Buffer.from(basic[1], 'base64').toString('utf8');
@@ -112,6 +123,30 @@ export class ConsoleAccess {
   async login(req: http.IncomingMessage, password: string): Promise<'ok' | 'bad' | 'locked'> {
     const ip = req.socket.remoteAddress ?? '?';
     return (await this.logins.check(ip, ADMIN, password, this.opts.passwordHash(), LOGIN_LIMITS)).result;
+  }
+
+  /** A new one-time login token, valid for `ttlMs`. */
+  mintLink(ttlMs = LINK_TTL_MS): { token: string; expiresAt: number } {
+    const token = randomBytes(32).toString('base64url');
+    const expiresAt = Date.now() + ttlMs;
+    this.sweepLinks();
+    while (this.links.size >= MAX_LINKS) this.links.delete(this.links.keys().next().value as string);
+    this.links.set(digest(token), expiresAt);
+    return { token, expiresAt };
+  }
+
+  /** Uses up a login token: true once, for a token minted here and not expired. */
+  redeem(token: string): boolean {
+    const k = digest(token);
+    const expiresAt = this.links.get(k);
+    this.links.delete(k);
+    this.sweepLinks();
+    return expiresAt !== undefined && expiresAt > Date.now();
+  }
+
+  private sweepLinks(): void {
+    const now = Date.now();
+    for (const [k, exp] of this.links) if (exp <= now) this.links.delete(k);
   }
 
   create(): Session {

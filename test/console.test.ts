@@ -83,6 +83,7 @@ test('no-password console: without a session only the way to a link; console-lin
     const url = cli.stdout.trim();
     assert.match(url, new RegExp(`^http://127\\.0\\.0\\.1:${port}/login\\?link=[A-Za-z0-9_-]{43}$`));
     assert.match(cli.stderr, /works once, within 5 minutes/);
+    assert.equal((await request(url, { method: 'HEAD' })).status, 401, 'a HEAD (link checker) does not use the link up');
     const opened = await request(url);
     assert.equal(opened.status, 303);
     assert.equal(opened.headers.location, '/');

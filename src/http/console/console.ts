@@ -80,7 +80,8 @@ export class WebConsole {
 
   private async login(req: http.IncomingMessage, res: http.ServerResponse, method: string, form: URLSearchParams): Promise<void> {
     const ctx: PageContext = { csrf: null, attention: [], loggedIn: false };
-    const link = method === 'POST' ? null : new URL(req.url ?? '/', 'http://console').searchParams.get('link');
+    // GET only: a HEAD (a link checker, a preview) must not use the link up.
+    const link = method === 'GET' ? new URL(req.url ?? '/', 'http://console').searchParams.get('link') : null;
     if (link !== null) return this.redeem(req, res, link);
     if (!this.access.passwordRequired) {
       if (await this.access.session(req)) return redirect(res, '/accounts');

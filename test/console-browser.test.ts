@@ -1,16 +1,19 @@
 // The web console in a real browser (headless Chromium) against a bridge and the fakes: log
-// in, watch an account turn needs-reauth after its grant is revoked, re-authorize through
-// the paste flow, see the held message leave the queue; CSRF refusals from the page itself.
+// in through a one-time `console-link` link, watch an account turn needs-reauth after its
+// grant is revoked, re-authorize through the paste flow, see the held message leave the
+// queue; CSRF refusals from the page itself.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startFakeWorld, FAKE_SCRYPT_COST } from '../src/fakes/world.js';
-import { hashPassword } from '../src/listener/passwords.js';
-import { startBridge, sendThroughBridge, message, secretsOf, assertNoSecrets } from './helpers/bridge.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { startFakeWorld } from '../src/fakes/world.js';
+import { startBridge, sendThroughBridge, message, secretsOf, assertNoSecrets, CLI } from './helpers/bridge.js';
 import { browserMissing, launchBrowser, screenshotPaths } from './helpers/browser.js';
 import { waitFor } from './helpers/wait.js';
 import type { Page } from 'playwright-core';
 
 const skip = browserMissing() ?? false;
+const run = promisify(execFile);
 
 async function shoot(page: Page, name: string): Promise<void> {
   for (const path of await screenshotPaths(name)) await page.screenshot({ path, fullPage: true });
@@ -27,10 +30,9 @@ async function reloadUntil(page: Page, cond: () => Promise<boolean>, what: strin
   );
 }
 
-test('browser: log in, revoked grant -> needs-reauth, Authorize with the pasted redirect URL, held mail leaves the queue', { skip, timeout: 120_000 }, async () => {
+test('browser: log in with a console-link link, revoked grant -> needs-reauth, Authorize with the pasted redirect URL, held mail leaves the queue', { skip, timeout: 120_000 }, async () => {
   const world = await startFakeWorld();
-  const adminPw = `admin-${Math.random().toString(36).slice(2)}`;
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw, FAKE_SCRYPT_COST) } }, { http: true });
+  const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
   const browser = await launchBrowser();
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
@@ -40,15 +42,19 @@ test('browser: log in, revoked grant -> needs-reauth, Authorize with the pasted 
       if (r.url().startsWith(base)) void r.text().then((t) => bodies.push(t), () => {});
     });
 
-    // Log in through the form.
+    // No password: without a session the page says how to get in, and nothing else.
     await page.goto(`${base}/accounts`);
-    assert.match(page.url(), /\/login$/);
-    await page.fill('input[name=password]', 'wrong');
-    await page.click('button.primary');
-    assert.match(await page.textContent('#flash') ?? '', /Wrong password/);
-    await page.fill('input[name=password]', adminPw);
-    await page.click('button.primary');
+    assert.match((await page.textContent('main')) ?? '', /xoauth2-bridge console-link/);
+    assert.equal(await page.locator('#accounts').count(), 0);
+    // The owner asks the daemon for a link (the real CLI over the control socket) and opens it.
+    const link = (await run(process.execPath, [...CLI, 'console-link', '-c', b.configFile])).stdout.trim();
+    await page.goto(link);
     assert.match(page.url(), /\/accounts$/);
+    // The link worked once: opened again (here without the browser's cookie) it opens nothing.
+    const reused = await fetch(link, { redirect: 'manual' });
+    assert.equal(reused.status, 401);
+    assert.match(await reused.text(), /used already or expired/);
+    assert.equal(reused.headers.get('set-cookie'), null);
     const stateCell = () => page.textContent('tr[data-account="office"] td.state');
     assert.equal((await stateCell())?.trim(), 'ok');
     assert.equal(await page.locator('#attention').count(), 0, 'no banner while all is well');
@@ -118,7 +124,7 @@ test('browser: log in, revoked grant -> needs-reauth, Authorize with the pasted 
     assert.equal(await page.locator('#attention').count(), 0, 'banner gone');
 
     const newRt = world.tokens.refreshTokensFor(world.account.email).filter((t) => t !== world.account.refreshToken);
-    assertNoSecrets(bodies.join('\n') + b.logs.join('\n'), [...secretsOf(world), adminPw, ...newRt]);
+    assertNoSecrets(bodies.join('\n') + b.logs.join('\n'), [...secretsOf(world), new URL(link).searchParams.get('link')!, ...newRt]);
   } finally {
     await browser.close();
     await b.stop();

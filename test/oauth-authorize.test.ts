@@ -186,20 +186,32 @@ test('denied consent, EOF on --manual input and service accounts give clear erro
   }
 });
 
-test('authorizeCommand prints who was authorized and warns about a different signed-in user', async () => {
+test('authorizeCommand prints who was authorized, and refuses a different signed-in user without storing anything', async () => {
   const w = await oauthWorld();
   try {
+    const run = async (): Promise<{ code: number; text: string }> => {
+      const input = new PassThrough();
+      const out = collect();
+      // authorizeCommand has no openUrl hook: play the browser from the printed URL.
+      out.stream.on('data', (c: Buffer) => {
+        const m = /(https:\/\/127\.0\.0\.1:\d+\/auth\?\S+)/.exec(c.toString());
+        if (m) void consent(w, m[1]).then((loc) => input.write(loc + '\n'));
+      });
+      const code = await authorizeCommand(w.config(), 'office', { manual: true }, input, out.stream);
+      return { code, text: out.text() };
+    };
+    const ok = await run();
+    assert.equal(ok.code, 0, ok.text);
+    assert.match(ok.text, /Authorized account office as scanner@example\.com/);
+    const stored = (await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office;
+    assert.ok(stored?.refreshToken);
+
     w.fake.consentEmail = 'someone.else@example.com';
-    const input = new PassThrough();
-    const out = collect();
-    // authorizeCommand has no openUrl hook: play the browser from the printed URL.
-    out.stream.on('data', (c: Buffer) => {
-      const m = /(https:\/\/127\.0\.0\.1:\d+\/auth\?\S+)/.exec(c.toString());
-      if (m) void consent(w, m[1]).then((loc) => input.write(loc + '\n'));
-    });
-    assert.equal(await authorizeCommand(w.config(), 'office', { manual: true }, input, out.stream), 0, out.text());
-    assert.match(out.text(), /Authorized account office as someone\.else@example\.com/);
-    assert.match(out.text(), /Warning: you signed in as someone\.else@example\.com/);
+    const other = await run();
+    assert.equal(other.code, 1, other.text);
+    assert.match(other.text, /error: you signed in as someone\.else@example\.com, but account "office" sends as scanner@example\.com; nothing was stored/);
+    assert.doesNotMatch(other.text, /Authorized account/);
+    assert.deepEqual((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, stored, 'the stored grant is unchanged');
   } finally {
     await w.close();
   }

@@ -212,6 +212,25 @@ export function buildProgram(): Command {
     .action((o: { config: string }) => run(async () => (await tokenCli()).reloadCommand(withConfig(o.config), process.stdout)));
 
   program
+    .command('console-link')
+    .description('print a one-time login link for the web console (asks the running daemon over its control socket; works once, within 5 minutes)')
+    .addOption(configOpt())
+    .addHelpText('after', examples('runuser -u xoauth2-bridge -- xoauth2-bridge console-link', 'ssh -L 9465:127.0.0.1:9465 bridge-host   # then open the link in your browser'))
+    .action((o: { config: string }) =>
+      run(async () => {
+        const { callOwner } = await import('../control/client.js');
+        const r = (await callOwner(await withState(o.config), 'console.link')).result as import('../control/ops.js').ConsoleLinkResult;
+        if (!r.ok || !r.url) {
+          process.stderr.write(`console-link: ${r.message}\n`);
+          return 1;
+        }
+        process.stdout.write(`${r.url}\n`);
+        process.stderr.write(`Open this address in a browser on this machine (or through ssh -L); it works once, within 5 minutes (until ${r.expiresAt}).\n`);
+        return 0;
+      }),
+    );
+
+  program
     .command('send-test')
     .description('send one test message straight through an account (checks token and Gmail)')
     .requiredOption('--to <addr>', 'recipient')

@@ -48,6 +48,12 @@ export interface OpResult {
   message: string;
 }
 
+/** `console-link`: a one-time login address for the web console (message: the same address). */
+export interface ConsoleLinkResult extends OpResult {
+  url?: string;
+  expiresAt?: string;
+}
+
 export interface RetryAllResult extends OpResult {
   retried: number;
   refused: CommandResult[];
@@ -61,6 +67,8 @@ export interface OpsParts {
   tokens: TokenService;
   /** Re-read the config file (daemon only). */
   reload?: () => Promise<boolean>;
+  /** Mints a one-time web console login link (daemon only; null when the console is off). */
+  consoleLink?: () => ConsoleLinkResult | null;
   /** false in the CLI acting without a daemon: stored grants are not tried until the daemon starts. */
   live: boolean;
 }
@@ -164,6 +172,15 @@ export class Operations {
     }
     const st = this.p.tokens.status().find((s) => s.account === account);
     return { ok: true, message: `Account ${account}: access token refreshed, valid until ${st?.accessTokenExpiresAt ?? '?'}.` };
+  }
+
+  /**
+   * A one-time login link for the web console. Asked over the control socket, so only who may
+   * use that socket gets one: the console never grants more than the socket does.
+   */
+  consoleLink(): ConsoleLinkResult {
+    if (!this.p.consoleLink) return { ok: false, message: 'no daemon is running; the web console is part of it (start it: xoauth2-bridge serve)' };
+    return this.p.consoleLink() ?? { ok: false, message: 'the web console is off (http.console: false); set http.console: true and reload' };
   }
 
   async reload(): Promise<OpResult> {

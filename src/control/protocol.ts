@@ -21,7 +21,8 @@ export type OpName =
   | 'token.status'
   | 'token.import'
   | 'token.refresh'
-  | 'reload';
+  | 'reload'
+  | 'console.link';
 
 export interface Request {
   op: OpName;
@@ -65,6 +66,8 @@ export async function dispatch(ops: Operations, req: Request): Promise<unknown> 
       return ops.refresh(str(a, 'account'));
     case 'reload':
       return ops.reload();
+    case 'console.link':
+      return ops.consoleLink();
     default:
       throw new RequestError(`unknown operation ${JSON.stringify((req as { op?: unknown }).op)}`);
   }

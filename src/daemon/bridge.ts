@@ -130,7 +130,15 @@ export class Bridge {
       tls,
       console: this.console ?? undefined,
     });
-    this.ops = new Operations({ config: () => this.config, spool: this.spool, worker: this.worker, tokens: this.tokens, reload: () => this.reload(), live: true });
+    this.ops = new Operations({
+      config: () => this.config,
+      spool: this.spool,
+      worker: this.worker,
+      tokens: this.tokens,
+      reload: () => this.reload(),
+      consoleLink: () => this.console?.mintLink(this.httpAddress) ?? null,
+      live: true,
+    });
     this.control = new ControlServer(this.config.stateDir, this.ops, this.log);
   }
 

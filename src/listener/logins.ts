@@ -1,5 +1,5 @@
-// One login check: lockout, then the cache of successful logins (never waits for a KDF),
-// then the fair KDF gate. A client that already has a check in flight or queued is charged
+// One login check (SMTP AUTH and the web console's admin password): lockout, then the cache
+// of successful logins (never waits for a KDF), then the fair KDF gate. A client that already has a check in flight or queued is charged
 // a failure BEFORE its next check waits (refunded if that check succeeds), so 20 parallel
 // connections from one address reach the lockout after `limit` of them instead of running
 // 20 KDFs; the lockout then drops the rest of its queue.
@@ -25,12 +25,15 @@ export class Logins {
     readonly failures: AuthFailures = new AuthFailures(),
     readonly cache: PasswordCache = new PasswordCache(),
     readonly gate: KdfGate = kdfGate,
+    /** Prefixes the client key in the gate: each door (SMTP AUTH, the web console) keeps its own
+     * one-in-flight slot and its own queue, so a lockout at one door drops no check of the other. */
+    private readonly door = '',
   ) {}
 
   async check(ip: string, username: string, password: string, phc: string | undefined, limits: AuthLimits): Promise<LoginVerdict> {
     if (this.failures.lockedFor(ip) > 0) return { result: 'locked', failed: false, lockoutStarted: false };
     if (phc !== undefined && this.cache.has(username, password, phc)) return { result: 'ok', failed: false, lockoutStarted: false };
-    const key = clientKey(ip);
+    const key = this.door + clientKey(ip);
     const same = `${this.cache.id(username, password)}\0${phc ?? ''}`;
     const shared = this.inFlight.get(same);
     if (shared) {

@@ -102,13 +102,18 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
     rec.accessTokenFor = accountIdentity(acct);
   }
   if (grant.email) rec.authorizedEmail = grant.email;
+  // The one identity check for every re-authorization (CLI and web console): a grant of
+  // another user would replace the account's own and send as that user (or be refused by
+  // Gmail), so it is refused before anything is stored.
+  if (grant.email && grant.email.toLowerCase() !== acct.email.toLowerCase())
+    throw new AuthorizeError(
+      `you signed in as ${grant.email}, but account "${acct.name}" sends as ${acct.email}; nothing was stored. Run authorize again and sign in as ${acct.email} (or set the account's email to ${grant.email} if that is the mailbox it should send as)`,
+    );
   if (opts.save) await opts.save(rec);
   else
     await store.update((d) => {
       d.accounts[acct.name] = rec;
     });
-  if (grant.email && grant.email.toLowerCase() !== acct.email.toLowerCase())
-    opts.output.write(`Warning: you signed in as ${grant.email}, but account "${acct.name}" sends as ${acct.email}; Gmail refuses other senders unless they are aliases of ${grant.email}.\n`);
   return { email: grant.email };
 }
 

@@ -5,10 +5,10 @@ import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../log/logger.js';
 import { redactString } from '../../log/redact.js';
 import { send as sendAs, HTML } from '../respond.js';
-import { ConsoleAccess, type Session } from './access.js';
+import { ConsoleAccess, LINK_TTL_MS, type Session } from './access.js';
 import type { AccountView, ConsoleOps } from './ops.js';
 import { ConsoleAuthorizations } from './reauth.js';
-import { accountsPage, authorizePage, loginPage, messagePage, queuePage, type PageContext } from './pages.js';
+import { accountsPage, authorizePage, linkPage, loginPage, messagePage, queuePage, type PageContext } from './pages.js';
 
 export interface ConsoleOptions {
   config: () => Config;
@@ -63,6 +63,7 @@ export class WebConsole {
     const got = await this.access.session(req);
     if (!got) {
       if (method === 'POST') return send(res, req, 403, messagePage(403, 'not logged in'));
+      if (!this.access.passwordRequired) return send(res, req, 401, linkPage());
       return redirect(res, '/login');
     }
     const { session } = got;
@@ -79,7 +80,13 @@ export class WebConsole {
 
   private async login(req: http.IncomingMessage, res: http.ServerResponse, method: string, form: URLSearchParams): Promise<void> {
     const ctx: PageContext = { csrf: null, attention: [], loggedIn: false };
-    if (!this.access.passwordRequired) return redirect(res, '/accounts');
+    // GET only: a HEAD (a link checker, a preview) must not use the link up.
+    const link = method === 'GET' ? new URL(req.url ?? '/', 'http://console').searchParams.get('link') : null;
+    if (link !== null) return this.redeem(req, res, link);
+    if (!this.access.passwordRequired) {
+      if (await this.access.session(req)) return redirect(res, '/accounts');
+      return send(res, req, 401, linkPage());
+    }
     if (method !== 'POST') return send(res, req, 200, loginPage(ctx));
     if (!this.access.csrfOk(req, null, undefined)) return send(res, req, 403, messagePage(403, 'CSRF check failed'));
     const r = await this.access.login(req, form.get('password') ?? '');
@@ -91,6 +98,30 @@ export class WebConsole {
     this.opts.log.info('web console: login', { ip: req.socket.remoteAddress });
     res.setHeader('Set-Cookie', this.access.setCookie(s));
     return redirect(res, '/accounts');
+  }
+
+  /** Opens a session for a one-time link from `console-link` (the token is never logged). */
+  private redeem(req: http.IncomingMessage, res: http.ServerResponse, token: string): void {
+    if (!this.access.redeem(token)) {
+      this.opts.log.warn('web console: login link refused (used already, expired or unknown)', { ip: req.socket.remoteAddress });
+      return send(res, req, 401, linkPage('This login link was used already or expired (a link works once, for 5 minutes).'));
+    }
+    const s = this.access.create();
+    this.opts.log.info('web console: login through a one-time link', { ip: req.socket.remoteAddress });
+    res.setHeader('Set-Cookie', this.access.setCookie(s));
+    return redirect(res, '/');
+  }
+
+  /**
+   * A one-time login link for the owner (the control socket's `console.link`): the console's
+   * address as this machine reaches it, `bound` being the address the endpoint listens on.
+   */
+  mintLink(bound: { host: string; port: number } | null, ttlMs = LINK_TTL_MS): { ok: boolean; message: string; url?: string; expiresAt?: string } {
+    if (!bound) return { ok: false, message: 'the web console is off: http.port is 0 (set http.port, e.g. 9465)' };
+    const { token, expiresAt } = this.access.mintLink(ttlMs);
+    this.opts.log.info('web console: login link issued', { expiresAt: new Date(expiresAt).toISOString() });
+    const url = `${this.opts.tls ? 'https' : 'http'}://${linkHost(this.opts.config().http.host)}:${bound.port}/login?link=${token}`;
+    return { ok: true, message: url, url, expiresAt: new Date(expiresAt).toISOString() };
   }
 
   private async ctx(session: Session, accounts?: AccountView[]): Promise<PageContext> {
@@ -106,7 +137,7 @@ export class WebConsole {
           : `account ${name} is failing: ${a.status.lastError ?? 'see the log'}`,
       );
     }
-    return { csrf: session.csrf, attention: attention.map(redactString), flash, loggedIn: this.access.passwordRequired };
+    return { csrf: session.csrf, attention: attention.map(redactString), flash, loggedIn: true };
   }
 
   private async get(req: http.IncomingMessage, res: http.ServerResponse, path: string, session: Session): Promise<void> {
@@ -139,7 +170,7 @@ export class WebConsole {
       this.access.end(session);
       this.flashes.delete(session.id);
       res.setHeader('Set-Cookie', this.access.clearCookie());
-      return redirect(res, this.access.passwordRequired ? '/login' : '/accounts');
+      return redirect(res, '/login');
     }
     const auth = /^\/accounts\/([^/]+)\/authorize(\/complete)?$/.exec(path);
     if (auth) {
@@ -164,7 +195,7 @@ export class WebConsole {
         flash(false, `Authorization of ${account} failed: ${r.error}`);
         return redirect(res, '/accounts');
       }
-      flash(true, `Account ${account} authorized${r.email ? ` as ${r.email}` : ''}; its held mail is being sent.${r.warning ? ' ' + r.warning : ''}`);
+      flash(true, `Account ${account} authorized${r.email ? ` as ${r.email}` : ''}; its held mail is being sent.`);
       return redirect(res, '/accounts');
     }
     const q = /^\/queue\/([0-9A-Za-z_-]+)\/(retry|delete|hold|release)$/.exec(path);
@@ -184,6 +215,16 @@ export class WebConsole {
     }
     return send(res, req, 404, messagePage(404, 'not found'));
   }
+}
+
+/**
+ * The host to put in a login link. Without a password the console answers only exact loopback
+ * names, so a wildcard or loopback bind is reached as a loopback literal (through `ssh -L` from
+ * elsewhere); a named or LAN host (password mode, TLS) as configured.
+ */
+function linkHost(host: string): string {
+  if (host === '' || host === '0.0.0.0' || host === '::' || host === '::ffff:0.0.0.0') return '127.0.0.1';
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 function readForm(req: http.IncomingMessage): Promise<URLSearchParams | null> {

@@ -66,7 +66,20 @@ export function loginPage(ctx: PageContext, error?: string): string {
     ctx,
     `<h1>Log in</h1>${error ? `<div class="flash-bad" id="flash">${esc(error)}</div>` : ''}
 <form method="post" action="/login"><p><label>Admin password<br><input type="password" name="password" autocomplete="current-password" autofocus required></label></p>
-<p><button class="primary">Log in</button></p></form>`,
+<p><button class="primary">Log in</button></p></form>
+<p class="muted">Or, on the bridge host as the service's user: <code>xoauth2-bridge console-link</code>, and open the address it prints.</p>`,
+  );
+}
+
+/** What a visitor without a session sees when the console has no password: how to get a link. */
+export function linkPage(problem?: string): string {
+  return layout(
+    'Log in',
+    { csrf: null, attention: [], loggedIn: false },
+    `<h1>Log in with a one-time link</h1>${problem ? `<div class="flash-bad" id="flash">${esc(problem)}</div>` : ''}
+<p>This console has no password (<code>http.adminPasswordHash</code>), so it opens only through a login link that the service's own user can get. On the bridge host run:</p>
+<pre><code>runuser -u xoauth2-bridge -- xoauth2-bridge console-link</code></pre>
+<p>(as the user the daemon runs as; any user that may use its control socket can) and open the address it prints in this browser. A link works once, for 5 minutes.</p>`,
   );
 }
 

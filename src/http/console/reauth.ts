@@ -14,7 +14,7 @@ import { collect } from './ops.js';
 const ATTEMPT_TTL_MS = 15 * 60e3;
 const EXCHANGE_WAIT_MS = 60e3;
 
-export type AttemptResult = { ok: true; email: string | null; warning?: string } | { ok: false; error: string };
+export type AttemptResult = { ok: true; email: string | null } | { ok: false; error: string };
 
 interface Attempt {
   url: string;
@@ -50,8 +50,7 @@ export class ConsoleAuthorizations {
       async ({ email }) => {
         await this.opts.onAuthorized(account);
         this.opts.log.info('account authorized from the web console', { account });
-        const warning = /^Warning: .*$/m.exec(out.text())?.[0];
-        return { ok: true as const, email, ...(warning ? { warning } : {}) };
+        return { ok: true as const, email };
       },
       (e: unknown) => ({ ok: false as const, error: redactString((e as Error).message) }),
     );

@@ -28,7 +28,7 @@ const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => f
 
 /**
  * Throws RootGuardError when this process is root, stateDir is owned by another user, and the
- * command would act on the files: always for `serve`/`send-test` (`always`), else only while no
+ * command would act on the files: always for `serve` (`always`), else only while no
  * daemon owns the directory (with one, the request goes over its control socket).
  */
 export async function refuseRootOnServiceState(cfg: Config, argv: string[], opts: { always?: boolean } = {}, host: GuardHost = HOST): Promise<void> {

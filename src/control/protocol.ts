@@ -21,7 +21,8 @@ export type OpName =
   | 'token.status'
   | 'token.import'
   | 'token.refresh'
-  | 'reload';
+  | 'reload'
+  | 'send-test';
 
 export interface Request {
   op: OpName;
@@ -65,6 +66,8 @@ export async function dispatch(ops: Operations, req: Request): Promise<unknown> 
       return ops.refresh(str(a, 'account'));
     case 'reload':
       return ops.reload();
+    case 'send-test':
+      return ops.sendTest(str(a, 'to'), typeof a?.account === 'string' ? a.account : undefined);
     default:
       throw new RequestError(`unknown operation ${JSON.stringify((req as { op?: unknown }).op)}`);
   }

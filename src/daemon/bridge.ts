@@ -123,7 +123,7 @@ export class Bridge {
       tls,
       console: this.console ?? undefined,
     });
-    this.ops = new Operations({ config: () => this.config, spool: this.spool, worker: this.worker, tokens: this.tokens, reload: () => this.reload(), live: true });
+    this.ops = new Operations({ config: () => this.config, spool: this.spool, worker: this.worker, tokens: this.tokens, reload: () => this.reload(), live: true, upstream: this.upstream, log: this.log });
     this.control = new ControlServer(this.config.stateDir, this.ops, this.log);
   }
 

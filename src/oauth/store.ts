@@ -246,7 +246,7 @@ export class TokenStore {
     if (!this.opts.key) return;
     try {
       const done = await this.serialised(() => this.seal());
-      if (done.length) log.info(`token store sealed at rest (AES-256-GCM): ${done.join(', ')}`, { file: this.file });
+      if (done.length) log.info(`token store sealed at rest (AES-256-GCM): ${done.join('; ')}`, { file: this.file });
       else if (await this.exists(this.file)) log.info('token store encrypted at rest (AES-256-GCM)', { file: this.file });
       else log.info('token store will be encrypted at rest (AES-256-GCM) when first written', { file: this.file });
     } catch (e) {
@@ -254,7 +254,7 @@ export class TokenStore {
     }
   }
 
-  /** What was sealed or removed, as `NAME was plaintext, sealed` phrases. */
+  /** What was sealed or removed, one phrase per file (`NAME was plaintext, sealed`). */
   private async seal(): Promise<string[]> {
     const done: string[] = [];
     const bak = this.file + '.bak';

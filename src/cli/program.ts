@@ -238,7 +238,7 @@ export function buildProgram(): Command {
     .addOption(configOpt())
     .addHelpText('after', examples('runuser -u xoauth2-bridge -- xoauth2-bridge send-test --to you@example.com', 'xoauth2-bridge send-test --to you@example.com --account m365'))
     .action((o: { config: string; to: string; account?: string }) =>
-      run(async () => (await import('./sendTest.js')).sendTestCommand(await withState(o.config, { always: true }), { to: o.to, account: o.account }, process.stdout)),
+      run(async () => (await import('./sendTest.js')).sendTestCommand(await withState(o.config), { to: o.to, account: o.account }, process.stdout)),
     );
 
   program

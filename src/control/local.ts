@@ -6,6 +6,7 @@ import type { Logger } from '../log/logger.js';
 import { Spool } from '../spool/spool.js';
 import { DeliveryWorker } from '../delivery/worker.js';
 import { TokenService } from '../oauth/service.js';
+import { TransportRouter } from '../upstream/router.js';
 import { Operations } from './ops.js';
 import type { OpName } from './protocol.js';
 import type { AccountHealth } from '../types.js';
@@ -18,17 +19,20 @@ export async function localOperations(config: Config, log: Logger, op: OpName): 
   try {
     await tokens.init();
   } catch (e) {
-    if (op.startsWith('token.')) throw e;
+    if (op.startsWith('token.') || op === 'send-test') throw e;
     health = { state: () => 'ok', markNeedsReauth: () => {}, onChange: () => {} };
   }
   const spool = new Spool(config.stateDir, log);
   if (op.startsWith('queue.')) await spool.init();
   const worker = new DeliveryWorker({ config, log, spool, upstream: null, health });
   if (op.startsWith('queue.')) await worker.load();
-  const ops = new Operations({ config: () => config, spool, worker, tokens, live: false });
+  // send-test sends from here, under the lock the caller holds (a refresh may write the store).
+  const upstream = op === 'send-test' ? new TransportRouter({ config, log, tokens }) : undefined;
+  const ops = new Operations({ config: () => config, spool, worker, tokens, live: false, upstream, log });
   return {
     ops,
     close: async () => {
+      await upstream?.close();
       await worker.flush();
       await spool.close();
       tokens.stop();

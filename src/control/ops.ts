@@ -7,6 +7,9 @@ import type { Spool, CorruptEntry, FailedEnvelope } from '../spool/spool.js';
 import { readHeaderBlock } from '../spool/headers.js';
 import { NeedsReauthError, fixHint, type AccountStatus, type TokenService } from '../oauth/service.js';
 import type { HoldReason, MessageSource, MessageState, RcptStatus } from '../types.js';
+import { nullLogger, type Logger } from '../log/logger.js';
+import type { TransportRouter } from '../upstream/router.js';
+import { sendTestMessage } from '../upstream/testMessage.js';
 
 /** One message as `queue list --json` prints it (and the console shows it). */
 export interface QueueRow {
@@ -71,6 +74,9 @@ export interface OpsParts {
   consoleLink?: () => ConsoleLinkResult | null;
   /** false in the CLI acting without a daemon: stored grants are not tried until the daemon starts. */
   live: boolean;
+  /** `send-test` sends through it (the owner's upstream and tokens); absent: send-test is refused. */
+  upstream?: TransportRouter;
+  log?: Logger;
 }
 
 export class Operations {
@@ -181,6 +187,12 @@ export class Operations {
   consoleLink(): ConsoleLinkResult {
     if (!this.p.consoleLink) return { ok: false, message: 'no daemon is running; the web console is part of it (start it: xoauth2-bridge serve)' };
     return this.p.consoleLink() ?? { ok: false, message: 'the web console is off (http.console: false); set http.console: true and reload' };
+  }
+
+  /** `send-test`: one message straight through an account's upstream, by the owner of the token store. */
+  async sendTest(to: string, account?: string): Promise<OpResult> {
+    if (!this.p.upstream) return { ok: false, message: 'send-test is not available here' };
+    return sendTestMessage(this.p.config(), this.p.upstream, this.p.log ?? nullLogger, { to, account });
   }
 
   async reload(): Promise<OpResult> {

@@ -22,7 +22,8 @@ export type OpName =
   | 'token.import'
   | 'token.refresh'
   | 'reload'
-  | 'console.link';
+  | 'console.link'
+  | 'send-test';
 
 export interface Request {
   op: OpName;
@@ -68,6 +69,8 @@ export async function dispatch(ops: Operations, req: Request): Promise<unknown> 
       return ops.reload();
     case 'console.link':
       return ops.consoleLink();
+    case 'send-test':
+      return ops.sendTest(str(a, 'to'), typeof a?.account === 'string' ? a.account : undefined);
     default:
       throw new RequestError(`unknown operation ${JSON.stringify((req as { op?: unknown }).op)}`);
   }

@@ -138,6 +138,8 @@ export class Bridge {
       reload: () => this.reload(),
       consoleLink: () => this.console?.mintLink(this.httpAddress) ?? null,
       live: true,
+      upstream: this.upstream,
+      log: this.log,
     });
     this.control = new ControlServer(this.config.stateDir, this.ops, this.log);
   }

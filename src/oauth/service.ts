@@ -218,7 +218,7 @@ export class TokenService implements TokenSource, AccountHealth {
       this.storeError = redactString((e as Error).message);
     }
     this.lastData = data;
-    if (this.store.encrypted && !this.storeError) this.log.info('token store encrypted at rest (AES-256-GCM)', { file: this.store.file });
+    if (this.store.encrypted && !this.storeError) await this.store.sealAtRest(this.log);
     for (const acct of this.config.accounts) this.slots.set(acct.name, this.storeError ? this.heldSlot(acct) : this.newSlot(acct, data.accounts[acct.name]));
     if (this.storeError) {
       this.log.error(

@@ -3,13 +3,16 @@
 // tokens.json.bak. Only the owner of the state directory writes it (the daemon, or a CLI
 // command holding the state lock, see src/control/stateLock.ts); within the process every
 // write is a serialised read-modify-write of the freshest file.
-// Optional AES-256-GCM at rest; a file we cannot decrypt is never overwritten.
+// Optional AES-256-GCM at rest; a file we cannot decrypt is never overwritten. With a key, no
+// plaintext copy is left behind: the owner seals a plaintext store and backup at start
+// (sealAtRest), and a write never keeps a plaintext version as the backup.
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { open, readFile, unlink, link, copyFile, mkdir, stat, chmod } from 'node:fs/promises';
-import { join } from 'node:path';
+import { open, readFile, readdir, unlink, link, copyFile, mkdir, stat, chmod } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import type { AccountState } from '../types.js';
-import { safeWrite } from '../fs/safeWrite.js';
+import type { Logger } from '../log/logger.js';
+import { safeWrite, unlinkQuiet } from '../fs/safeWrite.js';
 
 export interface TokenRecord {
   /** Absent for service accounts (they sign a fresh assertion each time). */
@@ -134,11 +137,16 @@ export class TokenStore {
 
   /** Reads the store; a missing file is an empty store. Throws clear errors (mode, key, corruption). */
   async load(): Promise<StoreData> {
+    return (await this.read()).data;
+  }
+
+  /** The store and how it is on disk: absent, plaintext or sealed. */
+  private async read(): Promise<{ data: StoreData; onDisk: 'absent' | 'plaintext' | 'sealed' }> {
     let st;
     try {
       st = await stat(this.file);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { accounts: {} };
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { data: { accounts: {} }, onDisk: 'absent' };
       throw e;
     }
     if (st.mode & 0o077)
@@ -149,17 +157,17 @@ export class TokenStore {
     return this.decode(text);
   }
 
-  private decode(text: string): StoreData {
+  private decode(text: string, file = this.file): { data: StoreData; onDisk: 'plaintext' | 'sealed' } {
     let parsed: Partial<PlainFile & SealedFile>;
     try {
       parsed = JSON.parse(text) as Partial<PlainFile & SealedFile>;
     } catch {
-      throw new TokenStoreError(`token store ${this.file} is not valid JSON (damaged?); the previous version is in ${this.file}.bak`);
+      throw new TokenStoreError(`token store ${file} is not valid JSON (damaged?); the previous version is in ${this.file}.bak`);
     }
-    if (parsed.format !== FORMAT) throw new TokenStoreError(`${this.file} is not an xoauth2-bridge token store`);
+    if (parsed.format !== FORMAT) throw new TokenStoreError(`${file} is not an xoauth2-bridge token store`);
     if (parsed.encryption === undefined) {
-      // A plaintext store while a key is configured is read as-is and encrypted on the next write.
-      return { accounts: parsed.accounts ?? {} };
+      // A plaintext store while a key is configured is read as-is; sealAtRest or the next write seals it.
+      return { data: { accounts: parsed.accounts ?? {} }, onDisk: 'plaintext' };
     }
     if (parsed.encryption !== 'aes-256-gcm') throw new TokenStoreError(`${this.file}: unknown encryption ${String(parsed.encryption)}`);
     const k = this.opts.key;
@@ -172,10 +180,10 @@ export class TokenStore {
       d.setAAD(AAD);
       d.setAuthTag(Buffer.from(parsed.tag ?? '', 'base64'));
       const plain = Buffer.concat([d.update(Buffer.from(parsed.data ?? '', 'base64')), d.final()]);
-      return { accounts: (JSON.parse(plain.toString('utf8')) as PlainFile).accounts ?? {} };
+      return { data: { accounts: (JSON.parse(plain.toString('utf8')) as PlainFile).accounts ?? {} }, onDisk: 'sealed' };
     } catch {
       throw new TokenStoreError(
-        `cannot decrypt token store ${this.file} with the key from ${k.source} (wrong key?); the file was left untouched`,
+        `cannot decrypt token store ${file} with the key from ${k.source} (wrong key?); the file was left untouched`,
       );
     }
   }
@@ -205,11 +213,18 @@ export class TokenStore {
   update(fn: (data: StoreData) => void): Promise<StoreData> {
     const run = async () => {
       await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
-      const data = await this.load();
+      const { data, onDisk } = await this.read();
+      // With a key, a plaintext version is kept as the backup only in its sealed form.
+      const sealedPrevious = this.opts.key && onDisk === 'plaintext' ? this.encode(data) : null;
       fn(data);
-      await safeWrite(this.file, this.encode(data), { mode: 0o600, beforeRename: () => this.keepBackup() });
+      await safeWrite(this.file, this.encode(data), { mode: 0o600, beforeRename: () => this.keepBackup(sealedPrevious) });
       return data;
     };
+    return this.serialised(run);
+  }
+
+  /** Runs `run` after every earlier write of this file in this process has settled. */
+  private serialised<T>(run: () => Promise<T>): Promise<T> {
     const prev = chains.get(this.file) ?? Promise.resolve();
     const p = prev.then(run, run);
     const settled = p.catch(() => {});
@@ -220,12 +235,82 @@ export class TokenStore {
     return p;
   }
 
-  /** tokens.json.bak = the version about to be replaced (a hard link keeps it without copying). */
-  private async keepBackup(): Promise<void> {
-    const bak = this.file + '.bak';
+  /**
+   * Seals what a key-less writer (e.g. `token import` run without the unit's credential) left
+   * in plaintext: the store, its backup, and temp files of an interrupted write. Call as the
+   * owner of the state directory, after a successful load. Logs one info line when it sealed
+   * something, and claims encryption at rest only when that is what is on disk; a failure is
+   * logged as an error (the store stays usable) and never claimed.
+   */
+  async sealAtRest(log: Logger): Promise<void> {
+    if (!this.opts.key) return;
     try {
-      await stat(this.file);
-    } catch {
+      const done = await this.serialised(() => this.seal());
+      if (done.length) log.info(`token store sealed at rest (AES-256-GCM): ${done.join('; ')}`, { file: this.file });
+      else if (await this.exists(this.file)) log.info('token store encrypted at rest (AES-256-GCM)', { file: this.file });
+      else log.info('token store will be encrypted at rest (AES-256-GCM) when first written', { file: this.file });
+    } catch (e) {
+      log.error(`token store is not encrypted at rest: sealing the plaintext store failed: ${(e as Error).message}`, { file: this.file });
+    }
+  }
+
+  /** What was sealed or removed, one phrase per file (`NAME was plaintext, sealed`). */
+  private async seal(): Promise<string[]> {
+    const done: string[] = [];
+    const bak = this.file + '.bak';
+    // The backup first: a crash in between leaves a sealed backup beside a plaintext store, which the next start seals.
+    const bakText = await readFile(bak, 'utf8').catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null;
+      throw e;
+    });
+    if (bakText !== null) {
+      let decoded: { data: StoreData; onDisk: string } | null = null;
+      try {
+        decoded = this.decode(bakText, bak);
+      } catch {
+        // Unreadable with our key: sealed with another one stays; anything else may hold a token in clear.
+        if (/"encryption"\s*:/.test(bakText)) decoded = { data: { accounts: {} }, onDisk: 'sealed' };
+      }
+      if (!decoded) {
+        await unlink(bak);
+        done.push(`${basename(bak)} was not a sealed store, removed`);
+      } else if (decoded.onDisk === 'plaintext') {
+        await safeWrite(bak, this.encode(decoded.data), { mode: 0o600 });
+        done.push(`${basename(bak)} was plaintext, sealed`);
+      }
+    }
+    const { data, onDisk } = await this.read();
+    if (onDisk === 'plaintext') {
+      await safeWrite(this.file, this.encode(data), { mode: 0o600 });
+      done.push(`${basename(this.file)} was plaintext, sealed`);
+    }
+    // Temp files of a write interrupted by a crash (safeWrite's NAME.PID.RANDOM.tmp): the
+    // chain above means none of ours is in flight, and the state lock that no other process's is.
+    const stem = basename(this.file).replace(/\.[^.]*$/, '');
+    for (const name of await readdir(this.opts.stateDir)) {
+      if (!name.startsWith(`${stem}.`) || !name.endsWith('.tmp')) continue;
+      await unlinkQuiet(join(this.opts.stateDir, name));
+      done.push(`${name} (an interrupted write) removed`);
+    }
+    return done;
+  }
+
+  private exists(file: string): Promise<boolean> {
+    return stat(file).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /**
+   * tokens.json.bak = the version about to be replaced (a hard link keeps it without copying);
+   * `sealed`: that version's sealed encoding, written instead when the file on disk is plaintext.
+   */
+  private async keepBackup(sealed: string | null): Promise<void> {
+    const bak = this.file + '.bak';
+    if (!(await this.exists(this.file))) return;
+    if (sealed !== null) {
+      await safeWrite(bak, sealed, { mode: 0o600 });
       return;
     }
     await unlink(bak).catch(() => {});

@@ -2,12 +2,15 @@
 // To/Cc/Bcc headers, not from an SMTP envelope, so the bridge checks that the two agree:
 // envelope recipients the headers do not name are added as a Bcc header (Gmail removes it
 // before delivery); a header address the envelope lacks (an MTA split the recipient list,
-// a list expansion) cannot be expressed: such a message must not go through the API.
+// a list expansion) cannot be expressed: such a message must not go through the API. Bcc
+// addresses are written as RFC 5322 addr-specs (src/upstream/addressQuote.ts: a local part
+// that is no dot-atom is quoted); one that no header can carry holds the message instead.
 import { open } from 'node:fs/promises';
 import { domainToASCII } from 'node:url';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { MessageSource } from '../types.js';
 import { headerValues } from '../listener/filter.js';
+import { addrSpec, localPartValue } from './addressQuote.js';
 
 /** How much header the bridge reads before the blank line: the listener's 256 KB limit plus its Received: line. */
 export const MAX_HEADER_BYTES = 260 * 1024;
@@ -21,14 +24,15 @@ export type ApiPlan =
 
 /**
  * The key two spellings of one mailbox share: the domain compares case-insensitively (and
- * as punycode); the local part exactly, since only the receiving domain may fold its case.
+ * as punycode); the local part exactly, since only the receiving domain may fold its case,
+ * by its value (`"a,b"@x` in a header is the envelope's `a,b@x`, `"jo"@x` is `jo@x`).
  */
 export function mailboxKey(address: string): string {
   const a = address.trim();
   const at = a.lastIndexOf('@');
   if (at <= 0) return a;
   const domain = a.slice(at + 1).replace(/\.$/, '').toLowerCase();
-  return `${a.slice(0, at)}@${domainToASCII(domain) || domain}`;
+  return `${localPartValue(a.slice(0, at))}@${domainToASCII(domain) || domain}`;
 }
 
 /** Every address in the To, Cc and Bcc fields of a header section (groups flattened). */
@@ -60,6 +64,12 @@ export function planRecipients(rcptTo: readonly string[], inHeaders: readonly st
     seen.add(k);
     bcc.push(r);
   }
+  const unwritable = bcc.filter((a) => addrSpec(a) === null);
+  if (unwritable.length)
+    return {
+      ok: false,
+      reason: `the Gmail API takes recipients from the Bcc header, and no RFC 5322 address can express ${unwritable.slice(0, 5).map((a) => JSON.stringify(a)).join(', ')}${unwritable.length > 5 ? ` and ${unwritable.length - 5} more` : ''}`,
+    };
   return { ok: true, bcc };
 }
 
@@ -88,9 +98,14 @@ export async function readHeader(msg: MessageSource, max = MAX_HEADER_BYTES): Pr
   }
 }
 
-/** The Bcc field prepended to the uploaded copy (one address per folded line). */
+/** The Bcc field prepended to the uploaded copy (one addr-spec per folded line); `bcc` as planRecipients gave it. */
 export function bccField(bcc: readonly string[]): string {
-  return bcc.length ? `Bcc: ${bcc.map((a) => `<${a}>`).join(',\r\n ')}\r\n` : '';
+  const specs = bcc.map((a) => {
+    const spec = addrSpec(a);
+    if (spec === null) throw new Error(`no RFC 5322 address can express ${JSON.stringify(a)}`);
+    return `<${spec}>`;
+  });
+  return specs.length ? `Bcc: ${specs.join(',\r\n ')}\r\n` : '';
 }
 
 /** Reads the message's header and plans the API send for these envelope recipients. */

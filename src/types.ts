@@ -114,8 +114,14 @@ export type AccountState = 'ok' | 'needs-reauth' | 'error';
 
 /** The token service as the upstream sees it. */
 export interface TokenSource {
-  /** A usable access token; `force` skips the cache (after a 535). Throws NeedsReauthError when the grant is dead. */
-  getAccessToken(account: string, opts?: { force?: boolean }): Promise<string>;
+  /**
+   * A usable access token; `force` skips the cache (after a 535). `rejected`: the upstream
+   * refused this token; the answer is a newer one, shared by every caller that names the same
+   * token (at most one refresh per rejection). Throws NeedsReauthError when the grant is dead.
+   */
+  getAccessToken(account: string, opts?: { force?: boolean; rejected?: string }): Promise<string>;
+  /** The upstream accepted this token (AUTH succeeded with it). */
+  tokenWorked?(account: string, token: string): void;
   /** The upstream says the account cannot send until an operator fixes something: hold its mail with that fix for a while. */
   holdAccount?(account: string, reason: string, forMs: number): void;
 }

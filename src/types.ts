@@ -53,6 +53,8 @@ export interface SpooledEnvelope extends Envelope {
   /** Set exactly when state is 'held'. */
   reason: HoldReason | null;
   attempts: number;
+  /** Every upstream attempt, also those that do not count toward the backoff (auth and quota holds); absent: equal to attempts. */
+  tries?: number;
   nextAttemptAt: string;
   /** Last upstream reply (or local error) for the message; never contains secrets. */
   lastReply?: string;

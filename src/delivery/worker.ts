@@ -508,7 +508,8 @@ export class DeliveryWorker {
     const env = item.env;
     const bypassQuota = item.bypassQuota === true;
     item.bypassQuota = false;
-    const attempt = env.attempts + 1;
+    // `attempts` drives the backoff (auth and quota holds do not count); the log reports every try.
+    const attempt = triesOf(env) + 1;
     const send: Envelope = sendView(env);
     let r: SendResult;
     try {
@@ -522,7 +523,7 @@ export class DeliveryWorker {
     else this.accounts.settle(env.account, stamp, r.accepted.length);
     const q = this.config.queue;
     const expiresAt = Date.parse(env.receivedAt) + q.maxAge;
-    const base = q.retry[Math.min(attempt - 1, q.retry.length - 1)];
+    const base = q.retry[Math.min(env.attempts, q.retry.length - 1)];
     // The last try happens at maxAge, so a message is never bounced before its time.
     const retryAt = Math.min(now + Math.round(base * (0.9 + Math.random() * 0.2)), expiresAt);
     const d = transition(
@@ -538,7 +539,8 @@ export class DeliveryWorker {
       },
     );
     if (d.kind !== 'change') throw new Error(`unexpected decision ${d.kind} for an attempt's outcome`);
-    const next: SpooledEnvelope = { ...this.applied(env, d), attempts: d.countAttempt ? attempt : env.attempts };
+    const counted = d.countAttempt ? env.attempts + 1 : env.attempts;
+    const next: SpooledEnvelope = { ...this.applied(env, d), attempts: counted, ...(attempt !== counted ? { tries: attempt } : {}) };
     const accepted = d.rcpts.filter((x, i) => x.status === 'accepted' && env.rcpts[i]?.status !== 'accepted');
 
     // 1. Recipients Gmail accepted are never sent again: persist that first.
@@ -688,11 +690,16 @@ export class DeliveryWorker {
       from: env.mailFrom,
       rcpts: openRcpts(env.rcpts).length,
       size: env.size,
-      attempt: env.attempts,
+      attempt: triesOf(env),
       delay: Math.max(0, this.now() - Date.parse(env.receivedAt)),
       ...extra,
     });
   }
+}
+
+/** Upstream attempts so far, counted or not (envelopes written before `tries` existed hold only `attempts`). */
+function triesOf(env: SpooledEnvelope): number {
+  return Math.max(env.tries ?? 0, env.attempts);
 }
 
 /** What the upstream is handed: the message and only the recipients still to send. */

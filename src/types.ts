@@ -29,6 +29,8 @@ export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'faile
 /** `transport`: the Gmail API cannot deliver to exactly this envelope (the headers name other addresses); an operator decides. */
 export type HoldReason = 'needs-reauth' | 'quota' | 'operator' | 'transport';
 export type RcptStatus = 'pending' | 'accepted' | 'deferred' | 'rejected';
+/** Why a message failed, when it is not an upstream reply: `data-lost` = acknowledged, but its queue file is gone. Shown as text only at the edge. */
+export type FailCode = 'data-lost';
 
 export interface Recipient {
   address: string;
@@ -62,6 +64,8 @@ export interface SpooledEnvelope extends Envelope {
   warned?: boolean;
   /** state 'failed': why and when. */
   failReason?: string;
+  /** state 'failed': the reason as a code, when there is one. */
+  failCode?: FailCode;
   failedAt?: string;
 }
 

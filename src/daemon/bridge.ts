@@ -71,6 +71,7 @@ export class Bridge {
       delivered: (a, n) => metrics.delivered(a, n),
       deferred: (a) => metrics.deferred(a),
       bounced: (a) => metrics.bounced(a),
+      dataLost: (a) => metrics.dataLost(a),
       upstreamReply: (a, o) => {
         metrics.upstreamReply(a, o);
         this.upstreamHealth.record(a, o);

@@ -14,7 +14,8 @@ import type { Spool } from '../spool/spool.js';
 import type { AccountHealth, AccountState as HealthState, Envelope, HoldReason, MessageState, Recipient, SendResult, SpooledEnvelope, Upstream } from '../types.js';
 import { AccountState } from './accountState.js';
 import { buildDsn, statusFromReply, type DsnRecipient } from './bounce.js';
-import { openRcpts, transition, waitsForOperator, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';
+import { openRcpts, transition, waitsForOperator, DATA_LOST_TEXT, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';
+import type { FailedEnvelope } from '../spool/spool.js';
 
 export interface DeliveryWorkerOptions {
   config: Config;
@@ -35,6 +36,8 @@ export interface DeliveryMetrics {
   deferred(account: string): void;
   bounced(account: string): void;
   upstreamReply(account: string, outcome: SendResult['outcome']): void;
+  /** An acknowledged message's data was gone: failed with reason data-lost. */
+  dataLost?(account: string): void;
 }
 
 /** A message as operators see it: its stored envelope and its live state. */
@@ -132,6 +135,9 @@ export class DeliveryWorker {
   async start(): Promise<void> {
     if (!this.upstream) throw new Error('a worker without an upstream cannot start delivering');
     await this.load(); // errors propagate: a daemon that cannot read its spool must not start
+    // Acknowledged messages whose data is gone (init() keeps their envelopes) are reported now,
+    // not when their turn comes (a held account's mail may wait for days).
+    for (const item of [...this.items.values()]) if (!(await this.spool.hasMessage(item.env))) await this.dataLost(item, item.env);
     this.started = true;
     this.log.info('delivery started', { queued: this.items.size, concurrency: this.config.queue.concurrency });
     this.pump();
@@ -511,9 +517,15 @@ export class DeliveryWorker {
     // `attempts` drives the backoff (auth and quota holds do not count); the log reports every try.
     const attempt = triesOf(env) + 1;
     const send: Envelope = sendView(env);
+    const source = this.spool.message(env);
+    if (!source.bytes && !(await this.spool.hasMessage(env))) {
+      this.accounts.release(env.account, stamp);
+      await this.dataLost(item, env);
+      return;
+    }
     let r: SendResult;
     try {
-      r = await this.upstream!.send(send, this.spool.message(env));
+      r = await this.upstream!.send(send, source);
     } catch (err) {
       r = { outcome: 'transient', response: `local error: ${(err as Error)?.message ?? String(err)}`, accepted: [], rejected: [] };
     }
@@ -573,7 +585,7 @@ export class DeliveryWorker {
       return;
     }
     if (d.state === 'failed') {
-      await this.spool.fail(next, d.failReason ?? r.response);
+      if (!(await this.spool.fail(next, d.failReason ?? r.response))) await this.dataLost(item, next);
       this.finish(env.id);
       return;
     }
@@ -663,15 +675,43 @@ export class DeliveryWorker {
     this.event(delayed ? 'delay-warning' : 'bounced', env, { ...meta, dsn: queued.id, to });
   }
 
-  /** Rewrites the envelope; false when the message left the spool meanwhile (then it is dropped). */
+  /**
+   * Rewrites the envelope after an attempt; false when the queue file is gone. Nothing else
+   * removes it while an attempt is in flight (operator commands wait for the attempt), so its
+   * data was lost: the message fails as data-lost.
+   */
   private async persist(item: Item, env: SpooledEnvelope): Promise<boolean> {
     if (await this.spool.update(env)) {
       item.env = env;
       return true;
     }
-    this.finish(env.id);
-    this.log.info('removed', { id: env.id, account: env.account, reason: 'left the spool during delivery' });
+    await this.dataLost(item, env);
     return false;
+  }
+
+  /**
+   * An acknowledged message whose queue file is gone is never dropped quietly: one error line
+   * (id, sender, recipients), counted, a notice to bounceTo, its envelope in failed/ (data-lost).
+   */
+  private async dataLost(item: Item, env: SpooledEnvelope): Promise<void> {
+    const d = transition({ state: env.state, reason: env.reason, rcpts: env.rcpts }, { type: 'data-lost' });
+    if (d.kind !== 'change') return;
+    // The notice first: a crash before the move repeats it at the next start rather than losing it.
+    if (d.bounce?.length) await this.bounce(env, bounceList(d.bounce, '5.3.0'), { reason: 'data lost' });
+    const failed: FailedEnvelope = { ...this.applied(env, d), state: 'failed', failReason: d.failReason!, failCode: d.failCode, failedAt: new Date(this.now()).toISOString() };
+    await this.spool.failLost(failed);
+    this.finish(env.id);
+    this.metrics?.dataLost?.(env.account);
+    this.log.error(`${DATA_LOST_TEXT}: the queue file of acknowledged message ${env.id} is gone; moved to failed/ (data-lost), notice sent to ${this.config.queue.bounceTo}`, {
+      id: env.id,
+      account: env.account,
+      user: env.user,
+      from: env.mailFrom,
+      rcpts: d.bounce?.map((b) => b.rcpt) ?? [],
+      size: env.size,
+      receivedAt: env.receivedAt,
+      file: this.spool.message(env).path,
+    });
   }
 
   private finish(id: string): void {

@@ -107,6 +107,7 @@ export class Bridge {
         oldestQueuedMs: () => this.worker.stats().oldestAgeMs,
         upstream: this.upstreamHealth,
         stateDir: () => this.config.stateDir,
+        onAccountChange: (l) => this.tokens.onChange(l),
       },
     });
     const h = this.config.http;

@@ -466,8 +466,10 @@ test('a rejection names the rejected token: shared only when a newer one exists,
     assert.equal(refreshes(w), 2);
     // t2 worked (a delivery), then it is revoked too, well inside the old 5 s window: a new token, not t2 again.
     svc.tokenWorked('office', t2);
-    const t3 = await svc.getAccessToken('office', { rejected: t2 });
+    // A late report of t1 arrives while t2's replacement is in flight: it gets the replacement, not t2.
+    const [t3, late] = await Promise.all([svc.getAccessToken('office', { rejected: t2 }), svc.getAccessToken('office', { rejected: t1 })]);
     assert.ok(t3 !== t2, 'the second revocation gets a new token, not the one just refused');
+    assert.ok(late === t3, 'the late report of t1 joins the refresh in flight');
     assert.equal(refreshes(w), 3);
     assert.equal(svc.state('office'), 'ok');
     // t3 answered a rejection and was refused before it ever worked: the grant is dead, no more requests.

@@ -368,8 +368,9 @@ export class TokenService implements TokenSource, AccountHealth {
    * The one owner of "the upstream refused this token" (single-flight keyed on the rejected
    * token): every connection that saw `rejected` refused gets the same answer, and a
    * rejection leads to at most one token request.
+   * - a refresh is in flight: join it (its token is newer than any handed out so far; the
+   *   current one may be the very token whose rejection started it);
    * - a newer valid token exists: it is the answer (someone already replaced `rejected`);
-   * - a refresh is in flight: join it (it started after `rejected` became current);
    * - `rejected` itself answered a rejection and never worked: the grant is dead (NeedsReauthError);
    * - otherwise one forced refresh, whatever the age of `rejected` (a revoked token can be seconds old).
    */
@@ -377,8 +378,8 @@ export class TokenService implements TokenSource, AccountHealth {
     const name = s.cfg.name;
     const t = this.now();
     const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
-    if (valid && s.accessToken !== rejected) return Promise.resolve(s.accessToken!);
     if (s.inflight) return s.inflight;
+    if (valid && s.accessToken !== rejected) return Promise.resolve(s.accessToken!);
     if (valid && s.unproven) return Promise.reject(new NeedsReauthError(name, 'the upstream refused a freshly refreshed access token too'));
     if (t < s.backoffUntil)
       return Promise.reject(new Error(`account ${name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`));

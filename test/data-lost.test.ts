@@ -82,3 +82,19 @@ test('running: the queue file vanishes while the message waits for its retry: da
     await world.close();
   }
 });
+
+test('running: an operator command on a message whose queue file vanished reports it as data-lost', async () => {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { queue: { retry: ['1h'] } });
+  try {
+    const id = await deferredMessage(world, b, 1);
+    unlinkSync(join(b.bridge.config.stateDir, 'spool', `${id}.msg`));
+    const r = await b.bridge.worker.command(id, { type: 'hold' });
+    assert.equal(r.ok, false);
+    assert.match(r.message, /message data lost on this host/);
+    await assertReported(world, b, id);
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+});

@@ -267,8 +267,9 @@ export class DeliveryWorker {
       }
       const next = this.applied(item.env, d);
       if (!(await this.spool.update(next))) {
-        this.finish(id);
-        return { ok: false, id, message: `${id}: left the queue meanwhile` };
+        // Only this worker removes queue files: a missing one is lost data, never dropped quietly.
+        await this.dataLost(item, item.env);
+        return { ok: false, id, state: 'failed', message: `${id}: ${DATA_LOST_TEXT} (its queue file is gone); moved to failed/, notice sent` };
       }
       item.env = next;
       item.heldReason = undefined;
@@ -712,6 +713,7 @@ export class DeliveryWorker {
       receivedAt: env.receivedAt,
       file: this.spool.message(env).path,
     });
+    this.pump(); // the notice is due now
   }
 
   private finish(id: string): void {

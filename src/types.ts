@@ -29,6 +29,8 @@ export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'faile
 /** `transport`: the Gmail API cannot deliver to exactly this envelope (the headers name other addresses); an operator decides. */
 export type HoldReason = 'needs-reauth' | 'quota' | 'operator' | 'transport';
 export type RcptStatus = 'pending' | 'accepted' | 'deferred' | 'rejected';
+/** Why a message failed, when it is not an upstream reply: `data-lost` = acknowledged, but its queue file is gone. Shown as text only at the edge. */
+export type FailCode = 'data-lost';
 
 export interface Recipient {
   address: string;
@@ -53,6 +55,8 @@ export interface SpooledEnvelope extends Envelope {
   /** Set exactly when state is 'held'. */
   reason: HoldReason | null;
   attempts: number;
+  /** Every upstream attempt, also those that do not count toward the backoff (auth and quota holds); absent: equal to attempts. */
+  tries?: number;
   nextAttemptAt: string;
   /** Last upstream reply (or local error) for the message; never contains secrets. */
   lastReply?: string;
@@ -60,6 +64,8 @@ export interface SpooledEnvelope extends Envelope {
   warned?: boolean;
   /** state 'failed': why and when. */
   failReason?: string;
+  /** state 'failed': the reason as a code, when there is one. */
+  failCode?: FailCode;
   failedAt?: string;
 }
 
@@ -114,8 +120,14 @@ export type AccountState = 'ok' | 'needs-reauth' | 'error';
 
 /** The token service as the upstream sees it. */
 export interface TokenSource {
-  /** A usable access token; `force` skips the cache (after a 535). Throws NeedsReauthError when the grant is dead. */
-  getAccessToken(account: string, opts?: { force?: boolean }): Promise<string>;
+  /**
+   * A usable access token; `force` skips the cache (after a 535). `rejected`: the upstream
+   * refused this token; the answer is a newer one, shared by every caller that names the same
+   * token (at most one refresh per rejection). Throws NeedsReauthError when the grant is dead.
+   */
+  getAccessToken(account: string, opts?: { force?: boolean; rejected?: string }): Promise<string>;
+  /** The upstream accepted this token (AUTH succeeded with it). */
+  tokenWorked?(account: string, token: string): void;
   /** The upstream says the account cannot send until an operator fixes something: hold its mail with that fix for a while. */
   holdAccount?(account: string, reason: string, forMs: number): void;
 }

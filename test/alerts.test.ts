@@ -16,6 +16,8 @@ interface Notice {
   account?: string;
   summary: string;
   text: string;
+  /** When the receiver got it (epoch ms). */
+  receivedAt: number;
 }
 
 async function webhookReceiver(world: FakeWorld): Promise<{ url: string; events: Notice[]; raw: string[]; close(): Promise<void> }> {
@@ -27,7 +29,7 @@ async function webhookReceiver(world: FakeWorld): Promise<{ url: string; events:
     req.on('data', (c: string) => (body += c));
     req.on('end', () => {
       raw.push(body);
-      events.push(JSON.parse(body) as Notice);
+      events.push({ ...(JSON.parse(body) as Notice), receivedAt: Date.now() });
       res.writeHead(204).end();
     });
   });
@@ -91,7 +93,8 @@ test('upstream failing longer than upstreamFailingFor: one webhook alert, one re
   const hook = await webhookReceiver(world);
   const b = await startBridge(
     world,
-    { http: { port: 0 }, alerts: { webhook: hook.url, caFile: world.caFile, email: 'admin@example.org', upstreamFailingFor: '1s', checkInterval: '100ms' } },
+    // The periodic check is a minute away: the alert and its recovery come from the attempts' results.
+    { http: { port: 0 }, alerts: { webhook: hook.url, caFile: world.caFile, email: 'admin@example.org', upstreamFailingFor: '1s', checkInterval: '60s' } },
     { http: true },
   );
   try {
@@ -196,7 +199,8 @@ test('grant-expiring: a Google grant warns at day 5 (Testing apps are revoked at
 test('disk-low: fires while free space is under diskFreeWarn and resolves after a reload raises the headroom', { timeout: 30_000 }, async () => {
   const world = await startFakeWorld();
   const hook = await webhookReceiver(world);
-  const alerts = { webhook: hook.url, caFile: world.caFile, checkInterval: '100ms' };
+  // The periodic check is a minute away: the recovery comes from the disk watch (every 2 s).
+  const alerts = { webhook: hook.url, caFile: world.caFile, checkInterval: '60s' };
   const b = await startBridge(world, { http: { port: 0 }, alerts: { ...alerts, diskFreeWarn: '99999GB' } }, { http: true });
   try {
     await waitFor(() => count(hook.events, 'disk-low', 'firing') === 1, 10_000, 'disk-low alert');
@@ -208,6 +212,40 @@ test('disk-low: fires while free space is under diskFreeWarn and resolves after 
     await b.bridge.alerts.check();
     await b.bridge.alerts.flush();
     assert.deepEqual(hook.events.map((e) => `${e.alert}:${e.status}`), ['disk-low:firing', 'disk-low:resolved']);
+  } finally {
+    await b.stop();
+    await hook.close();
+    await world.close();
+  }
+});
+
+test('needs-reauth alerts within 5 s of the line that marks it (checkInterval 60 s), and a short episode yields one alert and one recovery', { timeout: 60_000 }, async (t) => {
+  const world = await startFakeWorld();
+  const hook = await webhookReceiver(world);
+  const b = await startBridge(world, { http: { port: 0 }, alerts: { webhook: hook.url, caFile: world.caFile, checkInterval: '60s' } }, { http: true });
+  try {
+    world.tokens.revoke(world.account.refreshToken);
+    world.tokens.expireAccessTokens();
+    await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['x@example.org'], raw: message({ from: 'scanner@example.com', to: 'x@example.org' }) });
+    await waitFor(() => count(hook.events, 'needs-reauth', 'firing') === 1, 15_000, 'needs-reauth alert');
+    const marked = b.logs
+      .map((l) => JSON.parse(l) as { level: string; message: string; timestamp: string })
+      .find((j) => j.level === 'error' && j.message.startsWith('account office needs re-authorization'));
+    assert.ok(marked, 'the line that marks needs-reauth');
+    const latency = hook.events.find((e) => e.alert === 'needs-reauth')!.receivedAt - Date.parse(marked.timestamp);
+    t.diagnostic(`needs-reauth alert ${latency} ms after the line that marks it`);
+    assert.ok(latency < 5000, `alert ${latency} ms after the needs-reauth line (periodic check: 60 s)`);
+
+    // Re-authorized well within the check interval: the episode still ends with one recovery.
+    const fresh = `1//0g-new-${Date.now()}`;
+    world.tokens.addRefreshToken(fresh, { clientId: world.account.clientId, email: world.account.email });
+    await b.bridge.tokens.importRefreshToken('office', fresh);
+    await waitFor(() => count(hook.events, 'needs-reauth', 'resolved') === 1, 15_000, 'recovery notice');
+    await world.gmail.waitForMessages(1, 15_000);
+    // A periodic pass now (the safety net) repeats nothing.
+    await b.bridge.alerts.check();
+    await b.bridge.alerts.flush();
+    assert.deepEqual(hook.events.map((e) => `${e.alert}:${e.status}`), ['needs-reauth:firing', 'needs-reauth:resolved']);
   } finally {
     await b.stop();
     await hook.close();

@@ -503,3 +503,27 @@ test('statusFromReply reads enhanced codes and falls back on the reply class', (
   assert.equal(statusFromReply('421 closing', '4.4.7'), '4.0.0');
   assert.equal(statusFromReply('ECONNREFUSED: connect failed', '4.4.7'), '4.4.7');
 });
+
+test('the held line after a rejected token reports the real attempt number, counting earlier holds', async () => {
+  const reply = '535 5.7.8 Username and Password not accepted.';
+  const h = await setup({
+    queue: { retry: ['50ms'] },
+    script: (env, _call, n) => (n === 1 || n === 3 ? fail('auth', reply) : n === 2 ? fail('transient', '451 4.3.0 try later') : ok(env)),
+  });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    const held = () => h.log.events('held').filter((e) => e.id === a.id && e.reason === 'needs-reauth' && e.reply === reply);
+    await waitFor(() => held().length === 1, 5000, 'first hold');
+    assert.equal(held()[0].attempt, 1, 'the first attempt');
+    h.health.set('office', 'ok');
+    await waitFor(() => held().length === 2, 5000, 'second hold');
+    assert.equal(h.log.events('deferred').find((e) => e.id === a.id)?.attempt, 2, 'the deferral was the second attempt');
+    assert.equal(held()[1].attempt, 3, 'the third attempt, not 0 or 1');
+    h.health.set('office', 'ok');
+    await waitFor(() => h.log.events('delivered').some((e) => e.id === a.id), 5000, 'delivered');
+    assert.equal(h.log.events('delivered').find((e) => e.id === a.id)?.attempt, 4);
+  } finally {
+    await h.done();
+  }
+});

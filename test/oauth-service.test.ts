@@ -449,3 +449,36 @@ test('reload(config): added accounts appear, changed service-account settings ge
     await w.close();
   }
 });
+
+test('a rejection names the rejected token: shared only when a newer one exists, a second revocation seconds later refreshes again', async () => {
+  const w = await oauthWorld();
+  try {
+    const svc = new TokenService({ config: w.config(), log: w.log });
+    await svc.init();
+    await svc.importRefreshToken('office', w.refreshToken);
+    const t1 = await svc.getAccessToken('office');
+    assert.equal(refreshes(w), 1);
+    // 20 connections report the same rejected token at once: one refresh answers them all.
+    const t2s = await Promise.all(Array.from({ length: 20 }, () => svc.getAccessToken('office', { rejected: t1 })));
+    assert.equal(new Set(t2s).size, 1);
+    const t2 = t2s[0];
+    assert.ok(t2 !== t1, 'a new token answers the rejection');
+    assert.equal(refreshes(w), 2);
+    // A late report of t1 gets the newer t2 without a request.
+    assert.ok((await svc.getAccessToken('office', { rejected: t1 })) === t2, 'the newer token');
+    assert.equal(refreshes(w), 2);
+    // t2 worked (a delivery), then it is revoked too, well inside the old 5 s window: a new token, not t2 again.
+    svc.tokenWorked('office', t2);
+    // A late report of t1 arrives while t2's replacement is in flight: it gets the replacement, not t2.
+    const [t3, late] = await Promise.all([svc.getAccessToken('office', { rejected: t2 }), svc.getAccessToken('office', { rejected: t1 })]);
+    assert.ok(t3 !== t2, 'the second revocation gets a new token, not the one just refused');
+    assert.ok(late === t3, 'the late report of t1 joins the refresh in flight');
+    assert.equal(refreshes(w), 3);
+    assert.equal(svc.state('office'), 'ok');
+    // t3 answered a rejection and was refused before it ever worked: the grant is dead, no more requests.
+    await assert.rejects(svc.getAccessToken('office', { rejected: t3 }), NeedsReauthError);
+    assert.equal(refreshes(w), 3);
+  } finally {
+    await w.close();
+  }
+});

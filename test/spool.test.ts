@@ -202,19 +202,23 @@ test('init removes leftovers of unacknowledged writes and keeps committed messag
     await writeFile(join(spool.dir, `${orphanId}.eml`), 'half a message'); // older spool: crash before the envelope
     await writeFile(join(spool.dir, `${kept.id}.1234.abcdef.tmp`), '{"half'); // crash during an envelope rewrite
     const removedId = newQueueId();
-    await writeFile(join(spool.dir, `${removedId}.json`), JSON.stringify({ ...kept, id: removedId })); // the tail of remove()
+    await writeFile(join(spool.dir, `${removedId}.removed`), JSON.stringify({ ...kept, id: removedId })); // the tail of remove(): state file renamed first
+    await writeFile(join(spool.dir, `${removedId}.msg`), whole);
+    // An ID.json exists only after the 250: without its message file it is an acknowledged
+    // message whose data was lost. It stays for the worker to report (data-lost), never deleted.
     const lostId = newQueueId();
-    await writeFile(join(spool.dir, `${lostId}.json`), JSON.stringify({ ...kept, id: lostId, version: 2 })); // older spool: message file lost
+    await writeFile(join(spool.dir, `${lostId}.json`), JSON.stringify({ ...kept, id: lostId, state: 'deferred', attempts: 2 }));
+    const lostV2 = newQueueId();
+    await writeFile(join(spool.dir, `${lostV2}.json`), JSON.stringify({ ...kept, id: lostV2, version: 2 })); // older spool: ID.eml lost
     await writeFile(join(spool.dir, '.ratelimit.json'), '{}');
 
     const again = new Spool(dir, nullLogger);
     await again.init();
-    assert.deepEqual(await spoolFiles(again), [`${kept.id}.msg`]);
+    assert.deepEqual(await spoolFiles(again), [`${kept.id}.msg`, `${lostId}.json`, `${lostV2}.json`].sort());
     assert.ok((await readdir(again.dir)).includes('.ratelimit.json'), 'worker state is not a leftover');
-    assert.deepEqual((await again.list()).map((e) => e.id), [kept.id]);
-    const failed = await again.listFailed();
-    assert.deepEqual(failed.map((e) => e.id), [lostId]);
-    assert.match(failed[0].failReason, /message file missing/);
+    assert.deepEqual((await again.list()).map((e) => e.id), [kept.id, lostId, lostV2]);
+    assert.deepEqual(await Promise.all((await again.list()).map((e) => again.hasMessage(e))), [true, false, false]);
+    assert.deepEqual(await again.listFailed(), []);
   });
 });
 

@@ -36,6 +36,7 @@ const EVENTS: Record<string, QueueEvent> = {
   'account-hold:needs-reauth': { type: 'account-hold', reason: 'needs-reauth' },
   'account-ok': { type: 'account-ok' },
   expire: { type: 'expire', reason: 'expired after 5d' },
+  'data-lost': { type: 'data-lost' },
 };
 
 /** refuse | after (the attempt in flight) | same | STATE[:REASON][!] (! = due now) | removed */
@@ -48,17 +49,17 @@ function code(d: Decision): string {
 
 // Columns in EVENTS order.
 const TABLE: Record<string, string[]> = {
-  //                  start        outcome     retry     retry--force  hold            release   delete     acct-hold:quota acct-hold:reauth   account-ok  expire
-  queued:            ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'same', 'failed'],
-  deferred:          ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'queued!', 'failed'],
-  'in-flight':       ['refuse', 'deferred', 'after', 'after', 'after', 'after', 'after', 'same', 'same', 'same', 'same'],
-  'held:needs-reauth': ['refuse', 'refuse', 'refuse', 'refuse', 'held:operator', 'refuse', 'removed', 'held:quota', 'same', 'queued!', 'same'],
-  'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'failed'],
-  'held:operator':   ['refuse', 'refuse', 'refuse', 'refuse', 'same', 'queued!', 'removed', 'same', 'same', 'same', 'same'],
+  //                  start        outcome     retry     retry--force  hold            release   delete     acct-hold:quota acct-hold:reauth   account-ok  expire   data-lost
+  queued:            ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'same', 'failed', 'failed'],
+  deferred:          ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'queued!', 'failed', 'failed'],
+  'in-flight':       ['refuse', 'deferred', 'after', 'after', 'after', 'after', 'after', 'same', 'same', 'same', 'same', 'after'],
+  'held:needs-reauth': ['refuse', 'refuse', 'refuse', 'refuse', 'held:operator', 'refuse', 'removed', 'held:quota', 'same', 'queued!', 'same', 'failed'],
+  'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'failed', 'failed'],
+  'held:operator':   ['refuse', 'refuse', 'refuse', 'refuse', 'same', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
   // Only an operator moves it on: retry/release choose the transport again (e.g. after `transport: auto`); never expired.
-  'held:transport':  ['refuse', 'refuse', 'queued!', 'queued!', 'held:operator', 'queued!', 'removed', 'same', 'same', 'same', 'same'],
-  failed:            ['refuse', 'refuse', 'queued!', 'queued!', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same'],
-  corrupt:           ['refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same'],
+  'held:transport':  ['refuse', 'refuse', 'queued!', 'queued!', 'held:operator', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
+  failed:            ['refuse', 'refuse', 'queued!', 'queued!', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same', 'same'],
+  corrupt:           ['refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same', 'same'],
 };
 
 test('every state x event: the table of decisions', () => {
@@ -158,4 +159,21 @@ test('retry of a failed message re-queues only the recipients that failed', () =
   assert.deepEqual(d.kind === 'change' && d.rcpts.map((r) => `${r.address}=${r.status}`), ['a@example.org=accepted', 'b@example.org=pending', 'c@example.org=pending']);
   const done = transition({ state: 'failed', reason: null, rcpts: [{ address: 'a@example.org', status: 'accepted' }] }, { type: 'retry' });
   assert.equal(done.kind, 'refuse');
+});
+
+test('data-lost: every open recipient fails with the notice text, accepted ones stay, the code is data-lost', () => {
+  for (const m of [STATES.deferred, STATES['held:needs-reauth'], STATES['held:operator']]) {
+    const d = transition(m, { type: 'data-lost' });
+    assert.equal(d.kind, 'change');
+    if (d.kind !== 'change') return;
+    assert.equal(d.state, 'failed');
+    assert.equal(d.failCode, 'data-lost');
+    assert.match(d.failReason ?? '', /^message data lost on this host/);
+    assert.ok(!d.countAttempt);
+    assert.deepEqual(d.bounce, [
+      { rcpt: 'b@example.org', reply: 'message data lost on this host' },
+      { rcpt: 'c@example.org', reply: 'message data lost on this host' },
+    ]);
+    assert.deepEqual(d.rcpts[0], rcpts[0]);
+  }
 });

@@ -143,3 +143,60 @@ test('a reply with an invalid code ("999 …") is transient, never a bounce', as
     assert.ok(events(b, 'deferred', idOf(r)).length >= 1);
   });
 });
+
+/** Revokes every access token at the token endpoint and drops the pooled (authenticated) connections. */
+function revokeAccessTokens(world: FakeWorld): void {
+  world.tokens.expireAccessTokens();
+  world.gmail.down(true);
+  world.gmail.down(false);
+}
+
+for (const bare of [false, true]) {
+  test(`a second revocation right after the first (${bare ? 'bare 535' : '334 + 535'}): one token request per rejection, both delivered, no needs-reauth`, async () => {
+    await withBridge(async (world, b) => {
+      world.gmail.bareAuthFailure = bare;
+      await send(world, b, ['warm@example.org']);
+      await world.gmail.waitForMessages(1);
+      const before = grants(world);
+      const authsBefore = world.gmail.auths.length;
+      revokeAccessTokens(world);
+      await send(world, b, ['first-revoke@example.org']);
+      await world.gmail.waitForMessages(2, 10_000);
+      assert.equal(grants(world) - before, 1, 'one token request for the first rejection');
+      // Revoked again at once: well inside the 5 s in which a forced token used to be shared.
+      revokeAccessTokens(world);
+      await send(world, b, ['second-revoke@example.org']);
+      await world.gmail.waitForMessages(3, 10_000);
+      assert.equal(grants(world) - before, 2, 'one token request for the second rejection');
+      assert.equal(b.bridge.tokens.state('office'), 'ok');
+      assert.deepEqual(
+        world.gmail.auths.slice(authsBefore).map((a) => a.ok),
+        [false, true, false, true],
+        'each rejection: the refused AUTH, then one AUTH with the new token',
+      );
+      assert.ok(!b.logs.some((l) => l.includes('needs re-authorization')), 'no needs-reauth');
+    });
+  });
+}
+
+test('a revoked grant behind a slow-failing AUTH (Dovecot-style delays): one forced refresh and two AUTHs, then needs-reauth', async () => {
+  await withBridge(async (world, b) => {
+    await send(world, b, ['warm@example.org']);
+    await world.gmail.waitForMessages(1);
+    const before = grants(world);
+    const authsBefore = world.gmail.auths.length;
+    // Gmail now refuses every token of the account, valid or not, and takes its time to say so.
+    world.gmail.refuseTokens = true;
+    world.gmail.authFailureDelaysMs = [600, 1700];
+    world.gmail.down(true);
+    world.gmail.down(false);
+    const held = await send(world, b, ['held@example.org']);
+    await waitFor(() => events(b, 'held', idOf(held)).length > 0, 20_000, 'the message held');
+    assert.equal(b.bridge.tokens.state('office'), 'needs-reauth');
+    // A canary sent after needs-reauth is held without an attempt: nothing else reached Gmail meanwhile.
+    const canary = await send(world, b, ['canary@example.org']);
+    await waitFor(() => events(b, 'held', idOf(canary)).length > 0, 10_000, 'the canary held');
+    assert.equal(grants(world) - before, 1, 'exactly one forced refresh');
+    assert.deepEqual(world.gmail.auths.slice(authsBefore).map((a) => a.ok), [false, false], 'two AUTHs: the refused token, then its one replacement');
+  });
+});

@@ -6,7 +6,7 @@ import type { DeliveryWorker, CommandResult, QueuedView } from '../delivery/work
 import type { Spool, CorruptEntry, FailedEnvelope } from '../spool/spool.js';
 import { readHeaderBlock } from '../spool/headers.js';
 import { NeedsReauthError, fixHint, type AccountStatus, type TokenService } from '../oauth/service.js';
-import type { HoldReason, MessageSource, MessageState, RcptStatus } from '../types.js';
+import type { FailCode, HoldReason, MessageSource, MessageState, RcptStatus } from '../types.js';
 import { nullLogger, type Logger } from '../log/logger.js';
 import type { TransportRouter } from '../upstream/router.js';
 import { sendTestMessage } from '../upstream/testMessage.js';
@@ -18,7 +18,8 @@ export interface QueueRow {
   user: string | null;
   from: string | null;
   state: MessageState;
-  reason: HoldReason | null;
+  /** held: why; failed: a code when the failure is not an upstream reply (data-lost). */
+  reason: HoldReason | FailCode | null;
   rcpts: { address: string; status: RcptStatus; reply?: string }[];
   attempts: number;
   nextAttemptAt: string | null;
@@ -225,6 +226,7 @@ function queuedRow(v: QueuedView, now: number): QueueRow {
 function failedRow(f: FailedEnvelope, now: number): QueueRow {
   return {
     ...queuedRow({ env: f, state: 'failed', reason: null }, now),
+    reason: f.failCode ?? null,
     nextAttemptAt: null,
     failReason: f.failReason,
     failedAt: f.failedAt,

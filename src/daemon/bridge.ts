@@ -77,6 +77,7 @@ export class Bridge {
       delivered: (a, n) => metrics.delivered(a, n),
       deferred: (a) => metrics.deferred(a),
       bounced: (a) => metrics.bounced(a),
+      dataLost: (a) => metrics.dataLost(a),
       upstreamReply: (a, o) => {
         metrics.upstreamReply(a, o);
         this.upstreamHealth.record(a, o);
@@ -113,6 +114,7 @@ export class Bridge {
         oldestQueuedMs: () => this.worker.stats().oldestAgeMs,
         upstream: this.upstreamHealth,
         stateDir: () => this.config.stateDir,
+        onAccountChange: (l) => this.tokens.onChange(l),
       },
     });
     const h = this.config.http;

@@ -2,7 +2,7 @@
 // state, reason and recipients plus one event (a delivery outcome, an operator command, an
 // account hold or its end, expiry) and returns the decision; the worker only carries it out
 // (persist, bounce, move). Tested table-driven over every state x event.
-import type { HoldReason, MessageState, Outcome, Recipient, RecipientResult } from '../types.js';
+import type { FailCode, HoldReason, MessageState, Outcome, Recipient, RecipientResult } from '../types.js';
 
 export interface MessageView {
   state: MessageState;
@@ -25,7 +25,9 @@ export type QueueEvent =
   /** The account's hold ended (re-authorized, quota window over). */
   | { type: 'account-ok' }
   /** queue.maxAge passed while the message waited. */
-  | { type: 'expire'; reason: string };
+  | { type: 'expire'; reason: string }
+  /** The message was acknowledged but its data (the queue file) is gone. */
+  | { type: 'data-lost' };
 
 export interface Bounce {
   rcpt: string;
@@ -58,7 +60,11 @@ export interface Change {
   lastReply?: string;
   /** state 'failed': why. */
   failReason?: string;
+  failCode?: FailCode;
 }
+
+/** What the sender's notice and the failed envelope say about a message whose data is gone. */
+export const DATA_LOST_TEXT = 'message data lost on this host';
 
 const OPEN: ReadonlySet<string> = new Set(['pending', 'deferred']);
 
@@ -144,6 +150,19 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
       // Contract: deferred mail of a re-authorized account is retried at once.
       if (m.state === 'deferred' || (m.state === 'held' && !waitsForOperator(m))) return change(m, { state: 'queued', dueNow: true });
       return { kind: 'same' };
+
+    case 'data-lost': {
+      // Never dropped quietly, whatever it waited for: every open recipient fails with a notice.
+      if (m.state === 'in-flight') return { kind: 'after-attempt' };
+      if (m.state === 'failed' || m.state === 'corrupt') return { kind: 'same' };
+      const bounce: Bounce[] = [];
+      const rcpts = m.rcpts.map((r): Recipient => {
+        if (!OPEN.has(r.status)) return r;
+        bounce.push({ rcpt: r.address, reply: DATA_LOST_TEXT });
+        return { address: r.address, status: 'rejected', reply: DATA_LOST_TEXT };
+      });
+      return change(m, { state: 'failed', rcpts, bounce, failReason: `${DATA_LOST_TEXT}: its queue file is gone`, failCode: 'data-lost', lastReply: DATA_LOST_TEXT });
+    }
 
     case 'expire':
       // An operator's hold, a transport hold and a dead grant keep mail (never lost to a revoked token or a config choice); the rest bounces.

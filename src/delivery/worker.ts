@@ -14,7 +14,8 @@ import type { Spool } from '../spool/spool.js';
 import type { AccountHealth, AccountState as HealthState, Envelope, HoldReason, MessageState, Recipient, SendResult, SpooledEnvelope, Upstream } from '../types.js';
 import { AccountState } from './accountState.js';
 import { buildDsn, statusFromReply, type DsnRecipient } from './bounce.js';
-import { openRcpts, transition, waitsForOperator, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';
+import { openRcpts, transition, waitsForOperator, DATA_LOST_TEXT, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';
+import type { FailedEnvelope } from '../spool/spool.js';
 
 export interface DeliveryWorkerOptions {
   config: Config;
@@ -35,6 +36,8 @@ export interface DeliveryMetrics {
   deferred(account: string): void;
   bounced(account: string): void;
   upstreamReply(account: string, outcome: SendResult['outcome']): void;
+  /** An acknowledged message's data was gone: failed with reason data-lost. */
+  dataLost?(account: string): void;
 }
 
 /** A message as operators see it: its stored envelope and its live state. */
@@ -132,6 +135,9 @@ export class DeliveryWorker {
   async start(): Promise<void> {
     if (!this.upstream) throw new Error('a worker without an upstream cannot start delivering');
     await this.load(); // errors propagate: a daemon that cannot read its spool must not start
+    // Acknowledged messages whose data is gone (init() keeps their envelopes) are reported now,
+    // not when their turn comes (a held account's mail may wait for days).
+    for (const item of [...this.items.values()]) if (!(await this.spool.hasMessage(item.env))) await this.dataLost(item, item.env);
     this.started = true;
     this.log.info('delivery started', { queued: this.items.size, concurrency: this.config.queue.concurrency });
     this.pump();
@@ -261,8 +267,9 @@ export class DeliveryWorker {
       }
       const next = this.applied(item.env, d);
       if (!(await this.spool.update(next))) {
-        this.finish(id);
-        return { ok: false, id, message: `${id}: left the queue meanwhile` };
+        // Only this worker removes queue files: a missing one is lost data, never dropped quietly.
+        await this.dataLost(item, item.env);
+        return { ok: false, id, state: 'failed', message: `${id}: ${DATA_LOST_TEXT} (its queue file is gone); moved to failed/, notice sent` };
       }
       item.env = next;
       item.heldReason = undefined;
@@ -508,11 +515,18 @@ export class DeliveryWorker {
     const env = item.env;
     const bypassQuota = item.bypassQuota === true;
     item.bypassQuota = false;
-    const attempt = env.attempts + 1;
+    // `attempts` drives the backoff (auth and quota holds do not count); the log reports every try.
+    const attempt = triesOf(env) + 1;
     const send: Envelope = sendView(env);
+    const source = this.spool.message(env);
+    if (!source.bytes && !(await this.spool.hasMessage(env))) {
+      this.accounts.release(env.account, stamp);
+      await this.dataLost(item, env);
+      return;
+    }
     let r: SendResult;
     try {
-      r = await this.upstream!.send(send, this.spool.message(env));
+      r = await this.upstream!.send(send, source);
     } catch (err) {
       r = { outcome: 'transient', response: `local error: ${(err as Error)?.message ?? String(err)}`, accepted: [], rejected: [] };
     }
@@ -522,7 +536,7 @@ export class DeliveryWorker {
     else this.accounts.settle(env.account, stamp, r.accepted.length);
     const q = this.config.queue;
     const expiresAt = Date.parse(env.receivedAt) + q.maxAge;
-    const base = q.retry[Math.min(attempt - 1, q.retry.length - 1)];
+    const base = q.retry[Math.min(env.attempts, q.retry.length - 1)];
     // The last try happens at maxAge, so a message is never bounced before its time.
     const retryAt = Math.min(now + Math.round(base * (0.9 + Math.random() * 0.2)), expiresAt);
     const d = transition(
@@ -538,7 +552,8 @@ export class DeliveryWorker {
       },
     );
     if (d.kind !== 'change') throw new Error(`unexpected decision ${d.kind} for an attempt's outcome`);
-    const next: SpooledEnvelope = { ...this.applied(env, d), attempts: d.countAttempt ? attempt : env.attempts };
+    const counted = d.countAttempt ? env.attempts + 1 : env.attempts;
+    const next: SpooledEnvelope = { ...this.applied(env, d), attempts: counted, ...(attempt !== counted ? { tries: attempt } : {}) };
     const accepted = d.rcpts.filter((x, i) => x.status === 'accepted' && env.rcpts[i]?.status !== 'accepted');
 
     // 1. Recipients Gmail accepted are never sent again: persist that first.
@@ -571,7 +586,7 @@ export class DeliveryWorker {
       return;
     }
     if (d.state === 'failed') {
-      await this.spool.fail(next, d.failReason ?? r.response);
+      if (!(await this.spool.fail(next, d.failReason ?? r.response))) await this.dataLost(item, next);
       this.finish(env.id);
       return;
     }
@@ -661,15 +676,44 @@ export class DeliveryWorker {
     this.event(delayed ? 'delay-warning' : 'bounced', env, { ...meta, dsn: queued.id, to });
   }
 
-  /** Rewrites the envelope; false when the message left the spool meanwhile (then it is dropped). */
+  /**
+   * Rewrites the envelope after an attempt; false when the queue file is gone. Nothing else
+   * removes it while an attempt is in flight (operator commands wait for the attempt), so its
+   * data was lost: the message fails as data-lost.
+   */
   private async persist(item: Item, env: SpooledEnvelope): Promise<boolean> {
     if (await this.spool.update(env)) {
       item.env = env;
       return true;
     }
-    this.finish(env.id);
-    this.log.info('removed', { id: env.id, account: env.account, reason: 'left the spool during delivery' });
+    await this.dataLost(item, env);
     return false;
+  }
+
+  /**
+   * An acknowledged message whose queue file is gone is never dropped quietly: one error line
+   * (id, sender, recipients), counted, a notice to bounceTo, its envelope in failed/ (data-lost).
+   */
+  private async dataLost(item: Item, env: SpooledEnvelope): Promise<void> {
+    const d = transition({ state: env.state, reason: env.reason, rcpts: env.rcpts }, { type: 'data-lost' });
+    if (d.kind !== 'change') return;
+    // The notice first: a crash before the move repeats it at the next start rather than losing it.
+    if (d.bounce?.length) await this.bounce(env, bounceList(d.bounce, '5.3.0'), { reason: 'data lost' });
+    const failed: FailedEnvelope = { ...this.applied(env, d), state: 'failed', failReason: d.failReason!, failCode: d.failCode, failedAt: new Date(this.now()).toISOString() };
+    await this.spool.failLost(failed);
+    this.finish(env.id);
+    this.metrics?.dataLost?.(env.account);
+    this.log.error(`${DATA_LOST_TEXT}: the queue file of acknowledged message ${env.id} is gone; moved to failed/ (data-lost), notice sent to ${this.config.queue.bounceTo}`, {
+      id: env.id,
+      account: env.account,
+      user: env.user,
+      from: env.mailFrom,
+      rcpts: d.bounce?.map((b) => b.rcpt) ?? [],
+      size: env.size,
+      receivedAt: env.receivedAt,
+      file: this.spool.message(env).path,
+    });
+    this.pump(); // the notice is due now
   }
 
   private finish(id: string): void {
@@ -688,11 +732,16 @@ export class DeliveryWorker {
       from: env.mailFrom,
       rcpts: openRcpts(env.rcpts).length,
       size: env.size,
-      attempt: env.attempts,
+      attempt: triesOf(env),
       delay: Math.max(0, this.now() - Date.parse(env.receivedAt)),
       ...extra,
     });
   }
+}
+
+/** Upstream attempts so far, counted or not (envelopes written before `tries` existed hold only `attempts`). */
+function triesOf(env: SpooledEnvelope): number {
+  return Math.max(env.tries ?? 0, env.attempts);
 }
 
 /** What the upstream is handed: the message and only the recipients still to send. */

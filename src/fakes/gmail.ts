@@ -89,6 +89,16 @@ export class FakeGmail {
   /** Users allowed to AUTH PLAIN/LOGIN with a fixed password (the bench's Postfix baseline). */
   private readonly passwords = new Map<string, string>();
   private waiters: Array<() => void> = [];
+  /**
+   * Delays of the replies to failed AUTHs, in order (the last one repeats): Dovecot waits 6 s,
+   * then 17 s before it answers a refused login. Empty: answer at once.
+   */
+  authFailureDelaysMs: number[] = [];
+  private authFailures = 0;
+  /** Refuse every XOAUTH2 token, valid or not (Gmail withdrew the account's access); false accepts valid tokens again. */
+  refuseTokens = false;
+  /** Refuse a token with a bare 535 (no 334 error challenge first), as some servers do. */
+  bareAuthFailure = false;
   private dataGates: Array<{ reached: () => void; wait: Promise<void> }> = [];
 
   private constructor(smtp: SMTPServer, tokens: FakeTokenEndpoint, port: number, mode: 'implicit' | 'starttls', maxPerConn: number) {
@@ -287,13 +297,19 @@ export class FakeGmail {
       this.auths.push({ user, ok: false });
       return cb(replyError(`535 ${BAD_CREDENTIALS.join(' ')}`));
     }
-    const info = auth.accessToken ? this.tokens.tokenInfo(auth.accessToken) : null;
+    const info = auth.accessToken && !this.refuseTokens ? this.tokens.tokenInfo(auth.accessToken) : null;
     // Gmail SMTP takes only the full-mailbox scope: a gmail.send token is refused like a bad one.
     if (info && info.email.toLowerCase() === user.toLowerCase() && info.scope.split(' ').includes('https://mail.google.com/')) {
       this.auths.push({ user, ok: true });
       return cb(null, { user });
     }
     this.auths.push({ user, ok: false });
+    const delays = this.authFailureDelaysMs;
+    const delay = delays.length ? delays[Math.min(this.authFailures++, delays.length - 1)] : 0;
+    if (this.bareAuthFailure) {
+      setTimeout(() => cb(replyError(`535 ${BAD_CREDENTIALS.join(' ')}`)), delay);
+      return;
+    }
     cb(null, { data: { status: '400', schemes: 'Bearer', scope: 'https://mail.google.com/' } });
     // smtp-server has now sent the 334 challenge; answer the client's empty line like Gmail.
     const conn = [...(this.smtp.connections as Set<unknown>)].find(
@@ -301,8 +317,10 @@ export class FakeGmail {
     ) as ConnectionInternals | undefined;
     if (conn && conn._nextHandler) {
       conn._nextHandler = (_data, done) => {
-        conn.send(535, BAD_CREDENTIALS);
-        done();
+        setTimeout(() => {
+          conn.send(535, BAD_CREDENTIALS);
+          done();
+        }, delay);
       };
     }
   }

@@ -51,6 +51,7 @@ export class Metrics {
   private readonly cAuthFailures: Counter<'listener'>;
   private readonly cLockouts: Counter<'listener'>;
   private readonly cCorrupt: Counter;
+  private readonly cDataLost: Counter<'account'>;
   private readonly gQueueSize: Gauge;
   private readonly gQueueOldest: Gauge;
   private readonly gQueueAccount: Gauge<'account'>;
@@ -68,6 +69,7 @@ export class Metrics {
     this.cDelivered = counter('messages_delivered_total', 'Upstream transactions that delivered a message (some or all recipients).', ['account']);
     this.cDeliveredRcpts = counter('recipients_delivered_total', 'Recipients accepted by the upstream.', ['account']);
     this.cDeferred = counter('messages_deferred_total', 'Delivery attempts that left a message queued for a retry.', ['account']);
+    this.cDataLost = counter('messages_data_lost_total', 'Acknowledged messages whose queue file was gone: moved to failed/ (data-lost), sender notified.', ['account']);
     this.cBounced = counter('messages_bounced_total', 'Messages (or recipients of a message) that failed permanently and were bounced.', ['account']);
     this.cReplies = counter('upstream_replies_total', 'Upstream attempt results by class (ok, transient, permanent, quota, auth, transport).', ['account', 'class']);
     this.cRefreshes = counter('token_refreshes_total', 'OAuth access-token refreshes by result (ok, error).', ['account', 'result']);
@@ -192,6 +194,11 @@ export class Metrics {
   /** An unreadable envelope was moved to spool/corrupt/. */
   corruptEnvelope(): void {
     this.cCorrupt.inc();
+  }
+
+  /** An acknowledged message's data was gone (moved to failed/ with reason data-lost). */
+  dataLost(account: string): void {
+    this.cDataLost.inc({ account: this.acct(account) });
   }
 
   deferred(account: string): void {

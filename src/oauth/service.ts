@@ -91,11 +91,12 @@ function skew(s: { expiresAt?: number; obtainedAt?: number }): number {
   if (s.expiresAt === undefined || s.obtainedAt === undefined) return EXPIRY_SKEW_MS;
   return Math.min(EXPIRY_SKEW_MS, (s.expiresAt - s.obtainedAt) / 10);
 }
-// The upstream rejected a token: get a new one whatever its age (a revoked access token
-// can be seconds old). Rejections that arrive together share one request: callers join
-// the refresh in flight, and a token that itself answered a rejection moments ago is
-// handed to the next rejecting caller instead of starting another request (if that
-// fresh token is rejected too, the account needs re-authorization).
+// The upstream rejected a token. A caller that names the rejected token (the SMTP upstream)
+// is answered by the service alone: a newer token if there is one, else the refresh in
+// flight, else one new refresh; a token that answered a rejection and is refused before it
+// ever worked means the grant is dead (see replaceRejected). A caller that cannot name it
+// (`force`) gets a new token whatever its age, and one that answered a rejection less than
+// FORCED_SHARE_MS ago is shared with it instead of starting another request.
 const FORCED_SHARE_MS = 5_000;
 // Refresh idle accounts at least this often so refresh tokens never expire from disuse.
 const IDLE_REFRESH_MS = 20 * 3600_000;
@@ -123,6 +124,8 @@ interface Slot {
   obtainedAt?: number;
   /** The current access token came from a forced refresh (an upstream rejection). */
   forced?: boolean;
+  /** The current access token answered a rejection and has not worked upstream yet: if it is refused too, the grant is dead. */
+  unproven?: boolean;
   inflight?: Promise<string>;
   failures: number;
   backoffUntil: number;
@@ -329,6 +332,7 @@ export class TokenService implements TokenSource, AccountHealth {
     s.expiresAt = exp;
     s.obtainedAt = rec.lastRefreshAt ? Date.parse(rec.lastRefreshAt) : undefined;
     s.forced = false;
+    s.unproven = false;
     addSecret(rec.accessToken, { slot: `access:${s.cfg.name}`, expiresAt: exp });
     return true;
   }
@@ -350,10 +354,11 @@ export class TokenService implements TokenSource, AccountHealth {
 
   // ---- TokenSource ----
 
-  async getAccessToken(account: string, opts: { force?: boolean } = {}): Promise<string> {
+  async getAccessToken(account: string, opts: { force?: boolean; rejected?: string } = {}): Promise<string> {
     const s = this.slot(account);
     if (this.storeError) throw new Error(`account ${account}: token store unusable: ${this.storeError}`);
     if (s.state === 'needs-reauth') throw new NeedsReauthError(account, s.rec.lastError ?? 'grant refused');
+    if (opts.rejected !== undefined) return this.replaceRejected(s, opts.rejected);
     const t = this.now();
     const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
     if (!opts.force && valid && s.expiresAt! - t > skew(s)) return s.accessToken!;
@@ -365,6 +370,35 @@ export class TokenService implements TokenSource, AccountHealth {
       throw new Error(`account ${account}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`);
     }
     return this.startRefresh(s, opts.force === true);
+  }
+
+  /**
+   * The one owner of "the upstream refused this token" (single-flight keyed on the rejected
+   * token): every connection that saw `rejected` refused gets the same answer, and a
+   * rejection leads to at most one token request.
+   * - a refresh is in flight: join it (its token is newer than any handed out so far; the
+   *   current one may be the very token whose rejection started it);
+   * - a newer valid token exists: it is the answer (someone already replaced `rejected`);
+   * - `rejected` itself answered a rejection and never worked: the grant is dead (NeedsReauthError);
+   * - otherwise one forced refresh, whatever the age of `rejected` (a revoked token can be seconds old).
+   */
+  private replaceRejected(s: Slot, rejected: string): Promise<string> {
+    const name = s.cfg.name;
+    const t = this.now();
+    const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
+    if (s.inflight) return s.inflight;
+    if (valid && s.accessToken !== rejected) return Promise.resolve(s.accessToken!);
+    if (valid && s.unproven) return Promise.reject(new NeedsReauthError(name, 'the upstream refused a freshly refreshed access token too'));
+    if (t < s.backoffUntil)
+      return Promise.reject(new Error(`account ${name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`));
+    this.log.info('the upstream refused the access token; getting a new one', { account: name });
+    return this.startRefresh(s, true);
+  }
+
+  /** The upstream accepted `token` (an AUTH succeeded with it): a later rejection of it is a new revocation, not a dead grant. */
+  tokenWorked(account: string, token: string): void {
+    const s = this.slots.get(account);
+    if (s && s.accessToken === token) s.unproven = false;
   }
 
   /** Forced refresh now (CLI `token refresh`); ignores backoff and tries even a needs-reauth account once. */
@@ -463,6 +497,7 @@ export class TokenService implements TokenSource, AccountHealth {
     s.expiresAt = expiresAt;
     s.obtainedAt = t;
     s.forced = forced;
+    s.unproven = forced;
     s.failures = 0;
     s.backoffUntil = 0;
     const iso = new Date(t).toISOString();

@@ -9,6 +9,10 @@
 // fsync), which then supersedes the envelope inside the queue file. Moves between spool/,
 // failed/ and corrupt/ are decided by one atomic ID.json write (its `state`) before any file
 // moves, so `init` can always finish a half-done move.
+// ID.json is written only after the 250, so an ID.json whose message file is gone is an
+// acknowledged message whose data was lost: it stays queued and the worker fails it with
+// reason data-lost (one error line, a metric, a notice). remove() first renames ID.json to
+// ID.removed, so the tail of a removal is never mistaken for lost data.
 // Spools of earlier versions (ID.eml = the message alone + ID.json) are read as they are.
 import { open, readdir, readFile, rename, mkdir, access, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -205,8 +209,9 @@ export class Spool {
     }
     const names = new Set(await readdir(this.dir));
     let removed = 0;
+    let finished = 0;
     for (const name of names) {
-      const m = /^([0-9A-Za-z_-]+)\.(eml|json|msg)$/.exec(name);
+      const m = /^([0-9A-Za-z_-]+)\.(eml|json|msg|removed)$/.exec(name);
       if (name.endsWith('.tmp')) {
         await unlinkQuiet(join(this.dir, name));
         removed++;
@@ -214,6 +219,12 @@ export class Spool {
       }
       if (!m) continue;
       const [, id, ext] = m;
+      if (ext === 'removed' || names.has(`${id}.removed`)) {
+        // The tail of a delivered message's remove(): its ID.json was already renamed away.
+        await unlinkQuiet(join(this.dir, name));
+        finished++;
+        continue;
+      }
       if (ext !== 'json' && !names.has(`${id}.json`)) {
         if (failedNames.has(`${id}.json`)) {
           // fail() renamed the envelope into failed/ and the crash lost the message's rename.
@@ -241,25 +252,22 @@ export class Spool {
           // fail() committed (the envelope says failed) but did not finish moving the files.
           this.log.warn('spool: finishing the interrupted move to failed/', { id });
           await this.finishMove(id, this.dir, this.failedDir);
-        } else if (env && !names.has(messageFileName(env))) {
-          if (env.version === 3) {
-            // remove() deletes the queue file first: this is the tail of a delivered message's removal.
-            await unlinkQuiet(join(this.dir, name));
-            removed++;
-          } else {
-            this.log.error('spooled envelope without its message file, moved to failed/', { id });
-            await this.moveOrphanEnvelope(env);
-          }
+        } else if (env && !names.has(messageFileName(env)) && failedNames.has(`${id}.json`)) {
+          // failLost() wrote the failed/ envelope (after the notice was queued); finish it.
+          this.log.warn('spool: finishing the interrupted move of a data-lost message to failed/', { id });
+          await unlinkQuiet(join(this.dir, name));
+          finished++;
         }
+        // An ID.json whose message file is gone otherwise stays: an acknowledged message whose
+        // data was lost, which the delivery worker reports and fails (data-lost) when it starts.
       }
     }
     for (const name of await readdir(this.failedDir)) {
       if (name.endsWith('.tmp')) await unlinkQuiet(join(this.failedDir, name));
     }
-    if (removed) {
-      await this.syncDir(this.dir);
-      this.log.info('spool: removed leftovers of unacknowledged writes', { files: removed });
-    }
+    if (removed || finished) await this.syncDir(this.dir);
+    if (removed) this.log.info('spool: removed leftovers of unacknowledged writes', { files: removed });
+    if (finished) this.log.info('spool: finished interrupted removals', { files: finished });
   }
 
   /**
@@ -454,6 +462,18 @@ export class Spool {
   async remove(id: string): Promise<void> {
     if (!isQueueId(id)) return;
     this.dropRecent(id);
+    const marker = join(this.dir, `${id}.removed`);
+    let renamed = false;
+    if (!this.noStateFile.delete(id)) {
+      // ID.json alone after a crash would mean lost data (see init): rename it first, durably.
+      try {
+        await rename(this.envelopePath(id), marker);
+        await this.syncDir(this.dir);
+        renamed = true;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+    }
     let olderSpool = false;
     try {
       await unlink(this.queueFilePath(id));
@@ -461,8 +481,26 @@ export class Spool {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       olderSpool = true;
     }
-    if (!this.noStateFile.delete(id) || olderSpool) await unlinkQuiet(this.envelopePath(id));
+    if (renamed) await unlinkQuiet(marker);
     if (olderSpool) await unlinkQuiet(join(this.dir, `${id}.eml`));
+    await this.syncDir(this.dir);
+  }
+
+  /** Whether a queued message's data is still on disk. */
+  async hasMessage(env: SpooledEnvelope): Promise<boolean> {
+    return exists(this.message(env).path);
+  }
+
+  /**
+   * An acknowledged message whose data is gone (the caller notified the sender first): its
+   * envelope goes to failed/ (written first, so init() can finish the move after a crash).
+   */
+  async failLost(env: FailedEnvelope): Promise<void> {
+    if (!isQueueId(env.id)) return;
+    this.dropRecent(env.id);
+    this.noStateFile.delete(env.id);
+    await this.writeEnvelope(join(this.failedDir, `${env.id}.json`), env);
+    await unlinkQuiet(this.envelopePath(env.id));
     await this.syncDir(this.dir);
   }
 
@@ -534,13 +572,6 @@ export class Spool {
     await renameAll(id, from, to);
     await this.syncDir(to);
     await this.syncDir(from);
-  }
-
-  private async moveOrphanEnvelope(env: SpooledEnvelope): Promise<void> {
-    const failed: FailedEnvelope = { ...env, state: 'failed', reason: null, failReason: 'message file missing from the spool', failedAt: new Date().toISOString() };
-    await this.writeEnvelope(join(this.failedDir, `${env.id}.json`), failed);
-    await unlinkQuiet(this.envelopePath(env.id));
-    await this.syncDir(this.dir);
   }
 
   /** An envelope that cannot be read goes to corrupt/ with its message: one error line, counted, shown by `queue list`. */

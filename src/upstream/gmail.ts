@@ -36,6 +36,38 @@ class TokenUnavailable extends Error {
   }
 }
 
+/**
+ * The server refused the access token this connection authenticated with (after its 334
+ * error challenge). nodemailer would fetch a new token on its own and AUTH again; the
+ * provision callback refuses that, so every rejection reaches send(), the one place that
+ * retries, and the token service, the one owner of refreshing.
+ */
+class TokenRejected extends Error {
+  constructor(readonly token: string | undefined) {
+    super('the upstream refused the access token (AUTH XOAUTH2)');
+    this.name = 'TokenRejected';
+  }
+}
+
+/** The nodemailer 10.6.1 pool internals read by messageOfConnection. */
+interface PoolInternals {
+  _connections?: Array<{ auth?: { oauth2?: unknown }; queueEntry?: false | { mail?: { message?: { messageId?: () => string } } } }>;
+}
+
+/**
+ * The queue id of the message a pooled connection is authenticating for: nodemailer gives each
+ * pool resource its own XOAuth2 object (`oauth2`, the provision callback's `this`) and assigns
+ * the message before the resource connects. Undefined if the pool's shape is not as expected.
+ */
+function messageOfConnection(pool: Transport, oauth2: unknown): string | undefined {
+  const conn = (pool as unknown as PoolInternals)._connections?.find((c) => c.auth?.oauth2 === oauth2);
+  const entry = conn?.queueEntry;
+  try {
+    return entry ? entry.mail?.message?.messageId?.() : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 export interface GmailUpstreamOptions {
   config: Config;
@@ -51,6 +83,8 @@ export class GmailUpstream implements Upstream {
   private readonly tokens: TokenSource;
   private readonly transports = new Map<string, AccountTransport>();
   private readonly ehloName: string;
+  /** Queue id -> the access token the connection carrying it authenticated with (set by the provision callback). */
+  private readonly authTokens = new Map<string, string>();
 
   constructor(opts: GmailUpstreamOptions) {
     assertRawSendContract();
@@ -81,6 +115,8 @@ export class GmailUpstream implements Upstream {
     if (existing) return existing;
     const up = acct.upstream;
     const entry: AccountTransport = { transport: undefined as unknown as Transport, key: transportKey(acct) };
+    const tokens = this.tokens;
+    const authTokens = this.authTokens;
     // Verification is never optional: caFile only adds anchors to the system roots.
     const implicit = (up.tls ?? (up.port === 465 ? 'implicit' : 'starttls')) === 'implicit';
     // One TLS context per account, not one per connection (parsing every root CA each time is costly).
@@ -104,11 +140,21 @@ export class GmailUpstream implements Upstream {
       auth: {
         type: 'OAuth2',
         user: acct.email,
-        // nodemailer calls this for every AUTH; after a 334 challenge and 535 it calls again
-        // with renew=true (a forced refresh). A bare 535 is renewed in send() below.
-        provisionCallback: (_user: string, renew: boolean, cb: (err: Error | null, token?: string) => void) => {
-          this.tokens.getAccessToken(acct.name, { force: renew }).then(
-            (token) => cb(null, token),
+        // nodemailer calls this once per connection, before its AUTH (`this`: the connection's
+        // XOAuth2 object, holding the token it was given). After a 334 challenge and 535 it
+        // calls again with renew=true: that is refused (TokenRejected), so the rejection ends
+        // the attempt and send() below handles it like a bare 535: one retry per rejection.
+        provisionCallback(this: { accessToken?: string | false }, _user: string, renew: boolean, cb: (err: Error | null, token?: string) => void) {
+          if (renew) {
+            cb(new TokenRejected(this.accessToken || undefined));
+            return;
+          }
+          const id = messageOfConnection(entry.transport, this);
+          tokens.getAccessToken(acct.name).then(
+            (token) => {
+              if (id !== undefined) authTokens.set(id, token);
+              cb(null, token);
+            },
             (err: Error) => cb(new TokenUnavailable(err)),
           );
         },
@@ -132,6 +178,14 @@ export class GmailUpstream implements Upstream {
     const t = this.transportFor(acct);
     const accepted: string[] = [];
     const rejected: RecipientResult[] = [];
+    try {
+      return await this.chunks(acct, t, env, message, accepted, rejected);
+    } finally {
+      this.authTokens.delete(env.id);
+    }
+  }
+
+  private async chunks(acct: AccountConfig, t: AccountTransport, env: Envelope, message: MessageSource, accepted: string[], rejected: RecipientResult[]): Promise<SendResult> {
     const per = acct.limits.recipientsPerMessage;
     let lastResponse = '';
     let renewed = false;
@@ -139,8 +193,12 @@ export class GmailUpstream implements Upstream {
     // failure that is not about single recipients so a retry resends only the rest.
     for (let i = 0; i < env.rcptTo.length; i += per) {
       const chunk = env.rcptTo.slice(i, i + per);
+      this.authTokens.delete(env.id);
       try {
         const info = await sendRaw(t.transport, env.id, { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size }, message);
+        // A new connection authenticated for this chunk: its token works.
+        const used = this.authTokens.get(env.id);
+        if (used !== undefined) this.tokens.tokenWorked?.(acct.name, used);
         lastResponse = info.response ?? '';
         // nodemailer takes any reply starting with "2" as success; only a real 250 is.
         if (!/^250(?:[ -]|$)/.test(lastResponse))
@@ -163,13 +221,15 @@ export class GmailUpstream implements Upstream {
           this.tokens.holdAccount?.(acct.name, ms.hold, OPERATOR_HOLD_MS);
           return { outcome: 'transient', response: `${replyText(err)} (held: ${ms.hold.replace(/ACCOUNT\b/g, acct.name)})`, accepted, rejected };
         }
-        if (err.code === 'EAUTH' && classifyError(err) === 'auth' && !renewed) {
-          // The server refused the token (also a bare 535 without the 334 challenge, which
-          // nodemailer does not renew): get a fresh one, shared with concurrent rejections,
-          // and try this chunk once more. AUTH comes before MAIL, so nothing was sent.
+        if (!renewed && (e instanceof TokenRejected || (err.code === 'EAUTH' && classifyError(err) === 'auth'))) {
+          // The server refused the token (after a 334 challenge, or a bare 535). The token
+          // service answers the rejection of exactly that token (a newer one, the refresh in
+          // flight, one new refresh, or needs-reauth if it had itself answered a rejection), and
+          // this chunk is tried once more. AUTH comes before MAIL, so nothing was sent.
+          const refused = e instanceof TokenRejected ? e.token : this.authTokens.get(env.id);
           renewed = true;
           try {
-            await this.tokens.getAccessToken(acct.name, { force: true });
+            await this.tokens.getAccessToken(acct.name, refused !== undefined ? { rejected: refused } : { force: true });
           } catch (te) {
             const reauth = te instanceof NeedsReauthError;
             return { outcome: reauth ? 'auth' : 'transient', response: `token: ${(te as Error).message}`, accepted, rejected };
@@ -177,6 +237,7 @@ export class GmailUpstream implements Upstream {
           i -= per;
           continue;
         }
+        if (e instanceof TokenRejected) return { outcome: 'auth', response: `${e.message} again, after a new one`, accepted, rejected };
         if (err.code === 'EENVELOPE' && err.rejectedErrors?.length) {
           // Every recipient of this chunk refused: the permanent ones bounce, 4xx ones wait.
           collectRejected(err, chunk, rejected);

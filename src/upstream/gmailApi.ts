@@ -75,19 +75,24 @@ export class GmailApiUpstream implements Upstream {
     const bytes = prefix.length + message.size;
     if (bytes > GMAIL_API_MAX_BYTES)
       return { outcome: 'permanent', response: `552 5.3.4 message of ${bytes} bytes exceeds the Gmail API limit of ${GMAIL_API_MAX_BYTES} bytes [gmail-api]`, ...none };
-    let renewed = false;
+    // The token Gmail refused, named to the token service so one refresh replaces it (and a
+    // fresh token refused again means needs-reauth), whoever else saw it refused.
+    let refused: string | undefined;
     for (;;) {
       let token: string;
       try {
-        token = await this.tokens.getAccessToken(acct.name, { force: renewed });
+        token = await this.tokens.getAccessToken(acct.name, refused === undefined ? {} : { rejected: refused });
       } catch (e) {
         return { outcome: e instanceof NeedsReauthError ? 'auth' : 'transient', response: `token: ${(e as Error).message}`, ...none };
       }
       const v = await this.upload(acct, token, prefix, message, bytes);
-      if (v.ok) return { outcome: 'ok', response: v.response, accepted: [...env.rcptTo], rejected: [] };
-      if (v.refresh && !renewed) {
+      if (v.ok) {
+        this.tokens.tokenWorked?.(acct.name, token);
+        return { outcome: 'ok', response: v.response, accepted: [...env.rcptTo], rejected: [] };
+      }
+      if (v.refresh && refused === undefined) {
         // Gmail refused the token (revoked, expired early): one fresh one, then needs-reauth.
-        renewed = true;
+        refused = token;
         continue;
       }
       if (v.hold) {

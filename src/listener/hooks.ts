@@ -150,12 +150,18 @@ export function closeAfterClientEof(conn: Conn): void {
 /**
  * Starts the session (onConnect, greeting) after `delayMs` instead of smtp-server's fixed
  * 100 ms: its timer in init() calls `this.connectionReady()`, which from now on does
- * nothing. Must run right after init() (hookServer does).
+ * nothing. Must run right after init() (hookServer does). Returns the cancel function for
+ * when the connection ends first.
  */
-export function greetAfter(conn: Conn, delayMs: number): void {
+export function greetAfter(conn: Conn, delayMs: number): () => void {
   const ready = conn.connectionReady.bind(conn);
   conn.connectionReady = () => {};
-  if (conn._closing || conn._closed) return; // refused in init (maxClients)
-  if (delayMs > 0) setTimeout(() => ready(), delayMs).unref();
-  else ready();
+  if (conn._closing || conn._closed) return () => {}; // refused in init (maxClients)
+  if (delayMs <= 0) {
+    ready();
+    return () => {};
+  }
+  const timer = setTimeout(() => ready(), delayMs);
+  timer.unref();
+  return () => clearTimeout(timer);
 }

@@ -132,23 +132,27 @@ interface PreAuthConn {
   session: { user?: unknown; transaction: number; envelope: { mailFrom: unknown } };
   send(code: number, data?: string): void;
   close(): void;
-  once(event: 'close', f: () => void): unknown;
+  _closing: boolean;
+  _closed: boolean;
 }
 
 /**
  * A client must authenticate or start a mail transaction within `ms` of connecting, or it
  * gets 421 and is closed (Postfix's smtpd is as strict with idle pre-auth sessions);
- * afterwards only socketTimeout applies. 0 = off.
+ * afterwards only socketTimeout applies. 0 = off. Returns the cancel function the caller
+ * runs when the connection ends: smtp-server's connection object emits no 'close', and a
+ * pending timer would keep the connection (and its socket) alive for the whole `ms`.
  */
-export function preAuthDeadline(conn: PreAuthConn, ms: number, onTimeout: () => void): void {
-  if (!ms) return;
+export function preAuthDeadline(conn: PreAuthConn, ms: number, onTimeout: () => void): () => void {
+  if (!ms) return () => {};
   const timer = setTimeout(() => {
     const s = conn.session;
+    if (conn._closing || conn._closed) return; // already on its way out: not a timeout
     if (s.user || s.envelope?.mailFrom || s.transaction > 1) return;
     onTimeout();
     conn.send(421, '4.4.2 Timeout before authentication, closing connection');
     conn.close();
   }, ms);
   timer.unref();
-  conn.once('close', () => clearTimeout(timer));
+  return () => clearTimeout(timer);
 }

@@ -38,6 +38,8 @@ export interface ListenersOptions {
 export interface ListenerMetrics {
   authFailure(listener: string): void;
   lockout(listener: string): void;
+  /** A connection of `listener` opened (+1) or ended (-1): the live-connection gauge. */
+  connectionsOpen?(listener: string, delta: 1 | -1): void;
 }
 
 export interface BoundListener {
@@ -82,6 +84,11 @@ export class Listeners {
   private readonly running: Running[] = [];
   private readonly logins: Logins;
   private readonly connections = new ConnectionCounter();
+  /**
+   * Every connection from accept to socket close (smtp-server's onClose), with what must
+   * end with it: timers that would otherwise keep the connection object alive.
+   */
+  private readonly live = new Map<string, { listener: string; stops: Array<() => void> }>();
   /** session id -> ip, for connections counted against the per-IP cap. */
   private readonly counted = new Map<string, string>();
   private readonly transactions = new WeakMap<SMTPServerSession, Transaction>();
@@ -268,6 +275,7 @@ export class Listeners {
       onClose: (session) => {
         rt.slots.release(session.id);
         this.onClose(session);
+        this.ended(session.id);
       },
     };
     const server = new SMTPServer(options);
@@ -323,10 +331,28 @@ export class Listeners {
       auth(command, callback);
     };
     closeAfterClientEof(conn);
-    greetAfter(conn, rt.cfg.greetingDelay);
-    preAuthDeadline(conn, rt.cfg.preAuthTimeout, () =>
-      this.log.info('pre-auth timeout, connection closed', { listener: rt.cfg.name, ip: conn.session.remoteAddress, timeoutMs: rt.cfg.preAuthTimeout }),
-    );
+    const stops = [
+      greetAfter(conn, rt.cfg.greetingDelay),
+      preAuthDeadline(conn, rt.cfg.preAuthTimeout, () =>
+        this.log.info('pre-auth timeout, connection closed', { listener: rt.cfg.name, ip: conn.session.remoteAddress, timeoutMs: rt.cfg.preAuthTimeout }),
+      ),
+    ];
+    this.live.set(conn.id, { listener: rt.cfg.name, stops });
+    this.metrics?.connectionsOpen?.(rt.cfg.name, 1);
+  }
+
+  /** The socket of connection `id` closed: its timers and bookkeeping end with it. */
+  private ended(id: string): void {
+    const c = this.live.get(id);
+    if (!c) return;
+    this.live.delete(id);
+    for (const stop of c.stops) stop();
+    this.metrics?.connectionsOpen?.(c.listener, -1);
+  }
+
+  /** Connections whose socket has not closed yet (all listeners). */
+  liveConnections(): number {
+    return this.live.size;
   }
 
   private track(p: Promise<void>): void {

@@ -7,6 +7,7 @@ import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPSe
 import type { Config, ListenerConfig, UserConfig, AccountConfig } from '../config/schema.js';
 import type { Envelope } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
+import { addressForLog } from '../log/redact.js';
 import type { NewMessage } from '../spool/spool.js';
 import { Logins } from './logins.js';
 import { NetworkList, isLoopback, trustedNetworksOf, clientKey } from './networks.js';
@@ -441,7 +442,7 @@ export class Listeners {
     if (!tx) return cb(new SmtpReply(530, '5.7.0 Authentication required'));
     // The null sender (bounces relayed by an MTA) owns no address; the From header is still checked.
     if (address.address !== '' && !tx.policy.allows(address.address)) {
-      this.log.info('sender rejected', { listener: rt.cfg.name, ip, user: tx.user, from: address.address });
+      this.log.info('sender rejected', { listener: rt.cfg.name, ip, user: tx.user, from: addressForLog(address.address) });
       return cb(new SmtpReply(553, `5.7.1 Sender address rejected: not owned by ${tx.owner}`));
     }
     this.transactions.set(session, tx);
@@ -475,10 +476,10 @@ export class Listeners {
           // Keep the display name, put an address the sender owns, and let replies reach the original.
           const owned = mailFrom.address || tx.account.email;
           const edit = { from: rewrittenFrom(fromValues[0] ?? '', owned), replyTo: fromValues[0] };
-          this.log.info('from header rewritten', { listener: rt.cfg.name, ip, user: tx.user, from: bad, to: owned });
+          this.log.info('from header rewritten', { listener: rt.cfg.name, ip, user: tx.user, from: addressForLog(bad), to: owned });
           return edit;
         }
-        this.log.info('from header rejected', { listener: rt.cfg.name, ip, user: tx.user, from: bad });
+        this.log.info('from header rejected', { listener: rt.cfg.name, ip, user: tx.user, from: addressForLog(bad) });
         return new SmtpReply(553, `5.7.1 Sender address rejected: From header address not owned by ${tx.owner}`);
       },
       // Stop feeding the spool, but read the client's DATA to its end so the reply

@@ -12,7 +12,7 @@ import type { NewMessage } from '../spool/spool.js';
 import { Logins } from './logins.js';
 import { NetworkList, isLoopback, trustedNetworksOf, clientKey } from './networks.js';
 import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
-import { MessageFilter, SmtpReply, headerValues } from './filter.js';
+import { MessageFilter, SmtpReply, headerValues, discardRest } from './filter.js';
 import { AuthFailures, ConnectionCounter, SlotShare, preAuthDeadline, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
 import { receivedHeader } from './received.js';
@@ -486,7 +486,7 @@ export class Listeners {
       // comes at the end of DATA as SMTP expects.
       onReject: () => {
         stream.unpipe(filter);
-        stream.resume();
+        discardRest(stream);
       },
     });
     // Errors surface through spool.receive (its iterator throws them), which may start
@@ -525,7 +525,7 @@ export class Listeners {
       env = await this.spool.receive(filter, meta, { prefix: trace });
     } catch (err) {
       stream.unpipe(filter);
-      stream.resume();
+      discardRest(stream);
       if (filter.rejection) {
         if (filter.rejection.responseCode === 552)
           this.log.info('message too big', { listener: rt.cfg.name, ip, user: tx.user, limit: rt.cfg.maxMessageSize });

@@ -93,11 +93,15 @@ function installedVersion(): string {
   }
 }
 
-/** Runs `onConnection` on every connection smtp-server creates (it has no factory option), right after init(). */
-export function hookServer(server: SMTPServer, onConnection: (conn: Conn) => void): void {
+/**
+ * Runs `onConnection` on every connection smtp-server creates (it has no factory option),
+ * right after init(); `beforeConnect` runs first, before init() checks maxClients.
+ */
+export function hookServer(server: SMTPServer, onConnection: (conn: Conn) => void, beforeConnect: () => void = () => {}): void {
   const connect = server.connect.bind(server);
   const hooked = new WeakSet<object>();
   server.connect = (socket, socketOptions) => {
+    beforeConnect();
     connect(socket, socketOptions);
     for (const conn of server.connections) {
       if (hooked.has(conn)) continue;

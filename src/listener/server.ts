@@ -89,7 +89,7 @@ export class Listeners {
    * Every connection from accept to socket close (smtp-server's onClose), with what must
    * end with it: timers that would otherwise keep the connection object alive.
    */
-  private readonly live = new Map<string, { listener: string; stops: Array<() => void> }>();
+  private readonly live = new Map<string, { conn: Conn; listener: string; stops: Array<() => void> }>();
   /** session id -> ip, for connections counted against the per-IP cap. */
   private readonly counted = new Map<string, string>();
   private readonly transactions = new WeakMap<SMTPServerSession, Transaction>();
@@ -280,7 +280,17 @@ export class Listeners {
       },
     };
     const server = new SMTPServer(options);
-    hookServer(server, (conn) => this.hookConnection(rt, conn));
+    hookServer(
+      server,
+      (conn) => this.hookConnection(rt, conn),
+      // Every slot taken (the reserve too): an unauthenticated session makes room, so
+      // smtp-server's own maxClients check does not turn the newcomer away.
+      () => {
+        if (server.connections.size < rt.cfg.maxClients) return;
+        const evicted = rt.slots.evictOldest();
+        if (evicted !== null) this.log.warn('pre-auth session closed to make room', { listener: rt.cfg.name, ip: this.counted.get(evicted), reason: 'every slot taken' });
+      },
+    );
     // PROXY v2 as well as smtp-server's v1 (only where useProxy asks for a header at all).
     acceptProxyV2(server);
     server.on('error', (err: Error & { remoteAddress?: string; meta?: { remoteAddress?: string } }) => {
@@ -338,7 +348,7 @@ export class Listeners {
         this.log.info('pre-auth timeout, connection closed', { listener: rt.cfg.name, ip: conn.session.remoteAddress, timeoutMs: rt.cfg.preAuthTimeout }),
       ),
     ];
-    this.live.set(conn.id, { listener: rt.cfg.name, stops });
+    this.live.set(conn.id, { conn, listener: rt.cfg.name, stops });
     this.metrics?.connectionsOpen?.(rt.cfg.name, 1);
   }
 
@@ -370,15 +380,18 @@ export class Listeners {
       this.log.warn('too many connections from one address', { listener: rt.cfg.name, ip, limit: rt.cfg.maxConnectionsPerIp });
       return cb(new SmtpReply(421, '4.7.0 Too many connections from your address, try again later'));
     }
-    const trusted = isLoopback(ip) || rt.trusted.has(ip);
     const reserved = rt.cfg.reservedClients ?? Math.floor(rt.cfg.maxClients / 10);
-    if (!rt.slots.admit(session.id, trusted, rt.cfg.maxClients, reserved)) {
-      this.connections.release(ip);
-      this.log.warn('untrusted share of maxClients full', { listener: rt.cfg.name, ip, reserved });
-      return cb(new SmtpReply(421, '4.7.0 Too many connections, try again later'));
-    }
+    const evicted = rt.slots.admit(session.id, rt.trusted.has(ip), rt.cfg.maxClients - reserved, () => this.evict(session.id));
+    if (evicted !== null) this.log.warn('pre-auth session closed to make room', { listener: rt.cfg.name, ip: this.counted.get(evicted), for: ip, reason: 'unauthenticated share full' });
     this.counted.set(session.id, ip);
     cb();
+  }
+
+  /** Closes a session that has not authenticated, to give its slot to a newer connection. */
+  private evict(id: string): void {
+    const conn = this.live.get(id)?.conn;
+    if (!conn || conn._closing || conn._closed) return;
+    conn.send(421, '4.7.0 Too many connections, try again later');
   }
 
   private onClose(session: SMTPServerSession): void {
@@ -409,6 +422,7 @@ export class Listeners {
     const verdict = await this.logins.check(ip, username, password, user?.passwordHash, limits);
     if (verdict.result === 'ok' && user) {
       this.log.debug('auth ok', { listener: rt.cfg.name, ip, user: user.username });
+      rt.slots.authenticated(session.id);
       return cb(null, { user: user.username });
     }
     if (verdict.failed) {

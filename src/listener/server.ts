@@ -16,6 +16,7 @@ import { MessageFilter, SmtpReply, headerValues, discardRest } from './filter.js
 import { AuthFailures, ConnectionCounter, SlotShare, preAuthDeadline, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
 import { receivedHeader } from './received.js';
+import { collectYoung } from './gc.js';
 import { acceptProxyV2 } from './proxyV2.js';
 import { assertSmtpServerHooks, hookServer, sendToHalfClosed, closeAfterClientEof, greetAfter, type Conn } from './hooks.js';
 
@@ -66,6 +67,9 @@ interface Running {
   bound?: BoundListener;
 }
 
+/** Connections ended between two young-generation collections. */
+const GC_EVERY_CONNECTIONS = 256;
+
 // Replies that carry their own enhanced status code ("553 5.7.1 ...").
 const HAS_ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}(?: |$)/;
 
@@ -90,6 +94,7 @@ export class Listeners {
    * end with it: timers that would otherwise keep the connection object alive.
    */
   private readonly live = new Map<string, { conn: Conn; listener: string; stops: Array<() => void> }>();
+  private endedSinceGc = 0;
   /** session id -> ip, for connections counted against the per-IP cap. */
   private readonly counted = new Map<string, string>();
   private readonly transactions = new WeakMap<SMTPServerSession, Transaction>();
@@ -359,6 +364,13 @@ export class Listeners {
     this.live.delete(id);
     for (const stop of c.stops) stop();
     this.metrics?.connectionsOpen?.(c.listener, -1);
+    // Each connection leaves its socket's read buffers behind, and a storm of short sessions
+    // allocates little else: collect them before the young generation fills with them
+    // (default Node flags: RSS stayed +125 MB after 10,000 sessions, see collectYoung).
+    if (++this.endedSinceGc >= GC_EVERY_CONNECTIONS) {
+      this.endedSinceGc = 0;
+      collectYoung();
+    }
   }
 
   /** Connections whose socket has not closed yet (all listeners). */

@@ -20,6 +20,7 @@ import { createLogger } from '../src/log/logger.js';
 import type { Envelope } from '../src/types.js';
 import { RawSmtp, makeConfig, message, spooledMessage } from './helpers/listener.js';
 import { splitReceived } from './helpers/received.js';
+import { waitFor } from './helpers/wait.js';
 
 const PASSWORD = 'tr0ub4dor&3 secret';
 const b64 = (s: string) => Buffer.from(s).toString('base64');
@@ -101,6 +102,110 @@ test('debug log: no AUTH payload, whatever precedes the AUTH verb on the line (b
     // The sessions are logged at debug (the test would pass vacuously otherwise).
     assert.ok(h.logs().some((l) => l.message === 'C: NOOP \\r AUTH [redacted]'), 'the NOOP line is logged, redacted');
     assert.ok(h.logs().some((l) => l.message === 'C: EHLO x \\r AUTH [redacted] \\r MAIL FROM:<scanner@example.com>'), all);
+  } finally {
+    await h.stop();
+  }
+});
+
+/** A seeded generator (mulberry32): the same fuzz lines every run. */
+function seeded(seed: number): (n: number) => number {
+  return (n) => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return (((t ^ (t >>> 14)) >>> 0) % n);
+  };
+}
+
+/** The password as it would look in a log: plain, hex, and base64 at each of the three byte alignments. */
+function spellingsOf(password: string): string[] {
+  const out = [password, Buffer.from(password).toString('hex')];
+  for (let off = 0; off < 3; off++) {
+    const rest = Buffer.from(password).subarray(off);
+    out.push(rest.subarray(0, rest.length - (rest.length % 3)).toString('base64'));
+  }
+  return out;
+}
+
+test('debug log: a fuzzer splicing passwords (plain, hex, SASL PLAIN and XOAUTH2 base64) into any verb never gets one logged', async () => {
+  const other = { username: 'scanner', password: 'S3cr3t!pa55&word' };
+  const users = [
+    { username: 'printer', password: PASSWORD },
+    other,
+  ];
+  const h = await start({}, { users: [
+    { username: 'printer', passwordHash: hash, account: 'office' },
+    { username: other.username, passwordHash: await hashPassword(other.password, FAKE_SCRYPT_COST), account: 'office' },
+  ] });
+  const rnd = seeded(24);
+  const pick = <T,>(a: readonly T[]): T => a[rnd(a.length)];
+  const payload = (u: { username: string; password: string }): string => {
+    const junk = 'xyz'.slice(0, rnd(3)); // shifts the base64 alignment of what follows
+    return pick([
+      () => u.password,
+      () => Buffer.from(u.password).toString('hex'),
+      () => b64(u.password),
+      () => b64(`${junk}\0${u.username}\0${u.password}`),
+      () => b64(`${u.username}\0${u.username}\0${u.password}`),
+      () => b64(`${junk}user=${u.username}\x01auth=Bearer ${u.password}\x01\x01`),
+    ])();
+  };
+  const templates = [
+    (p: string) => `EHLO fuzz.IN ${p}`,
+    (p: string) => `EHLO ${p}`,
+    (p: string) => `HELO x${p}`,
+    (p: string) => `EHLO fuzz.${p}`,
+    (p: string) => `EHLO x\r${p}`,
+    (p: string) => `MAIL FROM:<a@example.com> ${p}`,
+    (p: string) => `MAIL FROM:<${p}@example.com>`,
+    (p: string) => `MAIL FROM:${p}`,
+    (p: string) => `MAIL FROM:<a@example.com> SIZE=10 ENVID=${p}`,
+    (p: string) => `RCPT TO:<x@${p}>`,
+    (p: string) => `RCPT TO:<x@example.org> NOTIFY=${p}`,
+    (p: string) => `NOOP ${p}`,
+    (p: string) => `VRFY ${p}`,
+    (p: string) => `RSET ${p}`,
+    (p: string) => `BDAT ${p}`,
+    (p: string) => `XFUZZ${rnd(100)} ${p}`,
+    (p: string) => `${p}`,
+  ];
+  let sent = 0;
+  try {
+    for (let session = 0; session < 30; session++) {
+      const c = await RawSmtp.connect(h.port());
+      await c.ehlo('fuzz.IN');
+      // Half the sessions authenticated: smtp-server closes unauthenticated ones after 10 commands.
+      const authed = session % 2 === 0;
+      if (authed) assert.equal((await c.authPlain(users[session % 4 < 2 ? 0 : 1].username, users[session % 4 < 2 ? 0 : 1].password)).code, 235);
+      let open = true;
+      for (let i = 0; i < (authed ? 20 : 7) && open; i++) {
+        const line = pick(templates)(payload(pick(users)));
+        sent++;
+        // 421: smtp-server closes after 10 unrecognised (or unauthenticated) commands.
+        open = (await c.cmd(line)).code !== 421;
+      }
+      // The line from the field report, verbatim.
+      if (open) await c.cmd(`EHLO fuzz.IN ${b64(`\0printer\0${PASSWORD}`)}`);
+      await c.quit();
+    }
+    // A last session: its EHLO line is the canary that every earlier line reached the log.
+    const canary = await RawSmtp.connect(h.port());
+    await canary.ehlo('canary.test');
+    await canary.quit();
+    await waitFor(() => h.logs().some((l) => l.message === 'C: EHLO canary.test'), 5000, 'the canary line');
+    const all = h.lines.join('\n');
+    const lower = all.toLowerCase();
+    for (const u of users)
+      for (const spelling of spellingsOf(u.password)) {
+        const found = spelling === Buffer.from(u.password).toString('hex') ? lower.includes(spelling) : all.includes(spelling);
+        assert.ok(!found, `the log carries ${u.username}'s password as ${JSON.stringify(spelling)}`);
+      }
+    // Not vacuous: the sessions were logged at debug, the harmless part of each line kept.
+    const clientLines = h.logs().filter((l) => String(l.message).startsWith('C: '));
+    assert.ok(clientLines.length >= sent / 2, `${clientLines.length} client lines logged for ${sent} sent`);
+    assert.ok(clientLines.some((l) => l.message === 'C: EHLO fuzz.IN […]'), 'EHLO logged up to its host name');
+    assert.ok(clientLines.some((l) => l.message === 'C: MAIL FROM:<a@example.com> […]'), 'MAIL logged up to its path');
+    assert.ok(clientLines.some((l) => l.message === 'C: MAIL FROM:<a@example.com> SIZE=10 […]'), 'known MAIL parameters kept');
   } finally {
     await h.stop();
   }

@@ -493,11 +493,16 @@ test('connection limits: per-IP cap (421 4.7.0) and maxClients', async () => {
     assert.ok(e, 'a freed slot is usable again');
     await Promise.all([b.quit(), d.quit(), e.quit()]);
 
+    // maxClients counts every session; an unauthenticated one would make room for a
+    // newcomer (listener-slots.test.ts), an authenticated one does not.
     const t1 = await RawSmtp.connect(h.port('tiny'));
+    await t1.ehlo();
+    assert.equal((await t1.authPlain('printer', PASSWORD)).code, 235);
     const t2 = await RawSmtp.connect(h.port('tiny'), { greeting: false });
     const full = await t2.read();
     assert.equal(full.code, 421);
     assert.match(full.text, /Too many connected clients/);
+    assert.equal((await t1.cmd('NOOP')).code, 250);
     await t1.quit();
   } finally {
     await h.stop();

@@ -77,7 +77,7 @@ export const listenerSchema = z.strictObject({
   greetingDelay: duration('greetingDelay').default(0),
   /** A client must AUTH or send MAIL FROM within this time of connecting (421 otherwise). */
   preAuthTimeout: duration('preAuthTimeout').default(30e3),
-  /** Slots of maxClients kept for trusted networks and loopback clients (default: a tenth). */
+  /** Slots of maxClients kept for trusted networks and authenticated sessions (default: a tenth). */
   reservedClients: z.number().int().min(0).optional(),
   authFailLimit: z.number().int().positive().default(5),
   authFailWindow: duration('authFailWindow').default(600e3),

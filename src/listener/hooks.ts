@@ -93,11 +93,15 @@ function installedVersion(): string {
   }
 }
 
-/** Runs `onConnection` on every connection smtp-server creates (it has no factory option), right after init(). */
-export function hookServer(server: SMTPServer, onConnection: (conn: Conn) => void): void {
+/**
+ * Runs `onConnection` on every connection smtp-server creates (it has no factory option),
+ * right after init(); `beforeConnect` runs first, before init() checks maxClients.
+ */
+export function hookServer(server: SMTPServer, onConnection: (conn: Conn) => void, beforeConnect: () => void = () => {}): void {
   const connect = server.connect.bind(server);
   const hooked = new WeakSet<object>();
   server.connect = (socket, socketOptions) => {
+    beforeConnect();
     connect(socket, socketOptions);
     for (const conn of server.connections) {
       if (hooked.has(conn)) continue;
@@ -150,12 +154,18 @@ export function closeAfterClientEof(conn: Conn): void {
 /**
  * Starts the session (onConnect, greeting) after `delayMs` instead of smtp-server's fixed
  * 100 ms: its timer in init() calls `this.connectionReady()`, which from now on does
- * nothing. Must run right after init() (hookServer does).
+ * nothing. Must run right after init() (hookServer does). Returns the cancel function for
+ * when the connection ends first.
  */
-export function greetAfter(conn: Conn, delayMs: number): void {
+export function greetAfter(conn: Conn, delayMs: number): () => void {
   const ready = conn.connectionReady.bind(conn);
   conn.connectionReady = () => {};
-  if (conn._closing || conn._closed) return; // refused in init (maxClients)
-  if (delayMs > 0) setTimeout(() => ready(), delayMs).unref();
-  else ready();
+  if (conn._closing || conn._closed) return () => {}; // refused in init (maxClients)
+  if (delayMs <= 0) {
+    ready();
+    return () => {};
+  }
+  const timer = setTimeout(() => ready(), delayMs);
+  timer.unref();
+  return () => clearTimeout(timer);
 }

@@ -103,27 +103,49 @@ export class ConnectionCounter {
 }
 
 /**
- * Keeps `reserved` of a listener's `maxClients` slots for trusted networks and loopback:
- * idle connections from elsewhere, even spread over many addresses under the per-IP cap,
- * cannot take the slots a LAN printer needs.
+ * Keeps `reserved` of a listener's `maxClients` slots for peers in `trustedNetworks` and
+ * for sessions that have authenticated: every other session, until it authenticates, is in
+ * the unauthenticated share (`maxClients - reserved`). When that share is full, a new
+ * connection closes the oldest unauthenticated session instead of being refused, so idle
+ * or slow connections, even spread over many addresses under the per-IP cap (or from
+ * loopback), cannot keep a client that is about to log in out for a whole preAuthTimeout.
  */
 export class SlotShare {
-  private readonly untrusted = new Set<string>();
+  /** Unauthenticated sessions outside trustedNetworks, oldest first (Map keeps insertion order), with how to close each. */
+  private readonly waiting = new Map<string, () => void>();
 
-  /** Admits session `id`; false = refuse it (the untrusted share is full). */
-  admit(id: string, trusted: boolean, maxClients: number, reserved: number): boolean {
-    if (trusted) return true;
-    if (this.untrusted.size >= maxClients - reserved) return false;
-    this.untrusted.add(id);
-    return true;
+  /**
+   * Admits session `id`. Trusted peers are not counted; others take a slot of the
+   * unauthenticated `share`, evicting (calling `close` of) the oldest holder when it is full.
+   * Returns the evicted session's id, or null.
+   */
+  admit(id: string, trusted: boolean, share: number, close: () => void): string | null {
+    if (trusted) return null;
+    const evicted = this.waiting.size >= share ? this.evictOldest() : null;
+    this.waiting.set(id, close);
+    return evicted;
+  }
+
+  /** Closes the oldest unauthenticated session (when every slot is taken); returns its id, or null if there is none. */
+  evictOldest(): string | null {
+    const oldest = this.waiting.entries().next().value;
+    if (!oldest) return null;
+    this.waiting.delete(oldest[0]);
+    oldest[1]();
+    return oldest[0];
+  }
+
+  /** Session `id` authenticated: it now lives on the reserve and is never evicted. */
+  authenticated(id: string): void {
+    this.waiting.delete(id);
   }
 
   release(id: string): void {
-    this.untrusted.delete(id);
+    this.waiting.delete(id);
   }
 
-  get untrustedCount(): number {
-    return this.untrusted.size;
+  get unauthenticatedCount(): number {
+    return this.waiting.size;
   }
 }
 
@@ -132,23 +154,27 @@ interface PreAuthConn {
   session: { user?: unknown; transaction: number; envelope: { mailFrom: unknown } };
   send(code: number, data?: string): void;
   close(): void;
-  once(event: 'close', f: () => void): unknown;
+  _closing: boolean;
+  _closed: boolean;
 }
 
 /**
  * A client must authenticate or start a mail transaction within `ms` of connecting, or it
  * gets 421 and is closed (Postfix's smtpd is as strict with idle pre-auth sessions);
- * afterwards only socketTimeout applies. 0 = off.
+ * afterwards only socketTimeout applies. 0 = off. Returns the cancel function the caller
+ * runs when the connection ends: smtp-server's connection object emits no 'close', and a
+ * pending timer would keep the connection (and its socket) alive for the whole `ms`.
  */
-export function preAuthDeadline(conn: PreAuthConn, ms: number, onTimeout: () => void): void {
-  if (!ms) return;
+export function preAuthDeadline(conn: PreAuthConn, ms: number, onTimeout: () => void): () => void {
+  if (!ms) return () => {};
   const timer = setTimeout(() => {
     const s = conn.session;
+    if (conn._closing || conn._closed) return; // already on its way out: not a timeout
     if (s.user || s.envelope?.mailFrom || s.transaction > 1) return;
     onTimeout();
     conn.send(421, '4.4.2 Timeout before authentication, closing connection');
     conn.close();
   }, ms);
   timer.unref();
-  conn.once('close', () => clearTimeout(timer));
+  return () => clearTimeout(timer);
 }

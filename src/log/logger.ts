@@ -1,7 +1,7 @@
 // winston logger with a redaction stage that every entry passes through, plus an adapter
 // for the bunyan-style loggers smtp-server and nodemailer expect.
 import winston from 'winston';
-import { redact, redactString } from './redact.js';
+import { redact, redactString, protocolBlobs, hostForLog, addressForLog } from './redact.js';
 import { isJournalStream, defaultLogFormat, PRIORITY } from './journal.js';
 
 export type Level = 'error' | 'warn' | 'info' | 'debug';
@@ -86,11 +86,40 @@ export const nullLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}
  * listener and the delivery worker log each outcome once themselves (a refused upstream
  * connection is one "deferred" warning, not three lines), and we never enable their raw data logging.
  */
-// Client commands known to carry no secret. Anything else a client sends (AUTH lines,
-// AUTH LOGIN's bare base64 continuation lines, unknown commands) is not logged.
-const SAFE_COMMAND = /^(EHLO|HELO|LHLO|MAIL FROM|RCPT TO|DATA|QUIT|RSET|NOOP|STARTTLS|BDAT)\b/i;
+// What a client command line may show in the debug log (issue 24 item 5): only the verb and
+// the arguments up to their syntactic end, each checked against its grammar. Whatever else
+// a client puts on a line (an AUTH payload spliced into EHLO, a password after NOOP, an
+// unknown verb's arguments) is dropped and shown as `[…]`; a kept argument that looks like
+// an encoded blob is replaced too, see protocolBlobs.
+const VERB_ONLY = /^(DATA|QUIT|RSET|NOOP|STARTTLS)(?=\s|$)/i;
+const HELLO = /^(EHLO|HELO|LHLO)(?=\s|$)\s*(\S*)(.*)$/i;
+const PATH_COMMAND = /^(MAIL\s+FROM|RCPT\s+TO)\s*:\s*(.*)$/i;
+const BDAT = /^BDAT\s+\d{1,15}(?:\s+LAST)?\s*$/i;
+// A path: <> or <address> (no source route, no quoted string); the address is judged by addressForLog.
+const PATH = /^<([^<>\s"]{0,320})>$/;
+// MAIL/RCPT parameters whose values cannot carry free text; anything else is dropped.
+const PARAM = /^(?:SIZE=\d{1,15}|BODY=(?:7BIT|8BITMIME|BINARYMIME)|SMTPUTF8|REQUIRETLS|RET=(?:FULL|HDRS)|NOTIFY=(?:NEVER|SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*)$/i;
 // An AUTH verb anywhere in a segment, with everything after it (the mechanism's initial response).
 const AUTH_ANYWHERE = /\bAUTH\b[\s\S]*$/i;
+const DROPPED = '[…]';
+
+/** One command with its arguments cut to their syntax, or null for a verb not listed here. */
+function commandForLog(s: string): string | null {
+  let m = VERB_ONLY.exec(s);
+  if (m) return m[1].toUpperCase() + (s.slice(m[0].length).trim() ? ' ' + DROPPED : '');
+  if ((m = HELLO.exec(s))) return `${m[1].toUpperCase()}${m[2] ? ' ' + hostForLog(m[2]) : ''}${m[3].trim() ? ' ' + DROPPED : ''}`;
+  if ((m = PATH_COMMAND.exec(s))) {
+    const verb = m[1].toUpperCase().replace(/\s+/, ' ');
+    const [path = '', ...params] = m[2].trim().split(/\s+/);
+    const inner = PATH.exec(path)?.[1];
+    const shown = inner === undefined ? '<[not a path]>' : `<${inner && addressForLog(inner)}>`;
+    const kept = params.filter((p) => PARAM.test(p));
+    return `${verb}:${shown}${kept.length ? ' ' + kept.join(' ') : ''}${kept.length < params.length ? ' ' + DROPPED : ''}`;
+  }
+  if (BDAT.test(s)) return s.trim().toUpperCase();
+  if (/^BDAT(?=\s|$)/i.test(s)) return 'BDAT ' + DROPPED;
+  return null;
+}
 
 /**
  * The loggable form of a client command line, or null to drop it. smtp-server splits
@@ -102,8 +131,10 @@ export function clientLineForLog(line: string): string | null {
   const segments = line.split(/[\r\n]+/).filter((s) => s.trim() !== '');
   const kept = segments.map((seg) => {
     const s = seg.trim();
-    if (AUTH_ANYWHERE.test(s)) return s.replace(AUTH_ANYWHERE, 'AUTH [redacted]');
-    return SAFE_COMMAND.test(s) ? s : null;
+    const auth = AUTH_ANYWHERE.exec(s);
+    if (!auth) return commandForLog(s);
+    const head = s.slice(0, auth.index).trim();
+    return head ? `${commandForLog(head) ?? '[unlisted command]'} AUTH [redacted]` : 'AUTH [redacted]';
   });
   if (!kept.length || kept.every((s) => s === null)) return null;
   return kept.map((s) => s ?? '[unlisted command]').join(' \\r ');
@@ -131,6 +162,12 @@ export function bunyanAdapter(log: Logger, component: string) {
       const line = clientLineForLog(m.slice(2));
       if (line === null) return;
       return log.debug(`C: ${line}`, meta);
+    }
+    // The library's other inbound lines may quote client input (a MAIL FROM domain it could
+    // not decode); not our replies (queue ids look like blobs) nor the connection id.
+    if (component === 'smtp-in' && !m.startsWith('S:')) {
+      const cid = typeof meta.cid === 'string' && meta.cid ? meta.cid : null;
+      return log.debug(cid ? m.split(cid).map(protocolBlobs).join(cid) : protocolBlobs(m), meta);
     }
     log.debug(m, meta);
   };

@@ -67,12 +67,62 @@ function prune(now: number): void {
   for (const [k, e] of entries) if (e.expiresAt !== undefined && e.expiresAt <= now) entries.delete(k);
 }
 
+// A run of base64 characters (also inside a longer token: a blob spliced onto a host name).
+const BASE64_RUN = /[A-Za-z0-9+/]{8,}={0,2}/g;
+// Decoded SASL credentials: PLAIN's `authzid\0authcid\0password` and XOAUTH2's `user=…\x01auth=…`.
+const SASL_DECODED = /\0[^\0-\x1f]{1,255}\0|\x01auth=/i;
+
+/** Whether a base64 run, read from any of its four alignments, decodes to SASL credentials. */
+function decodesToCredentials(run: string): boolean {
+  const body = run.replace(/=+$/, '');
+  for (let off = 0; off < 4 && body.length - off >= 8; off++) {
+    const part = body.slice(off, off + Math.floor((body.length - off) / 4) * 4);
+    if (SASL_DECODED.test(Buffer.from(part, 'base64').toString('latin1'))) return true;
+  }
+  return false;
+}
+
+/** AUTH payloads in base64 (PLAIN, XOAUTH2) wherever they appear, in any log line. */
+function redactSaslBlobs(s: string): string {
+  return s.replace(BASE64_RUN, (run) => (decodesToCredentials(run) ? '[redacted]' : run));
+}
+
+/**
+ * For what a client sent (SMTP command arguments): also every long base64 run, whatever it
+ * decodes to (a password may be encoded alone, or in hex, which is a base64 run too). Not
+ * for every log line: queue ids and hashes have the same shape.
+ */
+export function protocolBlobs(s: string): string {
+  return redactSaslBlobs(s).replace(/[A-Za-z0-9+/]{16,}={0,2}/g, '[blob]');
+}
+
+// A host name (labels of letters, digits, hyphens) or an address literal.
+const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$|^\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]$/;
+const LOCAL_PART = /^[A-Za-z0-9._+-]{1,64}$/;
+
+/** A client-given host name as a log may show it (a name, or a note that it was not one). */
+export function hostForLog(name: string): string {
+  return name.length <= 255 && HOST.test(name) ? protocolBlobs(name) : '[not a host name]';
+}
+
+/**
+ * A client-given mail address as a log may show it: a plain local part (letters, digits,
+ * `._+-`) and a host name; anything else in their place (a password has other characters,
+ * an encoded one is a blob) is replaced by a note.
+ */
+export function addressForLog(address: string): string {
+  const at = address.lastIndexOf('@');
+  if (at < 0) return LOCAL_PART.test(address) ? protocolBlobs(address) : '[not a plain address]';
+  const local = address.slice(0, at);
+  return `${LOCAL_PART.test(local) ? protocolBlobs(local) : '[not a plain local part]'}@${hostForLog(address.slice(at + 1))}`;
+}
+
 export function redactString(s: string): string {
   let out = s;
   prune(Date.now());
   for (const e of entries.values()) for (const f of e.forms) if (out.includes(f)) out = out.split(f).join('[redacted]');
   for (const [re, rep] of PATTERNS) out = out.replace(re, rep);
-  return out;
+  return redactSaslBlobs(out);
 }
 
 /** Deep copy with secret-named keys dropped and secret-shaped strings scrubbed. */

@@ -50,6 +50,7 @@ export class Metrics {
   private readonly gAccountState: Gauge<'account' | 'state'>;
   private readonly cAuthFailures: Counter<'listener'>;
   private readonly cLockouts: Counter<'listener'>;
+  private readonly gConnections: Gauge<'listener'>;
   private readonly cCorrupt: Counter;
   private readonly cDataLost: Counter<'account'>;
   private readonly gQueueSize: Gauge;
@@ -76,6 +77,12 @@ export class Metrics {
     this.cAuthFailures = counter('auth_failures_total', 'Failed SMTP AUTH attempts on a listener.', ['listener']);
     this.cCorrupt = counter('spool_corrupt_envelopes_total', 'Unreadable spool envelopes moved to spool/corrupt/ with their message.', []);
     this.cLockouts = counter('lockouts_total', 'Client IPs locked out after too many AUTH failures.', ['listener']);
+    this.gConnections = new Gauge({
+      name: P + 'smtp_connections',
+      help: 'Open inbound SMTP connections per listener (from accept until the socket closed).',
+      labelNames: ['listener'],
+      registers,
+    });
     this.gAccountState = new Gauge({
       name: P + 'account_state',
       help: 'Account state: 1 for the current state (ok, needs-reauth, error), 0 for the others.',
@@ -169,6 +176,7 @@ export class Metrics {
     for (const listener of this.listeners) {
       this.cAuthFailures.inc({ listener }, 0);
       this.cLockouts.inc({ listener }, 0);
+      this.gConnections.inc({ listener }, 0);
     }
     // A removed account has no current state; drop its gauge series rather than report a stale one.
     for (const account of [...this.lastAccountStates.keys()]) {
@@ -232,6 +240,11 @@ export class Metrics {
 
   lockout(listener: string): void {
     this.cLockouts.inc({ listener: this.lsn(listener) });
+  }
+
+  /** The raw name (running listeners only; a reload never adds one): opens and closes stay paired. */
+  connectionsOpen(listener: string, delta: 1 | -1): void {
+    this.gConnections.inc({ listener }, delta);
   }
 
   /** Where queue_size / queue_oldest_age_seconds / queue_account_size are read at scrape time. */

@@ -21,7 +21,7 @@ import {
   type MicrosoftRequest,
 } from '../providers/microsoft.js';
 import { addSecret, redactString } from '../log/redact.js';
-import { scopesFor } from './scopes.js';
+import { scopesFor, signInScopesFor } from './scopes.js';
 import { DEFAULT_TIMEOUT_MS, accountIdentity, classifyTokenError, createUserClient, tokenAgent } from './client.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
 
@@ -127,7 +127,7 @@ function googleRedirect(acct: UserAccount): BeginRedirect {
     const url = client.generateAuthUrl({
       access_type: 'offline',
       prompt: 'consent',
-      scope: scopesFor(acct),
+      scope: signInScopesFor(acct),
       state,
       code_challenge: codeChallenge!,
       code_challenge_method: CodeChallengeMethod.S256,
@@ -154,7 +154,10 @@ function googleRedirect(acct: UserAccount): BeginRedirect {
         const missing = typeof tokens.scope === 'string' ? scopesFor(acct).filter((sc) => !granted.has(sc)) : [];
         if (missing.length)
           throw new AuthorizeError(`the grant lacks ${missing.join(' and ')} (unticked on the consent screen?); run authorize again and allow sending email, nothing was stored`);
-        const g: Grant = { refreshToken: tokens.refresh_token, email: emailFromIdToken(tokens.id_token) };
+        const email = emailFromIdToken(tokens.id_token);
+        // Asked for with openid + email: without it nobody can tell whose mailbox this grant opens.
+        if (!email) throw new AuthorizeError('Google returned no id_token naming the signed-in user (openid email were asked for); nothing was stored. Run authorize again.');
+        const g: Grant = { refreshToken: tokens.refresh_token, email };
         if (raw.refresh_token_expires_in) g.refreshTokenExpiresAt = new Date(Date.now() + raw.refresh_token_expires_in * 1000).toISOString();
         if (tokens.access_token && tokens.expiry_date) {
           g.accessToken = tokens.access_token;

@@ -13,3 +13,14 @@ export function scopesFor(account: Pick<AccountConfig, 'transport'>): string[] {
   if (account.transport === 'auto') return [GMAIL_FULL_SCOPE, GMAIL_SEND_SCOPE];
   return [GMAIL_FULL_SCOPE];
 }
+
+/**
+ * What a Google sign-in asks for: the transport's scopes plus `openid email`, so the token
+ * response carries an id_token naming who signed in (Google sends none without them), and a
+ * re-authorization as another user can be refused before anything is stored.
+ */
+export const GOOGLE_IDENTITY_SCOPES = ['openid', 'email'] as const;
+
+export function signInScopesFor(account: Pick<AccountConfig, 'transport'>): string[] {
+  return [...scopesFor(account), ...GOOGLE_IDENTITY_SCOPES];
+}

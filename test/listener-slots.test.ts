@@ -26,7 +26,8 @@ const proxy = (ip: string) => `PROXY TCP4 ${ip} 127.0.0.1 40000 25\r\n`;
 
 test('idle untrusted connections fill only their share of maxClients: trusted and loopback clients still get 220', async () => {
   const config = makeConfig(dir, {
-    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, maxClients: 6, reservedClients: 2, trustedNetworks: ['192.168.1.0/24'], trustedAccount: 'office' }],
+    // The balancer connects from 127.0.0.1; a local client from 127.0.0.2 sends no header.
+    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, proxyFrom: ['127.0.0.1'], maxClients: 6, reservedClients: 2, trustedNetworks: ['192.168.1.0/24'], trustedAccount: 'office' }],
   });
   const h = await startListeners(config, spool);
   const open: RawSmtp[] = [];
@@ -37,8 +38,13 @@ test('idle untrusted connections fill only their share of maxClients: trusted an
     await refused.waitClosed();
     assert.ok(h.logs().some((l) => l.message === 'untrusted share of maxClients full' && l.ip === '203.0.113.99'));
 
+    // A PROXY header claiming loopback is not a local client (issue 23 item 4).
+    const claimed = await RawSmtp.connect(h.port(), { proxy: proxy('127.0.0.1'), greeting: false });
+    assert.equal((await claimed.read()).lines.join(), '421 4.7.0 Too many connections, try again later');
+    await claimed.waitClosed();
+
     const lan = await RawSmtp.connect(h.port(), { proxy: proxy('192.168.1.5') }); // throws unless 220
-    const local = await RawSmtp.connect(h.port(), { proxy: proxy('127.0.0.1') });
+    const local = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.2' });
     open.push(lan, local);
     assert.equal((await lan.ehlo()).code, 250);
   } finally {

@@ -16,6 +16,7 @@ import { AuthFailures, ConnectionCounter, SlotShare, preAuthDeadline, type AuthL
 import { loadKeyPair } from './certs.js';
 import { receivedHeader } from './received.js';
 import { acceptProxyV2 } from './proxyV2.js';
+import { notePeer, isLocalPeer } from './peer.js';
 import { assertSmtpServerHooks, hookServer, sendToHalfClosed, closeAfterClientEof, greetAfter, type Conn } from './hooks.js';
 
 export type { NewMessage };
@@ -306,6 +307,7 @@ export class Listeners {
    * greeting goes out without smtp-server's fixed pause.
    */
   private hookConnection(rt: Running, conn: Conn): void {
+    notePeer(conn);
     const send = sendToHalfClosed(conn, conn.send.bind(conn));
     conn.send = (code, data, context) => {
       if (code === 552 && typeof data === 'string' && data.startsWith('Error: message exceeds fixed maximum message size'))
@@ -315,8 +317,7 @@ export class Listeners {
     };
     const auth = conn.handler_AUTH.bind(conn);
     conn.handler_AUTH = (command, callback) => {
-      const ip = conn.session.remoteAddress;
-      if (!conn.session.secure && !isLoopback(ip) && !rt.cfg.allowInsecureAuth) {
+      if (!conn.session.secure && !isLocalPeer(conn.session) && !rt.cfg.allowInsecureAuth) {
         conn.send(538, '5.7.11 Encryption required for requested authentication mechanism');
         return callback();
       }
@@ -343,7 +344,7 @@ export class Listeners {
       this.log.warn('too many connections from one address', { listener: rt.cfg.name, ip, limit: rt.cfg.maxConnectionsPerIp });
       return cb(new SmtpReply(421, '4.7.0 Too many connections from your address, try again later'));
     }
-    const trusted = isLoopback(ip) || rt.trusted.has(ip);
+    const trusted = isLocalPeer(session) || rt.trusted.has(ip);
     const reserved = rt.cfg.reservedClients ?? Math.floor(rt.cfg.maxClients / 10);
     if (!rt.slots.admit(session.id, trusted, rt.cfg.maxClients, reserved)) {
       this.connections.release(ip);

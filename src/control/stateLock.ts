@@ -158,7 +158,7 @@ export async function acquireStateLock(stateDir: string, role: LockRole, opts: {
   const file = lockPath(stateDir);
   const me: LockOwner = { pid: process.pid, role, since: new Date().toISOString() };
   const deadline = Date.now() + (opts.waitMs ?? 10_000);
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await mkdir(stateDir, { recursive: true, mode: 0o750 }); // 0750: the group reaches control.sock (README)
   const name = (await lockName(stateDir, true))!;
   for (;;) {
     const held = await bind(name, me);

@@ -67,7 +67,7 @@ export const listenerSchema = z.strictObject({
   maxClients: z.number().int().positive().default(100),
   maxRecipients: z.number().int().positive().default(1000),
   proxyProtocol: z.boolean().default(false),
-  /** With proxyProtocol: the proxies allowed to send a PROXY header (others count as direct clients). */
+  /** With proxyProtocol: the proxies allowed to send a PROXY header (others count as direct clients); required on a non-loopback listener. */
   proxyFrom: z.array(z.string().refine((s) => isIP(s) !== 0, 'expected an IP address')).optional(),
   // Inbound hardening (src/listener). Failed AUTHs are counted per client IP across listeners.
   maxConnectionsPerIp: z.number().int().positive().default(20),
@@ -284,12 +284,13 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: 'trustedNetworks needs a trustedAccount to relay through' });
       if (l.trustedAccount && !accounts.has(l.trustedAccount))
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: `no account named "${l.trustedAccount}"` });
-      // Any client reaching the port could claim a trusted address in its PROXY header.
-      if (l.proxyProtocol && !l.proxyFrom?.length && l.trustedNetworks.length && !isLoopbackHost(l.host))
+      // Any client reaching the port could claim any address in its PROXY header: a trusted
+      // one, or a new one per connection to dodge the failed-login lockout.
+      if (l.proxyProtocol && !l.proxyFrom?.length && !isLoopbackHost(l.host))
         ctx.addIssue({
           code: 'custom',
           path: ['listeners', i, 'proxyFrom'],
-          message: `listener "${l.name}" takes PROXY headers from anyone and trusts networks: list your proxy's addresses in proxyFrom`,
+          message: `listener "${l.name}" on ${l.host} takes PROXY headers from any client, which could then claim any address (trusted networks, lockouts, logs): list your proxy's addresses in proxyFrom, e.g. proxyFrom: [10.0.0.5]`,
         });
       if (l.reservedClients !== undefined && l.reservedClients >= l.maxClients)
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'reservedClients'], message: `must be below maxClients (${l.maxClients}): the rest of the slots serve untrusted clients` });

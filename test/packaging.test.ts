@@ -82,6 +82,16 @@ test('a self-signed certificate that cannot be made names the listener', async (
   }
 });
 
+test('a certFile that cannot be read names the listener', async () => {
+  const dir = await mkdtemp(join(ROOT, '.tmp', 'certs-'));
+  try {
+    const config = makeConfig(dir, { listeners: [{ name: 'lan', host: '127.0.0.1', port: 0, tls: 'starttls', certFile: join(dir, 'none.crt'), keyFile: join(dir, 'none.key') }] });
+    await assert.rejects(loadKeyPair(config.listeners[0], dir, nullLogger), /^Error: listener "lan": cannot read its certFile\/keyFile: ENOENT/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('the conffile the .deb ships is short and valid once its placeholders are filled', async () => {
   const text = await readFile(join(ROOT, 'packaging', 'deb', 'config.yaml'), 'utf8');
   // Short, so a later change to it (which makes dpkg ask on upgrade) stays rare.

@@ -79,7 +79,9 @@ async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cer
 
 export async function loadKeyPair(l: ListenerConfig, stateDir: string, log: Logger): Promise<KeyPair> {
   if (l.certFile && l.keyFile) {
-    const [cert, key] = await Promise.all([readFile(l.certFile, 'utf8'), readFile(l.keyFile, 'utf8')]);
+    const [cert, key] = await Promise.all([readFile(l.certFile, 'utf8'), readFile(l.keyFile, 'utf8')]).catch((e: Error) => {
+      throw new Error(`listener "${l.name}": cannot read its certFile/keyFile: ${e.message}`);
+    });
     const x509 = validate({ key, cert }, `listener "${l.name}" (${l.certFile})`);
     if (new Date(x509.validTo).getTime() < Date.now()) log.warn('listener certificate has expired', { listener: l.name, certFile: l.certFile, validTo: x509.validTo });
     return { key, cert, certPath: l.certFile, selfSigned: false };

@@ -87,6 +87,14 @@ chmod 0750 "$pkg/etc/xoauth2-bridge"
 install -m 0644 "$root/config/xoauth2-bridge.example.yaml" "$pkg/usr/share/doc/xoauth2-bridge/examples/"
 [[ -d $root/config/fail2ban ]] && cp -r "$root/config/fail2ban" "$pkg/usr/share/doc/xoauth2-bridge/examples/"
 install -m 0644 "$root/README.md" "$pkg/usr/share/doc/xoauth2-bridge/"
+# Man pages and completions, generated from the CLI's definition and the config schema.
+say "generating the man pages and bash/zsh completions (packaging/man.mjs)"
+(cd "$root" && "$node_bin" --import tsx packaging/man.mjs "$stage/man")
+install -d "$pkg/usr/share/man/man8" "$pkg/usr/share/man/man5" "$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/zsh/vendor-completions"
+gzip -9n <"$stage/man/xoauth2-bridge.8" >"$pkg/usr/share/man/man8/xoauth2-bridge.8.gz"
+gzip -9n <"$stage/man/xoauth2-bridge.yaml.5" >"$pkg/usr/share/man/man5/xoauth2-bridge.yaml.5.gz"
+install -m 0644 "$stage/man/xoauth2-bridge.bash" "$pkg/usr/share/bash-completion/completions/xoauth2-bridge"
+install -m 0644 "$stage/man/_xoauth2-bridge" "$pkg/usr/share/zsh/vendor-completions/_xoauth2-bridge"
 # Changelogs where Debian tools look (apt changelog, /usr/share/doc): the upstream one and the
 # package's, whose newest entry must be this version.
 changelog_version=$(sed -nE '1s/^xoauth2-bridge \(([^)]*)\).*/\1/p' "$here/changelog")

@@ -91,6 +91,8 @@ export interface SendResult {
   accepted: string[];
   /** Recipients refused permanently in this attempt (bounced even if others were accepted). */
   rejected: RecipientResult[];
+  /** The upstream asked to wait this long before the next try (HTTP Retry-After): the retry is not sooner. */
+  retryAfterMs?: number;
 }
 
 /**

@@ -6,6 +6,7 @@ export type ProviderId = 'google' | 'microsoft';
 
 export const GOOGLE = {
   tokenUrl: 'https://oauth2.googleapis.com/token',
+  apiUrl: 'https://gmail.googleapis.com',
   authUrl: 'https://accounts.google.com/o/oauth2/v2/auth',
   upstream: { host: 'smtp.gmail.com', port: 465 },
   limits: { messagesPerDay: 2000 as number | undefined, recipientsPerDay: undefined as number | undefined, messagesPerMinute: undefined as number | undefined },
@@ -13,6 +14,8 @@ export const GOOGLE = {
 
 export const MICROSOFT = {
   authorityHost: 'https://login.microsoftonline.com',
+  /** Microsoft Graph (transport graph); the same value as GRAPH_URL in providers/microsoft.ts. */
+  apiUrl: 'https://graph.microsoft.com',
   upstream: { host: 'smtp.office365.com', port: 587 },
   /** Outlook.com (tenant `consumers`) mailboxes send through a different host. */
   consumerUpstream: { host: 'smtp-mail.outlook.com', port: 587 },
@@ -41,7 +44,7 @@ interface RawOAuth {
 interface RawAccount {
   provider: ProviderId;
   oauth: RawOAuth;
-  upstream: { host?: string; port?: number };
+  upstream: { host?: string; port?: number; apiUrl?: string };
   limits: { messagesPerDay?: number; recipientsPerDay?: number; messagesPerMinute?: number };
 }
 
@@ -49,7 +52,7 @@ type FilledOAuth<O> = O extends { type: 'user' } ? O & { tokenUrl: string; authU
 
 export type WithDefaults<A extends RawAccount> = Omit<A, 'oauth' | 'upstream' | 'limits'> & {
   oauth: FilledOAuth<A['oauth']>;
-  upstream: A['upstream'] & { host: string; port: number };
+  upstream: A['upstream'] & { host: string; port: number; apiUrl: string };
   limits: A['limits'] & { messagesPerDay: number | undefined; recipientsPerDay: number | undefined; messagesPerMinute: number | undefined };
 };
 
@@ -71,7 +74,7 @@ export function withProviderDefaults<A extends RawAccount>(a: A): WithDefaults<A
   return {
     ...a,
     oauth: o,
-    upstream: { ...a.upstream, host: a.upstream.host ?? up.host, port: a.upstream.port ?? up.port },
+    upstream: { ...a.upstream, host: a.upstream.host ?? up.host, port: a.upstream.port ?? up.port, apiUrl: a.upstream.apiUrl ?? (ms ? MICROSOFT.apiUrl : GOOGLE.apiUrl) },
     limits: {
       ...a.limits,
       messagesPerDay: a.limits.messagesPerDay ?? lim.messagesPerDay,

@@ -3,13 +3,16 @@
 // policy, mailbox, 4 MB limit, per-mailbox concurrency and Retry-After checked there).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { startFakeWorld, startFakeGraphTenant, type FakeWorld, type FakeGraphTenant } from '../src/fakes/world.js';
 import { GRAPH_SEND_SCOPE } from '../src/providers/microsoft.js';
 import { headerValues } from '../src/listener/filter.js';
-import { startBridge, sendThroughBridge, message, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
+import { startBridge, sendThroughBridge, message, CLI, assertNoSecrets, type RunningBridge } from './helpers/bridge.js';
 import { splitReceived } from './helpers/received.js';
 import { waitFor } from './helpers/wait.js';
 
+const run = promisify(execFile);
 const MAILBOX = 'printer@contoso.com';
 
 type Ctx = { w: FakeWorld; t: FakeGraphTenant; b: RunningBridge; send: (to: string[], raw?: Buffer, from?: string) => Promise<string> };
@@ -278,3 +281,11 @@ test('graph: mailbox: sends from a shared mailbox through /users/{mailbox}/sendM
       before: (t) => t.graph.addMailbox('info@contoso.com'),
     },
   ));
+
+test('demo --provider microsoft --transport graph relays one message through the fake Graph and prints its arrival', { timeout: 60_000 }, async () => {
+  const r = await run(process.execPath, [...CLI, 'demo', '--provider', 'microsoft', '--transport', 'graph']);
+  assert.match(r.stdout, /fake Microsoft Graph received it:/);
+  assert.match(r.stdout, /authenticated as {4}printer@contoso\.com, token audience https:\/\/graph\.microsoft\.com, scp Mail\.Send/);
+  assert.match(r.stdout, /a Received: header, then exactly what the printer sent/);
+  assert.match(r.stdout, /spool after delivery: 0 message\(s\) left/);
+});

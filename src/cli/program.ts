@@ -220,9 +220,9 @@ export function buildProgram(): Command {
     .command('demo')
     .description('run the bridge against built-in fakes (token endpoint + Gmail, or Microsoft identity + Exchange Online) and relay one message')
     .addOption(new Option('--provider <provider>', 'which provider to fake').choices(['google', 'microsoft']).default('google'))
-    .addOption(new Option('--transport <transport>', 'Google: relay over SMTP or the Gmail API (scope gmail.send only)').choices(['smtp', 'gmail-api']).default('smtp'))
-    .addHelpText('after', examples('xoauth2-bridge demo', 'xoauth2-bridge demo --transport gmail-api', 'xoauth2-bridge demo --provider microsoft'))
-    .action((o: { provider: 'google' | 'microsoft'; transport: 'smtp' | 'gmail-api' }) =>
+    .addOption(new Option('--transport <transport>', 'Google: relay over SMTP or the Gmail API (scope gmail.send only); Microsoft: SMTP or Microsoft Graph (graph)').choices(['smtp', 'gmail-api', 'graph']).default('smtp'))
+    .addHelpText('after', examples('xoauth2-bridge demo', 'xoauth2-bridge demo --transport gmail-api', 'xoauth2-bridge demo --provider microsoft', 'xoauth2-bridge demo --provider microsoft --transport graph'))
+    .action((o: { provider: 'google' | 'microsoft'; transport: 'smtp' | 'gmail-api' | 'graph' }) =>
       run(async () => (await import('./demo.js')).demoCommand(process.stdout, { provider: o.provider, transport: o.transport })),
     );
 

@@ -5,6 +5,8 @@
 // 4 MB request limit counted on the base64 body, 4 concurrent requests per mailbox, 429 with
 // Retry-After. Error bodies are Graph's: {"error": {"code", "message", "innerError"}}.
 // What was sent is recorded (MIME bytes, recipients, what a recipient sees without Bcc).
+// Large messages: drafts (POST /messages, JSON, Mail.ReadWrite), small attachments, upload
+// sessions (PUT chunks of at most 4 MB with contiguous, checked Content-Range), then /send.
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -18,6 +20,37 @@ import { headerValues } from '../listener/filter.js';
 export const GRAPH_MAX_REQUEST = 4 * 1024 * 1024;
 /** Exchange's per-mailbox concurrency limit for Graph requests. */
 export const GRAPH_MAILBOX_CONCURRENCY = 4;
+/** A file attachment added in one POST (larger ones need an upload session). */
+export const GRAPH_MAX_INLINE_ATTACHMENT = 3 * 1024 * 1024;
+/** One upload-session chunk. */
+export const GRAPH_MAX_CHUNK = 4 * 1024 * 1024;
+/** Exchange Online's message size limit. */
+export const GRAPH_MAX_MESSAGE = 150 * 1024 * 1024;
+
+export interface GraphAttachment {
+  name: string;
+  contentType?: string;
+  isInline?: boolean;
+  contentId?: string;
+  bytes: Buffer;
+  /** How it arrived: one POST, or an upload session. */
+  via: 'post' | 'upload';
+}
+
+interface Draft {
+  id: string;
+  mailbox: string;
+  json: Record<string, unknown>;
+  attachments: GraphAttachment[];
+}
+
+interface UploadSession {
+  id: string;
+  draft: Draft;
+  item: { name: string; size: number; contentType?: string; isInline?: boolean; contentId?: string };
+  received: Buffer[];
+  next: number;
+}
 
 export type GraphFailureKind =
   | 'throttle429'
@@ -43,6 +76,8 @@ export interface GraphMessage {
   /** Who the token speaks for: the user (delegated) or app:<client id>. */
   caller: string;
   id: string;
+  /** Sent from a draft (large-message path): the draft's JSON and its attachments. */
+  draft?: { json: Record<string, unknown>; attachments: GraphAttachment[] };
 }
 
 export interface GraphRequestRecord {
@@ -88,6 +123,14 @@ export class FakeGraph {
   delayMs = 0;
   /** Recipients Exchange cannot resolve (400 ErrorInvalidRecipients). */
   readonly invalidRecipients = new Set<string>();
+  /** Drafts in the mailboxes (created, not yet sent or deleted). */
+  readonly drafts = new Map<string, Draft>();
+  /** Draft ids deleted through DELETE /messages/{id}. */
+  readonly deletedDrafts: string[] = [];
+  /** Upload-session PUTs are read but never answered (a hung upload; for crash tests). */
+  stallUploads = false;
+  private readonly sessions = new Map<string, UploadSession>();
+  private readonly uploadWaiters: Array<() => void> = [];
   private readonly mailboxes = new Map<string, Mailbox>();
   /** Application access policies (New-ApplicationAccessPolicy -AccessRight RestrictAccess): app id -> mailboxes it may reach. */
   private readonly policies = new Map<string, Set<string>>();
@@ -176,12 +219,15 @@ export class FakeGraph {
     const u = new URL(req.url ?? '/', 'https://localhost');
     const rec: GraphRequestRecord = { at: Date.now(), method: req.method ?? '', path: u.pathname, status: 0, bytes: 0 };
     this.requests.push(rec);
-    const m = /^\/v1\.0\/users\/([^/]+)\/(sendMail)$/.exec(u.pathname);
+    // Upload sessions are pre-authorized URLs (no bearer, not counted against the mailbox).
+    const up = /^\/upload\/([^/]+)$/.exec(u.pathname);
+    const m = /^\/v1\.0\/users\/([^/]+)\/(.+)$/.exec(u.pathname);
     const mailboxKey = m ? lower(decodeURIComponent(m[1])) : undefined;
     rec.mailbox = mailboxKey;
     let counted = false;
     try {
-      if (!m || req.method !== 'POST') throw new GraphError(404, 'UnknownError', `Resource not found for the segment '${u.pathname.split('/').pop()}'.`);
+      if (up) return await this.upload(req, res, rec, up[1]);
+      if (!m) throw new GraphError(404, 'UnknownError', `Resource not found for the segment '${u.pathname.split('/').pop()}'.`);
       // Per-mailbox concurrency is checked before anything else, as Exchange's throttling is.
       const now = (this.inFlight.get(mailboxKey!) ?? 0) + 1;
       if (now > GRAPH_MAILBOX_CONCURRENCY)
@@ -189,11 +235,65 @@ export class FakeGraph {
       this.inFlight.set(mailboxKey!, now);
       counted = true;
       this.maxConcurrent.set(mailboxKey!, Math.max(this.maxConcurrent.get(mailboxKey!) ?? 0, now));
-      await this.sendMail(req, rec, decodeURIComponent(m[1]));
-      rec.status = 202;
-      res.writeHead(202, { 'Content-Length': '0', 'request-id': randomUUID() });
-      res.end();
-      for (const w of this.waiters.splice(0)) w();
+      const mailbox = decodeURIComponent(m[1]);
+      const rest = m[2];
+      const reply = (status: number, body?: unknown) => {
+        rec.status = status;
+        const text = body === undefined ? '' : JSON.stringify(body);
+        res.writeHead(status, { 'Content-Length': Buffer.byteLength(text), 'request-id': randomUUID(), ...(text ? { 'Content-Type': 'application/json' } : {}) });
+        res.end(text);
+      };
+      if (rest === 'sendMail' && req.method === 'POST') {
+        await this.sendMail(req, rec, mailbox);
+        reply(202);
+        for (const w of this.waiters.splice(0)) w();
+        return;
+      }
+      const caller = this.authorize(req, mailbox, 'Mail.ReadWrite');
+      if (rest === 'messages' && req.method === 'POST') {
+        const json = (await this.json(req, rec)) as Record<string, unknown>;
+        const id = `AAMk${randomBytes(12).toString('base64url')}`;
+        this.drafts.set(id, { id, mailbox, json, attachments: [] });
+        return reply(201, { id, isDraft: true });
+      }
+      const dm = /^messages\/([^/]+)(?:\/(attachments|attachments\/createUploadSession|send))?$/.exec(rest);
+      const draft = dm ? this.drafts.get(decodeURIComponent(dm[1])) : undefined;
+      if (!dm || (!draft && !(req.method === 'GET' || req.method === 'DELETE' || dm[2] === 'send'))) throw notFound();
+      if (!dm[2] && req.method === 'GET') {
+        if (!draft) throw notFound();
+        return reply(200, { id: draft.id, isDraft: true });
+      }
+      if (!dm[2] && req.method === 'DELETE') {
+        if (!draft) throw notFound();
+        this.drafts.delete(draft.id);
+        this.deletedDrafts.push(draft.id);
+        return reply(204);
+      }
+      if (dm[2] === 'attachments' && req.method === 'POST') {
+        const a = (await this.json(req, rec)) as { name?: string; contentType?: string; contentBytes?: string; isInline?: boolean; contentId?: string };
+        const bytes = Buffer.from(a.contentBytes ?? '', 'base64');
+        if (bytes.length > GRAPH_MAX_INLINE_ATTACHMENT) throw new GraphError(413, 'ErrorRequestEntityTooLarge', 'The attachment is larger than 3 MB: use an upload session.');
+        draft!.attachments.push({ name: a.name ?? '', contentType: a.contentType, isInline: a.isInline, contentId: a.contentId, bytes, via: 'post' });
+        return reply(201, { id: randomBytes(8).toString('hex') });
+      }
+      if (dm[2] === 'attachments/createUploadSession' && req.method === 'POST') {
+        const body = (await this.json(req, rec)) as { AttachmentItem?: { attachmentType?: string; name?: string; size?: number; contentType?: string; isInline?: boolean; contentId?: string } };
+        const item = body.AttachmentItem;
+        if (!item || item.attachmentType !== 'file' || !item.name || typeof item.size !== 'number' || item.size <= 0)
+          throw new GraphError(400, 'ErrorInvalidRequest', 'AttachmentItem needs attachmentType file, name and size.');
+        if (item.size > GRAPH_MAX_MESSAGE) throw new GraphError(413, 'ErrorRequestEntityTooLarge', 'The attachment exceeds the maximum message size.');
+        const sid = randomBytes(12).toString('hex');
+        this.sessions.set(sid, { id: sid, draft: draft!, item: { name: item.name, size: item.size, contentType: item.contentType, isInline: item.isInline, contentId: item.contentId }, received: [], next: 0 });
+        return reply(201, { uploadUrl: `${this.url}/upload/${sid}`, expirationDateTime: new Date(Date.now() + 86400e3).toISOString(), nextExpectedRanges: ['0-'] });
+      }
+      if (dm[2] === 'send' && req.method === 'POST') {
+        if (!draft) throw notFound();
+        this.sendDraft(draft, caller);
+        reply(202);
+        for (const w of this.waiters.splice(0)) w();
+        return;
+      }
+      throw notFound();
     } catch (e) {
       if (!(e instanceof GraphError)) throw e;
       req.resume();
@@ -203,6 +303,87 @@ export class FakeGraph {
     } finally {
       if (counted) this.inFlight.set(mailboxKey!, (this.inFlight.get(mailboxKey!) ?? 1) - 1);
     }
+  }
+
+  /** Resolves once an upload-session PUT arrived (stalled or not). */
+  waitForUpload(timeoutMs = 20_000): Promise<void> {
+    if (this.requests.some((r) => r.method === 'PUT')) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`fake Graph: no upload within ${timeoutMs} ms`)), timeoutMs);
+      this.uploadWaiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  private async json(req: IncomingMessage, rec: GraphRequestRecord): Promise<unknown> {
+    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+    if (type !== 'application/json') throw new GraphError(415, 'ErrorInvalidRequest', `Content-Type '${type}' is not supported: send JSON.`);
+    const chunks: Buffer[] = [];
+    for await (const c of req as AsyncIterable<Buffer>) {
+      rec.bytes += c.length;
+      if (rec.bytes > GRAPH_MAX_REQUEST) throw tooLarge();
+      chunks.push(c);
+    }
+    try {
+      return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      throw new GraphError(400, 'BadRequest', 'Unable to read JSON request payload.');
+    }
+  }
+
+  /** PUT to an upload session: Content-Range checked (contiguous, inside the declared size, at most 4 MB). */
+  private async upload(req: IncomingMessage, res: ServerResponse, rec: GraphRequestRecord, sid: string): Promise<void> {
+    const s = this.sessions.get(sid);
+    if (req.method !== 'PUT' || !s) throw notFound();
+    if (req.headers.authorization) throw new GraphError(401, 'InvalidAuthenticationToken', 'An upload URL is pre-authenticated: send it without an Authorization header.');
+    const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(req.headers['content-range'] ?? '');
+    if (!range) throw new GraphError(400, 'InvalidContentRange', 'Content-Range header is missing or invalid.');
+    const [from, to, total] = [Number(range[1]), Number(range[2]), Number(range[3])];
+    const len = to - from + 1;
+    if (total !== s.item.size || from !== s.next || to < from || to >= total) throw new GraphError(416, 'InvalidRange', `The range ${from}-${to}/${total} is not the next expected ${s.next}- of ${s.item.size}.`);
+    if (len > GRAPH_MAX_CHUNK) throw new GraphError(413, 'ErrorRequestEntityTooLarge', `A chunk is at most ${GRAPH_MAX_CHUNK} bytes.`);
+    if (Number(req.headers['content-length'] ?? -1) !== len) throw new GraphError(400, 'InvalidContentLength', 'Content-Length does not match Content-Range.');
+    const chunks: Buffer[] = [];
+    for await (const c of req as AsyncIterable<Buffer>) {
+      rec.bytes += c.length;
+      chunks.push(c);
+    }
+    for (const w of this.uploadWaiters.splice(0)) w();
+    if (this.stallUploads) return; // never answered
+    const body = Buffer.concat(chunks);
+    if (body.length !== len) throw new GraphError(400, 'InvalidContentLength', 'The body is shorter than Content-Range says.');
+    s.received.push(body);
+    s.next = to + 1;
+    rec.status = s.next === total ? 201 : 200;
+    if (s.next === total) {
+      this.sessions.delete(sid);
+      s.draft.attachments.push({ ...s.item, bytes: Buffer.concat(s.received), via: 'upload' });
+      res.writeHead(201, { 'Content-Length': '0' });
+      return void res.end();
+    }
+    const text = JSON.stringify({ expirationDateTime: new Date(Date.now() + 86400e3).toISOString(), nextExpectedRanges: [`${s.next}-`] });
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+
+  /** POST /messages/{id}/send: the draft's recipients from its JSON, its size limit, then delivered. */
+  private sendDraft(d: Draft, caller: string): void {
+    const list = (k: string) => ((d.json[k] as Array<{ emailAddress?: { address?: string } }> | undefined) ?? []).map((r) => r.emailAddress?.address ?? '').filter(Boolean);
+    const to = list('toRecipients');
+    const cc = list('ccRecipients');
+    const bcc = list('bccRecipients');
+    const recipients = [...to, ...cc, ...bcc];
+    if (!recipients.length) throw new GraphError(400, 'ErrorInvalidRecipients', 'At least one recipient is required, but none were found.');
+    const bad = recipients.find((r) => this.invalidRecipients.has(lower(r)));
+    if (bad) throw new GraphError(400, 'ErrorInvalidRecipients', `At least one recipient is not valid., Recipient '${bad}' is not resolved. All recipients must be resolved before a message can be submitted.`);
+    const size = d.attachments.reduce((n, a) => n + a.bytes.length, 0) + JSON.stringify(d.json).length;
+    if (size > GRAPH_MAX_MESSAGE) throw new GraphError(413, 'ErrorMessageSizeExceeded', 'The message exceeds the maximum supported size.');
+    this.drafts.delete(d.id);
+    const { bccRecipients: _hidden, ...visibleJson } = d.json;
+    const raw = Buffer.from(JSON.stringify(d.json));
+    this.messages.push({ raw, visible: Buffer.from(JSON.stringify(visibleJson)), recipients, bcc, mailbox: d.mailbox, caller, id: d.id, draft: { json: d.json, attachments: d.attachments } });
   }
 
   private async sendMail(req: IncomingMessage, rec: GraphRequestRecord, mailboxName: string): Promise<void> {
@@ -238,7 +419,7 @@ export class FakeGraph {
   }
 
   /** Bearer token, audience, scp/roles, access policy, mailbox: what Graph and Exchange check before the body. */
-  private authorize(req: IncomingMessage, mailboxName: string): string {
+  private authorize(req: IncomingMessage, mailboxName: string, permission = 'Mail.Send'): string {
     const bearer = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
     if (!bearer) throw new GraphError(401, 'InvalidAuthenticationToken', 'Access token is empty.');
     const claims = this.identity.tokenClaims(bearer);
@@ -249,11 +430,11 @@ export class FakeGraph {
     if (claims.upn) {
       const own = lower(claims.upn) === lower(mailboxName);
       const shared = !own && box?.delegates.has(lower(claims.upn));
-      if (!(own ? scp.includes('Mail.Send') : scp.includes('Mail.Send.Shared') || scp.includes('Mail.Send')))
-        throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
+      const needed = permission === 'Mail.Send' ? (own ? ['Mail.Send'] : ['Mail.Send.Shared', 'Mail.Send']) : own ? [permission] : [`${permission}.Shared`, permission];
+      if (!needed.some((p) => scp.includes(p))) throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
       if (!own && !shared) throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
     } else {
-      if (!(claims.roles ?? []).includes('Mail.Send')) throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
+      if (!(claims.roles ?? []).includes(permission)) throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
       const policy = this.policies.get(claims.appid);
       if (policy && !policy.has(lower(mailboxName)))
         throw new GraphError(403, 'ErrorAccessDenied', 'Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.');
@@ -268,6 +449,10 @@ export class FakeGraph {
     res.writeHead(e.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...e.headers });
     res.end(text);
   }
+}
+
+function notFound(): GraphError {
+  return new GraphError(404, 'ErrorItemNotFound', 'The specified object was not found in the store.');
 }
 
 function tooLarge(): GraphError {

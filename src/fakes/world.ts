@@ -130,13 +130,14 @@ export interface FakeGraphTenant {
   close(): Promise<void>;
 }
 
-export async function startFakeGraphTenant(world: FakeWorld, opts: { mailbox?: string } = {}): Promise<FakeGraphTenant> {
+/** `graphRoles`: the app's admin-consented Graph application permissions (default Mail.Send). */
+export async function startFakeGraphTenant(world: FakeWorld, opts: { mailbox?: string; graphRoles?: string[] } = {}): Promise<FakeGraphTenant> {
   const identity = await FakeMicrosoftIdentity.start({ pki: world.pki });
   const graph = await FakeGraph.start({ pki: world.pki, identity });
   const clientId = `${randomBytes(4).toString('hex')}-aaaa-4bbb-8ccc-${randomBytes(6).toString('hex')}`;
   const secret = `Gr8Q~${randomBytes(18).toString('base64url')}`;
   const mailbox = opts.mailbox ?? 'printer@contoso.com';
-  identity.registerApp(clientId, secret);
+  identity.registerApp(clientId, secret, { graphRoles: opts.graphRoles });
   identity.consentEmail = mailbox;
   graph.addMailbox(mailbox);
   return {

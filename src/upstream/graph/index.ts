@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { Config, AccountConfig } from '../../config/schema.js';
 import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from '../../types.js';
-import { readMessage } from '../../spool/message.js';
+import { readMessage, openMessage } from '../../spool/message.js';
 import type { Logger } from '../../log/logger.js';
 import { NeedsReauthError } from '../../oauth/service.js';
 import { redactString } from '../../log/redact.js';
@@ -17,9 +17,17 @@ import type { ApiPlan } from '../apiEnvelope.js';
 import { classifyGraphAnswer, type GraphContext, type GraphVerdict } from './classify.js';
 import { graphBccField, planGraphSend } from './envelope.js';
 import { MailboxLimiter } from './limiter.js';
+import { DraftJournal } from './journal.js';
+import { parseDraft } from './draft.js';
 
 /** Graph's request size limit; a MIME sendMail body is base64, so about 3 MB of message. */
 export const GRAPH_MAX_REQUEST = 4 * 1024 * 1024;
+/** Exchange Online's message size limit: the most upstream.largeMessages sends. */
+export const GRAPH_MAX_MESSAGE = 150 * 1024 * 1024;
+/** An attachment above this goes through an upload session (one POST takes up to 3 MB). */
+const INLINE_ATTACHMENT_MAX = 3 * 1024 * 1024;
+/** Upload-session chunk: at most 4 MB; a multiple of 320 KiB as Microsoft recommends (3.75 MiB). */
+export const UPLOAD_CHUNK = 12 * 320 * 1024;
 /** How long an account stays held for a fix only an operator can make before it is tried again. */
 const OPERATOR_HOLD_MS = 15 * 60_000;
 
@@ -27,6 +35,14 @@ export interface GraphUpstreamOptions {
   config: Config;
   log: Logger;
   tokens: TokenSource;
+}
+
+interface HttpAnswer {
+  /** undefined: no HTTP answer (see netError). */
+  status: number | undefined;
+  data: unknown;
+  headers: Record<string, string | string[] | undefined>;
+  netError?: string;
 }
 
 /** The base64 length of n bytes. */
@@ -83,10 +99,13 @@ export class GraphUpstream implements Upstream {
     if (!plan.ok) return { outcome: 'transport', response: `not sent: ${plan.reason} (transport graph)`, ...none };
     const prefix = Buffer.from(graphBccField(plan.bcc), 'utf8');
     const encoded = base64Length(prefix.length + message.size);
-    if (encoded > GRAPH_MAX_REQUEST)
+    const large = encoded > GRAPH_MAX_REQUEST;
+    if (large && acct.upstream.largeMessages && message.size > GRAPH_MAX_MESSAGE)
+      return { outcome: 'permanent', response: `552 5.3.4 message of ${message.size} bytes exceeds Exchange Online's limit of ${GRAPH_MAX_MESSAGE} bytes (150 MB) [graph]`, ...none };
+    if (large && !acct.upstream.largeMessages)
       return {
         outcome: 'permanent',
-        response: `552 5.3.4 message of ${prefix.length + message.size} bytes is ${encoded} bytes as base64, over Microsoft Graph's sendMail limit of ${GRAPH_MAX_REQUEST} bytes (4 MB) [graph]`,
+        response: `552 5.3.4 message of ${prefix.length + message.size} bytes is ${encoded} bytes as base64, over Microsoft Graph's sendMail limit of ${GRAPH_MAX_REQUEST} bytes (4 MB); upstream.largeMessages: true sends up to 150 MB (needs Mail.ReadWrite) [graph]`,
         ...none,
       };
     const ctx: GraphContext = { mailbox, grant: acct.oauth.type === 'app' ? 'app' : 'user', clientId: 'clientId' in acct.oauth ? acct.oauth.clientId : '' };
@@ -103,8 +122,9 @@ export class GraphUpstream implements Upstream {
         } catch (e) {
           return { outcome: e instanceof NeedsReauthError ? 'auth' : 'transient', response: `token: ${(e as Error).message}`, ...none };
         }
-        const body = Buffer.concat([prefix, await readMessage(message)]).toString('base64');
-        const v = await this.post(acct, mailbox, token, body, ctx);
+        const v = large
+          ? await this.sendLarge(env, acct, mailbox, token, message, plan.bcc, ctx)
+          : await this.post(acct, mailbox, token, Buffer.concat([prefix, await readMessage(message)]).toString('base64'), ctx);
         if (v.outcome === 'ok') {
           this.limiter.accepted(mailbox);
           return { outcome: 'ok', response: v.response, accepted: [...env.rcptTo], rejected: [] };
@@ -132,41 +152,116 @@ export class GraphUpstream implements Upstream {
   }
 
   /** One sendMail request with the base64 MIME body. */
-  private post(acct: AccountConfig, mailbox: string, token: string, body: string, ctx: GraphContext): Promise<GraphVerdict> {
-    const url = new URL(`${acct.upstream.apiUrl.replace(/\/+$/, '')}/v1.0/users/${encodeURIComponent(mailbox)}/sendMail`);
+  private async post(acct: AccountConfig, mailbox: string, token: string, body: string, ctx: GraphContext): Promise<GraphVerdict> {
+    const r = await this.call(acct, token, 'POST', `/v1.0/users/${encodeURIComponent(mailbox)}/sendMail`, Buffer.from(body, 'latin1'), 'text/plain');
+    return this.verdict(acct, r, ctx, 'sendMail');
+  }
+
+  private verdict(acct: AccountConfig, r: HttpAnswer, ctx: GraphContext, what: string): GraphVerdict {
+    if (r.status !== undefined && r.status >= 200 && r.status < 300)
+      return { outcome: 'ok', response: `${r.status} graph ${what} accepted${r.headers['request-id'] ? ` request-id=${String(r.headers['request-id'])}` : ''}` };
+    const v = classifyGraphAnswer(r.status, r.data, r.headers, ctx, r.netError);
+    this.log.debug('graph answer', { account: acct.name, what, status: r.status ?? null, reply: redactString(v.response) });
+    return v;
+  }
+
+  /**
+   * A message over sendMail's 4 MB: a draft from the parsed MIME, attachments over 3 MB through
+   * upload sessions, then /send. The draft id is on disk before anything is uploaded to it.
+   */
+  private async sendLarge(env: Envelope, acct: AccountConfig, mailbox: string, token: string, message: MessageSource, bcc: string[], ctx: GraphContext): Promise<GraphVerdict> {
+    const journal = new DraftJournal(this.config.stateDir);
+    const box = `/v1.0/users/${encodeURIComponent(mailbox)}/messages`;
+    const json = (v: unknown) => Buffer.from(JSON.stringify(v), 'utf8');
+    const earlier = await journal.get(env.id);
+    if (earlier?.phase === 'sending') {
+      // A send may have happened before a crash or a lost answer: send the same draft, never a new one.
+      const r = await this.call(acct, token, 'POST', `${box}/${encodeURIComponent(earlier.draftId)}/send`);
+      if (r.status === 404) {
+        await journal.remove(env.id);
+        return { outcome: 'ok', response: '404 graph draft already sent (it left the Drafts folder before the last answer arrived) [graph]' };
+      }
+      const v = this.verdict(acct, r, ctx, 'send (resumed draft)');
+      if (v.outcome === 'ok' || v.outcome === 'permanent') await journal.remove(env.id);
+      return v;
+    }
+    if (earlier) {
+      // Stopped while uploading: the draft may lack attachments; delete it and start over.
+      const r = await this.call(acct, token, 'DELETE', `${box}/${encodeURIComponent(earlier.draftId)}`);
+      if (r.status !== 404 && !(r.status !== undefined && r.status < 300)) return this.verdict(acct, r, ctx, 'delete unfinished draft');
+      await journal.remove(env.id);
+      this.log.info('graph: deleted an unfinished draft from an earlier attempt', { id: env.id, account: acct.name });
+    }
+    const parsed = await parseDraft(openMessage(message), { mailbox, extraBcc: bcc });
+    const created = await this.call(acct, token, 'POST', box, json(parsed.json), 'application/json');
+    const draftId = created.data && typeof created.data === 'object' ? (created.data as { id?: unknown }).id : undefined;
+    if (created.status !== 201 || typeof draftId !== 'string') return this.verdict(acct, created, ctx, 'create draft');
+    const at = `${box}/${encodeURIComponent(draftId)}`;
+    await journal.put(env.id, { draftId, mailbox, phase: 'uploading' });
+    const abandon = async (v: GraphVerdict): Promise<GraphVerdict> => {
+      const d = await this.call(acct, token, 'DELETE', at);
+      if (d.status === 404 || (d.status !== undefined && d.status < 300)) await journal.remove(env.id);
+      return v;
+    };
+    for (const a of parsed.attachments) {
+      const meta = { name: a.name, contentType: a.contentType, isInline: a.isInline, ...(a.contentId ? { contentId: a.contentId } : {}) };
+      if (a.bytes.length <= INLINE_ATTACHMENT_MAX) {
+        const r = await this.call(acct, token, 'POST', `${at}/attachments`, json({ '@odata.type': '#microsoft.graph.fileAttachment', ...meta, contentBytes: a.bytes.toString('base64') }), 'application/json');
+        if (r.status !== 201) return abandon(this.verdict(acct, r, ctx, 'add attachment'));
+        continue;
+      }
+      const s = await this.call(acct, token, 'POST', `${at}/attachments/createUploadSession`, json({ AttachmentItem: { attachmentType: 'file', ...meta, size: a.bytes.length } }), 'application/json');
+      const uploadUrl = s.data && typeof s.data === 'object' ? (s.data as { uploadUrl?: unknown }).uploadUrl : undefined;
+      if (s.status !== 201 || typeof uploadUrl !== 'string') return abandon(this.verdict(acct, s, ctx, 'create upload session'));
+      for (let from = 0; from < a.bytes.length; from += UPLOAD_CHUNK) {
+        const chunk = a.bytes.subarray(from, Math.min(from + UPLOAD_CHUNK, a.bytes.length));
+        // The upload URL is pre-authorized: no bearer (Graph refuses one there).
+        const r = await this.call(acct, null, 'PUT', uploadUrl, chunk, 'application/octet-stream', { 'Content-Range': `bytes ${from}-${from + chunk.length - 1}/${a.bytes.length}` });
+        if (r.status !== 200 && r.status !== 201) return abandon(this.verdict(acct, r, ctx, 'upload chunk'));
+      }
+    }
+    await journal.put(env.id, { draftId, mailbox, phase: 'sending' });
+    const sent = await this.call(acct, token, 'POST', `${at}/send`);
+    const v = this.verdict(acct, sent, ctx, 'send draft');
+    if (v.outcome === 'ok') await journal.remove(env.id);
+    // Refused for good (a recipient, send-as): the draft goes; otherwise the next attempt sends this same draft.
+    else if (v.outcome === 'permanent') return abandon(v);
+    return v;
+  }
+
+  /** One HTTPS request to Graph (a path under upstream.apiUrl, or an absolute upload URL). Never throws. */
+  private call(acct: AccountConfig, token: string | null, method: string, pathOrUrl: string, body?: Buffer, contentType?: string, extra: Record<string, string> = {}): Promise<HttpAnswer> {
+    const url = /^https:\/\//.test(pathOrUrl) ? new URL(pathOrUrl) : new URL(`${acct.upstream.apiUrl.replace(/\/+$/, '')}${pathOrUrl}`);
+    const len = body?.length ?? 0;
     return new Promise((resolve) => {
       const req = https.request(
         url,
         {
-          method: 'POST',
+          method,
           agent: this.agentFor(acct),
-          headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'text/plain', 'Content-Length': String(body.length) },
+          headers: { ...(token ? { Authorization: `Bearer ${token}` } : {}), ...(contentType ? { 'Content-Type': contentType } : {}), 'Content-Length': String(len), ...extra },
           // Room for a 4 MB request on a slow line (at 100 KB/s), not forever.
-          timeout: 60_000 + Math.ceil(body.length / 100),
+          timeout: 60_000 + Math.ceil(len / 100),
         },
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (e) => resolve(classifyGraphAnswer(undefined, undefined, {}, ctx, e.message)));
+          res.on('error', (e) => resolve({ status: undefined, data: undefined, headers: {}, netError: e.message }));
           res.on('end', () => {
-            const status = res.statusCode ?? 0;
             const text = Buffer.concat(chunks).toString('utf8');
-            if (status >= 200 && status < 300) return resolve({ outcome: 'ok', response: `${status} graph sendMail accepted${res.headers['request-id'] ? ` request-id=${String(res.headers['request-id'])}` : ''}` });
             let data: unknown = text;
             try {
-              data = JSON.parse(text);
+              data = text ? JSON.parse(text) : undefined;
             } catch {
               /* not JSON: a proxy's page; keep the text */
             }
-            const v = classifyGraphAnswer(status, data, res.headers, ctx);
-            this.log.debug('graph answer', { account: acct.name, status, reply: redactString(v.response) });
-            resolve(v);
+            resolve({ status: res.statusCode ?? 0, data, headers: res.headers });
           });
         },
       );
       // Only the error's own text: the request carries the token.
       req.on('timeout', () => req.destroy(new Error('timed out')));
-      req.on('error', (e: NodeJS.ErrnoException) => resolve(classifyGraphAnswer(undefined, undefined, {}, ctx, `${e.code ? e.code + ' ' : ''}${e.message.split('\n')[0]}`)));
+      req.on('error', (e: NodeJS.ErrnoException) => resolve({ status: undefined, data: undefined, headers: {}, netError: `${e.code ? e.code + ' ' : ''}${e.message.split('\n')[0]}` }));
       req.end(body);
     });
   }

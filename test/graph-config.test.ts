@@ -135,3 +135,28 @@ test('Bcc for Graph: local parts that are not dot-atoms are quoted (RFC 5322)', 
   assert.equal(quoteLocalPart('x..y'), '"x..y"');
   assert.equal(graphBccField(['john doe@example.org', 'b@example.org']), 'Bcc: <"john doe"@example.org>,\r\n <b@example.org>\r\n');
 });
+
+test('cloud: one table sets the sign-in host, the Graph host and the Graph scopes; explicit keys win; Microsoft only', () => {
+  const parse = (extra: Record<string, unknown>) => configSchema.parse({ ...base, accounts: [msAccount({ transport: 'graph', ...extra })] }).accounts[0];
+  const expect = {
+    global: ['https://login.microsoftonline.com', 'https://graph.microsoft.com'],
+    usgov: ['https://login.microsoftonline.us', 'https://graph.microsoft.us'],
+    dod: ['https://login.microsoftonline.us', 'https://dod-graph.microsoft.us'],
+    china: ['https://login.chinacloudapi.cn', 'https://microsoftgraph.chinacloudapi.cn'],
+  };
+  for (const [cloud, [login, graph]] of Object.entries(expect)) {
+    const a = parse({ cloud });
+    assert.equal(a.oauth.type === 'user' && a.oauth.tokenUrl, `${login}/contoso.com/oauth2/v2.0/token`, cloud);
+    assert.equal(a.oauth.type === 'user' && a.oauth.authUrl, `${login}/contoso.com/oauth2/v2.0/authorize`, cloud);
+    assert.equal(a.upstream.apiUrl, graph, cloud);
+    assert.deepEqual(scopesFor(a), [`${graph}/Mail.Send`, 'offline_access'], cloud);
+    assert.deepEqual(scopesFor(parse({ cloud, oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })), [`${graph}/.default`], cloud);
+  }
+  const own = parse({ cloud: 'usgov', oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc', authorityHost: 'https://127.0.0.1:9' }, upstream: { apiUrl: 'https://localhost:8' } });
+  assert.equal(own.oauth.type === 'user' && own.oauth.tokenUrl, 'https://127.0.0.1:9/contoso.com/oauth2/v2.0/token');
+  assert.equal(own.upstream.apiUrl, 'https://localhost:8');
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({ cloud: 'mars' })] }).length, 1);
+  assert.deepEqual(issues({ ...base, accounts: [{ name: 'g', email: 'a@example.com', cloud: 'usgov', oauth: { type: 'user', clientId: 'x', clientSecret: 'y' } }] }), [
+    'accounts.0.cloud: cloud (Microsoft national clouds) is for provider microsoft only; remove it',
+  ]);
+});

@@ -1,6 +1,7 @@
 // The config file's shape. Every object is strict so a typo is an error that names its key.
 import { z } from 'zod';
 import { withProviderDefaults, providerIssues } from '../providers/defaults.js';
+import { MS_CLOUD_NAMES } from '../providers/microsoft.js';
 import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
@@ -136,6 +137,8 @@ export const accountSchema = z
     oauth: z.discriminatedUnion('type', [oauthUser, oauthServiceAccount, oauthApp]),
     /** smtp (both providers); Google: gmail-api (scope gmail.send only), auto (API, SMTP when the API cannot express the envelope); Microsoft: graph (Graph sendMail, scope Mail.Send). */
     transport: z.enum(['smtp', 'gmail-api', 'auto', 'graph']).default('smtp'),
+    /** Microsoft: which cloud's sign-in and Graph hosts (global, usgov = GCC High, dod, china); oauth.authorityHost and upstream.apiUrl override it. */
+    cloud: z.enum(MS_CLOUD_NAMES).optional(),
     /** Microsoft, transport graph: send from this mailbox (a shared mailbox, or any mailbox an app-only access policy allows); default: email. */
     mailbox: email.optional(),
     upstream: z
@@ -267,6 +270,8 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP (transport smtp) or Microsoft Graph (transport graph)` });
       if (a.provider === 'google' && a.transport === 'graph')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto' });
+      if (a.cloud !== undefined && a.provider !== 'microsoft')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'cloud'], message: 'cloud (Microsoft national clouds) is for provider microsoft only; remove it' });
       if (a.mailbox !== undefined && a.transport !== 'graph')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'mailbox'], message: 'mailbox (send from another mailbox) is for transport graph; remove it or set transport: graph' });
       if (a.upstream.largeMessages && a.transport !== 'graph')

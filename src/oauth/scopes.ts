@@ -2,7 +2,7 @@
 // one place that decides, for `authorize`, the web console's re-authorization, token
 // refreshes and service-account assertions.
 import type { AccountConfig } from '../config/schema.js';
-import { GRAPH_APP_SCOPE, GRAPH_READWRITE_SCOPE, GRAPH_SEND_SCOPE, GRAPH_SEND_SHARED_SCOPE, MS_APP_SCOPE, MS_DELEGATED_SCOPES } from '../providers/microsoft.js';
+import { graphScopes, MS_APP_SCOPE, MS_DELEGATED_SCOPES } from '../providers/microsoft.js';
 
 /** Gmail SMTP (XOAUTH2) accepts only this: full read, write and delete access to the mailbox. */
 export const GMAIL_FULL_SCOPE = 'https://mail.google.com/';
@@ -10,7 +10,7 @@ export const GMAIL_FULL_SCOPE = 'https://mail.google.com/';
 export const GMAIL_SEND_SCOPE = 'https://www.googleapis.com/auth/gmail.send';
 
 type ScopeAccount = Pick<AccountConfig, 'transport'> &
-  Partial<Pick<AccountConfig, 'provider' | 'email' | 'mailbox'>> & { oauth?: { type: string }; upstream?: { largeMessages?: boolean } };
+  Partial<Pick<AccountConfig, 'provider' | 'email' | 'mailbox' | 'cloud'>> & { oauth?: { type: string }; upstream?: { largeMessages?: boolean } };
 
 export function scopesFor(account: ScopeAccount): string[] {
   if (account.provider === 'microsoft') return microsoftScopes(account);
@@ -24,9 +24,10 @@ export function scopesFor(account: ScopeAccount): string[] {
 function microsoftScopes(account: ScopeAccount): string[] {
   const app = account.oauth?.type === 'app';
   if (account.transport !== 'graph') return app ? [MS_APP_SCOPE] : [...MS_DELEGATED_SCOPES];
-  if (app) return [GRAPH_APP_SCOPE];
+  const g = graphScopes(account.cloud);
+  if (app) return [g.app];
   const shared = account.mailbox !== undefined && account.mailbox.toLowerCase() !== account.email?.toLowerCase();
-  return [shared ? GRAPH_SEND_SHARED_SCOPE : GRAPH_SEND_SCOPE, ...(account.upstream?.largeMessages ? [GRAPH_READWRITE_SCOPE] : []), 'offline_access'];
+  return [shared ? g.sendShared : g.send, ...(account.upstream?.largeMessages ? [g.readWrite] : []), 'offline_access'];
 }
 
 /**

@@ -2,6 +2,8 @@
 // config schema (the schema imports this) so each provider's endpoints, upstream and
 // limits are stated in one place.
 
+import { MS_CLOUDS, type MsCloud } from './microsoft.js';
+
 export type ProviderId = 'google' | 'microsoft';
 
 export const GOOGLE = {
@@ -14,8 +16,6 @@ export const GOOGLE = {
 
 export const MICROSOFT = {
   authorityHost: 'https://login.microsoftonline.com',
-  /** Microsoft Graph (transport graph); the same value as GRAPH_URL in providers/microsoft.ts. */
-  apiUrl: 'https://graph.microsoft.com',
   upstream: { host: 'smtp.office365.com', port: 587 },
   /** Outlook.com (tenant `consumers`) mailboxes send through a different host. */
   consumerUpstream: { host: 'smtp-mail.outlook.com', port: 587 },
@@ -43,6 +43,7 @@ interface RawOAuth {
 
 interface RawAccount {
   provider: ProviderId;
+  cloud?: MsCloud;
   oauth: RawOAuth;
   upstream: { host?: string; port?: number; apiUrl?: string };
   limits: { messagesPerDay?: number; recipientsPerDay?: number; messagesPerMinute?: number };
@@ -60,7 +61,7 @@ export function withProviderDefaults<A extends RawAccount>(a: A): WithDefaults<A
   const ms = a.provider === 'microsoft';
   const o = { ...a.oauth };
   if (ms && o.tenant && (o.type === 'user' || o.type === 'app')) {
-    const ep = microsoftEndpoints(o.authorityHost, o.tenant);
+    const ep = microsoftEndpoints(o.authorityHost ?? (a.cloud ? MS_CLOUDS[a.cloud].login : undefined), o.tenant);
     o.tokenUrl ??= ep.tokenUrl;
     if (o.type === 'user') o.authUrl ??= ep.authUrl;
   }
@@ -74,7 +75,7 @@ export function withProviderDefaults<A extends RawAccount>(a: A): WithDefaults<A
   return {
     ...a,
     oauth: o,
-    upstream: { ...a.upstream, host: a.upstream.host ?? up.host, port: a.upstream.port ?? up.port, apiUrl: a.upstream.apiUrl ?? (ms ? MICROSOFT.apiUrl : GOOGLE.apiUrl) },
+    upstream: { ...a.upstream, host: a.upstream.host ?? up.host, port: a.upstream.port ?? up.port, apiUrl: a.upstream.apiUrl ?? (ms ? MS_CLOUDS[a.cloud ?? 'global'].graph : GOOGLE.apiUrl) },
     limits: {
       ...a.limits,
       messagesPerDay: a.limits.messagesPerDay ?? lim.messagesPerDay,

@@ -13,8 +13,31 @@ export const MS_SMTP_SCOPE = 'https://outlook.office.com/SMTP.Send';
 export const MS_DELEGATED_SCOPES = [MS_SMTP_SCOPE, 'offline_access'];
 /** App-only (client credentials): Exchange Online's application permission SMTP.SendAsApp. */
 export const MS_APP_SCOPE = 'https://outlook.office365.com/.default';
+/**
+ * Microsoft's clouds (the account's `cloud:` key): where sign-in and Graph live. One table, so
+ * a cloud's login host, Graph host and Graph scopes always agree. (SMTP hosts and the Exchange
+ * SMTP scope are the global ones; in a national cloud set upstream.host for transport smtp.)
+ */
+export const MS_CLOUDS = {
+  global: { login: 'https://login.microsoftonline.com', graph: 'https://graph.microsoft.com' },
+  /** US Government GCC High. */
+  usgov: { login: 'https://login.microsoftonline.us', graph: 'https://graph.microsoft.us' },
+  /** US Government DoD. */
+  dod: { login: 'https://login.microsoftonline.us', graph: 'https://dod-graph.microsoft.us' },
+  /** Microsoft 365 operated by 21Vianet (China). */
+  china: { login: 'https://login.chinacloudapi.cn', graph: 'https://microsoftgraph.chinacloudapi.cn' },
+} as const;
+export type MsCloud = keyof typeof MS_CLOUDS;
+export const MS_CLOUD_NAMES = Object.keys(MS_CLOUDS) as [MsCloud, ...MsCloud[]];
+
+/** The Graph scopes of a cloud (the resource is the cloud's Graph host). */
+export function graphScopes(cloud: MsCloud = 'global'): { send: string; sendShared: string; readWrite: string; app: string } {
+  const g = MS_CLOUDS[cloud].graph;
+  return { send: `${g}/Mail.Send`, sendShared: `${g}/Mail.Send.Shared`, readWrite: `${g}/Mail.ReadWrite`, app: `${g}/.default` };
+}
+
 /** Microsoft Graph (transport graph): base URL and scopes. One token is for one resource, so Graph and SMTP scopes never mix. */
-export const GRAPH_URL = 'https://graph.microsoft.com';
+export const GRAPH_URL = MS_CLOUDS.global.graph;
 export const GRAPH_SEND_SCOPE = `${GRAPH_URL}/Mail.Send`;
 /** Delegated: send from a shared mailbox the user has Send As / Send on Behalf on. */
 export const GRAPH_SEND_SHARED_SCOPE = `${GRAPH_URL}/Mail.Send.Shared`;

@@ -128,3 +128,38 @@ test('graph largeMessages: kill -9 after the upload session was created; after t
     await w.close();
   }
 });
+
+test('graph largeMessages: kill -9 after /send was issued but before its answer; after the restart the same draft is not sent again', { timeout: 180_000 }, async () => {
+  const w = await startFakeWorld();
+  const t = await startFakeGraphTenant(w, { mailbox: MAILBOX, graphRoles: ['Mail.Send', 'Mail.ReadWrite'] });
+  try {
+    const configFile = await writeBridgeConfig(w, config(w, t));
+    const raw = await compose({ subject: 'Lost answer', to: 'alice@example.org', attachments: [{ filename: 'big.bin', content: randomBytes(5 * 1024 * 1024), contentType: 'application/octet-stream' }] });
+    t.graph.loseSendAnswers = true;
+    const first = await spawnBridge(configFile);
+    await sendThroughBridge({ port: first.ports.local, user: w.user.username, pass: w.user.password, from: MAILBOX, to: ['alice@example.org'], raw });
+    await t.graph.waitForMessages(1, 60_000);
+    first.child.kill('SIGKILL');
+    await first.exited;
+    const journal = readdirSync(join(w.dir, 'state', 'graph-drafts'));
+    assert.equal(journal.length, 1, 'the draft is recorded as being sent');
+
+    t.graph.loseSendAnswers = false;
+    const second = await spawnBridge(configFile);
+    try {
+      await waitFor(() => second.stderr.some((l) => l.includes('"message":"delivered"') && l.includes('already sent')), 30_000, 'delivered: the draft was already sent');
+      // Canary: a later message is delivered, so a second send of the first would have shown by now.
+      await sendThroughBridge({ port: second.ports.local, user: w.user.username, pass: w.user.password, from: MAILBOX, to: ['canary@example.org'], raw: Buffer.from(`From: ${MAILBOX}\r\nTo: canary@example.org\r\nSubject: canary\r\n\r\nhi\r\n`) });
+      await t.graph.waitForMessages(2, 30_000);
+      assert.equal(t.graph.messages.filter((m) => (m.draft?.json as { subject?: string } | undefined)?.subject === 'Lost answer').length, 1, 'sent once');
+      assert.equal(t.graph.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/messages')).length, 1, 'no second draft');
+      assert.equal(readdirSync(join(w.dir, 'state', 'graph-drafts')).length, 0, 'journal emptied');
+    } finally {
+      second.child.kill('SIGTERM');
+      await second.exited;
+    }
+  } finally {
+    await t.close();
+    await w.close();
+  }
+});

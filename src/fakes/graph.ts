@@ -129,6 +129,8 @@ export class FakeGraph {
   readonly deletedDrafts: string[] = [];
   /** Upload-session PUTs are read but never answered (a hung upload; for crash tests). */
   stallUploads = false;
+  /** POST /messages/{id}/send sends the draft but never answers (the answer lost; for crash tests). */
+  loseSendAnswers = false;
   private readonly sessions = new Map<string, UploadSession>();
   private readonly uploadWaiters: Array<() => void> = [];
   private readonly mailboxes = new Map<string, Mailbox>();
@@ -289,9 +291,9 @@ export class FakeGraph {
       if (dm[2] === 'send' && req.method === 'POST') {
         if (!draft) throw notFound();
         this.sendDraft(draft, caller);
-        reply(202);
         for (const w of this.waiters.splice(0)) w();
-        return;
+        if (this.loseSendAnswers) return void (rec.status = 202);
+        return reply(202);
       }
       throw notFound();
     } catch (e) {

@@ -114,8 +114,8 @@ export class GraphUpstream implements Upstream {
       let renewed = false;
       for (;;) {
         // Graph asked this mailbox to wait (Retry-After): defer without a request.
-        const left = this.limiter.waitLeft(mailbox);
-        if (left > 0) return { outcome: 'transient', response: `deferred: Microsoft Graph asked to wait ${Math.ceil(left / 1000)} s (Retry-After) for ${mailbox} [graph]`, retryAfterMs: left, ...none };
+        const left = this.limiter.waitLeft(mailbox, Date.now(), large ? message.size : 0);
+        if (left > 0) return { outcome: 'transient', response: `deferred: Graph's limits for ${mailbox} (Retry-After, requests per 10 minutes, or MB uploaded per 5 minutes) allow the next request in ${Math.ceil(left / 1000)} s [graph]`, retryAfterMs: left, ...none };
         let token: string;
         try {
           token = await this.tokens.getAccessToken(acct.name, { force: renewed });
@@ -231,6 +231,7 @@ export class GraphUpstream implements Upstream {
 
   /** One HTTPS request to Graph (a path under upstream.apiUrl, or an absolute upload URL). Never throws. */
   private call(acct: AccountConfig, token: string | null, method: string, pathOrUrl: string, body?: Buffer, contentType?: string, extra: Record<string, string> = {}): Promise<HttpAnswer> {
+    this.limiter.record(acct.mailbox ?? acct.email, method === 'PUT' ? (body?.length ?? 0) : 0);
     const url = /^https:\/\//.test(pathOrUrl) ? new URL(pathOrUrl) : new URL(`${acct.upstream.apiUrl.replace(/\/+$/, '')}${pathOrUrl}`);
     const len = body?.length ?? 0;
     return new Promise((resolve) => {

@@ -1,11 +1,19 @@
 // Graph's per-mailbox limits, kept by the transport instead of discovered by failing:
 // at most 4 requests in progress per mailbox (Exchange answers the 5th with 429
-// MailboxConcurrency), no request before the time a Retry-After named, and after a
+// MailboxConcurrency), at most 10,000 requests per 10 minutes and 150 MB uploaded per
+// 5 minutes per mailbox, no request before the time a Retry-After named, and after a
 // throttling answer one request at a time until Graph accepts one again (otherwise every
 // message that waited would go at once when the pause ends, and meet the next 429 together).
 
 /** Exchange Online: concurrent Graph requests per mailbox (per app). */
 export const MAILBOX_CONCURRENCY = 4;
+
+export interface Windows {
+  requests: { max: number; ms: number };
+  uploadBytes: { max: number; ms: number };
+}
+/** Outlook service limits for Graph: 10,000 requests per 10 minutes, 150 MB uploaded per 5 minutes, per app and mailbox. */
+export const GRAPH_WINDOWS: Windows = { requests: { max: 10_000, ms: 10 * 60_000 }, uploadBytes: { max: 150 * 1024 * 1024, ms: 5 * 60_000 } };
 
 interface Box {
   active: number;
@@ -13,18 +21,25 @@ interface Box {
   notBefore: number;
   /** Throttled since the last accepted request: one request at a time. */
   throttled: boolean;
+  /** Start times of recent requests, oldest first. */
+  sent: number[];
+  /** Recent uploads: [time, bytes], oldest first. */
+  uploads: Array<[number, number]>;
 }
 
 export class MailboxLimiter {
   private readonly boxes = new Map<string, Box>();
 
-  constructor(private readonly limit = MAILBOX_CONCURRENCY) {}
+  constructor(
+    private readonly limit = MAILBOX_CONCURRENCY,
+    private readonly windows: Windows = GRAPH_WINDOWS,
+  ) {}
 
   private box(mailbox: string): Box {
     const key = mailbox.toLowerCase();
     let b = this.boxes.get(key);
     if (!b) {
-      b = { active: 0, waiters: [], notBefore: 0, throttled: false };
+      b = { active: 0, waiters: [], notBefore: 0, throttled: false, sent: [], uploads: [] };
       this.boxes.set(key, b);
     }
     return b;
@@ -69,8 +84,34 @@ export class MailboxLimiter {
     this.wake(b);
   }
 
-  /** How long the mailbox must still wait (0: go). */
-  waitLeft(mailbox: string, now = Date.now()): number {
-    return Math.max(0, this.box(mailbox).notBefore - now);
+  /** One request to the mailbox starts now (`uploadBytes`: what it uploads). */
+  record(mailbox: string, uploadBytes = 0, now = Date.now()): void {
+    const b = this.box(mailbox);
+    b.sent.push(now);
+    if (uploadBytes) b.uploads.push([now, uploadBytes]);
+  }
+
+  /**
+   * How long the mailbox must still wait before a request (0: go): Retry-After, or a full
+   * window. `uploadBytes`: the upload this request would add (a message larger than the
+   * whole window waits for an empty window, then goes).
+   */
+  waitLeft(mailbox: string, now = Date.now(), uploadBytes = 0): number {
+    const b = this.box(mailbox);
+    const { requests, uploadBytes: up } = this.windows;
+    while (b.sent.length && b.sent[0] <= now - requests.ms) b.sent.shift();
+    while (b.uploads.length && b.uploads[0][0] <= now - up.ms) b.uploads.shift();
+    let wait = b.notBefore - now;
+    if (b.sent.length >= requests.max) wait = Math.max(wait, b.sent[b.sent.length - requests.max] + requests.ms - now);
+    if (uploadBytes && b.uploads.length) {
+      // Wait until enough of the window has expired for this upload to fit.
+      let total = b.uploads.reduce((n, [, bytes]) => n + bytes, 0);
+      for (const [t, bytes] of b.uploads) {
+        if (total + uploadBytes <= up.max) break;
+        total -= bytes;
+        wait = Math.max(wait, t + up.ms - now);
+      }
+    }
+    return Math.max(0, wait);
   }
 }

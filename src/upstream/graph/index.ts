@@ -55,6 +55,8 @@ export class GraphUpstream implements Upstream {
   private readonly agents = new Map<string, https.Agent>();
   private readonly retired: https.Agent[] = [];
   readonly limiter = new MailboxLimiter();
+  /** Large messages are parsed and held in memory whole: one at a time bounds that to one message. */
+  private readonly largeSlot = new MailboxLimiter(1);
 
   constructor(opts: GraphUpstreamOptions) {
     this.config = opts.config;
@@ -123,7 +125,13 @@ export class GraphUpstream implements Upstream {
           return { outcome: e instanceof NeedsReauthError ? 'auth' : 'transient', response: `token: ${(e as Error).message}`, ...none };
         }
         const v = large
-          ? await this.sendLarge(env, acct, mailbox, token, message, plan.bcc, ctx)
+          ? await this.largeSlot.acquire('*').then(async (done) => {
+              try {
+                return await this.sendLarge(env, acct, mailbox, token, message, plan.bcc, ctx);
+              } finally {
+                done();
+              }
+            })
           : await this.post(acct, mailbox, token, Buffer.concat([prefix, await readMessage(message)]).toString('base64'), ctx);
         if (v.outcome === 'ok') {
           this.limiter.accepted(mailbox);

@@ -39,7 +39,8 @@ test('config: graph is for Microsoft, gmail-api/auto for Google, each refused el
   const google = { name: 'g', email: 'a@example.com', transport: 'graph', oauth: { type: 'user', clientId: 'x', clientSecret: 'y' } };
   assert.deepEqual(issues({ ...base, accounts: [google] }), ['accounts.0.transport: transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto']);
   assert.equal(configSchema.parse({ ...base, accounts: [{ ...google, transport: 'gmail-api' }] }).accounts[0].upstream.apiUrl, 'https://gmail.googleapis.com');
-  assert.deepEqual(issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com' })] }), ['accounts.0.mailbox: mailbox (send from another mailbox) is for transport graph; remove it or set transport: graph']);
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com' })] }), ['accounts.0.mailbox: mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph']);
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com', oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })] }), [], 'app-only SMTP may name another mailbox');
   assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'graph', upstream: { largeMessages: 'yes' } })] }).length, 1);
 });
 

@@ -139,7 +139,7 @@ export const accountSchema = z
     transport: z.enum(['smtp', 'gmail-api', 'auto', 'graph']).default('smtp'),
     /** Microsoft: which cloud's sign-in and Graph hosts (global, usgov = GCC High, dod, china); oauth.authorityHost and upstream.apiUrl override it. */
     cloud: z.enum(MS_CLOUD_NAMES).optional(),
-    /** Microsoft, transport graph: send from this mailbox (a shared mailbox, or any mailbox an app-only access policy allows); default: email. */
+    /** Microsoft: send from this mailbox (transport graph: a shared mailbox, or any mailbox an app-only access policy allows; app-only SMTP: the XOAUTH2 user); default: email. */
     mailbox: email.optional(),
     upstream: z
       .strictObject({
@@ -272,8 +272,9 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto' });
       if (a.cloud !== undefined && a.provider !== 'microsoft')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'cloud'], message: 'cloud (Microsoft national clouds) is for provider microsoft only; remove it' });
-      if (a.mailbox !== undefined && a.transport !== 'graph')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'mailbox'], message: 'mailbox (send from another mailbox) is for transport graph; remove it or set transport: graph' });
+      // SMTP: Exchange takes another mailbox as the XOAUTH2 user only from an app-only token.
+      if (a.mailbox !== undefined && a.transport !== 'graph' && !(a.provider === 'microsoft' && a.transport === 'smtp' && a.oauth.type === 'app'))
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'mailbox'], message: 'mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph' });
       if (a.upstream.largeMessages && a.transport !== 'graph')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'largeMessages'], message: 'largeMessages is for transport graph (Microsoft Graph upload sessions); remove it' });
       for (const issue of providerIssues(a)) ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });

@@ -26,7 +26,7 @@ export interface Envelope {
 
 /** Where a message stands (README "Message states"). `in-flight` is the daemon's live view, never stored. */
 export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'failed' | 'corrupt';
-/** `transport`: the Gmail API cannot deliver to exactly this envelope (the headers name other addresses); an operator decides. */
+/** `transport`: the API transport (Gmail API, Microsoft Graph) cannot deliver to exactly this envelope (the headers name other addresses); an operator decides. */
 export type HoldReason = 'needs-reauth' | 'quota' | 'operator' | 'transport';
 export type RcptStatus = 'pending' | 'accepted' | 'deferred' | 'rejected';
 

@@ -80,6 +80,7 @@ test('graph largeMessages: a 20 MB message with two large attachments goes throu
     assert.equal(puts.length, Math.ceil(a1.length / (12 * 320 * 1024)) + Math.ceil(a2.length / (12 * 320 * 1024)));
     assert.equal(t.graph.drafts.size, 0);
     await waitFor(() => b.logs.some((l) => l.includes('"message":"delivered"')), 10_000, 'delivered');
+    assert.ok(!b.logs.some((l) => l.includes('/upload/')), 'upload URLs (they carry a credential at Graph) are not logged');
     assert.ok(!existsSync(join(w.dir, 'state', 'graph-drafts')) || readdirSync(join(w.dir, 'state', 'graph-drafts')).length === 0, 'journal emptied');
     console.log(`# upload-session path: ${raw.length} bytes in ${ms} ms (${(raw.length / 1048576 / (ms / 1000)).toFixed(1)} MB/s, SMTP in + parse + upload on the fake)`);
   } finally {

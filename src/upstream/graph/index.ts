@@ -12,7 +12,7 @@ import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from 
 import { readMessage, openMessage } from '../../spool/message.js';
 import type { Logger } from '../../log/logger.js';
 import { NeedsReauthError } from '../../oauth/service.js';
-import { redactString } from '../../log/redact.js';
+import { addSecret, redactString } from '../../log/redact.js';
 import type { ApiPlan } from '../apiEnvelope.js';
 import { classifyGraphAnswer, type GraphContext, type GraphVerdict } from './classify.js';
 import { graphBccField, planGraphSend } from './envelope.js';
@@ -211,7 +211,7 @@ export class GraphUpstream implements Upstream {
       if (d.status === 404 || (d.status !== undefined && d.status < 300)) await journal.remove(env.id);
       return v;
     };
-    for (const a of parsed.attachments) {
+    for (const [i, a] of parsed.attachments.entries()) {
       const meta = { name: a.name, contentType: a.contentType, isInline: a.isInline, ...(a.contentId ? { contentId: a.contentId } : {}) };
       if (a.bytes.length <= INLINE_ATTACHMENT_MAX) {
         const r = await this.call(acct, token, 'POST', `${at}/attachments`, json({ '@odata.type': '#microsoft.graph.fileAttachment', ...meta, contentBytes: a.bytes.toString('base64') }), 'application/json');
@@ -221,6 +221,8 @@ export class GraphUpstream implements Upstream {
       const s = await this.call(acct, token, 'POST', `${at}/attachments/createUploadSession`, json({ AttachmentItem: { attachmentType: 'file', ...meta, size: a.bytes.length } }), 'application/json');
       const uploadUrl = s.data && typeof s.data === 'object' ? (s.data as { uploadUrl?: unknown }).uploadUrl : undefined;
       if (s.status !== 201 || typeof uploadUrl !== 'string') return abandon(this.verdict(acct, s, ctx, 'create upload session'));
+      // Graph's upload URL carries its own credential: never in a log line.
+      addSecret(uploadUrl, { slot: `graph-upload:${env.id}:${i}`, expiresAt: Date.now() + 86400e3 });
       for (let from = 0; from < a.bytes.length; from += UPLOAD_CHUNK) {
         const chunk = a.bytes.subarray(from, Math.min(from + UPLOAD_CHUNK, a.bytes.length));
         // The upload URL is pre-authorized: no bearer (Graph refuses one there).

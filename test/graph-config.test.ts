@@ -161,3 +161,10 @@ test('cloud: one table sets the sign-in host, the Graph host and the Graph scope
     'accounts.0.cloud: cloud (Microsoft national clouds) is for provider microsoft only; remove it',
   ]);
 });
+
+test('config: transport auto on a Microsoft account needs app-only sign-in', () => {
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'auto' })] }), [
+    'accounts.0.transport: transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph',
+  ]);
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'auto', oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })] }), []);
+});

@@ -266,7 +266,9 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
       if ((a.oauth.type === 'user' || a.oauth.type === 'app') && a.oauth.clientSecret && a.oauth.clientSecretFile)
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth', 'clientSecretFile'], message: 'set clientSecret or clientSecretFile, not both (keep clientSecretFile and remove clientSecret)' });
-      if (a.provider === 'microsoft' && (a.transport === 'gmail-api' || a.transport === 'auto'))
+      if (a.provider === 'microsoft' && a.transport === 'auto' && a.oauth.type !== 'app')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph' });
+      if (a.provider === 'microsoft' && a.transport === 'gmail-api')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP (transport smtp) or Microsoft Graph (transport graph)` });
       if (a.provider === 'google' && a.transport === 'graph')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto' });

@@ -8,6 +8,7 @@ import type { Logger } from '../log/logger.js';
 import { GmailUpstream } from './gmail.js';
 import { GmailApiUpstream } from './gmailApi.js';
 import { GraphUpstream } from './graph/index.js';
+import { MicrosoftAutoUpstream } from './graph/auto.js';
 import type { AccountConfig } from '../config/schema.js';
 
 /** A transport in its own folder: an Upstream that follows config reloads and says where it sends. */
@@ -27,7 +28,7 @@ export class TransportRouter implements Upstream {
   private config: Config;
   readonly smtp: GmailUpstream;
   readonly api: GmailApiUpstream;
-  /** Transports by the account's `transport` value. */
+  /** Transports by the account's `provider:transport`, or `transport` for any provider. */
   readonly transports = new Map<string, RegisteredTransport>();
   private readonly log: Logger;
 
@@ -36,7 +37,9 @@ export class TransportRouter implements Upstream {
     this.log = opts.log.child({ component: 'upstream' });
     this.smtp = new GmailUpstream(opts);
     this.api = new GmailApiUpstream(opts);
-    this.transports.set('graph', new GraphUpstream(opts));
+    const graph = new GraphUpstream(opts);
+    this.transports.set('graph', graph);
+    this.transports.set('microsoft:auto', new MicrosoftAutoUpstream(opts, graph));
   }
 
   reload(config: Config): void {
@@ -55,7 +58,7 @@ export class TransportRouter implements Upstream {
     const a = this.config.accounts.find((x) => x.name === account);
     if (!a) return 'unknown account';
     const smtp = `${a.upstream.host}:${a.upstream.port}`;
-    const registered = this.transports.get(a.transport);
+    const registered = this.transports.get(`${a.provider}:${a.transport}`) ?? this.transports.get(a.transport);
     if (registered) return registered.describe(a);
     if (a.transport === 'gmail-api') return `${a.upstream.apiUrl} (Gmail API)`;
     if (a.transport === 'auto') return `${a.upstream.apiUrl} (Gmail API) or ${smtp}`;
@@ -63,9 +66,10 @@ export class TransportRouter implements Upstream {
   }
 
   async send(env: Envelope, message: MessageSource): Promise<SendResult> {
-    const transport = this.config.accounts.find((a) => a.name === env.account)?.transport ?? 'smtp';
+    const acct = this.config.accounts.find((a) => a.name === env.account);
+    const transport = acct?.transport ?? 'smtp';
     if (transport === 'smtp') return this.smtp.send(env, message);
-    const registered = this.transports.get(transport);
+    const registered = this.transports.get(`${acct?.provider}:${transport}`) ?? this.transports.get(transport);
     if (registered) return registered.send(env, message);
     if (transport === 'gmail-api') return this.api.send(env, message);
     const plan = await this.api.plan(env, message);

@@ -87,12 +87,13 @@ export class GraphUpstream implements Upstream {
     return planGraphSend(message, env.rcptTo, acct?.limits.recipientsPerMessage ?? 100);
   }
 
-  async send(env: Envelope, message: MessageSource): Promise<SendResult> {
-    const r = await this.attempt(env, message);
+  /** `tokens`: where the Graph token comes from when not the token service (transport auto's app-only Graph token). */
+  async send(env: Envelope, message: MessageSource, opts: { tokens?: TokenSource } = {}): Promise<SendResult> {
+    const r = await this.attempt(env, message, opts.tokens ?? this.tokens);
     return { ...r, response: redactString(r.response) };
   }
 
-  private async attempt(env: Envelope, message: MessageSource): Promise<SendResult> {
+  private async attempt(env: Envelope, message: MessageSource, tokens: TokenSource): Promise<SendResult> {
     const none = { accepted: [] as string[], rejected: [] };
     const acct = this.config.accounts.find((a) => a.name === env.account);
     if (!acct) return { outcome: 'transient', response: `account "${env.account}" is not configured`, ...none };
@@ -120,7 +121,7 @@ export class GraphUpstream implements Upstream {
         if (left > 0) return { outcome: 'transient', response: `deferred: Graph's limits for ${mailbox} (Retry-After, requests per 10 minutes, or MB uploaded per 5 minutes) allow the next request in ${Math.ceil(left / 1000)} s [graph]`, retryAfterMs: left, ...none };
         let token: string;
         try {
-          token = await this.tokens.getAccessToken(acct.name, { force: renewed });
+          token = await tokens.getAccessToken(acct.name, { force: renewed });
         } catch (e) {
           return { outcome: e instanceof NeedsReauthError ? 'auth' : 'transient', response: `token: ${(e as Error).message}`, ...none };
         }
@@ -144,7 +145,7 @@ export class GraphUpstream implements Upstream {
           continue;
         }
         if (v.hold) {
-          this.tokens.holdAccount?.(acct.name, v.hold, OPERATOR_HOLD_MS);
+          tokens.holdAccount?.(acct.name, v.hold, OPERATOR_HOLD_MS);
           return { outcome: 'transient', response: `${v.response} (held: ${v.hold.replace(/ACCOUNT\b/g, acct.name)})`, ...none };
         }
         if (v.badRecipient) {

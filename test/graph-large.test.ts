@@ -39,7 +39,7 @@ function config(w: FakeWorld, t: FakeGraphTenant): Record<string, unknown> {
   });
 }
 
-test('graph largeMessages: a 20 MB message with two large attachments goes through upload sessions with the same bytes', { timeout: 120_000 }, async () => {
+test('graph largeMessages: a 20 MB message with two large attachments goes through upload sessions with the same bytes', { timeout: 240_000 }, async () => {
   const w = await startFakeWorld();
   const t = await startFakeGraphTenant(w, { mailbox: MAILBOX, graphRoles: ['Mail.Send', 'Mail.ReadWrite'] });
   const a1 = randomBytes(7 * 1024 * 1024);
@@ -59,7 +59,7 @@ test('graph largeMessages: a 20 MB message with two large attachments goes throu
   try {
     const t0 = Date.now();
     await sendThroughBridge({ port: b.port, user: w.user.username, pass: w.user.password, from: MAILBOX, to: ['alice@example.org', 'hidden@example.net'], raw });
-    await t.graph.waitForMessages(1, 60_000);
+    await t.graph.waitForMessages(1, 150_000);
     const ms = Date.now() - t0;
     const m = t.graph.messages[0];
     assert.ok(m.draft, 'sent from a draft');

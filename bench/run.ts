@@ -587,7 +587,7 @@ interface ClientsRun {
  * CLIENTS connections, each authenticating once and sending its share of `n` messages back to
  * back (a pooled client: an app server, a system MTA). Timed until the fake Gmail has them all.
  */
-async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, cpu: () => Promise<number>): Promise<ClientsRun> {
+async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, cpu: () => Promise<number>, clients = CLIENTS): Promise<ClientsRun> {
   const base = world.gmail.messages.length;
   const auths0 = world.gmail.auths.length;
   const cpu0 = await cpu();
@@ -595,8 +595,8 @@ async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, 
   const t250: number[] = [];
   const t0 = now();
   await Promise.all(
-    Array.from({ length: CLIENTS }, async (_, i) => {
-      const k = Math.floor(n / CLIENTS) + (i < n % CLIENTS ? 1 : 0);
+    Array.from({ length: clients }, async (_, i) => {
+      const k = Math.floor(n / clients) + (i < n % clients ? 1 : 0);
       if (!k) return;
       const c = await SmtpClient.open(t.conn);
       await c.hello(t.auth);
@@ -715,6 +715,74 @@ async function concurrent(): Promise<void> {
     row(5.1, { scenario: `${scen}: token requests during the run (1-h tokens)`, bridge: String(tokenRequests), postfix: '-', direct: '-', vsDirect: '', vsPostfix: '', target: '0', met: [tokenRequests === 0] });
   } finally {
     await pf?.stop();
+    await pfx?.stop();
+    await bridge?.stop();
+    bodies.stop();
+    await world.close();
+  }
+}
+
+// ---------------------------------------------------------------- scenario 8: growth curve
+
+const GROWTH_CLIENTS = [1, 4, 16, 64];
+/** Message size -> messages per cell (at least one per client): a fixed count keeps the run bounded. */
+const GROWTH_SIZES: Array<{ label: string; bytes: number; count: number }> = QUICK
+  ? [
+      { label: '1 KB', bytes: 1024, count: 128 },
+      { label: '100 KB', bytes: 100 * 1024, count: 64 },
+      { label: '10 MB', bytes: 10 * 2 ** 20, count: 8 },
+    ]
+  : [
+      { label: '1 KB', bytes: 1024, count: 1000 },
+      { label: '100 KB', bytes: 100 * 1024, count: 400 },
+      { label: '10 MB', bytes: 10 * 2 ** 20, count: 64 },
+    ];
+
+/**
+ * Delivered/s and end of DATA -> 250 p50/p99 at 1, 4, 16 and 64 concurrent clients (each one
+ * connection, one AUTH, its share of the cell's messages back to back) for 1 KB, 100 KB and
+ * 10 MB messages: how the bridge grows with load, to size a machine. Bridge only, one daemon.
+ */
+async function growth(): Promise<void> {
+  const world = await startFakeWorld();
+  const bodies = releaseBodies(world);
+  let bridge: BridgeProc | undefined;
+  try {
+    bridge = await startBridgeProc(world, 'growth', { listener: { maxConnectionsPerIp: 128, maxClients: 200 } });
+    const t = bridgeTarget(world, bridge, 'bridge');
+    const bpid = bridge.pid;
+    await clientsRun(world, t, 20, makeMessage(SMALL, FROM, TO, 'warm'), async () => 0, 4);
+    const cells: Array<Record<string, unknown>> = [];
+    let i = 0;
+    for (const size of GROWTH_SIZES) {
+      const body = makeMessage(size.bytes, FROM, TO, 'growth');
+      for (const clients of GROWTH_CLIENTS) {
+        const n = Math.max(size.count, clients);
+        const r = await clientsRun(world, t, n, body, async () => processCpuSeconds(bpid), clients);
+        const cell = {
+          clients,
+          messageBytes: body.length,
+          messages: n,
+          acceptedPerSec: n / (r.acceptedMs / 1000),
+          deliveredPerSec: n / (r.deliveredMs / 1000),
+          deliveredMBps: mb(body.length * n) / (r.deliveredMs / 1000),
+          data250Ms: { p50: quantile(r.t250, 0.5), p99: quantile(r.t250, 0.99) },
+          cpuMsPerMessage: (r.cpuSec / n) * 1000,
+        };
+        cells.push(cell);
+        row(12 + i++ / 100, {
+          scenario: `growth: ${size.label} x ${n}, ${clients} client${clients > 1 ? 's' : ''}: delivered/s (accepted/s), 250 p50 / p99 ms`,
+          bridge: `${f(cell.deliveredPerSec)} (${f(cell.acceptedPerSec)}), ${f(cell.data250Ms.p50, 1)} / ${f(cell.data250Ms.p99, 1)}`,
+          postfix: '-',
+          direct: '-',
+          vsDirect: '',
+          vsPostfix: '',
+          target: 'report',
+        });
+      }
+    }
+    results.growth = { sizes: GROWTH_SIZES, clients: GROWTH_CLIENTS, cells };
+  } finally {
     await bridge?.stop();
     bodies.stop();
     await world.close();
@@ -991,6 +1059,7 @@ async function main(): Promise<void> {
     [4, 'token rate', tokenRate],
     [6, 'drain', drainScaling],
     [7, 'kdf flood', kdfFlood],
+    [8, 'growth curve', growth],
   ];
   for (const [n, name, fn] of scenarios) {
     if (!want(n) && !(n === 1 && want(5))) continue;
@@ -1043,6 +1112,9 @@ async function main(): Promise<void> {
       '- token rate in compressed time: tokens live T s, the refresh schedule is scaled by T/3600 (refreshAhead T/6,',
       '  cron every T/12 s); T / (mean interval between refresh grants) = requests per hour with 1-hour tokens.',
       '  With a 10-minute refresh-ahead and a 5-minute cron, one refresh per token is 1.09-1.2 per hour.',
+      `- growth: one bridge; at 1, 4, 16 and 64 clients (one connection and AUTH each, messages back to back) a fixed`,
+      `  count per cell (${GROWTH_SIZES.map((g) => `${g.label}: ${g.count}`).join(', ')}; at least one per client); delivered/s is timed`,
+      '  until the fake Gmail has every message; accepted/s until the last 250. Bridge only: no baselines in these rows.',
       '- drain: N messages spooled (fsync off), then one worker drains them through an upstream that accepts at once:',
       '     the cost of picking due messages (a due-time heap); the per-message time should not grow with N.',
       `- the daemon ran as ${daemonMode}; fake Gmail, token endpoint and clients run in this process.`,

@@ -33,6 +33,8 @@ const P = QUICK
   ? { printerN: 60, printerRounds: 3, concN: 600, largeN: 20, tokenTtlSec: 6, tokenLoadSec: 10 }
   : { printerN: 500, printerRounds: 5, concN: 5000, largeN: 20, tokenTtlSec: 12, tokenLoadSec: 36 };
 const SMALL = 10 * 1024;
+/** How long the daemon idles after the large-message run before its RSS is read again. */
+const RETURN_WAIT_MS = 60_000;
 const LARGE = 20 * 1024 * 1024;
 const CLIENTS = 16;
 // Bridge settings used for every scenario (reported in results.json).
@@ -185,11 +187,21 @@ function unitEnvironment(): Record<string, string> {
 }
 const UNIT_ENV = unitEnvironment();
 
+interface DaemonMemory {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+}
+
 interface BridgeProc {
   child: ChildProcess;
   pid: number;
   port: number;
   stderr: string[];
+  /** process.memoryUsage() inside the daemon (bench/serve.ts answers SIGUSR2 on stdout). */
+  memory(): Promise<DaemonMemory>;
   stop(): Promise<void>;
 }
 
@@ -230,16 +242,24 @@ async function startBridgeProc(
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => stderr.push(...d.split('\n').filter(Boolean)));
   const exited = once(child, 'exit');
+  let memoryWaiter: ((m: DaemonMemory) => void) | null = null;
   const port = await new Promise<number>((resolve, reject) => {
     let buf = '';
     const timer = setTimeout(() => reject(new Error(`bridge ${name} did not start in 30 s:\n${stderr.join('\n')}`)), 30_000);
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (d: string) => {
       buf += d;
-      const line = buf.split('\n').find((l) => l.startsWith('{"ready"'));
-      if (line) {
-        clearTimeout(timer);
-        resolve((JSON.parse(line) as { ports: Record<string, number> }).ports.local);
+      const lines = buf.split('\n');
+      buf = lines.pop()!;
+      for (const line of lines) {
+        if (line.startsWith('{"ready"')) {
+          clearTimeout(timer);
+          resolve((JSON.parse(line) as { ports: Record<string, number> }).ports.local);
+        } else if (line.startsWith('{"memory"')) {
+          const w = memoryWaiter;
+          memoryWaiter = null;
+          w?.((JSON.parse(line) as { memory: DaemonMemory }).memory);
+        }
       }
     });
     void exited.then(([code]) => {
@@ -252,6 +272,12 @@ async function startBridgeProc(
     pid: child.pid!,
     port,
     stderr,
+    memory() {
+      return new Promise<DaemonMemory>((resolve) => {
+        memoryWaiter = resolve;
+        child.kill('SIGUSR2');
+      });
+    },
     async stop() {
       if (child.exitCode === null) {
         child.kill('SIGTERM');
@@ -865,13 +891,21 @@ async function large(): Promise<void> {
     await printerSession(t, makeMessage(SMALL, FROM, TO, 'warm'));
     await world.gmail.waitForMessages(1, 30_000);
     const idle = await procStatus(bridge.pid);
+    const idleHeap = await bridge.memory();
     const msg = makeMessage(LARGE, FROM, TO, 'large');
     const n = P.largeN;
     const baselineMs = await tlsCopy(world, n, msg);
     const pid = bridge.pid;
+    const cpu0 = processCpuSeconds(pid);
     const br = await largeRun(world, t, n, msg, async () => (await procStatus(pid)).rss);
+    const cpuSec = processCpuSeconds(pid) - cpu0;
     const end = await procStatus(pid);
     const peak = Math.max(end.hwm, br.peakRss);
+    // Memory that returns: the daemon idles 60 s after the burst, then its RSS is compared
+    // with the idle figure from before it (issue 28 item 2).
+    await sleep(RETURN_WAIT_MS);
+    const after = await procStatus(pid);
+    const afterHeap = await bridge.memory();
     await bridge.stop();
     let pfr: { deliveredMs: number; peakRss: number; idleRss: number } | undefined;
     pf = await maybePostfix(world);
@@ -893,12 +927,20 @@ async function large(): Promise<void> {
       messageMB: mb(msg.length),
       bridgeIdleRssMB: mb(idle.rss),
       bridgeIdleRssAnonFileMB: [mb(idle.anon), mb(idle.file)],
+      bridgeIdleHeapMB: { heapTotal: mb(idleHeap.heapTotal), heapUsed: mb(idleHeap.heapUsed), external: mb(idleHeap.external), arrayBuffers: mb(idleHeap.arrayBuffers) },
+      bridgeRssAfterIdleSec: RETURN_WAIT_MS / 1000,
+      bridgeRssAfterMB: mb(after.rss),
+      bridgeRssAfterAnonFileMB: [mb(after.anon), mb(after.file)],
+      bridgeHeapAfterMB: { heapTotal: mb(afterHeap.heapTotal), heapUsed: mb(afterHeap.heapUsed), external: mb(afterHeap.external), arrayBuffers: mb(afterHeap.arrayBuffers) },
+      targetReturnMB: 30,
+      targetIdleRssMB: 70,
       bridgePeakRssMB: mb(peak),
       postfixIdleRssMBAllProcesses: pfr ? mb(pfr.idleRss) : undefined,
       postfixPeakRssMBAllProcesses: pfr ? mb(pfr.peakRss) : undefined,
       targetRssMB: 150,
       pass: mb(peak) <= 150,
       bridgeMBps: bridgeMBs,
+      bridgeCpuSec: cpuSec,
       bridgeAcceptMBps: totalMB / (br.acceptedMs / 1000),
       postfixMBps: pfMBs,
       baselineTlsCopyMBps: baseMBs,
@@ -915,7 +957,28 @@ async function large(): Promise<void> {
       target: '<= 150',
       met: [mb(peak) <= 150],
     });
-    row(6.1, { scenario: `${n} x 20 MB: MB/s end to end (direct = plain TLS copy)`, bridge: f(bridgeMBs), postfix: f(pfMBs), direct: f(baseMBs), vsDirect: x(bridgeMBs, baseMBs), vsPostfix: x(bridgeMBs, pfMBs), target: '' });
+    const heap = (m: DaemonMemory) => `heap ${f(mb(m.heapUsed))}/${f(mb(m.heapTotal))}, external ${f(mb(m.external))}`;
+    row(6.2, {
+      scenario: `idle RSS MB after one small message (${heap(idleHeap)} MB)`,
+      bridge: f(mb(idle.rss)),
+      postfix: pfr ? f(mb(pfr.idleRss)) : 'n/a',
+      direct: '-',
+      vsDirect: '',
+      vsPostfix: '',
+      target: '<= 70',
+      met: [mb(idle.rss) <= 70],
+    });
+    row(6.3, {
+      scenario: `RSS MB ${RETURN_WAIT_MS / 1000} s after the ${n} x 20 MB run (${heap(afterHeap)} MB)`,
+      bridge: `${f(mb(after.rss))} (idle +${f(mb(after.rss - idle.rss))})`,
+      postfix: '-',
+      direct: '-',
+      vsDirect: '',
+      vsPostfix: '',
+      target: '<= idle + 30',
+      met: [after.rss - idle.rss <= 30 * 2 ** 20],
+    });
+    row(6.1, { scenario: `${n} x 20 MB: MB/s end to end (direct = plain TLS copy; bridge CPU ${f(cpuSec, 2)} s)`, bridge: f(bridgeMBs), postfix: f(pfMBs), direct: f(baseMBs), vsDirect: x(bridgeMBs, baseMBs), vsPostfix: x(bridgeMBs, pfMBs), target: '' });
   } finally {
     await pf?.stop();
     await bridge?.stop();
@@ -1109,6 +1172,9 @@ async function main(): Promise<void> {
       '  client and fake Gmail spend together in the direct run: a relay receives and sends every message, as they do.',
       '- 20 MB: Postfix memory is the PSS summed over its processes (RSS would count shared libraries once per',
       '  process); direct = the same bytes through plain TLS sockets into a counting sink.',
+      `- memory: idle = the daemon's RSS after one small message; the bridge then idles ${RETURN_WAIT_MS / 1000} s after the 20 MB run and its RSS`,
+      '  must be back within 30 MB of idle. Heap figures are process.memoryUsage() inside the daemon (bench/serve.ts, SIGUSR2).',
+      '  The daemon runs bench/serve.ts, not bin/xoauth2-bridge.js: BENCH_NO_UNIT_ENV=1 measures it with no tuning at all.',
       '- token rate in compressed time: tokens live T s, the refresh schedule is scaled by T/3600 (refreshAhead T/6,',
       '  cron every T/12 s); T / (mean interval between refresh grants) = requests per hour with 1-hour tokens.',
       '  With a 10-minute refresh-ahead and a 5-minute cron, one refresh per token is 1.09-1.2 per hour.',

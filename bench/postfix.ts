@@ -26,8 +26,9 @@ export interface PostfixOptions {
    * Upstream AUTH XOAUTH2 through the sasl-xoauth2 Cyrus SASL client plugin (libsasl-xoauth2.so,
    * github.com/tarickb/sasl-xoauth2) instead of PLAIN with `upstreamPassword`: `plugin` is the
    * .so, `accessToken` a valid token for `upstreamUser`. The plugin reads Postfix's password as
-   * the path of a JSON token file that it refreshes itself (client ID and secret in
-   * /etc/sasl-xoauth2.conf); a fresh one-hour token outlives the bench, so no refresh happens.
+   * the path of a JSON token file that it refreshes itself (client ID and secret in its
+   * sasl-xoauth2.conf, under the sysconfdir it was built with); a fresh one-hour token outlives
+   * the bench, so no refresh happens and that file needs only placeholder values.
    * (Debian's libsasl2-modules-kdexoauth2 does not work here: Postfix passes no prompt list to
    * sasl_client_start and that plugin answers "invalid parameter supplied".)
    */

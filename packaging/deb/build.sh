@@ -67,8 +67,9 @@ install -m 0755 "$node_bin" "$lib/node"
 printf '%s\n%s\n' "$node_version" "$node_origin" >"$lib/NODE_VERSION"
 cat >"$pkg/usr/bin/xoauth2-bridge" <<'SH'
 #!/bin/sh
-# xoauth2-bridge with the Node.js runtime this package carries.
-exec /usr/lib/xoauth2-bridge/node /usr/lib/xoauth2-bridge/app/main.mjs "$@"
+# xoauth2-bridge with the Node.js runtime this package carries, and the unit's V8 flag (a 1 MB
+# young generation: see the unit) for a daemon started by hand too; the unit sets it as well.
+exec /usr/lib/xoauth2-bridge/node --max-semi-space-size=1 /usr/lib/xoauth2-bridge/app/main.mjs "$@"
 SH
 chmod 0755 "$pkg/usr/bin/xoauth2-bridge"
 

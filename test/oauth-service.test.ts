@@ -227,14 +227,18 @@ test('invalid_grant: needs-reauth, one loud line, no retry storm; token import m
     assert.equal(rows[0].state, 'needs-reauth');
     assert.match(rows[0].lastError, /invalid_grant/);
 
-    // `token import` in "another process", then the daemon's reload: healthy, listener fired.
+    // `token import` with no daemon running (the CLI owns the store): the next daemon starts healthy.
     const fresh = `rt${Date.now()}fresh0123456789`;
     w.fake.addRefreshToken(fresh, { clientId: w.clientId, email: w.email });
     const input = new PassThrough();
     input.end(`  ${fresh}\n`);
     const out = collect();
     assert.equal(await tokenImport(cfg, 'office', input, out.stream), 0, out.text());
-    await svc.reloadStore();
+    const next = new TokenService({ config: cfg, log: w.log });
+    await next.init();
+    assert.equal(next.state('office'), 'ok');
+    // An import the running daemon takes itself (control socket, console): healthy, listener fired.
+    await svc.importRefreshToken('office', fresh);
     assert.equal(svc.state('office'), 'ok');
     assert.deepEqual(changes.at(-1), ['office', 'ok']);
     const tok = await svc.getAccessToken('office');
@@ -262,14 +266,15 @@ test('unauthorized_client also means needs-reauth; markNeedsReauth holds the acc
     const out = collect();
     assert.equal(await tokenRefresh(cfg, 'office', out.stream), 0, out.text());
     assert.match(out.text(), /access token refreshed, valid until \d{4}-/);
-    await svc.reloadStore();
-    assert.equal(svc.state('office'), 'ok');
-    const tok = await svc.getAccessToken('office');
+    const next = new TokenService({ config: cfg, log: w.log });
+    await next.init();
+    assert.equal(next.state('office'), 'ok');
+    const tok = await next.getAccessToken('office');
     assert.ok(w.fake.tokenInfo(tok), 'uses the token the CLI obtained');
 
-    svc.markNeedsReauth('office', 'Gmail answered 535 5.7.8 twice');
-    assert.equal(svc.state('office'), 'needs-reauth');
-    await assert.rejects(svc.getAccessToken('office'), NeedsReauthError);
+    next.markNeedsReauth('office', 'Gmail answered 535 5.7.8 twice');
+    assert.equal(next.state('office'), 'needs-reauth');
+    await assert.rejects(next.getAccessToken('office'), NeedsReauthError);
 
     // A refresh token the endpoint refuses: exit 1 with the fix.
     w.fake.revoke(w.refreshToken);

@@ -695,46 +695,6 @@ export class TokenService implements TokenSource, AccountHealth {
     this.setState(s, s.configError ? 'error' : 'ok');
   }
 
-  /**
-   * Picks up changes another process made to the store (`token import`, `authorize`,
-   * `token refresh`); accounts that became healthy fire onChange(account, 'ok').
-   */
-  async reloadStore(): Promise<void> {
-    if (this.storeError) return this.retryStore();
-    const data = await this.store.load();
-    this.lastData = data;
-    for (const s of this.slots.values()) {
-      const disk = data.accounts[s.cfg.name];
-      const json = JSON.stringify(disk ?? null);
-      if (json === s.seen) continue;
-      s.seen = json;
-      if (!disk) continue;
-      const grantChanged = disk.refreshToken !== s.rec.refreshToken;
-      if (grantChanged) {
-        this.registerRefreshToken(s, disk.refreshToken);
-        s.accessToken = undefined;
-        s.expiresAt = undefined;
-        s.failures = 0;
-        s.backoffUntil = 0;
-        this.log.info('new refresh token picked up from the token store', { account: s.cfg.name });
-      }
-      s.rec = { ...disk };
-      const adopted = this.adoptStoredAccessToken(s, disk);
-      if (adopted) {
-        s.failures = 0;
-        s.backoffUntil = 0;
-      }
-      let next: AccountState = s.state;
-      if (disk.state === 'needs-reauth') next = 'needs-reauth';
-      else if (disk.state === 'ok' || grantChanged) next = s.configError ? 'error' : 'ok';
-      if (next === 'needs-reauth' && s.state !== 'needs-reauth') {
-        s.accessToken = undefined;
-        s.expiresAt = undefined;
-      }
-      this.setState(s, next);
-    }
-  }
-
   // ---- schedule ----
 
   startSchedule(): void {

@@ -49,10 +49,8 @@ export interface ConsoleOps {
   /** Present once the spool has operator holds. */
   hold?: (id: string) => Promise<string>;
   release?: (id: string) => Promise<string>;
-  /** A new grant was stored for `account` by this process: use it now, send the held mail. */
-  authorized(account: string): Promise<void>;
-  /** Stores the grant `authorize` obtained through the daemon's operations (then `authorized` has nothing left to do). */
-  storeGrant?: (account: string, rec: TokenRecord) => Promise<void>;
+  /** Stores the grant `authorize` obtained through the daemon's operations; answers once the token service uses it. */
+  storeGrant(account: string, rec: TokenRecord): Promise<void>;
 }
 
 export function bridgeOps(bridge: Bridge): ConsoleOps {
@@ -106,9 +104,6 @@ export function bridgeOps(bridge: Bridge): ConsoleOps {
       if (!rec.refreshToken) throw new Error('the token endpoint returned no refresh token');
       const r = await bridge.ops.importToken(account, rec.refreshToken, rec.authorizedEmail ? { authorizedEmail: rec.authorizedEmail } : {});
       if (!r.ok) throw new Error(r.message);
-    },
-    async authorized() {
-      // The grant went through storeGrant: the token service already uses it.
     },
   };
 }

@@ -9,7 +9,7 @@ import { TokenStore } from '../src/oauth/store.js';
 import { GMAIL_SCOPE, DEFAULT_TIMEOUT_MS } from '../src/oauth/client.js';
 import { tokenImport, tokenRefresh, tokenStatus } from '../src/cli/token.js';
 import { createLogger, nullLogger } from '../src/log/logger.js';
-import type { AccountState } from '../src/types.js';
+import type { HealthState } from '../src/types.js';
 import { oauthWorld, collect } from './helpers/oauth.js';
 import { waitFor, sleep } from './helpers/wait.js';
 
@@ -196,7 +196,7 @@ test('invalid_grant: needs-reauth, one loud line, no retry storm; token import m
   try {
     const cfg = w.config();
     const svc = new TokenService({ config: cfg, log: w.log });
-    const changes: [string, AccountState][] = [];
+    const changes: [string, HealthState][] = [];
     svc.onChange((a, s) => changes.push([a, s]));
     await svc.init();
     await svc.importRefreshToken('office', w.refreshToken);
@@ -245,7 +245,7 @@ test('invalid_grant: needs-reauth, one loud line, no retry storm; token import m
     assert.ok(w.fake.tokenInfo(tok));
     const st2 = collect();
     assert.equal(await tokenStatus(cfg, { json: false }, st2.stream), 0);
-    assert.match(st2.text(), /office\s+scanner@example\.com\s+ok\s+in \d+m/);
+    assert.match(st2.text(), /office\s+scanner@example\.com\s+ok\s+in (?:\d+m|1h)/);
   } finally {
     await w.close();
   }

@@ -7,7 +7,7 @@ import type { OAuth2Client } from 'google-auth-library';
 import type { AccountConfig, Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { addSecret, redactString } from '../log/redact.js';
-import type { AccountHealth, AccountState, TokenSource } from '../types.js';
+import type { AccountHealth, HealthState, TokenSource } from '../types.js';
 import {
   accountIdentity,
   classifyTokenError,
@@ -37,7 +37,7 @@ export class NeedsReauthError extends Error {
 export interface AccountStatus {
   account: string;
   email: string;
-  state: AccountState;
+  state: HealthState;
   accessTokenExpiresAt: string | null;
   lastRefreshAt: string | null;
   lastError: string | null;
@@ -118,7 +118,7 @@ interface Slot {
   cfg: AccountConfig;
   /** Our view of the stored record (refresh token, dates, state, last error). */
   rec: TokenRecord;
-  state: AccountState;
+  state: HealthState;
   accessToken?: string;
   expiresAt?: number;
   obtainedAt?: number;
@@ -166,7 +166,7 @@ export class TokenService implements TokenSource, AccountHealth {
   private store: TokenStore;
   private keyFile: string | null;
   private readonly slots = new Map<string, Slot>();
-  private readonly listeners: ((account: string, state: AccountState) => void)[] = [];
+  private readonly listeners: ((account: string, state: HealthState) => void)[] = [];
   private task?: ScheduledTask;
   private scheduleRunning?: Promise<void>;
   private lastData: StoreData = { accounts: {} };
@@ -621,7 +621,7 @@ export class TokenService implements TokenSource, AccountHealth {
     }).catch((e: unknown) => this.log.warn(`account ${name}: could not save needs-reauth state`, { account: name, err: e }));
   }
 
-  private setState(s: Slot, state: AccountState): void {
+  private setState(s: Slot, state: HealthState): void {
     if (s.state === state) return;
     s.state = state;
     if (state === 'ok') s.rec.lastError = undefined;
@@ -636,7 +636,7 @@ export class TokenService implements TokenSource, AccountHealth {
 
   // ---- AccountHealth ----
 
-  state(account: string): AccountState {
+  state(account: string): HealthState {
     return this.slot(account).state;
   }
 
@@ -645,7 +645,7 @@ export class TokenService implements TokenSource, AccountHealth {
     void this.setNeedsReauth(s, reason, s.rec.refreshToken);
   }
 
-  onChange(listener: (account: string, state: AccountState) => void): void {
+  onChange(listener: (account: string, state: HealthState) => void): void {
     this.listeners.push(listener);
   }
 

@@ -118,7 +118,8 @@ export interface Upstream {
   close(): Promise<void>;
 }
 
-export type AccountState = 'ok' | 'needs-reauth' | 'error';
+/** An account's token health as the token service judges it (its sending limits are delivery/accountState.ts). */
+export type HealthState = 'ok' | 'needs-reauth' | 'error';
 
 /** The token service as the upstream sees it. */
 export interface TokenSource {
@@ -136,11 +137,11 @@ export interface TokenSource {
 
 /** Account health as the delivery worker sees it (owned by the token service). */
 export interface AccountHealth {
-  state(account: string): AccountState;
+  state(account: string): HealthState;
   /** Gmail refused our credentials even after a forced refresh (535 twice). */
   markNeedsReauth(account: string, reason: string): void;
   /** Called whenever an account's state changes (e.g. ok again after `token import`). */
-  onChange(listener: (account: string, state: AccountState) => void): void;
+  onChange(listener: (account: string, state: HealthState) => void): void;
   /** Set when the account cannot send until an operator fixes something (token store unreadable, SMTP AUTH disabled): its mail waits, with this reason, until `until` (null: until fixed). */
   holdReason?(account: string): { reason: string; until: number | null } | null;
 }

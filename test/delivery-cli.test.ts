@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
+import { writeFile } from 'node:fs/promises';
 import { Spool, type NewMessage } from '../src/spool/spool.js';
 import { DeliveryWorker } from '../src/delivery/worker.js';
 import { queueList, queueShow, queueRetry, queueDelete } from '../src/cli/queue.js';
@@ -179,5 +180,25 @@ test('queue delete: the message leaves the queue and the running worker never se
     assert.match(err.text, /no message with id/);
   } finally {
     await h.done();
+  }
+});
+
+test('queue list with no daemon running works while the token store is unreadable', async () => {
+  const { dir, cleanup } = await tempState();
+  try {
+    const config = testConfig(dir, { retry: ['1h'] });
+    const log = recordingLogger();
+    const spool = new Spool(dir, log);
+    await spool.init();
+    const env = await spool.receive([MESSAGE], MESSAGE_META);
+    await spool.close();
+    // A damaged store: the token service holds every account, the queue commands still answer.
+    await writeFile(new TokenService({ config, log }).storeFile, '{ damaged', { mode: 0o600 });
+    const out = new Sink();
+    assert.equal(await queueList(config, { json: true }, out), 0, out.text);
+    const rows = JSON.parse(out.text) as { id: string }[];
+    assert.deepEqual(rows.map((r) => r.id), [env.id]);
+  } finally {
+    await cleanup();
   }
 });

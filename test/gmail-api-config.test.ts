@@ -6,10 +6,9 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { authorize } from '../src/oauth/authorize.js';
 import { TokenService } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
-import { oauthWorld, collect, type OAuthWorld, consent } from './helpers/oauth.js';
+import { oauthWorld, collect, type OAuthWorld, consent, authorizeToStore } from './helpers/oauth.js';
 import { CLI } from './helpers/bridge.js';
 
 const FULL = 'https://mail.google.com/';
@@ -30,7 +29,7 @@ for (const [transport, scopes] of [
       assert.equal(base.transport, 'smtp', 'default');
       const input = new PassThrough();
       let authUrl = '';
-      await authorize({
+      await authorizeToStore({
         config,
         account: 'office',
         manual: true,
@@ -63,7 +62,7 @@ test('authorize refuses a grant whose send scope was unticked on the consent scr
     const config = w.config({ accounts: [{ name: 'office', email: w.email, transport: 'auto', oauth: { type: 'user', clientId: w.clientId, clientSecret: w.clientSecret, tokenUrl: w.fake.url, authUrl: w.fake.authUrl, caFile: w.caFile } }] });
     const input = new PassThrough();
     await assert.rejects(
-      authorize({ config, account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, url).then((loc) => input.write(`${loc}\n`)) }),
+      authorizeToStore({ config, account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, url).then((loc) => input.write(`${loc}\n`)) }),
       /the grant lacks https:\/\/www\.googleapis\.com\/auth\/gmail\.send .*nothing was stored/,
     );
     assert.equal((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, undefined);

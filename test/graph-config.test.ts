@@ -11,13 +11,12 @@ import { PassThrough } from 'node:stream';
 import { createTestPki, writePki } from '../src/fakes/ca.js';
 import { FakeMicrosoftIdentity } from '../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../src/config/schema.js';
-import { authorize } from '../src/oauth/authorize.js';
 import { TokenService } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
 import { scopesFor } from '../src/oauth/scopes.js';
 import { nullLogger } from '../src/log/logger.js';
 import { graphBccField, quoteLocalPart } from '../src/upstream/graph/envelope.js';
-import { collect } from './helpers/oauth.js';
+import { authorizeToStore, collect } from './helpers/oauth.js';
 
 const MAILBOX = 'printer@contoso.com';
 const base = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
@@ -81,7 +80,7 @@ async function msWorld() {
   const run = async () => {
     const input = new PassThrough();
     let authUrl = '';
-    await authorize({
+    await authorizeToStore({
       config,
       account: 'm365',
       manual: true,

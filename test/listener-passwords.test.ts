@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PassThrough, Writable } from 'node:stream';
 import { scryptSync } from 'node:crypto';
-import { hashPassword, verifyPassword, PasswordCache, checkPassword, kdfStats, hashPasswordCommand, isValidPasswordHash } from '../src/listener/passwords.js';
+import { hashPassword, verifyPassword, PasswordCache, checkPassword, kdfStats, hashPasswordCommand } from '../src/listener/passwords.js';
+import { isValidPasswordHash } from '../src/config/phc.js';
 import { sleep } from './helpers/wait.js';
 
 function sink(): { stream: Writable; text: () => string } {

@@ -12,12 +12,11 @@ import { PassThrough } from 'node:stream';
 import { createTestPki, writePki } from '../src/fakes/ca.js';
 import { FakeMicrosoftIdentity, type MsTokenRequest } from '../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../src/config/schema.js';
-import { authorize } from '../src/oauth/authorize.js';
 import { authorizeCommand } from '../src/cli/token.js';
 import { TokenService } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
 import { nullLogger } from '../src/log/logger.js';
-import { collect } from './helpers/oauth.js';
+import { collect, authorizeToStore } from './helpers/oauth.js';
 import { waitFor } from './helpers/wait.js';
 
 const MAILBOX = 'printer@contoso.com';
@@ -95,7 +94,7 @@ test('microsoft authorize, loopback: code + PKCE S256 + state, SMTP.Send offline
     let authUrl = '';
     let page: Promise<{ status: number; body: string }> | undefined;
     const out = collect();
-    await authorize({
+    await authorizeToStore({
       config: w.config(),
       account: 'm365',
       manual: false,
@@ -152,7 +151,7 @@ test('microsoft authorize: a wrong state is refused before any code is redeemed;
   try {
     let page: Promise<{ status: number; body: string }> | undefined;
     await assert.rejects(
-      authorize({
+      authorizeToStore({
         config: w.config(),
         account: 'm365',
         manual: false,
@@ -174,7 +173,7 @@ test('microsoft authorize: a wrong state is refused before any code is redeemed;
 
     // Someone who intercepted the code but not the verifier cannot redeem it.
     const input = new PassThrough();
-    const done = authorize({
+    const done = authorizeToStore({
       config: w.config(),
       account: 'm365',
       manual: true,
@@ -240,7 +239,7 @@ test('microsoft authorize --device: an expired device code ends with a clear err
     w.ms.deviceIntervalSec = 1;
     w.ms.deviceCodeTtlSec = 2;
     await assert.rejects(
-      authorize({ config: w.config(), account: 'm365', manual: false, device: true, input: new PassThrough(), output: collect().stream }),
+      authorizeToStore({ config: w.config(), account: 'm365', manual: false, device: true, input: new PassThrough(), output: collect().stream }),
       /the device code expired before the sign-in was completed; run authorize --device again/,
     );
     assert.ok(w.ms.requests.some((r) => r.error?.startsWith('expired_token') || r.error?.startsWith('authorization_pending')));
@@ -250,7 +249,7 @@ test('microsoft authorize --device: an expired device code ends with a clear err
       listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
       accounts: [{ name: 'g', email: 'a@example.com', oauth: { type: 'user', clientId: 'c', clientSecret: 's' } }],
     });
-    await assert.rejects(authorize({ config: google, account: 'g', manual: false, device: true, input: new PassThrough(), output: collect().stream }), /--device is for Microsoft accounts/);
+    await assert.rejects(authorizeToStore({ config: google, account: 'g', manual: false, device: true, input: new PassThrough(), output: collect().stream }), /--device is for Microsoft accounts/);
   } finally {
     await w.close();
   }

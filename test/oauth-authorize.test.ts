@@ -5,12 +5,11 @@ import http from 'node:http';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { authorize } from '../src/oauth/authorize.js';
 import { TokenService } from '../src/oauth/service.js';
 import { TokenStore } from '../src/oauth/store.js';
 import { authorizeCommand } from '../src/cli/token.js';
 import { nullLogger } from '../src/log/logger.js';
-import { oauthWorld, collect, type OAuthWorld, consent } from './helpers/oauth.js';
+import { oauthWorld, collect, type OAuthWorld, consent, authorizeToStore } from './helpers/oauth.js';
 
 
 function httpGet(url: string): Promise<{ status: number; body: string }> {
@@ -39,7 +38,7 @@ test('loopback flow: PKCE S256, state, offline consent; stores the refresh token
     let authUrl = '';
     let page: { status: number; body: string } | undefined;
     const browser: Promise<void>[] = [];
-    const res = await authorize({
+    const res = await authorizeToStore({
       config: w.config(),
       account: 'office',
       manual: false,
@@ -86,7 +85,7 @@ test('--manual: the pasted redirect URL completes the flow (nothing needs to lis
   try {
     const input = new PassThrough();
     const out = collect();
-    const done = authorize({
+    const done = authorizeToStore({
       config: w.config(),
       account: 'office',
       manual: true,
@@ -115,7 +114,7 @@ test('a redirect with the wrong state is rejected (manual and loopback) and noth
   try {
     const input = new PassThrough();
     await assert.rejects(
-      authorize({
+      authorizeToStore({
         config: w.config(),
         account: 'office',
         manual: true,
@@ -128,7 +127,7 @@ test('a redirect with the wrong state is rejected (manual and loopback) and noth
 
     let page: Promise<{ status: number; body: string }> | undefined;
     await assert.rejects(
-      authorize({
+      authorizeToStore({
         config: w.config(),
         account: 'office',
         manual: false,
@@ -156,7 +155,7 @@ test('denied consent, EOF on --manual input and service accounts give clear erro
     w.fake.denyConsent = true;
     const input = new PassThrough();
     await assert.rejects(
-      authorize({
+      authorizeToStore({
         config: w.config(),
         account: 'office',
         manual: true,
@@ -169,7 +168,7 @@ test('denied consent, EOF on --manual input and service accounts give clear erro
     const eof = new PassThrough();
     eof.end();
     await assert.rejects(
-      authorize({ config: w.config(), account: 'office', manual: true, input: eof, output: collect().stream }),
+      authorizeToStore({ config: w.config(), account: 'office', manual: true, input: eof, output: collect().stream }),
       /no redirect URL was pasted/,
     );
 
@@ -229,7 +228,7 @@ test('a Google sign-in whose token response names nobody (no id_token) is refuse
       return u.toString();
     };
     await assert.rejects(
-      authorize({ config: w.config(), account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, strip(url)).then((loc) => input.write(`${loc}\n`)) }),
+      authorizeToStore({ config: w.config(), account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, strip(url)).then((loc) => input.write(`${loc}\n`)) }),
       /Google returned no id_token naming the signed-in user .*nothing was stored/,
     );
     assert.equal((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, undefined);

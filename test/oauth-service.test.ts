@@ -9,7 +9,7 @@ import { TokenStore } from '../src/oauth/store.js';
 import { GMAIL_SCOPE, DEFAULT_TIMEOUT_MS } from '../src/oauth/client.js';
 import { tokenImport, tokenRefresh, tokenStatus } from '../src/cli/token.js';
 import { createLogger, nullLogger } from '../src/log/logger.js';
-import type { AccountState } from '../src/types.js';
+import type { HealthState } from '../src/types.js';
 import { oauthWorld, collect } from './helpers/oauth.js';
 import { waitFor, sleep } from './helpers/wait.js';
 
@@ -196,7 +196,7 @@ test('invalid_grant: needs-reauth, one loud line, no retry storm; token import m
   try {
     const cfg = w.config();
     const svc = new TokenService({ config: cfg, log: w.log });
-    const changes: [string, AccountState][] = [];
+    const changes: [string, HealthState][] = [];
     svc.onChange((a, s) => changes.push([a, s]));
     await svc.init();
     await svc.importRefreshToken('office', w.refreshToken);
@@ -227,21 +227,25 @@ test('invalid_grant: needs-reauth, one loud line, no retry storm; token import m
     assert.equal(rows[0].state, 'needs-reauth');
     assert.match(rows[0].lastError, /invalid_grant/);
 
-    // `token import` in "another process", then the daemon's reload: healthy, listener fired.
+    // `token import` with no daemon running (the CLI owns the store): the next daemon starts healthy.
     const fresh = `rt${Date.now()}fresh0123456789`;
     w.fake.addRefreshToken(fresh, { clientId: w.clientId, email: w.email });
     const input = new PassThrough();
     input.end(`  ${fresh}\n`);
     const out = collect();
     assert.equal(await tokenImport(cfg, 'office', input, out.stream), 0, out.text());
-    await svc.reloadStore();
+    const next = new TokenService({ config: cfg, log: w.log });
+    await next.init();
+    assert.equal(next.state('office'), 'ok');
+    // An import the running daemon takes itself (control socket, console): healthy, listener fired.
+    await svc.importRefreshToken('office', fresh);
     assert.equal(svc.state('office'), 'ok');
     assert.deepEqual(changes.at(-1), ['office', 'ok']);
     const tok = await svc.getAccessToken('office');
     assert.ok(w.fake.tokenInfo(tok));
     const st2 = collect();
     assert.equal(await tokenStatus(cfg, { json: false }, st2.stream), 0);
-    assert.match(st2.text(), /office\s+scanner@example\.com\s+ok\s+in \d+m/);
+    assert.match(st2.text(), /office\s+scanner@example\.com\s+ok\s+in (?:\d+m|1h)/);
   } finally {
     await w.close();
   }
@@ -262,14 +266,15 @@ test('unauthorized_client also means needs-reauth; markNeedsReauth holds the acc
     const out = collect();
     assert.equal(await tokenRefresh(cfg, 'office', out.stream), 0, out.text());
     assert.match(out.text(), /access token refreshed, valid until \d{4}-/);
-    await svc.reloadStore();
-    assert.equal(svc.state('office'), 'ok');
-    const tok = await svc.getAccessToken('office');
+    const next = new TokenService({ config: cfg, log: w.log });
+    await next.init();
+    assert.equal(next.state('office'), 'ok');
+    const tok = await next.getAccessToken('office');
     assert.ok(w.fake.tokenInfo(tok), 'uses the token the CLI obtained');
 
-    svc.markNeedsReauth('office', 'Gmail answered 535 5.7.8 twice');
-    assert.equal(svc.state('office'), 'needs-reauth');
-    await assert.rejects(svc.getAccessToken('office'), NeedsReauthError);
+    next.markNeedsReauth('office', 'Gmail answered 535 5.7.8 twice');
+    assert.equal(next.state('office'), 'needs-reauth');
+    await assert.rejects(next.getAccessToken('office'), NeedsReauthError);
 
     // A refresh token the endpoint refuses: exit 1 with the fix.
     w.fake.revoke(w.refreshToken);

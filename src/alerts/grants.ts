@@ -3,11 +3,9 @@
 import type { AccountConfig } from '../config/schema.js';
 import type { AccountStatus } from '../oauth/service.js';
 
+import { TESTING_LIFETIME_MS, TESTING_WARN_AFTER_MS } from '../oauth/lapse.js';
+
 const DAY = 86400e3;
-// Google revokes refresh tokens of apps in "Testing" publishing status 7 days after issue;
-// the issue asks for the warning at day 5.
-export const TESTING_LIFETIME_MS = 7 * DAY;
-export const TESTING_WARN_AFTER_MS = 5 * DAY;
 // Unused grants lapse: Google after 6 months, Microsoft after 90 days of inactivity.
 const IDLE_LIMIT_MS: Record<string, number> = { google: 180 * DAY, microsoft: 90 * DAY };
 

@@ -12,12 +12,12 @@ import { Gauge, type Registry } from 'prom-client';
 import type { AccountConfig, Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { AccountStatus } from '../oauth/service.js';
-import { formatAge } from '../cli/queue.js';
+import { formatAge } from '../log/format.js';
 import { redactString } from '../log/redact.js';
 import { grantRisk } from './grants.js';
 import type { AlertNotice, AlertSender } from './send.js';
 import type { UpstreamHealth } from './upstream.js';
-import type { AccountState } from '../types.js';
+import type { HealthState } from '../types.js';
 
 /** How often free disk space is read: a crossing of diskFreeWarn alerts within this long. */
 const DISK_WATCH_MS = 2_000;
@@ -34,7 +34,7 @@ export interface AlertFacts {
   upstream: UpstreamHealth;
   stateDir: () => string;
   /** Subscribes to account state changes (the token service's onChange): needs-reauth alerts at once. */
-  onAccountChange?(listener: (account: string, state: AccountState) => void): void;
+  onAccountChange?(listener: (account: string, state: HealthState) => void): void;
 }
 
 interface Condition {

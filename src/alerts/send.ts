@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../log/logger.js';
 import type { Envelope } from '../types.js';
-import type { AccountState } from '../types.js';
+import type { HealthState } from '../types.js';
 
 export interface AlertNotice {
   /** needs-reauth | grant-expiring | queue-age | upstream-failing | disk-low */
@@ -76,7 +76,7 @@ export interface MailDeps {
   to: string;
   /** The configured alerts.emailAccount, or null to pick the first working account. */
   account: string | null;
-  accounts: () => Array<{ name: string; email: string; state: AccountState }>;
+  accounts: () => Array<{ name: string; email: string; state: HealthState }>;
   /** Spools the message (durable) and hands it to delivery. */
   enqueue: (raw: Buffer, meta: { account: string; mailFrom: string; rcptTo: string[] }) => Promise<Envelope>;
 }

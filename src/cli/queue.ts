@@ -6,25 +6,9 @@ import type { Config } from '../config/schema.js';
 import { callOwner } from '../control/client.js';
 import type { QueueRow, RetryAllResult, ShowResult } from '../control/ops.js';
 import type { CommandResult } from '../delivery/worker.js';
+import { formatAge, formatSize } from '../log/format.js';
 
 type Out = NodeJS.WritableStream;
-
-export function formatAge(ms: number): string {
-  const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 60) return `${s}s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m`;
-  const h = Math.floor(m / 60);
-  if (h < 24) return `${h}h${m % 60 ? `${m % 60}m` : ''}`;
-  const d = Math.floor(h / 24);
-  return `${d}d${h % 24 ? `${h % 24}h` : ''}`;
-}
-
-export function formatSize(n: number): string {
-  if (n < 1024) return `${n}B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)}K`;
-  return `${(n / 1024 / 1024).toFixed(1)}M`;
-}
 
 /** The NEXT TRY column: when, or why not (`held: needs-reauth`, `in flight`, `failed`, `corrupt`). */
 function nextTry(r: QueueRow, now: number): string {

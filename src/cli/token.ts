@@ -7,6 +7,7 @@ import { callOwner } from '../control/client.js';
 import type { OpResult } from '../control/ops.js';
 import { authorize } from '../oauth/authorize.js';
 import type { AccountStatus } from '../oauth/service.js';
+import { formatRelative } from '../log/format.js';
 
 type Out = NodeJS.WritableStream;
 
@@ -62,11 +63,7 @@ export async function tokenStatus(config: Config, opts: { json: boolean }, out: 
 }
 
 function ago(iso: string | null, now: number): string {
-  if (!iso) return '-';
-  const d = Date.parse(iso) - now;
-  const abs = Math.abs(d);
-  const s = abs < 120e3 ? `${Math.round(abs / 1e3)}s` : abs < 7200e3 ? `${Math.round(abs / 60e3)}m` : abs < 172800e3 ? `${Math.round(abs / 3600e3)}h` : `${Math.round(abs / 86400e3)}d`;
-  return d >= 0 ? `in ${s}` : `${s} ago`;
+  return iso ? formatRelative(Date.parse(iso), now) : '-';
 }
 
 export function formatStatus(rows: AccountStatus[], now: number): string {

@@ -5,8 +5,8 @@ import { MS_CLOUD_NAMES } from '../providers/microsoft.js';
 import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
-import { isNetwork, isLoopbackHost, openRelayReason } from '../listener/networks.js';
-import { isValidPasswordHash } from '../listener/passwords.js';
+import { isNetwork, isLoopbackHost, openRelayReason } from './networks.js';
+import { isValidPasswordHash } from './phc.js';
 
 const duration = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -27,13 +27,13 @@ const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
   return n;
 });
 
-// Parsed by the same code the listener matches clients with (src/listener/networks.ts).
+// Parsed by the same code the listener matches clients with (src/config/networks.ts).
 const cidr = z.string().refine(isNetwork, 'expected an IP address or CIDR like 192.168.1.0/24 or fd00::/8');
 
 const email = z.string().regex(/^[^@\s]+@[^@\s]+$/, 'expected an email address');
 const senderPattern = z.string().regex(/^([^@\s]+|\*)@[^@\s]+$/, 'expected an address or *@domain');
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'expected a name of letters, digits, . _ -');
-// Parsed by the code that checks logins (src/listener/passwords.ts): a hash it cannot read never matches.
+// Parsed by the code that checks logins (src/config/phc.ts): a hash it cannot read never matches.
 const passwordHash = z.string().superRefine((s, ctx) => {
   if (isValidPasswordHash(s)) return;
   const message = s.includes('REPLACE')

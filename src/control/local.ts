@@ -9,22 +9,15 @@ import { TokenService } from '../oauth/service.js';
 import { TransportRouter } from '../upstream/router.js';
 import { Operations } from './ops.js';
 import type { OpName } from './protocol.js';
-import type { AccountHealth } from '../types.js';
 
 export async function localOperations(config: Config, log: Logger, op: OpName): Promise<{ ops: Operations; close: () => Promise<void> }> {
   const tokens = new TokenService({ config, log });
-  // Queue commands work even when the token store cannot be read (its error is the token
-  // commands' business); the accounts then count as able to send.
-  let health: AccountHealth = tokens;
-  try {
-    await tokens.init();
-  } catch (e) {
-    if (op.startsWith('token.') || op === 'send-test') throw e;
-    health = { state: () => 'ok', markNeedsReauth: () => {}, onChange: () => {} };
-  }
+  // init() never throws: an unreadable token store holds every account with the store's
+  // message (token commands report it) while queue commands still work on the files.
+  await tokens.init();
   const spool = new Spool(config.stateDir, log);
   if (op.startsWith('queue.')) await spool.init();
-  const worker = new DeliveryWorker({ config, log, spool, upstream: null, health });
+  const worker = new DeliveryWorker({ config, log, spool, upstream: null, health: tokens });
   if (op.startsWith('queue.')) await worker.load();
   // send-test sends from here, under the lock the caller holds (a refresh may write the store).
   const upstream = op === 'send-test' ? new TransportRouter({ config, log, tokens }) : undefined;

@@ -17,7 +17,7 @@ import { Metrics } from '../metrics/metrics.js';
 import { readFileSync } from 'node:fs';
 import { HttpEndpoint, spoolWritable, accountNotReadyReason, type Readiness } from '../http/server.js';
 import { WebConsole } from '../http/console/console.js';
-import { bridgeOps } from '../http/console/ops.js';
+import { consoleOps } from '../http/console/ops.js';
 import { AlertMonitor } from '../alerts/monitor.js';
 import { UpstreamHealth } from '../alerts/upstream.js';
 import { UpstreamReadiness } from './upstreamReadiness.js';
@@ -120,7 +120,7 @@ export class Bridge {
     const h = this.config.http;
     const tls = h.certFile && h.keyFile ? { cert: readPem(h.certFile, 'http.certFile'), key: readPem(h.keyFile, 'http.keyFile') } : undefined;
     this.console = h.console
-      ? new WebConsole({ config: () => this.config, ops: bridgeOps(this), log: this.log.child({ component: 'console' }), tls: Boolean(tls), attention: () => this.alerts.active(), env: opts.env })
+      ? new WebConsole({ config: () => this.config, ops: consoleOps({ ops: () => this.ops, config: () => this.config, held: () => this.worker.stats().held }), log: this.log.child({ component: 'console' }), tls: Boolean(tls), attention: () => this.alerts.active(), env: opts.env })
       : null;
     this.http = new HttpEndpoint({
       host: h.host,

@@ -11,7 +11,7 @@ import type { Config } from '../config/schema.js';
 import { formatDuration } from '../config/units.js';
 import type { Logger, Meta } from '../log/logger.js';
 import type { Spool } from '../spool/spool.js';
-import type { AccountHealth, AccountState as HealthState, Envelope, HoldReason, MessageState, Recipient, SendResult, SpooledEnvelope, Upstream } from '../types.js';
+import type { AccountHealth, HealthState, Envelope, HoldReason, MessageState, Recipient, SendResult, SpooledEnvelope, Upstream } from '../types.js';
 import { AccountState } from './accountState.js';
 import { buildDsn, statusFromReply, type DsnRecipient } from './bounce.js';
 import { openRcpts, transition, waitsForOperator, DATA_LOST_TEXT, type Bounce, type Change, type MessageView, type QueueEvent } from './transition.js';

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Logger } from '../log/logger.js';
-import type { AccountState } from '../types.js';
+import type { HealthState } from '../types.js';
 import { redactString } from '../log/redact.js';
 import { send } from './respond.js';
 
@@ -196,7 +196,7 @@ const ERRNO_HINT: Record<string, string> = {
  * The /readyz line for an account that cannot relay, or null when it can. Kept here so
  * the wording (and the command that fixes it) is the same everywhere it is shown.
  */
-export function accountNotReadyReason(account: string, state: AccountState, detail?: string): string | null {
+export function accountNotReadyReason(account: string, state: HealthState, detail?: string): string | null {
   if (state === 'ok') return null;
   if (state === 'needs-reauth') return `account ${account}: needs-reauth — run: xoauth2-bridge authorize ${account}`;
   return `account ${account}: error${detail ? ` (${detail})` : ''} — see: xoauth2-bridge token status`;

@@ -1,6 +1,6 @@
 // Per-client-IP bookkeeping: failed AUTH attempts with a lockout (brute-force brake), and
 // open connections (so one device or attacker cannot take every slot).
-import { clientKey } from './networks.js';
+import { clientKey } from '../config/networks.js';
 
 export interface AuthLimits {
   /** Failures within `windowMs` that trigger a lockout. */

@@ -5,7 +5,7 @@
 // 20 KDFs; the lockout then drops the rest of its queue.
 import { PasswordCache, KdfGate, KdfCancelled, kdfGate, checkPassword } from './passwords.js';
 import { AuthFailures, type AuthLimits } from './limits.js';
-import { clientKey } from './networks.js';
+import { clientKey } from '../config/networks.js';
 
 export interface LoginVerdict {
   /** ok: authenticated; bad: 535; locked: 454 (no KDF was run for it, or it was dropped). */

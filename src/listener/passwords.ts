@@ -7,19 +7,12 @@
 // 50-150 ms per check on a small server: expensive for an attacker, invisible for a
 // printer once the cache is warm.
 import { scrypt as scryptCb, randomBytes, timingSafeEqual, createHmac, type ScryptOptions } from 'node:crypto';
+import { parsePhc, isValidPasswordHash } from '../config/phc.js';
 
 export const SCRYPT_DEFAULTS = { ln: 15, r: 8, p: 1, saltBytes: 16, hashBytes: 32 } as const;
 
 /** KDF invocations since start; tests use it to prove the cache skips the KDF. */
 export const kdfStats = { calls: 0 };
-
-interface Phc {
-  ln: number;
-  r: number;
-  p: number;
-  salt: Buffer;
-  hash: Buffer;
-}
 
 function scrypt(password: string, salt: Buffer, keylen: number, o: { ln: number; r: number; p: number }): Promise<Buffer> {
   const N = 2 ** o.ln;
@@ -30,22 +23,6 @@ function scrypt(password: string, salt: Buffer, keylen: number, o: { ln: number;
 }
 
 const b64 = (b: Buffer) => b.toString('base64').replace(/=+$/, '');
-
-function parsePhc(phc: string): Phc | null {
-  const m = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$/.exec(phc.trim());
-  if (!m) return null;
-  const [ln, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
-  // Bounds keep a hand-edited hash from asking for gigabytes of memory per login.
-  if (ln < 10 || ln > 20 || r < 1 || r > 32 || p < 1 || p > 16 || 128 * 2 ** ln * r > 256 * 1024 * 1024) return null;
-  const salt = Buffer.from(m[4], 'base64');
-  const hash = Buffer.from(m[5], 'base64');
-  if (salt.length < 8 || hash.length < 16) return null;
-  return { ln, r, p, salt, hash };
-}
-
-export function isValidPasswordHash(phc: string): boolean {
-  return parsePhc(phc) !== null;
-}
 
 export interface ScryptCost {
   ln: number;

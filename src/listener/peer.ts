@@ -5,7 +5,7 @@
 // a proxy's own LOCAL connections are proxied ones too.
 import type { SMTPServerSession } from 'smtp-server';
 import type { Conn } from './hooks.js';
-import { isLoopback } from './networks.js';
+import { isLoopback } from '../config/networks.js';
 
 const local = new WeakMap<SMTPServerSession, boolean>();
 

@@ -10,7 +10,7 @@ import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { addressForLog } from '../log/redact.js';
 import type { NewMessage } from '../spool/spool.js';
 import { Logins } from './logins.js';
-import { NetworkList, isLoopback, trustedNetworksOf, clientKey } from './networks.js';
+import { NetworkList, isLoopback, trustedNetworksOf, clientKey } from '../config/networks.js';
 import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
 import { MessageFilter, SmtpReply, headerValues, discardRest } from './filter.js';
 import { AuthFailures, ConnectionCounter, SlotShare, preAuthDeadline, type AuthLimits } from './limits.js';

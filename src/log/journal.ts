@@ -3,7 +3,7 @@
 // with priority N (so `journalctl -p warning` works). Only when the fd really is that stream
 // (sd-daemon(3)): a child whose stderr was redirected elsewhere inherits the variable too.
 import { fstatSync } from 'node:fs';
-import type { Level } from './logger.js';
+import type { Level } from './level.js';
 
 export const PRIORITY: Record<Level, number> = { error: 3, warn: 4, info: 6, debug: 7 };
 

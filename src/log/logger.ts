@@ -3,8 +3,9 @@
 import winston from 'winston';
 import { redact, redactString, protocolBlobs, hostForLog, addressForLog } from './redact.js';
 import { isJournalStream, defaultLogFormat, PRIORITY } from './journal.js';
+import type { Level } from './level.js';
 
-export type Level = 'error' | 'warn' | 'info' | 'debug';
+export type { Level };
 export type Meta = Record<string, unknown>;
 
 export interface Logger {

@@ -1,7 +1,7 @@
 // Prometheus metrics for the bridge. A private Registry (not prom-client's global one) so
 // several bridges in one process (tests, demo) never share or double-register series.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { AccountState, Outcome } from '../types.js';
+import type { HealthState, Outcome } from '../types.js';
 import type { Logger } from '../log/logger.js';
 import { kdfGate } from '../listener/passwords.js';
 
@@ -26,7 +26,7 @@ export interface MetricsOptions {
   log?: Logger;
 }
 
-const ACCOUNT_STATES: readonly AccountState[] = ['ok', 'needs-reauth', 'error'];
+const ACCOUNT_STATES: readonly HealthState[] = ['ok', 'needs-reauth', 'error'];
 const OUTCOMES: readonly Outcome[] = ['ok', 'transient', 'permanent', 'quota', 'auth', 'transport'];
 /** Label value for a name that is not in the configured set (keeps cardinality bounded). */
 export const OTHER = '_other';
@@ -37,7 +37,7 @@ export class Metrics {
   private listeners: Set<string> | null = null;
   private queueSource: QueueSource | null = null;
   private readonly log?: Logger;
-  private lastAccountStates = new Map<string, AccountState>();
+  private lastAccountStates = new Map<string, HealthState>();
 
   private readonly cReceived: Counter<'account'>;
   private readonly cReceivedBytes: Counter<'account'>;
@@ -227,7 +227,7 @@ export class Metrics {
     this.cRefreshes.inc({ account: this.acct(account), result: ok ? 'ok' : 'error' });
   }
 
-  accountState(account: string, state: AccountState): void {
+  accountState(account: string, state: HealthState): void {
     // An unconfigured account has no meaningful state series (and must not add one).
     if (this.accounts && !this.accounts.has(account)) return;
     for (const s of ACCOUNT_STATES) this.gAccountState.set({ account, state: s }, s === state ? 1 : 0);

@@ -45,10 +45,10 @@ export interface AuthorizeOptions {
    */
   listen?: boolean;
   /**
-   * Stores the grant: the CLI hands it to the owner of the state directory (the running daemon
-   * over its control socket). Default: write the token store directly.
+   * Stores the grant: the CLI and the web console hand it to the owner of the state directory
+   * (the running daemon's token service, or the CLI's own under the state lock).
    */
-  save?: (rec: TokenRecord) => Promise<void>;
+  save: (rec: TokenRecord) => Promise<void>;
 }
 
 export class AuthorizeError extends Error {
@@ -109,11 +109,7 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
     throw new AuthorizeError(
       `you signed in as ${grant.email}, but account "${acct.name}" sends as ${acct.email}; nothing was stored. Run authorize again and sign in as ${acct.email} (or set the account's email to ${grant.email} if that is the mailbox it should send as)`,
     );
-  if (opts.save) await opts.save(rec);
-  else
-    await store.update((d) => {
-      d.accounts[acct.name] = rec;
-    });
+  await opts.save(rec);
   return { email: grant.email };
 }
 

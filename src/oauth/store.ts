@@ -10,7 +10,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { open, readFile, readdir, unlink, link, copyFile, mkdir, stat, chmod } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { AccountState } from '../types.js';
+import type { HealthState } from '../types.js';
 import type { Logger } from '../log/logger.js';
 import { safeWrite, unlinkQuiet } from '../fs/safeWrite.js';
 
@@ -26,7 +26,7 @@ export interface TokenRecord {
   accessTokenFor?: string;
   lastRefreshAt?: string;
   lastError?: string;
-  state: AccountState;
+  state: HealthState;
   authorizedEmail?: string;
 }
 

@@ -55,7 +55,6 @@ export interface CorruptEntry {
 }
 
 /** The spool could not store the message (disk full, I/O error): the listener answers 452 4.3.1. */
-/** The spool could not store the message (disk full, I/O error): the listener answers 452 4.3.1. */
 export class SpoolWriteError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);

@@ -7,7 +7,7 @@ import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import type { Logger, Meta } from '../../src/log/logger.js';
 import type { NewMessage } from '../../src/spool/spool.js';
-import type { AccountHealth, AccountState, Envelope, MessageSource, SendResult, Upstream } from '../../src/types.js';
+import type { AccountHealth, HealthState, Envelope, MessageSource, SendResult, Upstream } from '../../src/types.js';
 import { readMessage } from '../../src/spool/message.js';
 
 export interface Call {
@@ -58,20 +58,20 @@ export class ScriptedUpstream implements Upstream {
 }
 
 export class TestHealth implements AccountHealth {
-  states = new Map<string, AccountState>();
+  states = new Map<string, HealthState>();
   reauth: { account: string; reason: string }[] = [];
-  private listeners: ((account: string, state: AccountState) => void)[] = [];
-  state(account: string): AccountState {
+  private listeners: ((account: string, state: HealthState) => void)[] = [];
+  state(account: string): HealthState {
     return this.states.get(account) ?? 'ok';
   }
   markNeedsReauth(account: string, reason: string): void {
     this.reauth.push({ account, reason });
     this.set(account, 'needs-reauth');
   }
-  onChange(listener: (account: string, state: AccountState) => void): void {
+  onChange(listener: (account: string, state: HealthState) => void): void {
     this.listeners.push(listener);
   }
-  set(account: string, state: AccountState): void {
+  set(account: string, state: HealthState): void {
     this.states.set(account, state);
     for (const l of this.listeners) l(account, state);
   }

@@ -11,6 +11,8 @@ import { createTestPki, writePki, type TestPki } from '../../src/fakes/ca.js';
 import { FakeTokenEndpoint } from '../../src/fakes/tokenEndpoint.js';
 import { configSchema, type Config } from '../../src/config/schema.js';
 import { createLogger, type Logger } from '../../src/log/logger.js';
+import { authorize, type AuthorizeOptions } from '../../src/oauth/authorize.js';
+import { TokenStore, resolveStoreKey } from '../../src/oauth/store.js';
 
 let sharedPki: Promise<TestPki> | undefined;
 
@@ -99,5 +101,21 @@ export function consent(w: OAuthWorld, url: string): Promise<string> {
         else resolve(res.headers.location);
       })
       .on('error', reject);
+  });
+}
+
+/**
+ * `authorize` whose grant is written to the token store directly, as the owner of the state
+ * directory (the CLI under the lock, the daemon's token service) would store it.
+ */
+export function authorizeToStore(opts: Omit<AuthorizeOptions, 'save'>): ReturnType<typeof authorize> {
+  const store = new TokenStore({ stateDir: opts.config.stateDir, key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, opts.env ?? process.env) });
+  return authorize({
+    ...opts,
+    save: async (rec) => {
+      await store.update((d) => {
+        d.accounts[opts.account] = rec;
+      });
+    },
   });
 }

@@ -12,7 +12,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Logins } from '../../listener/logins.js';
 import { AuthFailures } from '../../listener/limits.js';
 import { PasswordCache, kdfGate } from '../../listener/passwords.js';
-import { isLoopback } from '../../listener/networks.js';
+import { isLoopback } from '../../config/networks.js';
 
 export const COOKIE = 'xob_session';
 const SESSION_IDLE_MS = 8 * 3600e3;

@@ -36,8 +36,7 @@ export class WebConsole {
       config: opts.config,
       log: opts.log,
       env: opts.env,
-      onAuthorized: (account) => opts.ops.authorized(account),
-      storeGrant: opts.ops.storeGrant,
+      storeGrant: (account, rec) => opts.ops.storeGrant(account, rec),
     });
   }
 

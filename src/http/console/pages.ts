@@ -1,8 +1,9 @@
 // Server-rendered HTML for the console. Every value goes through esc(); nothing secret is
 // ever passed in (views carry states, dates and redacted error texts only).
-import type { AccountView, QueueView, MessageView } from './ops.js';
+import type { AccountView, QueueSummary } from './ops.js';
+import type { QueueRow } from '../../control/ops.js';
 import { grantRisk, providerOf } from '../../alerts/grants.js';
-import { formatAge, formatSize } from '../../cli/queue.js';
+import { formatAge, formatRelative, formatSize } from '../../log/format.js';
 
 export const esc = (s: unknown): string => String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -55,8 +56,7 @@ const state = (s: string) => `<span class="st st-${esc(s)}">${esc(s)}</span>`;
 const csrfField = (ctx: PageContext) => `<input type="hidden" name="csrf" value="${esc(ctx.csrf ?? '')}">`;
 const when = (iso: string | null, now: number) => {
   if (!iso) return '<span class="muted">—</span>';
-  const t = Date.parse(iso);
-  const rel = t >= now ? `in ${formatAge(t - now)}` : `${formatAge(now - t)} ago`;
+  const rel = formatRelative(Date.parse(iso), now);
   return `<time datetime="${esc(iso)}" title="${esc(iso)}">${esc(rel)}</time>`;
 };
 
@@ -124,20 +124,21 @@ export function authorizePage(ctx: PageContext, account: string, email: string, 
   );
 }
 
-function messageRow(ctx: PageContext, m: MessageView, now: number, canHold: boolean): string {
+function messageRow(ctx: PageContext, m: QueueRow, now: number, canHold: boolean): string {
   const act = (what: string, label: string) =>
     `<form class="inline" method="post" action="/queue/${encodeURIComponent(m.id)}/${what}">${csrfField(ctx)}<button name="do" value="${what}">${label}</button></form>`;
   const actions = [act('retry', 'Retry'), canHold ? (m.state === 'held' && m.reason === 'operator' ? act('release', 'Release') : act('hold', 'Hold')) : '', act('delete', 'Delete')].join(' ');
-  const rcpts = m.rcpts.length === 1 ? m.rcpts[0] : `${m.rcpts[0] ?? ''} (+${m.rcpts.length - 1})`;
-  return `<tr data-id="${esc(m.id)}"><td><code>${esc(m.id)}</code></td><td>${esc(m.account)}</td><td>${esc(m.from || '<>')}</td><td>${esc(rcpts)}</td>
-<td>${esc(formatSize(m.size))}</td><td>${esc(formatAge(now - Date.parse(m.receivedAt)))}</td><td class="state">${state(m.state)}${m.reason ? `<br><span class="muted">${esc(m.reason)}</span>` : ''}</td>
-<td>${m.attempts}</td><td>${m.state === 'held' ? '—' : when(m.nextAttemptAt, now)}</td><td class="err">${esc(m.lastError ?? '')}</td><td>${actions}</td></tr>`;
+  const to = m.rcpts.map((x) => x.address);
+  const rcpts = to.length === 1 ? to[0] : `${to[0] ?? ''} (+${to.length - 1})`;
+  return `<tr data-id="${esc(m.id)}"><td><code>${esc(m.id)}</code></td><td>${esc(m.account ?? '?')}</td><td>${esc(m.from || '<>')}</td><td>${esc(rcpts)}</td>
+<td>${esc(formatSize(m.size))}</td><td>${esc(formatAge(now - Date.parse(m.receivedAt ?? '')))}</td><td class="state">${state(m.state)}${m.reason ? `<br><span class="muted">${esc(m.reason)}</span>` : ''}</td>
+<td>${m.attempts}</td><td>${m.state === 'held' ? '—' : when(m.nextAttemptAt, now)}</td><td class="err">${esc(m.lastReply ?? '')}</td><td>${actions}</td></tr>`;
 }
 
-export function queuePage(ctx: PageContext, q: QueueView, canHold: boolean, now = Date.now()): string {
+export function queuePage(ctx: PageContext, q: QueueSummary, canHold: boolean, now = Date.now()): string {
   const c = q.counts;
-  const waiting = q.messages.filter((m) => m.state === 'held' || m.state === 'deferred');
-  const others = q.messages.length - waiting.length;
+  const waiting = q.rows.filter((m) => m.state === 'held' || m.state === 'deferred');
+  const others = q.rows.length - waiting.length;
   return layout(
     'Queue',
     ctx,

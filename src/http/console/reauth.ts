@@ -27,10 +27,8 @@ export interface ReauthOptions {
   config: () => Config;
   log: Logger;
   env?: NodeJS.ProcessEnv;
-  /** Called once the new grant is stored, before the result is shown. */
-  onAuthorized: (account: string) => Promise<void>;
   /** Hands the grant to the daemon's token service (the owner of the token store), which answers once it is in use. */
-  storeGrant?: (account: string, rec: TokenRecord) => Promise<void>;
+  storeGrant: (account: string, rec: TokenRecord) => Promise<void>;
 }
 
 export class ConsoleAuthorizations {
@@ -45,10 +43,9 @@ export class ConsoleAuthorizations {
     const out = collect();
     let gotUrl!: (u: string) => void;
     const urlP = new Promise<string>((r) => (gotUrl = r));
-    const flow = authorize({ config: this.opts.config(), account, manual: true, listen: false, input, output: out.stream, openUrl: gotUrl, env: this.opts.env, timeoutMs: ATTEMPT_TTL_MS, ...(this.opts.storeGrant ? { save: (rec: TokenRecord) => this.opts.storeGrant!(account, rec) } : {}) });
+    const flow = authorize({ config: this.opts.config(), account, manual: true, listen: false, input, output: out.stream, openUrl: gotUrl, env: this.opts.env, timeoutMs: ATTEMPT_TTL_MS, save: (rec: TokenRecord) => this.opts.storeGrant(account, rec) });
     const result: Promise<AttemptResult> = flow.then(
-      async ({ email }) => {
-        await this.opts.onAuthorized(account);
+      ({ email }) => {
         this.opts.log.info('account authorized from the web console', { account });
         return { ok: true as const, email };
       },

@@ -166,7 +166,10 @@ function exampleComments() {
       .filter((l) => l && !/^[A-Za-z]+: /.test(l))
       .join(' ');
   const walk = (node, path) => {
-    if (isSeq(node)) return node.items.forEach((it) => walk(it, `${path}[]`));
+    if (isSeq(node)) {
+      for (const it of node.items) walk(it, `${path}[]`);
+      return;
+    }
     if (!isMap(node)) return;
     for (const pair of node.items) {
       const key = isScalar(pair.key) ? String(pair.key.value) : '';

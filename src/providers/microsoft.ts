@@ -120,7 +120,9 @@ function httpsFetch(agent: https.Agent | undefined, timeoutMs: number): typeof f
     new Promise<Response>((resolve, reject) => {
       const url = new URL(typeof input === 'string' || input instanceof URL ? input.toString() : input.url);
       const headers: Record<string, string> = {};
-      new Headers(init?.headers).forEach((v, k) => (headers[k] = v));
+      new Headers(init?.headers).forEach((v, k) => {
+        headers[k] = v;
+      });
       const req = https.request(url, { method: init?.method ?? 'GET', headers, agent, minVersion: 'TLSv1.2', timeout: timeoutMs }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));

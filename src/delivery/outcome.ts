@@ -32,6 +32,8 @@ export interface OutcomeOptions {
   now: () => number;
   host: string;
   metrics?: DeliveryMetrics;
+  /** The account's quota hold began or ended: its other mail follows (held, or due again). */
+  accountChanged(account: string): void;
 }
 
 /** One ended attempt, as outcome.ts needs it. */
@@ -80,6 +82,7 @@ export class Outcomes {
       if (this.o.accounts.clearQuotaHold(env.account)) {
         this.o.log.info('quota hold lifted: Gmail accepted mail again', { account: env.account });
         this.o.scheduler.unpark(env.account);
+        this.o.accountChanged(env.account);
       }
       if (d.state === 'removed' && !d.bounce?.length) {
         await this.o.spool.remove(env.id);
@@ -123,6 +126,7 @@ export class Outcomes {
       this.o.accounts.setQuotaHold(env.account, until);
       await this.maybeWarn(next, now);
       if (!(await this.persist(item, next))) return;
+      this.o.accountChanged(env.account);
       item.heldReason = 'quota';
       this.event('held', next, { reason: 'quota', until: new Date(until).toISOString(), reply: r.response });
       return;

@@ -48,6 +48,8 @@ export interface SchedulerOptions {
   start(item: Item, now: number): void;
   /** A due message whose account cannot send now. */
   parked(item: Item, block: Block): void;
+  /** A message entered the queue. */
+  added?(item: Item): void;
 }
 
 const MAX_TIMER = 2 ** 31 - 1;
@@ -84,6 +86,7 @@ export class Scheduler {
     const item: Item = { env, gen: 0, locks: 0, commands: Promise.resolve() };
     this.items.set(env.id, item);
     this.schedule(item);
+    this.o.added?.(item);
     return item;
   }
 

@@ -54,8 +54,11 @@ export class DeliveryWorker {
   private readonly scheduler: Scheduler;
   private readonly outcomes: Outcomes;
   private readonly commands: Commands;
+  /** When an account's quota window ends, its held mail is made due again (persisted). */
+  private readonly quotaTimers = new Map<string, NodeJS.Timeout>();
   private stopping = false;
   private started = false;
+  private loaded = false;
 
   constructor(opts: DeliveryWorkerOptions) {
     this.config = opts.config;
@@ -73,9 +76,21 @@ export class DeliveryWorker {
       now: this.now,
       start: (item, now) => this.startSend(item, now),
       parked: (item, block) => this.markHeld(item, block),
+      added: (item) => this.added(item),
     });
     const { log, spool, health, accounts, scheduler, now } = this;
-    this.outcomes = new Outcomes({ config, log, spool, health, accounts, scheduler, now, host: opts.hostname ?? hostname(), metrics: opts.metrics });
+    this.outcomes = new Outcomes({
+      config,
+      log,
+      spool,
+      health,
+      accounts,
+      scheduler,
+      now,
+      host: opts.hostname ?? hostname(),
+      metrics: opts.metrics,
+      accountChanged: (account) => void this.reconcile(account),
+    });
     this.commands = new Commands({ log, spool, scheduler, outcomes: this.outcomes, view: (it) => this.view(it) });
     this.health.onChange((account, state) => this.onHealthChange(account, state));
   }
@@ -84,10 +99,16 @@ export class DeliveryWorker {
     return this.scheduler.items;
   }
 
-  /** Reads every spooled message (and the rate-limit state) without sending anything. */
+  /**
+   * Reads every spooled message (and the rate-limit state) without sending anything, and
+   * brings each one's stored state in line with its account (held while it cannot send).
+   */
   async load(): Promise<void> {
     await this.accounts.load();
     for (const env of await this.spool.list()) if (!this.items.has(env.id)) this.scheduler.add(env);
+    this.loaded = true;
+    const accounts = new Set([...this.items.values()].map((it) => it.env.account));
+    for (const account of accounts) await this.reconcile(account);
   }
 
   /** Loads every spooled message, including ones that were being sent when the process died, and starts sending. */
@@ -118,6 +139,8 @@ export class DeliveryWorker {
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
     this.scheduler.halt();
+    for (const t of this.quotaTimers.values()) clearTimeout(t);
+    this.quotaTimers.clear();
     const inFlight = this.scheduler.inFlight;
     if (inFlight.size) {
       let t: NodeJS.Timeout | undefined;
@@ -176,17 +199,59 @@ export class DeliveryWorker {
     return this.commands.retryAll(force);
   }
 
-  /** Live state: in flight, the stored state, or held because the account cannot send now. */
+  /** Live state: in flight, else as stored (account holds are stored too); `waiting` when a sending limit parks it. */
   private view(it: Item): { state: MessageState; reason: HoldReason | null; waiting?: string } {
     if (this.scheduler.inFlight.has(it.env.id)) return { state: 'in-flight', reason: null };
-    if (it.heldReason === 'rate-limit' && it.waiting) return { state: it.env.state, reason: it.env.reason, waiting: it.waiting };
     const { state, reason } = it.env;
-    if (reason === 'operator' || reason === 'transport') return { state, reason };
-    if (this.health.state(it.env.account) === 'needs-reauth') return { state: 'held', reason: 'needs-reauth' };
-    if (!it.bypassQuota && this.accounts.quotaHoldUntil(it.env.account, this.now()) !== null) return { state: 'held', reason: 'quota' };
-    // Held for a reason that has ended: it goes with the next run.
-    if (state === 'held') return { state: it.env.attempts ? 'deferred' : 'queued', reason: null };
-    return { state, reason };
+    return { state, reason, ...(it.heldReason === 'rate-limit' && it.waiting ? { waiting: it.waiting } : {}) };
+  }
+
+  /** Why the account cannot send, as a hold reason for its mail (null: it can). `bypass`: an operator's retry --force goes through a quota hold. */
+  private accountHold(account: string, bypass = false): 'needs-reauth' | 'quota' | null {
+    if (this.health.state(account) === 'needs-reauth') return 'needs-reauth';
+    if (!bypass && this.accounts.quotaHoldUntil(account, this.now()) !== null) return 'quota';
+    return null;
+  }
+
+  /**
+   * Brings the stored state of the account's mail in line with the account, each change
+   * decided by transition() and persisted: held while it cannot send, due again once it can
+   * (`deferredToo`: its deferred mail as well, after a re-authorization). Returns how many changed.
+   */
+  private async reconcile(account: string, deferredToo = false): Promise<number> {
+    const hold = this.accountHold(account);
+    if (hold === 'quota') this.armQuotaEnd(account);
+    const changes: Promise<boolean>[] = [];
+    for (const item of this.items.values()) {
+      if (item.env.account !== account || this.scheduler.inFlight.has(item.env.id)) continue;
+      const h = hold === 'quota' && item.bypassQuota ? null : hold;
+      if (h) changes.push(this.commands.account(item, { type: 'account-hold', reason: h }));
+      else if (item.env.state === 'held' || deferredToo) changes.push(this.commands.account(item, { type: 'account-ok' }));
+    }
+    return (await Promise.all(changes)).filter(Boolean).length;
+  }
+
+  /** At the end of the account's quota window its held mail is due again. */
+  private armQuotaEnd(account: string): void {
+    if (this.stopping || this.quotaTimers.has(account)) return;
+    const until = this.accounts.quotaHoldUntil(account, this.now());
+    if (until === null) return;
+    const t = setTimeout(
+      () => {
+        this.quotaTimers.delete(account);
+        void this.reconcile(account);
+      },
+      Math.min(2 ** 31 - 1, Math.max(0, until - this.now())),
+    );
+    t.unref();
+    this.quotaTimers.set(account, t);
+  }
+
+  /** A message entered the queue (received, a DSN, back from failed/): held at once if its account cannot send. */
+  private added(item: Item): void {
+    if (!this.loaded) return; // load() reconciles every account at once
+    const hold = this.accountHold(item.env.account, item.bypassQuota);
+    if (hold) void this.commands.account(item, { type: 'account-hold', reason: hold });
   }
 
   private markHeld(item: Item, block: Block): void {
@@ -198,18 +263,13 @@ export class DeliveryWorker {
   }
 
   private onHealthChange(account: string, state: HealthState): void {
-    if (state !== 'ok') return this.scheduler.pump();
-    // The hold ended: held and deferred mail of the account is due at once, persisted first.
-    const changes: Promise<boolean>[] = [];
-    for (const item of this.items.values()) {
-      if (item.env.account !== account || this.scheduler.inFlight.has(item.env.id)) continue;
-      item.heldReason = undefined;
-      changes.push(this.commands.account(item, { type: 'account-ok' }));
+    if (state === 'ok') {
+      // The hold ended: held and deferred mail of the account is due at once (contract), persisted first.
+      for (const item of this.items.values()) if (item.env.account === account) item.heldReason = undefined;
+      this.scheduler.forgetParked(account);
     }
-    this.scheduler.forgetParked(account);
-    void Promise.all(changes).then((done) => {
-      const n = done.filter(Boolean).length;
-      if (n) this.log.info('account usable again, retrying its mail now', { account, messages: n });
+    void this.reconcile(account, state === 'ok').then((n) => {
+      if (n && state === 'ok') this.log.info('account usable again, retrying its mail now', { account, messages: n });
       this.scheduler.pump();
     });
   }

@@ -536,6 +536,10 @@ test('messagesPerMinute (Exchange Online: 30/min): over the limit mail waits for
     assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
     const until = Date.parse(h.worker.stats().held.office.replace(/^rate-limit until /, ''));
     assert.ok(until - Date.now() > 50_000 && until - Date.now() <= 60_000, 'until the first send is a minute old');
+    // The park is persisted: the spool says when it is tried next (a restart does not make it due at once).
+    await waitFor(async () => (await h.spool.get(c.id))?.nextAttemptAt === new Date(until).toISOString(), 5000, 'next try stored');
+    assert.equal((await h.spool.get(c.id))?.state, 'queued', 'a rate limit is no hold');
+    assert.match(String(h.worker.get(c.id)?.waiting), /^limits\.messagesPerMinute 2 reached; waits until /);
   } finally {
     await h.done();
   }

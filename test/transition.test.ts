@@ -36,6 +36,7 @@ const EVENTS: Record<string, QueueEvent> = {
   'account-hold:quota': { type: 'account-hold', reason: 'quota' },
   'account-hold:needs-reauth': { type: 'account-hold', reason: 'needs-reauth' },
   'account-ok': { type: 'account-ok' },
+  park: { type: 'park', until: retryAt },
   'data-lost': { type: 'data-lost' },
 };
 
@@ -49,17 +50,17 @@ function code(d: Decision): string {
 
 // Columns in EVENTS order.
 const TABLE: Record<string, string[]> = {
-  //                  start        outcome     retry     retry--force  hold            release   delete     acct-hold:quota acct-hold:reauth   account-ok  data-lost
-  queued:            ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'same', 'failed'],
-  deferred:          ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'queued!', 'failed'],
-  'in-flight':       ['refuse', 'deferred', 'after', 'after', 'after', 'after', 'after', 'same', 'same', 'same', 'after'],
-  'held:needs-reauth': ['refuse', 'refuse', 'refuse', 'refuse', 'held:operator', 'refuse', 'removed', 'held:quota', 'same', 'queued!', 'failed'],
-  'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'failed'],
-  'held:operator':   ['refuse', 'refuse', 'refuse', 'refuse', 'same', 'queued!', 'removed', 'same', 'same', 'same', 'failed'],
+  //                  start        outcome     retry     retry--force  hold            release   delete     acct-hold:quota acct-hold:reauth   account-ok  park  data-lost
+  queued:            ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'same', 'queued', 'failed'],
+  deferred:          ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'queued!', 'deferred', 'failed'],
+  'in-flight':       ['refuse', 'deferred', 'after', 'after', 'after', 'after', 'after', 'same', 'same', 'same', 'same', 'after'],
+  'held:needs-reauth': ['refuse', 'refuse', 'refuse', 'refuse', 'held:operator', 'refuse', 'removed', 'held:quota', 'same', 'queued!', 'same', 'failed'],
+  'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'same', 'failed'],
+  'held:operator':   ['refuse', 'refuse', 'refuse', 'refuse', 'same', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
   // Only an operator moves it on: retry/release choose the transport again (e.g. after `transport: auto`); never expired.
-  'held:transport':  ['refuse', 'refuse', 'queued!', 'queued!', 'held:operator', 'queued!', 'removed', 'same', 'same', 'same', 'failed'],
-  failed:            ['refuse', 'refuse', 'queued!', 'queued!', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same'],
-  corrupt:           ['refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same'],
+  'held:transport':  ['refuse', 'refuse', 'queued!', 'queued!', 'held:operator', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
+  failed:            ['refuse', 'refuse', 'queued!', 'queued!', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same', 'same'],
+  corrupt:           ['refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same', 'same'],
 };
 
 test('every state x event: the table of decisions', () => {
@@ -165,6 +166,18 @@ test('outcome past maxAge: failed, every open recipient bounced with the reason'
   assert.equal(d.bounceCode, 'expired');
   assert.deepEqual(d.bounce, [{ rcpt: 'b@example.org', reply: '421 later' }]);
   assert.deepEqual(d.rcpts.map((r) => r.status), ['accepted', 'rejected']);
+});
+
+test('park (a rate limit): the message keeps its state and is next tried when the limit allows', () => {
+  for (const m of [STATES.queued, STATES.deferred]) {
+    const d = transition(m, EVENTS.park);
+    assert.equal(d.kind, 'change');
+    if (d.kind !== 'change') return;
+    assert.equal(d.state, m.state);
+    assert.equal(d.nextAttemptAt, retryAt);
+    assert.ok(!d.dueNow && !d.countAttempt && !d.bounce);
+    assert.deepEqual(d.rcpts, m.rcpts);
+  }
 });
 
 test('retry of a failed message re-queues only the recipients that failed', () => {

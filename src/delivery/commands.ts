@@ -76,10 +76,11 @@ export class Commands {
   }
 
   /**
-   * An account event (its hold ended) on one message, in line with operator commands on it:
-   * decided by transition(), persisted before the scheduler sees it. True when it changed.
+   * An account event (held, usable again, a rate-limit park) on one message, in line with
+   * operator commands on it: decided by transition(), persisted before the scheduler sees it.
+   * True when it changed.
    */
-  account(item: Item, e: Extract<QueueEvent, { type: 'account-ok' | 'account-hold' }>): Promise<boolean> {
+  account(item: Item, e: Extract<QueueEvent, { type: 'account-ok' | 'account-hold' | 'park' }>): Promise<boolean> {
     return this.locked(item, async () => {
       if (this.o.scheduler.inFlight.has(item.env.id) || this.o.scheduler.items.get(item.env.id) !== item) return false;
       const d = transition({ state: item.env.state, reason: item.env.reason, rcpts: item.env.rcpts }, e);

@@ -38,6 +38,8 @@ export type QueueEvent =
   | { type: 'account-hold'; reason: 'needs-reauth' | 'quota' }
   /** The account's hold ended (re-authorized, quota window over). */
   | { type: 'account-ok' }
+  /** A due message waits for its account's sending limit (rate limit) until `until`. */
+  | { type: 'park'; until: string }
   /** The message was acknowledged but its data (the queue file) is gone. */
   | { type: 'data-lost' };
 
@@ -170,6 +172,11 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
     case 'account-ok':
       // Contract: deferred mail of a re-authorized account is retried at once.
       if (m.state === 'deferred' || (m.state === 'held' && !waitsForOperator(m))) return change(m, { state: 'queued', dueNow: true });
+      return { kind: 'same' };
+
+    case 'park':
+      // Not a hold: the message stays queued or deferred, next tried when the limit allows.
+      if (waiting) return change(m, { state: m.state, nextAttemptAt: e.until });
       return { kind: 'same' };
 
     case 'data-lost': {

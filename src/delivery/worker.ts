@@ -254,8 +254,10 @@ export class DeliveryWorker {
     if (hold) void this.commands.account(item, { type: 'account-hold', reason: hold });
   }
 
+  /** A due message its account cannot send now: logged once per reason; a rate-limit park is persisted (its next try). */
   private markHeld(item: Item, block: Block): void {
     const until = block.until !== null ? new Date(block.until).toISOString() : undefined;
+    if (block.reason === 'rate-limit' && until) void this.commands.account(item, { type: 'park', until });
     item.waiting = block.why ? `${block.why}${until ? `; waits until ${until}` : ''}` : undefined;
     if (item.heldReason === block.reason) return;
     item.heldReason = block.reason;
@@ -302,6 +304,13 @@ export class DeliveryWorker {
         this.accounts.release(item.env.account, stamp);
         return;
       }
+    }
+    const start = transition({ state: item.env.state, reason: item.env.reason, rcpts: item.env.rcpts }, { type: 'start' });
+    if (start.kind !== 'change') {
+      // The scheduler never picks such a message (held for an operator, or failed); should it, it is not sent.
+      this.accounts.release(item.env.account, stamp);
+      this.log.error('delivery: a message that cannot be sent was picked; left as it is', { id: item.env.id, state: item.env.state, reason: item.env.reason });
+      return;
     }
     const env = item.env;
     const bypassQuota = item.bypassQuota === true;

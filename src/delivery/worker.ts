@@ -1,8 +1,8 @@
 // Owns: the delivery stage's wiring and one attempt. It loads the spool, lets the scheduler
 // pick due messages, hands each to the upstream, and has transition() decide on the result,
 // which outcome.ts persists before acting on it: a crash at any point resends at most the
-// recipients that were in flight, and never loses one. Account events (usable again) and
-// operator commands (commands.ts) change a message only through transition(), persisted.
+// recipients that were in flight, and never loses one. Account events (held, usable again,
+// a rate-limit park) and operator commands go through commands.ts: transition(), persisted.
 // Never does: decide a state itself, write queue files but through the spool's API, or
 // render a hold for operators (commands.ts and the edges do).
 import { hostname } from 'node:os';

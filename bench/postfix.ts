@@ -1,15 +1,15 @@
 // A private Postfix instance for the bench: the MTA a sysadmin would otherwise put in front of
 // Gmail, relaying to the same fake Gmail as the bridge. Everything lives in one temp dir (own
 // config_directory, queue_directory, data_directory), it listens on loopback only, and stop()
-// always runs `postfix -c DIR stop`. Upstream it uses SASL PLAIN over verified implicit TLS
-// (Postfix has no XOAUTH2 without the sasl-xoauth2 plugin); clients authenticate to it with
-// SASL PLAIN against a Cyrus sasldb, like they do to the bridge.
+// always runs `postfix -c DIR stop`. Upstream it uses SASL PLAIN over verified implicit TLS, or
+// XOAUTH2 when given a Cyrus SASL XOAUTH2 client plugin (Postfix has none of its own); clients
+// authenticate to it with SASL PLAIN against a Cyrus sasldb, like they do to the bridge.
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, writeFile, mkdir, chmod, chown, readFile, readdir, rm } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { once } from 'node:events';
 
 export interface PostfixOptions {
@@ -22,6 +22,17 @@ export interface PostfixOptions {
   /** The SMTP AUTH credentials clients use (same as the bridge's user). */
   clientUser: string;
   clientPassword: string;
+  /**
+   * Upstream AUTH XOAUTH2 through the sasl-xoauth2 Cyrus SASL client plugin (libsasl-xoauth2.so,
+   * github.com/tarickb/sasl-xoauth2) instead of PLAIN with `upstreamPassword`: `plugin` is the
+   * .so, `accessToken` a valid token for `upstreamUser`. The plugin reads Postfix's password as
+   * the path of a JSON token file that it refreshes itself (client ID and secret in its
+   * sasl-xoauth2.conf, under the sysconfdir it was built with); a fresh one-hour token outlives
+   * the bench, so no refresh happens and that file needs only placeholder values.
+   * (Debian's libsasl2-modules-kdexoauth2 does not work here: Postfix passes no prompt list to
+   * sasl_client_start and that plugin answers "invalid parameter supplied".)
+   */
+  xoauth2?: { plugin: string; accessToken: string; refreshToken: string };
 }
 
 export interface PostfixInstance {
@@ -103,6 +114,20 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
   // Debian's Cyrus SASL looks for smtpd.conf in $config_directory/sasl.
   await mkdir(join(conf, 'sasl'));
   await writeFile(join(conf, 'sasl', 'smtpd.conf'), `pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: ${sasldb}\nmech_list: PLAIN LOGIN\n`);
+  let upstreamSecret = o.upstreamPassword;
+  const env: Record<string, string> = {};
+  if (o.xoauth2) {
+    if (!existsSync(o.xoauth2.plugin)) throw new Error(`SASL XOAUTH2 plugin ${o.xoauth2.plugin} does not exist`);
+    upstreamSecret = join(data, 'token.json');
+    const expiry = String(Math.floor(Date.now() / 1000) + 3000);
+    await writeFile(upstreamSecret, JSON.stringify({ access_token: o.xoauth2.accessToken, refresh_token: o.xoauth2.refreshToken, expiry }));
+    await chown(upstreamSecret, uid, gid);
+    // Cyrus SASL looks for plugins in SASL_PATH (colon-separated) before its built-in directory.
+    const sysDir = '/usr/lib/x86_64-linux-gnu/sasl2';
+    const dir = dirname(o.xoauth2.plugin);
+    if (dir !== sysDir) env.SASL_PATH = `${dir}:${sysDir}`;
+  }
+  const importEnv = execFileSync('/usr/sbin/postconf', ['-d', '-h', 'import_environment'], { encoding: 'utf8' }).trim();
   const main = {
     compatibility_level: '3.6',
     queue_directory: queue,
@@ -138,10 +163,10 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
     smtp_tls_CAfile: join(conf, 'ca.pem'),
     smtp_tls_mandatory_protocols: '>=TLSv1.2',
     smtp_sasl_auth_enable: 'yes',
-    smtp_sasl_password_maps: `static:${o.upstreamUser}:${o.upstreamPassword}`,
+    smtp_sasl_password_maps: `static:${o.upstreamUser}:${upstreamSecret}`,
     smtp_sasl_security_options: 'noanonymous',
     smtp_sasl_tls_security_options: 'noanonymous',
-    smtp_sasl_mechanism_filter: 'plain',
+    smtp_sasl_mechanism_filter: o.xoauth2 ? 'xoauth2' : 'plain',
     smtp_host_lookup: 'native',
     disable_dns_lookups: 'yes',
     biff: 'no',
@@ -149,6 +174,7 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
     maillog_file_prefixes: dir,
     // Bounces of the bench would go to senders that do not exist here.
     notify_classes: '',
+    import_environment: [importEnv, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' '),
   };
   await writeFile(join(conf, 'main.cf'), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
   // Debian's master.cf with our own loopback listener and no chroot (the temp tree has no

@@ -33,6 +33,8 @@ const P = QUICK
   ? { printerN: 60, printerRounds: 3, concN: 600, largeN: 20, tokenTtlSec: 6, tokenLoadSec: 10 }
   : { printerN: 500, printerRounds: 5, concN: 5000, largeN: 20, tokenTtlSec: 12, tokenLoadSec: 36 };
 const SMALL = 10 * 1024;
+/** How long the daemon idles after the large-message run before its RSS is read again. */
+const RETURN_WAIT_MS = 60_000;
 const LARGE = 20 * 1024 * 1024;
 const CLIENTS = 16;
 // Bridge settings used for every scenario (reported in results.json).
@@ -185,11 +187,21 @@ function unitEnvironment(): Record<string, string> {
 }
 const UNIT_ENV = unitEnvironment();
 
+interface DaemonMemory {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+}
+
 interface BridgeProc {
   child: ChildProcess;
   pid: number;
   port: number;
   stderr: string[];
+  /** process.memoryUsage() inside the daemon (bench/serve.ts answers SIGUSR2 on stdout). */
+  memory(): Promise<DaemonMemory>;
   stop(): Promise<void>;
 }
 
@@ -230,16 +242,24 @@ async function startBridgeProc(
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => stderr.push(...d.split('\n').filter(Boolean)));
   const exited = once(child, 'exit');
+  let memoryWaiter: ((m: DaemonMemory) => void) | null = null;
   const port = await new Promise<number>((resolve, reject) => {
     let buf = '';
     const timer = setTimeout(() => reject(new Error(`bridge ${name} did not start in 30 s:\n${stderr.join('\n')}`)), 30_000);
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (d: string) => {
       buf += d;
-      const line = buf.split('\n').find((l) => l.startsWith('{"ready"'));
-      if (line) {
-        clearTimeout(timer);
-        resolve((JSON.parse(line) as { ports: Record<string, number> }).ports.local);
+      const lines = buf.split('\n');
+      buf = lines.pop()!;
+      for (const line of lines) {
+        if (line.startsWith('{"ready"')) {
+          clearTimeout(timer);
+          resolve((JSON.parse(line) as { ports: Record<string, number> }).ports.local);
+        } else if (line.startsWith('{"memory"')) {
+          const w = memoryWaiter;
+          memoryWaiter = null;
+          w?.((JSON.parse(line) as { memory: DaemonMemory }).memory);
+        }
       }
     });
     void exited.then(([code]) => {
@@ -252,6 +272,12 @@ async function startBridgeProc(
     pid: child.pid!,
     port,
     stderr,
+    memory() {
+      return new Promise<DaemonMemory>((resolve) => {
+        memoryWaiter = resolve;
+        child.kill('SIGUSR2');
+      });
+    },
     async stop() {
       if (child.exitCode === null) {
         child.kill('SIGTERM');
@@ -360,6 +386,8 @@ interface Row {
   scenario: string;
   bridge: string;
   postfix: string;
+  /** Postfix relaying with XOAUTH2 through a SASL plugin (shown when SASL_XOAUTH2 is set). */
+  postfixX: string;
   direct: string;
   vsDirect: string;
   vsPostfix: string;
@@ -373,10 +401,10 @@ const errors: Record<string, string> = {};
 const f = (x: number | undefined, d = 1) => (x !== undefined && Number.isFinite(x) ? x.toFixed(d) : 'n/a');
 const x = (a: number, b: number | undefined) => (b !== undefined && Number.isFinite(a / b) ? f(a / b, 2) + 'x' : '');
 /** `met`: undefined = a figure reported without a target; a list = every target must hold. */
-function row(order: number, r: Omit<Row, 'met'> & { met?: Array<boolean | undefined> }): void {
+function row(order: number, r: Omit<Row, 'met' | 'postfixX'> & { postfixX?: string; met?: Array<boolean | undefined> }): void {
   const checks = (r.met ?? []).filter((m): m is boolean => m !== undefined);
   const met = r.met === undefined ? '' : checks.length === 0 ? 'n/a' : checks.every(Boolean) ? 'yes' : 'NO';
-  rows.push({ ...r, met, order });
+  rows.push({ ...r, postfixX: r.postfixX ?? '', met, order });
 }
 
 // ---------------------------------------------------------------- Postfix
@@ -386,12 +414,21 @@ const POSTFIX_UPSTREAM_PASSWORD = `app-${Math.random().toString(36).slice(2)}`;
 let postfixVersion = '';
 let postfixMissing: string | null = null;
 
-/** A private Postfix relaying to this world's fake Gmail, or null (with the reason noted) if it cannot run here. */
-async function maybePostfix(world: FakeWorld): Promise<PostfixInstance | null> {
+/**
+ * XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2: the sasl-xoauth2 Cyrus SASL plugin (.so). When set, a second
+ * Postfix relays with real XOAUTH2 through it: the "Postfix XOAUTH2" column, what users compare.
+ */
+const SASL_XOAUTH2 = process.env.XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2 || '';
+
+/**
+ * A private Postfix relaying to this world's fake Gmail, or null (with the reason noted) if it
+ * cannot run here. `xoauth2`: upstream AUTH XOAUTH2 through SASL_XOAUTH2, or null without it.
+ */
+async function maybePostfix(world: FakeWorld, xoauth2 = false): Promise<PostfixInstance | null> {
   if (argv.includes('--no-postfix')) postfixMissing = '--no-postfix';
   postfixMissing ??= postfixUnavailable();
-  if (postfixMissing) return null;
-  world.gmail.acceptPassword(world.account.email, POSTFIX_UPSTREAM_PASSWORD);
+  if (postfixMissing || (xoauth2 && !SASL_XOAUTH2)) return null;
+  if (!xoauth2) world.gmail.acceptPassword(world.account.email, POSTFIX_UPSTREAM_PASSWORD);
   const pf = await startPostfix({
     upstreamPort: world.gmail.port,
     upstreamUser: world.account.email,
@@ -399,13 +436,14 @@ async function maybePostfix(world: FakeWorld): Promise<PostfixInstance | null> {
     caCert: world.pki.caCert,
     clientUser: world.user.username,
     clientPassword: world.user.password,
+    ...(xoauth2 ? { xoauth2: { plugin: SASL_XOAUTH2, accessToken: await fetchAccessToken(world), refreshToken: world.account.refreshToken } } : {}),
   });
   postfixVersion = pf.version;
   return pf;
 }
 
-const postfixTarget = (world: FakeWorld, pf: PostfixInstance): Target => ({
-  name: 'postfix',
+const postfixTarget = (world: FakeWorld, pf: PostfixInstance, name = 'postfix'): Target => ({
+  name,
   conn: { port: pf.port },
   auth: { plain: { user: world.user.username, pass: world.user.password } },
 });
@@ -435,6 +473,7 @@ async function printerAndDurability(): Promise<void> {
   const bodies = releaseBodies(world);
   const procs: BridgeProc[] = [];
   let pf: PostfixInstance | null = null;
+  let pfx: PostfixInstance | null = null;
   try {
     const token = await fetchAccessToken(world);
     const fsyncOn = await startBridgeProc(world, 'fsync');
@@ -442,10 +481,12 @@ async function printerAndDurability(): Promise<void> {
     const fsyncOff = want(5) ? await startBridgeProc(world, 'nofsync', { noFsync: true }) : null;
     if (fsyncOff) procs.push(fsyncOff);
     pf = await maybePostfix(world);
+    pfx = await maybePostfix(world, true);
     const targets = [
       directTarget(world, token),
       bridgeTarget(world, fsyncOn, 'bridge'),
       ...(pf ? [postfixTarget(world, pf)] : []),
+      ...(pfx ? [postfixTarget(world, pfx, 'postfix-xoauth2')] : []),
       ...(fsyncOff ? [bridgeTarget(world, fsyncOff, 'bridge-nofsync')] : []),
     ];
     // The no-fsync run only feeds the ratio of scenario 5: half as many sessions keeps the run short.
@@ -498,24 +539,41 @@ async function printerAndDurability(): Promise<void> {
     const d = summary.direct;
     const b = summary.bridge;
     const p = summary.postfix as PrinterStats | undefined;
-    const vsD = b.messagesPerSec / d.messagesPerSec;
+    const px = summary['postfix-xoauth2'] as PrinterStats | undefined;
+    // The fake Gmail (smtp-server) holds its 220 greeting 100 ms; the bridge does not (its
+    // greetingDelay is 0) and neither does Postfix. So direct is compared without that wait:
+    // its sessions with the connect -> 220 time taken out (which also drops the fake's real
+    // greeting work, a fraction of a ms: this favours direct). Bridge and Postfix: whole sessions.
+    const directNoHold = d.messagesPerSecAfterGreeting;
+    const vsD = b.messagesPerSec / directNoHold;
     const vsP = p ? b.messagesPerSec / p.messagesPerSec : undefined;
-    const met = [vsD >= 0.9, vsP === undefined ? undefined : vsP >= 1.0];
-    results.printer = { ...summary, ratioVsDirect: vsD, ratioVsPostfix: vsP, targets: { vsDirect: 0.9, vsPostfix: 1.0 }, pass: met.every((m) => m !== false) };
+    const vsPx = px ? b.messagesPerSec / px.messagesPerSec : undefined;
+    const met = [vsD >= 0.9, vsP === undefined ? undefined : vsP >= 1.0, vsPx === undefined ? undefined : vsPx >= 1.0];
+    results.printer = {
+      ...summary,
+      directWithoutGreetingHoldPerSec: directNoHold,
+      ratioVsDirect: vsD,
+      ratioVsDirectWithHold: b.messagesPerSec / d.messagesPerSec,
+      ratioVsPostfix: vsP,
+      ratioVsPostfixXoauth2: vsPx,
+      targets: { vsDirectWithoutHold: 0.9, vsPostfix: 1.0, vsPostfixXoauth2: 1.0 },
+      pass: met.every((m) => m !== false),
+    };
     const ms = (s?: { p50: number; p99: number }) => (s ? `${f(s.p50, 2)} / ${f(s.p99, 2)}` : 'n/a');
     row(1, {
-      scenario: `printer: new conn + EHLO + AUTH + 10 KB + QUIT, sequential, msg/s (N=${P.printerN})`,
+      scenario: `printer: new conn + EHLO + AUTH + 10 KB + QUIT, sequential, msg/s (N=${P.printerN}; direct without its 100 ms greeting hold)`,
       bridge: f(b.messagesPerSec),
       postfix: f(p?.messagesPerSec),
-      direct: f(d.messagesPerSec),
-      vsDirect: x(b.messagesPerSec, d.messagesPerSec),
-      vsPostfix: x(b.messagesPerSec, p?.messagesPerSec),
-      target: '>= 0.9x direct, >= 1.0x Postfix',
+      postfixX: f(px?.messagesPerSec),
+      direct: f(directNoHold),
+      vsDirect: x(b.messagesPerSec, directNoHold),
+      vsPostfix: x(b.messagesPerSec, p?.messagesPerSec) + (px ? ` (XOAUTH2 ${x(b.messagesPerSec, px.messagesPerSec)})` : ''),
+      target: '>= 0.9x direct (no hold), >= 1.0x Postfix',
       met,
     });
-    row(1.1, { scenario: 'printer: connect -> 220 greeting p50 ms', bridge: f(b.greetingMs.p50, 2), postfix: f(p?.greetingMs.p50, 2), direct: f(d.greetingMs.p50, 2), vsDirect: '', vsPostfix: '', target: '' });
-    row(1.2, { scenario: 'printer: msg/s without the greeting wait', bridge: f(b.messagesPerSecAfterGreeting), postfix: f(p?.messagesPerSecAfterGreeting), direct: f(d.messagesPerSecAfterGreeting), vsDirect: x(b.messagesPerSecAfterGreeting, d.messagesPerSecAfterGreeting), vsPostfix: x(b.messagesPerSecAfterGreeting, p?.messagesPerSecAfterGreeting), target: '' });
-    row(1.3, { scenario: 'printer: end of DATA -> 250 p50 / p99 ms', bridge: ms(b.timeTo250Ms), postfix: ms(p?.timeTo250Ms), direct: ms(d.timeTo250Ms), vsDirect: x(b.timeTo250Ms.p50, d.timeTo250Ms.p50), vsPostfix: x(b.timeTo250Ms.p50, p?.timeTo250Ms.p50), target: '' });
+    row(1.1, { scenario: 'printer: connect -> 220 greeting p50 ms', bridge: f(b.greetingMs.p50, 2), postfix: f(p?.greetingMs.p50, 2), postfixX: f(px?.greetingMs.p50, 2), direct: f(d.greetingMs.p50, 2), vsDirect: '', vsPostfix: '', target: '' });
+    row(1.2, { scenario: 'printer: msg/s, every column without the greeting wait', bridge: f(b.messagesPerSecAfterGreeting), postfix: f(p?.messagesPerSecAfterGreeting), postfixX: f(px?.messagesPerSecAfterGreeting), direct: f(d.messagesPerSecAfterGreeting), vsDirect: x(b.messagesPerSecAfterGreeting, d.messagesPerSecAfterGreeting), vsPostfix: x(b.messagesPerSecAfterGreeting, p?.messagesPerSecAfterGreeting), target: '' });
+    row(1.3, { scenario: 'printer: end of DATA -> 250 p50 / p99 ms', bridge: ms(b.timeTo250Ms), postfix: ms(p?.timeTo250Ms), postfixX: px ? ms(px.timeTo250Ms) : '', direct: ms(d.timeTo250Ms), vsDirect: x(b.timeTo250Ms.p50, d.timeTo250Ms.p50), vsPostfix: x(b.timeTo250Ms.p50, p?.timeTo250Ms.p50), target: '' });
     if (fsyncOff) {
       const o = summary['bridge-nofsync'];
       const cost = b.messagesPerSec / o.messagesPerSec;
@@ -532,6 +590,7 @@ async function printerAndDurability(): Promise<void> {
     }
   } finally {
     await pf?.stop();
+    await pfx?.stop();
     for (const pr of procs) await pr.stop();
     bodies.stop();
     await world.close();
@@ -554,7 +613,7 @@ interface ClientsRun {
  * CLIENTS connections, each authenticating once and sending its share of `n` messages back to
  * back (a pooled client: an app server, a system MTA). Timed until the fake Gmail has them all.
  */
-async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, cpu: () => Promise<number>): Promise<ClientsRun> {
+async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, cpu: () => Promise<number>, clients = CLIENTS): Promise<ClientsRun> {
   const base = world.gmail.messages.length;
   const auths0 = world.gmail.auths.length;
   const cpu0 = await cpu();
@@ -562,8 +621,8 @@ async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, 
   const t250: number[] = [];
   const t0 = now();
   await Promise.all(
-    Array.from({ length: CLIENTS }, async (_, i) => {
-      const k = Math.floor(n / CLIENTS) + (i < n % CLIENTS ? 1 : 0);
+    Array.from({ length: clients }, async (_, i) => {
+      const k = Math.floor(n / clients) + (i < n % clients ? 1 : 0);
       if (!k) return;
       const c = await SmtpClient.open(t.conn);
       await c.hello(t.auth);
@@ -583,17 +642,20 @@ async function concurrent(): Promise<void> {
   const bodies = releaseBodies(world);
   let bridge: BridgeProc | undefined;
   let pf: PostfixInstance | null = null;
+  let pfx: PostfixInstance | null = null;
   try {
     const token = await fetchAccessToken(world);
     bridge = await startBridgeProc(world, 'concurrent', { noFsync: !!process.env.BENCH_DIAG_NOFSYNC });
     pf = await maybePostfix(world);
+    pfx = await maybePostfix(world, true);
     const body = makeMessage(SMALL, FROM, TO, 'concurrent');
     const bpid = bridge.pid;
     const who = {
       direct: { t: directTarget(world, token), cpu: async () => NaN },
       bridge: { t: bridgeTarget(world, bridge, 'bridge'), cpu: async () => processCpuSeconds(bpid) },
       ...(pf ? { postfix: { t: postfixTarget(world, pf), cpu: () => pf!.cpuSeconds() } } : {}),
-    } as Record<'direct' | 'bridge' | 'postfix', { t: Target; cpu: () => Promise<number> }>;
+      ...(pfx ? { 'postfix-xoauth2': { t: postfixTarget(world, pfx, 'postfix-xoauth2'), cpu: () => pfx!.cpuSeconds() } } : {}),
+    } as Record<'direct' | 'bridge' | 'postfix' | 'postfix-xoauth2', { t: Target; cpu: () => Promise<number> }>;
     const names = Object.keys(who) as Array<keyof typeof who>;
     type Acc = { n: number; acceptedMs: number; deliveredMs: number; auths: number; cpuSec: number; harnessCpuSec: number; t250: number[] };
     const acc = Object.fromEntries(names.map((k) => [k, { n: 0, acceptedMs: 0, deliveredMs: 0, auths: 0, cpuSec: 0, harnessCpuSec: 0, t250: [] } as Acc])) as Record<string, Acc>;
@@ -638,9 +700,11 @@ async function concurrent(): Promise<void> {
     const b = summary.bridge;
     const d = summary.direct;
     const p = summary.postfix as (typeof summary)['bridge'] | undefined;
+    const px = summary['postfix-xoauth2'] as (typeof summary)['bridge'] | undefined;
     const vsD = b.deliveredPerSec / d.deliveredPerSec;
     const vsP = p ? b.deliveredPerSec / p.deliveredPerSec : undefined;
-    const deliveredMet = [vsD >= 0.8, vsP === undefined ? undefined : vsP >= 1.5];
+    const vsPx = px ? b.deliveredPerSec / px.deliveredPerSec : undefined;
+    const deliveredMet = [vsD >= 0.8, vsP === undefined ? undefined : vsP >= 1.5, vsPx === undefined ? undefined : vsPx >= 1.5];
     const latency = b.data250Ms.p50 / d.data250Ms.p50;
     const tokenRequests = world.tokens.requests.length - tokenReq0;
     // Clients, fake Gmail and relay share this machine's cores, so CPU caps delivered/s at
@@ -661,23 +725,92 @@ async function concurrent(): Promise<void> {
       ...summary,
       deliveredRatioVsDirect: vsD,
       deliveredRatioVsPostfix: vsP,
+      deliveredRatioVsPostfixXoauth2: vsPx,
       data250P50RatioVsDirect: latency,
       targets: { deliveredVsDirect: 0.8, deliveredVsPostfix: 1.5, data250P50VsDirect: 2, cpuSecPer1000: 3, authsPer1000: 10 },
       tokenRequestsDuringRun: tokenRequests,
       cpuCeiling: { cores, bridgePerSec: bridgeCeiling, postfixPerSec: ceiling('postfix'), relayCpuSecPer1000For08xDirect: budgetPer1000 },
     };
     const scen = `${CLIENTS} clients x ${P.concN} x 10 KB`;
-    row(2, { scenario: `${scen}: delivered/s end to end`, bridge: f(b.deliveredPerSec), postfix: f(p?.deliveredPerSec), direct: f(d.deliveredPerSec), vsDirect: x(b.deliveredPerSec, d.deliveredPerSec), vsPostfix: x(b.deliveredPerSec, p?.deliveredPerSec), target: '>= 0.8x direct, >= 1.5x Postfix', met: deliveredMet });
-    row(2.1, { scenario: `${scen}: accepted/s`, bridge: f(b.acceptedPerSec), postfix: f(p?.acceptedPerSec), direct: f(d.acceptedPerSec), vsDirect: x(b.acceptedPerSec, d.acceptedPerSec), vsPostfix: x(b.acceptedPerSec, p?.acceptedPerSec), target: '' });
-    row(3, { scenario: `${scen}: end of DATA -> 250 p50 ms`, bridge: f(b.data250Ms.p50, 2), postfix: f(p?.data250Ms.p50, 2), direct: f(d.data250Ms.p50, 2), vsDirect: x(b.data250Ms.p50, d.data250Ms.p50), vsPostfix: x(b.data250Ms.p50, p?.data250Ms.p50), target: '<= 2x direct', met: [latency <= 2] });
-    row(4, { scenario: `${scen}: CPU seconds per 1,000 messages`, bridge: f(b.cpuSecPer1000, 2), postfix: f(p?.cpuSecPer1000, 2), direct: '-', vsDirect: '', vsPostfix: x(b.cpuSecPer1000, p?.cpuSecPer1000), target: '<= 3 (3 ms/msg)', met: [b.cpuSecPer1000 <= 3] });
+    row(2, { scenario: `${scen}: delivered/s end to end`, bridge: f(b.deliveredPerSec), postfix: f(p?.deliveredPerSec), postfixX: f(px?.deliveredPerSec), direct: f(d.deliveredPerSec), vsDirect: x(b.deliveredPerSec, d.deliveredPerSec), vsPostfix: x(b.deliveredPerSec, p?.deliveredPerSec) + (px ? ` (XOAUTH2 ${x(b.deliveredPerSec, px.deliveredPerSec)})` : ''), target: '>= 0.8x direct, >= 1.5x Postfix', met: deliveredMet });
+    row(2.1, { scenario: `${scen}: accepted/s`, bridge: f(b.acceptedPerSec), postfix: f(p?.acceptedPerSec), postfixX: f(px?.acceptedPerSec), direct: f(d.acceptedPerSec), vsDirect: x(b.acceptedPerSec, d.acceptedPerSec), vsPostfix: x(b.acceptedPerSec, p?.acceptedPerSec), target: '' });
+    row(3, { scenario: `${scen}: end of DATA -> 250 p50 ms`, bridge: f(b.data250Ms.p50, 2), postfix: f(p?.data250Ms.p50, 2), postfixX: f(px?.data250Ms.p50, 2), direct: f(d.data250Ms.p50, 2), vsDirect: x(b.data250Ms.p50, d.data250Ms.p50), vsPostfix: x(b.data250Ms.p50, p?.data250Ms.p50), target: '<= 2x direct', met: [latency <= 2] });
+    row(4, { scenario: `${scen}: CPU seconds per 1,000 messages`, bridge: f(b.cpuSecPer1000, 2), postfix: f(p?.cpuSecPer1000, 2), postfixX: f(px?.cpuSecPer1000, 2), direct: '-', vsDirect: '', vsPostfix: x(b.cpuSecPer1000, p?.cpuSecPer1000), target: '<= 3 (3 ms/msg)', met: [b.cpuSecPer1000 <= 3] });
     row(4.1, { scenario: `${scen}: harness CPU s per 1,000 (clients + fake Gmail)`, bridge: f(b.harnessCpuSecPer1000, 2), postfix: f(p?.harnessCpuSecPer1000, 2), direct: f(d.harnessCpuSecPer1000, 2), vsDirect: '', vsPostfix: '', target: '' });
     row(4.2, { scenario: `${scen}: CPU ceiling, ${cores} cores / (harness + relay CPU), msg/s`, bridge: f(bridgeCeiling), postfix: f(ceiling('postfix')), direct: f(d.deliveredPerSec), vsDirect: x(bridgeCeiling, d.deliveredPerSec), vsPostfix: x(bridgeCeiling, ceiling('postfix')), target: '' });
     row(4.3, { scenario: `${scen}: relay CPU s per 1,000 that 0.8x direct leaves`, bridge: f(budgetPer1000, 2), postfix: '', direct: f(d.harnessCpuSecPer1000, 2), vsDirect: x(budgetPer1000, d.harnessCpuSecPer1000), vsPostfix: '', target: '' });
-    row(5, { scenario: `${scen}: upstream AUTHs per 1,000 messages`, bridge: f(b.authsPer1000), postfix: f(p?.authsPer1000), direct: f(d.authsPer1000), vsDirect: '', vsPostfix: '', target: '<= 10', met: [b.authsPer1000 <= 10] });
+    row(5, { scenario: `${scen}: upstream AUTHs per 1,000 messages`, bridge: f(b.authsPer1000), postfix: f(p?.authsPer1000), postfixX: f(px?.authsPer1000), direct: f(d.authsPer1000), vsDirect: '', vsPostfix: '', target: '<= 10', met: [b.authsPer1000 <= 10] });
     row(5.1, { scenario: `${scen}: token requests during the run (1-h tokens)`, bridge: String(tokenRequests), postfix: '-', direct: '-', vsDirect: '', vsPostfix: '', target: '0', met: [tokenRequests === 0] });
   } finally {
     await pf?.stop();
+    await pfx?.stop();
+    await bridge?.stop();
+    bodies.stop();
+    await world.close();
+  }
+}
+
+// ---------------------------------------------------------------- scenario 8: growth curve
+
+const GROWTH_CLIENTS = [1, 4, 16, 64];
+/** Message size -> messages per cell (at least one per client): a fixed count keeps the run bounded. */
+const GROWTH_SIZES: Array<{ label: string; bytes: number; count: number }> = QUICK
+  ? [
+      { label: '1 KB', bytes: 1024, count: 128 },
+      { label: '100 KB', bytes: 100 * 1024, count: 64 },
+      { label: '10 MB', bytes: 10 * 2 ** 20, count: 8 },
+    ]
+  : [
+      { label: '1 KB', bytes: 1024, count: 1000 },
+      { label: '100 KB', bytes: 100 * 1024, count: 400 },
+      { label: '10 MB', bytes: 10 * 2 ** 20, count: 64 },
+    ];
+
+/**
+ * Delivered/s and end of DATA -> 250 p50/p99 at 1, 4, 16 and 64 concurrent clients (each one
+ * connection, one AUTH, its share of the cell's messages back to back) for 1 KB, 100 KB and
+ * 10 MB messages: how the bridge grows with load, to size a machine. Bridge only, one daemon.
+ */
+async function growth(): Promise<void> {
+  const world = await startFakeWorld();
+  const bodies = releaseBodies(world);
+  let bridge: BridgeProc | undefined;
+  try {
+    bridge = await startBridgeProc(world, 'growth', { listener: { maxConnectionsPerIp: 128, maxClients: 200 } });
+    const t = bridgeTarget(world, bridge, 'bridge');
+    const bpid = bridge.pid;
+    await clientsRun(world, t, 20, makeMessage(SMALL, FROM, TO, 'warm'), async () => 0, 4);
+    const cells: Array<Record<string, unknown>> = [];
+    let i = 0;
+    for (const size of GROWTH_SIZES) {
+      const body = makeMessage(size.bytes, FROM, TO, 'growth');
+      for (const clients of GROWTH_CLIENTS) {
+        const n = Math.max(size.count, clients);
+        const r = await clientsRun(world, t, n, body, async () => processCpuSeconds(bpid), clients);
+        const cell = {
+          clients,
+          messageBytes: body.length,
+          messages: n,
+          acceptedPerSec: n / (r.acceptedMs / 1000),
+          deliveredPerSec: n / (r.deliveredMs / 1000),
+          deliveredMBps: mb(body.length * n) / (r.deliveredMs / 1000),
+          data250Ms: { p50: quantile(r.t250, 0.5), p99: quantile(r.t250, 0.99) },
+          cpuMsPerMessage: (r.cpuSec / n) * 1000,
+        };
+        cells.push(cell);
+        row(12 + i++ / 100, {
+          scenario: `growth: ${size.label} x ${n}, ${clients} client${clients > 1 ? 's' : ''}: delivered/s (accepted/s), 250 p50 / p99 ms`,
+          bridge: `${f(cell.deliveredPerSec)} (${f(cell.acceptedPerSec)}), ${f(cell.data250Ms.p50, 1)} / ${f(cell.data250Ms.p99, 1)}`,
+          postfix: '-',
+          direct: '-',
+          vsDirect: '',
+          vsPostfix: '',
+          target: 'report',
+        });
+      }
+    }
+    results.growth = { sizes: GROWTH_SIZES, clients: GROWTH_CLIENTS, cells };
+  } finally {
     await bridge?.stop();
     bodies.stop();
     await world.close();
@@ -760,13 +893,21 @@ async function large(): Promise<void> {
     await printerSession(t, makeMessage(SMALL, FROM, TO, 'warm'));
     await world.gmail.waitForMessages(1, 30_000);
     const idle = await procStatus(bridge.pid);
+    const idleHeap = await bridge.memory();
     const msg = makeMessage(LARGE, FROM, TO, 'large');
     const n = P.largeN;
     const baselineMs = await tlsCopy(world, n, msg);
     const pid = bridge.pid;
+    const cpu0 = processCpuSeconds(pid);
     const br = await largeRun(world, t, n, msg, async () => (await procStatus(pid)).rss);
+    const cpuSec = processCpuSeconds(pid) - cpu0;
     const end = await procStatus(pid);
     const peak = Math.max(end.hwm, br.peakRss);
+    // Memory that returns: the daemon idles 60 s after the burst, then its RSS is compared
+    // with the idle figure from before it (issue 28 item 2).
+    await sleep(RETURN_WAIT_MS);
+    const after = await procStatus(pid);
+    const afterHeap = await bridge.memory();
     await bridge.stop();
     let pfr: { deliveredMs: number; peakRss: number; idleRss: number } | undefined;
     pf = await maybePostfix(world);
@@ -788,12 +929,20 @@ async function large(): Promise<void> {
       messageMB: mb(msg.length),
       bridgeIdleRssMB: mb(idle.rss),
       bridgeIdleRssAnonFileMB: [mb(idle.anon), mb(idle.file)],
+      bridgeIdleHeapMB: { heapTotal: mb(idleHeap.heapTotal), heapUsed: mb(idleHeap.heapUsed), external: mb(idleHeap.external), arrayBuffers: mb(idleHeap.arrayBuffers) },
+      bridgeRssAfterIdleSec: RETURN_WAIT_MS / 1000,
+      bridgeRssAfterMB: mb(after.rss),
+      bridgeRssAfterAnonFileMB: [mb(after.anon), mb(after.file)],
+      bridgeHeapAfterMB: { heapTotal: mb(afterHeap.heapTotal), heapUsed: mb(afterHeap.heapUsed), external: mb(afterHeap.external), arrayBuffers: mb(afterHeap.arrayBuffers) },
+      targetReturnMB: 30,
+      targetIdleRssMB: 70,
       bridgePeakRssMB: mb(peak),
       postfixIdleRssMBAllProcesses: pfr ? mb(pfr.idleRss) : undefined,
       postfixPeakRssMBAllProcesses: pfr ? mb(pfr.peakRss) : undefined,
       targetRssMB: 150,
       pass: mb(peak) <= 150,
       bridgeMBps: bridgeMBs,
+      bridgeCpuSec: cpuSec,
       bridgeAcceptMBps: totalMB / (br.acceptedMs / 1000),
       postfixMBps: pfMBs,
       baselineTlsCopyMBps: baseMBs,
@@ -810,7 +959,28 @@ async function large(): Promise<void> {
       target: '<= 150',
       met: [mb(peak) <= 150],
     });
-    row(6.1, { scenario: `${n} x 20 MB: MB/s end to end (direct = plain TLS copy)`, bridge: f(bridgeMBs), postfix: f(pfMBs), direct: f(baseMBs), vsDirect: x(bridgeMBs, baseMBs), vsPostfix: x(bridgeMBs, pfMBs), target: '' });
+    const heap = (m: DaemonMemory) => `heap ${f(mb(m.heapUsed))}/${f(mb(m.heapTotal))}, external ${f(mb(m.external))}`;
+    row(6.2, {
+      scenario: `idle RSS MB after one small message (${heap(idleHeap)} MB)`,
+      bridge: f(mb(idle.rss)),
+      postfix: pfr ? f(mb(pfr.idleRss)) : 'n/a',
+      direct: '-',
+      vsDirect: '',
+      vsPostfix: '',
+      target: '<= 70',
+      met: [mb(idle.rss) <= 70],
+    });
+    row(6.3, {
+      scenario: `RSS MB ${RETURN_WAIT_MS / 1000} s after the ${n} x 20 MB run (${heap(afterHeap)} MB)`,
+      bridge: `${f(mb(after.rss))} (idle +${f(mb(after.rss - idle.rss))})`,
+      postfix: '-',
+      direct: '-',
+      vsDirect: '',
+      vsPostfix: '',
+      target: '<= idle + 30',
+      met: [after.rss - idle.rss <= 30 * 2 ** 20],
+    });
+    row(6.1, { scenario: `${n} x 20 MB: MB/s end to end (direct = plain TLS copy; bridge CPU ${f(cpuSec, 2)} s)`, bridge: f(bridgeMBs), postfix: f(pfMBs), direct: f(baseMBs), vsDirect: x(bridgeMBs, baseMBs), vsPostfix: x(bridgeMBs, pfMBs), target: '' });
   } finally {
     await pf?.stop();
     await bridge?.stop();
@@ -924,8 +1094,9 @@ async function tokenRate(): Promise<void> {
 // ---------------------------------------------------------------- main
 
 function printTable(): void {
-  const head: Row = { scenario: 'scenario', bridge: 'bridge', postfix: 'Postfix', direct: 'direct', vsDirect: 'ratio vs direct', vsPostfix: 'ratio vs Postfix', target: 'target', met: 'met?' };
-  const keys = Object.keys(head) as (keyof Row)[];
+  const head: Row = { scenario: 'scenario', bridge: 'bridge', postfix: 'Postfix', postfixX: 'Postfix XOAUTH2', direct: 'direct', vsDirect: 'ratio vs direct', vsPostfix: 'ratio vs Postfix', target: 'target', met: 'met?' };
+  // The XOAUTH2 column only when its plugin was given (the notes say how).
+  const keys = (Object.keys(head) as (keyof Row)[]).filter((k) => k !== 'postfixX' || (SASL_XOAUTH2 && !postfixMissing));
   // Rows are added as scenarios finish; show them in table order.
   const sorted = [...rows].sort((a, b) => a.order - b.order);
   const w = keys.map((k) => Math.max(...[head, ...sorted].map((r) => r[k].length)));
@@ -953,6 +1124,7 @@ async function main(): Promise<void> {
     [4, 'token rate', tokenRate],
     [6, 'drain', drainScaling],
     [7, 'kdf flood', kdfFlood],
+    [8, 'growth curve', growth],
   ];
   for (const [n, name, fn] of scenarios) {
     if (!want(n) && !(n === 1 && want(5))) continue;
@@ -980,12 +1152,17 @@ async function main(): Promise<void> {
       '',
       'notes:',
       '- columns: bridge = this daemon; Postfix = a private Debian Postfix (' + (postfixVersion || 'not run') + ') on loopback relaying to the same',
-      '  fake Gmail over verified implicit TLS with SASL PLAIN (a fixed app password), NOT XOAUTH2 (Postfix needs the',
-      '  sasl-xoauth2 plugin for that; PLAIN is cheaper, so this favours Postfix); clients AUTH PLAIN to both;',
+      '  fake Gmail over verified implicit TLS with SASL PLAIN (a fixed app password), NOT XOAUTH2 (Postfix needs a',
+      '  SASL XOAUTH2 plugin for that; PLAIN is cheaper, so this favours Postfix); clients AUTH PLAIN to both;',
       '  direct = the same client talking XOAUTH2/TLS to the fake Gmail itself (no relay).',
       ...(postfixMissing ? [`  Postfix was not run: ${postfixMissing}.`] : []),
-      '- printer: smtp-server holds every 220 greeting 100 ms (early-talker check), in the bridge and the fake Gmail alike',
-      '  (issue 16 item 1 makes it a bridge option); "without the greeting wait" takes that wait out of every column.',
+      ...(SASL_XOAUTH2 && !postfixMissing
+        ? [`  Postfix XOAUTH2 = a second private Postfix with upstream AUTH XOAUTH2 through sasl-xoauth2 (${SASL_XOAUTH2}), a fresh token.`]
+        : ['  Postfix XOAUTH2 column skipped: set XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2 to sasl-xoauth2\'s plugin (github.com/tarickb/sasl-xoauth2,',
+           '  e.g. /usr/lib/x86_64-linux-gnu/sasl2/libsasl-xoauth2.so, with /etc/sasl-xoauth2.conf; not packaged in Debian 12).']),
+      '- printer: the fake Gmail (smtp-server) holds every 220 greeting 100 ms (early-talker check); the bridge (greetingDelay 0)',
+      '  and Postfix do not. Row 1 compares with direct WITHOUT that wait (its connect -> 220 time taken out of each',
+      '  session); "without the greeting wait" takes the greeting out of every column.',
       `- ${CLIENTS} clients: ${CLIENTS} raw SMTP connections, one AUTH each, messages back to back, runs interleaved`,
       '  (direct, bridge, Postfix, Postfix, bridge, direct); delivered/s is timed until the fake Gmail has every message.',
       '  CPU: bridge = its process (/proc/PID/stat utime+stime); Postfix = master + every child, exited ones included.',
@@ -997,9 +1174,15 @@ async function main(): Promise<void> {
       '  client and fake Gmail spend together in the direct run: a relay receives and sends every message, as they do.',
       '- 20 MB: Postfix memory is the PSS summed over its processes (RSS would count shared libraries once per',
       '  process); direct = the same bytes through plain TLS sockets into a counting sink.',
+      `- memory: idle = the daemon's RSS after one small message; the bridge then idles ${RETURN_WAIT_MS / 1000} s after the 20 MB run and its RSS`,
+      '  must be back within 30 MB of idle. Heap figures are process.memoryUsage() inside the daemon (bench/serve.ts, SIGUSR2).',
+      '  The daemon runs bench/serve.ts, not bin/xoauth2-bridge.js: BENCH_NO_UNIT_ENV=1 measures it with no tuning at all.',
       '- token rate in compressed time: tokens live T s, the refresh schedule is scaled by T/3600 (refreshAhead T/6,',
       '  cron every T/12 s); T / (mean interval between refresh grants) = requests per hour with 1-hour tokens.',
       '  With a 10-minute refresh-ahead and a 5-minute cron, one refresh per token is 1.09-1.2 per hour.',
+      `- growth: one bridge; at 1, 4, 16 and 64 clients (one connection and AUTH each, messages back to back) a fixed`,
+      `  count per cell (${GROWTH_SIZES.map((g) => `${g.label}: ${g.count}`).join(', ')}; at least one per client); delivered/s is timed`,
+      '  until the fake Gmail has every message; accepted/s until the last 250. Bridge only: no baselines in these rows.',
       '- drain: N messages spooled (fsync off), then one worker drains them through an upstream that accepts at once:',
       '     the cost of picking due messages (a due-time heap); the per-message time should not grow with N.',
       `- the daemon ran as ${daemonMode}; fake Gmail, token endpoint and clients run in this process.`,
@@ -1015,6 +1198,7 @@ async function main(): Promise<void> {
     daemon: daemonMode,
     daemonUnitEnvironment: UNIT_ENV,
     postfix: postfixVersion ? { version: postfixVersion, upstreamAuth: 'SASL PLAIN over verified implicit TLS (not XOAUTH2)' } : { skipped: postfixMissing },
+    postfixXoauth2: SASL_XOAUTH2 && !postfixMissing ? { plugin: SASL_XOAUTH2 } : { skipped: postfixMissing ?? 'XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2 not set' },
     results,
     table: rows,
     errors,

@@ -35,3 +35,8 @@ process.on('SIGINT', stop);
 // The harness holds our stdin open; if it dies, do not linger as an orphan.
 process.stdin.on('end', stop);
 process.stdin.resume();
+// SIGUSR2: print this process's memory as the heap sees it (the bench reads RSS from /proc).
+process.on('SIGUSR2', () => {
+  const m = process.memoryUsage();
+  process.stdout.write(JSON.stringify({ memory: { rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers } }) + '\n');
+});

@@ -36,4 +36,5 @@ await build({
   legalComments: standalone ? 'linked' : 'none',
   logLevel: 'warning',
 });
-console.log(`built ${outdir}${standalone ? ' (standalone)' : ''}`);
+// stderr: as the prepack script, stdout belongs to `npm pack --json`.
+console.error(`built ${outdir}${standalone ? ' (standalone)' : ''}`);

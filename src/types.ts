@@ -26,7 +26,7 @@ export interface Envelope {
 
 /** Where a message stands (README "Message states"). `in-flight` is the daemon's live view, never stored. */
 export type MessageState = 'queued' | 'deferred' | 'in-flight' | 'held' | 'failed' | 'corrupt';
-/** `transport`: the Gmail API cannot deliver to exactly this envelope (the headers name other addresses); an operator decides. */
+/** `transport`: the API transport (Gmail API, Microsoft Graph) cannot deliver to exactly this envelope (the headers name other addresses); an operator decides. */
 export type HoldReason = 'needs-reauth' | 'quota' | 'operator' | 'transport';
 export type RcptStatus = 'pending' | 'accepted' | 'deferred' | 'rejected';
 /** Why a message failed, when it is not an upstream reply: `data-lost` = acknowledged, but its queue file is gone. Shown as text only at the edge. */
@@ -97,6 +97,8 @@ export interface SendResult {
   accepted: string[];
   /** Recipients refused permanently in this attempt (bounced even if others were accepted). */
   rejected: RecipientResult[];
+  /** The upstream asked to wait this long before the next try (HTTP Retry-After): the retry is not sooner. */
+  retryAfterMs?: number;
 }
 
 /**

@@ -1,7 +1,7 @@
 // The command line as an operator uses it: real processes, exit codes and output.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { once } from 'node:events';
 import { stringify } from 'yaml';
@@ -66,6 +66,17 @@ test('serve with an invalid config exits 2 (the unit\'s RestartPreventExitStatus
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('a reader that closes the output early (`queue list | head`) ends the command quietly, not with an EPIPE trace', async () => {
+  const c = spawn(process.execPath, [...CLI, 'hash-password'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  c.stdout.destroy(); // the reader is gone before the command writes
+  let stderr = '';
+  c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  c.stdin.end('pw-for-the-epipe-test\n');
+  const [code] = (await once(c, 'exit')) as [number | null];
+  assert.equal(code, 0, stderr);
+  assert.doesNotMatch(stderr, /EPIPE|Unhandled/);
 });
 
 test('hash-password reads stdin and prints a scrypt hash that verifies', async () => {

@@ -3,10 +3,19 @@
 // the CLI without a daemon, and a daemon killed while it serves a CLI request.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import { connect } from 'node:net';
+import { chmod, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ControlServer } from '../src/control/server.js';
+import { localOperations } from '../src/control/local.js';
+import { socketPath } from '../src/control/protocol.js';
+import { createLogger } from '../src/log/logger.js';
+import { recordingLogger, testConfig } from './helpers/delivery.js';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../src/fakes/world.js';
-import { spawnBridge, startBridge, importToken, sendThroughBridge, message, CLI, type SpawnedBridge } from './helpers/bridge.js';
+import { spawnBridge, startBridge, importToken, sendThroughBridge, message, CLI, ROOT, type SpawnedBridge } from './helpers/bridge.js';
 import { waitFor, sleep } from './helpers/wait.js';
 
 interface Ran {
@@ -324,4 +333,103 @@ test('token import while the daemon runs: the daemon uses the new grant; token s
     await b.stop();
     await world.close();
   }
+});
+
+/** One raw frame on the control socket; resolves with the answer line (or '' if none) once the daemon closes. */
+function rawFrame(path: string, frame: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect(path);
+    let buf = '';
+    s.setEncoding('utf8');
+    s.setTimeout(20_000, () => s.destroy(new Error(`no answer to ${JSON.stringify(frame)} within 20 s`)));
+    s.on('connect', () => s.write(frame));
+    s.on('data', (c: string) => (buf += c));
+    s.on('error', reject);
+    s.on('close', () => resolve(buf.trim()));
+  });
+}
+
+// Connects as another user and sends queue.list (Debian's python3: node and pyenv may live under /root).
+const PY_ASK = `
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("refused", e.strerror); sys.exit(0)
+s.sendall(b'{"op":"queue.list"}\\n')
+buf = b''
+while True:
+    d = s.recv(65536)
+    if not d: break
+    buf += d
+print(buf.decode().strip())
+`;
+
+test('control socket edges: the service group reaches it (stateDir 0750, socket 0660), others do not; a non-object frame is a protocol error, not a crash', { timeout: 90_000 }, async (t) => {
+  const h = await setup();
+  try {
+    const state = join(h.world.dir, 'state');
+    const sock = socketPath(state);
+    for (const frame of ['null', '[]', '42', '"queue.list"', 'true']) {
+      const answer = JSON.parse(await rawFrame(sock, frame + '\n')) as { ok: boolean; error?: string };
+      assert.equal(answer.ok, false, frame);
+      assert.match(answer.error ?? '', /^request must be a JSON object like \{"op": "queue\.list"\}/, frame);
+    }
+    // Canary: an unknown op is logged (info) before it is answered; the frames above logged no error.
+    assert.match(await rawFrame(sock, '{"op":"no.such.op"}\n'), /unknown operation/);
+    await waitFor(() => h.d.stderr.some((l) => l.includes('"control request"') && l.includes('"op":"no.such.op"')), 15_000, 'the canary request logged');
+    const errors = h.d.stderr.filter((l) => l.includes('"level":"error"'));
+    assert.deepEqual(errors, [], 'no error logged for a malformed frame');
+
+    assert.equal((await stat(state)).mode & 0o777, 0o750, 'stateDir: the group may reach control.sock');
+    assert.equal((await stat(sock)).mode & 0o777, 0o660);
+    assert.equal((await stat(join(state, 'spool'))).mode & 0o777, 0o700, 'the spool stays the owner\'s');
+    assert.equal((await stat(join(state, 'tokens.json'))).mode & 0o777, 0o600, 'the token store stays the owner\'s');
+
+    if (process.getuid?.() !== 0) {
+      if (process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1') assert.fail('the group check needs root (setpriv to another user); XOAUTH2_BRIDGE_REQUIRE_INTEROP=1 requires it');
+      return t.skip('not root: the group check needs setpriv to another user');
+    }
+    await chmod(h.world.dir, 0o711); // mkdtemp's 0700 would stop any other user before stateDir
+    const asNobody = (groups: string[]) => {
+      const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', ...groups, '/usr/bin/python3', '-c', PY_ASK, sock], { encoding: 'utf8', timeout: 30_000 });
+      return (r.stdout + r.stderr).trim();
+    };
+    const gid = (await stat(sock)).gid;
+    const member = asNobody([`--groups=${gid}`]);
+    assert.ok(member.startsWith('{"ok":true,"result":['), `a member of the socket's group (${gid}) is served: ${member}`);
+    assert.equal(asNobody(['--clear-groups']), 'refused Permission denied', 'anyone else is refused by the file modes');
+  } finally {
+    await h.stop();
+  }
+});
+
+test('an idle control connection is closed after the idle timeout; a complete request is answered', { timeout: 30_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'xb-control-idle-'));
+  const config = testConfig(join(dir, 'state'));
+  const { ops, close } = await localOperations(config, createLogger({ silent: true }), 'queue.list');
+  const server = new ControlServer(config.stateDir, ops, recordingLogger(), { idleMs: 300 });
+  await server.start();
+  try {
+    const t0 = Date.now();
+    // Silent, then half a line: both are cut off with a protocol error.
+    assert.match(await rawFrame(server.path, ''), /"ok":false,"error":"idle for 0.3 s without a complete request line"/);
+    assert.match(await rawFrame(server.path, '{"op":"queue.li'), /"error":"idle for 0.3 s/);
+    assert.ok(Date.now() - t0 >= 2 * 300, 'not before the timeout');
+    // A complete request is answered.
+    assert.match(await rawFrame(server.path, '{"op":"queue.list"}\n'), /^\{"ok":true,"result":\[\]\}$/);
+  } finally {
+    await server.stop();
+    await close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('the packaging makes the state directory 0750 as the daemon does (unit, tmpfiles, postinst, image)', async () => {
+  const has = async (file: string, re: RegExp) => assert.match(await readFile(join(ROOT, file), 'utf8'), re, file);
+  await has('systemd/xoauth2-bridge.service', /^StateDirectoryMode=0750$/m);
+  await has('packaging/deb/tmpfiles.conf', /^d \/var\/lib\/xoauth2-bridge 0750 /m);
+  await has('packaging/deb/postinst', /install -d -m 0750 -o xoauth2-bridge -g xoauth2-bridge \/var\/lib\/xoauth2-bridge/);
+  await has('Containerfile', /install -d -m 0750 -o xoauth2-bridge -g xoauth2-bridge \/var\/lib\/xoauth2-bridge/);
 });

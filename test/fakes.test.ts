@@ -206,7 +206,12 @@ test('token endpoint: authorization code with PKCE', async () => {
   const redirectUri = 'http://127.0.0.1:45678/callback';
   tokens.consentEmail = 'carol@example.com';
   const { verifier, challenge } = pkce();
-  const loc = await consent(challenge, redirectUri);
+  // Like Google: an id_token only when openid was asked for.
+  const withoutOpenid = new URL(await consent(challenge, redirectUri)).searchParams.get('code')!;
+  const noId = await post({ grant_type: 'authorization_code', code: withoutOpenid, code_verifier: verifier, redirect_uri: redirectUri, client_id: 'cid', client_secret: 'csecret' });
+  assert.equal(noId.status, 200, noId.text);
+  assert.equal(noId.json.id_token, undefined);
+  const loc = await consent(challenge, redirectUri, { scope: 'https://mail.google.com/ openid email' });
   assert.equal(`${loc.origin}${loc.pathname}`, redirectUri);
   assert.equal(loc.searchParams.get('state'), 'st-123');
   const code = loc.searchParams.get('code')!;
@@ -218,7 +223,7 @@ test('token endpoint: authorization code with PKCE', async () => {
   assert.ok(ok.json.refresh_token);
   const idPayload = JSON.parse(Buffer.from(ok.json.id_token.split('.')[1], 'base64url').toString());
   assert.equal(idPayload.email, 'carol@example.com');
-  assert.deepEqual(tokens.refreshTokensFor('carol@example.com'), [ok.json.refresh_token]);
+  assert.deepEqual(tokens.refreshTokensFor('carol@example.com'), [noId.json.refresh_token, ok.json.refresh_token]);
   // The issued refresh token works for refresh grants.
   const refreshed = await post({ grant_type: 'refresh_token', client_id: 'cid', client_secret: 'csecret', refresh_token: ok.json.refresh_token });
   assert.equal(tokens.tokenInfo(refreshed.json.access_token)?.email, 'carol@example.com');

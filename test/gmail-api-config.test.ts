@@ -21,7 +21,7 @@ for (const [transport, scopes] of [
   ['auto', [FULL, SEND]],
   ['smtp', [FULL]],
 ] as const) {
-  test(`authorize with transport ${transport} asks for ${scopes.join(' + ')} and stores a grant with exactly that`, async () => {
+  test(`authorize with transport ${transport} asks for ${scopes.join(' + ')} (+ openid email) and stores a grant with exactly that`, async () => {
     const w = await oauthWorld();
     try {
       const base = w.config().accounts[0];
@@ -41,13 +41,14 @@ for (const [transport, scopes] of [
           void consent(w, url).then((loc) => input.write(`${loc}\n`));
         },
       });
-      assert.deepEqual(new URL(authUrl).searchParams.get('scope')?.split(' '), scopes);
+      // openid email: the id_token names who signed in (the identity check before storing).
+      assert.deepEqual(new URL(authUrl).searchParams.get('scope')?.split(' '), [...scopes, 'openid', 'email']);
       const rec = (await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office;
       const svc = new TokenService({ config, log: w.log });
       await svc.init();
       const token = await svc.getAccessToken('office', { force: true });
       assert.ok(rec.refreshToken);
-      assert.deepEqual(w.fake.tokenInfo(token)?.scope.split(' '), scopes);
+      assert.deepEqual(w.fake.tokenInfo(token)?.scope.split(' '), [...scopes, 'openid', 'email']);
       svc.stop();
     } finally {
       await w.close();

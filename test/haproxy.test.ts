@@ -62,7 +62,8 @@ async function startInstance(world: FakeWorld, name: string): Promise<Instance> 
   const [smtp, http] = [await freePort(), await freePort()];
   const cfg = bridgeConfig(world, {
     stateDir: join(world.dir, `state-${name}`),
-    listeners: [{ name: 'lb', host: '127.0.0.1', port: smtp, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.1'], maxConnectionsPerIp: 200 }],
+    // allowInsecureAuth: the proxied client (127.0.0.2 in the header) gets no loopback exemption for cleartext AUTH.
+    listeners: [{ name: 'lb', host: '127.0.0.1', port: smtp, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.1'], allowInsecureAuth: true, maxConnectionsPerIp: 200 }],
     http: { host: '127.0.0.1', port: http },
     log: { level: 'info', format: 'json' },
   });

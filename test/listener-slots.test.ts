@@ -27,7 +27,8 @@ const proxy = (ip: string) => `PROXY TCP4 ${ip} 127.0.0.1 40000 25\r\n`;
 
 test('unauthenticated connections fill only their share of maxClients: a newcomer closes the oldest; trusted-network clients are not counted', async () => {
   const config = makeConfig(dir, {
-    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, maxClients: 6, reservedClients: 2, trustedNetworks: ['192.168.1.0/24'], trustedAccount: 'office' }],
+    // The balancer connects from 127.0.0.1 and names each client in a PROXY header.
+    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, proxyFrom: ['127.0.0.1'], maxClients: 6, reservedClients: 2, trustedNetworks: ['192.168.1.0/24'], trustedAccount: 'office' }],
   });
   const h = await startListeners(config, spool);
   const open: RawSmtp[] = [];
@@ -39,11 +40,19 @@ test('unauthenticated connections fill only their share of maxClients: a newcome
     assert.ok(h.logs().some((l) => l.message === 'pre-auth session closed to make room' && l.ip === '203.0.113.1' && l.for === '203.0.113.99'));
     open.push(newcomer);
 
+    // A PROXY header claiming loopback is no local client (issue 23 item 4): it counts against
+    // the unauthenticated share like any other, so it closes the next-oldest session.
+    const claimed = await RawSmtp.connect(h.port(), { proxy: proxy('127.0.0.1') });
+    assert.equal((await open[1].read()).lines.join(), '421 4.7.0 Too many connections, try again later');
+    await open[1].waitClosed();
+    assert.ok(h.logs().some((l) => l.message === 'pre-auth session closed to make room' && l.ip === '203.0.113.2' && l.for === '127.0.0.1'));
+    open.push(claimed);
+
     const lan = await RawSmtp.connect(h.port(), { proxy: proxy('192.168.1.5') });
     open.push(lan);
     assert.equal((await lan.ehlo()).code, 250);
     // The trusted client took a reserved slot: nobody was closed for it.
-    for (const c of open.slice(1)) assert.equal((await c.cmd('NOOP')).code, 250);
+    for (const c of open.slice(2)) assert.equal((await c.cmd('NOOP')).code, 250);
   } finally {
     await Promise.all(open.map((c) => c.quit()));
     await h.stop();

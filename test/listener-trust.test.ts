@@ -13,6 +13,9 @@ import { createLogger } from '../src/log/logger.js';
 import { Listeners } from '../src/listener/server.js';
 import { CLI } from './helpers/bridge.js';
 import { RawSmtp, makeConfig, message, startListeners, ACCOUNT, tempSpool } from './helpers/listener.js';
+import { proxyV2 } from './helpers/proxy.js';
+import { hashPassword } from '../src/listener/passwords.js';
+import { FAKE_SCRYPT_COST } from '../src/fakes/world.js';
 
 let dir: string;
 let spool: Spool;
@@ -90,6 +93,72 @@ test('a loopback listener with proxyProtocol gets no loopback exemption: check-c
   const plain = join(dir, 'loopback.yaml');
   await writeConfig(plain, [{ ...proxied, proxyProtocol: false }]);
   assert.equal(cli(['check-config', '-c', plain]).code, 0);
+});
+
+test('a non-loopback listener with proxyProtocol needs proxyFrom, trusted networks or not: check-config and serve exit 2 naming the key', async () => {
+  const file = join(dir, 'proxy-anyone.yaml');
+  // No trustedNetworks: the header still picks the address lockouts and logs judge.
+  const lan = { name: 'lan', host: '0.0.0.0', port: 0, tls: 'starttls', proxyProtocol: true };
+  await writeConfig(file, [lan]);
+  for (const cmd of ['check-config', 'serve']) {
+    const r = cli([cmd, '-c', file]);
+    assert.equal(r.code, 2, `${cmd}: ${r.stdout}${r.stderr}`);
+    const line = r.stderr.split('\n').find((l) => l.includes('listeners[0].proxyFrom:'));
+    assert.ok(line, `${cmd} names listeners[0].proxyFrom:\n${r.stderr}`);
+    assert.match(line, /listener "lan".*any client.*proxyFrom: \[/);
+  }
+  const fixed = join(dir, 'proxy-from.yaml');
+  await writeConfig(fixed, [{ ...lan, proxyFrom: ['192.0.2.10'] }]);
+  const ok = cli(['check-config', '-c', fixed]);
+  assert.equal(ok.code, 0, ok.stderr);
+  // On loopback only local processes can send a header: allowed, and judged as proxied (below).
+  const local = join(dir, 'proxy-local.yaml');
+  await writeConfig(local, [{ ...lan, host: '127.0.0.1' }]);
+  assert.equal(cli(['check-config', '-c', local]).code, 0);
+});
+
+test('listener: an address claimed in a PROXY header never gets loopback privileges (cleartext AUTH); the real loopback peer does', async () => {
+  const PASSWORD = 'proxy claim password';
+  const users = [{ username: 'printer', passwordHash: await hashPassword(PASSWORD, FAKE_SCRYPT_COST), account: 'office' }];
+  // The balancer is 127.0.0.2 (on this host); a direct client on 127.0.0.1 sends no header.
+  const config = makeConfig(dir, { listeners: [{ name: 'lb', host: '127.0.0.1', port: 0, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.2'] }], users });
+  const h = await startListeners(config, spool);
+  const auth = async (opts: { proxy?: string | Buffer; localAddress?: string }) => {
+    const c = await RawSmtp.connect(h.port(), opts);
+    await c.ehlo();
+    const r = await c.authPlain('printer', PASSWORD);
+    await c.quit();
+    return r.lines.join();
+  };
+  const REFUSED = '538 5.7.11 Encryption required for requested authentication mechanism';
+  try {
+    const claims: Array<[string, string | Buffer]> = [
+      ['v2 127.0.0.1', proxyV2('127.0.0.1', 40000)],
+      ['v2 ::1', proxyV2('::1', 40001)],
+      ['v2 ::ffff:127.0.0.1', proxyV2('::ffff:7f00:1', 40002)], // IPv4-mapped, in the hex spelling the builder takes
+      ['v1 127.0.0.1', 'PROXY TCP4 127.0.0.1 127.0.0.1 40003 25\r\n'],
+      ['v1 ::1', 'PROXY TCP6 ::1 ::1 40004 25\r\n'],
+    ];
+    for (const [what, proxy] of claims) assert.equal(await auth({ proxy, localAddress: '127.0.0.2' }), REFUSED, what);
+    // A proxy's own LOCAL connection is a proxied connection too.
+    assert.equal(await auth({ proxy: proxyV2('', 0, { local: true }), localAddress: '127.0.0.2' }), REFUSED, 'v2 LOCAL');
+    // The same machine without a header (127.0.0.1 is not in proxyFrom) is a local client.
+    assert.match(await auth({}), /^235 /);
+    assert.ok(h.logs().some((l) => l.message === 'auth ok' && l.ip === '127.0.0.1'), 'canary: the direct login was judged');
+  } finally {
+    await h.stop();
+  }
+  // Only allowInsecureAuth lets a proxied client log in without TLS.
+  const insecure = makeConfig(dir, { listeners: [{ name: 'lb', host: '127.0.0.1', port: 0, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.2'], allowInsecureAuth: true }], users });
+  const h2 = await startListeners(insecure, spool);
+  try {
+    const c = await RawSmtp.connect(h2.port(), { proxy: proxyV2('127.0.0.1', 40005), localAddress: '127.0.0.2' });
+    await c.ehlo();
+    assert.equal((await c.authPlain('printer', PASSWORD)).code, 235);
+    await c.quit();
+  } finally {
+    await h2.stop();
+  }
 });
 
 test('listener: a config that skipped the schema with an open list is refused at start; nothing listens', async () => {

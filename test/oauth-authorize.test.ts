@@ -57,7 +57,7 @@ test('loopback flow: PKCE S256, state, offline consent; stores the refresh token
     assert.match(q.get('code_challenge') ?? '', /^[A-Za-z0-9_-]{43}$/);
     assert.equal(q.get('access_type'), 'offline');
     assert.equal(q.get('prompt'), 'consent');
-    assert.equal(q.get('scope'), 'https://mail.google.com/');
+    assert.equal(q.get('scope'), 'https://mail.google.com/ openid email');
     assert.ok((q.get('state') ?? '').length >= 32);
     assert.match(q.get('redirect_uri') ?? '', /^http:\/\/127\.0\.0\.1:\d+\/$/);
     assert.ok(out.text().includes(authUrl), 'URL printed');
@@ -212,6 +212,27 @@ test('authorizeCommand prints who was authorized, and refuses a different signed
     assert.match(other.text, /error: you signed in as someone\.else@example\.com, but account "office" sends as scanner@example\.com; nothing was stored/);
     assert.doesNotMatch(other.text, /Authorized account/);
     assert.deepEqual((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, stored, 'the stored grant is unchanged');
+  } finally {
+    await w.close();
+  }
+});
+
+test('a Google sign-in whose token response names nobody (no id_token) is refused and stores nothing', async () => {
+  const w = await oauthWorld();
+  try {
+    const input = new PassThrough();
+    // The browser comes back from a consent that did not grant openid (so Google sends no
+    // id_token): the bridge cannot tell whose mailbox the grant opens.
+    const strip = (url: string): string => {
+      const u = new URL(url);
+      u.searchParams.set('scope', (u.searchParams.get('scope') ?? '').split(' ').filter((s) => s !== 'openid').join(' '));
+      return u.toString();
+    };
+    await assert.rejects(
+      authorize({ config: w.config(), account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, strip(url)).then((loc) => input.write(`${loc}\n`)) }),
+      /Google returned no id_token naming the signed-in user .*nothing was stored/,
+    );
+    assert.equal((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, undefined);
   } finally {
     await w.close();
   }

@@ -8,6 +8,8 @@
 // Exits non-zero if the typecheck or either pass failed.
 //   node test/run.mjs [--node-test-option ...] [test/foo.test.ts ...]   (default: every test/*.test.ts)
 //   XOAUTH2_BRIDGE_TEST_CONCURRENCY=N          (files at once in the first pass; default 4)
+// First: an old Node stops here with the fix, before anything below is loaded or run.
+import './require-node.mjs';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { build } from 'esbuild';

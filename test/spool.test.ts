@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, readdir, readFile, writeFile, stat, mkdir, statfs, rename } from 'node:fs/promises';
+import { mkdtemp, rm, readdir, readFile, writeFile, stat, mkdir, statfs, rename, symlink, chmod, chown } from 'node:fs/promises';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -12,6 +12,7 @@ import { readHeaderBlock } from '../src/spool/headers.js';
 import { nullLogger } from '../src/log/logger.js';
 import { sleep } from './helpers/wait.js';
 import { recordingLogger } from './helpers/delivery.js';
+import { CLI } from './helpers/bridge.js';
 
 const meta: NewMessage = {
   user: 'printer',
@@ -698,5 +699,78 @@ test('a small message just received is handed to delivery from memory, the same 
     await spool.remove(env.id);
     assert.equal(spool.message(env).bytes, undefined, 'dropped once delivered');
     assert.deepEqual(await spoolFiles(spool), [`${big.id}.msg`]);
+  });
+});
+
+test('the spool refuses to open through a planted symlink, a file, a foreign owner or a group/world-writable mode, naming the path and the fix', async () => {
+  await withDir(async (dir) => {
+    const elsewhere = join(dir, 'elsewhere');
+    await mkdir(elsewhere);
+    const open = async (state: string) => {
+      const spool = new Spool(state, nullLogger);
+      try {
+        await spool.init();
+        // What used to happen next: a failed message written through the link.
+        const env = await spool.receive(Readable.from([MSG]), meta);
+        await spool.fail(env, '550 5.1.1 no such user');
+      } finally {
+        await spool.close();
+      }
+    };
+    let n = 0;
+    const state = async (plant: (spoolDir: string) => Promise<void>) => {
+      const s = join(dir, `state${n++}`);
+      await mkdir(join(s, 'spool'), { recursive: true, mode: 0o700 });
+      await plant(join(s, 'spool'));
+      return s;
+    };
+    const cases: Array<[string, (spoolDir: string) => Promise<void>, (spoolDir: string) => RegExp]> = [
+      ['failed/ a symlink', (d) => symlink(elsewhere, join(d, 'failed')), (d) => new RegExp(`spool directory ${join(d, 'failed')} is a symbolic link.*remove the link \\(rm ${join(d, 'failed')}\\)`)],
+      ['corrupt/ a symlink', (d) => symlink(elsewhere, join(d, 'corrupt')), (d) => new RegExp(`spool directory ${join(d, 'corrupt')} is a symbolic link`)],
+      ['failed/ a dangling symlink', (d) => symlink(join(dir, 'nowhere'), join(d, 'failed')), (d) => new RegExp(`${join(d, 'failed')} is a symbolic link`)],
+      ['spool/ itself a symlink', async (d) => {
+        await rm(d, { recursive: true });
+        await symlink(elsewhere, d);
+      }, (d) => new RegExp(`spool directory ${d} is a symbolic link`)],
+      ['failed/ a file', (d) => writeFile(join(d, 'failed'), ''), (d) => new RegExp(`${join(d, 'failed')} is not a directory: move it away`)],
+      ['failed/ group-writable', (d) => mkdir(join(d, 'failed'), { mode: 0o700 }).then(() => chmod(join(d, 'failed'), 0o770)), (d) => new RegExp(`${join(d, 'failed')} is writable by its group \\(mode 0770\\): chmod 0700 ${join(d, 'failed')}`)],
+      ['spool/ world-writable', (d) => chmod(d, 0o777), (d) => new RegExp(`${d} is writable by others \\(mode 0777\\): chmod 0700 ${d}`)],
+    ];
+    if (process.getuid?.() === 0)
+      cases.push(['failed/ owned by another user', (d) => mkdir(join(d, 'failed'), { mode: 0o700 }).then(() => chown(join(d, 'failed'), 65534, 65534)), (d) => new RegExp(`${join(d, 'failed')} belongs to uid 65534, not to .* \\(uid 0\\) that runs the spool: chown -R .*: ${join(d, 'failed')}`)]);
+    for (const [what, plant, message] of cases) {
+      const s = await state(plant);
+      await assert.rejects(open(s), (e: Error) => {
+        assert.match(e.message, message(join(s, 'spool')), what);
+        return true;
+      });
+      assert.deepEqual(await readdir(elsewhere), [], `${what}: nothing written through it`);
+    }
+    // The sound layout opens, and corrupt/ may be missing (made on first use).
+    const good = await state(async () => {});
+    await open(good);
+    assert.equal((await stat(join(good, 'spool', 'failed'))).mode & 0o777, 0o700);
+  });
+});
+
+test('serve with a planted spool/failed symlink does not start: exit 1, the path and the fix logged, nothing written through it', async () => {
+  await withDir(async (dir) => {
+    const state = join(dir, 'state');
+    const elsewhere = join(dir, 'elsewhere');
+    await mkdir(join(state, 'spool'), { recursive: true, mode: 0o700 });
+    await mkdir(elsewhere);
+    await symlink(elsewhere, join(state, 'spool', 'failed'));
+    const config = join(dir, 'config.yaml');
+    await writeFile(
+      config,
+      `stateDir: ${state}\nlisteners:\n  - { name: local, host: 127.0.0.1, port: 0 }\naccounts:\n  - { name: office, email: scanner@example.com, oauth: { type: user, clientId: cid, clientSecret: cs } }\nhttp: { port: 0 }\n`,
+    );
+    const r = spawnSync(process.execPath, [...CLI, 'serve', '-c', config], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 1, r.stdout + r.stderr);
+    assert.ok(
+      (r.stdout + r.stderr).includes(`spool directory ${join(state, 'spool', 'failed')} is a symbolic link`) && (r.stdout + r.stderr).includes(`rm ${join(state, 'spool', 'failed')}`),
+      r.stdout + r.stderr,
+    );
+    assert.deepEqual(await readdir(elsewhere), []);
   });
 });

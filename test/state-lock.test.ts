@@ -3,15 +3,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile, readdir, open, truncate, stat } from 'node:fs/promises';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Writable } from 'node:stream';
-import { acquireStateLock, lockPath, StateLockedError } from '../src/control/stateLock.js';
+import { PassThrough, Writable, type Readable } from 'node:stream';
+import { acquireStateLock, lockOwner, lockPath, StateLockedError } from '../src/control/stateLock.js';
 import { TokenStore } from '../src/oauth/store.js';
 import { tokenImport } from '../src/cli/token.js';
 import { testConfig } from './helpers/delivery.js';
+import { ROOT } from './helpers/bridge.js';
 
 async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'state-lock-'));
@@ -36,20 +39,106 @@ test('a lock whose owner is gone (dead PID, or an empty file) is taken over at o
     await writeFile(lockPath(dir), ''); // what a full disk left behind before
     const b = await acquireStateLock(dir, 'daemon', { waitMs: 0 });
     await b.release();
-    assert.deepEqual(await readdir(dir), [], 'released: no lock or temp file left');
+    // lock.id (the random part of the lock's name) stays; the PID file and temp files do not.
+    assert.deepEqual(await readdir(dir), ['lock.id'], 'released: no lock or temp file left');
   });
 });
 
+/** A lock contender in its own process (test/helpers/lock-worker.ts), steered line by line. */
+class Contender {
+  private readonly answers: string[] = [];
+  private readonly waiters: Array<(line: string) => void> = [];
+  readonly exited: Promise<unknown>;
+
+  constructor(readonly child: ChildProcessByStdio<Writable, Readable, null>) {
+    createInterface({ input: child.stdout }).on('line', (l) => {
+      const w = this.waiters.shift();
+      if (w) w(l);
+      else this.answers.push(l);
+    });
+    this.exited = once(child, 'exit');
+  }
+
+  static start(): Contender {
+    // Compiled JavaScript under test/run.mjs; the TypeScript source through tsx when run alone.
+    const ts = import.meta.url.endsWith('.ts');
+    const script = fileURLToPath(new URL(`./helpers/lock-worker.${ts ? 'ts' : 'js'}`, import.meta.url));
+    const loader = ts ? ['--import', pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href] : [];
+    return new Contender(spawn(process.execPath, [...loader, script], { stdio: ['pipe', 'pipe', 'inherit'] }));
+  }
+
+  send(line: string): Promise<string> {
+    this.child.stdin.write(line + '\n');
+    return this.next();
+  }
+
+  private next(): Promise<string> {
+    const a = this.answers.shift();
+    if (a !== undefined) return Promise.resolve(a);
+    return new Promise((resolve, reject) => {
+      this.waiters.push(resolve);
+      void this.exited.then(() => reject(new Error(`contender ${this.child.pid} exited`)));
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.child.stdin.end();
+    await this.exited;
+  }
+}
+
 test('a live owner is refused by name: a daemon at once, a CLI after the wait', async () => {
   await withDir(async (dir) => {
-    const sleeper = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
+    const holder = Contender.start();
     try {
-      await writeFile(lockPath(dir), JSON.stringify({ pid: sleeper.pid, role: 'daemon', since: new Date().toISOString() }));
-      await assert.rejects(acquireStateLock(dir, 'cli', { waitMs: 5000 }), (e: unknown) => e instanceof StateLockedError && new RegExp(`daemon \\(PID ${sleeper.pid}\\)`).test(e.message));
-      await writeFile(lockPath(dir), JSON.stringify({ pid: sleeper.pid, role: 'cli', since: new Date().toISOString() }));
-      await assert.rejects(acquireStateLock(dir, 'daemon', { waitMs: 100 }), (e: unknown) => e instanceof StateLockedError && e.message.includes(`PID ${sleeper.pid}`));
+      assert.equal(await holder.send(`take ${dir} daemon`), 'owner');
+      const pid = holder.child.pid!;
+      assert.equal((await lockOwner(dir))?.pid, pid);
+      const t0 = Date.now();
+      await assert.rejects(acquireStateLock(dir, 'cli', { waitMs: 5000 }), (e: unknown) => e instanceof StateLockedError && new RegExp(`daemon \\(PID ${pid}\\)`).test(e.message));
+      assert.ok(Date.now() - t0 < 4000, 'refused at once, not after the wait');
+      assert.equal(await holder.send('release'), 'released');
+      assert.equal(await lockOwner(dir), null);
+      assert.equal(await holder.send(`take ${dir} cli`), 'owner');
+      await assert.rejects(acquireStateLock(dir, 'daemon', { waitMs: 100 }), (e: unknown) => e instanceof StateLockedError && e.message.includes(`PID ${pid}`));
     } finally {
-      sleeper.kill();
+      await holder.stop();
+    }
+  });
+});
+
+test('three processes racing for a stale lock: exactly one owns it, in each of 60 rounds', { timeout: 300_000 }, async () => {
+  const contenders = [Contender.start(), Contender.start(), Contender.start()];
+  const doubled: string[] = [];
+  const stale = JSON.stringify({ pid: await deadPid(), role: 'daemon', since: '2020-01-01T00:00:00Z' });
+  try {
+    for (let round = 0; round < 60; round++) {
+      await withDir(async (dir) => {
+        // A lock left by a dead owner: the takeover path the contenders race on.
+        await writeFile(lockPath(dir), stale);
+        const answers = await Promise.all(contenders.map((c) => c.send(`take ${dir} daemon`)));
+        const owners = answers.filter((a) => a === 'owner').length;
+        if (owners !== 1) doubled.push(`round ${round}: ${owners} owners (${answers.join(' | ')})`);
+        for (const a of answers) if (a !== 'owner') assert.match(a, /^refused another xoauth2-bridge daemon \(PID \d+\)/);
+        await Promise.all(contenders.map((c) => c.send('release')));
+      });
+    }
+  } finally {
+    await Promise.all(contenders.map((c) => c.stop()));
+  }
+  assert.deepEqual(doubled, [], `rounds without exactly one owner: ${doubled.length} of 60`);
+});
+
+test('an owner killed with SIGKILL: the next process takes the lock at once', async () => {
+  await withDir(async (dir) => {
+    for (const role of ['daemon', 'cli'] as const) {
+      const holder = Contender.start();
+      assert.equal(await holder.send(`take ${dir} ${role}`), 'owner');
+      holder.child.kill('SIGKILL');
+      await holder.exited;
+      const lock = await acquireStateLock(dir, 'daemon', { waitMs: 0 }); // no wait at all
+      assert.equal((await lockOwner(dir))?.pid, process.pid);
+      await lock.release();
     }
   });
 });

@@ -12,6 +12,7 @@ import { Bridge } from '../daemon/bridge.js';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../fakes/world.js';
 import { FakeMicrosoftIdentity } from '../fakes/microsoftIdentity.js';
 import { FakeExchange } from '../fakes/exchange.js';
+import { startFakeGraphTenant, type FakeGraphTenant } from '../fakes/world.js';
 
 interface Received {
   authUser: string;
@@ -24,7 +25,7 @@ interface Received {
 
 export interface DemoOptions {
   provider?: 'google' | 'microsoft';
-  transport?: 'smtp' | 'gmail-api';
+  transport?: 'smtp' | 'gmail-api' | 'graph';
   /** Rehearsal mode: keep the fakes and the bridge running until SIGINT/SIGTERM. */
   keep?: boolean;
   /** With keep: the SMTP listener's address (default 127.0.0.1, any free port). */
@@ -34,25 +35,46 @@ export interface DemoOptions {
 export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions = {}): Promise<number> {
   const say = (s = '') => out.write(s + '\n');
   const microsoft = opts.provider === 'microsoft';
-  const api = opts.transport === 'gmail-api';
-  if (microsoft && api) {
-    say('demo: --transport gmail-api is for Google; Microsoft accounts send over SMTP');
+  const graphDemo = opts.transport === 'graph';
+  if (microsoft && opts.transport === 'gmail-api') {
+    say('demo: --transport gmail-api is for Google; Microsoft accounts send over SMTP or Microsoft Graph (--transport graph)');
     return 2;
   }
-  const world = await startFakeWorld({ transport: api ? 'gmail-api' : 'smtp' });
-  const identity = microsoft ? await FakeMicrosoftIdentity.start({ pki: world.pki }) : undefined;
+  if (!microsoft && graphDemo) {
+    say('demo: --transport graph is Microsoft Graph: add --provider microsoft');
+    return 2;
+  }
+  // Microsoft Graph: the fake identity platform and the fake Graph take the whole demo.
+  const api = opts.transport === 'gmail-api' || graphDemo;
+  const world = await startFakeWorld({ transport: opts.transport === 'gmail-api' ? 'gmail-api' : 'smtp' });
+  let tenant: FakeGraphTenant | undefined;
+  const identity = microsoft && !graphDemo ? await FakeMicrosoftIdentity.start({ pki: world.pki }) : undefined;
   const exo = identity ? await FakeExchange.start({ pki: world.pki, identity }) : undefined;
   let bridge: Bridge | undefined;
   try {
     let overrides: Record<string, unknown> = {};
     let refreshToken = world.account.refreshToken;
     const sender = microsoft ? 'printer@contoso.com' : world.account.email;
-    const upstreamName = microsoft ? 'fake Exchange Online' : api ? 'fake Gmail API' : 'fake Gmail';
+    const upstreamName = graphDemo ? 'fake Microsoft Graph' : microsoft ? 'fake Exchange Online' : api ? 'fake Gmail API' : 'fake Gmail';
     let how = `AUTH XOAUTH2 over TLS to ${upstreamName}`;
     let received: () => Promise<Received>;
     /** Everything the fake upstream has received so far (rehearsal mode reports each new one). */
     let arrivals: () => Received[];
-    if (identity && exo) {
+    if (graphDemo) {
+      const t = (tenant = await startFakeGraphTenant(world, { mailbox: sender }));
+      refreshToken = t.identity.issueRefreshToken(t.clientId, sender);
+      overrides = { accounts: [t.account(world.account.name, 'user')] };
+      say('xoauth2-bridge demo: everything runs on loopback; no Microsoft account is used.');
+      say(`  fake identity        ${t.identity.tokenUrl}  (HTTPS, test CA; tokens for https://graph.microsoft.com, scope Mail.Send)`);
+      say(`  fake Microsoft Graph ${t.graph.url}  (HTTPS, POST /v1.0/users/{mailbox}/sendMail with base64 MIME; checks audience and scp)`);
+      how = `POST /v1.0/users/${sender}/sendMail (base64 MIME, text/plain) over HTTPS to ${upstreamName}`;
+      arrivals = () =>
+        t.graph.messages.map((m) => ({ authUser: `${m.caller}, token audience https://graph.microsoft.com, scp Mail.Send`, mailFrom: `(none: Graph sends from the mailbox ${m.mailbox})`, rcptTo: m.recipients, raw: m.raw, secure: true, tlsProtocol: '(HTTPS)' }));
+      received = async () => {
+        await t.graph.waitForMessages(1, 15_000);
+        return arrivals()[0];
+      };
+    } else if (identity && exo) {
       const clientId = '00000000-0000-4000-8000-00000000demo'.slice(0, 36);
       const secret = `demo~${Math.random().toString(36).slice(2)}`;
       identity.registerApp(clientId, secret);
@@ -176,6 +198,7 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
     await bridge?.stop(5000);
     await exo?.close();
     await identity?.close();
+    await tenant?.close();
     await world.close();
   }
 }

@@ -245,11 +245,11 @@ export function buildProgram(): Command {
     .command('demo')
     .description('run the bridge against built-in fakes (token endpoint + Gmail, or Microsoft identity + Exchange Online) and relay one message')
     .addOption(new Option('--provider <provider>', 'which provider to fake').choices(['google', 'microsoft']).default('google'))
-    .addOption(new Option('--transport <transport>', 'Google: relay over SMTP or the Gmail API (scope gmail.send only)').choices(['smtp', 'gmail-api']).default('smtp'))
+    .addOption(new Option('--transport <transport>', 'Google: relay over SMTP or the Gmail API (scope gmail.send only); Microsoft: SMTP or Microsoft Graph (graph)').choices(['smtp', 'gmail-api', 'graph']).default('smtp'))
     .option('--keep', 'rehearsal mode: keep the fakes and the bridge running and print where to point a printer, swaks, the console and authorize (Ctrl-C ends it)', false)
     .option('--listen <host:port>', 'with --keep: address of the SMTP listener (e.g. 0.0.0.0:2525 for a printer on the LAN)')
-    .addHelpText('after', examples('xoauth2-bridge demo', 'xoauth2-bridge demo --transport gmail-api', 'xoauth2-bridge demo --provider microsoft', 'xoauth2-bridge demo --keep --listen 0.0.0.0:2525'))
-    .action((o: { provider: 'google' | 'microsoft'; transport: 'smtp' | 'gmail-api'; keep: boolean; listen?: string }) =>
+    .addHelpText('after', examples('xoauth2-bridge demo', 'xoauth2-bridge demo --transport gmail-api', 'xoauth2-bridge demo --provider microsoft', 'xoauth2-bridge demo --provider microsoft --transport graph', 'xoauth2-bridge demo --keep --listen 0.0.0.0:2525'))
+    .action((o: { provider: 'google' | 'microsoft'; transport: 'smtp' | 'gmail-api' | 'graph'; keep: boolean; listen?: string }) =>
       run(async () => {
         const m = o.listen ? /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(o.listen) : null;
         if (o.listen && (!m || !o.keep)) {

@@ -1,6 +1,7 @@
 // The config file's shape. Every object is strict so a typo is an error that names its key.
 import { z } from 'zod';
 import { withProviderDefaults, providerIssues } from '../providers/defaults.js';
+import { MS_CLOUD_NAMES } from '../providers/microsoft.js';
 import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
@@ -67,7 +68,7 @@ export const listenerSchema = z.strictObject({
   maxClients: z.number().int().positive().default(100),
   maxRecipients: z.number().int().positive().default(1000),
   proxyProtocol: z.boolean().default(false),
-  /** With proxyProtocol: the proxies allowed to send a PROXY header (others count as direct clients). */
+  /** With proxyProtocol: the proxies allowed to send a PROXY header (others count as direct clients); required on a non-loopback listener. */
   proxyFrom: z.array(z.string().refine((s) => isIP(s) !== 0, 'expected an IP address')).optional(),
   // Inbound hardening (src/listener). Failed AUTHs are counted per client IP across listeners.
   maxConnectionsPerIp: z.number().int().positive().default(20),
@@ -134,8 +135,12 @@ export const accountSchema = z
     provider: z.enum(['google', 'microsoft']).default('google'),
     email: email,
     oauth: z.discriminatedUnion('type', [oauthUser, oauthServiceAccount, oauthApp]),
-    /** Google only: smtp (scope mail.google.com), gmail-api (scope gmail.send only), auto (API, SMTP when the API cannot express the envelope). */
-    transport: z.enum(['smtp', 'gmail-api', 'auto']).default('smtp'),
+    /** smtp (both providers); Google: gmail-api (scope gmail.send only), auto (API, SMTP when the API cannot express the envelope); Microsoft: graph (Graph sendMail, scope Mail.Send). */
+    transport: z.enum(['smtp', 'gmail-api', 'auto', 'graph']).default('smtp'),
+    /** Microsoft: which cloud's sign-in and Graph hosts (global, usgov = GCC High, dod, china); oauth.authorityHost and upstream.apiUrl override it. */
+    cloud: z.enum(MS_CLOUD_NAMES).optional(),
+    /** Microsoft: send from this mailbox (transport graph: a shared mailbox, or any mailbox an app-only access policy allows; app-only SMTP: the XOAUTH2 user); default: email. */
+    mailbox: email.optional(),
     upstream: z
       .strictObject({
         /** Defaults per provider: smtp.gmail.com:465; smtp.office365.com:587 (smtp-mail.outlook.com for tenant consumers). */
@@ -144,8 +149,10 @@ export const accountSchema = z
         // Derived from the port when unset: 465 implicit TLS, anything else STARTTLS (required).
         tls: z.enum(['implicit', 'starttls']).optional(),
         caFile: z.string().optional(),
-        /** Gmail API base URL (transport gmail-api / auto); overridable for test fakes. */
-        apiUrl: z.url().default('https://gmail.googleapis.com'),
+        /** API base URL: Gmail API (transport gmail-api / auto) or Microsoft Graph (transport graph); defaults per provider, overridable (test fakes, national clouds). */
+        apiUrl: z.url().optional(),
+        /** Microsoft Graph: messages over the 4 MB sendMail limit (up to 150 MB) go as a draft plus upload sessions; needs Mail.ReadWrite. */
+        largeMessages: z.boolean().default(false),
         maxConnections: z.number().int().positive().default(3),
         maxMessages: z.number().int().positive().default(100),
       })
@@ -260,8 +267,19 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
       if ((a.oauth.type === 'user' || a.oauth.type === 'app') && a.oauth.clientSecret && a.oauth.clientSecretFile)
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth', 'clientSecretFile'], message: 'set clientSecret or clientSecretFile, not both (keep clientSecretFile and remove clientSecret)' });
-      if (a.provider !== 'google' && a.transport !== 'smtp')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP: remove transport (or set smtp)` });
+      if (a.provider === 'microsoft' && a.transport === 'auto' && a.oauth.type !== 'app')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph' });
+      if (a.provider === 'microsoft' && a.transport === 'gmail-api')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP (transport smtp) or Microsoft Graph (transport graph)` });
+      if (a.provider === 'google' && a.transport === 'graph')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto' });
+      if (a.cloud !== undefined && a.provider !== 'microsoft')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'cloud'], message: 'cloud (Microsoft national clouds) is for provider microsoft only; remove it' });
+      // SMTP: Exchange takes another mailbox as the XOAUTH2 user only from an app-only token.
+      if (a.mailbox !== undefined && a.transport !== 'graph' && !(a.provider === 'microsoft' && a.transport === 'smtp' && a.oauth.type === 'app'))
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'mailbox'], message: 'mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph' });
+      if (a.upstream.largeMessages && a.transport !== 'graph')
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'largeMessages'], message: 'largeMessages is for transport graph (Microsoft Graph upload sessions); remove it' });
       for (const issue of providerIssues(a)) ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });
       if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'port'], message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)' });
@@ -284,12 +302,13 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: 'trustedNetworks needs a trustedAccount to relay through' });
       if (l.trustedAccount && !accounts.has(l.trustedAccount))
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: `no account named "${l.trustedAccount}"` });
-      // Any client reaching the port could claim a trusted address in its PROXY header.
-      if (l.proxyProtocol && !l.proxyFrom?.length && l.trustedNetworks.length && !isLoopbackHost(l.host))
+      // Any client reaching the port could claim any address in its PROXY header: a trusted
+      // one, or a new one per connection to dodge the failed-login lockout.
+      if (l.proxyProtocol && !l.proxyFrom?.length && !isLoopbackHost(l.host))
         ctx.addIssue({
           code: 'custom',
           path: ['listeners', i, 'proxyFrom'],
-          message: `listener "${l.name}" takes PROXY headers from anyone and trusts networks: list your proxy's addresses in proxyFrom`,
+          message: `listener "${l.name}" on ${l.host} takes PROXY headers from any client, which could then claim any address (trusted networks, lockouts, logs): list your proxy's addresses in proxyFrom, e.g. proxyFrom: [10.0.0.5]`,
         });
       if (l.reservedClients !== undefined && l.reservedClients >= l.maxClients)
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'reservedClients'], message: `must be below maxClients (${l.maxClients}): the rest of the slots serve untrusted clients` });

@@ -1,6 +1,8 @@
-// The daemon's end of the control socket (stateDir/control.sock, mode 0660: the service's
-// group may steer it). Each connection carries one request line and gets one answer line.
-// Request arguments (a refresh token for `token import`) are never logged.
+// The daemon's end of the control socket (stateDir/control.sock, mode 0660 in a 0750 stateDir:
+// the service's group may steer it; the file modes are the access check). Each connection
+// carries one request line and gets one answer line; a connection that sends no complete line
+// within IDLE_MS is answered with an error and closed. Request arguments (a refresh token for
+// `token import`) are never logged.
 import { createServer, type Server, type Socket } from 'node:net';
 import { chmod } from 'node:fs/promises';
 import type { Logger } from '../log/logger.js';
@@ -9,6 +11,9 @@ import type { Operations } from './ops.js';
 import { dispatch, RequestError, socketPath, type Request, type Response } from './protocol.js';
 
 const MAX_REQUEST = 64 * 1024;
+/** How long a connection may stay without a complete request line. */
+export const IDLE_MS = 60_000;
+const NOT_AN_OBJECT = 'request must be a JSON object like {"op": "queue.list"}';
 const READS = new Set(['queue.list', 'queue.show', 'token.status']);
 
 export class ControlServer {
@@ -16,12 +21,16 @@ export class ControlServer {
   private server?: Server;
   private readonly sockets = new Set<Socket>();
 
+  private readonly idleMs: number;
+
   constructor(
     stateDir: string,
     private readonly ops: Operations,
     private readonly log: Logger,
+    opts: { idleMs?: number } = {},
   ) {
     this.path = socketPath(stateDir);
+    this.idleMs = opts.idleMs ?? IDLE_MS;
   }
 
   /** Call while holding the state lock: a socket file left by a dead daemon is removed. */
@@ -57,6 +66,12 @@ export class ControlServer {
     let buf = '';
     let done = false;
     sock.setEncoding('utf8');
+    // Only until the request line is in: the operation itself may take as long as it needs.
+    sock.setTimeout(this.idleMs, () => {
+      if (done) return void sock.destroy(); // answered long ago and the client still holds on
+      done = true;
+      this.answer(sock, { ok: false, error: `idle for ${this.idleMs / 1000} s without a complete request line` });
+    });
     sock.on('data', (chunk: string) => {
       if (done) return;
       buf += chunk;
@@ -69,6 +84,7 @@ export class ControlServer {
         return;
       }
       done = true;
+      sock.setTimeout(0);
       void this.handle(sock, buf.slice(0, nl));
     });
   }
@@ -80,6 +96,7 @@ export class ControlServer {
     } catch {
       return this.answer(sock, { ok: false, error: 'request is not JSON' });
     }
+    if (typeof req !== 'object' || req === null || Array.isArray(req)) return this.answer(sock, { ok: false, error: NOT_AN_OBJECT });
     const op = typeof req?.op === 'string' ? req.op : '?';
     // Changes are logged (audit); reads only at debug. Arguments are never logged (token import carries a secret).
     const id = typeof req?.args?.id === 'string' ? { id: req.args.id } : {};

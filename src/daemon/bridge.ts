@@ -194,7 +194,7 @@ export class Bridge {
 
   async start(): Promise<void> {
     // One owner per state directory: a second daemon is refused here, naming the first one's PID.
-    await mkdir(this.config.stateDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.config.stateDir, { recursive: true, mode: 0o750 });
     this.lock = await acquireStateLock(this.config.stateDir, 'daemon');
     await this.spool.init();
     await this.tokens.init();

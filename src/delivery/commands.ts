@@ -36,7 +36,7 @@ export interface CommandsOptions {
 export function heldWhy(reason: HoldReason): string {
   if (reason === 'operator') return 'it is held by an operator; `queue release` lets it go';
   if (reason === 'transport')
-    return "the Gmail API cannot send it to exactly its envelope (its To/Cc/Bcc headers name addresses the envelope lacks); set the account's transport to auto (such mail then goes over SMTP), then `queue retry` it";
+    return "the account's API transport (Gmail API or Microsoft Graph) cannot send it to exactly its envelope (its To/Cc/Bcc headers name addresses the envelope lacks); set the account's transport to auto (Google) or smtp (Microsoft) so such mail goes over SMTP, then `queue retry` it";
   if (reason === 'quota') return "its account is held after Gmail's daily sending limit; `queue retry --force` tries anyway";
   return 'its account needs re-authorization (run `authorize` or `token import`); it is sent once the account works again';
 }

@@ -337,7 +337,7 @@ export class DeliveryWorker {
     const expiresAt = Date.parse(env.receivedAt) + q.maxAge;
     const base = q.retry[Math.min(env.attempts, q.retry.length - 1)];
     // The last try happens at maxAge, so a message is never bounced before its time.
-    const retryAt = Math.min(now + Math.round(base * (0.9 + Math.random() * 0.2)), expiresAt);
+    const retryAt = Math.min(Math.max(now + Math.round(base * (0.9 + Math.random() * 0.2)), now + (r.retryAfterMs ?? 0)), expiresAt);
     const d = transition(
       { state: 'in-flight', reason: null, rcpts: env.rcpts },
       {

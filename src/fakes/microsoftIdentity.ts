@@ -12,6 +12,26 @@ import type { TestPki } from './ca.js';
 const rnd = (n: number): string => randomBytes(n).toString('base64url');
 const DELEGATED = 'https://outlook.office.com/SMTP.Send';
 const APP = 'https://outlook.office365.com/.default';
+/** Microsoft Graph: the resource (token audience) and the scopes the bridge asks for. */
+export const GRAPH_RESOURCE = 'https://graph.microsoft.com';
+const GRAPH_APP = `${GRAPH_RESOURCE}/.default`;
+/** Delegated scopes that mean "may send": one per resource. */
+const SEND_SCOPES = new Set([DELEGATED, `${GRAPH_RESOURCE}/Mail.Send`, `${GRAPH_RESOURCE}/Mail.Send.Shared`]);
+/** The resource (audience) a scope URI belongs to: https://graph.microsoft.com/Mail.Send -> https://graph.microsoft.com. */
+const resourceOf = (scope: string): string | null => (/^https:\/\//.test(scope) ? scope.slice(0, scope.lastIndexOf('/')) : null);
+
+/** What the fake's access tokens carry (an unsigned JWT payload, as Entra ID's tokens are JWTs the resource reads). */
+export interface AccessTokenClaims {
+  aud: string;
+  /** Delegated: space-separated scope names without the resource (Mail.Send). */
+  scp?: string;
+  /** App-only: application permissions granted with admin consent (Mail.Send). */
+  roles?: string[];
+  upn?: string;
+  appid: string;
+  tid: string;
+  exp: number;
+}
 const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
@@ -25,6 +45,8 @@ interface App {
   certs: Map<string, X509Certificate>;
   /** Mailboxes the app's service principal may send as (Add-MailboxPermission). */
   mailboxes: Set<string>;
+  /** Microsoft Graph application permissions with admin consent (roles in app-only Graph tokens). */
+  graphRoles: string[];
 }
 
 export interface MsTokenRequest {
@@ -43,6 +65,7 @@ interface PendingCode {
   challenge: string;
   email: string;
   offline: boolean;
+  scopes: string[];
 }
 
 interface DeviceGrant {
@@ -54,6 +77,7 @@ interface DeviceGrant {
   declined?: boolean;
   redeemed?: boolean;
   offline: boolean;
+  scopes: string[];
 }
 
 class AadError extends Error {
@@ -83,9 +107,11 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   deviceCodeTtlSec = 900;
   /** Answer the next N device-code polls with slow_down, as RFC 8628 allows. */
   slowDownNext = 0;
+  /** Scopes the consent screen leaves out of the grant (a user unticked them, or no admin consent). */
+  readonly withheldScopes = new Set<string>();
   private readonly apps = new Map<string, App>();
-  private readonly refreshTokens = new Map<string, { clientId: string; email: string }>();
-  private readonly accessTokens = new Map<string, { email: string | null; appId: string; expiresAt: number }>();
+  private readonly refreshTokens = new Map<string, { clientId: string; email: string; scopes?: string[] }>();
+  private readonly accessTokens = new Map<string, { email: string | null; appId: string; expiresAt: number; claims: AccessTokenClaims }>();
   private readonly codes = new Map<string, PendingCode>();
   private readonly devices = new Map<string, DeviceGrant>();
   private readonly usedJtis = new Set<string>();
@@ -116,8 +142,8 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     return `${this.authorityHost}/devicelogin`;
   }
 
-  registerApp(clientId: string, secret: string | null, opts: { publicClient?: boolean } = {}): void {
-    this.apps.set(clientId, { secret, secretExpired: false, publicClient: opts.publicClient ?? false, certs: new Map(), mailboxes: new Set() });
+  registerApp(clientId: string, secret: string | null, opts: { publicClient?: boolean; graphRoles?: string[] } = {}): void {
+    this.apps.set(clientId, { secret, secretExpired: false, publicClient: opts.publicClient ?? false, certs: new Map(), mailboxes: new Set(), graphRoles: opts.graphRoles ?? ['Mail.Send'] });
   }
 
   /** Certificates & secrets > Upload certificate (the public part, PEM). */
@@ -134,10 +160,18 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     this.apps.get(clientId)!.mailboxes.add(mailbox.toLowerCase());
   }
 
-  issueRefreshToken(clientId: string, email: string): string {
+  /** `scopes`: what the grant was consented for (default: whatever each refresh asks for). */
+  issueRefreshToken(clientId: string, email: string, scopes?: string[]): string {
     const rt = `M.C5${rnd(60)}`;
-    this.refreshTokens.set(rt, { clientId, email });
+    this.refreshTokens.set(rt, { clientId, email, scopes });
     return rt;
+  }
+
+  /** The claims of a live access token this fake issued, as a resource server reads them; null when unknown or expired. */
+  tokenClaims(token: string): AccessTokenClaims | null {
+    const t = this.accessTokens.get(token);
+    if (!t || t.expiresAt <= Date.now()) return null;
+    return t.claims;
   }
 
   /** Who an access token speaks for (delegated: the user; app-only: any mailbox the app may use). */
@@ -195,10 +229,12 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       const g = this.refreshTokens.get(rt);
       if (!g || g.clientId !== clientId)
         throw new AadError(400, 'invalid_grant', 'AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.');
-      this.checkDelegatedScope(p);
+      const asked = this.checkDelegatedScope(p);
+      if (g.scopes && asked.some((sc) => sc !== 'offline_access' && !g.scopes!.includes(sc)))
+        throw new AadError(400, 'invalid_grant', `AADSTS65001: The user or administrator has not consented to use the application with ID '${clientId}'. Send an interactive authorization request for this user and resource.`);
       // Usable once: the old refresh token dies with this answer.
       this.refreshTokens.delete(rt);
-      return this.delegated(g.email, clientId, true);
+      return this.delegated(g.email, clientId, true, asked);
     }
     if (grantType === 'authorization_code') {
       const code = p.get('code') ?? '';
@@ -209,13 +245,13 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       const verifier = p.get('code_verifier') ?? '';
       if (createHash('sha256').update(verifier).digest('base64url') !== c.challenge)
         throw new AadError(400, 'invalid_grant', 'AADSTS50148: The code_verifier provided does not match the code_challenge supplied in the authorization request for PKCE.');
-      return this.delegated(c.email, clientId, c.offline);
+      return this.delegated(c.email, clientId, c.offline, c.scopes);
     }
     if (grantType === 'devicecode') {
       const scopes = this.checkDelegatedScope(p);
       const deviceCode = rnd(48);
       const userCode = randomBytes(5).toString('hex').toUpperCase().slice(0, 9);
-      this.devices.set(deviceCode, { clientId, userCode, expiresAt: Date.now() + this.deviceCodeTtlSec * 1000, lastPollAt: 0, offline: scopes.includes('offline_access') });
+      this.devices.set(deviceCode, { clientId, userCode, expiresAt: Date.now() + this.deviceCodeTtlSec * 1000, lastPollAt: 0, offline: scopes.includes('offline_access'), scopes });
       const verification_uri = this.deviceLoginUrl;
       return {
         device_code: deviceCode,
@@ -240,25 +276,36 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       if (d.declined) throw new AadError(400, 'authorization_declined', 'AADSTS70000: The user declined the sign-in.');
       if (!d.approvedAs) throw new AadError(400, 'authorization_pending', 'AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.');
       d.redeemed = true;
-      return this.delegated(d.approvedAs, clientId, d.offline);
+      return this.delegated(d.approvedAs, clientId, d.offline, d.scopes);
     }
     if (grantType === 'client_credentials') {
-      if (p.get('scope') !== APP) throw new AadError(400, 'invalid_scope', `AADSTS1002012: The provided value for scope ${p.get('scope')} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.`);
+      if (p.get('scope') !== APP && p.get('scope') !== GRAPH_APP) throw new AadError(400, 'invalid_scope', `AADSTS1002012: The provided value for scope ${p.get('scope')} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.`);
       if (app.publicClient && !p.get('client_secret') && !p.get('client_assertion'))
         throw new AadError(401, 'invalid_client', "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
-      return { token_type: 'Bearer', ...this.access(null, clientId) };
+      const graph = p.get('scope') === GRAPH_APP;
+      return { token_type: 'Bearer', ...this.access(null, clientId, graph ? GRAPH_RESOURCE : 'https://outlook.office365.com', { roles: graph ? app.graphRoles : ['SMTP.SendAsApp'] }) };
     }
     throw new AadError(400, 'unsupported_grant_type', `AADSTS70003: The app requested an unsupported grant type '${grantType}'.`);
   }
 
   private checkDelegatedScope(p: URLSearchParams): string[] {
     const scopes = (p.get('scope') ?? '').split(' ');
-    if (!scopes.includes(DELEGATED)) throw new AadError(400, 'invalid_scope', `AADSTS70011: The provided value for the input parameter 'scope' is not valid.`);
+    const problem = delegatedScopeProblem(scopes);
+    if (problem) throw new AadError(400, 'invalid_scope', problem);
     return scopes;
   }
 
-  private delegated(email: string, clientId: string, offline: boolean): Record<string, unknown> & { refresh_token?: string } {
-    return { token_type: 'Bearer', scope: `${DELEGATED}${offline ? ' offline_access' : ''}`, ...this.access(email, clientId), ...(offline ? { refresh_token: this.issueRefreshToken(clientId, email) } : {}) };
+  /** A delegated token for the scopes asked (one resource), minus any the consent screen withheld. */
+  private delegated(email: string, clientId: string, offline: boolean, asked: string[]): Record<string, unknown> & { refresh_token?: string } {
+    const granted = asked.filter((sc) => sc !== 'offline_access' && !this.withheldScopes.has(sc));
+    const aud = resourceOf(asked.find((sc) => SEND_SCOPES.has(sc))!)!;
+    const scp = granted.map((sc) => sc.slice(sc.lastIndexOf('/') + 1)).join(' ');
+    return {
+      token_type: 'Bearer',
+      scope: `${granted.join(' ')}${offline ? ' offline_access' : ''}`.trim(),
+      ...this.access(email, clientId, aud, { scp }),
+      ...(offline ? { refresh_token: this.issueRefreshToken(clientId, email, granted) } : {}),
+    };
   }
 
   /** Who the client is: a secret, a certificate-signed assertion, or nothing (public clients, delegated grants only). */
@@ -345,11 +392,12 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     };
     const scopes = (q.get('scope') ?? '').split(' ');
     if (q.get('response_type') !== 'code') return back({ error: 'unsupported_response_type', error_description: 'AADSTS700054: response_type must be code.' });
-    if (!scopes.includes(DELEGATED)) return back({ error: 'invalid_scope', error_description: `AADSTS70011: The provided value for the input parameter 'scope' is not valid.` });
+    const problem = delegatedScopeProblem(scopes);
+    if (problem) return back({ error: 'invalid_scope', error_description: problem });
     if (q.get('code_challenge_method') !== 'S256' || !q.get('code_challenge')) return back({ error: 'invalid_request', error_description: 'AADSTS501491: Invalid code_challenge_method or missing code_challenge.' });
     if (this.denyConsent) return back({ error: 'access_denied', error_description: 'AADSTS65004: User declined to consent to access the app.' });
     const code = `1.AQ${rnd(60)}`;
-    this.codes.set(code, { clientId, redirectUri, challenge: q.get('code_challenge')!, email: this.consentEmail, offline: scopes.includes('offline_access') });
+    this.codes.set(code, { clientId, redirectUri, challenge: q.get('code_challenge')!, email: this.consentEmail, offline: scopes.includes('offline_access'), scopes });
     back({ code, session_state: randomUUID() });
   }
 
@@ -363,9 +411,13 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     this.json(res, { ok: true });
   }
 
-  private access(email: string | null, appId: string): { access_token: string; expires_in: number; ext_expires_in: number } {
-    const token = `eyJ0eXAiOiJKV1Qi.${rnd(40)}.${rnd(30)}`;
-    this.accessTokens.set(token, { email, appId, expiresAt: Date.now() + this.accessTokenTtlSec * 1000 });
+  /** An unsigned JWT whose payload names the audience and scp/roles (what Graph reads), plus a random part, registered here. */
+  private access(email: string | null, appId: string, aud: string, grant: { scp?: string; roles?: string[] }): { access_token: string; expires_in: number; ext_expires_in: number } {
+    const expiresAt = Date.now() + this.accessTokenTtlSec * 1000;
+    const claims: AccessTokenClaims = { aud, ...grant, ...(email ? { upn: email } : {}), appid: appId, tid: this.tenant, exp: Math.floor(expiresAt / 1000) };
+    const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const token = `${b64({ typ: 'JWT', alg: 'none' })}.${b64(claims)}.${rnd(30)}`;
+    this.accessTokens.set(token, { email, appId, expiresAt, claims });
     return { access_token: token, expires_in: this.accessTokenTtlSec, ext_expires_in: this.accessTokenTtlSec };
   }
 
@@ -379,4 +431,13 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' });
     res.end(text);
   }
+}
+
+/** Entra ID's checks of a delegated scope list: a send scope, and one resource per token (AADSTS28000). */
+function delegatedScopeProblem(scopes: string[]): string | null {
+  if (!scopes.some((sc) => SEND_SCOPES.has(sc))) return `AADSTS70011: The provided value for the input parameter 'scope' is not valid.`;
+  const resources = new Set(scopes.map(resourceOf).filter((r): r is string => r !== null));
+  if (resources.size > 1)
+    return `AADSTS28000: Provided value for the input parameter scope is not valid because it contains more than one resource. Scope ${scopes.join(' ')} is not valid.`;
+  return null;
 }

@@ -444,7 +444,8 @@ export class FakeTokenEndpoint {
     const body: Record<string, unknown> = { ...this.issueAccessToken(pending.email, pending.scope), scope: pending.scope };
     // Like Google: a refresh token only for offline access.
     if (pending.offline) body.refresh_token = this.newRefreshToken(clientId, pending.email, pending.scope);
-    body.id_token = this.idToken(clientId, pending.email);
+    // Like Google: an id_token only when openid was asked for.
+    if (pending.scope.split(' ').includes('openid')) body.id_token = this.idToken(clientId, pending.email);
     return body;
   }
 

@@ -11,6 +11,8 @@ import { FakeGmail } from './gmail.js';
 import { FakeGmailApi } from './gmailApi.js';
 import { scopesFor } from '../oauth/scopes.js';
 import { hashPassword } from '../listener/passwords.js';
+import { FakeMicrosoftIdentity } from './microsoftIdentity.js';
+import { FakeGraph } from './graph.js';
 
 /** The cheapest cost the hash parser accepts (1 MiB, ~2 ms instead of 32 MiB, ~100 ms): the
  * fake world's and the tests' users, so a suite full of logins does not spend its time in the
@@ -114,4 +116,48 @@ export async function writeBridgeConfig(world: FakeWorld, cfg: Record<string, un
   const file = join(world.dir, name);
   await writeFile(file, stringify(cfg), { mode: 0o600 });
   return file;
+}
+
+/** A fake Microsoft tenant reached over Graph: the identity platform, Graph, one app and its mailbox. */
+export interface FakeGraphTenant {
+  identity: FakeMicrosoftIdentity;
+  graph: FakeGraph;
+  clientId: string;
+  secret: string;
+  mailbox: string;
+  /** An account entry (as written in YAML) for transport graph, delegated or app-only. */
+  account(name: string, type: 'user' | 'app', extra?: Record<string, unknown>): Record<string, unknown>;
+  close(): Promise<void>;
+}
+
+/** `graphRoles`: the app's admin-consented Graph application permissions (default Mail.Send). */
+export async function startFakeGraphTenant(world: FakeWorld, opts: { mailbox?: string; graphRoles?: string[] } = {}): Promise<FakeGraphTenant> {
+  const identity = await FakeMicrosoftIdentity.start({ pki: world.pki });
+  const graph = await FakeGraph.start({ pki: world.pki, identity });
+  const clientId = `${randomBytes(4).toString('hex')}-aaaa-4bbb-8ccc-${randomBytes(6).toString('hex')}`;
+  const secret = `Gr8Q~${randomBytes(18).toString('base64url')}`;
+  const mailbox = opts.mailbox ?? 'printer@contoso.com';
+  identity.registerApp(clientId, secret, { graphRoles: opts.graphRoles });
+  identity.consentEmail = mailbox;
+  graph.addMailbox(mailbox);
+  return {
+    identity,
+    graph,
+    clientId,
+    secret,
+    mailbox,
+    account: (name, type, extra = {}) => ({
+      name,
+      provider: 'microsoft',
+      email: mailbox,
+      transport: 'graph',
+      oauth: { type, tenant: identity.tenant, authorityHost: identity.authorityHost, clientId, clientSecret: secret, caFile: world.caFile },
+      upstream: { apiUrl: graph.url, caFile: world.caFile },
+      ...extra,
+    }),
+    async close() {
+      await graph.close();
+      await identity.close();
+    },
+  };
 }

@@ -36,6 +36,18 @@ function validate(pair: { key: string; cert: string }, what: string): X509Certif
   return x509;
 }
 
+type SelfsignedModule = typeof import('selfsigned');
+
+/**
+ * selfsigned is CommonJS: imported from the sources or dist/ its exports are named, but in the
+ * standalone bundle (.deb, image) esbuild's chunk has the module as its default export only.
+ */
+function selfsignedGenerate(mod: SelfsignedModule | { default: SelfsignedModule }): SelfsignedModule['generate'] {
+  const generate = 'generate' in mod && typeof mod.generate === 'function' ? mod.generate : (mod as { default?: SelfsignedModule }).default?.generate;
+  if (typeof generate !== 'function') throw new Error('the selfsigned module has no generate() (a packaging defect)');
+  return generate;
+}
+
 async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cert: string }> {
   const cn = hostname() || 'localhost';
   const altNames: Array<{ type: 2; value: string } | { type: 7; ip: string }> = [
@@ -48,7 +60,7 @@ async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cer
   const now = Date.now();
   // RSA rather than EC: old printers that need TLSv1 rarely speak ECDSA.
   // Loaded only when a certificate is generated: it is the heaviest dependency at start.
-  const { generate } = await import('selfsigned');
+  const generate = selfsignedGenerate(await import('selfsigned'));
   const pems = await generate([{ name: 'commonName', value: cn }], {
     keyType: 'rsa',
     keySize: 2048,
@@ -67,7 +79,9 @@ async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cer
 
 export async function loadKeyPair(l: ListenerConfig, stateDir: string, log: Logger): Promise<KeyPair> {
   if (l.certFile && l.keyFile) {
-    const [cert, key] = await Promise.all([readFile(l.certFile, 'utf8'), readFile(l.keyFile, 'utf8')]);
+    const [cert, key] = await Promise.all([readFile(l.certFile, 'utf8'), readFile(l.keyFile, 'utf8')]).catch((e: Error) => {
+      throw new Error(`listener "${l.name}": cannot read its certFile/keyFile: ${e.message}`);
+    });
     const x509 = validate({ key, cert }, `listener "${l.name}" (${l.certFile})`);
     if (new Date(x509.validTo).getTime() < Date.now()) log.warn('listener certificate has expired', { listener: l.name, certFile: l.certFile, validTo: x509.validTo });
     return { key, cert, certPath: l.certFile, selfSigned: false };
@@ -83,10 +97,18 @@ export async function loadKeyPair(l: ListenerConfig, stateDir: string, log: Logg
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('regenerating the self-signed certificate', { listener: l.name, reason: (e as Error).message });
   }
   if (!pair) {
-    pair = await generateSelfSigned(l);
-    await mkdir(join(stateDir, 'tls'), { recursive: true, mode: 0o700 });
-    await safeWrite(paths.key, pair.key, { mode: 0o600 });
-    await safeWrite(paths.cert, pair.cert, { mode: 0o644 });
+    try {
+      pair = await generateSelfSigned(l);
+      await mkdir(join(stateDir, 'tls'), { recursive: true, mode: 0o700 });
+      await safeWrite(paths.key, pair.key, { mode: 0o600 });
+      await safeWrite(paths.cert, pair.cert, { mode: 0o644 });
+    } catch (e) {
+      // The start failure must say which listener and what to do, not only the library's words.
+      throw new Error(
+        `listener "${l.name}": cannot create its self-signed certificate in ${join(stateDir, 'tls')}: ${(e as Error).message}; ` +
+          `set certFile/keyFile on this listener, or make stateDir writable by the daemon's user`,
+      );
+    }
   }
   const fingerprint = new X509Certificate(pair.cert).fingerprint256;
   log.warn('TLS listener uses a self-signed certificate; set certFile/keyFile for clients that verify certificates', {

@@ -69,6 +69,7 @@ export function smtpServerHookProblems(t: HookTargets = defaultTargets()): strin
     else c._socket.destroy();
     if (!(c._parser instanceof Writable)) problems.push('SMTPConnection has no _parser stream');
     if (typeof c.session !== 'object' || c.session === null) problems.push('SMTPConnection has no session');
+    if (typeof (c._server as Record<string, unknown> | undefined)?._expectsProxyHeader !== 'function') problems.push('SMTPConnection has no _server (peer.ts)');
     for (const f of ['_closing', '_closed', '_upgrading'])
       if (typeof c[f] !== 'boolean') problems.push(`SMTPConnection has no boolean ${f}`);
   }

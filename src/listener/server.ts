@@ -18,6 +18,7 @@ import { loadKeyPair } from './certs.js';
 import { receivedHeader } from './received.js';
 import { collectYoung } from './gc.js';
 import { acceptProxyV2 } from './proxyV2.js';
+import { notePeer, isLocalPeer } from './peer.js';
 import { assertSmtpServerHooks, hookServer, sendToHalfClosed, closeAfterClientEof, greetAfter, type Conn } from './hooks.js';
 
 export type { NewMessage };
@@ -330,6 +331,7 @@ export class Listeners {
    * greeting goes out without smtp-server's fixed pause.
    */
   private hookConnection(rt: Running, conn: Conn): void {
+    notePeer(conn);
     const send = sendToHalfClosed(conn, conn.send.bind(conn));
     conn.send = (code, data, context) => {
       if (code === 552 && typeof data === 'string' && data.startsWith('Error: message exceeds fixed maximum message size'))
@@ -339,8 +341,7 @@ export class Listeners {
     };
     const auth = conn.handler_AUTH.bind(conn);
     conn.handler_AUTH = (command, callback) => {
-      const ip = conn.session.remoteAddress;
-      if (!conn.session.secure && !isLoopback(ip) && !rt.cfg.allowInsecureAuth) {
+      if (!conn.session.secure && !isLocalPeer(conn.session) && !rt.cfg.allowInsecureAuth) {
         conn.send(538, '5.7.11 Encryption required for requested authentication mechanism');
         return callback();
       }

@@ -21,7 +21,7 @@ import {
   type MicrosoftRequest,
 } from '../providers/microsoft.js';
 import { addSecret, redactString } from '../log/redact.js';
-import { scopesFor } from './scopes.js';
+import { scopesFor, signInScopesFor, missingScopes } from './scopes.js';
 import { DEFAULT_TIMEOUT_MS, accountIdentity, classifyTokenError, createUserClient, tokenAgent } from './client.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
 
@@ -127,7 +127,7 @@ function googleRedirect(acct: UserAccount): BeginRedirect {
     const url = client.generateAuthUrl({
       access_type: 'offline',
       prompt: 'consent',
-      scope: scopesFor(acct),
+      scope: signInScopesFor(acct),
       state,
       code_challenge: codeChallenge!,
       code_challenge_method: CodeChallengeMethod.S256,
@@ -150,11 +150,13 @@ function googleRedirect(acct: UserAccount): BeginRedirect {
         addSecret(tokens.refresh_token);
         if (tokens.access_token) addSecret(tokens.access_token);
         // Google's consent screen lets the user untick a scope; such a grant cannot send.
-        const granted = new Set((tokens.scope ?? '').split(/\s+/).filter(Boolean));
-        const missing = typeof tokens.scope === 'string' ? scopesFor(acct).filter((sc) => !granted.has(sc)) : [];
+        const missing = missingScopes(acct, tokens.scope);
         if (missing.length)
           throw new AuthorizeError(`the grant lacks ${missing.join(' and ')} (unticked on the consent screen?); run authorize again and allow sending email, nothing was stored`);
-        const g: Grant = { refreshToken: tokens.refresh_token, email: emailFromIdToken(tokens.id_token) };
+        const email = emailFromIdToken(tokens.id_token);
+        // Asked for with openid + email: without it nobody can tell whose mailbox this grant opens.
+        if (!email) throw new AuthorizeError('Google returned no id_token naming the signed-in user (openid email were asked for); nothing was stored. Run authorize again.');
+        const g: Grant = { refreshToken: tokens.refresh_token, email };
         if (raw.refresh_token_expires_in) g.refreshTokenExpiresAt = new Date(Date.now() + raw.refresh_token_expires_in * 1000).toISOString();
         if (tokens.access_token && tokens.expiry_date) {
           g.accessToken = tokens.access_token;
@@ -175,7 +177,7 @@ async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promi
   } catch (e) {
     throw new AuthorizeError((e as Error).message);
   }
-  const req: MicrosoftRequest = { oauth: o, credentials, agent: tokenAgent(o.caFile), timeoutMs: DEFAULT_TIMEOUT_MS };
+  const req: MicrosoftRequest = { oauth: o, credentials, agent: tokenAgent(o.caFile), timeoutMs: DEFAULT_TIMEOUT_MS, scopes: scopesFor(acct) };
   const failed = (what: string, e: unknown): AuthorizeError => {
     if (e instanceof AuthorizeError) return e;
     const c = classifyMicrosoftError(e);
@@ -187,6 +189,9 @@ async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promi
   const toGrant = (g: MicrosoftGrant): Grant => {
     addSecret(g.refreshToken);
     addSecret(g.accessToken);
+    // As for Google: a grant without what the transport needs cannot send; store nothing.
+    const missing = missingScopes(acct, g.scope);
+    if (missing.length) throw new AuthorizeError(`the grant lacks ${missing.join(' and ')} (not consented?); grant it in Entra ID (admin consent if required) and run authorize again, nothing was stored`);
     return { refreshToken: g.refreshToken, accessToken: g.accessToken, accessTokenExpiresAt: Date.now() + (g.expiresInSec ?? 3600) * 1000, email: null };
   };
   if (!opts.device)

@@ -15,8 +15,10 @@ import { scopesFor } from './scopes.js';
 
 /** Who an access token speaks for: a stored token is only reused for the same identity. */
 export function accountIdentity(a: AccountConfig): string {
-  if (a.oauth.type === 'user') return `user:${a.oauth.clientId}:${a.oauth.tokenUrl}`;
-  if (a.oauth.type === 'app') return `app:${a.oauth.clientId}:${a.oauth.tokenUrl}`;
+  // A Microsoft token is for one resource (SMTP or Graph): another transport needs a new one.
+  const ms = a.provider === 'microsoft' && a.transport !== 'smtp' ? `:${scopesFor(a).join(' ')}` : '';
+  if (a.oauth.type === 'user') return `user:${a.oauth.clientId}:${a.oauth.tokenUrl}${ms}`;
+  if (a.oauth.type === 'app') return `app:${a.oauth.clientId}:${a.oauth.tokenUrl}${ms}`;
   // A service account's token carries the scopes it asked for: another transport needs a new one.
   const scopes = a.transport === 'smtp' ? '' : `:${scopesFor(a).join(' ')}`;
   return `sa:${a.oauth.keyFile}:${a.oauth.subject ?? ''}:${a.oauth.tokenUrl}${scopes}`;

@@ -473,7 +473,7 @@ export class TokenService implements TokenSource, AccountHealth {
     } catch (e) {
       throw new AccountConfigError((e as Error).message);
     }
-    const req = { oauth: o, credentials, agent: tokenAgent(o.caFile), timeoutMs: this.http.timeoutMs ?? DEFAULT_TIMEOUT_MS };
+    const req = { oauth: o, credentials, agent: tokenAgent(o.caFile), timeoutMs: this.http.timeoutMs ?? DEFAULT_TIMEOUT_MS, scopes: scopesFor(s.cfg) };
     if (o.type === 'app') {
       this.log.debug('requesting app-only access token', { account: name });
       const r = await microsoftAppToken(req);

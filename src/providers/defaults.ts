@@ -2,10 +2,13 @@
 // config schema (the schema imports this) so each provider's endpoints, upstream and
 // limits are stated in one place.
 
+import { MS_CLOUDS, type MsCloud } from './microsoft.js';
+
 export type ProviderId = 'google' | 'microsoft';
 
 export const GOOGLE = {
   tokenUrl: 'https://oauth2.googleapis.com/token',
+  apiUrl: 'https://gmail.googleapis.com',
   authUrl: 'https://accounts.google.com/o/oauth2/v2/auth',
   upstream: { host: 'smtp.gmail.com', port: 465 },
   limits: { messagesPerDay: 2000 as number | undefined, recipientsPerDay: undefined as number | undefined, messagesPerMinute: undefined as number | undefined },
@@ -40,8 +43,9 @@ interface RawOAuth {
 
 interface RawAccount {
   provider: ProviderId;
+  cloud?: MsCloud;
   oauth: RawOAuth;
-  upstream: { host?: string; port?: number };
+  upstream: { host?: string; port?: number; apiUrl?: string };
   limits: { messagesPerDay?: number; recipientsPerDay?: number; messagesPerMinute?: number };
 }
 
@@ -49,7 +53,7 @@ type FilledOAuth<O> = O extends { type: 'user' } ? O & { tokenUrl: string; authU
 
 export type WithDefaults<A extends RawAccount> = Omit<A, 'oauth' | 'upstream' | 'limits'> & {
   oauth: FilledOAuth<A['oauth']>;
-  upstream: A['upstream'] & { host: string; port: number };
+  upstream: A['upstream'] & { host: string; port: number; apiUrl: string };
   limits: A['limits'] & { messagesPerDay: number | undefined; recipientsPerDay: number | undefined; messagesPerMinute: number | undefined };
 };
 
@@ -57,7 +61,7 @@ export function withProviderDefaults<A extends RawAccount>(a: A): WithDefaults<A
   const ms = a.provider === 'microsoft';
   const o = { ...a.oauth };
   if (ms && o.tenant && (o.type === 'user' || o.type === 'app')) {
-    const ep = microsoftEndpoints(o.authorityHost, o.tenant);
+    const ep = microsoftEndpoints(o.authorityHost ?? (a.cloud ? MS_CLOUDS[a.cloud].login : undefined), o.tenant);
     o.tokenUrl ??= ep.tokenUrl;
     if (o.type === 'user') o.authUrl ??= ep.authUrl;
   }
@@ -71,7 +75,7 @@ export function withProviderDefaults<A extends RawAccount>(a: A): WithDefaults<A
   return {
     ...a,
     oauth: o,
-    upstream: { ...a.upstream, host: a.upstream.host ?? up.host, port: a.upstream.port ?? up.port },
+    upstream: { ...a.upstream, host: a.upstream.host ?? up.host, port: a.upstream.port ?? up.port, apiUrl: a.upstream.apiUrl ?? (ms ? MS_CLOUDS[a.cloud ?? 'global'].graph : GOOGLE.apiUrl) },
     limits: {
       ...a.limits,
       messagesPerDay: a.limits.messagesPerDay ?? lim.messagesPerDay,

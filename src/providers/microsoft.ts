@@ -13,6 +13,38 @@ export const MS_SMTP_SCOPE = 'https://outlook.office.com/SMTP.Send';
 export const MS_DELEGATED_SCOPES = [MS_SMTP_SCOPE, 'offline_access'];
 /** App-only (client credentials): Exchange Online's application permission SMTP.SendAsApp. */
 export const MS_APP_SCOPE = 'https://outlook.office365.com/.default';
+/**
+ * Microsoft's clouds (the account's `cloud:` key): where sign-in and Graph live. One table, so
+ * a cloud's login host, Graph host and Graph scopes always agree. (SMTP hosts and the Exchange
+ * SMTP scope are the global ones; in a national cloud set upstream.host for transport smtp.)
+ */
+export const MS_CLOUDS = {
+  global: { login: 'https://login.microsoftonline.com', graph: 'https://graph.microsoft.com' },
+  /** US Government GCC High. */
+  usgov: { login: 'https://login.microsoftonline.us', graph: 'https://graph.microsoft.us' },
+  /** US Government DoD. */
+  dod: { login: 'https://login.microsoftonline.us', graph: 'https://dod-graph.microsoft.us' },
+  /** Microsoft 365 operated by 21Vianet (China). */
+  china: { login: 'https://login.chinacloudapi.cn', graph: 'https://microsoftgraph.chinacloudapi.cn' },
+} as const;
+export type MsCloud = keyof typeof MS_CLOUDS;
+export const MS_CLOUD_NAMES = Object.keys(MS_CLOUDS) as [MsCloud, ...MsCloud[]];
+
+/** The Graph scopes of a cloud (the resource is the cloud's Graph host). */
+export function graphScopes(cloud: MsCloud = 'global'): { send: string; sendShared: string; readWrite: string; app: string } {
+  const g = MS_CLOUDS[cloud].graph;
+  return { send: `${g}/Mail.Send`, sendShared: `${g}/Mail.Send.Shared`, readWrite: `${g}/Mail.ReadWrite`, app: `${g}/.default` };
+}
+
+/** Microsoft Graph (transport graph): base URL and scopes. One token is for one resource, so Graph and SMTP scopes never mix. */
+export const GRAPH_URL = MS_CLOUDS.global.graph;
+export const GRAPH_SEND_SCOPE = `${GRAPH_URL}/Mail.Send`;
+/** Delegated: send from a shared mailbox the user has Send As / Send on Behalf on. */
+export const GRAPH_SEND_SHARED_SCOPE = `${GRAPH_URL}/Mail.Send.Shared`;
+/** Needed for drafts and upload sessions (upstream.largeMessages). */
+export const GRAPH_READWRITE_SCOPE = `${GRAPH_URL}/Mail.ReadWrite`;
+/** App-only: the application permissions (Mail.Send) granted with admin consent. */
+export const GRAPH_APP_SCOPE = `${GRAPH_URL}/.default`;
 
 export interface MicrosoftOAuth {
   type: 'user' | 'app';
@@ -111,6 +143,8 @@ function httpsFetch(agent: https.Agent | undefined, timeoutMs: number): typeof f
 
 export interface MicrosoftRequest {
   oauth: MicrosoftOAuth;
+  /** What to ask for, from scopesFor(account) (src/oauth/scopes.ts); default: SMTP's. */
+  scopes?: readonly string[];
   credentials: MicrosoftCredentials;
   agent?: https.Agent;
   timeoutMs: number;
@@ -126,11 +160,17 @@ export interface MicrosoftGrant {
   refreshToken: string;
   accessToken: string;
   expiresInSec: number | undefined;
+  /** The scopes granted, as the token endpoint listed them (checked against what the transport needs). */
+  scope?: string;
 }
 
 function grantOf(body: oauth.TokenEndpointResponse): MicrosoftGrant {
   if (!body.refresh_token) throw new Error('Microsoft returned no refresh token (the scope offline_access was not granted)');
-  return { refreshToken: body.refresh_token, accessToken: body.access_token, expiresInSec: body.expires_in };
+  return { refreshToken: body.refresh_token, accessToken: body.access_token, expiresInSec: body.expires_in, scope: body.scope };
+}
+
+function delegatedScopes(r: MicrosoftRequest): string {
+  return (r.scopes ?? MS_DELEGATED_SCOPES).join(' ');
 }
 
 /**
@@ -151,7 +191,7 @@ export async function microsoftCodeFlow(
     response_type: 'code',
     redirect_uri: p.redirectUri,
     response_mode: 'query',
-    scope: MS_DELEGATED_SCOPES.join(' '),
+    scope: delegatedScopes(r),
     state: p.state,
     code_challenge: await oauth.calculatePKCECodeChallenge(verifier),
     code_challenge_method: 'S256',
@@ -163,7 +203,7 @@ export async function microsoftCodeFlow(
       const params = oauth.validateAuthResponse(as, client, q, p.state);
       addSecret(params.get('code') ?? '');
       const res = await oauth.authorizationCodeGrantRequest(as, client, r.credentials.auth, params, p.redirectUri, verifier, {
-        additionalParameters: { scope: MS_DELEGATED_SCOPES.join(' ') },
+        additionalParameters: { scope: delegatedScopes(r) },
         [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
       });
       return grantOf(await oauth.processAuthorizationCodeResponse(as, client, res));
@@ -192,7 +232,7 @@ export async function microsoftDeviceFlow(r: MicrosoftRequest, sleep: (ms: numbe
   const d = await oauth.processDeviceAuthorizationResponse(
     as,
     client,
-    await oauth.deviceAuthorizationRequest(as, client, r.credentials.auth, { scope: MS_DELEGATED_SCOPES.join(' ') }, fetchOpt),
+    await oauth.deviceAuthorizationRequest(as, client, r.credentials.auth, { scope: delegatedScopes(r) }, fetchOpt),
   );
   addSecret(d.device_code);
   const code: DeviceCode = {
@@ -230,7 +270,7 @@ export async function microsoftDeviceFlow(r: MicrosoftRequest, sleep: (ms: numbe
 export async function microsoftRefresh(r: MicrosoftRequest, refreshToken: string): Promise<MicrosoftTokens> {
   const client: oauth.Client = { client_id: r.oauth.clientId };
   const res = await oauth.refreshTokenGrantRequest(server(r.oauth), client, r.credentials.auth, refreshToken, {
-    additionalParameters: { scope: MS_DELEGATED_SCOPES.join(' ') },
+    additionalParameters: { scope: delegatedScopes(r) },
     [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
   });
   const body = await oauth.processRefreshTokenResponse(server(r.oauth), client, res);
@@ -240,7 +280,7 @@ export async function microsoftRefresh(r: MicrosoftRequest, refreshToken: string
 /** App-only: client_credentials grant for Exchange Online's .default scope. */
 export async function microsoftAppToken(r: MicrosoftRequest): Promise<MicrosoftTokens> {
   const client: oauth.Client = { client_id: r.oauth.clientId };
-  const res = await oauth.clientCredentialsGrantRequest(server(r.oauth), client, r.credentials.auth, { scope: MS_APP_SCOPE }, {
+  const res = await oauth.clientCredentialsGrantRequest(server(r.oauth), client, r.credentials.auth, { scope: r.scopes?.[0] ?? MS_APP_SCOPE }, {
     [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
   });
   const body = await oauth.processClientCredentialsResponse(server(r.oauth), client, res);

@@ -23,6 +23,7 @@ import { open as openCb, fsync as fsyncCb, close as closeCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
 import { openMessage } from './message.js';
+import { checkSpoolDir } from './dirs.js';
 
 export { openMessage, readMessage } from './message.js';
 
@@ -193,9 +194,11 @@ export class Spool {
    * to or from failed/ that a crash interrupted (the envelope's state says which way).
    */
   async init(): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await mkdir(this.failedDir, { recursive: true, mode: 0o700 });
+    // Real directories of ours, or no start (dirs.ts); spool/ first, so nothing follows a link.
+    await checkSpoolDir(this.dir);
+    await checkSpoolDir(this.failedDir);
     // corrupt/ is created on first use: most spools never need it.
+    await checkSpoolDir(this.corruptDir, { create: false });
     const failedNames = new Set(await readdir(this.failedDir));
     // A retry of a failed message that a crash interrupted: its failed/ envelope already says queued.
     for (const name of failedNames) {

@@ -139,7 +139,8 @@ export class GmailUpstream implements Upstream {
       tls: { rejectUnauthorized: true, minVersion: 'TLSv1.2', servername: up.host, secureContext },
       auth: {
         type: 'OAuth2',
-        user: acct.email,
+        // App-only Microsoft: mailbox (a shared mailbox the app may use) is the XOAUTH2 user.
+        user: acct.mailbox ?? acct.email,
         // nodemailer calls this once per connection, before its AUTH (`this`: the connection's
         // XOAuth2 object, holding the token it was given). After a 334 challenge and 535 it
         // calls again with renew=true: that is refused (TokenRejected), so the rejection ends
@@ -215,7 +216,7 @@ export class GmailUpstream implements Upstream {
           const reauth = e.reason instanceof NeedsReauthError;
           return { outcome: reauth ? 'auth' : 'transient', response: `token: ${e.reason.message}`, accepted, rejected };
         }
-        const ms = acct.provider === 'microsoft' ? exchangeReply(replyText(err), acct.oauth, acct.email) : null;
+        const ms = acct.provider === 'microsoft' ? exchangeReply(replyText(err), acct.oauth, acct.mailbox ?? acct.email) : null;
         if (ms?.hold && (renewed || !/\b5\.7\.3\b/.test(replyText(err)))) {
           // Only an operator can fix this (5.7.139 at once; app-only 5.7.3 after a fresh token was refused too).
           this.tokens.holdAccount?.(acct.name, ms.hold, OPERATOR_HOLD_MS);
@@ -277,5 +278,5 @@ function collectRejected(src: { rejectedErrors?: UpstreamError[] }, chunk: strin
 }
 
 function transportKey(a: AccountConfig): string {
-  return JSON.stringify([a.email, a.upstream]);
+  return JSON.stringify([a.mailbox ?? a.email, a.upstream]);
 }

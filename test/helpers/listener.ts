@@ -47,7 +47,7 @@ export class RawSmtp {
 
   static async connect(
     port: number,
-    opts: { localAddress?: string; proxy?: string; implicitTls?: tls.ConnectionOptions; greeting?: boolean } = {},
+    opts: { localAddress?: string; proxy?: string | Buffer; implicitTls?: tls.ConnectionOptions; greeting?: boolean } = {},
   ): Promise<RawSmtp> {
     let socket: net.Socket | tls.TLSSocket;
     if (opts.implicitTls) {

@@ -1,0 +1,76 @@
+// transport auto for an app-only Microsoft account: SMTP (XOAUTH2) while Exchange takes it;
+// when Exchange refuses SMTP AUTH for the mailbox (535 5.7.139 SMTP AUTH disabled, or 5.7.3
+// for the app's token), this message and the account's next ones for an hour go through
+// Microsoft Graph with the app's Graph token (GraphAppTokens), instead of holding the account.
+import type { Config } from '../../config/schema.js';
+import type { Envelope, MessageSource, SendResult, TokenSource } from '../../types.js';
+import type { Logger } from '../../log/logger.js';
+import { GmailUpstream } from '../gmail.js';
+import type { GraphUpstream } from './index.js';
+import { GraphAppTokens } from './appToken.js';
+
+/** How long an account stays on Graph after SMTP AUTH was refused, before SMTP is tried again. */
+export const SMTP_RECHECK_MS = 60 * 60_000;
+/** The holds exchangeReply (providers/microsoft.ts) gives when SMTP AUTH is off for the mailbox or refuses the app. */
+const SMTP_REFUSED = /SMTP AUTH is disabled|refused the app's token/;
+
+export class MicrosoftAutoUpstream {
+  private config: Config;
+  private readonly log: Logger;
+  private readonly smtp: GmailUpstream;
+  private readonly appTokens = new GraphAppTokens();
+  private readonly refused = new Map<string, string>();
+  private readonly smtpOff = new Map<string, number>();
+
+  constructor(
+    opts: { config: Config; log: Logger; tokens: TokenSource; ehloName?: string },
+    private readonly graph: GraphUpstream,
+  ) {
+    this.config = opts.config;
+    this.log = opts.log.child({ component: 'upstream', transport: 'auto' });
+    const outer = opts.tokens;
+    // The SMTP side's "hold the account" for a refused SMTP AUTH becomes "use Graph".
+    const tokens: TokenSource = {
+      getAccessToken: (a, o) => outer.getAccessToken(a, o),
+      holdAccount: (a, reason, ms) => {
+        if (SMTP_REFUSED.test(reason)) this.refused.set(a, reason);
+        else outer.holdAccount?.(a, reason, ms);
+      },
+    };
+    this.smtp = new GmailUpstream({ ...opts, tokens });
+    this.graphTokens = {
+      getAccessToken: (a, o) => {
+        const acct = this.config.accounts.find((x) => x.name === a);
+        if (!acct) return Promise.reject(new Error(`account "${a}" is not configured`));
+        return this.appTokens.get(acct, o?.force);
+      },
+      holdAccount: (a, reason, ms) => outer.holdAccount?.(a, reason, ms),
+    };
+  }
+
+  private readonly graphTokens: TokenSource;
+
+  reload(config: Config): void {
+    this.config = config;
+    this.smtp.reload(config);
+  }
+
+  close(): Promise<void> {
+    return this.smtp.close();
+  }
+
+  describe(acct: Config['accounts'][number]): string {
+    return `${acct.upstream.host}:${acct.upstream.port}, or ${this.graph.describe(acct)} while SMTP AUTH is refused`;
+  }
+
+  async send(env: Envelope, message: MessageSource): Promise<SendResult> {
+    if ((this.smtpOff.get(env.account) ?? 0) > Date.now()) return this.graph.send(env, message, { tokens: this.graphTokens });
+    const r = await this.smtp.send(env, message);
+    const why = this.refused.get(env.account);
+    if (!why) return r;
+    this.refused.delete(env.account);
+    this.smtpOff.set(env.account, Date.now() + SMTP_RECHECK_MS);
+    this.log.warn(`transport auto: Exchange refused SMTP AUTH for account ${env.account}; sending through Microsoft Graph for the next hour`, { account: env.account, id: env.id, smtp: r.response.slice(0, 200) });
+    return this.graph.send(env, message, { tokens: this.graphTokens });
+  }
+}

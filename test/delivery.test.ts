@@ -301,6 +301,74 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
   }
 });
 
+test('account holds are stored states: held on disk while the account cannot send, due again on disk before its next send', async () => {
+  const reply = '535-5.7.8 Username and Password not accepted.';
+  let released = false;
+  const onDiskAtSend = new Map<string, SpooledEnvelope | null>();
+  const h = await setup({
+    queue: { retry: ['1h'] },
+    script: async (env) => {
+      if (released) onDiskAtSend.set(env.id, await h.spool.get(env.id));
+      return env.account === 'office' && !released ? fail('auth', reply) : ok(env);
+    },
+  });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    await waitFor(() => h.health.reauth.length === 1, 5000, 'markNeedsReauth called');
+    // New mail of a needs-reauth account is held, and the hold is what the spool holds, not only what the worker shows.
+    const b = await h.queue();
+    const storedHeld = async (id: string) => {
+      const e = await h.spool.get(id);
+      return e?.state === 'held' && e.reason === 'needs-reauth';
+    };
+    await waitFor(async () => (await storedHeld(a.id)) && (await storedHeld(b.id)), 5000, 'both held:needs-reauth on disk');
+    assert.deepEqual({ state: h.worker.get(b.id)?.state, reason: h.worker.get(b.id)?.reason }, { state: 'held', reason: 'needs-reauth' });
+    assert.equal(h.upstream.callsFor(b.id).length, 0);
+
+    released = true;
+    h.health.set('office', 'ok'); // `token import` done: "usable again" is persisted before the mail goes
+    await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'held mail delivered');
+    for (const id of [a.id, b.id]) {
+      const d = onDiskAtSend.get(id);
+      assert.ok(d, `${id} was sent`);
+      assert.equal(d.state, 'queued', 'no longer held on disk when it was sent');
+      assert.equal(d.reason, null);
+    }
+  } finally {
+    await h.done();
+  }
+});
+
+test('quota window over: the held mail is due again on disk before it is sent, without an operator', async () => {
+  let quotaOver = false;
+  const onDiskAtSend = new Map<string, SpooledEnvelope | null>();
+  const h = await setup({
+    queue: { concurrency: 1, quotaHold: '3s', retry: ['1h'] },
+    script: async (env) => {
+      if (quotaOver) onDiskAtSend.set(env.id, await h.spool.get(env.id));
+      return quotaOver ? ok(env) : fail('quota', '550 5.4.5 Daily user sending limit exceeded.');
+    },
+  });
+  try {
+    await h.worker.start();
+    const a = await h.queue();
+    await waitFor(() => h.upstream.calls.length === 1, 5000, 'first attempt');
+    quotaOver = true; // Gmail would take it now; the bridge waits for the window to end
+    const b = await h.queue();
+    const stored = async (id: string) => (await h.spool.get(id))?.reason;
+    await waitFor(async () => (await stored(a.id)) === 'quota' && (await stored(b.id)) === 'quota', 5000, 'both held:quota on disk');
+    await waitFor(async () => (await h.queuedIds()).length === 0, 10_000, 'sent once the window is over');
+    for (const id of [a.id, b.id]) {
+      const d = onDiskAtSend.get(id);
+      assert.ok(d, `${id} was sent`);
+      assert.equal(d.state, 'queued', 'no longer held on disk when it was sent');
+    }
+  } finally {
+    await h.done();
+  }
+});
+
 test('auth: needs-reauth, mail held (no bounce, new mail waits), released at once when the account is ok again', async () => {
   const reply = '535-5.7.8 Username and Password not accepted. For more information, go to 5.7.8 https://support.google.com/mail/?p=BadCredentials';
   let released = false;
@@ -468,6 +536,10 @@ test('messagesPerMinute (Exchange Online: 30/min): over the limit mail waits for
     assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
     const until = Date.parse(h.worker.stats().held.office.replace(/^rate-limit until /, ''));
     assert.ok(until - Date.now() > 50_000 && until - Date.now() <= 60_000, 'until the first send is a minute old');
+    // The park is persisted: the spool says when it is tried next (a restart does not make it due at once).
+    await waitFor(async () => (await h.spool.get(c.id))?.nextAttemptAt === new Date(until).toISOString(), 5000, 'next try stored');
+    assert.equal((await h.spool.get(c.id))?.state, 'queued', 'a rate limit is no hold');
+    assert.match(String(h.worker.get(c.id)?.waiting), /^limits\.messagesPerMinute 2 reached; waits until /);
   } finally {
     await h.done();
   }

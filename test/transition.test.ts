@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { transition, type MessageView, type QueueEvent, type Decision } from '../src/delivery/transition.js';
 import type { Recipient } from '../src/types.js';
+import { refusalText } from '../src/delivery/commands.js';
 
 const rcpts: Recipient[] = [
   { address: 'a@example.org', status: 'accepted', reply: '250 ok' },
@@ -35,7 +36,7 @@ const EVENTS: Record<string, QueueEvent> = {
   'account-hold:quota': { type: 'account-hold', reason: 'quota' },
   'account-hold:needs-reauth': { type: 'account-hold', reason: 'needs-reauth' },
   'account-ok': { type: 'account-ok' },
-  expire: { type: 'expire', reason: 'expired after 5d' },
+  park: { type: 'park', until: retryAt },
   'data-lost': { type: 'data-lost' },
 };
 
@@ -49,12 +50,12 @@ function code(d: Decision): string {
 
 // Columns in EVENTS order.
 const TABLE: Record<string, string[]> = {
-  //                  start        outcome     retry     retry--force  hold            release   delete     acct-hold:quota acct-hold:reauth   account-ok  expire   data-lost
-  queued:            ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'same', 'failed', 'failed'],
-  deferred:          ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'queued!', 'failed', 'failed'],
+  //                  start        outcome     retry     retry--force  hold            release   delete     acct-hold:quota acct-hold:reauth   account-ok  park  data-lost
+  queued:            ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'same', 'queued', 'failed'],
+  deferred:          ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'queued!', 'deferred', 'failed'],
   'in-flight':       ['refuse', 'deferred', 'after', 'after', 'after', 'after', 'after', 'same', 'same', 'same', 'same', 'after'],
   'held:needs-reauth': ['refuse', 'refuse', 'refuse', 'refuse', 'held:operator', 'refuse', 'removed', 'held:quota', 'same', 'queued!', 'same', 'failed'],
-  'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'failed', 'failed'],
+  'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'same', 'failed'],
   'held:operator':   ['refuse', 'refuse', 'refuse', 'refuse', 'same', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
   // Only an operator moves it on: retry/release choose the transport again (e.g. after `transport: auto`); never expired.
   'held:transport':  ['refuse', 'refuse', 'queued!', 'queued!', 'held:operator', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
@@ -81,14 +82,22 @@ test('no decision ever changes an accepted recipient', () => {
   }
 });
 
-test('refusals say what to do instead', () => {
+/** The operator's text for a refused decision (rendered by commands.ts from the code). */
+function text(type: QueueEvent['type'], d: Decision): string {
+  assert.equal(d.kind, 'refuse');
+  return d.kind === 'refuse' ? refusalText(type, d.why) : '';
+}
+
+test('refusals are codes; the operator text says what to do instead', () => {
   const q = transition(STATES['held:quota'], EVENTS.retry);
-  assert.equal(q.kind, 'refuse');
-  assert.match((q as { message: string }).message, /--force/);
-  const op = transition(STATES['held:operator'], EVENTS.retry);
-  assert.match((op as { message: string }).message, /queue release/);
-  const re = transition(STATES['held:needs-reauth'], EVENTS['retry --force']);
-  assert.match((re as { message: string }).message, /authorize/);
+  assert.deepEqual(q, { kind: 'refuse', why: { code: 'held', reason: 'quota' } });
+  assert.match(text('retry', q), /--force/);
+  assert.match(text('retry', transition(STATES['held:operator'], EVENTS.retry)), /queue release/);
+  assert.match(text('retry', transition(STATES['held:needs-reauth'], EVENTS['retry --force'])), /authorize/);
+  assert.match(text('retry', transition(STATES.corrupt, EVENTS.retry)), /corrupt.*queue delete/);
+  assert.equal(text('hold', transition(STATES.failed, EVENTS.hold)), 'a failed message cannot be held');
+  assert.equal(text('release', transition(STATES.queued, EVENTS.release)), 'not held (state queued)');
+  assert.match(text('release', transition(STATES['held:quota'], EVENTS.release)), /^not held by an operator: .*daily sending limit/);
 });
 
 const inFlight = (list: Recipient[]): MessageView => ({ state: 'in-flight', reason: null, rcpts: list });
@@ -115,17 +124,23 @@ test('outcome: every recipient accepted -> removed; per-recipient rejection -> b
   assert.equal(code(part), 'removed');
   assert.deepEqual(part.kind === 'change' && part.bounce, [{ rcpt: 'b@example.org', reply: '550 5.1.1 no such user' }]);
   assert.deepEqual(part.kind === 'change' && part.rcpts.map((r) => r.status), ['accepted', 'rejected']);
+  assert.equal(part.kind === 'change' && part.bounceCode, 'rejected');
 });
 
 test('outcome: permanent -> failed with a bounce for the open recipients; quota / auth -> held without burning an attempt', () => {
   const p = transition(inFlight(two), { type: 'outcome', outcome: 'permanent', response: '554 5.7.0 policy', accepted: [], rejected: [], retryAt });
   assert.equal(code(p), 'failed');
   assert.deepEqual(p.kind === 'change' && p.bounce?.map((b) => b.rcpt), ['a@example.org', 'b@example.org']);
+  assert.equal(p.kind === 'change' && p.bounceCode, 'permanent');
   const q = transition(inFlight(two), { type: 'outcome', outcome: 'quota', response: '550 5.4.5 limit', accepted: [], rejected: [], retryAt });
   assert.equal(code(q), 'held:quota');
   assert.equal(q.kind === 'change' && q.countAttempt, undefined);
-  const a = transition(inFlight(two), { type: 'outcome', outcome: 'auth', response: '535 5.7.8', accepted: [], rejected: [], retryAt });
+  const recheckAt = '2029-01-01T00:00:00.000Z';
+  const a = transition(inFlight(two), { type: 'outcome', outcome: 'auth', response: '535 5.7.8', accepted: [], rejected: [], retryAt, recheckAt });
   assert.equal(code(a), 'held:needs-reauth');
+  // The daemon looks again after the first retry step, should the account still report ok.
+  assert.equal(a.kind === 'change' && a.nextAttemptAt, recheckAt);
+  assert.equal(a.kind === 'change' && a.countAttempt, undefined);
 });
 
 test('outcome transport (the Gmail API cannot send to exactly the envelope) -> held:transport, no attempt burnt, not bounced, the reason kept', () => {
@@ -140,8 +155,7 @@ test('outcome transport (the Gmail API cannot send to exactly the envelope) -> h
   // Even past maxAge the transport hold keeps the mail: only an operator decides.
   const late = transition(inFlight(two), { type: 'outcome', outcome: 'transport', response: why, accepted: [], rejected: [], retryAt, expiry: 'gave up after 5d' });
   assert.equal(code(late), 'held:transport');
-  const start = transition(STATES['held:transport'], EVENTS.start);
-  assert.match((start as { message: string }).message, /transport to auto/);
+  assert.match(text('start', transition(STATES['held:transport'], EVENTS.start)), /transport to auto/);
 });
 
 test('outcome past maxAge: failed, every open recipient bounced with the reason', () => {
@@ -149,8 +163,21 @@ test('outcome past maxAge: failed, every open recipient bounced with the reason'
   assert.equal(code(d), 'failed');
   if (d.kind !== 'change') return;
   assert.equal(d.failReason, 'gave up after 5d');
+  assert.equal(d.bounceCode, 'expired');
   assert.deepEqual(d.bounce, [{ rcpt: 'b@example.org', reply: '421 later' }]);
   assert.deepEqual(d.rcpts.map((r) => r.status), ['accepted', 'rejected']);
+});
+
+test('park (a rate limit): the message keeps its state and is next tried when the limit allows', () => {
+  for (const m of [STATES.queued, STATES.deferred]) {
+    const d = transition(m, EVENTS.park);
+    assert.equal(d.kind, 'change');
+    if (d.kind !== 'change') return;
+    assert.equal(d.state, m.state);
+    assert.equal(d.nextAttemptAt, retryAt);
+    assert.ok(!d.dueNow && !d.countAttempt && !d.bounce);
+    assert.deepEqual(d.rcpts, m.rcpts);
+  }
 });
 
 test('retry of a failed message re-queues only the recipients that failed', () => {
@@ -168,6 +195,7 @@ test('data-lost: every open recipient fails with the notice text, accepted ones 
     if (d.kind !== 'change') return;
     assert.equal(d.state, 'failed');
     assert.equal(d.failCode, 'data-lost');
+    assert.equal(d.bounceCode, 'data-lost');
     assert.match(d.failReason ?? '', /^message data lost on this host/);
     assert.ok(!d.countAttempt);
     assert.deepEqual(d.bounce, [

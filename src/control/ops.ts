@@ -121,7 +121,7 @@ export class Operations {
   /** Every queued message now; quota holds only with `force`. */
   async retryAll(opts: { force: boolean }): Promise<RetryAllResult> {
     const r = await this.p.worker.retryAll(opts.force);
-    const quota = r.refused.filter((x) => /daily sending limit/.test(x.message)).length;
+    const quota = r.refused.filter((x) => x.heldFor === 'quota').length;
     const other = r.refused.length - quota;
     let message = `${r.retried} message${r.retried === 1 ? '' : 's'} scheduled for immediate retry`;
     if (quota) message += `; ${quota} left under their account's quota hold (add --force to try them anyway)`;

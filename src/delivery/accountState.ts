@@ -2,6 +2,7 @@
 // (limits.messagesPerDay, Gmail's), the recipients sent to in 24 h (limits.recipientsPerDay,
 // Exchange Online's) and Gmail quota holds. Kept in memory and written (debounced, with
 // the safe-write module) to stateDir/spool/.ratelimit.json.
+// Never decides a message's state: the scheduler reads the limits, transition() decides.
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../log/logger.js';
 import { safeWrite } from '../fs/safeWrite.js';

@@ -1,5 +1,6 @@
 // RFC 3464 delivery status notifications: multipart/report with a human-readable part, a
 // message/delivery-status part and the original headers (text/rfc822-headers).
+// Builds the bytes only: never queues or sends them (outcome.ts does).
 import { randomBytes } from 'node:crypto';
 import type { Envelope, MessageSource } from '../types.js';
 import { readHeaderBlock } from '../spool/headers.js';

@@ -1,7 +1,8 @@
-// The one place that decides how a message's state changes. Pure: it takes the message's
-// state, reason and recipients plus one event (a delivery outcome, an operator command, an
-// account hold or its end, expiry) and returns the decision; the worker only carries it out
-// (persist, bounce, move). Tested table-driven over every state x event.
+// Owns: the one decision of how a message's state changes. Pure: it takes the message's state,
+// reason and recipients plus one event (an attempt's outcome with its expiry, an operator
+// command, an account hold or its end, lost data) and returns the decision as codes.
+// Never does: I/O, clocks, or English for operators (commands.ts and the edges render codes).
+// Tested table-driven over every state x event (test/transition.test.ts).
 import type { FailCode, HoldReason, MessageState, Outcome, Recipient, RecipientResult } from '../types.js';
 
 export interface MessageView {
@@ -13,8 +14,21 @@ export interface MessageView {
 export type QueueEvent =
   /** An attempt starts. */
   | { type: 'start' }
-  /** The attempt ended. `retryAt`: when to try again if it defers; `expiry`: set (the reason) when the message is past queue.maxAge. */
-  | { type: 'outcome'; outcome: Outcome; response: string; accepted: string[]; rejected: RecipientResult[]; retryAt: string; expiry?: string }
+  /**
+   * The attempt ended. `retryAt`: when to try again if it defers; `recheckAt`: when to look
+   * again at a message held for re-authorization (should the account still report ok);
+   * `expiry`: set (the reason) when the message is past queue.maxAge.
+   */
+  | {
+      type: 'outcome';
+      outcome: Outcome;
+      response: string;
+      accepted: string[];
+      rejected: RecipientResult[];
+      retryAt: string;
+      recheckAt?: string;
+      expiry?: string;
+    }
   /** Operator `queue retry` (`force`: also through a quota hold). */
   | { type: 'retry'; force?: boolean }
   | { type: 'hold' }
@@ -24,8 +38,8 @@ export type QueueEvent =
   | { type: 'account-hold'; reason: 'needs-reauth' | 'quota' }
   /** The account's hold ended (re-authorized, quota window over). */
   | { type: 'account-ok' }
-  /** queue.maxAge passed while the message waited. */
-  | { type: 'expire'; reason: string }
+  /** A due message waits for its account's sending limit (rate limit) until `until`. */
+  | { type: 'park'; until: string }
   /** The message was acknowledged but its data (the queue file) is gone. */
   | { type: 'data-lost' };
 
@@ -34,9 +48,21 @@ export interface Bounce {
   reply: string;
 }
 
+/** Why an event does not apply, as a code; commands.ts renders it for operators. */
+export type Refusal =
+  /** Held, and this event does not lift that hold. */
+  | { code: 'held'; reason: HoldReason }
+  /** The event does not apply to a message in this state. */
+  | { code: 'state'; state: MessageState }
+  /** A failed message whose every recipient accepted it: nothing to retry. */
+  | { code: 'nothing-open' };
+
+/** Why recipients bounce in a change: a per-recipient rejection, a permanent outcome, queue.maxAge, lost data. */
+export type BounceCode = 'rejected' | 'permanent' | 'expired' | 'data-lost';
+
 export type Decision =
-  /** The event does not apply; `message` says why (CLI refusal text). */
-  | { kind: 'refuse'; message: string }
+  /** The event does not apply. */
+  | { kind: 'refuse'; why: Refusal }
   /** An attempt is in flight: apply the event again once it has ended. */
   | { kind: 'after-attempt' }
   /** Nothing changes. */
@@ -55,6 +81,8 @@ export interface Change {
   nextAttemptAt?: string;
   /** Recipients that failed for good in this step: a DSN reports them. */
   bounce?: Bounce[];
+  /** Why they bounce (set with a non-empty `bounce`). */
+  bounceCode?: BounceCode;
   /** The attempt counts against the message (quota and auth holds do not burn attempts). */
   countAttempt?: boolean;
   lastReply?: string;
@@ -77,8 +105,12 @@ function change(m: MessageView, c: Partial<Change> & Pick<Change, 'state'>): Cha
   return { kind: 'change', reason: null, rcpts: m.rcpts, ...c };
 }
 
-function refuse(message: string): Decision {
-  return { kind: 'refuse', message };
+function refuse(why: Refusal): Decision {
+  return { kind: 'refuse', why };
+}
+
+function stateOrHeld(m: MessageView): Refusal {
+  return m.state === 'held' && m.reason ? { code: 'held', reason: m.reason } : { code: 'state', state: m.state };
 }
 
 /**
@@ -89,23 +121,15 @@ export function waitsForOperator(m: Pick<MessageView, 'state' | 'reason'>): bool
   return m.state === 'held' && (m.reason === 'operator' || m.reason === 'transport');
 }
 
-function heldWhy(m: MessageView): string {
-  if (m.reason === 'operator') return 'it is held by an operator; `queue release` lets it go';
-  if (m.reason === 'transport')
-    return "the account's API transport (Gmail API or Microsoft Graph) cannot send it to exactly its envelope (its To/Cc/Bcc headers name addresses the envelope lacks); set the account's transport to auto (Google) or smtp (Microsoft) so such mail goes over SMTP, then `queue retry` it";
-  if (m.reason === 'quota') return "its account is held after Gmail's daily sending limit; `queue retry --force` tries anyway";
-  return 'its account needs re-authorization (run `authorize` or `token import`); it is sent once the account works again';
-}
-
 export function transition(m: MessageView, e: QueueEvent): Decision {
   const waiting = m.state === 'queued' || m.state === 'deferred';
   switch (e.type) {
     case 'start':
       if (waiting) return change(m, { state: 'in-flight' });
-      return refuse(m.state === 'held' ? `not sent: ${heldWhy(m)}` : `cannot start an attempt on a ${m.state} message`);
+      return refuse(stateOrHeld(m));
 
     case 'outcome':
-      if (m.state !== 'in-flight') return refuse(`no attempt in flight (state ${m.state})`);
+      if (m.state !== 'in-flight') return refuse({ code: 'state', state: m.state });
       return outcome(m, e);
 
     case 'retry':
@@ -115,27 +139,26 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
         if (m.reason === 'quota' && e.force) return change(m, { state: 'queued', dueNow: true });
         // The transport is chosen again (e.g. after switching the account to auto).
         if (m.reason === 'transport') return change(m, { state: 'queued', dueNow: true });
-        return refuse(`not retried: ${heldWhy(m)}`);
+        return refuse(stateOrHeld(m));
       }
       if (m.state === 'failed') {
         // Re-queue the recipients that failed; accepted ones are never sent again.
         const rcpts = m.rcpts.map((r): Recipient => (r.status === 'accepted' ? r : { address: r.address, status: 'pending' }));
-        if (!openRcpts(rcpts).length) return refuse('every recipient already accepted it; nothing to retry');
+        if (!openRcpts(rcpts).length) return refuse({ code: 'nothing-open' });
         return change(m, { state: 'queued', rcpts, dueNow: true });
       }
-      return refuse('the envelope is corrupt; inspect spool/corrupt/ and `queue delete` it');
+      return refuse({ code: 'state', state: m.state });
 
     case 'hold':
       if (m.state === 'in-flight') return { kind: 'after-attempt' };
       if (m.state === 'held' && m.reason === 'operator') return { kind: 'same' };
       if (waiting || m.state === 'held') return change(m, { state: 'held', reason: 'operator' });
-      return refuse(`a ${m.state} message cannot be held`);
+      return refuse({ code: 'state', state: m.state });
 
     case 'release':
       if (m.state === 'in-flight') return { kind: 'after-attempt' };
       if (waitsForOperator(m)) return change(m, { state: 'queued', dueNow: true });
-      if (m.state === 'held') return refuse(`not held by an operator: ${heldWhy(m)}`);
-      return refuse(`not held (state ${m.state})`);
+      return refuse(stateOrHeld(m));
 
     case 'delete':
       if (m.state === 'in-flight') return { kind: 'after-attempt' };
@@ -151,6 +174,11 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
       if (m.state === 'deferred' || (m.state === 'held' && !waitsForOperator(m))) return change(m, { state: 'queued', dueNow: true });
       return { kind: 'same' };
 
+    case 'park':
+      // Not a hold: the message stays queued or deferred, next tried when the limit allows.
+      if (waiting) return change(m, { state: m.state, nextAttemptAt: e.until });
+      return { kind: 'same' };
+
     case 'data-lost': {
       // Never dropped quietly, whatever it waited for: every open recipient fails with a notice.
       if (m.state === 'in-flight') return { kind: 'after-attempt' };
@@ -161,16 +189,20 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
         bounce.push({ rcpt: r.address, reply: DATA_LOST_TEXT });
         return { address: r.address, status: 'rejected', reply: DATA_LOST_TEXT };
       });
-      return change(m, { state: 'failed', rcpts, bounce, failReason: `${DATA_LOST_TEXT}: its queue file is gone`, failCode: 'data-lost', lastReply: DATA_LOST_TEXT });
+      return change(m, {
+        state: 'failed',
+        rcpts,
+        bounce,
+        bounceCode: 'data-lost',
+        failReason: `${DATA_LOST_TEXT}: its queue file is gone`,
+        failCode: 'data-lost',
+        lastReply: DATA_LOST_TEXT,
+      });
     }
-
-    case 'expire':
-      // An operator's hold, a transport hold and a dead grant keep mail (never lost to a revoked token or a config choice); the rest bounces.
-      if (waiting || (m.state === 'held' && m.reason === 'quota')) return giveUp(m, e.reason, e.reason);
-      return { kind: 'same' };
   }
 }
 
+/** Past queue.maxAge: every open recipient bounces (a transport hold never gets here: only an operator decides on it). */
 function giveUp(m: MessageView, reply: string, failReason: string, rcpts = m.rcpts, bounce: Bounce[] = []): Change {
   const out = [...bounce];
   const next = rcpts.map((r): Recipient => {
@@ -178,7 +210,7 @@ function giveUp(m: MessageView, reply: string, failReason: string, rcpts = m.rcp
     out.push({ rcpt: r.address, reply: r.reply ?? reply });
     return { address: r.address, status: 'rejected', reply: r.reply ?? reply };
   });
-  return change(m, { state: 'failed', rcpts: next, bounce: out, failReason, lastReply: reply, countAttempt: true });
+  return change(m, { state: 'failed', rcpts: next, bounce: out, bounceCode: 'expired', failReason, lastReply: reply, countAttempt: true });
 }
 
 function outcome(m: MessageView, e: Extract<QueueEvent, { type: 'outcome' }>): Change {
@@ -197,14 +229,16 @@ function outcome(m: MessageView, e: Extract<QueueEvent, { type: 'outcome' }>): C
     return { address: r.address, status: 'deferred', reply: e.response };
   });
   const left = openRcpts(rcpts).length;
+  const bounced = { bounce, ...(bounce.length ? { bounceCode: e.outcome === 'permanent' ? ('permanent' as const) : ('rejected' as const) } : {}) };
   if (!left) {
-    if (e.outcome === 'permanent') return change(m, { state: 'failed', rcpts, bounce, failReason: e.response, lastReply: e.response, countAttempt: true });
-    return change(m, { state: 'removed', rcpts, bounce, lastReply: e.response, countAttempt: true });
+    if (e.outcome === 'permanent') return change(m, { state: 'failed', rcpts, ...bounced, failReason: e.response, lastReply: e.response, countAttempt: true });
+    return change(m, { state: 'removed', rcpts, ...bounced, lastReply: e.response, countAttempt: true });
   }
-  if (e.outcome === 'quota') return change(m, { state: 'held', reason: 'quota', rcpts, bounce, lastReply: e.response });
-  if (e.outcome === 'auth') return change(m, { state: 'held', reason: 'needs-reauth', rcpts, bounce, lastReply: e.response });
-  if (e.outcome === 'transport') return change(m, { state: 'held', reason: 'transport', rcpts, bounce, lastReply: e.response });
+  if (e.outcome === 'quota') return change(m, { state: 'held', reason: 'quota', rcpts, ...bounced, lastReply: e.response });
+  if (e.outcome === 'auth')
+    return change(m, { state: 'held', reason: 'needs-reauth', rcpts, ...bounced, lastReply: e.response, ...(e.recheckAt ? { nextAttemptAt: e.recheckAt } : {}) });
+  if (e.outcome === 'transport') return change(m, { state: 'held', reason: 'transport', rcpts, ...bounced, lastReply: e.response });
   // 'transient', or 'ok' that left recipients unanswered: retry those later, unless too old.
   if (e.expiry) return giveUp({ ...m, rcpts }, e.response, e.expiry, rcpts, bounce);
-  return change(m, { state: 'deferred', rcpts, bounce, nextAttemptAt: e.retryAt, lastReply: e.response, countAttempt: true });
+  return change(m, { state: 'deferred', rcpts, ...bounced, nextAttemptAt: e.retryAt, lastReply: e.response, countAttempt: true });
 }

@@ -128,6 +128,7 @@ test('the retry race: a accepted + b deferred, `queue retry` during the send -> 
     assert.deepEqual((await list(h.configFile)).map((r) => [r.id, r.state]), [[id, 'in-flight']]);
     const retry = cliStart(['queue', 'retry', id, '-c', h.configFile]);
     await served(h.d, 'queue.retry', id);
+    // time is the subject: a retry that did not wait for the attempt would have exited by now.
     await sleep(300);
     assert.equal(retry.exited(), false, 'the retry waits for the attempt in flight');
     gate.release();
@@ -212,7 +213,8 @@ test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 
     const all = await cli('queue', 'retry', '--all', '-c', h.configFile);
     assert.equal(all.code, 0, all.stderr);
     assert.match(all.stdout, /^0 messages scheduled for immediate retry; 2 left under their account's quota hold \(add --force/);
-    // The whole account is held, so no canary can show a retry step passing: wait three steps.
+    // time is the subject: the whole account is held, so no canary can show a retry step
+    // passing: wait three steps.
     await sleep(3 * RETRY_MS);
     assert.equal(h.world.gmail.messages.length, 0, 'nothing sent under the quota hold');
     const forced = await cli('queue', 'retry', '--all', '--force', '-c', h.configFile);

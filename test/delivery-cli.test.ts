@@ -11,7 +11,7 @@ import { Operations } from '../src/control/ops.js';
 import { ControlServer } from '../src/control/server.js';
 import { TokenService } from '../src/oauth/service.js';
 import { ScriptedUpstream, TestHealth, recordingLogger, tempState, testConfig, MESSAGE, MESSAGE_META, ok, fail } from './helpers/delivery.js';
-import { waitFor, sleep } from './helpers/wait.js';
+import { waitFor } from './helpers/wait.js';
 
 class Sink extends Writable {
   text = '';
@@ -172,7 +172,9 @@ test('queue delete: the message leaves the queue and the running worker never se
     // retrying everything now must not resurrect the deleted one
     assert.equal(await queueRetry(h.config, { all: true }, new Sink()), 0);
     await waitFor(() => h.upstream.callsFor(b.id).length === 2, 5000, 'b retried');
-    await sleep(100);
+    // Canary: a message queued after the retry is tried after it.
+    const canary = await h.queue();
+    await waitFor(() => h.upstream.callsFor(canary.id).length === 1, 5000, 'the canary tried');
     assert.equal(h.upstream.callsFor(a.id).length, 1);
 
     const err = new Sink();

@@ -27,8 +27,10 @@ test('421 and 451 are retried with backoff, then delivered once', async () => {
     await send(world, b, ['retry@example.org']);
     await world.gmail.waitForMessages(1, 10_000);
     await waitFor(async () => (await b.bridge.spool.list()).length === 0, 5000, 'spool empty');
-    await sleep(700);
-    assert.equal(world.gmail.messages.length, 1, 'delivered exactly once');
+    // Canary: a later message delivered after its retries had their chance to send it again.
+    await send(world, b, ['canary@example.org'], 'canary');
+    await world.gmail.waitForMessages(2, 10_000);
+    assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]), ['retry@example.org', 'canary@example.org'], 'delivered exactly once');
     assert.ok(b.logs.filter((l) => l.includes('"message":"deferred"')).length >= 2, 'two deferrals logged');
   });
 });
@@ -38,6 +40,8 @@ test('550 5.4.5 daily limit holds the account without bouncing', async () => {
     world.gmail.script({ stage: 'mail', reply: '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852', count: 1 });
     await send(world, b, ['quota@example.org']);
     await waitFor(() => b.logs.some((l) => l.includes('"reason":"quota"')), 5000, 'quota hold');
+    // time is the subject: the hold must outlast several 300 ms retry steps; the only account is
+    // held, so no canary message could pass to show a step went by.
     await sleep(1000);
     const [env] = await b.bridge.spool.list();
     assert.ok(env, 'the message is still queued');
@@ -82,6 +86,8 @@ test('535 (Gmail\'s 334 + 535 dialogue) after the renewed token marks the accoun
     assert.ok(world.gmail.auths.filter((a) => !a.ok).length >= 2, 'AUTH retried with a renewed token before giving up');
     assert.ok(b.logs.some((l) => /"level":"error"/.test(l) && l.includes('xoauth2-bridge authorize office')), 'one loud line with the fix');
     const attempts = world.gmail.auths.length;
+    // time is the subject: no AUTH over several 300 ms retry steps; the only account is held,
+    // so no canary message could pass to show a step went by.
     await sleep(1000);
     assert.equal(world.gmail.auths.length, attempts, 'no more AUTH attempts while the account needs re-authorization');
   } finally {

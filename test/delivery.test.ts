@@ -20,13 +20,18 @@ import {
 } from './helpers/delivery.js';
 import { waitFor, sleep } from './helpers/wait.js';
 
+const CANARY = 'canary@example.net';
+
 async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<string, unknown>; script?: Script } = {}) {
   const { dir, cleanup } = await tempState();
   const config = testConfig(dir, opts.queue, opts.limits);
   const log = recordingLogger();
   const spool = new Spool(dir, log);
   await spool.init();
-  const upstream = new ScriptedUpstream(opts.script);
+  // The canary (below) is deferred until released; every other message follows the test's script.
+  let canaryHeld = true;
+  const script: Script = opts.script ?? ((env) => ok(env));
+  const upstream = new ScriptedUpstream((env, call, n) => (env.rcptTo.includes(CANARY) && canaryHeld ? fail('transient', '451 4.3.0 canary: try later') : script(env, call, n)));
   const health = new TestHealth();
   const workers: DeliveryWorker[] = [];
   const newWorker = (up = upstream, sp = spool) => {
@@ -41,11 +46,28 @@ async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<st
     return env;
   };
   const queuedIds = async () => (await spool.list()).map((e) => e.id);
+  // A canary proves a negative: a later message on the other account that the upstream defers.
+  // Once it has been tried `tries` times, `tries - 1` retry steps went by with the scheduler
+  // running, so whatever was due in them (a retry that must not happen) has happened.
+  let canaryId: string | undefined;
+  const canary = async (tries = 3, w = worker) => {
+    canaryId ??= (await queue({ account: 'other', mailFrom: 'other@example.net', rcptTo: [CANARY] }, w)).id;
+    const id = canaryId;
+    const n = upstream.callsFor(id).length + tries;
+    await waitFor(() => upstream.callsFor(id).length >= n, 5000, `the canary tried ${tries} more times`);
+    return id;
+  };
+  // Lets the canary through and waits until it has left the queue.
+  const releaseCanary = async () => {
+    canaryHeld = false;
+    const id = canaryId;
+    await waitFor(async () => !(await queuedIds()).includes(id!), 5000, 'the canary delivered');
+  };
   const done = async () => {
     for (const w of workers) await w.stop(200);
     await cleanup();
   };
-  return { dir, config, log, spool, upstream, health, worker, newWorker, queue, queuedIds, done };
+  return { dir, config, log, spool, upstream, health, worker, newWorker, queue, queuedIds, canary, releaseCanary, done };
 }
 
 function dsnOf(call: { body: Buffer }) {
@@ -197,7 +219,8 @@ test('never a bounce for a bounce (isBounce or null sender): failed/ and a log l
     const a = await h.queue({ mailFrom: '', isBounce: true, user: null, rcptTo: ['gone@example.org'] });
     const b = await h.queue({ mailFrom: '', rcptTo: ['gone2@example.org'] });
     await waitFor(async () => (await h.spool.listFailed()).length === 2, 5000, 'both failed');
-    await sleep(100);
+    // Canary: stop() waits for the attempts in flight, their outcomes (a bounce queued) included.
+    await h.worker.stop(5000);
     assert.deepEqual(await h.queuedIds(), [], 'no bounce was queued');
     assert.equal(h.upstream.calls.length, 2);
     assert.deepEqual(h.upstream.bounces().map((c) => c.id), [a.id], 'only the original bounce was ever sent');
@@ -267,7 +290,7 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
     const b = await h.queue();
     const c = await h.queue({ account: 'other', mailFrom: 'other@example.net' });
     await waitFor(() => h.upstream.callsFor(c.id).length === 1, 5000, 'other account unaffected');
-    await sleep(250); // several retry periods
+    await h.canary(); // several retry periods
     assert.equal(h.upstream.callsFor(a.id).length, 1, 'held message not retried');
     assert.equal(h.upstream.callsFor(b.id).length, 0, 'the whole account is held');
     const storedA = (await h.spool.get(a.id))!;
@@ -285,8 +308,9 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
     await h.worker.stop(1000);
     const w2 = h.newWorker();
     await w2.start();
-    await sleep(150);
+    await h.canary(3, w2);
     assert.equal(h.upstream.callsFor(a.id).length + h.upstream.callsFor(b.id).length, 1);
+    await h.releaseCanary();
 
     // the operator retries one message: it is tried despite the hold; Gmail takes it, so the hold lifts
     officeOk = true;
@@ -381,7 +405,9 @@ test('auth: needs-reauth, mail held (no bounce, new mail waits), released at onc
     const b = await h.queue();
     const c = await h.queue({ account: 'other' });
     await waitFor(() => h.upstream.callsFor(c.id).length === 1, 5000, 'other account delivers');
-    await sleep(100);
+    // Canary: a later message on the other account (retries here are 10 s apart, too slow for h.canary()).
+    const d = await h.queue({ account: 'other', mailFrom: 'other@example.net' });
+    await waitFor(() => h.upstream.callsFor(d.id).length === 1, 5000, 'the canary delivered');
     assert.equal(h.upstream.callsFor(b.id).length, 0, 'no send for a needs-reauth account');
     assert.equal(h.upstream.callsFor(a.id).length, 1);
     assert.deepEqual(h.worker.stats().held, { office: 'needs-reauth' });
@@ -452,6 +478,7 @@ test('concurrency: never more than queue.concurrency sends, each message sent ex
 });
 
 test('notify and an operator retry of a message already in flight do not send it twice', async () => {
+  // time is the subject: a send that takes a while, so notify and retry land during it.
   const h = await setup({ script: async (env) => (await sleep(150), ok(env)) });
   try {
     await h.worker.start();
@@ -462,8 +489,8 @@ test('notify and an operator retry of a message already in flight do not send it
     assert.equal(r.ok, false, 'nothing left to retry once the attempt in flight delivered it');
     assert.match(r.message, /finished it \(it was delivered\)/);
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'delivered');
-    await sleep(50);
-    assert.equal(h.upstream.calls.length, 1);
+    await h.canary(2);
+    assert.equal(h.upstream.callsFor(env.id).length, 1);
   } finally {
     await h.done();
   }
@@ -484,12 +511,15 @@ test('stop waits for in-flight sends and leaves the rest spooled', async () => {
     await waitFor(() => h.upstream.calls.length === 1, 5000, 'first send started');
     assert.equal(finishedAt, 0);
     const stopping = h.worker.stop(5000);
+    // time is the subject: the send stays gated a while after stop() began, so a stop that
+    // did not wait for it would return first.
     setTimeout(release, 200);
     await stopping;
     assert.ok(finishedAt > 0, 'stop waited for the send to finish');
     assert.deepEqual(await h.queuedIds(), [b.id, c.id], 'the finished one is removed, the rest stay');
     assert.equal(h.upstream.calls[0].id, a.id);
     h.worker.notify(b);
+    // time is the subject: a stopped worker has no later event to wait for.
     await sleep(100);
     assert.equal(h.upstream.calls.length, 1, 'no new work after stop');
   } finally {
@@ -507,7 +537,7 @@ test('messagesPerDay: over the limit mail waits, and the count survives a restar
     const c = await h.queue();
     const d = await h.queue({ account: 'other' });
     await waitFor(() => h.upstream.callsFor(d.id).length === 1, 5000, 'other account not limited');
-    await sleep(100);
+    await h.canary();
     assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
     assert.match(h.worker.stats().held.office, /^rate-limit until /);
     assert.ok(h.log.events('held').some((e) => e.id === c.id && e.reason === 'rate-limit'));
@@ -516,7 +546,8 @@ test('messagesPerDay: over the limit mail waits, and the count survives a restar
     await h.worker.stop(1000);
     const w2 = h.newWorker();
     await w2.start();
-    await sleep(150);
+    await h.canary(3, w2);
+    await h.releaseCanary();
     assert.equal(h.upstream.callsFor(c.id).length, 0, 'still held after a restart');
     assert.deepEqual(await h.queuedIds(), [c.id]);
   } finally {

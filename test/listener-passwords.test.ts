@@ -5,7 +5,7 @@ import { PassThrough, Writable } from 'node:stream';
 import { scryptSync } from 'node:crypto';
 import { hashPassword, verifyPassword, PasswordCache, checkPassword, kdfStats, hashPasswordCommand } from '../src/listener/passwords.js';
 import { isValidPasswordHash } from '../src/config/phc.js';
-import { sleep } from './helpers/wait.js';
+import { waitFor } from './helpers/wait.js';
 
 function sink(): { stream: Writable; text: () => string } {
   const chunks: Buffer[] = [];
@@ -120,7 +120,7 @@ test('hash-password on a terminal: no echo, asks twice, handles backspace', asyn
   const prompt = sink();
   const p = hashPasswordCommand(tty, out.stream, true, prompt.stream);
   tty.write('tty-secreX\u007ft\r');
-  await sleep(20);
+  await waitFor(() => prompt.text().includes('Repeat password: '), 5000, 'the second prompt');
   tty.write('tty-secret\r');
   assert.equal(await p, 0);
   assert.equal(await verifyPassword('tty-secret', out.text().trim()), true);
@@ -135,7 +135,7 @@ test('hash-password on a terminal: mismatch exits 1, Ctrl-C exits 130', async ()
   const prompt = sink();
   const p = hashPasswordCommand(tty, out.stream, true, prompt.stream);
   tty.write('one\r');
-  await sleep(20);
+  await waitFor(() => prompt.text().includes('Repeat password: '), 5000, 'the second prompt');
   tty.write('two\r');
   assert.equal(await p, 1);
   assert.equal(out.text(), '');

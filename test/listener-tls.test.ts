@@ -69,15 +69,22 @@ function sClient(args: string[], stdin: string): Promise<{ code: number | null; 
   return new Promise((resolve) => {
     const p = spawn('openssl', ['s_client', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (out += d));
+    let talked = false;
+    // Talks once the handshake is done (-brief prints CONNECTION ESTABLISHED), then leaves.
+    const onData = (d: Buffer) => {
+      out += d;
+      if (!talked && out.includes('CONNECTION ESTABLISHED')) {
+        talked = true;
+        p.stdin.end(stdin);
+      }
+    };
+    p.stdout.on('data', onData);
+    p.stderr.on('data', onData);
     const timer = setTimeout(() => p.kill(), 10_000);
     p.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, out });
     });
-    // Give the handshake a moment before talking, then leave.
-    setTimeout(() => p.stdin.end(stdin), 500);
   });
 }
 

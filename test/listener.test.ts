@@ -16,7 +16,7 @@ import { parseConfig, ConfigError } from '../src/config/load.js';
 import type { Config } from '../src/config/schema.js';
 import type { Envelope } from '../src/types.js';
 import { RawSmtp, makeConfig, message, ACCOUNT, spooledMessage } from './helpers/listener.js';
-import { sleep } from './helpers/wait.js';
+import { sleep, waitFor } from './helpers/wait.js';
 import { splitReceived } from './helpers/received.js';
 
 const PASSWORD = 'correct horse battery staple';
@@ -183,6 +183,7 @@ test('lockout: after N failures 454 4.7.0 even with the right password, logged f
     const matched = h.rawLog().split('\n').map((l) => re.exec(l)?.groups?.host).filter(Boolean);
     assert.deepEqual(matched, ['127.0.0.5', '127.0.0.5', '127.0.0.5', '127.0.0.5']);
 
+    // time is the subject: the 1500 ms lockout must have run out.
     await sleep(1600);
     const again = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.5' });
     await again.ehlo();
@@ -485,11 +486,9 @@ test('connection limits: per-IP cap (421 4.7.0) and maxClients', async () => {
     const d = await RawSmtp.connect(h.port('local'), { localAddress: '127.0.0.8' });
     await a.quit();
     // The server notices the close asynchronously; the freed slot shows up shortly after.
-    let e: RawSmtp | undefined;
-    for (let i = 0; i < 40 && !e; i++) {
-      await sleep(50);
-      e = await RawSmtp.connect(h.port('local'), { localAddress: '127.0.0.7' }).catch(() => undefined);
-    }
+    const tryConnect = () => RawSmtp.connect(h.port('local'), { localAddress: '127.0.0.7' }).catch(() => undefined);
+    let e = await tryConnect();
+    await waitFor(async () => !!(e ??= await tryConnect()), 5000, 'a freed slot is usable again');
     assert.ok(e, 'a freed slot is usable again');
     await Promise.all([b.quit(), d.quit(), e.quit()]);
 
@@ -539,7 +538,9 @@ test('stop(): a session in DATA finishes with 250, idle sessions get 421, new co
   const stopped = h.stop();
   const idleReply = await idle.read();
   assert.equal(idleReply.code, 421);
-  await sleep(200);
+  // Canary: the listener refuses new connections, so the stop is under way while the busy
+  // session still has its message to finish.
+  await waitFor(async () => RawSmtp.connect(port).then((c) => (c.socket.destroy(), false), () => true), 5000, 'the listener closed');
   busy.write('second half\r\n.\r\n');
   const done = await busy.read();
   assert.match(done.lines.join(), /^250 2\.0\.0 Ok: queued as /);

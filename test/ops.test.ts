@@ -43,10 +43,12 @@ test('revoked grant: /readyz 503 and mail held; token import via the CLI -> 200 
     assert.match(ready.body, /xoauth2-bridge authorize office/);
     const status = await run(process.execPath, [...CLI, 'token', 'status', '--json', '-c', b.configFile]).catch((e) => e as { stdout: string });
     assert.equal((JSON.parse(status.stdout) as Array<{ state: string }>)[0].state, 'needs-reauth');
-    await sleep(1500);
+    // Canary: the worker decided on all three (held: needs-reauth) instead of sending them.
+    await waitFor(() => b.logs.filter((l) => l.includes('"message":"held"') && l.includes('needs-reauth')).length >= 3, 10_000, 'three messages held');
     assert.equal(world.gmail.messages.length, 0, 'mail waits, it is not bounced or sent');
     assert.equal((await b.bridge.spool.list()).length, 3);
     const requestsWhileDead = world.tokens.requests.length;
+    // time is the subject: a retry storm is a rate; none may come within a second.
     await sleep(1000);
     assert.equal(world.tokens.requests.length, requestsWhileDead, 'no retry storm against the token endpoint');
     const loud = b.logs.filter((l) => /needs re-?auth/i.test(l) && /"level":"error"/.test(l));

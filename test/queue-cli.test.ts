@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig } from '../src/fakes/world.js';
 import { spawnBridge, importToken, sendThroughBridge, message, CLI } from './helpers/bridge.js';
-import { waitFor, sleep } from './helpers/wait.js';
+import { waitFor } from './helpers/wait.js';
 
 const run = promisify(execFile);
 const cli = async (...args: string[]) => (await run(process.execPath, [...CLI, ...args])).stdout;
@@ -43,8 +43,12 @@ test('queue list / show / delete / retry --all against a running daemon', { time
       world.gmail.down(false);
       await cli('queue', 'retry', '--all', '-c', configFile);
       await world.gmail.waitForMessages(1, 10_000);
-      await sleep(1500);
-      assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]), ['keep@example.org'], 'the deleted message is never sent');
+      // Canary: a message accepted after the retry is delivered after it; by then a resurrected
+      // deleted message would have been sent too.
+      const canary = 'canary@example.org';
+      await sendThroughBridge({ port: d.ports.local, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: [canary], raw: message({ from: 'scanner@example.com', to: canary, subject: 'canary' }) });
+      await world.gmail.waitForMessages(2, 10_000);
+      assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]), ['keep@example.org', canary], 'the deleted message is never sent');
       assert.deepEqual(JSON.parse(await cli('queue', 'list', '--json', '-c', configFile)), []);
       await assert.rejects(cli('queue', 'show', 'NOSUCHID0000000', '-c', configFile), /exit code 1|Command failed/);
     } finally {

@@ -6,20 +6,21 @@
 // passes of node:test, one process per file: every file not listed below several at a time
 // (they share no state: temp dirs, port 0 or freePort()), then the listed ones one at a time.
 // Exits non-zero if the typecheck or either pass failed.
-//   node test/run.mjs [--node-test-option ...] [test/foo.test.ts ...]   (default: every test/*.test.ts)
+//   node test/run.mjs [--node-test-option ...] [test/unit/foo.test.ts ...]
+//     (default: every *.test.ts under test/, e.g. test/unit/ and test/scenarios/)
 //   XOAUTH2_BRIDGE_TEST_CONCURRENCY=N          (files at once in the first pass; default 4)
 // First: an old Node stops here with the fix, before anything below is loaded or run.
 import './require-node.mjs';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { build } from 'esbuild';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 // Files that run alone, after the others, and why: they load both cores themselves or
-// measure something that other files' load would disturb.
+// measure something that other files' load would disturb. Keyed by file name, whatever folder.
 const ALONE = new Map([
   ['haproxy.test.ts', 'two daemons and HAProxy under a 6-client load with a kill -9 in the middle'],
   ['listener-kdf.test.ts', 'keeps the KDF (full-cost scrypt) busy on purpose; under other files\' load its floods outlast preAuthTimeout'],
@@ -35,7 +36,7 @@ const options = process.argv.slice(2).filter((a) => a.startsWith('--'));
 const named = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 const files = named.length
   ? named
-  : readdirSync(join(root, 'test')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test', f));
+  : readdirSync(join(root, 'test'), { recursive: true }).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test', f));
 
 // Inside the checkout, so bare imports resolve from its node_modules.
 mkdirSync(join(root, '.tmp'), { recursive: true });
@@ -65,7 +66,8 @@ mkdirSync(join(tree, '.tmp')); // e.g. the unpacked Exim, but not the runs' own 
 for (const entry of readdirSync(join(root, '.tmp'))) {
   if (!entry.startsWith('test-run-')) symlinkSync(join(root, '.tmp', entry), join(tree, '.tmp', entry));
 }
-const compiled = (f) => join(tree, 'test', basename(f).replace(/\.ts$/, '.js'));
+// Same place in the compiled tree as in the checkout (test/unit/x.test.ts -> tree/test/unit/x.test.js).
+const compiled = (f) => join(tree, relative(root, resolve(f))).replace(/\.ts$/, '.js');
 
 function exitOf(child) {
   children.add(child);

@@ -10,7 +10,7 @@ import { Spool, SpoolWriteError, SpoolSizeError, newQueueId, readMessage, openMe
 import type { SpooledEnvelope } from '../src/types.js';
 import { readHeaderBlock } from '../src/spool/headers.js';
 import { nullLogger } from '../src/log/logger.js';
-import { sleep } from './helpers/wait.js';
+import { waitFor } from './helpers/wait.js';
 import { recordingLogger } from './helpers/delivery.js';
 import { CLI } from './helpers/bridge.js';
 
@@ -98,7 +98,8 @@ test('a queue file still being received (no footer yet) is not queued', async ()
     }
     const pending = spool.receive(source(), meta);
     await started;
-    await sleep(50);
+    // The first chunk reaches the disk: the queue file appears.
+    await waitFor(async () => (await spoolFiles(spool)).length > 0, 5000, 'the queue file');
     const during = await spoolFiles(spool);
     assert.equal(during.length, 1, `only the queue file exists while data is arriving: ${during}`);
     assert.match(during[0], /\.msg$/);
@@ -124,6 +125,7 @@ test('a source that errors or is destroyed leaves no files and rejects with its 
     const r = new Readable({ read() {} });
     const p = spool.receive(r, meta);
     r.push(Buffer.alloc(1000, 0x62));
+    // time is the subject: destroyed a moment later, mid-message, as a client that goes away.
     setTimeout(() => r.destroy(), 20);
     await assert.rejects(p, (e: Error) => !(e instanceof SpoolWriteError));
     assert.deepEqual(await spoolFiles(spool), []);

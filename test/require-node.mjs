@@ -1,7 +1,7 @@
 // Refuses a Node.js older than the project needs, at once and with the fix, before `npm test`
 // (test/run.mjs imports this first) or `npm run demo` (package.json runs it first) spend
 // minutes failing on it. XOAUTH2_BRIDGE_FAKE_NODE_VERSION stands in for the running version
-// (read only here: test/node-guard.test.ts where the machine has no old Node).
+// (read only here: test/scenarios/t-35-old-node-stops.test.ts where the machine has no old Node).
 const MIN_MAJOR = 22;
 const version = process.env.XOAUTH2_BRIDGE_FAKE_NODE_VERSION || process.versions.node;
 if (!(Number(version.split('.')[0]) >= MIN_MAJOR)) {

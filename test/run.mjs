@@ -22,12 +22,12 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // Files that run alone, after the others, and why: they load both cores themselves or
 // measure something that other files' load would disturb. Keyed by file name, whatever folder.
 const ALONE = new Map([
-  ['haproxy.test.ts', 'two daemons and HAProxy under a 6-client load with a kill -9 in the middle'],
+  ['t-14-haproxy-proxy-protocol.test.ts', 'two daemons and HAProxy under a 6-client load with a kill -9 in the middle'],
   ['listener-kdf.test.ts', 'keeps the KDF (full-cost scrypt) busy on purpose; under other files\' load its floods outlast preAuthTimeout'],
-  ['memory.test.ts', 'peak RSS of a daemon streaming a 25 MB message'],
-  ['gmail-api-memory.test.ts', 'peak RSS of a daemon uploading a 25 MB message'],
-  ['systemd.test.ts', 'the demo under strace -f (ptrace slows it several times)'],
-  ['console-browser.test.ts', 'Chromium'],
+  ['t-33-memory-25mb.test.ts', 'peak RSS of a daemon streaming a 25 MB message'],
+  ['t-34-gmail-api-memory-25mb.test.ts', 'peak RSS of a daemon uploading a 25 MB message'],
+  ['t-02-systemd-unit.test.ts', 'the demo under strace -f (ptrace slows it several times)'],
+  ['t-20-web-console-in-browser.test.ts', 'Chromium'],
 ]);
 
 const concurrency = Number(process.env.XOAUTH2_BRIDGE_TEST_CONCURRENCY ?? 4);

@@ -1,4 +1,4 @@
-// A state-lock contender in a process of its own (test/state-lock.test.ts). Commands on stdin,
+// A state-lock contender in a process of its own (test/unit/state-lock.test.ts). Commands on stdin,
 // one a line, each answered with one line on stdout:
 //   take DIR ROLE   -> acquireStateLock(DIR, ROLE, { waitMs: 0 }): "owner" or "refused <message>"
 //   release         -> releases a lock it holds: "released"

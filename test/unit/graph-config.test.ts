@@ -15,7 +15,8 @@ import { TokenService } from '../../src/oauth/service.js';
 import { TokenStore } from '../../src/oauth/store.js';
 import { scopesFor } from '../../src/oauth/scopes.js';
 import { nullLogger } from '../../src/log/logger.js';
-import { graphBccField, quoteLocalPart } from '../../src/upstream/graph/envelope.js';
+import { graphBccField } from '../../src/upstream/graph/envelope.js';
+import { quoteLocalPart } from '../../src/upstream/addressQuote.js';
 import { authorizeToStore, collect } from '../helpers/oauth.js';
 
 const MAILBOX = 'printer@contoso.com';

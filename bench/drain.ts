@@ -38,7 +38,15 @@ queue: { concurrency: ${concurrency} }
     const spool = new Spool(dir, nullLogger, { fsync: false });
     await spool.init();
     for (let i = 0; i < n; i++) {
-      await spool.receive([MESSAGE], { user: 'printer', account: 'office', mailFrom: 'scanner@example.com', rcptTo: [`r${i}@example.org`], clientIp: '127.0.0.1', bodyType: '7bit', smtputf8: false });
+      await spool.receive([MESSAGE], {
+        user: 'printer',
+        account: 'office',
+        mailFrom: 'scanner@example.com',
+        rcptTo: [`r${i}@example.org`],
+        clientIp: '127.0.0.1',
+        bodyType: '7bit',
+        smtputf8: false,
+      });
     }
     let sent = 0;
     const upstream: Upstream = {

@@ -52,7 +52,8 @@ export interface PostfixInstance {
 /** Why Postfix cannot run here, or null when it can. */
 export function postfixUnavailable(): string | null {
   if (process.getuid?.() !== 0) return 'Postfix needs root to start its master';
-  if (!existsSync('/usr/sbin/postfix')) return 'postfix is not installed (apt-get install postfix libsasl2-modules sasl2-bin)';
+  if (!existsSync('/usr/sbin/postfix'))
+    return 'postfix is not installed (apt-get install postfix libsasl2-modules sasl2-bin)';
   if (!existsSync('/usr/sbin/saslpasswd2')) return 'saslpasswd2 is not installed (apt-get install sasl2-bin)';
   return null;
 }
@@ -101,7 +102,9 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
   const queue = join(dir, 'queue');
   const data = join(dir, 'data');
   for (const d of [conf, queue, data]) await mkdir(d, { recursive: true });
-  const [uid, gid] = ['postfix', 'postfix'].map((n, i) => Number(execFileSync('id', [i ? '-g' : '-u', n], { encoding: 'utf8' }).trim()));
+  const [uid, gid] = ['postfix', 'postfix'].map((n, i) =>
+    Number(execFileSync('id', [i ? '-g' : '-u', n], { encoding: 'utf8' }).trim()),
+  );
   await chown(data, uid, gid);
   const port = await freePort();
   await writeFile(join(conf, 'ca.pem'), o.caCert);
@@ -109,18 +112,26 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
   // Outside config_directory: postfix-script wants everything there owned by root.
   await mkdir(join(dir, 'sasl'));
   const sasldb = join(dir, 'sasl', 'sasldb2');
-  execFileSync('/usr/sbin/saslpasswd2', ['-p', '-c', '-f', sasldb, '-u', 'bench.local', o.clientUser], { input: o.clientPassword });
+  execFileSync('/usr/sbin/saslpasswd2', ['-p', '-c', '-f', sasldb, '-u', 'bench.local', o.clientUser], {
+    input: o.clientPassword,
+  });
   await chown(sasldb, uid, gid);
   // Debian's Cyrus SASL looks for smtpd.conf in $config_directory/sasl.
   await mkdir(join(conf, 'sasl'));
-  await writeFile(join(conf, 'sasl', 'smtpd.conf'), `pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: ${sasldb}\nmech_list: PLAIN LOGIN\n`);
+  await writeFile(
+    join(conf, 'sasl', 'smtpd.conf'),
+    `pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: ${sasldb}\nmech_list: PLAIN LOGIN\n`,
+  );
   let upstreamSecret = o.upstreamPassword;
   const env: Record<string, string> = {};
   if (o.xoauth2) {
     if (!existsSync(o.xoauth2.plugin)) throw new Error(`SASL XOAUTH2 plugin ${o.xoauth2.plugin} does not exist`);
     upstreamSecret = join(data, 'token.json');
     const expiry = String(Math.floor(Date.now() / 1000) + 3000);
-    await writeFile(upstreamSecret, JSON.stringify({ access_token: o.xoauth2.accessToken, refresh_token: o.xoauth2.refreshToken, expiry }));
+    await writeFile(
+      upstreamSecret,
+      JSON.stringify({ access_token: o.xoauth2.accessToken, refresh_token: o.xoauth2.refreshToken, expiry }),
+    );
     await chown(upstreamSecret, uid, gid);
     // Cyrus SASL looks for plugins in SASL_PATH (colon-separated) before its built-in directory.
     const sysDir = '/usr/lib/x86_64-linux-gnu/sasl2';
@@ -176,7 +187,12 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
     notify_classes: '',
     import_environment: [importEnv, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' '),
   };
-  await writeFile(join(conf, 'main.cf'), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
+  await writeFile(
+    join(conf, 'main.cf'),
+    Object.entries(main)
+      .map(([k, v]) => `${k} = ${v}`)
+      .join('\n') + '\n',
+  );
   // Debian's master.cf with our own loopback listener and no chroot (the temp tree has no
   // /etc files copied in).
   const master = readFileSync('/etc/postfix/master.cf', 'utf8')
@@ -188,7 +204,8 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
     });
   master.push(`127.0.0.1:${port} inet n - n - - smtpd`);
   await writeFile(join(conf, 'master.cf'), master.join('\n') + '\n');
-  const pf = (...args: string[]) => execFileSync('/usr/sbin/postfix', ['-c', conf, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const pf = (...args: string[]) =>
+    execFileSync('/usr/sbin/postfix', ['-c', conf, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   let started = false;
   const stop = async (): Promise<void> => {
     if (started) {

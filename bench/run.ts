@@ -107,7 +107,11 @@ async function fetchAccessToken(world: FakeWorld): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = https.request(
       world.tokens.url,
-      { method: 'POST', ca: world.pki.caCert, headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) } },
+      {
+        method: 'POST',
+        ca: world.pki.caCert,
+        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) },
+      },
       (res) => {
         let text = '';
         res.setEncoding('utf8');
@@ -162,7 +166,16 @@ async function prepareDaemon(): Promise<void> {
     try {
       const esbuild = await import('esbuild');
       const outfile = join(ROOT, 'node_modules', '.cache', 'xoauth2-bridge-bench', 'serve.mjs');
-      await esbuild.build({ entryPoints: [src], outfile, bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', logLevel: 'silent' });
+      await esbuild.build({
+        entryPoints: [src],
+        outfile,
+        bundle: true,
+        platform: 'node',
+        format: 'esm',
+        target: 'node20',
+        packages: 'external',
+        logLevel: 'silent',
+      });
       daemonArgs = [outfile];
       daemonMode = 'compiled JS (esbuild bundle of bench/serve.ts, dependencies external)';
       return;
@@ -209,7 +222,12 @@ interface BridgeProc {
 async function startBridgeProc(
   world: FakeWorld,
   name: string,
-  opts: { noFsync?: boolean; noKdfGate?: boolean; tokens?: Record<string, unknown>; listener?: Record<string, unknown> } = {},
+  opts: {
+    noFsync?: boolean;
+    noKdfGate?: boolean;
+    tokens?: Record<string, unknown>;
+    listener?: Record<string, unknown>;
+  } = {},
 ): Promise<BridgeProc> {
   const cfg = bridgeConfig(world, {
     stateDir: join(world.dir, `state-${name}`),
@@ -232,11 +250,21 @@ async function startBridgeProc(
   });
   // BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") profiles the daemon.
   const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, ...daemonArgs, file, ...(opts.noFsync ? ['--unsafe-no-fsync'] : []), ...(opts.noKdfGate ? ['--unsafe-no-kdf-gate'] : [])], {
-    cwd: ROOT,
-    env: { ...process.env, ...UNIT_ENV },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      ...nodeArgs,
+      ...daemonArgs,
+      file,
+      ...(opts.noFsync ? ['--unsafe-no-fsync'] : []),
+      ...(opts.noKdfGate ? ['--unsafe-no-kdf-gate'] : []),
+    ],
+    {
+      cwd: ROOT,
+      env: { ...process.env, ...UNIT_ENV },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
   const stderr: string[] = [];
   started.push({ name, stderr });
   child.stderr!.setEncoding('utf8');
@@ -245,7 +273,10 @@ async function startBridgeProc(
   let memoryWaiter: ((m: DaemonMemory) => void) | null = null;
   const port = await new Promise<number>((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error(`bridge ${name} did not start in 30 s:\n${stderr.join('\n')}`)), 30_000);
+    const timer = setTimeout(
+      () => reject(new Error(`bridge ${name} did not start in 30 s:\n${stderr.join('\n')}`)),
+      30_000,
+    );
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (d: string) => {
       buf += d;
@@ -337,7 +368,10 @@ async function kdfFlood(): Promise<void> {
   try {
     for (const gated of [false, true]) {
       const name = gated ? 'kdf-gate' : 'kdf-nogate';
-      const b = await startBridgeProc(world, name, { noKdfGate: !gated, listener: { authFailLimit: 1_000_000, maxClients: 200 } });
+      const b = await startBridgeProc(world, name, {
+        noKdfGate: !gated,
+        listener: { authFailLimit: 1_000_000, maxClients: 200 },
+      });
       try {
         const t = bridgeTarget(world, b, name);
         const client = await SmtpClient.open(t.conn);
@@ -363,7 +397,13 @@ async function kdfFlood(): Promise<void> {
         stop = true;
         await Promise.allSettled(workers);
         await client.quit();
-        out[name] = { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), max: Math.max(...lat), messages: lat.length, wrongLogins: wrong };
+        out[name] = {
+          p50: quantile(lat, 0.5),
+          p99: quantile(lat, 0.99),
+          max: Math.max(...lat),
+          messages: lat.length,
+          wrongLogins: wrong,
+        };
       } finally {
         await b.stop();
       }
@@ -374,9 +414,26 @@ async function kdfFlood(): Promise<void> {
   results.kdfFlood = out;
   const before = out['kdf-nogate'];
   const after = out['kdf-gate'];
-  const ms = (r: { p50: number; p99: number; messages: number; wrongLogins: number }) => `${f(r.p50)} / ${f(r.p99)} (${r.messages} msgs, ${r.wrongLogins} wrong logins)`;
-  row(6, { scenario: 'KDF flood (64 wrong logins): end of DATA -> 250 p50 / p99 ms, gate off', bridge: ms(before), postfix: '', direct: '', vsDirect: '', vsPostfix: '', target: 'report' });
-  row(6.1, { scenario: 'KDF flood (64 wrong logins): end of DATA -> 250 p50 / p99 ms, gate on', bridge: ms(after), postfix: '', direct: '', vsDirect: '', vsPostfix: '', target: 'report' });
+  const ms = (r: { p50: number; p99: number; messages: number; wrongLogins: number }) =>
+    `${f(r.p50)} / ${f(r.p99)} (${r.messages} msgs, ${r.wrongLogins} wrong logins)`;
+  row(6, {
+    scenario: 'KDF flood (64 wrong logins): end of DATA -> 250 p50 / p99 ms, gate off',
+    bridge: ms(before),
+    postfix: '',
+    direct: '',
+    vsDirect: '',
+    vsPostfix: '',
+    target: 'report',
+  });
+  row(6.1, {
+    scenario: 'KDF flood (64 wrong logins): end of DATA -> 250 p50 / p99 ms, gate on',
+    bridge: ms(after),
+    postfix: '',
+    direct: '',
+    vsDirect: '',
+    vsPostfix: '',
+    target: 'report',
+  });
 }
 
 // ---------------------------------------------------------------- results
@@ -401,7 +458,10 @@ const errors: Record<string, string> = {};
 const f = (x: number | undefined, d = 1) => (x !== undefined && Number.isFinite(x) ? x.toFixed(d) : 'n/a');
 const x = (a: number, b: number | undefined) => (b !== undefined && Number.isFinite(a / b) ? f(a / b, 2) + 'x' : '');
 /** `met`: undefined = a figure reported without a target; a list = every target must hold. */
-function row(order: number, r: Omit<Row, 'met' | 'postfixX'> & { postfixX?: string; met?: Array<boolean | undefined> }): void {
+function row(
+  order: number,
+  r: Omit<Row, 'met' | 'postfixX'> & { postfixX?: string; met?: Array<boolean | undefined> },
+): void {
   const checks = (r.met ?? []).filter((m): m is boolean => m !== undefined);
   const met = r.met === undefined ? '' : checks.length === 0 ? 'n/a' : checks.every(Boolean) ? 'yes' : 'NO';
   rows.push({ ...r, postfixX: r.postfixX ?? '', met, order });
@@ -436,7 +496,15 @@ async function maybePostfix(world: FakeWorld, xoauth2 = false): Promise<PostfixI
     caCert: world.pki.caCert,
     clientUser: world.user.username,
     clientPassword: world.user.password,
-    ...(xoauth2 ? { xoauth2: { plugin: SASL_XOAUTH2, accessToken: await fetchAccessToken(world), refreshToken: world.account.refreshToken } } : {}),
+    ...(xoauth2
+      ? {
+          xoauth2: {
+            plugin: SASL_XOAUTH2,
+            accessToken: await fetchAccessToken(world),
+            refreshToken: world.account.refreshToken,
+          },
+        }
+      : {}),
   });
   postfixVersion = pf.version;
   return pf;
@@ -492,7 +560,9 @@ async function printerAndDurability(): Promise<void> {
     // The no-fsync run only feeds the ratio of scenario 5: half as many sessions keeps the run short.
     const share = (name: string) => (name === 'bridge-nofsync' ? 0.5 : 1);
     const body = makeMessage(SMALL, FROM, TO, 'printer');
-    const raw = new Map(targets.map((t) => [t.name, { total: [] as number[], greeting: [] as number[], t250: [] as number[], auths: 0 }]));
+    const raw = new Map(
+      targets.map((t) => [t.name, { total: [] as number[], greeting: [] as number[], t250: [] as number[], auths: 0 }]),
+    );
     let expected = world.gmail.messages.length;
     // Warm-up (JIT, upstream pool and token, password cache): a printer's steady state.
     for (const t of targets) {
@@ -567,13 +637,41 @@ async function printerAndDurability(): Promise<void> {
       postfixX: f(px?.messagesPerSec),
       direct: f(directNoHold),
       vsDirect: x(b.messagesPerSec, directNoHold),
-      vsPostfix: x(b.messagesPerSec, p?.messagesPerSec) + (px ? ` (XOAUTH2 ${x(b.messagesPerSec, px.messagesPerSec)})` : ''),
+      vsPostfix:
+        x(b.messagesPerSec, p?.messagesPerSec) + (px ? ` (XOAUTH2 ${x(b.messagesPerSec, px.messagesPerSec)})` : ''),
       target: '>= 0.9x direct (no hold), >= 1.0x Postfix',
       met,
     });
-    row(1.1, { scenario: 'printer: connect -> 220 greeting p50 ms', bridge: f(b.greetingMs.p50, 2), postfix: f(p?.greetingMs.p50, 2), postfixX: f(px?.greetingMs.p50, 2), direct: f(d.greetingMs.p50, 2), vsDirect: '', vsPostfix: '', target: '' });
-    row(1.2, { scenario: 'printer: msg/s, every column without the greeting wait', bridge: f(b.messagesPerSecAfterGreeting), postfix: f(p?.messagesPerSecAfterGreeting), postfixX: f(px?.messagesPerSecAfterGreeting), direct: f(d.messagesPerSecAfterGreeting), vsDirect: x(b.messagesPerSecAfterGreeting, d.messagesPerSecAfterGreeting), vsPostfix: x(b.messagesPerSecAfterGreeting, p?.messagesPerSecAfterGreeting), target: '' });
-    row(1.3, { scenario: 'printer: end of DATA -> 250 p50 / p99 ms', bridge: ms(b.timeTo250Ms), postfix: ms(p?.timeTo250Ms), postfixX: px ? ms(px.timeTo250Ms) : '', direct: ms(d.timeTo250Ms), vsDirect: x(b.timeTo250Ms.p50, d.timeTo250Ms.p50), vsPostfix: x(b.timeTo250Ms.p50, p?.timeTo250Ms.p50), target: '' });
+    row(1.1, {
+      scenario: 'printer: connect -> 220 greeting p50 ms',
+      bridge: f(b.greetingMs.p50, 2),
+      postfix: f(p?.greetingMs.p50, 2),
+      postfixX: f(px?.greetingMs.p50, 2),
+      direct: f(d.greetingMs.p50, 2),
+      vsDirect: '',
+      vsPostfix: '',
+      target: '',
+    });
+    row(1.2, {
+      scenario: 'printer: msg/s, every column without the greeting wait',
+      bridge: f(b.messagesPerSecAfterGreeting),
+      postfix: f(p?.messagesPerSecAfterGreeting),
+      postfixX: f(px?.messagesPerSecAfterGreeting),
+      direct: f(d.messagesPerSecAfterGreeting),
+      vsDirect: x(b.messagesPerSecAfterGreeting, d.messagesPerSecAfterGreeting),
+      vsPostfix: x(b.messagesPerSecAfterGreeting, p?.messagesPerSecAfterGreeting),
+      target: '',
+    });
+    row(1.3, {
+      scenario: 'printer: end of DATA -> 250 p50 / p99 ms',
+      bridge: ms(b.timeTo250Ms),
+      postfix: ms(p?.timeTo250Ms),
+      postfixX: px ? ms(px.timeTo250Ms) : '',
+      direct: ms(d.timeTo250Ms),
+      vsDirect: x(b.timeTo250Ms.p50, d.timeTo250Ms.p50),
+      vsPostfix: x(b.timeTo250Ms.p50, p?.timeTo250Ms.p50),
+      target: '',
+    });
     if (fsyncOff) {
       const o = summary['bridge-nofsync'];
       const cost = b.messagesPerSec / o.messagesPerSec;
@@ -585,8 +683,24 @@ async function printerAndDurability(): Promise<void> {
         timeTo250P50Ratio: b.timeTo250Ms.p50 / o.timeTo250Ms.p50,
         timeTo250P99Ratio: b.timeTo250Ms.p99 / o.timeTo250Ms.p99,
       };
-      row(9, { scenario: 'durability: printer msg/s, bridge without fsync (direct column)', bridge: f(b.messagesPerSec), postfix: '', direct: f(o.messagesPerSec), vsDirect: x(b.messagesPerSec, o.messagesPerSec), vsPostfix: '', target: '' });
-      row(9.1, { scenario: 'durability: end of DATA -> 250 p50 ms, without fsync (direct column)', bridge: f(b.timeTo250Ms.p50, 2), postfix: '', direct: f(o.timeTo250Ms.p50, 2), vsDirect: x(b.timeTo250Ms.p50, o.timeTo250Ms.p50), vsPostfix: '', target: '' });
+      row(9, {
+        scenario: 'durability: printer msg/s, bridge without fsync (direct column)',
+        bridge: f(b.messagesPerSec),
+        postfix: '',
+        direct: f(o.messagesPerSec),
+        vsDirect: x(b.messagesPerSec, o.messagesPerSec),
+        vsPostfix: '',
+        target: '',
+      });
+      row(9.1, {
+        scenario: 'durability: end of DATA -> 250 p50 ms, without fsync (direct column)',
+        bridge: f(b.timeTo250Ms.p50, 2),
+        postfix: '',
+        direct: f(o.timeTo250Ms.p50, 2),
+        vsDirect: x(b.timeTo250Ms.p50, o.timeTo250Ms.p50),
+        vsPostfix: '',
+        target: '',
+      });
     }
   } finally {
     await pf?.stop();
@@ -613,7 +727,14 @@ interface ClientsRun {
  * CLIENTS connections, each authenticating once and sending its share of `n` messages back to
  * back (a pooled client: an app server, a system MTA). Timed until the fake Gmail has them all.
  */
-async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, cpu: () => Promise<number>, clients = CLIENTS): Promise<ClientsRun> {
+async function clientsRun(
+  world: FakeWorld,
+  t: Target,
+  n: number,
+  body: Buffer,
+  cpu: () => Promise<number>,
+  clients = CLIENTS,
+): Promise<ClientsRun> {
   const base = world.gmail.messages.length;
   const auths0 = world.gmail.auths.length;
   const cpu0 = await cpu();
@@ -634,7 +755,14 @@ async function clientsRun(world: FakeWorld, t: Target, n: number, body: Buffer, 
   await world.gmail.waitForMessages(base + n, 300_000);
   const deliveredMs = now() - t0;
   const own = process.cpuUsage(own0);
-  return { acceptedMs, deliveredMs, t250, auths: world.gmail.auths.length - auths0, cpuSec: (await cpu()) - cpu0, harnessCpuSec: (own.user + own.system) / 1e6 };
+  return {
+    acceptedMs,
+    deliveredMs,
+    t250,
+    auths: world.gmail.auths.length - auths0,
+    cpuSec: (await cpu()) - cpu0,
+    harnessCpuSec: (own.user + own.system) / 1e6,
+  };
 }
 
 async function concurrent(): Promise<void> {
@@ -654,11 +782,26 @@ async function concurrent(): Promise<void> {
       direct: { t: directTarget(world, token), cpu: async () => NaN },
       bridge: { t: bridgeTarget(world, bridge, 'bridge'), cpu: async () => processCpuSeconds(bpid) },
       ...(pf ? { postfix: { t: postfixTarget(world, pf), cpu: () => pf!.cpuSeconds() } } : {}),
-      ...(pfx ? { 'postfix-xoauth2': { t: postfixTarget(world, pfx, 'postfix-xoauth2'), cpu: () => pfx!.cpuSeconds() } } : {}),
+      ...(pfx
+        ? { 'postfix-xoauth2': { t: postfixTarget(world, pfx, 'postfix-xoauth2'), cpu: () => pfx!.cpuSeconds() } }
+        : {}),
     } as Record<'direct' | 'bridge' | 'postfix' | 'postfix-xoauth2', { t: Target; cpu: () => Promise<number> }>;
     const names = Object.keys(who) as Array<keyof typeof who>;
-    type Acc = { n: number; acceptedMs: number; deliveredMs: number; auths: number; cpuSec: number; harnessCpuSec: number; t250: number[] };
-    const acc = Object.fromEntries(names.map((k) => [k, { n: 0, acceptedMs: 0, deliveredMs: 0, auths: 0, cpuSec: 0, harnessCpuSec: 0, t250: [] } as Acc])) as Record<string, Acc>;
+    type Acc = {
+      n: number;
+      acceptedMs: number;
+      deliveredMs: number;
+      auths: number;
+      cpuSec: number;
+      harnessCpuSec: number;
+      t250: number[];
+    };
+    const acc = Object.fromEntries(
+      names.map((k) => [
+        k,
+        { n: 0, acceptedMs: 0, deliveredMs: 0, auths: 0, cpuSec: 0, harnessCpuSec: 0, t250: [] } as Acc,
+      ]),
+    ) as Record<string, Acc>;
     // Warm every path (JIT, the bridge's upstream pool and token); not timed, its AUTHs are
     // reported apart: the measured runs show the steady state of a running relay.
     const warmAuths: Record<string, number> = {};
@@ -666,7 +809,10 @@ async function concurrent(): Promise<void> {
     const half = Math.floor(P.concN / 2);
     const tokenReq0 = world.tokens.requests.length;
     // ABC CBA halves so drift on a shared machine cancels out.
-    const order: Array<[keyof typeof who, number]> = [...names.map((k) => [k, half] as [keyof typeof who, number]), ...[...names].reverse().map((k) => [k, P.concN - half] as [keyof typeof who, number])];
+    const order: Array<[keyof typeof who, number]> = [
+      ...names.map((k) => [k, half] as [keyof typeof who, number]),
+      ...[...names].reverse().map((k) => [k, P.concN - half] as [keyof typeof who, number]),
+    ];
     for (const [k, n] of order) {
       const r = await clientsRun(world, who[k].t, n, body, who[k].cpu);
       const a = acc[k];
@@ -696,7 +842,20 @@ async function concurrent(): Promise<void> {
           },
         ];
       }),
-    ) as Record<string, { messages: number; acceptedPerSec: number; deliveredPerSec: number; data250Ms: { p50: number; p99: number }; cpuSecPer1000: number; harnessCpuSecPer1000: number; upstreamAuths: number; upstreamAuthsWarmup: number; authsPer1000: number }>;
+    ) as Record<
+      string,
+      {
+        messages: number;
+        acceptedPerSec: number;
+        deliveredPerSec: number;
+        data250Ms: { p50: number; p99: number };
+        cpuSecPer1000: number;
+        harnessCpuSecPer1000: number;
+        upstreamAuths: number;
+        upstreamAuthsWarmup: number;
+        authsPer1000: number;
+      }
+    >;
     const b = summary.bridge;
     const d = summary.direct;
     const p = summary.postfix as (typeof summary)['bridge'] | undefined;
@@ -704,7 +863,11 @@ async function concurrent(): Promise<void> {
     const vsD = b.deliveredPerSec / d.deliveredPerSec;
     const vsP = p ? b.deliveredPerSec / p.deliveredPerSec : undefined;
     const vsPx = px ? b.deliveredPerSec / px.deliveredPerSec : undefined;
-    const deliveredMet = [vsD >= 0.8, vsP === undefined ? undefined : vsP >= 1.5, vsPx === undefined ? undefined : vsPx >= 1.5];
+    const deliveredMet = [
+      vsD >= 0.8,
+      vsP === undefined ? undefined : vsP >= 1.5,
+      vsPx === undefined ? undefined : vsPx >= 1.5,
+    ];
     const latency = b.data250Ms.p50 / d.data250Ms.p50;
     const tokenRequests = world.tokens.requests.length - tokenReq0;
     // Clients, fake Gmail and relay share this machine's cores, so CPU caps delivered/s at
@@ -727,20 +890,114 @@ async function concurrent(): Promise<void> {
       deliveredRatioVsPostfix: vsP,
       deliveredRatioVsPostfixXoauth2: vsPx,
       data250P50RatioVsDirect: latency,
-      targets: { deliveredVsDirect: 0.8, deliveredVsPostfix: 1.5, data250P50VsDirect: 2, cpuSecPer1000: 3, authsPer1000: 10 },
+      targets: {
+        deliveredVsDirect: 0.8,
+        deliveredVsPostfix: 1.5,
+        data250P50VsDirect: 2,
+        cpuSecPer1000: 3,
+        authsPer1000: 10,
+      },
       tokenRequestsDuringRun: tokenRequests,
-      cpuCeiling: { cores, bridgePerSec: bridgeCeiling, postfixPerSec: ceiling('postfix'), relayCpuSecPer1000For08xDirect: budgetPer1000 },
+      cpuCeiling: {
+        cores,
+        bridgePerSec: bridgeCeiling,
+        postfixPerSec: ceiling('postfix'),
+        relayCpuSecPer1000For08xDirect: budgetPer1000,
+      },
     };
     const scen = `${CLIENTS} clients x ${P.concN} x 10 KB`;
-    row(2, { scenario: `${scen}: delivered/s end to end`, bridge: f(b.deliveredPerSec), postfix: f(p?.deliveredPerSec), postfixX: f(px?.deliveredPerSec), direct: f(d.deliveredPerSec), vsDirect: x(b.deliveredPerSec, d.deliveredPerSec), vsPostfix: x(b.deliveredPerSec, p?.deliveredPerSec) + (px ? ` (XOAUTH2 ${x(b.deliveredPerSec, px.deliveredPerSec)})` : ''), target: '>= 0.8x direct, >= 1.5x Postfix', met: deliveredMet });
-    row(2.1, { scenario: `${scen}: accepted/s`, bridge: f(b.acceptedPerSec), postfix: f(p?.acceptedPerSec), postfixX: f(px?.acceptedPerSec), direct: f(d.acceptedPerSec), vsDirect: x(b.acceptedPerSec, d.acceptedPerSec), vsPostfix: x(b.acceptedPerSec, p?.acceptedPerSec), target: '' });
-    row(3, { scenario: `${scen}: end of DATA -> 250 p50 ms`, bridge: f(b.data250Ms.p50, 2), postfix: f(p?.data250Ms.p50, 2), postfixX: f(px?.data250Ms.p50, 2), direct: f(d.data250Ms.p50, 2), vsDirect: x(b.data250Ms.p50, d.data250Ms.p50), vsPostfix: x(b.data250Ms.p50, p?.data250Ms.p50), target: '<= 2x direct', met: [latency <= 2] });
-    row(4, { scenario: `${scen}: CPU seconds per 1,000 messages`, bridge: f(b.cpuSecPer1000, 2), postfix: f(p?.cpuSecPer1000, 2), postfixX: f(px?.cpuSecPer1000, 2), direct: '-', vsDirect: '', vsPostfix: x(b.cpuSecPer1000, p?.cpuSecPer1000), target: '<= 3 (3 ms/msg)', met: [b.cpuSecPer1000 <= 3] });
-    row(4.1, { scenario: `${scen}: harness CPU s per 1,000 (clients + fake Gmail)`, bridge: f(b.harnessCpuSecPer1000, 2), postfix: f(p?.harnessCpuSecPer1000, 2), direct: f(d.harnessCpuSecPer1000, 2), vsDirect: '', vsPostfix: '', target: '' });
-    row(4.2, { scenario: `${scen}: CPU ceiling, ${cores} cores / (harness + relay CPU), msg/s`, bridge: f(bridgeCeiling), postfix: f(ceiling('postfix')), direct: f(d.deliveredPerSec), vsDirect: x(bridgeCeiling, d.deliveredPerSec), vsPostfix: x(bridgeCeiling, ceiling('postfix')), target: '' });
-    row(4.3, { scenario: `${scen}: relay CPU s per 1,000 that 0.8x direct leaves`, bridge: f(budgetPer1000, 2), postfix: '', direct: f(d.harnessCpuSecPer1000, 2), vsDirect: x(budgetPer1000, d.harnessCpuSecPer1000), vsPostfix: '', target: '' });
-    row(5, { scenario: `${scen}: upstream AUTHs per 1,000 messages`, bridge: f(b.authsPer1000), postfix: f(p?.authsPer1000), postfixX: f(px?.authsPer1000), direct: f(d.authsPer1000), vsDirect: '', vsPostfix: '', target: '<= 10', met: [b.authsPer1000 <= 10] });
-    row(5.1, { scenario: `${scen}: token requests during the run (1-h tokens)`, bridge: String(tokenRequests), postfix: '-', direct: '-', vsDirect: '', vsPostfix: '', target: '0', met: [tokenRequests === 0] });
+    row(2, {
+      scenario: `${scen}: delivered/s end to end`,
+      bridge: f(b.deliveredPerSec),
+      postfix: f(p?.deliveredPerSec),
+      postfixX: f(px?.deliveredPerSec),
+      direct: f(d.deliveredPerSec),
+      vsDirect: x(b.deliveredPerSec, d.deliveredPerSec),
+      vsPostfix:
+        x(b.deliveredPerSec, p?.deliveredPerSec) + (px ? ` (XOAUTH2 ${x(b.deliveredPerSec, px.deliveredPerSec)})` : ''),
+      target: '>= 0.8x direct, >= 1.5x Postfix',
+      met: deliveredMet,
+    });
+    row(2.1, {
+      scenario: `${scen}: accepted/s`,
+      bridge: f(b.acceptedPerSec),
+      postfix: f(p?.acceptedPerSec),
+      postfixX: f(px?.acceptedPerSec),
+      direct: f(d.acceptedPerSec),
+      vsDirect: x(b.acceptedPerSec, d.acceptedPerSec),
+      vsPostfix: x(b.acceptedPerSec, p?.acceptedPerSec),
+      target: '',
+    });
+    row(3, {
+      scenario: `${scen}: end of DATA -> 250 p50 ms`,
+      bridge: f(b.data250Ms.p50, 2),
+      postfix: f(p?.data250Ms.p50, 2),
+      postfixX: f(px?.data250Ms.p50, 2),
+      direct: f(d.data250Ms.p50, 2),
+      vsDirect: x(b.data250Ms.p50, d.data250Ms.p50),
+      vsPostfix: x(b.data250Ms.p50, p?.data250Ms.p50),
+      target: '<= 2x direct',
+      met: [latency <= 2],
+    });
+    row(4, {
+      scenario: `${scen}: CPU seconds per 1,000 messages`,
+      bridge: f(b.cpuSecPer1000, 2),
+      postfix: f(p?.cpuSecPer1000, 2),
+      postfixX: f(px?.cpuSecPer1000, 2),
+      direct: '-',
+      vsDirect: '',
+      vsPostfix: x(b.cpuSecPer1000, p?.cpuSecPer1000),
+      target: '<= 3 (3 ms/msg)',
+      met: [b.cpuSecPer1000 <= 3],
+    });
+    row(4.1, {
+      scenario: `${scen}: harness CPU s per 1,000 (clients + fake Gmail)`,
+      bridge: f(b.harnessCpuSecPer1000, 2),
+      postfix: f(p?.harnessCpuSecPer1000, 2),
+      direct: f(d.harnessCpuSecPer1000, 2),
+      vsDirect: '',
+      vsPostfix: '',
+      target: '',
+    });
+    row(4.2, {
+      scenario: `${scen}: CPU ceiling, ${cores} cores / (harness + relay CPU), msg/s`,
+      bridge: f(bridgeCeiling),
+      postfix: f(ceiling('postfix')),
+      direct: f(d.deliveredPerSec),
+      vsDirect: x(bridgeCeiling, d.deliveredPerSec),
+      vsPostfix: x(bridgeCeiling, ceiling('postfix')),
+      target: '',
+    });
+    row(4.3, {
+      scenario: `${scen}: relay CPU s per 1,000 that 0.8x direct leaves`,
+      bridge: f(budgetPer1000, 2),
+      postfix: '',
+      direct: f(d.harnessCpuSecPer1000, 2),
+      vsDirect: x(budgetPer1000, d.harnessCpuSecPer1000),
+      vsPostfix: '',
+      target: '',
+    });
+    row(5, {
+      scenario: `${scen}: upstream AUTHs per 1,000 messages`,
+      bridge: f(b.authsPer1000),
+      postfix: f(p?.authsPer1000),
+      postfixX: f(px?.authsPer1000),
+      direct: f(d.authsPer1000),
+      vsDirect: '',
+      vsPostfix: '',
+      target: '<= 10',
+      met: [b.authsPer1000 <= 10],
+    });
+    row(5.1, {
+      scenario: `${scen}: token requests during the run (1-h tokens)`,
+      bridge: String(tokenRequests),
+      postfix: '-',
+      direct: '-',
+      vsDirect: '',
+      vsPostfix: '',
+      target: '0',
+      met: [tokenRequests === 0],
+    });
   } finally {
     await pf?.stop();
     await pfx?.stop();
@@ -851,7 +1108,13 @@ async function tlsCopy(world: FakeWorld, n: number, payload: Buffer): Promise<nu
 }
 
 /** n concurrent sessions of one large message each; peak RSS sampled every 50 ms. */
-async function largeRun(world: FakeWorld, t: Target, n: number, msg: Buffer, rss: () => Promise<number>): Promise<{ deliveredMs: number; acceptedMs: number; peakRss: number }> {
+async function largeRun(
+  world: FakeWorld,
+  t: Target,
+  n: number,
+  msg: Buffer,
+  rss: () => Promise<number>,
+): Promise<{ deliveredMs: number; acceptedMs: number; peakRss: number }> {
   let peakRss = await rss();
   const poll = setInterval(() => {
     rss().then(
@@ -929,11 +1192,21 @@ async function large(): Promise<void> {
       messageMB: mb(msg.length),
       bridgeIdleRssMB: mb(idle.rss),
       bridgeIdleRssAnonFileMB: [mb(idle.anon), mb(idle.file)],
-      bridgeIdleHeapMB: { heapTotal: mb(idleHeap.heapTotal), heapUsed: mb(idleHeap.heapUsed), external: mb(idleHeap.external), arrayBuffers: mb(idleHeap.arrayBuffers) },
+      bridgeIdleHeapMB: {
+        heapTotal: mb(idleHeap.heapTotal),
+        heapUsed: mb(idleHeap.heapUsed),
+        external: mb(idleHeap.external),
+        arrayBuffers: mb(idleHeap.arrayBuffers),
+      },
       bridgeRssAfterIdleSec: RETURN_WAIT_MS / 1000,
       bridgeRssAfterMB: mb(after.rss),
       bridgeRssAfterAnonFileMB: [mb(after.anon), mb(after.file)],
-      bridgeHeapAfterMB: { heapTotal: mb(afterHeap.heapTotal), heapUsed: mb(afterHeap.heapUsed), external: mb(afterHeap.external), arrayBuffers: mb(afterHeap.arrayBuffers) },
+      bridgeHeapAfterMB: {
+        heapTotal: mb(afterHeap.heapTotal),
+        heapUsed: mb(afterHeap.heapUsed),
+        external: mb(afterHeap.external),
+        arrayBuffers: mb(afterHeap.arrayBuffers),
+      },
       targetReturnMB: 30,
       targetIdleRssMB: 70,
       bridgePeakRssMB: mb(peak),
@@ -980,7 +1253,15 @@ async function large(): Promise<void> {
       target: '<= idle + 30',
       met: [after.rss - idle.rss <= 30 * 2 ** 20],
     });
-    row(6.1, { scenario: `${n} x 20 MB: MB/s end to end (direct = plain TLS copy; bridge CPU ${f(cpuSec, 2)} s)`, bridge: f(bridgeMBs), postfix: f(pfMBs), direct: f(baseMBs), vsDirect: x(bridgeMBs, baseMBs), vsPostfix: x(bridgeMBs, pfMBs), target: '' });
+    row(6.1, {
+      scenario: `${n} x 20 MB: MB/s end to end (direct = plain TLS copy; bridge CPU ${f(cpuSec, 2)} s)`,
+      bridge: f(bridgeMBs),
+      postfix: f(pfMBs),
+      direct: f(baseMBs),
+      vsDirect: x(bridgeMBs, baseMBs),
+      vsPostfix: x(bridgeMBs, pfMBs),
+      target: '',
+    });
   } finally {
     await pf?.stop();
     await bridge?.stop();
@@ -1082,8 +1363,27 @@ async function tokenRate(): Promise<void> {
       target: '1 per token lifetime (<= 1.25 allowing the 10-min refresh-ahead)',
       pass,
     };
-    row(8, { scenario: `token requests per account-hour (compressed: T=${T}s x${(windowSec / T).toFixed(1)})`, bridge: f(perHour, 2), postfix: '-', direct: '-', vsDirect: '', vsPostfix: '', target: '<= 1.25', met: [pass] });
-    if (failedAuths) row(8.1, { scenario: 'upstream AUTHs refused (stale token)', bridge: String(failedAuths), postfix: '-', direct: '-', vsDirect: '', vsPostfix: '', target: '0', met: [false] });
+    row(8, {
+      scenario: `token requests per account-hour (compressed: T=${T}s x${(windowSec / T).toFixed(1)})`,
+      bridge: f(perHour, 2),
+      postfix: '-',
+      direct: '-',
+      vsDirect: '',
+      vsPostfix: '',
+      target: '<= 1.25',
+      met: [pass],
+    });
+    if (failedAuths)
+      row(8.1, {
+        scenario: 'upstream AUTHs refused (stale token)',
+        bridge: String(failedAuths),
+        postfix: '-',
+        direct: '-',
+        vsDirect: '',
+        vsPostfix: '',
+        target: '0',
+        met: [false],
+      });
   } finally {
     await bridge?.stop();
     bodies.stop();
@@ -1094,9 +1394,21 @@ async function tokenRate(): Promise<void> {
 // ---------------------------------------------------------------- main
 
 function printTable(): void {
-  const head: Row = { scenario: 'scenario', bridge: 'bridge', postfix: 'Postfix', postfixX: 'Postfix XOAUTH2', direct: 'direct', vsDirect: 'ratio vs direct', vsPostfix: 'ratio vs Postfix', target: 'target', met: 'met?' };
+  const head: Row = {
+    scenario: 'scenario',
+    bridge: 'bridge',
+    postfix: 'Postfix',
+    postfixX: 'Postfix XOAUTH2',
+    direct: 'direct',
+    vsDirect: 'ratio vs direct',
+    vsPostfix: 'ratio vs Postfix',
+    target: 'target',
+    met: 'met?',
+  };
   // The XOAUTH2 column only when its plugin was given (the notes say how).
-  const keys = (Object.keys(head) as (keyof Row)[]).filter((k) => k !== 'postfixX' || (SASL_XOAUTH2 && !postfixMissing));
+  const keys = (Object.keys(head) as (keyof Row)[]).filter(
+    (k) => k !== 'postfixX' || (SASL_XOAUTH2 && !postfixMissing),
+  );
   // Rows are added as scenarios finish; show them in table order.
   const sorted = [...rows].sort((a, b) => a.order - b.order);
   const w = keys.map((k) => Math.max(...[head, ...sorted].map((r) => r[k].length)));
@@ -1109,12 +1421,17 @@ function printTable(): void {
 async function main(): Promise<void> {
   const m = machine();
   console.log(`xoauth2-bridge bench${QUICK ? ' (--quick)' : ''}`);
-  console.log(`machine: ${m.cpu}, ${m.cores} cores, ${m.memGB} GB, node ${m.node}, ${m.os}; tmpdir ${m.tmpdir} on ${m.tmpdirFs}; load ${(m.loadavgAtStart as number[]).join(' ')}`);
+  console.log(
+    `machine: ${m.cpu}, ${m.cores} cores, ${m.memGB} GB, node ${m.node}, ${m.os}; tmpdir ${m.tmpdir} on ${m.tmpdirFs}; load ${(m.loadavgAtStart as number[]).join(' ')}`,
+  );
   console.log(
     `bridge: upstream maxConnections ${BRIDGE.upstreamMaxConnections}, maxMessages ${BRIDGE.upstreamMaxMessages}, queue.concurrency ${BRIDGE.queueConcurrency}, log warn; client pool ${CLIENTS} connections`,
   );
   await prepareDaemon();
-  const unitEnv = Object.entries(UNIT_ENV).map(([k, v]) => `${k}=${v}`).join(' ') || 'none (BENCH_NO_UNIT_ENV=1)';
+  const unitEnv =
+    Object.entries(UNIT_ENV)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ') || 'none (BENCH_NO_UNIT_ENV=1)';
   console.log(`daemon: ${daemonMode}; environment from the systemd unit: ${unitEnv}\n`);
   const t0 = now();
   const scenarios: Array<[number, string, () => Promise<void>]> = [
@@ -1141,7 +1458,16 @@ async function main(): Promise<void> {
       for (const b of started.slice(logsBefore)) {
         if (b.stderr.length) console.log(`bridge ${b.name} log (last 20 lines):\n${b.stderr.slice(-20).join('\n')}`);
       }
-      row(n * 10, { scenario: `${name}: FAILED: ${(e as Error).message.split('\n')[0].slice(0, 60)}`, bridge: '', postfix: '', direct: '', vsDirect: '', vsPostfix: '', target: '', met: [false] });
+      row(n * 10, {
+        scenario: `${name}: FAILED: ${(e as Error).message.split('\n')[0].slice(0, 60)}`,
+        bridge: '',
+        postfix: '',
+        direct: '',
+        vsDirect: '',
+        vsPostfix: '',
+        target: '',
+        met: [false],
+      });
     }
   }
   console.log('');
@@ -1151,15 +1477,21 @@ async function main(): Promise<void> {
     [
       '',
       'notes:',
-      '- columns: bridge = this daemon; Postfix = a private Debian Postfix (' + (postfixVersion || 'not run') + ') on loopback relaying to the same',
+      '- columns: bridge = this daemon; Postfix = a private Debian Postfix (' +
+        (postfixVersion || 'not run') +
+        ') on loopback relaying to the same',
       '  fake Gmail over verified implicit TLS with SASL PLAIN (a fixed app password), NOT XOAUTH2 (Postfix needs a',
       '  SASL XOAUTH2 plugin for that; PLAIN is cheaper, so this favours Postfix); clients AUTH PLAIN to both;',
       '  direct = the same client talking XOAUTH2/TLS to the fake Gmail itself (no relay).',
       ...(postfixMissing ? [`  Postfix was not run: ${postfixMissing}.`] : []),
       ...(SASL_XOAUTH2 && !postfixMissing
-        ? [`  Postfix XOAUTH2 = a second private Postfix with upstream AUTH XOAUTH2 through sasl-xoauth2 (${SASL_XOAUTH2}), a fresh token.`]
-        : ['  Postfix XOAUTH2 column skipped: set XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2 to sasl-xoauth2\'s plugin (github.com/tarickb/sasl-xoauth2,',
-           '  e.g. /usr/lib/x86_64-linux-gnu/sasl2/libsasl-xoauth2.so, with /etc/sasl-xoauth2.conf; not packaged in Debian 12).']),
+        ? [
+            `  Postfix XOAUTH2 = a second private Postfix with upstream AUTH XOAUTH2 through sasl-xoauth2 (${SASL_XOAUTH2}), a fresh token.`,
+          ]
+        : [
+            "  Postfix XOAUTH2 column skipped: set XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2 to sasl-xoauth2's plugin (github.com/tarickb/sasl-xoauth2,",
+            '  e.g. /usr/lib/x86_64-linux-gnu/sasl2/libsasl-xoauth2.so, with /etc/sasl-xoauth2.conf; not packaged in Debian 12).',
+          ]),
       '- printer: the fake Gmail (smtp-server) holds every 220 greeting 100 ms (early-talker check); the bridge (greetingDelay 0)',
       '  and Postfix do not. Row 1 compares with direct WITHOUT that wait (its connect -> 220 time taken out of each',
       '  session); "without the greeting wait" takes the greeting out of every column.',
@@ -1197,8 +1529,13 @@ async function main(): Promise<void> {
     bridgeConfig: BRIDGE,
     daemon: daemonMode,
     daemonUnitEnvironment: UNIT_ENV,
-    postfix: postfixVersion ? { version: postfixVersion, upstreamAuth: 'SASL PLAIN over verified implicit TLS (not XOAUTH2)' } : { skipped: postfixMissing },
-    postfixXoauth2: SASL_XOAUTH2 && !postfixMissing ? { plugin: SASL_XOAUTH2 } : { skipped: postfixMissing ?? 'XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2 not set' },
+    postfix: postfixVersion
+      ? { version: postfixVersion, upstreamAuth: 'SASL PLAIN over verified implicit TLS (not XOAUTH2)' }
+      : { skipped: postfixMissing },
+    postfixXoauth2:
+      SASL_XOAUTH2 && !postfixMissing
+        ? { plugin: SASL_XOAUTH2 }
+        : { skipped: postfixMissing ?? 'XOAUTH2_BRIDGE_BENCH_SASL_XOAUTH2 not set' },
     results,
     table: rows,
     errors,

@@ -19,7 +19,9 @@ const config = loadConfig(configFile);
 const log = createLogger({ level: config.log.level, format: config.log.format });
 const bridge = new Bridge({ config, configFile, log, unsafeNoFsync: flags.includes('--unsafe-no-fsync') });
 await bridge.start();
-process.stdout.write(JSON.stringify({ ready: true, ports: Object.fromEntries(bridge.bound.map((b) => [b.name, b.port])) }) + '\n');
+process.stdout.write(
+  JSON.stringify({ ready: true, ports: Object.fromEntries(bridge.bound.map((b) => [b.name, b.port])) }) + '\n',
+);
 
 let stopping = false;
 const stop = (): void => {
@@ -38,5 +40,15 @@ process.stdin.resume();
 // SIGUSR2: print this process's memory as the heap sees it (the bench reads RSS from /proc).
 process.on('SIGUSR2', () => {
   const m = process.memoryUsage();
-  process.stdout.write(JSON.stringify({ memory: { rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers } }) + '\n');
+  process.stdout.write(
+    JSON.stringify({
+      memory: {
+        rss: m.rss,
+        heapTotal: m.heapTotal,
+        heapUsed: m.heapUsed,
+        external: m.external,
+        arrayBuffers: m.arrayBuffers,
+      },
+    }) + '\n',
+  );
 });

@@ -89,7 +89,9 @@ export class SmtpClient {
     if ('plain' in auth) {
       await this.cmd(`AUTH PLAIN ${Buffer.from(`\0${auth.plain.user}\0${auth.plain.pass}`).toString('base64')}`, 235);
     } else {
-      const x = Buffer.from(`user=${auth.xoauth2.user}\x01auth=Bearer ${auth.xoauth2.token}\x01\x01`).toString('base64');
+      const x = Buffer.from(`user=${auth.xoauth2.user}\x01auth=Bearer ${auth.xoauth2.token}\x01\x01`).toString(
+        'base64',
+      );
       await this.cmd(`AUTH XOAUTH2 ${x}`, 235);
     }
   }

@@ -25,7 +25,11 @@ var cliArgs = process.argv.slice(2);
 if (cliArgs[0] === 'serve' && process.env.XOAUTH2_BRIDGE_NO_TUNE !== '1' && typeof process.execve === 'function') {
   if (((process.env.NODE_OPTIONS || '') + ' ' + process.execArgv.join(' ')).indexOf('semi-space-size') < 0) {
     try {
-      process.execve(process.execPath, [process.execPath, '--max-semi-space-size=1'].concat(process.execArgv, [process.argv[1]], cliArgs), process.env);
+      process.execve(
+        process.execPath,
+        [process.execPath, '--max-semi-space-size=1'].concat(process.execArgv, [process.argv[1]], cliArgs),
+        process.env,
+      );
     } catch (e) {
       // Not fatal: the daemon runs as it would have without the flag.
     }

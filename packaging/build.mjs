@@ -16,7 +16,8 @@ const at = args.indexOf('--standalone');
 const standalone = at >= 0;
 const out = args.indexOf('--outdir');
 const outdir = standalone ? resolve(args[at + 1] ?? '') : out >= 0 ? resolve(args[out + 1] ?? '') : join(root, 'dist');
-if ((standalone && !args[at + 1]) || (out >= 0 && !args[out + 1])) throw new Error('usage: build.mjs [--standalone DIR | --outdir DIR]');
+if ((standalone && !args[at + 1]) || (out >= 0 && !args[out + 1]))
+  throw new Error('usage: build.mjs [--standalone DIR | --outdir DIR]');
 
 rmSync(outdir, { recursive: true, force: true });
 await build({
@@ -31,7 +32,11 @@ await build({
   // .mjs: ES modules wherever the files end up, with or without a package.json beside them.
   outExtension: { '.js': '.mjs' },
   // Bundled CommonJS dependencies call require(); give every ES chunk a real one.
-  banner: standalone ? { js: "import { createRequire as __xbCreateRequire } from 'node:module'; const require = __xbCreateRequire(import.meta.url);" } : {},
+  banner: standalone
+    ? {
+        js: "import { createRequire as __xbCreateRequire } from 'node:module'; const require = __xbCreateRequire(import.meta.url);",
+      }
+    : {},
   packages: standalone ? 'bundle' : 'external',
   legalComments: standalone ? 'linked' : 'none',
   logLevel: 'warning',

@@ -142,12 +142,15 @@ function props(s) {
   for (const v of variants) {
     for (const [k, sub] of Object.entries(v.properties)) {
       const prev = merged[k];
-      const values = (x) => (x.enum ?? (x.const !== undefined ? [x.const] : null));
-      if (prev && values(prev) && values(sub)) merged[k] = { ...prev, const: undefined, enum: [...new Set([...values(prev), ...values(sub)])] };
+      const values = (x) => x.enum ?? (x.const !== undefined ? [x.const] : null);
+      if (prev && values(prev) && values(sub))
+        merged[k] = { ...prev, const: undefined, enum: [...new Set([...values(prev), ...values(sub)])] };
       else if (!prev) merged[k] = sub;
     }
   }
-  const required = new Set(Object.keys(merged).filter((k) => variants.length && variants.every((v) => (v.required ?? []).includes(k))));
+  const required = new Set(
+    Object.keys(merged).filter((k) => variants.length && variants.every((v) => (v.required ?? []).includes(k))),
+  );
   return { merged, required };
 }
 const elementOf = (s) => (s.type === 'array' && s.items && !Array.isArray(s.items) ? s.items : null);
@@ -174,7 +177,9 @@ function exampleComments() {
     for (const pair of node.items) {
       const key = isScalar(pair.key) ? String(pair.key.value) : '';
       const p = path ? `${path}.${key}` : key;
-      const text = [clean(pair.key?.commentBefore), isScalar(pair.value) ? clean(pair.value.comment) : ''].filter(Boolean).join(' ');
+      const text = [clean(pair.key?.commentBefore), isScalar(pair.value) ? clean(pair.value.comment) : '']
+        .filter(Boolean)
+        .join(' ');
       if (text && !found.has(p)) found.set(p, text);
       walk(pair.value, p);
     }
@@ -203,7 +208,10 @@ function keysRoff() {
       const p = path ? `${path}.${key}` : key;
       const facts = [typeText(sub)];
       if (required.has(key)) facts.push('required');
-      if (sub.default !== undefined && !(typeof sub.default === 'object' && sub.default !== null && !Array.isArray(sub.default)))
+      if (
+        sub.default !== undefined &&
+        !(typeof sub.default === 'object' && sub.default !== null && !Array.isArray(sub.default))
+      )
         facts.push(`default ${JSON.stringify(sub.default)}`);
       const text = esc(`(${facts.join('; ')})${comments.has(p) ? ' ' + comments.get(p) : ''}`);
       // A top-level key is a section; the keys below it are tagged paragraphs.
@@ -231,7 +239,9 @@ function man5() {
         'Check a file with: xoauth2-bridge check-config -c FILE. SIGHUP or xoauth2-bridge reload makes the daemon re-read it.',
     ),
     '.PP',
-    esc('Each key below with its type, allowed values and default, taken from the schema the daemon validates with; "[]" marks the entries of a list.'),
+    esc(
+      'Each key below with its type, allowed values and default, taken from the schema the daemon validates with; "[]" marks the entries of a list.',
+    ),
     '.SH KEYS',
     keysRoff(),
     '.SH EXAMPLE',
@@ -252,13 +262,25 @@ function man5() {
 function completionTable() {
   const entries = [{ cmd: program, path: [] }, ...commands(program)];
   return entries.map(({ cmd, path }) => {
-    const subs = help.visibleCommands(cmd).map((c) => c.name()).filter((n) => n !== 'help');
+    const subs = help
+      .visibleCommands(cmd)
+      .map((c) => c.name())
+      .filter((n) => n !== 'help');
     const opts = help.visibleOptions(cmd).flatMap((o) => [o.short, o.long].filter(Boolean));
     const values = help
       .visibleOptions(cmd)
       .filter((o) => o.argChoices || /<file>/.test(o.flags))
       .map((o) => ({ names: [o.short, o.long].filter(Boolean), choices: o.argChoices ?? null, file: !o.argChoices }));
-    return { key: path.join(' '), subs, opts, values, descriptions: help.visibleCommands(cmd).filter((c) => c.name() !== 'help').map((c) => [c.name(), help.commandDescription(c)]) };
+    return {
+      key: path.join(' '),
+      subs,
+      opts,
+      values,
+      descriptions: help
+        .visibleCommands(cmd)
+        .filter((c) => c.name() !== 'help')
+        .map((c) => [c.name(), help.commandDescription(c)]),
+    };
   });
 }
 
@@ -267,7 +289,10 @@ function bash() {
   const cases = table
     .map((t) => {
       const valueCases = t.values
-        .map((v) => `        ${v.names.join('|')}) ${v.file ? 'COMPREPLY=($(compgen -f -- "$cur"))' : `COMPREPLY=($(compgen -W '${v.choices.join(' ')}' -- "$cur"))`}; return ;;`)
+        .map(
+          (v) =>
+            `        ${v.names.join('|')}) ${v.file ? 'COMPREPLY=($(compgen -f -- "$cur"))' : `COMPREPLY=($(compgen -W '${v.choices.join(' ')}' -- "$cur"))`}; return ;;`,
+        )
         .join('\n');
       return [
         `    '${t.key}')`,
@@ -307,12 +332,16 @@ function zsh() {
     .map((t) => {
       const items = t.descriptions.map(([n, d]) => `'${q(n)}:${q(d)}'`).join(' ');
       const values = t.values
-        .map((v) => `        ${v.names.join('|')}) ${v.file ? '_files' : `compadd -- ${v.choices.join(' ')}`}; return ;;`)
+        .map(
+          (v) => `        ${v.names.join('|')}) ${v.file ? '_files' : `compadd -- ${v.choices.join(' ')}`}; return ;;`,
+        )
         .join('\n');
       return [
         `    '${t.key}')`,
         values ? `      case ${'$'}words[CURRENT-1] in\n${values}\n      esac` : '',
-        t.subs.length ? `      if [[ ${'$'}PREFIX != -* ]]; then subs=(${items}); _describe command subs; return; fi` : '',
+        t.subs.length
+          ? `      if [[ ${'$'}PREFIX != -* ]]; then subs=(${items}); _describe command subs; return; fi`
+          : '',
         `      compadd -- ${t.opts.join(' ')} ;;`,
       ]
         .filter(Boolean)

@@ -28,7 +28,11 @@ export function grantRisk(acct: AccountConfig, st: AccountStatus, now: number, w
     const exp = Date.parse(st.refreshTokenExpiresAt);
     return exp - now <= warnAheadMs
       ? { level: 'warn', text: `time-limited grant expires ${st.refreshTokenExpiresAt}`, at: st.refreshTokenExpiresAt }
-      : { level: 'info', text: `time-limited grant, expires ${st.refreshTokenExpiresAt}`, at: st.refreshTokenExpiresAt };
+      : {
+          level: 'info',
+          text: `time-limited grant, expires ${st.refreshTokenExpiresAt}`,
+          at: st.refreshTokenExpiresAt,
+        };
   }
   const idleLimit = IDLE_LIMIT_MS[providerOf(acct)] ?? IDLE_LIMIT_MS.google;
   const lastUse = Date.parse(st.lastRefreshAt ?? st.refreshTokenIssuedAt!);
@@ -42,7 +46,8 @@ export function grantRisk(acct: AccountConfig, st: AccountStatus, now: number, w
     const at = new Date(issued + TESTING_LIFETIME_MS).toISOString();
     if (age >= TESTING_WARN_AFTER_MS && age < TESTING_LIFETIME_MS)
       return { level: 'warn', text: `if the OAuth app is in "Testing" status, Google revokes this grant at ${at}`, at };
-    if (age < TESTING_WARN_AFTER_MS) return { level: 'info', text: `revoked at ${at} if the OAuth app is in "Testing" status`, at };
+    if (age < TESTING_WARN_AFTER_MS)
+      return { level: 'info', text: `revoked at ${at} if the OAuth app is in "Testing" status`, at };
   }
   return { level: 'none', text: 'no known expiry' };
 }

@@ -73,9 +73,18 @@ export class AlertMonitor {
   constructor(private readonly opts: MonitorOptions) {
     this.now = opts.now ?? Date.now;
     if (opts.registry) {
-      this.gauge = new Gauge({ name: 'xoauth2_bridge_alert_firing', help: 'Alert episodes in progress, by alert.', labelNames: ['alert'], registers: [opts.registry] });
+      this.gauge = new Gauge({
+        name: 'xoauth2_bridge_alert_firing',
+        help: 'Alert episodes in progress, by alert.',
+        labelNames: ['alert'],
+        registers: [opts.registry],
+      });
       for (const a of ALERTS) this.gauge.set({ alert: a }, 0);
-      this.diskGauge = new Gauge({ name: 'xoauth2_bridge_state_disk_free_bytes', help: 'Free bytes on the file system holding stateDir (as of the last alert check).', registers: [opts.registry] });
+      this.diskGauge = new Gauge({
+        name: 'xoauth2_bridge_state_disk_free_bytes',
+        help: 'Free bytes on the file system holding stateDir (as of the last alert check).',
+        registers: [opts.registry],
+      });
     }
     opts.facts.onAccountChange?.((account) => {
       if (this.started) this.accountChanged(account);
@@ -95,10 +104,13 @@ export class AlertMonitor {
     };
     tick();
     const watch = () => {
-      this.diskTimer = setTimeout(() => {
-        void this.checkDisk();
-        watch();
-      }, Math.min(DISK_WATCH_MS, this.opts.config().alerts.checkInterval));
+      this.diskTimer = setTimeout(
+        () => {
+          void this.checkDisk();
+          watch();
+        },
+        Math.min(DISK_WATCH_MS, this.opts.config().alerts.checkInterval),
+      );
       this.diskTimer.unref();
     };
     watch();
@@ -156,7 +168,13 @@ export class AlertMonitor {
     if (this.firing.has(c.key)) return;
     this.firing.set(c.key, { ...c, since: now });
     this.opts.log.warn(`alert: ${c.summary}`, { alert: c.alert, ...(c.account ? { account: c.account } : {}) });
-    this.notify({ alert: c.alert, status: 'firing', account: c.account, summary: c.summary, at: new Date(now).toISOString() });
+    this.notify({
+      alert: c.alert,
+      status: 'firing',
+      account: c.account,
+      summary: c.summary,
+      at: new Date(now).toISOString(),
+    });
     this.updateGauge();
   }
 
@@ -167,12 +185,21 @@ export class AlertMonitor {
     this.firing.delete(key);
     const summary = `${recoveryText(e)} (after ${formatAge(now - e.since)})`;
     this.opts.log.info(`alert resolved: ${summary}`, { alert: e.alert, ...(e.account ? { account: e.account } : {}) });
-    this.notify({ alert: e.alert, status: 'resolved', account: e.account, summary, at: new Date(now).toISOString(), since: new Date(e.since).toISOString() });
+    this.notify({
+      alert: e.alert,
+      status: 'resolved',
+      account: e.account,
+      summary,
+      at: new Date(now).toISOString(),
+      since: new Date(e.since).toISOString(),
+    });
     this.updateGauge();
   }
 
   private updateGauge(): void {
-    if (this.gauge) for (const a of ALERTS) this.gauge.set({ alert: a }, [...this.firing.values()].filter((e) => e.alert === a).length);
+    if (this.gauge)
+      for (const a of ALERTS)
+        this.gauge.set({ alert: a }, [...this.firing.values()].filter((e) => e.alert === a).length);
   }
 
   private statusOf(account: string): { config: AccountConfig; status: AccountStatus } | undefined {
@@ -259,11 +286,21 @@ export class AlertMonitor {
       if (st.state === 'needs-reauth') continue;
       const name = acct.name;
       const risk = grantRisk(acct, st, now, cfg.grantExpiryWarn);
-      if (risk.level === 'warn') out.push({ key: `grant-expiring:${name}`, alert: 'grant-expiring', account: name, summary: `account ${name}: grant about to expire: ${risk.text}` });
+      if (risk.level === 'warn')
+        out.push({
+          key: `grant-expiring:${name}`,
+          alert: 'grant-expiring',
+          account: name,
+          summary: `account ${name}: grant about to expire: ${risk.text}`,
+        });
     }
     const oldest = this.opts.facts.oldestQueuedMs();
     if (oldest !== null && oldest >= cfg.queueAgeWarn)
-      out.push({ key: 'queue-age', alert: 'queue-age', summary: `oldest queued message is ${formatAge(oldest)} old (alerts.queueAgeWarn: ${formatAge(cfg.queueAgeWarn)})` });
+      out.push({
+        key: 'queue-age',
+        alert: 'queue-age',
+        summary: `oldest queued message is ${formatAge(oldest)} old (alerts.queueAgeWarn: ${formatAge(cfg.queueAgeWarn)})`,
+      });
     return out;
   }
 
@@ -285,7 +322,13 @@ export class AlertMonitor {
     this.deliveries = this.deliveries.then(() =>
       Promise.all(
         senders.map((s) =>
-          s.send(n).catch((e: unknown) => this.opts.log.error(`alert could not be sent by ${s.name}`, { alert: n.alert, status: n.status, error: (e as Error).message })),
+          s.send(n).catch((e: unknown) =>
+            this.opts.log.error(`alert could not be sent by ${s.name}`, {
+              alert: n.alert,
+              status: n.status,
+              error: (e as Error).message,
+            }),
+          ),
         ),
       ).then(() => {}),
     );

@@ -42,14 +42,22 @@ export class WebhookSender implements AlertSender {
 
   async send(n: AlertNotice): Promise<void> {
     // `text` is what Slack/Mattermost/Teams-style incoming webhooks display.
-    const body = JSON.stringify({ text: `[xoauth2-bridge ${hostname()}] ${n.status === 'resolved' ? 'RESOLVED: ' : ''}${n.summary}`, host: hostname(), ...n });
+    const body = JSON.stringify({
+      text: `[xoauth2-bridge ${hostname()}] ${n.status === 'resolved' ? 'RESOLVED: ' : ''}${n.summary}`,
+      host: hostname(),
+      ...n,
+    });
     for (let i = 0; ; i++) {
       try {
         await this.post(body);
         return;
       } catch (e) {
         if (i >= RETRY_DELAYS_MS.length) throw e;
-        this.log.warn('alert webhook failed, retrying', { error: (e as Error).message, alert: n.alert, retryInMs: RETRY_DELAYS_MS[i] });
+        this.log.warn('alert webhook failed, retrying', {
+          error: (e as Error).message,
+          alert: n.alert,
+          retryInMs: RETRY_DELAYS_MS[i],
+        });
         await new Promise((r) => setTimeout(r, RETRY_DELAYS_MS[i]).unref());
       }
     }
@@ -59,10 +67,22 @@ export class WebhookSender implements AlertSender {
     return new Promise((resolve, reject) => {
       const req = https.request(
         this.url,
-        { method: 'POST', headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), 'User-Agent': 'xoauth2-bridge' }, ca: this.ca, timeout: 10_000, minVersion: 'TLSv1.2' },
+        {
+          method: 'POST',
+          headers: {
+            'Content-Type': 'application/json',
+            'Content-Length': Buffer.byteLength(body),
+            'User-Agent': 'xoauth2-bridge',
+          },
+          ca: this.ca,
+          timeout: 10_000,
+          minVersion: 'TLSv1.2',
+        },
         (res) => {
           res.resume();
-          res.on('end', () => ((res.statusCode ?? 0) < 300 ? resolve() : reject(new Error(`webhook answered HTTP ${res.statusCode}`))));
+          res.on('end', () =>
+            (res.statusCode ?? 0) < 300 ? resolve() : reject(new Error(`webhook answered HTTP ${res.statusCode}`)),
+          );
         },
       );
       req.on('timeout', () => req.destroy(new Error('webhook timed out')));
@@ -89,10 +109,16 @@ export class MailSender implements AlertSender {
   async send(n: AlertNotice): Promise<void> {
     const all = this.d.accounts();
     // An alert about a dead account is better sent through one that works.
-    const acct = (this.d.account ? all.find((a) => a.name === this.d.account) : undefined) ?? all.find((a) => a.state === 'ok') ?? all[0];
+    const acct =
+      (this.d.account ? all.find((a) => a.name === this.d.account) : undefined) ??
+      all.find((a) => a.state === 'ok') ??
+      all[0];
     if (!acct) throw new Error('no account to send the alert mail through');
     const host = hostname();
-    const subject = `[xoauth2-bridge ${host}] ${n.status === 'resolved' ? 'RESOLVED: ' : ''}${n.summary}`.replace(/[\r\n]+/g, ' ');
+    const subject = `[xoauth2-bridge ${host}] ${n.status === 'resolved' ? 'RESOLVED: ' : ''}${n.summary}`.replace(
+      /[\r\n]+/g,
+      ' ',
+    );
     const lines = [
       n.summary,
       '',

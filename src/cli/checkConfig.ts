@@ -47,13 +47,25 @@ function pathProblems(named: NamedPath[], configFile: string, user: SystemUser |
     const st = statSync(p.path);
     if (p.need === 'write') {
       const fix = user ? `: chown -R ${user.name}: ${p.path}` : '';
-      problems.push({ path: p.key, message: st.isDirectory() ? `${who} cannot write in ${p.path} (${describe(st)})${fix}` : `${p.path} is not a directory` });
+      problems.push({
+        path: p.key,
+        message: st.isDirectory()
+          ? `${who} cannot write in ${p.path} (${describe(st)})${fix}`
+          : `${p.path} is not a directory`,
+      });
     } else if (!st.isFile()) {
       problems.push({ path: p.key, message: `${p.path} is not a regular file` });
     } else {
       // The token key must stay private to the daemon's user (the store refuses a group-readable key).
-      const fix = !user ? '' : p.key === 'tokens.encryptionKeyFile' ? `: chown ${user.name} ${p.path} && chmod 0600 ${p.path}` : `: chgrp ${group} ${p.path} && chmod 0640 ${p.path}`;
-      problems.push({ path: p.key, message: `${who} cannot read ${p.path} (${describe(st)}, or a directory above it is closed to it)${fix}` });
+      const fix = !user
+        ? ''
+        : p.key === 'tokens.encryptionKeyFile'
+          ? `: chown ${user.name} ${p.path} && chmod 0600 ${p.path}`
+          : `: chgrp ${group} ${p.path} && chmod 0640 ${p.path}`;
+      problems.push({
+        path: p.key,
+        message: `${who} cannot read ${p.path} (${describe(st)}, or a directory above it is closed to it)${fix}`,
+      });
     }
   });
   return problems;
@@ -64,7 +76,13 @@ export function systemdUnitInstalled(env: NodeJS.ProcessEnv = process.env): bool
   // $SYSTEMD_UNIT_PATH replaces systemd's own search path when set (systemd.unit(5)).
   const dirs = env.SYSTEMD_UNIT_PATH
     ? env.SYSTEMD_UNIT_PATH.split(':').filter(Boolean)
-    : ['/etc/systemd/system', '/run/systemd/system', '/usr/local/lib/systemd/system', '/usr/lib/systemd/system', '/lib/systemd/system'];
+    : [
+        '/etc/systemd/system',
+        '/run/systemd/system',
+        '/usr/local/lib/systemd/system',
+        '/usr/lib/systemd/system',
+        '/lib/systemd/system',
+      ];
   return dirs.some((d) => existsSync(join(d, 'xoauth2-bridge.service')));
 }
 
@@ -72,16 +90,24 @@ export function systemdUnitInstalled(env: NodeJS.ProcessEnv = process.env): bool
  * Accounts that cannot get a token: no grant stored, or one the provider refused. `command`
  * turns CLI arguments into the command line the operator can run (as the daemon's user).
  */
-async function tokenProblems(cfg: Config, notes: string[], command: (argv: string[]) => string): Promise<ConfigProblem[]> {
+async function tokenProblems(
+  cfg: Config,
+  notes: string[],
+  command: (argv: string[]) => string,
+): Promise<ConfigProblem[]> {
   const file = join(cfg.stateDir, STORE_FILE);
   let accounts: Record<string, { refreshToken?: string; state?: string; lastError?: string }> = {};
   if (statOrNull(file)) {
     try {
-      accounts = (await new TokenStore({ stateDir: cfg.stateDir, key: resolveStoreKey(cfg.tokens.encryptionKeyFile) }).load()).accounts;
+      accounts = (
+        await new TokenStore({ stateDir: cfg.stateDir, key: resolveStoreKey(cfg.tokens.encryptionKeyFile) }).load()
+      ).accounts;
     } catch (e) {
       // The .deb's key is a systemd credential: only the unit sees $CREDENTIALS_DIRECTORY.
       if (/no key is configured/.test((e as Error).message) && !process.env.CREDENTIALS_DIRECTORY) {
-        notes.push(`token store ${file} is encrypted with the unit's credential; not opened here (\`token status\` shows the daemon's view)`);
+        notes.push(
+          `token store ${file} is encrypted with the unit's credential; not opened here (\`token status\` shows the daemon's view)`,
+        );
         return [];
       }
       return [{ path: 'stateDir', message: (e as Error).message }];
@@ -92,9 +118,15 @@ async function tokenProblems(cfg: Config, notes: string[], command: (argv: strin
     if (a.oauth.type !== 'user') return; // service accounts and app-only sign in with their key
     const r = accounts[a.name];
     if (!r?.refreshToken)
-      problems.push({ path: `accounts[${i}]`, message: `no grant stored for account ${a.name}: run \`${command(['authorize', a.name])}\` (or \`${command(['token', 'import', a.name])}\` with the refresh token on stdin)` });
+      problems.push({
+        path: `accounts[${i}]`,
+        message: `no grant stored for account ${a.name}: run \`${command(['authorize', a.name])}\` (or \`${command(['token', 'import', a.name])}\` with the refresh token on stdin)`,
+      });
     else if (r.state === 'needs-reauth')
-      problems.push({ path: `accounts[${i}]`, message: `account ${a.name} needs re-authorization (${r.lastError ?? 'grant refused'}): run \`${command(['authorize', a.name])}\`` });
+      problems.push({
+        path: `accounts[${i}]`,
+        message: `account ${a.name} needs re-authorization (${r.lastError ?? 'grant refused'}): run \`${command(['authorize', a.name])}\``,
+      });
   });
   return problems;
 }
@@ -104,7 +136,9 @@ function resolveUser(name: string): SystemUser {
   const user = lookupUser(name);
   if (!user) throw new ConfigError('--as-user', [{ path: '', message: `no user named "${name}"` }]);
   if (user.uid !== process.getuid?.() && process.getuid?.() !== 0)
-    throw new ConfigError('--as-user', [{ path: '', message: `checking as user ${name} needs root: run it with sudo, or as ${name} without --as-user` }]);
+    throw new ConfigError('--as-user', [
+      { path: '', message: `checking as user ${name} needs root: run it with sudo, or as ${name} without --as-user` },
+    ]);
   return user;
 }
 
@@ -114,10 +148,22 @@ interface Section {
   problems: ConfigProblem[];
 }
 
-function report(configFile: string, problems: ConfigProblem[], notes: string[], okLine: string, out: Out, err: Out, sections: Section[] = []): number {
+function report(
+  configFile: string,
+  problems: ConfigProblem[],
+  notes: string[],
+  okLine: string,
+  out: Out,
+  err: Out,
+  sections: Section[] = [],
+): number {
   for (const n of notes) err.write(`note: ${n}\n`);
   if (problems.length) err.write(new ConfigError(configFile, problems).message + '\n');
-  for (const s of sections) if (s.problems.length) err.write(`${configFile}: ${s.heading}:\n` + s.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n') + '\n');
+  for (const s of sections)
+    if (s.problems.length)
+      err.write(
+        `${configFile}: ${s.heading}:\n` + s.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n') + '\n',
+      );
   if (problems.length || sections.some((s) => s.problems.length)) return 2;
   out.write(`${configFile}: ok (${okLine})\n`);
   return 0;
@@ -140,7 +186,13 @@ export function loadForCheck(configFile: string, asUser: string | undefined): Co
   }
 }
 
-export function checkConfigCommand(cfg: Config, configFile: string, opts: { asUser?: string }, out: Out, err: Out): number {
+export function checkConfigCommand(
+  cfg: Config,
+  configFile: string,
+  opts: { asUser?: string },
+  out: Out,
+  err: Out,
+): number {
   const user = opts.asUser ? resolveUser(opts.asUser) : null;
   const problems = fileProblems(cfg, configFile, user);
   const counts = `${cfg.listeners.length} listener(s), ${cfg.accounts.length} account(s), ${cfg.users.length} user(s)`;
@@ -151,9 +203,16 @@ export function checkConfigCommand(cfg: Config, configFile: string, opts: { asUs
  * The deep check as the daemon's user: by default the owner of stateDir (what the unit's
  * User= made it), else the packaged xoauth2-bridge user, else this user.
  */
-export async function doctorCommand(cfg: Config, configFile: string, opts: { asUser?: string }, out: Out, err: Out): Promise<number> {
+export async function doctorCommand(
+  cfg: Config,
+  configFile: string,
+  opts: { asUser?: string },
+  out: Out,
+  err: Out,
+): Promise<number> {
   const owner = statOrNull(cfg.stateDir)?.uid;
-  const name = opts.asUser ?? (owner !== undefined ? lookupUser(owner)?.name : undefined) ?? lookupUser('xoauth2-bridge')?.name;
+  const name =
+    opts.asUser ?? (owner !== undefined ? lookupUser(owner)?.name : undefined) ?? lookupUser('xoauth2-bridge')?.name;
   const user = name ? resolveUser(name) : null;
   const notes: string[] = [];
   // Run as another user (root, usually), a fix must run as the daemon's user, in the form that
@@ -171,7 +230,10 @@ export async function doctorCommand(cfg: Config, configFile: string, opts: { asU
   const sections = [
     // Not config errors: the config is fine, the account still needs its OAuth grant.
     { heading: 'grants (accounts that cannot get a token yet)', problems: grants },
-    { heading: 'upstream (connected from this host, TLS verified, no AUTH)', problems: upstreams.filter((u) => !u.ok).map((u) => ({ path: u.key, message: `${u.target}: ${u.detail}` })) },
+    {
+      heading: 'upstream (connected from this host, TLS verified, no AUTH)',
+      problems: upstreams.filter((u) => !u.ok).map((u) => ({ path: u.key, message: `${u.target}: ${u.detail}` })),
+    },
   ];
   const ok = `files readable by ${user?.name ?? 'this user'}, stateDir writable, every account has a grant, every upstream answers`;
   return report(configFile, problems, notes, ok, out, err, sections);

@@ -37,7 +37,9 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
   const microsoft = opts.provider === 'microsoft';
   const graphDemo = opts.transport === 'graph';
   if (microsoft && opts.transport === 'gmail-api') {
-    say('demo: --transport gmail-api is for Google; Microsoft accounts send over SMTP or Microsoft Graph (--transport graph)');
+    say(
+      'demo: --transport gmail-api is for Google; Microsoft accounts send over SMTP or Microsoft Graph (--transport graph)',
+    );
     return 2;
   }
   if (!microsoft && graphDemo) {
@@ -55,7 +57,13 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
     let overrides: Record<string, unknown> = {};
     let refreshToken = world.account.refreshToken;
     const sender = microsoft ? 'printer@contoso.com' : world.account.email;
-    const upstreamName = graphDemo ? 'fake Microsoft Graph' : microsoft ? 'fake Exchange Online' : api ? 'fake Gmail API' : 'fake Gmail';
+    const upstreamName = graphDemo
+      ? 'fake Microsoft Graph'
+      : microsoft
+        ? 'fake Exchange Online'
+        : api
+          ? 'fake Gmail API'
+          : 'fake Gmail';
     let how = `AUTH XOAUTH2 over TLS to ${upstreamName}`;
     let received: () => Promise<Received>;
     /** Everything the fake upstream has received so far (rehearsal mode reports each new one). */
@@ -65,11 +73,22 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
       refreshToken = t.identity.issueRefreshToken(t.clientId, sender);
       overrides = { accounts: [t.account(world.account.name, 'user')] };
       say('xoauth2-bridge demo: everything runs on loopback; no Microsoft account is used.');
-      say(`  fake identity        ${t.identity.tokenUrl}  (HTTPS, test CA; tokens for https://graph.microsoft.com, scope Mail.Send)`);
-      say(`  fake Microsoft Graph ${t.graph.url}  (HTTPS, POST /v1.0/users/{mailbox}/sendMail with base64 MIME; checks audience and scp)`);
+      say(
+        `  fake identity        ${t.identity.tokenUrl}  (HTTPS, test CA; tokens for https://graph.microsoft.com, scope Mail.Send)`,
+      );
+      say(
+        `  fake Microsoft Graph ${t.graph.url}  (HTTPS, POST /v1.0/users/{mailbox}/sendMail with base64 MIME; checks audience and scp)`,
+      );
       how = `POST /v1.0/users/${sender}/sendMail (base64 MIME, text/plain) over HTTPS to ${upstreamName}`;
       arrivals = () =>
-        t.graph.messages.map((m) => ({ authUser: `${m.caller}, token audience https://graph.microsoft.com, scp Mail.Send`, mailFrom: `(none: Graph sends from the mailbox ${m.mailbox})`, rcptTo: m.recipients, raw: m.raw, secure: true, tlsProtocol: '(HTTPS)' }));
+        t.graph.messages.map((m) => ({
+          authUser: `${m.caller}, token audience https://graph.microsoft.com, scp Mail.Send`,
+          mailFrom: `(none: Graph sends from the mailbox ${m.mailbox})`,
+          rcptTo: m.recipients,
+          raw: m.raw,
+          secure: true,
+          tlsProtocol: '(HTTPS)',
+        }));
       received = async () => {
         await t.graph.waitForMessages(1, 15_000);
         return arrivals()[0];
@@ -80,7 +99,22 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
       identity.registerApp(clientId, secret);
       refreshToken = identity.issueRefreshToken(clientId, sender);
       overrides = {
-        accounts: [{ name: world.account.name, provider: 'microsoft', email: sender, oauth: { type: 'user', tenant: identity.tenant, authorityHost: identity.authorityHost, clientId, clientSecret: secret, caFile: world.caFile }, upstream: { host: 'localhost', port: exo.port, caFile: world.caFile } }],
+        accounts: [
+          {
+            name: world.account.name,
+            provider: 'microsoft',
+            email: sender,
+            oauth: {
+              type: 'user',
+              tenant: identity.tenant,
+              authorityHost: identity.authorityHost,
+              clientId,
+              clientSecret: secret,
+              caFile: world.caFile,
+            },
+            upstream: { host: 'localhost', port: exo.port, caFile: world.caFile },
+          },
+        ],
       };
       say('xoauth2-bridge demo: everything runs on loopback; no Microsoft account is used.');
       say(`  fake identity        ${identity.tokenUrl}  (HTTPS, test CA; refresh tokens rotate and work once)`);
@@ -96,16 +130,32 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
       const gapi = world.gmailApi;
       say('xoauth2-bridge demo: everything runs on loopback; no Google account is used.');
       say(`  fake token endpoint  ${world.tokens.url}  (HTTPS, test CA; the grant has only the gmail.send scope)`);
-      say(`  fake Gmail API       ${gapi.url}  (HTTPS, users.messages.send media upload; checks the bearer and its scope)`);
+      say(
+        `  fake Gmail API       ${gapi.url}  (HTTPS, users.messages.send media upload; checks the bearer and its scope)`,
+      );
       how = `users.messages.send (media upload, message/rfc822, streamed from the spool file) over HTTPS to ${upstreamName}`;
       received = async () => {
         await gapi.waitForMessages(1, 15_000);
         const m = gapi.messages[0];
         const scope = world.tokens.requests.filter((r) => r.ok && r.email === m.user).at(-1)?.scope ?? '?';
         // The API has no envelope: Gmail sends to the To/Cc/Bcc headers, which the bridge made match it.
-        return { authUser: `${m.user}, token scope ${scope}`, mailFrom: '(none: the API sends as the token\'s user)', rcptTo: m.recipients, raw: m.raw, secure: true, tlsProtocol: '(HTTPS)' };
+        return {
+          authUser: `${m.user}, token scope ${scope}`,
+          mailFrom: "(none: the API sends as the token's user)",
+          rcptTo: m.recipients,
+          raw: m.raw,
+          secure: true,
+          tlsProtocol: '(HTTPS)',
+        };
       };
-      arrivals = () => gapi.messages.map((m) => ({ authUser: m.user, mailFrom: m.user, rcptTo: m.recipients, raw: m.raw, secure: true }));
+      arrivals = () =>
+        gapi.messages.map((m) => ({
+          authUser: m.user,
+          mailFrom: m.user,
+          rcptTo: m.recipients,
+          raw: m.raw,
+          secure: true,
+        }));
     } else {
       say('xoauth2-bridge demo: everything runs on loopback; no Google account is used.');
       say(`  fake token endpoint  ${world.tokens.url}  (HTTPS, test CA)`);
@@ -128,7 +178,10 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
         http: { host: '127.0.0.1', port: 0, console: true },
       };
     }
-    const file = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'info', format: 'text' }, ...overrides }));
+    const file = await writeBridgeConfig(
+      world,
+      bridgeConfig(world, { log: { level: 'info', format: 'text' }, ...overrides }),
+    );
     const config = parseConfig(await readFile(file, 'utf8'), file);
     // Bridge log lines go to stderr so stdout stays the demo's story.
     const log = createLogger({ level: 'info', format: 'text', stream: process.stderr });
@@ -136,7 +189,9 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
     await bridge.start();
     await bridge.tokens.importRefreshToken(world.account.name, refreshToken);
     const listener = bridge.bound[0];
-    say(`  bridge listener      ${listener.host}:${listener.port}  (user "${world.user.username}", account "${world.account.name}" <${sender}>)`);
+    say(
+      `  bridge listener      ${listener.host}:${listener.port}  (user "${world.user.username}", account "${world.account.name}" <${sender}>)`,
+    );
     say(`  state dir            ${config.stateDir}`);
     say();
 
@@ -162,7 +217,9 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
         '',
       ].join('\r\n'),
     );
-    say(`1. printer -> bridge: SMTP AUTH PLAIN as "${world.user.username}", MAIL FROM:<${sender}>, RCPT TO:<alice@example.org>, ${raw.length} bytes`);
+    say(
+      `1. printer -> bridge: SMTP AUTH PLAIN as "${world.user.username}", MAIL FROM:<${sender}>, RCPT TO:<alice@example.org>, ${raw.length} bytes`,
+    );
     const t0 = process.hrtime.bigint();
     const info = await client.sendMail({ envelope: { from: sender, to: ['alice@example.org'] }, raw });
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -178,7 +235,9 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
     // The bridge prepends one Received: trace header; every byte after it is the printer's.
     const afterTrace = got.raw.toString('latin1').replace(/^Received:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n/, '');
     const same = Buffer.from(afterTrace, 'latin1').equals(raw);
-    say(`   bytes               ${got.raw.length} (sha256 ${createHash('sha256').update(got.raw).digest('hex').slice(0, 16)}…) ${same ? 'a Received: header, then exactly what the printer sent' : 'DIFFERENT from what was sent'}`);
+    say(
+      `   bytes               ${got.raw.length} (sha256 ${createHash('sha256').update(got.raw).digest('hex').slice(0, 16)}…) ${same ? 'a Received: header, then exactly what the printer sent' : 'DIFFERENT from what was sent'}`,
+    );
     say();
     say('--- message as delivered ---');
     say(got.raw.toString('utf8').trimEnd());
@@ -192,7 +251,15 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
     say(`spool after delivery: ${left.length} message(s) left`);
     const ok = same && left.length === 0;
     if (!opts.keep) return ok ? 0 : 1;
-    await rehearse(say, { bridge, file, sender, upstreamName, user: world.user, account: world.account.name, arrivals });
+    await rehearse(say, {
+      bridge,
+      file,
+      sender,
+      upstreamName,
+      user: world.user,
+      account: world.account.name,
+      arrivals,
+    });
     return ok ? 0 : 1;
   } finally {
     await bridge?.stop(5000);
@@ -210,21 +277,35 @@ export async function demoCommand(out: NodeJS.WritableStream, opts: DemoOptions 
  */
 async function rehearse(
   say: (s?: string) => void,
-  o: { bridge: Bridge; file: string; sender: string; upstreamName: string; user: { username: string; password: string }; account: string; arrivals: () => Received[] },
+  o: {
+    bridge: Bridge;
+    file: string;
+    sender: string;
+    upstreamName: string;
+    user: { username: string; password: string };
+    account: string;
+    arrivals: () => Received[];
+  },
 ): Promise<void> {
   const l = o.bridge.bound[0];
-  const host = l.host === '0.0.0.0' || l.host === '::' ? '<this machine\'s address>' : l.host;
+  const host = l.host === '0.0.0.0' || l.host === '::' ? "<this machine's address>" : l.host;
   const http = o.bridge.httpAddress;
   say();
   say('Rehearsal mode (--keep): the fakes and the bridge keep running until Ctrl-C.');
   say(`  SMTP host     ${host}`);
-  say(`  SMTP port     ${l.port}  (${o.bridge.config.listeners[0].tls === 'none' ? 'no TLS' : 'STARTTLS, self-signed certificate'}; AUTH PLAIN or LOGIN)`);
+  say(
+    `  SMTP port     ${l.port}  (${o.bridge.config.listeners[0].tls === 'none' ? 'no TLS' : 'STARTTLS, self-signed certificate'}; AUTH PLAIN or LOGIN)`,
+  );
   say(`  user          ${o.user.username}`);
   say(`  password      ${o.user.password}`);
   say(`  sender        ${o.sender}  (the account's address; other From addresses are refused)`);
-  say(`  swaks         swaks --server ${host === l.host ? host : '127.0.0.1'}:${l.port} --auth-user ${o.user.username} --auth-password '${o.user.password}' --from ${o.sender} --to you@example.org`);
+  say(
+    `  swaks         swaks --server ${host === l.host ? host : '127.0.0.1'}:${l.port} --auth-user ${o.user.username} --auth-password '${o.user.password}' --from ${o.sender} --to you@example.org`,
+  );
   if (http) say(`  console       http://${http.host}:${http.port}/  (loopback: no password)`);
-  say(`  authorize     xoauth2-bridge authorize ${o.account} --manual -c ${o.file}  (the fake consent page; its certificate is the demo's test CA)`);
+  say(
+    `  authorize     xoauth2-bridge authorize ${o.account} --manual -c ${o.file}  (the fake consent page; its certificate is the demo's test CA)`,
+  );
   say(`  config        ${o.file}`);
   say();
   let seen = o.arrivals().length;
@@ -234,7 +315,9 @@ async function rehearse(
     for (; seen < all.length; seen++) {
       const m = all[seen];
       const subject = /^Subject: ?(.*)$/im.exec(m.raw.toString('utf8').split(/\r?\n\r?\n/)[0])?.[1]?.trim() ?? '';
-      say(`arrived at ${o.upstreamName}: from <${m.mailFrom}> to ${m.rcptTo.map((r) => `<${r}>`).join(' ')}, ${m.raw.length} bytes${subject ? `, subject "${subject}"` : ''}`);
+      say(
+        `arrived at ${o.upstreamName}: from <${m.mailFrom}> to ${m.rcptTo.map((r) => `<${r}>`).join(' ')}, ${m.raw.length} bytes${subject ? `, subject "${subject}"` : ''}`,
+      );
     }
   }, 200);
   const signal = await new Promise<string>((resolve) => {

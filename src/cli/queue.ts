@@ -32,7 +32,16 @@ function oneLine(s: string | null | undefined, max: number): string {
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd()).join('\n') + '\n';
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i])))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 function plural(n: number, word: string): string {
@@ -57,7 +66,17 @@ export async function queueList(config: Config, opts: { json: boolean }, out: Ou
     const rcpts = r.rcpts.length > 1 ? `${first} (+${r.rcpts.length - 1})` : first;
     const age = r.ageMs === null ? '-' : formatAge(r.ageMs);
     const last = r.state === 'corrupt' ? `${r.file}: ${r.error}` : r.state === 'failed' ? r.failReason : r.lastReply;
-    t.push([r.id, r.account ?? '?', sender(r.from), rcpts, formatSize(r.size), age, String(r.attempts), nextTry(r, now), oneLine(last, 60)]);
+    t.push([
+      r.id,
+      r.account ?? '?',
+      sender(r.from),
+      rcpts,
+      formatSize(r.size),
+      age,
+      String(r.attempts),
+      nextTry(r, now),
+      oneLine(last, 60),
+    ]);
   }
   out.write(table(t));
   const queued = rows.filter((r) => r.state !== 'failed' && r.state !== 'corrupt');
@@ -85,8 +104,14 @@ export async function queueShow(config: Config, id: string, out: Out, err: Out =
   ];
   if (r.state === 'corrupt') lines.push(['file', r.file ?? '?'], ['error', r.error ?? '?']);
   else {
-    lines.push(['account', r.account ?? '?'], ['user', r.user ?? '(trusted network)'], ['client', s.client ?? '?'], ['from', sender(r.from)]);
-    for (const x of r.rcpts) lines.push(['to', `${x.address} [${x.status}]${x.reply ? ` ${oneLine(x.reply, 200)}` : ''}`]);
+    lines.push(
+      ['account', r.account ?? '?'],
+      ['user', r.user ?? '(trusted network)'],
+      ['client', s.client ?? '?'],
+      ['from', sender(r.from)],
+    );
+    for (const x of r.rcpts)
+      lines.push(['to', `${x.address} [${x.status}]${x.reply ? ` ${oneLine(x.reply, 200)}` : ''}`]);
     lines.push(
       ['size', `${r.size} bytes`],
       ['body', `${s.bodyType}${s.smtputf8 ? ', SMTPUTF8' : ''}`],
@@ -116,13 +141,23 @@ function answer(r: CommandResult, cmd: string, out: Out, err: Out): number {
  * hold; `--all` only with `--force`. A message in flight is retried after that attempt, for
  * the recipients still pending; a failed one is re-queued for the recipients that failed.
  */
-export async function queueRetry(config: Config, target: { id?: string; all?: boolean; force?: boolean }, out: Out, err: Out = process.stderr): Promise<number> {
+export async function queueRetry(
+  config: Config,
+  target: { id?: string; all?: boolean; force?: boolean },
+  out: Out,
+  err: Out = process.stderr,
+): Promise<number> {
   if (target.all) {
     const r = (await callOwner(config, 'queue.retryAll', { force: target.force === true })).result as RetryAllResult;
     out.write(r.message + '\n');
     return 0;
   }
-  return answer((await callOwner(config, 'queue.retry', { id: target.id ?? '' })).result as CommandResult, 'retry', out, err);
+  return answer(
+    (await callOwner(config, 'queue.retry', { id: target.id ?? '' })).result as CommandResult,
+    'retry',
+    out,
+    err,
+  );
 }
 
 /** `queue delete ID`: drop a message (queued, failed or corrupt) without delivering or bouncing it. */

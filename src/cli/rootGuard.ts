@@ -24,14 +24,23 @@ export interface GuardHost {
 }
 const HOST: GuardHost = { unitKey: UNIT_TOKEN_KEY, systemdRunDir: '/run/systemd/system' };
 
-const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);
+const exists = (p: string): Promise<boolean> =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 /**
  * The command line that runs `xoauth2-bridge ARGV...` as the daemon's user: through systemd with
  * the unit's token-key credential (`viaSystemd`, where the unit runs the daemon), else runuser.
  * The root guard and `doctor` both suggest commands with it.
  */
-export function asServiceUser(owner: string, argv: string[], viaSystemd: boolean, unitKey: string = UNIT_TOKEN_KEY): string {
+export function asServiceUser(
+  owner: string,
+  argv: string[],
+  viaSystemd: boolean,
+  unitKey: string = UNIT_TOKEN_KEY,
+): string {
   const args = argv.map(shellQuote).join(' ');
   return viaSystemd
     ? `systemd-run --quiet --pipe --wait -p User=${owner} -p LoadCredential=token-key:${unitKey} xoauth2-bridge ${args}`
@@ -43,7 +52,12 @@ export function asServiceUser(owner: string, argv: string[], viaSystemd: boolean
  * command would act on the files: always for `serve` (`always`), else only while no
  * daemon owns the directory (with one, the request goes over its control socket).
  */
-export async function refuseRootOnServiceState(cfg: Config, argv: string[], opts: { always?: boolean } = {}, host: GuardHost = HOST): Promise<void> {
+export async function refuseRootOnServiceState(
+  cfg: Config,
+  argv: string[],
+  opts: { always?: boolean } = {},
+  host: GuardHost = HOST,
+): Promise<void> {
   if (process.getuid?.() !== 0) return;
   const st = await stat(cfg.stateDir).catch(() => null);
   if (!st || st.uid === 0) return;
@@ -53,10 +67,18 @@ export async function refuseRootOnServiceState(cfg: Config, argv: string[], opts
   // only with that credential: run the command through systemd the way the unit runs. Where
   // that credential exists and systemd runs (a fresh .deb install), the same form makes the
   // first `authorize` / `token import` write the store sealed rather than in plaintext.
-  const sealed = !cfg.tokens.encryptionKeyFile && (await readFile(join(cfg.stateDir, STORE_FILE), 'utf8').then((t) => /"encryption"\s*:/.test(t), () => false));
-  const withCredential = sealed || (!cfg.tokens.encryptionKeyFile && (await exists(host.unitKey)) && (await exists(host.systemdRunDir)));
+  const sealed =
+    !cfg.tokens.encryptionKeyFile &&
+    (await readFile(join(cfg.stateDir, STORE_FILE), 'utf8').then(
+      (t) => /"encryption"\s*:/.test(t),
+      () => false,
+    ));
+  const withCredential =
+    sealed || (!cfg.tokens.encryptionKeyFile && (await exists(host.unitKey)) && (await exists(host.systemdRunDir)));
   const command = asServiceUser(owner, argv, withCredential, host.unitKey);
-  const why = sealed ? 'the token store is encrypted with it' : 'so the token store is written encrypted, as the daemon keeps it';
+  const why = sealed
+    ? 'the token store is encrypted with it'
+    : 'so the token store is written encrypted, as the daemon keeps it';
   throw new RootGuardError(
     `stateDir ${cfg.stateDir} belongs to user ${owner}; run as root, this command would leave root-owned files there that the daemon cannot read. Run it as ${owner}` +
       (withCredential ? ` with the unit's token-key credential (${why}):\n` : ':\n') +

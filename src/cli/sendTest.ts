@@ -7,12 +7,17 @@ import type { Config } from '../config/schema.js';
 import { callOwner } from '../control/client.js';
 import type { OpResult } from '../control/ops.js';
 
-export async function sendTestCommand(config: Config, opts: { to: string; account?: string }, out: NodeJS.WritableStream): Promise<number> {
+export async function sendTestCommand(
+  config: Config,
+  opts: { to: string; account?: string },
+  out: NodeJS.WritableStream,
+): Promise<number> {
   if (opts.account && !config.accounts.some((a) => a.name === opts.account)) {
     out.write(`send-test: no account named "${opts.account}"\n`);
     return 2;
   }
-  const r = (await callOwner(config, 'send-test', { to: opts.to, ...(opts.account ? { account: opts.account } : {}) })).result as OpResult;
+  const r = (await callOwner(config, 'send-test', { to: opts.to, ...(opts.account ? { account: opts.account } : {}) }))
+    .result as OpResult;
   out.write(`${r.message}\n`);
   return r.ok ? 0 : 1;
 }

@@ -13,7 +13,8 @@ type Out = NodeJS.WritableStream;
 
 function findAccount(config: Config, account: string, out: Out) {
   const acct = config.accounts.find((a) => a.name === account);
-  if (!acct) out.write(`error: no account named "${account}" (configured: ${config.accounts.map((a) => a.name).join(', ')})\n`);
+  if (!acct)
+    out.write(`error: no account named "${account}" (configured: ${config.accounts.map((a) => a.name).join(', ')})\n`);
   return acct;
 }
 
@@ -24,7 +25,12 @@ async function readAll(input: NodeJS.ReadableStream): Promise<string> {
 }
 
 /** Reads a refresh token from stdin and hands it to the owner; a running daemon answers once the grant is in use. */
-export async function tokenImport(config: Config, account: string, input: NodeJS.ReadableStream, out: Out): Promise<number> {
+export async function tokenImport(
+  config: Config,
+  account: string,
+  input: NodeJS.ReadableStream,
+  out: Out,
+): Promise<number> {
   const acct = findAccount(config, account, out);
   if (!acct) return 1;
   if (acct.oauth.type !== 'user') {
@@ -36,7 +42,10 @@ export async function tokenImport(config: Config, account: string, input: NodeJS
     out.write('error: no refresh token on stdin\n');
     return 1;
   }
-  return said(await callOwner(config, 'token.import', { account, refreshToken: token }).then((r) => r.result as OpResult, fail), out);
+  return said(
+    await callOwner(config, 'token.import', { account, refreshToken: token }).then((r) => r.result as OpResult, fail),
+    out,
+  );
 }
 
 function fail(e: unknown): OpResult {
@@ -69,11 +78,17 @@ function ago(iso: string | null, now: number): string {
 export function formatStatus(rows: AccountStatus[], now: number): string {
   const table = [['ACCOUNT', 'EMAIL', 'STATE', 'ACCESS TOKEN EXPIRES', 'LAST REFRESH', 'LAST ERROR']];
   for (const r of rows) {
-    const exp = r.accessTokenExpiresAt ? (Date.parse(r.accessTokenExpiresAt) <= now ? 'expired' : ago(r.accessTokenExpiresAt, now)) : '-';
+    const exp = r.accessTokenExpiresAt
+      ? Date.parse(r.accessTokenExpiresAt) <= now
+        ? 'expired'
+        : ago(r.accessTokenExpiresAt, now)
+      : '-';
     table.push([r.account, r.email, r.state, exp, ago(r.lastRefreshAt, now), r.lastError ?? '-']);
   }
   const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
-  return table.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n') + '\n';
+  return (
+    table.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n') + '\n'
+  );
 }
 
 /** Forces a refresh now, in the daemon when it runs. */
@@ -102,7 +117,13 @@ export async function authorizeCommand(
       input,
       output: out,
       save: async (rec) => {
-        stored = (await callOwner(config, 'token.import', { account, refreshToken: rec.refreshToken, ...(rec.authorizedEmail ? { authorizedEmail: rec.authorizedEmail } : {}) })).result as OpResult;
+        stored = (
+          await callOwner(config, 'token.import', {
+            account,
+            refreshToken: rec.refreshToken,
+            ...(rec.authorizedEmail ? { authorizedEmail: rec.authorizedEmail } : {}),
+          })
+        ).result as OpResult;
       },
     });
     if (!stored.ok) return said(stored, out);

@@ -52,7 +52,12 @@ async function probeSmtp(a: AccountConfig): Promise<string> {
     connectionTimeout: TIMEOUT_MS,
     greetingTimeout: TIMEOUT_MS,
     socketTimeout: TIMEOUT_MS,
-    tls: { rejectUnauthorized: true, minVersion: 'TLSv1.2', servername: host, ...(up.caFile ? { ca: anchors(up.caFile) } : {}) },
+    tls: {
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
+      servername: host,
+      ...(up.caFile ? { ca: anchors(up.caFile) } : {}),
+    },
   });
   try {
     await transport.verify();
@@ -68,17 +73,37 @@ function probeHttps(apiUrl: string, caFile: string | undefined): Promise<string>
   const port = Number(u.port || 443);
   const t0 = Date.now();
   return new Promise((resolve, reject) => {
-    const socket = tls.connect({ host, port, servername: host, minVersion: 'TLSv1.2', rejectUnauthorized: true, ca: anchors(caFile), ALPNProtocols: ['http/1.1'] }, () => {
-      const version = socket.getProtocol();
-      socket.end();
-      resolve(`HTTPS ${version ?? 'TLS'} verified, ${Date.now() - t0} ms`);
-    });
-    socket.setTimeout(TIMEOUT_MS, () => socket.destroy(Object.assign(new Error(`no TLS handshake within ${TIMEOUT_MS / 1000} s`), { code: 'ETIMEDOUT' })));
+    const socket = tls.connect(
+      {
+        host,
+        port,
+        servername: host,
+        minVersion: 'TLSv1.2',
+        rejectUnauthorized: true,
+        ca: anchors(caFile),
+        ALPNProtocols: ['http/1.1'],
+      },
+      () => {
+        const version = socket.getProtocol();
+        socket.end();
+        resolve(`HTTPS ${version ?? 'TLS'} verified, ${Date.now() - t0} ms`);
+      },
+    );
+    socket.setTimeout(TIMEOUT_MS, () =>
+      socket.destroy(Object.assign(new Error(`no TLS handshake within ${TIMEOUT_MS / 1000} s`), { code: 'ETIMEDOUT' })),
+    );
     socket.once('error', reject);
   });
 }
 
-async function probeOne(key: string, a: AccountConfig, target: string, host: string, run: () => Promise<string>, fixKey: string): Promise<ProbeResult> {
+async function probeOne(
+  key: string,
+  a: AccountConfig,
+  target: string,
+  host: string,
+  run: () => Promise<string>,
+  fixKey: string,
+): Promise<ProbeResult> {
   const r = await resolveHost(host);
   if ('error' in r) return { key, account: a.name, target, ok: false, detail: `${r.error}: check ${fixKey}` };
   try {
@@ -103,7 +128,9 @@ export function probeUpstreams(accounts: AccountConfig[]): Promise<ProbeResult[]
       } catch {
         host = up.apiUrl;
       }
-      probes.push(probeOne(`${key}.apiUrl`, a, up.apiUrl, host, () => probeHttps(up.apiUrl, up.caFile), `${key}.apiUrl`));
+      probes.push(
+        probeOne(`${key}.apiUrl`, a, up.apiUrl, host, () => probeHttps(up.apiUrl, up.caFile), `${key}.apiUrl`),
+      );
     }
   });
   return Promise.all(probes);

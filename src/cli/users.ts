@@ -24,7 +24,11 @@ export function lookupUser(who: string | number): SystemUser | null {
 /** A group's name, or null. */
 export function groupName(gid: number): string | null {
   try {
-    return execFileSync('getent', ['group', String(gid)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split(':')[0] || null;
+    return (
+      execFileSync('getent', ['group', String(gid)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split(
+        ':',
+      )[0] || null
+    );
   } catch {
     return null;
   }
@@ -38,7 +42,8 @@ export interface Probe {
 // test(1) asks access(2), which applies owner, group, supplementary groups and ACLs exactly as
 // an open() by that user would. /bin/sh exists on every target; a Node binary under /root may not
 // be executable by the service user.
-const PROBE = 'for a; do f=${a#?:}; case $a in r:*) [ -f "$f" ] && [ -r "$f" ];; w:*) [ -d "$f" ] && [ -w "$f" ] && [ -x "$f" ];; esac && echo ok || echo no; done';
+const PROBE =
+  'for a; do f=${a#?:}; case $a in r:*) [ -f "$f" ] && [ -r "$f" ];; w:*) [ -d "$f" ] && [ -w "$f" ] && [ -x "$f" ];; esac && echo ok || echo no; done';
 
 /** For each path: whether `user` (default: this process) can read it (files) or write in it (directories). */
 export function probeAccess(user: SystemUser | null, probes: Probe[]): boolean[] {
@@ -47,9 +52,12 @@ export function probeAccess(user: SystemUser | null, probes: Probe[]): boolean[]
   // as systemd's User= does; child_process's uid/gid options would drop them.
   const asOther = user && user.uid !== process.getuid?.();
   const r = asOther
-    ? spawnSync('setpriv', [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', '/bin/sh', ...args], { encoding: 'utf8' })
+    ? spawnSync('setpriv', [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', '/bin/sh', ...args], {
+        encoding: 'utf8',
+      })
     : spawnSync('/bin/sh', args, { encoding: 'utf8' });
-  if (r.error || r.status !== 0) throw new Error(`cannot check access as ${user?.name ?? 'this user'}: ${r.error?.message ?? r.stderr.trim()}`);
+  if (r.error || r.status !== 0)
+    throw new Error(`cannot check access as ${user?.name ?? 'this user'}: ${r.error?.message ?? r.stderr.trim()}`);
   const lines = r.stdout.trim().split('\n');
   return probes.map((_p, i) => lines[i] === 'ok');
 }

@@ -23,12 +23,16 @@ export function readGoogleClientFile(file: string): GoogleClient {
   try {
     json = JSON.parse(text);
   } catch {
-    throw new Error(`${file} is not JSON (expected the client JSON downloaded from Google Cloud console, APIs & Services > Credentials)`);
+    throw new Error(
+      `${file} is not JSON (expected the client JSON downloaded from Google Cloud console, APIs & Services > Credentials)`,
+    );
   }
   const top = json && typeof json === 'object' ? (json as Record<string, unknown>) : {};
   const c = (top.installed ?? top.web) as Record<string, unknown> | undefined;
   if (!c || typeof c !== 'object')
-    throw new Error(`${file} has no "installed" or "web" client (a service-account key goes in oauth.keyFile with type: service-account)`);
+    throw new Error(
+      `${file} has no "installed" or "web" client (a service-account key goes in oauth.keyFile with type: service-account)`,
+    );
   const str = (k: string) => (typeof c[k] === 'string' && c[k] !== '' ? (c[k] as string) : undefined);
   const clientId = str('client_id');
   const clientSecret = str('client_secret');

@@ -29,7 +29,15 @@ export function namedPaths(cfg: object, abs: (p: string) => string = (p) => p): 
   });
   list(c.accounts).forEach((a, i) => {
     const o = obj(obj(a).oauth);
-    for (const k of ['clientFile', 'clientSecretFile', 'keyFile', 'certificateFile', 'privateKeyFile', 'caFile'] as const) add(`accounts[${i}].oauth.${k}`, o[k]);
+    for (const k of [
+      'clientFile',
+      'clientSecretFile',
+      'keyFile',
+      'certificateFile',
+      'privateKeyFile',
+      'caFile',
+    ] as const)
+      add(`accounts[${i}].oauth.${k}`, o[k]);
     add(`accounts[${i}].upstream.caFile`, obj(obj(a).upstream).caFile);
   });
   add('tokens.encryptionKeyFile', obj(c.tokens).encryptionKeyFile);

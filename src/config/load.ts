@@ -35,7 +35,12 @@ function pathString(path: ReadonlyArray<PropertyKey>): string {
 }
 
 /** Replaces ${VAR} in every string value; unknown variables are problems, not empty strings. */
-function expandEnv(value: unknown, path: (string | number)[], env: NodeJS.ProcessEnv, problems: ConfigProblem[]): unknown {
+function expandEnv(
+  value: unknown,
+  path: (string | number)[],
+  env: NodeJS.ProcessEnv,
+  problems: ConfigProblem[],
+): unknown {
   if (typeof value === 'string') {
     return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
       const v = env[name];
@@ -58,7 +63,10 @@ function expandEnv(value: unknown, path: (string | number)[], env: NodeJS.Proces
 export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): Config {
   const doc = parseDocument(text, { prettyErrors: true });
   if (doc.errors.length) {
-    throw new ConfigError(file, doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })));
+    throw new ConfigError(
+      file,
+      doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })),
+    );
   }
   const problems: ConfigProblem[] = [];
   const raw = expandEnv(doc.toJS(), [], env, problems);
@@ -71,7 +79,8 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     for (const issue of parsed.error.issues) {
       let message = issue.message;
       if (issue.code === 'unrecognized_keys') {
-        for (const key of issue.keys) problems.push({ path: pathString([...issue.path, key]), message: unknownKeyMessage(issue.path, key) });
+        for (const key of issue.keys)
+          problems.push({ path: pathString([...issue.path, key]), message: unknownKeyMessage(issue.path, key) });
         continue;
       }
       problems.push({ path: pathString(issue.path), message });
@@ -105,7 +114,10 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
 /** "unknown key", with the fix for keys people write by mistake (a plaintext password). */
 function unknownKeyMessage(path: ReadonlyArray<PropertyKey>, key: string): string {
   if (path.length === 2 && path[0] === 'users' && /^pass(word)?$/i.test(key))
-    return 'unknown key: users take passwordHash, not a plaintext password; put the output of `xoauth2-bridge hash-password` in passwordHash and remove ' + key;
+    return (
+      'unknown key: users take passwordHash, not a plaintext password; put the output of `xoauth2-bridge hash-password` in passwordHash and remove ' +
+      key
+    );
   return 'unknown key';
 }
 
@@ -121,13 +133,17 @@ function applyClientFiles(raw: unknown, abs: (p: string) => string, problems: Co
     if (!o || typeof o !== 'object' || typeof o.clientFile !== 'string') return;
     const at = (k: string) => `accounts[${i}].oauth.${k}`;
     if (a!.provider === 'microsoft') {
-      problems.push({ path: at('clientFile'), message: "clientFile is Google's downloaded client JSON; for Microsoft set clientId and clientSecretFile" });
+      problems.push({
+        path: at('clientFile'),
+        message: "clientFile is Google's downloaded client JSON; for Microsoft set clientId and clientSecretFile",
+      });
       return;
     }
     const file = abs(o.clientFile);
     o.clientFile = file;
     const conflicts = ['clientSecret', 'clientSecretFile'].filter((k) => o[k] !== undefined);
-    for (const k of conflicts) problems.push({ path: at(k), message: `clientFile carries the client secret: remove ${k}` });
+    for (const k of conflicts)
+      problems.push({ path: at(k), message: `clientFile carries the client secret: remove ${k}` });
     // After a problem, stand-ins keep the schema from adding "clientId: required" beside it.
     if (conflicts.length) {
       o.clientId ??= '-';
@@ -143,7 +159,10 @@ function applyClientFiles(raw: unknown, abs: (p: string) => string, problems: Co
       return;
     }
     if (o.clientId !== undefined && o.clientId !== c.clientId)
-      problems.push({ path: at('clientId'), message: `differs from client_id in clientFile (${c.clientId}): remove clientId` });
+      problems.push({
+        path: at('clientId'),
+        message: `differs from client_id in clientFile (${c.clientId}): remove clientId`,
+      });
     o.clientId = c.clientId;
     o.clientSecret = c.clientSecret;
     if (c.tokenUrl) o.tokenUrl ??= c.tokenUrl;
@@ -156,7 +175,9 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    throw new ConfigError(file, [{ path: '', message: `cannot read config file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` }]);
+    throw new ConfigError(file, [
+      { path: '', message: `cannot read config file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` },
+    ]);
   }
   return parseConfig(text, file, env);
 }

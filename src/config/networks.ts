@@ -154,7 +154,12 @@ export function isLoopbackHost(host: string): boolean {
  * that local processes alone can reach, with no PROXY headers, may trust every address:
  * behind PROXY the client addresses are whatever the proxy forwards from the network.
  */
-export function openRelayReason(l: { name: string; host: string; proxyProtocol?: boolean; trustedNetworks: readonly string[] }): string | null {
+export function openRelayReason(l: {
+  name: string;
+  host: string;
+  proxyProtocol?: boolean;
+  trustedNetworks: readonly string[];
+}): string | null {
   if (isLoopbackHost(l.host) && !l.proxyProtocol) return null;
   const covered = new NetworkList(l.trustedNetworks.filter(isNetwork)).coveredFamilies();
   if (!covered.length) return null;

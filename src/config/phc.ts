@@ -11,7 +11,9 @@ export interface Phc {
 }
 
 export function parsePhc(phc: string): Phc | null {
-  const m = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$/.exec(phc.trim());
+  const m = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$/.exec(
+    phc.trim(),
+  );
   if (!m) return null;
   const [ln, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
   // Bounds keep a hand-edited hash from asking for gigabytes of memory per login.

@@ -49,7 +49,8 @@ const clientId = z
   .string()
   .min(1)
   .refine((s) => !EXAMPLE_CLIENT_IDS.has(s), {
-    message: "the example config's placeholder: put your OAuth client ID here (Google Cloud console, APIs & Services > Credentials; Entra ID: Application (client) ID), or for Google replace clientId with oauth.clientFile: the downloaded client JSON",
+    message:
+      "the example config's placeholder: put your OAuth client ID here (Google Cloud console, APIs & Services > Credentials; Entra ID: Application (client) ID), or for Google replace clientId with oauth.clientFile: the downloaded client JSON",
   });
 const tlsVersion = z.enum(['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']);
 
@@ -230,7 +231,10 @@ export const configSchema = z
       .prefault({}),
     tokens: z
       .strictObject({
-        refreshCron: z.string().refine((s) => cron.validate(s), 'expected a cron expression like "*/5 * * * *"').default('*/5 * * * *'),
+        refreshCron: z
+          .string()
+          .refine((s) => cron.validate(s), 'expected a cron expression like "*/5 * * * *"')
+          .default('*/5 * * * *'),
         refreshAhead: duration('refreshAhead').default(600e3),
         encryptionKeyFile: z.string().nullable().default(null),
       })
@@ -260,48 +264,116 @@ export const configSchema = z
     checkHttp(cfg.http, ctx);
     const accounts = new Set<string>();
     cfg.accounts.forEach((a, i) => {
-      if (accounts.has(a.name)) ctx.addIssue({ code: 'custom', path: ['accounts', i, 'name'], message: `duplicate account name "${a.name}"` });
+      if (accounts.has(a.name))
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'name'], message: `duplicate account name "${a.name}"` });
       accounts.add(a.name);
       // Microsoft delegated may be a public client (desktop registration): no secret.
       if (a.oauth.type === 'user' && a.provider !== 'microsoft' && !a.oauth.clientSecret && !a.oauth.clientSecretFile)
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth'], message: 'set clientSecret or clientSecretFile' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'oauth'],
+          message: 'set clientSecret or clientSecretFile',
+        });
       if ((a.oauth.type === 'user' || a.oauth.type === 'app') && a.oauth.clientSecret && a.oauth.clientSecretFile)
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'oauth', 'clientSecretFile'], message: 'set clientSecret or clientSecretFile, not both (keep clientSecretFile and remove clientSecret)' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'oauth', 'clientSecretFile'],
+          message: 'set clientSecret or clientSecretFile, not both (keep clientSecretFile and remove clientSecret)',
+        });
       if (a.provider === 'microsoft' && a.transport === 'auto' && a.oauth.type !== 'app')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'transport'],
+          message:
+            'transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph',
+        });
       if (a.provider === 'microsoft' && a.transport === 'gmail-api')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP (transport smtp) or Microsoft Graph (transport graph)` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'transport'],
+          message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP (transport smtp) or Microsoft Graph (transport graph)`,
+        });
       if (a.provider === 'google' && a.transport === 'graph')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'transport'], message: 'transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'transport'],
+          message:
+            'transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto',
+        });
       if (a.cloud !== undefined && a.provider !== 'microsoft')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'cloud'], message: 'cloud (Microsoft national clouds) is for provider microsoft only; remove it' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'cloud'],
+          message: 'cloud (Microsoft national clouds) is for provider microsoft only; remove it',
+        });
       // SMTP: Exchange takes another mailbox as the XOAUTH2 user only from an app-only token.
-      if (a.mailbox !== undefined && a.transport !== 'graph' && !(a.provider === 'microsoft' && a.transport === 'smtp' && a.oauth.type === 'app'))
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'mailbox'], message: 'mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph' });
+      if (
+        a.mailbox !== undefined &&
+        a.transport !== 'graph' &&
+        !(a.provider === 'microsoft' && a.transport === 'smtp' && a.oauth.type === 'app')
+      )
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'mailbox'],
+          message:
+            'mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph',
+        });
       if (a.upstream.largeMessages && a.transport !== 'graph')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'largeMessages'], message: 'largeMessages is for transport graph (Microsoft Graph upload sessions); remove it' });
-      for (const issue of providerIssues(a)) ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'upstream', 'largeMessages'],
+          message: 'largeMessages is for transport graph (Microsoft Graph upload sessions); remove it',
+        });
+      for (const issue of providerIssues(a))
+        ctx.addIssue({ code: 'custom', path: ['accounts', i, ...issue.path], message: issue.message });
       if (a.upstream.port !== 465 && a.upstream.port !== 587 && a.upstream.host === 'smtp.gmail.com')
-        ctx.addIssue({ code: 'custom', path: ['accounts', i, 'upstream', 'port'], message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accounts', i, 'upstream', 'port'],
+          message: 'smtp.gmail.com takes 465 (implicit TLS) or 587 (STARTTLS)',
+        });
     });
     if (cfg.alerts.emailAccount && !accounts.has(cfg.alerts.emailAccount))
-      ctx.addIssue({ code: 'custom', path: ['alerts', 'emailAccount'], message: `no account named "${cfg.alerts.emailAccount}"` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['alerts', 'emailAccount'],
+        message: `no account named "${cfg.alerts.emailAccount}"`,
+      });
     const users = new Set<string>();
     cfg.users.forEach((u, i) => {
-      if (users.has(u.username)) ctx.addIssue({ code: 'custom', path: ['users', i, 'username'], message: `duplicate user "${u.username}"` });
+      if (users.has(u.username))
+        ctx.addIssue({ code: 'custom', path: ['users', i, 'username'], message: `duplicate user "${u.username}"` });
       users.add(u.username);
-      if (!accounts.has(u.account)) ctx.addIssue({ code: 'custom', path: ['users', i, 'account'], message: `no account named "${u.account}"` });
+      if (!accounts.has(u.account))
+        ctx.addIssue({ code: 'custom', path: ['users', i, 'account'], message: `no account named "${u.account}"` });
     });
     const listeners = new Set<string>();
     cfg.listeners.forEach((l, i) => {
-      if (listeners.has(l.name)) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicate listener name "${l.name}"` });
+      if (listeners.has(l.name))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, 'name'],
+          message: `duplicate listener name "${l.name}"`,
+        });
       listeners.add(l.name);
       if ((l.certFile === undefined) !== (l.keyFile === undefined))
-        ctx.addIssue({ code: 'custom', path: ['listeners', i, l.certFile ? 'keyFile' : 'certFile'], message: 'certFile and keyFile go together' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, l.certFile ? 'keyFile' : 'certFile'],
+          message: 'certFile and keyFile go together',
+        });
       if (l.trustedNetworks.length && !l.trustedAccount)
-        ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: 'trustedNetworks needs a trustedAccount to relay through' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, 'trustedAccount'],
+          message: 'trustedNetworks needs a trustedAccount to relay through',
+        });
       if (l.trustedAccount && !accounts.has(l.trustedAccount))
-        ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedAccount'], message: `no account named "${l.trustedAccount}"` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, 'trustedAccount'],
+          message: `no account named "${l.trustedAccount}"`,
+        });
       // Any client reaching the port could claim any address in its PROXY header: a trusted
       // one, or a new one per connection to dodge the failed-login lockout.
       if (l.proxyProtocol && !l.proxyFrom?.length && !isLoopbackHost(l.host))
@@ -311,16 +383,27 @@ export const configSchema = z
           message: `listener "${l.name}" on ${l.host} takes PROXY headers from any client, which could then claim any address (trusted networks, lockouts, logs): list your proxy's addresses in proxyFrom, e.g. proxyFrom: [10.0.0.5]`,
         });
       if (l.reservedClients !== undefined && l.reservedClients >= l.maxClients)
-        ctx.addIssue({ code: 'custom', path: ['listeners', i, 'reservedClients'], message: `must be below maxClients (${l.maxClients}): the rest of the slots serve untrusted clients` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', i, 'reservedClients'],
+          message: `must be below maxClients (${l.maxClients}): the rest of the slots serve untrusted clients`,
+        });
       const openRelay = openRelayReason(l);
       if (openRelay) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'trustedNetworks'], message: openRelay });
     });
   });
 
 /** The console must not hand an admin password or session cookie to the network in clear text. */
-function checkHttp(h: { host: string; console: boolean; certFile?: string; keyFile?: string; allowInsecureConsole: boolean }, ctx: z.RefinementCtx): void {
+function checkHttp(
+  h: { host: string; console: boolean; certFile?: string; keyFile?: string; allowInsecureConsole: boolean },
+  ctx: z.RefinementCtx,
+): void {
   if ((h.certFile === undefined) !== (h.keyFile === undefined))
-    ctx.addIssue({ code: 'custom', path: ['http', h.certFile ? 'keyFile' : 'certFile'], message: 'certFile and keyFile go together' });
+    ctx.addIssue({
+      code: 'custom',
+      path: ['http', h.certFile ? 'keyFile' : 'certFile'],
+      message: 'certFile and keyFile go together',
+    });
   if (h.console && !isLoopbackHost(h.host) && !h.certFile && !h.allowInsecureConsole)
     ctx.addIssue({
       code: 'custom',

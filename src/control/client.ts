@@ -26,12 +26,20 @@ function ask(path: string, op: OpName, args: Record<string, unknown>): Promise<O
     sock.on('error', (e: NodeJS.ErrnoException) => {
       if (!connected && (e.code === 'ENOENT' || e.code === 'ECONNREFUSED')) return resolve({ kind: 'no-daemon' });
       if (!connected) return reject(new Error(`cannot reach the daemon at ${path}: ${e.code ?? e.message}`));
-      reject(new DaemonGoneError(`the daemon closed the control connection before answering (${e.code ?? e.message}); it may have stopped or crashed. Check \`queue list\` / the daemon log before repeating the command`));
+      reject(
+        new DaemonGoneError(
+          `the daemon closed the control connection before answering (${e.code ?? e.message}); it may have stopped or crashed. Check \`queue list\` / the daemon log before repeating the command`,
+        ),
+      );
     });
     sock.on('end', () => {
       const nl = buf.indexOf('\n');
       if (nl < 0) {
-        reject(new DaemonGoneError('the daemon closed the control connection before answering; it may have stopped or crashed. Check `queue list` / the daemon log before repeating the command'));
+        reject(
+          new DaemonGoneError(
+            'the daemon closed the control connection before answering; it may have stopped or crashed. Check `queue list` / the daemon log before repeating the command',
+          ),
+        );
         return;
       }
       try {
@@ -53,7 +61,12 @@ export interface CallResult {
  * Runs one operation on the owner of `config.stateDir`. A daemon that holds the lock but does
  * not answer yet (starting up) is waited for up to `waitMs`.
  */
-export async function callOwner(config: Config, op: OpName, args: Record<string, unknown> = {}, opts: { waitMs?: number } = {}): Promise<CallResult> {
+export async function callOwner(
+  config: Config,
+  op: OpName,
+  args: Record<string, unknown> = {},
+  opts: { waitMs?: number } = {},
+): Promise<CallResult> {
   const path = socketPath(config.stateDir);
   const deadline = Date.now() + (opts.waitMs ?? 10_000);
   for (;;) {
@@ -71,7 +84,9 @@ export async function callOwner(config: Config, op: OpName, args: Record<string,
         continue;
       }
       if (e instanceof StateLockedError && e.owner.role === 'daemon')
-        throw new Error(`the daemon (PID ${e.owner.pid}) owns the state directory but does not answer on ${path}; is it stuck? (see its log)`);
+        throw new Error(
+          `the daemon (PID ${e.owner.pid}) owns the state directory but does not answer on ${path}; is it stuck? (see its log)`,
+        );
       throw e;
     }
     try {

@@ -10,7 +10,11 @@ import { TransportRouter } from '../upstream/router.js';
 import { Operations } from './ops.js';
 import type { OpName } from './protocol.js';
 
-export async function localOperations(config: Config, log: Logger, op: OpName): Promise<{ ops: Operations; close: () => Promise<void> }> {
+export async function localOperations(
+  config: Config,
+  log: Logger,
+  op: OpName,
+): Promise<{ ops: Operations; close: () => Promise<void> }> {
   const tokens = new TokenService({ config, log });
   // init() never throws: an unreadable token store holds every account with the store's
   // message (token commands report it) while queue commands still work on the files.

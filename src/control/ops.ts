@@ -103,7 +103,11 @@ export class Operations {
     return null;
   }
 
-  private async withHeaders(row: QueueRow, env: { clientIp: string; bodyType: string; smtputf8: boolean }, msg: MessageSource): Promise<ShowResult> {
+  private async withHeaders(
+    row: QueueRow,
+    env: { clientIp: string; bodyType: string; smtputf8: boolean },
+    msg: MessageSource,
+  ): Promise<ShowResult> {
     let headers: string;
     try {
       headers = (await readHeaderBlock(msg)).toString('utf8');
@@ -125,7 +129,8 @@ export class Operations {
     const other = r.refused.length - quota;
     let message = `${r.retried} message${r.retried === 1 ? '' : 's'} scheduled for immediate retry`;
     if (quota) message += `; ${quota} left under their account's quota hold (add --force to try them anyway)`;
-    if (other) message += `; ${other} not retried (held by an operator or waiting for re-authorization; see queue list)`;
+    if (other)
+      message += `; ${other} not retried (held by an operator or waiting for re-authorization; see queue list)`;
     return { ok: true, message, retried: r.retried, refused: r.refused };
   }
 
@@ -149,28 +154,56 @@ export class Operations {
    * Stores a refresh token (from `token import` or the grant `authorize` obtained). In the
    * daemon the answer comes once the grant is in use: a fresh access token was obtained with it.
    */
-  async importToken(account: string, refreshToken: string, extra: { authorizedEmail?: string } = {}): Promise<OpResult> {
+  async importToken(
+    account: string,
+    refreshToken: string,
+    extra: { authorizedEmail?: string } = {},
+  ): Promise<OpResult> {
     const acct = this.p.config().accounts.find((a) => a.name === account);
-    if (!acct) return { ok: false, message: `no account named "${account}" (configured: ${this.p.config().accounts.map((a) => a.name).join(', ')})` };
+    if (!acct)
+      return {
+        ok: false,
+        message: `no account named "${account}" (configured: ${this.p
+          .config()
+          .accounts.map((a) => a.name)
+          .join(', ')})`,
+      };
     try {
       await this.p.tokens.importRefreshToken(account, refreshToken, extra);
     } catch (e) {
       return { ok: false, message: (e as Error).message };
     }
-    if (!this.p.live) return { ok: true, message: `Stored the refresh token for account ${account}; the daemon uses it when it starts.` };
+    if (!this.p.live)
+      return {
+        ok: true,
+        message: `Stored the refresh token for account ${account}; the daemon uses it when it starts.`,
+      };
     try {
       await this.p.tokens.refresh(account);
     } catch (e) {
       const fix = e instanceof NeedsReauthError ? ` Fix: ${fixHint(acct)}` : '';
-      return { ok: false, message: `Stored the refresh token for account ${account}, but it does not work yet: ${(e as Error).message}.${fix}` };
+      return {
+        ok: false,
+        message: `Stored the refresh token for account ${account}, but it does not work yet: ${(e as Error).message}.${fix}`,
+      };
     }
     const st = this.p.tokens.status().find((s) => s.account === account);
-    return { ok: true, message: `Account ${account}: the new grant is in use (access token valid until ${st?.accessTokenExpiresAt ?? '?'}); its held mail is being sent.` };
+    return {
+      ok: true,
+      message: `Account ${account}: the new grant is in use (access token valid until ${st?.accessTokenExpiresAt ?? '?'}); its held mail is being sent.`,
+    };
   }
 
   async refresh(account: string): Promise<OpResult> {
     const acct = this.p.config().accounts.find((a) => a.name === account);
-    if (!acct) return { ok: false, message: `no account named "${account}" (configured: ${this.p.config().accounts.map((a) => a.name).join(', ')})` };
+    if (!acct)
+      return {
+        ok: false,
+        message: `no account named "${account}" (configured: ${this.p
+          .config()
+          .accounts.map((a) => a.name)
+          .join(', ')})`,
+      };
     try {
       await this.p.tokens.refresh(account);
     } catch (e) {
@@ -178,7 +211,10 @@ export class Operations {
       return { ok: false, message: `${(e as Error).message}${fix}` };
     }
     const st = this.p.tokens.status().find((s) => s.account === account);
-    return { ok: true, message: `Account ${account}: access token refreshed, valid until ${st?.accessTokenExpiresAt ?? '?'}.` };
+    return {
+      ok: true,
+      message: `Account ${account}: access token refreshed, valid until ${st?.accessTokenExpiresAt ?? '?'}.`,
+    };
   }
 
   /**
@@ -186,8 +222,17 @@ export class Operations {
    * use that socket gets one: the console never grants more than the socket does.
    */
   consoleLink(): ConsoleLinkResult {
-    if (!this.p.consoleLink) return { ok: false, message: 'no daemon is running; the web console is part of it (start it: xoauth2-bridge serve)' };
-    return this.p.consoleLink() ?? { ok: false, message: 'the web console is off (http.console: false); set http.console: true and reload' };
+    if (!this.p.consoleLink)
+      return {
+        ok: false,
+        message: 'no daemon is running; the web console is part of it (start it: xoauth2-bridge serve)',
+      };
+    return (
+      this.p.consoleLink() ?? {
+        ok: false,
+        message: 'the web console is off (http.console: false); set http.console: true and reload',
+      }
+    );
   }
 
   /** `send-test`: one message straight through an account's upstream, by the owner of the token store. */
@@ -198,7 +243,9 @@ export class Operations {
 
   async reload(): Promise<OpResult> {
     if (!this.p.reload) return { ok: false, message: 'no daemon is running; there is nothing to reload' };
-    return (await this.p.reload()) ? { ok: true, message: 'config reloaded' } : { ok: false, message: 'reload rejected, the running config is kept (see the daemon log for why)' };
+    return (await this.p.reload())
+      ? { ok: true, message: 'config reloaded' }
+      : { ok: false, message: 'reload rejected, the running config is kept (see the daemon log for why)' };
   }
 }
 

@@ -62,7 +62,11 @@ export async function dispatch(ops: Operations, req: Request): Promise<unknown> 
     case 'token.status':
       return ops.tokenStatus();
     case 'token.import':
-      return ops.importToken(str(a, 'account'), str(a, 'refreshToken'), typeof a?.authorizedEmail === 'string' ? { authorizedEmail: a.authorizedEmail } : {});
+      return ops.importToken(
+        str(a, 'account'),
+        str(a, 'refreshToken'),
+        typeof a?.authorizedEmail === 'string' ? { authorizedEmail: a.authorizedEmail } : {},
+      );
     case 'token.refresh':
       return ops.refresh(str(a, 'account'));
     case 'reload':

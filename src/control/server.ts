@@ -96,7 +96,8 @@ export class ControlServer {
     } catch {
       return this.answer(sock, { ok: false, error: 'request is not JSON' });
     }
-    if (typeof req !== 'object' || req === null || Array.isArray(req)) return this.answer(sock, { ok: false, error: NOT_AN_OBJECT });
+    if (typeof req !== 'object' || req === null || Array.isArray(req))
+      return this.answer(sock, { ok: false, error: NOT_AN_OBJECT });
     const op = typeof req?.op === 'string' ? req.op : '?';
     // Changes are logged (audit); reads only at debug. Arguments are never logged (token import carries a secret).
     const id = typeof req?.args?.id === 'string' ? { id: req.args.id } : {};

@@ -88,7 +88,9 @@ async function lockId(stateDir: string, create: boolean): Promise<string | null>
     }
     const id = text.trim();
     if (!ID.test(id))
-      throw new Error(`${file} is damaged (expected 32 hex digits); with no xoauth2-bridge daemon or command running on this stateDir, delete it and try again`);
+      throw new Error(
+        `${file} is damaged (expected 32 hex digits); with no xoauth2-bridge daemon or command running on this stateDir, delete it and try again`,
+      );
     return id;
   }
 }
@@ -126,7 +128,9 @@ function ask(name: string): Promise<LockOwner | null> {
     s.setEncoding('utf8');
     s.setTimeout(ASK_TIMEOUT_MS, () => s.destroy(new Error('the state lock holder did not name itself in time')));
     s.on('data', (c: string) => (buf += c));
-    s.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNREFUSED' || e.code === 'ENOENT' ? resolve(null) : reject(e)));
+    s.on('error', (e: NodeJS.ErrnoException) =>
+      e.code === 'ECONNREFUSED' || e.code === 'ENOENT' ? resolve(null) : reject(e),
+    );
     s.on('end', () => {
       try {
         const o = JSON.parse(buf) as LockOwner;
@@ -154,7 +158,11 @@ export interface StateLock {
  * Takes the lock, waiting up to `waitMs` for a CLI holder (never for a daemon: a second daemon
  * or a CLI write next to a running daemon is refused at once with StateLockedError).
  */
-export async function acquireStateLock(stateDir: string, role: LockRole, opts: { waitMs?: number } = {}): Promise<StateLock> {
+export async function acquireStateLock(
+  stateDir: string,
+  role: LockRole,
+  opts: { waitMs?: number } = {},
+): Promise<StateLock> {
   const file = lockPath(stateDir);
   const me: LockOwner = { pid: process.pid, role, since: new Date().toISOString() };
   const deadline = Date.now() + (opts.waitMs ?? 10_000);

@@ -69,7 +69,10 @@ export class Bridge {
     const metrics = this.metrics;
     this.upstreamReadiness = new UpstreamReadiness(this.upstreamHealth, { afterMs: opts.upstreamNotReadyAfterMs });
     this.upstreamReadiness.register(metrics.registry, () => this.config.accounts.map((a) => a.name));
-    this.spool = new Spool(this.config.stateDir, this.log, { fsync: !opts.unsafeNoFsync, onCorrupt: () => metrics.corruptEnvelope() });
+    this.spool = new Spool(this.config.stateDir, this.log, {
+      fsync: !opts.unsafeNoFsync,
+      onCorrupt: () => metrics.corruptEnvelope(),
+    });
     this.tokens = new TokenService({ config: this.config, log: this.log, env: opts.env, metrics });
     this.upstream = new TransportRouter({ config: this.config, log: this.log, tokens: this.tokens });
     // The alert monitor learns how long each upstream has been failing from the same results.
@@ -84,7 +87,14 @@ export class Bridge {
         this.upstreamReadiness.record(a, o);
       },
     };
-    this.worker = new DeliveryWorker({ config: this.config, log: this.log, spool: this.spool, upstream: this.upstream, health: this.tokens, metrics: delivery });
+    this.worker = new DeliveryWorker({
+      config: this.config,
+      log: this.log,
+      spool: this.spool,
+      upstream: this.upstream,
+      health: this.tokens,
+      metrics: delivery,
+    });
     this.listeners = new Listeners({
       config: this.config,
       log: this.log,
@@ -109,7 +119,9 @@ export class Bridge {
       facts: {
         accounts: () => {
           const st = new Map(this.tokens.status().map((s) => [s.account, s]));
-          return this.config.accounts.flatMap((config) => (st.has(config.name) ? [{ config, status: st.get(config.name)! }] : []));
+          return this.config.accounts.flatMap((config) =>
+            st.has(config.name) ? [{ config, status: st.get(config.name)! }] : [],
+          );
         },
         oldestQueuedMs: () => this.worker.stats().oldestAgeMs,
         upstream: this.upstreamHealth,
@@ -118,9 +130,19 @@ export class Bridge {
       },
     });
     const h = this.config.http;
-    const tls = h.certFile && h.keyFile ? { cert: readPem(h.certFile, 'http.certFile'), key: readPem(h.keyFile, 'http.keyFile') } : undefined;
+    const tls =
+      h.certFile && h.keyFile
+        ? { cert: readPem(h.certFile, 'http.certFile'), key: readPem(h.keyFile, 'http.keyFile') }
+        : undefined;
     this.console = h.console
-      ? new WebConsole({ config: () => this.config, ops: consoleOps({ ops: () => this.ops, config: () => this.config, held: () => this.worker.stats().held }), log: this.log.child({ component: 'console' }), tls: Boolean(tls), attention: () => this.alerts.active(), env: opts.env })
+      ? new WebConsole({
+          config: () => this.config,
+          ops: consoleOps({ ops: () => this.ops, config: () => this.config, held: () => this.worker.stats().held }),
+          log: this.log.child({ component: 'console' }),
+          tls: Boolean(tls),
+          attention: () => this.alerts.active(),
+          env: opts.env,
+        })
       : null;
     this.http = new HttpEndpoint({
       host: h.host,
@@ -163,7 +185,13 @@ export class Bridge {
           account: a.emailAccount ?? null,
           accounts: () => this.tokens.status().map((s) => ({ name: s.account, email: s.email, state: s.state })),
           enqueue: async (raw, meta) => {
-            const env = await this.spool.receive([raw], { ...meta, user: null, clientIp: '127.0.0.1', bodyType: '8bitmime', smtputf8: false });
+            const env = await this.spool.receive([raw], {
+              ...meta,
+              user: null,
+              clientIp: '127.0.0.1',
+              bodyType: '8bitmime',
+              smtputf8: false,
+            });
             this.metrics.received(env.account, env.size);
             this.worker.notify(env);
             return env;
@@ -177,7 +205,8 @@ export class Bridge {
   /** /readyz: listeners bound, spool writable, every account's token usable and upstream not failing. */
   async readiness(): Promise<Readiness> {
     const reasons: string[] = [];
-    if (this.draining) reasons.push('draining: the bridge is stopping; sessions and deliveries in flight are finishing');
+    if (this.draining)
+      reasons.push('draining: the bridge is stopping; sessions and deliveries in flight are finishing');
     else if (!this.bound.length) reasons.push('listeners not bound yet');
     const spool = await spoolWritable(this.spool.dir);
     if (spool) reasons.push(spool);

@@ -48,7 +48,8 @@ export class SystemdNotifier {
       child.stderr.on('data', (d: Buffer) => (err += d.toString()));
       const fail = (why: string) => {
         // Once: a missing tool or socket would otherwise log every heartbeat.
-        if (!this.warned) this.log.warn('systemd notification failed', { message: assignments.join(' '), error: why.trim() });
+        if (!this.warned)
+          this.log.warn('systemd notification failed', { message: assignments.join(' '), error: why.trim() });
         this.warned = true;
       };
       child.on('error', (e) => {

@@ -36,13 +36,26 @@ export class AccountState {
     try {
       data = JSON.parse(await readFile(this.file, 'utf8')) as Partial<Persisted>;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn('rate-limit state unreadable, starting with empty counts', { file: this.file, err: e });
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+        this.log.warn('rate-limit state unreadable, starting with empty counts', { file: this.file, err: e });
       return;
     }
-    for (const [acct, list] of Object.entries(data.sent ?? {})) if (Array.isArray(list)) this.sent.set(acct, list.filter((n) => typeof n === 'number').sort((a, b) => a - b));
+    for (const [acct, list] of Object.entries(data.sent ?? {}))
+      if (Array.isArray(list))
+        this.sent.set(
+          acct,
+          list.filter((n) => typeof n === 'number').sort((a, b) => a - b),
+        );
     for (const [acct, list] of Object.entries(data.rcpts ?? {}))
-      if (Array.isArray(list)) this.rcpts.set(acct, list.filter((e) => Array.isArray(e) && typeof e[0] === 'number' && typeof e[1] === 'number').sort((a, b) => a[0] - b[0]));
-    for (const [acct, until] of Object.entries(data.quotaHold ?? {})) if (typeof until === 'number') this.holds.set(acct, until);
+      if (Array.isArray(list))
+        this.rcpts.set(
+          acct,
+          list
+            .filter((e) => Array.isArray(e) && typeof e[0] === 'number' && typeof e[1] === 'number')
+            .sort((a, b) => a[0] - b[0]),
+        );
+    for (const [acct, until] of Object.entries(data.quotaHold ?? {}))
+      if (typeof until === 'number') this.holds.set(acct, until);
   }
 
   /** Sends counted in the 24 h window ending at `now` (in-flight reservations included). */
@@ -181,7 +194,12 @@ export class AccountState {
   private save(): Promise<void> {
     // Serialised so an older snapshot never renames over a newer one.
     this.saving = this.saving.then(async () => {
-      const data: Persisted = { version: 1, sent: Object.fromEntries(this.sent), rcpts: Object.fromEntries(this.rcpts), quotaHold: Object.fromEntries(this.holds) };
+      const data: Persisted = {
+        version: 1,
+        sent: Object.fromEntries(this.sent),
+        rcpts: Object.fromEntries(this.rcpts),
+        quotaHold: Object.fromEntries(this.holds),
+      };
       try {
         await safeWrite(this.file, JSON.stringify(data) + '\n', { mode: 0o600 });
       } catch (e) {

@@ -49,7 +49,11 @@ export function rfc5322Date(d: Date): string {
 
 /** One DSN field value on one logical line, folded at whitespace so no line passes 78 chars. */
 function field(name: string, value: string): string {
-  const words = value.replace(/[\r\n\t]+/g, ' ').replace(/ {2,}/g, ' ').trim().split(' ');
+  const words = value
+    .replace(/[\r\n\t]+/g, ' ')
+    .replace(/ {2,}/g, ' ')
+    .trim()
+    .split(' ');
   const lines: string[] = [];
   let line = `${name}:`;
   for (const w of words) {
@@ -63,7 +67,10 @@ function field(name: string, value: string): string {
 }
 
 function oneLine(s: string): string {
-  return s.replace(/[\r\n]+/g, ' ').replace(/\s{2,}/g, ' ').trim();
+  return s
+    .replace(/[\r\n]+/g, ' ')
+    .replace(/\s{2,}/g, ' ')
+    .trim();
 }
 
 function addrType(addr: string): string {
@@ -79,7 +86,9 @@ export async function buildDsn(opts: DsnOptions): Promise<Buffer> {
   const from = opts.from ?? `Mail Delivery Subsystem <MAILER-DAEMON@${reportingMta}>`;
   const to = opts.to ?? env.mailFrom;
   const subject = delayed ? 'Delayed Mail (still being retried)' : 'Undelivered Mail Returned to Sender';
-  const headers = await readHeaderBlock(opts.original).catch(() => Buffer.from('(original message no longer available)\r\n'));
+  const headers = await readHeaderBlock(opts.original).catch(() =>
+    Buffer.from('(original message no longer available)\r\n'),
+  );
   const origHeaders = headers.toString('binary').replace(/\r?\n/g, '\r\n');
   const subjectLine = /^subject:[ \t]*(.*(?:\r\n[ \t].*)*)/im.exec(origHeaders)?.[1];
 
@@ -150,5 +159,9 @@ export async function buildDsn(opts: DsnOptions): Promise<Buffer> {
   ].join('\r\n');
   const tail = `\r\n--${boundary}--\r\n`;
   // Original headers stay byte-for-byte (binary) so 8-bit headers are not re-encoded.
-  return Buffer.concat([Buffer.from(head, 'utf8'), Buffer.from(origHeaders.replace(/(\r\n)+$/, ''), 'binary'), Buffer.from(tail)]);
+  return Buffer.concat([
+    Buffer.from(head, 'utf8'),
+    Buffer.from(origHeaders.replace(/(\r\n)+$/, ''), 'binary'),
+    Buffer.from(tail),
+  ]);
 }

@@ -37,7 +37,8 @@ export function heldWhy(reason: HoldReason): string {
   if (reason === 'operator') return 'it is held by an operator; `queue release` lets it go';
   if (reason === 'transport')
     return "the account's API transport (Gmail API or Microsoft Graph) cannot send it to exactly its envelope (its To/Cc/Bcc headers name addresses the envelope lacks); set the account's transport to auto (Google) or smtp (Microsoft) so such mail goes over SMTP, then `queue retry` it";
-  if (reason === 'quota') return "its account is held after Gmail's daily sending limit; `queue retry --force` tries anyway";
+  if (reason === 'quota')
+    return "its account is held after Gmail's daily sending limit; `queue retry --force` tries anyway";
   return 'its account needs re-authorization (run `authorize` or `token import`); it is sent once the account works again';
 }
 
@@ -49,7 +50,8 @@ export function refusalText(type: QueueEvent['type'], why: Refusal): string {
     return `${type === 'retry' ? 'not retried' : 'not sent'}: ${heldWhy(why.reason)}`;
   }
   const s = why.state;
-  if (type === 'retry' && s === 'corrupt') return 'the envelope is corrupt; inspect spool/corrupt/ and `queue delete` it';
+  if (type === 'retry' && s === 'corrupt')
+    return 'the envelope is corrupt; inspect spool/corrupt/ and `queue delete` it';
   if (type === 'hold') return `a ${s} message cannot be held`;
   if (type === 'release') return `not held (state ${s})`;
   if (type === 'outcome') return `no attempt in flight (state ${s})`;
@@ -57,7 +59,13 @@ export function refusalText(type: QueueEvent['type'], why: Refusal): string {
 }
 
 function refused(id: string, type: QueueEvent['type'], why: Refusal, state?: MessageState): CommandResult {
-  return { ok: false, id, ...(state ? { state } : {}), ...(why.code === 'held' ? { heldFor: why.reason } : {}), message: `${id}: ${refusalText(type, why)}` };
+  return {
+    ok: false,
+    id,
+    ...(state ? { state } : {}),
+    ...(why.code === 'held' ? { heldFor: why.reason } : {}),
+    message: `${id}: ${refusalText(type, why)}`,
+  };
 }
 
 export class Commands {
@@ -137,7 +145,8 @@ export class Commands {
       const d = transition({ state: v.state, reason: v.reason, rcpts: item.env.rcpts }, e);
       if (d.kind === 'after-attempt') continue;
       if (d.kind === 'refuse') return refused(id, e.type, d.why, v.state);
-      if (d.kind === 'same') return { ok: true, id, state: v.state, message: `${id}: already ${describe(v.state, v.reason)}` };
+      if (d.kind === 'same')
+        return { ok: true, id, state: v.state, message: `${id}: already ${describe(v.state, v.reason)}` };
       if (d.state === 'removed') {
         await spool.remove(id);
         s.remove(id);
@@ -146,11 +155,21 @@ export class Commands {
       }
       const next = outcomes.applied(item.env, d);
       if (!(await outcomes.persist(item, next))) {
-        return { ok: false, id, state: 'failed', message: `${id}: ${DATA_LOST_TEXT} (its queue file is gone); moved to failed/, notice sent` };
+        return {
+          ok: false,
+          id,
+          state: 'failed',
+          message: `${id}: ${DATA_LOST_TEXT} (its queue file is gone); moved to failed/, notice sent`,
+        };
       }
       item.heldReason = undefined;
       if (e.type === 'retry') item.bypassQuota = v.state === 'held' && v.reason === 'quota';
-      log.info(`operator ${e.type}`, { id, account: next.account, state: next.state, ...(next.reason ? { reason: next.reason } : {}) });
+      log.info(`operator ${e.type}`, {
+        id,
+        account: next.account,
+        state: next.state,
+        ...(next.reason ? { reason: next.reason } : {}),
+      });
       const pending = openRcpts(next.rcpts).length;
       const what =
         e.type === 'retry'
@@ -181,7 +200,12 @@ export class Commands {
       log.info('operator retry', { id, account: next.account, state: next.state, from: 'failed/' });
       s.pump();
       const n = openRcpts(next.rcpts).length;
-      return { ok: true, id, state: next.state, message: `${id}: moved back from failed/ and scheduled for immediate retry (${n} recipient${n === 1 ? '' : 's'})` };
+      return {
+        ok: true,
+        id,
+        state: next.state,
+        message: `${id}: moved back from failed/ and scheduled for immediate retry (${n} recipient${n === 1 ? '' : 's'})`,
+      };
     }
     if ((await spool.listCorrupt()).some((c) => c.id === id)) {
       const d = transition({ state: 'corrupt', reason: null, rcpts: [] }, e);

@@ -50,7 +50,12 @@ export interface Attempt {
 }
 
 /** The DSN's status code when the reply carries none. */
-const FALLBACK_STATUS: Record<BounceCode, string> = { rejected: '5.0.0', permanent: '5.0.0', expired: '4.4.7', 'data-lost': '5.3.0' };
+const FALLBACK_STATUS: Record<BounceCode, string> = {
+  rejected: '5.0.0',
+  permanent: '5.0.0',
+  expired: '4.4.7',
+  'data-lost': '5.3.0',
+};
 
 export class Outcomes {
   constructor(private readonly o: OutcomeOptions) {}
@@ -64,7 +69,11 @@ export class Outcomes {
       state: d.state as SpooledEnvelope['state'],
       reason: d.state === 'held' ? d.reason : null,
       rcpts: d.rcpts,
-      ...(d.dueNow ? { nextAttemptAt: new Date(this.o.now()).toISOString() } : d.nextAttemptAt ? { nextAttemptAt: d.nextAttemptAt } : {}),
+      ...(d.dueNow
+        ? { nextAttemptAt: new Date(this.o.now()).toISOString() }
+        : d.nextAttemptAt
+          ? { nextAttemptAt: d.nextAttemptAt }
+          : {}),
       ...(d.lastReply !== undefined ? { lastReply: d.lastReply } : {}),
     };
   }
@@ -74,7 +83,11 @@ export class Outcomes {
     const { item, env, result: r, attempt, now } = a;
     const q = this.o.config().queue;
     const counted = d.countAttempt ? env.attempts + 1 : env.attempts;
-    const next: SpooledEnvelope = { ...this.applied(env, d), attempts: counted, ...(attempt !== counted ? { tries: attempt } : {}) };
+    const next: SpooledEnvelope = {
+      ...this.applied(env, d),
+      attempts: counted,
+      ...(attempt !== counted ? { tries: attempt } : {}),
+    };
     const accepted = d.rcpts.filter((x, i) => x.status === 'accepted' && env.rcpts[i]?.status !== 'accepted');
 
     // 1. Recipients Gmail accepted are never sent again: persist that first.
@@ -90,15 +103,29 @@ export class Outcomes {
         this.event('delivered', next, { rcpts: accepted.length, attempt, reply: r.response, status: 'sent' });
         return;
       }
-      const acceptedOnly = { ...env, rcpts: env.rcpts.map((x, i) => (d.rcpts[i].status === 'accepted' ? d.rcpts[i] : x)) };
+      const acceptedOnly = {
+        ...env,
+        rcpts: env.rcpts.map((x, i) => (d.rcpts[i].status === 'accepted' ? d.rcpts[i] : x)),
+      };
       if (!(await this.persist(item, acceptedOnly))) return;
-      this.event('delivered', next, { rcpts: accepted.length, attempt, reply: r.response, status: 'partial', pending: openRcpts(next.rcpts).length });
+      this.event('delivered', next, {
+        rcpts: accepted.length,
+        attempt,
+        reply: r.response,
+        status: 'partial',
+        pending: openRcpts(next.rcpts).length,
+      });
     }
 
     // 2. Permanent refusals bounce (per-recipient rejections always; everything left on a permanent outcome or expiry).
     if (d.bounce?.length) {
       const code = d.bounceCode ?? 'rejected';
-      const reason = code === 'expired' ? `expired after ${formatDuration(q.maxAge)}` : code === 'permanent' ? 'permanent failure' : 'recipient rejected';
+      const reason =
+        code === 'expired'
+          ? `expired after ${formatDuration(q.maxAge)}`
+          : code === 'permanent'
+            ? 'permanent failure'
+            : 'recipient rejected';
       await this.bounce(env, bounceList(d.bounce, FALLBACK_STATUS[code]), { attempt, reason });
     }
 
@@ -147,7 +174,12 @@ export class Outcomes {
     }
     await this.maybeWarn(next, now);
     if (!(await this.persist(item, next))) return;
-    this.event('deferred', next, { attempt, retryIn: Date.parse(next.nextAttemptAt) - now, nextAttemptAt: next.nextAttemptAt, reply: r.response });
+    this.event('deferred', next, {
+      attempt,
+      retryIn: Date.parse(next.nextAttemptAt) - now,
+      nextAttemptAt: next.nextAttemptAt,
+      reply: r.response,
+    });
   }
 
   /**
@@ -172,7 +204,8 @@ export class Outcomes {
     const d = transition({ state: env.state, reason: env.reason, rcpts: env.rcpts }, { type: 'data-lost' });
     if (d.kind !== 'change') return;
     // The notice first: a crash before the move repeats it at the next start rather than losing it.
-    if (d.bounce?.length) await this.bounce(env, bounceList(d.bounce, FALLBACK_STATUS['data-lost']), { reason: 'data lost' });
+    if (d.bounce?.length)
+      await this.bounce(env, bounceList(d.bounce, FALLBACK_STATUS['data-lost']), { reason: 'data lost' });
     const failed: FailedEnvelope = {
       ...this.applied(env, d),
       state: 'failed',
@@ -184,16 +217,19 @@ export class Outcomes {
     this.o.scheduler.remove(env.id);
     this.o.metrics?.dataLost?.(env.account);
     const bounceTo = this.o.config().queue.bounceTo;
-    this.o.log.error(`${DATA_LOST_TEXT}: the queue file of acknowledged message ${env.id} is gone; moved to failed/ (data-lost), notice sent to ${bounceTo}`, {
-      id: env.id,
-      account: env.account,
-      user: env.user,
-      from: env.mailFrom,
-      rcpts: d.bounce?.map((b) => b.rcpt) ?? [],
-      size: env.size,
-      receivedAt: env.receivedAt,
-      file: this.o.spool.message(env).path,
-    });
+    this.o.log.error(
+      `${DATA_LOST_TEXT}: the queue file of acknowledged message ${env.id} is gone; moved to failed/ (data-lost), notice sent to ${bounceTo}`,
+      {
+        id: env.id,
+        account: env.account,
+        user: env.user,
+        from: env.mailFrom,
+        rcpts: d.bounce?.map((b) => b.rcpt) ?? [],
+        size: env.size,
+        receivedAt: env.receivedAt,
+        file: this.o.spool.message(env).path,
+      },
+    );
     this.o.scheduler.pump(); // the notice is due now
   }
 
@@ -203,15 +239,34 @@ export class Outcomes {
     if (q.delayWarning === false || env.warned || env.isBounce || env.mailFrom === '') return;
     if (now - Date.parse(env.receivedAt) < q.delayWarning) return;
     const reply = env.lastReply ?? 'delivery delayed';
-    const rcpts = openRcpts(env.rcpts).map((x): DsnRecipient => ({ rcpt: x.address, status: statusFromReply(reply, '4.0.0'), action: 'delayed', diagnostic: reply }));
-    await this.bounce(env, rcpts, { retryUntil: new Date(Date.parse(env.receivedAt) + q.maxAge), reason: 'delay warning' });
+    const rcpts = openRcpts(env.rcpts).map(
+      (x): DsnRecipient => ({
+        rcpt: x.address,
+        status: statusFromReply(reply, '4.0.0'),
+        action: 'delayed',
+        diagnostic: reply,
+      }),
+    );
+    await this.bounce(env, rcpts, {
+      retryUntil: new Date(Date.parse(env.receivedAt) + q.maxAge),
+      reason: 'delay warning',
+    });
     env.warned = true;
   }
 
   /** Queues a DSN (failed or delayed) to the sender or bounceTo; never for a bounce. */
-  private async bounce(env: SpooledEnvelope, recipients: DsnRecipient[], ctx: { attempt?: number; reason: string; retryUntil?: Date }): Promise<void> {
+  private async bounce(
+    env: SpooledEnvelope,
+    recipients: DsnRecipient[],
+    ctx: { attempt?: number; reason: string; retryUntil?: Date },
+  ): Promise<void> {
     const delayed = recipients.every((r) => r.action === 'delayed');
-    const meta: Meta = { rcpts: recipients.length, reason: ctx.reason, reply: recipients[0]?.diagnostic, ...(ctx.attempt ? { attempt: ctx.attempt } : {}) };
+    const meta: Meta = {
+      rcpts: recipients.length,
+      reason: ctx.reason,
+      reply: recipients[0]?.diagnostic,
+      ...(ctx.attempt ? { attempt: ctx.attempt } : {}),
+    };
     if (env.isBounce || env.mailFrom === '') {
       if (!delayed) this.event('bounced', env, { ...meta, dsn: 'none (the message is itself a bounce)' });
       return;
@@ -275,5 +330,10 @@ export function triesOf(env: SpooledEnvelope): number {
 }
 
 function bounceList(b: Bounce[], fallback: string): DsnRecipient[] {
-  return b.map((x) => ({ rcpt: x.rcpt, status: statusFromReply(x.reply, fallback), action: 'failed', diagnostic: x.reply }));
+  return b.map((x) => ({
+    rcpt: x.rcpt,
+    status: statusFromReply(x.reply, fallback),
+    action: 'failed',
+    diagnostic: x.reply,
+  }));
 }

@@ -119,7 +119,12 @@ export class Scheduler {
       }
       if (top.at > now) break;
       this.due.pop();
-      const block = this.accountBlock(item.env.account, now, item.bypassQuota === true, openRcpts(item.env.rcpts).length);
+      const block = this.accountBlock(
+        item.env.account,
+        now,
+        item.bypassQuota === true,
+        openRcpts(item.env.rcpts).length,
+      );
       if (block) {
         this.park(item, block);
         continue;
@@ -158,7 +163,8 @@ export class Scheduler {
     if (quota !== null && !bypassQuota) return { reason: 'quota', until: quota };
     const perMinute = acct.limits.messagesPerMinute;
     const minute = perMinute ? accounts.minuteBlockedUntil(account, perMinute, now) : null;
-    if (minute !== null) return { reason: 'rate-limit', until: minute, why: `limits.messagesPerMinute ${perMinute} reached` };
+    if (minute !== null)
+      return { reason: 'rate-limit', until: minute, why: `limits.messagesPerMinute ${perMinute} reached` };
     const perDay = acct.limits.messagesPerDay;
     const rate = perDay ? accounts.blockedUntil(account, perDay, now) : null;
     if (rate !== null) return { reason: 'rate-limit', until: rate, why: `limits.messagesPerDay ${perDay} reached` };
@@ -166,7 +172,11 @@ export class Scheduler {
     const rcpts = rcptsPerDay ? accounts.recipientsBlockedUntil(account, rcptsPerDay, recipients, now) : null;
     if (rcpts !== null) {
       const sent = accounts.recipients(account, now);
-      return { reason: 'rate-limit', until: rcpts, why: `limits.recipientsPerDay ${rcptsPerDay}: ${sent} sent in 24 h, this message has ${recipients}` };
+      return {
+        reason: 'rate-limit',
+        until: rcpts,
+        why: `limits.recipientsPerDay ${rcptsPerDay}: ${sent} sent in 24 h, this message has ${recipients}`,
+      };
     }
     return null;
   }

@@ -143,7 +143,9 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
       }
       if (m.state === 'failed') {
         // Re-queue the recipients that failed; accepted ones are never sent again.
-        const rcpts = m.rcpts.map((r): Recipient => (r.status === 'accepted' ? r : { address: r.address, status: 'pending' }));
+        const rcpts = m.rcpts.map(
+          (r): Recipient => (r.status === 'accepted' ? r : { address: r.address, status: 'pending' }),
+        );
         if (!openRcpts(rcpts).length) return refuse({ code: 'nothing-open' });
         return change(m, { state: 'queued', rcpts, dueNow: true });
       }
@@ -166,12 +168,14 @@ export function transition(m: MessageView, e: QueueEvent): Decision {
 
     case 'account-hold':
       if (waiting) return change(m, { state: 'held', reason: e.reason });
-      if (m.state === 'held' && !waitsForOperator(m) && m.reason !== e.reason) return change(m, { state: 'held', reason: e.reason });
+      if (m.state === 'held' && !waitsForOperator(m) && m.reason !== e.reason)
+        return change(m, { state: 'held', reason: e.reason });
       return { kind: 'same' };
 
     case 'account-ok':
       // Contract: deferred mail of a re-authorized account is retried at once.
-      if (m.state === 'deferred' || (m.state === 'held' && !waitsForOperator(m))) return change(m, { state: 'queued', dueNow: true });
+      if (m.state === 'deferred' || (m.state === 'held' && !waitsForOperator(m)))
+        return change(m, { state: 'queued', dueNow: true });
       return { kind: 'same' };
 
     case 'park':
@@ -210,7 +214,15 @@ function giveUp(m: MessageView, reply: string, failReason: string, rcpts = m.rcp
     out.push({ rcpt: r.address, reply: r.reply ?? reply });
     return { address: r.address, status: 'rejected', reply: r.reply ?? reply };
   });
-  return change(m, { state: 'failed', rcpts: next, bounce: out, bounceCode: 'expired', failReason, lastReply: reply, countAttempt: true });
+  return change(m, {
+    state: 'failed',
+    rcpts: next,
+    bounce: out,
+    bounceCode: 'expired',
+    failReason,
+    lastReply: reply,
+    countAttempt: true,
+  });
 }
 
 function outcome(m: MessageView, e: Extract<QueueEvent, { type: 'outcome' }>): Change {
@@ -229,16 +241,45 @@ function outcome(m: MessageView, e: Extract<QueueEvent, { type: 'outcome' }>): C
     return { address: r.address, status: 'deferred', reply: e.response };
   });
   const left = openRcpts(rcpts).length;
-  const bounced = { bounce, ...(bounce.length ? { bounceCode: e.outcome === 'permanent' ? ('permanent' as const) : ('rejected' as const) } : {}) };
+  const bounced = {
+    bounce,
+    ...(bounce.length
+      ? { bounceCode: e.outcome === 'permanent' ? ('permanent' as const) : ('rejected' as const) }
+      : {}),
+  };
   if (!left) {
-    if (e.outcome === 'permanent') return change(m, { state: 'failed', rcpts, ...bounced, failReason: e.response, lastReply: e.response, countAttempt: true });
+    if (e.outcome === 'permanent')
+      return change(m, {
+        state: 'failed',
+        rcpts,
+        ...bounced,
+        failReason: e.response,
+        lastReply: e.response,
+        countAttempt: true,
+      });
     return change(m, { state: 'removed', rcpts, ...bounced, lastReply: e.response, countAttempt: true });
   }
-  if (e.outcome === 'quota') return change(m, { state: 'held', reason: 'quota', rcpts, ...bounced, lastReply: e.response });
+  if (e.outcome === 'quota')
+    return change(m, { state: 'held', reason: 'quota', rcpts, ...bounced, lastReply: e.response });
   if (e.outcome === 'auth')
-    return change(m, { state: 'held', reason: 'needs-reauth', rcpts, ...bounced, lastReply: e.response, ...(e.recheckAt ? { nextAttemptAt: e.recheckAt } : {}) });
-  if (e.outcome === 'transport') return change(m, { state: 'held', reason: 'transport', rcpts, ...bounced, lastReply: e.response });
+    return change(m, {
+      state: 'held',
+      reason: 'needs-reauth',
+      rcpts,
+      ...bounced,
+      lastReply: e.response,
+      ...(e.recheckAt ? { nextAttemptAt: e.recheckAt } : {}),
+    });
+  if (e.outcome === 'transport')
+    return change(m, { state: 'held', reason: 'transport', rcpts, ...bounced, lastReply: e.response });
   // 'transient', or 'ok' that left recipients unanswered: retry those later, unless too old.
   if (e.expiry) return giveUp({ ...m, rcpts }, e.response, e.expiry, rcpts, bounce);
-  return change(m, { state: 'deferred', rcpts, ...bounced, nextAttemptAt: e.retryAt, lastReply: e.response, countAttempt: true });
+  return change(m, {
+    state: 'deferred',
+    rcpts,
+    ...bounced,
+    nextAttemptAt: e.retryAt,
+    lastReply: e.response,
+    countAttempt: true,
+  });
 }

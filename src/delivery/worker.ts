@@ -11,7 +11,17 @@ import type { Config } from '../config/schema.js';
 import { formatDuration } from '../config/units.js';
 import type { Logger } from '../log/logger.js';
 import type { Spool } from '../spool/spool.js';
-import type { AccountHealth, HealthState, Envelope, HoldReason, MessageState, Recipient, SendResult, SpooledEnvelope, Upstream } from '../types.js';
+import type {
+  AccountHealth,
+  HealthState,
+  Envelope,
+  HoldReason,
+  MessageState,
+  Recipient,
+  SendResult,
+  SpooledEnvelope,
+  Upstream,
+} from '../types.js';
 import { AccountState } from './accountState.js';
 import { Commands, type CommandResult, type OperatorEvent } from './commands.js';
 import { Outcomes, triesOf, type DeliveryMetrics } from './outcome.js';
@@ -117,7 +127,8 @@ export class DeliveryWorker {
     await this.load(); // errors propagate: a daemon that cannot read its spool must not start
     // Acknowledged messages whose data is gone (init() keeps their envelopes) are reported now,
     // not when their turn comes (a held account's mail may wait for days).
-    for (const item of [...this.items.values()]) if (!(await this.spool.hasMessage(item.env))) await this.outcomes.dataLost(item.env);
+    for (const item of [...this.items.values()])
+      if (!(await this.spool.hasMessage(item.env))) await this.outcomes.dataLost(item.env);
     this.started = true;
     this.log.info('delivery started', { queued: this.items.size, concurrency: this.config.queue.concurrency });
     this.scheduler.run();
@@ -149,7 +160,11 @@ export class DeliveryWorker {
         new Promise<boolean>((res) => (t = setTimeout(() => res(true), timeoutMs))),
       ]);
       clearTimeout(t);
-      if (timedOut) this.log.warn('stop: in-flight sends did not finish in time, they stay spooled and are retried at the next start', { inFlight: inFlight.size });
+      if (timedOut)
+        this.log.warn(
+          'stop: in-flight sends did not finish in time, they stay spooled and are retried at the next start',
+          { inFlight: inFlight.size },
+        );
     }
     await this.accounts.flush();
     if (this.started) this.log.info('delivery stopped', { queued: this.items.size });
@@ -181,7 +196,9 @@ export class DeliveryWorker {
 
   /** Every queued message with its live state (in-flight, or held because its account cannot send). */
   list(): QueuedView[] {
-    return [...this.items.values()].sort((a, b) => (a.env.id < b.env.id ? -1 : 1)).map((it) => ({ env: it.env, ...this.view(it) }));
+    return [...this.items.values()]
+      .sort((a, b) => (a.env.id < b.env.id ? -1 : 1))
+      .map((it) => ({ env: it.env, ...this.view(it) }));
   }
 
   get(id: string): QueuedView | null {
@@ -226,7 +243,8 @@ export class DeliveryWorker {
       if (item.env.account !== account || this.scheduler.inFlight.has(item.env.id)) continue;
       const h = hold === 'quota' && item.bypassQuota ? null : hold;
       if (h) changes.push(this.commands.account(item, { type: 'account-hold', reason: h }));
-      else if (item.env.state === 'held' || deferredToo) changes.push(this.commands.account(item, { type: 'account-ok' }));
+      else if (item.env.state === 'held' || deferredToo)
+        changes.push(this.commands.account(item, { type: 'account-ok' }));
     }
     return (await Promise.all(changes)).filter(Boolean).length;
   }
@@ -261,7 +279,11 @@ export class DeliveryWorker {
     item.waiting = block.why ? `${block.why}${until ? `; waits until ${until}` : ''}` : undefined;
     if (item.heldReason === block.reason) return;
     item.heldReason = block.reason;
-    this.outcomes.event('held', item.env, { reason: block.reason, ...(until ? { until } : {}), ...(block.why ? { why: block.why } : {}) });
+    this.outcomes.event('held', item.env, {
+      reason: block.reason,
+      ...(until ? { until } : {}),
+      ...(block.why ? { why: block.why } : {}),
+    });
   }
 
   private onHealthChange(account: string, state: HealthState): void {
@@ -286,7 +308,11 @@ export class DeliveryWorker {
       .catch((err) => {
         // Bookkeeping failed (spool I/O): keep the message as stored and look again later.
         item.notBefore = this.now() + this.config.queue.retry[0];
-        this.log.error('delivery bookkeeping failed, message kept for a later attempt', { id, account: item.env.account, err });
+        this.log.error('delivery bookkeeping failed, message kept for a later attempt', {
+          id,
+          account: item.env.account,
+          err,
+        });
       })
       .finally(() => {
         this.scheduler.inFlight.delete(id);
@@ -305,11 +331,18 @@ export class DeliveryWorker {
         return;
       }
     }
-    const start = transition({ state: item.env.state, reason: item.env.reason, rcpts: item.env.rcpts }, { type: 'start' });
+    const start = transition(
+      { state: item.env.state, reason: item.env.reason, rcpts: item.env.rcpts },
+      { type: 'start' },
+    );
     if (start.kind !== 'change') {
       // The scheduler never picks such a message (held for an operator, or failed); should it, it is not sent.
       this.accounts.release(item.env.account, stamp);
-      this.log.error('delivery: a message that cannot be sent was picked; left as it is', { id: item.env.id, state: item.env.state, reason: item.env.reason });
+      this.log.error('delivery: a message that cannot be sent was picked; left as it is', {
+        id: item.env.id,
+        state: item.env.state,
+        reason: item.env.reason,
+      });
       return;
     }
     const env = item.env;
@@ -327,7 +360,12 @@ export class DeliveryWorker {
     try {
       r = await this.upstream!.send(sendView(env), source);
     } catch (err) {
-      r = { outcome: 'transient', response: `local error: ${(err as Error)?.message ?? String(err)}`, accepted: [], rejected: [] };
+      r = {
+        outcome: 'transient',
+        response: `local error: ${(err as Error)?.message ?? String(err)}`,
+        accepted: [],
+        rejected: [],
+      };
     }
     this.outcomes.metricsReply(env.account, r.outcome);
     const now = this.now();
@@ -337,7 +375,10 @@ export class DeliveryWorker {
     const expiresAt = Date.parse(env.receivedAt) + q.maxAge;
     const base = q.retry[Math.min(env.attempts, q.retry.length - 1)];
     // The last try happens at maxAge, so a message is never bounced before its time.
-    const retryAt = Math.min(Math.max(now + Math.round(base * (0.9 + Math.random() * 0.2)), now + (r.retryAfterMs ?? 0)), expiresAt);
+    const retryAt = Math.min(
+      Math.max(now + Math.round(base * (0.9 + Math.random() * 0.2)), now + (r.retryAfterMs ?? 0)),
+      expiresAt,
+    );
     const d = transition(
       { state: 'in-flight', reason: null, rcpts: env.rcpts },
       {
@@ -349,7 +390,9 @@ export class DeliveryWorker {
         retryAt: new Date(retryAt).toISOString(),
         // Should the account still report ok after a refused login, do not spin: look again after the first retry step.
         recheckAt: new Date(now + q.retry[0]).toISOString(),
-        ...(now >= expiresAt ? { expiry: `gave up after ${formatDuration(q.maxAge)} in the queue: ${r.response}` } : {}),
+        ...(now >= expiresAt
+          ? { expiry: `gave up after ${formatDuration(q.maxAge)} in the queue: ${r.response}` }
+          : {}),
       },
     );
     if (d.kind !== 'change') throw new Error(`unexpected decision ${d.kind} for an attempt's outcome`);

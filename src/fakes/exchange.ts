@@ -61,7 +61,11 @@ export class FakeExchange extends EventEmitter {
       logger: false,
       disableReverseLookup: true,
       closeTimeout: 100,
-      onAuth: (auth: SMTPServerAuthentication, _session: SMTPServerSession, cb: (err: Error | null | undefined, res?: { user?: unknown }) => void) => {
+      onAuth: (
+        auth: SMTPServerAuthentication,
+        _session: SMTPServerSession,
+        cb: (err: Error | null | undefined, res?: { user?: unknown }) => void,
+      ) => {
         const me = self!;
         const user = auth.username ?? '';
         const fail = (text: string) => {
@@ -69,8 +73,15 @@ export class FakeExchange extends EventEmitter {
           cb(reply(535, text));
         };
         if (me.smtpAuthDisabled.has(user.toLowerCase()))
-          return fail('5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information. [SN4PR0601CA0012.namprd06.prod.outlook.com]');
-        if (auth.method !== 'XOAUTH2' || !auth.accessToken || !opts.identity.mayUse(auth.accessToken, user) || me.refuseTokens.has(user.toLowerCase()))
+          return fail(
+            '5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information. [SN4PR0601CA0012.namprd06.prod.outlook.com]',
+          );
+        if (
+          auth.method !== 'XOAUTH2' ||
+          !auth.accessToken ||
+          !opts.identity.mayUse(auth.accessToken, user) ||
+          me.refuseTokens.has(user.toLowerCase())
+        )
           return fail('5.7.3 Authentication unsuccessful [SN4PR0601CA0012.namprd06.prod.outlook.com]');
         const answer = () => {
           me.auths.push({ user, ok: true });
@@ -84,14 +95,24 @@ export class FakeExchange extends EventEmitter {
         const scripted = self!.mailReplies.shift();
         if (scripted) return cb(reply(scripted.code, scripted.text));
         if (address.address.toLowerCase() !== String(session.user).toLowerCase())
-          return cb(reply(554, `5.2.252 SendAsDenied; ${String(session.user)} not allowed to send as ${address.address}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied`));
+          return cb(
+            reply(
+              554,
+              `5.2.252 SendAsDenied; ${String(session.user)} not allowed to send as ${address.address}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied`,
+            ),
+          );
         cb();
       },
       onData: (stream, session, cb) => {
         const chunks: Buffer[] = [];
         stream.on('data', (c: Buffer) => chunks.push(c));
         stream.on('end', () => {
-          self!.messages.push({ mailFrom: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', rcptTo: session.envelope.rcptTo.map((r) => r.address), raw: Buffer.concat(chunks), authUser: String(session.user) });
+          self!.messages.push({
+            mailFrom: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+            rcptTo: session.envelope.rcptTo.map((r) => r.address),
+            raw: Buffer.concat(chunks),
+            authUser: String(session.user),
+          });
           cb(null, '2.0.0 OK <fake@outlook.office365.com> [Hostname=SN4PR0601MB3712.namprd06.prod.outlook.com]');
         });
       },

@@ -101,7 +101,13 @@ export class FakeGmail {
   bareAuthFailure = false;
   private dataGates: Array<{ reached: () => void; wait: Promise<void> }> = [];
 
-  private constructor(smtp: SMTPServer, tokens: FakeTokenEndpoint, port: number, mode: 'implicit' | 'starttls', maxPerConn: number) {
+  private constructor(
+    smtp: SMTPServer,
+    tokens: FakeTokenEndpoint,
+    port: number,
+    mode: 'implicit' | 'starttls',
+    maxPerConn: number,
+  ) {
     this.smtp = smtp;
     this.tokens = tokens;
     this.port = port;
@@ -131,7 +137,8 @@ export class FakeGmail {
       // AUTH before STARTTLS is refused in onAuth with Gmail's own 530 text instead of smtp-server's 538.
       allowInsecureAuth: true,
       authMethods: ['LOGIN', 'PLAIN', 'XOAUTH2'],
-      authRequiredMessage: '5.7.0 Authentication Required. For more information, go to https://support.google.com/mail/?p=WantAuthError fake - gsmtp',
+      authRequiredMessage:
+        '5.7.0 Authentication Required. For more information, go to https://support.google.com/mail/?p=WantAuthError fake - gsmtp',
       size: GMAIL_MAX_SIZE,
       hide8BITMIME: false,
       hideSMTPUTF8: false,
@@ -259,7 +266,10 @@ export class FakeGmail {
 
   private takeRule(stage: ScriptStage, rcpt?: string): { err: ReplyError; delayMs?: number } | null {
     const rule = this.rules.find(
-      (r) => r.stage === stage && r.remaining > 0 && (r.rcpt === undefined || (rcpt !== undefined && r.rcpt.toLowerCase() === rcpt.toLowerCase())),
+      (r) =>
+        r.stage === stage &&
+        r.remaining > 0 &&
+        (r.rcpt === undefined || (rcpt !== undefined && r.rcpt.toLowerCase() === rcpt.toLowerCase())),
     );
     if (!rule) return null;
     rule.remaining -= 1;
@@ -299,7 +309,11 @@ export class FakeGmail {
     }
     const info = auth.accessToken && !this.refuseTokens ? this.tokens.tokenInfo(auth.accessToken) : null;
     // Gmail SMTP takes only the full-mailbox scope: a gmail.send token is refused like a bad one.
-    if (info && info.email.toLowerCase() === user.toLowerCase() && info.scope.split(' ').includes('https://mail.google.com/')) {
+    if (
+      info &&
+      info.email.toLowerCase() === user.toLowerCase() &&
+      info.scope.split(' ').includes('https://mail.google.com/')
+    ) {
       this.auths.push({ user, ok: true });
       return cb(null, { user });
     }
@@ -353,7 +367,11 @@ export class FakeGmail {
       const scripted = this.take('data');
       if (scripted) return cb(scripted);
       if (stream.sizeExceeded) {
-        return cb(replyError("552 5.3.4 Your message exceeded Google's message size limits. For more information, visit https://support.google.com/mail/?p=MaxSizeError fake - gsmtp"));
+        return cb(
+          replyError(
+            "552 5.3.4 Your message exceeded Google's message size limits. For more information, visit https://support.google.com/mail/?p=MaxSizeError fake - gsmtp",
+          ),
+        );
       }
       const env = session.envelope;
       const tls = session.tlsOptions;

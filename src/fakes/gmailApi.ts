@@ -14,7 +14,12 @@ import { headerValues } from '../listener/filter.js';
 export const SEND_PATH = '/upload/gmail/v1/users/me/messages/send';
 const MAX_UPLOAD = 35 * 1024 * 1024;
 /** Scopes that allow users.messages.send. */
-const SEND_SCOPES = new Set([GMAIL_SCOPE, GMAIL_SEND_SCOPE, 'https://www.googleapis.com/auth/gmail.compose', 'https://www.googleapis.com/auth/gmail.modify']);
+const SEND_SCOPES = new Set([
+  GMAIL_SCOPE,
+  GMAIL_SEND_SCOPE,
+  'https://www.googleapis.com/auth/gmail.compose',
+  'https://www.googleapis.com/auth/gmail.modify',
+]);
 
 export type ApiFailureKind = 'rate429' | 'quota' | 'unauthorized' | 'scope403' | 'invalid400' | 'backend500' | 'stall';
 
@@ -108,7 +113,10 @@ export class FakeGmailApi {
   waitForStall(bytes: number, timeoutMs = 20_000): Promise<number> {
     if (this.stalledBytes >= bytes) return Promise.resolve(this.stalledBytes);
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`fake Gmail API: no upload stalled after ${bytes} bytes within ${timeoutMs} ms`)), timeoutMs);
+      const t = setTimeout(
+        () => reject(new Error(`fake Gmail API: no upload stalled after ${bytes} bytes within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       this.stalls.push({
         bytes,
         waiters: [
@@ -141,19 +149,43 @@ export class FakeGmailApi {
       this.error(res, status, gstatus, message, reason, details);
     };
     if (u.pathname !== SEND_PATH || req.method !== 'POST') return fail(404, 'NOT_FOUND', 'Not Found', 'notFound');
-    if (u.searchParams.get('uploadType') !== 'media') return fail(400, 'INVALID_ARGUMENT', 'Invalid upload type; this fake takes uploadType=media', 'invalidArgument');
+    if (u.searchParams.get('uploadType') !== 'media')
+      return fail(400, 'INVALID_ARGUMENT', 'Invalid upload type; this fake takes uploadType=media', 'invalidArgument');
     const bearer = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
     const info = bearer ? this.tokens.tokenInfo(bearer) : null;
     const scripted = this.failures.shift();
     if (!info || scripted === 'unauthorized')
-      return fail(401, 'UNAUTHENTICATED', 'Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.', 'authError');
+      return fail(
+        401,
+        'UNAUTHENTICATED',
+        'Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.',
+        'authError',
+      );
     if (!info.scope.split(' ').some((s) => SEND_SCOPES.has(s)) || scripted === 'scope403')
-      return fail(403, 'PERMISSION_DENIED', 'Request had insufficient authentication scopes.', 'insufficientPermissions', [
-        { '@type': 'type.googleapis.com/google.rpc.ErrorInfo', reason: 'ACCESS_TOKEN_SCOPE_INSUFFICIENT', domain: 'googleapis.com', metadata: { service: 'gmail.googleapis.com' } },
-      ]);
+      return fail(
+        403,
+        'PERMISSION_DENIED',
+        'Request had insufficient authentication scopes.',
+        'insufficientPermissions',
+        [
+          {
+            '@type': 'type.googleapis.com/google.rpc.ErrorInfo',
+            reason: 'ACCESS_TOKEN_SCOPE_INSUFFICIENT',
+            domain: 'googleapis.com',
+            metadata: { service: 'gmail.googleapis.com' },
+          },
+        ],
+      );
     const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-    if (!type.startsWith('message/')) return fail(400, 'INVALID_ARGUMENT', `Media type '${type}' is not supported. Valid media types: [message/*]`, 'badContent');
-    if (Number(req.headers['content-length'] ?? 0) > MAX_UPLOAD) return fail(413, 'INVALID_ARGUMENT', 'Request Entity Too Large', 'uploadTooLarge');
+    if (!type.startsWith('message/'))
+      return fail(
+        400,
+        'INVALID_ARGUMENT',
+        `Media type '${type}' is not supported. Valid media types: [message/*]`,
+        'badContent',
+      );
+    if (Number(req.headers['content-length'] ?? 0) > MAX_UPLOAD)
+      return fail(413, 'INVALID_ARGUMENT', 'Request Entity Too Large', 'uploadTooLarge');
 
     if (scripted === 'stall') return this.stall(req, rec);
     const chunks: Buffer[] = [];
@@ -162,15 +194,26 @@ export class FakeGmailApi {
       if (rec.bytes > MAX_UPLOAD) return fail(413, 'INVALID_ARGUMENT', 'Request Entity Too Large', 'uploadTooLarge');
       chunks.push(c);
     }
-    if (scripted === 'rate429') return fail(429, 'RESOURCE_EXHAUSTED', 'Too many concurrent requests for user.', 'rateLimitExceeded');
+    if (scripted === 'rate429')
+      return fail(429, 'RESOURCE_EXHAUSTED', 'Too many concurrent requests for user.', 'rateLimitExceeded');
     if (scripted === 'quota')
-      return fail(429, 'RESOURCE_EXHAUSTED', `User-rate limit exceeded.  Retry after ${new Date(Date.now() + 3 * 3600e3).toISOString()} (Mail sending)`, 'rateLimitExceeded');
+      return fail(
+        429,
+        'RESOURCE_EXHAUSTED',
+        `User-rate limit exceeded.  Retry after ${new Date(Date.now() + 3 * 3600e3).toISOString()} (Mail sending)`,
+        'rateLimitExceeded',
+      );
     if (scripted === 'backend500') return fail(500, 'INTERNAL', 'Internal error encountered.', 'backendError');
     if (scripted === 'invalid400') return fail(400, 'INVALID_ARGUMENT', 'Invalid To header', 'invalidArgument');
     const raw = Buffer.concat(chunks);
     const end = raw.indexOf('\r\n\r\n');
     const header = raw.subarray(0, end < 0 ? raw.length : end + 2).toString('utf8');
-    const addrs = (field: string) => headerValues(header, field).flatMap((v) => addressparser(v, { flatten: true }).map((a) => a.address).filter((a): a is string => !!a));
+    const addrs = (field: string) =>
+      headerValues(header, field).flatMap((v) =>
+        addressparser(v, { flatten: true })
+          .map((a) => a.address)
+          .filter((a): a is string => !!a),
+      );
     const recipients = [...addrs('to'), ...addrs('cc'), ...addrs('bcc')];
     if (!recipients.length) return fail(400, 'INVALID_ARGUMENT', 'Recipient address required', 'invalidArgument');
     const id = rnd(8);
@@ -196,14 +239,26 @@ export class FakeGmailApi {
     });
   }
 
-  private error(res: ServerResponse, code: number, status: string, message: string, reason: string, details?: unknown[]): void {
+  private error(
+    res: ServerResponse,
+    code: number,
+    status: string,
+    message: string,
+    reason: string,
+    details?: unknown[],
+  ): void {
     const domain = code === 429 || reason === 'dailyLimitExceeded' ? 'usageLimits' : 'global';
-    this.sendJson(res, code, { error: { code, message, errors: [{ message, domain, reason }], status, ...(details ? { details } : {}) } });
+    this.sendJson(res, code, {
+      error: { code, message, errors: [{ message, domain, reason }], status, ...(details ? { details } : {}) },
+    });
   }
 
   private sendJson(res: ServerResponse, status: number, body: unknown): void {
     const text = JSON.stringify(body);
-    res.writeHead(status, { 'Content-Type': 'application/json; charset=UTF-8', 'Content-Length': Buffer.byteLength(text) });
+    res.writeHead(status, {
+      'Content-Type': 'application/json; charset=UTF-8',
+      'Content-Length': Buffer.byteLength(text),
+    });
     res.end(text);
   }
 }
@@ -211,7 +266,10 @@ export class FakeGmailApi {
 /** The message as delivered: every Bcc field (with its continuation lines) removed from the header. */
 function withoutBcc(raw: Buffer, headerEnd: number): Buffer {
   const end = headerEnd < 0 ? raw.length : headerEnd + 2;
-  const lines = raw.subarray(0, end).toString('latin1').split(/(?<=\r\n)/);
+  const lines = raw
+    .subarray(0, end)
+    .toString('latin1')
+    .split(/(?<=\r\n)/);
   const kept: string[] = [];
   let skipping = false;
   for (const line of lines) {

@@ -229,11 +229,18 @@ export class FakeGraph {
     let counted = false;
     try {
       if (up) return await this.upload(req, res, rec, up[1]);
-      if (!m) throw new GraphError(404, 'UnknownError', `Resource not found for the segment '${u.pathname.split('/').pop()}'.`);
+      if (!m)
+        throw new GraphError(
+          404,
+          'UnknownError',
+          `Resource not found for the segment '${u.pathname.split('/').pop()}'.`,
+        );
       // Per-mailbox concurrency is checked before anything else, as Exchange's throttling is.
       const now = (this.inFlight.get(mailboxKey!) ?? 0) + 1;
       if (now > GRAPH_MAILBOX_CONCURRENCY)
-        throw new GraphError(429, 'ApplicationThrottled', 'Application is over its MailboxConcurrency limit.', { 'Retry-After': '1' });
+        throw new GraphError(429, 'ApplicationThrottled', 'Application is over its MailboxConcurrency limit.', {
+          'Retry-After': '1',
+        });
       this.inFlight.set(mailboxKey!, now);
       counted = true;
       this.maxConcurrent.set(mailboxKey!, Math.max(this.maxConcurrent.get(mailboxKey!) ?? 0, now));
@@ -242,7 +249,11 @@ export class FakeGraph {
       const reply = (status: number, body?: unknown) => {
         rec.status = status;
         const text = body === undefined ? '' : JSON.stringify(body);
-        res.writeHead(status, { 'Content-Length': Buffer.byteLength(text), 'request-id': randomUUID(), ...(text ? { 'Content-Type': 'application/json' } : {}) });
+        res.writeHead(status, {
+          'Content-Length': Buffer.byteLength(text),
+          'request-id': randomUUID(),
+          ...(text ? { 'Content-Type': 'application/json' } : {}),
+        });
         res.end(text);
       };
       if (rest === 'sendMail' && req.method === 'POST') {
@@ -272,21 +283,65 @@ export class FakeGraph {
         return reply(204);
       }
       if (dm[2] === 'attachments' && req.method === 'POST') {
-        const a = (await this.json(req, rec)) as { name?: string; contentType?: string; contentBytes?: string; isInline?: boolean; contentId?: string };
+        const a = (await this.json(req, rec)) as {
+          name?: string;
+          contentType?: string;
+          contentBytes?: string;
+          isInline?: boolean;
+          contentId?: string;
+        };
         const bytes = Buffer.from(a.contentBytes ?? '', 'base64');
-        if (bytes.length > GRAPH_MAX_INLINE_ATTACHMENT) throw new GraphError(413, 'ErrorRequestEntityTooLarge', 'The attachment is larger than 3 MB: use an upload session.');
-        draft!.attachments.push({ name: a.name ?? '', contentType: a.contentType, isInline: a.isInline, contentId: a.contentId, bytes, via: 'post' });
+        if (bytes.length > GRAPH_MAX_INLINE_ATTACHMENT)
+          throw new GraphError(
+            413,
+            'ErrorRequestEntityTooLarge',
+            'The attachment is larger than 3 MB: use an upload session.',
+          );
+        draft!.attachments.push({
+          name: a.name ?? '',
+          contentType: a.contentType,
+          isInline: a.isInline,
+          contentId: a.contentId,
+          bytes,
+          via: 'post',
+        });
         return reply(201, { id: randomBytes(8).toString('hex') });
       }
       if (dm[2] === 'attachments/createUploadSession' && req.method === 'POST') {
-        const body = (await this.json(req, rec)) as { AttachmentItem?: { attachmentType?: string; name?: string; size?: number; contentType?: string; isInline?: boolean; contentId?: string } };
+        const body = (await this.json(req, rec)) as {
+          AttachmentItem?: {
+            attachmentType?: string;
+            name?: string;
+            size?: number;
+            contentType?: string;
+            isInline?: boolean;
+            contentId?: string;
+          };
+        };
         const item = body.AttachmentItem;
         if (!item || item.attachmentType !== 'file' || !item.name || typeof item.size !== 'number' || item.size <= 0)
           throw new GraphError(400, 'ErrorInvalidRequest', 'AttachmentItem needs attachmentType file, name and size.');
-        if (item.size > GRAPH_MAX_MESSAGE) throw new GraphError(413, 'ErrorRequestEntityTooLarge', 'The attachment exceeds the maximum message size.');
+        if (item.size > GRAPH_MAX_MESSAGE)
+          throw new GraphError(413, 'ErrorRequestEntityTooLarge', 'The attachment exceeds the maximum message size.');
         const sid = randomBytes(12).toString('hex');
-        this.sessions.set(sid, { id: sid, draft: draft!, item: { name: item.name, size: item.size, contentType: item.contentType, isInline: item.isInline, contentId: item.contentId }, received: [], next: 0 });
-        return reply(201, { uploadUrl: `${this.url}/upload/${sid}`, expirationDateTime: new Date(Date.now() + 86400e3).toISOString(), nextExpectedRanges: ['0-'] });
+        this.sessions.set(sid, {
+          id: sid,
+          draft: draft!,
+          item: {
+            name: item.name,
+            size: item.size,
+            contentType: item.contentType,
+            isInline: item.isInline,
+            contentId: item.contentId,
+          },
+          received: [],
+          next: 0,
+        });
+        return reply(201, {
+          uploadUrl: `${this.url}/upload/${sid}`,
+          expirationDateTime: new Date(Date.now() + 86400e3).toISOString(),
+          nextExpectedRanges: ['0-'],
+        });
       }
       if (dm[2] === 'send' && req.method === 'POST') {
         if (!draft) throw notFound();
@@ -321,7 +376,8 @@ export class FakeGraph {
 
   private async json(req: IncomingMessage, rec: GraphRequestRecord): Promise<unknown> {
     const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-    if (type !== 'application/json') throw new GraphError(415, 'ErrorInvalidRequest', `Content-Type '${type}' is not supported: send JSON.`);
+    if (type !== 'application/json')
+      throw new GraphError(415, 'ErrorInvalidRequest', `Content-Type '${type}' is not supported: send JSON.`);
     const chunks: Buffer[] = [];
     for await (const c of req as AsyncIterable<Buffer>) {
       rec.bytes += c.length;
@@ -339,14 +395,26 @@ export class FakeGraph {
   private async upload(req: IncomingMessage, res: ServerResponse, rec: GraphRequestRecord, sid: string): Promise<void> {
     const s = this.sessions.get(sid);
     if (req.method !== 'PUT' || !s) throw notFound();
-    if (req.headers.authorization) throw new GraphError(401, 'InvalidAuthenticationToken', 'An upload URL is pre-authenticated: send it without an Authorization header.');
+    if (req.headers.authorization)
+      throw new GraphError(
+        401,
+        'InvalidAuthenticationToken',
+        'An upload URL is pre-authenticated: send it without an Authorization header.',
+      );
     const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(req.headers['content-range'] ?? '');
     if (!range) throw new GraphError(400, 'InvalidContentRange', 'Content-Range header is missing or invalid.');
     const [from, to, total] = [Number(range[1]), Number(range[2]), Number(range[3])];
     const len = to - from + 1;
-    if (total !== s.item.size || from !== s.next || to < from || to >= total) throw new GraphError(416, 'InvalidRange', `The range ${from}-${to}/${total} is not the next expected ${s.next}- of ${s.item.size}.`);
-    if (len > GRAPH_MAX_CHUNK) throw new GraphError(413, 'ErrorRequestEntityTooLarge', `A chunk is at most ${GRAPH_MAX_CHUNK} bytes.`);
-    if (Number(req.headers['content-length'] ?? -1) !== len) throw new GraphError(400, 'InvalidContentLength', 'Content-Length does not match Content-Range.');
+    if (total !== s.item.size || from !== s.next || to < from || to >= total)
+      throw new GraphError(
+        416,
+        'InvalidRange',
+        `The range ${from}-${to}/${total} is not the next expected ${s.next}- of ${s.item.size}.`,
+      );
+    if (len > GRAPH_MAX_CHUNK)
+      throw new GraphError(413, 'ErrorRequestEntityTooLarge', `A chunk is at most ${GRAPH_MAX_CHUNK} bytes.`);
+    if (Number(req.headers['content-length'] ?? -1) !== len)
+      throw new GraphError(400, 'InvalidContentLength', 'Content-Length does not match Content-Range.');
     const chunks: Buffer[] = [];
     for await (const c of req as AsyncIterable<Buffer>) {
       rec.bytes += c.length;
@@ -355,7 +423,8 @@ export class FakeGraph {
     for (const w of this.uploadWaiters.splice(0)) w();
     if (this.stallUploads) return; // never answered
     const body = Buffer.concat(chunks);
-    if (body.length !== len) throw new GraphError(400, 'InvalidContentLength', 'The body is shorter than Content-Range says.');
+    if (body.length !== len)
+      throw new GraphError(400, 'InvalidContentLength', 'The body is shorter than Content-Range says.');
     s.received.push(body);
     s.next = to + 1;
     rec.status = s.next === total ? 201 : 200;
@@ -365,27 +434,49 @@ export class FakeGraph {
       res.writeHead(201, { 'Content-Length': '0' });
       return void res.end();
     }
-    const text = JSON.stringify({ expirationDateTime: new Date(Date.now() + 86400e3).toISOString(), nextExpectedRanges: [`${s.next}-`] });
+    const text = JSON.stringify({
+      expirationDateTime: new Date(Date.now() + 86400e3).toISOString(),
+      nextExpectedRanges: [`${s.next}-`],
+    });
     res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
   }
 
   /** POST /messages/{id}/send: the draft's recipients from its JSON, its size limit, then delivered. */
   private sendDraft(d: Draft, caller: string): void {
-    const list = (k: string) => ((d.json[k] as Array<{ emailAddress?: { address?: string } }> | undefined) ?? []).map((r) => r.emailAddress?.address ?? '').filter(Boolean);
+    const list = (k: string) =>
+      ((d.json[k] as Array<{ emailAddress?: { address?: string } }> | undefined) ?? [])
+        .map((r) => r.emailAddress?.address ?? '')
+        .filter(Boolean);
     const to = list('toRecipients');
     const cc = list('ccRecipients');
     const bcc = list('bccRecipients');
     const recipients = [...to, ...cc, ...bcc];
-    if (!recipients.length) throw new GraphError(400, 'ErrorInvalidRecipients', 'At least one recipient is required, but none were found.');
+    if (!recipients.length)
+      throw new GraphError(400, 'ErrorInvalidRecipients', 'At least one recipient is required, but none were found.');
     const bad = recipients.find((r) => this.invalidRecipients.has(lower(r)));
-    if (bad) throw new GraphError(400, 'ErrorInvalidRecipients', `At least one recipient is not valid., Recipient '${bad}' is not resolved. All recipients must be resolved before a message can be submitted.`);
+    if (bad)
+      throw new GraphError(
+        400,
+        'ErrorInvalidRecipients',
+        `At least one recipient is not valid., Recipient '${bad}' is not resolved. All recipients must be resolved before a message can be submitted.`,
+      );
     const size = d.attachments.reduce((n, a) => n + a.bytes.length, 0) + JSON.stringify(d.json).length;
-    if (size > GRAPH_MAX_MESSAGE) throw new GraphError(413, 'ErrorMessageSizeExceeded', 'The message exceeds the maximum supported size.');
+    if (size > GRAPH_MAX_MESSAGE)
+      throw new GraphError(413, 'ErrorMessageSizeExceeded', 'The message exceeds the maximum supported size.');
     this.drafts.delete(d.id);
     const { bccRecipients: _hidden, ...visibleJson } = d.json;
     const raw = Buffer.from(JSON.stringify(d.json));
-    this.messages.push({ raw, visible: Buffer.from(JSON.stringify(visibleJson)), recipients, bcc, mailbox: d.mailbox, caller, id: d.id, draft: { json: d.json, attachments: d.attachments } });
+    this.messages.push({
+      raw,
+      visible: Buffer.from(JSON.stringify(visibleJson)),
+      recipients,
+      bcc,
+      mailbox: d.mailbox,
+      caller,
+      id: d.id,
+      draft: { json: d.json, attachments: d.attachments },
+    });
   }
 
   private async sendMail(req: IncomingMessage, rec: GraphRequestRecord, mailboxName: string): Promise<void> {
@@ -393,7 +484,12 @@ export class FakeGraph {
     const scripted = this.failures.shift();
     if (scripted) throw scriptedError(scripted.kind, mailboxName, scripted.retryAfterSec);
     const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-    if (type !== 'text/plain') throw new GraphError(415, 'ErrorInvalidRequest', `Content-Type '${type}' is not supported for a MIME message: send the base64 MIME as text/plain.`);
+    if (type !== 'text/plain')
+      throw new GraphError(
+        415,
+        'ErrorInvalidRequest',
+        `Content-Type '${type}' is not supported for a MIME message: send the base64 MIME as text/plain.`,
+      );
     if (Number(req.headers['content-length'] ?? 0) > GRAPH_MAX_REQUEST) throw tooLarge();
     const chunks: Buffer[] = [];
     for await (const c of req as AsyncIterable<Buffer>) {
@@ -407,17 +503,40 @@ export class FakeGraph {
     const raw = Buffer.from(text, 'base64');
     const end = raw.indexOf('\r\n\r\n');
     const header = raw.subarray(0, end < 0 ? raw.length : end + 2).toString('utf8');
-    const addrs = (field: string) => headerValues(header, field).flatMap((v) => addressparser(v, { flatten: true }).map((a) => a.address).filter((a): a is string => !!a));
+    const addrs = (field: string) =>
+      headerValues(header, field).flatMap((v) =>
+        addressparser(v, { flatten: true })
+          .map((a) => a.address)
+          .filter((a): a is string => !!a),
+      );
     const recipients = [...addrs('to'), ...addrs('cc'), ...addrs('bcc')];
-    if (!recipients.length) throw new GraphError(400, 'ErrorInvalidRecipients', 'At least one recipient is required, but none were found.');
+    if (!recipients.length)
+      throw new GraphError(400, 'ErrorInvalidRecipients', 'At least one recipient is required, but none were found.');
     const bad = recipients.find((r) => this.invalidRecipients.has(lower(r)));
-    if (bad) throw new GraphError(400, 'ErrorInvalidRecipients', `At least one recipient is not valid., Recipient '${bad}' is not resolved. All recipients must be resolved before a message can be submitted.`);
+    if (bad)
+      throw new GraphError(
+        400,
+        'ErrorInvalidRecipients',
+        `At least one recipient is not valid., Recipient '${bad}' is not resolved. All recipients must be resolved before a message can be submitted.`,
+      );
     const box = this.mailboxes.get(lower(mailboxName))!;
     const from = addrs('from')[0];
     if (from && lower(from) !== lower(box.address) && !box.sendAs.has(lower(from)))
-      throw new GraphError(403, 'ErrorSendAsDenied', 'The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account., Cannot submit message.');
+      throw new GraphError(
+        403,
+        'ErrorSendAsDenied',
+        'The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account., Cannot submit message.',
+      );
     if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
-    this.messages.push({ raw, visible: withoutBcc(raw, end), recipients, bcc: addrs('bcc'), mailbox: box.address, caller, id: randomBytes(8).toString('hex') });
+    this.messages.push({
+      raw,
+      visible: withoutBcc(raw, end),
+      recipients,
+      bcc: addrs('bcc'),
+      mailbox: box.address,
+      caller,
+      id: randomBytes(8).toString('hex'),
+    });
   }
 
   /** Bearer token, audience, scp/roles, access policy, mailbox: what Graph and Exchange check before the body. */
@@ -425,30 +544,65 @@ export class FakeGraph {
     const bearer = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
     if (!bearer) throw new GraphError(401, 'InvalidAuthenticationToken', 'Access token is empty.');
     const claims = this.identity.tokenClaims(bearer);
-    if (!claims) throw new GraphError(401, 'InvalidAuthenticationToken', 'Access token has expired or is not yet valid.');
-    if (claims.aud !== GRAPH_RESOURCE && claims.aud !== `${GRAPH_RESOURCE}/`) throw new GraphError(401, 'InvalidAuthenticationToken', 'Access token validation failure. Invalid audience.');
+    if (!claims)
+      throw new GraphError(401, 'InvalidAuthenticationToken', 'Access token has expired or is not yet valid.');
+    if (claims.aud !== GRAPH_RESOURCE && claims.aud !== `${GRAPH_RESOURCE}/`)
+      throw new GraphError(401, 'InvalidAuthenticationToken', 'Access token validation failure. Invalid audience.');
     const scp = (claims.scp ?? '').split(' ');
     const box = this.mailboxes.get(lower(mailboxName));
     if (claims.upn) {
       const own = lower(claims.upn) === lower(mailboxName);
       const shared = !own && box?.delegates.has(lower(claims.upn));
-      const needed = permission === 'Mail.Send' ? (own ? ['Mail.Send'] : ['Mail.Send.Shared', 'Mail.Send']) : own ? [permission] : [`${permission}.Shared`, permission];
-      if (!needed.some((p) => scp.includes(p))) throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
-      if (!own && !shared) throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
+      const needed =
+        permission === 'Mail.Send'
+          ? own
+            ? ['Mail.Send']
+            : ['Mail.Send.Shared', 'Mail.Send']
+          : own
+            ? [permission]
+            : [`${permission}.Shared`, permission];
+      if (!needed.some((p) => scp.includes(p)))
+        throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
+      if (!own && !shared)
+        throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
     } else {
-      if (!(claims.roles ?? []).includes(permission)) throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
+      if (!(claims.roles ?? []).includes(permission))
+        throw new GraphError(403, 'ErrorAccessDenied', 'Access is denied. Check credentials and try again.');
       const policy = this.policies.get(claims.appid);
       if (policy && !policy.has(lower(mailboxName)))
-        throw new GraphError(403, 'ErrorAccessDenied', 'Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.');
+        throw new GraphError(
+          403,
+          'ErrorAccessDenied',
+          'Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.',
+        );
     }
     if (!box) throw new GraphError(404, 'ErrorInvalidUser', `The requested user '${mailboxName}' is invalid.`);
-    if (!box.restEnabled) throw new GraphError(404, 'MailboxNotEnabledForRESTAPI', 'The mailbox is either inactive, soft-deleted, or is hosted on-premise.');
+    if (!box.restEnabled)
+      throw new GraphError(
+        404,
+        'MailboxNotEnabledForRESTAPI',
+        'The mailbox is either inactive, soft-deleted, or is hosted on-premise.',
+      );
     return claims.upn ?? `app:${claims.appid}`;
   }
 
   private error(res: ServerResponse, e: GraphError): void {
-    const text = JSON.stringify({ error: { code: e.code, message: e.message, innerError: { date: new Date().toISOString().slice(0, 19), 'request-id': randomUUID(), 'client-request-id': randomUUID() } } });
-    res.writeHead(e.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...e.headers });
+    const text = JSON.stringify({
+      error: {
+        code: e.code,
+        message: e.message,
+        innerError: {
+          date: new Date().toISOString().slice(0, 19),
+          'request-id': randomUUID(),
+          'client-request-id': randomUUID(),
+        },
+      },
+    });
+    res.writeHead(e.status, {
+      'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(text),
+      ...e.headers,
+    });
     res.end(text);
   }
 }
@@ -458,13 +612,19 @@ function notFound(): GraphError {
 }
 
 function tooLarge(): GraphError {
-  return new GraphError(413, 'ErrorRequestEntityTooLarge', `The request exceeds the maximum request size of ${GRAPH_MAX_REQUEST} bytes.`);
+  return new GraphError(
+    413,
+    'ErrorRequestEntityTooLarge',
+    `The request exceeds the maximum request size of ${GRAPH_MAX_REQUEST} bytes.`,
+  );
 }
 
 function scriptedError(kind: GraphFailureKind, mailbox: string, retryAfterSec = 1): GraphError {
   switch (kind) {
     case 'throttle429':
-      return new GraphError(429, 'ApplicationThrottled', 'Application is over its MailboxConcurrency limit.', { 'Retry-After': String(retryAfterSec) });
+      return new GraphError(429, 'ApplicationThrottled', 'Application is over its MailboxConcurrency limit.', {
+        'Retry-After': String(retryAfterSec),
+      });
     case 'unavailable503':
       return new GraphError(503, 'ServiceUnavailable', 'Service Unavailable', { 'Retry-After': String(retryAfterSec) });
     case 'gateway504':
@@ -472,22 +632,41 @@ function scriptedError(kind: GraphFailureKind, mailbox: string, retryAfterSec = 
     case 'unauthorized':
       return new GraphError(401, 'InvalidAuthenticationToken', 'Lifetime validation failed, the token is expired.');
     case 'accessDenied':
-      return new GraphError(403, 'ErrorAccessDenied', 'Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.');
+      return new GraphError(
+        403,
+        'ErrorAccessDenied',
+        'Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.',
+      );
     case 'sendAsDenied':
-      return new GraphError(403, 'ErrorSendAsDenied', 'The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account., Cannot submit message.');
+      return new GraphError(
+        403,
+        'ErrorSendAsDenied',
+        'The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account., Cannot submit message.',
+      );
     case 'notRestEnabled':
-      return new GraphError(404, 'MailboxNotEnabledForRESTAPI', 'The mailbox is either inactive, soft-deleted, or is hosted on-premise.');
+      return new GraphError(
+        404,
+        'MailboxNotEnabledForRESTAPI',
+        'The mailbox is either inactive, soft-deleted, or is hosted on-premise.',
+      );
     case 'quota':
       return new GraphError(403, 'ErrorQuotaExceeded', `The mailbox ${mailbox} has exceeded its quota.`);
     case 'messageLimit':
-      return new GraphError(429, 'ErrorExceededMessageLimit', 'Cannot send message. Message submission limit exceeded for this mailbox.');
+      return new GraphError(
+        429,
+        'ErrorExceededMessageLimit',
+        'Cannot send message. Message submission limit exceeded for this mailbox.',
+      );
   }
 }
 
 /** The message as delivered: every Bcc field (with its continuation lines) removed from the header. */
 function withoutBcc(raw: Buffer, headerEnd: number): Buffer {
   const end = headerEnd < 0 ? raw.length : headerEnd + 2;
-  const lines = raw.subarray(0, end).toString('latin1').split(/(?<=\r\n)/);
+  const lines = raw
+    .subarray(0, end)
+    .toString('latin1')
+    .split(/(?<=\r\n)/);
   const kept: string[] = [];
   let skipping = false;
   for (const line of lines) {

@@ -18,7 +18,8 @@ const GRAPH_APP = `${GRAPH_RESOURCE}/.default`;
 /** Delegated scopes that mean "may send": one per resource. */
 const SEND_SCOPES = new Set([DELEGATED, `${GRAPH_RESOURCE}/Mail.Send`, `${GRAPH_RESOURCE}/Mail.Send.Shared`]);
 /** The resource (audience) a scope URI belongs to: https://graph.microsoft.com/Mail.Send -> https://graph.microsoft.com. */
-const resourceOf = (scope: string): string | null => (/^https:\/\//.test(scope) ? scope.slice(0, scope.lastIndexOf('/')) : null);
+const resourceOf = (scope: string): string | null =>
+  /^https:\/\//.test(scope) ? scope.slice(0, scope.lastIndexOf('/')) : null;
 
 /** What the fake's access tokens carry (an unsigned JWT payload, as Entra ID's tokens are JWTs the resource reads). */
 export interface AccessTokenClaims {
@@ -111,7 +112,10 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   readonly withheldScopes = new Set<string>();
   private readonly apps = new Map<string, App>();
   private readonly refreshTokens = new Map<string, { clientId: string; email: string; scopes?: string[] }>();
-  private readonly accessTokens = new Map<string, { email: string | null; appId: string; expiresAt: number; claims: AccessTokenClaims }>();
+  private readonly accessTokens = new Map<
+    string,
+    { email: string | null; appId: string; expiresAt: number; claims: AccessTokenClaims }
+  >();
   private readonly codes = new Map<string, PendingCode>();
   private readonly devices = new Map<string, DeviceGrant>();
   private readonly usedJtis = new Set<string>();
@@ -128,7 +132,11 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   static async start(opts: { pki: TestPki; tenant?: string }): Promise<FakeMicrosoftIdentity> {
     const server = https.createServer({ cert: opts.pki.cert, key: opts.pki.key, minVersion: 'TLSv1.2' });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const fake = new FakeMicrosoftIdentity(server, (server.address() as { port: number }).port, opts.tenant ?? 'contoso.com');
+    const fake = new FakeMicrosoftIdentity(
+      server,
+      (server.address() as { port: number }).port,
+      opts.tenant ?? 'contoso.com',
+    );
     server.on('request', (req: IncomingMessage, res: ServerResponse) => void fake.handle(req, res));
     return fake;
   }
@@ -142,8 +150,19 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     return `${this.authorityHost}/devicelogin`;
   }
 
-  registerApp(clientId: string, secret: string | null, opts: { publicClient?: boolean; graphRoles?: string[] } = {}): void {
-    this.apps.set(clientId, { secret, secretExpired: false, publicClient: opts.publicClient ?? false, certs: new Map(), mailboxes: new Set(), graphRoles: opts.graphRoles ?? ['Mail.Send'] });
+  registerApp(
+    clientId: string,
+    secret: string | null,
+    opts: { publicClient?: boolean; graphRoles?: string[] } = {},
+  ): void {
+    this.apps.set(clientId, {
+      secret,
+      secretExpired: false,
+      publicClient: opts.publicClient ?? false,
+      certs: new Map(),
+      mailboxes: new Set(),
+      graphRoles: opts.graphRoles ?? ['Mail.Send'],
+    });
   }
 
   /** Certificates & secrets > Upload certificate (the public part, PEM). */
@@ -222,16 +241,29 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     this.emit('request', rec);
   }
 
-  private grant(p: URLSearchParams, grantType: string, app: App, rec: MsTokenRequest): Record<string, unknown> & { refresh_token?: string } {
+  private grant(
+    p: URLSearchParams,
+    grantType: string,
+    app: App,
+    rec: MsTokenRequest,
+  ): Record<string, unknown> & { refresh_token?: string } {
     const clientId = rec.clientId!;
     if (grantType === 'refresh_token') {
       const rt = p.get('refresh_token') ?? '';
       const g = this.refreshTokens.get(rt);
       if (!g || g.clientId !== clientId)
-        throw new AadError(400, 'invalid_grant', 'AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.');
+        throw new AadError(
+          400,
+          'invalid_grant',
+          'AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.',
+        );
       const asked = this.checkDelegatedScope(p);
       if (g.scopes && asked.some((sc) => sc !== 'offline_access' && !g.scopes!.includes(sc)))
-        throw new AadError(400, 'invalid_grant', `AADSTS65001: The user or administrator has not consented to use the application with ID '${clientId}'. Send an interactive authorization request for this user and resource.`);
+        throw new AadError(
+          400,
+          'invalid_grant',
+          `AADSTS65001: The user or administrator has not consented to use the application with ID '${clientId}'. Send an interactive authorization request for this user and resource.`,
+        );
       // Usable once: the old refresh token dies with this answer.
       this.refreshTokens.delete(rt);
       return this.delegated(g.email, clientId, true, asked);
@@ -240,18 +272,39 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       const code = p.get('code') ?? '';
       const c = this.codes.get(code);
       this.codes.delete(code); // single use, whatever the outcome
-      if (!c || c.clientId !== clientId) throw new AadError(400, 'invalid_grant', 'AADSTS54005: OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.');
-      if (p.get('redirect_uri') !== c.redirectUri) throw new AadError(400, 'invalid_grant', 'AADSTS50011: The redirect URI specified in the request does not match the redirect URI used in the authorization request.');
+      if (!c || c.clientId !== clientId)
+        throw new AadError(
+          400,
+          'invalid_grant',
+          'AADSTS54005: OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.',
+        );
+      if (p.get('redirect_uri') !== c.redirectUri)
+        throw new AadError(
+          400,
+          'invalid_grant',
+          'AADSTS50011: The redirect URI specified in the request does not match the redirect URI used in the authorization request.',
+        );
       const verifier = p.get('code_verifier') ?? '';
       if (createHash('sha256').update(verifier).digest('base64url') !== c.challenge)
-        throw new AadError(400, 'invalid_grant', 'AADSTS50148: The code_verifier provided does not match the code_challenge supplied in the authorization request for PKCE.');
+        throw new AadError(
+          400,
+          'invalid_grant',
+          'AADSTS50148: The code_verifier provided does not match the code_challenge supplied in the authorization request for PKCE.',
+        );
       return this.delegated(c.email, clientId, c.offline, c.scopes);
     }
     if (grantType === 'devicecode') {
       const scopes = this.checkDelegatedScope(p);
       const deviceCode = rnd(48);
       const userCode = randomBytes(5).toString('hex').toUpperCase().slice(0, 9);
-      this.devices.set(deviceCode, { clientId, userCode, expiresAt: Date.now() + this.deviceCodeTtlSec * 1000, lastPollAt: 0, offline: scopes.includes('offline_access'), scopes });
+      this.devices.set(deviceCode, {
+        clientId,
+        userCode,
+        expiresAt: Date.now() + this.deviceCodeTtlSec * 1000,
+        lastPollAt: 0,
+        offline: scopes.includes('offline_access'),
+        scopes,
+      });
       const verification_uri = this.deviceLoginUrl;
       return {
         device_code: deviceCode,
@@ -264,7 +317,8 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     }
     if (grantType === DEVICE_GRANT) {
       const d = this.devices.get(p.get('device_code') ?? '');
-      if (!d || d.clientId !== clientId || d.redeemed) throw new AadError(400, 'invalid_grant', 'AADSTS70000: The provided device code is invalid.');
+      if (!d || d.clientId !== clientId || d.redeemed)
+        throw new AadError(400, 'invalid_grant', 'AADSTS70000: The provided device code is invalid.');
       const now = Date.now();
       const tooSoon = d.lastPollAt && now - d.lastPollAt < this.deviceIntervalSec * 1000 - 50;
       d.lastPollAt = now;
@@ -274,18 +328,41 @@ export class FakeMicrosoftIdentity extends EventEmitter {
         throw new AadError(400, 'slow_down', 'AADSTS70016: The client is polling too often; slow down.');
       }
       if (d.declined) throw new AadError(400, 'authorization_declined', 'AADSTS70000: The user declined the sign-in.');
-      if (!d.approvedAs) throw new AadError(400, 'authorization_pending', 'AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.');
+      if (!d.approvedAs)
+        throw new AadError(
+          400,
+          'authorization_pending',
+          'AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.',
+        );
       d.redeemed = true;
       return this.delegated(d.approvedAs, clientId, d.offline, d.scopes);
     }
     if (grantType === 'client_credentials') {
-      if (p.get('scope') !== APP && p.get('scope') !== GRAPH_APP) throw new AadError(400, 'invalid_scope', `AADSTS1002012: The provided value for scope ${p.get('scope')} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.`);
+      if (p.get('scope') !== APP && p.get('scope') !== GRAPH_APP)
+        throw new AadError(
+          400,
+          'invalid_scope',
+          `AADSTS1002012: The provided value for scope ${p.get('scope')} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.`,
+        );
       if (app.publicClient && !p.get('client_secret') && !p.get('client_assertion'))
-        throw new AadError(401, 'invalid_client', "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
+        throw new AadError(
+          401,
+          'invalid_client',
+          "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        );
       const graph = p.get('scope') === GRAPH_APP;
-      return { token_type: 'Bearer', ...this.access(null, clientId, graph ? GRAPH_RESOURCE : 'https://outlook.office365.com', { roles: graph ? app.graphRoles : ['SMTP.SendAsApp'] }) };
+      return {
+        token_type: 'Bearer',
+        ...this.access(null, clientId, graph ? GRAPH_RESOURCE : 'https://outlook.office365.com', {
+          roles: graph ? app.graphRoles : ['SMTP.SendAsApp'],
+        }),
+      };
     }
-    throw new AadError(400, 'unsupported_grant_type', `AADSTS70003: The app requested an unsupported grant type '${grantType}'.`);
+    throw new AadError(
+      400,
+      'unsupported_grant_type',
+      `AADSTS70003: The app requested an unsupported grant type '${grantType}'.`,
+    );
   }
 
   private checkDelegatedScope(p: URLSearchParams): string[] {
@@ -296,7 +373,12 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   }
 
   /** A delegated token for the scopes asked (one resource), minus any the consent screen withheld. */
-  private delegated(email: string, clientId: string, offline: boolean, asked: string[]): Record<string, unknown> & { refresh_token?: string } {
+  private delegated(
+    email: string,
+    clientId: string,
+    offline: boolean,
+    asked: string[],
+  ): Record<string, unknown> & { refresh_token?: string } {
     const granted = asked.filter((sc) => sc !== 'offline_access' && !this.withheldScopes.has(sc));
     const aud = resourceOf(asked.find((sc) => SEND_SCOPES.has(sc))!)!;
     const scp = granted.map((sc) => sc.slice(sc.lastIndexOf('/') + 1)).join(' ');
@@ -312,24 +394,44 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   private clientAuth(p: URLSearchParams, grantType: string, rec: MsTokenRequest, tokenUrl: string): App {
     const clientId = p.get('client_id') ?? '';
     const app = this.apps.get(clientId);
-    if (!app) throw new AadError(400, 'unauthorized_client', `AADSTS700016: Application with identifier '${clientId}' was not found in the directory '${this.tenant}'.`);
+    if (!app)
+      throw new AadError(
+        400,
+        'unauthorized_client',
+        `AADSTS700016: Application with identifier '${clientId}' was not found in the directory '${this.tenant}'.`,
+      );
     const assertion = p.get('client_assertion');
     const secret = p.get('client_secret');
     if (assertion) {
       rec.clientAuth = 'assertion';
-      if (p.get('client_assertion_type') !== ASSERTION_TYPE) throw new AadError(401, 'invalid_client', `AADSTS700025: client_assertion_type must be ${ASSERTION_TYPE}.`);
+      if (p.get('client_assertion_type') !== ASSERTION_TYPE)
+        throw new AadError(401, 'invalid_client', `AADSTS700025: client_assertion_type must be ${ASSERTION_TYPE}.`);
       this.verifyAssertion(app, clientId, assertion, `${this.authorityHost}${tokenUrl}`);
       return app;
     }
     if (secret !== null) {
       rec.clientAuth = 'secret';
-      if (secret !== app.secret) throw new AadError(401, 'invalid_client', 'AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.');
-      if (app.secretExpired) throw new AadError(401, 'invalid_client', `AADSTS7000222: The provided client secret keys for app '${clientId}' are expired.`);
+      if (secret !== app.secret)
+        throw new AadError(
+          401,
+          'invalid_client',
+          'AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.',
+        );
+      if (app.secretExpired)
+        throw new AadError(
+          401,
+          'invalid_client',
+          `AADSTS7000222: The provided client secret keys for app '${clientId}' are expired.`,
+        );
       return app;
     }
     rec.clientAuth = 'none';
     if (!app.publicClient || grantType === 'client_credentials')
-      throw new AadError(401, 'invalid_client', "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
+      throw new AadError(
+        401,
+        'invalid_client',
+        "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+      );
     return app;
   }
 
@@ -348,20 +450,61 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     const x5t = typeof header.x5t === 'string' ? header.x5t : '';
     const cert = app.certs.get(x5t);
     if (!cert)
-      throw new AadError(401, 'invalid_client', `AADSTS700027: Client assertion failed signature validation. [Reason - The key was not found., Thumbprint of key used by client: '${Buffer.from(x5t, 'base64url').toString('hex').toUpperCase()}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '${clientId}'.]`);
-    if (header['x5t#S256'] !== undefined && header['x5t#S256'] !== createHash('sha256').update(cert.raw).digest('base64url'))
-      throw new AadError(401, 'invalid_client', 'AADSTS700027: Client assertion failed signature validation. [Reason - x5t#S256 does not match the certificate.]');
-    const signed = header.alg === 'RS256' && verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), cert.publicKey, Buffer.from(parts[2], 'base64url'));
-    if (!signed) throw new AadError(401, 'invalid_client', 'AADSTS700027: Client assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value.]');
-    if (claims.aud !== tokenUrl) throw new AadError(401, 'invalid_client', `AADSTS700023: Client assertion audience claim does not match Realm issuer. Review the documentation at https://aka.ms/certCreds.`);
+      throw new AadError(
+        401,
+        'invalid_client',
+        `AADSTS700027: Client assertion failed signature validation. [Reason - The key was not found., Thumbprint of key used by client: '${Buffer.from(x5t, 'base64url').toString('hex').toUpperCase()}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '${clientId}'.]`,
+      );
+    if (
+      header['x5t#S256'] !== undefined &&
+      header['x5t#S256'] !== createHash('sha256').update(cert.raw).digest('base64url')
+    )
+      throw new AadError(
+        401,
+        'invalid_client',
+        'AADSTS700027: Client assertion failed signature validation. [Reason - x5t#S256 does not match the certificate.]',
+      );
+    const signed =
+      header.alg === 'RS256' &&
+      verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), cert.publicKey, Buffer.from(parts[2], 'base64url'));
+    if (!signed)
+      throw new AadError(
+        401,
+        'invalid_client',
+        'AADSTS700027: Client assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value.]',
+      );
+    if (claims.aud !== tokenUrl)
+      throw new AadError(
+        401,
+        'invalid_client',
+        `AADSTS700023: Client assertion audience claim does not match Realm issuer. Review the documentation at https://aka.ms/certCreds.`,
+      );
     if (claims.iss !== clientId || claims.sub !== clientId)
-      throw new AadError(401, 'invalid_client', `AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://aka.ms/certCreds.`);
+      throw new AadError(
+        401,
+        'invalid_client',
+        `AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://aka.ms/certCreds.`,
+      );
     const now = Math.floor(Date.now() / 1000);
-    if (typeof claims.exp !== 'number' || claims.exp <= now || (typeof claims.nbf === 'number' && claims.nbf > now + 300))
+    if (
+      typeof claims.exp !== 'number' ||
+      claims.exp <= now ||
+      (typeof claims.nbf === 'number' && claims.nbf > now + 300)
+    )
       throw new AadError(401, 'invalid_client', 'AADSTS700024: Client assertion is not within its valid time range.');
-    if (new Date(cert.validTo).getTime() <= Date.now()) throw new AadError(401, 'invalid_client', 'AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired.]');
+    if (new Date(cert.validTo).getTime() <= Date.now())
+      throw new AadError(
+        401,
+        'invalid_client',
+        'AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired.]',
+      );
     const jti = typeof claims.jti === 'string' ? claims.jti : '';
-    if (!jti || this.usedJtis.has(jti)) throw new AadError(401, 'invalid_client', 'AADSTS50027: JWT token is invalid or malformed (jti missing or already used).');
+    if (!jti || this.usedJtis.has(jti))
+      throw new AadError(
+        401,
+        'invalid_client',
+        'AADSTS50027: JWT token is invalid or malformed (jti missing or already used).',
+      );
     this.usedJtis.add(jti);
   }
 
@@ -372,17 +515,27 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       res.end(`<html><body><h1>Sign in</h1><p>${text.replace(/[<>&]/g, '')}</p></body></html>`);
     };
     const clientId = q.get('client_id') ?? '';
-    if (!this.apps.has(clientId)) return page(400, `AADSTS700016: Application with identifier '${clientId}' was not found in the directory '${this.tenant}'.`);
+    if (!this.apps.has(clientId))
+      return page(
+        400,
+        `AADSTS700016: Application with identifier '${clientId}' was not found in the directory '${this.tenant}'.`,
+      );
     const redirectUri = q.get('redirect_uri') ?? '';
     let target: URL;
     try {
       target = new URL(redirectUri);
     } catch {
-      return page(400, 'AADSTS50011: The redirect URI specified in the request does not match the redirect URIs configured for the application.');
+      return page(
+        400,
+        'AADSTS50011: The redirect URI specified in the request does not match the redirect URIs configured for the application.',
+      );
     }
     // Registered: http://127.0.0.1 and http://localhost, any port (loopback, RFC 8252).
     if (target.protocol !== 'http:' || !['127.0.0.1', 'localhost'].includes(target.hostname))
-      return page(400, 'AADSTS50011: The redirect URI specified in the request does not match the redirect URIs configured for the application.');
+      return page(
+        400,
+        'AADSTS50011: The redirect URI specified in the request does not match the redirect URIs configured for the application.',
+      );
     const state = q.get('state');
     const back = (params: Record<string, string>) => {
       for (const [k, v] of Object.entries(params)) target.searchParams.set(k, v);
@@ -391,13 +544,32 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       res.end();
     };
     const scopes = (q.get('scope') ?? '').split(' ');
-    if (q.get('response_type') !== 'code') return back({ error: 'unsupported_response_type', error_description: 'AADSTS700054: response_type must be code.' });
+    if (q.get('response_type') !== 'code')
+      return back({
+        error: 'unsupported_response_type',
+        error_description: 'AADSTS700054: response_type must be code.',
+      });
     const problem = delegatedScopeProblem(scopes);
     if (problem) return back({ error: 'invalid_scope', error_description: problem });
-    if (q.get('code_challenge_method') !== 'S256' || !q.get('code_challenge')) return back({ error: 'invalid_request', error_description: 'AADSTS501491: Invalid code_challenge_method or missing code_challenge.' });
-    if (this.denyConsent) return back({ error: 'access_denied', error_description: 'AADSTS65004: User declined to consent to access the app.' });
+    if (q.get('code_challenge_method') !== 'S256' || !q.get('code_challenge'))
+      return back({
+        error: 'invalid_request',
+        error_description: 'AADSTS501491: Invalid code_challenge_method or missing code_challenge.',
+      });
+    if (this.denyConsent)
+      return back({
+        error: 'access_denied',
+        error_description: 'AADSTS65004: User declined to consent to access the app.',
+      });
     const code = `1.AQ${rnd(60)}`;
-    this.codes.set(code, { clientId, redirectUri, challenge: q.get('code_challenge')!, email: this.consentEmail, offline: scopes.includes('offline_access'), scopes });
+    this.codes.set(code, {
+      clientId,
+      redirectUri,
+      challenge: q.get('code_challenge')!,
+      email: this.consentEmail,
+      offline: scopes.includes('offline_access'),
+      scopes,
+    });
     back({ code, session_state: randomUUID() });
   }
 
@@ -405,16 +577,29 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   private deviceLogin(p: URLSearchParams, res: ServerResponse): void {
     const code = (p.get('user_code') ?? '').toUpperCase();
     const d = [...this.devices.values()].find((x) => x.userCode === code && !x.redeemed);
-    if (!d || d.expiresAt <= Date.now()) return this.error(res, 400, 'invalid_grant', 'AADSTS70000: The code you entered is not valid or has expired.');
+    if (!d || d.expiresAt <= Date.now())
+      return this.error(res, 400, 'invalid_grant', 'AADSTS70000: The code you entered is not valid or has expired.');
     if (p.get('decision') === 'decline') d.declined = true;
     else d.approvedAs = this.consentEmail;
     this.json(res, { ok: true });
   }
 
   /** An unsigned JWT whose payload names the audience and scp/roles (what Graph reads), plus a random part, registered here. */
-  private access(email: string | null, appId: string, aud: string, grant: { scp?: string; roles?: string[] }): { access_token: string; expires_in: number; ext_expires_in: number } {
+  private access(
+    email: string | null,
+    appId: string,
+    aud: string,
+    grant: { scp?: string; roles?: string[] },
+  ): { access_token: string; expires_in: number; ext_expires_in: number } {
     const expiresAt = Date.now() + this.accessTokenTtlSec * 1000;
-    const claims: AccessTokenClaims = { aud, ...grant, ...(email ? { upn: email } : {}), appid: appId, tid: this.tenant, exp: Math.floor(expiresAt / 1000) };
+    const claims: AccessTokenClaims = {
+      aud,
+      ...grant,
+      ...(email ? { upn: email } : {}),
+      appid: appId,
+      tid: this.tenant,
+      exp: Math.floor(expiresAt / 1000),
+    };
     const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
     const token = `${b64({ typ: 'JWT', alg: 'none' })}.${b64(claims)}.${rnd(30)}`;
     this.accessTokens.set(token, { email, appId, expiresAt, claims });
@@ -423,7 +608,16 @@ export class FakeMicrosoftIdentity extends EventEmitter {
 
   private error(res: ServerResponse, status: number, error: string, desc: string): void {
     const now = new Date().toISOString().replace('T', ' ').slice(0, 19);
-    this.json(res, { error, error_description: `${desc}\r\nTrace ID: ${randomUUID()}\r\nCorrelation ID: ${randomUUID()}\r\nTimestamp: ${now}Z`, error_codes: [Number(/AADSTS(\d+)/.exec(desc)?.[1] ?? 0)], timestamp: `${now}Z` }, status);
+    this.json(
+      res,
+      {
+        error,
+        error_description: `${desc}\r\nTrace ID: ${randomUUID()}\r\nCorrelation ID: ${randomUUID()}\r\nTimestamp: ${now}Z`,
+        error_codes: [Number(/AADSTS(\d+)/.exec(desc)?.[1] ?? 0)],
+        timestamp: `${now}Z`,
+      },
+      status,
+    );
   }
 
   private json(res: ServerResponse, body: unknown, status = 200): void {
@@ -435,7 +629,8 @@ export class FakeMicrosoftIdentity extends EventEmitter {
 
 /** Entra ID's checks of a delegated scope list: a send scope, and one resource per token (AADSTS28000). */
 function delegatedScopeProblem(scopes: string[]): string | null {
-  if (!scopes.some((sc) => SEND_SCOPES.has(sc))) return `AADSTS70011: The provided value for the input parameter 'scope' is not valid.`;
+  if (!scopes.some((sc) => SEND_SCOPES.has(sc)))
+    return `AADSTS70011: The provided value for the input parameter 'scope' is not valid.`;
   const resources = new Set(scopes.map(resourceOf).filter((r): r is string => r !== null));
   if (resources.size > 1)
     return `AADSTS28000: Provided value for the input parameter scope is not valid because it contains more than one resource. Scope ${scopes.join(' ')} is not valid.`;

@@ -23,7 +23,16 @@ const CODE_TTL_MS = 10 * 60 * 1000;
  * client secret) in a text/plain 500 body; `truncated`: a 200 whose JSON body (with an
  * access token) is cut off mid-way; `notJson`: a 200 with an HTML error page.
  */
-export type TokenFailureKind = 'http500' | 'invalid_grant' | 'unauthorized_client' | 'hang' | 'echo500' | 'echo500json' | 'truncated' | 'notJson' | 'reset';
+export type TokenFailureKind =
+  | 'http500'
+  | 'invalid_grant'
+  | 'unauthorized_client'
+  | 'hang'
+  | 'echo500'
+  | 'echo500json'
+  | 'truncated'
+  | 'notJson'
+  | 'reset';
 
 export interface TokenRequestRecord {
   at: number;
@@ -156,7 +165,8 @@ export class FakeTokenEndpoint {
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       this.handle(req, res).catch((err: unknown) => {
         if (res.headersSent) return;
-        if (err instanceof OAuthError) this.sendJson(res, err.status, { error: err.error, error_description: err.description });
+        if (err instanceof OAuthError)
+          this.sendJson(res, err.status, { error: err.error, error_description: err.description });
         else this.sendJson(res, 500, { error: 'internal_failure', error_description: 'Backend Error' });
       });
     });
@@ -167,7 +177,10 @@ export class FakeTokenEndpoint {
   }
 
   /** `scope`: space-separated, what the grant was consented with (default: the full Gmail scope). */
-  addRefreshToken(refreshToken: string, grant: { clientId: string; email: string; issuedAt?: Date; scope?: string }): void {
+  addRefreshToken(
+    refreshToken: string,
+    grant: { clientId: string; email: string; issuedAt?: Date; scope?: string },
+  ): void {
     this.refreshTokens.set(refreshToken, {
       clientId: grant.clientId,
       email: grant.email,
@@ -261,7 +274,8 @@ export class FakeTokenEndpoint {
     const u = new URL(req.url ?? '/', 'https://127.0.0.1');
     if (u.pathname === '/auth' && req.method === 'GET') return this.handleAuth(u, res);
     if (u.pathname === '/token') {
-      if (req.method !== 'POST') return this.sendJson(res, 405, { error: 'invalid_request', error_description: 'POST required' });
+      if (req.method !== 'POST')
+        return this.sendJson(res, 405, { error: 'invalid_request', error_description: 'POST required' });
       const params = await readForm(req);
       return this.handleToken(params, res);
     }
@@ -283,7 +297,15 @@ export class FakeTokenEndpoint {
       res.writeHead(status, { 'Content-Type': 'text/html; charset=utf-8' });
       res.end(`<html><body><h1>Error ${status}: ${error}</h1></body></html>`);
     };
-    for (const p of ['client_id', 'redirect_uri', 'response_type', 'scope', 'state', 'code_challenge', 'code_challenge_method']) {
+    for (const p of [
+      'client_id',
+      'redirect_uri',
+      'response_type',
+      'scope',
+      'state',
+      'code_challenge',
+      'code_challenge_method',
+    ]) {
       if (!q.get(p)) return page(400, `invalid_request: missing ${p}`);
     }
     const clientId = q.get('client_id')!;
@@ -291,7 +313,8 @@ export class FakeTokenEndpoint {
     const scope = q.get('scope')!;
     if (!this.clients.has(clientId)) return page(401, 'invalid_client');
     if (q.get('response_type') !== 'code') return page(400, 'unsupported_response_type');
-    if (q.get('code_challenge_method') !== 'S256') return page(400, 'invalid_request: code_challenge_method must be S256');
+    if (q.get('code_challenge_method') !== 'S256')
+      return page(400, 'invalid_request: code_challenge_method must be S256');
     const scopes = scope.split(/\s+/).filter(Boolean);
     if (!scopes.some((s) => GMAIL_SCOPES.has(s)) || scopes.some((s) => !GMAIL_SCOPES.has(s) && !EXTRA_SCOPES.has(s))) {
       return page(400, 'invalid_scope');
@@ -352,19 +375,35 @@ export class FakeTokenEndpoint {
         case 'echo500':
           return this.sendText(res, 500, 'text/plain; charset=utf-8', `backend failed for request: ${rawBody}`);
         case 'echo500json':
-          return this.sendJson(res, 500, { error: 'internal_failure', error_description: `backend failed for request: ${rawBody}` });
+          return this.sendJson(res, 500, {
+            error: 'internal_failure',
+            error_description: `backend failed for request: ${rawBody}`,
+          });
         case 'truncated': {
-          const full = JSON.stringify({ ...this.issueAccessToken(this.consentEmail, GMAIL_SCOPE), scope: GMAIL_SCOPE, refresh_token: `1//${rnd(40)}` });
-          return this.sendText(res, 200, 'application/json; charset=utf-8', full.slice(0, full.indexOf('"expires_in"') - 10));
+          const full = JSON.stringify({
+            ...this.issueAccessToken(this.consentEmail, GMAIL_SCOPE),
+            scope: GMAIL_SCOPE,
+            refresh_token: `1//${rnd(40)}`,
+          });
+          return this.sendText(
+            res,
+            200,
+            'application/json; charset=utf-8',
+            full.slice(0, full.indexOf('"expires_in"') - 10),
+          );
         }
         case 'notJson':
           return this.sendText(res, 200, 'text/html; charset=utf-8', '<html><body>502 Bad Gateway</body></html>');
         case 'invalid_grant':
-          return this.sendJson(res, 400, { error: 'invalid_grant', error_description: 'Token has been expired or revoked.' });
+          return this.sendJson(res, 400, {
+            error: 'invalid_grant',
+            error_description: 'Token has been expired or revoked.',
+          });
         case 'unauthorized_client':
           return this.sendJson(res, 401, {
             error: 'unauthorized_client',
-            error_description: 'Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.',
+            error_description:
+              'Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.',
           });
       }
     }
@@ -395,7 +434,10 @@ export class FakeTokenEndpoint {
     return id;
   }
 
-  private issueAccessToken(email: string, scope: string): { access_token: string; expires_in: number; token_type: 'Bearer' } {
+  private issueAccessToken(
+    email: string,
+    scope: string,
+  ): { access_token: string; expires_in: number; token_type: 'Bearer' } {
     const token = `${this.accessTokenPrefix}${rnd(48)}`;
     this.accessTokens.set(token, { email, scope, expiresAt: Date.now() + this.accessTokenTtlSec * 1000 });
     return { access_token: token, expires_in: this.accessTokenTtlSec, token_type: 'Bearer' };
@@ -433,7 +475,8 @@ export class FakeTokenEndpoint {
     // A code is single use, whatever the outcome (as at Google).
     this.codes.delete(code);
     if (pending.clientId !== clientId) throw new OAuthError(400, 'invalid_grant', 'Unauthorized');
-    if (p.get('redirect_uri') !== pending.redirectUri) throw new OAuthError(400, 'redirect_uri_mismatch', 'Bad Request');
+    if (p.get('redirect_uri') !== pending.redirectUri)
+      throw new OAuthError(400, 'redirect_uri_mismatch', 'Bad Request');
     const verifier = p.get('code_verifier');
     if (!verifier) throw new OAuthError(400, 'invalid_grant', 'Missing code verifier.');
     if (createHash('sha256').update(verifier).digest('base64url') !== pending.codeChallenge) {
@@ -441,7 +484,10 @@ export class FakeTokenEndpoint {
     }
     rec.scope = pending.scope;
     rec.email = pending.email;
-    const body: Record<string, unknown> = { ...this.issueAccessToken(pending.email, pending.scope), scope: pending.scope };
+    const body: Record<string, unknown> = {
+      ...this.issueAccessToken(pending.email, pending.scope),
+      scope: pending.scope,
+    };
     // Like Google: a refresh token only for offline access.
     if (pending.offline) body.refresh_token = this.newRefreshToken(clientId, pending.email, pending.scope);
     // Like Google: an id_token only when openid was asked for.
@@ -454,7 +500,16 @@ export class FakeTokenEndpoint {
     const iat = Math.floor(Date.now() / 1000);
     const sub = String(BigInt(`0x${createHash('sha256').update(email).digest('hex').slice(0, 16)}`));
     const header = { alg: 'RS256', kid: 'fake', typ: 'JWT' };
-    const payload = { iss: 'https://accounts.google.com', azp: clientId, aud: clientId, sub, email, email_verified: true, iat, exp: iat + 3600 };
+    const payload = {
+      iss: 'https://accounts.google.com',
+      azp: clientId,
+      aud: clientId,
+      sub,
+      email,
+      email_verified: true,
+      iat,
+      exp: iat + 3600,
+    };
     return `${b64url(header)}.${b64url(payload)}.${rnd(64)}`;
   }
 
@@ -479,7 +534,8 @@ export class FakeTokenEndpoint {
     const sa = this.serviceAccounts.get(iss);
     if (!sa) throw new OAuthError(400, 'invalid_grant', 'Invalid grant: account not found');
     if (header.alg !== 'RS256') throw new OAuthError(400, 'invalid_grant', 'Invalid JWT Signature.');
-    if (header.kid !== undefined && header.kid !== sa.keyId) throw new OAuthError(400, 'invalid_grant', 'Invalid JWT Signature.');
+    if (header.kid !== undefined && header.kid !== sa.keyId)
+      throw new OAuthError(400, 'invalid_grant', 'Invalid JWT Signature.');
     const signed = verify(
       'RSA-SHA256',
       Buffer.from(`${parts[0]}.${parts[1]}`),

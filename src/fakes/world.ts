@@ -59,7 +59,11 @@ export async function startFakeWorld(opts: WorldOptions = {}): Promise<FakeWorld
     refreshToken: `1//0g${randomBytes(24).toString('base64url')}`,
   };
   tokens.registerClient(account.clientId, account.clientSecret);
-  tokens.addRefreshToken(account.refreshToken, { clientId: account.clientId, email, scope: scopesFor({ transport }).join(' ') });
+  tokens.addRefreshToken(account.refreshToken, {
+    clientId: account.clientId,
+    email,
+    scope: scopesFor({ transport }).join(' '),
+  });
   const password = `pw-${randomBytes(9).toString('base64url')}`;
   const user = { username: 'printer', password, passwordHash: await hashPassword(password, FAKE_SCRYPT_COST) };
   return {
@@ -98,7 +102,13 @@ export function bridgeConfig(world: FakeWorld, overrides: Record<string, unknown
           authUrl: world.tokens.authUrl,
           caFile: world.caFile,
         },
-        upstream: { host: 'localhost', port: world.gmail.port, tls: world.gmail.mode, caFile: world.caFile, ...(world.gmailApi ? { apiUrl: world.gmailApi.url } : {}) },
+        upstream: {
+          host: 'localhost',
+          port: world.gmail.port,
+          tls: world.gmail.mode,
+          caFile: world.caFile,
+          ...(world.gmailApi ? { apiUrl: world.gmailApi.url } : {}),
+        },
         ...(world.transport !== 'smtp' ? { transport: world.transport } : {}),
       },
     ],
@@ -111,7 +121,11 @@ export function bridgeConfig(world: FakeWorld, overrides: Record<string, unknown
 }
 
 /** Writes the config as YAML and returns its path. */
-export async function writeBridgeConfig(world: FakeWorld, cfg: Record<string, unknown>, name = 'config.yaml'): Promise<string> {
+export async function writeBridgeConfig(
+  world: FakeWorld,
+  cfg: Record<string, unknown>,
+  name = 'config.yaml',
+): Promise<string> {
   await mkdir(world.dir, { recursive: true });
   const file = join(world.dir, name);
   await writeFile(file, stringify(cfg), { mode: 0o600 });
@@ -131,7 +145,10 @@ export interface FakeGraphTenant {
 }
 
 /** `graphRoles`: the app's admin-consented Graph application permissions (default Mail.Send). */
-export async function startFakeGraphTenant(world: FakeWorld, opts: { mailbox?: string; graphRoles?: string[] } = {}): Promise<FakeGraphTenant> {
+export async function startFakeGraphTenant(
+  world: FakeWorld,
+  opts: { mailbox?: string; graphRoles?: string[] } = {},
+): Promise<FakeGraphTenant> {
   const identity = await FakeMicrosoftIdentity.start({ pki: world.pki });
   const graph = await FakeGraph.start({ pki: world.pki, identity });
   const clientId = `${randomBytes(4).toString('hex')}-aaaa-4bbb-8ccc-${randomBytes(6).toString('hex')}`;
@@ -151,7 +168,14 @@ export async function startFakeGraphTenant(world: FakeWorld, opts: { mailbox?: s
       provider: 'microsoft',
       email: mailbox,
       transport: 'graph',
-      oauth: { type, tenant: identity.tenant, authorityHost: identity.authorityHost, clientId, clientSecret: secret, caFile: world.caFile },
+      oauth: {
+        type,
+        tenant: identity.tenant,
+        authorityHost: identity.authorityHost,
+        clientId,
+        clientSecret: secret,
+        caFile: world.caFile,
+      },
       upstream: { apiUrl: graph.url, caFile: world.caFile },
       ...extra,
     }),

@@ -5,7 +5,13 @@ import type http from 'node:http';
 export const TEXT = 'text/plain; charset=utf-8';
 export const HTML = 'text/html; charset=utf-8';
 
-export function send(res: http.ServerResponse, req: http.IncomingMessage, status: number, body: string, type: string = TEXT): void {
+export function send(
+  res: http.ServerResponse,
+  req: http.IncomingMessage,
+  status: number,
+  body: string,
+  type: string = TEXT,
+): void {
   res.statusCode = status;
   res.setHeader('Content-Type', type);
   res.setHeader('Content-Length', Buffer.byteLength(body));

@@ -41,7 +41,6 @@ export interface HttpEndpointOptions {
 
 const OWN_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
 
-
 export class HttpEndpoint {
   private server: http.Server | null = null;
 
@@ -52,7 +51,10 @@ export class HttpEndpoint {
     const { host, ephemeral, log } = this.opts;
     if (this.server) throw new Error('http endpoint already started');
     if (this.opts.port === 0 && !ephemeral) {
-      if (this.opts.console) log.warn('http.console is true but http.port is 0, which turns the HTTP endpoint and so the console off; set http.port (e.g. 9465)');
+      if (this.opts.console)
+        log.warn(
+          'http.console is true but http.port is 0, which turns the HTTP endpoint and so the console off; set http.port (e.g. 9465)',
+        );
       else log.info('http endpoint disabled (http.port is 0)');
       return null;
     }
@@ -65,7 +67,9 @@ export class HttpEndpoint {
       });
     };
     const tls = this.opts.tls;
-    const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' }, onRequest) : http.createServer(onRequest);
+    const server: http.Server = tls
+      ? https.createServer({ cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' }, onRequest)
+      : http.createServer(onRequest);
     // Scrapers and probes send tiny requests; don't let a slow client hold a socket.
     server.headersTimeout = 10_000;
     server.requestTimeout = 15_000;
@@ -87,7 +91,12 @@ export class HttpEndpoint {
     server.on('error', (err) => log.error('http endpoint error', { err }));
     this.server = server;
     const addr = server.address() as AddressInfo;
-    log.info('http endpoint listening', { host: addr.address, port: addr.port, tls: Boolean(tls), console: Boolean(this.opts.console) });
+    log.info('http endpoint listening', {
+      host: addr.address,
+      port: addr.port,
+      tls: Boolean(tls),
+      console: Boolean(this.opts.console),
+    });
     return { host: addr.address, port: addr.port };
   }
 
@@ -118,7 +127,9 @@ export class HttpEndpoint {
         if (r.ok) return send(res, req, 200, 'ready\n');
         // One reason per line; newlines inside a reason would break that, and reasons
         // may quote upstream/token-endpoint text, so scrub secrets once more here.
-        const lines = (r.reasons.length ? r.reasons : ['not ready']).map((s) => redactString(s.replace(/[\r\n]+/g, ' ')));
+        const lines = (r.reasons.length ? r.reasons : ['not ready']).map((s) =>
+          redactString(s.replace(/[\r\n]+/g, ' ')),
+        );
         return send(res, req, 503, lines.join('\n') + '\n');
       }
       case '/metrics': {
@@ -154,7 +165,6 @@ function safePath(url: string | undefined): string {
   const p = (url ?? '/').split('?')[0];
   return p.length > 200 ? p.slice(0, 200) : p;
 }
-
 
 /**
  * Readiness probe for the spool: create, write, fsync and remove a file in `dir`.

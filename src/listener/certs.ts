@@ -43,7 +43,10 @@ type SelfsignedModule = typeof import('selfsigned');
  * standalone bundle (.deb, image) esbuild's chunk has the module as its default export only.
  */
 function selfsignedGenerate(mod: SelfsignedModule | { default: SelfsignedModule }): SelfsignedModule['generate'] {
-  const generate = 'generate' in mod && typeof mod.generate === 'function' ? mod.generate : (mod as { default?: SelfsignedModule }).default?.generate;
+  const generate =
+    'generate' in mod && typeof mod.generate === 'function'
+      ? mod.generate
+      : (mod as { default?: SelfsignedModule }).default?.generate;
   if (typeof generate !== 'function') throw new Error('the selfsigned module has no generate() (a packaging defect)');
   return generate;
 }
@@ -56,7 +59,8 @@ async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cer
     { type: 7, ip: '127.0.0.1' },
     { type: 7, ip: '::1' },
   ];
-  if (isIP(l.host) && l.host !== '0.0.0.0' && l.host !== '::' && l.host !== '127.0.0.1') altNames.push({ type: 7, ip: l.host });
+  if (isIP(l.host) && l.host !== '0.0.0.0' && l.host !== '::' && l.host !== '127.0.0.1')
+    altNames.push({ type: 7, ip: l.host });
   const now = Date.now();
   // RSA rather than EC: old printers that need TLSv1 rarely speak ECDSA.
   // Loaded only when a certificate is generated: it is the heaviest dependency at start.
@@ -79,11 +83,14 @@ async function generateSelfSigned(l: ListenerConfig): Promise<{ key: string; cer
 
 export async function loadKeyPair(l: ListenerConfig, stateDir: string, log: Logger): Promise<KeyPair> {
   if (l.certFile && l.keyFile) {
-    const [cert, key] = await Promise.all([readFile(l.certFile, 'utf8'), readFile(l.keyFile, 'utf8')]).catch((e: Error) => {
-      throw new Error(`listener "${l.name}": cannot read its certFile/keyFile: ${e.message}`);
-    });
+    const [cert, key] = await Promise.all([readFile(l.certFile, 'utf8'), readFile(l.keyFile, 'utf8')]).catch(
+      (e: Error) => {
+        throw new Error(`listener "${l.name}": cannot read its certFile/keyFile: ${e.message}`);
+      },
+    );
     const x509 = validate({ key, cert }, `listener "${l.name}" (${l.certFile})`);
-    if (new Date(x509.validTo).getTime() < Date.now()) log.warn('listener certificate has expired', { listener: l.name, certFile: l.certFile, validTo: x509.validTo });
+    if (new Date(x509.validTo).getTime() < Date.now())
+      log.warn('listener certificate has expired', { listener: l.name, certFile: l.certFile, validTo: x509.validTo });
     return { key, cert, certPath: l.certFile, selfSigned: false };
   }
   const paths = selfSignedPaths(stateDir, l.name);
@@ -94,7 +101,8 @@ export async function loadKeyPair(l: ListenerConfig, stateDir: string, log: Logg
     // Renew a month ahead so a long-running daemon never serves an expired one after a reload.
     if (new Date(x509.validTo).getTime() > Date.now() + 30 * 86400e3) pair = { key, cert };
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log.warn('regenerating the self-signed certificate', { listener: l.name, reason: (e as Error).message });
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+      log.warn('regenerating the self-signed certificate', { listener: l.name, reason: (e as Error).message });
   }
   if (!pair) {
     try {

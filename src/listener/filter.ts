@@ -123,13 +123,15 @@ export class MessageFilter extends Transform {
       header.push(all);
     }
     let end: number;
-    if (all.length >= 2 && all[0] === CR && all[1] === LF) end = 0; // no header at all
+    if (all.length >= 2 && all[0] === CR && all[1] === LF)
+      end = 0; // no header at all
     else {
       const at = all.indexOf(HEADER_END, Math.max(0, before - 3));
       end = at < 0 ? -1 : at + 2;
     }
     if (end < 0) {
-      if (this.headerLen > this.maxHeaderBytes) this.reject(new SmtpReply(552, '5.3.4 Message header section too large'));
+      if (this.headerLen > this.maxHeaderBytes)
+        this.reject(new SmtpReply(552, '5.3.4 Message header section too large'));
       return;
     }
     this.header = null;

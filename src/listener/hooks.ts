@@ -27,7 +27,10 @@ export interface HookTargets {
 const defaultTargets = (): HookTargets => ({
   server: SMTPServer.prototype,
   connection: SMTPConnection.prototype,
-  probe: () => new SMTPConnection(new SMTPServer({ logger: false, disabledCommands: ['STARTTLS'] }), new net.Socket(), { id: 'hook-probe' }),
+  probe: () =>
+    new SMTPConnection(new SMTPServer({ logger: false, disabledCommands: ['STARTTLS'] }), new net.Socket(), {
+      id: 'hook-probe',
+    }),
 });
 
 const source = (o: object, name: string): string | null => {
@@ -46,7 +49,8 @@ export function smtpServerHookProblems(t: HookTargets = defaultTargets()): strin
   const need = (o: object, owner: string, name: string, mustContain?: string, why?: string) => {
     const src = source(o, name);
     if (src === null) problems.push(`${owner}.${name}() is missing`);
-    else if (mustContain && !src.includes(mustContain)) problems.push(`${owner}.${name}() no longer contains \`${mustContain}\` (${why})`);
+    else if (mustContain && !src.includes(mustContain))
+      problems.push(`${owner}.${name}() no longer contains \`${mustContain}\` (${why})`);
   };
   need(t.server, 'SMTPServer', 'connect');
   need(t.server, 'SMTPServer', '_handleProxy');
@@ -69,7 +73,8 @@ export function smtpServerHookProblems(t: HookTargets = defaultTargets()): strin
     else c._socket.destroy();
     if (!(c._parser instanceof Writable)) problems.push('SMTPConnection has no _parser stream');
     if (typeof c.session !== 'object' || c.session === null) problems.push('SMTPConnection has no session');
-    if (typeof (c._server as Record<string, unknown> | undefined)?._expectsProxyHeader !== 'function') problems.push('SMTPConnection has no _server (peer.ts)');
+    if (typeof (c._server as Record<string, unknown> | undefined)?._expectsProxyHeader !== 'function')
+      problems.push('SMTPConnection has no _server (peer.ts)');
     for (const f of ['_closing', '_closed', '_upgrading'])
       if (typeof c[f] !== 'boolean') problems.push(`SMTPConnection has no boolean ${f}`);
   }
@@ -98,7 +103,11 @@ function installedVersion(): string {
  * Runs `onConnection` on every connection smtp-server creates (it has no factory option),
  * right after init(); `beforeConnect` runs first, before init() checks maxClients.
  */
-export function hookServer(server: SMTPServer, onConnection: (conn: Conn) => void, beforeConnect: () => void = () => {}): void {
+export function hookServer(
+  server: SMTPServer,
+  onConnection: (conn: Conn) => void,
+  beforeConnect: () => void = () => {},
+): void {
   const connect = server.connect.bind(server);
   const hooked = new WeakSet<object>();
   server.connect = (socket, socketOptions) => {

@@ -30,9 +30,16 @@ export class Logins {
     private readonly door = '',
   ) {}
 
-  async check(ip: string, username: string, password: string, phc: string | undefined, limits: AuthLimits): Promise<LoginVerdict> {
+  async check(
+    ip: string,
+    username: string,
+    password: string,
+    phc: string | undefined,
+    limits: AuthLimits,
+  ): Promise<LoginVerdict> {
     if (this.failures.lockedFor(ip) > 0) return { result: 'locked', failed: false, lockoutStarted: false };
-    if (phc !== undefined && this.cache.has(username, password, phc)) return { result: 'ok', failed: false, lockoutStarted: false };
+    if (phc !== undefined && this.cache.has(username, password, phc))
+      return { result: 'ok', failed: false, lockoutStarted: false };
     const key = this.door + clientKey(ip);
     const same = `${this.cache.id(username, password)}\0${phc ?? ''}`;
     const shared = this.inFlight.get(same);

@@ -14,12 +14,19 @@ export const SCRYPT_DEFAULTS = { ln: 15, r: 8, p: 1, saltBytes: 16, hashBytes: 3
 /** KDF invocations since start; tests use it to prove the cache skips the KDF. */
 export const kdfStats = { calls: 0 };
 
-function scrypt(password: string, salt: Buffer, keylen: number, o: { ln: number; r: number; p: number }): Promise<Buffer> {
+function scrypt(
+  password: string,
+  salt: Buffer,
+  keylen: number,
+  o: { ln: number; r: number; p: number },
+): Promise<Buffer> {
   const N = 2 ** o.ln;
   // Node refuses to run when 128*N*r exceeds maxmem (32 MiB by default, exactly our cost).
   const opts: ScryptOptions = { N, r: o.r, p: o.p, maxmem: 2 * 128 * N * o.r + 1024 * 1024 };
   kdfStats.calls++;
-  return new Promise((resolve, reject) => scryptCb(password.normalize('NFC'), salt, keylen, opts, (err, key) => (err ? reject(err) : resolve(key))));
+  return new Promise((resolve, reject) =>
+    scryptCb(password.normalize('NFC'), salt, keylen, opts, (err, key) => (err ? reject(err) : resolve(key))),
+  );
 }
 
 const b64 = (b: Buffer) => b.toString('base64').replace(/=+$/, '');
@@ -83,7 +90,12 @@ export class PasswordCache {
   id(username: string, password: string): string {
     // Length-prefixed so ("a\0b", "c") and ("a", "b\0c") cannot collide.
     const user = Buffer.from(username, 'utf8');
-    return createHmac('sha256', this.key).update(`${user.length}:`).update(user).update('\0').update(password, 'utf8').digest('base64');
+    return createHmac('sha256', this.key)
+      .update(`${user.length}:`)
+      .update(user)
+      .update('\0')
+      .update(password, 'utf8')
+      .digest('base64');
   }
 
   has(username: string, password: string, phc: string): boolean {
@@ -118,7 +130,12 @@ export class PasswordCache {
  * Checks a login. `phc` is the user's hash, or undefined for an unknown user (then the
  * dummy hash is verified so both cases cost the same). Only successes are cached.
  */
-export async function checkPassword(cache: PasswordCache, username: string, password: string, phc: string | undefined): Promise<boolean> {
+export async function checkPassword(
+  cache: PasswordCache,
+  username: string,
+  password: string,
+  phc: string | undefined,
+): Promise<boolean> {
   if (phc !== undefined && cache.has(username, password, phc)) return true;
   const usable = phc !== undefined && isValidPasswordHash(phc);
   const ok = await verifyPassword(password, usable ? phc : DUMMY_HASH);
@@ -264,7 +281,11 @@ function readFirstLine(input: NodeJS.ReadableStream): Promise<string> {
 }
 
 /** Reads one line from a terminal in raw mode, echoing nothing. null on Ctrl-C / Ctrl-D. */
-function promptHidden(input: NodeJS.ReadableStream, prompt: string, promptOut: NodeJS.WritableStream): Promise<string | null> {
+function promptHidden(
+  input: NodeJS.ReadableStream,
+  prompt: string,
+  promptOut: NodeJS.WritableStream,
+): Promise<string | null> {
   promptOut.write(prompt);
   const tty = input as NodeJS.ReadStream;
   const raw = typeof tty.setRawMode === 'function';
@@ -288,7 +309,8 @@ function promptHidden(input: NodeJS.ReadableStream, prompt: string, promptOut: N
           continue;
         }
         if (ch === '\u007f' || ch === '\b') value = Array.from(value).slice(0, -1).join('');
-        else if (ch === '\u0015') value = ''; // Ctrl-U
+        else if (ch === '\u0015')
+          value = ''; // Ctrl-U
         else if (ch >= ' ') value += ch;
       }
     };

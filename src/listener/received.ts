@@ -18,7 +18,8 @@ export interface ReceivedInfo {
   date: Date;
 }
 
-const DOMAIN = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+const DOMAIN =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 /** An RFC 5321 address literal for an IP: `[192.0.2.1]`, `[IPv6:2001:db8::1]`. */
 export function addressLiteral(ip: string): string {

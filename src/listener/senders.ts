@@ -73,7 +73,11 @@ export function isNoticeSender(address: string): boolean {
  * With `nullSender` (MAIL FROM:<>, a delivery notice) MAILER-DAEMON@… and postmaster@…
  * are allowed as well; any other address in the header is still judged by the policy.
  */
-export function checkFromHeaders(values: readonly string[], policy: SenderPolicy, opts: { nullSender?: boolean } = {}): string | null {
+export function checkFromHeaders(
+  values: readonly string[],
+  policy: SenderPolicy,
+  opts: { nullSender?: boolean } = {},
+): string | null {
   const allowed = (a: string) => policy.allows(a) || (!!opts.nullSender && isNoticeSender(a));
   for (const value of values) {
     const parsed = addressparser(value, { flatten: true })

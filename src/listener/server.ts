@@ -3,7 +3,15 @@
 // how much (size, recipients, connections), then streams the message into the spool and
 // answers 250 only once the spool has made it durable.
 import { hostname } from 'node:os';
-import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerAddress, type SMTPServerDataStream } from 'smtp-server';
+import {
+  SMTPServer,
+  type SMTPServerOptions,
+  type SMTPServerSession,
+  type SMTPServerAuthentication,
+  type SMTPServerAuthenticationResponse,
+  type SMTPServerAddress,
+  type SMTPServerDataStream,
+} from 'smtp-server';
 import type { Config, ListenerConfig, UserConfig, AccountConfig } from '../config/schema.js';
 import type { Envelope } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
@@ -19,12 +27,23 @@ import { receivedHeader } from './received.js';
 import { collectYoung } from './gc.js';
 import { acceptProxyV2 } from './proxyV2.js';
 import { notePeer, isLocalPeer } from './peer.js';
-import { assertSmtpServerHooks, hookServer, sendToHalfClosed, closeAfterClientEof, greetAfter, type Conn } from './hooks.js';
+import {
+  assertSmtpServerHooks,
+  hookServer,
+  sendToHalfClosed,
+  closeAfterClientEof,
+  greetAfter,
+  type Conn,
+} from './hooks.js';
 
 export type { NewMessage };
 
 export interface SpoolSink {
-  receive(source: NodeJS.ReadableStream | AsyncIterable<Buffer>, meta: NewMessage, opts?: { prefix?: (id: string) => string }): Promise<Envelope>;
+  receive(
+    source: NodeJS.ReadableStream | AsyncIterable<Buffer>,
+    meta: NewMessage,
+    opts?: { prefix?: (id: string) => string },
+  ): Promise<Envelope>;
 }
 
 export interface ListenersOptions {
@@ -165,7 +184,8 @@ export class Listeners {
       rt.trusted = trustedNetworksOf(effective);
     }
     for (const l of config.listeners)
-      if (!this.running.some((r) => r.cfg.name === l.name)) this.log.warn('new listener starts after a restart', { listener: l.name });
+      if (!this.running.some((r) => r.cfg.name === l.name))
+        this.log.warn('new listener starts after a restart', { listener: l.name });
   }
 
   /** Stops accepting; sessions in DATA may finish (bounded by closeTimeout), the rest get 421. */
@@ -177,7 +197,7 @@ export class Listeners {
           new Promise<void>((resolve) => {
             if (!rt.bound) return resolve();
             rt.server.close(() => resolve());
-            for (const conn of rt.server.connections ) {
+            for (const conn of rt.server.connections) {
               if (!this.inData.has(conn.session)) conn.send(421, '4.3.2 Service shutting down, try again later');
             }
           }),
@@ -192,16 +212,23 @@ export class Listeners {
   private warnAboutCleartext(l: ListenerConfig): void {
     const loopbackOnly = isLoopback(l.host) || l.host === 'localhost';
     if (l.tls !== 'none' || loopbackOnly) return;
-    if (l.allowInsecureAuth) this.log.warn('passwords may cross the network in cleartext on this listener', { listener: l.name });
+    if (l.allowInsecureAuth)
+      this.log.warn('passwords may cross the network in cleartext on this listener', { listener: l.name });
     else if (!l.proxyProtocol)
-      this.log.warn('cleartext listener: AUTH from non-loopback clients is refused (538); set tls or allowInsecureAuth', { listener: l.name });
+      this.log.warn(
+        'cleartext listener: AUTH from non-loopback clients is refused (538); set tls or allowInsecureAuth',
+        { listener: l.name },
+      );
   }
 
   private index(config: Config): void {
     this.users = new Map(config.users.map((u) => [u.username, u]));
     this.accounts = new Map(config.accounts.map((a) => [a.name, a]));
     this.policies = new Map(
-      config.users.map((u) => [u.username, new SenderPolicy(u.allowedSenders ?? [this.accounts.get(u.account)?.email ?? ''].filter(Boolean))]),
+      config.users.map((u) => [
+        u.username,
+        new SenderPolicy(u.allowedSenders ?? [this.accounts.get(u.account)?.email ?? ''].filter(Boolean)),
+      ]),
     );
   }
 
@@ -219,7 +246,8 @@ export class Listeners {
   private async tlsOptions(l: ListenerConfig): Promise<Partial<SMTPServerOptions>> {
     const pair = await loadKeyPair(l, this.config.stateDir, this.log);
     const legacy = l.minTlsVersion === 'TLSv1' || l.minTlsVersion === 'TLSv1.1';
-    if (legacy) this.log.warn('listener allows legacy TLS versions', { listener: l.name, minTlsVersion: l.minTlsVersion });
+    if (legacy)
+      this.log.warn('listener allows legacy TLS versions', { listener: l.name, minTlsVersion: l.minTlsVersion });
     return {
       key: pair.key,
       cert: pair.cert,
@@ -294,7 +322,12 @@ export class Listeners {
       () => {
         if (server.connections.size < rt.cfg.maxClients) return;
         const evicted = rt.slots.evictOldest();
-        if (evicted !== null) this.log.warn('pre-auth session closed to make room', { listener: rt.cfg.name, ip: this.counted.get(evicted), reason: 'every slot taken' });
+        if (evicted !== null)
+          this.log.warn('pre-auth session closed to make room', {
+            listener: rt.cfg.name,
+            ip: this.counted.get(evicted),
+            reason: 'every slot taken',
+          });
       },
     );
     // PROXY v2 as well as smtp-server's v1 (only where useProxy asks for a header at all).
@@ -309,7 +342,8 @@ export class Listeners {
 
   private listen(rt: Running): Promise<void> {
     return new Promise((resolve, reject) => {
-      const onError = (err: Error) => reject(new Error(listenFailure(rt.cfg, this.config.listeners.indexOf(rt.cfg), err)));
+      const onError = (err: Error) =>
+        reject(new Error(listenFailure(rt.cfg, this.config.listeners.indexOf(rt.cfg), err)));
       rt.server.server.once('error', onError);
       rt.server.listen(rt.cfg.port, rt.cfg.host, () => {
         rt.server.server.removeListener('error', onError);
@@ -334,7 +368,11 @@ export class Listeners {
     notePeer(conn);
     const send = sendToHalfClosed(conn, conn.send.bind(conn));
     conn.send = (code, data, context) => {
-      if (code === 552 && typeof data === 'string' && data.startsWith('Error: message exceeds fixed maximum message size'))
+      if (
+        code === 552 &&
+        typeof data === 'string' &&
+        data.startsWith('Error: message exceeds fixed maximum message size')
+      )
         data = '5.3.4 Message size exceeds fixed maximum message size';
       if (typeof data === 'string' && HAS_ENHANCED.test(data)) context = false;
       send(code, data, context);
@@ -351,7 +389,11 @@ export class Listeners {
     const stops = [
       greetAfter(conn, rt.cfg.greetingDelay),
       preAuthDeadline(conn, rt.cfg.preAuthTimeout, () =>
-        this.log.info('pre-auth timeout, connection closed', { listener: rt.cfg.name, ip: conn.session.remoteAddress, timeoutMs: rt.cfg.preAuthTimeout }),
+        this.log.info('pre-auth timeout, connection closed', {
+          listener: rt.cfg.name,
+          ip: conn.session.remoteAddress,
+          timeoutMs: rt.cfg.preAuthTimeout,
+        }),
       ),
     ];
     this.live.set(conn.id, { conn, listener: rt.cfg.name, stops });
@@ -390,12 +432,24 @@ export class Listeners {
     const ip = session.remoteAddress;
     if (this.stopping) return cb(new SmtpReply(421, '4.3.2 Service shutting down, try again later'));
     if (!this.connections.acquire(ip, rt.cfg.maxConnectionsPerIp)) {
-      this.log.warn('too many connections from one address', { listener: rt.cfg.name, ip, limit: rt.cfg.maxConnectionsPerIp });
+      this.log.warn('too many connections from one address', {
+        listener: rt.cfg.name,
+        ip,
+        limit: rt.cfg.maxConnectionsPerIp,
+      });
       return cb(new SmtpReply(421, '4.7.0 Too many connections from your address, try again later'));
     }
     const reserved = rt.cfg.reservedClients ?? Math.floor(rt.cfg.maxClients / 10);
-    const evicted = rt.slots.admit(session.id, rt.trusted.has(ip), rt.cfg.maxClients - reserved, () => this.evict(session.id));
-    if (evicted !== null) this.log.warn('pre-auth session closed to make room', { listener: rt.cfg.name, ip: this.counted.get(evicted), for: ip, reason: 'unauthenticated share full' });
+    const evicted = rt.slots.admit(session.id, rt.trusted.has(ip), rt.cfg.maxClients - reserved, () =>
+      this.evict(session.id),
+    );
+    if (evicted !== null)
+      this.log.warn('pre-auth session closed to make room', {
+        listener: rt.cfg.name,
+        ip: this.counted.get(evicted),
+        for: ip,
+        reason: 'unauthenticated share full',
+      });
     this.counted.set(session.id, ip);
     cb();
   }
@@ -441,18 +495,34 @@ export class Listeners {
     if (verdict.failed) {
       // Stable lines for fail2ban (config/fail2ban/filter.d/xoauth2-bridge.conf): the same
       // whether or not the user exists, and never the password.
-      this.log.warn(`auth failed ip=${ip}`, { ip, listener: rt.cfg.name, method: auth.method, user: safeUser(username) });
+      this.log.warn(`auth failed ip=${ip}`, {
+        ip,
+        listener: rt.cfg.name,
+        method: auth.method,
+        user: safeUser(username),
+      });
       this.metrics?.authFailure(rt.cfg.name);
     }
     if (verdict.lockoutStarted) {
       this.metrics?.lockout(rt.cfg.name);
-      this.log.warn(`auth lockout ip=${ip}`, { ip, scope: clientKey(ip), listener: rt.cfg.name, failures: limits.limit, lockoutSeconds: Math.round(limits.lockoutMs / 1000) });
+      this.log.warn(`auth lockout ip=${ip}`, {
+        ip,
+        scope: clientKey(ip),
+        listener: rt.cfg.name,
+        failures: limits.limit,
+        lockoutSeconds: Math.round(limits.lockoutMs / 1000),
+      });
     }
     if (verdict.result === 'locked') return cb(new SmtpReply(454, '4.7.0 Too many authentication failures, try later'));
     cb(new SmtpReply(535, '5.7.8 Authentication credentials invalid'));
   }
 
-  private onMailFrom(rt: Running, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+  private onMailFrom(
+    rt: Running,
+    address: SMTPServerAddress,
+    session: SMTPServerSession,
+    cb: (err?: Error | null) => void,
+  ): void {
     const ip = session.remoteAddress;
     let tx: Transaction | undefined;
     if (session.user) {
@@ -464,26 +534,46 @@ export class Listeners {
     } else if (rt.cfg.trustedAccount && rt.trusted.has(ip)) {
       const account = this.accounts.get(rt.cfg.trustedAccount);
       if (account)
-        tx = { user: null, account, policy: new SenderPolicy(rt.cfg.trustedSenders ?? [account.email]), owner: `trusted account ${account.name}` };
+        tx = {
+          user: null,
+          account,
+          policy: new SenderPolicy(rt.cfg.trustedSenders ?? [account.email]),
+          owner: `trusted account ${account.name}`,
+        };
     }
     if (!tx) return cb(new SmtpReply(530, '5.7.0 Authentication required'));
     // The null sender (bounces relayed by an MTA) owns no address; the From header is still checked.
     if (address.address !== '' && !tx.policy.allows(address.address)) {
-      this.log.info('sender rejected', { listener: rt.cfg.name, ip, user: tx.user, from: addressForLog(address.address) });
+      this.log.info('sender rejected', {
+        listener: rt.cfg.name,
+        ip,
+        user: tx.user,
+        from: addressForLog(address.address),
+      });
       return cb(new SmtpReply(553, `5.7.1 Sender address rejected: not owned by ${tx.owner}`));
     }
     this.transactions.set(session, tx);
     cb();
   }
 
-  private onRcptTo(rt: Running, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+  private onRcptTo(
+    rt: Running,
+    address: SMTPServerAddress,
+    session: SMTPServerSession,
+    cb: (err?: Error | null) => void,
+  ): void {
     const rcpts = session.envelope.rcptTo;
     const repeated = rcpts.some((r) => r.address.toLowerCase() === address.address.toLowerCase());
     if (!repeated && rcpts.length >= rt.cfg.maxRecipients) return cb(new SmtpReply(452, '4.5.3 Too many recipients'));
     cb();
   }
 
-  private async onData(rt: Running, stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): Promise<void> {
+  private async onData(
+    rt: Running,
+    stream: SMTPServerDataStream,
+    session: SMTPServerSession,
+    cb: (err?: Error | null, message?: string) => void,
+  ): Promise<void> {
     const tx = this.transactions.get(session);
     const mailFrom = session.envelope.mailFrom;
     if (!tx || !mailFrom) {
@@ -503,7 +593,13 @@ export class Listeners {
           // Keep the display name, put an address the sender owns, and let replies reach the original.
           const owned = mailFrom.address || tx.account.email;
           const edit = { from: rewrittenFrom(fromValues[0] ?? '', owned), replyTo: fromValues[0] };
-          this.log.info('from header rewritten', { listener: rt.cfg.name, ip, user: tx.user, from: addressForLog(bad), to: owned });
+          this.log.info('from header rewritten', {
+            listener: rt.cfg.name,
+            ip,
+            user: tx.user,
+            from: addressForLog(bad),
+            to: owned,
+          });
           return edit;
         }
         this.log.info('from header rejected', { listener: rt.cfg.name, ip, user: tx.user, from: addressForLog(bad) });
@@ -602,6 +698,7 @@ function listenFailure(cfg: ListenerConfig, index: number, err: NodeJS.ErrnoExce
     return `${head}. Another process holds the port (\`ss -ltnp 'sport = :${cfg.port}'\` shows which): stop it, or set ${key} to a free port`;
   if (err.code === 'EACCES' && cfg.port < 1024)
     return `${head}. Ports below 1024 need CAP_NET_BIND_SERVICE: start the daemon through its systemd unit (\`systemctl start xoauth2-bridge\`; the unit grants it with AmbientCapabilities=), or set ${key} to a port above 1023`;
-  if (err.code === 'EADDRNOTAVAIL') return `${head}. No interface has the address ${cfg.host}: fix listeners[${index}].host`;
+  if (err.code === 'EADDRNOTAVAIL')
+    return `${head}. No interface has the address ${cfg.host}: fix listeners[${index}].host`;
   return head;
 }

@@ -21,7 +21,8 @@ export interface Logger {
 const scrub = winston.format((info) => {
   const clean = redact({ ...info }) as winston.Logform.TransformableInfo;
   // winston keeps level/message under symbols too; copy them over the cleaned object.
-  for (const sym of Object.getOwnPropertySymbols(info)) (clean as unknown as Record<symbol, unknown>)[sym] = (info as unknown as Record<symbol, unknown>)[sym];
+  for (const sym of Object.getOwnPropertySymbols(info))
+    (clean as unknown as Record<symbol, unknown>)[sym] = (info as unknown as Record<symbol, unknown>)[sym];
   clean.message = typeof info.message === 'string' ? redactString(info.message) : redact(info.message);
   return clean;
 });
@@ -79,7 +80,14 @@ function wrap(w: winston.Logger): Logger {
 }
 
 /** A logger that drops everything (CLI commands that print their own output). */
-export const nullLogger: Logger = { error() {}, warn() {}, info() {}, debug() {}, child: () => nullLogger, enabled: () => false };
+export const nullLogger: Logger = {
+  error() {},
+  warn() {},
+  info() {},
+  debug() {},
+  child: () => nullLogger,
+  enabled: () => false,
+};
 
 /**
  * bunyan-style adapter for smtp-server/nodemailer: they call logger.info(meta, fmt, ...args).
@@ -99,7 +107,8 @@ const BDAT = /^BDAT\s+\d{1,15}(?:\s+LAST)?\s*$/i;
 // A path: <> or <address> (no source route, no quoted string); the address is judged by addressForLog.
 const PATH = /^<([^<>\s"]{0,320})>$/;
 // MAIL/RCPT parameters whose values cannot carry free text; anything else is dropped.
-const PARAM = /^(?:SIZE=\d{1,15}|BODY=(?:7BIT|8BITMIME|BINARYMIME)|SMTPUTF8|REQUIRETLS|RET=(?:FULL|HDRS)|NOTIFY=(?:NEVER|SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*)$/i;
+const PARAM =
+  /^(?:SIZE=\d{1,15}|BODY=(?:7BIT|8BITMIME|BINARYMIME)|SMTPUTF8|REQUIRETLS|RET=(?:FULL|HDRS)|NOTIFY=(?:NEVER|SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*)$/i;
 // An AUTH verb anywhere in a segment, with everything after it (the mechanism's initial response).
 const AUTH_ANYWHERE = /\bAUTH\b[\s\S]*$/i;
 const DROPPED = '[…]';
@@ -108,7 +117,8 @@ const DROPPED = '[…]';
 function commandForLog(s: string): string | null {
   let m = VERB_ONLY.exec(s);
   if (m) return m[1].toUpperCase() + (s.slice(m[0].length).trim() ? ' ' + DROPPED : '');
-  if ((m = HELLO.exec(s))) return `${m[1].toUpperCase()}${m[2] ? ' ' + hostForLog(m[2]) : ''}${m[3].trim() ? ' ' + DROPPED : ''}`;
+  if ((m = HELLO.exec(s)))
+    return `${m[1].toUpperCase()}${m[2] ? ' ' + hostForLog(m[2]) : ''}${m[3].trim() ? ' ' + DROPPED : ''}`;
   if ((m = PATH_COMMAND.exec(s))) {
     const verb = m[1].toUpperCase().replace(/\s+/, ' ');
     const [path = '', ...params] = m[2].trim().split(/\s+/);
@@ -144,33 +154,50 @@ export function clientLineForLog(line: string): string | null {
 export function bunyanAdapter(log: Logger, component: string) {
   const fmt = (args: unknown[]): [string, Meta] => {
     let meta: Meta = {};
-    if (args.length && args[0] && typeof args[0] === 'object' && !(args[0] instanceof Error)) meta = args.shift() as Meta;
+    if (args.length && args[0] && typeof args[0] === 'object' && !(args[0] instanceof Error))
+      meta = args.shift() as Meta;
     const [f, ...rest] = args;
     let i = 0;
     let msg = String(f ?? '').replace(/%[sdjo]/g, () => String(rest[i++] ?? ''));
     // Arguments without a placeholder are appended, as util.format does ('S:', line).
-    if (i < rest.length) msg += ' ' + rest.slice(i).map((a) => String(a).trimEnd()).join(' ');
+    if (i < rest.length)
+      msg +=
+        ' ' +
+        rest
+          .slice(i)
+          .map((a) => String(a).trimEnd())
+          .join(' ');
     // Only the transaction kind and connection id: other fields may hold addresses or payloads.
     const { tnx, cid } = meta as Meta & { tnx?: unknown; cid?: unknown };
     return [msg, { component, ...(tnx ? { tnx } : {}), ...(cid ? { cid } : {}) }];
   };
-  const lvl = (libLevel: Level) => (...args: unknown[]) => {
-    // Protocol traces arrive for every command and reply; do not format the dropped ones.
-    if (log.enabled && !log.enabled('debug')) return;
-    const [m, base] = fmt(args);
-    const meta = libLevel === 'warn' || libLevel === 'error' ? { ...base, libLevel } : base;
-    if (m.startsWith('C:')) {
-      const line = clientLineForLog(m.slice(2));
-      if (line === null) return;
-      return log.debug(`C: ${line}`, meta);
-    }
-    // The library's other inbound lines may quote client input (a MAIL FROM domain it could
-    // not decode); not our replies (queue ids look like blobs) nor the connection id.
-    if (component === 'smtp-in' && !m.startsWith('S:')) {
-      const cid = typeof meta.cid === 'string' && meta.cid ? meta.cid : null;
-      return log.debug(cid ? m.split(cid).map(protocolBlobs).join(cid) : protocolBlobs(m), meta);
-    }
-    log.debug(m, meta);
+  const lvl =
+    (libLevel: Level) =>
+    (...args: unknown[]) => {
+      // Protocol traces arrive for every command and reply; do not format the dropped ones.
+      if (log.enabled && !log.enabled('debug')) return;
+      const [m, base] = fmt(args);
+      const meta = libLevel === 'warn' || libLevel === 'error' ? { ...base, libLevel } : base;
+      if (m.startsWith('C:')) {
+        const line = clientLineForLog(m.slice(2));
+        if (line === null) return;
+        return log.debug(`C: ${line}`, meta);
+      }
+      // The library's other inbound lines may quote client input (a MAIL FROM domain it could
+      // not decode); not our replies (queue ids look like blobs) nor the connection id.
+      if (component === 'smtp-in' && !m.startsWith('S:')) {
+        const cid = typeof meta.cid === 'string' && meta.cid ? meta.cid : null;
+        return log.debug(cid ? m.split(cid).map(protocolBlobs).join(cid) : protocolBlobs(m), meta);
+      }
+      log.debug(m, meta);
+    };
+  return {
+    trace: lvl('debug'),
+    debug: lvl('debug'),
+    info: lvl('debug'),
+    warn: lvl('warn'),
+    error: lvl('error'),
+    fatal: lvl('error'),
+    child: () => bunyanAdapter(log, component),
   };
-  return { trace: lvl('debug'), debug: lvl('debug'), info: lvl('debug'), warn: lvl('warn'), error: lvl('error'), fatal: lvl('error'), child: () => bunyanAdapter(log, component) };
 }

@@ -4,14 +4,16 @@
 
 // Keys whose value is always a secret, and keys that hold request objects (gaxios
 // config/headers carry the refresh token and client secret) which are dropped whole.
-const SECRET_KEYS = /^(pass|password|passwordHash|secret|clientSecret|client_secret|token|accessToken|access_token|refreshToken|refresh_token|id_token|authorization|credentials|assertion|private_key|privateKey|code_verifier)$/i;
+const SECRET_KEYS =
+  /^(pass|password|passwordHash|secret|clientSecret|client_secret|token|accessToken|access_token|refreshToken|refresh_token|id_token|authorization|credentials|assertion|private_key|privateKey|code_verifier)$/i;
 const OBJECT_KEYS = /^(config|request|headers|auth|options)$/i;
 
 // Token shapes: Google access tokens (ya29.), refresh tokens (1//, also URL-encoded as
 // 1%2F%2F), bearer values, XOAUTH2 SASL strings, and secrets inside form-encoded or
 // URL-encoded bodies (a token endpoint that echoes the request) and JSON (also escaped,
 // also cut off before the closing quote).
-const SECRET_PARAMS = 'refresh_token|access_token|client_secret|code|code_verifier|assertion|client_assertion|password|id_token|device_code';
+const SECRET_PARAMS =
+  'refresh_token|access_token|client_secret|code|code_verifier|assertion|client_assertion|password|id_token|device_code';
 const PATTERNS: [RegExp, string][] = [
   [/ya29\.[A-Za-z0-9._\-]+/g, 'ya29.[redacted]'],
   [/1\/\/[A-Za-z0-9._\-]+/g, '1//[redacted]'],
@@ -19,7 +21,10 @@ const PATTERNS: [RegExp, string][] = [
   [/(Bearer\s+)[A-Za-z0-9._~+\/\-]+=*/gi, '$1[redacted]'],
   [/(auth=Bearer\s*)[^\x01\s]+/gi, '$1[redacted]'],
   [new RegExp(`\\b(${SECRET_PARAMS})(=|%3D)([^&\\s"']+)`, 'gi'), '$1$2[redacted]'],
-  [new RegExp(`(\\\\?"(?:${SECRET_PARAMS}|private_key)\\\\?"\\s*:\\s*\\\\?")(?:[^"\\\\]|\\\\(?!"))*(\\\\?"|$)`, 'gi'), '$1[redacted]$2'],
+  [
+    new RegExp(`(\\\\?"(?:${SECRET_PARAMS}|private_key)\\\\?"\\s*:\\s*\\\\?")(?:[^"\\\\]|\\\\(?!"))*(\\\\?"|$)`, 'gi'),
+    '$1[redacted]$2',
+  ],
   [/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)/g, '[redacted private key]'],
 ];
 
@@ -37,7 +42,12 @@ const entries = new Map<string, Entry>();
 let nextPrune = 0;
 
 function spellings(s: string): string[] {
-  const forms = new Set([s, encodeURIComponent(s), new URLSearchParams({ v: s }).toString().slice(2), JSON.stringify(s).slice(1, -1)]);
+  const forms = new Set([
+    s,
+    encodeURIComponent(s),
+    new URLSearchParams({ v: s }).toString().slice(2),
+    JSON.stringify(s).slice(1, -1),
+  ]);
   return [...forms].filter((f) => f.length >= 6);
 }
 
@@ -97,7 +107,8 @@ export function protocolBlobs(s: string): string {
 }
 
 // A host name (labels of letters, digits, hyphens) or an address literal.
-const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$|^\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]$/;
+const HOST =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$|^\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]$/;
 const LOCAL_PART = /^[A-Za-z0-9._+-]{1,64}$/;
 
 /** A client-given host name as a log may show it (a name, or a note that it was not one). */
@@ -133,7 +144,12 @@ export function redact(value: unknown, depth = 0, seen = new WeakSet<object>()):
   seen.add(value);
   if (value instanceof Error) {
     // Only what is safe and useful: message, code, status, Google's error/error_description.
-    const e = value as Error & { code?: unknown; status?: unknown; response?: { status?: unknown; data?: unknown }; responseCode?: unknown };
+    const e = value as Error & {
+      code?: unknown;
+      status?: unknown;
+      response?: { status?: unknown; data?: unknown };
+      responseCode?: unknown;
+    };
     const out: Record<string, unknown> = { message: redactString(e.message) };
     if (e.code !== undefined) out.code = e.code;
     if (e.responseCode !== undefined) out.responseCode = e.responseCode;

@@ -67,15 +67,40 @@ export class Metrics {
 
     this.cReceived = counter('messages_received_total', 'Messages accepted into the spool (250 sent).', ['account']);
     this.cReceivedBytes = counter('received_bytes_total', 'Bytes of messages accepted into the spool.', ['account']);
-    this.cDelivered = counter('messages_delivered_total', 'Upstream transactions that delivered a message (some or all recipients).', ['account']);
+    this.cDelivered = counter(
+      'messages_delivered_total',
+      'Upstream transactions that delivered a message (some or all recipients).',
+      ['account'],
+    );
     this.cDeliveredRcpts = counter('recipients_delivered_total', 'Recipients accepted by the upstream.', ['account']);
-    this.cDeferred = counter('messages_deferred_total', 'Delivery attempts that left a message queued for a retry.', ['account']);
-    this.cDataLost = counter('messages_data_lost_total', 'Acknowledged messages whose queue file was gone: moved to failed/ (data-lost), sender notified.', ['account']);
-    this.cBounced = counter('messages_bounced_total', 'Messages (or recipients of a message) that failed permanently and were bounced.', ['account']);
-    this.cReplies = counter('upstream_replies_total', 'Upstream attempt results by class (ok, transient, permanent, quota, auth, transport).', ['account', 'class']);
-    this.cRefreshes = counter('token_refreshes_total', 'OAuth access-token refreshes by result (ok, error).', ['account', 'result']);
+    this.cDeferred = counter('messages_deferred_total', 'Delivery attempts that left a message queued for a retry.', [
+      'account',
+    ]);
+    this.cDataLost = counter(
+      'messages_data_lost_total',
+      'Acknowledged messages whose queue file was gone: moved to failed/ (data-lost), sender notified.',
+      ['account'],
+    );
+    this.cBounced = counter(
+      'messages_bounced_total',
+      'Messages (or recipients of a message) that failed permanently and were bounced.',
+      ['account'],
+    );
+    this.cReplies = counter(
+      'upstream_replies_total',
+      'Upstream attempt results by class (ok, transient, permanent, quota, auth, transport).',
+      ['account', 'class'],
+    );
+    this.cRefreshes = counter('token_refreshes_total', 'OAuth access-token refreshes by result (ok, error).', [
+      'account',
+      'result',
+    ]);
     this.cAuthFailures = counter('auth_failures_total', 'Failed SMTP AUTH attempts on a listener.', ['listener']);
-    this.cCorrupt = counter('spool_corrupt_envelopes_total', 'Unreadable spool envelopes moved to spool/corrupt/ with their message.', []);
+    this.cCorrupt = counter(
+      'spool_corrupt_envelopes_total',
+      'Unreadable spool envelopes moved to spool/corrupt/ with their message.',
+      [],
+    );
     this.cLockouts = counter('lockouts_total', 'Client IPs locked out after too many AUTH failures.', ['listener']);
     this.gConnections = new Gauge({
       name: P + 'smtp_connections',
@@ -91,16 +116,31 @@ export class Metrics {
     });
 
     // Password KDF work (issue 10 item 16), read from the process-wide gate at scrape time.
-    new Counter({ name: P + 'kdf_runs_total', help: 'Password KDF (scrypt) runs started.', registers, collect() {
-      this.reset();
-      this.inc(kdfGate.stats.runs);
-    } });
-    new Gauge({ name: P + 'kdf_queue', help: 'Password checks waiting for a KDF slot.', registers, collect() {
-      this.set(kdfGate.queued);
-    } });
-    new Gauge({ name: P + 'kdf_in_flight', help: 'Password KDF runs in progress.', registers, collect() {
-      this.set(kdfGate.inFlight);
-    } });
+    new Counter({
+      name: P + 'kdf_runs_total',
+      help: 'Password KDF (scrypt) runs started.',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(kdfGate.stats.runs);
+      },
+    });
+    new Gauge({
+      name: P + 'kdf_queue',
+      help: 'Password checks waiting for a KDF slot.',
+      registers,
+      collect() {
+        this.set(kdfGate.queued);
+      },
+    });
+    new Gauge({
+      name: P + 'kdf_in_flight',
+      help: 'Password KDF runs in progress.',
+      registers,
+      collect() {
+        this.set(kdfGate.inFlight);
+      },
+    });
 
     // Queue gauges are read from the spool at scrape time instead of being kept in step
     // with every enqueue/dequeue, so they cannot drift.
@@ -157,7 +197,8 @@ export class Metrics {
       },
     });
 
-    if (opts.accounts || opts.listeners) this.configure({ accounts: opts.accounts ?? [], listeners: opts.listeners ?? [] });
+    if (opts.accounts || opts.listeners)
+      this.configure({ accounts: opts.accounts ?? [], listeners: opts.listeners ?? [] });
   }
 
   /**
@@ -169,7 +210,15 @@ export class Metrics {
     this.accounts = new Set(names.accounts);
     this.listeners = new Set(names.listeners);
     for (const account of this.accounts) {
-      for (const c of [this.cReceived, this.cReceivedBytes, this.cDelivered, this.cDeliveredRcpts, this.cDeferred, this.cBounced]) c.inc({ account }, 0);
+      for (const c of [
+        this.cReceived,
+        this.cReceivedBytes,
+        this.cDelivered,
+        this.cDeliveredRcpts,
+        this.cDeferred,
+        this.cBounced,
+      ])
+        c.inc({ account }, 0);
       for (const klass of OUTCOMES) this.cReplies.inc({ account, class: klass }, 0);
       for (const result of ['ok', 'error']) this.cRefreshes.inc({ account, result }, 0);
     }

@@ -68,20 +68,32 @@ interface Grant {
 }
 
 /** A provider's redirect sign-in: the URL to open and how the redirect's query becomes a grant. */
-type BeginRedirect = (redirectUri: string, state: string) => Promise<{ url: string; exchange(q: URLSearchParams): Promise<Grant> }>;
+type BeginRedirect = (
+  redirectUri: string,
+  state: string,
+) => Promise<{ url: string; exchange(q: URLSearchParams): Promise<Grant> }>;
 
 export async function authorize(opts: AuthorizeOptions): Promise<{ email: string | null }> {
   const acct = opts.config.accounts.find((a) => a.name === opts.account);
   if (!acct) throw new AuthorizeError(`no account named "${opts.account}" in the config`);
   if (acct.oauth.type === 'app')
-    throw new AuthorizeError(`account ${acct.name} is app-only (client credentials); it needs no authorize: it signs in with its client secret or certificate`);
+    throw new AuthorizeError(
+      `account ${acct.name} is app-only (client credentials); it needs no authorize: it signs in with its client secret or certificate`,
+    );
   if (acct.oauth.type !== 'user')
-    throw new AuthorizeError(`account ${acct.name} uses a service account; service accounts do not need authorize (they sign in with keyFile and domain-wide delegation)`);
+    throw new AuthorizeError(
+      `account ${acct.name} uses a service account; service accounts do not need authorize (they sign in with keyFile and domain-wide delegation)`,
+    );
   if (opts.device && acct.provider !== 'microsoft')
-    throw new AuthorizeError(`--device is for Microsoft accounts; Google refuses the Gmail scope in the device flow. Use --manual on a machine without a browser.`);
+    throw new AuthorizeError(
+      `--device is for Microsoft accounts; Google refuses the Gmail scope in the device flow. Use --manual on a machine without a browser.`,
+    );
   const env = opts.env ?? process.env;
   // Open the store first so a wrong key or bad file mode fails before the user consents.
-  const store = new TokenStore({ stateDir: opts.config.stateDir, key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, env) });
+  const store = new TokenStore({
+    stateDir: opts.config.stateDir,
+    key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, env),
+  });
   await store.load();
 
   const grant =
@@ -142,18 +154,26 @@ function googleRedirect(acct: UserAccount): BeginRedirect {
         }
         const raw = tokens as typeof tokens & { refresh_token_expires_in?: number };
         if (!tokens.refresh_token)
-          throw new AuthorizeError('Google returned no refresh token. Remove the app at https://myaccount.google.com/permissions and run authorize again.');
+          throw new AuthorizeError(
+            'Google returned no refresh token. Remove the app at https://myaccount.google.com/permissions and run authorize again.',
+          );
         addSecret(tokens.refresh_token);
         if (tokens.access_token) addSecret(tokens.access_token);
         // Google's consent screen lets the user untick a scope; such a grant cannot send.
         const missing = missingScopes(acct, tokens.scope);
         if (missing.length)
-          throw new AuthorizeError(`the grant lacks ${missing.join(' and ')} (unticked on the consent screen?); run authorize again and allow sending email, nothing was stored`);
+          throw new AuthorizeError(
+            `the grant lacks ${missing.join(' and ')} (unticked on the consent screen?); run authorize again and allow sending email, nothing was stored`,
+          );
         const email = emailFromIdToken(tokens.id_token);
         // Asked for with openid + email: without it nobody can tell whose mailbox this grant opens.
-        if (!email) throw new AuthorizeError('Google returned no id_token naming the signed-in user (openid email were asked for); nothing was stored. Run authorize again.');
+        if (!email)
+          throw new AuthorizeError(
+            'Google returned no id_token naming the signed-in user (openid email were asked for); nothing was stored. Run authorize again.',
+          );
         const g: Grant = { refreshToken: tokens.refresh_token, email };
-        if (raw.refresh_token_expires_in) g.refreshTokenExpiresAt = new Date(Date.now() + raw.refresh_token_expires_in * 1000).toISOString();
+        if (raw.refresh_token_expires_in)
+          g.refreshTokenExpiresAt = new Date(Date.now() + raw.refresh_token_expires_in * 1000).toISOString();
         if (tokens.access_token && tokens.expiry_date) {
           g.accessToken = tokens.access_token;
           g.accessTokenExpiresAt = tokens.expiry_date;
@@ -173,13 +193,23 @@ async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promi
   } catch (e) {
     throw new AuthorizeError((e as Error).message);
   }
-  const req: MicrosoftRequest = { oauth: o, credentials, agent: tokenAgent(o.caFile), timeoutMs: DEFAULT_TIMEOUT_MS, scopes: scopesFor(acct) };
+  const req: MicrosoftRequest = {
+    oauth: o,
+    credentials,
+    agent: tokenAgent(o.caFile),
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    scopes: scopesFor(acct),
+  };
   const failed = (what: string, e: unknown): AuthorizeError => {
     if (e instanceof AuthorizeError) return e;
     const c = classifyMicrosoftError(e);
     if (c) return new AuthorizeError(`${what} failed: ${c.message}`);
     if (e instanceof oauth.AuthorizationResponseError)
-      return new AuthorizeError(e.error === 'access_denied' ? 'access was denied in the browser' : `authorization failed: ${e.error} ${e.error_description ?? ''}`.trim());
+      return new AuthorizeError(
+        e.error === 'access_denied'
+          ? 'access was denied in the browser'
+          : `authorization failed: ${e.error} ${e.error_description ?? ''}`.trim(),
+      );
     return new AuthorizeError(`${what} failed: ${redactString((e as Error).message)}`);
   };
   const toGrant = (g: MicrosoftGrant): Grant => {
@@ -187,8 +217,16 @@ async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promi
     addSecret(g.accessToken);
     // As for Google: a grant without what the transport needs cannot send; store nothing.
     const missing = missingScopes(acct, g.scope);
-    if (missing.length) throw new AuthorizeError(`the grant lacks ${missing.join(' and ')} (not consented?); grant it in Entra ID (admin consent if required) and run authorize again, nothing was stored`);
-    return { refreshToken: g.refreshToken, accessToken: g.accessToken, accessTokenExpiresAt: Date.now() + (g.expiresInSec ?? 3600) * 1000, email: null };
+    if (missing.length)
+      throw new AuthorizeError(
+        `the grant lacks ${missing.join(' and ')} (not consented?); grant it in Entra ID (admin consent if required) and run authorize again, nothing was stored`,
+      );
+    return {
+      refreshToken: g.refreshToken,
+      accessToken: g.accessToken,
+      accessTokenExpiresAt: Date.now() + (g.expiresInSec ?? 3600) * 1000,
+      email: null,
+    };
   };
   if (!opts.device)
     return redirectSignIn(opts, acct, async (redirectUri, state) => {
@@ -222,8 +260,11 @@ async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promi
     return toGrant(await device.poll());
   } catch (e) {
     if (e instanceof oauth.ResponseBodyError && (e.error === 'expired_token' || e.error === 'authorization_pending'))
-      throw new AuthorizeError('the device code expired before the sign-in was completed; run authorize --device again');
-    if (e instanceof oauth.ResponseBodyError && (e.error === 'authorization_declined' || e.error === 'access_denied')) throw new AuthorizeError('the sign-in was declined');
+      throw new AuthorizeError(
+        'the device code expired before the sign-in was completed; run authorize --device again',
+      );
+    if (e instanceof oauth.ResponseBodyError && (e.error === 'authorization_declined' || e.error === 'access_denied'))
+      throw new AuthorizeError('the sign-in was declined');
     throw failed('the device sign-in', e);
   }
 }
@@ -233,7 +274,11 @@ async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promi
  * 127.0.0.1 (or --manual paste), one answer, a timeout. The provider builds the URL and
  * turns the redirect's query into a grant.
  */
-async function redirectSignIn(opts: AuthorizeOptions, acct: { name: string; email: string }, begin: BeginRedirect): Promise<Grant> {
+async function redirectSignIn(
+  opts: AuthorizeOptions,
+  acct: { name: string; email: string },
+  begin: BeginRedirect,
+): Promise<Grant> {
   const out = opts.output;
   const loop = opts.listen === false && opts.manual ? await unusedLoopbackPort() : await startLoopback();
   let rl: ReturnType<typeof createInterface> | undefined;
@@ -243,7 +288,9 @@ async function redirectSignIn(opts: AuthorizeOptions, acct: { name: string; emai
     const state = randomBytes(24).toString('base64url');
     const { url, exchange } = await begin(redirectUri, state);
 
-    out.write(`To authorize account "${acct.name}", open this URL in a browser and sign in as ${acct.email}:\n\n  ${url}\n\n`);
+    out.write(
+      `To authorize account "${acct.name}", open this URL in a browser and sign in as ${acct.email}:\n\n  ${url}\n\n`,
+    );
     const result = new Promise<URLSearchParams>((resolve, reject) => {
       loop.onRedirect = (q) => {
         try {
@@ -265,7 +312,10 @@ async function redirectSignIn(opts: AuthorizeOptions, acct: { name: string; emai
         rl.on('line', (line) => {
           const q = parseRedirect(line);
           if (!q) {
-            if (line.trim()) out.write('That does not look like the redirect URL (it should contain code= and state=); paste the full address:\n');
+            if (line.trim())
+              out.write(
+                'That does not look like the redirect URL (it should contain code= and state=); paste the full address:\n',
+              );
             return;
           }
           try {
@@ -277,10 +327,15 @@ async function redirectSignIn(opts: AuthorizeOptions, acct: { name: string; emai
         });
         rl.on('close', () => reject(new AuthorizeError('no redirect URL was pasted (input closed)')));
       } else {
-        out.write(`Waiting for the browser to come back to ${redirectUri} ...\n(Browser on another machine? Run again with --manual.)\n`);
+        out.write(
+          `Waiting for the browser to come back to ${redirectUri} ...\n(Browser on another machine? Run again with --manual.)\n`,
+        );
       }
       const ms = opts.timeoutMs ?? 10 * 60_000;
-      timer = setTimeout(() => reject(new AuthorizeError(`gave up waiting for the authorization after ${Math.round(ms / 1000)}s`)), ms);
+      timer = setTimeout(
+        () => reject(new AuthorizeError(`gave up waiting for the authorization after ${Math.round(ms / 1000)}s`)),
+        ms,
+      );
     });
     opts.openUrl?.(url);
     return await exchange(await result);
@@ -308,9 +363,14 @@ export function parseRedirect(text: string): URLSearchParams | null {
 function checkRedirect(q: URLSearchParams, state: string): string {
   // State first: an error= from someone else's redirect is as untrusted as a code.
   if (q.get('state') !== state)
-    throw new AuthorizeError('state mismatch: this redirect does not belong to this authorization attempt; rejected. Run authorize again.');
+    throw new AuthorizeError(
+      'state mismatch: this redirect does not belong to this authorization attempt; rejected. Run authorize again.',
+    );
   const err = q.get('error');
-  if (err) throw new AuthorizeError(err === 'access_denied' ? 'access was denied in the browser' : `authorization failed: ${err}`);
+  if (err)
+    throw new AuthorizeError(
+      err === 'access_denied' ? 'access was denied in the browser' : `authorization failed: ${err}`,
+    );
   const code = q.get('code');
   if (!code) throw new AuthorizeError('the redirect carries no authorization code');
   return code;
@@ -320,7 +380,9 @@ function checkRedirect(q: URLSearchParams, state: string): string {
 function emailFromIdToken(idToken: string | null | undefined): string | null {
   if (!idToken) return null;
   try {
-    const payload = JSON.parse(Buffer.from(idToken.split('.')[1] ?? '', 'base64url').toString('utf8')) as { email?: unknown };
+    const payload = JSON.parse(Buffer.from(idToken.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+      email?: unknown;
+    };
     return typeof payload.email === 'string' ? payload.email : null;
   } catch {
     return null;
@@ -357,7 +419,11 @@ async function startLoopback(): Promise<Loopback> {
     const handler = loop.onRedirect;
     loop.onRedirect = undefined; // one answer per authorization attempt
     const r = handler(q);
-    res.writeHead(r.ok ? 200 : 400, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store', Connection: 'close' });
+    res.writeHead(r.ok ? 200 : 400, {
+      'Content-Type': 'text/html; charset=utf-8',
+      'Cache-Control': 'no-store',
+      Connection: 'close',
+    });
     res.end(page(r.ok, r.text));
   });
   await new Promise<void>((resolve, reject) => {

@@ -10,7 +10,14 @@ import { addSecret, redactString } from '../log/redact.js';
 import type { HealthState } from '../types.js';
 import { accountIdentity, classifyTokenError, type HttpOptions, type TokenResponse } from './client.js';
 import { classifyMicrosoftError } from '../providers/microsoft.js';
-import { AccountConfigError, LocalError, NeedsReauthError, fixHint, registerRefreshToken, type Slot } from './account.js';
+import {
+  AccountConfigError,
+  LocalError,
+  NeedsReauthError,
+  fixHint,
+  registerRefreshToken,
+  type Slot,
+} from './account.js';
 import type { GrantContext } from './grants/refresher.js';
 import { HealthBook } from './health.js';
 import type { StoreData, TokenRecord, TokenStore } from './store.js';
@@ -85,11 +92,14 @@ export class TokenCache {
     const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
     if (!opts.force && valid && s.expiresAt! - t > skew(s)) return s.accessToken!;
     if (s.inflight) return s.inflight;
-    if (opts.force && valid && s.forced && s.obtainedAt !== undefined && t - s.obtainedAt < FORCED_SHARE_MS) return s.accessToken!;
+    if (opts.force && valid && s.forced && s.obtainedAt !== undefined && t - s.obtainedAt < FORCED_SHARE_MS)
+      return s.accessToken!;
     if (t < s.backoffUntil) {
       // The endpoint failed recently: keep using a still-valid token rather than hammering it.
       if (!opts.force && valid) return s.accessToken!;
-      throw new Error(`account ${account}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`);
+      throw new Error(
+        `account ${account}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`,
+      );
     }
     return this.startRefresh(s, opts.force === true);
   }
@@ -110,9 +120,14 @@ export class TokenCache {
     const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
     if (s.inflight) return s.inflight;
     if (valid && s.accessToken !== rejected) return Promise.resolve(s.accessToken!);
-    if (valid && s.unproven) return Promise.reject(new NeedsReauthError(name, 'the upstream refused a freshly refreshed access token too'));
+    if (valid && s.unproven)
+      return Promise.reject(new NeedsReauthError(name, 'the upstream refused a freshly refreshed access token too'));
     if (t < s.backoffUntil)
-      return Promise.reject(new Error(`account ${name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`));
+      return Promise.reject(
+        new Error(
+          `account ${name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`,
+        ),
+      );
     this.log.info('the upstream refused the access token; getting a new one', { account: name });
     return this.startRefresh(s, true);
   }
@@ -148,7 +163,8 @@ export class TokenCache {
     let tokens: TokenResponse;
     try {
       if (s.configError) throw new AccountConfigError(s.configError);
-      if (!s.refresher) throw new AccountConfigError(`oauth.type ${s.cfg.oauth.type} is not supported for provider ${s.cfg.provider}`);
+      if (!s.refresher)
+        throw new AccountConfigError(`oauth.type ${s.cfg.oauth.type} is not supported for provider ${s.cfg.provider}`);
       tokens = await s.refresher.refresh(usedRt);
     } catch (err) {
       throw await this.refreshFailed(s, err, usedRt);
@@ -190,10 +206,24 @@ export class TokenCache {
     const iso = new Date(t).toISOString();
     const expIso = new Date(expiresAt).toISOString();
     const accessTokenFor = accountIdentity(s.cfg);
-    s.rec = { ...s.rec, accessToken, accessTokenExpiresAt: expIso, accessTokenFor, lastRefreshAt: iso, lastError: undefined, state: 'ok' };
+    s.rec = {
+      ...s.rec,
+      accessToken,
+      accessTokenExpiresAt: expIso,
+      accessTokenFor,
+      lastRefreshAt: iso,
+      lastError: undefined,
+      state: 'ok',
+    };
     try {
       await this.persist(s, (r) => {
-        const next: TokenRecord = { ...(r ?? { state: 'ok' }), accessToken, accessTokenExpiresAt: expIso, accessTokenFor, lastRefreshAt: iso };
+        const next: TokenRecord = {
+          ...(r ?? { state: 'ok' }),
+          accessToken,
+          accessTokenExpiresAt: expIso,
+          accessTokenFor,
+          lastRefreshAt: iso,
+        };
         if (!r || r.refreshToken === s.rec.refreshToken) {
           next.state = 'ok';
           delete next.lastError;
@@ -219,7 +249,10 @@ export class TokenCache {
       this.setState(s, 'error');
       return new Error(`account ${name}: ${err.message}`);
     }
-    const c = err instanceof LocalError ? { dead: false, code: undefined, message: redactString(err.message) } : (classifyMicrosoftError(err) ?? classifyTokenError(err, this.http));
+    const c =
+      err instanceof LocalError
+        ? { dead: false, code: undefined, message: redactString(err.message) }
+        : (classifyMicrosoftError(err) ?? classifyTokenError(err, this.http));
     if (c.dead) {
       if (usedRt !== undefined && s.rec.refreshToken !== usedRt && s.rec.refreshToken) {
         // A new refresh token arrived (token import) while this one was being refused.
@@ -245,7 +278,11 @@ export class TokenCache {
     try {
       await this.persist(s, (r) => {
         if (!r) return r;
-        return { ...r, lastError: c.message, ...(stillValid || r.state === 'needs-reauth' ? {} : { state: 'error' as const }) };
+        return {
+          ...r,
+          lastError: c.message,
+          ...(stillValid || r.state === 'needs-reauth' ? {} : { state: 'error' as const }),
+        };
       });
     } catch {
       /* status bookkeeping only */
@@ -264,11 +301,19 @@ export class TokenCache {
     try {
       await this.persist(s, (r) => {
         if (r?.refreshToken && r.refreshToken !== oldRt && r.refreshToken !== newRt) return r; // someone imported a newer grant
-        return { ...(r ?? { state: 'ok' }), refreshToken: newRt, refreshTokenIssuedAt: iso, refreshTokenExpiresAt: rtExp };
+        return {
+          ...(r ?? { state: 'ok' }),
+          refreshToken: newRt,
+          refreshTokenIssuedAt: iso,
+          refreshTokenExpiresAt: rtExp,
+        };
       });
       this.log.info('refresh token rotated and saved', { account: s.cfg.name });
     } catch (e) {
-      this.log.error(`account ${s.cfg.name}: could not save the rotated refresh token; will retry on the next refresh`, { account: s.cfg.name, err: e });
+      this.log.error(
+        `account ${s.cfg.name}: could not save the rotated refresh token; will retry on the next refresh`,
+        { account: s.cfg.name, err: e },
+      );
       throw new LocalError(`could not save the rotated refresh token: ${(e as Error).message}`);
     }
   }
@@ -292,19 +337,37 @@ export class TokenCache {
     const name = s.cfg.name;
     s.accessToken = undefined;
     s.expiresAt = undefined;
-    s.rec = { ...s.rec, state: 'needs-reauth', lastError: reason, accessToken: undefined, accessTokenExpiresAt: undefined };
+    s.rec = {
+      ...s.rec,
+      state: 'needs-reauth',
+      lastError: reason,
+      accessToken: undefined,
+      accessTokenExpiresAt: undefined,
+    };
     if (s.state !== 'needs-reauth') {
       // The one loud line: what happened, that mail is safe, and the exact fix.
-      this.log.error(`account ${name} needs re-authorization: ${reason.replace(/\.$/, '')}. Its mail is held (not bounced). Fix: ${fixHint(s.cfg)}`, {
-        account: name,
-        reason,
-      });
+      this.log.error(
+        `account ${name} needs re-authorization: ${reason.replace(/\.$/, '')}. Its mail is held (not bounced). Fix: ${fixHint(s.cfg)}`,
+        {
+          account: name,
+          reason,
+        },
+      );
     }
     this.setState(s, 'needs-reauth');
     return this.persist(s, (r) => {
       if (usedRt !== undefined && r?.refreshToken !== undefined && r.refreshToken !== usedRt) return r;
-      return { ...(r ?? {}), state: 'needs-reauth', lastError: reason, accessToken: undefined, accessTokenExpiresAt: undefined, accessTokenFor: undefined };
-    }).catch((e: unknown) => this.log.warn(`account ${name}: could not save needs-reauth state`, { account: name, err: e }));
+      return {
+        ...(r ?? {}),
+        state: 'needs-reauth',
+        lastError: reason,
+        accessToken: undefined,
+        accessTokenExpiresAt: undefined,
+        accessTokenFor: undefined,
+      };
+    }).catch((e: unknown) =>
+      this.log.warn(`account ${name}: could not save needs-reauth state`, { account: name, err: e }),
+    );
   }
 
   protected setState(s: Slot, state: HealthState): void {

@@ -82,7 +82,9 @@ export class InvalidTokenResponse extends Error {
     readonly contentType: string,
     readonly bytes: number,
   ) {
-    super(`token endpoint sent invalid JSON in the response (HTTP ${status}, ${contentType || 'no content type'}, ${bytes} bytes)`);
+    super(
+      `token endpoint sent invalid JSON in the response (HTTP ${status}, ${contentType || 'no content type'}, ${bytes} bytes)`,
+    );
     this.name = 'InvalidTokenResponse';
   }
 }
@@ -110,7 +112,11 @@ export function rejectNonJson(transporter: Gaxios): void {
  * never stalls delivery for several timeouts and a single-use authorization code is not
  * POSTed twice. A connection that dies without an answer is retried once, 408/429/5xx twice.
  */
-export function retryTokenRequest(err: { code?: unknown; response?: { status: number }; config?: { retryConfig?: { currentRetryAttempt?: number } } }): boolean {
+export function retryTokenRequest(err: {
+  code?: unknown;
+  response?: { status: number };
+  config?: { retryConfig?: { currentRetryAttempt?: number } };
+}): boolean {
   if (err.code === 'TimeoutError') return false;
   const attempt = err.config?.retryConfig?.currentRetryAttempt ?? 0;
   if (!err.response) return attempt < 1;
@@ -134,7 +140,10 @@ export function googleApiTransporter(agent: https.Agent | undefined): Gaxios {
   return new OAuth2Client({ transporterOptions: { agent } }).transporter;
 }
 
-export function createUserClient(account: AccountConfig, opts: { redirectUri?: string; http?: HttpOptions } = {}): OAuth2Client {
+export function createUserClient(
+  account: AccountConfig,
+  opts: { redirectUri?: string; http?: HttpOptions } = {},
+): OAuth2Client {
   const oauth = account.oauth;
   if (oauth.type !== 'user') throw new Error(`account ${account.name} is a service account`);
   const clientSecret = readClientSecret(oauth);
@@ -165,7 +174,9 @@ export function readServiceAccountKey(keyFile: string): ServiceAccountKey {
     throw new Error(`cannot read service-account keyFile ${keyFile}: ${(e as Error).message.replace(/\s+/g, ' ')}`);
   }
   if (typeof json.client_email !== 'string' || typeof json.private_key !== 'string')
-    throw new Error(`service-account keyFile ${keyFile} lacks client_email or private_key (expected a Google JSON key)`);
+    throw new Error(
+      `service-account keyFile ${keyFile} lacks client_email or private_key (expected a Google JSON key)`,
+    );
   return json as ServiceAccountKey;
 }
 
@@ -210,7 +221,10 @@ export async function serviceAccountToken(
   const signingInput = `${b64(header)}.${b64(claims)}`;
   const signature = createSign('RSA-SHA256').update(signingInput).sign(key.private_key).toString('base64url');
   const assertion = `${signingInput}.${signature}`;
-  addSecret(assertion, { slot: `assertion:${key.client_email}:${oauth.subject ?? ''}`, expiresAt: (nowSec + 3600) * 1000 + 60_000 });
+  addSecret(assertion, {
+    slot: `assertion:${key.client_email}:${oauth.subject ?? ''}`,
+    expiresAt: (nowSec + 3600) * 1000 + 60_000,
+  });
   // A bare OAuth2Client only as a carrier for the library's configured HTTP transporter.
   const carrier = new OAuth2Client({ transporterOptions: transporterOptions(oauth.caFile, http) });
   rejectNonJson(carrier.transporter);
@@ -247,7 +261,14 @@ export function classifyTokenError(err: unknown, http: HttpOptions = {}): Classi
 }
 
 function classifyRaw(err: unknown, http: HttpOptions): ClassifiedError {
-  const e = err as { name?: string; message?: string; code?: unknown; status?: number; cause?: unknown; response?: { status?: number; data?: unknown; headers?: { get?(k: string): string | null } } };
+  const e = err as {
+    name?: string;
+    message?: string;
+    code?: unknown;
+    status?: number;
+    cause?: unknown;
+    response?: { status?: number; data?: unknown; headers?: { get?(k: string): string | null } };
+  };
   if (err instanceof InvalidTokenResponse) return { dead: false, code: 'invalid_response', message: err.message };
   const cause = e?.cause as { name?: string; code?: unknown } | undefined;
   if (cause instanceof InvalidTokenResponse) return { dead: false, code: 'invalid_response', message: cause.message };
@@ -256,19 +277,40 @@ function classifyRaw(err: unknown, http: HttpOptions): ClassifiedError {
   if (data && typeof data === 'object' && typeof (data as { error?: unknown }).error === 'string') {
     const d = data as { error: string; error_description?: unknown };
     const desc = typeof d.error_description === 'string' ? `: ${d.error_description}` : '';
-    return { dead: DEAD_GRANT.has(d.error), code: d.error, message: `token endpoint ${status ?? ''} ${d.error}${desc}` };
+    return {
+      dead: DEAD_GRANT.has(d.error),
+      code: d.error,
+      message: `token endpoint ${status ?? ''} ${d.error}${desc}`,
+    };
   }
   if (status) {
     // A non-OAuth body (gaxios' errorRedactor already replaced its text): name its type only.
     const type = (e?.response?.headers?.get?.('content-type') ?? '').split(';')[0];
-    return { dead: false, code: String(status), message: `token endpoint answered HTTP ${status}${type ? ` (${type}, not an OAuth error)` : ''}` };
+    return {
+      dead: false,
+      code: String(status),
+      message: `token endpoint answered HTTP ${status}${type ? ` (${type}, not an OAuth error)` : ''}`,
+    };
   }
   // gaxios aborts the request when its timeout fires; nothing else here aborts one.
-  if (e?.name === 'TimeoutError' || e?.name === 'AbortError' || cause?.name === 'AbortError' || cause?.name === 'TimeoutError') {
+  if (
+    e?.name === 'TimeoutError' ||
+    e?.name === 'AbortError' ||
+    cause?.name === 'AbortError' ||
+    cause?.name === 'TimeoutError'
+  ) {
     const ms = http.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    return { dead: false, code: 'ETIMEDOUT', message: `token endpoint timed out after ${ms % 1000 ? ms / 1000 : Math.round(ms / 1000)} s` };
+    return {
+      dead: false,
+      code: 'ETIMEDOUT',
+      message: `token endpoint timed out after ${ms % 1000 ? ms / 1000 : Math.round(ms / 1000)} s`,
+    };
   }
   const code = typeof e?.code === 'string' ? e.code : typeof cause?.code === 'string' ? cause.code : undefined;
   const msg = (e?.message ?? String(err)).split('\n')[0] ?? 'unknown error';
-  return { dead: false, code, message: `token endpoint unreachable: ${code && !msg.includes(code) ? code + ' ' : ''}${msg}` };
+  return {
+    dead: false,
+    code,
+    message: `token endpoint unreachable: ${code && !msg.includes(code) ? code + ' ' : ''}${msg}`,
+  };
 }

@@ -10,7 +10,10 @@ export const GMAIL_FULL_SCOPE = 'https://mail.google.com/';
 export const GMAIL_SEND_SCOPE = 'https://www.googleapis.com/auth/gmail.send';
 
 type ScopeAccount = Pick<AccountConfig, 'transport'> &
-  Partial<Pick<AccountConfig, 'provider' | 'email' | 'mailbox' | 'cloud'>> & { oauth?: { type: string }; upstream?: { largeMessages?: boolean } };
+  Partial<Pick<AccountConfig, 'provider' | 'email' | 'mailbox' | 'cloud'>> & {
+    oauth?: { type: string };
+    upstream?: { largeMessages?: boolean };
+  };
 
 export function scopesFor(account: ScopeAccount): string[] {
   if (account.provider === 'microsoft') return microsoftScopes(account);

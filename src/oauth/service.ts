@@ -6,7 +6,14 @@ import cron, { type ScheduledTask } from 'node-cron';
 import type { AccountConfig, Config } from '../config/schema.js';
 import { redactString } from '../log/redact.js';
 import type { AccountHealth, HealthState, TokenSource } from '../types.js';
-import { adoptStoredAccessToken, fixHint, redactOrNull, registerRefreshToken, type AccountStatus, type Slot } from './account.js';
+import {
+  adoptStoredAccessToken,
+  fixHint,
+  redactOrNull,
+  registerRefreshToken,
+  type AccountStatus,
+  type Slot,
+} from './account.js';
 import { TokenCache, type TokenServiceOptions } from './cache.js';
 import { refresherFor } from './grants/index.js';
 import { warnLapsing } from './lapse.js';
@@ -69,7 +76,8 @@ export class TokenService extends TokenCache implements TokenSource, AccountHeal
     }
     this.lastData = data;
     if (this.store.encrypted && !this.storeError) await this.store.sealAtRest(this.log);
-    for (const acct of this.config.accounts) this.slots.set(acct.name, this.storeError ? this.heldSlot(acct) : this.newSlot(acct, data.accounts[acct.name]));
+    for (const acct of this.config.accounts)
+      this.slots.set(acct.name, this.storeError ? this.heldSlot(acct) : this.newSlot(acct, data.accounts[acct.name]));
     if (this.storeError) {
       this.log.error(
         `token store unusable: ${this.storeError}. Mail is still accepted and spooled; every account's mail is held until the store is repaired (checked every ${STORE_RETRY_MS / 1000} s)`,
@@ -82,7 +90,13 @@ export class TokenService extends TokenCache implements TokenSource, AccountHeal
 
   /** An account while the store is unusable: nothing known, held with the store's message. */
   private heldSlot(acct: AccountConfig): Slot {
-    return { cfg: acct, rec: { state: 'error', lastError: this.storeError ?? undefined }, state: 'error', failures: 0, backoffUntil: 0 };
+    return {
+      cfg: acct,
+      rec: { state: 'error', lastError: this.storeError ?? undefined },
+      state: 'error',
+      failures: 0,
+      backoffUntil: 0,
+    };
   }
 
   /** Tries the unusable store again; once it loads, every account starts from what it holds. */
@@ -124,7 +138,9 @@ export class TokenService extends TokenCache implements TokenSource, AccountHeal
       this.log.error(`account ${acct.name}: ${s.configError}`, { account: acct.name });
     } else if (acct.oauth.type === 'user' && !s.rec.refreshToken) {
       s.state = 'needs-reauth';
-      this.log.warn(`account ${acct.name} has no refresh token yet; its mail is held. Fix: ${fixHint(acct)}`, { account: acct.name });
+      this.log.warn(`account ${acct.name} has no refresh token yet; its mail is held. Fix: ${fixHint(acct)}`, {
+        account: acct.name,
+      });
     } else if (rec?.state === 'needs-reauth') {
       s.state = 'needs-reauth';
       this.log.error(
@@ -177,21 +193,35 @@ export class TokenService extends TokenCache implements TokenSource, AccountHeal
       state: s.state,
       accessTokenExpiresAt: s.expiresAt !== undefined ? new Date(s.expiresAt).toISOString() : null,
       lastRefreshAt: s.rec.lastRefreshAt ?? null,
-      lastError: this.storeError ?? s.configError ?? redactOrNull(s.rec.lastError) ?? (s.cfg.oauth.type === 'user' && !s.rec.refreshToken ? 'no refresh token stored' : null),
+      lastError:
+        this.storeError ??
+        s.configError ??
+        redactOrNull(s.rec.lastError) ??
+        (s.cfg.oauth.type === 'user' && !s.rec.refreshToken ? 'no refresh token stored' : null),
       refreshTokenIssuedAt: s.rec.refreshTokenIssuedAt ?? null,
       refreshTokenExpiresAt: s.rec.refreshTokenExpiresAt ?? null,
     }));
   }
 
   /** Stores a new refresh token (import or authorize in this process); the account is ok again. */
-  async importRefreshToken(account: string, refreshToken: string, extra: { authorizedEmail?: string } = {}): Promise<void> {
+  async importRefreshToken(
+    account: string,
+    refreshToken: string,
+    extra: { authorizedEmail?: string } = {},
+  ): Promise<void> {
     const s = this.slot(account);
-    if (s.cfg.oauth.type !== 'user') throw new Error(`account ${account} is a service account; it has no refresh token to import`);
+    if (s.cfg.oauth.type !== 'user')
+      throw new Error(`account ${account} is a service account; it has no refresh token to import`);
     const rt = refreshToken.trim();
     if (!rt || /\s/.test(rt)) throw new Error('expected one refresh token (no spaces)');
     registerRefreshToken(s, rt);
     const iso = new Date(this.now()).toISOString();
-    const rec: TokenRecord = { refreshToken: rt, refreshTokenIssuedAt: iso, state: 'ok', ...(extra.authorizedEmail ? { authorizedEmail: extra.authorizedEmail } : {}) };
+    const rec: TokenRecord = {
+      refreshToken: rt,
+      refreshTokenIssuedAt: iso,
+      state: 'ok',
+      ...(extra.authorizedEmail ? { authorizedEmail: extra.authorizedEmail } : {}),
+    };
     await this.persist(s, () => ({ ...rec }));
     s.rec = { ...rec };
     s.accessToken = undefined;

@@ -55,7 +55,10 @@ export interface StoreKey {
  * The at-rest key: tokens.encryptionKeyFile, else $CREDENTIALS_DIRECTORY/token-key
  * (systemd LoadCredential), else none. Accepts 32 raw bytes, 64 hex chars or base64 text.
  */
-export function resolveStoreKey(encryptionKeyFile: string | null, env: NodeJS.ProcessEnv = process.env): StoreKey | null {
+export function resolveStoreKey(
+  encryptionKeyFile: string | null,
+  env: NodeJS.ProcessEnv = process.env,
+): StoreKey | null {
   let file: string | null = encryptionKeyFile;
   let source: string;
   if (file) {
@@ -64,10 +67,14 @@ export function resolveStoreKey(encryptionKeyFile: string | null, env: NodeJS.Pr
     try {
       st = statSync(file);
     } catch (e) {
-      throw new TokenStoreError(`cannot read token encryption key from ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new TokenStoreError(
+        `cannot read token encryption key from ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
     }
     if (st.mode & 0o077)
-      throw new TokenStoreError(`token encryption key ${file} is accessible by group/others (mode ${(st.mode & 0o777).toString(8)}); run: chmod 600 ${file}`);
+      throw new TokenStoreError(
+        `token encryption key ${file} is accessible by group/others (mode ${(st.mode & 0o777).toString(8)}); run: chmod 600 ${file}`,
+      );
   } else if (env.CREDENTIALS_DIRECTORY) {
     const cand = join(env.CREDENTIALS_DIRECTORY, 'token-key');
     try {
@@ -84,7 +91,9 @@ export function resolveStoreKey(encryptionKeyFile: string | null, env: NodeJS.Pr
   try {
     raw = readFileSync(file);
   } catch (e) {
-    throw new TokenStoreError(`cannot read token encryption key from ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new TokenStoreError(
+      `cannot read token encryption key from ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
   }
   return { key: parseKey(raw, source), source };
 }
@@ -162,14 +171,17 @@ export class TokenStore {
     try {
       parsed = JSON.parse(text) as Partial<PlainFile & SealedFile>;
     } catch {
-      throw new TokenStoreError(`token store ${file} is not valid JSON (damaged?); the previous version is in ${this.file}.bak`);
+      throw new TokenStoreError(
+        `token store ${file} is not valid JSON (damaged?); the previous version is in ${this.file}.bak`,
+      );
     }
     if (parsed.format !== FORMAT) throw new TokenStoreError(`${file} is not an xoauth2-bridge token store`);
     if (parsed.encryption === undefined) {
       // A plaintext store while a key is configured is read as-is; sealAtRest or the next write seals it.
       return { data: { accounts: parsed.accounts ?? {} }, onDisk: 'plaintext' };
     }
-    if (parsed.encryption !== 'aes-256-gcm') throw new TokenStoreError(`${this.file}: unknown encryption ${String(parsed.encryption)}`);
+    if (parsed.encryption !== 'aes-256-gcm')
+      throw new TokenStoreError(`${this.file}: unknown encryption ${String(parsed.encryption)}`);
     const k = this.opts.key;
     if (!k)
       throw new TokenStoreError(
@@ -190,7 +202,10 @@ export class TokenStore {
 
   private encode(data: StoreData): string {
     const k = this.opts.key;
-    if (!k) return JSON.stringify({ format: FORMAT, version: 1, accounts: data.accounts } satisfies PlainFile, null, 2) + '\n';
+    if (!k)
+      return (
+        JSON.stringify({ format: FORMAT, version: 1, accounts: data.accounts } satisfies PlainFile, null, 2) + '\n'
+      );
     const iv = randomBytes(12);
     const c = createCipheriv('aes-256-gcm', k.key, iv);
     c.setAAD(AAD);
@@ -217,7 +232,10 @@ export class TokenStore {
       // With a key, a plaintext version is kept as the backup only in its sealed form.
       const sealedPrevious = this.opts.key && onDisk === 'plaintext' ? this.encode(data) : null;
       fn(data);
-      await safeWrite(this.file, this.encode(data), { mode: 0o600, beforeRename: () => this.keepBackup(sealedPrevious) });
+      await safeWrite(this.file, this.encode(data), {
+        mode: 0o600,
+        beforeRename: () => this.keepBackup(sealedPrevious),
+      });
       return data;
     };
     return this.serialised(run);
@@ -247,10 +265,13 @@ export class TokenStore {
     try {
       const done = await this.serialised(() => this.seal());
       if (done.length) log.info(`token store sealed at rest (AES-256-GCM): ${done.join('; ')}`, { file: this.file });
-      else if (await this.exists(this.file)) log.info('token store encrypted at rest (AES-256-GCM)', { file: this.file });
+      else if (await this.exists(this.file))
+        log.info('token store encrypted at rest (AES-256-GCM)', { file: this.file });
       else log.info('token store will be encrypted at rest (AES-256-GCM) when first written', { file: this.file });
     } catch (e) {
-      log.error(`token store is not encrypted at rest: sealing the plaintext store failed: ${(e as Error).message}`, { file: this.file });
+      log.error(`token store is not encrypted at rest: sealing the plaintext store failed: ${(e as Error).message}`, {
+        file: this.file,
+      });
     }
   }
 

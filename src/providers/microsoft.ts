@@ -31,9 +31,19 @@ export type MsCloud = keyof typeof MS_CLOUDS;
 export const MS_CLOUD_NAMES = Object.keys(MS_CLOUDS) as [MsCloud, ...MsCloud[]];
 
 /** The Graph scopes of a cloud (the resource is the cloud's Graph host). */
-export function graphScopes(cloud: MsCloud = 'global'): { send: string; sendShared: string; readWrite: string; app: string } {
+export function graphScopes(cloud: MsCloud = 'global'): {
+  send: string;
+  sendShared: string;
+  readWrite: string;
+  app: string;
+} {
   const g = MS_CLOUDS[cloud].graph;
-  return { send: `${g}/Mail.Send`, sendShared: `${g}/Mail.Send.Shared`, readWrite: `${g}/Mail.ReadWrite`, app: `${g}/.default` };
+  return {
+    send: `${g}/Mail.Send`,
+    sendShared: `${g}/Mail.Send.Shared`,
+    readWrite: `${g}/Mail.ReadWrite`,
+    app: `${g}/.default`,
+  };
 }
 
 /** Microsoft Graph (transport graph): base URL and scopes. One token is for one resource, so Graph and SMTP scopes never mix. */
@@ -87,7 +97,13 @@ export async function microsoftCredentials(o: MicrosoftOAuth, slot: string): Pro
     const pem = readFile('privateKeyFile', o.privateKeyFile);
     addSecret(pem, { slot: `ms-key:${slot}` });
     const keyObject = createPrivateKey(pem);
-    const key = await crypto.subtle.importKey('pkcs8', keyObject.export({ type: 'pkcs8', format: 'der' }), { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }, false, ['sign']);
+    const key = await crypto.subtle.importKey(
+      'pkcs8',
+      keyObject.export({ type: 'pkcs8', format: 'der' }),
+      { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' },
+      false,
+      ['sign'],
+    );
     // Entra ID finds the certificate by its thumbprint in the assertion header.
     const x5t = createHash('sha1').update(cert.raw).digest('base64url');
     const x5tS256 = createHash('sha256').update(cert.raw).digest('base64url');
@@ -123,16 +139,21 @@ function httpsFetch(agent: https.Agent | undefined, timeoutMs: number): typeof f
       new Headers(init?.headers).forEach((v, k) => {
         headers[k] = v;
       });
-      const req = https.request(url, { method: init?.method ?? 'GET', headers, agent, minVersion: 'TLSv1.2', timeout: timeoutMs }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const h = new Headers();
-          for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) h.set(k, Array.isArray(v) ? v.join(', ') : v);
-          resolve(new Response(Buffer.concat(chunks), { status: res.statusCode ?? 0, headers: h }));
-        });
-        res.on('error', reject);
-      });
+      const req = https.request(
+        url,
+        { method: init?.method ?? 'GET', headers, agent, minVersion: 'TLSv1.2', timeout: timeoutMs },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const h = new Headers();
+            for (const [k, v] of Object.entries(res.headers))
+              if (v !== undefined) h.set(k, Array.isArray(v) ? v.join(', ') : v);
+            resolve(new Response(Buffer.concat(chunks), { status: res.statusCode ?? 0, headers: h }));
+          });
+          res.on('error', reject);
+        },
+      );
       req.on('timeout', () => {
         const e = new Error(`timed out after ${timeoutMs / 1000} s`);
         e.name = 'TimeoutError';
@@ -154,7 +175,12 @@ export interface MicrosoftRequest {
 
 function server(o: MicrosoftOAuth): oauth.AuthorizationServer {
   const devicecode = o.tokenUrl.replace(/\/token$/, '/devicecode');
-  return { issuer: new URL(o.tokenUrl).origin, token_endpoint: o.tokenUrl, authorization_endpoint: o.authUrl, device_authorization_endpoint: devicecode };
+  return {
+    issuer: new URL(o.tokenUrl).origin,
+    token_endpoint: o.tokenUrl,
+    authorization_endpoint: o.authUrl,
+    device_authorization_endpoint: devicecode,
+  };
 }
 
 /** A delegated grant as the token endpoint gave it (authorization code or device code). */
@@ -167,8 +193,14 @@ export interface MicrosoftGrant {
 }
 
 function grantOf(body: oauth.TokenEndpointResponse): MicrosoftGrant {
-  if (!body.refresh_token) throw new Error('Microsoft returned no refresh token (the scope offline_access was not granted)');
-  return { refreshToken: body.refresh_token, accessToken: body.access_token, expiresInSec: body.expires_in, scope: body.scope };
+  if (!body.refresh_token)
+    throw new Error('Microsoft returned no refresh token (the scope offline_access was not granted)');
+  return {
+    refreshToken: body.refresh_token,
+    accessToken: body.access_token,
+    expiresInSec: body.expires_in,
+    scope: body.scope,
+  };
 }
 
 function delegatedScopes(r: MicrosoftRequest): string {
@@ -204,10 +236,18 @@ export async function microsoftCodeFlow(
     async exchange(q) {
       const params = oauth.validateAuthResponse(as, client, q, p.state);
       addSecret(params.get('code') ?? '');
-      const res = await oauth.authorizationCodeGrantRequest(as, client, r.credentials.auth, params, p.redirectUri, verifier, {
-        additionalParameters: { scope: delegatedScopes(r) },
-        [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
-      });
+      const res = await oauth.authorizationCodeGrantRequest(
+        as,
+        client,
+        r.credentials.auth,
+        params,
+        p.redirectUri,
+        verifier,
+        {
+          additionalParameters: { scope: delegatedScopes(r) },
+          [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
+        },
+      );
       return grantOf(await oauth.processAuthorizationCodeResponse(as, client, res));
     },
   };
@@ -227,7 +267,10 @@ export interface DeviceCode {
  * endpoint every `interval` seconds (5 more after each slow_down) until the user has signed in,
  * the code expired, or the user declined.
  */
-export async function microsoftDeviceFlow(r: MicrosoftRequest, sleep: (ms: number) => Promise<void>): Promise<{ code: DeviceCode; poll(): Promise<MicrosoftGrant> }> {
+export async function microsoftDeviceFlow(
+  r: MicrosoftRequest,
+  sleep: (ms: number) => Promise<void>,
+): Promise<{ code: DeviceCode; poll(): Promise<MicrosoftGrant> }> {
   const as = server(r.oauth);
   const client: oauth.Client = { client_id: r.oauth.clientId };
   const fetchOpt = { [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs) };
@@ -282,9 +325,15 @@ export async function microsoftRefresh(r: MicrosoftRequest, refreshToken: string
 /** App-only: client_credentials grant for Exchange Online's .default scope. */
 export async function microsoftAppToken(r: MicrosoftRequest): Promise<MicrosoftTokens> {
   const client: oauth.Client = { client_id: r.oauth.clientId };
-  const res = await oauth.clientCredentialsGrantRequest(server(r.oauth), client, r.credentials.auth, { scope: r.scopes?.[0] ?? MS_APP_SCOPE }, {
-    [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
-  });
+  const res = await oauth.clientCredentialsGrantRequest(
+    server(r.oauth),
+    client,
+    r.credentials.auth,
+    { scope: r.scopes?.[0] ?? MS_APP_SCOPE },
+    {
+      [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
+    },
+  );
   const body = await oauth.processClientCredentialsResponse(server(r.oauth), client, res);
   return { access_token: body.access_token, expires_in: body.expires_in };
 }
@@ -304,13 +353,15 @@ const REAUTH_CODES: Record<string, string> = {
   '54005': 'the authorization code was already redeemed',
 };
 const CLIENT_CODES: Record<string, string> = {
-  '7000215': 'the client secret is wrong (use the secret\'s Value, not its ID)',
-  '7000222': 'the client secret has expired: create a new one under App registrations > Certificates & secrets and update oauth.clientSecret(File)',
+  '7000215': "the client secret is wrong (use the secret's Value, not its ID)",
+  '7000222':
+    'the client secret has expired: create a new one under App registrations > Certificates & secrets and update oauth.clientSecret(File)',
   '700027': 'the certificate assertion was refused (certificate not uploaded to the app registration, or expired)',
   '700024': 'the client assertion is outside its valid time range (check the clock)',
   '700023': 'the client assertion has the wrong audience (tenant or authorityHost mismatch)',
   '700021': 'the client assertion names another application than oauth.clientId',
-  '7000218': 'the app registration requires a client secret or certificate (or enable "Allow public client flows" for a delegated account without one)',
+  '7000218':
+    'the app registration requires a client secret or certificate (or enable "Allow public client flows" for a delegated account without one)',
   '700016': 'the application (client ID) was not found in this tenant',
   '90002': 'the tenant was not found',
 };
@@ -319,14 +370,24 @@ const CLIENT_CODES: Record<string, string> = {
  * Microsoft's token-endpoint errors keep their AADSTS code in the message. A dead grant or
  * a dead client credential (wrong/expired secret) needs a person: needs-reauth.
  */
-export function classifyMicrosoftError(err: unknown): { dead: boolean; code: string | undefined; message: string } | null {
+export function classifyMicrosoftError(
+  err: unknown,
+): { dead: boolean; code: string | undefined; message: string } | null {
   if (!(err instanceof oauth.ResponseBodyError)) return null;
   const desc = (err.error_description ?? '').split(/\r?\n/)[0];
   const aadsts = /AADSTS(\d+)/.exec(desc)?.[1];
   const known = aadsts ? (REAUTH_CODES[aadsts] ?? CLIENT_CODES[aadsts]) : undefined;
-  const dead = err.error === 'invalid_grant' || err.error === 'interaction_required' || (aadsts !== undefined && aadsts in CLIENT_CODES) || err.error === 'unauthorized_client';
+  const dead =
+    err.error === 'invalid_grant' ||
+    err.error === 'interaction_required' ||
+    (aadsts !== undefined && aadsts in CLIENT_CODES) ||
+    err.error === 'unauthorized_client';
   const what = known ? `${known} (AADSTS${aadsts})` : desc;
-  return { dead, code: aadsts ? `AADSTS${aadsts}` : err.error, message: redactString(`token endpoint ${err.status} ${err.error}: ${what}`).slice(0, 400) };
+  return {
+    dead,
+    code: aadsts ? `AADSTS${aadsts}` : err.error,
+    message: redactString(`token endpoint ${err.status} ${err.error}: ${what}`).slice(0, 400),
+  };
 }
 
 /**
@@ -334,9 +395,16 @@ export function classifyMicrosoftError(err: unknown): { dead: boolean; code: str
  * exact fix (SMTP AUTH disabled; app-only without mailbox rights), or a permanent refusal
  * with a clear bounce reason (send-as denied).
  */
-export function exchangeReply(text: string, o: { type: string }, mailbox: string): { hold?: string; explain?: string; quota?: boolean } | null {
+export function exchangeReply(
+  text: string,
+  o: { type: string },
+  mailbox: string,
+): { hold?: string; explain?: string; quota?: boolean } | null {
   if (/SubmissionQuotaExceeded/i.test(text))
-    return { quota: true, explain: `Exchange Online's sending limit for ${mailbox} is reached (10,000 recipients a day); the mail waits` };
+    return {
+      quota: true,
+      explain: `Exchange Online's sending limit for ${mailbox} is reached (10,000 recipients a day); the mail waits`,
+    };
   if (/\b5\.7\.139\b/.test(text))
     return {
       hold: `SMTP AUTH is disabled for ${mailbox} (or tenant-wide). Fix: Set-CASMailbox -Identity ${mailbox} -SmtpClientAuthenticationDisabled $false   (and check Security Defaults), then run: xoauth2-bridge token refresh ACCOUNT`,
@@ -350,6 +418,8 @@ export function exchangeReply(text: string, o: { type: string }, mailbox: string
       explain: `Exchange refused the token for ${mailbox}: run xoauth2-bridge authorize ACCOUNT and sign in as ${mailbox}; if it persists, check that SMTP AUTH is enabled for the mailbox (Set-CASMailbox -Identity ${mailbox} -SmtpClientAuthenticationDisabled $false) and that Security Defaults do not block it`,
     };
   if (/\b5\.7\.60\b|\b5\.2\.252\b/.test(text))
-    return { explain: `the mailbox ${mailbox} may not send as this sender (grant Send As, or send from the mailbox's own address)` };
+    return {
+      explain: `the mailbox ${mailbox} may not send as this sender (grant Send As, or send from the mailbox's own address)`,
+    };
   return null;
 }

@@ -31,11 +31,16 @@ export async function checkSpoolDir(path: string, opts: { create?: boolean } = {
     throw new SpoolDirError(
       `spool directory ${path} is a symbolic link; the spool writes only into its own directories: move what you need out of the link's target, remove the link (rm ${path}) and start again (the directory is recreated)`,
     );
-  if (!st.isDirectory()) throw new SpoolDirError(`spool directory ${path} is not a directory: move it away (mv ${path} ${path}.old) and start again (the directory is recreated)`);
+  if (!st.isDirectory())
+    throw new SpoolDirError(
+      `spool directory ${path} is not a directory: move it away (mv ${path} ${path}.old) and start again (the directory is recreated)`,
+    );
   const uid = process.getuid?.();
   if (uid !== undefined && st.uid !== uid) {
     const me = userInfo().username;
-    throw new SpoolDirError(`spool directory ${path} belongs to uid ${st.uid}, not to ${me} (uid ${uid}) that runs the spool: chown -R ${me}: ${path}`);
+    throw new SpoolDirError(
+      `spool directory ${path} belongs to uid ${st.uid}, not to ${me} (uid ${uid}) that runs the spool: chown -R ${me}: ${path}`,
+    );
   }
   if (st.mode & 0o022)
     throw new SpoolDirError(

@@ -64,7 +64,10 @@ export class SpoolWriteError extends Error {
 
 /** The message went over `maxBytes` (the source was drained, nothing kept): the listener answers 552 5.3.4. */
 export class SpoolSizeError extends Error {
-  constructor(readonly size: number, readonly maxBytes: number) {
+  constructor(
+    readonly size: number,
+    readonly maxBytes: number,
+  ) {
     super(`message size ${size} exceeds the limit of ${maxBytes} bytes`);
     this.name = 'SpoolSizeError';
   }
@@ -172,7 +175,11 @@ export class Spool {
   /** The message of a queued envelope (a version-3 queue file, or an older spool's ID.eml). */
   message(env: SpooledEnvelope): MessageSource {
     const bytes = this.recent.get(env.id);
-    return { path: join(this.dir, messageFileName(env)), size: env.size, ...(bytes && bytes.length === env.size ? { bytes } : {}) };
+    return {
+      path: join(this.dir, messageFileName(env)),
+      size: env.size,
+      ...(bytes && bytes.length === env.size ? { bytes } : {}),
+    };
   }
 
   /** The message of an envelope in failed/. */
@@ -277,7 +284,11 @@ export class Spool {
    * Source errors reject with the source's error; storage errors with SpoolWriteError. In
    * both cases no file is left behind.
    */
-  async receive(source: AsyncIterable<Buffer | string> | Iterable<Buffer> | NodeJS.ReadableStream, meta: NewMessage, opts: ReceiveOptions = {}): Promise<SpooledEnvelope> {
+  async receive(
+    source: AsyncIterable<Buffer | string> | Iterable<Buffer> | NodeJS.ReadableStream,
+    meta: NewMessage,
+    opts: ReceiveOptions = {},
+  ): Promise<SpooledEnvelope> {
     const id = newQueueId();
     const file = this.queueFilePath(id);
     let fh: FileHandle | undefined;
@@ -325,7 +336,9 @@ export class Spool {
           if (used === WRITE_BATCH) await flush();
         }
       };
-      const input = opts.prefix ? withPrefix(opts.prefix(id), source as AsyncIterable<Buffer | string>) : (source as AsyncIterable<Buffer | string>);
+      const input = opts.prefix
+        ? withPrefix(opts.prefix(id), source as AsyncIterable<Buffer | string>)
+        : (source as AsyncIterable<Buffer | string>);
       for await (const chunk of input) {
         const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
         size += buf.length;
@@ -427,7 +440,12 @@ export class Spool {
       } else {
         file = join(this.corruptDir, `${id}.msg`);
         const q = await readQueueFileAt(file, { verify: true });
-        error = q.kind === 'corrupt' ? q.error : q.kind === 'incomplete' ? 'queue file without its footer' : 'queue file damaged';
+        error =
+          q.kind === 'corrupt'
+            ? q.error
+            : q.kind === 'incomplete'
+              ? 'queue file without its footer'
+              : 'queue file damaged';
       }
       out.push({ id, state: 'corrupt', file, error });
     }
@@ -513,7 +531,13 @@ export class Spool {
    */
   async fail(env: SpooledEnvelope, reason: string): Promise<FailedEnvelope | null> {
     if (!isQueueId(env.id) || !(await exists(this.message(env).path))) return null;
-    const failed: FailedEnvelope = { ...env, state: 'failed', reason: null, failReason: reason, failedAt: new Date().toISOString() };
+    const failed: FailedEnvelope = {
+      ...env,
+      state: 'failed',
+      reason: null,
+      failReason: reason,
+      failedAt: new Date().toISOString(),
+    };
     this.dropRecent(env.id);
     this.noStateFile.delete(env.id);
     await this.writeEnvelope(this.envelopePath(env.id), failed);
@@ -587,16 +611,23 @@ export class Spool {
       this.log.error('unreadable spool envelope could not be moved to corrupt/', { file, err: e });
       return;
     }
-    this.log.error(`corrupt spool envelope ${file} moved to ${this.corruptDir} with its message; inspect it, then \`queue delete ${id}\``, {
-      id,
-      file,
-      err,
-    });
+    this.log.error(
+      `corrupt spool envelope ${file} moved to ${this.corruptDir} with its message; inspect it, then \`queue delete ${id}\``,
+      {
+        id,
+        file,
+        err,
+      },
+    );
     this.onCorrupt?.(id);
   }
 
   private writeEnvelope(dest: string, env: SpooledEnvelope): Promise<void> {
-    return safeWrite(dest, JSON.stringify(env, null, 2) + '\n', { mode: 0o600, fsync: this.fsync, syncDir: (d) => this.syncDir(d) });
+    return safeWrite(dest, JSON.stringify(env, null, 2) + '\n', {
+      mode: 0o600,
+      fsync: this.fsync,
+      syncDir: (d) => this.syncDir(d),
+    });
   }
 
   /**
@@ -656,7 +687,11 @@ export class Spool {
     const have = new Set(names);
     const out: SpooledEnvelope[] = [];
     for (const id of idsIn(names)) {
-      const env = have.has(`${id}.json`) ? await this.readEnvelope(join(dir, `${id}.json`), dir) : dir === this.dir && have.has(`${id}.msg`) ? await this.queuedFromFile(id) : null;
+      const env = have.has(`${id}.json`)
+        ? await this.readEnvelope(join(dir, `${id}.json`), dir)
+        : dir === this.dir && have.has(`${id}.msg`)
+          ? await this.queuedFromFile(id)
+          : null;
       if (env) out.push(env);
     }
     return out;
@@ -751,11 +786,13 @@ async function readQueueFileAt(path: string, opts: { verify: boolean }): Promise
     } catch (e) {
       return { kind: 'corrupt', error: `queue file envelope: ${(e as Error).message}` };
     }
-    if (env.version !== 3 || env.size !== start || !path.endsWith(`${env.id}.msg`)) return { kind: 'corrupt', error: 'queue file envelope does not match the file' };
+    if (env.version !== 3 || env.size !== start || !path.endsWith(`${env.id}.msg`))
+      return { kind: 'corrupt', error: 'queue file envelope does not match the file' };
     if (opts.verify && env.sha256) {
       const hash = createHash('sha256');
       for await (const c of openMessage({ path, size: start })) hash.update(c as Buffer);
-      if (hash.digest('hex') !== env.sha256) return { kind: 'corrupt', error: 'message bytes do not match the SHA-256 in the queue file' };
+      if (hash.digest('hex') !== env.sha256)
+        return { kind: 'corrupt', error: 'message bytes do not match the SHA-256 in the queue file' };
     }
     return { kind: 'ok', env };
   } finally {
@@ -776,7 +813,8 @@ interface EnvelopeV1 {
 /** Accepts a version-2 or -3 envelope as is and turns a version-1 one into version 2; throws on anything else. */
 export function migrateEnvelope(raw: unknown, inFailed: boolean): SpooledEnvelope {
   const o = raw as Partial<SpooledEnvelope> & Partial<EnvelopeV1>;
-  if (!o || typeof o !== 'object' || typeof o.id !== 'string' || !isQueueId(o.id) || !Array.isArray(o.rcptTo)) throw new Error('not an envelope');
+  if (!o || typeof o !== 'object' || typeof o.id !== 'string' || !isQueueId(o.id) || !Array.isArray(o.rcptTo))
+    throw new Error('not an envelope');
   if (o.version === 2 || o.version === 3) {
     if (!Array.isArray(o.rcpts) || typeof o.state !== 'string') throw new Error('envelope without rcpts/state');
     return o as SpooledEnvelope;
@@ -792,7 +830,9 @@ export function migrateEnvelope(raw: unknown, inFailed: boolean): SpooledEnvelop
     rcptTo: [...delivered, ...v1.rcptTo],
     rcpts: [
       ...delivered.map((address): Recipient => ({ address, status: 'accepted' })),
-      ...v1.rcptTo.map((address): Recipient => ({ address, status: left, ...(reply && left !== 'pending' ? { reply } : {}) })),
+      ...v1.rcptTo.map(
+        (address): Recipient => ({ address, status: left, ...(reply && left !== 'pending' ? { reply } : {}) }),
+      ),
     ],
     state: inFailed ? 'failed' : tried ? 'deferred' : 'queued',
     reason: null,

@@ -31,7 +31,10 @@ export function mailboxKey(address: string): string {
   const a = address.trim();
   const at = a.lastIndexOf('@');
   if (at <= 0) return a;
-  const domain = a.slice(at + 1).replace(/\.$/, '').toLowerCase();
+  const domain = a
+    .slice(at + 1)
+    .replace(/\.$/, '')
+    .toLowerCase();
   return `${localPartValue(a.slice(0, at))}@${domainToASCII(domain) || domain}`;
 }
 
@@ -45,17 +48,27 @@ export function headerRecipients(header: string): string[] {
 }
 
 /** Compares the envelope with the header recipients; never adds one outside the envelope, never drops one. */
-export function planRecipients(rcptTo: readonly string[], inHeaders: readonly string[], maxRecipients: number): ApiPlan {
+export function planRecipients(
+  rcptTo: readonly string[],
+  inHeaders: readonly string[],
+  maxRecipients: number,
+): ApiPlan {
   const envelope = new Set(rcptTo.map(mailboxKey));
   const named = new Set(inHeaders.map(mailboxKey));
   const outside = [...new Set(inHeaders.filter((a) => !envelope.has(mailboxKey(a))))];
   if (outside.length) {
     const list = outside.slice(0, 5).join(', ') + (outside.length > 5 ? ` and ${outside.length - 5} more` : '');
-    return { ok: false, reason: `the Gmail API would also send to ${list}: the To/Cc/Bcc headers name ${outside.length === 1 ? 'an address' : 'addresses'} this envelope does not contain` };
+    return {
+      ok: false,
+      reason: `the Gmail API would also send to ${list}: the To/Cc/Bcc headers name ${outside.length === 1 ? 'an address' : 'addresses'} this envelope does not contain`,
+    };
   }
   // One API call reaches every header recipient at once: it cannot be split like an SMTP transaction.
   if (rcptTo.length > maxRecipients)
-    return { ok: false, reason: `the Gmail API cannot split ${rcptTo.length} recipients into transactions of limits.recipientsPerMessage (${maxRecipients})` };
+    return {
+      ok: false,
+      reason: `the Gmail API cannot split ${rcptTo.length} recipients into transactions of limits.recipientsPerMessage (${maxRecipients})`,
+    };
   const seen = new Set<string>();
   const bcc: string[] = [];
   for (const r of rcptTo) {
@@ -68,7 +81,10 @@ export function planRecipients(rcptTo: readonly string[], inHeaders: readonly st
   if (unwritable.length)
     return {
       ok: false,
-      reason: `the Gmail API takes recipients from the Bcc header, and no RFC 5322 address can express ${unwritable.slice(0, 5).map((a) => JSON.stringify(a)).join(', ')}${unwritable.length > 5 ? ` and ${unwritable.length - 5} more` : ''}`,
+      reason: `the Gmail API takes recipients from the Bcc header, and no RFC 5322 address can express ${unwritable
+        .slice(0, 5)
+        .map((a) => JSON.stringify(a))
+        .join(', ')}${unwritable.length > 5 ? ` and ${unwritable.length - 5} more` : ''}`,
     };
   return { ok: true, bcc };
 }
@@ -109,8 +125,16 @@ export function bccField(bcc: readonly string[]): string {
 }
 
 /** Reads the message's header and plans the API send for these envelope recipients. */
-export async function planApiSend(msg: MessageSource, rcptTo: readonly string[], maxRecipients: number): Promise<ApiPlan> {
+export async function planApiSend(
+  msg: MessageSource,
+  rcptTo: readonly string[],
+  maxRecipients: number,
+): Promise<ApiPlan> {
   const header = await readHeader(msg);
-  if (header === null) return { ok: false, reason: `the header section is longer than ${MAX_HEADER_BYTES / 1024} KB; its recipients cannot be checked` };
+  if (header === null)
+    return {
+      ok: false,
+      reason: `the header section is longer than ${MAX_HEADER_BYTES / 1024} KB; its recipients cannot be checked`,
+    };
   return planRecipients(rcptTo, headerRecipients(header), maxRecipients);
 }

@@ -51,7 +51,10 @@ class TokenRejected extends Error {
 
 /** The nodemailer 10.6.1 pool internals read by messageOfConnection. */
 interface PoolInternals {
-  _connections?: Array<{ auth?: { oauth2?: unknown }; queueEntry?: false | { mail?: { message?: { messageId?: () => string } } } }>;
+  _connections?: Array<{
+    auth?: { oauth2?: unknown };
+    queueEntry?: false | { mail?: { message?: { messageId?: () => string } } };
+  }>;
 }
 
 /**
@@ -145,7 +148,12 @@ export class GmailUpstream implements Upstream {
         // XOAuth2 object, holding the token it was given). After a 334 challenge and 535 it
         // calls again with renew=true: that is refused (TokenRejected), so the rejection ends
         // the attempt and send() below handles it like a bare 535: one retry per rejection.
-        provisionCallback(this: { accessToken?: string | false }, _user: string, renew: boolean, cb: (err: Error | null, token?: string) => void) {
+        provisionCallback(
+          this: { accessToken?: string | false },
+          _user: string,
+          renew: boolean,
+          cb: (err: Error | null, token?: string) => void,
+        ) {
           if (renew) {
             cb(new TokenRejected(this.accessToken || undefined));
             return;
@@ -170,12 +178,22 @@ export class GmailUpstream implements Upstream {
   async send(env: Envelope, message: MessageSource): Promise<SendResult> {
     const r = await this.attempt(env, message);
     // Replies and token errors end up in the envelope (spool), queue list and logs.
-    return { ...r, response: redactString(r.response), rejected: r.rejected.map((x) => ({ ...x, response: redactString(x.response) })) };
+    return {
+      ...r,
+      response: redactString(r.response),
+      rejected: r.rejected.map((x) => ({ ...x, response: redactString(x.response) })),
+    };
   }
 
   private async attempt(env: Envelope, message: MessageSource): Promise<SendResult> {
     const acct = this.config.accounts.find((a) => a.name === env.account);
-    if (!acct) return { outcome: 'transient', response: `account "${env.account}" is not configured`, accepted: [], rejected: [] };
+    if (!acct)
+      return {
+        outcome: 'transient',
+        response: `account "${env.account}" is not configured`,
+        accepted: [],
+        rejected: [],
+      };
     const t = this.transportFor(acct);
     const accepted: string[] = [];
     const rejected: RecipientResult[] = [];
@@ -186,7 +204,14 @@ export class GmailUpstream implements Upstream {
     }
   }
 
-  private async chunks(acct: AccountConfig, t: AccountTransport, env: Envelope, message: MessageSource, accepted: string[], rejected: RecipientResult[]): Promise<SendResult> {
+  private async chunks(
+    acct: AccountConfig,
+    t: AccountTransport,
+    env: Envelope,
+    message: MessageSource,
+    accepted: string[],
+    rejected: RecipientResult[],
+  ): Promise<SendResult> {
     const per = acct.limits.recipientsPerMessage;
     let lastResponse = '';
     let renewed = false;
@@ -196,31 +221,48 @@ export class GmailUpstream implements Upstream {
       const chunk = env.rcptTo.slice(i, i + per);
       this.authTokens.delete(env.id);
       try {
-        const info = await sendRaw(t.transport, env.id, { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size }, message);
+        const info = await sendRaw(
+          t.transport,
+          env.id,
+          { from: env.mailFrom, to: chunk, use8BitMime: env.bodyType === '8bitmime', size: env.size },
+          message,
+        );
         // A new connection authenticated for this chunk: its token works.
         const used = this.authTokens.get(env.id);
         if (used !== undefined) this.tokens.tokenWorked?.(acct.name, used);
         lastResponse = info.response ?? '';
         // nodemailer takes any reply starting with "2" as success; only a real 250 is.
         if (!/^250(?:[ -]|$)/.test(lastResponse))
-          return { outcome: 'transient', response: `malformed reply to DATA: ${oneLine(lastResponse) || '(empty)'}`, accepted, rejected };
+          return {
+            outcome: 'transient',
+            response: `malformed reply to DATA: ${oneLine(lastResponse) || '(empty)'}`,
+            accepted,
+            rejected,
+          };
         const ok = new Set((info.accepted as (string | { address: string })[]).map(addr));
         for (const r of chunk) if (ok.has(r.toLowerCase())) accepted.push(r);
         collectRejected(info as unknown as { rejectedErrors?: UpstreamError[]; rejected?: unknown[] }, chunk, rejected);
         // Recipients answered 4xx inside an otherwise good transaction stay pending.
         const pending = chunk.filter((r) => !ok.has(r.toLowerCase()) && !rejected.some((x) => x.rcpt === r));
-        if (pending.length) return { outcome: 'transient', response: lastResponse || 'some recipients deferred', accepted, rejected };
+        if (pending.length)
+          return { outcome: 'transient', response: lastResponse || 'some recipients deferred', accepted, rejected };
       } catch (e) {
         const err = e as UpstreamError & { rejectedErrors?: UpstreamError[]; rejected?: unknown[] };
         if (e instanceof TokenUnavailable) {
           const reauth = e.reason instanceof NeedsReauthError;
           return { outcome: reauth ? 'auth' : 'transient', response: `token: ${e.reason.message}`, accepted, rejected };
         }
-        const ms = acct.provider === 'microsoft' ? exchangeReply(replyText(err), acct.oauth, acct.mailbox ?? acct.email) : null;
+        const ms =
+          acct.provider === 'microsoft' ? exchangeReply(replyText(err), acct.oauth, acct.mailbox ?? acct.email) : null;
         if (ms?.hold && (renewed || !/\b5\.7\.3\b/.test(replyText(err)))) {
           // Only an operator can fix this (5.7.139 at once; app-only 5.7.3 after a fresh token was refused too).
           this.tokens.holdAccount?.(acct.name, ms.hold, OPERATOR_HOLD_MS);
-          return { outcome: 'transient', response: `${replyText(err)} (held: ${ms.hold.replace(/ACCOUNT\b/g, acct.name)})`, accepted, rejected };
+          return {
+            outcome: 'transient',
+            response: `${replyText(err)} (held: ${ms.hold.replace(/ACCOUNT\b/g, acct.name)})`,
+            accepted,
+            rejected,
+          };
         }
         if (!renewed && (e instanceof TokenRejected || (err.code === 'EAUTH' && classifyError(err) === 'auth'))) {
           // The server refused the token (after a 334 challenge, or a bare 535). The token
@@ -230,15 +272,24 @@ export class GmailUpstream implements Upstream {
           const refused = e instanceof TokenRejected ? e.token : this.authTokens.get(env.id);
           renewed = true;
           try {
-            await this.tokens.getAccessToken(acct.name, refused !== undefined ? { rejected: refused } : { force: true });
+            await this.tokens.getAccessToken(
+              acct.name,
+              refused !== undefined ? { rejected: refused } : { force: true },
+            );
           } catch (te) {
             const reauth = te instanceof NeedsReauthError;
-            return { outcome: reauth ? 'auth' : 'transient', response: `token: ${(te as Error).message}`, accepted, rejected };
+            return {
+              outcome: reauth ? 'auth' : 'transient',
+              response: `token: ${(te as Error).message}`,
+              accepted,
+              rejected,
+            };
           }
           i -= per;
           continue;
         }
-        if (e instanceof TokenRejected) return { outcome: 'auth', response: `${e.message} again, after a new one`, accepted, rejected };
+        if (e instanceof TokenRejected)
+          return { outcome: 'auth', response: `${e.message} again, after a new one`, accepted, rejected };
         if (err.code === 'EENVELOPE' && err.rejectedErrors?.length) {
           // Every recipient of this chunk refused: the permanent ones bounce, 4xx ones wait.
           collectRejected(err, chunk, rejected);
@@ -249,11 +300,14 @@ export class GmailUpstream implements Upstream {
         }
         // Exchange's own daily limit answers 554 5.2.0: a quota (hold), not a reason to bounce.
         const outcome = ms?.quota ? 'quota' : classifyError(err);
-        const response = ms?.explain ? `${replyText(err)} (${ms.explain.replace(/ACCOUNT\b/g, acct.name)})` : replyText(err);
+        const response = ms?.explain
+          ? `${replyText(err)} (${ms.explain.replace(/ACCOUNT\b/g, acct.name)})`
+          : replyText(err);
         return { outcome: outcome === 'ok' ? 'transient' : outcome, response, accepted, rejected };
       }
     }
-    if (!accepted.length && rejected.length) return { outcome: 'permanent', response: rejected[0].response, accepted, rejected };
+    if (!accepted.length && rejected.length)
+      return { outcome: 'permanent', response: rejected[0].response, accepted, rejected };
     return { outcome: 'ok', response: lastResponse, accepted, rejected };
   }
 }

@@ -70,11 +70,20 @@ export class GmailApiUpstream implements Upstream {
     const acct = this.config.accounts.find((a) => a.name === env.account);
     if (!acct) return { outcome: 'transient', response: `account "${env.account}" is not configured`, ...none };
     const plan = given ?? (await this.plan(env, message));
-    if (!plan.ok) return { outcome: 'transport', response: `not sent: ${plan.reason} (transport gmail-api; with transport auto it goes over SMTP)`, ...none };
+    if (!plan.ok)
+      return {
+        outcome: 'transport',
+        response: `not sent: ${plan.reason} (transport gmail-api; with transport auto it goes over SMTP)`,
+        ...none,
+      };
     const prefix = Buffer.from(bccField(plan.bcc), 'utf8');
     const bytes = prefix.length + message.size;
     if (bytes > GMAIL_API_MAX_BYTES)
-      return { outcome: 'permanent', response: `552 5.3.4 message of ${bytes} bytes exceeds the Gmail API limit of ${GMAIL_API_MAX_BYTES} bytes [gmail-api]`, ...none };
+      return {
+        outcome: 'permanent',
+        response: `552 5.3.4 message of ${bytes} bytes exceeds the Gmail API limit of ${GMAIL_API_MAX_BYTES} bytes [gmail-api]`,
+        ...none,
+      };
     // The token Gmail refused, named to the token service so one refresh replaces it (and a
     // fresh token refused again means needs-reauth), whoever else saw it refused.
     let refused: string | undefined;
@@ -83,7 +92,11 @@ export class GmailApiUpstream implements Upstream {
       try {
         token = await this.tokens.getAccessToken(acct.name, refused === undefined ? {} : { rejected: refused });
       } catch (e) {
-        return { outcome: e instanceof NeedsReauthError ? 'auth' : 'transient', response: `token: ${(e as Error).message}`, ...none };
+        return {
+          outcome: e instanceof NeedsReauthError ? 'auth' : 'transient',
+          response: `token: ${(e as Error).message}`,
+          ...none,
+        };
       }
       const v = await this.upload(acct, token, prefix, message, bytes);
       if (v.ok) {
@@ -97,22 +110,38 @@ export class GmailApiUpstream implements Upstream {
       }
       if (v.hold) {
         this.tokens.holdAccount?.(acct.name, v.hold, OPERATOR_HOLD_MS);
-        return { outcome: 'transient', response: `${v.response} (held: ${v.hold.replace(/ACCOUNT\b/g, acct.name)})`, ...none };
+        return {
+          outcome: 'transient',
+          response: `${v.response} (held: ${v.hold.replace(/ACCOUNT\b/g, acct.name)})`,
+          ...none,
+        };
       }
       return { outcome: v.outcome, response: v.response, ...none };
     }
   }
 
   /** One media upload: the Bcc prefix, then the spool file, streamed (never held in memory). */
-  private async upload(acct: AccountConfig, token: string, prefix: Buffer, message: MessageSource, bytes: number): Promise<ReturnType<typeof classifyApiAnswer> & { ok?: boolean }> {
-    const body = prefix.length ? Readable.from(withPrefix(prefix, message), { objectMode: false }) : openMessage(message);
+  private async upload(
+    acct: AccountConfig,
+    token: string,
+    prefix: Buffer,
+    message: MessageSource,
+    bytes: number,
+  ): Promise<ReturnType<typeof classifyApiAnswer> & { ok?: boolean }> {
+    const body = prefix.length
+      ? Readable.from(withPrefix(prefix, message), { objectMode: false })
+      : openMessage(message);
     const base = acct.upstream.apiUrl.replace(/\/+$/, '');
     try {
       const res = await this.clientFor(acct).request({
         method: 'POST',
         url: `${base}/upload/gmail/v1/users/me/messages/send`,
         params: { uploadType: 'media' },
-        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'message/rfc822', 'Content-Length': String(bytes) },
+        headers: {
+          Authorization: `Bearer ${token}`,
+          'Content-Type': 'message/rfc822',
+          'Content-Length': String(bytes),
+        },
         data: body,
         responseType: 'json',
         // A streamed body cannot be replayed: the delivery worker's backoff retries instead.
@@ -128,7 +157,11 @@ export class GmailApiUpstream implements Upstream {
       const err = e as { response?: { status?: number; data?: unknown }; code?: unknown; message?: string };
       const net = `${typeof err.code === 'string' ? err.code + ' ' : ''}${String(err.message ?? e).split('\n')[0]}`;
       const v = classifyApiAnswer(err.response?.status, err.response?.data, net);
-      this.log.debug('gmail-api answer', { account: acct.name, status: err.response?.status ?? null, reply: redactString(v.response) });
+      this.log.debug('gmail-api answer', {
+        account: acct.name,
+        status: err.response?.status ?? null,
+        reply: redactString(v.response),
+      });
       return v;
     }
   }

@@ -44,8 +44,11 @@ export function rawSendProblems(sources: string[] = poolSources()): string[] {
     }
   }
   const problems: string[] = [];
-  if (!used.has('createReadStream')) problems.push('the pool no longer reads the message through mail.message.createReadStream()');
-  for (const u of used) if (!MESSAGE_METHODS.has(u)) problems.push(`the pool calls mail.message.${u}(), which the raw message does not provide`);
+  if (!used.has('createReadStream'))
+    problems.push('the pool no longer reads the message through mail.message.createReadStream()');
+  for (const u of used)
+    if (!MESSAGE_METHODS.has(u))
+      problems.push(`the pool calls mail.message.${u}(), which the raw message does not provide`);
   if (opaque) problems.push('the pool hands mail.message on as a whole');
   return problems;
 }
@@ -82,7 +85,8 @@ export interface RawSendInfo {
 }
 
 /** Addresses nodemailer sends unchanged except for a lower-cased domain (its normalisation). */
-const PLAIN = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+const PLAIN =
+  /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
 
 /**
  * The address as nodemailer's Mail layer would put it on the wire (IDN domains punycoded,
@@ -116,7 +120,11 @@ export function sendRaw(pool: SMTPPool, id: string, env: RawEnvelope, msg: Messa
     const s = typeof a === 'string' ? a : String((a as { address?: string })?.address ?? '');
     return original.get(s) ?? s;
   };
-  const fixRecipients = (x: { accepted?: unknown[]; rejected?: unknown[]; rejectedErrors?: Array<{ recipient?: string }> }): void => {
+  const fixRecipients = (x: {
+    accepted?: unknown[];
+    rejected?: unknown[];
+    rejectedErrors?: Array<{ recipient?: string }>;
+  }): void => {
     if (x.accepted) x.accepted = x.accepted.map(back);
     if (x.rejected) x.rejected = x.rejected.map(back);
     for (const e of x.rejectedErrors ?? []) if (e.recipient !== undefined) e.recipient = back(e.recipient);

@@ -24,7 +24,11 @@ export async function sendTestMessage(
   opts: { to: string; account?: string },
 ): Promise<TestSendResult> {
   const acct = opts.account ? config.accounts.find((a) => a.name === opts.account) : config.accounts[0];
-  if (!acct) return { ok: false, message: `send-test: no account named "${opts.account}" (configured: ${config.accounts.map((a) => a.name).join(', ')})` };
+  if (!acct)
+    return {
+      ok: false,
+      message: `send-test: no account named "${opts.account}" (configured: ${config.accounts.map((a) => a.name).join(', ')})`,
+    };
   // One address, written into the To: header: nothing that could add a header line or a second recipient.
   const to = addrSpec(opts.to);
   if (to === null) return { ok: false, message: `send-test: --to ${JSON.stringify(opts.to)} is not one email address` };
@@ -65,7 +69,10 @@ export async function sendTestMessage(
     const meta = { account: acct.name, rcpts: 1, outcome: res.outcome, reply: res.response };
     if (ok) log.info('send-test sent', meta);
     else log.warn('send-test failed', meta);
-    return { ok, message: `${ok ? 'sent' : 'failed'} via ${upstream.describe(acct.name)} as ${acct.email}: ${res.outcome} ${res.response}` };
+    return {
+      ok,
+      message: `${ok ? 'sent' : 'failed'} via ${upstream.describe(acct.name)} as ${acct.email}: ${res.outcome} ${res.response}`,
+    };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

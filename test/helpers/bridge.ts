@@ -20,7 +20,11 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // does not pass SIGHUP/SIGKILL on, and /proc/PID would measure the wrapper.
 export const CLI = process.env.XOAUTH2_BRIDGE_TEST_CLI
   ? [process.env.XOAUTH2_BRIDGE_TEST_CLI]
-  : ['--import', pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href, join(ROOT, 'src', 'cli', 'main.ts')];
+  : [
+      '--import',
+      pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href,
+      join(ROOT, 'src', 'cli', 'main.ts'),
+    ];
 
 export interface RunningBridge {
   bridge: Bridge;
@@ -30,7 +34,11 @@ export interface RunningBridge {
   stop(): Promise<void>;
 }
 
-export async function startBridge(world: FakeWorld, overrides: Record<string, unknown> = {}, opts: { importToken?: boolean; http?: boolean } = {}): Promise<RunningBridge> {
+export async function startBridge(
+  world: FakeWorld,
+  overrides: Record<string, unknown> = {},
+  opts: { importToken?: boolean; http?: boolean } = {},
+): Promise<RunningBridge> {
   const configFile = await writeBridgeConfig(world, bridgeConfig(world, overrides));
   const config = parseConfig(await readFile(configFile, 'utf8'), configFile);
   const logs: string[] = [];
@@ -56,7 +64,9 @@ export async function startBridge(world: FakeWorld, overrides: Record<string, un
 
 /** `token import` through the real CLI, the way an operator provisions the account. */
 export function importToken(configFile: string, world: FakeWorld): void {
-  execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], { input: world.account.refreshToken + '\n' });
+  execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], {
+    input: world.account.refreshToken + '\n',
+  });
 }
 
 export interface SpawnedBridge {
@@ -79,7 +89,10 @@ export async function spawnBridge(configFile: string, env: NodeJS.ProcessEnv = {
   const ports = await new Promise<Record<string, number>>((resolve, reject) => {
     let buf = '';
     // Generous: with four test files at once on a loaded 2-core machine a start took over 20 s.
-    const timer = setTimeout(() => reject(new Error('bridge did not start within 60 s:\n' + stderr.join('\n'))), 60_000);
+    const timer = setTimeout(
+      () => reject(new Error('bridge did not start within 60 s:\n' + stderr.join('\n'))),
+      60_000,
+    );
     child.stderr!.on('data', (d: Buffer) => {
       buf += d.toString();
       let i;

@@ -14,7 +14,8 @@ export const REQUIRE = process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1';
 /** Why the browser tests cannot run here (then they skip), or null. Throws in CI. */
 export function browserMissing(): string | null {
   if (existsSync(CHROMIUM)) return null;
-  if (REQUIRE) throw new Error(`${CHROMIUM} is missing (apt-get install chromium); XOAUTH2_BRIDGE_REQUIRE_INTEROP=1 requires it`);
+  if (REQUIRE)
+    throw new Error(`${CHROMIUM} is missing (apt-get install chromium); XOAUTH2_BRIDGE_REQUIRE_INTEROP=1 requires it`);
   return `${CHROMIUM} not installed`;
 }
 
@@ -23,7 +24,16 @@ export async function launchBrowser(): Promise<{ context: BrowserContext; close(
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
     // The fake consent page is signed by the throwaway test CA.
     ignoreHTTPSErrors: true,
     viewport: { width: 1280, height: 640 },

@@ -22,8 +22,18 @@ export interface Call {
 
 export type Script = (env: Envelope, call: Call, n: number) => SendResult | Promise<SendResult>;
 
-export const ok = (env: Envelope, response = '250 2.0.0 OK 1700000000 x1-20020a'): SendResult => ({ outcome: 'ok', response, accepted: [...env.rcptTo], rejected: [] });
-export const fail = (outcome: SendResult['outcome'], response: string): SendResult => ({ outcome, response, accepted: [], rejected: [] });
+export const ok = (env: Envelope, response = '250 2.0.0 OK 1700000000 x1-20020a'): SendResult => ({
+  outcome: 'ok',
+  response,
+  accepted: [...env.rcptTo],
+  rejected: [],
+});
+export const fail = (outcome: SendResult['outcome'], response: string): SendResult => ({
+  outcome,
+  response,
+  accepted: [],
+  rejected: [],
+});
 
 export class ScriptedUpstream implements Upstream {
   calls: Call[] = [];
@@ -36,7 +46,15 @@ export class ScriptedUpstream implements Upstream {
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     try {
-      const call: Call = { id: env.id, account: env.account, mailFrom: env.mailFrom, rcptTo: [...env.rcptTo], isBounce: env.isBounce === true, body: await readMessage(message), at: Date.now() };
+      const call: Call = {
+        id: env.id,
+        account: env.account,
+        mailFrom: env.mailFrom,
+        rcptTo: [...env.rcptTo],
+        isBounce: env.isBounce === true,
+        body: await readMessage(message),
+        at: Date.now(),
+      };
       this.calls.push(call);
       return await this.script(env, call, this.calls.length);
     } finally {
@@ -85,7 +103,10 @@ export interface LogEntry {
 
 export function recordingLogger(): Logger & { entries: LogEntry[]; events(msg: string): Meta[] } {
   const entries: LogEntry[] = [];
-  const at = (level: string) => (msg: string, meta: Meta = {}) => void entries.push({ level, msg, meta });
+  const at =
+    (level: string) =>
+    (msg: string, meta: Meta = {}) =>
+      void entries.push({ level, msg, meta });
   const log = {
     entries,
     error: at('error'),
@@ -103,7 +124,11 @@ export async function tempState(): Promise<{ dir: string; cleanup: () => Promise
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
 
-export function testConfig(stateDir: string, queue: Record<string, unknown> = {}, limits: Record<string, unknown> = {}): Config {
+export function testConfig(
+  stateDir: string,
+  queue: Record<string, unknown> = {},
+  limits: Record<string, unknown> = {},
+): Config {
   const q = { retry: ['50ms', '150ms'], maxAge: '5d', concurrency: 4, ...queue };
   const yamlQueue = Object.entries(q)
     .map(([k, v]) => `  ${k}: ${JSON.stringify(v)}`)
@@ -153,7 +178,10 @@ export function parseFields(block: string): Record<string, string> {
 }
 
 /** Splits a multipart/report DSN into its top headers and parts (headers + body each). */
-export function parseDsn(raw: Buffer): { headers: Record<string, string>; parts: { headers: Record<string, string>; body: string }[] } {
+export function parseDsn(raw: Buffer): {
+  headers: Record<string, string>;
+  parts: { headers: Record<string, string>; body: string }[];
+} {
   const text = raw.toString('latin1');
   const sep = text.indexOf('\r\n\r\n');
   const headers = parseFields(text.slice(0, sep));

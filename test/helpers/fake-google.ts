@@ -14,7 +14,9 @@ import { parseArgs } from 'node:util';
 import { isMap, isSeq, parseDocument } from 'yaml';
 import { startFakeWorld } from '../../src/fakes/world.js';
 
-const { values } = parseArgs({ options: { fill: { type: 'string' }, out: { type: 'string' }, down: { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: { fill: { type: 'string' }, out: { type: 'string' }, down: { type: 'boolean', default: false } },
+});
 if (!values.fill || !values.out) throw new Error('usage: fake-google.ts --fill TEMPLATE --out FILE [--down]');
 
 const world = await startFakeWorld();

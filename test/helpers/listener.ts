@@ -47,7 +47,12 @@ export class RawSmtp {
 
   static async connect(
     port: number,
-    opts: { localAddress?: string; proxy?: string | Buffer; implicitTls?: tls.ConnectionOptions; greeting?: boolean } = {},
+    opts: {
+      localAddress?: string;
+      proxy?: string | Buffer;
+      implicitTls?: tls.ConnectionOptions;
+      greeting?: boolean;
+    } = {},
   ): Promise<RawSmtp> {
     let socket: net.Socket | tls.TLSSocket;
     if (opts.implicitTls) {
@@ -211,7 +216,11 @@ export interface ListenerHarness {
 }
 
 /** Real listeners on port 0 in front of a real spool, logging JSON into memory. */
-export async function startListeners(config: Config, spool: SpoolSink, extra: { metrics?: ListenerMetrics; authFailures?: AuthFailures } = {}): Promise<ListenerHarness> {
+export async function startListeners(
+  config: Config,
+  spool: SpoolSink,
+  extra: { metrics?: ListenerMetrics; authFailures?: AuthFailures } = {},
+): Promise<ListenerHarness> {
   const lines: string[] = [];
   const stream = new Writable({
     write(chunk, _enc, cb) {
@@ -233,7 +242,10 @@ export async function startListeners(config: Config, spool: SpoolSink, extra: { 
 }
 
 /** A temp stateDir with a real spool, removed by `cleanup`. */
-export async function tempSpool(prefix: string, fsync = false): Promise<{ dir: string; spool: Spool; cleanup: () => Promise<void> }> {
+export async function tempSpool(
+  prefix: string,
+  fsync = false,
+): Promise<{ dir: string; spool: Spool; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   const spool = new Spool(dir, createLogger({ silent: true }), { fsync });
   await spool.init();

@@ -29,7 +29,8 @@ export function assertFlatPeak(afterSmall: { hwm: number }, after: { hwm: number
 
 export async function writeBigMessage(file: string, bytes: number): Promise<number> {
   const out = createWriteStream(file);
-  const head = 'From: scanner@example.com\r\nTo: big@example.org\r\nSubject: 25 MB scan\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n';
+  const head =
+    'From: scanner@example.com\r\nTo: big@example.org\r\nSubject: 25 MB scan\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n';
   out.write(head);
   const line = Buffer.from('QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n');
   const block = Buffer.concat(Array.from({ length: 1000 }, () => line));
@@ -53,7 +54,12 @@ async function expectCmd(s: RawSmtp, line: string, code: number): Promise<string
 }
 
 /** One SMTP session that pipes a message file as DATA; resolves the ms from the final '.' to the 250. */
-export async function sendFile(port: number, user: { username: string; password: string }, path: string, rcpts: string | string[]): Promise<number> {
+export async function sendFile(
+  port: number,
+  user: { username: string; password: string },
+  path: string,
+  rcpts: string | string[],
+): Promise<number> {
   const s = await RawSmtp.connect(port);
   await expectCmd(s, 'EHLO memtest', 250);
   await expectCmd(s, `AUTH PLAIN ${Buffer.from(`\0${user.username}\0${user.password}`).toString('base64')}`, 235);

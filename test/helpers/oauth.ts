@@ -28,7 +28,11 @@ export interface OAuthWorld {
   /** Everything logged so far (debug level, JSON lines). */
   logText(): string;
   log: Logger;
-  config(overrides?: { tokens?: Record<string, unknown>; oauth?: Record<string, unknown>; accounts?: unknown[] }): Config;
+  config(overrides?: {
+    tokens?: Record<string, unknown>;
+    oauth?: Record<string, unknown>;
+    accounts?: unknown[];
+  }): Config;
   close(): Promise<void>;
 }
 
@@ -71,7 +75,15 @@ export async function oauthWorld(opts: { accessTokenTtlSec?: number } = {}): Pro
           {
             name: 'office',
             email,
-            oauth: { type: 'user', clientId, clientSecret, tokenUrl: fake.url, authUrl: fake.authUrl, caFile, ...(o.oauth ?? {}) },
+            oauth: {
+              type: 'user',
+              clientId,
+              clientSecret,
+              tokenUrl: fake.url,
+              authUrl: fake.authUrl,
+              caFile,
+              ...(o.oauth ?? {}),
+            },
           },
         ],
         tokens: o.tokens ?? {},
@@ -97,7 +109,8 @@ export function consent(w: OAuthWorld, url: string): Promise<string> {
     https
       .get(url, { ca: readFileSync(w.caFile) }, (res) => {
         res.resume();
-        if (res.statusCode !== 302 || !res.headers.location) reject(new Error(`consent page answered ${res.statusCode}`));
+        if (res.statusCode !== 302 || !res.headers.location)
+          reject(new Error(`consent page answered ${res.statusCode}`));
         else resolve(res.headers.location);
       })
       .on('error', reject);
@@ -109,7 +122,10 @@ export function consent(w: OAuthWorld, url: string): Promise<string> {
  * directory (the CLI under the lock, the daemon's token service) would store it.
  */
 export function authorizeToStore(opts: Omit<AuthorizeOptions, 'save'>): ReturnType<typeof authorize> {
-  const store = new TokenStore({ stateDir: opts.config.stateDir, key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, opts.env ?? process.env) });
+  const store = new TokenStore({
+    stateDir: opts.config.stateDir,
+    key: resolveStoreKey(opts.config.tokens.encryptionKeyFile, opts.env ?? process.env),
+  });
   return authorize({
     ...opts,
     save: async (rec) => {

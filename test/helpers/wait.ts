@@ -4,7 +4,11 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 
 /** Polls `cond` every 10 ms (short, so timing-sensitive delivery tests react promptly)
  * until it holds; throws once `timeoutMs` has passed without it. */
-export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<void> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     if (await cond()) return;

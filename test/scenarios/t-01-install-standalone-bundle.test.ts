@@ -22,7 +22,9 @@ let app: string;
 before(async () => {
   world = await startFakeWorld();
   app = await mkdtemp(join(ROOT, '.tmp', 'standalone-'));
-  execFileSync(process.execPath, [join(ROOT, 'packaging', 'build.mjs'), '--standalone', app], { stdio: ['ignore', 'ignore', 'inherit'] });
+  execFileSync(process.execPath, [join(ROOT, 'packaging', 'build.mjs'), '--standalone', app], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
 });
 after(async () => {
   await world.close();
@@ -30,10 +32,15 @@ after(async () => {
 });
 
 test('standalone bundle: a STARTTLS listener without certFile/keyFile generates a certificate and relays', async () => {
-  const cfg = bridgeConfig(world, { listeners: [{ name: 'lan', host: '127.0.0.1', port: 0, tls: 'starttls' }], log: { level: 'info', format: 'json' } });
+  const cfg = bridgeConfig(world, {
+    listeners: [{ name: 'lan', host: '127.0.0.1', port: 0, tls: 'starttls' }],
+    log: { level: 'info', format: 'json' },
+  });
   const configFile = await writeBridgeConfig(world, cfg);
   const main = join(app, 'main.mjs');
-  execFileSync(process.execPath, [main, 'token', 'import', world.account.name, '-c', configFile], { input: world.account.refreshToken + '\n' });
+  execFileSync(process.execPath, [main, 'token', 'import', world.account.name, '-c', configFile], {
+    input: world.account.refreshToken + '\n',
+  });
   const child = spawn(process.execPath, [main, 'serve', '-c', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = once(child, 'exit');
   let err = '';
@@ -56,7 +63,10 @@ test('standalone bundle: a STARTTLS listener without certFile/keyFile generates 
       tls: { rejectUnauthorized: false },
       auth: { user: world.user.username, pass: world.user.password },
     });
-    await t.sendMail({ envelope: { from: world.account.email, to: ['rcpt@example.net'] }, raw: `From: ${world.account.email}\r\nTo: rcpt@example.net\r\nSubject: standalone\r\n\r\nhi\r\n` });
+    await t.sendMail({
+      envelope: { from: world.account.email, to: ['rcpt@example.net'] },
+      raw: `From: ${world.account.email}\r\nTo: rcpt@example.net\r\nSubject: standalone\r\n\r\nhi\r\n`,
+    });
     t.close();
     await world.gmail.waitForMessages(1, 30_000);
     assert.match(world.gmail.messages[0].raw.toString(), /Subject: standalone/);
@@ -85,8 +95,22 @@ test('a self-signed certificate that cannot be made names the listener', async (
 test('a certFile that cannot be read names the listener', async () => {
   const dir = await mkdtemp(join(ROOT, '.tmp', 'certs-'));
   try {
-    const config = makeConfig(dir, { listeners: [{ name: 'lan', host: '127.0.0.1', port: 0, tls: 'starttls', certFile: join(dir, 'none.crt'), keyFile: join(dir, 'none.key') }] });
-    await assert.rejects(loadKeyPair(config.listeners[0], dir, nullLogger), /^Error: listener "lan": cannot read its certFile\/keyFile: ENOENT/);
+    const config = makeConfig(dir, {
+      listeners: [
+        {
+          name: 'lan',
+          host: '127.0.0.1',
+          port: 0,
+          tls: 'starttls',
+          certFile: join(dir, 'none.crt'),
+          keyFile: join(dir, 'none.key'),
+        },
+      ],
+    });
+    await assert.rejects(
+      loadKeyPair(config.listeners[0], dir, nullLogger),
+      /^Error: listener "lan": cannot read its certFile\/keyFile: ENOENT/,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -104,7 +128,10 @@ test('the conffile the .deb ships is short and valid once its placeholders are f
   const cfg = parseConfig(filled, '/etc/xoauth2-bridge/config.yaml');
   assert.deepEqual(
     cfg.listeners.map((l) => [l.name, l.tls, l.certFile ?? null]),
-    [['local', 'none', null], ['lan', 'starttls', null]],
+    [
+      ['local', 'none', null],
+      ['lan', 'starttls', null],
+    ],
   );
   assert.equal(cfg.stateDir, '/var/lib/xoauth2-bridge');
 });

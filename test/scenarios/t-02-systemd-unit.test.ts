@@ -101,7 +101,10 @@ test('systemd-analyze verify accepts the unit without any warning', { skip: noAn
 });
 
 test(`systemd-analyze security rates the unit at most ${MAX_EXPOSURE}`, { skip: noAnalyze }, async () => {
-  const r = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', unitPath], { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', unitPath], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   assert.equal(r.status, 0, r.stderr);
   const m = /Overall exposure level for xoauth2-bridge\.service: (\d+(?:\.\d+)?)/.exec(r.stdout);
   assert.ok(m, r.stdout);
@@ -134,7 +137,10 @@ function syscallGroups(): (name: string) => Set<string> {
   return (n) => expand(n);
 }
 
-test('every syscall the bridge makes is allowed by the unit\'s SystemCallFilter', { skip: noStrace, timeout: 90_000 }, async () => {
+test("every syscall the bridge makes is allowed by the unit's SystemCallFilter", {
+  skip: noStrace,
+  timeout: 90_000,
+}, async () => {
   // A disallowed call would get EPERM (SystemCallErrorNumber) or, without it, SIGSYS: either
   // way the daemon breaks in production only. Trace the demo (listener, spool fsync, token
   // refresh, TLS to the fake Gmail) and compare against the filter as systemd expands it.
@@ -152,7 +158,11 @@ test('every syscall the bridge makes is allowed by the unit\'s SystemCallFilter'
   const dir = await mkdtemp(path.join(os.tmpdir(), 'xb-strace-'));
   try {
     const out = path.join(dir, 'summary');
-    const r = spawnSync('strace', ['-f', '-qq', '-c', '-o', out, process.execPath, bin, 'demo'], { encoding: 'utf8', timeout: 80_000, cwd: dir });
+    const r = spawnSync('strace', ['-f', '-qq', '-c', '-o', out, process.execPath, bin, 'demo'], {
+      encoding: 'utf8',
+      timeout: 80_000,
+      cwd: dir,
+    });
     if (r.error) throw r.error;
     const summary = await readFile(out, 'utf8').catch(() => '');
     assert.ok(summary, `strace produced no summary (ptrace not permitted?): ${r.stderr}`);
@@ -162,7 +172,8 @@ test('every syscall the bridge makes is allowed by the unit\'s SystemCallFilter'
       if (m && m[1] !== 'total') used.add(m[1]);
     }
     // The workload must have done what the daemon does, or the comparison proves nothing.
-    for (const sc of ['accept4', 'connect', 'fsync', 'rename']) assert.ok(used.has(sc), `demo made no ${sc}() call:\n${r.stdout}\n${r.stderr}`);
+    for (const sc of ['accept4', 'connect', 'fsync', 'rename'])
+      assert.ok(used.has(sc), `demo made no ${sc}() call:\n${r.stdout}\n${r.stderr}`);
     const refused = [...used].filter((sc) => !allowed.has(sc) || denied.has(sc)).sort();
     assert.deepEqual(refused, [], `syscalls the unit would refuse: ${refused.join(', ')}`);
   } finally {
@@ -190,24 +201,38 @@ while True:
 
 test('watchdog heartbeat: half of WATCHDOG_USEC, only when WATCHDOG_PID is unset or this process', () => {
   assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000' }, 42), 15_000);
-  assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000', WATCHDOG_PID: '42' }, 42), 15_000);
-  assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000', WATCHDOG_PID: '43' }, 42), null);
+  assert.equal(
+    watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000', WATCHDOG_PID: '42' }, 42),
+    15_000,
+  );
+  assert.equal(
+    watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x', WATCHDOG_USEC: '30000000', WATCHDOG_PID: '43' }, 42),
+    null,
+  );
   assert.equal(watchdogIntervalMs({ WATCHDOG_USEC: '30000000' }, 42), null, 'no socket to send to');
   assert.equal(watchdogIntervalMs({ NOTIFY_SOCKET: '/run/x' }, 42), null, 'no watchdog asked for');
 });
 
-test('sd_notify: READY=1 only once the listener accepts, WATCHDOG=1 periodically, STOPPING=1 on SIGTERM', { skip: has('systemd-notify') || REQUIRE ? false : 'systemd-notify not installed', timeout: 120_000 }, async () => {
+test('sd_notify: READY=1 only once the listener accepts, WATCHDOG=1 periodically, STOPPING=1 on SIGTERM', {
+  skip: has('systemd-notify') || REQUIRE ? false : 'systemd-notify not installed',
+  timeout: 120_000,
+}, async () => {
   const world = await startFakeWorld();
   const children: import('node:child_process').ChildProcess[] = [];
   try {
     const sock = path.join(world.dir, 'notify.sock');
-    const listener = spawn('/usr/bin/python3', ['-u', '-c', NOTIFY_LISTENER, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const listener = spawn('/usr/bin/python3', ['-u', '-c', NOTIFY_LISTENER, sock], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     children.push(listener);
     const messages: string[] = [];
     const waiters = new Set<() => void>();
     const waitFor = (what: string, cond: () => boolean) =>
       new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no ${what} within 60 s; got:\n${messages.join('\n')}`)), 60_000);
+        const timer = setTimeout(
+          () => reject(new Error(`no ${what} within 60 s; got:\n${messages.join('\n')}`)),
+          60_000,
+        );
         const check = () => {
           if (!cond()) return;
           clearTimeout(timer);
@@ -234,7 +259,13 @@ test('sd_notify: READY=1 only once the listener accepts, WATCHDOG=1 periodically
     });
     await waitFor('LISTENING', () => messages.includes('LISTENING'));
 
-    const file = await writeBridgeConfig(world, bridgeConfig(world, { listeners: [{ name: 'local', host: '127.0.0.1', port, tls: 'none' }], log: { level: 'info', format: 'json' } }));
+    const file = await writeBridgeConfig(
+      world,
+      bridgeConfig(world, {
+        listeners: [{ name: 'local', host: '127.0.0.1', port, tls: 'none' }],
+        log: { level: 'info', format: 'json' },
+      }),
+    );
     importToken(file, world);
     const env: NodeJS.ProcessEnv = { ...process.env, NOTIFY_SOCKET: sock, WATCHDOG_USEC: '400000' };
     delete env.WATCHDOG_PID;
@@ -246,9 +277,15 @@ test('sd_notify: READY=1 only once the listener accepts, WATCHDOG=1 periodically
 
     await waitFor('READY=1', () => messages.some((m) => m.startsWith('READY=1')));
     assert.match(await acceptedAtReady!, /^220 /, 'the listener answered right when READY=1 arrived');
-    assert.match(messages.find((m) => m.startsWith('READY=1'))!, new RegExp(`STATUS=relaying; listening on 127\\.0\\.0\\.1:${port}`));
+    assert.match(
+      messages.find((m) => m.startsWith('READY=1'))!,
+      new RegExp(`STATUS=relaying; listening on 127\\.0\\.0\\.1:${port}`),
+    );
     await waitFor('three WATCHDOG=1', () => messages.filter((m) => m === 'WATCHDOG=1').length >= 3);
-    assert.ok(messages.findIndex((m) => m === 'WATCHDOG=1') > messages.findIndex((m) => m.startsWith('READY=1')), 'no heartbeat before READY=1');
+    assert.ok(
+      messages.findIndex((m) => m === 'WATCHDOG=1') > messages.findIndex((m) => m.startsWith('READY=1')),
+      'no heartbeat before READY=1',
+    );
     assert.ok(!messages.some((m) => m.startsWith('STOPPING=1')), 'no STOPPING=1 before SIGTERM');
 
     daemon.kill('SIGTERM');

@@ -16,9 +16,15 @@ import { lookupUser } from '../../src/cli/users.js';
 const REQUIRE = process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1';
 const IS_ROOT = process.getuid?.() === 0;
 
-function cli(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(
+  args: string[],
+  opts: { input?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...CLI, ...args], { env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...CLI, ...args], {
+      env: { ...process.env, ...opts.env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -42,11 +48,21 @@ async function tempDir(): Promise<string> {
 
 const HASH = await hashPassword('printer-password');
 
-function baseConfig(dir: string, extra: { account?: Record<string, unknown>; oauth?: Record<string, unknown>; top?: Record<string, unknown> } = {}) {
+function baseConfig(
+  dir: string,
+  extra: { account?: Record<string, unknown>; oauth?: Record<string, unknown>; top?: Record<string, unknown> } = {},
+) {
   return {
     stateDir: join(dir, 'state'),
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [{ name: 'office', email: 'office@corp.test', oauth: { type: 'user', clientId: 'cid.apps.googleusercontent.com', clientSecret: 'x', ...extra.oauth }, ...extra.account }],
+    accounts: [
+      {
+        name: 'office',
+        email: 'office@corp.test',
+        oauth: { type: 'user', clientId: 'cid.apps.googleusercontent.com', clientSecret: 'x', ...extra.oauth },
+        ...extra.account,
+      },
+    ],
     users: [{ username: 'printer', passwordHash: HASH, account: 'office' }],
     ...extra.top,
   };
@@ -61,7 +77,8 @@ async function writeConfig(dir: string, cfg: unknown, name = 'config.yaml'): Pro
 
 function needRoot(t: { skip(msg: string): void }): boolean {
   if (IS_ROOT) return true;
-  if (REQUIRE) assert.fail('this test needs root (to own files as another user); XOAUTH2_BRIDGE_REQUIRE_INTEROP=1 requires it');
+  if (REQUIRE)
+    assert.fail('this test needs root (to own files as another user); XOAUTH2_BRIDGE_REQUIRE_INTEROP=1 requires it');
   t.skip('not root');
   return false;
 }
@@ -69,8 +86,14 @@ function needRoot(t: { skip(msg: string): void }): boolean {
 test('check-config refuses the unedited example config, naming each placeholder and what to put there', async () => {
   const r = await cli(['check-config', '-c', join(ROOT, 'config', 'xoauth2-bridge.example.yaml')]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
-  assert.match(r.stderr, /accounts\[0\]\.oauth\.clientId: the example config's placeholder: put your OAuth client ID here/);
-  assert.match(r.stderr, /users\[0\]\.passwordHash: the example config's placeholder: put the output of `xoauth2-bridge hash-password` here/);
+  assert.match(
+    r.stderr,
+    /accounts\[0\]\.oauth\.clientId: the example config's placeholder: put your OAuth client ID here/,
+  );
+  assert.match(
+    r.stderr,
+    /users\[0\]\.passwordHash: the example config's placeholder: put the output of `xoauth2-bridge hash-password` here/,
+  );
 });
 
 test('check-config prints every problem in one run: schema problems and the files the config names that are missing', async () => {
@@ -83,13 +106,25 @@ test('check-config prints every problem in one run: schema problems and the file
   assert.equal(r.code, 2, r.stdout + r.stderr);
   assert.match(r.stderr, /accounts\[0\]\.oauth\.clientId: the example config's placeholder/);
   assert.match(r.stderr, /users\[0\]\.passwordHash: the example config's placeholder/);
-  for (const [key, name] of [['listeners[1].certFile', 'tls.crt'], ['listeners[1].keyFile', 'tls.key'], ['accounts[0].oauth.clientSecretFile', 'client-secret']])
-    assert.ok(r.stderr.includes(`  ${key}: ${dir}/etc/${name} does not exist`), `${key} not reported in the same run:\n${r.stderr}`);
+  for (const [key, name] of [
+    ['listeners[1].certFile', 'tls.crt'],
+    ['listeners[1].keyFile', 'tls.key'],
+    ['accounts[0].oauth.clientSecretFile', 'client-secret'],
+  ])
+    assert.ok(
+      r.stderr.includes(`  ${key}: ${dir}/etc/${name} does not exist`),
+      `${key} not reported in the same run:\n${r.stderr}`,
+    );
   // A relative path in a config that fails validation is still resolved against the config's directory.
-  const cfg = baseConfig(dir, { oauth: { clientSecret: undefined, clientSecretFile: 'nosuch-secret', clientId: '123.apps.googleusercontent.com' } });
+  const cfg = baseConfig(dir, {
+    oauth: { clientSecret: undefined, clientSecretFile: 'nosuch-secret', clientId: '123.apps.googleusercontent.com' },
+  });
   const rel = await cli(['check-config', '-c', await writeConfig(dir, cfg, 'rel.yaml')]);
   assert.equal(rel.code, 2);
-  assert.ok(rel.stderr.includes(`  accounts[0].oauth.clientSecretFile: ${join(dir, 'nosuch-secret')} does not exist`), rel.stderr);
+  assert.ok(
+    rel.stderr.includes(`  accounts[0].oauth.clientSecretFile: ${join(dir, 'nosuch-secret')} does not exist`),
+    rel.stderr,
+  );
   assert.match(rel.stderr, /accounts\[0\]\.oauth\.clientId: the example config's placeholder/);
 });
 
@@ -100,7 +135,10 @@ test('password hashes are parsed: a cut or hand-edited $scrypt$ hash is refused,
   cfg.users[0].passwordHash = cut;
   const r = await cli(['check-config', '-c', await writeConfig(dir, cfg)]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
-  assert.match(r.stderr, /users\[0\]\.passwordHash: not a valid \$scrypt\$ hash .*paste the whole output of `xoauth2-bridge hash-password`/);
+  assert.match(
+    r.stderr,
+    /users\[0\]\.passwordHash: not a valid \$scrypt\$ hash .*paste the whole output of `xoauth2-bridge hash-password`/,
+  );
   assert.match(r.stderr, /http\.adminPasswordHash: not a valid \$scrypt\$ hash/);
   assert.doesNotMatch(r.stderr, new RegExp(cut.slice(-20).replace(/[$+/]/g, '\\$&')), 'the refused hash is not echoed');
   const serve = await cli(['serve', '-c', join(dir, 'config.yaml')]);
@@ -113,14 +151,21 @@ test('a plaintext users[].password is an unknown key that points to hash-passwor
   (cfg.users[0] as Record<string, unknown>).password = 'printer-password';
   const r = await cli(['check-config', '-c', await writeConfig(dir, cfg)]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
-  assert.match(r.stderr, /users\[0\]\.password: unknown key: users take passwordHash, not a plaintext password; put the output of `xoauth2-bridge hash-password` in passwordHash/);
+  assert.match(
+    r.stderr,
+    /users\[0\]\.password: unknown key: users take passwordHash, not a plaintext password; put the output of `xoauth2-bridge hash-password` in passwordHash/,
+  );
   assert.doesNotMatch(r.stderr, /printer-password/, 'the password is not echoed');
 });
 
 test('clientSecret and clientSecretFile together are refused with the key path', async () => {
   const dir = await tempDir();
   await writeFile(join(dir, 'secret'), 's3cret\n');
-  const r = await cli(['check-config', '-c', await writeConfig(dir, baseConfig(dir, { oauth: { clientSecretFile: join(dir, 'secret') } }))]);
+  const r = await cli([
+    'check-config',
+    '-c',
+    await writeConfig(dir, baseConfig(dir, { oauth: { clientSecretFile: join(dir, 'secret') } })),
+  ]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
   assert.match(r.stderr, /accounts\[0\]\.oauth\.clientSecretFile: set clientSecret or clientSecretFile, not both/);
 });
@@ -137,7 +182,12 @@ test('every file the config names must exist: each missing one is printed with i
       alerts: { caFile: f('hook-ca.pem') },
     },
   });
-  cfg.listeners[0] = { ...cfg.listeners[0], tls: 'starttls', certFile: 'tls.crt', keyFile: f('tls.key') } as (typeof cfg.listeners)[0];
+  cfg.listeners[0] = {
+    ...cfg.listeners[0],
+    tls: 'starttls',
+    certFile: 'tls.crt',
+    keyFile: f('tls.key'),
+  } as (typeof cfg.listeners)[0];
   const file = await writeConfig(dir, cfg);
   const r = await cli(['check-config', '-c', file]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
@@ -152,7 +202,8 @@ test('every file the config names must exist: each missing one is printed with i
     'http.keyFile': 'http.key',
     'alerts.caFile': 'hook-ca.pem',
   };
-  for (const [key, name] of Object.entries(keys)) assert.ok(r.stderr.includes(`  ${key}: ${f(name)} does not exist`), `${key} not reported:\n${r.stderr}`);
+  for (const [key, name] of Object.entries(keys))
+    assert.ok(r.stderr.includes(`  ${key}: ${f(name)} does not exist`), `${key} not reported:\n${r.stderr}`);
   for (const name of Object.values(keys)) await writeFile(f(name), 'x', { mode: 0o600 });
   const ok = await cli(['check-config', '-c', file]);
   assert.equal(ok.code, 0, ok.stderr);
@@ -167,17 +218,29 @@ test('check-config --as-user: a secret the service user cannot read is named wit
   await writeFile(secret, 's3cret\n', { mode: 0o600 }); // root:root 0600, as an editor run by root leaves it
   const state = join(dir, 'state');
   await mkdir(state, { mode: 0o700 }); // root's: the daemon could not write its spool
-  const file = await writeConfig(dir, baseConfig(dir, { oauth: { clientSecret: undefined, clientSecretFile: secret } }));
+  const file = await writeConfig(
+    dir,
+    baseConfig(dir, { oauth: { clientSecret: undefined, clientSecretFile: secret } }),
+  );
 
   assert.equal((await cli(['check-config', '-c', file])).code, 0, 'root itself reads everything');
   const r = await cli(['check-config', '-c', file, '--as-user', 'nobody']);
   assert.equal(r.code, 2, r.stdout + r.stderr);
-  const group = (await readFile('/etc/group', 'utf8')).split('\n').find((l) => l.split(':')[2] === String(nobody.gid))!.split(':')[0];
+  const group = (await readFile('/etc/group', 'utf8'))
+    .split('\n')
+    .find((l) => l.split(':')[2] === String(nobody.gid))!
+    .split(':')[0];
   assert.ok(
-    r.stderr.includes(`  accounts[0].oauth.clientSecretFile: user nobody cannot read ${secret} (mode 0600 root:root`) && r.stderr.includes(`chgrp ${group} ${secret} && chmod 0640 ${secret}`),
+    r.stderr.includes(`  accounts[0].oauth.clientSecretFile: user nobody cannot read ${secret} (mode 0600 root:root`) &&
+      r.stderr.includes(`chgrp ${group} ${secret} && chmod 0640 ${secret}`),
     r.stderr,
   );
-  assert.ok(r.stderr.includes(`  stateDir: user nobody cannot write in ${state} (mode 0700 root:root): chown -R nobody: ${state}`), r.stderr);
+  assert.ok(
+    r.stderr.includes(
+      `  stateDir: user nobody cannot write in ${state} (mode 0700 root:root): chown -R nobody: ${state}`,
+    ),
+    r.stderr,
+  );
 
   await chown(secret, 0, nobody.gid);
   await chmod(secret, 0o640);
@@ -205,7 +268,12 @@ test('doctor checks as the owner of stateDir: no grant stored is a problem (with
 
     const r = await cli(['doctor', '-c', file]);
     assert.equal(r.code, 2, r.stdout + r.stderr);
-    assert.ok(r.stderr.includes(`  accounts[0]: no grant stored for account office: run \`xoauth2-bridge authorize office -c ${file}\` (or \`xoauth2-bridge token import office -c ${file}\``), r.stderr);
+    assert.ok(
+      r.stderr.includes(
+        `  accounts[0]: no grant stored for account office: run \`xoauth2-bridge authorize office -c ${file}\` (or \`xoauth2-bridge token import office -c ${file}\``,
+      ),
+      r.stderr,
+    );
     assert.ok(r.stderr.includes(`${file}: grants (accounts that cannot get a token yet):\n  accounts[0]:`), r.stderr);
     assert.doesNotMatch(r.stderr, /invalid config/, 'a missing grant is not a config error');
 
@@ -217,8 +285,14 @@ test('doctor checks as the owner of stateDir: no grant stored is a problem (with
     await mkdir(unitDir);
     const asRoot = await cli(['doctor', '-c', file], { env: { SYSTEMD_UNIT_PATH: unitDir } });
     assert.equal(asRoot.code, 2, asRoot.stdout + asRoot.stderr);
-    assert.ok(asRoot.stderr.includes(`run \`runuser -u nobody -- xoauth2-bridge authorize office -c ${file}\``), asRoot.stderr);
-    await writeFile(join(unitDir, 'xoauth2-bridge.service'), await readFile(join(ROOT, 'systemd', 'xoauth2-bridge.service')));
+    assert.ok(
+      asRoot.stderr.includes(`run \`runuser -u nobody -- xoauth2-bridge authorize office -c ${file}\``),
+      asRoot.stderr,
+    );
+    await writeFile(
+      join(unitDir, 'xoauth2-bridge.service'),
+      await readFile(join(ROOT, 'systemd', 'xoauth2-bridge.service')),
+    );
     const withUnit = await cli(['doctor', '-c', file], { env: { SYSTEMD_UNIT_PATH: unitDir } });
     const viaSystemd = `systemd-run --quiet --pipe --wait -p User=nobody -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge authorize office -c ${file}`;
     assert.ok(withUnit.stderr.includes(`run \`${viaSystemd}\``), withUnit.stderr);
@@ -231,11 +305,20 @@ test('doctor checks as the owner of stateDir: no grant stored is a problem (with
     // Provisioned as root while the directory is still root's, then handed to the service user.
     const imp = await cli(['token', 'import', 'office', '-c', file], { input: world.account.refreshToken + '\n' });
     assert.equal(imp.code, 0, imp.stdout + imp.stderr);
-    for (const p of [state, ...(await readdir(state)).map((n) => join(state, n))]) await chown(p, nobody.uid, nobody.gid);
+    for (const p of [state, ...(await readdir(state)).map((n) => join(state, n))])
+      await chown(p, nobody.uid, nobody.gid);
     const ok = await cli(['doctor', '-c', file]);
     assert.equal(ok.code, 0, ok.stdout + ok.stderr);
-    assert.match(ok.stdout, /ok \(files readable by nobody, stateDir writable, every account has a grant, every upstream answers\)/);
-    assert.match(ok.stdout, new RegExp(`upstream of office: localhost:${world.gmail.port}: ok \\(127\\.0\\.0\\.1, (implicit TLS|STARTTLS) verified, \\d+ ms\\)`));
+    assert.match(
+      ok.stdout,
+      /ok \(files readable by nobody, stateDir writable, every account has a grant, every upstream answers\)/,
+    );
+    assert.match(
+      ok.stdout,
+      new RegExp(
+        `upstream of office: localhost:${world.gmail.port}: ok \\(127\\.0\\.0\\.1, (implicit TLS|STARTTLS) verified, \\d+ ms\\)`,
+      ),
+    );
   } finally {
     await world.close();
   }
@@ -252,14 +335,25 @@ test('doctor connects to each upstream: an unresolvable host and an untrusted ce
     const r = await cli(['doctor', '-c', file]);
     assert.equal(r.code, 2, r.stdout + r.stderr);
     assert.ok(r.stderr.includes(`${file}: upstream (connected from this host, TLS verified, no AUTH):\n`), r.stderr);
-    assert.match(r.stderr, new RegExp(`  accounts\\[0\\]\\.upstream: smtp\\.invalid:${world.gmail.port}: cannot resolve smtp\\.invalid \\((ENOTFOUND|EAI_AGAIN)\\): check accounts\\[0\\]\\.upstream\\.host`));
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `  accounts\\[0\\]\\.upstream: smtp\\.invalid:${world.gmail.port}: cannot resolve smtp\\.invalid \\((ENOTFOUND|EAI_AGAIN)\\): check accounts\\[0\\]\\.upstream\\.host`,
+      ),
+    );
     assert.doesNotMatch(r.stderr, /invalid config/);
 
     // Resolves, but the fake's TLS certificate is not trusted without caFile: refused, like the daemon would.
     acct.upstream = { ...acct.upstream, host: 'localhost', caFile: undefined };
     const untrusted = await cli(['doctor', '-c', await writeBridgeConfig(world, cfg)]);
     assert.equal(untrusted.code, 2, untrusted.stdout + untrusted.stderr);
-    assert.match(untrusted.stderr, new RegExp(`  accounts\\[0\\]\\.upstream: localhost:${world.gmail.port}: 127\\.0\\.0\\.1: .*(certificate|self.signed|issuer)`, 'i'));
+    assert.match(
+      untrusted.stderr,
+      new RegExp(
+        `  accounts\\[0\\]\\.upstream: localhost:${world.gmail.port}: 127\\.0\\.0\\.1: .*(certificate|self.signed|issuer)`,
+        'i',
+      ),
+    );
     assert.ok(world.gmail.messages.length === 0);
   } finally {
     await world.close();
@@ -288,27 +382,45 @@ test('root on a stateDir owned by the service user: token import, queue list, se
     [['token', 'import', 'office', '-c', file], `runuser -u nobody -- xoauth2-bridge token import office -c ${file}`],
     [['queue', 'list', '--json', '-c', file], `runuser -u nobody -- xoauth2-bridge queue list --json -c ${file}`],
     [['serve', '-c', file], `runuser -u nobody -- xoauth2-bridge serve -c ${file}`],
-    [['send-test', '--to', 'a b@corp.test', '-c', file], `runuser -u nobody -- xoauth2-bridge send-test --to 'a b@corp.test' -c ${file}`],
+    [
+      ['send-test', '--to', 'a b@corp.test', '-c', file],
+      `runuser -u nobody -- xoauth2-bridge send-test --to 'a b@corp.test' -c ${file}`,
+    ],
   ];
   for (const [args, command] of cases) {
     const r = await cli(args, { input: 'a-refresh-token\n' });
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
     assert.match(r.stderr, new RegExp(`stateDir ${state} belongs to user nobody`));
-    assert.ok(r.stderr.split('\n').some((l) => l.trim() === command), `${args[0]}: no line "${command}" in:\n${r.stderr}`);
+    assert.ok(
+      r.stderr.split('\n').some((l) => l.trim() === command),
+      `${args[0]}: no line "${command}" in:\n${r.stderr}`,
+    );
   }
-  assert.deepEqual(await readdir(state), [], 'root left no file in the service user\'s stateDir');
+  assert.deepEqual(await readdir(state), [], "root left no file in the service user's stateDir");
 
   // The .deb's store is sealed with the unit's credential: the command to use goes through systemd.
-  await writeFile(join(state, 'tokens.json'), JSON.stringify({ format: 'xoauth2-bridge-tokens', version: 1, encryption: 'aes-256-gcm', iv: 'x', tag: 'x', data: 'x' }));
+  await writeFile(
+    join(state, 'tokens.json'),
+    JSON.stringify({
+      format: 'xoauth2-bridge-tokens',
+      version: 1,
+      encryption: 'aes-256-gcm',
+      iv: 'x',
+      tag: 'x',
+      data: 'x',
+    }),
+  );
   const sealed = await cli(['token', 'status', '-c', file]);
   assert.equal(sealed.code, 2, sealed.stdout + sealed.stderr);
   assert.ok(
-    sealed.stderr.includes(`  systemd-run --quiet --pipe --wait -p User=nobody -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge token status -c ${file}\n`),
+    sealed.stderr.includes(
+      `  systemd-run --quiet --pipe --wait -p User=nobody -p LoadCredential=token-key:/etc/xoauth2-bridge/token-key xoauth2-bridge token status -c ${file}\n`,
+    ),
     sealed.stderr,
   );
 });
 
-test('oauth.clientFile: Google\'s downloaded client JSON supplies client id, secret and token URL at run time', async () => {
+test("oauth.clientFile: Google's downloaded client JSON supplies client id, secret and token URL at run time", async () => {
   const world = await startFakeWorld();
   try {
     const clientJson = join(world.dir, 'client_secret_123.json');
@@ -339,15 +451,24 @@ test('oauth.clientFile: Google\'s downloaded client JSON supplies client id, sec
     assert.doesNotMatch(refresh.stdout + refresh.stderr + check.stdout, new RegExp(world.account.clientSecret));
 
     // A service-account key in its place, or a secret beside it, is named.
-    await writeFile(clientJson, JSON.stringify({ type: 'service_account', client_email: 'x@y.iam.gserviceaccount.com' }));
+    await writeFile(
+      clientJson,
+      JSON.stringify({ type: 'service_account', client_email: 'x@y.iam.gserviceaccount.com' }),
+    );
     acct.oauth = { type: 'user', clientFile: clientJson, clientSecret: 'also' };
     const bad = await cli(['check-config', '-c', await writeBridgeConfig(world, cfg, 'bad.yaml')]);
     assert.equal(bad.code, 2);
-    assert.match(bad.stderr, /accounts\[0\]\.oauth\.clientSecret: clientFile carries the client secret: remove clientSecret/);
+    assert.match(
+      bad.stderr,
+      /accounts\[0\]\.oauth\.clientSecret: clientFile carries the client secret: remove clientSecret/,
+    );
     acct.oauth = { type: 'user', clientFile: clientJson };
     const sa = await cli(['check-config', '-c', await writeBridgeConfig(world, cfg, 'sa.yaml')]);
     assert.equal(sa.code, 2);
-    assert.match(sa.stderr, /accounts\[0\]\.oauth\.clientFile: .* has no "installed" or "web" client \(a service-account key goes in oauth\.keyFile/);
+    assert.match(
+      sa.stderr,
+      /accounts\[0\]\.oauth\.clientFile: .* has no "installed" or "web" client \(a service-account key goes in oauth\.keyFile/,
+    );
   } finally {
     await world.close();
   }

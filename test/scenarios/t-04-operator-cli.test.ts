@@ -13,7 +13,12 @@ import { verifyPassword, hashPassword } from '../../src/listener/passwords.js';
 
 function cli(args: string[], input?: string, env: NodeJS.ProcessEnv = {}, prefix: string[] = []) {
   const argv = [...prefix, process.execPath, ...CLI, ...args];
-  const r = spawnSync(argv[0], argv.slice(1), { input, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
+  const r = spawnSync(argv[0], argv.slice(1), {
+    input,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 60_000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -40,7 +45,10 @@ test('check-config prints every problem with its key path and exits 2', async ()
     assert.equal(r.code, 2);
     assert.match(r.stderr, /listeners\[0\]\.tsl: unknown key/);
     assert.match(r.stderr, /accounts\[0\]\.email: expected an email address/);
-    assert.match(r.stderr, /accounts\[0\]\.oauth\.clientSecret: environment variable XOAUTH2_TEST_UNSET_VAR is not set/);
+    assert.match(
+      r.stderr,
+      /accounts\[0\]\.oauth\.clientSecret: environment variable XOAUTH2_TEST_UNSET_VAR is not set/,
+    );
     assert.match(r.stderr, /users\[0\]\.passwordHash: .*plaintext passwords are refused/);
     assert.match(r.stderr, /queue\.retry\[1\]: .*duration/);
     assert.doesNotMatch(r.stderr, /hunter2/, 'a refused plaintext password is not echoed back');
@@ -55,11 +63,20 @@ test('check-config on a missing file names the file and exits 2', () => {
   assert.match(r.stderr, /\/nonexistent\/xoauth2-bridge\.yaml: .*cannot read config file: ENOENT/);
 });
 
-test('serve with an invalid config exits 2 (the unit\'s RestartPreventExitStatus) and names the key', async () => {
+test("serve with an invalid config exits 2 (the unit's RestartPreventExitStatus) and names the key", async () => {
   const dir = await mkdtemp(join(tmpdir(), 'xoauth2-cli-'));
   try {
     const file = join(dir, 'bad.yaml');
-    await writeFile(file, ['stateDir: ./state', 'listeners:', '  - { name: local, host: 127.0.0.1, port: 0, tsl: none }', 'accounts: []', 'users: []'].join('\n'));
+    await writeFile(
+      file,
+      [
+        'stateDir: ./state',
+        'listeners:',
+        '  - { name: local, host: 127.0.0.1, port: 0, tsl: none }',
+        'accounts: []',
+        'users: []',
+      ].join('\n'),
+    );
     const r = cli(['serve', '-c', file]);
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /listeners\[0\]\.tsl: unknown key/);
@@ -99,22 +116,46 @@ test('serve names listeners[N].port and the fix when the port is taken, or below
     const config = (port: number) => ({
       stateDir: join(dir, 'state'),
       http: { port: 0 },
-      listeners: [{ name: 'local', host: '127.0.0.1', port: 0 }, { name: 'lan', host: '127.0.0.1', port }],
-      accounts: [{ name: 'office', email: 'office@corp.test', oauth: { type: 'user', clientId: 'cid.apps.googleusercontent.com', clientSecret: 'x' } }],
+      listeners: [
+        { name: 'local', host: '127.0.0.1', port: 0 },
+        { name: 'lan', host: '127.0.0.1', port },
+      ],
+      accounts: [
+        {
+          name: 'office',
+          email: 'office@corp.test',
+          oauth: { type: 'user', clientId: 'cid.apps.googleusercontent.com', clientSecret: 'x' },
+        },
+      ],
       users: [{ username: 'printer', passwordHash: hash, account: 'office' }],
     });
     const file = join(dir, 'c.yaml');
     await writeFile(file, stringify(config(taken)));
     const r = cli(['serve', '-c', file]);
     assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, new RegExp(`listeners\\[1\\]\\.port: listener \\\\"lan\\\\" cannot listen on 127\\.0\\.0\\.1:${taken}: .*EADDRINUSE.*stop it, or set listeners\\[1\\]\\.port to a free port`));
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `listeners\\[1\\]\\.port: listener \\\\"lan\\\\" cannot listen on 127\\.0\\.0\\.1:${taken}: .*EADDRINUSE.*stop it, or set listeners\\[1\\]\\.port to a free port`,
+      ),
+    );
 
     // Port 587 without the capability (root with it dropped from the bounding set, as the service user is).
     if (process.getuid?.() !== 0) return t.skip('needs root to drop CAP_NET_BIND_SERVICE with setpriv');
     await writeFile(file, stringify(config(587)));
-    const p = cli(['serve', '-c', file], undefined, {}, ['setpriv', '--bounding-set', '-net_bind_service', '--inh-caps', '-net_bind_service', '--']);
+    const p = cli(['serve', '-c', file], undefined, {}, [
+      'setpriv',
+      '--bounding-set',
+      '-net_bind_service',
+      '--inh-caps',
+      '-net_bind_service',
+      '--',
+    ]);
     assert.equal(p.code, 1, p.stderr);
-    assert.match(p.stderr, /listeners\[1\]\.port: .*127\.0\.0\.1:587: .*EACCES.*need CAP_NET_BIND_SERVICE: start the daemon through its systemd unit .*AmbientCapabilities=.*or set listeners\[1\]\.port to a port above 1023/);
+    assert.match(
+      p.stderr,
+      /listeners\[1\]\.port: .*127\.0\.0\.1:587: .*EACCES.*need CAP_NET_BIND_SERVICE: start the daemon through its systemd unit .*AmbientCapabilities=.*or set listeners\[1\]\.port to a port above 1023/,
+    );
   } finally {
     holder.close();
     await rm(dir, { recursive: true, force: true });

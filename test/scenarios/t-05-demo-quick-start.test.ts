@@ -9,9 +9,15 @@ import { dirname } from 'node:path';
 import { CLI } from '../helpers/bridge.js';
 
 const REQUIRE = process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1';
-const noSwaks = spawnSync('swaks', ['--version'], { stdio: 'ignore' }).status === 0 || REQUIRE ? false : 'swaks not installed (apt-get install swaks)';
+const noSwaks =
+  spawnSync('swaks', ['--version'], { stdio: 'ignore' }).status === 0 || REQUIRE
+    ? false
+    : 'swaks not installed (apt-get install swaks)';
 
-test('demo --keep prints where to connect, reports a message swaks sends there, and ends cleanly on SIGINT', { skip: noSwaks, timeout: 120_000 }, async () => {
+test('demo --keep prints where to connect, reports a message swaks sends there, and ends cleanly on SIGINT', {
+  skip: noSwaks,
+  timeout: 120_000,
+}, async () => {
   const child = spawn(process.execPath, [...CLI, 'demo', '--keep'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -42,15 +48,44 @@ test('demo --keep prints where to connect, reports a message swaks sends there, 
     const user = /^ {2}user +(\S+)$/m.exec(out)![1];
     const password = /^ {2}password +(\S+)$/m.exec(out)![1];
     const sender = /^ {2}sender +(\S+)/m.exec(out)![1];
-    assert.match(out, new RegExp(`^ {2}authorize +xoauth2-bridge authorize office --manual -c ${config.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`, 'm'));
+    assert.match(
+      out,
+      new RegExp(
+        `^ {2}authorize +xoauth2-bridge authorize office --manual -c ${config.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`,
+        'm',
+      ),
+    );
     const consoleUrl = /^ {2}console +(http:\/\/\S+)/m.exec(out)![1];
     assert.ok((await fetch(consoleUrl)).status < 500, 'the console answers');
 
     const subject = `rehearsal ${process.pid}`;
-    const swaks = spawnSync('swaks', ['--server', `${host}:${port}`, '--auth-user', user, '--auth-password', password, '--from', sender, '--to', 'you@example.org', '--header', `Subject: ${subject}`], { encoding: 'utf8', timeout: 30_000 });
+    const swaks = spawnSync(
+      'swaks',
+      [
+        '--server',
+        `${host}:${port}`,
+        '--auth-user',
+        user,
+        '--auth-password',
+        password,
+        '--from',
+        sender,
+        '--to',
+        'you@example.org',
+        '--header',
+        `Subject: ${subject}`,
+      ],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
     assert.equal(swaks.status, 0, swaks.stdout + swaks.stderr);
     assert.match(swaks.stdout, /<- {2}250 2\.0\.0 Ok: queued as /);
-    await waitOut(new RegExp(`^arrived at fake Gmail: from <${sender}> to <you@example\\.org>, \\d+ bytes, subject "${subject}"$`, 'm'), 'arrival line');
+    await waitOut(
+      new RegExp(
+        `^arrived at fake Gmail: from <${sender}> to <you@example\\.org>, \\d+ bytes, subject "${subject}"$`,
+        'm',
+      ),
+      'arrival line',
+    );
 
     child.kill('SIGINT');
     const [code] = await exited;

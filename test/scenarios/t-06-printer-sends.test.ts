@@ -4,7 +4,16 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../../src/fakes/world.js';
-import { startBridge, spawnBridge, importToken, sendThroughBridge, message, secretsOf, assertNoSecrets, type RunningBridge } from '../helpers/bridge.js';
+import {
+  startBridge,
+  spawnBridge,
+  importToken,
+  sendThroughBridge,
+  message,
+  secretsOf,
+  assertNoSecrets,
+  type RunningBridge,
+} from '../helpers/bridge.js';
 import { waitFor } from '../helpers/wait.js';
 import { splitReceived } from '../helpers/received.js';
 
@@ -63,7 +72,9 @@ describe('inbound refusals', () => {
   let b: RunningBridge;
   before(async () => {
     world = await startFakeWorld();
-    b = await startBridge(world, { listeners: [{ name: 'local', host: '127.0.0.1', port: 0, tls: 'none', maxMessageSize: '64KB' }] });
+    b = await startBridge(world, {
+      listeners: [{ name: 'local', host: '127.0.0.1', port: 0, tls: 'none', maxMessageSize: '64KB' }],
+    });
   });
   after(async () => {
     await b?.stop();
@@ -72,34 +83,69 @@ describe('inbound refusals', () => {
 
   test('wrong password: 535 5.7.8, nothing queued', async () => {
     await assert.rejects(
-      sendThroughBridge({ port: b.port, user: world.user.username, pass: 'wrong', from: 'scanner@example.com', to: ['a@example.org'], raw: message({ from: 'scanner@example.com', to: 'a@example.org' }) }),
-      (err: { responseCode?: number; response?: string }) => err.responseCode === 535 && /5\.7\.8/.test(err.response ?? ''),
+      sendThroughBridge({
+        port: b.port,
+        user: world.user.username,
+        pass: 'wrong',
+        from: 'scanner@example.com',
+        to: ['a@example.org'],
+        raw: message({ from: 'scanner@example.com', to: 'a@example.org' }),
+      }),
+      (err: { responseCode?: number; response?: string }) =>
+        err.responseCode === 535 && /5\.7\.8/.test(err.response ?? ''),
     );
     assert.equal((await b.bridge.spool.list()).length, 0);
-    assertNoSecrets(b.logs.join('\n'), ['wrong', ...secretsOf(world)].filter((s) => s.length > 5));
+    assertNoSecrets(
+      b.logs.join('\n'),
+      ['wrong', ...secretsOf(world)].filter((s) => s.length > 5),
+    );
   });
 
   test('sender not allowed for the user: 553 5.7.1', async () => {
     await assert.rejects(
-      sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'ceo@example.com', to: ['a@example.org'], raw: message({ from: 'ceo@example.com', to: 'a@example.org' }) }),
-      (err: { responseCode?: number; response?: string }) => err.responseCode === 553 && /5\.7\.1/.test(err.response ?? ''),
+      sendThroughBridge({
+        port: b.port,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'ceo@example.com',
+        to: ['a@example.org'],
+        raw: message({ from: 'ceo@example.com', to: 'a@example.org' }),
+      }),
+      (err: { responseCode?: number; response?: string }) =>
+        err.responseCode === 553 && /5\.7\.1/.test(err.response ?? ''),
     );
   });
 
   test('no AUTH from an untrusted client: 530 5.7.0', async () => {
     await assert.rejects(
-      sendThroughBridge({ port: b.port, from: 'scanner@example.com', to: ['a@example.org'], raw: message({ from: 'scanner@example.com', to: 'a@example.org' }) }),
-      (err: { responseCode?: number; response?: string }) => err.responseCode === 530 && /5\.7\.0/.test(err.response ?? ''),
+      sendThroughBridge({
+        port: b.port,
+        from: 'scanner@example.com',
+        to: ['a@example.org'],
+        raw: message({ from: 'scanner@example.com', to: 'a@example.org' }),
+      }),
+      (err: { responseCode?: number; response?: string }) =>
+        err.responseCode === 530 && /5\.7\.0/.test(err.response ?? ''),
     );
   });
 
   test('message over the size limit: 552 5.3.4 and no spool files left', async () => {
     const big = message({ from: 'scanner@example.com', to: 'a@example.org', body: 'x'.repeat(100 * 1024) });
     await assert.rejects(
-      sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['a@example.org'], raw: big }),
-      (err: { responseCode?: number; response?: string }) => err.responseCode === 552 && /5\.3\.4/.test(err.response ?? ''),
+      sendThroughBridge({
+        port: b.port,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'scanner@example.com',
+        to: ['a@example.org'],
+        raw: big,
+      }),
+      (err: { responseCode?: number; response?: string }) =>
+        err.responseCode === 552 && /5\.3\.4/.test(err.response ?? ''),
     );
-    const files = (await readdir(join(b.bridge.config.stateDir, 'spool'))).filter((f) => /\.(msg|eml|json)$/.test(f) && !f.startsWith('.'));
+    const files = (await readdir(join(b.bridge.config.stateDir, 'spool'))).filter(
+      (f) => /\.(msg|eml|json)$/.test(f) && !f.startsWith('.'),
+    );
     assert.deepEqual(files, []);
   });
 });
@@ -113,7 +159,14 @@ test('mail spooled while Gmail is down is delivered by the next daemon process a
     const first = await spawnBridge(configFile);
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
-      const res = await sendThroughBridge({ port: first.ports.local, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: [`r${i}@example.org`], raw: message({ from: 'scanner@example.com', to: `r${i}@example.org`, subject: `restart ${i}` }) });
+      const res = await sendThroughBridge({
+        port: first.ports.local,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'scanner@example.com',
+        to: [`r${i}@example.org`],
+        raw: message({ from: 'scanner@example.com', to: `r${i}@example.org`, subject: `restart ${i}` }),
+      });
       ids.push(res.response.split(' ').pop()!);
     }
     first.child.kill('SIGTERM');
@@ -123,7 +176,11 @@ test('mail spooled while Gmail is down is delivered by the next daemon process a
     const second = await spawnBridge(configFile);
     try {
       await world.gmail.waitForMessages(3, 15_000);
-      assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]).sort(), ['r0@example.org', 'r1@example.org', 'r2@example.org']);
+      assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]).sort(), [
+        'r0@example.org',
+        'r1@example.org',
+        'r2@example.org',
+      ]);
       assertNoSecrets([...first.stderr, ...second.stderr].join('\n'), secretsOf(world));
     } finally {
       second.child.kill('SIGTERM');
@@ -140,7 +197,14 @@ test('upstream TLS is always verified: an untrusted certificate is refused and t
   delete cfg.accounts[0].upstream.caFile; // the fake Gmail's test CA is not a system root
   const b = await startBridge(world, { accounts: cfg.accounts });
   try {
-    const res = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['tls@example.org'], raw: message({ from: 'scanner@example.com', to: 'tls@example.org' }) });
+    const res = await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['tls@example.org'],
+      raw: message({ from: 'scanner@example.com', to: 'tls@example.org' }),
+    });
     assert.match(res.response, /^250 /);
     await waitFor(async () => (await b.bridge.spool.list()).some((e) => e.attempts >= 1), 10_000, 'a failed attempt');
     const [env] = await b.bridge.spool.list();

@@ -12,7 +12,11 @@ import { startBridge, secretsOf, assertNoSecrets, type RunningBridge } from '../
 
 const execFileP = promisify(execFile);
 // A failing client's error would echo its argv (with the test password): report only what it printed.
-async function run(cmd: string, args: string[], opts: Parameters<typeof execFileP>[2] = {}): Promise<{ stdout: string; stderr: string }> {
+async function run(
+  cmd: string,
+  args: string[],
+  opts: Parameters<typeof execFileP>[2] = {},
+): Promise<{ stdout: string; stderr: string }> {
   try {
     const r = await execFileP(cmd, args, { ...opts, encoding: 'utf8' });
     return { stdout: String(r.stdout), stderr: String(r.stderr) };
@@ -60,7 +64,8 @@ async function expectDelivered(client: string): Promise<void> {
   const want = `${client}@example.org`;
   const deadline = Date.now() + 10_000;
   let got;
-  while (!(got = world.gmail.messages.find((m) => m.rcptTo.includes(want))) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+  while (!(got = world.gmail.messages.find((m) => m.rcptTo.includes(want))) && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 25));
   assert.ok(got, `${client}: message reached fake Gmail`);
   assert.equal(got.mailFrom, 'scanner@example.com');
   assert.equal(got.authUser, 'scanner@example.com');
@@ -82,9 +87,23 @@ test('swaks: AUTH PLAIN, message from a file', async (t) => {
   const file = join(world.dir, 'swaks.eml');
   await writeFile(file, body('swaks'));
   const { stdout } = await run('swaks', [
-    '--server', '127.0.0.1', '--port', String(b.port), '--auth', 'PLAIN',
-    '--auth-user', world.user.username, '--auth-password', world.user.password,
-    '--from', 'scanner@example.com', '--to', 'swaks@example.org', '--data', `@${file}`, '--hide-all',
+    '--server',
+    '127.0.0.1',
+    '--port',
+    String(b.port),
+    '--auth',
+    'PLAIN',
+    '--auth-user',
+    world.user.username,
+    '--auth-password',
+    world.user.password,
+    '--from',
+    'scanner@example.com',
+    '--to',
+    'swaks@example.org',
+    '--data',
+    `@${file}`,
+    '--hide-all',
   ]);
   void stdout;
   await expectDelivered('swaks');
@@ -95,8 +114,17 @@ test('curl smtp://: AUTH with --user, --upload-file', async (t) => {
   const file = join(world.dir, 'curl.eml');
   await writeFile(file, body('curl'));
   await run('curl', [
-    '--silent', '--show-error', `smtp://127.0.0.1:${b.port}`, '--mail-from', 'scanner@example.com', '--mail-rcpt', 'curl@example.org',
-    '--upload-file', file, '--user', `${world.user.username}:${world.user.password}`,
+    '--silent',
+    '--show-error',
+    `smtp://127.0.0.1:${b.port}`,
+    '--mail-from',
+    'scanner@example.com',
+    '--mail-rcpt',
+    'curl@example.org',
+    '--upload-file',
+    file,
+    '--user',
+    `${world.user.username}:${world.user.password}`,
   ]);
   await expectDelivered('curl');
 });
@@ -110,7 +138,9 @@ test('python3 smtplib: login + sendmail', async (t) => {
     "s.sendmail('scanner@example.com', ['python3@example.org'], os.environ['BODY'].encode())",
     's.quit()',
   ].join('\n');
-  await run('python3', ['-c', script], { env: { ...process.env, U: world.user.username, P: world.user.password, BODY: body('python3') } });
+  await run('python3', ['-c', script], {
+    env: { ...process.env, U: world.user.username, P: world.user.password, BODY: body('python3') },
+  });
   await expectDelivered('python3');
 });
 
@@ -146,8 +176,22 @@ test('TLS listeners: swaks over STARTTLS and curl over implicit TLS, both verify
   const tlsBridge = await startBridge(world, {
     stateDir: join(world.dir, 'state-tls'),
     listeners: [
-      { name: 'submission', host: '127.0.0.1', port: 0, tls: 'starttls', certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') },
-      { name: 'smtps', host: '127.0.0.1', port: 0, tls: 'implicit', certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') },
+      {
+        name: 'submission',
+        host: '127.0.0.1',
+        port: 0,
+        tls: 'starttls',
+        certFile: join(pki, 'cert.pem'),
+        keyFile: join(pki, 'key.pem'),
+      },
+      {
+        name: 'smtps',
+        host: '127.0.0.1',
+        port: 0,
+        tls: 'implicit',
+        certFile: join(pki, 'cert.pem'),
+        keyFile: join(pki, 'key.pem'),
+      },
     ],
   });
   try {
@@ -155,9 +199,26 @@ test('TLS listeners: swaks over STARTTLS and curl over implicit TLS, both verify
     const file = join(world.dir, 'tls.eml');
     await writeFile(file, body('swaks-tls'));
     const { stdout } = await run('swaks', [
-      '--server', 'localhost', '--port', String(port('submission')), '--tls', '--tls-verify', '--tls-ca-path', world.caFile,
-      '--auth', 'PLAIN', '--auth-user', world.user.username, '--auth-password', world.user.password,
-      '--from', 'scanner@example.com', '--to', 'swaks-tls@example.org', '--data', `@${file}`,
+      '--server',
+      'localhost',
+      '--port',
+      String(port('submission')),
+      '--tls',
+      '--tls-verify',
+      '--tls-ca-path',
+      world.caFile,
+      '--auth',
+      'PLAIN',
+      '--auth-user',
+      world.user.username,
+      '--auth-password',
+      world.user.password,
+      '--from',
+      'scanner@example.com',
+      '--to',
+      'swaks-tls@example.org',
+      '--data',
+      `@${file}`,
     ]);
     assert.match(stdout, /^ -> STARTTLS$/m, 'swaks used STARTTLS');
     assert.match(stdout, /^<~ +250 2\.0\.0 Ok: queued as /m, 'queued over the encrypted session');
@@ -165,14 +226,34 @@ test('TLS listeners: swaks over STARTTLS and curl over implicit TLS, both verify
 
     await writeFile(file, body('curl-tls'));
     await run('curl', [
-      '--silent', '--show-error', `smtps://localhost:${port('smtps')}`, '--cacert', world.caFile,
-      '--mail-from', 'scanner@example.com', '--mail-rcpt', 'curl-tls@example.org', '--upload-file', file,
-      '--user', `${world.user.username}:${world.user.password}`,
+      '--silent',
+      '--show-error',
+      `smtps://localhost:${port('smtps')}`,
+      '--cacert',
+      world.caFile,
+      '--mail-from',
+      'scanner@example.com',
+      '--mail-rcpt',
+      'curl-tls@example.org',
+      '--upload-file',
+      file,
+      '--user',
+      `${world.user.username}:${world.user.password}`,
     ]);
     await expectDelivered('curl-tls');
     // And the same curl without the CA refuses the server: the certificate really is checked.
     await assert.rejects(
-      run('curl', ['--silent', '--show-error', `smtps://localhost:${port('smtps')}`, '--mail-from', 'scanner@example.com', '--mail-rcpt', 'x@example.org', '--upload-file', file]),
+      run('curl', [
+        '--silent',
+        '--show-error',
+        `smtps://localhost:${port('smtps')}`,
+        '--mail-from',
+        'scanner@example.com',
+        '--mail-rcpt',
+        'x@example.org',
+        '--upload-file',
+        file,
+      ]),
       /certificate/i,
     );
   } finally {

@@ -32,7 +32,11 @@ const REQUIRE = process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1';
 const EXIM = process.env.XOAUTH2_BRIDGE_EXIM ?? realOrSelf(join(ROOT, '.tmp', 'exim', 'usr', 'sbin', 'exim4'));
 
 /** Runs a tool; on failure reports only what it printed (argv may hold the test password). */
-async function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+async function run(
+  cmd: string,
+  args: string[],
+  opts: { input?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<string> {
   const p = execFileP(cmd, args, { encoding: 'utf8', env: opts.env ?? process.env, timeout: 60_000 });
   if (opts.input !== undefined) {
     p.child.stdin!.end(opts.input);
@@ -41,11 +45,17 @@ async function run(cmd: string, args: string[], opts: { input?: string; env?: No
     return String((await p).stdout);
   } catch (e) {
     const err = e as { code?: unknown; stdout?: string; stderr?: string };
-    throw new Error(`${cmd} ${args[0] ?? ''} failed (exit ${String(err.code)}): ${err.stderr ?? ''}${err.stdout ?? ''}`.trim());
+    throw new Error(
+      `${cmd} ${args[0] ?? ''} failed (exit ${String(err.code)}): ${err.stderr ?? ''}${err.stdout ?? ''}`.trim(),
+    );
   }
 }
 
-async function available(what: string, check: () => Promise<unknown>, t: { skip(msg: string): void }): Promise<boolean> {
+async function available(
+  what: string,
+  check: () => Promise<unknown>,
+  t: { skip(msg: string): void },
+): Promise<boolean> {
   try {
     await check();
     return true;
@@ -71,12 +81,23 @@ after(async () => {
 });
 
 function mail(n: number, tag: string, rcpt: string): string {
-  return [`From: scanner@example.com`, `To: ${rcpt}`, `Subject: ${tag} ${n}`, `Message-ID: <${tag}.${n}@mta.test>`, '', `message ${n} relayed by ${tag}`, ''].join('\n');
+  return [
+    `From: scanner@example.com`,
+    `To: ${rcpt}`,
+    `Subject: ${tag} ${n}`,
+    `Message-ID: <${tag}.${n}@mta.test>`,
+    '',
+    `message ${n} relayed by ${tag}`,
+    '',
+  ].join('\n');
 }
 
-const arrived = (tag: string) => world.gmail.messages.filter((m) => m.raw.toString('latin1').includes(`\r\nSubject: ${tag} `));
+const arrived = (tag: string) =>
+  world.gmail.messages.filter((m) => m.raw.toString('latin1').includes(`\r\nSubject: ${tag} `));
 
-test('Exim as smarthost client: every message arrives exactly once (it sends `.` and QUIT together, then half-closes)', { timeout: 120_000 }, async (t) => {
+test('Exim as smarthost client: every message arrives exactly once (it sends `.` and QUIT together, then half-closes)', {
+  timeout: 120_000,
+}, async (t) => {
   if (!(await available('exim (unpacked Debian exim4-daemon-light)', () => access(EXIM, constants.X_OK), t))) return;
   if (!(await available('the Debian-exim user', () => run('getent', ['passwd', 'Debian-exim']), t))) return;
   const root = join(dir, 'exim');
@@ -124,7 +145,11 @@ test('Exim as smarthost client: every message arrives exactly once (it sends `.`
   await chown(conf, 0, Number(user[3]));
   const exim = (args: string[], input?: string) => run(EXIM, ['-C', conf, ...args], { input });
   const N = 8;
-  for (let n = 0; n < N; n++) await exim(['-odi', '-f', 'scanner@example.com', '--', `exim${n}@example.org`], mail(n, 'exim', `exim${n}@example.org`));
+  for (let n = 0; n < N; n++)
+    await exim(
+      ['-odi', '-f', 'scanner@example.com', '--', `exim${n}@example.org`],
+      mail(n, 'exim', `exim${n}@example.org`),
+    );
   const eximLog = () => readFile(join(root, 'log', 'mainlog'), 'utf8').catch(() => '(no log)');
   await waitFor(() => arrived('exim').length >= N, 20_000, `${N} messages from Exim`).catch(async (e: Error) => {
     throw new Error(`${e.message}; Exim's log:\n${await eximLog()}`);
@@ -145,7 +170,9 @@ test('Exim as smarthost client: every message arrives exactly once (it sends `.`
   assertNoSecrets(b.logs.join('\n'), secretsOf(world));
 });
 
-test("Postfix as smarthost client (README recipe): cron mail from root@host rewritten by sender_canonical_maps is relayed; its own bounce (null sender, From: MAILER-DAEMON@its host) is relayed, not refused", { timeout: 120_000 }, async (t) => {
+test('Postfix as smarthost client (README recipe): cron mail from root@host rewritten by sender_canonical_maps is relayed; its own bounce (null sender, From: MAILER-DAEMON@its host) is relayed, not refused', {
+  timeout: 120_000,
+}, async (t) => {
   if (!(await available('postfix', () => access('/usr/sbin/postfix', constants.X_OK), t))) return;
   if (process.getuid?.() !== 0) {
     if (REQUIRE) assert.fail('the Postfix test needs root to start its master');
@@ -194,8 +221,16 @@ test("Postfix as smarthost client (README recipe): cron mail from root@host rewr
     sender_canonical_maps: `regexp:${join(conf, 'sender_canonical')}`,
   };
   // An address (not the null sender, which a bare `!/…/` would match too) that is not the MTA's own.
-  await writeFile(join(conf, 'sender_canonical'), 'if !/^(MAILER-DAEMON|postmaster)@/\n/@/    scanner@example.com\nendif\n');
-  await writeFile(join(conf, 'main.cf'), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
+  await writeFile(
+    join(conf, 'sender_canonical'),
+    'if !/^(MAILER-DAEMON|postmaster)@/\n/@/    scanner@example.com\nendif\n',
+  );
+  await writeFile(
+    join(conf, 'main.cf'),
+    Object.entries(main)
+      .map(([k, v]) => `${k} = ${v}`)
+      .join('\n') + '\n',
+  );
   // Debian's master.cf without chroot (the temp tree has no /etc copies), our own loopback smtpd.
   const master = (await readFile('/etc/postfix/master.cf', 'utf8'))
     .split('\n')
@@ -212,18 +247,36 @@ test("Postfix as smarthost client (README recipe): cron mail from root@host rewr
     const c = await connectWhenListening(port);
     assert.equal((await c.cmd('EHLO client.test')).code, 250);
     // Cron's mail: root@ the host, in the envelope and in From.
-    const cron = await c.sendRaw('root@postfix.test', ['admin@example.org'], 'From: Cron Daemon <root@postfix.test>\r\nTo: admin@example.org\r\nSubject: cron job\r\n\r\nbackup done\r\n.\r\n');
+    const cron = await c.sendRaw(
+      'root@postfix.test',
+      ['admin@example.org'],
+      'From: Cron Daemon <root@postfix.test>\r\nTo: admin@example.org\r\nSubject: cron job\r\n\r\nbackup done\r\n.\r\n',
+    );
     assert.equal(cron.code, 250, cron.lines.join());
-    const r = await c.sendRaw('scanner@example.com', ['nobody@postfix.test'], 'From: scanner@example.com\r\nTo: nobody@postfix.test\r\nSubject: to nobody\r\n\r\nhello\r\n.\r\n');
+    const r = await c.sendRaw(
+      'scanner@example.com',
+      ['nobody@postfix.test'],
+      'From: scanner@example.com\r\nTo: nobody@postfix.test\r\nSubject: to nobody\r\n\r\nhello\r\n.\r\n',
+    );
     assert.equal(r.code, 250, r.lines.join());
     await c.quit();
-    await waitFor(() => world.gmail.messages.some((m) => m.mailFrom === '' && m.rcptTo.includes('scanner@example.com')), 30_000, 'the bounce at fake Gmail').catch(
-      async (e: Error) => {
-        throw new Error(`${e.message}; postfix log:\n${await log()}\nbridge:\n${b.logs.filter((l) => /rejected|553/.test(l)).join('\n')}`);
-      },
-    );
-    await waitFor(() => world.gmail.messages.some((m) => m.rcptTo.includes('admin@example.org')), 30_000, 'the cron mail at fake Gmail').catch(async (e: Error) => {
-      throw new Error(`${e.message}; postfix log:\n${await log()}\nbridge:\n${b.logs.filter((l) => /rejected|553/.test(l)).join('\n')}`);
+    await waitFor(
+      () => world.gmail.messages.some((m) => m.mailFrom === '' && m.rcptTo.includes('scanner@example.com')),
+      30_000,
+      'the bounce at fake Gmail',
+    ).catch(async (e: Error) => {
+      throw new Error(
+        `${e.message}; postfix log:\n${await log()}\nbridge:\n${b.logs.filter((l) => /rejected|553/.test(l)).join('\n')}`,
+      );
+    });
+    await waitFor(
+      () => world.gmail.messages.some((m) => m.rcptTo.includes('admin@example.org')),
+      30_000,
+      'the cron mail at fake Gmail',
+    ).catch(async (e: Error) => {
+      throw new Error(
+        `${e.message}; postfix log:\n${await log()}\nbridge:\n${b.logs.filter((l) => /rejected|553/.test(l)).join('\n')}`,
+      );
     });
     const cronMail = world.gmail.messages.find((m) => m.rcptTo.includes('admin@example.org'))!;
     assert.equal(cronMail.mailFrom, 'scanner@example.com');
@@ -232,17 +285,26 @@ test("Postfix as smarthost client (README recipe): cron mail from root@host rewr
     const text = splitReceived(bounce.raw).rest.toString('latin1');
     assert.match(text, /^From: Mail Delivery System <MAILER-DAEMON@postfix\.test>\r$/m);
     assert.match(text, /no such user here/);
-    await waitFor(async () => /to=<scanner@example\.com>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+,.* status=sent \(250 2\.0\.0 Ok: queued as/.test(await log()), 10_000, 'postfix logs the bounce as sent');
+    await waitFor(
+      async () =>
+        /to=<scanner@example\.com>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+,.* status=sent \(250 2\.0\.0 Ok: queued as/.test(
+          await log(),
+        ),
+      10_000,
+      'postfix logs the bounce as sent',
+    );
   } finally {
     // `postfix stop` returns before the master exits (its last log line may never reach
     // maillog once postlogd is gone): wait for the master's process itself.
-    const master = await readFile(join(queue, 'pid', 'master.pid'), 'utf8').then((s) => Number(s.trim()), () => 0);
+    const master = await readFile(join(queue, 'pid', 'master.pid'), 'utf8').then(
+      (s) => Number(s.trim()),
+      () => 0,
+    );
     await run('/usr/sbin/postfix', ['-c', conf, 'stop']).catch(() => '');
     if (master) await waitFor(() => !existsSync(`/proc/${master}`), 20_000, 'postfix master to exit').catch(() => {});
   }
   assertNoSecrets(b.logs.join('\n'), secretsOf(world));
 });
-
 
 async function connectWhenListening(port: number): Promise<RawSmtp> {
   let last: unknown;

@@ -19,7 +19,14 @@ test('default: a From header the user does not own is refused with 553 5.7.1', a
   const b = await startBridge(world);
   try {
     await assert.rejects(
-      sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['alice@example.org'], raw: spoofed() }),
+      sendThroughBridge({
+        port: b.port,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'scanner@example.com',
+        to: ['alice@example.org'],
+        raw: spoofed(),
+      }),
       (e: { responseCode?: number; response?: string }) => e.responseCode === 553 && /5\.7\.1/.test(e.response ?? ''),
     );
     assert.equal((await b.bridge.spool.list()).length, 0);
@@ -31,9 +38,18 @@ test('default: a From header the user does not own is refused with 553 5.7.1', a
 
 test('fromHeader: rewrite puts the envelope sender in From, keeps the name and every other byte, adds Reply-To', async () => {
   const world = await startFakeWorld();
-  const b = await startBridge(world, { listeners: [{ name: 'local', host: '127.0.0.1', port: 0, fromHeader: 'rewrite' }] });
+  const b = await startBridge(world, {
+    listeners: [{ name: 'local', host: '127.0.0.1', port: 0, fromHeader: 'rewrite' }],
+  });
   try {
-    const res = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['alice@example.org'], raw: spoofed() });
+    const res = await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['alice@example.org'],
+      raw: spoofed(),
+    });
     assert.match(res.response, /^250 /);
     await world.gmail.waitForMessages(1, 10_000);
     const got = splitReceived(world.gmail.messages[0].raw.toString('utf8')).rest;
@@ -55,8 +71,16 @@ test('the null sender (a bounce relayed by Postfix) is accepted when its From he
   const world = await startFakeWorld();
   const b = await startBridge(world);
   try {
-    const raw = 'From: scanner@example.com\r\nTo: alice@example.org\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\nbounce\r\n';
-    const res = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: '', to: ['alice@example.org'], raw });
+    const raw =
+      'From: scanner@example.com\r\nTo: alice@example.org\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\nbounce\r\n';
+    const res = await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: '',
+      to: ['alice@example.org'],
+      raw,
+    });
     assert.match(res.response, /^250 /);
     await world.gmail.waitForMessages(1, 10_000);
     assert.equal(world.gmail.messages[0].mailFrom, '');

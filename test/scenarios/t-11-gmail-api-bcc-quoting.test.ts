@@ -22,13 +22,20 @@ function python(script: string, input: Buffer): Promise<unknown> {
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`python3 exited ${code}: ${err}`))));
+    child.on('close', (code) =>
+      code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`python3 exited ${code}: ${err}`)),
+    );
     child.stdin.end(input);
   });
 }
 
 /** One SMTP transaction from python3's smtplib, RCPT lines written verbatim (smtplib would re-parse the addresses). */
-async function smtpSend(port: number, w: FakeWorld, rcpts: string[], raw: string): Promise<{ rcpt: [number, string][]; data: [number, string] }> {
+async function smtpSend(
+  port: number,
+  w: FakeWorld,
+  rcpts: string[],
+  raw: string,
+): Promise<{ rcpt: [number, string][]; data: [number, string] }> {
   const script = `
 import json, smtplib, sys
 c = json.loads(sys.stdin.buffer.read().decode('utf-8'))
@@ -42,12 +49,16 @@ code, msg = s.data(c['raw'].encode())
 s.quit()
 print(json.dumps({'rcpt': rcpt, 'data': [code, msg.decode()]}))
 `;
-  const input = Buffer.from(JSON.stringify({ port, user: w.user.username, pass: w.user.password, from: FROM, rcpts, raw }));
+  const input = Buffer.from(
+    JSON.stringify({ port, user: w.user.username, pass: w.user.password, from: FROM, rcpts, raw }),
+  );
   return (await python(script, input)) as { rcpt: [number, string][]; data: [number, string] };
 }
 
 /** The header as python3 reads it: every Bcc address (headerregistry: local part value and domain) and the getaddresses count. */
-async function pythonBcc(raw: Buffer): Promise<{ addresses: [string, string][]; getaddresses: string[]; defects: string[] }> {
+async function pythonBcc(
+  raw: Buffer,
+): Promise<{ addresses: [string, string][]; getaddresses: string[]; defects: string[] }> {
   const script = `
 import email, email.utils, json, sys
 from email import policy
@@ -94,25 +105,50 @@ test('plan: a recipient no header can carry holds the message with the reason; t
   const bad = planRecipients(['ok@dest.test', 'x@dest,test'], [], 100);
   assert.equal(bad.ok, false);
   assert.match(!bad.ok ? bad.reason : '', /no RFC 5322 address can express "x@dest,test"/);
-  const rcpts = ['a,b@dest.test', 'x;y@dest.test', 'g:h@dest.test', 'p)q@dest.test', 'r"s@dest.test', 'c\\d@dest.test', 'plain@dest.test'];
+  const rcpts = [
+    'a,b@dest.test',
+    'x;y@dest.test',
+    'g:h@dest.test',
+    'p)q@dest.test',
+    'r"s@dest.test',
+    'c\\d@dest.test',
+    'plain@dest.test',
+  ];
   const plan = planRecipients(rcpts, [], 100);
   assert.ok(plan.ok);
   const parsed = await pythonBcc(Buffer.from(bccField(plan.bcc) + 'Subject: x\r\n\r\nbody\r\n'));
-  assert.deepEqual(parsed.addresses, rcpts.map((r) => [r.slice(0, r.lastIndexOf('@')), 'dest.test']));
+  assert.deepEqual(
+    parsed.addresses,
+    rcpts.map((r) => [r.slice(0, r.lastIndexOf('@')), 'dest.test']),
+  );
   assert.equal(parsed.getaddresses.length, rcpts.length, JSON.stringify(parsed.getaddresses));
   assert.deepEqual(parsed.defects, []);
 });
 
-test('gmail-api end to end: envelope recipients with , ; : ) " \\ in the local part reach the API as one Bcc address each, and no recipient sees another', { timeout: 90_000 }, async () => {
+test('gmail-api end to end: envelope recipients with , ; : ) " \\ in the local part reach the API as one Bcc address each, and no recipient sees another', {
+  timeout: 90_000,
+}, async () => {
   const w = await startFakeWorld({ transport: 'gmail-api' });
   let b: RunningBridge | undefined;
   try {
     b = await startBridge(w);
     // smtp-server accepts these bare (and a quoted one); it refuses what no header could carry (a control character, `x@dest,test`).
-    const hidden = ['a,b@dest.test', 'x;y@dest.test', 'g:h@dest.test', 'p)q@dest.test', 'r"s@dest.test', 'c\\d@dest.test', '"e,f"@dest.test'];
+    const hidden = [
+      'a,b@dest.test',
+      'x;y@dest.test',
+      'g:h@dest.test',
+      'p)q@dest.test',
+      'r"s@dest.test',
+      'c\\d@dest.test',
+      '"e,f"@dest.test',
+    ];
     const raw = message({ from: FROM, to: 'Visible <visible@dest.test>' }).toString('utf8');
     const r = await smtpSend(b.port, w, ['visible@dest.test', ...hidden], raw);
-    assert.deepEqual(r.rcpt.map((x) => x[0]), [250, ...hidden.map(() => 250)], JSON.stringify(r.rcpt));
+    assert.deepEqual(
+      r.rcpt.map((x) => x[0]),
+      [250, ...hidden.map(() => 250)],
+      JSON.stringify(r.rcpt),
+    );
     assert.equal(r.data[0], 250, r.data[1]);
     await w.gmailApi!.waitForMessages(1);
     const got = w.gmailApi!.messages[0];
@@ -127,7 +163,11 @@ test('gmail-api end to end: envelope recipients with , ; : ) " \\ in the local p
     assert.deepEqual(parsed.defects, []);
     // What recipients get (Gmail strips Bcc): no hidden recipient in it.
     const visible = got.visible.toString('utf8');
-    for (const h of hidden) assert.ok(!visible.includes(localPartValue(h.slice(0, h.lastIndexOf('@')))), `${h} is visible to the other recipients`);
+    for (const h of hidden)
+      assert.ok(
+        !visible.includes(localPartValue(h.slice(0, h.lastIndexOf('@')))),
+        `${h} is visible to the other recipients`,
+      );
     await waitFor(() => b!.logs.some((l) => l.includes('"delivered"')), 15_000, 'delivered line');
   } finally {
     await b?.stop();

@@ -57,7 +57,14 @@ test('check-config refuses every spelling of "all IPv4" or "all IPv6" in trusted
   // One listener per list: one CLI run reports every problem with its key path.
   await writeConfig(
     file,
-    OPEN_LISTS.map((nets, i) => ({ name: `lan${i}`, host: '0.0.0.0', port: 2600 + i, tls: 'starttls', trustedNetworks: nets, trustedAccount: 'office' })),
+    OPEN_LISTS.map((nets, i) => ({
+      name: `lan${i}`,
+      host: '0.0.0.0',
+      port: 2600 + i,
+      tls: 'starttls',
+      trustedNetworks: nets,
+      trustedAccount: 'office',
+    })),
   );
   const r = cli(['check-config', '-c', file]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
@@ -71,7 +78,14 @@ test('check-config refuses every spelling of "all IPv4" or "all IPv6" in trusted
   // Narrow lists, in plain and IPv4-mapped spelling, pass.
   const ok = join(dir, 'narrow.yaml');
   await writeConfig(ok, [
-    { name: 'lan', host: '0.0.0.0', port: 2700, tls: 'starttls', trustedNetworks: ['192.168.1.0/24', 'fd00::/8', '::ffff:10.1.0.0/112'], trustedAccount: 'office' },
+    {
+      name: 'lan',
+      host: '0.0.0.0',
+      port: 2700,
+      tls: 'starttls',
+      trustedNetworks: ['192.168.1.0/24', 'fd00::/8', '::ffff:10.1.0.0/112'],
+      trustedAccount: 'office',
+    },
   ]);
   const good = cli(['check-config', '-c', ok]);
   assert.equal(good.code, 0, good.stderr);
@@ -79,7 +93,14 @@ test('check-config refuses every spelling of "all IPv4" or "all IPv6" in trusted
 
 test('a loopback listener with proxyProtocol gets no loopback exemption: check-config and serve refuse it', async () => {
   const file = join(dir, 'proxied.yaml');
-  const proxied = { name: 'haproxy', host: '127.0.0.1', port: 0, proxyProtocol: true, trustedNetworks: ['0.0.0.0/0', '::/0'], trustedAccount: 'office' };
+  const proxied = {
+    name: 'haproxy',
+    host: '127.0.0.1',
+    port: 0,
+    proxyProtocol: true,
+    trustedNetworks: ['0.0.0.0/0', '::/0'],
+    trustedAccount: 'office',
+  };
   await writeConfig(file, [proxied]);
   const r = cli(['check-config', '-c', file]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
@@ -119,9 +140,14 @@ test('a non-loopback listener with proxyProtocol needs proxyFrom, trusted networ
 
 test('listener: an address claimed in a PROXY header never gets loopback privileges (cleartext AUTH); the real loopback peer does', async () => {
   const PASSWORD = 'proxy claim password';
-  const users = [{ username: 'printer', passwordHash: await hashPassword(PASSWORD, FAKE_SCRYPT_COST), account: 'office' }];
+  const users = [
+    { username: 'printer', passwordHash: await hashPassword(PASSWORD, FAKE_SCRYPT_COST), account: 'office' },
+  ];
   // The balancer is 127.0.0.2 (on this host); a direct client on 127.0.0.1 sends no header.
-  const config = makeConfig(dir, { listeners: [{ name: 'lb', host: '127.0.0.1', port: 0, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.2'] }], users });
+  const config = makeConfig(dir, {
+    listeners: [{ name: 'lb', host: '127.0.0.1', port: 0, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.2'] }],
+    users,
+  });
   const h = await startListeners(config, spool);
   const auth = async (opts: { proxy?: string | Buffer; localAddress?: string }) => {
     const c = await RawSmtp.connect(h.port(), opts);
@@ -141,15 +167,35 @@ test('listener: an address claimed in a PROXY header never gets loopback privile
     ];
     for (const [what, proxy] of claims) assert.equal(await auth({ proxy, localAddress: '127.0.0.2' }), REFUSED, what);
     // A proxy's own LOCAL connection is a proxied connection too.
-    assert.equal(await auth({ proxy: proxyV2('', 0, { local: true }), localAddress: '127.0.0.2' }), REFUSED, 'v2 LOCAL');
+    assert.equal(
+      await auth({ proxy: proxyV2('', 0, { local: true }), localAddress: '127.0.0.2' }),
+      REFUSED,
+      'v2 LOCAL',
+    );
     // The same machine without a header (127.0.0.1 is not in proxyFrom) is a local client.
     assert.match(await auth({}), /^235 /);
-    assert.ok(h.logs().some((l) => l.message === 'auth ok' && l.ip === '127.0.0.1'), 'canary: the direct login was judged');
+    assert.ok(
+      h.logs().some((l) => l.message === 'auth ok' && l.ip === '127.0.0.1'),
+      'canary: the direct login was judged',
+    );
   } finally {
     await h.stop();
   }
   // Only allowInsecureAuth lets a proxied client log in without TLS.
-  const insecure = makeConfig(dir, { listeners: [{ name: 'lb', host: '127.0.0.1', port: 0, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.2'], allowInsecureAuth: true }], users });
+  const insecure = makeConfig(dir, {
+    listeners: [
+      {
+        name: 'lb',
+        host: '127.0.0.1',
+        port: 0,
+        tls: 'none',
+        proxyProtocol: true,
+        proxyFrom: ['127.0.0.2'],
+        allowInsecureAuth: true,
+      },
+    ],
+    users,
+  });
   const h2 = await startListeners(insecure, spool);
   try {
     const c = await RawSmtp.connect(h2.port(), { proxy: proxyV2('127.0.0.1', 40005), localAddress: '127.0.0.2' });
@@ -163,9 +209,25 @@ test('listener: an address claimed in a PROXY header never gets loopback privile
 
 test('listener: a config that skipped the schema with an open list is refused at start; nothing listens', async () => {
   for (const nets of [['::ffff:0:0/96'], ['0:0:0:0:0:ffff:0:0/96']]) {
-    const config = makeConfig(dir, { listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, trustedNetworks: ['198.51.100.0/24'], trustedAccount: 'office' }] });
+    const config = makeConfig(dir, {
+      listeners: [
+        {
+          name: 'proxied',
+          host: '127.0.0.1',
+          port: 0,
+          proxyProtocol: true,
+          trustedNetworks: ['198.51.100.0/24'],
+          trustedAccount: 'office',
+        },
+      ],
+    });
     config.listeners[0].trustedNetworks = nets;
-    const l = new Listeners({ config, log: createLogger({ silent: true }), spool, onQueued: () => assert.fail('nothing may be queued') });
+    const l = new Listeners({
+      config,
+      log: createLogger({ silent: true }),
+      spool,
+      onQueued: () => assert.fail('nothing may be queued'),
+    });
     try {
       await assert.rejects(l.start(), /open relay/);
     } finally {
@@ -176,23 +238,42 @@ test('listener: a config that skipped the schema with an open list is refused at
 
 test('listener: PROXY claiming 203.0.113.7 is not trusted by a narrow (IPv4-mapped) list; the LAN address is, in either spelling', async () => {
   const config = makeConfig(dir, {
-    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, trustedNetworks: ['::ffff:198.51.100.0/120'], trustedAccount: 'office' }],
+    listeners: [
+      {
+        name: 'proxied',
+        host: '127.0.0.1',
+        port: 0,
+        proxyProtocol: true,
+        trustedNetworks: ['::ffff:198.51.100.0/120'],
+        trustedAccount: 'office',
+      },
+    ],
   });
   const h = await startListeners(config, spool);
   try {
     const relay = async (proxy: string) => {
       const c = await RawSmtp.connect(h.port(), { proxy });
       await c.ehlo();
-      const r = await c.sendRaw('scanner@example.com', ['victim@example.org'], message('scanner@example.com', 'victim@example.org'));
+      const r = await c.sendRaw(
+        'scanner@example.com',
+        ['victim@example.org'],
+        message('scanner@example.com', 'victim@example.org'),
+      );
       await c.quit();
       return r;
     };
-    for (const proxy of ['PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n', 'PROXY TCP6 ::ffff:203.0.113.7 ::1 40000 25\r\n']) {
+    for (const proxy of [
+      'PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n',
+      'PROXY TCP6 ::ffff:203.0.113.7 ::1 40000 25\r\n',
+    ]) {
       const r = await relay(proxy);
       assert.equal(r.lines.join(), '530 5.7.0 Authentication required', proxy);
     }
     assert.equal(h.queued.length, 0);
-    for (const proxy of ['PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n', 'PROXY TCP6 ::ffff:198.51.100.8 ::1 40000 25\r\n']) {
+    for (const proxy of [
+      'PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n',
+      'PROXY TCP6 ::ffff:198.51.100.8 ::1 40000 25\r\n',
+    ]) {
       const r = await relay(proxy);
       assert.equal(r.code, 250, `${proxy}: ${r.lines.join()}`);
     }
@@ -210,13 +291,19 @@ test('listener: PROXY claiming 203.0.113.7 is not trusted by a narrow (IPv4-mapp
 
 test('listener: a listener on an IPv4-mapped address (dual-stack socket) trusts a plain IPv4 entry', async () => {
   const config = makeConfig(dir, {
-    listeners: [{ name: 'dual', host: '::ffff:127.0.0.1', port: 0, trustedNetworks: ['127.0.0.2/32'], trustedAccount: 'office' }],
+    listeners: [
+      { name: 'dual', host: '::ffff:127.0.0.1', port: 0, trustedNetworks: ['127.0.0.2/32'], trustedAccount: 'office' },
+    ],
   });
   const h = await startListeners(config, spool);
   try {
     const trusted = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.2' });
     await trusted.ehlo();
-    assert.equal((await trusted.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250);
+    assert.equal(
+      (await trusted.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net')))
+        .code,
+      250,
+    );
     await trusted.quit();
     assert.equal(h.queued[0].clientIp, '127.0.0.2'); // smtp-server drops the mapped prefix from the socket address
     const other = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.3' });

@@ -23,7 +23,6 @@ const N = 2000;
 const CLIENTS = 6;
 const CLIENT_IP = '127.0.0.2';
 
-
 /** The HAProxy configuration (README "Scaling out" shows the same one). */
 export function haproxyConfig(front: number, backends: Array<{ name: string; smtp: number; http: number }>): string {
   return [
@@ -63,7 +62,18 @@ async function startInstance(world: FakeWorld, name: string): Promise<Instance> 
   const cfg = bridgeConfig(world, {
     stateDir: join(world.dir, `state-${name}`),
     // allowInsecureAuth: the proxied client (127.0.0.2 in the header) gets no loopback exemption for cleartext AUTH.
-    listeners: [{ name: 'lb', host: '127.0.0.1', port: smtp, tls: 'none', proxyProtocol: true, proxyFrom: ['127.0.0.1'], allowInsecureAuth: true, maxConnectionsPerIp: 200 }],
+    listeners: [
+      {
+        name: 'lb',
+        host: '127.0.0.1',
+        port: smtp,
+        tls: 'none',
+        proxyProtocol: true,
+        proxyFrom: ['127.0.0.1'],
+        allowInsecureAuth: true,
+        maxConnectionsPerIp: 200,
+      },
+    ],
     http: { host: '127.0.0.1', port: http },
     log: { level: 'info', format: 'json' },
   });
@@ -100,7 +110,9 @@ async function sendOne(port: number, world: FakeWorld, n: number): Promise<void>
   }
 }
 
-test('HAProxy (send-proxy-v2, /readyz checks) in front of two instances: kill -9 one mid-load, every acknowledged message is delivered', { timeout: 240_000 }, async (t) => {
+test('HAProxy (send-proxy-v2, /readyz checks) in front of two instances: kill -9 one mid-load, every acknowledged message is delivered', {
+  timeout: 240_000,
+}, async (t) => {
   try {
     await access(HAPROXY, constants.X_OK);
   } catch {
@@ -119,7 +131,15 @@ test('HAProxy (send-proxy-v2, /readyz checks) in front of two instances: kill -9
     const hlog: string[] = [];
     haproxy.stdout!.on('data', (d: Buffer) => hlog.push(d.toString()));
     haproxy.stderr!.on('data', (d: Buffer) => hlog.push(d.toString()));
-    await waitFor(() => sendOne(front, world, -1).then(() => true, () => false), 15_000, `HAProxy on ${front}\n${hlog.join('')}`);
+    await waitFor(
+      () =>
+        sendOne(front, world, -1).then(
+          () => true,
+          () => false,
+        ),
+      15_000,
+      `HAProxy on ${front}\n${hlog.join('')}`,
+    );
 
     const acked = new Set<number>();
     let next = 0;
@@ -159,7 +179,12 @@ test('HAProxy (send-proxy-v2, /readyz checks) in front of two instances: kill -9
     assert.equal(acked.size, N);
 
     // Every acknowledged message reaches Gmail: b1's spooled mail is sent once it is back.
-    const delivered = () => new Set(world.gmail.messages.flatMap((m) => /Message-ID: <lb\.(\d+)@haproxy\.test>/.exec(m.raw.toString('latin1'))?.[1] ?? []).map(Number));
+    const delivered = () =>
+      new Set(
+        world.gmail.messages
+          .flatMap((m) => /Message-ID: <lb\.(\d+)@haproxy\.test>/.exec(m.raw.toString('latin1'))?.[1] ?? [])
+          .map(Number),
+      );
     await waitFor(() => [...acked].every((n) => delivered().has(n)), 60_000, 'every acknowledged message delivered');
     const copies = new Map<number, number>();
     for (const m of world.gmail.messages) {
@@ -177,7 +202,10 @@ test('HAProxy (send-proxy-v2, /readyz checks) in front of two instances: kill -9
     // Both instances saw the client's real address from the PROXY v2 header, not HAProxy's.
     const lines = instances.flatMap((i) => receivedLines(i));
     assert.ok(receivedLines(instances[1]).length > 0 && lines.length > 0);
-    assert.ok(lines.every((l) => l.ip === CLIENT_IP), `client addresses: ${[...new Set(lines.map((l) => l.ip))].join(', ')}`);
+    assert.ok(
+      lines.every((l) => l.ip === CLIENT_IP),
+      `client addresses: ${[...new Set(lines.map((l) => l.ip))].join(', ')}`,
+    );
   } finally {
     haproxy?.kill('SIGKILL');
     for (const i of instances) if (i.proc && i.proc.child.exitCode === null) i.proc.child.kill('SIGKILL');

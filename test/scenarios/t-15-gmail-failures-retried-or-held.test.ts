@@ -6,7 +6,10 @@ import { startFakeWorld, type FakeWorld } from '../../src/fakes/world.js';
 import { startBridge, sendThroughBridge, message, type RunningBridge } from '../helpers/bridge.js';
 import { waitFor, sleep } from '../helpers/wait.js';
 
-async function withBridge(fn: (world: FakeWorld, b: RunningBridge) => Promise<void>, overrides: Record<string, unknown> = {}): Promise<void> {
+async function withBridge(
+  fn: (world: FakeWorld, b: RunningBridge) => Promise<void>,
+  overrides: Record<string, unknown> = {},
+): Promise<void> {
   const world = await startFakeWorld();
   const b = await startBridge(world, { queue: { retry: ['300ms'] }, ...overrides });
   try {
@@ -18,7 +21,14 @@ async function withBridge(fn: (world: FakeWorld, b: RunningBridge) => Promise<vo
 }
 
 const send = (world: FakeWorld, b: RunningBridge, to: string[], subject = 'test') =>
-  sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to, raw: message({ from: 'scanner@example.com', to: to.join(', '), subject }) });
+  sendThroughBridge({
+    port: b.port,
+    user: world.user.username,
+    pass: world.user.password,
+    from: 'scanner@example.com',
+    to,
+    raw: message({ from: 'scanner@example.com', to: to.join(', '), subject }),
+  });
 
 test('421 and 451 are retried with backoff, then delivered once', async () => {
   await withBridge(async (world, b) => {
@@ -30,14 +40,23 @@ test('421 and 451 are retried with backoff, then delivered once', async () => {
     // Canary: a later message delivered after its retries had their chance to send it again.
     await send(world, b, ['canary@example.org'], 'canary');
     await world.gmail.waitForMessages(2, 10_000);
-    assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]), ['retry@example.org', 'canary@example.org'], 'delivered exactly once');
+    assert.deepEqual(
+      world.gmail.messages.map((m) => m.rcptTo[0]),
+      ['retry@example.org', 'canary@example.org'],
+      'delivered exactly once',
+    );
     assert.ok(b.logs.filter((l) => l.includes('"message":"deferred"')).length >= 2, 'two deferrals logged');
   });
 });
 
 test('550 5.4.5 daily limit holds the account without bouncing', async () => {
   await withBridge(async (world, b) => {
-    world.gmail.script({ stage: 'mail', reply: '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852', count: 1 });
+    world.gmail.script({
+      stage: 'mail',
+      reply:
+        '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852',
+      count: 1,
+    });
     await send(world, b, ['quota@example.org']);
     await waitFor(() => b.logs.some((l) => l.includes('"reason":"quota"')), 5000, 'quota hold');
     // time is the subject: the hold must outlast several 300 ms retry steps; the only account is
@@ -52,7 +71,12 @@ test('550 5.4.5 daily limit holds the account without bouncing', async () => {
 
 test('550 5.1.1 for one recipient: the others are delivered, a DSN for that one goes to the sender', async () => {
   await withBridge(async (world, b) => {
-    world.gmail.script({ stage: 'rcpt', rcpt: 'nobody@example.org', reply: '550 5.1.1 The email account that you tried to reach does not exist.', count: Infinity });
+    world.gmail.script({
+      stage: 'rcpt',
+      rcpt: 'nobody@example.org',
+      reply: '550 5.1.1 The email account that you tried to reach does not exist.',
+      count: Infinity,
+    });
     await send(world, b, ['ok@example.org', 'nobody@example.org']);
     await world.gmail.waitForMessages(2, 10_000);
     const [orig, dsn] = world.gmail.messages;
@@ -70,7 +94,7 @@ test('550 5.1.1 for one recipient: the others are delivered, a DSN for that one 
   });
 });
 
-test('535 (Gmail\'s 334 + 535 dialogue) after the renewed token marks the account needs-reauth and holds its mail', async () => {
+test("535 (Gmail's 334 + 535 dialogue) after the renewed token marks the account needs-reauth and holds its mail", async () => {
   const world = await startFakeWorld();
   // A grant for another mailbox than the account's `email`: Gmail refuses every AUTH.
   const wrong = '1//0g-wrong-mailbox-grant';
@@ -84,7 +108,10 @@ test('535 (Gmail\'s 334 + 535 dialogue) after the renewed token marks the accoun
     assert.equal((await b.bridge.spool.list()).length, 1, 'held, not bounced');
     // nodemailer answers the 334 challenge, asks for a renewed token and tries AUTH again.
     assert.ok(world.gmail.auths.filter((a) => !a.ok).length >= 2, 'AUTH retried with a renewed token before giving up');
-    assert.ok(b.logs.some((l) => /"level":"error"/.test(l) && l.includes('xoauth2-bridge authorize office')), 'one loud line with the fix');
+    assert.ok(
+      b.logs.some((l) => /"level":"error"/.test(l) && l.includes('xoauth2-bridge authorize office')),
+      'one loud line with the fix',
+    );
     const attempts = world.gmail.auths.length;
     // time is the subject: no AUTH over several 300 ms retry steps; the only account is held,
     // so no canary message could pass to show a step went by.
@@ -104,11 +131,16 @@ test('250 recipients with a limit of 100 go out as 3 transactions; a 451 midway 
     const orig = world.gmail.messages.push.bind(world.gmail.messages);
     world.gmail.messages.push = (...m) => {
       seen += m.length;
-      if (seen === 1) world.gmail.script({ stage: 'data', reply: '451 4.3.0 Mail server temporarily rejected message.', count: 1 });
+      if (seen === 1)
+        world.gmail.script({ stage: 'data', reply: '451 4.3.0 Mail server temporarily rejected message.', count: 1 });
       return orig(...m);
     };
     await send(world, b, rcpts);
-    await waitFor(() => world.gmail.messages.reduce((n, m) => n + m.rcptTo.length, 0) >= 250, 15_000, 'all recipients delivered');
+    await waitFor(
+      () => world.gmail.messages.reduce((n, m) => n + m.rcptTo.length, 0) >= 250,
+      15_000,
+      'all recipients delivered',
+    );
     await waitFor(async () => (await b.bridge.spool.list()).length === 0, 5000, 'spool empty');
     const sizes = world.gmail.messages.map((m) => m.rcptTo.length);
     assert.deepEqual(sizes, [100, 100, 50]);
@@ -118,12 +150,18 @@ test('250 recipients with a limit of 100 go out as 3 transactions; a 451 midway 
 });
 
 test('50 concurrent deliveries on a cold start make exactly one token request', async () => {
-  await withBridge(async (world, b) => {
-    const before = world.tokens.requests.length;
-    await Promise.all(Array.from({ length: 50 }, (_, i) => send(world, b, [`c${i}@example.org`])));
-    await world.gmail.waitForMessages(50, 20_000);
-    const grants = world.tokens.requests.slice(before).filter((r) => r.grantType === 'refresh_token');
-    assert.equal(grants.length, 1);
-    assert.ok(world.gmail.auths.filter((a) => a.ok).length <= 3, 'pooled upstream connections: at most maxConnections AUTHs');
-  }, { listeners: [{ name: 'local', host: '127.0.0.1', port: 0, maxConnectionsPerIp: 60 }] });
+  await withBridge(
+    async (world, b) => {
+      const before = world.tokens.requests.length;
+      await Promise.all(Array.from({ length: 50 }, (_, i) => send(world, b, [`c${i}@example.org`])));
+      await world.gmail.waitForMessages(50, 20_000);
+      const grants = world.tokens.requests.slice(before).filter((r) => r.grantType === 'refresh_token');
+      assert.equal(grants.length, 1);
+      assert.ok(
+        world.gmail.auths.filter((a) => a.ok).length <= 3,
+        'pooled upstream connections: at most maxConnections AUTHs',
+      );
+    },
+    { listeners: [{ name: 'local', host: '127.0.0.1', port: 0, maxConnectionsPerIp: 60 }] },
+  );
 });

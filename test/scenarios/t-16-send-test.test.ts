@@ -18,7 +18,10 @@ interface Ran {
   stderr: string;
 }
 
-function run(cmd: string, args: string[]): { child: ReturnType<typeof spawn>; done: Promise<Ran>; stderr: () => string; exited: () => boolean } {
+function run(
+  cmd: string,
+  args: string[],
+): { child: ReturnType<typeof spawn>; done: Promise<Ran>; stderr: () => string; exited: () => boolean } {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -32,9 +35,12 @@ function run(cmd: string, args: string[]): { child: ReturnType<typeof spawn>; do
   return { child, done, stderr: () => stderr, exited: () => exited };
 }
 
-const refreshes = (w: Awaited<ReturnType<typeof startFakeWorld>>) => w.tokens.requests.filter((r) => r.grantType === 'refresh_token').length;
+const refreshes = (w: Awaited<ReturnType<typeof startFakeWorld>>) =>
+  w.tokens.requests.filter((r) => r.grantType === 'refresh_token').length;
 
-test('with a daemon running, send-test is sent by the daemon: its log says so, and the CLI never opens the token store', { timeout: 120_000 }, async () => {
+test('with a daemon running, send-test is sent by the daemon: its log says so, and the CLI never opens the token store', {
+  timeout: 120_000,
+}, async () => {
   const world = await startFakeWorld();
   const trace = await mkdtemp(join(tmpdir(), 'xoauth2-strace-'));
   let d: SpawnedBridge | undefined;
@@ -45,12 +51,29 @@ test('with a daemon running, send-test is sent by the daemon: its log says so, a
     const before = refreshes(world);
     // Every file the CLI process (and any child) opens or renames, by path.
     const out = join(trace, 'trace');
-    const r = await run('strace', ['-f', '-qq', '--seccomp-bpf', '-e', 'trace=open,openat,openat2,rename,renameat,renameat2,unlink,unlinkat', '-o', out, process.execPath, ...CLI, 'send-test', '--to', 'ops@example.org', '-c', configFile]).done;
+    const r = await run('strace', [
+      '-f',
+      '-qq',
+      '--seccomp-bpf',
+      '-e',
+      'trace=open,openat,openat2,rename,renameat,renameat2,unlink,unlinkat',
+      '-o',
+      out,
+      process.execPath,
+      ...CLI,
+      'send-test',
+      '--to',
+      'ops@example.org',
+      '-c',
+      configFile,
+    ]).done;
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.match(r.stdout, new RegExp(`^sent via localhost:${world.gmail.port} as ${world.account.email}: ok 250 `));
     const touched = (await readFile(out, 'utf8')).split('\n').filter((l) => l.includes('tokens.json'));
     assert.deepEqual(touched, [], 'the CLI opened the token store behind the daemon');
-    const sent = d.stderr.map((l) => JSON.parse(l) as Record<string, unknown>).filter((j) => j.message === 'send-test sent');
+    const sent = d.stderr
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((j) => j.message === 'send-test sent');
     assert.equal(sent.length, 1, d.stderr.join('\n'));
     assert.equal(sent[0].account, world.account.name);
     assert.ok(d.stderr.some((l) => /"message":"control request"/.test(l) && /"op":"send-test"/.test(l)));
@@ -66,7 +89,9 @@ test('with a daemon running, send-test is sent by the daemon: its log says so, a
   }
 });
 
-test('with no daemon, send-test holds the state lock while it sends: a daemon started meanwhile is refused', { timeout: 120_000 }, async () => {
+test('with no daemon, send-test holds the state lock while it sends: a daemon started meanwhile is refused', {
+  timeout: 120_000,
+}, async () => {
   const world = await startFakeWorld();
   try {
     const configFile = await writeBridgeConfig(world, bridgeConfig(world));
@@ -75,7 +100,11 @@ test('with no daemon, send-test holds the state lock while it sends: a daemon st
     const st = run(process.execPath, [...CLI, 'send-test', '--to', 'ops@example.org', '-c', configFile]);
     await gate.reached; // the CLI is in the middle of the SMTP transaction
     const daemon = run(process.execPath, [...CLI, 'serve', '-c', configFile]);
-    await waitFor(() => daemon.exited() || daemon.stderr().includes('xoauth2-bridge started'), 60_000, 'the daemon to exit or start');
+    await waitFor(
+      () => daemon.exited() || daemon.stderr().includes('xoauth2-bridge started'),
+      60_000,
+      'the daemon to exit or start',
+    );
     if (!daemon.exited()) {
       daemon.child.kill('SIGTERM');
       await daemon.done;

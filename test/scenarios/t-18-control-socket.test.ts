@@ -15,7 +15,16 @@ import { socketPath } from '../../src/control/protocol.js';
 import { createLogger } from '../../src/log/logger.js';
 import { recordingLogger, testConfig } from '../helpers/delivery.js';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, type FakeWorld } from '../../src/fakes/world.js';
-import { spawnBridge, startBridge, importToken, sendThroughBridge, message, CLI, ROOT, type SpawnedBridge } from '../helpers/bridge.js';
+import {
+  spawnBridge,
+  startBridge,
+  importToken,
+  sendThroughBridge,
+  message,
+  CLI,
+  ROOT,
+  type SpawnedBridge,
+} from '../helpers/bridge.js';
 import { waitFor, sleep } from '../helpers/wait.js';
 
 interface Ran {
@@ -42,7 +51,14 @@ function cliStart(args: string[], input?: string): { done: Promise<Ran>; exited:
 
 const cli = (...args: string[]) => cliStart(args).done;
 
-type Row = { id: string; state: string; reason: string | null; rcpts: { address: string; status: string }[]; attempts: number; lastReply: string | null };
+type Row = {
+  id: string;
+  state: string;
+  reason: string | null;
+  rcpts: { address: string; status: string }[];
+  attempts: number;
+  lastReply: string | null;
+};
 
 async function list(configFile: string): Promise<Row[]> {
   const r = await cli('queue', 'list', '--json', '-c', configFile);
@@ -68,14 +84,21 @@ async function pastARetryStep(world: FakeWorld, d: SpawnedBridge, tag: string): 
     await logged(d, 'deferred', id);
     await logged(d, 'delivered', id, (j) => j.status === 'sent');
   } catch (e) {
-    throw new Error(`${(e as Error).message}; the canary's log lines:\n${lines()}\nfake Gmail errors: ${world.gmail.errors.map((x) => x.message).join('; ') || 'none'}`);
+    throw new Error(
+      `${(e as Error).message}; the canary's log lines:\n${lines()}\nfake Gmail errors: ${world.gmail.errors.map((x) => x.message).join('; ') || 'none'}`,
+    );
   }
   assert.equal(received(world, rcpt), 1, `the canary arrived once:\n${lines()}`);
 }
 
-async function setup(overrides: Record<string, unknown> = {}): Promise<{ world: FakeWorld; configFile: string; d: SpawnedBridge; stop: () => Promise<void> }> {
+async function setup(
+  overrides: Record<string, unknown> = {},
+): Promise<{ world: FakeWorld; configFile: string; d: SpawnedBridge; stop: () => Promise<void> }> {
   const world = await startFakeWorld();
-  const configFile = await writeBridgeConfig(world, bridgeConfig(world, { queue: { retry: [RETRY] }, log: { level: 'info', format: 'json' }, ...overrides }));
+  const configFile = await writeBridgeConfig(
+    world,
+    bridgeConfig(world, { queue: { retry: [RETRY] }, log: { level: 'info', format: 'json' }, ...overrides }),
+  );
   importToken(configFile, world);
   const d = await spawnBridge(configFile);
   return {
@@ -93,18 +116,34 @@ async function setup(overrides: Record<string, unknown> = {}): Promise<{ world: 
 }
 
 async function send(world: FakeWorld, port: number, to: string[]): Promise<string> {
-  const r = await sendThroughBridge({ port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to, raw: message({ from: 'scanner@example.com', to: to.join(', ') }) });
+  const r = await sendThroughBridge({
+    port,
+    user: world.user.username,
+    pass: world.user.password,
+    from: 'scanner@example.com',
+    to,
+    raw: message({ from: 'scanner@example.com', to: to.join(', ') }),
+  });
   return r.response.split(' ').pop()!;
 }
 
 /** Waits for the daemon's log line saying it got this CLI request (the CLI takes a while to start). */
 async function served(d: SpawnedBridge, op: string, id: string): Promise<void> {
-  await waitFor(() => d.stderr.some((l) => l.includes('"control request"') && l.includes(`"op":"${op}"`) && l.includes(id)), 20_000, `the daemon to receive ${op} ${id}`);
+  await waitFor(
+    () => d.stderr.some((l) => l.includes('"control request"') && l.includes(`"op":"${op}"`) && l.includes(id)),
+    20_000,
+    `the daemon to receive ${op} ${id}`,
+  );
 }
 
 /** Waits for the daemon's event line (`delivered`, `deferred`, `held`) for message `id`: cheaper than
  * polling `queue list` (a CLI process per poll); the test then checks the list once. */
-async function logged(d: SpawnedBridge, event: string, id: string, extra: (j: Record<string, unknown>) => boolean = () => true): Promise<void> {
+async function logged(
+  d: SpawnedBridge,
+  event: string,
+  id: string,
+  extra: (j: Record<string, unknown>) => boolean = () => true,
+): Promise<void> {
   const match = (l: string) => {
     try {
       const j = JSON.parse(l) as Record<string, unknown>;
@@ -118,14 +157,19 @@ async function logged(d: SpawnedBridge, event: string, id: string, extra: (j: Re
 
 const received = (world: FakeWorld, rcpt: string) => world.gmail.messages.filter((m) => m.rcptTo.includes(rcpt)).length;
 
-test('the retry race: a accepted + b deferred, `queue retry` during the send -> a never receives it twice', { timeout: 90_000 }, async () => {
+test('the retry race: a accepted + b deferred, `queue retry` during the send -> a never receives it twice', {
+  timeout: 90_000,
+}, async () => {
   const h = await setup();
   try {
     h.world.gmail.script({ stage: 'rcpt', rcpt: 'b@example.org', reply: '451 4.3.0 b: try later' });
     const gate = h.world.gmail.holdNextData();
     const id = await send(h.world, h.d.ports.local, ['a@example.org', 'b@example.org']);
     await gate.reached; // attempt 1 is in flight: a accepted at RCPT, b deferred, DATA sent
-    assert.deepEqual((await list(h.configFile)).map((r) => [r.id, r.state]), [[id, 'in-flight']]);
+    assert.deepEqual(
+      (await list(h.configFile)).map((r) => [r.id, r.state]),
+      [[id, 'in-flight']],
+    );
     const retry = cliStart(['queue', 'retry', id, '-c', h.configFile]);
     await served(h.d, 'queue.retry', id);
     // time is the subject: a retry that did not wait for the attempt would have exited by now.
@@ -134,12 +178,18 @@ test('the retry race: a accepted + b deferred, `queue retry` during the send -> 
     gate.release();
     const r = await retry.done;
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, new RegExp(`${id}: scheduled for immediate retry \\(1 recipient pending, after the attempt in flight\\)`));
+    assert.match(
+      r.stdout,
+      new RegExp(`${id}: scheduled for immediate retry \\(1 recipient pending, after the attempt in flight\\)`),
+    );
     await logged(h.d, 'delivered', id, (j) => j.status === 'sent');
     assert.deepEqual(await list(h.configFile), [], 'delivered to b as well');
     assert.equal(received(h.world, 'a@example.org'), 1, 'a got it exactly once');
     assert.equal(received(h.world, 'b@example.org'), 1, 'b got it once');
-    assert.deepEqual(h.world.gmail.messages.map((m) => m.rcptTo), [['a@example.org'], ['b@example.org']]);
+    assert.deepEqual(
+      h.world.gmail.messages.map((m) => m.rcptTo),
+      [['a@example.org'], ['b@example.org']],
+    );
   } finally {
     await h.stop();
   }
@@ -203,16 +253,30 @@ test('hold, release and delete during an attempt in flight act on its result', {
 test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 90_000 }, async () => {
   const h = await setup();
   try {
-    h.world.gmail.script({ stage: 'data', reply: '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852' });
+    h.world.gmail.script({
+      stage: 'data',
+      reply:
+        '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852',
+    });
     const first = await send(h.world, h.d.ports.local, ['q1@example.org']);
     await logged(h.d, 'held', first, (j) => j.reason === 'quota');
     const second = await send(h.world, h.d.ports.local, ['q2@example.org']);
     await logged(h.d, 'held', second, (j) => j.reason === 'quota');
-    assert.deepEqual((await list(h.configFile)).map((r) => [r.id, r.state, r.reason]).sort(), [[first, 'held', 'quota'], [second, 'held', 'quota']].sort(), 'both held');
+    assert.deepEqual(
+      (await list(h.configFile)).map((r) => [r.id, r.state, r.reason]).sort(),
+      [
+        [first, 'held', 'quota'],
+        [second, 'held', 'quota'],
+      ].sort(),
+      'both held',
+    );
     assert.match((await cli('queue', 'list', '-c', h.configFile)).stdout, new RegExp(`${second}.*held: quota`));
     const all = await cli('queue', 'retry', '--all', '-c', h.configFile);
     assert.equal(all.code, 0, all.stderr);
-    assert.match(all.stdout, /^0 messages scheduled for immediate retry; 2 left under their account's quota hold \(add --force/);
+    assert.match(
+      all.stdout,
+      /^0 messages scheduled for immediate retry; 2 left under their account's quota hold \(add --force/,
+    );
     // time is the subject: the whole account is held, so no canary can show a retry step
     // passing: wait three steps.
     await sleep(3 * RETRY_MS);
@@ -228,10 +292,12 @@ test('`queue retry --all` leaves a quota hold alone unless --force', { timeout: 
   }
 });
 
-test('two daemons on one stateDir: the second is refused naming the first one\'s PID', { timeout: 60_000 }, async () => {
+test("two daemons on one stateDir: the second is refused naming the first one's PID", { timeout: 60_000 }, async () => {
   const h = await setup();
   try {
-    const second = spawn(process.execPath, [...CLI, 'serve', '-c', h.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const second = spawn(process.execPath, [...CLI, 'serve', '-c', h.configFile], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let err = '';
     second.stderr.on('data', (d: Buffer) => (err += d));
     const [code] = await once(second, 'exit');
@@ -244,7 +310,9 @@ test('two daemons on one stateDir: the second is refused naming the first one\'s
   }
 });
 
-test('the CLI without a daemon acts on the files itself; the daemon started later keeps what it did', { timeout: 90_000 }, async () => {
+test('the CLI without a daemon acts on the files itself; the daemon started later keeps what it did', {
+  timeout: 90_000,
+}, async () => {
   const h = await setup();
   try {
     h.world.gmail.down(true);
@@ -255,7 +323,10 @@ test('the CLI without a daemon acts on the files itself; the daemon started late
     // no daemon: the CLI takes the state lock and changes the spool itself
     const hold = await cli('queue', 'hold', id, '-c', h.configFile);
     assert.equal(hold.code, 0, hold.stderr);
-    assert.deepEqual((await list(h.configFile)).map((r) => [r.id, r.state, r.reason]), [[id, 'held', 'operator']]);
+    assert.deepEqual(
+      (await list(h.configFile)).map((r) => [r.id, r.state, r.reason]),
+      [[id, 'held', 'operator']],
+    );
     const st = await cli('token', 'status', '--json', '-c', h.configFile);
     assert.equal(JSON.parse(st.stdout)[0].state, 'ok', st.stderr);
     h.world.gmail.down(false);
@@ -274,7 +345,9 @@ test('the CLI without a daemon acts on the files itself; the daemon started late
   }
 });
 
-test('kill -9 of the daemon while it serves a CLI request: the CLI reports it, nothing is lost', { timeout: 90_000 }, async () => {
+test('kill -9 of the daemon while it serves a CLI request: the CLI reports it, nothing is lost', {
+  timeout: 90_000,
+}, async () => {
   const h = await setup();
   try {
     const gate = h.world.gmail.holdNextData();
@@ -303,7 +376,9 @@ test('kill -9 of the daemon while it serves a CLI request: the CLI reports it, n
   }
 });
 
-test('token import while the daemon runs: the daemon uses the new grant; token status and /readyz agree at once', { timeout: 90_000 }, async () => {
+test('token import while the daemon runs: the daemon uses the new grant; token status and /readyz agree at once', {
+  timeout: 90_000,
+}, async () => {
   const world = await startFakeWorld();
   const b = await startBridge(world, {}, { http: true });
   try {
@@ -368,7 +443,9 @@ while True:
 print(buf.decode().strip())
 `;
 
-test('control socket edges: the service group reaches it (stateDir 0750, socket 0660), others do not; a non-object frame is a protocol error, not a crash', { timeout: 90_000 }, async (t) => {
+test('control socket edges: the service group reaches it (stateDir 0750, socket 0660), others do not; a non-object frame is a protocol error, not a crash', {
+  timeout: 90_000,
+}, async (t) => {
   const h = await setup();
   try {
     const state = join(h.world.dir, 'state');
@@ -380,34 +457,50 @@ test('control socket edges: the service group reaches it (stateDir 0750, socket 
     }
     // Canary: an unknown op is logged (info) before it is answered; the frames above logged no error.
     assert.match(await rawFrame(sock, '{"op":"no.such.op"}\n'), /unknown operation/);
-    await waitFor(() => h.d.stderr.some((l) => l.includes('"control request"') && l.includes('"op":"no.such.op"')), 15_000, 'the canary request logged');
+    await waitFor(
+      () => h.d.stderr.some((l) => l.includes('"control request"') && l.includes('"op":"no.such.op"')),
+      15_000,
+      'the canary request logged',
+    );
     const errors = h.d.stderr.filter((l) => l.includes('"level":"error"'));
     assert.deepEqual(errors, [], 'no error logged for a malformed frame');
 
     assert.equal((await stat(state)).mode & 0o777, 0o750, 'stateDir: the group may reach control.sock');
     assert.equal((await stat(sock)).mode & 0o777, 0o660);
-    assert.equal((await stat(join(state, 'spool'))).mode & 0o777, 0o700, 'the spool stays the owner\'s');
-    assert.equal((await stat(join(state, 'tokens.json'))).mode & 0o777, 0o600, 'the token store stays the owner\'s');
+    assert.equal((await stat(join(state, 'spool'))).mode & 0o777, 0o700, "the spool stays the owner's");
+    assert.equal((await stat(join(state, 'tokens.json'))).mode & 0o777, 0o600, "the token store stays the owner's");
 
     if (process.getuid?.() !== 0) {
-      if (process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1') assert.fail('the group check needs root (setpriv to another user); XOAUTH2_BRIDGE_REQUIRE_INTEROP=1 requires it');
+      if (process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1')
+        assert.fail(
+          'the group check needs root (setpriv to another user); XOAUTH2_BRIDGE_REQUIRE_INTEROP=1 requires it',
+        );
       return t.skip('not root: the group check needs setpriv to another user');
     }
     await chmod(h.world.dir, 0o711); // mkdtemp's 0700 would stop any other user before stateDir
     const asNobody = (groups: string[]) => {
-      const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', ...groups, '/usr/bin/python3', '-c', PY_ASK, sock], { encoding: 'utf8', timeout: 30_000 });
+      const r = spawnSync(
+        'setpriv',
+        ['--reuid=65534', '--regid=65534', ...groups, '/usr/bin/python3', '-c', PY_ASK, sock],
+        { encoding: 'utf8', timeout: 30_000 },
+      );
       return (r.stdout + r.stderr).trim();
     };
     const gid = (await stat(sock)).gid;
     const member = asNobody([`--groups=${gid}`]);
-    assert.ok(member.startsWith('{"ok":true,"result":['), `a member of the socket's group (${gid}) is served: ${member}`);
+    assert.ok(
+      member.startsWith('{"ok":true,"result":['),
+      `a member of the socket's group (${gid}) is served: ${member}`,
+    );
     assert.equal(asNobody(['--clear-groups']), 'refused Permission denied', 'anyone else is refused by the file modes');
   } finally {
     await h.stop();
   }
 });
 
-test('an idle control connection is closed after the idle timeout; a complete request is answered', { timeout: 30_000 }, async () => {
+test('an idle control connection is closed after the idle timeout; a complete request is answered', {
+  timeout: 30_000,
+}, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'xb-control-idle-'));
   const config = testConfig(join(dir, 'state'));
   const { ops, close } = await localOperations(config, createLogger({ silent: true }), 'queue.list');
@@ -416,7 +509,10 @@ test('an idle control connection is closed after the idle timeout; a complete re
   try {
     const t0 = Date.now();
     // Silent, then half a line: both are cut off with a protocol error.
-    assert.match(await rawFrame(server.path, ''), /"ok":false,"error":"idle for 0.3 s without a complete request line"/);
+    assert.match(
+      await rawFrame(server.path, ''),
+      /"ok":false,"error":"idle for 0.3 s without a complete request line"/,
+    );
     assert.match(await rawFrame(server.path, '{"op":"queue.li'), /"error":"idle for 0.3 s/);
     assert.ok(Date.now() - t0 >= 2 * 300, 'not before the timeout');
     // A complete request is answered.
@@ -432,6 +528,9 @@ test('the packaging makes the state directory 0750 as the daemon does (unit, tmp
   const has = async (file: string, re: RegExp) => assert.match(await readFile(join(ROOT, file), 'utf8'), re, file);
   await has('systemd/xoauth2-bridge.service', /^StateDirectoryMode=0750$/m);
   await has('packaging/deb/tmpfiles.conf', /^d \/var\/lib\/xoauth2-bridge 0750 /m);
-  await has('packaging/deb/postinst', /install -d -m 0750 -o xoauth2-bridge -g xoauth2-bridge \/var\/lib\/xoauth2-bridge/);
+  await has(
+    'packaging/deb/postinst',
+    /install -d -m 0750 -o xoauth2-bridge -g xoauth2-bridge \/var\/lib\/xoauth2-bridge/,
+  );
   await has('Containerfile', /install -d -m 0750 -o xoauth2-bridge -g xoauth2-bridge \/var\/lib\/xoauth2-bridge/);
 });

@@ -13,7 +13,15 @@ import { readFile, chmod } from 'node:fs/promises';
 import { networkInterfaces } from 'node:os';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, FAKE_SCRYPT_COST } from '../../src/fakes/world.js';
 import { hashPassword, kdfGate, kdfStats } from '../../src/listener/passwords.js';
-import { startBridge, secretsOf, assertNoSecrets, CLI, sendThroughBridge, message, type RunningBridge } from '../helpers/bridge.js';
+import {
+  startBridge,
+  secretsOf,
+  assertNoSecrets,
+  CLI,
+  sendThroughBridge,
+  message,
+  type RunningBridge,
+} from '../helpers/bridge.js';
 import { callOwner } from '../../src/control/client.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -25,7 +33,10 @@ interface Res {
   body: string;
 }
 
-function request(url: string, o: { method?: string; headers?: Record<string, string>; body?: string; ca?: string } = {}): Promise<Res> {
+function request(
+  url: string,
+  o: { method?: string; headers?: Record<string, string>; body?: string; ca?: string } = {},
+): Promise<Res> {
   const u = new URL(url);
   const mod = u.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
@@ -76,14 +87,27 @@ test('no-password console: without a session only the way to a link; console-lin
     assert.doesNotMatch(anon.body, /data-account=/);
     assert.equal((await request(`${base}/login`)).status, 401);
     const id = '00000000000000000000000000';
-    assert.equal((await request(`${base}/queue/${id}/delete`, { method: 'POST', body: '', headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base } })).status, 403);
+    assert.equal(
+      (
+        await request(`${base}/queue/${id}/delete`, {
+          method: 'POST',
+          body: '',
+          headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base },
+        })
+      ).status,
+      403,
+    );
 
     // The owner: the real CLI over the control socket prints the link on stdout.
     const cli = await run(process.execPath, [...CLI, 'console-link', '-c', b.configFile]);
     const url = cli.stdout.trim();
     assert.match(url, new RegExp(`^http://127\\.0\\.0\\.1:${port}/login\\?link=[A-Za-z0-9_-]{43}$`));
     assert.match(cli.stderr, /works once, within 5 minutes/);
-    assert.equal((await request(url, { method: 'HEAD' })).status, 401, 'a HEAD (link checker) does not use the link up');
+    assert.equal(
+      (await request(url, { method: 'HEAD' })).status,
+      401,
+      'a HEAD (link checker) does not use the link up',
+    );
     const opened = await request(url);
     assert.equal(opened.status, 303);
     assert.equal(opened.headers.location, '/');
@@ -111,13 +135,24 @@ test('no-password console: without a session only the way to a link; console-lin
     assert.ok(b.logs.some((l) => l.includes('web console: login through a one-time link')));
     assert.ok(b.logs.some((l) => l.includes('web console: login link refused')));
     const token = new URL(url).searchParams.get('link')!;
-    assert.ok(!b.logs.some((l) => l.includes(token) || l.includes(new URL(short.url!).searchParams.get('link')!)), 'link tokens are never logged');
+    assert.ok(
+      !b.logs.some((l) => l.includes(token) || l.includes(new URL(short.url!).searchParams.get('link')!)),
+      'link tokens are never logged',
+    );
 
     // Another local user: the control socket refuses to connect, so no link; the same client
     // as the owner gets one (the refusal is the uid, not the client).
     const sock = join(world.dir, 'state', 'control.sock');
     await chmod(world.dir, 0o755); // as /var/lib is: only the state directory's own mode guards it
-    const asNobody = await run('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', '/usr/bin/python3', '-c', SOCKET_CLIENT, sock]).then(
+    const asNobody = await run('setpriv', [
+      '--reuid=nobody',
+      '--regid=nogroup',
+      '--clear-groups',
+      '/usr/bin/python3',
+      '-c',
+      SOCKET_CLIENT,
+      sock,
+    ]).then(
       (r) => ({ code: 0, ...r }),
       (e: { code: number; stdout: string; stderr: string }) => e,
     );
@@ -127,15 +162,31 @@ test('no-password console: without a session only the way to a link; console-lin
     const asOwner = await run('/usr/bin/python3', ['-c', SOCKET_CLIENT, sock]);
     assert.match(asOwner.stdout, /"url":"http:\/\/127\.0\.0\.1:\d+\/login\?link=/);
     // ... and nobody's HTTP requests still get only the page that says how to get a link.
-    const curl = await run('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', `${base}/queue`]);
+    const curl = await run('setpriv', [
+      '--reuid=nobody',
+      '--regid=nogroup',
+      '--clear-groups',
+      'curl',
+      '-s',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      `${base}/queue`,
+    ]);
     assert.equal(curl.stdout, '401');
 
-    const rebound = await request(`${base}/accounts`, { headers: { Host: 'attacker.example:80', Cookie: cookieOf(opened) } });
+    const rebound = await request(`${base}/accounts`, {
+      headers: { Host: 'attacker.example:80', Cookie: cookieOf(opened) },
+    });
     assert.equal(rebound.status, 403);
     assert.match(rebound.body, /adminPasswordHash/);
     // The health endpoints are unchanged.
     assert.equal((await request(`${base}/healthz`)).body, 'ok\n');
-    assertNoSecrets(page.body + (await request(`${base}/queue`, { headers: { Cookie: cookieOf(opened) } })).body, secretsOf(world));
+    assertNoSecrets(
+      page.body + (await request(`${base}/queue`, { headers: { Cookie: cookieOf(opened) } })).body,
+      secretsOf(world),
+    );
   } finally {
     await b.stop();
     await world.close();
@@ -144,7 +195,11 @@ test('no-password console: without a session only the way to a link; console-lin
 
 test('with adminPasswordHash the one-time link logs in too; console-link without a daemon or with the console off says so', async () => {
   const world = await startFakeWorld();
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword('pw-link', FAKE_SCRYPT_COST) } }, { http: true });
+  const b = await startBridge(
+    world,
+    { http: { port: 0, console: true, adminPasswordHash: await hashPassword('pw-link', FAKE_SCRYPT_COST) } },
+    { http: true },
+  );
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
     const login = await request(`${base}/login`);
@@ -207,7 +262,16 @@ const FORGED_HOSTS = (port: number) => [
   `localhost:${port}:${port}`,
   `127.0.0.1:${port}@evil.example`,
 ];
-const EXACT_HOSTS = (port: number) => ['localhost', `localhost:${port}`, `LOCALHOST:${port}`, '127.0.0.1', `127.0.0.1:${port}`, `127.45.6.7:${port}`, '[::1]', `[::1]:${port}`];
+const EXACT_HOSTS = (port: number) => [
+  'localhost',
+  `localhost:${port}`,
+  `LOCALHOST:${port}`,
+  '127.0.0.1',
+  `127.0.0.1:${port}`,
+  `127.45.6.7:${port}`,
+  '[::1]',
+  `[::1]:${port}`,
+];
 
 test('DNS rebinding: forged Host and Origin names are refused by the no-password console; exact loopback forms are accepted', async () => {
   const world = await startFakeWorld();
@@ -235,7 +299,13 @@ test('DNS rebinding: forged Host and Origin names are refused by the no-password
         body: `csrf=${encodeURIComponent(csrf)}`,
         headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Host: host, Origin: origin },
       });
-    for (const origin of [`http://127.evil.example:${port}`, `http://127.0.0.1.nip.io:${port}`, `http://localhost.evil:${port}`, `http://[::1].x:${port}`, 'null']) {
+    for (const origin of [
+      `http://127.evil.example:${port}`,
+      `http://127.0.0.1.nip.io:${port}`,
+      `http://localhost.evil:${port}`,
+      `http://[::1].x:${port}`,
+      'null',
+    ]) {
       assert.equal((await post(`127.0.0.1:${port}`, origin)).status, 403, `Origin: ${origin}`);
     }
     // The rebinding page itself: Host and Origin both the attacker's name.
@@ -259,22 +329,42 @@ test('re-authorization through the console as a different Google user is refused
     const cookie = await linkSession(b);
     const csrf = csrfOf((await request(`${base}/accounts`, { headers: { Cookie: cookie } })).body);
     const post = (path: string, body: Record<string, string>) =>
-      request(`${base}${path}`, { method: 'POST', body: new URLSearchParams({ csrf, ...body }).toString(), headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base } });
+      request(`${base}${path}`, {
+        method: 'POST',
+        body: new URLSearchParams({ csrf, ...body }).toString(),
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base },
+      });
     const before = await readFile(join(world.dir, 'state', 'tokens.json'), 'utf8');
     assert.equal((await post('/accounts/office/authorize', {})).status, 303);
     const consentPage = await request(`${base}/accounts/office/authorize`, { headers: { Cookie: cookie } });
-    const consentUrl = /id="consent-url" href="([^"]+)"/.exec(consentPage.body)![1].replace(/&#(\d+);/g, (_, c: string) => String.fromCharCode(Number(c)));
+    const consentUrl = /id="consent-url" href="([^"]+)"/
+      .exec(consentPage.body)![1]
+      .replace(/&#(\d+);/g, (_, c: string) => String.fromCharCode(Number(c)));
     world.tokens.consentEmail = 'attacker@evil.example';
     const landed = await request(consentUrl, { ca: readFileSync(world.caFile, 'utf8') });
     assert.equal(landed.status, 302);
     const done = await post('/accounts/office/authorize/complete', { redirect: String(landed.headers.location) });
     assert.equal(done.status, 303);
     const after = await request(`${base}/accounts`, { headers: { Cookie: cookie } });
-    assert.match(after.body, /class="flash-bad" id="flash">Authorization of office failed: you signed in as attacker@evil\.example, but account &#34;office&#34; sends as scanner@example\.com; nothing was stored/);
-    assert.equal(await readFile(join(world.dir, 'state', 'tokens.json'), 'utf8'), before, 'the token store is unchanged');
+    assert.match(
+      after.body,
+      /class="flash-bad" id="flash">Authorization of office failed: you signed in as attacker@evil\.example, but account &#34;office&#34; sends as scanner@example\.com; nothing was stored/,
+    );
+    assert.equal(
+      await readFile(join(world.dir, 'state', 'tokens.json'), 'utf8'),
+      before,
+      'the token store is unchanged',
+    );
     assert.ok(!b.logs.some((l) => l.includes('account authorized from the web console')));
     // The account keeps working with its own grant.
-    const sent = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['r@example.org'], raw: message({ from: 'scanner@example.com', to: 'r@example.org' }) });
+    const sent = await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['r@example.org'],
+      raw: message({ from: 'scanner@example.com', to: 'r@example.org' }),
+    });
     assert.match(sent.response, /^250 /);
     await world.gmail.waitForMessages(1, 15_000);
     assert.equal(world.gmail.messages[0].authUser, 'scanner@example.com');
@@ -287,7 +377,11 @@ test('re-authorization through the console as a different Google user is refused
 test('admin password: login form and basic auth; every POST needs the CSRF token and a same-origin Origin', async () => {
   const world = await startFakeWorld();
   const adminPw = 'admin-pw-' + Math.random().toString(36).slice(2);
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw, FAKE_SCRYPT_COST) } }, { http: true });
+  const b = await startBridge(
+    world,
+    { http: { port: 0, console: true, adminPasswordHash: await hashPassword(adminPw, FAKE_SCRYPT_COST) } },
+    { http: true },
+  );
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
     const origin = { Origin: base };
@@ -296,11 +390,22 @@ test('admin password: login form and basic auth; every POST needs the CSRF token
     assert.equal(anon.headers.location, '/login');
     const form = (s: Record<string, string>) => new URLSearchParams(s).toString();
     const post = (path: string, body: string, headers: Record<string, string>) =>
-      request(`${base}${path}`, { method: 'POST', body, headers: { 'Content-Type': 'application/x-www-form-urlencoded', ...headers } });
+      request(`${base}${path}`, {
+        method: 'POST',
+        body,
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', ...headers },
+      });
 
     assert.equal((await post('/login', form({ password: 'wrong' }), origin)).status, 401);
-    assert.ok(b.logs.some((l) => l.includes('web console: login failed')), 'a failed login is logged (with the address, never the password)');
-    assert.equal((await post('/login', form({ password: adminPw }), { Origin: 'https://evil.example' })).status, 403, 'login from a foreign page');
+    assert.ok(
+      b.logs.some((l) => l.includes('web console: login failed')),
+      'a failed login is logged (with the address, never the password)',
+    );
+    assert.equal(
+      (await post('/login', form({ password: adminPw }), { Origin: 'https://evil.example' })).status,
+      403,
+      'login from a foreign page',
+    );
     const login = await post('/login', form({ password: adminPw }), origin);
     assert.equal(login.status, 303);
     const cookie = cookieOf(login);
@@ -310,9 +415,18 @@ test('admin password: login form and basic auth; every POST needs the CSRF token
     const csrf = csrfOf(page.body);
     assert.ok(csrf.length >= 32, 'the page carries the session CSRF token');
 
-    const basic = await request(`${base}/accounts`, { headers: { Authorization: `Basic ${Buffer.from(`admin:${adminPw}`).toString('base64')}` } });
+    const basic = await request(`${base}/accounts`, {
+      headers: { Authorization: `Basic ${Buffer.from(`admin:${adminPw}`).toString('base64')}` },
+    });
     assert.equal(basic.status, 200);
-    assert.equal((await request(`${base}/accounts`, { headers: { Authorization: `Basic ${Buffer.from('admin:nope').toString('base64')}` } })).status, 303);
+    assert.equal(
+      (
+        await request(`${base}/accounts`, {
+          headers: { Authorization: `Basic ${Buffer.from('admin:nope').toString('base64')}` },
+        })
+      ).status,
+      303,
+    );
 
     // CSRF: no token, a wrong token, the right token from a foreign origin, no origin at all.
     const action = '/accounts/office/authorize';
@@ -340,7 +454,15 @@ test('console over TLS: the session cookie is Secure', async () => {
   const pki = join(world.dir, 'pki');
   const b = await startBridge(
     world,
-    { http: { port: 0, console: true, adminPasswordHash: await hashPassword('pw-tls', FAKE_SCRYPT_COST), certFile: join(pki, 'cert.pem'), keyFile: join(pki, 'key.pem') } },
+    {
+      http: {
+        port: 0,
+        console: true,
+        adminPasswordHash: await hashPassword('pw-tls', FAKE_SCRYPT_COST),
+        certFile: join(pki, 'cert.pem'),
+        keyFile: join(pki, 'key.pem'),
+      },
+    },
     { http: true },
   );
   try {
@@ -364,7 +486,12 @@ test('console over TLS: the session cookie is Secure', async () => {
 test('a console on a non-loopback address without TLS is refused by check-config and serve, naming the keys', async () => {
   const world = await startFakeWorld();
   try {
-    const file = await writeBridgeConfig(world, bridgeConfig(world, { http: { host: '0.0.0.0', port: 0, console: true, adminPasswordHash: await hashPassword('x', FAKE_SCRYPT_COST) } }));
+    const file = await writeBridgeConfig(
+      world,
+      bridgeConfig(world, {
+        http: { host: '0.0.0.0', port: 0, console: true, adminPasswordHash: await hashPassword('x', FAKE_SCRYPT_COST) },
+      }),
+    );
     for (const cmd of ['check-config', 'serve']) {
       const r = await run(process.execPath, [...CLI, cmd, '-c', file]).then(
         () => ({ code: 0, stderr: '' }),
@@ -375,7 +502,11 @@ test('a console on a non-loopback address without TLS is refused by check-config
       assert.match(r.stderr, /http\.certFile and http\.keyFile/);
       assert.match(r.stderr, /http\.allowInsecureConsole: true/);
     }
-    const insecure = await writeBridgeConfig(world, bridgeConfig(world, { http: { host: '0.0.0.0', port: 0, console: true, allowInsecureConsole: true } }), 'insecure.yaml');
+    const insecure = await writeBridgeConfig(
+      world,
+      bridgeConfig(world, { http: { host: '0.0.0.0', port: 0, console: true, allowInsecureConsole: true } }),
+      'insecure.yaml',
+    );
     const ok = await run(process.execPath, [...CLI, 'check-config', '-c', insecure]);
     assert.match(ok.stdout, /ok/);
   } finally {
@@ -390,28 +521,49 @@ test('queue actions from the console: Retry and Delete act on the spool like the
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
     world.tokens.revoke(world.account.refreshToken);
     world.tokens.expireAccessTokens();
-    await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['q@example.org'], raw: message({ from: 'scanner@example.com', to: 'q@example.org' }) });
+    await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['q@example.org'],
+      raw: message({ from: 'scanner@example.com', to: 'q@example.org' }),
+    });
     await waitFor(() => b.bridge.tokens.state('office') === 'needs-reauth', 10_000, 'needs-reauth');
-    await waitFor(async () => (await b.bridge.ops.listQueue()).some((r) => r.state === 'held' && r.reason === 'needs-reauth'), 10_000, 'the message held (its attempt over)');
+    await waitFor(
+      async () => (await b.bridge.ops.listQueue()).some((r) => r.state === 'held' && r.reason === 'needs-reauth'),
+      10_000,
+      'the message held (its attempt over)',
+    );
     const cookie = await linkSession(b);
     const first = await request(`${base}/queue`, { headers: { Cookie: cookie } });
     const csrf = csrfOf(first.body);
     const [id] = (await b.bridge.spool.list()).map((e) => e.id);
     assert.match(first.body, new RegExp(`data-id="${id}"`));
     const act = (what: string) =>
-      request(`${base}/queue/${id}/${what}`, { method: 'POST', body: `csrf=${encodeURIComponent(csrf)}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base } });
+      request(`${base}/queue/${id}/${what}`, {
+        method: 'POST',
+        body: `csrf=${encodeURIComponent(csrf)}`,
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base },
+      });
     const retried = await act('retry');
     assert.equal(retried.status, 303);
     const afterRetry = await request(`${base}/queue`, { headers: { Cookie: cookie } });
     // Its account needs re-authorization: a retry would change nothing, so it is refused with the fix.
-    assert.match(afterRetry.body, new RegExp(`class="flash-bad" id="flash">queue retry: ${id}: not retried: its account needs re-authorization`));
+    assert.match(
+      afterRetry.body,
+      new RegExp(`class="flash-bad" id="flash">queue retry: ${id}: not retried: its account needs re-authorization`),
+    );
     assert.equal((await act('delete')).status, 303);
     const afterDelete = await request(`${base}/queue`, { headers: { Cookie: cookie } });
     assert.match(afterDelete.body, new RegExp(`id="flash">${id}: deleted from the queue`));
     assert.match(afterDelete.body, /id="no-waiting"/);
     assert.deepEqual(await b.bridge.spool.list(), []);
     await act('delete');
-    assert.match((await request(`${base}/queue`, { headers: { Cookie: cookie } })).body, /class="flash-bad" id="flash">queue delete: no message with id/);
+    assert.match(
+      (await request(`${base}/queue`, { headers: { Cookie: cookie } })).body,
+      /class="flash-bad" id="flash">queue delete: no message with id/,
+    );
   } finally {
     await b.stop();
     await world.close();
@@ -422,30 +574,58 @@ const external = Object.values(networkInterfaces())
   .flat()
   .find((i) => i && !i.internal && i.family === 'IPv4');
 
-test('loopback-only console on 0.0.0.0: a request from a non-loopback address is refused', { skip: external ? false : 'no non-loopback IPv4 interface' }, async () => {
+test('loopback-only console on 0.0.0.0: a request from a non-loopback address is refused', {
+  skip: external ? false : 'no non-loopback IPv4 interface',
+}, async () => {
   const world = await startFakeWorld();
-  const b = await startBridge(world, { http: { host: '0.0.0.0', port: 0, console: true, allowInsecureConsole: true } }, { http: true });
+  const b = await startBridge(
+    world,
+    { http: { host: '0.0.0.0', port: 0, console: true, allowInsecureConsole: true } },
+    { http: true },
+  );
   try {
     const port = b.bridge.httpAddress!.port;
     const remote = await request(`http://${external!.address}:${port}/accounts`);
     assert.equal(remote.status, 403);
     assert.match(remote.body, /answers on this machine only/);
-    assert.equal((await request(`http://${external!.address}:${port}/healthz`)).status, 200, 'health endpoints stay reachable');
-    assert.equal((await request(`http://127.0.0.1:${port}/accounts`)).status, 401, 'loopback without a session: the way to a link');
-    assert.equal((await request(`http://127.0.0.1:${port}/accounts`, { headers: { Cookie: await linkSession(b) } })).status, 200, 'the link names 127.0.0.1');
+    assert.equal(
+      (await request(`http://${external!.address}:${port}/healthz`)).status,
+      200,
+      'health endpoints stay reachable',
+    );
+    assert.equal(
+      (await request(`http://127.0.0.1:${port}/accounts`)).status,
+      401,
+      'loopback without a session: the way to a link',
+    );
+    assert.equal(
+      (await request(`http://127.0.0.1:${port}/accounts`, { headers: { Cookie: await linkSession(b) } })).status,
+      200,
+      'the link names 127.0.0.1',
+    );
   } finally {
     await b.stop();
     await world.close();
   }
 });
 
-test('five wrong admin passwords from one address lock it out (429), even for the right password', { timeout: 60_000 }, async () => {
+test('five wrong admin passwords from one address lock it out (429), even for the right password', {
+  timeout: 60_000,
+}, async () => {
   const world = await startFakeWorld();
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw', FAKE_SCRYPT_COST) } }, { http: true });
+  const b = await startBridge(
+    world,
+    { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw', FAKE_SCRYPT_COST) } },
+    { http: true },
+  );
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
     const login = (pw: string) =>
-      request(`${base}/login`, { method: 'POST', body: `password=${pw}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base } });
+      request(`${base}/login`, {
+        method: 'POST',
+        body: `password=${pw}`,
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base },
+      });
     for (let i = 0; i < 5; i++) assert.equal((await login('wrong')).status, 401);
     const locked = await login('right-pw');
     assert.equal(locked.status, 429);
@@ -457,14 +637,24 @@ test('five wrong admin passwords from one address lock it out (429), even for th
   }
 });
 
-test('forty concurrent wrong admin passwords: the KDF gate runs at most five, one at a time, and the right password is then locked out', { timeout: 120_000 }, async () => {
+test('forty concurrent wrong admin passwords: the KDF gate runs at most five, one at a time, and the right password is then locked out', {
+  timeout: 120_000,
+}, async () => {
   const world = await startFakeWorld();
   // The real cost (not FAKE_SCRYPT_COST): each check takes long enough for the 40 to overlap.
-  const b = await startBridge(world, { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw') } }, { http: true });
+  const b = await startBridge(
+    world,
+    { http: { port: 0, console: true, adminPasswordHash: await hashPassword('right-pw') } },
+    { http: true },
+  );
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
     const login = (pw: string) =>
-      request(`${base}/login`, { method: 'POST', body: `password=${pw}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base } });
+      request(`${base}/login`, {
+        method: 'POST',
+        body: `password=${pw}`,
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: base },
+      });
     const kdfBefore = kdfStats.calls;
     const gateBefore = kdfGate.stats.runs;
     // The gate's contract: one KDF in flight per client. Sampled on every turn of the event
@@ -479,7 +669,10 @@ test('forty concurrent wrong admin passwords: the KDF gate runs at most five, on
     const flood = await Promise.all(Array.from({ length: 40 }, (_, i) => login(`wrong-${i}`)));
     sampling = false;
     const statuses = flood.map((r) => r.status);
-    assert.ok(statuses.every((s) => s === 401 || s === 429), statuses.join(' '));
+    assert.ok(
+      statuses.every((s) => s === 401 || s === 429),
+      statuses.join(' '),
+    );
     const kdfRuns = kdfStats.calls - kdfBefore;
     assert.ok(kdfRuns <= 5, `at most five password checks ran (ran ${kdfRuns})`);
     assert.equal(kdfGate.stats.runs - gateBefore, kdfRuns, 'every KDF ran through the shared gate');
@@ -492,7 +685,14 @@ test('forty concurrent wrong admin passwords: the KDF gate runs at most five, on
     assert.equal(locked.headers['set-cookie'], undefined);
     assert.equal(kdfStats.calls - kdfBefore, kdfRuns, 'a locked-out login runs no KDF');
     // Basic auth goes through the same lockout.
-    assert.equal((await request(`${base}/accounts`, { headers: { Authorization: `Basic ${Buffer.from('admin:right-pw').toString('base64')}` } })).status, 303);
+    assert.equal(
+      (
+        await request(`${base}/accounts`, {
+          headers: { Authorization: `Basic ${Buffer.from('admin:right-pw').toString('base64')}` },
+        })
+      ).status,
+      303,
+    );
     assert.equal(kdfStats.calls - kdfBefore, kdfRuns);
   } finally {
     await b.stop();
@@ -505,16 +705,35 @@ test('Hold and Release from the console: an operator hold keeps a deferred messa
   const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
   try {
     const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
-    world.gmail.script({ stage: 'mail', reply: '451 4.3.0 Mail server temporarily rejected message.', count: Infinity });
-    await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['h@example.org'], raw: message({ from: 'scanner@example.com', to: 'h@example.org' }) });
-    await waitFor(async () => (await b.bridge.ops.listQueue()).some((r) => r.state === 'deferred'), 10_000, 'the message deferred');
+    world.gmail.script({
+      stage: 'mail',
+      reply: '451 4.3.0 Mail server temporarily rejected message.',
+      count: Infinity,
+    });
+    await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['h@example.org'],
+      raw: message({ from: 'scanner@example.com', to: 'h@example.org' }),
+    });
+    await waitFor(
+      async () => (await b.bridge.ops.listQueue()).some((r) => r.state === 'deferred'),
+      10_000,
+      'the message deferred',
+    );
     const cookie = await linkSession(b);
     const first = await request(`${base}/queue`, { headers: { Cookie: cookie } });
     const csrf = csrfOf(first.body);
     const [row] = await b.bridge.ops.listQueue();
     assert.match(first.body, new RegExp(`action="/queue/${row.id}/hold"`), 'a deferred message offers Hold');
     const act = (what: string) =>
-      request(`${base}/queue/${row.id}/${what}`, { method: 'POST', body: `csrf=${encodeURIComponent(csrf)}`, headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base } });
+      request(`${base}/queue/${row.id}/${what}`, {
+        method: 'POST',
+        body: `csrf=${encodeURIComponent(csrf)}`,
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Cookie: cookie, Origin: base },
+      });
     assert.equal((await act('hold')).status, 303);
     const held = await request(`${base}/queue`, { headers: { Cookie: cookie } });
     assert.match(held.body, /id="flash">/);
@@ -527,7 +746,10 @@ test('Hold and Release from the console: an operator hold keeps a deferred messa
     // Gmail works again; the held message still waits for the operator: even Retry is refused.
     world.gmail.clearScript();
     await act('retry');
-    assert.match((await request(`${base}/queue`, { headers: { Cookie: cookie } })).body, /class="flash-bad" id="flash">queue retry: .*held by an operator/);
+    assert.match(
+      (await request(`${base}/queue`, { headers: { Cookie: cookie } })).body,
+      /class="flash-bad" id="flash">queue retry: .*held by an operator/,
+    );
     assert.equal(world.gmail.messages.length, 0);
     assert.equal((await act('release')).status, 303);
     await world.gmail.waitForMessages(1, 15_000);

@@ -30,7 +30,10 @@ async function reloadUntil(page: Page, cond: () => Promise<boolean>, what: strin
   );
 }
 
-test('browser: log in with a console-link link, revoked grant -> needs-reauth, Authorize with the pasted redirect URL, held mail leaves the queue', { skip, timeout: 120_000 }, async () => {
+test('browser: log in with a console-link link, revoked grant -> needs-reauth, Authorize with the pasted redirect URL, held mail leaves the queue', {
+  skip,
+  timeout: 120_000,
+}, async () => {
   const world = await startFakeWorld();
   const b = await startBridge(world, { http: { port: 0, console: true } }, { http: true });
   const browser = await launchBrowser();
@@ -39,7 +42,11 @@ test('browser: log in with a console-link link, revoked grant -> needs-reauth, A
     const page = await browser.context.newPage();
     const bodies: string[] = [];
     page.on('response', (r) => {
-      if (r.url().startsWith(base)) void r.text().then((t) => bodies.push(t), () => {});
+      if (r.url().startsWith(base))
+        void r.text().then(
+          (t) => bodies.push(t),
+          () => {},
+        );
     });
 
     // No password: without a session the page says how to get in, and nothing else.
@@ -62,9 +69,20 @@ test('browser: log in with a console-link link, revoked grant -> needs-reauth, A
     // Google revokes the grant; the next message finds out and is held.
     world.tokens.revoke(world.account.refreshToken);
     world.tokens.expireAccessTokens();
-    const sent = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['boss@example.org'], raw: message({ from: 'scanner@example.com', to: 'boss@example.org', subject: 'scan' }) });
+    const sent = await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['boss@example.org'],
+      raw: message({ from: 'scanner@example.com', to: 'boss@example.org', subject: 'scan' }),
+    });
     assert.match(sent.response, /^250 /);
-    await reloadUntil(page, async () => (await stateCell())?.trim() === 'needs-reauth', 'account needs-reauth on the page');
+    await reloadUntil(
+      page,
+      async () => (await stateCell())?.trim() === 'needs-reauth',
+      'account needs-reauth on the page',
+    );
     assert.match((await page.textContent('#attention')) ?? '', /account office needs re-authorization/);
     assert.match((await page.textContent('tr[data-account="office"] td.held')) ?? '', /1 held \(needs-reauth\)/);
     await shoot(page, 'console-accounts');
@@ -79,7 +97,10 @@ test('browser: log in with a console-link link, revoked grant -> needs-reauth, A
     // CSRF: the page's own form, cookie and origin, but the token removed / replaced.
     // (Strings, not functions: tsx's name helpers do not exist inside the page.)
     const authorizeButton = 'tr[data-account="office"] button:has-text("Authorize")';
-    for (const tamper of [`document.querySelector('tr[data-account="office"] input[name=csrf]').remove()`, `document.querySelector('tr[data-account="office"] input[name=csrf]').value = 'wrong-token'`]) {
+    for (const tamper of [
+      `document.querySelector('tr[data-account="office"] input[name=csrf]').remove()`,
+      `document.querySelector('tr[data-account="office"] input[name=csrf]').value = 'wrong-token'`,
+    ]) {
       await page.goto(`${base}/accounts`);
       await page.evaluate(tamper);
       const res = page.waitForResponse((r) => r.request().method() === 'POST');
@@ -124,7 +145,11 @@ test('browser: log in with a console-link link, revoked grant -> needs-reauth, A
     assert.equal(await page.locator('#attention').count(), 0, 'banner gone');
 
     const newRt = world.tokens.refreshTokensFor(world.account.email).filter((t) => t !== world.account.refreshToken);
-    assertNoSecrets(bodies.join('\n') + b.logs.join('\n'), [...secretsOf(world), new URL(link).searchParams.get('link')!, ...newRt]);
+    assertNoSecrets(bodies.join('\n') + b.logs.join('\n'), [
+      ...secretsOf(world),
+      new URL(link).searchParams.get('link')!,
+      ...newRt,
+    ]);
   } finally {
     await browser.close();
     await b.stop();

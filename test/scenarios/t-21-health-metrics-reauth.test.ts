@@ -8,7 +8,16 @@ import { writeFile, readFile } from 'node:fs/promises';
 import { stringify, parse } from 'yaml';
 import { startFakeWorld, bridgeConfig, writeBridgeConfig, FAKE_SCRYPT_COST } from '../../src/fakes/world.js';
 import { hashPassword } from '../../src/listener/passwords.js';
-import { startBridge, spawnBridge, importToken, sendThroughBridge, message, secretsOf, assertNoSecrets, CLI } from '../helpers/bridge.js';
+import {
+  startBridge,
+  spawnBridge,
+  importToken,
+  sendThroughBridge,
+  message,
+  secretsOf,
+  assertNoSecrets,
+  CLI,
+} from '../helpers/bridge.js';
 import { waitFor, sleep } from '../helpers/wait.js';
 
 const run = promisify(execFile);
@@ -23,7 +32,9 @@ function metric(text: string, name: string, labels: string): number {
   return line ? Number(line.split(' ').pop()) : NaN;
 }
 
-test('revoked grant: /readyz 503 and mail held; token import via the CLI -> 200 and the held mail is delivered', { timeout: 90_000 }, async () => {
+test('revoked grant: /readyz 503 and mail held; token import via the CLI -> 200 and the held mail is delivered', {
+  timeout: 90_000,
+}, async () => {
   const world = await startFakeWorld();
   const b = await startBridge(world, {}, { http: true });
   try {
@@ -35,16 +46,29 @@ test('revoked grant: /readyz 503 and mail held; token import via the CLI -> 200 
     world.tokens.expireAccessTokens();
     await b.bridge.tokens.refresh(world.account.name).catch(() => {});
     const send = (i: number) =>
-      sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: [`held${i}@example.org`], raw: message({ from: 'scanner@example.com', to: `held${i}@example.org` }) });
+      sendThroughBridge({
+        port: b.port,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'scanner@example.com',
+        to: [`held${i}@example.org`],
+        raw: message({ from: 'scanner@example.com', to: `held${i}@example.org` }),
+      });
     for (let i = 0; i < 3; i++) assert.match((await send(i)).response, /^250 /);
     const ready = await get(http, '/readyz');
     assert.equal(ready.status, 503);
     assert.match(ready.body, /account office: needs-reauth/);
     assert.match(ready.body, /xoauth2-bridge authorize office/);
-    const status = await run(process.execPath, [...CLI, 'token', 'status', '--json', '-c', b.configFile]).catch((e) => e as { stdout: string });
+    const status = await run(process.execPath, [...CLI, 'token', 'status', '--json', '-c', b.configFile]).catch(
+      (e) => e as { stdout: string },
+    );
     assert.equal((JSON.parse(status.stdout) as Array<{ state: string }>)[0].state, 'needs-reauth');
     // Canary: the worker decided on all three (held: needs-reauth) instead of sending them.
-    await waitFor(() => b.logs.filter((l) => l.includes('"message":"held"') && l.includes('needs-reauth')).length >= 3, 10_000, 'three messages held');
+    await waitFor(
+      () => b.logs.filter((l) => l.includes('"message":"held"') && l.includes('needs-reauth')).length >= 3,
+      10_000,
+      'three messages held',
+    );
     assert.equal(world.gmail.messages.length, 0, 'mail waits, it is not bounced or sent');
     assert.equal((await b.bridge.spool.list()).length, 3);
     const requestsWhileDead = world.tokens.requests.length;
@@ -52,7 +76,10 @@ test('revoked grant: /readyz 503 and mail held; token import via the CLI -> 200 
     await sleep(1000);
     assert.equal(world.tokens.requests.length, requestsWhileDead, 'no retry storm against the token endpoint');
     const loud = b.logs.filter((l) => /needs re-?auth/i.test(l) && /"level":"error"/.test(l));
-    assert.ok(loud.length >= 1 && loud.some((l) => l.includes('xoauth2-bridge authorize office')), 'one loud line with the fix command');
+    assert.ok(
+      loud.length >= 1 && loud.some((l) => l.includes('xoauth2-bridge authorize office')),
+      'one loud line with the fix command',
+    );
 
     // The operator re-authorizes: a new refresh token, imported by a separate CLI process.
     const fresh = `1//0g-new-${Date.now()}`;
@@ -61,7 +88,11 @@ test('revoked grant: /readyz 503 and mail held; token import via the CLI -> 200 
     child.stdin!.end(fresh + '\n');
     await new Promise((r) => child.on('exit', r));
     await world.gmail.waitForMessages(3, 15_000);
-    assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]).sort(), ['held0@example.org', 'held1@example.org', 'held2@example.org']);
+    assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo[0]).sort(), [
+      'held0@example.org',
+      'held1@example.org',
+      'held2@example.org',
+    ]);
     await waitFor(async () => (await get(http, '/readyz')).status === 200, 5000, '/readyz 200');
     assertNoSecrets(b.logs.join('\n'), [...secretsOf(world), fresh]);
   } finally {
@@ -75,11 +106,37 @@ test('/metrics counts a known sequence of messages', async () => {
   const b = await startBridge(world, {}, { http: true });
   try {
     const http = b.bridge.httpAddress!.port;
-    world.gmail.script({ stage: 'rcpt', rcpt: 'nobody@example.org', reply: '550 5.1.1 The email account that you tried to reach does not exist.', count: Infinity });
+    world.gmail.script({
+      stage: 'rcpt',
+      rcpt: 'nobody@example.org',
+      reply: '550 5.1.1 The email account that you tried to reach does not exist.',
+      count: Infinity,
+    });
     for (const to of ['a@example.org', 'b@example.org', 'nobody@example.org'])
-      await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: [to], raw: message({ from: 'scanner@example.com', to }) });
-    await assert.rejects(sendThroughBridge({ port: b.port, user: world.user.username, pass: 'bad-password', from: 'scanner@example.com', to: ['x@example.org'], raw: 'x' }));
-    await waitFor(async () => (await b.bridge.spool.list()).filter((e) => !e.isBounce).length === 0 && world.gmail.messages.length >= 3, 10_000, 'deliveries');
+      await sendThroughBridge({
+        port: b.port,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'scanner@example.com',
+        to: [to],
+        raw: message({ from: 'scanner@example.com', to }),
+      });
+    await assert.rejects(
+      sendThroughBridge({
+        port: b.port,
+        user: world.user.username,
+        pass: 'bad-password',
+        from: 'scanner@example.com',
+        to: ['x@example.org'],
+        raw: 'x',
+      }),
+    );
+    await waitFor(
+      async () =>
+        (await b.bridge.spool.list()).filter((e) => !e.isBounce).length === 0 && world.gmail.messages.length >= 3,
+      10_000,
+      'deliveries',
+    );
     const m = (await get(http, '/metrics')).body;
     assert.equal(metric(m, 'xoauth2_bridge_messages_received_total', 'account="office"') >= 3, true);
     assert.equal(metric(m, 'xoauth2_bridge_messages_delivered_total', 'account="office"') >= 2, true);
@@ -96,7 +153,9 @@ test('/metrics counts a known sequence of messages', async () => {
   }
 });
 
-test('SIGHUP: a new user gets in; a broken config is rejected and the old one keeps serving', { timeout: 60_000 }, async () => {
+test('SIGHUP: a new user gets in; a broken config is rejected and the old one keeps serving', {
+  timeout: 60_000,
+}, async () => {
   const world = await startFakeWorld();
   try {
     const cfg = bridgeConfig(world);
@@ -107,10 +166,21 @@ test('SIGHUP: a new user gets in; a broken config is rejected and the old one ke
       const port = d.ports.local;
       const newPw = 'second-user-password';
       const send = (user: string, pass: string) =>
-        sendThroughBridge({ port, user, pass, from: 'scanner@example.com', to: ['hup@example.org'], raw: message({ from: 'scanner@example.com', to: 'hup@example.org' }) });
+        sendThroughBridge({
+          port,
+          user,
+          pass,
+          from: 'scanner@example.com',
+          to: ['hup@example.org'],
+          raw: message({ from: 'scanner@example.com', to: 'hup@example.org' }),
+        });
       await assert.rejects(send('scanner2', newPw), (e: { responseCode?: number }) => e.responseCode === 535);
       const next = parse(await readFile(configFile, 'utf8')) as { users: unknown[] };
-      next.users.push({ username: 'scanner2', passwordHash: await hashPassword(newPw, FAKE_SCRYPT_COST), account: 'office' });
+      next.users.push({
+        username: 'scanner2',
+        passwordHash: await hashPassword(newPw, FAKE_SCRYPT_COST),
+        account: 'office',
+      });
       await writeFile(configFile, stringify(next));
       d.child.kill('SIGHUP');
       await waitFor(() => d.stderr.some((l) => l.includes('config reloaded')), 10_000, 'reload');

@@ -19,10 +19,23 @@ interface Daemon {
 /** `serve` under sh; `journal: true` sets JOURNAL_STREAM to the DEV:INODE of its stderr, else to another file's. */
 async function serve(configFile: string, journal: boolean, env: NodeJS.ProcessEnv = {}): Promise<Daemon> {
   const id = journal ? '/proc/self/fd/2' : '/dev/null';
-  const child = spawn('/bin/sh', ['-c', `JOURNAL_STREAM=$(stat -L -c %d:%i ${id}) exec "$@"`, 'sh', process.execPath, ...CLI, 'serve', '-c', configFile], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, INVOCATION_ID: undefined, ...env },
-  });
+  const child = spawn(
+    '/bin/sh',
+    [
+      '-c',
+      `JOURNAL_STREAM=$(stat -L -c %d:%i ${id}) exec "$@"`,
+      'sh',
+      process.execPath,
+      ...CLI,
+      'serve',
+      '-c',
+      configFile,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, INVOCATION_ID: undefined, ...env },
+    },
+  );
   const lines: string[] = [];
   const waiters = new Set<() => void>();
   let buf = '';
@@ -99,7 +112,10 @@ test('under journald every line carries its priority (<3> <4> <6> <7>), and one 
       assert.ok(m, `line without a priority prefix: ${l}`);
       assert.equal(m[1], want[JSON.parse(m[2]).level], `priority of ${l}`);
     }
-    assert.ok(d.lines.some((l) => l.startsWith('<7>')), 'debug lines are there (level debug), at priority 7');
+    assert.ok(
+      d.lines.some((l) => l.startsWith('<7>')),
+      'debug lines are there (level debug), at priority 7',
+    );
     const warnings = d.lines.filter((l) => /^<[0-4]>/.test(l));
     const about451 = warnings.filter((l) => l.includes('451'));
     assert.equal(about451.length, 1, `one warning for the 451, got:\n${warnings.join('\n')}`);
@@ -140,7 +156,10 @@ test("an upstream that refuses connections: one warning per attempt (the deferra
     }
     const refused = d.lines.filter((l) => l.includes('ECONNREFUSED'));
     assert.equal(refused.filter((l) => /^<[0-4]>/.test(l)).length, 1, refused.join('\n'));
-    assert.ok(refused.some((l) => l.startsWith('<7>') && l.includes('"component":"smtp-out"') && l.includes('"libLevel"')), `nodemailer's line is kept at debug:\n${refused.join('\n')}`);
+    assert.ok(
+      refused.some((l) => l.startsWith('<7>') && l.includes('"component":"smtp-out"') && l.includes('"libLevel"')),
+      `nodemailer's line is kept at debug:\n${refused.join('\n')}`,
+    );
   } finally {
     await world.close();
   }
@@ -149,7 +168,10 @@ test("an upstream that refuses connections: one warning per attempt (the deferra
 test('log.format unset: text under journald (no time or level word: the journal has them), each field once, priorities as with JSON', async () => {
   const world = await startFakeWorld();
   try {
-    const file = await writeBridgeConfig(world, bridgeConfig(world, { queue: { retry: ['200ms'] }, log: { level: 'debug' } }));
+    const file = await writeBridgeConfig(
+      world,
+      bridgeConfig(world, { queue: { retry: ['200ms'] }, log: { level: 'debug' } }),
+    );
     importToken(file, world);
     const d = await serve(file, true);
     try {
@@ -167,7 +189,10 @@ test('log.format unset: text under journald (no time or level word: the journal 
     }
     const deferred = d.lines.filter((l) => /^<4>deferred .*451/.test(l));
     assert.equal(deferred.length, 1, d.lines.join('\n'));
-    assert.ok(d.lines.some((l) => l.startsWith('<7>')), 'debug lines at priority 7');
+    assert.ok(
+      d.lines.some((l) => l.startsWith('<7>')),
+      'debug lines at priority 7',
+    );
   } finally {
     await world.close();
   }
@@ -179,16 +204,25 @@ test('log.format unset: text under systemd without the journal (INVOCATION_ID on
     const file = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'info' } }));
     const unit = await serve(file, false, { INVOCATION_ID: '0123456789abcdef0123456789abcdef' });
     await unit.stop();
-    assert.match(unit.lines.find((l) => l.includes('xoauth2-bridge started'))!, /^\d{4}-\d\d-\d\dT[\d:.]+Z info: xoauth2-bridge started listeners=/);
+    assert.match(
+      unit.lines.find((l) => l.includes('xoauth2-bridge started'))!,
+      /^\d{4}-\d\d-\d\dT[\d:.]+Z info: xoauth2-bridge started listeners=/,
+    );
     // Not under systemd at all (JOURNAL_STREAM unset too): JSON, as before.
-    const child = spawn(process.execPath, [...CLI, 'serve', '-c', file], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, INVOCATION_ID: undefined, JOURNAL_STREAM: undefined } });
+    const child = spawn(process.execPath, [...CLI, 'serve', '-c', file], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, INVOCATION_ID: undefined, JOURNAL_STREAM: undefined },
+    });
     let out = '';
     child.stderr.on('data', (b: Buffer) => {
       out += b.toString();
       if (out.includes('xoauth2-bridge started')) child.kill('SIGTERM');
     });
     await once(child, 'exit');
-    assert.match(out.split('\n').find((l) => l.includes('xoauth2-bridge started'))!, /^\{.*"message":"xoauth2-bridge started"/);
+    assert.match(
+      out.split('\n').find((l) => l.includes('xoauth2-bridge started'))!,
+      /^\{.*"message":"xoauth2-bridge started"/,
+    );
   } finally {
     await world.close();
   }

@@ -40,32 +40,59 @@ async function provision(world: FakeWorld): Promise<string> {
 }
 
 for (const c of [
-  { name: 'a 0644 tokens.json', damage: (f: string) => chmod(f, 0o644), message: /accessible by group\/others.*chmod 600/, repair: (f: string) => chmod(f, 0o600) },
+  {
+    name: 'a 0644 tokens.json',
+    damage: (f: string) => chmod(f, 0o644),
+    message: /accessible by group\/others.*chmod 600/,
+    repair: (f: string) => chmod(f, 0o600),
+  },
   {
     name: 'a damaged tokens.json',
-    damage: (f: string) => writeFile(f, '{"format":"xoauth2-bridge-tokens","accounts":{"office":{"refre', { mode: 0o600 }),
+    damage: (f: string) =>
+      writeFile(f, '{"format":"xoauth2-bridge-tokens","accounts":{"office":{"refre', { mode: 0o600 }),
     message: /not valid JSON \(damaged\?\); the previous version is in .*tokens\.json\.bak/,
     repair: (f: string) => copyFile(`${f}.bak`, f),
   },
 ]) {
-  test(`${c.name}: the daemon starts, spools and holds mail with the store's message, and resumes once it is repaired`, { timeout: 60_000 }, async () => {
+  test(`${c.name}: the daemon starts, spools and holds mail with the store's message, and resumes once it is repaired`, {
+    timeout: 60_000,
+  }, async () => {
     const world = await startFakeWorld();
     try {
       const file = await provision(world);
       await c.damage(file);
       const b = await startBridge(world, { queue: { retry: ['300ms'] } }, { importToken: false, http: true });
       try {
-        assert.ok(b.logs.some((l) => /"level":"error"/.test(l) && c.message.test(l) && l.includes('Mail is still accepted and spooled')), 'one loud line with the store message');
-        const r = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['held@example.org'], raw: message({ from: 'scanner@example.com', to: 'held@example.org' }) });
+        assert.ok(
+          b.logs.some(
+            (l) => /"level":"error"/.test(l) && c.message.test(l) && l.includes('Mail is still accepted and spooled'),
+          ),
+          'one loud line with the store message',
+        );
+        const r = await sendThroughBridge({
+          port: b.port,
+          user: world.user.username,
+          pass: world.user.password,
+          from: 'scanner@example.com',
+          to: ['held@example.org'],
+          raw: message({ from: 'scanner@example.com', to: 'held@example.org' }),
+        });
         assert.match(r.response, /^250 /);
         const id = r.response.split(' ').pop()!;
-        await waitFor(() => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('token store unusable')), 10_000, 'held with the store message');
+        await waitFor(
+          () =>
+            b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('token store unusable')),
+          10_000,
+          'held with the store message',
+        );
         assert.equal(b.bridge.tokens.state('office'), 'error');
         assert.match(b.bridge.tokens.status()[0].lastError ?? '', c.message);
         const ready = await readyz(b.bridge.httpAddress!.port);
         assert.equal(ready.status, 503);
         assert.match(ready.body, c.message);
-        const status = await run(process.execPath, [...CLI, 'token', 'status', '-c', b.configFile]).catch((e: { stdout: string; code: number }) => e);
+        const status = await run(process.execPath, [...CLI, 'token', 'status', '-c', b.configFile]).catch(
+          (e: { stdout: string; code: number }) => e,
+        );
         assert.match(status.stdout, c.message);
         assert.equal(world.gmail.messages.length, 0);
         assert.equal((await b.bridge.spool.list()).length, 1, 'the message waits in the spool');

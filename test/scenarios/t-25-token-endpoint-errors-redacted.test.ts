@@ -50,7 +50,9 @@ function httpGet(port: number, path: string): Promise<string> {
   });
 }
 
-test('token endpoint bodies that echo secrets never reach the spool, queue list/show, token status, /readyz or logs', { timeout: 90_000 }, async () => {
+test('token endpoint bodies that echo secrets never reach the spool, queue list/show, token status, /readyz or logs', {
+  timeout: 90_000,
+}, async () => {
   const world = await startFakeWorld();
   // Access tokens without the ya29. shape: only the registered-secret check can catch them.
   world.tokens.accessTokenPrefix = 'at';
@@ -60,7 +62,14 @@ test('token endpoint bodies that echo secrets never reach the spool, queue list/
     // 1. A 500 whose JSON error_description echoes the form (refresh_token=1%2F%2F…&client_secret=…);
     //    the library retries 5xx twice, so three answers make one failed refresh.
     world.tokens.failNext(3, 'echo500json');
-    const r = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['x@example.org'], raw: message({ from: 'scanner@example.com', to: 'x@example.org' }) });
+    const r = await sendThroughBridge({
+      port: b.port,
+      user: world.user.username,
+      pass: world.user.password,
+      from: 'scanner@example.com',
+      to: ['x@example.org'],
+      raw: message({ from: 'scanner@example.com', to: 'x@example.org' }),
+    });
     const id = r.response.split(' ').pop()!;
     const lastError = async () => (await b.bridge.spool.list()).find((e) => e.id === id)?.lastReply ?? '';
     await waitFor(async () => (await lastError()).includes('internal_failure'), 10_000, 'the echoed 500 in lastError');
@@ -70,11 +79,21 @@ test('token endpoint bodies that echo secrets never reach the spool, queue list/
 
     // 2. The same echo as text/plain, and 3. a 200 with a cut-off JSON body holding an access token.
     world.tokens.failNext(3, 'echo500');
-    await assert.rejects(b.bridge.tokens.refresh('office'), /token endpoint answered HTTP 500 \(text\/plain, not an OAuth error\)/);
-    await waitFor(async () => (await lastError()).includes('HTTP 500 (text/plain'), 10_000, 'the text 500 in lastError');
+    await assert.rejects(
+      b.bridge.tokens.refresh('office'),
+      /token endpoint answered HTTP 500 \(text\/plain, not an OAuth error\)/,
+    );
+    await waitFor(
+      async () => (await lastError()).includes('HTTP 500 (text/plain'),
+      10_000,
+      'the text 500 in lastError',
+    );
     seenErrors.push(await lastError());
     world.tokens.failNext(1, 'truncated');
-    await assert.rejects(b.bridge.tokens.refresh('office'), /token endpoint sent invalid JSON in the response \(HTTP 200, application\/json[^)]*\)/);
+    await assert.rejects(
+      b.bridge.tokens.refresh('office'),
+      /token endpoint sent invalid JSON in the response \(HTTP 200, application\/json[^)]*\)/,
+    );
     await waitFor(async () => (await lastError()).includes('invalid JSON'), 10_000, 'invalid JSON in lastError');
     seenErrors.push(await lastError());
 
@@ -95,7 +114,11 @@ test('token endpoint bodies that echo secrets never reach the spool, queue list/
     // The access tokens the truncated bodies carried: every one the fake issued.
     const accessTokens = [...surfaces.matchAll(/\bat[A-Za-z0-9_-]{40,}/g)].map((m) => m[0]);
     assert.deepEqual(accessTokens, [], 'no access token from a cut-off body');
-    assertNoSecrets(surfaces, [...secretsOf(world), encodeURIComponent(world.account.refreshToken), encodeURIComponent(world.account.clientSecret)]);
+    assertNoSecrets(surfaces, [
+      ...secretsOf(world),
+      encodeURIComponent(world.account.refreshToken),
+      encodeURIComponent(world.account.clientSecret),
+    ]);
 
     // The endpoint recovers: the held-back message goes out.
     await b.bridge.tokens.refresh('office');
@@ -113,7 +136,10 @@ test('token endpoint failures name what happened: invalid JSON, a timeout, an HT
     await svc.init();
     await svc.importRefreshToken('office', w.refreshToken);
     w.fake.failNext(1, 'notJson');
-    await assert.rejects(svc.refresh('office'), /token endpoint sent invalid JSON in the response \(HTTP 200, text\/html/);
+    await assert.rejects(
+      svc.refresh('office'),
+      /token endpoint sent invalid JSON in the response \(HTTP 200, text\/html/,
+    );
     // One retry on no response: two hanging answers.
     w.fake.failNext(2, 'hang');
     await assert.rejects(svc.refresh('office'), /token endpoint timed out after 0\.4 s/);
@@ -139,14 +165,19 @@ test('the redactor keeps only live secrets: after many refreshes old access toke
     for (let i = 0; i < 30; i++) {
       await svc.refresh('office');
       seen.push(await svc.getAccessToken('office'));
-      assert.ok(secretRegistrySize() <= size + 1, `registry bounded after ${i + 1} refreshes (${secretRegistrySize()} vs ${size})`);
+      assert.ok(
+        secretRegistrySize() <= size + 1,
+        `registry bounded after ${i + 1} refreshes (${secretRegistrySize()} vs ${size})`,
+      );
     }
     assert.equal(new Set(seen).size, 31, 'every refresh gave a new token');
     const current = seen.at(-1)!;
     assert.equal(redactString(`token ${current} end`), 'token [redacted] end', 'the live token is scrubbed');
     assert.equal(redactString(`token ${first} end`), `token ${first} end`, 'a replaced token is no longer scanned for');
     // The current rotated refresh token (no well-known shape) is scrubbed, also URL-encoded.
-    const rt = JSON.parse(await readFile(join(w.stateDir, 'tokens.json'), 'utf8').catch(() => '{}')) as { accounts?: Record<string, { refreshToken?: string }> };
+    const rt = JSON.parse(await readFile(join(w.stateDir, 'tokens.json'), 'utf8').catch(() => '{}')) as {
+      accounts?: Record<string, { refreshToken?: string }>;
+    };
     const liveRt = rt.accounts?.office?.refreshToken;
     if (liveRt) assert.equal(redactString(`rt=${encodeURIComponent(liveRt)}`), 'rt=[redacted]');
     svc.stop();

@@ -15,7 +15,10 @@ import { spawnBridge, importToken, assertNoSecrets, secretsOf, CLI, type Spawned
 
 function cli(args: string[], env: NodeJS.ProcessEnv = {}, input = ''): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...CLI, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...CLI, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     child.stdin.end(input);
     let out = '';
     child.stdout.on('data', (d) => (out += d));
@@ -32,7 +35,11 @@ async function plaintextStore(): Promise<{ world: FakeWorld; configFile: string;
   importToken(configFile, world);
   importToken(configFile, world);
   const state = join(world.dir, 'state');
-  for (const f of ['tokens.json', 'tokens.json.bak']) assert.ok((await readFile(join(state, f), 'utf8')).includes(world.account.refreshToken), `precondition: ${f} is plaintext`);
+  for (const f of ['tokens.json', 'tokens.json.bak'])
+    assert.ok(
+      (await readFile(join(state, f), 'utf8')).includes(world.account.refreshToken),
+      `precondition: ${f} is plaintext`,
+    );
   // A write interrupted by a crash leaves its temp file (safeWrite's NAME.PID.RANDOM.tmp).
   await writeFile(join(state, 'tokens.4242.abcdef.tmp'), await readFile(join(state, 'tokens.json')), { mode: 0o600 });
   // The unit's LoadCredential=token-key: 32 random bytes, read as $CREDENTIALS_DIRECTORY/token-key.
@@ -53,21 +60,29 @@ async function plaintextCopies(state: string, token: string): Promise<string[]> 
   return found;
 }
 
-const messages = (d: SpawnedBridge) => d.stderr.flatMap((l) => {
-  try {
-    return [JSON.parse(l) as { level: string; message: string }];
-  } catch {
-    return [];
-  }
-});
+const messages = (d: SpawnedBridge) =>
+  d.stderr.flatMap((l) => {
+    try {
+      return [JSON.parse(l) as { level: string; message: string }];
+    } catch {
+      return [];
+    }
+  });
 
-test('the daemon started with $CREDENTIALS_DIRECTORY/token-key seals a plaintext store, its backup and stale temp files, and says so once', { timeout: 90_000 }, async () => {
+test('the daemon started with $CREDENTIALS_DIRECTORY/token-key seals a plaintext store, its backup and stale temp files, and says so once', {
+  timeout: 90_000,
+}, async () => {
   const { world, configFile, state, creds } = await plaintextStore();
   let d: SpawnedBridge | undefined;
   try {
     d = await spawnBridge(configFile, { CREDENTIALS_DIRECTORY: creds });
-    assert.deepEqual(await plaintextCopies(state, world.account.refreshToken), [], 'no file in stateDir holds the refresh token in clear after the start');
-    for (const f of ['tokens.json', 'tokens.json.bak']) assert.equal(JSON.parse(await readFile(join(state, f), 'utf8')).encryption, 'aes-256-gcm', f);
+    assert.deepEqual(
+      await plaintextCopies(state, world.account.refreshToken),
+      [],
+      'no file in stateDir holds the refresh token in clear after the start',
+    );
+    for (const f of ['tokens.json', 'tokens.json.bak'])
+      assert.equal(JSON.parse(await readFile(join(state, f), 'utf8')).encryption, 'aes-256-gcm', f);
     const sealed = messages(d).filter((m) => /^token store sealed at rest/.test(m.message));
     assert.equal(sealed.length, 1, d.stderr.join('\n'));
     assert.equal(sealed[0].level, 'info');
@@ -78,7 +93,11 @@ test('the daemon started with $CREDENTIALS_DIRECTORY/token-key seals a plaintext
     // The daemon's first write (a refresh asked over the control socket) keeps a sealed backup.
     const r = await cli(['token', 'refresh', world.account.name, '-c', configFile]);
     assert.equal(r.code, 0, r.out);
-    assert.deepEqual(await plaintextCopies(state, world.account.refreshToken), [], 'no plaintext copy after the daemon wrote the store');
+    assert.deepEqual(
+      await plaintextCopies(state, world.account.refreshToken),
+      [],
+      'no plaintext copy after the daemon wrote the store',
+    );
     assert.equal(JSON.parse(await readFile(join(state, 'tokens.json.bak'), 'utf8')).encryption, 'aes-256-gcm');
     assertNoSecrets(d.stderr.join('\n') + r.out, secretsOf(world));
   } finally {
@@ -88,7 +107,9 @@ test('the daemon started with $CREDENTIALS_DIRECTORY/token-key seals a plaintext
   }
 });
 
-test('the daemon never claims encryption at rest that is not on disk: a store it cannot seal is logged as plaintext', { timeout: 90_000 }, async () => {
+test('the daemon never claims encryption at rest that is not on disk: a store it cannot seal is logged as plaintext', {
+  timeout: 90_000,
+}, async () => {
   const { world, configFile, state, creds } = await plaintextStore();
   let d: SpawnedBridge | undefined;
   try {
@@ -98,7 +119,10 @@ test('the daemon never claims encryption at rest that is not on disk: a store it
     await mkdir(join(bak, 'x'), { recursive: true });
     d = await spawnBridge(configFile, { CREDENTIALS_DIRECTORY: creds });
     const all = messages(d);
-    assert.ok(!all.some((m) => /encrypted at rest/.test(m.message) && !/not encrypted at rest/.test(m.message)), `claimed encryption at rest:\n${d.stderr.join('\n')}`);
+    assert.ok(
+      !all.some((m) => /encrypted at rest/.test(m.message) && !/not encrypted at rest/.test(m.message)),
+      `claimed encryption at rest:\n${d.stderr.join('\n')}`,
+    );
     const err = all.filter((m) => /^token store is not encrypted at rest/.test(m.message));
     assert.equal(err.length, 1, d.stderr.join('\n'));
     assert.equal(err[0].level, 'error');
@@ -110,9 +134,12 @@ test('the daemon never claims encryption at rest that is not on disk: a store it
   }
 });
 
-test('on a fresh .deb install (unit key present, systemd running) the root guard suggests the credential form, and that form writes a sealed store', { timeout: 60_000 }, async (t) => {
+test('on a fresh .deb install (unit key present, systemd running) the root guard suggests the credential form, and that form writes a sealed store', {
+  timeout: 60_000,
+}, async (t) => {
   if (process.getuid?.() !== 0) {
-    if (process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1') assert.fail('this test needs root (a stateDir owned by another user)');
+    if (process.env.XOAUTH2_BRIDGE_REQUIRE_INTEROP === '1')
+      assert.fail('this test needs root (a stateDir owned by another user)');
     return t.skip('not root');
   }
   const world = await startFakeWorld();
@@ -128,13 +155,22 @@ test('on a fresh .deb install (unit key present, systemd running) the root guard
     await writeFile(host.unitKey, randomBytes(32), { mode: 0o400 });
     await mkdir(host.systemdRunDir);
     const argv = ['authorize', 'office', '--manual', '-c', configFile];
-    const refusal = await refuseRootOnServiceState(config, argv, {}, host).then(() => assert.fail('not refused'), (e: Error) => e.message);
+    const refusal = await refuseRootOnServiceState(config, argv, {}, host).then(
+      () => assert.fail('not refused'),
+      (e: Error) => e.message,
+    );
     const suggested = `systemd-run --quiet --pipe --wait -p User=nobody -p LoadCredential=token-key:${host.unitKey} xoauth2-bridge authorize office --manual -c ${configFile}`;
-    assert.ok(refusal.split('\n').some((l) => l.trim() === suggested), refusal);
+    assert.ok(
+      refusal.split('\n').some((l) => l.trim() === suggested),
+      refusal,
+    );
     assert.match(refusal, /so the token store is written encrypted/);
     // Without systemd (a container) the runuser form stays; the daemon seals at start there.
     await rm(host.systemdRunDir, { recursive: true });
-    const plain = await refuseRootOnServiceState(config, argv, {}, host).then(() => '', (e: Error) => e.message);
+    const plain = await refuseRootOnServiceState(config, argv, {}, host).then(
+      () => '',
+      (e: Error) => e.message,
+    );
     assert.ok(plain.includes(`runuser -u nobody -- xoauth2-bridge authorize office --manual -c ${configFile}`), plain);
 
     // What the suggested form gives the CLI: the LoadCredential source as $CREDENTIALS_DIRECTORY/token-key.
@@ -144,11 +180,20 @@ test('on a fresh .deb install (unit key present, systemd running) the root guard
     await copyFile(source, join(creds, 'token-key'));
     await chown(state, 0, 0); // this test cannot run the CLI as nobody (node lives under /root): the root-owned twin
     for (let i = 0; i < 2; i++) {
-      const r = await cli(['token', 'import', world.account.name, '-c', configFile], { CREDENTIALS_DIRECTORY: creds }, world.account.refreshToken);
+      const r = await cli(
+        ['token', 'import', world.account.name, '-c', configFile],
+        { CREDENTIALS_DIRECTORY: creds },
+        world.account.refreshToken,
+      );
       assert.equal(r.code, 0, r.out);
     }
-    assert.deepEqual(await plaintextCopies(state, world.account.refreshToken), [], 'token import under the credential leaves no plaintext copy');
-    for (const f of ['tokens.json', 'tokens.json.bak']) assert.equal(JSON.parse(await readFile(join(state, f), 'utf8')).encryption, 'aes-256-gcm', f);
+    assert.deepEqual(
+      await plaintextCopies(state, world.account.refreshToken),
+      [],
+      'token import under the credential leaves no plaintext copy',
+    );
+    for (const f of ['tokens.json', 'tokens.json.bak'])
+      assert.equal(JSON.parse(await readFile(join(state, f), 'utf8')).encryption, 'aes-256-gcm', f);
   } finally {
     await world.close();
   }

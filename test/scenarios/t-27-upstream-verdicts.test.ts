@@ -8,7 +8,10 @@ import { startFakeWorld, type FakeWorld } from '../../src/fakes/world.js';
 import { startBridge, sendThroughBridge, message, type RunningBridge } from '../helpers/bridge.js';
 import { waitFor } from '../helpers/wait.js';
 
-async function withBridge(fn: (world: FakeWorld, b: RunningBridge) => Promise<void>, overrides: Record<string, unknown> = {}): Promise<void> {
+async function withBridge(
+  fn: (world: FakeWorld, b: RunningBridge) => Promise<void>,
+  overrides: Record<string, unknown> = {},
+): Promise<void> {
   const world = await startFakeWorld();
   const b = await startBridge(world, { queue: { retry: ['300ms'] }, ...overrides });
   try {
@@ -20,7 +23,14 @@ async function withBridge(fn: (world: FakeWorld, b: RunningBridge) => Promise<vo
 }
 
 const send = (world: FakeWorld, b: RunningBridge, to: string[], subject = 'test') =>
-  sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to, raw: message({ from: 'scanner@example.com', to: to.join(', '), subject }) });
+  sendThroughBridge({
+    port: b.port,
+    user: world.user.username,
+    pass: world.user.password,
+    from: 'scanner@example.com',
+    to,
+    raw: message({ from: 'scanner@example.com', to: to.join(', '), subject }),
+  });
 
 const idOf = (r: { response: string }) => r.response.split(' ').pop()!;
 const grants = (world: FakeWorld) => world.tokens.requests.filter((r) => r.grantType === 'refresh_token').length;
@@ -34,25 +44,58 @@ test('a token blip while a second pool connection opens does not change the verd
   try {
     await send(world, b, ['first@example.org']);
     await world.gmail.waitForMessages(1);
-    await waitFor(() => b.bridge.tokens.status()[0].accessTokenExpiresAt !== null && Date.parse(b.bridge.tokens.status()[0].accessTokenExpiresAt!) < Date.now(), 5000, 'cached token expired');
+    await waitFor(
+      () =>
+        b.bridge.tokens.status()[0].accessTokenExpiresAt !== null &&
+        Date.parse(b.bridge.tokens.status()[0].accessTokenExpiresAt!) < Date.now(),
+      5000,
+      'cached token expired',
+    );
     // The connection that delivered the first message is idle and authenticated; the
     // token endpoint now resets connections, and the 550 is answered only after the second
     // connection's token request has failed.
     world.tokens.down(true);
-    world.gmail.script({ stage: 'rcpt', rcpt: 'nobody@example.org', reply: '550 5.1.1 The email account that you tried to reach does not exist.', count: 1, delayMs: 1500 });
+    world.gmail.script({
+      stage: 'rcpt',
+      rcpt: 'nobody@example.org',
+      reply: '550 5.1.1 The email account that you tried to reach does not exist.',
+      count: 1,
+      delayMs: 1500,
+    });
     // The 550's message goes first, onto the idle authenticated connection; the second
     // message, sent while the RCPT is pending, needs a new connection and so a token.
     const bad = await send(world, b, ['nobody@example.org'], 'to nobody');
-    await waitFor(() => b.logs.some((l) => l.includes('RCPT TO:<nobody@example.org>')), 10_000, 'the RCPT on the authenticated connection');
+    await waitFor(
+      () => b.logs.some((l) => l.includes('RCPT TO:<nobody@example.org>')),
+      10_000,
+      'the RCPT on the authenticated connection',
+    );
     await send(world, b, ['second@example.org'], 'second');
-    await waitFor(() => events(b, 'bounced', idOf(bad)).length > 0 || events(b, 'deferred', idOf(bad)).length > 0, 10_000, 'a verdict for the 550');
-    assert.deepEqual(events(b, 'deferred', idOf(bad)), [], 'the 550 is not deferred because of another connection\'s token error');
+    await waitFor(
+      () => events(b, 'bounced', idOf(bad)).length > 0 || events(b, 'deferred', idOf(bad)).length > 0,
+      10_000,
+      'a verdict for the 550',
+    );
+    assert.deepEqual(
+      events(b, 'deferred', idOf(bad)),
+      [],
+      "the 550 is not deferred because of another connection's token error",
+    );
     assert.equal(events(b, 'bounced', idOf(bad)).length, 1, 'the 550 bounces');
     // The blip really happened before the verdict (a refresh failed while the 550 was pending).
-    const failedAt = b.logs.map((l) => JSON.parse(l) as Record<string, unknown>).find((j) => String(j.message).includes('access token refresh failed'))?.timestamp;
-    assert.ok(failedAt && String(failedAt) < String(events(b, 'bounced', idOf(bad))[0].timestamp), 'a token refresh failed before the 550 was judged');
+    const failedAt = b.logs
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((j) => String(j.message).includes('access token refresh failed'))?.timestamp;
+    assert.ok(
+      failedAt && String(failedAt) < String(events(b, 'bounced', idOf(bad))[0].timestamp),
+      'a token refresh failed before the 550 was judged',
+    );
     world.tokens.down(false);
-    await waitFor(() => world.gmail.messages.some((m) => m.rcptTo.includes('second@example.org')), 20_000, 'the deferred message delivered after the blip');
+    await waitFor(
+      () => world.gmail.messages.some((m) => m.rcptTo.includes('second@example.org')),
+      20_000,
+      'the deferred message delivered after the blip',
+    );
   } finally {
     await b.stop();
     await world.close();
@@ -138,7 +181,11 @@ test('a reply with an invalid code ("999 …") is transient, never a bounce', as
     world.gmail.script({ stage: 'rcpt', rcpt: 'weird@example.org', reply: '999 who knows', count: 1 });
     const r = await send(world, b, ['weird@example.org']);
     await world.gmail.waitForMessages(1, 15_000);
-    assert.deepEqual(world.gmail.messages.map((m) => m.rcptTo), [['weird@example.org']], 'delivered, and no DSN was sent');
+    assert.deepEqual(
+      world.gmail.messages.map((m) => m.rcptTo),
+      [['weird@example.org']],
+      'delivered, and no DSN was sent',
+    );
     assert.equal(events(b, 'bounced', idOf(r)).length, 0);
     assert.ok(events(b, 'deferred', idOf(r)).length >= 1);
   });
@@ -197,6 +244,10 @@ test('a revoked grant behind a slow-failing AUTH (Dovecot-style delays): one for
     const canary = await send(world, b, ['canary@example.org']);
     await waitFor(() => events(b, 'held', idOf(canary)).length > 0, 10_000, 'the canary held');
     assert.equal(grants(world) - before, 1, 'exactly one forced refresh');
-    assert.deepEqual(world.gmail.auths.slice(authsBefore).map((a) => a.ok), [false, false], 'two AUTHs: the refused token, then its one replacement');
+    assert.deepEqual(
+      world.gmail.auths.slice(authsBefore).map((a) => a.ok),
+      [false, false],
+      'two AUTHs: the refused token, then its one replacement',
+    );
   });
 });

@@ -42,7 +42,22 @@ async function setup(): Promise<World> {
   const configFile = await writeBridgeConfig(
     world,
     bridgeConfig(world, {
-      accounts: [{ name: 'm365', provider: 'microsoft', email: MAILBOX, oauth: { type: 'user', tenant: ms.tenant, authorityHost: ms.authorityHost, clientId: CLIENT_ID, clientSecret: secret, caFile: world.caFile }, upstream: { host: 'localhost', port: exo.port, caFile: world.caFile } }],
+      accounts: [
+        {
+          name: 'm365',
+          provider: 'microsoft',
+          email: MAILBOX,
+          oauth: {
+            type: 'user',
+            tenant: ms.tenant,
+            authorityHost: ms.authorityHost,
+            clientId: CLIENT_ID,
+            clientSecret: secret,
+            caFile: world.caFile,
+          },
+          upstream: { host: 'localhost', port: exo.port, caFile: world.caFile },
+        },
+      ],
       users: [{ username: 'copier', passwordHash: world.user.passwordHash, account: 'm365' }],
       queue: { retry: ['1s'] },
       log: { level: 'info', format: 'json' },
@@ -59,16 +74,35 @@ async function setup(): Promise<World> {
     configFile,
     secret,
     rt0,
-    storedRt: async () => (JSON.parse(await readFile(join(world.dir, 'state', 'tokens.json'), 'utf8')) as { accounts: Record<string, { refreshToken: string }> }).accounts.m365.refreshToken,
+    storedRt: async () =>
+      (
+        JSON.parse(await readFile(join(world.dir, 'state', 'tokens.json'), 'utf8')) as {
+          accounts: Record<string, { refreshToken: string }>;
+        }
+      ).accounts.m365.refreshToken,
     redeem: (rt) =>
       new Promise((resolve, reject) => {
-        const req = https.request(ms.tokenUrl, { method: 'POST', ca, headers: { 'Content-Type': 'application/x-www-form-urlencoded' } }, (res) => {
-          let body = '';
-          res.on('data', (c: Buffer) => (body += c.toString()));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, ...(JSON.parse(body) as { error_description?: string }) }));
-        });
+        const req = https.request(
+          ms.tokenUrl,
+          { method: 'POST', ca, headers: { 'Content-Type': 'application/x-www-form-urlencoded' } },
+          (res) => {
+            let body = '';
+            res.on('data', (c: Buffer) => (body += c.toString()));
+            res.on('end', () =>
+              resolve({ status: res.statusCode ?? 0, ...(JSON.parse(body) as { error_description?: string }) }),
+            );
+          },
+        );
         req.on('error', reject);
-        req.end(new URLSearchParams({ grant_type: 'refresh_token', client_id: CLIENT_ID, client_secret: secret, refresh_token: rt, scope: 'https://outlook.office.com/SMTP.Send offline_access' }).toString());
+        req.end(
+          new URLSearchParams({
+            grant_type: 'refresh_token',
+            client_id: CLIENT_ID,
+            client_secret: secret,
+            refresh_token: rt,
+            scope: 'https://outlook.office.com/SMTP.Send offline_access',
+          }).toString(),
+        );
       }),
     close: async () => {
       await exo.close();
@@ -79,7 +113,14 @@ async function setup(): Promise<World> {
 }
 
 async function sendVia(w: World, d: SpawnedBridge, to: string): Promise<string> {
-  const r = await sendThroughBridge({ port: d.ports.local, user: 'copier', pass: w.world.user.password, from: MAILBOX, to: [to], raw: message({ from: MAILBOX, to }) });
+  const r = await sendThroughBridge({
+    port: d.ports.local,
+    user: 'copier',
+    pass: w.world.user.password,
+    from: MAILBOX,
+    to: [to],
+    raw: message({ from: MAILBOX, to }),
+  });
   return r.response.split(' ').pop()!;
 }
 
@@ -96,7 +137,9 @@ async function cli(configFile: string, ...args: string[]): Promise<{ code: numbe
   );
 }
 
-test('rotation across a real serve restart: the second daemon continues with the rotated token; the old ones are dead in the fake', { timeout: 120_000 }, async () => {
+test('rotation across a real serve restart: the second daemon continues with the rotated token; the old ones are dead in the fake', {
+  timeout: 120_000,
+}, async () => {
   const w = await setup();
   const daemons: SpawnedBridge[] = [];
   try {
@@ -117,7 +160,10 @@ test('rotation across a real serve restart: the second daemon continues with the
     assert.ok(rt2 !== rt1 && rt2 !== w.rt0, 'rotated again by the second daemon');
     await sendVia(w, d2, 'second@example.org');
     await waitFor(() => w.exo.messages.length === 2, 20_000, 'the second message delivered');
-    assert.deepEqual(w.exo.messages.map((m) => m.rcptTo[0]), ['first@example.org', 'second@example.org']);
+    assert.deepEqual(
+      w.exo.messages.map((m) => m.rcptTo[0]),
+      ['first@example.org', 'second@example.org'],
+    );
     assert.deepEqual(
       w.ms.requests.filter((q) => q.grantType === 'refresh_token').map((q) => q.ok),
       [true, true],
@@ -131,14 +177,17 @@ test('rotation across a real serve restart: the second daemon continues with the
     const st = await cli(w.configFile, 'token', 'status', '--json');
     assert.equal((JSON.parse(st.stdout) as { state: string }[])[0].state, 'ok');
     const logs = daemons.flatMap((d) => d.stderr).join('\n');
-    for (const secret of [w.rt0, rt1, rt2, w.secret]) assert.ok(!logs.includes(secret), 'no refresh token or secret in the logs');
+    for (const secret of [w.rt0, rt1, rt2, w.secret])
+      assert.ok(!logs.includes(secret), 'no refresh token or secret in the logs');
   } finally {
     for (const d of daemons) await stop(d);
     await w.close();
   }
 });
 
-test('kill -9 after the rotated refresh token was saved, before its access token was used: the message goes once, the grant still works', { timeout: 120_000 }, async () => {
+test('kill -9 after the rotated refresh token was saved, before its access token was used: the message goes once, the grant still works', {
+  timeout: 120_000,
+}, async () => {
   const w = await setup();
   const daemons: SpawnedBridge[] = [];
   try {
@@ -160,13 +209,24 @@ test('kill -9 after the rotated refresh token was saved, before its access token
 
     const d2 = await spawnBridge(w.configFile);
     daemons.push(d2);
-    await waitFor(() => d2.stderr.some((l) => l.includes('"message":"delivered"') && l.includes(id)), 20_000, 'delivered after the restart');
-    assert.deepEqual(w.exo.messages.map((m) => m.rcptTo), [['once@example.org']], 'delivered exactly once');
+    await waitFor(
+      () => d2.stderr.some((l) => l.includes('"message":"delivered"') && l.includes(id)),
+      20_000,
+      'delivered after the restart',
+    );
+    assert.deepEqual(
+      w.exo.messages.map((m) => m.rcptTo),
+      [['once@example.org']],
+      'delivered exactly once',
+    );
     const r = await cli(w.configFile, 'token', 'refresh', 'm365');
     assert.equal(r.code, 0, r.stdout + r.stderr);
     const st = await cli(w.configFile, 'token', 'status', '--json');
     assert.equal((JSON.parse(st.stdout) as { state: string }[])[0].state, 'ok', 'no needs-reauth');
-    assert.ok(w.ms.requests.filter((q) => q.grantType === 'refresh_token').every((q) => q.ok), 'never a spent refresh token');
+    assert.ok(
+      w.ms.requests.filter((q) => q.grantType === 'refresh_token').every((q) => q.ok),
+      'never a spent refresh token',
+    );
   } finally {
     for (const d of daemons) await stop(d);
     await w.close();

@@ -12,7 +12,6 @@ import { RawSmtp } from '../helpers/listener.js';
 import { freePort } from '../helpers/net.js';
 import { waitFor } from '../helpers/wait.js';
 
-
 function refused(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect(port, '127.0.0.1');
@@ -29,11 +28,16 @@ async function readyz(port: number): Promise<{ status: number; body: string }> {
   return { status: res.status, body: await res.text() };
 }
 
-test('SIGTERM: /readyz 503 at once while a session in DATA finishes with 250; then exit 0, nothing lost', { timeout: 60_000 }, async () => {
+test('SIGTERM: /readyz 503 at once while a session in DATA finishes with 250; then exit 0, nothing lost', {
+  timeout: 60_000,
+}, async () => {
   const world = await startFakeWorld();
   try {
     const httpPort = await freePort();
-    const config = bridgeConfig(world, { http: { host: '127.0.0.1', port: httpPort }, log: { level: 'info', format: 'json' } });
+    const config = bridgeConfig(world, {
+      http: { host: '127.0.0.1', port: httpPort },
+      log: { level: 'info', format: 'json' },
+    });
     const configFile = await writeBridgeConfig(world, config);
     importToken(configFile, world);
     const d = await spawnBridge(configFile);
@@ -48,7 +52,11 @@ test('SIGTERM: /readyz 503 at once while a session in DATA finishes with 250; th
       c.write('From: scanner@example.com\r\nTo: drain@example.org\r\nSubject: drain\r\n\r\nfirst half\r\n');
       d.child.kill('SIGTERM');
       // The session is still in DATA, so the listeners have not finished closing: /readyz must already say no.
-      await waitFor(async () => (await readyz(httpPort).catch(() => ({ status: 0, body: '' }))).status === 503, 5000, '/readyz 503');
+      await waitFor(
+        async () => (await readyz(httpPort).catch(() => ({ status: 0, body: '' }))).status === 503,
+        5000,
+        '/readyz 503',
+      );
       assert.match((await readyz(httpPort)).body, /^draining: /);
       await waitFor(() => refused(d.ports.local), 5000, 'new SMTP connections refused');
       c.write('second half\r\n.\r\n');
@@ -57,7 +65,9 @@ test('SIGTERM: /readyz 503 at once while a session in DATA finishes with 250; th
       await c.quit();
       assert.equal(await d.exited, 0);
       const delivered = world.gmail.messages.filter((m) => m.rcptTo.includes('drain@example.org')).length;
-      const spooled = (await readdir(join(config.stateDir as string, 'spool'))).filter((f) => /^[^.]+\.(msg|eml)$/.test(f)).length;
+      const spooled = (await readdir(join(config.stateDir as string, 'spool'))).filter((f) =>
+        /^[^.]+\.(msg|eml)$/.test(f),
+      ).length;
       assert.equal(delivered + spooled, 1, `delivered ${delivered}, spooled ${spooled}`);
     } finally {
       if (d.child.exitCode === null) d.child.kill('SIGKILL');

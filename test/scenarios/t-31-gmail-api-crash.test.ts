@@ -10,11 +10,16 @@ import { splitReceived } from '../helpers/received.js';
 import { sendFile, writeBigMessage } from '../helpers/memory.js';
 import { waitFor } from '../helpers/wait.js';
 
-test('gmail-api: kill -9 during an upload loses nothing; after the restart the message is delivered once', { timeout: 120_000 }, async () => {
+test('gmail-api: kill -9 during an upload loses nothing; after the restart the message is delivered once', {
+  timeout: 120_000,
+}, async () => {
   const world = await startFakeWorld({ transport: 'gmail-api' });
   const api = world.gmailApi!;
   try {
-    const configFile = await writeBridgeConfig(world, bridgeConfig(world, { log: { level: 'info', format: 'json' }, queue: { retry: ['1s'] } }));
+    const configFile = await writeBridgeConfig(
+      world,
+      bridgeConfig(world, { log: { level: 'info', format: 'json' }, queue: { retry: ['1s'] } }),
+    );
     importToken(configFile, world);
     const file = join(world.dir, 'scan.eml');
     const size = await writeBigMessage(file, 4_000_000);
@@ -34,9 +39,17 @@ test('gmail-api: kill -9 during an upload loses nothing; after the restart the m
       await api.waitForMessages(1, 30_000);
       assert.equal(splitReceived(api.messages[0].raw).rest.length, size);
       // The spool entry is gone once Gmail's answer is in: nothing left to send twice.
-      await waitFor(() => second.stderr.some((l) => l.includes('"message":"delivered"')), 10_000, 'the delivered log line');
+      await waitFor(
+        () => second.stderr.some((l) => l.includes('"message":"delivered"')),
+        10_000,
+        'the delivered log line',
+      );
       assert.equal(api.messages.length, 1);
-      assert.deepEqual(api.requests.map((r) => r.status), [0, 200], 'one stalled upload, one complete one');
+      assert.deepEqual(
+        api.requests.map((r) => r.status),
+        [0, 200],
+        'one stalled upload, one complete one',
+      );
     } finally {
       second.child.kill('SIGTERM');
       await second.exited;

@@ -16,12 +16,27 @@ const RCPT = 'lost@example.org';
 
 const lines = (b: RunningBridge) => b.logs.map((l) => JSON.parse(l) as Record<string, unknown>);
 const events = (b: RunningBridge, msg: string, id: string) => lines(b).filter((j) => j.message === msg && j.id === id);
-const lostLine = (b: RunningBridge, id: string) => lines(b).find((j) => j.level === 'error' && j.id === id && String(j.message).startsWith('message data lost on this host'));
+const lostLine = (b: RunningBridge, id: string) =>
+  lines(b).find(
+    (j) => j.level === 'error' && j.id === id && String(j.message).startsWith('message data lost on this host'),
+  );
 
 async function deferredMessage(world: FakeWorld, b: RunningBridge, deferrals: number): Promise<string> {
   // Gmail defers this recipient for as long as the test runs; notices to the sender go through.
-  world.gmail.script({ stage: 'rcpt', rcpt: RCPT, reply: '451 4.3.0 Mail server temporarily rejected message.', count: Infinity });
-  const r = await sendThroughBridge({ port: b.port, user: world.user.username, pass: world.user.password, from: SENDER, to: [RCPT], raw: message({ from: SENDER, to: RCPT, subject: 'the scan' }) });
+  world.gmail.script({
+    stage: 'rcpt',
+    rcpt: RCPT,
+    reply: '451 4.3.0 Mail server temporarily rejected message.',
+    count: Infinity,
+  });
+  const r = await sendThroughBridge({
+    port: b.port,
+    user: world.user.username,
+    pass: world.user.password,
+    from: SENDER,
+    to: [RCPT],
+    raw: message({ from: SENDER, to: RCPT, subject: 'the scan' }),
+  });
   const id = r.response.split(' ').pop()!;
   await waitFor(() => events(b, 'deferred', id).length >= deferrals, 20_000, `${deferrals} deferrals`);
   return id;
@@ -34,7 +49,10 @@ async function assertReported(world: FakeWorld, b: RunningBridge, id: string): P
   assert.deepEqual(line.rcpts, [RCPT]);
   assert.equal(lines(b).filter((j) => j.level === 'error' && j.id === id).length, 1, 'one error line');
   const stateDir = b.bridge.config.stateDir;
-  const failed = JSON.parse(readFileSync(join(stateDir, 'spool', 'failed', `${id}.json`), 'utf8')) as Record<string, unknown>;
+  const failed = JSON.parse(readFileSync(join(stateDir, 'spool', 'failed', `${id}.json`), 'utf8')) as Record<
+    string,
+    unknown
+  >;
   assert.equal(failed.state, 'failed');
   assert.equal(failed.failCode, 'data-lost');
   assert.ok(!existsSync(join(stateDir, 'spool', `${id}.json`)), 'no longer queued');
@@ -59,11 +77,17 @@ test('restart: a twice-deferred message whose queue file vanished fails as data-
     const id = await deferredMessage(world, b, 2);
     await b.stop();
     const spoolDir = join(b.bridge.config.stateDir, 'spool');
-    assert.ok(existsSync(join(spoolDir, `${id}.json`)), 'its state file is there: the message was acknowledged and changed state');
+    assert.ok(
+      existsSync(join(spoolDir, `${id}.json`)),
+      'its state file is there: the message was acknowledged and changed state',
+    );
     unlinkSync(join(spoolDir, `${id}.msg`));
     b = await startBridge(world, { queue: { retry: ['200ms'] } });
     await assertReported(world, b, id);
-    assert.ok(!b.logs.some((l) => l.includes('removed leftovers of unacknowledged writes')), 'not passed off as an unacknowledged leftover');
+    assert.ok(
+      !b.logs.some((l) => l.includes('removed leftovers of unacknowledged writes')),
+      'not passed off as an unacknowledged leftover',
+    );
   } finally {
     await b.stop();
     await world.close();

@@ -23,7 +23,14 @@ test('a 25 MB message streams through the daemon with flat RSS', { timeout: 120_
     try {
       const pid = d.child.pid!;
       // Warm up: one small message through the whole path (pools, TLS, token) first.
-      await sendThroughBridge({ port: d.ports.local, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['warm@example.org'], raw: message({ from: 'scanner@example.com', to: 'warm@example.org' }) });
+      await sendThroughBridge({
+        port: d.ports.local,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'scanner@example.com',
+        to: ['warm@example.org'],
+        raw: message({ from: 'scanner@example.com', to: 'warm@example.org' }),
+      });
       await world.gmail.waitForMessages(1, 10_000);
       const base = await procStatus(pid);
 
@@ -58,7 +65,9 @@ test('a 25 MB message streams through the daemon with flat RSS', { timeout: 120_
 
 // Issue 24 item 6: a message over the limit is refused with 552 5.3.4 at the end of DATA, and
 // its bytes are dropped as they arrive: refusing 200 MB of long lines must not cost memory.
-test('a 200 MB DATA of long lines is refused with 552 5.3.4 and the daemon\'s peak RSS grows under 30 MB', { timeout: 180_000 }, async (t) => {
+test("a 200 MB DATA of long lines is refused with 552 5.3.4 and the daemon's peak RSS grows under 30 MB", {
+  timeout: 180_000,
+}, async (t) => {
   if (process.platform !== 'linux') return t.skip('needs /proc');
   const world = await startFakeWorld();
   try {
@@ -89,7 +98,9 @@ test('a 200 MB DATA of long lines is refused with 552 5.3.4 and the daemon\'s pe
       assert.equal((await s.cmd('QUIT')).code, 221);
       const after = await procStatus(pid);
       const growth = after.hwm - Math.max(base.rss, 0);
-      t.diagnostic(`daemon RSS before DATA ${mb(base.rss)} MB (peak so far ${mb(base.hwm)} MB); peak after refusing ${mb(total * line.length)} MB: ${mb(after.hwm)} MB (+${mb(growth)} MB)`);
+      t.diagnostic(
+        `daemon RSS before DATA ${mb(base.rss)} MB (peak so far ${mb(base.hwm)} MB); peak after refusing ${mb(total * line.length)} MB: ${mb(after.hwm)} MB (+${mb(growth)} MB)`,
+      );
       assert.ok(growth < 30 * 2 ** 20, `peak RSS rose ${mb(growth)} MB while refusing the message`);
     } finally {
       d.child.kill('SIGTERM');

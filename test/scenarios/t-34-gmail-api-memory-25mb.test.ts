@@ -19,7 +19,14 @@ test('gmail-api: a 25 MB message is uploaded with flat RSS', { timeout: 120_000 
     const d = await spawnBridge(configFile, { NODE_OPTIONS: MEMTEST_NODE_OPTIONS });
     try {
       const pid = d.child.pid!;
-      await sendThroughBridge({ port: d.ports.local, user: world.user.username, pass: world.user.password, from: 'scanner@example.com', to: ['warm@example.org'], raw: message({ from: 'scanner@example.com', to: 'warm@example.org' }) });
+      await sendThroughBridge({
+        port: d.ports.local,
+        user: world.user.username,
+        pass: world.user.password,
+        from: 'scanner@example.com',
+        to: ['warm@example.org'],
+        raw: message({ from: 'scanner@example.com', to: 'warm@example.org' }),
+      });
       await api.waitForMessages(1, 10_000);
       const base = await procStatus(pid);
 
@@ -40,7 +47,9 @@ test('gmail-api: a 25 MB message is uploaded with flat RSS', { timeout: 120_000 
       assert.deepEqual(got.bcc, ['other@example.org']);
       assert.equal(splitReceived(got.visible).rest.length, size);
       const after = await procStatus(pid);
-      t.diagnostic(`daemon RSS after warm-up ${mb(base.rss)} MB; peak after a 5 MB upload ${mb(afterSmall.hwm)} MB; peak after a ${mb(size)} MB upload ${mb(after.hwm)} MB`);
+      t.diagnostic(
+        `daemon RSS after warm-up ${mb(base.rss)} MB; peak after a 5 MB upload ${mb(afterSmall.hwm)} MB; peak after a ${mb(size)} MB upload ${mb(after.hwm)} MB`,
+      );
       assertFlatPeak(afterSmall, after);
     } finally {
       d.child.kill('SIGTERM');

@@ -11,11 +11,17 @@ import { ROOT } from '../helpers/bridge.js';
 
 // The checkout itself (test/run.mjs runs the tests from a compiled copy of test/).
 const CHECKOUT = dirname(realpathSync(join(ROOT, 'package.json')));
-const scripts = (JSON.parse(readFileSync(join(CHECKOUT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+const scripts = (
+  JSON.parse(readFileSync(join(CHECKOUT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
+).scripts;
 
 function oldNode(): { bin: string; env: NodeJS.ProcessEnv } {
   const system = '/usr/bin/node';
-  if (existsSync(system) && Number(execFileSync(system, ['-p', 'process.versions.node'], { encoding: 'utf8' }).split('.')[0]) < 22) return { bin: system, env: {} };
+  if (
+    existsSync(system) &&
+    Number(execFileSync(system, ['-p', 'process.versions.node'], { encoding: 'utf8' }).split('.')[0]) < 22
+  )
+    return { bin: system, env: {} };
   return { bin: process.execPath, env: { XOAUTH2_BRIDGE_FAKE_NODE_VERSION: '20.19.2' } };
 }
 

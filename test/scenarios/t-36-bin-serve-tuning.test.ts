@@ -20,7 +20,10 @@ async function serveThroughBin(configFile: string, env: NodeJS.ProcessEnv): Prom
   try {
     await new Promise<void>((resolve, reject) => {
       let buf = '';
-      const timer = setTimeout(() => reject(new Error(`serve did not start within 60 s:\n${lines.join('\n')}`)), 60_000);
+      const timer = setTimeout(
+        () => reject(new Error(`serve did not start within 60 s:\n${lines.join('\n')}`)),
+        60_000,
+      );
       child.stderr!.setEncoding('utf8');
       child.stderr!.on('data', (d: string) => {
         buf += d;

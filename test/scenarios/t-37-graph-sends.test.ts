@@ -8,16 +8,32 @@ import { promisify } from 'node:util';
 import { startFakeWorld, startFakeGraphTenant, type FakeWorld, type FakeGraphTenant } from '../../src/fakes/world.js';
 import { GRAPH_SEND_SCOPE } from '../../src/providers/microsoft.js';
 import { headerValues } from '../../src/listener/filter.js';
-import { startBridge, sendThroughBridge, message, CLI, assertNoSecrets, type RunningBridge } from '../helpers/bridge.js';
+import {
+  startBridge,
+  sendThroughBridge,
+  message,
+  CLI,
+  assertNoSecrets,
+  type RunningBridge,
+} from '../helpers/bridge.js';
 import { splitReceived } from '../helpers/received.js';
 import { waitFor } from '../helpers/wait.js';
 
 const run = promisify(execFile);
 const MAILBOX = 'printer@contoso.com';
 
-type Ctx = { w: FakeWorld; t: FakeGraphTenant; b: RunningBridge; send: (to: string[], raw?: Buffer, from?: string) => Promise<string> };
+type Ctx = {
+  w: FakeWorld;
+  t: FakeGraphTenant;
+  b: RunningBridge;
+  send: (to: string[], raw?: Buffer, from?: string) => Promise<string>;
+};
 
-function logged(b: RunningBridge, msg: string, match: (j: Record<string, unknown>) => boolean = () => true): Record<string, unknown> | undefined {
+function logged(
+  b: RunningBridge,
+  msg: string,
+  match: (j: Record<string, unknown>) => boolean = () => true,
+): Record<string, unknown> | undefined {
   for (const l of b.logs) {
     try {
       const j = JSON.parse(l) as Record<string, unknown>;
@@ -29,12 +45,26 @@ function logged(b: RunningBridge, msg: string, match: (j: Record<string, unknown
   return undefined;
 }
 
-async function waitLogged(b: RunningBridge, msg: string, match?: (j: Record<string, unknown>) => boolean, ms = 20_000): Promise<Record<string, unknown>> {
+async function waitLogged(
+  b: RunningBridge,
+  msg: string,
+  match?: (j: Record<string, unknown>) => boolean,
+  ms = 20_000,
+): Promise<Record<string, unknown>> {
   await waitFor(() => logged(b, msg, match) !== undefined, ms, `log line "${msg}"`);
   return logged(b, msg, match)!;
 }
 
-async function withGraph(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, opts: { account?: Record<string, unknown>; queue?: Record<string, unknown>; allowedSenders?: string[]; before?: (t: FakeGraphTenant) => void } = {}): Promise<void> {
+async function withGraph(
+  type: 'user' | 'app',
+  fn: (x: Ctx) => Promise<void>,
+  opts: {
+    account?: Record<string, unknown>;
+    queue?: Record<string, unknown>;
+    allowedSenders?: string[];
+    before?: (t: FakeGraphTenant) => void;
+  } = {},
+): Promise<void> {
   const w = await startFakeWorld();
   const t = await startFakeGraphTenant(w, { mailbox: MAILBOX });
   opts.before?.(t);
@@ -45,14 +75,32 @@ async function withGraph(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, op
       {
         queue: { retry: ['300ms'], ...opts.queue },
         accounts: [t.account('m365', type, opts.account)],
-        users: [{ username: w.user.username, passwordHash: w.user.passwordHash, account: 'm365', ...(opts.allowedSenders ? { allowedSenders: opts.allowedSenders } : {}) }],
+        users: [
+          {
+            username: w.user.username,
+            passwordHash: w.user.passwordHash,
+            account: 'm365',
+            ...(opts.allowedSenders ? { allowedSenders: opts.allowedSenders } : {}),
+          },
+        ],
       },
       { importToken: false },
     );
-    if (type === 'user') await b.bridge.tokens.importRefreshToken('m365', t.identity.issueRefreshToken(t.clientId, MAILBOX, [GRAPH_SEND_SCOPE]));
+    if (type === 'user')
+      await b.bridge.tokens.importRefreshToken(
+        'm365',
+        t.identity.issueRefreshToken(t.clientId, MAILBOX, [GRAPH_SEND_SCOPE]),
+      );
     const bb = b;
     const send = async (to: string[], raw?: Buffer, from = MAILBOX) => {
-      const r = await sendThroughBridge({ port: bb.port, user: w.user.username, pass: w.user.password, from, to, raw: raw ?? message({ from, to: to.join(', ') }) });
+      const r = await sendThroughBridge({
+        port: bb.port,
+        user: w.user.username,
+        pass: w.user.password,
+        from,
+        to,
+        raw: raw ?? message({ from, to: to.join(', ') }),
+      });
       const id = /queued as (\S+)/.exec(r.response)?.[1];
       assert.ok(id, r.response);
       return id;
@@ -66,31 +114,46 @@ async function withGraph(type: 'user' | 'app', fn: (x: Ctx) => Promise<void>, op
   }
 }
 
-test('graph, delegated: sendMail with base64 MIME and a Graph Mail.Send token; after the Received: line the bytes are exactly the client\'s', { timeout: 60_000 }, () =>
-  withGraph('user', async ({ t, b, send }) => {
-    const raw = Buffer.from(message({ from: MAILBOX, to: 'Alice <alice@example.org>', subject: 'Grüße', body: 'line one\r\n.leading dot\r\n\tтекст 8bit' }));
-    const id = await send(['alice@example.org'], raw);
-    await t.graph.waitForMessages(1, 15_000);
-    const m = t.graph.messages[0];
-    assert.equal(m.caller, MAILBOX, 'the delegated token speaks for the mailbox');
-    assert.equal(m.mailbox, MAILBOX);
-    assert.deepEqual(m.recipients, ['alice@example.org']);
-    assert.ok(splitReceived(m.raw).rest.equals(raw), 'byte-exact after Received:');
-    const req = t.graph.sendMailRequests()[0];
-    assert.equal(req.path, `/v1.0/users/${encodeURIComponent(MAILBOX)}/sendMail`);
-    assert.equal(req.bytes, 4 * Math.ceil(m.raw.length / 3), 'the body was base64 of the message');
-    await waitLogged(b, 'delivered', (j) => j.id === id);
-    // The token asked for Graph's delegated scope, not SMTP's (one resource per token).
-    assert.ok(t.identity.requests.some((r) => r.grantType === 'refresh_token' && r.ok));
-  }));
+test(
+  "graph, delegated: sendMail with base64 MIME and a Graph Mail.Send token; after the Received: line the bytes are exactly the client's",
+  { timeout: 60_000 },
+  () =>
+    withGraph('user', async ({ t, b, send }) => {
+      const raw = Buffer.from(
+        message({
+          from: MAILBOX,
+          to: 'Alice <alice@example.org>',
+          subject: 'Grüße',
+          body: 'line one\r\n.leading dot\r\n\tтекст 8bit',
+        }),
+      );
+      const id = await send(['alice@example.org'], raw);
+      await t.graph.waitForMessages(1, 15_000);
+      const m = t.graph.messages[0];
+      assert.equal(m.caller, MAILBOX, 'the delegated token speaks for the mailbox');
+      assert.equal(m.mailbox, MAILBOX);
+      assert.deepEqual(m.recipients, ['alice@example.org']);
+      assert.ok(splitReceived(m.raw).rest.equals(raw), 'byte-exact after Received:');
+      const req = t.graph.sendMailRequests()[0];
+      assert.equal(req.path, `/v1.0/users/${encodeURIComponent(MAILBOX)}/sendMail`);
+      assert.equal(req.bytes, 4 * Math.ceil(m.raw.length / 3), 'the body was base64 of the message');
+      await waitLogged(b, 'delivered', (j) => j.id === id);
+      // The token asked for Graph's delegated scope, not SMTP's (one resource per token).
+      assert.ok(t.identity.requests.some((r) => r.grantType === 'refresh_token' && r.ok));
+    }),
+);
 
-test('graph, app-only: client credentials for https://graph.microsoft.com/.default with the Mail.Send role', { timeout: 60_000 }, () =>
-  withGraph('app', async ({ t, send }) => {
-    await send(['bob@example.org']);
-    await t.graph.waitForMessages(1, 15_000);
-    assert.equal(t.graph.messages[0].caller, `app:${t.clientId}`);
-    assert.ok(t.identity.requests.some((r) => r.grantType === 'client_credentials' && r.ok));
-  }));
+test(
+  'graph, app-only: client credentials for https://graph.microsoft.com/.default with the Mail.Send role',
+  { timeout: 60_000 },
+  () =>
+    withGraph('app', async ({ t, send }) => {
+      await send(['bob@example.org']);
+      await t.graph.waitForMessages(1, 15_000);
+      assert.equal(t.graph.messages[0].caller, `app:${t.clientId}`);
+      assert.ok(t.identity.requests.some((r) => r.grantType === 'client_credentials' && r.ok));
+    }),
+);
 
 test('graph: an envelope-only recipient goes as Bcc; the others never see it', { timeout: 60_000 }, () =>
   withGraph('user', async ({ t, send }) => {
@@ -104,44 +167,68 @@ test('graph: an envelope-only recipient goes as Bcc; the others never see it', {
     const header = visible.slice(0, visible.indexOf('\r\n\r\n') + 2);
     assert.deepEqual(headerValues(header, 'bcc'), [], 'no Bcc field in what recipients see');
     assert.ok(!visible.includes('hidden@example.net'), 'the Bcc address is nowhere in the delivered copy');
-    assert.deepEqual(headerValues(header, 'to').map((v) => v.trim()), ['Alice <alice@example.org>']);
+    assert.deepEqual(
+      headerValues(header, 'to').map((v) => v.trim()),
+      ['Alice <alice@example.org>'],
+    );
     // After our Bcc field and Received: line, the client's bytes are untouched.
     const afterBcc = m.raw.subarray(m.raw.indexOf('Received:'));
     assert.ok(splitReceived(afterBcc).rest.equals(raw));
-  }));
+  }),
+);
 
-test('graph: a header recipient outside the envelope holds the message (reason transport); nothing is sent', { timeout: 60_000 }, () =>
-  withGraph('user', async ({ t, b, send }) => {
-    const id = await send(['alice@example.org'], message({ from: MAILBOX, to: 'alice@example.org, split-off@example.org' }));
-    const held = await waitLogged(b, 'held', (j) => j.id === id);
-    assert.equal(held.reason, 'transport');
-    assert.match(String(held.reply), /Microsoft Graph would also send to split-off@example\.org/);
-    // Canary: a later message is delivered, so the held one had its chance.
-    await send(['c@example.org']);
-    await t.graph.waitForMessages(1, 15_000);
-    assert.deepEqual(t.graph.messages.map((m) => m.recipients), [['c@example.org']]);
-  }));
+test(
+  'graph: a header recipient outside the envelope holds the message (reason transport); nothing is sent',
+  { timeout: 60_000 },
+  () =>
+    withGraph('user', async ({ t, b, send }) => {
+      const id = await send(
+        ['alice@example.org'],
+        message({ from: MAILBOX, to: 'alice@example.org, split-off@example.org' }),
+      );
+      const held = await waitLogged(b, 'held', (j) => j.id === id);
+      assert.equal(held.reason, 'transport');
+      assert.match(String(held.reply), /Microsoft Graph would also send to split-off@example\.org/);
+      // Canary: a later message is delivered, so the held one had its chance.
+      await send(['c@example.org']);
+      await t.graph.waitForMessages(1, 15_000);
+      assert.deepEqual(
+        t.graph.messages.map((m) => m.recipients),
+        [['c@example.org']],
+      );
+    }),
+);
 
-test('graph: a 429 storm is respected: no request for the mailbox before Retry-After, from any message', { timeout: 60_000 }, () =>
-  withGraph('user', async ({ t, b, send }) => {
-    t.graph.storm(3, 1);
-    const first = await send(['storm@example.org']);
-    await waitFor(() => t.graph.sendMailRequests().length >= 1, 15_000, 'the first 429');
-    // Two more messages for the same mailbox arrive while Graph has asked us to wait.
-    const more = [await send(['two@example.org']), await send(['three@example.org'])];
-    await t.graph.waitForMessages(3, 30_000);
-    for (const id of [first, ...more]) await waitLogged(b, 'delivered', (j) => j.id === id);
-    const reqs = t.graph.sendMailRequests();
-    assert.deepEqual(reqs.map((r) => r.status).slice(0, 3), [429, 429, 429]);
-    assert.equal(reqs.length, 6, 'three 429s, then one request per message');
-    // queue.retry is 300 ms: only Retry-After (1 s) explains the gaps after each 429.
-    for (let i = 1; i < reqs.length; i++) {
-      const last429 = reqs.slice(0, i).filter((r) => r.status === 429).at(-1)!;
-      assert.ok(reqs[i].at - last429.at >= 950, `request ${i} came ${reqs[i].at - last429.at} ms after a 429 with Retry-After: 1`);
-    }
-    const d = await waitLogged(b, 'deferred', (j) => j.id === first);
-    assert.ok(Number(d.retryIn) >= 950, `retryIn ${String(d.retryIn)}`);
-  }));
+test(
+  'graph: a 429 storm is respected: no request for the mailbox before Retry-After, from any message',
+  { timeout: 60_000 },
+  () =>
+    withGraph('user', async ({ t, b, send }) => {
+      t.graph.storm(3, 1);
+      const first = await send(['storm@example.org']);
+      await waitFor(() => t.graph.sendMailRequests().length >= 1, 15_000, 'the first 429');
+      // Two more messages for the same mailbox arrive while Graph has asked us to wait.
+      const more = [await send(['two@example.org']), await send(['three@example.org'])];
+      await t.graph.waitForMessages(3, 30_000);
+      for (const id of [first, ...more]) await waitLogged(b, 'delivered', (j) => j.id === id);
+      const reqs = t.graph.sendMailRequests();
+      assert.deepEqual(reqs.map((r) => r.status).slice(0, 3), [429, 429, 429]);
+      assert.equal(reqs.length, 6, 'three 429s, then one request per message');
+      // queue.retry is 300 ms: only Retry-After (1 s) explains the gaps after each 429.
+      for (let i = 1; i < reqs.length; i++) {
+        const last429 = reqs
+          .slice(0, i)
+          .filter((r) => r.status === 429)
+          .at(-1)!;
+        assert.ok(
+          reqs[i].at - last429.at >= 950,
+          `request ${i} came ${reqs[i].at - last429.at} ms after a 429 with Retry-After: 1`,
+        );
+      }
+      const d = await waitLogged(b, 'deferred', (j) => j.id === first);
+      assert.ok(Number(d.retryIn) >= 950, `retryIn ${String(d.retryIn)}`);
+    }),
+);
 
 for (const kind of ['unavailable503', 'gateway504'] as const)
   test(`graph: ${kind} defers honouring Retry-After, then delivered`, { timeout: 60_000 }, () =>
@@ -154,48 +241,77 @@ for (const kind of ['unavailable503', 'gateway504'] as const)
       await t.graph.waitForMessages(1, 15_000);
       const reqs = t.graph.sendMailRequests();
       assert.ok(reqs[1].at - reqs[0].at >= 950);
-    }));
+    }),
+  );
 
-test('graph: a 401 gets one fresh token and the message goes; two 401s make the account needs-reauth', { timeout: 60_000 }, () =>
-  withGraph('user', async ({ t, b, send }) => {
-    t.graph.failNext(1, 'unauthorized');
-    await send(['a@example.org']);
-    await t.graph.waitForMessages(1, 15_000);
-    assert.deepEqual(t.graph.sendMailRequests().map((r) => r.status), [401, 202]);
-    t.graph.failNext(2, 'unauthorized');
-    const id = await send(['b@example.org']);
-    const held = await waitLogged(b, 'held', (j) => j.id === id);
-    assert.equal(held.reason, 'needs-reauth');
-    await waitFor(() => b.bridge.tokens.state('m365') === 'needs-reauth', 5000, 'needs-reauth');
-    assert.equal(t.graph.messages.length, 1);
-  }));
+test(
+  'graph: a 401 gets one fresh token and the message goes; two 401s make the account needs-reauth',
+  { timeout: 60_000 },
+  () =>
+    withGraph('user', async ({ t, b, send }) => {
+      t.graph.failNext(1, 'unauthorized');
+      await send(['a@example.org']);
+      await t.graph.waitForMessages(1, 15_000);
+      assert.deepEqual(
+        t.graph.sendMailRequests().map((r) => r.status),
+        [401, 202],
+      );
+      t.graph.failNext(2, 'unauthorized');
+      const id = await send(['b@example.org']);
+      const held = await waitLogged(b, 'held', (j) => j.id === id);
+      assert.equal(held.reason, 'needs-reauth');
+      await waitFor(() => b.bridge.tokens.state('m365') === 'needs-reauth', 5000, 'needs-reauth');
+      assert.equal(t.graph.messages.length, 1);
+    }),
+);
 
-test('graph, app-only: 403 ErrorAccessDenied from an application access policy holds the mail with the exact fix', { timeout: 60_000 }, () =>
-  withGraph(
-    'app',
-    async ({ t, b, send }) => {
-      const id = await send(['a@example.org']);
-      const d = await waitLogged(b, 'deferred', (j) => j.id === id);
-      assert.match(String(d.reply), /^403 ErrorAccessDenied: Access to OData is disabled: \[RAOP\]/);
-      assert.match(String(d.reply), new RegExp(`New-ApplicationAccessPolicy -AppId ${t.clientId} -PolicyScopeGroupId \\S+ -AccessRight RestrictAccess`));
-      assert.match(String(d.reply), /New-ManagementRoleAssignment -App \S+ -Role "Application Mail\.Send"/);
-      await waitFor(() => b.logs.some((l) => l.includes('account m365 is held: Microsoft Graph refused app')), 5000, 'hold log line');
-      assert.equal(logged(b, 'bounced'), undefined);
-      assert.equal(t.graph.messages.length, 0);
-    },
-    { before: (t) => t.graph.restrictApp(t.clientId, ['someone-else@contoso.com']) },
-  ));
+test(
+  'graph, app-only: 403 ErrorAccessDenied from an application access policy holds the mail with the exact fix',
+  { timeout: 60_000 },
+  () =>
+    withGraph(
+      'app',
+      async ({ t, b, send }) => {
+        const id = await send(['a@example.org']);
+        const d = await waitLogged(b, 'deferred', (j) => j.id === id);
+        assert.match(String(d.reply), /^403 ErrorAccessDenied: Access to OData is disabled: \[RAOP\]/);
+        assert.match(
+          String(d.reply),
+          new RegExp(
+            `New-ApplicationAccessPolicy -AppId ${t.clientId} -PolicyScopeGroupId \\S+ -AccessRight RestrictAccess`,
+          ),
+        );
+        assert.match(String(d.reply), /New-ManagementRoleAssignment -App \S+ -Role "Application Mail\.Send"/);
+        await waitFor(
+          () => b.logs.some((l) => l.includes('account m365 is held: Microsoft Graph refused app')),
+          5000,
+          'hold log line',
+        );
+        assert.equal(logged(b, 'bounced'), undefined);
+        assert.equal(t.graph.messages.length, 0);
+      },
+      { before: (t) => t.graph.restrictApp(t.clientId, ['someone-else@contoso.com']) },
+    ),
+);
 
 test('graph: ErrorSendAsDenied fails the message with the send-as reason', { timeout: 60_000 }, () =>
   withGraph(
     'user',
     async ({ b, send }) => {
-      const id = await send(['a@example.org'], message({ from: 'ceo@contoso.com', to: 'a@example.org' }), 'ceo@contoso.com');
+      const id = await send(
+        ['a@example.org'],
+        message({ from: 'ceo@contoso.com', to: 'a@example.org' }),
+        'ceo@contoso.com',
+      );
       const bounced = await waitLogged(b, 'bounced', (j) => j.id === id);
-      assert.match(String(bounced.reply), /403 ErrorSendAsDenied.*may not send as this message's From: grant it Send As/);
+      assert.match(
+        String(bounced.reply),
+        /403 ErrorSendAsDenied.*may not send as this message's From: grant it Send As/,
+      );
     },
     { allowedSenders: [MAILBOX, 'ceo@contoso.com'] },
-  ));
+  ),
+);
 
 for (const [kind, pattern] of [
   ['notRestEnabled', /MailboxNotEnabledForRESTAPI.*not enabled for the Graph REST API/],
@@ -206,7 +322,11 @@ for (const [kind, pattern] of [
       'app',
       async ({ t, b, send }) => {
         if (kind === 'notRestEnabled') t.graph.failNext(1, 'notRestEnabled');
-        const id = await send(['a@example.org'], message({ from: kind === 'notRestEnabled' ? MAILBOX : 'nobody@contoso.com', to: 'a@example.org' }), kind === 'notRestEnabled' ? MAILBOX : 'nobody@contoso.com');
+        const id = await send(
+          ['a@example.org'],
+          message({ from: kind === 'notRestEnabled' ? MAILBOX : 'nobody@contoso.com', to: 'a@example.org' }),
+          kind === 'notRestEnabled' ? MAILBOX : 'nobody@contoso.com',
+        );
         const d = await waitLogged(b, 'deferred', (j) => j.id === id);
         assert.match(String(d.reply), pattern);
         await waitFor(() => b.logs.some((l) => l.includes('account m365 is held')), 5000, 'hold log line');
@@ -214,78 +334,117 @@ for (const [kind, pattern] of [
         assert.equal(t.graph.messages.length, 0);
       },
       kind === 'unknown mailbox' ? { account: { email: 'nobody@contoso.com' } } : {},
-    ));
+    ),
+  );
 
 test('graph: 400 ErrorInvalidRecipients bounces that recipient; the others are delivered', { timeout: 60_000 }, () =>
   withGraph('user', async ({ t, b, send }) => {
     t.graph.invalidRecipients.add('ghost@example.net');
-    const id = await send(['alice@example.org', 'ghost@example.net'], message({ from: MAILBOX, to: 'alice@example.org' }));
+    const id = await send(
+      ['alice@example.org', 'ghost@example.net'],
+      message({ from: MAILBOX, to: 'alice@example.org' }),
+    );
     const bounced = await waitLogged(b, 'bounced', (j) => j.id === id);
     assert.match(String(bounced.reply), /ErrorInvalidRecipients.*ghost@example\.net/);
     await waitLogged(b, 'delivered', (j) => j.id === id);
     const toAlice = t.graph.messages.find((m) => m.recipients.includes('alice@example.org'));
     assert.ok(toAlice);
     assert.deepEqual(toAlice.recipients, ['alice@example.org'], 'sent again without the refused recipient');
-  }));
+  }),
+);
 
 for (const kind of ['quota', 'messageLimit'] as const)
-  test(`graph: ${kind === 'quota' ? 'ErrorQuotaExceeded' : 'ErrorExceededMessageLimit'} is a quota hold`, { timeout: 60_000 }, () =>
+  test(
+    `graph: ${kind === 'quota' ? 'ErrorQuotaExceeded' : 'ErrorExceededMessageLimit'} is a quota hold`,
+    { timeout: 60_000 },
+    () =>
+      withGraph('user', async ({ t, b, send }) => {
+        t.graph.failNext(1, kind);
+        const id = await send(['a@example.org']);
+        const held = await waitLogged(b, 'held', (j) => j.id === id);
+        assert.equal(held.reason, 'quota');
+        assert.match(String(held.reply), kind === 'quota' ? /ErrorQuotaExceeded/ : /ErrorExceededMessageLimit/);
+        assert.equal(logged(b, 'bounced'), undefined);
+      }),
+  );
+
+test(
+  'graph: at most 4 requests per mailbox at once, kept by the transport (no MailboxConcurrency 429)',
+  { timeout: 90_000 },
+  () =>
+    withGraph(
+      'app',
+      async ({ t, send }) => {
+        t.graph.delayMs = 300;
+        await Promise.all(Array.from({ length: 10 }, (_, i) => send([`r${i}@example.org`])));
+        await t.graph.waitForMessages(10, 60_000);
+        const max = t.graph.maxConcurrent.get(MAILBOX)!;
+        assert.ok(max <= 4, `max concurrent ${max}`);
+        assert.ok(max >= 2, `the queue's concurrency (8) was in use: max ${max}`);
+        assert.deepEqual(
+          t.graph.sendMailRequests().filter((r) => r.status !== 202),
+          [],
+          'no refusals',
+        );
+      },
+      { queue: { concurrency: 8 } },
+    ),
+);
+
+test(
+  'graph: a message over the 4 MB sendMail limit (counted as base64) bounces naming the limit',
+  { timeout: 60_000 },
+  () =>
     withGraph('user', async ({ t, b, send }) => {
-      t.graph.failNext(1, kind);
-      const id = await send(['a@example.org']);
-      const held = await waitLogged(b, 'held', (j) => j.id === id);
-      assert.equal(held.reason, 'quota');
-      assert.match(String(held.reply), kind === 'quota' ? /ErrorQuotaExceeded/ : /ErrorExceededMessageLimit/);
-      assert.equal(logged(b, 'bounced'), undefined);
-    }));
+      const body = ('x'.repeat(998) + '\r\n').repeat(3200); // 3.2 MB: under 4 MB raw, over it as base64
+      const id = await send(['a@example.org'], message({ from: MAILBOX, to: 'a@example.org', body }));
+      const bounced = await waitLogged(b, 'bounced', (j) => j.id === id);
+      assert.match(String(bounced.reply), /552 5\.3\.4 .* over Microsoft Graph's sendMail limit of 4194304 bytes/);
+      assert.equal(t.graph.sendMailRequests().filter((r) => r.bytes > 4194304).length, 0, 'never sent over the limit');
+    }),
+);
 
-test('graph: at most 4 requests per mailbox at once, kept by the transport (no MailboxConcurrency 429)', { timeout: 90_000 }, () =>
-  withGraph(
-    'app',
-    async ({ t, send }) => {
-      t.graph.delayMs = 300;
-      await Promise.all(Array.from({ length: 10 }, (_, i) => send([`r${i}@example.org`])));
-      await t.graph.waitForMessages(10, 60_000);
-      const max = t.graph.maxConcurrent.get(MAILBOX)!;
-      assert.ok(max <= 4, `max concurrent ${max}`);
-      assert.ok(max >= 2, `the queue's concurrency (8) was in use: max ${max}`);
-      assert.deepEqual(t.graph.sendMailRequests().filter((r) => r.status !== 202), [], 'no refusals');
-    },
-    { queue: { concurrency: 8 } },
-  ));
+test(
+  'graph: mailbox: sends from a shared mailbox through /users/{mailbox}/sendMail; allowedSenders still judges the From',
+  { timeout: 60_000 },
+  () =>
+    withGraph(
+      'app',
+      async ({ t, b, send }) => {
+        await send(['a@example.org'], message({ from: 'info@contoso.com', to: 'a@example.org' }), 'info@contoso.com');
+        await t.graph.waitForMessages(1, 15_000);
+        assert.equal(t.graph.messages[0].mailbox, 'info@contoso.com');
+        assert.equal(
+          t.graph.sendMailRequests()[0].path,
+          `/v1.0/users/${encodeURIComponent('info@contoso.com')}/sendMail`,
+        );
+        assert.match(
+          b.bridge.upstream.describe('m365'),
+          /\/v1\.0\/users\/info@contoso\.com\/sendMail \(Microsoft Graph\)/,
+        );
+        // A From outside allowedSenders is refused at DATA, as for every transport.
+        await assert.rejects(
+          send(['a@example.org'], message({ from: 'ceo@contoso.com', to: 'a@example.org' }), 'ceo@contoso.com'),
+          /553|550|5\.7\.1/,
+        );
+      },
+      {
+        account: { mailbox: 'info@contoso.com' },
+        allowedSenders: ['info@contoso.com'],
+        before: (t) => t.graph.addMailbox('info@contoso.com'),
+      },
+    ),
+);
 
-test('graph: a message over the 4 MB sendMail limit (counted as base64) bounces naming the limit', { timeout: 60_000 }, () =>
-  withGraph('user', async ({ t, b, send }) => {
-    const body = ('x'.repeat(998) + '\r\n').repeat(3200); // 3.2 MB: under 4 MB raw, over it as base64
-    const id = await send(['a@example.org'], message({ from: MAILBOX, to: 'a@example.org', body }));
-    const bounced = await waitLogged(b, 'bounced', (j) => j.id === id);
-    assert.match(String(bounced.reply), /552 5\.3\.4 .* over Microsoft Graph's sendMail limit of 4194304 bytes/);
-    assert.equal(t.graph.sendMailRequests().filter((r) => r.bytes > 4194304).length, 0, 'never sent over the limit');
-  }));
-
-test('graph: mailbox: sends from a shared mailbox through /users/{mailbox}/sendMail; allowedSenders still judges the From', { timeout: 60_000 }, () =>
-  withGraph(
-    'app',
-    async ({ t, b, send }) => {
-      await send(['a@example.org'], message({ from: 'info@contoso.com', to: 'a@example.org' }), 'info@contoso.com');
-      await t.graph.waitForMessages(1, 15_000);
-      assert.equal(t.graph.messages[0].mailbox, 'info@contoso.com');
-      assert.equal(t.graph.sendMailRequests()[0].path, `/v1.0/users/${encodeURIComponent('info@contoso.com')}/sendMail`);
-      assert.match(b.bridge.upstream.describe('m365'), /\/v1\.0\/users\/info@contoso\.com\/sendMail \(Microsoft Graph\)/);
-      // A From outside allowedSenders is refused at DATA, as for every transport.
-      await assert.rejects(send(['a@example.org'], message({ from: 'ceo@contoso.com', to: 'a@example.org' }), 'ceo@contoso.com'), /553|550|5\.7\.1/);
-    },
-    {
-      account: { mailbox: 'info@contoso.com' },
-      allowedSenders: ['info@contoso.com'],
-      before: (t) => t.graph.addMailbox('info@contoso.com'),
-    },
-  ));
-
-test('demo --provider microsoft --transport graph relays one message through the fake Graph and prints its arrival', { timeout: 60_000 }, async () => {
+test('demo --provider microsoft --transport graph relays one message through the fake Graph and prints its arrival', {
+  timeout: 60_000,
+}, async () => {
   const r = await run(process.execPath, [...CLI, 'demo', '--provider', 'microsoft', '--transport', 'graph']);
   assert.match(r.stdout, /fake Microsoft Graph received it:/);
-  assert.match(r.stdout, /authenticated as {4}printer@contoso\.com, token audience https:\/\/graph\.microsoft\.com, scp Mail\.Send/);
+  assert.match(
+    r.stdout,
+    /authenticated as {4}printer@contoso\.com, token audience https:\/\/graph\.microsoft\.com, scp Mail\.Send/,
+  );
   assert.match(r.stdout, /a Received: header, then exactly what the printer sent/);
   assert.match(r.stdout, /spool after delivery: 0 message\(s\) left/);
 });

@@ -9,7 +9,9 @@ import { FakeExchange } from '../../src/fakes/exchange.js';
 import { startBridge, sendThroughBridge, message } from '../helpers/bridge.js';
 import { waitFor } from '../helpers/wait.js';
 
-test('app-only SMTP with mailbox: the XOAUTH2 user is the shared mailbox; a From outside allowedSenders is refused', { timeout: 60_000 }, async () => {
+test('app-only SMTP with mailbox: the XOAUTH2 user is the shared mailbox; a From outside allowedSenders is refused', {
+  timeout: 60_000,
+}, async () => {
   const world = await startFakeWorld();
   const ms = await FakeMicrosoftIdentity.start({ pki: world.pki });
   const exo = await FakeExchange.start({ pki: world.pki, identity: ms });
@@ -23,19 +25,54 @@ test('app-only SMTP with mailbox: the XOAUTH2 user is the shared mailbox; a From
     {
       queue: { retry: ['300ms'] },
       accounts: [
-        { name: 'm365', provider: 'microsoft', email: 'printer@contoso.com', mailbox: 'info@contoso.com', oauth: { type: 'app', tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, clientSecret: secret, caFile: world.caFile }, upstream: { host: 'localhost', port: exo.port, caFile: world.caFile } },
+        {
+          name: 'm365',
+          provider: 'microsoft',
+          email: 'printer@contoso.com',
+          mailbox: 'info@contoso.com',
+          oauth: {
+            type: 'app',
+            tenant: ms.tenant,
+            authorityHost: ms.authorityHost,
+            clientId,
+            clientSecret: secret,
+            caFile: world.caFile,
+          },
+          upstream: { host: 'localhost', port: exo.port, caFile: world.caFile },
+        },
       ],
-      users: [{ username: 'copier', passwordHash: world.user.passwordHash, account: 'm365', allowedSenders: ['info@contoso.com'] }],
+      users: [
+        {
+          username: 'copier',
+          passwordHash: world.user.passwordHash,
+          account: 'm365',
+          allowedSenders: ['info@contoso.com'],
+        },
+      ],
     },
     { importToken: false },
   );
   try {
     const from = 'info@contoso.com';
-    await sendThroughBridge({ port: b.port, user: 'copier', pass: world.user.password, from, to: ['a@example.org'], raw: message({ from, to: 'a@example.org' }) });
+    await sendThroughBridge({
+      port: b.port,
+      user: 'copier',
+      pass: world.user.password,
+      from,
+      to: ['a@example.org'],
+      raw: message({ from, to: 'a@example.org' }),
+    });
     await waitFor(() => exo.messages.length === 1, 15_000, 'delivered over SMTP');
     assert.equal(exo.messages[0].authUser, 'info@contoso.com');
     await assert.rejects(
-      sendThroughBridge({ port: b.port, user: 'copier', pass: world.user.password, from: 'ceo@contoso.com', to: ['a@example.org'], raw: message({ from: 'ceo@contoso.com', to: 'a@example.org' }) }),
+      sendThroughBridge({
+        port: b.port,
+        user: 'copier',
+        pass: world.user.password,
+        from: 'ceo@contoso.com',
+        to: ['a@example.org'],
+        raw: message({ from: 'ceo@contoso.com', to: 'a@example.org' }),
+      }),
       /5\.7\.1|553|550/,
     );
   } finally {

@@ -37,10 +37,16 @@ test('every command (and the program) has a description and examples in --help; 
     assert.match(examples, /^ {2}\$ .*\b(xoauth2-bridge|systemctl) /m, `${label}: no example command line`);
   }
   assert.match(helps.get('')!, /XOAUTH2_BRIDGE_CONFIG +config file used when -c is not given/);
-  assert.match(helps.get('check-config')!, /default: \$XOAUTH2_BRIDGE_CONFIG, else\s+\/etc\/xoauth2-bridge\/config\.yaml/);
+  assert.match(
+    helps.get('check-config')!,
+    /default: \$XOAUTH2_BRIDGE_CONFIG, else\s+\/etc\/xoauth2-bridge\/config\.yaml/,
+  );
 
   for (const p of [[], ['queue'], ['token', 'import'], ['doctor']]) {
-    const { stdout } = await run(process.execPath, [...CLI, ...p, '--help'], { timeout: 60_000, env: { ...process.env, COLUMNS: '80' } });
+    const { stdout } = await run(process.execPath, [...CLI, ...p, '--help'], {
+      timeout: 60_000,
+      env: { ...process.env, COLUMNS: '80' },
+    });
     assert.equal(stdout, helps.get(p.join(' ')), `xoauth2-bridge ${p.join(' ')} --help`);
   }
 });

@@ -10,7 +10,17 @@ import { queueList, queueShow, queueRetry, queueDelete } from '../../src/cli/que
 import { Operations } from '../../src/control/ops.js';
 import { ControlServer } from '../../src/control/server.js';
 import { TokenService } from '../../src/oauth/service.js';
-import { ScriptedUpstream, TestHealth, recordingLogger, tempState, testConfig, MESSAGE, MESSAGE_META, ok, fail } from '../helpers/delivery.js';
+import {
+  ScriptedUpstream,
+  TestHealth,
+  recordingLogger,
+  tempState,
+  testConfig,
+  MESSAGE,
+  MESSAGE_META,
+  ok,
+  fail,
+} from '../helpers/delivery.js';
 import { waitFor } from '../helpers/wait.js';
 
 class Sink extends Writable {
@@ -28,11 +38,22 @@ async function setup(script?: ConstructorParameters<typeof ScriptedUpstream>[0])
   const spool = new Spool(dir, log);
   await spool.init();
   const upstream = new ScriptedUpstream(script);
-  const worker = new DeliveryWorker({ config, log, spool, upstream, health: new TestHealth(), hostname: 'bridge.test' });
+  const worker = new DeliveryWorker({
+    config,
+    log,
+    spool,
+    upstream,
+    health: new TestHealth(),
+    hostname: 'bridge.test',
+  });
   await worker.start();
   const tokens = new TokenService({ config, log });
   await tokens.init();
-  const control = new ControlServer(dir, new Operations({ config: () => config, spool, worker, tokens, live: true }), log);
+  const control = new ControlServer(
+    dir,
+    new Operations({ config: () => config, spool, worker, tokens, live: true }),
+    log,
+  );
   await control.start();
   return {
     dir,
@@ -55,7 +76,9 @@ async function setup(script?: ConstructorParameters<typeof ScriptedUpstream>[0])
 }
 
 test('queue list shows each deferred message with its error, as a table and as JSON', async () => {
-  const h = await setup((env) => (env.account === 'office' ? fail('transient', '421 4.7.0 Try again later, closing connection.') : ok(env)));
+  const h = await setup((env) =>
+    env.account === 'office' ? fail('transient', '421 4.7.0 Try again later, closing connection.') : ok(env),
+  );
   try {
     const a = await h.queue();
     const b = await h.queue({ rcptTo: ['c@example.org'], mailFrom: 'other@example.com' });
@@ -66,15 +89,27 @@ test('queue list shows each deferred message with its error, as a table and as J
     const lines = out.text.trim().split('\n');
     assert.match(lines[0], /^ID\s+ACCOUNT\s+FROM\s+RCPTS\s+SIZE\s+AGE\s+ATTEMPTS\s+NEXT TRY\s+LAST REPLY$/);
     const rowA = lines.find((l) => l.startsWith(a.id))!;
-    assert.match(rowA, /office\s+scanner@example\.com\s+a@example\.org \(\+1\)\s+\d+B\s+\d+s\s+1\s+in (5\dm|1h(\d+m)?)\s+421 4\.7\.0 Try again later/);
+    assert.match(
+      rowA,
+      /office\s+scanner@example\.com\s+a@example\.org \(\+1\)\s+\d+B\s+\d+s\s+1\s+in (5\dm|1h(\d+m)?)\s+421 4\.7\.0 Try again later/,
+    );
     assert.ok(lines.some((l) => l.startsWith(b.id) && /other@example\.com\s+c@example\.org\s/.test(l)));
     assert.match(lines[lines.length - 1], /^-- 2 messages queued, /);
 
     const json = new Sink();
     assert.equal(await queueList(h.config, { json: true }, json), 0);
     const rows = JSON.parse(json.text);
-    assert.deepEqual(rows.map((r: { id: string }) => r.id), [a.id, b.id]);
-    assert.deepEqual(rows[0].rcpts.map((r: { address: string; status: string }) => [r.address, r.status]), [['a@example.org', 'deferred'], ['b@example.org', 'deferred']]);
+    assert.deepEqual(
+      rows.map((r: { id: string }) => r.id),
+      [a.id, b.id],
+    );
+    assert.deepEqual(
+      rows[0].rcpts.map((r: { address: string; status: string }) => [r.address, r.status]),
+      [
+        ['a@example.org', 'deferred'],
+        ['b@example.org', 'deferred'],
+      ],
+    );
     assert.equal(rows[0].state, 'deferred');
     assert.equal(rows[0].reason, null);
     assert.equal(rows[0].attempts, 1);
@@ -87,11 +122,19 @@ test('queue list shows each deferred message with its error, as a table and as J
 });
 
 test('queue show prints the envelope and only the headers; unknown id exits 1', async () => {
-  const h = await setup((env) => (env.rcptTo.includes('bad@example.org') ? fail('permanent', '550 5.1.1 no such user') : fail('transient', '451 4.3.0 later')));
+  const h = await setup((env) =>
+    env.rcptTo.includes('bad@example.org')
+      ? fail('permanent', '550 5.1.1 no such user')
+      : fail('transient', '451 4.3.0 later'),
+  );
   try {
     const a = await h.queue();
     // Deferred in the spool and its attempt over (the worker shows it in-flight until then).
-    await waitFor(async () => (await h.spool.get(a.id))?.attempts === 1 && h.worker.get(a.id)?.state === 'deferred', 5000, 'deferred and its attempt over');
+    await waitFor(
+      async () => (await h.spool.get(a.id))?.attempts === 1 && h.worker.get(a.id)?.state === 'deferred',
+      5000,
+      'deferred and its attempt over',
+    );
     const out = new Sink();
     assert.equal(await queueShow(h.config, a.id, out), 0);
     assert.match(out.text, new RegExp(`^id:\\s+${a.id}$`, 'm'));
@@ -104,7 +147,11 @@ test('queue show prints the envelope and only the headers; unknown id exits 1', 
     assert.ok(!out.text.includes('PDF attached'));
 
     const f = await h.queue({ rcptTo: ['bad@example.org'], mailFrom: '' }); // null sender: failed without a bounce
-    await waitFor(async () => (await h.spool.listFailed()).length === 1 && h.worker.get(f.id) === null, 5000, 'failed and its attempt over');
+    await waitFor(
+      async () => (await h.spool.listFailed()).length === 1 && h.worker.get(f.id) === null,
+      5000,
+      'failed and its attempt over',
+    );
     const fo = new Sink();
     assert.equal(await queueShow(h.config, f.id, fo), 0);
     assert.match(fo.text, /^state:\s+failed$/m);
@@ -168,7 +215,10 @@ test('queue delete: the message leaves the queue and the running worker never se
     assert.equal(await queueDelete(h.config, a.id, out), 0);
     assert.match(out.text, new RegExp(`${a.id}: deleted from the queue`));
     await waitFor(() => h.worker.stats().queued === 1, 5000, 'worker dropped it');
-    assert.deepEqual((await h.spool.list()).map((e) => e.id), [b.id]);
+    assert.deepEqual(
+      (await h.spool.list()).map((e) => e.id),
+      [b.id],
+    );
     // retrying everything now must not resurrect the deleted one
     assert.equal(await queueRetry(h.config, { all: true }, new Sink()), 0);
     await waitFor(() => h.upstream.callsFor(b.id).length === 2, 5000, 'b retried');
@@ -199,7 +249,10 @@ test('queue list with no daemon running works while the token store is unreadabl
     const out = new Sink();
     assert.equal(await queueList(config, { json: true }, out), 0, out.text);
     const rows = JSON.parse(out.text) as { id: string }[];
-    assert.deepEqual(rows.map((r) => r.id), [env.id]);
+    assert.deepEqual(
+      rows.map((r) => r.id),
+      [env.id],
+    );
   } finally {
     await cleanup();
   }

@@ -22,7 +22,9 @@ import { waitFor, sleep } from '../helpers/wait.js';
 
 const CANARY = 'canary@example.net';
 
-async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<string, unknown>; script?: Script } = {}) {
+async function setup(
+  opts: { queue?: Record<string, unknown>; limits?: Record<string, unknown>; script?: Script } = {},
+) {
   const { dir, cleanup } = await tempState();
   const config = testConfig(dir, opts.queue, opts.limits);
   const log = recordingLogger();
@@ -31,7 +33,9 @@ async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<st
   // The canary (below) is deferred until released; every other message follows the test's script.
   let canaryHeld = true;
   const script: Script = opts.script ?? ((env) => ok(env));
-  const upstream = new ScriptedUpstream((env, call, n) => (env.rcptTo.includes(CANARY) && canaryHeld ? fail('transient', '451 4.3.0 canary: try later') : script(env, call, n)));
+  const upstream = new ScriptedUpstream((env, call, n) =>
+    env.rcptTo.includes(CANARY) && canaryHeld ? fail('transient', '451 4.3.0 canary: try later') : script(env, call, n),
+  );
   const health = new TestHealth();
   const workers: DeliveryWorker[] = [];
   const newWorker = (up = upstream, sp = spool) => {
@@ -67,7 +71,21 @@ async function setup(opts: { queue?: Record<string, unknown>; limits?: Record<st
     for (const w of workers) await w.stop(200);
     await cleanup();
   };
-  return { dir, config, log, spool, upstream, health, worker, newWorker, queue, queuedIds, canary, releaseCanary, done };
+  return {
+    dir,
+    config,
+    log,
+    spool,
+    upstream,
+    health,
+    worker,
+    newWorker,
+    queue,
+    queuedIds,
+    canary,
+    releaseCanary,
+    done,
+  };
 }
 
 function dsnOf(call: { body: Buffer }) {
@@ -111,7 +129,11 @@ test('transient: retried with growing backoff, attempts and last error persisted
     await h.worker.start();
     const env = await h.queue();
     // The deferred line is written after the spool update: wait for both.
-    await waitFor(async () => ((await h.spool.get(env.id))?.attempts ?? 0) >= 1 && h.log.events('deferred').length >= 1, 5000, 'first deferral persisted and logged');
+    await waitFor(
+      async () => ((await h.spool.get(env.id))?.attempts ?? 0) >= 1 && h.log.events('deferred').length >= 1,
+      5000,
+      'first deferral persisted and logged',
+    );
     const stored = (await h.spool.get(env.id))!;
     assert.equal(stored.lastReply, reply);
     const retryIn = Number(h.log.events('deferred')[0].retryIn);
@@ -123,7 +145,10 @@ test('transient: retried with growing backoff, attempts and last error persisted
     const gaps = [at[1] - at[0], at[2] - at[1], at[3] - at[2]];
     assert.ok(gaps[0] >= 44, `gap 1 follows retry[0]=50ms: ${gaps}`);
     assert.ok(gaps[1] >= 134 && gaps[2] >= 134, `later gaps follow retry[1]=150ms: ${gaps}`);
-    assert.deepEqual(h.log.events('deferred').map((e) => e.attempt), [1, 2, 3]);
+    assert.deepEqual(
+      h.log.events('deferred').map((e) => e.attempt),
+      [1, 2, 3],
+    );
     assert.equal(h.log.events('deferred')[0].reply, reply);
     assert.equal(h.upstream.bounces().length, 0);
   } finally {
@@ -133,7 +158,10 @@ test('transient: retried with growing backoff, attempts and last error persisted
 
 test('transient past queue.maxAge: bounced with Action failed and moved to failed/', async () => {
   const reply = '451 4.3.0 Mail server temporarily rejected message.';
-  const h = await setup({ queue: { retry: ['40ms'], maxAge: '250ms' }, script: (env) => (env.isBounce ? ok(env) : fail('transient', reply)) });
+  const h = await setup({
+    queue: { retry: ['40ms'], maxAge: '250ms' },
+    script: (env) => (env.isBounce ? ok(env) : fail('transient', reply)),
+  });
   try {
     await h.worker.start();
     const env = await h.queue({ rcptTo: ['a@example.org'] });
@@ -157,7 +185,8 @@ test('transient past queue.maxAge: bounced with Action failed and moved to faile
 });
 
 test('permanent: failed/ plus an RFC 3464 bounce to the sender with the right fields', async () => {
-  const reply = '550 5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient\'s email address for typos or unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser x1-20020a';
+  const reply =
+    "550 5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser x1-20020a";
   const h = await setup({ script: (env) => (env.isBounce ? ok(env) : fail('permanent', reply)) });
   try {
     await h.worker.start();
@@ -166,7 +195,10 @@ test('permanent: failed/ plus an RFC 3464 bounce to the sender with the right fi
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'spool empty');
     assert.equal(h.upstream.callsFor(env.id).length, 1, 'a permanent failure is not retried');
     const failed = await h.spool.listFailed();
-    assert.deepEqual(failed.map((f) => f.id), [env.id]);
+    assert.deepEqual(
+      failed.map((f) => f.id),
+      [env.id],
+    );
     assert.equal(failed[0].failReason, reply);
 
     const call = h.upstream.bounces()[0];
@@ -178,11 +210,17 @@ test('permanent: failed/ plus an RFC 3464 bounce to the sender with the right fi
     assert.equal(dsn.headers.to, '<scanner@example.com>');
     assert.match(dsn.headers['content-type'], /^multipart\/report; report-type=delivery-status; boundary="/);
     assert.equal(dsn.headers['auto-submitted'], 'auto-replied');
-    assert.deepEqual(dsn.parts.map((p) => p.headers['content-type']), ['text/plain; charset=utf-8', 'message/delivery-status', 'text/rfc822-headers']);
+    assert.deepEqual(
+      dsn.parts.map((p) => p.headers['content-type']),
+      ['text/plain; charset=utf-8', 'message/delivery-status', 'text/rfc822-headers'],
+    );
     assert.match(dsn.parts[0].body, /<a@example\.org>: 550 5\.1\.1 The email account/);
     assert.equal(dsn.perMessage['reporting-mta'], 'dns; bridge.test');
     assert.equal(Date.parse(dsn.perMessage['arrival-date']), Math.floor(Date.parse(env.receivedAt) / 1000) * 1000);
-    assert.deepEqual(dsn.perRcpt.map((r) => r['final-recipient']), ['rfc822; a@example.org', 'rfc822; b@example.org']);
+    assert.deepEqual(
+      dsn.perRcpt.map((r) => r['final-recipient']),
+      ['rfc822; a@example.org', 'rfc822; b@example.org'],
+    );
     for (const r of dsn.perRcpt) {
       assert.equal(r.action, 'failed');
       assert.equal(r.status, '5.1.1');
@@ -200,7 +238,10 @@ test('permanent: failed/ plus an RFC 3464 bounce to the sender with the right fi
 });
 
 test('bounceTo: an address in queue.bounceTo receives the bounce instead of the sender', async () => {
-  const h = await setup({ queue: { bounceTo: 'postmaster@example.com' }, script: (env) => (env.isBounce ? ok(env) : fail('permanent', '552 5.2.2 mailbox full')) });
+  const h = await setup({
+    queue: { bounceTo: 'postmaster@example.com' },
+    script: (env) => (env.isBounce ? ok(env) : fail('permanent', '552 5.2.2 mailbox full')),
+  });
   try {
     await h.worker.start();
     await h.queue({ rcptTo: ['a@example.org'] });
@@ -223,7 +264,11 @@ test('never a bounce for a bounce (isBounce or null sender): failed/ and a log l
     await h.worker.stop(5000);
     assert.deepEqual(await h.queuedIds(), [], 'no bounce was queued');
     assert.equal(h.upstream.calls.length, 2);
-    assert.deepEqual(h.upstream.bounces().map((c) => c.id), [a.id], 'only the original bounce was ever sent');
+    assert.deepEqual(
+      h.upstream.bounces().map((c) => c.id),
+      [a.id],
+      'only the original bounce was ever sent',
+    );
     const events = h.log.events('bounced');
     assert.deepEqual(events.map((e) => e.id).sort(), [a.id, b.id].sort());
     for (const e of events) assert.match(String(e.dsn), /none/);
@@ -235,7 +280,14 @@ test('never a bounce for a bounce (isBounce or null sender): failed/ and a log l
 test('partial rejection: accepted recipients are done, the rejected one bounces alone', async () => {
   const h = await setup({
     script: (env, call) =>
-      env.isBounce ? ok(env) : { outcome: 'ok', response: '250 2.0.0 OK', accepted: call.rcptTo.filter((r) => r !== 'b@example.org'), rejected: [{ rcpt: 'b@example.org', response: '550 5.1.1 b: no such user' }] },
+      env.isBounce
+        ? ok(env)
+        : {
+            outcome: 'ok',
+            response: '250 2.0.0 OK',
+            accepted: call.rcptTo.filter((r) => r !== 'b@example.org'),
+            rejected: [{ rcpt: 'b@example.org', response: '550 5.1.1 b: no such user' }],
+          },
   });
   try {
     await h.worker.start();
@@ -244,7 +296,10 @@ test('partial rejection: accepted recipients are done, the rejected one bounces 
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'spool empty');
     assert.equal(h.upstream.callsFor(env.id).length, 1);
     const dsn = dsnOf(h.upstream.bounces()[0]);
-    assert.deepEqual(dsn.perRcpt.map((r) => [r['final-recipient'], r.status]), [['rfc822; b@example.org', '5.1.1']]);
+    assert.deepEqual(
+      dsn.perRcpt.map((r) => [r['final-recipient'], r.status]),
+      [['rfc822; b@example.org', '5.1.1']],
+    );
     assert.deepEqual(await h.spool.listFailed(), [], 'a message whose other recipients got it is not a failed message');
   } finally {
     await h.done();
@@ -255,7 +310,8 @@ test('accepted recipients are persisted before the retry, which goes only to the
   let onDiskAtRetry: SpooledEnvelope | null = null;
   const h = await setup({
     script: async (env, call, n) => {
-      if (n === 1) return { outcome: 'transient', response: '451 4.3.0 later', accepted: call.rcptTo.slice(0, 2), rejected: [] };
+      if (n === 1)
+        return { outcome: 'transient', response: '451 4.3.0 later', accepted: call.rcptTo.slice(0, 2), rejected: [] };
       onDiskAtRetry = await h.spool.get(env.id);
       return ok(env);
     },
@@ -264,10 +320,20 @@ test('accepted recipients are persisted before the retry, which goes only to the
     await h.worker.start();
     const env = await h.queue({ rcptTo: ['a@example.org', 'b@example.org', 'c@example.org'] });
     await waitFor(async () => (await h.queuedIds()).length === 0, 5000, 'delivered');
-    assert.deepEqual(h.upstream.calls.map((c) => c.rcptTo), [['a@example.org', 'b@example.org', 'c@example.org'], ['c@example.org']]);
+    assert.deepEqual(
+      h.upstream.calls.map((c) => c.rcptTo),
+      [['a@example.org', 'b@example.org', 'c@example.org'], ['c@example.org']],
+    );
     assert.ok(onDiskAtRetry);
     const d = onDiskAtRetry as SpooledEnvelope;
-    assert.deepEqual(d.rcpts.map((r) => [r.address, r.status]), [['a@example.org', 'accepted'], ['b@example.org', 'accepted'], ['c@example.org', 'deferred']]);
+    assert.deepEqual(
+      d.rcpts.map((r) => [r.address, r.status]),
+      [
+        ['a@example.org', 'accepted'],
+        ['b@example.org', 'accepted'],
+        ['c@example.org', 'deferred'],
+      ],
+    );
     assert.equal(d.state, 'deferred');
     assert.equal(d.attempts, 1);
     assert.equal(h.upstream.callsFor(env.id).length, 2);
@@ -278,7 +344,8 @@ test('accepted recipients are persisted before the retry, which goes only to the
 
 test('quota (550 5.4.5): the account is held without bounce, survives a restart, `queue retry` probes it', async () => {
   let officeOk = false;
-  const quota = '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852';
+  const quota =
+    '550 5.4.5 Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852';
   const h = await setup({
     queue: { concurrency: 1, quotaHold: '1h' },
     script: (env) => (env.account === 'office' && !officeOk ? fail('quota', quota) : ok(env)),
@@ -300,7 +367,11 @@ test('quota (550 5.4.5): the account is held without bounce, survives a restart,
     assert.equal(storedA.reason, 'quota');
     assert.deepEqual(await h.spool.listFailed(), []);
     assert.equal(h.upstream.bounces().length, 0);
-    assert.equal(h.log.entries.filter((e) => e.level === 'warn' && /sending limit/.test(e.msg)).length, 1, 'one warning');
+    assert.equal(
+      h.log.entries.filter((e) => e.level === 'warn' && /sending limit/.test(e.msg)).length,
+      1,
+      'one warning',
+    );
     assert.match(h.worker.stats().held.office, /^quota until /);
     assert.ok(h.log.events('held').some((e) => e.id === b.id && e.reason === 'quota'));
 
@@ -346,8 +417,15 @@ test('account holds are stored states: held on disk while the account cannot sen
       const e = await h.spool.get(id);
       return e?.state === 'held' && e.reason === 'needs-reauth';
     };
-    await waitFor(async () => (await storedHeld(a.id)) && (await storedHeld(b.id)), 5000, 'both held:needs-reauth on disk');
-    assert.deepEqual({ state: h.worker.get(b.id)?.state, reason: h.worker.get(b.id)?.reason }, { state: 'held', reason: 'needs-reauth' });
+    await waitFor(
+      async () => (await storedHeld(a.id)) && (await storedHeld(b.id)),
+      5000,
+      'both held:needs-reauth on disk',
+    );
+    assert.deepEqual(
+      { state: h.worker.get(b.id)?.state, reason: h.worker.get(b.id)?.reason },
+      { state: 'held', reason: 'needs-reauth' },
+    );
     assert.equal(h.upstream.callsFor(b.id).length, 0);
 
     released = true;
@@ -381,7 +459,11 @@ test('quota window over: the held mail is due again on disk before it is sent, w
     quotaOver = true; // Gmail would take it now; the bridge waits for the window to end
     const b = await h.queue();
     const stored = async (id: string) => (await h.spool.get(id))?.reason;
-    await waitFor(async () => (await stored(a.id)) === 'quota' && (await stored(b.id)) === 'quota', 5000, 'both held:quota on disk');
+    await waitFor(
+      async () => (await stored(a.id)) === 'quota' && (await stored(b.id)) === 'quota',
+      5000,
+      'both held:quota on disk',
+    );
     await waitFor(async () => (await h.queuedIds()).length === 0, 10_000, 'sent once the window is over');
     for (const id of [a.id, b.id]) {
       const d = onDiskAtSend.get(id);
@@ -394,9 +476,13 @@ test('quota window over: the held mail is due again on disk before it is sent, w
 });
 
 test('auth: needs-reauth, mail held (no bounce, new mail waits), released at once when the account is ok again', async () => {
-  const reply = '535-5.7.8 Username and Password not accepted. For more information, go to 5.7.8 https://support.google.com/mail/?p=BadCredentials';
+  const reply =
+    '535-5.7.8 Username and Password not accepted. For more information, go to 5.7.8 https://support.google.com/mail/?p=BadCredentials';
   let released = false;
-  const h = await setup({ queue: { retry: ['10s'] }, script: (env) => (env.account === 'office' && !released ? fail('auth', reply) : ok(env)) });
+  const h = await setup({
+    queue: { retry: ['10s'] },
+    script: (env) => (env.account === 'office' && !released ? fail('auth', reply) : ok(env)),
+  });
   try {
     await h.worker.start();
     const a = await h.queue();
@@ -502,7 +588,10 @@ test('stop waits for in-flight sends and leaves the rest spooled', async () => {
   // loaded machine a 300 ms send could finish before the test looks).
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
-  const h = await setup({ queue: { concurrency: 1 }, script: async (env) => (await gate, (finishedAt = Date.now()), ok(env)) });
+  const h = await setup({
+    queue: { concurrency: 1 },
+    script: async (env) => (await gate, (finishedAt = Date.now()), ok(env)),
+  });
   try {
     await h.worker.start();
     const a = await h.queue();
@@ -541,7 +630,10 @@ test('messagesPerDay: over the limit mail waits, and the count survives a restar
     assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
     assert.match(h.worker.stats().held.office, /^rate-limit until /);
     assert.ok(h.log.events('held').some((e) => e.id === c.id && e.reason === 'rate-limit'));
-    assert.deepEqual([a, b].map((x) => h.upstream.callsFor(x.id).length), [1, 1]);
+    assert.deepEqual(
+      [a, b].map((x) => h.upstream.callsFor(x.id).length),
+      [1, 1],
+    );
 
     await h.worker.stop(1000);
     const w2 = h.newWorker();
@@ -561,14 +653,26 @@ test('messagesPerMinute (Exchange Online: 30/min): over the limit mail waits for
     await h.worker.start();
     const a = await h.queue();
     const b = await h.queue();
-    await waitFor(() => h.upstream.callsFor(a.id).length + h.upstream.callsFor(b.id).length === 2, 5000, 'two delivered');
+    await waitFor(
+      () => h.upstream.callsFor(a.id).length + h.upstream.callsFor(b.id).length === 2,
+      5000,
+      'two delivered',
+    );
     const c = await h.queue();
-    await waitFor(() => h.log.events('held').some((e) => e.id === c.id && e.reason === 'rate-limit'), 5000, 'third held');
+    await waitFor(
+      () => h.log.events('held').some((e) => e.id === c.id && e.reason === 'rate-limit'),
+      5000,
+      'third held',
+    );
     assert.equal(h.upstream.callsFor(c.id).length, 0, 'third message waits');
     const until = Date.parse(h.worker.stats().held.office.replace(/^rate-limit until /, ''));
     assert.ok(until - Date.now() > 50_000 && until - Date.now() <= 60_000, 'until the first send is a minute old');
     // The park is persisted: the spool says when it is tried next (a restart does not make it due at once).
-    await waitFor(async () => (await h.spool.get(c.id))?.nextAttemptAt === new Date(until).toISOString(), 5000, 'next try stored');
+    await waitFor(
+      async () => (await h.spool.get(c.id))?.nextAttemptAt === new Date(until).toISOString(),
+      5000,
+      'next try stored',
+    );
     assert.equal((await h.spool.get(c.id))?.state, 'queued', 'a rate limit is no hold');
     assert.match(String(h.worker.get(c.id)?.waiting), /^limits\.messagesPerMinute 2 reached; waits until /);
   } finally {
@@ -578,7 +682,10 @@ test('messagesPerMinute (Exchange Online: 30/min): over the limit mail waits for
 
 test('delayWarning: one Action: delayed notice per message, the message keeps being retried', async () => {
   const reply = '451 4.4.2 Timeout - closing connection.';
-  const h = await setup({ queue: { retry: ['40ms'], delayWarning: '120ms' }, script: (env) => (env.isBounce ? ok(env) : fail('transient', reply)) });
+  const h = await setup({
+    queue: { retry: ['40ms'], delayWarning: '120ms' },
+    script: (env) => (env.isBounce ? ok(env) : fail('transient', reply)),
+  });
   try {
     await h.worker.start();
     const env = await h.queue({ rcptTo: ['a@example.org'] });
@@ -611,17 +718,23 @@ test('the held line after a rejected token reports the real attempt number, coun
   const reply = '535 5.7.8 Username and Password not accepted.';
   const h = await setup({
     queue: { retry: ['50ms'] },
-    script: (env, _call, n) => (n === 1 || n === 3 ? fail('auth', reply) : n === 2 ? fail('transient', '451 4.3.0 try later') : ok(env)),
+    script: (env, _call, n) =>
+      n === 1 || n === 3 ? fail('auth', reply) : n === 2 ? fail('transient', '451 4.3.0 try later') : ok(env),
   });
   try {
     await h.worker.start();
     const a = await h.queue();
-    const held = () => h.log.events('held').filter((e) => e.id === a.id && e.reason === 'needs-reauth' && e.reply === reply);
+    const held = () =>
+      h.log.events('held').filter((e) => e.id === a.id && e.reason === 'needs-reauth' && e.reply === reply);
     await waitFor(() => held().length === 1, 5000, 'first hold');
     assert.equal(held()[0].attempt, 1, 'the first attempt');
     h.health.set('office', 'ok');
     await waitFor(() => held().length === 2, 5000, 'second hold');
-    assert.equal(h.log.events('deferred').find((e) => e.id === a.id)?.attempt, 2, 'the deferral was the second attempt');
+    assert.equal(
+      h.log.events('deferred').find((e) => e.id === a.id)?.attempt,
+      2,
+      'the deferral was the second attempt',
+    );
     assert.equal(held()[1].attempt, 3, 'the third attempt, not 0 or 1');
     h.health.set('office', 'ok');
     await waitFor(() => h.log.events('delivered').some((e) => e.id === a.id), 5000, 'delivered');

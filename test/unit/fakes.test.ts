@@ -30,7 +30,10 @@ interface Reply {
   text: string;
 }
 
-function request(url: string, opts: { method?: string; form?: Record<string, string>; ca?: string } = {}): Promise<Reply> {
+function request(
+  url: string,
+  opts: { method?: string; form?: Record<string, string>; ca?: string } = {},
+): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const body = opts.form ? new URLSearchParams(opts.form).toString() : undefined;
     const req = https.request(
@@ -108,7 +111,12 @@ test('writePki writes PEM files with a private key file mode 0600', async () => 
 
 test('token endpoint: refresh grant ok, bad secret, revoked', async () => {
   tokens.addRefreshToken('rt-1', { clientId: 'cid', email: 'alice@example.com' });
-  const ok = await post({ grant_type: 'refresh_token', client_id: 'cid', client_secret: 'csecret', refresh_token: 'rt-1' });
+  const ok = await post({
+    grant_type: 'refresh_token',
+    client_id: 'cid',
+    client_secret: 'csecret',
+    refresh_token: 'rt-1',
+  });
   assert.equal(ok.status, 200);
   assert.match(ok.json.access_token, /^ya29\./);
   assert.equal(ok.json.expires_in, 3600);
@@ -118,12 +126,22 @@ test('token endpoint: refresh grant ok, bad secret, revoked', async () => {
   assert.equal(tokens.tokenInfo(ok.json.access_token)?.email, 'alice@example.com');
   assert.equal(tokens.tokenInfo('ya29.bogus'), null);
 
-  const bad = await post({ grant_type: 'refresh_token', client_id: 'cid', client_secret: 'wrong', refresh_token: 'rt-1' });
+  const bad = await post({
+    grant_type: 'refresh_token',
+    client_id: 'cid',
+    client_secret: 'wrong',
+    refresh_token: 'rt-1',
+  });
   assert.equal(bad.status, 401);
   assert.equal(bad.json.error, 'invalid_client');
 
   tokens.revoke('rt-1');
-  const revoked = await post({ grant_type: 'refresh_token', client_id: 'cid', client_secret: 'csecret', refresh_token: 'rt-1' });
+  const revoked = await post({
+    grant_type: 'refresh_token',
+    client_id: 'cid',
+    client_secret: 'csecret',
+    refresh_token: 'rt-1',
+  });
   assert.equal(revoked.status, 400);
   assert.deepEqual(revoked.json, { error: 'invalid_grant', error_description: 'Token has been expired or revoked.' });
 
@@ -208,7 +226,14 @@ test('token endpoint: authorization code with PKCE', async () => {
   const { verifier, challenge } = pkce();
   // Like Google: an id_token only when openid was asked for.
   const withoutOpenid = new URL(await consent(challenge, redirectUri)).searchParams.get('code')!;
-  const noId = await post({ grant_type: 'authorization_code', code: withoutOpenid, code_verifier: verifier, redirect_uri: redirectUri, client_id: 'cid', client_secret: 'csecret' });
+  const noId = await post({
+    grant_type: 'authorization_code',
+    code: withoutOpenid,
+    code_verifier: verifier,
+    redirect_uri: redirectUri,
+    client_id: 'cid',
+    client_secret: 'csecret',
+  });
   assert.equal(noId.status, 200, noId.text);
   assert.equal(noId.json.id_token, undefined);
   const loc = await consent(challenge, redirectUri, { scope: 'https://mail.google.com/ openid email' });
@@ -217,7 +242,14 @@ test('token endpoint: authorization code with PKCE', async () => {
   const code = loc.searchParams.get('code')!;
   assert.ok(code);
 
-  const ok = await post({ grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: redirectUri, client_id: 'cid', client_secret: 'csecret' });
+  const ok = await post({
+    grant_type: 'authorization_code',
+    code,
+    code_verifier: verifier,
+    redirect_uri: redirectUri,
+    client_id: 'cid',
+    client_secret: 'csecret',
+  });
   assert.equal(ok.status, 200, ok.text);
   assert.match(ok.json.access_token, /^ya29\./);
   assert.ok(ok.json.refresh_token);
@@ -225,20 +257,46 @@ test('token endpoint: authorization code with PKCE', async () => {
   assert.equal(idPayload.email, 'carol@example.com');
   assert.deepEqual(tokens.refreshTokensFor('carol@example.com'), [noId.json.refresh_token, ok.json.refresh_token]);
   // The issued refresh token works for refresh grants.
-  const refreshed = await post({ grant_type: 'refresh_token', client_id: 'cid', client_secret: 'csecret', refresh_token: ok.json.refresh_token });
+  const refreshed = await post({
+    grant_type: 'refresh_token',
+    client_id: 'cid',
+    client_secret: 'csecret',
+    refresh_token: ok.json.refresh_token,
+  });
   assert.equal(tokens.tokenInfo(refreshed.json.access_token)?.email, 'carol@example.com');
   // Codes are single use.
-  const reuse = await post({ grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: redirectUri, client_id: 'cid', client_secret: 'csecret' });
+  const reuse = await post({
+    grant_type: 'authorization_code',
+    code,
+    code_verifier: verifier,
+    redirect_uri: redirectUri,
+    client_id: 'cid',
+    client_secret: 'csecret',
+  });
   assert.equal(reuse.json.error, 'invalid_grant');
 
   const wrongVerifier = await consent(pkce().challenge, redirectUri);
-  const r2 = await post({ grant_type: 'authorization_code', code: wrongVerifier.searchParams.get('code')!, code_verifier: verifier, redirect_uri: redirectUri, client_id: 'cid', client_secret: 'csecret' });
+  const r2 = await post({
+    grant_type: 'authorization_code',
+    code: wrongVerifier.searchParams.get('code')!,
+    code_verifier: verifier,
+    redirect_uri: redirectUri,
+    client_id: 'cid',
+    client_secret: 'csecret',
+  });
   assert.equal(r2.status, 400);
   assert.equal(r2.json.error, 'invalid_grant');
 
   const p3 = pkce();
   const wrongRedirect = await consent(p3.challenge, redirectUri);
-  const r3 = await post({ grant_type: 'authorization_code', code: wrongRedirect.searchParams.get('code')!, code_verifier: p3.verifier, redirect_uri: 'http://127.0.0.1:1/other', client_id: 'cid', client_secret: 'csecret' });
+  const r3 = await post({
+    grant_type: 'authorization_code',
+    code: wrongRedirect.searchParams.get('code')!,
+    code_verifier: p3.verifier,
+    redirect_uri: 'http://127.0.0.1:1/other',
+    client_id: 'cid',
+    client_secret: 'csecret',
+  });
   assert.equal(r3.status, 400);
   assert.equal(r3.json.error, 'redirect_uri_mismatch');
 
@@ -251,9 +309,13 @@ test('token endpoint: authorization code with PKCE', async () => {
     tokens.denyConsent = false;
   }
 
-  const plain = await request(`${tokens.authUrl}?${new URLSearchParams({ client_id: 'cid', redirect_uri: redirectUri, response_type: 'code', scope: 'https://mail.google.com/', state: 's', code_challenge: 'x', code_challenge_method: 'plain' })}`);
+  const plain = await request(
+    `${tokens.authUrl}?${new URLSearchParams({ client_id: 'cid', redirect_uri: redirectUri, response_type: 'code', scope: 'https://mail.google.com/', state: 's', code_challenge: 'x', code_challenge_method: 'plain' })}`,
+  );
   assert.equal(plain.status, 400);
-  const badScope = await request(`${tokens.authUrl}?${new URLSearchParams({ client_id: 'cid', redirect_uri: redirectUri, response_type: 'code', scope: 'https://www.googleapis.com/auth/gmail.readonly', state: 's', code_challenge: 'x', code_challenge_method: 'S256' })}`);
+  const badScope = await request(
+    `${tokens.authUrl}?${new URLSearchParams({ client_id: 'cid', redirect_uri: redirectUri, response_type: 'code', scope: 'https://www.googleapis.com/auth/gmail.readonly', state: 's', code_challenge: 'x', code_challenge_method: 'S256' })}`,
+  );
   assert.equal(badScope.status, 400);
 });
 
@@ -272,8 +334,16 @@ test('token endpoint: service-account JWT grant with domain-wide delegation', as
   assert.equal(key.token_uri, tokens.url);
   tokens.allowSubject(key.client_email, 'dave@example.com');
   const now = Math.floor(Date.now() / 1000);
-  const claims = { iss: key.client_email, scope: 'https://mail.google.com/', aud: tokens.url, iat: now, exp: now + 3600, sub: 'dave@example.com' };
-  const grant = (assertion: string): Promise<Reply> => post({ grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', assertion });
+  const claims = {
+    iss: key.client_email,
+    scope: 'https://mail.google.com/',
+    aud: tokens.url,
+    iat: now,
+    exp: now + 3600,
+    sub: 'dave@example.com',
+  };
+  const grant = (assertion: string): Promise<Reply> =>
+    post({ grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', assertion });
 
   const ok = await grant(signJwt(keyJson, claims));
   assert.equal(ok.status, 200, ok.text);
@@ -359,7 +429,10 @@ test('FakeGmail: accepts a valid bearer via nodemailer and keeps the bytes exact
   try {
     const token = await accessTokenFor('scanner@example.com');
     const t = mailer(gmail, 'scanner@example.com', token);
-    const info = await t.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com', 'b2@example.com'] }, raw: RAW });
+    const info = await t.sendMail({
+      envelope: { from: 'scanner@example.com', to: ['boss@example.com', 'b2@example.com'] },
+      raw: RAW,
+    });
     t.close();
     assert.match(info.response, /^250 2\.0\.0 OK/);
     await gmail.waitForMessages(1, 2000);
@@ -401,15 +474,28 @@ test('FakeGmail: rejects an invalid or foreign bearer with 535 after the XOAUTH2
 
     // The exact Gmail dialogue, and PLAIN or MAIL without AUTH refused.
     const bad = Buffer.from('user=scanner@example.com\x01auth=Bearer ya29.nope\x01\x01').toString('base64');
-    const replies = await smtpDialog(gmail.port, ['EHLO client.example', `AUTH XOAUTH2 ${bad}`, '', 'AUTH PLAIN ' + Buffer.from('\0u\0p').toString('base64'), 'MAIL FROM:<a@example.com>']);
+    const replies = await smtpDialog(gmail.port, [
+      'EHLO client.example',
+      `AUTH XOAUTH2 ${bad}`,
+      '',
+      'AUTH PLAIN ' + Buffer.from('\0u\0p').toString('base64'),
+      'MAIL FROM:<a@example.com>',
+    ]);
     assert.match(replies[0], /^220 smtp\.gmail\.com ESMTP/);
     for (const cap of ['SIZE 35882577', '8BITMIME', 'SMTPUTF8', 'PIPELINING', 'AUTH LOGIN PLAIN XOAUTH2']) {
       assert.ok(replies[1].includes(cap), `EHLO lacks ${cap}: ${replies[1]}`);
     }
     const challenge = /^334 (.+)$/.exec(replies[2]);
     assert.ok(challenge, replies[2]);
-    assert.deepEqual(JSON.parse(Buffer.from(challenge[1], 'base64').toString()), { status: '400', schemes: 'Bearer', scope: 'https://mail.google.com/' });
-    assert.match(replies[3], /^535-5\.7\.8 Username and Password not accepted\. For more information, go to\r\n535 5\.7\.8  https:\/\/support\.google\.com\/mail\/\?p=BadCredentials/);
+    assert.deepEqual(JSON.parse(Buffer.from(challenge[1], 'base64').toString()), {
+      status: '400',
+      schemes: 'Bearer',
+      scope: 'https://mail.google.com/',
+    });
+    assert.match(
+      replies[3],
+      /^535-5\.7\.8 Username and Password not accepted\. For more information, go to\r\n535 5\.7\.8  https:\/\/support\.google\.com\/mail\/\?p=BadCredentials/,
+    );
     assert.match(replies[4], /^535 5\.7\.8 /);
     assert.match(replies[5], /^530 5\.7\.0 Authentication Required/);
   } finally {
@@ -432,7 +518,12 @@ test('FakeGmail: scripted replies at connect, rcpt and data; down() and back up'
     });
     assert.equal(gmail.messages.length, 0);
 
-    gmail.script({ stage: 'rcpt', rcpt: 'ghost@example.com', reply: '550 5.1.1 The email account that you tried to reach does not exist.', count: Infinity });
+    gmail.script({
+      stage: 'rcpt',
+      rcpt: 'ghost@example.com',
+      reply: '550 5.1.1 The email account that you tried to reach does not exist.',
+      count: Infinity,
+    });
     const info = await send(['boss@example.com', 'ghost@example.com']);
     assert.deepEqual(info.accepted, ['boss@example.com']);
     assert.deepEqual(info.rejected, ['ghost@example.com']);
@@ -443,10 +534,16 @@ test('FakeGmail: scripted replies at connect, rcpt and data; down() and back up'
     assert.equal(greeting[0], '421 4.7.0 Try again later, closing connection.');
 
     gmail.script({ stage: 'mail', reply: '550 5.4.5 Daily user sending limit exceeded.' });
-    await assert.rejects(send(['boss@example.com']), (err: any) => err.responseCode === 550 && /5\.4\.5/.test(err.response));
+    await assert.rejects(
+      send(['boss@example.com']),
+      (err: any) => err.responseCode === 550 && /5\.4\.5/.test(err.response),
+    );
 
     gmail.down(true);
-    await assert.rejects(send(['boss@example.com']), (err: any) => err.code === 'ESOCKET' || err.code === 'ECONNECTION');
+    await assert.rejects(
+      send(['boss@example.com']),
+      (err: any) => err.code === 'ESOCKET' || err.code === 'ECONNECTION',
+    );
     gmail.down(false);
     await send(['boss@example.com']);
     assert.equal(gmail.messages.length, 2);
@@ -459,21 +556,30 @@ test('FakeGmail: STARTTLS mode requires TLS before AUTH', async () => {
   const gmail = await FakeGmail.start({ pki, tokens, mode: 'starttls' });
   try {
     const token = await accessTokenFor('scanner@example.com');
-    await mailer(gmail, 'scanner@example.com', token).sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW });
+    await mailer(gmail, 'scanner@example.com', token).sendMail({
+      envelope: { from: 'scanner@example.com', to: ['boss@example.com'] },
+      raw: RAW,
+    });
     await gmail.waitForMessages(1, 2000);
     assert.equal(gmail.messages[0].secure, true);
     assert.match(gmail.messages[0].tlsProtocol ?? '', /^TLSv1\.[23]$/);
     // A client that skips STARTTLS cannot authenticate.
     const plain = mailer(gmail, 'scanner@example.com', token, { requireTLS: false, ignoreTLS: true });
-    await assert.rejects(plain.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW }), (err: any) => {
-      assert.equal(err.responseCode, 530, String(err.response));
-      assert.match(err.response, /5\.7\.0 Must issue a STARTTLS command first/);
-      return true;
-    });
+    await assert.rejects(
+      plain.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW }),
+      (err: any) => {
+        assert.equal(err.responseCode, 530, String(err.response));
+        assert.match(err.response, /5\.7\.0 Must issue a STARTTLS command first/);
+        return true;
+      },
+    );
     assert.equal(gmail.messages.length, 1);
     // An unverifiable certificate is refused by a verifying client.
     const noCa = mailer(gmail, 'scanner@example.com', token, { tls: {} });
-    await assert.rejects(noCa.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW }), /unable to verify/);
+    await assert.rejects(
+      noCa.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.com'] }, raw: RAW }),
+      /unable to verify/,
+    );
     assert.equal(gmail.messages.length, 1);
   } finally {
     await gmail.close();
@@ -528,14 +634,21 @@ test('FakeGmail: AUTH PLAIN works only for a password set with acceptPassword', 
   const gmail = await FakeGmail.start({ pki, tokens });
   const plain = (user: string, pass: string) => `AUTH PLAIN ${Buffer.from(`\0${user}\0${pass}`).toString('base64')}`;
   try {
-    const before = await smtpDialog(gmail.port, ['EHLO client.example', plain('scanner@example.com', 'app-pass'), 'QUIT']);
+    const before = await smtpDialog(gmail.port, [
+      'EHLO client.example',
+      plain('scanner@example.com', 'app-pass'),
+      'QUIT',
+    ]);
     assert.match(before[2], /^535 5\.7\.8/);
     gmail.acceptPassword('scanner@example.com', 'app-pass');
     const wrong = await smtpDialog(gmail.port, ['EHLO client.example', plain('scanner@example.com', 'other'), 'QUIT']);
     assert.match(wrong[2], /^535 5\.7\.8/);
     const ok = await smtpDialog(gmail.port, ['EHLO client.example', plain('scanner@example.com', 'app-pass'), 'QUIT']);
     assert.match(ok[2], /^235/);
-    assert.deepEqual(gmail.auths.map((a) => a.ok), [false, false, true]);
+    assert.deepEqual(
+      gmail.auths.map((a) => a.ok),
+      [false, false, true],
+    );
   } finally {
     await gmail.close();
   }

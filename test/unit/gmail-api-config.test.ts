@@ -14,7 +14,6 @@ import { CLI } from '../helpers/bridge.js';
 const FULL = 'https://mail.google.com/';
 const SEND = 'https://www.googleapis.com/auth/gmail.send';
 
-
 for (const [transport, scopes] of [
   ['gmail-api', [SEND]],
   ['auto', [FULL, SEND]],
@@ -24,7 +23,23 @@ for (const [transport, scopes] of [
     const w = await oauthWorld();
     try {
       const base = w.config().accounts[0];
-      const config = w.config({ accounts: [{ name: 'office', email: w.email, transport, oauth: { type: 'user', clientId: w.clientId, clientSecret: w.clientSecret, tokenUrl: w.fake.url, authUrl: w.fake.authUrl, caFile: w.caFile } }] });
+      const config = w.config({
+        accounts: [
+          {
+            name: 'office',
+            email: w.email,
+            transport,
+            oauth: {
+              type: 'user',
+              clientId: w.clientId,
+              clientSecret: w.clientSecret,
+              tokenUrl: w.fake.url,
+              authUrl: w.fake.authUrl,
+              caFile: w.caFile,
+            },
+          },
+        ],
+      });
       assert.equal(config.accounts[0].transport, transport);
       assert.equal(base.transport, 'smtp', 'default');
       const input = new PassThrough();
@@ -59,10 +74,33 @@ test('authorize refuses a grant whose send scope was unticked on the consent scr
   const w = await oauthWorld();
   try {
     w.fake.uncheckedScopes.add(SEND);
-    const config = w.config({ accounts: [{ name: 'office', email: w.email, transport: 'auto', oauth: { type: 'user', clientId: w.clientId, clientSecret: w.clientSecret, tokenUrl: w.fake.url, authUrl: w.fake.authUrl, caFile: w.caFile } }] });
+    const config = w.config({
+      accounts: [
+        {
+          name: 'office',
+          email: w.email,
+          transport: 'auto',
+          oauth: {
+            type: 'user',
+            clientId: w.clientId,
+            clientSecret: w.clientSecret,
+            tokenUrl: w.fake.url,
+            authUrl: w.fake.authUrl,
+            caFile: w.caFile,
+          },
+        },
+      ],
+    });
     const input = new PassThrough();
     await assert.rejects(
-      authorizeToStore({ config, account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, url).then((loc) => input.write(`${loc}\n`)) }),
+      authorizeToStore({
+        config,
+        account: 'office',
+        manual: true,
+        input,
+        output: collect().stream,
+        openUrl: (url) => void consent(w, url).then((loc) => input.write(`${loc}\n`)),
+      }),
       /the grant lacks https:\/\/www\.googleapis\.com\/auth\/gmail\.send .*nothing was stored/,
     );
     assert.equal((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, undefined);
@@ -78,7 +116,16 @@ test('service account with transport gmail-api: the signed assertion asks for gm
     const keyFile = join(w.dir, 'sa.json');
     writeFileSync(keyFile, w.fake.createServiceAccount(sa).keyJson, { mode: 0o600 });
     w.fake.allowSubject(sa, w.email);
-    const config = w.config({ accounts: [{ name: 'ws', email: w.email, transport: 'gmail-api', oauth: { type: 'service-account', keyFile, subject: w.email, tokenUrl: w.fake.url, caFile: w.caFile } }] });
+    const config = w.config({
+      accounts: [
+        {
+          name: 'ws',
+          email: w.email,
+          transport: 'gmail-api',
+          oauth: { type: 'service-account', keyFile, subject: w.email, tokenUrl: w.fake.url, caFile: w.caFile },
+        },
+      ],
+    });
     const svc = new TokenService({ config, log: w.log });
     await svc.init();
     const token = await svc.getAccessToken('ws');
@@ -106,9 +153,15 @@ test('check-config: transport on a Microsoft account is refused with its key pat
         `    oauth: { type: user, clientId: x, clientSecret: y${extra} }`,
       ].join('\n');
     writeFileSync(file, yaml('microsoft', ', tenant: contoso.com'));
-    const bad = spawnSync(process.execPath, [...CLI, 'check-config', '-c', file], { encoding: 'utf8', timeout: 60_000 });
+    const bad = spawnSync(process.execPath, [...CLI, 'check-config', '-c', file], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     assert.equal(bad.status, 2);
-    assert.match(bad.stderr, /accounts\[0\]\.transport: transport gmail-api is for Google accounts only; Microsoft accounts send over SMTP/);
+    assert.match(
+      bad.stderr,
+      /accounts\[0\]\.transport: transport gmail-api is for Google accounts only; Microsoft accounts send over SMTP/,
+    );
     writeFileSync(file, yaml('google', ''));
     const ok = spawnSync(process.execPath, [...CLI, 'check-config', '-c', file], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(ok.status, 0, ok.stderr);

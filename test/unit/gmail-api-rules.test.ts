@@ -17,12 +17,25 @@ test('header recipients: To, Cc and Bcc, folded lines, groups and display names;
     'BCC: =?UTF-8?B?w4Rnb24=?= <agon@example.org>',
     'To: undisclosed-recipients:;',
   ]);
-  assert.deepEqual(headerRecipients(header), ['jane@example.org', 'bob@example.org', 'carol@example.org', 'dave@example.org', 'agon@example.org']);
+  assert.deepEqual(headerRecipients(header), [
+    'jane@example.org',
+    'bob@example.org',
+    'carol@example.org',
+    'dave@example.org',
+    'agon@example.org',
+  ]);
 });
 
 test('plan: envelope-only recipients become Bcc (once each); a header-only one refuses the API and is named', () => {
-  assert.deepEqual(planRecipients(['a@example.org', 'b@example.org', 'b@Example.ORG'], ['a@example.org'], 100), { ok: true, bcc: ['b@example.org'] });
-  assert.deepEqual(planRecipients(['a@example.org'], [], 100), { ok: true, bcc: ['a@example.org'] }, 'no recipient headers at all: everything goes as Bcc');
+  assert.deepEqual(planRecipients(['a@example.org', 'b@example.org', 'b@Example.ORG'], ['a@example.org'], 100), {
+    ok: true,
+    bcc: ['b@example.org'],
+  });
+  assert.deepEqual(
+    planRecipients(['a@example.org'], [], 100),
+    { ok: true, bcc: ['a@example.org'] },
+    'no recipient headers at all: everything goes as Bcc',
+  );
   const no = planRecipients(['a@example.org'], ['a@example.org', 'x@example.org'], 100);
   assert.equal(no.ok, false);
   assert.match(!no.ok ? no.reason : '', /would also send to x@example\.org/);
@@ -33,7 +46,11 @@ test('plan: domains compare case-insensitively and as punycode, local parts exac
   assert.equal(mailboxKey('Jane@Example.ORG'), 'Jane@example.org');
   assert.equal(mailboxKey('jane@bücher.example'), mailboxKey('jane@xn--bcher-kva.example'));
   assert.deepEqual(planRecipients(['jane@EXAMPLE.org'], ['jane@example.org'], 100), { ok: true, bcc: [] });
-  assert.equal(planRecipients(['jane@example.org'], ['Jane@example.org'], 100).ok, false, 'another local part may be another mailbox');
+  assert.equal(
+    planRecipients(['jane@example.org'], ['Jane@example.org'], 100).ok,
+    false,
+    'another local part may be another mailbox',
+  );
 });
 
 test('plan: more recipients than recipientsPerMessage cannot be split through the API', () => {
@@ -44,15 +61,34 @@ test('plan: more recipients than recipientsPerMessage cannot be split through th
 });
 
 test('API answers: backoff, quota, fresh token, hold with the fix, bounce', () => {
-  const body = (code: number, status: string, reason: string, message: string) => ({ error: { code, status, message, errors: [{ reason, domain: 'global', message }] } });
-  const c = (code: number, status: string, reason: string, message = 'x') => classifyApiAnswer(code, body(code, status, reason, message));
+  const body = (code: number, status: string, reason: string, message: string) => ({
+    error: { code, status, message, errors: [{ reason, domain: 'global', message }] },
+  });
+  const c = (code: number, status: string, reason: string, message = 'x') =>
+    classifyApiAnswer(code, body(code, status, reason, message));
   assert.equal(c(429, 'RESOURCE_EXHAUSTED', 'rateLimitExceeded').outcome, 'transient');
   assert.equal(c(403, 'PERMISSION_DENIED', 'userRateLimitExceeded').outcome, 'transient');
   assert.equal(c(503, 'UNAVAILABLE', 'backendError').outcome, 'transient');
-  assert.equal(c(429, 'RESOURCE_EXHAUSTED', 'rateLimitExceeded', 'User-rate limit exceeded.  Retry after 2026-12-02T05:00:00Z (Mail sending)').outcome, 'quota');
+  assert.equal(
+    c(
+      429,
+      'RESOURCE_EXHAUSTED',
+      'rateLimitExceeded',
+      'User-rate limit exceeded.  Retry after 2026-12-02T05:00:00Z (Mail sending)',
+    ).outcome,
+    'quota',
+  );
   assert.equal(c(403, 'PERMISSION_DENIED', 'dailyLimitExceeded').outcome, 'quota');
-  assert.deepEqual([c(401, 'UNAUTHENTICATED', 'authError').outcome, c(401, 'UNAUTHENTICATED', 'authError').refresh], ['auth', true]);
-  const scope = c(403, 'PERMISSION_DENIED', 'insufficientPermissions', 'Request had insufficient authentication scopes.');
+  assert.deepEqual(
+    [c(401, 'UNAUTHENTICATED', 'authError').outcome, c(401, 'UNAUTHENTICATED', 'authError').refresh],
+    ['auth', true],
+  );
+  const scope = c(
+    403,
+    'PERMISSION_DENIED',
+    'insufficientPermissions',
+    'Request had insufficient authentication scopes.',
+  );
   assert.equal(scope.outcome, 'transient');
   assert.match(scope.hold ?? '', /gmail\.send scope: run xoauth2-bridge authorize ACCOUNT/);
   assert.match(c(403, 'PERMISSION_DENIED', 'accessNotConfigured').hold ?? '', /enable it/);
@@ -61,5 +97,9 @@ test('API answers: backoff, quota, fresh token, hold with the fix, bounce', () =
   assert.equal(bad.response, '400 INVALID_ARGUMENT (invalidArgument): Invalid To header [gmail-api]');
   assert.equal(classifyApiAnswer(undefined, undefined, 'ECONNRESET socket hang up').outcome, 'transient');
   assert.equal(classifyApiAnswer(502, '<html>Bad Gateway</html>').outcome, 'transient');
-  assert.equal(classifyApiAnswer(404, { error: { code: 404, message: 'Not Found' } }).outcome, 'transient', 'a wrong apiUrl does not bounce mail');
+  assert.equal(
+    classifyApiAnswer(404, { error: { code: 404, message: 'Not Found' } }).outcome,
+    'transient',
+    'a wrong apiUrl does not bounce mail',
+  );
 });

@@ -21,7 +21,13 @@ import { authorizeToStore, collect } from '../helpers/oauth.js';
 
 const MAILBOX = 'printer@contoso.com';
 const base = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
-const msAccount = (extra: Record<string, unknown>) => ({ name: 'm365', provider: 'microsoft', email: MAILBOX, oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc' }, ...extra });
+const msAccount = (extra: Record<string, unknown>) => ({
+  name: 'm365',
+  provider: 'microsoft',
+  email: MAILBOX,
+  oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc' },
+  ...extra,
+});
 
 function issues(cfg: unknown): string[] {
   const r = configSchema.safeParse(cfg);
@@ -32,26 +38,78 @@ test('config: graph is for Microsoft, gmail-api/auto for Google, each refused el
   assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'graph' })] }), []);
   const cfg = configSchema.parse({ ...base, accounts: [msAccount({ transport: 'graph' })] });
   assert.equal(cfg.accounts[0].upstream.apiUrl, 'https://graph.microsoft.com');
-  assert.equal(configSchema.parse({ ...base, accounts: [msAccount({ transport: 'graph', upstream: { apiUrl: 'https://graph.microsoft.us' } })] }).accounts[0].upstream.apiUrl, 'https://graph.microsoft.us');
+  assert.equal(
+    configSchema.parse({
+      ...base,
+      accounts: [msAccount({ transport: 'graph', upstream: { apiUrl: 'https://graph.microsoft.us' } })],
+    }).accounts[0].upstream.apiUrl,
+    'https://graph.microsoft.us',
+  );
   assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'gmail-api' })] }), [
     'accounts.0.transport: transport gmail-api is for Google accounts only; Microsoft accounts send over SMTP (transport smtp) or Microsoft Graph (transport graph)',
   ]);
-  const google = { name: 'g', email: 'a@example.com', transport: 'graph', oauth: { type: 'user', clientId: 'x', clientSecret: 'y' } };
-  assert.deepEqual(issues({ ...base, accounts: [google] }), ['accounts.0.transport: transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto']);
-  assert.equal(configSchema.parse({ ...base, accounts: [{ ...google, transport: 'gmail-api' }] }).accounts[0].upstream.apiUrl, 'https://gmail.googleapis.com');
-  assert.deepEqual(issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com' })] }), ['accounts.0.mailbox: mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph']);
-  assert.deepEqual(issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com', oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })] }), [], 'app-only SMTP may name another mailbox');
-  assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'graph', upstream: { largeMessages: 'yes' } })] }).length, 1);
+  const google = {
+    name: 'g',
+    email: 'a@example.com',
+    transport: 'graph',
+    oauth: { type: 'user', clientId: 'x', clientSecret: 'y' },
+  };
+  assert.deepEqual(issues({ ...base, accounts: [google] }), [
+    'accounts.0.transport: transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto',
+  ]);
+  assert.equal(
+    configSchema.parse({ ...base, accounts: [{ ...google, transport: 'gmail-api' }] }).accounts[0].upstream.apiUrl,
+    'https://gmail.googleapis.com',
+  );
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com' })] }), [
+    'accounts.0.mailbox: mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph',
+  ]);
+  assert.deepEqual(
+    issues({
+      ...base,
+      accounts: [
+        msAccount({
+          mailbox: 'info@contoso.com',
+          oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' },
+        }),
+      ],
+    }),
+    [],
+    'app-only SMTP may name another mailbox',
+  );
+  assert.deepEqual(
+    issues({ ...base, accounts: [msAccount({ transport: 'graph', upstream: { largeMessages: 'yes' } })] }).length,
+    1,
+  );
 });
 
 test('scopes: one resource per token; delegated Mail.Send (+ Mail.Send.Shared for another mailbox), app-only graph .default', () => {
-  const parse = (extra: Record<string, unknown>) => configSchema.parse({ ...base, accounts: [msAccount(extra)] }).accounts[0];
-  assert.deepEqual(scopesFor(parse({ transport: 'graph' })), ['https://graph.microsoft.com/Mail.Send', 'offline_access']);
-  assert.deepEqual(scopesFor(parse({ transport: 'graph', mailbox: 'info@contoso.com' })), ['https://graph.microsoft.com/Mail.Send.Shared', 'offline_access']);
-  assert.deepEqual(scopesFor(parse({ transport: 'graph', upstream: { largeMessages: true } })), ['https://graph.microsoft.com/Mail.Send', 'https://graph.microsoft.com/Mail.ReadWrite', 'offline_access']);
-  assert.deepEqual(scopesFor(parse({ transport: 'graph', oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })), ['https://graph.microsoft.com/.default']);
+  const parse = (extra: Record<string, unknown>) =>
+    configSchema.parse({ ...base, accounts: [msAccount(extra)] }).accounts[0];
+  assert.deepEqual(scopesFor(parse({ transport: 'graph' })), [
+    'https://graph.microsoft.com/Mail.Send',
+    'offline_access',
+  ]);
+  assert.deepEqual(scopesFor(parse({ transport: 'graph', mailbox: 'info@contoso.com' })), [
+    'https://graph.microsoft.com/Mail.Send.Shared',
+    'offline_access',
+  ]);
+  assert.deepEqual(scopesFor(parse({ transport: 'graph', upstream: { largeMessages: true } })), [
+    'https://graph.microsoft.com/Mail.Send',
+    'https://graph.microsoft.com/Mail.ReadWrite',
+    'offline_access',
+  ]);
+  assert.deepEqual(
+    scopesFor(
+      parse({ transport: 'graph', oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } }),
+    ),
+    ['https://graph.microsoft.com/.default'],
+  );
   assert.deepEqual(scopesFor(parse({})), ['https://outlook.office.com/SMTP.Send', 'offline_access']);
-  assert.deepEqual(scopesFor(parse({ oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })), ['https://outlook.office365.com/.default']);
+  assert.deepEqual(
+    scopesFor(parse({ oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })),
+    ['https://outlook.office365.com/.default'],
+  );
 });
 
 async function msWorld() {
@@ -68,15 +126,33 @@ async function msWorld() {
   const config = configSchema.parse({
     stateDir,
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [{ name: 'm365', provider: 'microsoft', email: MAILBOX, transport: 'graph', oauth: { type: 'user', tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, clientSecret: secret, caFile } }],
+    accounts: [
+      {
+        name: 'm365',
+        provider: 'microsoft',
+        email: MAILBOX,
+        transport: 'graph',
+        oauth: {
+          type: 'user',
+          tenant: ms.tenant,
+          authorityHost: ms.authorityHost,
+          clientId,
+          clientSecret: secret,
+          caFile,
+        },
+      },
+    ],
   });
   const signIn = (url: string) =>
     new Promise<string>((resolve, reject) => {
-      https.get(url, { ca }, (res) => {
-        res.resume();
-        if (res.statusCode !== 302 || !res.headers.location) reject(new Error(`sign-in page answered ${res.statusCode}`));
-        else resolve(res.headers.location);
-      }).on('error', reject);
+      https
+        .get(url, { ca }, (res) => {
+          res.resume();
+          if (res.statusCode !== 302 || !res.headers.location)
+            reject(new Error(`sign-in page answered ${res.statusCode}`));
+          else resolve(res.headers.location);
+        })
+        .on('error', reject);
     });
   const run = async () => {
     const input = new PassThrough();
@@ -95,7 +171,13 @@ async function msWorld() {
     return authUrl;
   };
   const stored = async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365;
-  return { ms, config, run, stored, close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })) };
+  return {
+    ms,
+    config,
+    run,
+    stored,
+    close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })),
+  };
 }
 
 test('authorize with transport graph asks for Graph Mail.Send; the stored grant gets a token for https://graph.microsoft.com', async () => {
@@ -134,11 +216,15 @@ test('Bcc for Graph: local parts that are not dot-atoms are quoted (RFC 5322)', 
   assert.equal(quoteLocalPart('john doe'), '"john doe"');
   assert.equal(quoteLocalPart('a"b\\c'), '"a\\"b\\\\c"');
   assert.equal(quoteLocalPart('x..y'), '"x..y"');
-  assert.equal(graphBccField(['john doe@example.org', 'b@example.org']), 'Bcc: <"john doe"@example.org>,\r\n <b@example.org>\r\n');
+  assert.equal(
+    graphBccField(['john doe@example.org', 'b@example.org']),
+    'Bcc: <"john doe"@example.org>,\r\n <b@example.org>\r\n',
+  );
 });
 
 test('cloud: one table sets the sign-in host, the Graph host and the Graph scopes; explicit keys win; Microsoft only', () => {
-  const parse = (extra: Record<string, unknown>) => configSchema.parse({ ...base, accounts: [msAccount({ transport: 'graph', ...extra })] }).accounts[0];
+  const parse = (extra: Record<string, unknown>) =>
+    configSchema.parse({ ...base, accounts: [msAccount({ transport: 'graph', ...extra })] }).accounts[0];
   const expect = {
     global: ['https://login.microsoftonline.com', 'https://graph.microsoft.com'],
     usgov: ['https://login.microsoftonline.us', 'https://graph.microsoft.us'],
@@ -151,20 +237,50 @@ test('cloud: one table sets the sign-in host, the Graph host and the Graph scope
     assert.equal(a.oauth.type === 'user' && a.oauth.authUrl, `${login}/contoso.com/oauth2/v2.0/authorize`, cloud);
     assert.equal(a.upstream.apiUrl, graph, cloud);
     assert.deepEqual(scopesFor(a), [`${graph}/Mail.Send`, 'offline_access'], cloud);
-    assert.deepEqual(scopesFor(parse({ cloud, oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })), [`${graph}/.default`], cloud);
+    assert.deepEqual(
+      scopesFor(parse({ cloud, oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })),
+      [`${graph}/.default`],
+      cloud,
+    );
   }
-  const own = parse({ cloud: 'usgov', oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc', authorityHost: 'https://127.0.0.1:9' }, upstream: { apiUrl: 'https://localhost:8' } });
+  const own = parse({
+    cloud: 'usgov',
+    oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc', authorityHost: 'https://127.0.0.1:9' },
+    upstream: { apiUrl: 'https://localhost:8' },
+  });
   assert.equal(own.oauth.type === 'user' && own.oauth.tokenUrl, 'https://127.0.0.1:9/contoso.com/oauth2/v2.0/token');
   assert.equal(own.upstream.apiUrl, 'https://localhost:8');
   assert.deepEqual(issues({ ...base, accounts: [msAccount({ cloud: 'mars' })] }).length, 1);
-  assert.deepEqual(issues({ ...base, accounts: [{ name: 'g', email: 'a@example.com', cloud: 'usgov', oauth: { type: 'user', clientId: 'x', clientSecret: 'y' } }] }), [
-    'accounts.0.cloud: cloud (Microsoft national clouds) is for provider microsoft only; remove it',
-  ]);
+  assert.deepEqual(
+    issues({
+      ...base,
+      accounts: [
+        {
+          name: 'g',
+          email: 'a@example.com',
+          cloud: 'usgov',
+          oauth: { type: 'user', clientId: 'x', clientSecret: 'y' },
+        },
+      ],
+    }),
+    ['accounts.0.cloud: cloud (Microsoft national clouds) is for provider microsoft only; remove it'],
+  );
 });
 
 test('config: transport auto on a Microsoft account needs app-only sign-in', () => {
   assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'auto' })] }), [
     'accounts.0.transport: transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph',
   ]);
-  assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'auto', oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' } })] }), []);
+  assert.deepEqual(
+    issues({
+      ...base,
+      accounts: [
+        msAccount({
+          transport: 'auto',
+          oauth: { type: 'app', tenant: 'contoso.com', clientId: 'abc', clientSecret: 's' },
+        }),
+      ],
+    }),
+    [],
+  );
 });

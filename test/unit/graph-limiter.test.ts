@@ -30,7 +30,10 @@ test('limiter: 4 slots per mailbox (case-insensitive), others independent; after
 });
 
 test('limiter: the request window (10,000 per 10 minutes) and the upload window (150 MB per 5 minutes)', () => {
-  assert.deepEqual(GRAPH_WINDOWS, { requests: { max: 10_000, ms: 600_000 }, uploadBytes: { max: 150 * 1024 * 1024, ms: 300_000 } });
+  assert.deepEqual(GRAPH_WINDOWS, {
+    requests: { max: 10_000, ms: 600_000 },
+    uploadBytes: { max: 150 * 1024 * 1024, ms: 300_000 },
+  });
   const l = new MailboxLimiter(4, { requests: { max: 3, ms: 1000 }, uploadBytes: { max: 100, ms: 5000 } });
   const t0 = 1_000_000;
   l.record('m', 0, t0);

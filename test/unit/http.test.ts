@@ -48,7 +48,9 @@ function parseExposition(text: string): Map<string, number> {
 }
 
 function key(name: string, labels: Record<string, string> = {}): string {
-  const l = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).sort();
+  const l = Object.entries(labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .sort();
   return `xoauth2_bridge_${name}{${l.join(',')}}`;
 }
 
@@ -56,7 +58,14 @@ let readiness: Readiness = { ok: true, reasons: [] };
 let queue = { size: 0, oldestAgeSeconds: 0, perAccount: {} as Record<string, number> };
 const metrics = new Metrics({ accounts: ['office', 'home'], listeners: ['local', 'lan'] });
 metrics.setQueueSource(async () => queue);
-const endpoint = new HttpEndpoint({ host: '127.0.0.1', port: 0, ephemeral: true, metrics, log: nullLogger, ready: async () => readiness });
+const endpoint = new HttpEndpoint({
+  host: '127.0.0.1',
+  port: 0,
+  ephemeral: true,
+  metrics,
+  log: nullLogger,
+  ready: async () => readiness,
+});
 let port = 0;
 
 before(async () => {
@@ -195,9 +204,13 @@ test('/metrics reports counters after a known sequence of events', async () => {
     [key('lockouts_total', { listener: 'local' }), 0],
   ];
   for (const [k, v] of expect) assert.equal(m.get(k), v, k);
-  for (const k of m.keys()) assert.ok(!k.includes('ghost') && !k.includes('nope'), `unconfigured name leaked into ${k}`);
+  for (const k of m.keys())
+    assert.ok(!k.includes('ghost') && !k.includes('nope'), `unconfigured name leaked into ${k}`);
   // Default process metrics come from this registry too.
-  assert.ok(m.has('process_resident_memory_bytes{}') || m.has('process_cpu_seconds_total{}'), 'process metrics missing');
+  assert.ok(
+    m.has('process_resident_memory_bytes{}') || m.has('process_cpu_seconds_total{}'),
+    'process metrics missing',
+  );
   assert.ok(m.has('nodejs_eventloop_lag_seconds{}'));
 });
 
@@ -274,11 +287,20 @@ test('port 0 without ephemeral means disabled; a taken port fails start() clearl
 });
 
 test('stop() closes the port and keep-alive connections', async () => {
-  const ep = new HttpEndpoint({ host: '127.0.0.1', port: 0, ephemeral: true, metrics, log: nullLogger, ready: async () => readiness });
+  const ep = new HttpEndpoint({
+    host: '127.0.0.1',
+    port: 0,
+    ephemeral: true,
+    metrics,
+    log: nullLogger,
+    ready: async () => readiness,
+  });
   const addr = await ep.start();
   const agent = new http.Agent({ keepAlive: true });
   await new Promise<void>((resolve, reject) =>
-    http.get({ host: '127.0.0.1', port: addr!.port, path: '/healthz', agent }, (res) => res.resume().on('end', resolve)).on('error', reject),
+    http
+      .get({ host: '127.0.0.1', port: addr!.port, path: '/healthz', agent }, (res) => res.resume().on('end', resolve))
+      .on('error', reject),
   );
   const t0 = Date.now();
   await ep.stop();
@@ -292,7 +314,10 @@ test('spoolWritable: null for a writable dir (and leaves nothing behind), a reas
   try {
     assert.equal(await spoolWritable(dir), null);
     assert.deepEqual(await readdir(dir), []);
-    assert.match((await spoolWritable(path.join(dir, 'missing')))!, /spool .*missing is not writable: ENOENT \(directory does not exist\)/);
+    assert.match(
+      (await spoolWritable(path.join(dir, 'missing')))!,
+      /spool .*missing is not writable: ENOENT \(directory does not exist\)/,
+    );
     // A path that is not a directory (works the same when the tests run as root).
     await writeFile(path.join(dir, 'file'), 'x');
     assert.match((await spoolWritable(path.join(dir, 'file')))!, /is not writable: ENOTDIR/);
@@ -312,12 +337,20 @@ test('/readyz: an account whose upstream failed every attempt (at least 3, for t
     await bridge.start();
     try {
       const hport = bridge.httpAddress!.port;
-      const failing = async () => parseExposition((await request(hport, '/metrics')).body).get(key('upstream_failing', { account: 'office' }));
+      const failing = async () =>
+        parseExposition((await request(hport, '/metrics')).body).get(key('upstream_failing', { account: 'office' }));
       assert.equal((await request(hport, '/readyz')).status, 200);
       assert.equal(await failing(), 0);
 
       world.gmail.down(true);
-      await sendThroughBridge({ port: bridge.bound[0].port, user: world.user.username, pass: world.user.password, from: world.account.email, to: ['r@example.org'], raw: message({ from: world.account.email, to: 'r@example.org' }) });
+      await sendThroughBridge({
+        port: bridge.bound[0].port,
+        user: world.user.username,
+        pass: world.user.password,
+        from: world.account.email,
+        to: ['r@example.org'],
+        raw: message({ from: world.account.email, to: 'r@example.org' }),
+      });
       let r: Reply = { status: 0, headers: {}, body: '' };
       await waitFor(async () => (r = await request(hport, '/readyz')).status === 503, 30_000, '/readyz to turn 503');
       const m = /^account office: upstream failing — all (\d+) attempts in the last \d+ s failed/m.exec(r.body);

@@ -31,7 +31,17 @@ async function kdfRuns(): Promise<number> {
 
 function start(authFailLimit: number): Promise<ListenerHarness> {
   const config = makeConfig(dir, {
-    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, allowInsecureAuth: true, authFailLimit, maxConnectionsPerIp: 50 }],
+    listeners: [
+      {
+        name: 'proxied',
+        host: '127.0.0.1',
+        port: 0,
+        proxyProtocol: true,
+        allowInsecureAuth: true,
+        authFailLimit,
+        maxConnectionsPerIp: 50,
+      },
+    ],
     users: [{ username: 'printer', passwordHash: hash, account: 'office' }],
   });
   return startListeners(config, spool);
@@ -62,7 +72,11 @@ test('a cached login and its 250 go through while 64 wrong-password logins wait 
 
     const again = await session(h, '192.0.2.10');
     assert.equal((await again.authPlain('printer', PASSWORD)).code, 235);
-    const r = await again.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'));
+    const r = await again.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net'),
+    );
     assert.match(r.lines.join(), /^250 2\.0\.0 Ok: queued as /);
     const stillQueued = kdfGate.queued;
     assert.ok(stillQueued > 0, 'the cached login and the 250 did not wait for the KDF queue to drain');
@@ -89,7 +103,10 @@ test('one address with 20 parallel wrong logins runs at most authFailLimit KDFs 
     const runs = (await kdfRuns()) - runs0;
     t.diagnostic(`KDF runs for 20 parallel wrong logins from one address: ${runs}`);
     assert.ok(runs >= 1 && runs <= 5, `KDF runs for 20 parallel logins: ${runs}`);
-    assert.ok(replies.every((x) => /^(535 5\.7\.8|454 4\.7\.0)/.test(x)), replies.join('\n'));
+    assert.ok(
+      replies.every((x) => /^(535 5\.7\.8|454 4\.7\.0)/.test(x)),
+      replies.join('\n'),
+    );
     assert.ok(replies.filter((x) => x.startsWith('454')).length >= 15, replies.join('\n'));
     await waitFor(() => h.logs().some((l) => l.message === 'auth lockout ip=203.0.113.20'), 10_000, 'the lockout line');
     await Promise.all(flood.map((f) => f.c.quit()));
@@ -104,7 +121,11 @@ test('fair between addresses: a login from a second address runs while the first
     const flood = await Promise.all(Array.from({ length: 30 }, (_, i) => wrongLogin(h, '203.0.113.30', i)));
     await waitFor(() => kdfGate.queued >= 20, 30_000, "the first address's checks queued");
     const other = await session(h, '192.0.2.77');
-    assert.equal((await other.authPlain('printer', PASSWORD)).code, 235, 'a cold (uncached) login from another address');
+    assert.equal(
+      (await other.authPlain('printer', PASSWORD)).code,
+      235,
+      'a cold (uncached) login from another address',
+    );
     assert.ok(kdfGate.queued > 0, 'it did not wait for the flooding address to drain its queue');
     await other.quit();
     await Promise.all(flood.map((f) => f.reply));

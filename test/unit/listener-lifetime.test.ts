@@ -56,7 +56,10 @@ test('connections end with their socket: the live count (method and gauge) retur
   });
   const metrics = new Metrics({ listeners: ['local'] });
   const h = await startListeners(config, spool, { metrics });
-  const gauge = async () => (await metrics.registry.getSingleMetric('xoauth2_bridge_smtp_connections')!.get()).values.find((v) => v.labels.listener === 'local')?.value;
+  const gauge = async () =>
+    (await metrics.registry.getSingleMetric('xoauth2_bridge_smtp_connections')!.get()).values.find(
+      (v) => v.labels.listener === 'local',
+    )?.value;
   try {
     const sessions = 200;
     let next = 0;
@@ -67,7 +70,11 @@ test('connections end with their socket: the live count (method and gauge) retur
       }
     };
     await Promise.all(Array.from({ length: 8 }, (_, w) => worker(w)));
-    await waitFor(() => h.listeners.liveConnections() === 0, 10_000, `live connections to reach 0 (at ${h.listeners.liveConnections()})`);
+    await waitFor(
+      () => h.listeners.liveConnections() === 0,
+      10_000,
+      `live connections to reach 0 (at ${h.listeners.liveConnections()})`,
+    );
     await waitFor(async () => (await gauge()) === 0, 10_000, 'the smtp_connections gauge to reach 0');
 
     // Canary: an idle client opened after all of them times out after them; by its line,
@@ -78,9 +85,17 @@ test('connections end with their socket: the live count (method and gauge) retur
     await idle.ehlo();
     const r = await idle.read(preAuthMs + 10_000);
     assert.equal(r.lines.join(), '421 4.4.2 Timeout before authentication, closing connection');
-    await waitFor(() => h.logs().some((l) => l.message === 'pre-auth timeout, connection closed' && l.ip === '127.0.0.9'), 5000, 'the canary timeout line');
+    await waitFor(
+      () => h.logs().some((l) => l.message === 'pre-auth timeout, connection closed' && l.ip === '127.0.0.9'),
+      5000,
+      'the canary timeout line',
+    );
     const timeouts = h.logs().filter((l) => l.message === 'pre-auth timeout, connection closed');
-    assert.deepEqual(timeouts.map((l) => l.ip), ['127.0.0.9'], 'only the idle client timed out');
+    assert.deepEqual(
+      timeouts.map((l) => l.ip),
+      ['127.0.0.9'],
+      'only the idle client timed out',
+    );
     await idle.waitClosed();
     await waitFor(() => h.listeners.liveConnections() === 0, 10_000, 'the canary to leave the live count');
   } finally {

@@ -24,14 +24,18 @@ after(() => cleanup());
 test('lockouts survive a flood of 10,000+ failures from other addresses; IPv6 is counted per /64', async () => {
   const limits = { authFailLimit: 3, authFailWindow: '10m', authLockout: '15m' };
   const config = makeConfig(dir, {
-    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, allowInsecureAuth: true, ...limits }],
+    listeners: [
+      { name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, allowInsecureAuth: true, ...limits },
+    ],
     users: [{ username: 'printer', passwordHash: hash, account: 'office' }],
   });
   const failures = new AuthFailures();
   const h = await startListeners(config, spool, { authFailures: failures });
   const auth = async (ip: string, password: string) => {
     const fam = ip.includes(':') ? 'TCP6' : 'TCP4';
-    const c = await RawSmtp.connect(h.port(), { proxy: `PROXY ${fam} ${ip} ${fam === 'TCP6' ? '::1' : '127.0.0.1'} 40000 25\r\n` });
+    const c = await RawSmtp.connect(h.port(), {
+      proxy: `PROXY ${fam} ${ip} ${fam === 'TCP6' ? '::1' : '127.0.0.1'} 40000 25\r\n`,
+    });
     await c.ehlo();
     const r = await c.authPlain('printer', password);
     await c.quit();
@@ -40,7 +44,8 @@ test('lockouts survive a flood of 10,000+ failures from other addresses; IPv6 is
   try {
     // Locking over real SMTP: an IPv4 address, and three different addresses of one /64.
     for (let i = 0; i < 3; i++) assert.match(await auth('203.0.113.5', `wrong${i}`), /^535 5\.7\.8/);
-    for (const ip of ['2001:db8:1:2::a', '2001:db8:1:2::b', '2001:db8:1:2:ffff::c']) assert.match(await auth(ip, 'wrong'), /^535 5\.7\.8/);
+    for (const ip of ['2001:db8:1:2::a', '2001:db8:1:2::b', '2001:db8:1:2:ffff::c'])
+      assert.match(await auth(ip, 'wrong'), /^535 5\.7\.8/);
     const lockouts = h.logs().filter((l) => String(l.message).startsWith('auth lockout'));
     assert.deepEqual(
       lockouts.map((l) => [l.ip, l.scope]),
@@ -49,7 +54,11 @@ test('lockouts survive a flood of 10,000+ failures from other addresses; IPv6 is
         ['2001:db8:1:2:ffff::c', '2001:db8:1:2::/64'],
       ],
     );
-    assert.equal(await auth('2001:db8:1:2::1234', PASSWORD), '454 4.7.0 Too many authentication failures, try later', 'the whole /64 is locked');
+    assert.equal(
+      await auth('2001:db8:1:2::1234', PASSWORD),
+      '454 4.7.0 Too many authentication failures, try later',
+      'the whole /64 is locked',
+    );
     assert.match(await auth('2001:db8:1:3::1', PASSWORD), /^235/, 'the neighbouring /64 is not');
 
     // The flood (straight into the limiter: 10,000 KDFs over SMTP would take minutes):

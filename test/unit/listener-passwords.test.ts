@@ -3,7 +3,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PassThrough, Writable } from 'node:stream';
 import { scryptSync } from 'node:crypto';
-import { hashPassword, verifyPassword, PasswordCache, checkPassword, kdfStats, hashPasswordCommand } from '../../src/listener/passwords.js';
+import {
+  hashPassword,
+  verifyPassword,
+  PasswordCache,
+  checkPassword,
+  kdfStats,
+  hashPasswordCommand,
+} from '../../src/listener/passwords.js';
 import { isValidPasswordHash } from '../../src/config/phc.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -28,12 +35,22 @@ test('hashPassword makes a PHC scrypt string that verifies only the right passwo
   // The string is plain scrypt: an independent implementation agrees with it.
   const [, , params, salt, hash] = h.split('$');
   assert.equal(params, 'ln=15,r=8,p=1');
-  const ref = scryptSync('s3cret päss', Buffer.from(salt, 'base64'), 32, { N: 2 ** 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 });
+  const ref = scryptSync('s3cret päss', Buffer.from(salt, 'base64'), 32, {
+    N: 2 ** 15,
+    r: 8,
+    p: 1,
+    maxmem: 64 * 1024 * 1024,
+  });
   assert.equal(ref.toString('base64').replace(/=+$/, ''), hash);
 });
 
 test('malformed or absurd hashes never verify', async () => {
-  for (const bad of ['$scrypt$', 'plaintext', '$scrypt$ln=15,r=8,p=1$AAAA$BBBB', '$scrypt$ln=30,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g']) {
+  for (const bad of [
+    '$scrypt$',
+    'plaintext',
+    '$scrypt$ln=15,r=8,p=1$AAAA$BBBB',
+    '$scrypt$ln=30,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g',
+  ]) {
     assert.equal(isValidPasswordHash(bad), false, bad);
     assert.equal(await verifyPassword('x', bad), false, bad);
   }

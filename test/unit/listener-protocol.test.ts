@@ -101,8 +101,14 @@ test('debug log: no AUTH payload, whatever precedes the AUTH verb on the line (b
     for (const secret of [plain, PASSWORD, b64(PASSWORD), plain.slice(0, 24), b64(PASSWORD).slice(0, 12)])
       assert.ok(!all.includes(secret), `log leaks ${secret}`);
     // The sessions are logged at debug (the test would pass vacuously otherwise).
-    assert.ok(h.logs().some((l) => l.message === 'C: NOOP \\r AUTH [redacted]'), 'the NOOP line is logged, redacted');
-    assert.ok(h.logs().some((l) => l.message === 'C: EHLO x \\r AUTH [redacted] \\r MAIL FROM:<scanner@example.com>'), all);
+    assert.ok(
+      h.logs().some((l) => l.message === 'C: NOOP \\r AUTH [redacted]'),
+      'the NOOP line is logged, redacted',
+    );
+    assert.ok(
+      h.logs().some((l) => l.message === 'C: EHLO x \\r AUTH [redacted] \\r MAIL FROM:<scanner@example.com>'),
+      all,
+    );
   } finally {
     await h.stop();
   }
@@ -114,7 +120,7 @@ function seeded(seed: number): (n: number) => number {
     seed = (seed + 0x6d2b79f5) | 0;
     let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return (((t ^ (t >>> 14)) >>> 0) % n);
+    return ((t ^ (t >>> 14)) >>> 0) % n;
   };
 }
 
@@ -130,16 +136,22 @@ function spellingsOf(password: string): string[] {
 
 test('debug log: a fuzzer splicing passwords (plain, hex, SASL PLAIN and XOAUTH2 base64) into any verb never gets one logged', async () => {
   const other = { username: 'scanner', password: 'S3cr3t!pa55&word' };
-  const users = [
-    { username: 'printer', password: PASSWORD },
-    other,
-  ];
-  const h = await start({}, { users: [
-    { username: 'printer', passwordHash: hash, account: 'office' },
-    { username: other.username, passwordHash: await hashPassword(other.password, FAKE_SCRYPT_COST), account: 'office' },
-  ] });
+  const users = [{ username: 'printer', password: PASSWORD }, other];
+  const h = await start(
+    {},
+    {
+      users: [
+        { username: 'printer', passwordHash: hash, account: 'office' },
+        {
+          username: other.username,
+          passwordHash: await hashPassword(other.password, FAKE_SCRYPT_COST),
+          account: 'office',
+        },
+      ],
+    },
+  );
   const rnd = seeded(24);
-  const pick = <T,>(a: readonly T[]): T => a[rnd(a.length)];
+  const pick = <T>(a: readonly T[]): T => a[rnd(a.length)];
   const payload = (u: { username: string; password: string }): string => {
     const junk = 'xyz'.slice(0, rnd(3)); // shifts the base64 alignment of what follows
     return pick([
@@ -177,7 +189,11 @@ test('debug log: a fuzzer splicing passwords (plain, hex, SASL PLAIN and XOAUTH2
       await c.ehlo('fuzz.IN');
       // Half the sessions authenticated: smtp-server closes unauthenticated ones after 10 commands.
       const authed = session % 2 === 0;
-      if (authed) assert.equal((await c.authPlain(users[session % 4 < 2 ? 0 : 1].username, users[session % 4 < 2 ? 0 : 1].password)).code, 235);
+      if (authed)
+        assert.equal(
+          (await c.authPlain(users[session % 4 < 2 ? 0 : 1].username, users[session % 4 < 2 ? 0 : 1].password)).code,
+          235,
+        );
       let open = true;
       for (let i = 0; i < (authed ? 20 : 7) && open; i++) {
         const line = pick(templates)(payload(pick(users)));
@@ -198,15 +214,25 @@ test('debug log: a fuzzer splicing passwords (plain, hex, SASL PLAIN and XOAUTH2
     const lower = all.toLowerCase();
     for (const u of users)
       for (const spelling of spellingsOf(u.password)) {
-        const found = spelling === Buffer.from(u.password).toString('hex') ? lower.includes(spelling) : all.includes(spelling);
+        const found =
+          spelling === Buffer.from(u.password).toString('hex') ? lower.includes(spelling) : all.includes(spelling);
         assert.ok(!found, `the log carries ${u.username}'s password as ${JSON.stringify(spelling)}`);
       }
     // Not vacuous: the sessions were logged at debug, the harmless part of each line kept.
     const clientLines = h.logs().filter((l) => String(l.message).startsWith('C: '));
     assert.ok(clientLines.length >= sent / 2, `${clientLines.length} client lines logged for ${sent} sent`);
-    assert.ok(clientLines.some((l) => l.message === 'C: EHLO fuzz.IN […]'), 'EHLO logged up to its host name');
-    assert.ok(clientLines.some((l) => l.message === 'C: MAIL FROM:<a@example.com> […]'), 'MAIL logged up to its path');
-    assert.ok(clientLines.some((l) => l.message === 'C: MAIL FROM:<a@example.com> SIZE=10 […]'), 'known MAIL parameters kept');
+    assert.ok(
+      clientLines.some((l) => l.message === 'C: EHLO fuzz.IN […]'),
+      'EHLO logged up to its host name',
+    );
+    assert.ok(
+      clientLines.some((l) => l.message === 'C: MAIL FROM:<a@example.com> […]'),
+      'MAIL logged up to its path',
+    );
+    assert.ok(
+      clientLines.some((l) => l.message === 'C: MAIL FROM:<a@example.com> SIZE=10 […]'),
+      'known MAIL parameters kept',
+    );
   } finally {
     await h.stop();
   }
@@ -263,28 +289,43 @@ test('a client that half-closes without QUIT gets its replies and then the serve
 
 test('start-up guard: the installed smtp-server has every internal the hooks use; a missing or changed one refuses to start, named', async () => {
   assert.deepEqual(smtpServerHookProblems(), []);
-  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { dependencies: Record<string, string> };
-  assert.equal(pkg.dependencies['smtp-server'], SMTP_SERVER_VERSION, 'package.json pins the version the hooks were written for');
+  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    dependencies: Record<string, string>;
+  };
+  assert.equal(
+    pkg.dependencies['smtp-server'],
+    SMTP_SERVER_VERSION,
+    'package.json pins the version the hooks were written for',
+  );
 
   // A prototype without handler_AUTH (as if a release renamed it).
   const withoutAuth = Object.create(SMTPConnection.prototype) as Record<string, unknown>;
   withoutAuth.handler_AUTH = undefined;
-  assert.deepEqual(smtpServerHookProblems({ server: SMTPServer.prototype, connection: withoutAuth }), ['SMTPConnection.handler_AUTH() is missing']);
+  assert.deepEqual(smtpServerHookProblems({ server: SMTPServer.prototype, connection: withoutAuth }), [
+    'SMTPConnection.handler_AUTH() is missing',
+  ]);
   // A send() that no longer guards its write with readyState === 'open' (the half-close hook relies on it).
   const otherSend = Object.create(SMTPConnection.prototype) as Record<string, unknown>;
   otherSend.send = function send(this: { _socket: { writable: boolean } }) {
     return this._socket.writable;
   };
-  assert.match(smtpServerHookProblems({ server: SMTPServer.prototype, connection: otherSend }).join(), /SMTPConnection\.send\(\) no longer contains `readyState === 'open'`/);
+  assert.match(
+    smtpServerHookProblems({ server: SMTPServer.prototype, connection: otherSend }).join(),
+    /SMTPConnection\.send\(\) no longer contains `readyState === 'open'`/,
+  );
   // A connection object without the fields the hooks read.
   const probe = () => ({ _socket: null, session: {} });
   const fields = smtpServerHookProblems({ server: SMTPServer.prototype, connection: SMTPConnection.prototype, probe });
-  assert.ok(fields.includes('SMTPConnection has no _socket') && fields.includes('SMTPConnection has no _parser stream'), fields.join());
+  assert.ok(
+    fields.includes('SMTPConnection has no _socket') && fields.includes('SMTPConnection has no _parser stream'),
+    fields.join(),
+  );
   assert.throws(
     () => assertSmtpServerHooks({ server: {}, connection: SMTPConnection.prototype }, '9.9.9'),
     (e: Error) =>
-      /^smtp-server 9\.9\.9 does not have the internals the listener hooks into \(written for 3\.21\.6\): SMTPServer\.connect\(\) is missing; /.test(e.message) &&
-      /Install smtp-server 3\.21\.6 exactly/.test(e.message),
+      /^smtp-server 9\.9\.9 does not have the internals the listener hooks into \(written for 3\.21\.6\): SMTPServer\.connect\(\) is missing; /.test(
+        e.message,
+      ) && /Install smtp-server 3\.21\.6 exactly/.test(e.message),
   );
 
   // The listener itself refuses to start, and binds nothing, when the library lacks a hook target.
@@ -317,7 +358,11 @@ test('From display names are judged RFC 2047-decoded: B and Q encoded (also spli
     ];
     for (const from of spoofs) {
       const r = await send(h, from);
-      assert.equal(r.lines.join(), '553 5.7.1 Sender address rejected: From header address not owned by user printer', from);
+      assert.equal(
+        r.lines.join(),
+        '553 5.7.1 Sender address rejected: From header address not owned by user printer',
+        from,
+      );
     }
     assert.equal(h.queued.length, 0);
     const ok = await send(h, `=?UTF-8?B?${b64('Jörg Müller, 3rd floor')}?= <scanner@example.com>`);
@@ -341,19 +386,73 @@ test('From display names are judged RFC 2047-decoded: B and Q encoded (also spli
 
 test('Received: header prepended (RFC 5321 4.4, RFC 3848 types), client address from PROXY, no AUTH user name; the rest byte-identical', async () => {
   // allowInsecureAuth: a proxied client (even one claiming 127.0.0.1) gets no cleartext AUTH otherwise.
-  const h = await start({ proxyProtocol: true, trustedNetworks: ['198.51.100.0/24', '2001:db8::/32'], trustedAccount: 'office', allowInsecureAuth: true });
+  const h = await start({
+    proxyProtocol: true,
+    trustedNetworks: ['198.51.100.0/24', '2001:db8::/32'],
+    trustedAccount: 'office',
+    allowInsecureAuth: true,
+  });
   const tlsL = await start({ name: 'secure', tls: 'implicit' });
   try {
     const body = message('scanner@example.com', 'boss@example.net', 'exact bytes\r\n..dot-stuffed line\r\n\ttab');
     const sent = body.replace(/\r\n\.\./, '\r\n.').replace(/\.\r\n$/, '');
-    const cases: Array<{ port: number; helo: string; greet: 'HELO' | 'EHLO'; auth: boolean; proxy?: string; tls?: boolean; want: string; from: string; client: string }> = [
-      { port: h.port(), helo: 'printer.lan', greet: 'HELO', auth: false, proxy: 'PROXY TCP4 198.51.100.7 127.0.0.1 4000 25\r\n', want: 'SMTP', from: 'printer.lan', client: '[198.51.100.7]' },
-      { port: h.port(), helo: 'nas.lan', greet: 'EHLO', auth: false, proxy: 'PROXY TCP6 2001:db8::1 ::1 4000 25\r\n', want: 'ESMTP', from: 'nas.lan', client: '[IPv6:2001:db8::1]' },
-      { port: h.port(), helo: '[127.0.0.1]', greet: 'EHLO', auth: true, proxy: 'PROXY TCP4 127.0.0.1 127.0.0.1 4000 25\r\n', want: 'ESMTPA', from: '[127.0.0.1]', client: '[127.0.0.1]' },
-      { port: tlsL.port(), helo: 'bad_name!', greet: 'EHLO', auth: true, tls: true, want: 'ESMTPSA', from: 'unknown', client: '[127.0.0.1]' },
+    const cases: Array<{
+      port: number;
+      helo: string;
+      greet: 'HELO' | 'EHLO';
+      auth: boolean;
+      proxy?: string;
+      tls?: boolean;
+      want: string;
+      from: string;
+      client: string;
+    }> = [
+      {
+        port: h.port(),
+        helo: 'printer.lan',
+        greet: 'HELO',
+        auth: false,
+        proxy: 'PROXY TCP4 198.51.100.7 127.0.0.1 4000 25\r\n',
+        want: 'SMTP',
+        from: 'printer.lan',
+        client: '[198.51.100.7]',
+      },
+      {
+        port: h.port(),
+        helo: 'nas.lan',
+        greet: 'EHLO',
+        auth: false,
+        proxy: 'PROXY TCP6 2001:db8::1 ::1 4000 25\r\n',
+        want: 'ESMTP',
+        from: 'nas.lan',
+        client: '[IPv6:2001:db8::1]',
+      },
+      {
+        port: h.port(),
+        helo: '[127.0.0.1]',
+        greet: 'EHLO',
+        auth: true,
+        proxy: 'PROXY TCP4 127.0.0.1 127.0.0.1 4000 25\r\n',
+        want: 'ESMTPA',
+        from: '[127.0.0.1]',
+        client: '[127.0.0.1]',
+      },
+      {
+        port: tlsL.port(),
+        helo: 'bad_name!',
+        greet: 'EHLO',
+        auth: true,
+        tls: true,
+        want: 'ESMTPSA',
+        from: 'unknown',
+        client: '[127.0.0.1]',
+      },
     ];
     for (const k of cases) {
-      const c = await RawSmtp.connect(k.port, { proxy: k.proxy, implicitTls: k.tls ? { rejectUnauthorized: false } : undefined });
+      const c = await RawSmtp.connect(k.port, {
+        proxy: k.proxy,
+        implicitTls: k.tls ? { rejectUnauthorized: false } : undefined,
+      });
       assert.equal((await c.cmd(`${k.greet} ${k.helo}`)).code, 250);
       if (k.auth) assert.equal((await c.authPlain('printer', PASSWORD)).code, 235);
       const r = await c.sendRaw('scanner@example.com', ['boss@example.net'], body);
@@ -425,14 +524,30 @@ test('greeting: at once by default (a client talking first is served, not 421); 
 });
 
 test('PROXY v2: client address from the binary header (trusted networks, lockouts, logs, Received); v1 still works; a bad header is dropped; proxyFrom still decides', async () => {
-  const h = await start({ proxyProtocol: true, trustedNetworks: ['198.51.100.0/24'], trustedAccount: 'office', allowInsecureAuth: true, authFailLimit: 2 });
+  const h = await start({
+    proxyProtocol: true,
+    trustedNetworks: ['198.51.100.0/24'],
+    trustedAccount: 'office',
+    allowInsecureAuth: true,
+    authFailLimit: 2,
+  });
   try {
     // v2 header and EHLO in one write: the bytes after the header are SMTP.
     const lan = await RawSmtp.connect(h.port(), { greeting: false });
-    lan.write(Buffer.concat([proxyV2('198.51.100.7', 40000, { tlv: Buffer.from([0x04, 0x00, 0x01, 0x00]) }), Buffer.from('EHLO lan.test\r\n')]));
+    lan.write(
+      Buffer.concat([
+        proxyV2('198.51.100.7', 40000, { tlv: Buffer.from([0x04, 0x00, 0x01, 0x00]) }),
+        Buffer.from('EHLO lan.test\r\n'),
+      ]),
+    );
     assert.equal((await lan.read()).code, 220);
     assert.equal((await lan.read()).code, 250);
-    assert.equal((await lan.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250, 'trusted by the proxied address');
+    assert.equal(
+      (await lan.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net')))
+        .code,
+      250,
+      'trusted by the proxied address',
+    );
     await lan.quit();
     const env = h.queued.at(-1)!;
     assert.equal(env.clientIp, '198.51.100.7');
@@ -460,7 +575,11 @@ test('PROXY v2: client address from the binary header (trusted networks, lockout
 
     const v1 = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP4 198.51.100.8 127.0.0.1 40002 25\r\n' });
     await v1.ehlo();
-    assert.equal((await v1.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250);
+    assert.equal(
+      (await v1.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net')))
+        .code,
+      250,
+    );
     await v1.quit();
     assert.equal(h.queued.at(-1)!.clientIp, '198.51.100.8');
 
@@ -479,7 +598,10 @@ test('PROXY v2: client address from the binary header (trusted networks, lockout
     const c = await RawSmtp.connect(p.port());
     await c.ehlo();
     await c.authPlain('printer', PASSWORD);
-    assert.equal((await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250);
+    assert.equal(
+      (await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code,
+      250,
+    );
     await c.quit();
     assert.equal(p.queued.at(-1)!.clientIp, '127.0.0.1');
   } finally {

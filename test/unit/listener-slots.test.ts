@@ -28,7 +28,19 @@ const proxy = (ip: string) => `PROXY TCP4 ${ip} 127.0.0.1 40000 25\r\n`;
 test('unauthenticated connections fill only their share of maxClients: a newcomer closes the oldest; trusted-network clients are not counted', async () => {
   const config = makeConfig(dir, {
     // The balancer connects from 127.0.0.1 and names each client in a PROXY header.
-    listeners: [{ name: 'proxied', host: '127.0.0.1', port: 0, proxyProtocol: true, proxyFrom: ['127.0.0.1'], maxClients: 6, reservedClients: 2, trustedNetworks: ['192.168.1.0/24'], trustedAccount: 'office' }],
+    listeners: [
+      {
+        name: 'proxied',
+        host: '127.0.0.1',
+        port: 0,
+        proxyProtocol: true,
+        proxyFrom: ['127.0.0.1'],
+        maxClients: 6,
+        reservedClients: 2,
+        trustedNetworks: ['192.168.1.0/24'],
+        trustedAccount: 'office',
+      },
+    ],
   });
   const h = await startListeners(config, spool);
   const open: RawSmtp[] = [];
@@ -37,7 +49,14 @@ test('unauthenticated connections fill only their share of maxClients: a newcome
     const newcomer = await RawSmtp.connect(h.port(), { proxy: proxy('203.0.113.99') }); // throws unless 220
     assert.equal((await open[0].read()).lines.join(), '421 4.7.0 Too many connections, try again later');
     await open[0].waitClosed();
-    assert.ok(h.logs().some((l) => l.message === 'pre-auth session closed to make room' && l.ip === '203.0.113.1' && l.for === '203.0.113.99'));
+    assert.ok(
+      h
+        .logs()
+        .some(
+          (l) =>
+            l.message === 'pre-auth session closed to make room' && l.ip === '203.0.113.1' && l.for === '203.0.113.99',
+        ),
+    );
     open.push(newcomer);
 
     // A PROXY header claiming loopback is no local client (issue 23 item 4): it counts against
@@ -45,7 +64,14 @@ test('unauthenticated connections fill only their share of maxClients: a newcome
     const claimed = await RawSmtp.connect(h.port(), { proxy: proxy('127.0.0.1') });
     assert.equal((await open[1].read()).lines.join(), '421 4.7.0 Too many connections, try again later');
     await open[1].waitClosed();
-    assert.ok(h.logs().some((l) => l.message === 'pre-auth session closed to make room' && l.ip === '203.0.113.2' && l.for === '127.0.0.1'));
+    assert.ok(
+      h
+        .logs()
+        .some(
+          (l) =>
+            l.message === 'pre-auth session closed to make room' && l.ip === '203.0.113.2' && l.for === '127.0.0.1',
+        ),
+    );
     open.push(claimed);
 
     const lan = await RawSmtp.connect(h.port(), { proxy: proxy('192.168.1.5') });
@@ -74,7 +100,11 @@ test('a connection that neither authenticates nor sends MAIL gets 421 after preA
     const r = await idle.read(10_000);
     assert.equal(r.lines.join(), '421 4.4.2 Timeout before authentication, closing connection');
     await idle.waitClosed();
-    await waitFor(() => h.logs().some((l) => l.message === 'pre-auth timeout, connection closed' && l.ip === '127.0.0.9'), 5000, 'the log line');
+    await waitFor(
+      () => h.logs().some((l) => l.message === 'pre-auth timeout, connection closed' && l.ip === '127.0.0.9'),
+      5000,
+      'the log line',
+    );
     // The authenticated session outlived the deadline (it was opened first).
     assert.equal((await authed.cmd('NOOP')).code, 250);
     await authed.quit();
@@ -85,14 +115,19 @@ test('a connection that neither authenticates nor sends MAIL gets 421 after preA
 
 test('check-config refuses reservedClients >= maxClients, naming the key', () => {
   assert.throws(
-    () => makeConfig(dir, { listeners: [{ name: 'l', host: '127.0.0.1', port: 0, maxClients: 5, reservedClients: 5 }] }),
+    () =>
+      makeConfig(dir, { listeners: [{ name: 'l', host: '127.0.0.1', port: 0, maxClients: 5, reservedClients: 5 }] }),
     /listeners\[0\]\.reservedClients: must be below maxClients/,
   );
 });
 
-test('slowloris from 100 addresses: a trusted-network client and an authenticating client still get in (250 / 235)', { timeout: 60_000 }, async () => {
+test('slowloris from 100 addresses: a trusted-network client and an authenticating client still get in (250 / 235)', {
+  timeout: 60_000,
+}, async () => {
   const config = makeConfig(dir, {
-    listeners: [{ name: 'local', host: '127.0.0.1', port: 0, trustedNetworks: ['127.0.0.250/32'], trustedAccount: 'office' }],
+    listeners: [
+      { name: 'local', host: '127.0.0.1', port: 0, trustedNetworks: ['127.0.0.250/32'], trustedAccount: 'office' },
+    ],
     users: [{ username: 'printer', passwordHash: hash, account: 'office' }],
   });
   const h = await startListeners(config, spool);
@@ -108,12 +143,21 @@ test('slowloris from 100 addresses: a trusted-network client and an authenticati
     }
     // The share for unauthenticated sessions is 90: the oldest ten made room for the last ten.
     const evicted = slow.slice(0, 10);
-    for (const c of evicted) assert.equal((await c.read()).lines.join(), '421 4.7.0 Too many connections, try again later');
-    await waitFor(() => h.logs().filter((l) => l.message === 'pre-auth session closed to make room').length === 10, 5000, 'ten eviction lines');
+    for (const c of evicted)
+      assert.equal((await c.read()).lines.join(), '421 4.7.0 Too many connections, try again later');
+    await waitFor(
+      () => h.logs().filter((l) => l.message === 'pre-auth session closed to make room').length === 10,
+      5000,
+      'ten eviction lines',
+    );
 
     const trusted = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.250' });
     assert.equal((await trusted.ehlo()).code, 250);
-    assert.equal((await trusted.cmd('MAIL FROM:<scanner@example.com>')).code, 250, 'the trusted network relays without AUTH');
+    assert.equal(
+      (await trusted.cmd('MAIL FROM:<scanner@example.com>')).code,
+      250,
+      'the trusted network relays without AUTH',
+    );
     const authed = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.200' });
     assert.equal((await authed.ehlo()).code, 250);
     assert.equal((await authed.authPlain('printer', PASSWORD)).code, 235);
@@ -152,7 +196,10 @@ test('every slot taken: a newcomer closes the oldest unauthenticated session; wi
     await login(2);
     await login(3); // all 3 slots taken (s2 and two logged in): s2 makes room
     assert.equal((await s2.read()).lines.join(), '421 4.7.0 Too many connections, try again later');
-    const reasons = h.logs().filter((l) => l.message === 'pre-auth session closed to make room').map((l) => `${l.ip} ${l.reason}`);
+    const reasons = h
+      .logs()
+      .filter((l) => l.message === 'pre-auth session closed to make room')
+      .map((l) => `${l.ip} ${l.reason}`);
     assert.deepEqual(reasons, ['127.0.0.31 unauthenticated share full', '127.0.0.32 every slot taken']);
     await s2.waitClosed();
     // Only authenticated sessions left: nobody to close, smtp-server's maxClients refuses.

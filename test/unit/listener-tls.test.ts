@@ -47,14 +47,20 @@ function capture(): { log: Logger; lines: () => Array<Record<string, unknown>> }
 }
 
 async function start(listeners: Record<string, unknown>[], log: Logger = nullLogger) {
-  const config = makeConfig(dir, { listeners, users: [{ username: 'printer', passwordHash: hash, account: 'office' }] });
+  const config = makeConfig(dir, {
+    listeners,
+    users: [{ username: 'printer', passwordHash: hash, account: 'office' }],
+  });
   const queued: Envelope[] = [];
   const l = new Listeners({ config, log, spool, onQueued: (e) => queued.push(e) });
   const bound = await l.start();
   return { l, config, queued, port: (name: string) => bound.find((b) => b.name === name)!.port };
 }
 
-function peerFingerprint(port: number, opts: tls.ConnectionOptions = {}): Promise<{ fingerprint: string; protocol: string | null }> {
+function peerFingerprint(
+  port: number,
+  opts: tls.ConnectionOptions = {},
+): Promise<{ fingerprint: string; protocol: string | null }> {
   return new Promise((resolve, reject) => {
     const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...opts }, () => {
       resolve({ fingerprint: s.getPeerCertificate().fingerprint256, protocol: s.getProtocol() });
@@ -99,20 +105,29 @@ test('STARTTLS listener: self-signed cert generated into stateDir/tls (reused on
     const cert = await readFile(certPath, 'utf8');
     assert.equal((await stat(keyPath)).mode & 0o777, 0o600);
     fp1 = new X509Certificate(cert).fingerprint256;
-    assert.ok(cap.lines().some((l) => l.level === 'warn' && /self-signed/.test(String(l.message)) && l.listener === 'lan'));
+    assert.ok(
+      cap.lines().some((l) => l.level === 'warn' && /self-signed/.test(String(l.message)) && l.listener === 'lan'),
+    );
 
     // A remote client (address from the PROXY header) may not AUTH before STARTTLS ...
     const c = await RawSmtp.connect(s1.port('lan'), { proxy: 'PROXY TCP4 192.0.2.44 127.0.0.1 5000 587\r\n' });
     const ehlo = await c.ehlo();
     assert.ok(ehlo.lines.some((l) => /STARTTLS/.test(l)));
-    assert.equal((await c.authPlain('printer', PASSWORD)).lines.join(), '538 5.7.11 Encryption required for requested authentication mechanism');
+    assert.equal(
+      (await c.authPlain('printer', PASSWORD)).lines.join(),
+      '538 5.7.11 Encryption required for requested authentication mechanism',
+    );
     // ... and may after it; the certificate verifies against itself for localhost.
     const sock = await c.starttls({ ca: cert, servername: 'localhost' });
     assert.equal(sock.authorized, true);
     assert.equal(sock.getPeerCertificate().fingerprint256, fp1);
     await c.ehlo();
     assert.equal((await c.authPlain('printer', PASSWORD)).code, 235);
-    const r = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'));
+    const r = await c.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net'),
+    );
     assert.match(r.lines.join(), /^250 2\.0\.0 Ok: queued as /);
     await c.quit();
     assert.equal(s1.queued[0].clientIp, '192.0.2.44');
@@ -136,7 +151,10 @@ test('STARTTLS listener: self-signed cert generated into stateDir/tls (reused on
       tls: { ca: await readFile(certPath, 'utf8'), servername: 'localhost' },
       auth: { user: 'printer', pass: PASSWORD },
     });
-    const info = await t.sendMail({ envelope: { from: 'scanner@example.com', to: ['x@example.net'] }, raw: 'From: scanner@example.com\r\n\r\nhi\r\n' });
+    const info = await t.sendMail({
+      envelope: { from: 'scanner@example.com', to: ['x@example.net'] },
+      raw: 'From: scanner@example.com\r\n\r\nhi\r\n',
+    });
     t.close();
     assert.match(info.response, /^250 2\.0\.0 Ok: queued as /);
   } finally {
@@ -147,13 +165,24 @@ test('STARTTLS listener: self-signed cert generated into stateDir/tls (reused on
 test('implicit TLS with configured certFile/keyFile, reloaded on SIGHUP', async () => {
   const pki1 = await createTestPki();
   const files = await writePki(pki1, join(dir, 'pki'));
-  const smtps = { name: 'smtps', host: '127.0.0.1', port: 0, tls: 'implicit', certFile: files.certFile, keyFile: files.keyFile };
+  const smtps = {
+    name: 'smtps',
+    host: '127.0.0.1',
+    port: 0,
+    tls: 'implicit',
+    certFile: files.certFile,
+    keyFile: files.keyFile,
+  };
   const s = await start([smtps]);
   try {
     const c = await RawSmtp.connect(s.port('smtps'), { implicitTls: { ca: pki1.caCert, servername: 'localhost' } });
     await c.ehlo();
     assert.equal((await c.authLogin('printer', PASSWORD)).code, 235);
-    const r = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'));
+    const r = await c.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net'),
+    );
     assert.equal(r.code, 250);
     await c.quit();
     const before = await peerFingerprint(s.port('smtps'));
@@ -178,16 +207,31 @@ test('default minimum TLSv1.2 refuses older clients; an explicit TLSv1 listener 
   const legacy = { name: 'legacy', host: '127.0.0.1', port: 0, tls: 'starttls', minTlsVersion: 'TLSv1' };
   const s = await start([modern, legacy]);
   try {
-    await assert.rejects(peerFingerprint(s.port('modern'), { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT:@SECLEVEL=0' }));
+    await assert.rejects(
+      peerFingerprint(s.port('modern'), { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT:@SECLEVEL=0' }),
+    );
     assert.equal((await peerFingerprint(s.port('modern'), { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
 
-    const refused = await sClient(['-connect', `127.0.0.1:${s.port('modern')}`, '-tls1', '-cipher', 'DEFAULT:@SECLEVEL=0', '-brief'], '');
+    const refused = await sClient(
+      ['-connect', `127.0.0.1:${s.port('modern')}`, '-tls1', '-cipher', 'DEFAULT:@SECLEVEL=0', '-brief'],
+      '',
+    );
     assert.doesNotMatch(refused.out, /CONNECTION ESTABLISHED/, refused.out);
     assert.match(refused.out, /alert|error/i, refused.out);
 
     // OpenSSL 3 clients also need SECLEVEL=0 to offer TLSv1 at all (old printers do not care).
     const old = await sClient(
-      ['-connect', `127.0.0.1:${s.port('legacy')}`, '-starttls', 'smtp', '-tls1', '-cipher', 'DEFAULT:@SECLEVEL=0', '-brief', '-ign_eof'],
+      [
+        '-connect',
+        `127.0.0.1:${s.port('legacy')}`,
+        '-starttls',
+        'smtp',
+        '-tls1',
+        '-cipher',
+        'DEFAULT:@SECLEVEL=0',
+        '-brief',
+        '-ign_eof',
+      ],
       'EHLO old-printer\r\nQUIT\r\n',
     );
     assert.match(old.out, /Protocol version: TLSv1\r?\n/, old.out);

@@ -30,7 +30,10 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'xb-listener-'));
   spool = new Spool(dir, createLogger({ silent: true }), { fsync: true });
   await spool.init();
-  [hash, hash2] = await Promise.all([hashPassword(PASSWORD, FAKE_SCRYPT_COST), hashPassword('other password', FAKE_SCRYPT_COST)]);
+  [hash, hash2] = await Promise.all([
+    hashPassword(PASSWORD, FAKE_SCRYPT_COST),
+    hashPassword('other password', FAKE_SCRYPT_COST),
+  ]);
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -48,7 +51,12 @@ interface Harness {
 function users(extra: Record<string, unknown>[] = []) {
   return [
     { username: 'printer', passwordHash: hash, account: 'office' },
-    { username: 'nas', passwordHash: hash2, account: 'office', allowedSenders: ['*@nas.example.com', 'Admin@Example.com', '*@exämple.com'] },
+    {
+      username: 'nas',
+      passwordHash: hash2,
+      account: 'office',
+      allowedSenders: ['*@nas.example.com', 'Admin@Example.com', '*@exämple.com'],
+    },
     ...extra,
   ];
 }
@@ -78,7 +86,13 @@ async function start(listeners: Record<string, unknown>[], over: Record<string, 
   };
 }
 
-const local = (extra: Record<string, unknown> = {}) => ({ name: 'local', host: '127.0.0.1', port: 0, tls: 'none', ...extra });
+const local = (extra: Record<string, unknown> = {}) => ({
+  name: 'local',
+  host: '127.0.0.1',
+  port: 0,
+  tls: 'none',
+  ...extra,
+});
 
 async function spooledIds(): Promise<string[]> {
   return (await spool.list()).map((e) => e.id);
@@ -87,9 +101,18 @@ async function spooledIds(): Promise<string[]> {
 test('AUTH PLAIN via nodemailer: 250 2.0.0 Ok: queued as ID after the spool has the exact bytes', async () => {
   const h = await start([local()]);
   try {
-    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: h.port(), secure: false, ignoreTLS: true, auth: { user: 'printer', pass: PASSWORD } });
+    const transport = nodemailer.createTransport({
+      host: '127.0.0.1',
+      port: h.port(),
+      secure: false,
+      ignoreTLS: true,
+      auth: { user: 'printer', pass: PASSWORD },
+    });
     const raw = 'From: scanner@example.com\r\nTo: boss@example.net\r\nSubject: scan\r\n\r\nPage 1\r\n.leading dot\r\n';
-    const info = await transport.sendMail({ envelope: { from: 'scanner@example.com', to: ['boss@example.net', 'cc@example.net'] }, raw });
+    const info = await transport.sendMail({
+      envelope: { from: 'scanner@example.com', to: ['boss@example.net', 'cc@example.net'] },
+      raw,
+    });
     transport.close();
     const m = /^250 2\.0\.0 Ok: queued as (\S+)$/.exec(info.response);
     assert.ok(m, info.response);
@@ -105,13 +128,25 @@ test('AUTH PLAIN via nodemailer: 250 2.0.0 Ok: queued as ID after the spool has 
     assert.equal(env.bodyType, '7bit');
     assert.equal(env.smtputf8, false);
     assert.deepEqual(await spool.get(id), env);
-    const spooled = splitReceived((await spooledMessage(spool, id)).toString('utf8'), { id, protocol: 'ESMTPA', listener: 'local', client: '[127.0.0.1]' });
+    const spooled = splitReceived((await spooledMessage(spool, id)).toString('utf8'), {
+      id,
+      protocol: 'ESMTPA',
+      listener: 'local',
+      client: '[127.0.0.1]',
+    });
     assert.equal(spooled.rest, raw);
     const rec = h.logs.find((l) => l.message === 'received');
     assert.ok(rec);
     assert.deepEqual(
       { id: rec.id, ip: rec.ip, user: rec.user, from: rec.from, rcpts: rec.rcpts, size: rec.size },
-      { id, ip: '127.0.0.1', user: 'printer', from: 'scanner@example.com', rcpts: 2, size: (await spooledMessage(spool, id)).length },
+      {
+        id,
+        ip: '127.0.0.1',
+        user: 'printer',
+        from: 'scanner@example.com',
+        rcpts: 2,
+        size: (await spooledMessage(spool, id)).length,
+      },
     );
     assert.ok(!h.rawLog().includes(PASSWORD));
   } finally {
@@ -151,7 +186,14 @@ test('AUTH LOGIN works and a cached login skips the KDF; bad and unknown users g
     assert.equal(fails.length, 2);
     // Same fields, same wording: nothing tells whether "nobody" exists.
     assert.deepEqual(Object.keys(fails[0]).sort(), Object.keys(fails[1]).sort());
-    const secrets = ['wrong password', PASSWORD, b64(PASSWORD), b64('wrong password'), b64('\0printer\0wrong password'), b64(`\0printer\0${PASSWORD}`)];
+    const secrets = [
+      'wrong password',
+      PASSWORD,
+      b64(PASSWORD),
+      b64('wrong password'),
+      b64('\0printer\0wrong password'),
+      b64(`\0printer\0${PASSWORD}`),
+    ];
     for (const s of secrets) assert.ok(!h.rawLog().includes(s), `log leaks ${s}`);
     assert.ok(!/unknown user|no such user|not found/i.test(h.rawLog()));
   } finally {
@@ -177,10 +219,17 @@ test('lockout: after N failures 454 4.7.0 even with the right password, logged f
     assert.equal(h.logs.filter((l) => l.message === 'auth failed ip=127.0.0.5').length, 3);
     assert.equal(h.logs.filter((l) => l.message === 'auth lockout ip=127.0.0.5').length, 1);
     // The shipped fail2ban filter matches these very lines (<HOST> as fail2ban expands it, simplified).
-    const filter = await readFile(new URL('../../config/fail2ban/filter.d/xoauth2-bridge.conf', import.meta.url), 'utf8');
+    const filter = await readFile(
+      new URL('../../config/fail2ban/filter.d/xoauth2-bridge.conf', import.meta.url),
+      'utf8',
+    );
     const failregex = /^failregex\s*=\s*(.+)$/m.exec(filter)![1].trim();
     const re = new RegExp(failregex.replace('<HOST>', '(?<host>[0-9a-fA-F.:]+)'));
-    const matched = h.rawLog().split('\n').map((l) => re.exec(l)?.groups?.host).filter(Boolean);
+    const matched = h
+      .rawLog()
+      .split('\n')
+      .map((l) => re.exec(l)?.groups?.host)
+      .filter(Boolean);
     assert.deepEqual(matched, ['127.0.0.5', '127.0.0.5', '127.0.0.5', '127.0.0.5']);
 
     // time is the subject: the 1500 ms lockout must have run out.
@@ -213,7 +262,11 @@ test('trusted network (127.0.0.2 as the LAN) relays without AUTH through trusted
   try {
     const lan = await RawSmtp.connect(h.port(), { localAddress: '127.0.0.2' });
     assert.equal((await lan.cmd('HELO old-printer')).code, 250);
-    const ok = await lan.sendRaw('scanner@example.com', ['boss@example.net'], message('scanner@example.com', 'boss@example.net'));
+    const ok = await lan.sendRaw(
+      'scanner@example.com',
+      ['boss@example.net'],
+      message('scanner@example.com', 'boss@example.net'),
+    );
     assert.match(ok.lines.join(), /^250 2\.0\.0 Ok: queued as \S+$/);
     const spoof = await lan.cmd('MAIL FROM:<ceo@example.com>');
     assert.equal(spoof.lines.join(), '553 5.7.1 Sender address rejected: not owned by trusted account office');
@@ -242,21 +295,45 @@ test('sender policy: MAIL FROM and From header must be allowed (exact, case-inse
     assert.equal(r1.lines.join(), '553 5.7.1 Sender address rejected: not owned by user nas');
     await c.cmd('RSET');
     // Case-insensitive exact match and a *@domain match.
-    const ok1 = await c.sendRaw('admin@EXAMPLE.com', ['x@example.net'], message('Admin <admin@example.com>', 'x@example.net'));
+    const ok1 = await c.sendRaw(
+      'admin@EXAMPLE.com',
+      ['x@example.net'],
+      message('Admin <admin@example.com>', 'x@example.net'),
+    );
     assert.equal(ok1.code, 250, ok1.text);
-    const ok2 = await c.sendRaw('backup@nas.example.com', ['x@example.net'], message('"NAS, backup" <backup@NAS.example.com>', 'x@example.net'));
+    const ok2 = await c.sendRaw(
+      'backup@nas.example.com',
+      ['x@example.net'],
+      message('"NAS, backup" <backup@NAS.example.com>', 'x@example.net'),
+    );
     assert.equal(ok2.code, 250, ok2.text);
     const before = await spooledIds();
     // Envelope fine, From header somebody else: refused at the end of DATA, nothing spooled.
-    const bad = await c.sendRaw('backup@nas.example.com', ['x@example.net'], message('ceo@example.com', 'x@example.net', 'x'.repeat(200_000)));
+    const bad = await c.sendRaw(
+      'backup@nas.example.com',
+      ['x@example.net'],
+      message('ceo@example.com', 'x@example.net', 'x'.repeat(200_000)),
+    );
     assert.equal(bad.lines.join(), '553 5.7.1 Sender address rejected: From header address not owned by user nas');
     // Display-name spoof and folded From headers are caught too.
-    const bad2 = await c.sendRaw('backup@nas.example.com', ['x@example.net'], message('"ceo@example.com"\r\n <backup@nas.example.com>', 'x@example.net'));
+    const bad2 = await c.sendRaw(
+      'backup@nas.example.com',
+      ['x@example.net'],
+      message('"ceo@example.com"\r\n <backup@nas.example.com>', 'x@example.net'),
+    );
     assert.equal(bad2.code, 553);
-    const bad3 = await c.sendRaw('backup@nas.example.com', ['x@example.net'], 'Subject: two froms\r\nFrom: backup@nas.example.com\r\nFROM: evil@example.org\r\n\r\nhi\r\n.\r\n');
+    const bad3 = await c.sendRaw(
+      'backup@nas.example.com',
+      ['x@example.net'],
+      'Subject: two froms\r\nFrom: backup@nas.example.com\r\nFROM: evil@example.org\r\n\r\nhi\r\n.\r\n',
+    );
     assert.equal(bad3.code, 553);
     // A From header hidden behind a bare CR (the upstream client turns it into a line break).
-    const bad4 = await c.sendRaw('backup@nas.example.com', ['x@example.net'], 'From: backup@nas.example.com\r\nSubject: cr\rFrom: evil@example.org\r\n\r\nhi\r\n.\r\n');
+    const bad4 = await c.sendRaw(
+      'backup@nas.example.com',
+      ['x@example.net'],
+      'From: backup@nas.example.com\r\nSubject: cr\rFrom: evil@example.org\r\n\r\nhi\r\n.\r\n',
+    );
     assert.equal(bad4.code, 553);
     assert.deepEqual(await spooledIds(), before);
     // The session is still usable after a refusal.
@@ -280,12 +357,23 @@ test('size: EHLO SIZE, MAIL SIZE= too big and an oversized stream both get 552 5
     assert.equal(r1.code, 552);
     assert.match(r1.text, /^5\.3\.4 /);
     const before = await spooledIds();
-    const big = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net', 'y'.repeat(max * 3)));
+    const big = await c.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net', 'y'.repeat(max * 3)),
+    );
     assert.equal(big.lines.join(), '552 5.3.4 Message size exceeds fixed maximum message size');
     assert.deepEqual(await spooledIds(), before);
-    assert.deepEqual((await readdir(spool.dir)).filter((n) => n.endsWith('.msg') || n.endsWith('.tmp')).length, before.length);
+    assert.deepEqual(
+      (await readdir(spool.dir)).filter((n) => n.endsWith('.msg') || n.endsWith('.tmp')).length,
+      before.length,
+    );
     // Just under the limit still goes through.
-    const fits = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net', 'z'.repeat(max - 200)));
+    const fits = await c.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net', 'z'.repeat(max - 200)),
+    );
     assert.equal(fits.code, 250, fits.text);
     await c.quit();
   } finally {
@@ -334,11 +422,19 @@ test('spool error: 452 4.3.1 Insufficient system storage, and the listener keeps
     await c.authPlain('printer', PASSWORD);
     // A real storage failure: the spool directory vanished under the daemon.
     await rm(spool.dir, { recursive: true, force: true });
-    const r = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'));
+    const r = await c.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net'),
+    );
     assert.equal(r.lines.join(), '452 4.3.1 Insufficient system storage');
     assert.deepEqual(h.queued, []);
     await spool.init();
-    const ok = await c.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'));
+    const ok = await c.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net'),
+    );
     assert.equal(ok.code, 250);
     await c.quit();
     assert.ok(h.logs.some((l) => l.message === 'spool write failed, message refused with 452'));
@@ -354,12 +450,16 @@ test('bare LF lines from a device are spooled as CRLF', async () => {
     const c = await RawSmtp.connect(h.port());
     await c.ehlo();
     await c.authPlain('printer', PASSWORD);
-    const payload = 'From: scanner@example.com\nTo: x@example.net\nSubject: lf\n\nline one\nline two\r\nline three\n\r\n.\r\n';
+    const payload =
+      'From: scanner@example.com\nTo: x@example.net\nSubject: lf\n\nline one\nline two\r\nline three\n\r\n.\r\n';
     const r = await c.sendRaw('scanner@example.com', ['x@example.net'], payload);
     assert.equal(r.code, 250);
     await c.quit();
     const body = splitReceived((await spooledMessage(spool, h.queued[0].id)).toString('utf8')).rest;
-    assert.equal(body, 'From: scanner@example.com\r\nTo: x@example.net\r\nSubject: lf\r\n\r\nline one\r\nline two\r\nline three\r\n\r\n');
+    assert.equal(
+      body,
+      'From: scanner@example.com\r\nTo: x@example.net\r\nSubject: lf\r\n\r\nline one\r\nline two\r\nline three\r\n\r\n',
+    );
   } finally {
     await h.stop();
   }
@@ -395,7 +495,10 @@ test('SMTP smuggling: each known end-of-data variant yields exactly one message'
       assert.equal(ids.length, before + 1, `${name}: exactly one message`);
       const last = h.queued.at(-1)!;
       assert.deepEqual(last.rcptTo, ['x@example.net'], name);
-      assert.ok((await spooledMessage(spool, last.id)).toString('utf8').includes('smuggled body'), `${name}: smuggled text stayed in the body`);
+      assert.ok(
+        (await spooledMessage(spool, last.id)).toString('utf8').includes('smuggled body'),
+        `${name}: smuggled text stayed in the body`,
+      );
     }
     assert.equal(h.queued.length, Object.keys(variants).length);
   } finally {
@@ -410,7 +513,8 @@ test('8BITMIME and SMTPUTF8 are recorded, UTF-8 addresses accepted, bytes kept',
     const ehlo = await c.ehlo();
     assert.ok(ehlo.lines.some((l) => l.includes('8BITMIME')) && ehlo.lines.some((l) => l.includes('SMTPUTF8')));
     await c.authPlain('nas', 'other password');
-    const raw = 'From: Jörg <jörg@exämple.com>\r\nTo: zoë@exämple.org\r\nSubject: Grüße\r\n\r\nÄpfel und Öl — 8 bit\r\n';
+    const raw =
+      'From: Jörg <jörg@exämple.com>\r\nTo: zoë@exämple.org\r\nSubject: Grüße\r\n\r\nÄpfel und Öl — 8 bit\r\n';
     const r = await c.sendRaw('jörg@exämple.com', ['zoë@exämple.org'], raw + '.\r\n', 'BODY=8BITMIME SMTPUTF8');
     assert.equal(r.code, 250, r.lines.join());
     await c.quit();
@@ -426,18 +530,34 @@ test('8BITMIME and SMTPUTF8 are recorded, UTF-8 addresses accepted, bytes kept',
 });
 
 test('PROXY protocol v1: client IP comes from the header (trusted networks, AUTH-before-TLS rule, lockouts)', async () => {
-  const h = await start([local({ name: 'proxied', proxyProtocol: true, trustedNetworks: ['198.51.100.0/24', '2001:db8:1::/48'], trustedAccount: 'office', authFailLimit: 2 })]);
+  const h = await start([
+    local({
+      name: 'proxied',
+      proxyProtocol: true,
+      trustedNetworks: ['198.51.100.0/24', '2001:db8:1::/48'],
+      trustedAccount: 'office',
+      authFailLimit: 2,
+    }),
+  ]);
   try {
     const lan = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n' });
     await lan.ehlo();
-    const r = await lan.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'));
+    const r = await lan.sendRaw(
+      'scanner@example.com',
+      ['x@example.net'],
+      message('scanner@example.com', 'x@example.net'),
+    );
     assert.equal(r.code, 250, r.lines.join());
     await lan.quit();
     assert.equal(h.queued[0].clientIp, '198.51.100.7');
     assert.equal(h.queued[0].user, null);
     const lan6 = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP6 2001:db8:1::5 ::1 40000 25\r\n' });
     await lan6.ehlo();
-    assert.equal((await lan6.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net'))).code, 250);
+    assert.equal(
+      (await lan6.sendRaw('scanner@example.com', ['x@example.net'], message('scanner@example.com', 'x@example.net')))
+        .code,
+      250,
+    );
     await lan6.quit();
     assert.equal(h.queued[1].clientIp, '2001:db8:1::5');
     const outside6 = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP6 2001:db8:2::5 ::1 40000 25\r\n' });
@@ -448,7 +568,10 @@ test('PROXY protocol v1: client IP comes from the header (trusted networks, AUTH
     // Seen as a remote client: no AUTH on cleartext, no relay.
     const remote = await RawSmtp.connect(h.port(), { proxy: 'PROXY TCP4 203.0.113.9 127.0.0.1 40001 25\r\n' });
     await remote.ehlo();
-    assert.equal((await remote.authPlain('printer', PASSWORD)).lines.join(), '538 5.7.11 Encryption required for requested authentication mechanism');
+    assert.equal(
+      (await remote.authPlain('printer', PASSWORD)).lines.join(),
+      '538 5.7.11 Encryption required for requested authentication mechanism',
+    );
     assert.equal((await remote.cmd('MAIL FROM:<scanner@example.com>')).code, 530);
     await remote.quit();
   } finally {
@@ -466,7 +589,11 @@ test('PROXY protocol v1: client IP comes from the header (trusted networks, AUTH
     assert.ok(h2.logs.some((l) => l.message === 'auth lockout ip=2001:db8::77'));
     const direct = await RawSmtp.connect(h2.port(), { proxy: 'PROXY TCP4 192.0.2.1 127.0.0.1 40003 25\r\n' });
     await direct.ehlo();
-    assert.equal((await direct.authPlain('printer', PASSWORD)).code, 235, 'allowInsecureAuth lets a remote client AUTH in cleartext');
+    assert.equal(
+      (await direct.authPlain('printer', PASSWORD)).code,
+      235,
+      'allowInsecureAuth lets a remote client AUTH in cleartext',
+    );
     await direct.quit();
   } finally {
     await h2.stop();
@@ -540,7 +667,15 @@ test('stop(): a session in DATA finishes with 250, idle sessions get 421, new co
   assert.equal(idleReply.code, 421);
   // Canary: the listener refuses new connections, so the stop is under way while the busy
   // session still has its message to finish.
-  await waitFor(async () => RawSmtp.connect(port).then((c) => (c.socket.destroy(), false), () => true), 5000, 'the listener closed');
+  await waitFor(
+    async () =>
+      RawSmtp.connect(port).then(
+        (c) => (c.socket.destroy(), false),
+        () => true,
+      ),
+    5000,
+    'the listener closed',
+  );
   busy.write('second half\r\n.\r\n');
   const done = await busy.read();
   assert.match(done.lines.join(), /^250 2\.0\.0 Ok: queued as /);
@@ -587,7 +722,10 @@ test('open-relay and spoofable-proxy configs are refused by the config check', (
   for (const nets of [['0.0.0.0/0'], ['::/0'], ['0.0.0.0/1', '128.0.0.0/1'], ['192.168.1.0/24', '::/1', '8000::/1']]) {
     assert.throws(cfg({ ...lan, trustedNetworks: nets }), (e: unknown) => {
       assert.ok(e instanceof ConfigError);
-      assert.ok(e.problems.some((p) => p.path === 'listeners[0].trustedNetworks' && /open relay/.test(p.message)), JSON.stringify(e.problems));
+      assert.ok(
+        e.problems.some((p) => p.path === 'listeners[0].trustedNetworks' && /open relay/.test(p.message)),
+        JSON.stringify(e.problems),
+      );
       return true;
     });
   }
@@ -596,7 +734,9 @@ test('open-relay and spoofable-proxy configs are refused by the config check', (
   assert.doesNotThrow(cfg({ ...lan, host: '127.0.0.1', trustedNetworks: ['0.0.0.0/0'] }));
   // PROXY headers from anyone + trusted networks = anyone can claim a trusted address.
   assert.throws(cfg({ ...lan, trustedNetworks: ['192.168.1.0/24'], proxyProtocol: true }), /proxyFrom/);
-  assert.doesNotThrow(cfg({ ...lan, trustedNetworks: ['192.168.1.0/24'], proxyProtocol: true, proxyFrom: ['10.0.0.5'] }));
+  assert.doesNotThrow(
+    cfg({ ...lan, trustedNetworks: ['192.168.1.0/24'], proxyProtocol: true, proxyFrom: ['10.0.0.5'] }),
+  );
   // The example from the contract still parses.
   assert.doesNotThrow(() =>
     parseConfig(
@@ -609,7 +749,10 @@ test('open-relay and spoofable-proxy configs are refused by the config check', (
 test('a port already in use fails start() with the listener named, and nothing stays bound', async () => {
   const h = await start([local()]);
   try {
-    const config = makeConfig(dir, { listeners: [local({ name: 'free' }), local({ name: 'clash', port: h.port() })], users: users() });
+    const config = makeConfig(dir, {
+      listeners: [local({ name: 'free' }), local({ name: 'clash', port: h.port() })],
+      users: users(),
+    });
     const l2 = new Listeners({ config, log: createLogger({ silent: true }), spool, onQueued: () => {} });
     await assert.rejects(l2.start(), /listener "clash" cannot listen on 127\.0\.0\.1:\d+/);
   } finally {

@@ -20,7 +20,10 @@ const page = (name: string) => readFile(join(out, name), 'utf8');
 
 before(async () => {
   out = await mkdtemp(join(ROOT, '.tmp', 'man-'));
-  execFileSync(process.execPath, ['--import', 'tsx', join(CHECKOUT, 'packaging', 'man.mjs'), out], { cwd: CHECKOUT, stdio: ['ignore', 'ignore', 'inherit'] });
+  execFileSync(process.execPath, ['--import', 'tsx', join(CHECKOUT, 'packaging', 'man.mjs'), out], {
+    cwd: CHECKOUT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
 });
 after(() => rm(out, { recursive: true, force: true }));
 
@@ -52,7 +55,9 @@ test('xoauth2-bridge.yaml(5) has every top-level key of the schema and of the an
   const keys = new Set(example.items.map((p) => String(isScalar(p.key) ? p.key.value : '')));
   const { configSchema } = await import('../../src/config/schema.js');
   const { z } = await import('zod');
-  const schemaKeys = Object.keys((z.toJSONSchema(configSchema, { unrepresentable: 'any', io: 'input' }) as { properties: object }).properties);
+  const schemaKeys = Object.keys(
+    (z.toJSONSchema(configSchema, { unrepresentable: 'any', io: 'input' }) as { properties: object }).properties,
+  );
   for (const k of schemaKeys) keys.add(k);
   assert.ok(keys.size >= 9, [...keys].join(' '));
   for (const k of keys) assert.ok(man.includes(`.SS ${k}\n`), `key ${k}`);
@@ -65,7 +70,8 @@ test('xoauth2-bridge.yaml(5) has every top-level key of the schema and of the an
 /** Every request line is a macro the generator uses, so no text line starts with a dot by accident. */
 function checkRoff(man: string): void {
   const macros = new Set(['.TH', '.SH', '.SS', '.TP', '.B', '.I', '.BR', '.RB', '.RI', '.PP', '.nf', '.fi', '.br']);
-  for (const line of man.split('\n')) if (/^[.']/.test(line)) assert.ok(macros.has(line.split(' ')[0]), `roff line: ${line}`);
+  for (const line of man.split('\n'))
+    if (/^[.']/.test(line)) assert.ok(macros.has(line.split(' ')[0]), `roff line: ${line}`);
   assert.equal((man.match(/^\.nf$/gm) ?? []).length, (man.match(/^\.fi$/gm) ?? []).length);
 }
 
@@ -94,7 +100,8 @@ test('bash completion: subcommands, their options and option values', () => {
 test('zsh completion: a #compdef function with every command, valid zsh', async (t) => {
   const zsh = await page('_xoauth2-bridge');
   assert.match(zsh, /^#compdef xoauth2-bridge\n/);
-  for (const { path } of commands(buildProgram())) assert.ok(zsh.includes(`'${path.at(-1)}:`), `command ${path.join(' ')}`);
+  for (const { path } of commands(buildProgram()))
+    assert.ok(zsh.includes(`'${path.at(-1)}:`), `command ${path.join(' ')}`);
   const r = spawnSync('zsh', ['-n', join(out, '_xoauth2-bridge')], { encoding: 'utf8' });
   if (r.error && !REQUIRE) return t.skip('zsh not installed');
   assert.equal(r.status, 0, r.stderr);

@@ -37,7 +37,21 @@ async function world(opts: { publicClient?: boolean } = {}) {
     configSchema.parse({
       stateDir,
       listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-      accounts: [{ name: 'm365', provider: 'microsoft', email: MAILBOX, oauth: { type: 'user', tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, ...(secret ? { clientSecret: secret } : {}), caFile } }],
+      accounts: [
+        {
+          name: 'm365',
+          provider: 'microsoft',
+          email: MAILBOX,
+          oauth: {
+            type: 'user',
+            tenant: ms.tenant,
+            authorityHost: ms.authorityHost,
+            clientId,
+            ...(secret ? { clientSecret: secret } : {}),
+            caFile,
+          },
+        },
+      ],
     });
   /** Plays the browser at the sign-in page: GET the URL, return the redirect Location. */
   const signIn = (url: string) =>
@@ -45,7 +59,8 @@ async function world(opts: { publicClient?: boolean } = {}) {
       https
         .get(url, { ca }, (res) => {
           res.resume();
-          if (res.statusCode !== 302 || !res.headers.location) reject(new Error(`sign-in page answered ${res.statusCode}`));
+          if (res.statusCode !== 302 || !res.headers.location)
+            reject(new Error(`sign-in page answered ${res.statusCode}`));
           else resolve(res.headers.location);
         })
         .on('error', reject);
@@ -53,11 +68,17 @@ async function world(opts: { publicClient?: boolean } = {}) {
   /** POST a form to the fake (the user at the device login page, or a raw token request). */
   const post = (url: string, form: Record<string, string>) =>
     new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
-      const req = https.request(url, { method: 'POST', ca, headers: { 'Content-Type': 'application/x-www-form-urlencoded' } }, (res) => {
-        let body = '';
-        res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(body) as Record<string, unknown> }));
-      });
+      const req = https.request(
+        url,
+        { method: 'POST', ca, headers: { 'Content-Type': 'application/x-www-form-urlencoded' } },
+        (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c.toString()));
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, body: JSON.parse(body) as Record<string, unknown> }),
+          );
+        },
+      );
       req.on('error', reject);
       req.end(new URLSearchParams(form).toString());
     });
@@ -73,7 +94,18 @@ async function world(opts: { publicClient?: boolean } = {}) {
       svc.stop();
     }
   };
-  return { dir, ms, clientId, secret, config, signIn, post, stored, grantWorks, close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })) };
+  return {
+    dir,
+    ms,
+    clientId,
+    secret,
+    config,
+    signIn,
+    post,
+    stored,
+    grantWorks,
+    close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })),
+  };
 }
 
 function httpGet(url: string): Promise<{ status: number; body: string }> {
@@ -117,7 +149,10 @@ test('microsoft authorize, loopback: code + PKCE S256 + state, SMTP.Send offline
     assert.ok(out.text().includes(authUrl), 'URL printed');
     assert.equal((await page!).status, 200);
     // The fake checked the verifier against the challenge before answering with the grant.
-    assert.deepEqual(w.ms.requests.map((r) => [r.grantType, r.clientAuth, r.ok]), [['authorization_code', 'secret', true]]);
+    assert.deepEqual(
+      w.ms.requests.map((r) => [r.grantType, r.clientAuth, r.ok]),
+      [['authorization_code', 'secret', true]],
+    );
     const rec = await w.stored();
     assert.match(rec.refreshToken ?? '', /^M\.C5/);
     assert.equal(rec.state, 'ok');
@@ -182,9 +217,20 @@ test('microsoft authorize: a wrong state is refused before any code is redeemed;
       openUrl: (url) =>
         void w.signIn(url).then(async (loc) => {
           const code = new URL(loc).searchParams.get('code')!;
-          const stolen = await w.post(w.ms.tokenUrl, { grant_type: 'authorization_code', client_id: w.clientId, client_secret: w.secret!, code, redirect_uri: new URL(url).searchParams.get('redirect_uri')!, code_verifier: 'x'.repeat(43), scope: 'https://outlook.office.com/SMTP.Send offline_access' });
+          const stolen = await w.post(w.ms.tokenUrl, {
+            grant_type: 'authorization_code',
+            client_id: w.clientId,
+            client_secret: w.secret!,
+            code,
+            redirect_uri: new URL(url).searchParams.get('redirect_uri')!,
+            code_verifier: 'x'.repeat(43),
+            scope: 'https://outlook.office.com/SMTP.Send offline_access',
+          });
           assert.equal(stolen.status, 400);
-          assert.match(String(stolen.body.error_description), /^AADSTS50148: The code_verifier provided does not match/);
+          assert.match(
+            String(stolen.body.error_description),
+            /^AADSTS50148: The code_verifier provided does not match/,
+          );
           input.write(loc + '\n');
         }),
     });
@@ -196,7 +242,9 @@ test('microsoft authorize: a wrong state is refused before any code is redeemed;
   }
 });
 
-test('microsoft authorize --device (public client): polls at the interval through authorization_pending and slow_down until the user approves', { timeout: 60_000 }, async () => {
+test('microsoft authorize --device (public client): polls at the interval through authorization_pending and slow_down until the user approves', {
+  timeout: 60_000,
+}, async () => {
   const w = await world({ publicClient: true });
   try {
     w.ms.deviceIntervalSec = 1;
@@ -225,31 +273,58 @@ test('microsoft authorize --device (public client): polls at the interval throug
     );
     assert.ok(polls[1].at - polls[0].at >= 950, `waited the interval (${polls[1].at - polls[0].at} ms)`);
     assert.ok(polls[2].at - polls[1].at >= 5950, `slow_down added 5 s (${polls[2].at - polls[1].at} ms)`);
-    assert.ok(polls.every((p) => p.clientAuth === 'none'), 'a public client sends no secret');
-    assert.match(out.text(), new RegExp(`open the page ${w.ms.deviceLoginUrl.replace(/[.]/g, '\\.')} and enter the code ${userCode}`));
+    assert.ok(
+      polls.every((p) => p.clientAuth === 'none'),
+      'a public client sends no secret',
+    );
+    assert.match(
+      out.text(),
+      new RegExp(`open the page ${w.ms.deviceLoginUrl.replace(/[.]/g, '\\.')} and enter the code ${userCode}`),
+    );
     await w.grantWorks();
   } finally {
     await w.close();
   }
 });
 
-test('microsoft authorize --device: an expired device code ends with a clear error; Google accounts refuse --device', { timeout: 30_000 }, async () => {
+test('microsoft authorize --device: an expired device code ends with a clear error; Google accounts refuse --device', {
+  timeout: 30_000,
+}, async () => {
   const w = await world({ publicClient: true });
   try {
     w.ms.deviceIntervalSec = 1;
     w.ms.deviceCodeTtlSec = 2;
     await assert.rejects(
-      authorizeToStore({ config: w.config(), account: 'm365', manual: false, device: true, input: new PassThrough(), output: collect().stream }),
+      authorizeToStore({
+        config: w.config(),
+        account: 'm365',
+        manual: false,
+        device: true,
+        input: new PassThrough(),
+        output: collect().stream,
+      }),
       /the device code expired before the sign-in was completed; run authorize --device again/,
     );
-    assert.ok(w.ms.requests.some((r) => r.error?.startsWith('expired_token') || r.error?.startsWith('authorization_pending')));
+    assert.ok(
+      w.ms.requests.some((r) => r.error?.startsWith('expired_token') || r.error?.startsWith('authorization_pending')),
+    );
     assert.equal(await w.stored(), undefined);
     const google = configSchema.parse({
       stateDir: join(w.dir, 'g'),
       listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
       accounts: [{ name: 'g', email: 'a@example.com', oauth: { type: 'user', clientId: 'c', clientSecret: 's' } }],
     });
-    await assert.rejects(authorizeToStore({ config: google, account: 'g', manual: false, device: true, input: new PassThrough(), output: collect().stream }), /--device is for Microsoft accounts/);
+    await assert.rejects(
+      authorizeToStore({
+        config: google,
+        account: 'g',
+        manual: false,
+        device: true,
+        input: new PassThrough(),
+        output: collect().stream,
+      }),
+      /--device is for Microsoft accounts/,
+    );
   } finally {
     await w.close();
   }

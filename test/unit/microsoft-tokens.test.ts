@@ -28,9 +28,25 @@ async function msWorld() {
     configSchema.parse({
       stateDir: join(dir, 'state'),
       listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-      accounts: [{ name: 'm365', provider: 'microsoft', email: 'printer@contoso.com', oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, clientSecret: secret, caFile } }],
+      accounts: [
+        {
+          name: 'm365',
+          provider: 'microsoft',
+          email: 'printer@contoso.com',
+          oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, clientSecret: secret, caFile },
+        },
+      ],
     });
-  return { dir, ms, clientId, secret, log, logs: sink.text, config, close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })) };
+  return {
+    dir,
+    ms,
+    clientId,
+    secret,
+    log,
+    logs: sink.text,
+    config,
+    close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })),
+  };
 }
 
 test('microsoft config defaults: v2.0 endpoints of the tenant, smtp.office365.com:587, 30 messages/min and 10,000 recipients/day', () => {
@@ -38,20 +54,51 @@ test('microsoft config defaults: v2.0 endpoints of the tenant, smtp.office365.co
     stateDir: '/tmp/x',
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
     accounts: [
-      { name: 'm365', provider: 'microsoft', email: 'a@contoso.com', oauth: { type: 'user', tenant: 'contoso.com', clientId: 'c', clientSecret: 's' } },
-      { name: 'outlook', provider: 'microsoft', email: 'a@outlook.com', oauth: { type: 'user', tenant: 'consumers', clientId: 'c', clientSecret: 's' } },
+      {
+        name: 'm365',
+        provider: 'microsoft',
+        email: 'a@contoso.com',
+        oauth: { type: 'user', tenant: 'contoso.com', clientId: 'c', clientSecret: 's' },
+      },
+      {
+        name: 'outlook',
+        provider: 'microsoft',
+        email: 'a@outlook.com',
+        oauth: { type: 'user', tenant: 'consumers', clientId: 'c', clientSecret: 's' },
+      },
       { name: 'gmail', email: 'a@example.com', oauth: { type: 'user', clientId: 'c', clientSecret: 's' } },
     ],
   });
   const [m, o, g] = c.accounts;
   assert.equal(m.oauth.tokenUrl, 'https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token');
-  assert.deepEqual([m.upstream.host, m.upstream.port, m.limits.messagesPerMinute, m.limits.recipientsPerDay, m.limits.messagesPerDay], ['smtp.office365.com', 587, 30, 10000, undefined]);
+  assert.deepEqual(
+    [m.upstream.host, m.upstream.port, m.limits.messagesPerMinute, m.limits.recipientsPerDay, m.limits.messagesPerDay],
+    ['smtp.office365.com', 587, 30, 10000, undefined],
+  );
   assert.equal(o.upstream.host, 'smtp-mail.outlook.com');
-  assert.deepEqual([g.provider, g.upstream.host, g.upstream.port, g.oauth.tokenUrl, g.limits.messagesPerDay, g.limits.messagesPerMinute, g.limits.recipientsPerDay], ['google', 'smtp.gmail.com', 465, 'https://oauth2.googleapis.com/token', 2000, undefined, undefined]);
+  assert.deepEqual(
+    [
+      g.provider,
+      g.upstream.host,
+      g.upstream.port,
+      g.oauth.tokenUrl,
+      g.limits.messagesPerDay,
+      g.limits.messagesPerMinute,
+      g.limits.recipientsPerDay,
+    ],
+    ['google', 'smtp.gmail.com', 465, 'https://oauth2.googleapis.com/token', 2000, undefined, undefined],
+  );
   const bad = configSchema.safeParse({
     stateDir: '/tmp/x',
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [{ name: 'm365', provider: 'microsoft', email: 'a@contoso.com', oauth: { type: 'app', tenant: 'organizations', clientId: 'c' } }],
+    accounts: [
+      {
+        name: 'm365',
+        provider: 'microsoft',
+        email: 'a@contoso.com',
+        oauth: { type: 'app', tenant: 'organizations', clientId: 'c' },
+      },
+    ],
   });
   assert.equal(bad.success, false);
   const msgs = bad.error!.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('\n');
@@ -68,18 +115,27 @@ test('delegated: every refresh rotates the refresh token; it is saved before use
     await svc.importRefreshToken('m365', rt0);
     const t1 = await svc.getAccessToken('m365');
     assert.equal(w.ms.tokenInfo(t1)?.email, 'printer@contoso.com');
-    const stored1 = JSON.parse(await readFile(join(w.dir, 'state', 'tokens.json'), 'utf8')).accounts.m365.refreshToken as string;
+    const stored1 = JSON.parse(await readFile(join(w.dir, 'state', 'tokens.json'), 'utf8')).accounts.m365
+      .refreshToken as string;
     assert.notEqual(stored1, rt0, 'the rotated refresh token is on disk');
     await svc.refresh('m365');
-    const stored2 = JSON.parse(await readFile(join(w.dir, 'state', 'tokens.json'), 'utf8')).accounts.m365.refreshToken as string;
+    const stored2 = JSON.parse(await readFile(join(w.dir, 'state', 'tokens.json'), 'utf8')).accounts.m365
+      .refreshToken as string;
     assert.notEqual(stored2, stored1);
     svc.stop();
     // A new process (restart) reads the latest one; the fake has already forgotten the older ones.
     const again = new TokenService({ config: w.config('user'), log: w.log });
     await again.init();
     await again.refresh('m365');
-    assert.equal(w.ms.requests.filter((r) => r.grantType === 'refresh_token' && !r.ok).length, 0, 'never sent a used refresh token');
-    assert.ok(!w.logs().includes(stored2) && !w.logs().includes(rt0) && !w.logs().includes(w.secret), 'no refresh token or secret in the logs');
+    assert.equal(
+      w.ms.requests.filter((r) => r.grantType === 'refresh_token' && !r.ok).length,
+      0,
+      'never sent a used refresh token',
+    );
+    assert.ok(
+      !w.logs().includes(stored2) && !w.logs().includes(rt0) && !w.logs().includes(w.secret),
+      'no refresh token or secret in the logs',
+    );
     again.stop();
   } finally {
     await w.close();
@@ -92,7 +148,10 @@ test('delegated: AADSTS70008 (expired grant) -> needs-reauth, the code in the me
     const svc = new TokenService({ config: w.config('user'), log: w.log });
     await svc.init();
     await svc.importRefreshToken('m365', 'M.C5-not-a-grant-the-fake-knows');
-    await assert.rejects(svc.getAccessToken('m365'), (e: Error) => e instanceof NeedsReauthError && /AADSTS70008/.test(e.message));
+    await assert.rejects(
+      svc.getAccessToken('m365'),
+      (e: Error) => e instanceof NeedsReauthError && /AADSTS70008/.test(e.message),
+    );
     assert.equal(svc.state('m365'), 'needs-reauth');
     assert.match(svc.status()[0].lastError ?? '', /refresh token expired or was revoked \(AADSTS70008\)/);
   } finally {

@@ -11,7 +11,6 @@ import { authorizeCommand } from '../../src/cli/token.js';
 import { nullLogger } from '../../src/log/logger.js';
 import { oauthWorld, collect, type OAuthWorld, consent, authorizeToStore } from '../helpers/oauth.js';
 
-
 function httpGet(url: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     http
@@ -175,7 +174,13 @@ test('denied consent, EOF on --manual input and service accounts give clear erro
     const keyFile = join(w.dir, 'sa.json');
     writeFileSync(keyFile, w.fake.createServiceAccount('sa@p.iam.gserviceaccount.com').keyJson, { mode: 0o600 });
     const saCfg = w.config({
-      accounts: [{ name: 'ws', email: w.email, oauth: { type: 'service-account', keyFile, subject: w.email, tokenUrl: w.fake.url } }],
+      accounts: [
+        {
+          name: 'ws',
+          email: w.email,
+          oauth: { type: 'service-account', keyFile, subject: w.email, tokenUrl: w.fake.url },
+        },
+      ],
     });
     const out = collect();
     assert.equal(await authorizeCommand(saCfg, 'ws', { manual: false }, new PassThrough(), out.stream), 1);
@@ -208,9 +213,16 @@ test('authorizeCommand prints who was authorized, and refuses a different signed
     w.fake.consentEmail = 'someone.else@example.com';
     const other = await run();
     assert.equal(other.code, 1, other.text);
-    assert.match(other.text, /error: you signed in as someone\.else@example\.com, but account "office" sends as scanner@example\.com; nothing was stored/);
+    assert.match(
+      other.text,
+      /error: you signed in as someone\.else@example\.com, but account "office" sends as scanner@example\.com; nothing was stored/,
+    );
     assert.doesNotMatch(other.text, /Authorized account/);
-    assert.deepEqual((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, stored, 'the stored grant is unchanged');
+    assert.deepEqual(
+      (await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office,
+      stored,
+      'the stored grant is unchanged',
+    );
   } finally {
     await w.close();
   }
@@ -224,11 +236,24 @@ test('a Google sign-in whose token response names nobody (no id_token) is refuse
     // id_token): the bridge cannot tell whose mailbox the grant opens.
     const strip = (url: string): string => {
       const u = new URL(url);
-      u.searchParams.set('scope', (u.searchParams.get('scope') ?? '').split(' ').filter((s) => s !== 'openid').join(' '));
+      u.searchParams.set(
+        'scope',
+        (u.searchParams.get('scope') ?? '')
+          .split(' ')
+          .filter((s) => s !== 'openid')
+          .join(' '),
+      );
       return u.toString();
     };
     await assert.rejects(
-      authorizeToStore({ config: w.config(), account: 'office', manual: true, input, output: collect().stream, openUrl: (url) => void consent(w, strip(url)).then((loc) => input.write(`${loc}\n`)) }),
+      authorizeToStore({
+        config: w.config(),
+        account: 'office',
+        manual: true,
+        input,
+        output: collect().stream,
+        openUrl: (url) => void consent(w, strip(url)).then((loc) => input.write(`${loc}\n`)),
+      }),
       /Google returned no id_token naming the signed-in user .*nothing was stored/,
     );
     assert.equal((await new TokenStore({ stateDir: w.stateDir, key: null }).load()).accounts.office, undefined);

@@ -13,7 +13,8 @@ import type { HealthState } from '../../src/types.js';
 import { oauthWorld, collect } from '../helpers/oauth.js';
 import { waitFor, sleep } from '../helpers/wait.js';
 
-const refreshes = (w: { fake: { requests: { grantType: string }[] } }) => w.fake.requests.filter((r) => r.grantType === 'refresh_token').length;
+const refreshes = (w: { fake: { requests: { grantType: string }[] } }) =>
+  w.fake.requests.filter((r) => r.grantType === 'refresh_token').length;
 
 test('refreshes over HTTPS trusting oauth.caFile; without it the endpoint is not trusted', async () => {
   const w = await oauthWorld();
@@ -26,10 +27,17 @@ test('refreshes over HTTPS trusting oauth.caFile; without it the endpoint is not
     assert.equal(w.fake.requests.at(-1)?.ok, true);
     assert.equal(svc.state('office'), 'ok');
 
-    const untrusting = new TokenService({ config: w.config({ oauth: { caFile: undefined } }), log: nullLogger, http: { timeoutMs: 3000 } });
+    const untrusting = new TokenService({
+      config: w.config({ oauth: { caFile: undefined } }),
+      log: nullLogger,
+      http: { timeoutMs: 3000 },
+    });
     await untrusting.init();
     const before = w.fake.requests.length;
-    await assert.rejects(untrusting.refresh('office'), (e: Error) => !(e instanceof NeedsReauthError) && /certificate|self.signed|issuer/i.test(e.message));
+    await assert.rejects(
+      untrusting.refresh('office'),
+      (e: Error) => !(e instanceof NeedsReauthError) && /certificate|self.signed|issuer/i.test(e.message),
+    );
     assert.equal(w.fake.requests.length, before, 'no request got past TLS verification');
   } finally {
     await w.close();
@@ -52,7 +60,11 @@ test('50 concurrent getAccessToken calls cause exactly one token request', async
     assert.equal(refreshes(w), 2);
     assert.equal(new Set(forced).size, 1);
     assert.notEqual(forced[0], tokens[0]);
-    assert.equal(await svc.getAccessToken('office', { force: true }), forced[0], 'a rejection moments later gets the token that answered the last one');
+    assert.equal(
+      await svc.getAccessToken('office', { force: true }),
+      forced[0],
+      'a rejection moments later gets the token that answered the last one',
+    );
     assert.equal(refreshes(w), 2);
     // 50 concurrent CLI refreshes: still one request.
     await Promise.all(Array.from({ length: 50 }, () => svc.refresh('office')));
@@ -66,7 +78,15 @@ test('50 concurrent getAccessToken calls cause exactly one token request', async
     writeFileSync(keyFile, w.fake.createServiceAccount(sa).keyJson, { mode: 0o600 });
     w.fake.allowSubject(sa, w.email);
     const saSvc = new TokenService({
-      config: w.config({ accounts: [{ name: 'ws', email: w.email, oauth: { type: 'service-account', keyFile, subject: w.email, tokenUrl: w.fake.url, caFile: w.caFile } }] }),
+      config: w.config({
+        accounts: [
+          {
+            name: 'ws',
+            email: w.email,
+            oauth: { type: 'service-account', keyFile, subject: w.email, tokenUrl: w.fake.url, caFile: w.caFile },
+          },
+        ],
+      }),
       log: w.log,
     });
     await saSvc.init();
@@ -82,7 +102,11 @@ test('scheduled pass refreshes ahead of expiry and idle accounts, backs off when
   const w = await oauthWorld({ accessTokenTtlSec: 3600 });
   try {
     let clock = Date.now();
-    const svc = new TokenService({ config: w.config({ tokens: { refreshAhead: '10m' } }), log: w.log, now: () => clock });
+    const svc = new TokenService({
+      config: w.config({ tokens: { refreshAhead: '10m' } }),
+      log: w.log,
+      now: () => clock,
+    });
     await svc.init();
     await svc.importRefreshToken('office', w.refreshToken);
     const t1 = await svc.getAccessToken('office');
@@ -137,7 +161,10 @@ test('scheduled pass refreshes ahead of expiry and idle accounts, backs off when
 
 test('node-cron job refreshes short-lived tokens ahead of expiry by itself', async () => {
   const w = await oauthWorld({ accessTokenTtlSec: 4 });
-  const svc = new TokenService({ config: w.config({ tokens: { refreshCron: '*/1 * * * * *', refreshAhead: '2s' } }), log: w.log });
+  const svc = new TokenService({
+    config: w.config({ tokens: { refreshCron: '*/1 * * * * *', refreshAhead: '2s' } }),
+    log: w.log,
+  });
   try {
     await svc.init();
     await svc.importRefreshToken('office', w.refreshToken);
@@ -174,7 +201,9 @@ test('a rotated refresh token is persisted before use and survives a restart', a
     assert.ok(w.fake.refreshTokensFor(w.email).includes(rotated));
     // The previous version is kept as a backup: it is the write that saved the rotated token,
     // made before the access token from the same response was recorded.
-    const bak = JSON.parse(readFileSync(join(w.stateDir, 'tokens.json.bak'), 'utf8')) as { accounts: Record<string, { refreshToken: string; accessToken?: string }> };
+    const bak = JSON.parse(readFileSync(join(w.stateDir, 'tokens.json.bak'), 'utf8')) as {
+      accounts: Record<string, { refreshToken: string; accessToken?: string }>;
+    };
     assert.equal(bak.accounts.office.refreshToken, rotated);
     assert.equal(bak.accounts.office.accessToken, undefined);
 
@@ -209,7 +238,10 @@ test('invalid_grant: needs-reauth, one loud line, no retry storm; token import m
     await assert.rejects(svc.getAccessToken('office', { force: true }), NeedsReauthError);
     await svc.runScheduledRefresh();
     assert.equal(w.fake.requests.length, n, 'no endpoint calls while needs-reauth');
-    const loud = w.logText().split('\n').filter((l) => l.includes('needs re-authorization'));
+    const loud = w
+      .logText()
+      .split('\n')
+      .filter((l) => l.includes('needs re-authorization'));
     assert.equal(loud.length, 1);
     assert.match(loud[0], /xoauth2-bridge authorize office/);
     assert.match(loud[0], /"level":"error"/);
@@ -259,7 +291,10 @@ test('unauthorized_client also means needs-reauth; markNeedsReauth holds the acc
     await svc.init();
     await svc.importRefreshToken('office', w.refreshToken);
     w.fake.failNext(1, 'unauthorized_client');
-    await assert.rejects(svc.getAccessToken('office'), (e: Error) => e instanceof NeedsReauthError && /unauthorized_client/.test(e.message));
+    await assert.rejects(
+      svc.getAccessToken('office'),
+      (e: Error) => e instanceof NeedsReauthError && /unauthorized_client/.test(e.message),
+    );
     assert.equal(svc.state('office'), 'needs-reauth');
 
     // `token refresh` from the CLI tries once for real and clears the state on success.
@@ -368,7 +403,13 @@ test('debug logs during refresh failures hold none of the secrets used', async (
     assert.match(text, /refresh failed/);
     assert.match(text, /needs re-authorization/);
     assert.match(text, /"level":"debug"/);
-    const secrets = [w.clientSecret, w.refreshToken, stored.refreshToken!, ...w.fake.refreshTokensFor(w.email), ...access];
+    const secrets = [
+      w.clientSecret,
+      w.refreshToken,
+      stored.refreshToken!,
+      ...w.fake.refreshTokensFor(w.email),
+      ...access,
+    ];
     assert.ok(secrets.length >= 5);
     for (const s of secrets) assert.ok(!text.includes(s), `secret leaked into logs: ${s.slice(0, 6)}…`);
   } finally {
@@ -437,8 +478,15 @@ test('reload(config): added accounts appear, changed service-account settings ge
     const keyFile = join(w.dir, 'sa.json');
     writeFileSync(keyFile, w.fake.createServiceAccount(sa).keyJson, { mode: 0o600 });
     w.fake.allowSubject(sa, w.email);
-    const saAccount = (subject: string) => ({ name: 'ws', email: w.email, oauth: { type: 'service-account', keyFile, subject, tokenUrl: w.fake.url, caFile: w.caFile } });
-    const svc = new TokenService({ config: w.config({ accounts: [saAccount('nobody@example.com')] }), log: nullLogger });
+    const saAccount = (subject: string) => ({
+      name: 'ws',
+      email: w.email,
+      oauth: { type: 'service-account', keyFile, subject, tokenUrl: w.fake.url, caFile: w.caFile },
+    });
+    const svc = new TokenService({
+      config: w.config({ accounts: [saAccount('nobody@example.com')] }),
+      log: nullLogger,
+    });
     const changes: string[] = [];
     svc.onChange((a, s) => changes.push(`${a}:${s}`));
     await svc.init();
@@ -448,7 +496,13 @@ test('reload(config): added accounts appear, changed service-account settings ge
     assert.equal(svc.state('ws'), 'ok');
     assert.ok(w.fake.tokenInfo(await svc.getAccessToken('ws')));
     assert.equal(svc.state('office'), 'needs-reauth', 'new account without a token');
-    assert.deepEqual(svc.status().map((s) => s.account).sort(), ['office', 'ws']);
+    assert.deepEqual(
+      svc
+        .status()
+        .map((s) => s.account)
+        .sort(),
+      ['office', 'ws'],
+    );
     assert.deepEqual(changes, ['ws:needs-reauth', 'ws:ok']);
   } finally {
     await w.close();
@@ -475,7 +529,10 @@ test('a rejection names the rejected token: shared only when a newer one exists,
     // t2 worked (a delivery), then it is revoked too, well inside the old 5 s window: a new token, not t2 again.
     svc.tokenWorked('office', t2);
     // A late report of t1 arrives while t2's replacement is in flight: it gets the replacement, not t2.
-    const [t3, late] = await Promise.all([svc.getAccessToken('office', { rejected: t2 }), svc.getAccessToken('office', { rejected: t1 })]);
+    const [t3, late] = await Promise.all([
+      svc.getAccessToken('office', { rejected: t2 }),
+      svc.getAccessToken('office', { rejected: t1 }),
+    ]);
     assert.ok(t3 !== t2, 'the second revocation gets a new token, not the one just refused');
     assert.ok(late === t3, 'the late report of t1 joins the refresh in flight');
     assert.equal(refreshes(w), 3);

@@ -100,7 +100,12 @@ test('AES-256-GCM at rest: round trip with hex, raw and base64 keys; wrong key i
     const before = readFileSync(file);
     const wrong = new TokenService({ config: wrongCfg, log: nullLogger });
     const undecryptable = await storeRefusal(wrong);
-    assert.ok(/cannot decrypt/.test(undecryptable) && undecryptable.includes(`tokens.encryptionKeyFile (${wrongFile})`) && /left untouched/.test(undecryptable), undecryptable);
+    assert.ok(
+      /cannot decrypt/.test(undecryptable) &&
+        undecryptable.includes(`tokens.encryptionKeyFile (${wrongFile})`) &&
+        /left untouched/.test(undecryptable),
+      undecryptable,
+    );
     const input = new PassThrough();
     input.end('rtsomethingelse0123456789\n');
     const out = collect();
@@ -112,7 +117,10 @@ test('AES-256-GCM at rest: round trip with hex, raw and base64 keys; wrong key i
     assert.deepEqual(readFileSync(file), before, 'store untouched');
 
     // Encrypted store but no key configured: clear error too.
-    assert.match(await storeRefusal(new TokenService({ config: w.config(), log: nullLogger, env: {} })), /encrypted but no key is configured/);
+    assert.match(
+      await storeRefusal(new TokenService({ config: w.config(), log: nullLogger, env: {} })),
+      /encrypted but no key is configured/,
+    );
     assert.deepEqual(readFileSync(file), before);
 
     // The right key still works afterwards.
@@ -160,7 +168,7 @@ test('a plaintext store is encrypted on the next write once a key is configured'
   }
 });
 
-test('concurrent writers (daemon and CLI) never drop each other\'s changes', async () => {
+test("concurrent writers (daemon and CLI) never drop each other's changes", async () => {
   const w = await oauthWorld();
   try {
     // Two store objects stand in for two processes: they only share the lock file.

@@ -1,12 +1,33 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, readdir, readFile, writeFile, stat, mkdir, statfs, rename, symlink, chmod, chown } from 'node:fs/promises';
+import {
+  mkdtemp,
+  rm,
+  readdir,
+  readFile,
+  writeFile,
+  stat,
+  mkdir,
+  statfs,
+  rename,
+  symlink,
+  chmod,
+  chown,
+} from 'node:fs/promises';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { Spool, SpoolWriteError, SpoolSizeError, newQueueId, readMessage, openMessage, type NewMessage } from '../../src/spool/spool.js';
+import {
+  Spool,
+  SpoolWriteError,
+  SpoolSizeError,
+  newQueueId,
+  readMessage,
+  openMessage,
+  type NewMessage,
+} from '../../src/spool/spool.js';
 import type { SpooledEnvelope } from '../../src/types.js';
 import { readHeaderBlock } from '../../src/spool/headers.js';
 import { nullLogger } from '../../src/log/logger.js';
@@ -24,7 +45,10 @@ const meta: NewMessage = {
   smtputf8: false,
 };
 
-const MSG = Buffer.from('From: scanner@example.com\r\nTo: a@example.org\r\nSubject: scan\r\n\r\nbody \xe9\r\n', 'latin1');
+const MSG = Buffer.from(
+  'From: scanner@example.com\r\nTo: a@example.org\r\nSubject: scan\r\n\r\nbody \xe9\r\n',
+  'latin1',
+);
 
 async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'spool-test-'));
@@ -70,7 +94,10 @@ test('receive stores the exact bytes and the envelope in one queue file, 0600', 
     assert.equal(env.sha256, sha256(MSG));
     assert.equal(env.size, MSG.length);
     assert.deepEqual(env.rcptTo, meta.rcptTo);
-    assert.deepEqual(env.rcpts, meta.rcptTo.map((address) => ({ address, status: 'pending' })));
+    assert.deepEqual(
+      env.rcpts,
+      meta.rcptTo.map((address) => ({ address, status: 'pending' })),
+    );
     assert.equal(env.state, 'queued');
     assert.equal(env.version, 3);
     assert.equal(env.attempts, 0);
@@ -107,7 +134,10 @@ test('a queue file still being received (no footer yet) is not queued', async ()
     release();
     const env = await pending;
     assert.deepEqual(await spoolFiles(spool), [`${env.id}.msg`]);
-    assert.deepEqual((await spool.list()).map((e) => e.id), [env.id]);
+    assert.deepEqual(
+      (await spool.list()).map((e) => e.id),
+      [env.id],
+    );
   });
 });
 
@@ -144,7 +174,10 @@ test('maxBytes: an oversized message is drained to its end, rejected with SpoolS
         yield Buffer.alloc(100_000, 0x63);
       }
     }
-    await assert.rejects(spool.receive(big(), meta, { maxBytes: 250_000 }), (e: unknown) => e instanceof SpoolSizeError && e.size === 1_000_000);
+    await assert.rejects(
+      spool.receive(big(), meta, { maxBytes: 250_000 }),
+      (e: unknown) => e instanceof SpoolSizeError && e.size === 1_000_000,
+    );
     assert.equal(consumed, 10, 'the source is read to its end so the SMTP dialogue stays in step');
     assert.deepEqual(await spoolFiles(spool), []);
   });
@@ -161,7 +194,10 @@ test('a new Spool on the same directory sees the queue; update, remove and fail 
 
     const b = new Spool(dir, nullLogger); // "after a restart"
     await b.init();
-    assert.deepEqual((await b.list()).map((e) => e.id), [e1.id, e2.id, e3.id]);
+    assert.deepEqual(
+      (await b.list()).map((e) => e.id),
+      [e1.id, e2.id, e3.id],
+    );
     const got = await b.get(e2.id);
     assert.deepEqual(got, e2);
     assert.equal(await b.get('../../etc/passwd'), null);
@@ -180,14 +216,21 @@ test('a new Spool on the same directory sees the queue; update, remove and fail 
     assert.equal(await b.get(e1.id), null);
 
     await b.fail(e3, '550 5.1.1 no such user');
-    assert.deepEqual((await b.list()).map((e) => e.id), [e2.id]);
+    assert.deepEqual(
+      (await b.list()).map((e) => e.id),
+      [e2.id],
+    );
     const failed = await b.listFailed();
     assert.equal(failed.length, 1);
     assert.equal(failed[0].id, e3.id);
     assert.equal(failed[0].failReason, '550 5.1.1 no such user');
     assert.equal(failed[0].state, 'failed');
     assert.deepEqual(await readMessage(b.failedMessage(failed[0])), MSG);
-    assert.deepEqual(await spoolFiles(b), [`${e2.id}.json`, `${e2.id}.msg`], 'the changed state is in ID.json beside the queue file');
+    assert.deepEqual(
+      await spoolFiles(b),
+      [`${e2.id}.json`, `${e2.id}.msg`],
+      'the changed state is in ID.json beside the queue file',
+    );
   });
 });
 
@@ -210,7 +253,10 @@ test('init removes leftovers of unacknowledged writes and keeps committed messag
     // An ID.json exists only after the 250: without its message file it is an acknowledged
     // message whose data was lost. It stays for the worker to report (data-lost), never deleted.
     const lostId = newQueueId();
-    await writeFile(join(spool.dir, `${lostId}.json`), JSON.stringify({ ...kept, id: lostId, state: 'deferred', attempts: 2 }));
+    await writeFile(
+      join(spool.dir, `${lostId}.json`),
+      JSON.stringify({ ...kept, id: lostId, state: 'deferred', attempts: 2 }),
+    );
     const lostV2 = newQueueId();
     await writeFile(join(spool.dir, `${lostV2}.json`), JSON.stringify({ ...kept, id: lostV2, version: 2 })); // older spool: ID.eml lost
     await writeFile(join(spool.dir, '.ratelimit.json'), '{}');
@@ -219,7 +265,10 @@ test('init removes leftovers of unacknowledged writes and keeps committed messag
     await again.init();
     assert.deepEqual(await spoolFiles(again), [`${kept.id}.msg`, `${lostId}.json`, `${lostV2}.json`].sort());
     assert.ok((await readdir(again.dir)).includes('.ratelimit.json'), 'worker state is not a leftover');
-    assert.deepEqual((await again.list()).map((e) => e.id), [kept.id, lostId, lostV2]);
+    assert.deepEqual(
+      (await again.list()).map((e) => e.id),
+      [kept.id, lostId, lostV2],
+    );
     assert.deepEqual(await Promise.all((await again.list()).map((e) => again.hasMessage(e))), [true, false, false]);
     assert.deepEqual(await again.listFailed(), []);
   });
@@ -298,13 +347,35 @@ console.log(env.id);
 `,
     );
     const trace = join(dir, 'trace.out');
-    const r = spawnSync('strace', ['-f', '-qq', '-e', 'trace=openat,fsync,fdatasync,rename,renameat,renameat2', '-o', trace, process.execPath, '--import', 'tsx', script], { encoding: 'utf8' });
+    const r = spawnSync(
+      'strace',
+      [
+        '-f',
+        '-qq',
+        '-e',
+        'trace=openat,fsync,fdatasync,rename,renameat,renameat2',
+        '-o',
+        trace,
+        process.execPath,
+        '--import',
+        'tsx',
+        script,
+      ],
+      { encoding: 'utf8' },
+    );
     assert.equal(r.status, 0, r.stderr);
     const id = r.stdout.trim().split('\n').pop()!;
     const spoolDir = join(dir, 'state', 'spool');
     const fdPath = new Map<string, string>();
     const events: string[] = [];
-    const name = (p: string) => (p === join(dir, 'acked') ? 'ack' : p === spoolDir ? 'spool/' : p.startsWith(spoolDir + '/' + id) ? p.slice(spoolDir.length + 1 + id.length).replace(/^\.\d+\.[0-9a-f]+\.tmp$/, '.tmp') : null);
+    const name = (p: string) =>
+      p === join(dir, 'acked')
+        ? 'ack'
+        : p === spoolDir
+          ? 'spool/'
+          : p.startsWith(spoolDir + '/' + id)
+            ? p.slice(spoolDir.length + 1 + id.length).replace(/^\.\d+\.[0-9a-f]+\.tmp$/, '.tmp')
+            : null;
     // Concurrent syscalls are split by strace: "PID fsync(FD <unfinished ...>" then
     // "PID <... fsync resumed>) = 0" when it completes (openat and rename too). The halves are
     // joined again (a resumed half pads the result with spaces), and an event counts where the
@@ -378,7 +449,10 @@ test('disk full while writing the message: SpoolWriteError, no partial files, sp
             yield Buffer.alloc(64 * 1024, 0x64);
           }
         }
-        await assert.rejects(spool.receive(big(), meta), (e: unknown) => e instanceof SpoolWriteError && /ENOSPC/.test((e as Error).message));
+        await assert.rejects(
+          spool.receive(big(), meta),
+          (e: unknown) => e instanceof SpoolWriteError && /ENOSPC/.test((e as Error).message),
+        );
         assert.equal(consumed, 16, 'the rest of the message is drained');
         assert.deepEqual(await spoolFiles(spool), []);
         assert.deepEqual(await spool.list(), []);
@@ -412,7 +486,11 @@ catch (e) { result = e instanceof SpoolWriteError ? 'SpoolWriteError ' + e.messa
 console.log(JSON.stringify({ result, files: (await readdir(spool.dir)).filter((n) => n !== 'failed') }));
 `,
     );
-    const r = spawnSync('sh', ['-c', `trap '' XFSZ; ulimit -f 256; exec "${process.execPath}" --import tsx "${script}"`], { encoding: 'utf8', cwd: process.cwd() });
+    const r = spawnSync(
+      'sh',
+      ['-c', `trap '' XFSZ; ulimit -f 256; exec "${process.execPath}" --import tsx "${script}"`],
+      { encoding: 'utf8', cwd: process.cwd() },
+    );
     assert.equal(r.status, 0, r.stderr);
     const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
     assert.match(out.result, /^SpoolWriteError .*EFBIG/);
@@ -432,7 +510,10 @@ test('no inode for the queue file: SpoolWriteError, the message drained, nothing
     try {
       const spool = new Spool(state, nullLogger);
       await spool.init();
-      await assert.rejects(spool.receive([MSG], meta), (e: unknown) => e instanceof SpoolWriteError && /ENOSPC/.test((e as Error).message));
+      await assert.rejects(
+        spool.receive([MSG], meta),
+        (e: unknown) => e instanceof SpoolWriteError && /ENOSPC/.test((e as Error).message),
+      );
       assert.deepEqual(await spoolFiles(spool), []);
       assert.deepEqual(await spool.list(), []);
       await spool.close();
@@ -450,14 +531,20 @@ test('fail(): a crash at any point of the move is finished by init, never retrie
     await spool.init();
     // 1. Crash right after the commit step: the queued envelope already says failed.
     const a = await spool.receive([MSG], meta);
-    await writeFile(spool.envelopePath(a.id), JSON.stringify({ ...a, state: 'failed', failReason: '550 5.1.1 a', failedAt: new Date().toISOString() }));
+    await writeFile(
+      spool.envelopePath(a.id),
+      JSON.stringify({ ...a, state: 'failed', failReason: '550 5.1.1 a', failedAt: new Date().toISOString() }),
+    );
     // 2. Crash after both renames were issued but only the envelope's reached the disk.
     const b = await spool.receive([MSG], meta);
     await spool.fail(b, '550 5.1.1 b');
     await rename(join(spool.failedDir, `${b.id}.msg`), spool.queueFilePath(b.id));
     // 3. Crash between the message's rename and the envelope's.
     const c = await spool.receive([MSG], meta);
-    await writeFile(spool.envelopePath(c.id), JSON.stringify({ ...c, state: 'failed', failReason: '550 5.1.1 c', failedAt: new Date().toISOString() }));
+    await writeFile(
+      spool.envelopePath(c.id),
+      JSON.stringify({ ...c, state: 'failed', failReason: '550 5.1.1 c', failedAt: new Date().toISOString() }),
+    );
     await rename(spool.queueFilePath(c.id), join(spool.failedDir, `${c.id}.msg`));
 
     const again = new Spool(dir, nullLogger);
@@ -465,11 +552,14 @@ test('fail(): a crash at any point of the move is finished by init, never retrie
     assert.deepEqual(await again.list(), [], 'nothing failed is queued again');
     assert.deepEqual(await spoolFiles(again), []);
     const failed = await again.listFailed();
-    assert.deepEqual(failed.map((f) => [f.id, f.state, f.failReason]), [
-      [a.id, 'failed', '550 5.1.1 a'],
-      [b.id, 'failed', '550 5.1.1 b'],
-      [c.id, 'failed', '550 5.1.1 c'],
-    ]);
+    assert.deepEqual(
+      failed.map((f) => [f.id, f.state, f.failReason]),
+      [
+        [a.id, 'failed', '550 5.1.1 a'],
+        [b.id, 'failed', '550 5.1.1 b'],
+        [c.id, 'failed', '550 5.1.1 c'],
+      ],
+    );
     for (const f of failed) assert.deepEqual(await readMessage(again.failedMessage(f)), MSG, `${f.id}: message kept`);
   });
 });
@@ -481,11 +571,17 @@ test('requeueFailed(): the reverse move, finished by init after a crash', async 
     const a = await spool.receive([MSG], meta);
     const failed = (await spool.fail(a, '550 5.1.1 a'))!;
     // Crash after the commit step of a retry: failed/ID.json already says queued.
-    await writeFile(join(spool.failedDir, `${a.id}.json`), JSON.stringify({ ...failed, state: 'queued', failReason: undefined }));
+    await writeFile(
+      join(spool.failedDir, `${a.id}.json`),
+      JSON.stringify({ ...failed, state: 'queued', failReason: undefined }),
+    );
     const again = new Spool(dir, nullLogger);
     await again.init();
     const queued = await again.list();
-    assert.deepEqual(queued.map((e) => [e.id, e.state]), [[a.id, 'queued']]);
+    assert.deepEqual(
+      queued.map((e) => [e.id, e.state]),
+      [[a.id, 'queued']],
+    );
     assert.deepEqual(await again.listFailed(), []);
     assert.deepEqual(await readMessage(again.message(queued[0])), MSG);
   });
@@ -502,16 +598,30 @@ test('a corrupt envelope is moved to corrupt/ with its message, logged once nami
     await spool.update({ ...bad, attempts: 1, state: 'deferred' });
     const text = await readFile(spool.envelopePath(bad.id), 'utf8');
     await writeFile(spool.envelopePath(bad.id), text.slice(0, text.length / 2)); // truncated JSON
-    assert.deepEqual((await spool.list()).map((e) => e.id), [good.id]);
-    assert.deepEqual((await spool.list()).map((e) => e.id), [good.id], 'a second scan has nothing to skip');
+    assert.deepEqual(
+      (await spool.list()).map((e) => e.id),
+      [good.id],
+    );
+    assert.deepEqual(
+      (await spool.list()).map((e) => e.id),
+      [good.id],
+      'a second scan has nothing to skip',
+    );
     const errors = log.entries.filter((e) => e.level === 'error');
     assert.equal(errors.length, 1, 'one error line');
     assert.ok(errors[0].msg.includes(spool.envelopePath(bad.id)), errors[0].msg);
     assert.deepEqual(counted, [bad.id]);
     assert.deepEqual(await spoolFiles(spool), [`${good.id}.msg`]);
     const corrupt = await spool.listCorrupt();
-    assert.deepEqual(corrupt.map((c) => [c.id, c.state]), [[bad.id, 'corrupt']]);
-    assert.deepEqual(await readMessage({ path: join(spool.corruptDir, `${bad.id}.msg`), size: MSG.length }), MSG, 'the message is kept with it');
+    assert.deepEqual(
+      corrupt.map((c) => [c.id, c.state]),
+      [[bad.id, 'corrupt']],
+    );
+    assert.deepEqual(
+      await readMessage({ path: join(spool.corruptDir, `${bad.id}.msg`), size: MSG.length }),
+      MSG,
+      'the message is kept with it',
+    );
     assert.equal(await spool.removeCorrupt(bad.id), true);
     assert.deepEqual(await spool.listCorrupt(), []);
   });
@@ -523,7 +633,16 @@ test('a version-1 envelope (rcptTo pending + delivered) is read as version 2', a
     await spool.init();
     const e = await writeOldFormat(spool, { ...(await spool.receive([MSG], meta)), id: newQueueId() });
     const { version: _v, rcpts: _r, state: _s, reason: _x, ...v1 } = e;
-    await writeFile(spool.envelopePath(e.id), JSON.stringify({ ...v1, rcptTo: ['b@example.org'], delivered: ['a@example.org'], attempts: 2, lastError: '451 later' }));
+    await writeFile(
+      spool.envelopePath(e.id),
+      JSON.stringify({
+        ...v1,
+        rcptTo: ['b@example.org'],
+        delivered: ['a@example.org'],
+        attempts: 2,
+        lastError: '451 later',
+      }),
+    );
     const got = (await spool.get(e.id))!;
     assert.deepEqual(await readMessage(spool.message(got)), MSG);
     assert.equal(got.version, 2);
@@ -550,8 +669,12 @@ test('an older spool (ID.eml + version-2 ID.json) is read after an upgrade: list
     const spool = new Spool(dir, nullLogger); // the upgraded daemon starts
     await spool.init();
     const listed = await spool.list();
-    assert.deepEqual(listed.map((e) => [e.id, e.version]), ids.map((id) => [id, 2]));
-    for (const e of listed) assert.deepEqual(await readMessage(spool.message(e)), MSG, 'the old message file is the message');
+    assert.deepEqual(
+      listed.map((e) => [e.id, e.version]),
+      ids.map((id) => [id, 2]),
+    );
+    for (const e of listed)
+      assert.deepEqual(await readMessage(spool.message(e)), MSG, 'the old message file is the message');
     const [a, b, c] = listed;
     assert.equal(await spool.update({ ...a, attempts: 1, state: 'deferred' }), true);
     assert.equal((await new Spool(dir, nullLogger).get(a.id))?.attempts, 1);
@@ -562,7 +685,10 @@ test('an older spool (ID.eml + version-2 ID.json) is read after an upgrade: list
     // New mail lands in the new format beside the old.
     const fresh = await spool.receive([MSG], meta);
     assert.deepEqual(await spoolFiles(spool), [`${a.id}.eml`, `${a.id}.json`, `${fresh.id}.msg`]);
-    assert.deepEqual((await spool.list()).map((e) => e.id), [a.id, fresh.id]);
+    assert.deepEqual(
+      (await spool.list()).map((e) => e.id),
+      [a.id, fresh.id],
+    );
   });
 });
 
@@ -580,13 +706,19 @@ test('a queue file whose bytes do not match its envelope (SHA-256) is quarantine
 
     const again = new Spool(dir, log, { onCorrupt: (id) => counted.push(id) });
     await again.init();
-    assert.deepEqual((await again.list()).map((e) => e.id), [good.id]);
+    assert.deepEqual(
+      (await again.list()).map((e) => e.id),
+      [good.id],
+    );
     assert.deepEqual(counted, [bad.id]);
     const errors = log.entries.filter((e) => e.level === 'error');
     assert.equal(errors.length, 1);
     assert.ok(errors[0].msg.includes(`${bad.id}.msg`), errors[0].msg);
     const corrupt = await again.listCorrupt();
-    assert.deepEqual(corrupt.map((c) => c.id), [bad.id]);
+    assert.deepEqual(
+      corrupt.map((c) => c.id),
+      [bad.id],
+    );
     assert.match(corrupt[0].error, /SHA-256/);
     assert.equal(await again.removeCorrupt(bad.id), true);
     assert.deepEqual(await again.listCorrupt(), []);
@@ -596,7 +728,10 @@ test('a queue file whose bytes do not match its envelope (SHA-256) is quarantine
 // ---- kill -9 of a process in the middle of a receive ----
 
 /** Runs a child that receives one message; `stage` says where it stops to be killed. */
-async function killedReceive(dir: string, stage: 'half-body' | 'fsync' | 'dir-fsync' | 'acked'): Promise<{ acked: string | null }> {
+async function killedReceive(
+  dir: string,
+  stage: 'half-body' | 'fsync' | 'dir-fsync' | 'acked',
+): Promise<{ acked: string | null }> {
   const script = join(dir, `kill-${stage}.mts`);
   const state = join(dir, 'state');
   await writeFile(
@@ -621,7 +756,17 @@ await new Promise(() => {});
   // fsync / dir-fsync: strace delivers SIGKILL on entry to the queue file's fsync or the
   // directory's (the two steps of the commit point).
   // strace counts per thread, so the directory's fsync is picked by its path (-P).
-  const strace = ['strace', '-f', '-qq', '-o', '/dev/null', '-e', 'trace=fsync', '-e', 'inject=fsync:signal=SIGKILL:when=1'];
+  const strace = [
+    'strace',
+    '-f',
+    '-qq',
+    '-o',
+    '/dev/null',
+    '-e',
+    'trace=fsync',
+    '-e',
+    'inject=fsync:signal=SIGKILL:when=1',
+  ];
   const inject = stage === 'fsync' ? strace : stage === 'dir-fsync' ? [...strace, '-P', join(state, 'spool')] : [];
   const argv = [...inject, process.execPath, '--import', 'tsx', script];
   const { spawn } = await import('node:child_process');
@@ -658,7 +803,11 @@ test('kill -9 during a receive: before the commit point nothing half-written is 
       const queued = await spool.list();
       if (stage === 'acked') {
         assert.ok(acked, 'the child acknowledged before the kill');
-        assert.deepEqual(queued.map((e) => e.id), [acked], 'an acknowledged message survives kill -9');
+        assert.deepEqual(
+          queued.map((e) => e.id),
+          [acked],
+          'an acknowledged message survives kill -9',
+        );
         const bytes = await readMessage(spool.message(queued[0]));
         assert.equal(bytes.length, 100_000 + 7);
         assert.ok(bytes.subarray(-7).equals(Buffer.from('\r\nend\r\n')));
@@ -672,7 +821,8 @@ test('kill -9 during a receive: before the commit point nothing half-written is 
         // Killed at the fsync itself: the process is gone but the kernel still has every byte,
         // so the queue file is complete (a power loss here is the init test's cut footer).
         // Either way the message is whole or absent, never half.
-        for (const e of queued) assert.equal((await readMessage(spool.message(e))).length, 100_000 + 7, `${stage}: whole`);
+        for (const e of queued)
+          assert.equal((await readMessage(spool.message(e))).length, 100_000 + 7, `${stage}: whole`);
       }
     });
   }
@@ -727,19 +877,58 @@ test('the spool refuses to open through a planted symlink, a file, a foreign own
       return s;
     };
     const cases: Array<[string, (spoolDir: string) => Promise<void>, (spoolDir: string) => RegExp]> = [
-      ['failed/ a symlink', (d) => symlink(elsewhere, join(d, 'failed')), (d) => new RegExp(`spool directory ${join(d, 'failed')} is a symbolic link.*remove the link \\(rm ${join(d, 'failed')}\\)`)],
-      ['corrupt/ a symlink', (d) => symlink(elsewhere, join(d, 'corrupt')), (d) => new RegExp(`spool directory ${join(d, 'corrupt')} is a symbolic link`)],
-      ['failed/ a dangling symlink', (d) => symlink(join(dir, 'nowhere'), join(d, 'failed')), (d) => new RegExp(`${join(d, 'failed')} is a symbolic link`)],
-      ['spool/ itself a symlink', async (d) => {
-        await rm(d, { recursive: true });
-        await symlink(elsewhere, d);
-      }, (d) => new RegExp(`spool directory ${d} is a symbolic link`)],
-      ['failed/ a file', (d) => writeFile(join(d, 'failed'), ''), (d) => new RegExp(`${join(d, 'failed')} is not a directory: move it away`)],
-      ['failed/ group-writable', (d) => mkdir(join(d, 'failed'), { mode: 0o700 }).then(() => chmod(join(d, 'failed'), 0o770)), (d) => new RegExp(`${join(d, 'failed')} is writable by its group \\(mode 0770\\): chmod 0700 ${join(d, 'failed')}`)],
-      ['spool/ world-writable', (d) => chmod(d, 0o777), (d) => new RegExp(`${d} is writable by others \\(mode 0777\\): chmod 0700 ${d}`)],
+      [
+        'failed/ a symlink',
+        (d) => symlink(elsewhere, join(d, 'failed')),
+        (d) =>
+          new RegExp(
+            `spool directory ${join(d, 'failed')} is a symbolic link.*remove the link \\(rm ${join(d, 'failed')}\\)`,
+          ),
+      ],
+      [
+        'corrupt/ a symlink',
+        (d) => symlink(elsewhere, join(d, 'corrupt')),
+        (d) => new RegExp(`spool directory ${join(d, 'corrupt')} is a symbolic link`),
+      ],
+      [
+        'failed/ a dangling symlink',
+        (d) => symlink(join(dir, 'nowhere'), join(d, 'failed')),
+        (d) => new RegExp(`${join(d, 'failed')} is a symbolic link`),
+      ],
+      [
+        'spool/ itself a symlink',
+        async (d) => {
+          await rm(d, { recursive: true });
+          await symlink(elsewhere, d);
+        },
+        (d) => new RegExp(`spool directory ${d} is a symbolic link`),
+      ],
+      [
+        'failed/ a file',
+        (d) => writeFile(join(d, 'failed'), ''),
+        (d) => new RegExp(`${join(d, 'failed')} is not a directory: move it away`),
+      ],
+      [
+        'failed/ group-writable',
+        (d) => mkdir(join(d, 'failed'), { mode: 0o700 }).then(() => chmod(join(d, 'failed'), 0o770)),
+        (d) =>
+          new RegExp(`${join(d, 'failed')} is writable by its group \\(mode 0770\\): chmod 0700 ${join(d, 'failed')}`),
+      ],
+      [
+        'spool/ world-writable',
+        (d) => chmod(d, 0o777),
+        (d) => new RegExp(`${d} is writable by others \\(mode 0777\\): chmod 0700 ${d}`),
+      ],
     ];
     if (process.getuid?.() === 0)
-      cases.push(['failed/ owned by another user', (d) => mkdir(join(d, 'failed'), { mode: 0o700 }).then(() => chown(join(d, 'failed'), 65534, 65534)), (d) => new RegExp(`${join(d, 'failed')} belongs to uid 65534, not to .* \\(uid 0\\) that runs the spool: chown -R .*: ${join(d, 'failed')}`)]);
+      cases.push([
+        'failed/ owned by another user',
+        (d) => mkdir(join(d, 'failed'), { mode: 0o700 }).then(() => chown(join(d, 'failed'), 65534, 65534)),
+        (d) =>
+          new RegExp(
+            `${join(d, 'failed')} belongs to uid 65534, not to .* \\(uid 0\\) that runs the spool: chown -R .*: ${join(d, 'failed')}`,
+          ),
+      ]);
     for (const [what, plant, message] of cases) {
       const s = await state(plant);
       await assert.rejects(open(s), (e: Error) => {
@@ -770,7 +959,8 @@ test('serve with a planted spool/failed symlink does not start: exit 1, the path
     const r = spawnSync(process.execPath, [...CLI, 'serve', '-c', config], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(r.status, 1, r.stdout + r.stderr);
     assert.ok(
-      (r.stdout + r.stderr).includes(`spool directory ${join(state, 'spool', 'failed')} is a symbolic link`) && (r.stdout + r.stderr).includes(`rm ${join(state, 'spool', 'failed')}`),
+      (r.stdout + r.stderr).includes(`spool directory ${join(state, 'spool', 'failed')} is a symbolic link`) &&
+        (r.stdout + r.stderr).includes(`rm ${join(state, 'spool', 'failed')}`),
       r.stdout + r.stderr,
     );
     assert.deepEqual(await readdir(elsewhere), []);

@@ -33,7 +33,10 @@ async function deadPid(): Promise<number> {
 
 test('a lock whose owner is gone (dead PID, or an empty file) is taken over at once', async () => {
   await withDir(async (dir) => {
-    await writeFile(lockPath(dir), JSON.stringify({ pid: await deadPid(), role: 'daemon', since: '2020-01-01T00:00:00Z' }));
+    await writeFile(
+      lockPath(dir),
+      JSON.stringify({ pid: await deadPid(), role: 'daemon', since: '2020-01-01T00:00:00Z' }),
+    );
     const a = await acquireStateLock(dir, 'cli', { waitMs: 0 });
     await a.release();
     await writeFile(lockPath(dir), ''); // what a full disk left behind before
@@ -95,19 +98,27 @@ test('a live owner is refused by name: a daemon at once, a CLI after the wait', 
       const pid = holder.child.pid!;
       assert.equal((await lockOwner(dir))?.pid, pid);
       const t0 = Date.now();
-      await assert.rejects(acquireStateLock(dir, 'cli', { waitMs: 5000 }), (e: unknown) => e instanceof StateLockedError && new RegExp(`daemon \\(PID ${pid}\\)`).test(e.message));
+      await assert.rejects(
+        acquireStateLock(dir, 'cli', { waitMs: 5000 }),
+        (e: unknown) => e instanceof StateLockedError && new RegExp(`daemon \\(PID ${pid}\\)`).test(e.message),
+      );
       assert.ok(Date.now() - t0 < 4000, 'refused at once, not after the wait');
       assert.equal(await holder.send('release'), 'released');
       assert.equal(await lockOwner(dir), null);
       assert.equal(await holder.send(`take ${dir} cli`), 'owner');
-      await assert.rejects(acquireStateLock(dir, 'daemon', { waitMs: 100 }), (e: unknown) => e instanceof StateLockedError && e.message.includes(`PID ${pid}`));
+      await assert.rejects(
+        acquireStateLock(dir, 'daemon', { waitMs: 100 }),
+        (e: unknown) => e instanceof StateLockedError && e.message.includes(`PID ${pid}`),
+      );
     } finally {
       await holder.stop();
     }
   });
 });
 
-test('three processes racing for a stale lock: exactly one owns it, in each of 60 rounds', { timeout: 300_000 }, async () => {
+test('three processes racing for a stale lock: exactly one owns it, in each of 60 rounds', {
+  timeout: 300_000,
+}, async () => {
   const contenders = [Contender.start(), Contender.start(), Contender.start()];
   const doubled: string[] = [];
   const stale = JSON.stringify({ pid: await deadPid(), role: 'daemon', since: '2020-01-01T00:00:00Z' });
@@ -119,7 +130,8 @@ test('three processes racing for a stale lock: exactly one owns it, in each of 6
         const answers = await Promise.all(contenders.map((c) => c.send(`take ${dir} daemon`)));
         const owners = answers.filter((a) => a === 'owner').length;
         if (owners !== 1) doubled.push(`round ${round}: ${owners} owners (${answers.join(' | ')})`);
-        for (const a of answers) if (a !== 'owner') assert.match(a, /^refused another xoauth2-bridge daemon \(PID \d+\)/);
+        for (const a of answers)
+          if (a !== 'owner') assert.match(a, /^refused another xoauth2-bridge daemon \(PID \d+\)/);
         await Promise.all(contenders.map((c) => c.send('release')));
       });
     }
@@ -199,7 +211,10 @@ test('full disk: token import fails with ENOSPC and leaves no lock; once space i
       assert.equal(await tokenImport(config, 'office', input, out), 1);
       assert.match(out.text, /ENOSPC/);
       // The store's own write on a full disk fails cleanly too (no temp file, no lock).
-      await assert.rejects(new TokenStore({ stateDir: state, key: null }).update((d) => void (d.accounts.x = { state: 'ok' })), /ENOSPC/);
+      await assert.rejects(
+        new TokenStore({ stateDir: state, key: null }).update((d) => void (d.accounts.x = { state: 'ok' })),
+        /ENOSPC/,
+      );
       assert.deepEqual((await readdir(state)).sort(), ['filler'], 'nothing left behind: no lock, no temp file');
 
       await truncate(filler, 0); // space freed
@@ -208,7 +223,7 @@ test('full disk: token import fails with ENOSPC and leaves no lock; once space i
       input2.end('1//0g-after-space-freed\n');
       assert.equal(await tokenImport(config, 'office', input2, out2), 0, out2.text);
       assert.match(out2.text, /Stored the refresh token for account office/);
-      assert.equal(((await stat(join(state, 'tokens.json'))).mode & 0o777), 0o600);
+      assert.equal((await stat(join(state, 'tokens.json'))).mode & 0o777, 0o600);
       assert.ok(!(await readdir(state)).includes('lock'), 'the CLI released the lock');
     } finally {
       try {

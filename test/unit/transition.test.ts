@@ -20,14 +20,25 @@ const STATES: Record<string, MessageView> = {
   'held:quota': { state: 'held', reason: 'quota', rcpts },
   'held:operator': { state: 'held', reason: 'operator', rcpts },
   'held:transport': { state: 'held', reason: 'transport', rcpts },
-  failed: { state: 'failed', reason: null, rcpts: rcpts.map((r) => (r.status === 'accepted' ? r : { ...r, status: 'rejected' as const, reply: '550 no' })) },
+  failed: {
+    state: 'failed',
+    reason: null,
+    rcpts: rcpts.map((r) => (r.status === 'accepted' ? r : { ...r, status: 'rejected' as const, reply: '550 no' })),
+  },
   corrupt: { state: 'corrupt', reason: null, rcpts: [] },
 };
 
 const retryAt = '2030-01-01T00:00:00.000Z';
 const EVENTS: Record<string, QueueEvent> = {
   start: { type: 'start' },
-  'outcome:transient': { type: 'outcome', outcome: 'transient', response: '421 try later', accepted: [], rejected: [], retryAt },
+  'outcome:transient': {
+    type: 'outcome',
+    outcome: 'transient',
+    response: '421 try later',
+    accepted: [],
+    rejected: [],
+    retryAt,
+  },
   retry: { type: 'retry' },
   'retry --force': { type: 'retry', force: true },
   hold: { type: 'hold' },
@@ -51,16 +62,133 @@ function code(d: Decision): string {
 // Columns in EVENTS order.
 const TABLE: Record<string, string[]> = {
   //                  start        outcome     retry     retry--force  hold            release   delete     acct-hold:quota acct-hold:reauth   account-ok  park  data-lost
-  queued:            ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'same', 'queued', 'failed'],
-  deferred:          ['in-flight', 'refuse', 'queued!', 'queued!', 'held:operator', 'refuse', 'removed', 'held:quota', 'held:needs-reauth', 'queued!', 'deferred', 'failed'],
-  'in-flight':       ['refuse', 'deferred', 'after', 'after', 'after', 'after', 'after', 'same', 'same', 'same', 'same', 'after'],
-  'held:needs-reauth': ['refuse', 'refuse', 'refuse', 'refuse', 'held:operator', 'refuse', 'removed', 'held:quota', 'same', 'queued!', 'same', 'failed'],
-  'held:quota':      ['refuse', 'refuse', 'refuse', 'queued!', 'held:operator', 'refuse', 'removed', 'same', 'held:needs-reauth', 'queued!', 'same', 'failed'],
-  'held:operator':   ['refuse', 'refuse', 'refuse', 'refuse', 'same', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
+  queued: [
+    'in-flight',
+    'refuse',
+    'queued!',
+    'queued!',
+    'held:operator',
+    'refuse',
+    'removed',
+    'held:quota',
+    'held:needs-reauth',
+    'same',
+    'queued',
+    'failed',
+  ],
+  deferred: [
+    'in-flight',
+    'refuse',
+    'queued!',
+    'queued!',
+    'held:operator',
+    'refuse',
+    'removed',
+    'held:quota',
+    'held:needs-reauth',
+    'queued!',
+    'deferred',
+    'failed',
+  ],
+  'in-flight': [
+    'refuse',
+    'deferred',
+    'after',
+    'after',
+    'after',
+    'after',
+    'after',
+    'same',
+    'same',
+    'same',
+    'same',
+    'after',
+  ],
+  'held:needs-reauth': [
+    'refuse',
+    'refuse',
+    'refuse',
+    'refuse',
+    'held:operator',
+    'refuse',
+    'removed',
+    'held:quota',
+    'same',
+    'queued!',
+    'same',
+    'failed',
+  ],
+  'held:quota': [
+    'refuse',
+    'refuse',
+    'refuse',
+    'queued!',
+    'held:operator',
+    'refuse',
+    'removed',
+    'same',
+    'held:needs-reauth',
+    'queued!',
+    'same',
+    'failed',
+  ],
+  'held:operator': [
+    'refuse',
+    'refuse',
+    'refuse',
+    'refuse',
+    'same',
+    'queued!',
+    'removed',
+    'same',
+    'same',
+    'same',
+    'same',
+    'failed',
+  ],
   // Only an operator moves it on: retry/release choose the transport again (e.g. after `transport: auto`); never expired.
-  'held:transport':  ['refuse', 'refuse', 'queued!', 'queued!', 'held:operator', 'queued!', 'removed', 'same', 'same', 'same', 'same', 'failed'],
-  failed:            ['refuse', 'refuse', 'queued!', 'queued!', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same', 'same'],
-  corrupt:           ['refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'refuse', 'removed', 'same', 'same', 'same', 'same', 'same'],
+  'held:transport': [
+    'refuse',
+    'refuse',
+    'queued!',
+    'queued!',
+    'held:operator',
+    'queued!',
+    'removed',
+    'same',
+    'same',
+    'same',
+    'same',
+    'failed',
+  ],
+  failed: [
+    'refuse',
+    'refuse',
+    'queued!',
+    'queued!',
+    'refuse',
+    'refuse',
+    'removed',
+    'same',
+    'same',
+    'same',
+    'same',
+    'same',
+  ],
+  corrupt: [
+    'refuse',
+    'refuse',
+    'refuse',
+    'refuse',
+    'refuse',
+    'refuse',
+    'removed',
+    'same',
+    'same',
+    'same',
+    'same',
+    'same',
+  ],
 };
 
 test('every state x event: the table of decisions', () => {
@@ -76,7 +204,11 @@ test('no decision ever changes an accepted recipient', () => {
       const d = transition(m, e);
       if (d.kind !== 'change') continue;
       for (const r of m.rcpts.filter((x) => x.status === 'accepted')) {
-        assert.deepEqual(d.rcpts.find((x) => x.address === r.address), r, `${m.state}/${m.reason} + ${e.type}`);
+        assert.deepEqual(
+          d.rcpts.find((x) => x.address === r.address),
+          r,
+          `${m.state}/${m.reason} + ${e.type}`,
+        );
       }
     }
   }
@@ -97,7 +229,10 @@ test('refusals are codes; the operator text says what to do instead', () => {
   assert.match(text('retry', transition(STATES.corrupt, EVENTS.retry)), /corrupt.*queue delete/);
   assert.equal(text('hold', transition(STATES.failed, EVENTS.hold)), 'a failed message cannot be held');
   assert.equal(text('release', transition(STATES.queued, EVENTS.release)), 'not held (state queued)');
-  assert.match(text('release', transition(STATES['held:quota'], EVENTS.release)), /^not held by an operator: .*daily sending limit/);
+  assert.match(
+    text('release', transition(STATES['held:quota'], EVENTS.release)),
+    /^not held by an operator: .*daily sending limit/,
+  );
 });
 
 const inFlight = (list: Recipient[]): MessageView => ({ state: 'in-flight', reason: null, rcpts: list });
@@ -107,20 +242,44 @@ const two: Recipient[] = [
 ];
 
 test('outcome: a accepted and b deferred -> deferred, a accepted, next try as given', () => {
-  const d = transition(inFlight(two), { type: 'outcome', outcome: 'transient', response: '451 4.3.0 b later', accepted: ['A@example.org'], rejected: [], retryAt });
+  const d = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'transient',
+    response: '451 4.3.0 b later',
+    accepted: ['A@example.org'],
+    rejected: [],
+    retryAt,
+  });
   assert.equal(d.kind, 'change');
   if (d.kind !== 'change') return;
   assert.equal(d.state, 'deferred');
   assert.equal(d.nextAttemptAt, retryAt);
-  assert.deepEqual(d.rcpts.map((r) => r.status), ['accepted', 'deferred']);
+  assert.deepEqual(
+    d.rcpts.map((r) => r.status),
+    ['accepted', 'deferred'],
+  );
   assert.equal(d.countAttempt, true);
   assert.deepEqual(d.bounce, []);
 });
 
 test('outcome: every recipient accepted -> removed; per-recipient rejection -> bounced, others kept', () => {
-  const all = transition(inFlight(two), { type: 'outcome', outcome: 'ok', response: '250 ok', accepted: ['a@example.org', 'b@example.org'], rejected: [], retryAt });
+  const all = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'ok',
+    response: '250 ok',
+    accepted: ['a@example.org', 'b@example.org'],
+    rejected: [],
+    retryAt,
+  });
   assert.equal(code(all), 'removed');
-  const part = transition(inFlight(two), { type: 'outcome', outcome: 'ok', response: '250 ok', accepted: ['a@example.org'], rejected: [{ rcpt: 'b@example.org', response: '550 5.1.1 no such user' }], retryAt });
+  const part = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'ok',
+    response: '250 ok',
+    accepted: ['a@example.org'],
+    rejected: [{ rcpt: 'b@example.org', response: '550 5.1.1 no such user' }],
+    retryAt,
+  });
   assert.equal(code(part), 'removed');
   assert.deepEqual(part.kind === 'change' && part.bounce, [{ rcpt: 'b@example.org', reply: '550 5.1.1 no such user' }]);
   assert.deepEqual(part.kind === 'change' && part.rcpts.map((r) => r.status), ['accepted', 'rejected']);
@@ -128,15 +287,37 @@ test('outcome: every recipient accepted -> removed; per-recipient rejection -> b
 });
 
 test('outcome: permanent -> failed with a bounce for the open recipients; quota / auth -> held without burning an attempt', () => {
-  const p = transition(inFlight(two), { type: 'outcome', outcome: 'permanent', response: '554 5.7.0 policy', accepted: [], rejected: [], retryAt });
+  const p = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'permanent',
+    response: '554 5.7.0 policy',
+    accepted: [],
+    rejected: [],
+    retryAt,
+  });
   assert.equal(code(p), 'failed');
   assert.deepEqual(p.kind === 'change' && p.bounce?.map((b) => b.rcpt), ['a@example.org', 'b@example.org']);
   assert.equal(p.kind === 'change' && p.bounceCode, 'permanent');
-  const q = transition(inFlight(two), { type: 'outcome', outcome: 'quota', response: '550 5.4.5 limit', accepted: [], rejected: [], retryAt });
+  const q = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'quota',
+    response: '550 5.4.5 limit',
+    accepted: [],
+    rejected: [],
+    retryAt,
+  });
   assert.equal(code(q), 'held:quota');
   assert.equal(q.kind === 'change' && q.countAttempt, undefined);
   const recheckAt = '2029-01-01T00:00:00.000Z';
-  const a = transition(inFlight(two), { type: 'outcome', outcome: 'auth', response: '535 5.7.8', accepted: [], rejected: [], retryAt, recheckAt });
+  const a = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'auth',
+    response: '535 5.7.8',
+    accepted: [],
+    rejected: [],
+    retryAt,
+    recheckAt,
+  });
   assert.equal(code(a), 'held:needs-reauth');
   // The daemon looks again after the first retry step, should the account still report ok.
   assert.equal(a.kind === 'change' && a.nextAttemptAt, recheckAt);
@@ -145,27 +326,56 @@ test('outcome: permanent -> failed with a bounce for the open recipients; quota 
 
 test('outcome transport (the Gmail API cannot send to exactly the envelope) -> held:transport, no attempt burnt, not bounced, the reason kept', () => {
   const why = 'the To/Cc/Bcc headers name x@example.org, which is not in the envelope';
-  const d = transition(inFlight(two), { type: 'outcome', outcome: 'transport', response: why, accepted: [], rejected: [], retryAt });
+  const d = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'transport',
+    response: why,
+    accepted: [],
+    rejected: [],
+    retryAt,
+  });
   assert.equal(code(d), 'held:transport');
   if (d.kind !== 'change') return;
   assert.equal(d.countAttempt, undefined);
   assert.deepEqual(d.bounce, []);
   assert.equal(d.lastReply, why);
-  assert.deepEqual(d.rcpts.map((r) => r.status), ['deferred', 'deferred']);
+  assert.deepEqual(
+    d.rcpts.map((r) => r.status),
+    ['deferred', 'deferred'],
+  );
   // Even past maxAge the transport hold keeps the mail: only an operator decides.
-  const late = transition(inFlight(two), { type: 'outcome', outcome: 'transport', response: why, accepted: [], rejected: [], retryAt, expiry: 'gave up after 5d' });
+  const late = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'transport',
+    response: why,
+    accepted: [],
+    rejected: [],
+    retryAt,
+    expiry: 'gave up after 5d',
+  });
   assert.equal(code(late), 'held:transport');
   assert.match(text('start', transition(STATES['held:transport'], EVENTS.start)), /transport to auto/);
 });
 
 test('outcome past maxAge: failed, every open recipient bounced with the reason', () => {
-  const d = transition(inFlight(two), { type: 'outcome', outcome: 'transient', response: '421 later', accepted: ['a@example.org'], rejected: [], retryAt, expiry: 'gave up after 5d' });
+  const d = transition(inFlight(two), {
+    type: 'outcome',
+    outcome: 'transient',
+    response: '421 later',
+    accepted: ['a@example.org'],
+    rejected: [],
+    retryAt,
+    expiry: 'gave up after 5d',
+  });
   assert.equal(code(d), 'failed');
   if (d.kind !== 'change') return;
   assert.equal(d.failReason, 'gave up after 5d');
   assert.equal(d.bounceCode, 'expired');
   assert.deepEqual(d.bounce, [{ rcpt: 'b@example.org', reply: '421 later' }]);
-  assert.deepEqual(d.rcpts.map((r) => r.status), ['accepted', 'rejected']);
+  assert.deepEqual(
+    d.rcpts.map((r) => r.status),
+    ['accepted', 'rejected'],
+  );
 });
 
 test('park (a rate limit): the message keeps its state and is next tried when the limit allows', () => {
@@ -183,8 +393,15 @@ test('park (a rate limit): the message keeps its state and is next tried when th
 test('retry of a failed message re-queues only the recipients that failed', () => {
   const d = transition(STATES.failed, { type: 'retry' });
   assert.equal(code(d), 'queued!');
-  assert.deepEqual(d.kind === 'change' && d.rcpts.map((r) => `${r.address}=${r.status}`), ['a@example.org=accepted', 'b@example.org=pending', 'c@example.org=pending']);
-  const done = transition({ state: 'failed', reason: null, rcpts: [{ address: 'a@example.org', status: 'accepted' }] }, { type: 'retry' });
+  assert.deepEqual(d.kind === 'change' && d.rcpts.map((r) => `${r.address}=${r.status}`), [
+    'a@example.org=accepted',
+    'b@example.org=pending',
+    'c@example.org=pending',
+  ]);
+  const done = transition(
+    { state: 'failed', reason: null, rcpts: [{ address: 'a@example.org', status: 'accepted' }] },
+    { type: 'retry' },
+  );
   assert.equal(done.kind, 'refuse');
 });
 

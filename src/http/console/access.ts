@@ -150,7 +150,11 @@ export class ConsoleAccess {
   }
 
   create(): Session {
-    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), lastSeen: Date.now() };
+    const s: Session = {
+      id: randomBytes(32).toString('base64url'),
+      csrf: randomBytes(32).toString('base64url'),
+      lastSeen: Date.now(),
+    };
     if (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value as string);
     this.sessions.set(s.id, s);
     return s;
@@ -179,7 +183,8 @@ export class ConsoleAccess {
     const self = `${this.opts.tls ? 'https' : 'http'}://${(req.headers.host ?? '').trim().toLowerCase()}`;
     // Without a password the origin must also be an exact loopback form (the Host was checked
     // by refusal(); this keeps the rule true for the Origin on its own).
-    const check = (origin: string): boolean => (this.passwordRequired ? origin.toLowerCase() === self : loopbackOrigin(origin) === self);
+    const check = (origin: string): boolean =>
+      this.passwordRequired ? origin.toLowerCase() === self : loopbackOrigin(origin) === self;
     const origin = req.headers.origin;
     if (origin) return check(origin);
     const referer = req.headers.referer;

@@ -22,7 +22,8 @@ export interface ConsoleOptions {
 
 const MAX_FORM_BYTES = 16 * 1024;
 // No scripts at all; forms post only to us; never framed.
-const CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSP =
+  "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 export class WebConsole {
   private readonly access: ConsoleAccess;
@@ -77,7 +78,12 @@ export class WebConsole {
     return this.get(req, res, path, session);
   }
 
-  private async login(req: http.IncomingMessage, res: http.ServerResponse, method: string, form: URLSearchParams): Promise<void> {
+  private async login(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    method: string,
+    form: URLSearchParams,
+  ): Promise<void> {
     const ctx: PageContext = { csrf: null, attention: [], loggedIn: false };
     // GET only: a HEAD (a link checker, a preview) must not use the link up.
     const link = method === 'GET' ? new URL(req.url ?? '/', 'http://console').searchParams.get('link') : null;
@@ -91,7 +97,12 @@ export class WebConsole {
     const r = await this.access.login(req, form.get('password') ?? '');
     if (r !== 'ok') {
       this.opts.log.warn('web console: login failed', { ip: req.socket.remoteAddress, locked: r === 'locked' });
-      return send(res, req, r === 'locked' ? 429 : 401, loginPage(ctx, r === 'locked' ? 'Too many failed logins; try again later.' : 'Wrong password.'));
+      return send(
+        res,
+        req,
+        r === 'locked' ? 429 : 401,
+        loginPage(ctx, r === 'locked' ? 'Too many failed logins; try again later.' : 'Wrong password.'),
+      );
     }
     const s = this.access.create();
     this.opts.log.info('web console: login', { ip: req.socket.remoteAddress });
@@ -102,8 +113,15 @@ export class WebConsole {
   /** Opens a session for a one-time link from `console-link` (the token is never logged). */
   private redeem(req: http.IncomingMessage, res: http.ServerResponse, token: string): void {
     if (!this.access.redeem(token)) {
-      this.opts.log.warn('web console: login link refused (used already, expired or unknown)', { ip: req.socket.remoteAddress });
-      return send(res, req, 401, linkPage('This login link was used already or expired (a link works once, for 5 minutes).'));
+      this.opts.log.warn('web console: login link refused (used already, expired or unknown)', {
+        ip: req.socket.remoteAddress,
+      });
+      return send(
+        res,
+        req,
+        401,
+        linkPage('This login link was used already or expired (a link works once, for 5 minutes).'),
+      );
     }
     const s = this.access.create();
     this.opts.log.info('web console: login through a one-time link', { ip: req.socket.remoteAddress });
@@ -115,7 +133,10 @@ export class WebConsole {
    * A one-time login link for the owner (the control socket's `console.link`): the console's
    * address as this machine reaches it, `bound` being the address the endpoint listens on.
    */
-  mintLink(bound: { host: string; port: number } | null, ttlMs = LINK_TTL_MS): { ok: boolean; message: string; url?: string; expiresAt?: string } {
+  mintLink(
+    bound: { host: string; port: number } | null,
+    ttlMs = LINK_TTL_MS,
+  ): { ok: boolean; message: string; url?: string; expiresAt?: string } {
     if (!bound) return { ok: false, message: 'the web console is off: http.port is 0 (set http.port, e.g. 9465)' };
     const { token, expiresAt } = this.access.mintLink(ttlMs);
     this.opts.log.info('web console: login link issued', { expiresAt: new Date(expiresAt).toISOString() });
@@ -139,14 +160,25 @@ export class WebConsole {
     return { csrf: session.csrf, attention: attention.map(redactString), flash, loggedIn: true };
   }
 
-  private async get(req: http.IncomingMessage, res: http.ServerResponse, path: string, session: Session): Promise<void> {
+  private async get(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    path: string,
+    session: Session,
+  ): Promise<void> {
     const cfg = this.opts.config();
     if (path === '/' || path === '') return redirect(res, '/accounts');
     if (path === '/accounts') {
       const accounts = await this.opts.ops.accounts();
       return send(res, req, 200, accountsPage(await this.ctx(session, accounts), accounts, cfg.alerts.grantExpiryWarn));
     }
-    if (path === '/queue') return send(res, req, 200, queuePage(await this.ctx(session), await this.opts.ops.queue(), Boolean(this.opts.ops.hold)));
+    if (path === '/queue')
+      return send(
+        res,
+        req,
+        200,
+        queuePage(await this.ctx(session), await this.opts.ops.queue(), Boolean(this.opts.ops.hold)),
+      );
     const m = /^\/accounts\/([^/]+)\/authorize$/.exec(path);
     if (m) {
       const account = decodeURIComponent(m[1]);
@@ -155,7 +187,12 @@ export class WebConsole {
       if (!acct || !cur) return redirect(res, '/accounts');
       if (cur.settled) {
         this.authorizations.cancel(account);
-        this.flashes.set(session.id, cur.settled.ok ? { ok: true, text: `Account ${account} authorized.` } : { ok: false, text: cur.settled.error });
+        this.flashes.set(
+          session.id,
+          cur.settled.ok
+            ? { ok: true, text: `Account ${account} authorized.` }
+            : { ok: false, text: cur.settled.error },
+        );
         return redirect(res, '/accounts');
       }
       return send(res, req, 200, authorizePage(await this.ctx(session), account, acct.email, cur.url));
@@ -163,7 +200,13 @@ export class WebConsole {
     return send(res, req, 404, messagePage(404, 'not found'));
   }
 
-  private async post(req: http.IncomingMessage, res: http.ServerResponse, path: string, form: URLSearchParams, session: Session): Promise<void> {
+  private async post(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    path: string,
+    form: URLSearchParams,
+    session: Session,
+  ): Promise<void> {
     const flash = (ok: boolean, text: string) => this.flashes.set(session.id, { ok, text: redactString(text) });
     if (path === '/logout') {
       this.access.end(session);
@@ -190,7 +233,8 @@ export class WebConsole {
       if (!r.ok) {
         const cur = this.authorizations.current(account);
         // A malformed paste keeps the attempt: show the page again with the problem.
-        if (cur && !cur.settled) return send(res, req, 400, authorizePage(await this.ctx(session), account, acct.email, cur.url, r.error));
+        if (cur && !cur.settled)
+          return send(res, req, 400, authorizePage(await this.ctx(session), account, acct.email, cur.url, r.error));
         flash(false, `Authorization of ${account} failed: ${r.error}`);
         return redirect(res, '/accounts');
       }
@@ -201,7 +245,8 @@ export class WebConsole {
     if (q) {
       const [, id, what] = q;
       const ops = this.opts.ops;
-      const fn = what === 'retry' ? ops.retry : what === 'delete' ? ops.remove : what === 'hold' ? ops.hold : ops.release;
+      const fn =
+        what === 'retry' ? ops.retry : what === 'delete' ? ops.remove : what === 'hold' ? ops.hold : ops.release;
       if (!fn) return send(res, req, 404, messagePage(404, `${what} is not available`));
       try {
         const text = await fn(id);
@@ -234,7 +279,9 @@ function readForm(req: http.IncomingMessage): Promise<URLSearchParams | null> {
       n += c.length;
       if (n <= MAX_FORM_BYTES) chunks.push(c);
     });
-    req.on('end', () => resolve(n > MAX_FORM_BYTES ? null : new URLSearchParams(Buffer.concat(chunks).toString('utf8'))));
+    req.on('end', () =>
+      resolve(n > MAX_FORM_BYTES ? null : new URLSearchParams(Buffer.concat(chunks).toString('utf8'))),
+    );
     req.on('error', reject);
   });
 }

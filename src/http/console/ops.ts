@@ -58,11 +58,24 @@ export function consoleOps(src: ConsoleSources): ConsoleOps {
     async accounts() {
       const rows = await src.ops().listQueue();
       const held = src.held();
-      const status = new Map(src.ops().tokenStatus().map((s) => [s.account, s]));
+      const status = new Map(
+        src
+          .ops()
+          .tokenStatus()
+          .map((s) => [s.account, s]),
+      );
       return src.config().accounts.flatMap((config) => {
         const st = status.get(config.name);
         if (!st) return [];
-        return [{ config, status: st, held: held[config.name] ?? null, queued: rows.filter((r) => r.account === config.name && r.state !== 'failed' && r.state !== 'corrupt').length }];
+        return [
+          {
+            config,
+            status: st,
+            held: held[config.name] ?? null,
+            queued: rows.filter((r) => r.account === config.name && r.state !== 'failed' && r.state !== 'corrupt')
+              .length,
+          },
+        ];
       });
     },
     async queue() {
@@ -85,7 +98,9 @@ export function consoleOps(src: ConsoleSources): ConsoleOps {
     release: async (id) => answer('release', await src.ops().release(id)),
     async storeGrant(account, rec) {
       if (!rec.refreshToken) throw new Error('the token endpoint returned no refresh token');
-      const r = await src.ops().importToken(account, rec.refreshToken, rec.authorizedEmail ? { authorizedEmail: rec.authorizedEmail } : {});
+      const r = await src
+        .ops()
+        .importToken(account, rec.refreshToken, rec.authorizedEmail ? { authorizedEmail: rec.authorizedEmail } : {});
       if (!r.ok) throw new Error(r.message);
     },
   };

@@ -43,9 +43,13 @@ function layout(title: string, ctx: PageContext, body: string): string {
   const banner = ctx.attention.length
     ? `<div class="banner" id="attention" role="alert"><b>Needs attention</b><ul>${ctx.attention.map((a) => `<li>${esc(a)}</li>`).join('')}</ul></div>`
     : '';
-  const flash = ctx.flash ? `<div class="${ctx.flash.ok ? 'ok-banner' : 'flash-bad'}" id="flash">${esc(ctx.flash.text)}</div>` : '';
+  const flash = ctx.flash
+    ? `<div class="${ctx.flash.ok ? 'ok-banner' : 'flash-bad'}" id="flash">${esc(ctx.flash.text)}</div>`
+    : '';
   const logout =
-    ctx.loggedIn && ctx.csrf ? `<form method="post" action="/logout"><input type="hidden" name="csrf" value="${esc(ctx.csrf)}"><button>Log out</button></form>` : '';
+    ctx.loggedIn && ctx.csrf
+      ? `<form method="post" action="/logout"><input type="hidden" name="csrf" value="${esc(ctx.csrf)}"><button>Log out</button></form>`
+      : '';
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>${esc(title)} · xoauth2-bridge</title><style>${CSS}</style></head><body>
 <header><span>xoauth2-bridge</span><a href="/accounts">Accounts</a><a href="/queue">Queue</a><span class="sp"></span>${logout}</header>
@@ -127,7 +131,11 @@ export function authorizePage(ctx: PageContext, account: string, email: string, 
 function messageRow(ctx: PageContext, m: QueueRow, now: number, canHold: boolean): string {
   const act = (what: string, label: string) =>
     `<form class="inline" method="post" action="/queue/${encodeURIComponent(m.id)}/${what}">${csrfField(ctx)}<button name="do" value="${what}">${label}</button></form>`;
-  const actions = [act('retry', 'Retry'), canHold ? (m.state === 'held' && m.reason === 'operator' ? act('release', 'Release') : act('hold', 'Hold')) : '', act('delete', 'Delete')].join(' ');
+  const actions = [
+    act('retry', 'Retry'),
+    canHold ? (m.state === 'held' && m.reason === 'operator' ? act('release', 'Release') : act('hold', 'Hold')) : '',
+    act('delete', 'Delete'),
+  ].join(' ');
   const to = m.rcpts.map((x) => x.address);
   const rcpts = to.length === 1 ? to[0] : `${to[0] ?? ''} (+${to.length - 1})`;
   return `<tr data-id="${esc(m.id)}"><td><code>${esc(m.id)}</code></td><td>${esc(m.account ?? '?')}</td><td>${esc(m.from || '<>')}</td><td>${esc(rcpts)}</td>
@@ -144,7 +152,9 @@ export function queuePage(ctx: PageContext, q: QueueSummary, canHold: boolean, n
     ctx,
     `<h1>Queue</h1><p class="counts" id="counts">${(['queued', 'deferred', 'in-flight', 'held', 'failed'] as const)
       .map((k) => `<span data-state="${k}"><b>${c[k]}</b> ${k}</span>`)
-      .join('')}<span>oldest: <b id="oldest">${q.oldestAgeMs === null ? '—' : esc(formatAge(q.oldestAgeMs))}</b></span></p>
+      .join(
+        '',
+      )}<span>oldest: <b id="oldest">${q.oldestAgeMs === null ? '—' : esc(formatAge(q.oldestAgeMs))}</b></span></p>
 <h2>Held and deferred</h2>${
       waiting.length
         ? `<table id="messages"><thead><tr><th>ID</th><th>Account</th><th>From</th><th>To</th><th>Size</th><th>Age</th><th>State</th><th>Attempts</th><th>Next try</th><th>Last error</th><th></th></tr></thead><tbody>${waiting
@@ -157,5 +167,9 @@ export function queuePage(ctx: PageContext, q: QueueSummary, canHold: boolean, n
 }
 
 export function messagePage(status: number, text: string): string {
-  return layout(String(status), { csrf: null, attention: [], loggedIn: false }, `<h1>${esc(status)}</h1><p>${esc(text)}</p>`);
+  return layout(
+    String(status),
+    { csrf: null, attention: [], loggedIn: false },
+    `<h1>${esc(status)}</h1><p>${esc(text)}</p>`,
+  );
 }

@@ -43,7 +43,18 @@ export class ConsoleAuthorizations {
     const out = collect();
     let gotUrl!: (u: string) => void;
     const urlP = new Promise<string>((r) => (gotUrl = r));
-    const flow = authorize({ config: this.opts.config(), account, manual: true, listen: false, input, output: out.stream, openUrl: gotUrl, env: this.opts.env, timeoutMs: ATTEMPT_TTL_MS, save: (rec: TokenRecord) => this.opts.storeGrant(account, rec) });
+    const flow = authorize({
+      config: this.opts.config(),
+      account,
+      manual: true,
+      listen: false,
+      input,
+      output: out.stream,
+      openUrl: gotUrl,
+      env: this.opts.env,
+      timeoutMs: ATTEMPT_TTL_MS,
+      save: (rec: TokenRecord) => this.opts.storeGrant(account, rec),
+    });
     const result: Promise<AttemptResult> = flow.then(
       ({ email }) => {
         this.opts.log.info('account authorized from the web console', { account });
@@ -74,16 +85,30 @@ export class ConsoleAuthorizations {
   /** The pasted address: completes the exchange, or says what is wrong with it. */
   async complete(account: string, pasted: string): Promise<AttemptResult> {
     const a = this.attempts.get(account);
-    if (!a) return { ok: false, error: 'No authorization is in progress for this account (it expired or finished). Start again.' };
+    if (!a)
+      return {
+        ok: false,
+        error: 'No authorization is in progress for this account (it expired or finished). Start again.',
+      };
     if (!a.settled) {
       if (!parseRedirect(pasted))
-        return { ok: false, error: 'That does not look like the redirect address: it should contain code= and state=. Paste the whole address from the address bar.' };
+        return {
+          ok: false,
+          error:
+            'That does not look like the redirect address: it should contain code= and state=. Paste the whole address from the address bar.',
+        };
       a.input.write(pasted.trim().replace(/[\r\n]+/g, '') + '\n');
     }
     let timer: NodeJS.Timeout | undefined;
     const r = await Promise.race([
       a.result,
-      new Promise<AttemptResult>((res) => (timer = setTimeout(() => res({ ok: false, error: 'the token endpoint did not answer in time; try again' }), EXCHANGE_WAIT_MS))),
+      new Promise<AttemptResult>(
+        (res) =>
+          (timer = setTimeout(
+            () => res({ ok: false, error: 'the token endpoint did not answer in time; try again' }),
+            EXCHANGE_WAIT_MS,
+          )),
+      ),
     ]);
     clearTimeout(timer);
     if (this.attempts.get(account) === a) this.attempts.delete(account);

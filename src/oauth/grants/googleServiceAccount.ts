@@ -8,13 +8,22 @@ import { scopesFor } from '../scopes.js';
 import type { GrantContext, Refresher } from './refresher.js';
 
 /** Throws when the key file cannot be read (reported as the account's config error). */
-export function googleServiceAccountRefresher(cfg: AccountConfig & { oauth: { type: 'service-account' } }, ctx: GrantContext): Refresher {
+export function googleServiceAccountRefresher(
+  cfg: AccountConfig & { oauth: { type: 'service-account' } },
+  ctx: GrantContext,
+): Refresher {
   const key = readServiceAccountKey(cfg.oauth.keyFile);
   addSecret(key.private_key, { slot: `sa-key:${cfg.name}` });
   return {
     async refresh(): Promise<TokenResponse> {
       ctx.log.debug('requesting service-account access token', { account: ctx.name });
-      const res = await serviceAccountToken(cfg.oauth, key, Math.floor(Date.now() / 1000), ctx.http, scopesFor(ctx.account()));
+      const res = await serviceAccountToken(
+        cfg.oauth,
+        key,
+        Math.floor(Date.now() / 1000),
+        ctx.http,
+        scopesFor(ctx.account()),
+      );
       if (!res?.access_token) throw new Error('token endpoint returned no access_token');
       return { access_token: res.access_token, expiry_date: ctx.now() + (res.expires_in ?? 3600) * 1000 };
     },

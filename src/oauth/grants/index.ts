@@ -10,7 +10,8 @@ import type { GrantContext, Refresher } from './refresher.js';
 /** undefined: no grant of this provider has this oauth type (refreshes fail with a config error). */
 export function refresherFor(cfg: AccountConfig, ctx: GrantContext): Refresher | undefined {
   const o = cfg.oauth;
-  if (cfg.provider === 'microsoft' && o.type !== 'service-account') return o.type === 'app' ? microsoftAppRefresher(cfg, o, ctx) : microsoftDelegatedRefresher(cfg, o, ctx);
+  if (cfg.provider === 'microsoft' && o.type !== 'service-account')
+    return o.type === 'app' ? microsoftAppRefresher(cfg, o, ctx) : microsoftDelegatedRefresher(cfg, o, ctx);
   if (o.type === 'user') return googleUserRefresher(cfg, ctx);
   if (o.type === 'service-account') return googleServiceAccountRefresher({ ...cfg, oauth: o }, ctx);
   return undefined;

@@ -1,7 +1,12 @@
 // Microsoft, app-only (client credentials with a client secret or certificate): no refresh
 // token, a new access token per request. The secret or key is read when the account is set up.
 import type { AccountConfig } from '../../config/schema.js';
-import { microsoftAppToken, microsoftCredentials, type MicrosoftCredentials, type MicrosoftOAuth } from '../../providers/microsoft.js';
+import {
+  microsoftAppToken,
+  microsoftCredentials,
+  type MicrosoftCredentials,
+  type MicrosoftOAuth,
+} from '../../providers/microsoft.js';
 import { AccountConfigError } from '../account.js';
 import { tokenAgent, DEFAULT_TIMEOUT_MS, type TokenResponse } from '../client.js';
 import type { GrantContext, Refresher } from './refresher.js';
@@ -18,7 +23,13 @@ export function microsoftRequester(cfg: AccountConfig, o: MicrosoftOAuth, ctx: G
     } catch (e) {
       throw new AccountConfigError((e as Error).message);
     }
-    return { oauth: o, credentials: c, agent: tokenAgent(o.caFile), timeoutMs: ctx.http.timeoutMs ?? DEFAULT_TIMEOUT_MS, scopes: scopesFor(cfg) };
+    return {
+      oauth: o,
+      credentials: c,
+      agent: tokenAgent(o.caFile),
+      timeoutMs: ctx.http.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      scopes: scopesFor(cfg),
+    };
   };
 }
 

@@ -3,7 +3,12 @@
 // Client credentials are stateless (no refresh token to rotate), so this small cache can ask
 // for them itself with the account's secret or certificate.
 import type { AccountConfig } from '../../config/schema.js';
-import { graphScopes, microsoftAppToken, microsoftCredentials, type MicrosoftCredentials } from '../../providers/microsoft.js';
+import {
+  graphScopes,
+  microsoftAppToken,
+  microsoftCredentials,
+  type MicrosoftCredentials,
+} from '../../providers/microsoft.js';
 import { DEFAULT_TIMEOUT_MS, tokenAgent } from '../../oauth/client.js';
 import { addSecret } from '../../log/redact.js';
 import { NeedsReauthError } from '../../oauth/service.js';
@@ -18,7 +23,8 @@ export class GraphAppTokens {
 
   async get(acct: AccountConfig, force = false): Promise<string> {
     const o = acct.oauth;
-    if (acct.provider !== 'microsoft' || o.type !== 'app') throw new Error(`account ${acct.name}: Graph tokens for transport auto need oauth.type app`);
+    if (acct.provider !== 'microsoft' || o.type !== 'app')
+      throw new Error(`account ${acct.name}: Graph tokens for transport auto need oauth.type app`);
     const key = JSON.stringify([o.clientId, o.tokenUrl, acct.cloud ?? 'global']);
     const c = this.cache.get(acct.name);
     if (!force && c && c.key === key && c.expiresAt - SKEW_MS > Date.now()) return c.token;
@@ -29,7 +35,13 @@ export class GraphAppTokens {
       p.catch(() => this.creds.delete(key));
     }
     try {
-      const r = await microsoftAppToken({ oauth: o, credentials: await p, agent: tokenAgent(o.caFile), timeoutMs: DEFAULT_TIMEOUT_MS, scopes: [graphScopes(acct.cloud).app] });
+      const r = await microsoftAppToken({
+        oauth: o,
+        credentials: await p,
+        agent: tokenAgent(o.caFile),
+        timeoutMs: DEFAULT_TIMEOUT_MS,
+        scopes: [graphScopes(acct.cloud).app],
+      });
       const expiresAt = Date.now() + (r.expires_in ?? 3600) * 1000;
       addSecret(r.access_token, { slot: `graph-access:${acct.name}`, expiresAt });
       this.cache.set(acct.name, { token: r.access_token, expiresAt, key });

@@ -64,13 +64,17 @@ export class MicrosoftAutoUpstream {
   }
 
   async send(env: Envelope, message: MessageSource): Promise<SendResult> {
-    if ((this.smtpOff.get(env.account) ?? 0) > Date.now()) return this.graph.send(env, message, { tokens: this.graphTokens });
+    if ((this.smtpOff.get(env.account) ?? 0) > Date.now())
+      return this.graph.send(env, message, { tokens: this.graphTokens });
     const r = await this.smtp.send(env, message);
     const why = this.refused.get(env.account);
     if (!why) return r;
     this.refused.delete(env.account);
     this.smtpOff.set(env.account, Date.now() + SMTP_RECHECK_MS);
-    this.log.warn(`transport auto: Exchange refused SMTP AUTH for account ${env.account}; sending through Microsoft Graph for the next hour`, { account: env.account, id: env.id, smtp: r.response.slice(0, 200) });
+    this.log.warn(
+      `transport auto: Exchange refused SMTP AUTH for account ${env.account}; sending through Microsoft Graph for the next hour`,
+      { account: env.account, id: env.id, smtp: r.response.slice(0, 200) },
+    );
     return this.graph.send(env, message, { tokens: this.graphTokens });
   }
 }

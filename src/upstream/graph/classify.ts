@@ -54,11 +54,22 @@ export function accessFix(c: GraphContext): string {
 }
 
 /** `status` undefined: no HTTP answer (connection refused/reset, TLS, timeout) described by `netError`. */
-export function classifyGraphAnswer(status: number | undefined, data: unknown, headers: Record<string, string | string[] | undefined>, c: GraphContext, netError?: string): GraphVerdict {
-  if (status === undefined) return { outcome: 'transient', response: `graph: no answer: ${netError ?? 'connection failed'}` };
-  const e = data && typeof data === 'object' ? (data as { error?: { code?: unknown; message?: unknown } }).error : undefined;
+export function classifyGraphAnswer(
+  status: number | undefined,
+  data: unknown,
+  headers: Record<string, string | string[] | undefined>,
+  c: GraphContext,
+  netError?: string,
+): GraphVerdict {
+  if (status === undefined)
+    return { outcome: 'transient', response: `graph: no answer: ${netError ?? 'connection failed'}` };
+  const e =
+    data && typeof data === 'object' ? (data as { error?: { code?: unknown; message?: unknown } }).error : undefined;
   const code = typeof e?.code === 'string' ? e.code : '';
-  const message = (typeof e?.message === 'string' ? e.message : typeof data === 'string' ? data : '').replace(/\s+/g, ' ').trim().slice(0, 300);
+  const message = (typeof e?.message === 'string' ? e.message : typeof data === 'string' ? data : '')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .slice(0, 300);
   const response = `${status}${code ? ` ${code}` : ''}${message ? `: ${message}` : ''} [graph]`;
   const ra = headers['retry-after'];
   const retryAfterMs = parseRetryAfter(Array.isArray(ra) ? ra[0] : ra);
@@ -67,14 +78,36 @@ export function classifyGraphAnswer(status: number | undefined, data: unknown, h
   if (status === 429 || status === 503 || status === 504) return { outcome: 'transient', response, ...wait };
   if (status === 401) return { outcome: 'auth', response, refresh: true };
   if (code === 'ErrorSendAsDenied')
-    return { outcome: 'permanent', response: `${response} (the mailbox ${c.mailbox} may not send as this message's From: grant it Send As on that address, e.g. Add-RecipientPermission -Identity FROM_ADDRESS -Trustee ${c.mailbox} -AccessRights SendAs, or send from ${c.mailbox})` };
-  if (status === 403 && (code === 'ErrorAccessDenied' || code === 'Authorization_RequestDenied' || code === 'AccessDenied' || /AccessPolicy|RAOP/i.test(message)))
+    return {
+      outcome: 'permanent',
+      response: `${response} (the mailbox ${c.mailbox} may not send as this message's From: grant it Send As on that address, e.g. Add-RecipientPermission -Identity FROM_ADDRESS -Trustee ${c.mailbox} -AccessRights SendAs, or send from ${c.mailbox})`,
+    };
+  if (
+    status === 403 &&
+    (code === 'ErrorAccessDenied' ||
+      code === 'Authorization_RequestDenied' ||
+      code === 'AccessDenied' ||
+      /AccessPolicy|RAOP/i.test(message))
+  )
     return { outcome: 'transient', response, hold: accessFix(c) };
   if (code === 'MailboxNotEnabledForRESTAPI')
-    return { outcome: 'transient', response, hold: `the mailbox ${c.mailbox} is not enabled for the Graph REST API (inactive, soft-deleted or on-premises): Graph sends only from Exchange Online mailboxes; use a cloud mailbox or transport smtp, then run: xoauth2-bridge token refresh ACCOUNT` };
+    return {
+      outcome: 'transient',
+      response,
+      hold: `the mailbox ${c.mailbox} is not enabled for the Graph REST API (inactive, soft-deleted or on-premises): Graph sends only from Exchange Online mailboxes; use a cloud mailbox or transport smtp, then run: xoauth2-bridge token refresh ACCOUNT`,
+    };
   if (UNKNOWN_MAILBOX.has(code))
-    return { outcome: 'transient', response, hold: `Microsoft Graph does not know the mailbox ${c.mailbox} (${code}): check the account's mailbox/email key, then run: xoauth2-bridge token refresh ACCOUNT` };
-  if (status === 403) return { outcome: 'transient', response, hold: `Microsoft Graph refused this account (${response}); fix it, then run: xoauth2-bridge token refresh ACCOUNT` };
+    return {
+      outcome: 'transient',
+      response,
+      hold: `Microsoft Graph does not know the mailbox ${c.mailbox} (${code}): check the account's mailbox/email key, then run: xoauth2-bridge token refresh ACCOUNT`,
+    };
+  if (status === 403)
+    return {
+      outcome: 'transient',
+      response,
+      hold: `Microsoft Graph refused this account (${response}); fix it, then run: xoauth2-bridge token refresh ACCOUNT`,
+    };
   if (status === 400 && code === 'ErrorInvalidRecipients') {
     const bad = /Recipient '([^']+)'/.exec(message)?.[1];
     return { outcome: 'permanent', response, ...(bad ? { badRecipient: bad } : {}) };

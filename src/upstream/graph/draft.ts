@@ -38,15 +38,35 @@ function recipients(a: AddressObject | AddressObject[] | undefined): Recipient[]
   return out;
 }
 
-export async function parseDraft(source: Readable, opts: { mailbox: string; extraBcc: readonly string[] }): Promise<ParsedDraft> {
-  const p = await simpleParser(source, { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true, keepCidLinks: true });
+export async function parseDraft(
+  source: Readable,
+  opts: { mailbox: string; extraBcc: readonly string[] },
+): Promise<ParsedDraft> {
+  const p = await simpleParser(source, {
+    skipHtmlToText: true,
+    skipTextToHtml: true,
+    skipTextLinks: true,
+    skipImageLinks: true,
+    keepCidLinks: true,
+  });
   const bcc = [...recipients(p.bcc), ...opts.extraBcc.map((address) => ({ emailAddress: { address } }))];
   const from = recipients(p.from)[0];
   const headers: { name: string; value: string }[] = [];
-  for (const h of p.headerLines) if (/^x-/i.test(h.key)) headers.push({ name: h.line.slice(0, h.line.indexOf(':')), value: h.line.slice(h.line.indexOf(':') + 1).replace(/\r?\n[ \t]+/g, ' ').trim() });
+  for (const h of p.headerLines)
+    if (/^x-/i.test(h.key))
+      headers.push({
+        name: h.line.slice(0, h.line.indexOf(':')),
+        value: h.line
+          .slice(h.line.indexOf(':') + 1)
+          .replace(/\r?\n[ \t]+/g, ' ')
+          .trim(),
+      });
   const json: Record<string, unknown> = {
     subject: p.subject ?? '',
-    body: typeof p.html === 'string' ? { contentType: 'HTML', content: p.html } : { contentType: 'Text', content: p.text ?? '' },
+    body:
+      typeof p.html === 'string'
+        ? { contentType: 'HTML', content: p.html }
+        : { contentType: 'Text', content: p.text ?? '' },
     toRecipients: recipients(p.to),
     ccRecipients: recipients(p.cc),
     bccRecipients: bcc,

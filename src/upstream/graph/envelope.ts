@@ -9,7 +9,11 @@ import type { MessageSource } from '../../types.js';
 export const graphBccField = bccField;
 
 /** Whether Graph can deliver this message to exactly its envelope; the reason names Graph. */
-export async function planGraphSend(msg: MessageSource, rcptTo: readonly string[], maxRecipients: number): Promise<ApiPlan> {
+export async function planGraphSend(
+  msg: MessageSource,
+  rcptTo: readonly string[],
+  maxRecipients: number,
+): Promise<ApiPlan> {
   const plan = await planApiSend(msg, rcptTo, maxRecipients);
   return plan.ok ? plan : { ok: false, reason: plan.reason.replace(/the Gmail API/g, 'Microsoft Graph') };
 }

@@ -104,26 +104,44 @@ export class GraphUpstream implements Upstream {
     const encoded = base64Length(prefix.length + message.size);
     const large = encoded > GRAPH_MAX_REQUEST;
     if (large && acct.upstream.largeMessages && message.size > GRAPH_MAX_MESSAGE)
-      return { outcome: 'permanent', response: `552 5.3.4 message of ${message.size} bytes exceeds Exchange Online's limit of ${GRAPH_MAX_MESSAGE} bytes (150 MB) [graph]`, ...none };
+      return {
+        outcome: 'permanent',
+        response: `552 5.3.4 message of ${message.size} bytes exceeds Exchange Online's limit of ${GRAPH_MAX_MESSAGE} bytes (150 MB) [graph]`,
+        ...none,
+      };
     if (large && !acct.upstream.largeMessages)
       return {
         outcome: 'permanent',
         response: `552 5.3.4 message of ${prefix.length + message.size} bytes is ${encoded} bytes as base64, over Microsoft Graph's sendMail limit of ${GRAPH_MAX_REQUEST} bytes (4 MB); upstream.largeMessages: true sends up to 150 MB (needs Mail.ReadWrite) [graph]`,
         ...none,
       };
-    const ctx: GraphContext = { mailbox, grant: acct.oauth.type === 'app' ? 'app' : 'user', clientId: 'clientId' in acct.oauth ? acct.oauth.clientId : '' };
+    const ctx: GraphContext = {
+      mailbox,
+      grant: acct.oauth.type === 'app' ? 'app' : 'user',
+      clientId: 'clientId' in acct.oauth ? acct.oauth.clientId : '',
+    };
     const release = await this.limiter.acquire(mailbox);
     try {
       let renewed = false;
       for (;;) {
         // Graph asked this mailbox to wait (Retry-After): defer without a request.
         const left = this.limiter.waitLeft(mailbox, Date.now(), large ? message.size : 0);
-        if (left > 0) return { outcome: 'transient', response: `deferred: Graph's limits for ${mailbox} (Retry-After, requests per 10 minutes, or MB uploaded per 5 minutes) allow the next request in ${Math.ceil(left / 1000)} s [graph]`, retryAfterMs: left, ...none };
+        if (left > 0)
+          return {
+            outcome: 'transient',
+            response: `deferred: Graph's limits for ${mailbox} (Retry-After, requests per 10 minutes, or MB uploaded per 5 minutes) allow the next request in ${Math.ceil(left / 1000)} s [graph]`,
+            retryAfterMs: left,
+            ...none,
+          };
         let token: string;
         try {
           token = await tokens.getAccessToken(acct.name, { force: renewed });
         } catch (e) {
-          return { outcome: e instanceof NeedsReauthError ? 'auth' : 'transient', response: `token: ${(e as Error).message}`, ...none };
+          return {
+            outcome: e instanceof NeedsReauthError ? 'auth' : 'transient',
+            response: `token: ${(e as Error).message}`,
+            ...none,
+          };
         }
         const v = large
           ? await this.largeSlot.acquire('*').then(async (done) => {
@@ -133,7 +151,13 @@ export class GraphUpstream implements Upstream {
                 done();
               }
             })
-          : await this.post(acct, mailbox, token, Buffer.concat([prefix, await readMessage(message)]).toString('base64'), ctx);
+          : await this.post(
+              acct,
+              mailbox,
+              token,
+              Buffer.concat([prefix, await readMessage(message)]).toString('base64'),
+              ctx,
+            );
         if (v.outcome === 'ok') {
           this.limiter.accepted(mailbox);
           return { outcome: 'ok', response: v.response, accepted: [...env.rcptTo], rejected: [] };
@@ -146,14 +170,29 @@ export class GraphUpstream implements Upstream {
         }
         if (v.hold) {
           tokens.holdAccount?.(acct.name, v.hold, OPERATOR_HOLD_MS);
-          return { outcome: 'transient', response: `${v.response} (held: ${v.hold.replace(/ACCOUNT\b/g, acct.name)})`, ...none };
+          return {
+            outcome: 'transient',
+            response: `${v.response} (held: ${v.hold.replace(/ACCOUNT\b/g, acct.name)})`,
+            ...none,
+          };
         }
         if (v.badRecipient) {
           const bad = env.rcptTo.find((r) => r.toLowerCase() === v.badRecipient!.toLowerCase());
           // Graph refused the whole message for one address: bounce that one, the rest go again without it.
-          if (bad && env.rcptTo.length > 1) return { outcome: 'transient', response: v.response, accepted: [], rejected: [{ rcpt: bad, response: v.response }] };
+          if (bad && env.rcptTo.length > 1)
+            return {
+              outcome: 'transient',
+              response: v.response,
+              accepted: [],
+              rejected: [{ rcpt: bad, response: v.response }],
+            };
         }
-        return { outcome: v.outcome, response: v.response, ...(v.retryAfterMs !== undefined ? { retryAfterMs: v.retryAfterMs } : {}), ...none };
+        return {
+          outcome: v.outcome,
+          response: v.response,
+          ...(v.retryAfterMs !== undefined ? { retryAfterMs: v.retryAfterMs } : {}),
+          ...none,
+        };
       }
     } finally {
       release();
@@ -161,16 +200,37 @@ export class GraphUpstream implements Upstream {
   }
 
   /** One sendMail request with the base64 MIME body. */
-  private async post(acct: AccountConfig, mailbox: string, token: string, body: string, ctx: GraphContext): Promise<GraphVerdict> {
-    const r = await this.call(acct, token, 'POST', `/v1.0/users/${encodeURIComponent(mailbox)}/sendMail`, Buffer.from(body, 'latin1'), 'text/plain');
+  private async post(
+    acct: AccountConfig,
+    mailbox: string,
+    token: string,
+    body: string,
+    ctx: GraphContext,
+  ): Promise<GraphVerdict> {
+    const r = await this.call(
+      acct,
+      token,
+      'POST',
+      `/v1.0/users/${encodeURIComponent(mailbox)}/sendMail`,
+      Buffer.from(body, 'latin1'),
+      'text/plain',
+    );
     return this.verdict(acct, r, ctx, 'sendMail');
   }
 
   private verdict(acct: AccountConfig, r: HttpAnswer, ctx: GraphContext, what: string): GraphVerdict {
     if (r.status !== undefined && r.status >= 200 && r.status < 300)
-      return { outcome: 'ok', response: `${r.status} graph ${what} accepted${r.headers['request-id'] ? ` request-id=${String(r.headers['request-id'])}` : ''}` };
+      return {
+        outcome: 'ok',
+        response: `${r.status} graph ${what} accepted${r.headers['request-id'] ? ` request-id=${String(r.headers['request-id'])}` : ''}`,
+      };
     const v = classifyGraphAnswer(r.status, r.data, r.headers, ctx, r.netError);
-    this.log.debug('graph answer', { account: acct.name, what, status: r.status ?? null, reply: redactString(v.response) });
+    this.log.debug('graph answer', {
+      account: acct.name,
+      what,
+      status: r.status ?? null,
+      reply: redactString(v.response),
+    });
     return v;
   }
 
@@ -178,7 +238,15 @@ export class GraphUpstream implements Upstream {
    * A message over sendMail's 4 MB: a draft from the parsed MIME, attachments over 3 MB through
    * upload sessions, then /send. The draft id is on disk before anything is uploaded to it.
    */
-  private async sendLarge(env: Envelope, acct: AccountConfig, mailbox: string, token: string, message: MessageSource, bcc: string[], ctx: GraphContext): Promise<GraphVerdict> {
+  private async sendLarge(
+    env: Envelope,
+    acct: AccountConfig,
+    mailbox: string,
+    token: string,
+    message: MessageSource,
+    bcc: string[],
+    ctx: GraphContext,
+  ): Promise<GraphVerdict> {
     const journal = new DraftJournal(this.config.stateDir);
     const box = `/v1.0/users/${encodeURIComponent(mailbox)}/messages`;
     const json = (v: unknown) => Buffer.from(JSON.stringify(v), 'utf8');
@@ -188,7 +256,10 @@ export class GraphUpstream implements Upstream {
       const r = await this.call(acct, token, 'POST', `${box}/${encodeURIComponent(earlier.draftId)}/send`);
       if (r.status === 404) {
         await journal.remove(env.id);
-        return { outcome: 'ok', response: '404 graph draft already sent (it left the Drafts folder before the last answer arrived) [graph]' };
+        return {
+          outcome: 'ok',
+          response: '404 graph draft already sent (it left the Drafts folder before the last answer arrived) [graph]',
+        };
       }
       const v = this.verdict(acct, r, ctx, 'send (resumed draft)');
       if (v.outcome === 'ok' || v.outcome === 'permanent') await journal.remove(env.id);
@@ -197,13 +268,15 @@ export class GraphUpstream implements Upstream {
     if (earlier) {
       // Stopped while uploading: the draft may lack attachments; delete it and start over.
       const r = await this.call(acct, token, 'DELETE', `${box}/${encodeURIComponent(earlier.draftId)}`);
-      if (r.status !== 404 && !(r.status !== undefined && r.status < 300)) return this.verdict(acct, r, ctx, 'delete unfinished draft');
+      if (r.status !== 404 && !(r.status !== undefined && r.status < 300))
+        return this.verdict(acct, r, ctx, 'delete unfinished draft');
       await journal.remove(env.id);
       this.log.info('graph: deleted an unfinished draft from an earlier attempt', { id: env.id, account: acct.name });
     }
     const parsed = await parseDraft(openMessage(message), { mailbox, extraBcc: bcc });
     const created = await this.call(acct, token, 'POST', box, json(parsed.json), 'application/json');
-    const draftId = created.data && typeof created.data === 'object' ? (created.data as { id?: unknown }).id : undefined;
+    const draftId =
+      created.data && typeof created.data === 'object' ? (created.data as { id?: unknown }).id : undefined;
     if (created.status !== 201 || typeof draftId !== 'string') return this.verdict(acct, created, ctx, 'create draft');
     const at = `${box}/${encodeURIComponent(draftId)}`;
     await journal.put(env.id, { draftId, mailbox, phase: 'uploading' });
@@ -213,21 +286,44 @@ export class GraphUpstream implements Upstream {
       return v;
     };
     for (const [i, a] of parsed.attachments.entries()) {
-      const meta = { name: a.name, contentType: a.contentType, isInline: a.isInline, ...(a.contentId ? { contentId: a.contentId } : {}) };
+      const meta = {
+        name: a.name,
+        contentType: a.contentType,
+        isInline: a.isInline,
+        ...(a.contentId ? { contentId: a.contentId } : {}),
+      };
       if (a.bytes.length <= INLINE_ATTACHMENT_MAX) {
-        const r = await this.call(acct, token, 'POST', `${at}/attachments`, json({ '@odata.type': '#microsoft.graph.fileAttachment', ...meta, contentBytes: a.bytes.toString('base64') }), 'application/json');
+        const r = await this.call(
+          acct,
+          token,
+          'POST',
+          `${at}/attachments`,
+          json({ '@odata.type': '#microsoft.graph.fileAttachment', ...meta, contentBytes: a.bytes.toString('base64') }),
+          'application/json',
+        );
         if (r.status !== 201) return abandon(this.verdict(acct, r, ctx, 'add attachment'));
         continue;
       }
-      const s = await this.call(acct, token, 'POST', `${at}/attachments/createUploadSession`, json({ AttachmentItem: { attachmentType: 'file', ...meta, size: a.bytes.length } }), 'application/json');
-      const uploadUrl = s.data && typeof s.data === 'object' ? (s.data as { uploadUrl?: unknown }).uploadUrl : undefined;
-      if (s.status !== 201 || typeof uploadUrl !== 'string') return abandon(this.verdict(acct, s, ctx, 'create upload session'));
+      const s = await this.call(
+        acct,
+        token,
+        'POST',
+        `${at}/attachments/createUploadSession`,
+        json({ AttachmentItem: { attachmentType: 'file', ...meta, size: a.bytes.length } }),
+        'application/json',
+      );
+      const uploadUrl =
+        s.data && typeof s.data === 'object' ? (s.data as { uploadUrl?: unknown }).uploadUrl : undefined;
+      if (s.status !== 201 || typeof uploadUrl !== 'string')
+        return abandon(this.verdict(acct, s, ctx, 'create upload session'));
       // Graph's upload URL carries its own credential: never in a log line.
       addSecret(uploadUrl, { slot: `graph-upload:${env.id}:${i}`, expiresAt: Date.now() + 86400e3 });
       for (let from = 0; from < a.bytes.length; from += UPLOAD_CHUNK) {
         const chunk = a.bytes.subarray(from, Math.min(from + UPLOAD_CHUNK, a.bytes.length));
         // The upload URL is pre-authorized: no bearer (Graph refuses one there).
-        const r = await this.call(acct, null, 'PUT', uploadUrl, chunk, 'application/octet-stream', { 'Content-Range': `bytes ${from}-${from + chunk.length - 1}/${a.bytes.length}` });
+        const r = await this.call(acct, null, 'PUT', uploadUrl, chunk, 'application/octet-stream', {
+          'Content-Range': `bytes ${from}-${from + chunk.length - 1}/${a.bytes.length}`,
+        });
         if (r.status !== 200 && r.status !== 201) return abandon(this.verdict(acct, r, ctx, 'upload chunk'));
       }
     }
@@ -241,9 +337,19 @@ export class GraphUpstream implements Upstream {
   }
 
   /** One HTTPS request to Graph (a path under upstream.apiUrl, or an absolute upload URL). Never throws. */
-  private call(acct: AccountConfig, token: string | null, method: string, pathOrUrl: string, body?: Buffer, contentType?: string, extra: Record<string, string> = {}): Promise<HttpAnswer> {
+  private call(
+    acct: AccountConfig,
+    token: string | null,
+    method: string,
+    pathOrUrl: string,
+    body?: Buffer,
+    contentType?: string,
+    extra: Record<string, string> = {},
+  ): Promise<HttpAnswer> {
     this.limiter.record(acct.mailbox ?? acct.email, method === 'PUT' ? (body?.length ?? 0) : 0);
-    const url = /^https:\/\//.test(pathOrUrl) ? new URL(pathOrUrl) : new URL(`${acct.upstream.apiUrl.replace(/\/+$/, '')}${pathOrUrl}`);
+    const url = /^https:\/\//.test(pathOrUrl)
+      ? new URL(pathOrUrl)
+      : new URL(`${acct.upstream.apiUrl.replace(/\/+$/, '')}${pathOrUrl}`);
     const len = body?.length ?? 0;
     return new Promise((resolve) => {
       const req = https.request(
@@ -251,7 +357,12 @@ export class GraphUpstream implements Upstream {
         {
           method,
           agent: this.agentFor(acct),
-          headers: { ...(token ? { Authorization: `Bearer ${token}` } : {}), ...(contentType ? { 'Content-Type': contentType } : {}), 'Content-Length': String(len), ...extra },
+          headers: {
+            ...(token ? { Authorization: `Bearer ${token}` } : {}),
+            ...(contentType ? { 'Content-Type': contentType } : {}),
+            'Content-Length': String(len),
+            ...extra,
+          },
           // Room for a 4 MB request on a slow line (at 100 KB/s), not forever.
           timeout: 60_000 + Math.ceil(len / 100),
         },
@@ -273,7 +384,14 @@ export class GraphUpstream implements Upstream {
       );
       // Only the error's own text: the request carries the token.
       req.on('timeout', () => req.destroy(new Error('timed out')));
-      req.on('error', (e: NodeJS.ErrnoException) => resolve({ status: undefined, data: undefined, headers: {}, netError: `${e.code ? e.code + ' ' : ''}${e.message.split('\n')[0]}` }));
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        resolve({
+          status: undefined,
+          data: undefined,
+          headers: {},
+          netError: `${e.code ? e.code + ' ' : ''}${e.message.split('\n')[0]}`,
+        }),
+      );
       req.end(body);
     });
   }

@@ -13,7 +13,10 @@ export interface Windows {
   uploadBytes: { max: number; ms: number };
 }
 /** Outlook service limits for Graph: 10,000 requests per 10 minutes, 150 MB uploaded per 5 minutes, per app and mailbox. */
-export const GRAPH_WINDOWS: Windows = { requests: { max: 10_000, ms: 10 * 60_000 }, uploadBytes: { max: 150 * 1024 * 1024, ms: 5 * 60_000 } };
+export const GRAPH_WINDOWS: Windows = {
+  requests: { max: 10_000, ms: 10 * 60_000 },
+  uploadBytes: { max: 150 * 1024 * 1024, ms: 5 * 60_000 },
+};
 
 interface Box {
   active: number;

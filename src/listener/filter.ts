@@ -30,6 +30,8 @@ export interface HeaderEdit {
 export interface MessageFilterOptions {
   /** Largest message, in bytes the client sent; beyond it the message is refused with 552. */
   maxBytes: number;
+  /** The 552 text when maxBytes is exceeded (default: the listener's fixed-limit wording). */
+  tooBigText?: string;
   /** How much header may precede the blank line before the message is refused. */
   maxHeaderBytes?: number;
   /**
@@ -59,7 +61,7 @@ export class MessageFilter extends Transform {
     if (this.rejection) return cb();
     this.received += chunk.length;
     if (this.received > this.opts.maxBytes) {
-      this.reject(new SmtpReply(552, '5.3.4 Message size exceeds fixed maximum message size'));
+      this.reject(new SmtpReply(552, this.opts.tooBigText ?? '5.3.4 Message size exceeds fixed maximum message size'));
       return cb();
     }
     const out = this.normalise(chunk);

@@ -27,6 +27,7 @@ import { receivedHeader } from './received.js';
 import { collectYoung } from './gc.js';
 import { acceptProxyV2 } from './proxyV2.js';
 import { notePeer, isLocalPeer } from './peer.js';
+import { maxMessageBytes, type TransportSizeLimit } from '../upstream/router.js';
 import {
   assertSmtpServerHooks,
   hookServer,
@@ -552,6 +553,19 @@ export class Listeners {
       });
       return cb(new SmtpReply(553, `5.7.1 Sender address rejected: not owned by ${tx.owner}`));
     }
+    // The client announced the size: refuse now what the account's transport cannot send.
+    const limit = transportLimit(tx.account, rt.cfg.maxMessageSize);
+    const announced = Number(address.args ? address.args.SIZE : undefined);
+    if (limit && announced > limit.bytes) {
+      this.log.info('message too big', {
+        listener: rt.cfg.name,
+        ip,
+        user: tx.user,
+        limit: limit.bytes,
+        size: announced,
+      });
+      return cb(new SmtpReply(552, tooBigText(limit)));
+    }
     this.transactions.set(session, tx);
     cb();
   }
@@ -583,8 +597,10 @@ export class Listeners {
     const ip = session.remoteAddress;
     this.inData.add(session);
     let disconnected = false;
+    const limit = transportLimit(tx.account, rt.cfg.maxMessageSize);
     const filter = new MessageFilter({
-      maxBytes: rt.cfg.maxMessageSize,
+      maxBytes: limit?.bytes ?? rt.cfg.maxMessageSize,
+      tooBigText: limit ? tooBigText(limit) : undefined,
       inspectHeaders: (header) => {
         const fromValues = headerValues(header, 'from');
         const bad = checkFromHeaders(fromValues, tx.policy, { nullSender: mailFrom.address === '' });
@@ -651,7 +667,12 @@ export class Listeners {
       discardRest(stream);
       if (filter.rejection) {
         if (filter.rejection.responseCode === 552)
-          this.log.info('message too big', { listener: rt.cfg.name, ip, user: tx.user, limit: rt.cfg.maxMessageSize });
+          this.log.info('message too big', {
+            listener: rt.cfg.name,
+            ip,
+            user: tx.user,
+            limit: limit?.bytes ?? rt.cfg.maxMessageSize,
+          });
         return cb(filter.rejection);
       }
       if (disconnected) {
@@ -680,6 +701,16 @@ export class Listeners {
       this.log.error('onQueued failed', { id: env.id, err });
     }
   }
+}
+
+/** The account's transport limit when it is tighter than the listener's own. */
+function transportLimit(account: AccountConfig, listenerMax: number): TransportSizeLimit | null {
+  const limit = maxMessageBytes(account);
+  return limit && limit.bytes < listenerMax ? limit : null;
+}
+
+function tooBigText(limit: TransportSizeLimit): string {
+  return `5.3.4 Message too big for this account's transport (${limit.reason})`;
 }
 
 /** `"Scanner 3rd floor" <owned@example.com>` from an original From value and the owned address. */

@@ -6,8 +6,8 @@ import type { Config } from '../config/schema.js';
 import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from '../types.js';
 import type { Logger } from '../log/logger.js';
 import { GmailUpstream } from './gmail.js';
-import { GmailApiUpstream } from './gmailApi.js';
-import { GraphUpstream } from './graph/index.js';
+import { GMAIL_API_MAX_BYTES, GmailApiUpstream } from './gmailApi.js';
+import { GRAPH_MAX_MESSAGE, GraphUpstream, graphMaxMessageBytes } from './graph/index.js';
 import { MicrosoftAutoUpstream } from './graph/auto.js';
 import type { AccountConfig } from '../config/schema.js';
 
@@ -15,6 +15,29 @@ import type { AccountConfig } from '../config/schema.js';
 export interface RegisteredTransport extends Upstream {
   reload(config: Config): void;
   describe(account: AccountConfig): string;
+}
+
+/** The tightest message size an account's transport takes, for the listener to refuse with 552. */
+export interface TransportSizeLimit {
+  bytes: number;
+  /** Names the transport's limit, for the 552 reply. */
+  reason: string;
+}
+
+/** null: no limit beyond the listener's (SMTP, and auto, which falls back to SMTP). */
+export function maxMessageBytes(account: AccountConfig): TransportSizeLimit | null {
+  if (account.transport === 'graph') {
+    const bytes = graphMaxMessageBytes(account);
+    return {
+      bytes,
+      reason: account.upstream.largeMessages
+        ? `Exchange Online limit ${bytes} bytes`
+        : `Microsoft Graph sendMail limit ${bytes} bytes; upstream.largeMessages raises it to ${GRAPH_MAX_MESSAGE / 1024 / 1024} MB`,
+    };
+  }
+  if (account.transport === 'gmail-api')
+    return { bytes: GMAIL_API_MAX_BYTES, reason: `Gmail API limit ${GMAIL_API_MAX_BYTES} bytes` };
+  return null;
 }
 
 export interface RouterOptions {

@@ -18,6 +18,7 @@ import {
 } from '../helpers/bridge.js';
 import { splitReceived } from '../helpers/received.js';
 import { waitFor } from '../helpers/wait.js';
+import { RawSmtp } from '../helpers/listener.js';
 
 const run = promisify(execFile);
 const MAILBOX = 'printer@contoso.com';
@@ -59,10 +60,11 @@ async function withGraph(
   type: 'user' | 'app',
   fn: (x: Ctx) => Promise<void>,
   opts: {
-    account?: Record<string, unknown>;
+    account?: Record<string, unknown> | ((t: FakeGraphTenant, w: FakeWorld) => Record<string, unknown>);
     queue?: Record<string, unknown>;
     allowedSenders?: string[];
     before?: (t: FakeGraphTenant) => void;
+    listeners?: Record<string, unknown>[];
   } = {},
 ): Promise<void> {
   const w = await startFakeWorld();
@@ -74,7 +76,8 @@ async function withGraph(
       w,
       {
         queue: { retry: ['300ms'], ...opts.queue },
-        accounts: [t.account('m365', type, opts.account)],
+        ...(opts.listeners ? { listeners: opts.listeners } : {}),
+        accounts: [t.account('m365', type, typeof opts.account === 'function' ? opts.account(t, w) : opts.account)],
         users: [
           {
             username: w.user.username,
@@ -392,16 +395,80 @@ test(
 );
 
 test(
-  'graph: a message over the 4 MB sendMail limit (counted as base64) bounces naming the limit',
+  'graph: a message the listener took that our Received: line puts over the 4 MB sendMail limit (as base64) bounces naming the limit',
   { timeout: 60_000 },
   () =>
     withGraph('user', async ({ t, b, send }) => {
-      const body = ('x'.repeat(998) + '\r\n').repeat(3200); // 3.2 MB: under 4 MB raw, over it as base64
-      const id = await send(['a@example.org'], message({ from: MAILBOX, to: 'a@example.org', body }));
+      // 10 bytes under the 3 MiB the listener lets through (4 MB as base64); the Received: line adds more.
+      const head = message({ from: MAILBOX, to: 'a@example.org', body: '' });
+      const fill = 3 * 1024 * 1024 - 10 - head.length;
+      const line = 'x'.repeat(998) + '\r\n';
+      const tail = 'y'.repeat((fill % 1000) + 998) + '\r\n'; // under 2 KB: the bridge does not police line length
+      const raw = Buffer.concat([head, Buffer.from(line.repeat(Math.floor(fill / 1000) - 1) + tail)]);
+      assert.equal(raw.length, 3 * 1024 * 1024 - 10);
+      const id = await send(['a@example.org'], raw);
       const bounced = await waitLogged(b, 'bounced', (j) => j.id === id);
       assert.match(String(bounced.reply), /552 5\.3\.4 .* over Microsoft Graph's sendMail limit of 4194304 bytes/);
       assert.equal(t.graph.sendMailRequests().filter((r) => r.bytes > 4194304).length, 0, 'never sent over the limit');
     }),
+);
+
+test(
+  'graph without largeMessages: a message over the sendMail limit gets 552 at end of DATA (and at MAIL FROM with SIZE=), nothing spooled',
+  { timeout: 90_000 },
+  () =>
+    withGraph('user', async ({ w, t, b, send }) => {
+      const line = 'x'.repeat(998) + '\r\n';
+      // 5 MB: over the 4 MB request as base64 and as MIME.
+      const big = message({ from: MAILBOX, to: 'a@example.org', body: line.repeat(5000) });
+      await assert.rejects(send(['a@example.org'], big), (err: Error) => {
+        assert.match(err.message, /552 5\.3\.4 .*Microsoft Graph sendMail limit 3145728 bytes.*largeMessages/);
+        return true;
+      });
+      assert.deepEqual(await b.bridge.spool.list(), [], 'nothing spooled');
+      // The client announced the size: refused at MAIL FROM, before any DATA.
+      const s = await RawSmtp.connect(b.port);
+      assert.equal((await s.cmd('EHLO client.example')).code, 250);
+      assert.equal((await s.authPlain(w.user.username, w.user.password)).code, 235);
+      const mail = await s.cmd(`MAIL FROM:<${MAILBOX}> SIZE=${5 * 1024 * 1024}`);
+      assert.equal(mail.code, 552, mail.text);
+      assert.match(mail.text, /^5\.3\.4 .*Microsoft Graph sendMail limit 3145728 bytes/);
+      // Under the limit the same session goes on.
+      assert.equal((await s.cmd(`MAIL FROM:<${MAILBOX}> SIZE=1000`)).code, 250);
+      await s.cmd('QUIT');
+      // A 1 MB message still goes through, and it is the only thing the fake Graph got.
+      const id = await send(
+        ['a@example.org'],
+        message({ from: MAILBOX, to: 'a@example.org', body: line.repeat(1000) }),
+      );
+      await waitLogged(b, 'delivered', (j) => j.id === id);
+      assert.equal(t.graph.sendMailRequests().length, 1, 'the fake Graph got only the 1 MB message');
+      assert.ok(logged(b, 'message too big'), 'the refusal is logged');
+    }),
+);
+
+test(
+  'graph with largeMessages: the listener takes a 5 MB message (the limit is 150 MB); SIZE= over 150 MB is refused',
+  { timeout: 60_000 },
+  () =>
+    withGraph(
+      'user',
+      async ({ w, b }) => {
+        const s = await RawSmtp.connect(b.port);
+        assert.equal((await s.cmd('EHLO client.example')).code, 250);
+        assert.equal((await s.authPlain(w.user.username, w.user.password)).code, 235);
+        assert.equal((await s.cmd(`MAIL FROM:<${MAILBOX}> SIZE=${5 * 1024 * 1024}`)).code, 250);
+        await s.cmd('RSET');
+        const over = await s.cmd(`MAIL FROM:<${MAILBOX}> SIZE=${150 * 1024 * 1024 + 1}`);
+        assert.equal(over.code, 552, over.text);
+        assert.match(over.text, /^5\.3\.4 .*157286400 bytes/);
+        await s.cmd('QUIT');
+      },
+      {
+        account: (t, w) => ({ upstream: { apiUrl: t.graph.url, caFile: w.caFile, largeMessages: true } }),
+        listeners: [{ name: 'local', host: '127.0.0.1', port: 0, tls: 'none', maxMessageSize: 200 * 1024 * 1024 }],
+      },
+    ),
 );
 
 test(

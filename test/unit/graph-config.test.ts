@@ -17,6 +17,9 @@ import { scopesFor } from '../../src/oauth/scopes.js';
 import { nullLogger } from '../../src/log/logger.js';
 import { graphBccField } from '../../src/upstream/graph/envelope.js';
 import { quoteLocalPart } from '../../src/upstream/addressQuote.js';
+import { maxMessageBytes } from '../../src/upstream/router.js';
+import { GRAPH_MAX_MESSAGE, GRAPH_MAX_REQUEST } from '../../src/upstream/graph/index.js';
+import { GMAIL_API_MAX_BYTES } from '../../src/upstream/gmailApi.js';
 import { authorizeToStore, collect } from '../helpers/oauth.js';
 
 const MAILBOX = 'printer@contoso.com';
@@ -283,4 +286,21 @@ test('config: transport auto on a Microsoft account needs app-only sign-in', () 
     }),
     [],
   );
+});
+
+test('maxMessageBytes: graph takes what fits 4 MB as base64 (150 MB with largeMessages), gmail-api its API limit, SMTP none', () => {
+  const acct = (a: Record<string, unknown>) => configSchema.parse({ ...base, accounts: [a] }).accounts[0];
+  const google = { name: 'g', email: 'a@example.com', oauth: { type: 'user', clientId: 'x', clientSecret: 'y' } };
+  const graph = maxMessageBytes(acct(msAccount({ transport: 'graph' })));
+  assert.equal(graph?.bytes, 3 * 1024 * 1024);
+  assert.ok(4 * Math.ceil(graph!.bytes / 3) <= GRAPH_MAX_REQUEST, 'the limit fits the request as base64');
+  assert.match(
+    graph!.reason,
+    /Microsoft Graph sendMail limit 3145728 bytes; upstream\.largeMessages raises it to 150 MB/,
+  );
+  const large = maxMessageBytes(acct(msAccount({ transport: 'graph', upstream: { largeMessages: true } })));
+  assert.equal(large?.bytes, GRAPH_MAX_MESSAGE);
+  assert.equal(maxMessageBytes(acct({ ...google, transport: 'gmail-api' }))?.bytes, GMAIL_API_MAX_BYTES);
+  assert.equal(maxMessageBytes(acct(msAccount({ transport: 'smtp' }))), null);
+  assert.equal(maxMessageBytes(acct({ ...google, transport: 'auto' })), null);
 });

@@ -24,6 +24,14 @@ import { parseDraft } from './draft.js';
 export const GRAPH_MAX_REQUEST = 4 * 1024 * 1024;
 /** Exchange Online's message size limit: the most upstream.largeMessages sends. */
 export const GRAPH_MAX_MESSAGE = 150 * 1024 * 1024;
+/**
+ * The largest message (MIME bytes) Graph can send for this account: the whole 150 MB with
+ * largeMessages, otherwise what fits GRAPH_MAX_REQUEST as base64. The bridge's Received: line
+ * and a Bcc field count too; when they push a message over, send() bounces it naming the limit.
+ */
+export function graphMaxMessageBytes(acct: { upstream: { largeMessages?: boolean } }): number {
+  return acct.upstream.largeMessages ? GRAPH_MAX_MESSAGE : Math.floor(GRAPH_MAX_REQUEST / 4) * 3;
+}
 /** An attachment above this goes through an upload session (one POST takes up to 3 MB). */
 const INLINE_ATTACHMENT_MAX = 3 * 1024 * 1024;
 /** Upload-session chunk: at most 4 MB; a multiple of 320 KiB as Microsoft recommends (3.75 MiB). */

@@ -145,3 +145,10 @@ export interface AccountHealth {
   /** Set when the account cannot send until an operator fixes something (token store unreadable, SMTP AUTH disabled): its mail waits, with this reason, until `until` (null: until fixed). */
   holdReason?(account: string): { reason: string; until: number | null } | null;
 }
+
+/** The tightest message size an account's transport takes, for the listener to refuse with 552. */
+export interface TransportSizeLimit {
+  bytes: number;
+  /** Names the transport's limit, for the 552 reply. */
+  reason: string;
+}

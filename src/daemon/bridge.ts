@@ -6,7 +6,7 @@ import { loadConfig } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { Spool } from '../spool/spool.js';
 import { DeliveryWorker } from '../delivery/worker.js';
-import { TransportRouter } from '../upstream/router.js';
+import { TransportRouter, maxMessageBytes } from '../upstream/router.js';
 import { TokenService } from '../oauth/service.js';
 import { Listeners } from '../listener/server.js';
 import { acquireStateLock, type StateLock } from '../control/stateLock.js';
@@ -105,6 +105,7 @@ export class Bridge {
         // The listener sees the envelope as the upstream would; it is the spool's full envelope.
         this.worker.notify(env as SpooledEnvelope);
       },
+      transportLimit: maxMessageBytes,
     });
     this.tokens.onChange((account, state) => metrics.accountState(account, state));
     metrics.setQueueSource(() => {

@@ -13,7 +13,7 @@ import {
   type SMTPServerDataStream,
 } from 'smtp-server';
 import type { Config, ListenerConfig, UserConfig, AccountConfig } from '../config/schema.js';
-import type { Envelope } from '../types.js';
+import type { Envelope, TransportSizeLimit } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { addressForLog } from '../log/redact.js';
 import type { NewMessage } from '../spool/spool.js';
@@ -27,7 +27,6 @@ import { receivedHeader } from './received.js';
 import { collectYoung } from './gc.js';
 import { acceptProxyV2 } from './proxyV2.js';
 import { notePeer, isLocalPeer } from './peer.js';
-import { maxMessageBytes, type TransportSizeLimit } from '../upstream/router.js';
 import {
   assertSmtpServerHooks,
   hookServer,
@@ -55,6 +54,11 @@ export interface ListenersOptions {
   metrics?: ListenerMetrics;
   /** Failed-login table (tests pass one in to flood it directly); default: a fresh one. */
   authFailures?: AuthFailures;
+  /**
+   * The account's transport size limit (the daemon passes the upstream router's), so a message
+   * its transport cannot send is refused with 552 instead of bounced later; absent: none.
+   */
+  transportLimit?: (account: AccountConfig) => TransportSizeLimit | null;
 }
 
 /** The counters this stage feeds (implemented by src/metrics). */
@@ -126,6 +130,7 @@ export class Listeners {
   private accounts = new Map<string, AccountConfig>();
   private policies = new Map<string, SenderPolicy>();
   private stopping = false;
+  private readonly transportLimitOf: (account: AccountConfig) => TransportSizeLimit | null;
   /** Our name in the greeting and in Received: headers. */
   private readonly hostName = hostname();
 
@@ -135,6 +140,7 @@ export class Listeners {
     this.spool = opts.spool;
     this.onQueued = opts.onQueued;
     this.metrics = opts.metrics;
+    this.transportLimitOf = opts.transportLimit ?? (() => null);
     this.logins = new Logins(opts.authFailures);
     this.index(opts.config);
   }
@@ -554,7 +560,7 @@ export class Listeners {
       return cb(new SmtpReply(553, `5.7.1 Sender address rejected: not owned by ${tx.owner}`));
     }
     // The client announced the size: refuse now what the account's transport cannot send.
-    const limit = transportLimit(tx.account, rt.cfg.maxMessageSize);
+    const limit = tighter(this.transportLimitOf(tx.account), rt.cfg.maxMessageSize);
     const announced = Number(address.args ? address.args.SIZE : undefined);
     if (limit && announced > limit.bytes) {
       this.log.info('message too big', {
@@ -597,7 +603,7 @@ export class Listeners {
     const ip = session.remoteAddress;
     this.inData.add(session);
     let disconnected = false;
-    const limit = transportLimit(tx.account, rt.cfg.maxMessageSize);
+    const limit = tighter(this.transportLimitOf(tx.account), rt.cfg.maxMessageSize);
     const filter = new MessageFilter({
       maxBytes: limit?.bytes ?? rt.cfg.maxMessageSize,
       tooBigText: limit ? tooBigText(limit) : undefined,
@@ -704,8 +710,7 @@ export class Listeners {
 }
 
 /** The account's transport limit when it is tighter than the listener's own. */
-function transportLimit(account: AccountConfig, listenerMax: number): TransportSizeLimit | null {
-  const limit = maxMessageBytes(account);
+function tighter(limit: TransportSizeLimit | null, listenerMax: number): TransportSizeLimit | null {
   return limit && limit.bytes < listenerMax ? limit : null;
 }
 

@@ -3,7 +3,7 @@
 // or a transport registered in `transports` (its own folder plus one line here).
 // The delivery worker keeps seeing one Upstream.
 import type { Config } from '../config/schema.js';
-import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from '../types.js';
+import type { Envelope, MessageSource, SendResult, TokenSource, TransportSizeLimit, Upstream } from '../types.js';
 import type { Logger } from '../log/logger.js';
 import { GmailUpstream } from './gmail.js';
 import { GMAIL_API_MAX_BYTES, GmailApiUpstream } from './gmailApi.js';
@@ -15,13 +15,6 @@ import type { AccountConfig } from '../config/schema.js';
 export interface RegisteredTransport extends Upstream {
   reload(config: Config): void;
   describe(account: AccountConfig): string;
-}
-
-/** The tightest message size an account's transport takes, for the listener to refuse with 552. */
-export interface TransportSizeLimit {
-  bytes: number;
-  /** Names the transport's limit, for the 552 reply. */
-  reason: string;
 }
 
 /** null: no limit beyond the listener's (SMTP, and auto, which falls back to SMTP). */

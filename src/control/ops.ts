@@ -160,14 +160,7 @@ export class Operations {
     extra: { authorizedEmail?: string } = {},
   ): Promise<OpResult> {
     const acct = this.p.config().accounts.find((a) => a.name === account);
-    if (!acct)
-      return {
-        ok: false,
-        message: `no account named "${account}" (configured: ${this.p
-          .config()
-          .accounts.map((a) => a.name)
-          .join(', ')})`,
-      };
+    if (!acct) return this.unknownAccount(account);
     try {
       await this.p.tokens.importRefreshToken(account, refreshToken, extra);
     } catch (e) {
@@ -194,16 +187,14 @@ export class Operations {
     };
   }
 
+  private unknownAccount(account: string): OpResult {
+    const names = this.p.config().accounts.map((a) => a.name);
+    return { ok: false, message: `no account named "${account}" (configured: ${names.join(', ')})` };
+  }
+
   async refresh(account: string): Promise<OpResult> {
     const acct = this.p.config().accounts.find((a) => a.name === account);
-    if (!acct)
-      return {
-        ok: false,
-        message: `no account named "${account}" (configured: ${this.p
-          .config()
-          .accounts.map((a) => a.name)
-          .join(', ')})`,
-      };
+    if (!acct) return this.unknownAccount(account);
     try {
       await this.p.tokens.refresh(account);
     } catch (e) {

@@ -2,6 +2,12 @@
 // with the message. Gmail's replies are the reference: https://support.google.com/a/answer/3726730
 import type { Outcome } from '../types.js';
 
+/**
+ * How long an account stays held for a fix only an operator can make (a missing scope, an
+ * access policy, a mailbox permission) before it is tried again: one value for every transport.
+ */
+export const OPERATOR_HOLD_MS = 15 * 60_000;
+
 export interface UpstreamError {
   code?: string;
   responseCode?: number;

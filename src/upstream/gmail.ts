@@ -8,12 +8,9 @@ import type { Config, AccountConfig } from '../config/schema.js';
 import type { Envelope, MessageSource, SendResult, TokenSource, Upstream, RecipientResult } from '../types.js';
 import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { NeedsReauthError } from '../oauth/service.js';
-import { classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
+import { OPERATOR_HOLD_MS, classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
 import { redactString } from '../log/redact.js';
 import { exchangeReply } from '../providers/microsoft.js';
-
-/** How long an account stays held for a fix only an operator can make before it is tried again. */
-const OPERATOR_HOLD_MS = 15 * 60_000;
 
 type Transport = SMTPPool;
 

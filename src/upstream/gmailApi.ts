@@ -15,11 +15,10 @@ import { googleApiTransporter } from '../oauth/client.js';
 import { redactString } from '../log/redact.js';
 import { planApiSend, bccField, type ApiPlan } from './apiEnvelope.js';
 import { classifyApiAnswer, acceptedText } from './classifyApi.js';
+import { OPERATOR_HOLD_MS } from './classify.js';
 
 /** Gmail's limit for a message uploaded through the API. */
 export const GMAIL_API_MAX_BYTES = 35 * 1024 * 1024;
-/** How long an account stays held for a fix only an operator can make before it is tried again. */
-const OPERATOR_HOLD_MS = 15 * 60_000;
 
 export interface GmailApiUpstreamOptions {
   config: Config;

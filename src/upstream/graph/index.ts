@@ -15,6 +15,7 @@ import { NeedsReauthError } from '../../oauth/service.js';
 import { addSecret, redactString } from '../../log/redact.js';
 import type { ApiPlan } from '../apiEnvelope.js';
 import { classifyGraphAnswer, type GraphContext, type GraphVerdict } from './classify.js';
+import { OPERATOR_HOLD_MS } from '../classify.js';
 import { graphBccField, planGraphSend } from './envelope.js';
 import { MailboxLimiter } from './limiter.js';
 import { DraftJournal } from './journal.js';
@@ -36,8 +37,6 @@ export function graphMaxMessageBytes(acct: { upstream: { largeMessages?: boolean
 const INLINE_ATTACHMENT_MAX = 3 * 1024 * 1024;
 /** Upload-session chunk: at most 4 MB; a multiple of 320 KiB as Microsoft recommends (3.75 MiB). */
 export const UPLOAD_CHUNK = 12 * 320 * 1024;
-/** How long an account stays held for a fix only an operator can make before it is tried again. */
-const OPERATOR_HOLD_MS = 15 * 60_000;
 
 export interface GraphUpstreamOptions {
   config: Config;

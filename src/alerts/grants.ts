@@ -2,22 +2,13 @@
 // alert monitor and the console so both say the same thing.
 import type { AccountConfig } from '../config/schema.js';
 import type { AccountStatus } from '../oauth/service.js';
-
-import { TESTING_LIFETIME_MS, TESTING_WARN_AFTER_MS } from '../oauth/lapse.js';
-
-const DAY = 86400e3;
-// Unused grants lapse: Google after 6 months, Microsoft after 90 days of inactivity.
-const IDLE_LIMIT_MS: Record<string, number> = { google: 180 * DAY, microsoft: 90 * DAY };
+import { providerFor } from '../providers/index.js';
 
 export interface GrantRisk {
   /** warn: a person should act before `at`; info: worth showing, nothing to do yet. */
   level: 'none' | 'info' | 'warn';
   text: string;
   at?: string;
-}
-
-export function providerOf(acct: AccountConfig): string {
-  return (acct as { provider?: string }).provider ?? 'google';
 }
 
 export function grantRisk(acct: AccountConfig, st: AccountStatus, now: number, warnAheadMs: number): GrantRisk {
@@ -34,20 +25,22 @@ export function grantRisk(acct: AccountConfig, st: AccountStatus, now: number, w
           at: st.refreshTokenExpiresAt,
         };
   }
-  const idleLimit = IDLE_LIMIT_MS[providerOf(acct)] ?? IDLE_LIMIT_MS.google;
+  const provider = providerFor(acct);
+  // Unused grants lapse (Google after 6 months, Microsoft after 90 days).
+  const idleLimit = provider.idleGrantLifetimeMs;
   const lastUse = Date.parse(st.lastRefreshAt ?? st.refreshTokenIssuedAt!);
   if (now - lastUse >= idleLimit - warnAheadMs) {
     const at = new Date(lastUse + idleLimit).toISOString();
     return { level: 'warn', text: `unused since ${new Date(lastUse).toISOString()}; unused grants lapse at ${at}`, at };
   }
-  if (providerOf(acct) === 'google' && st.refreshTokenIssuedAt) {
+  const limit = provider.grantAgeLimit;
+  if (limit && st.refreshTokenIssuedAt) {
     const issued = Date.parse(st.refreshTokenIssuedAt);
     const age = now - issued;
-    const at = new Date(issued + TESTING_LIFETIME_MS).toISOString();
-    if (age >= TESTING_WARN_AFTER_MS && age < TESTING_LIFETIME_MS)
-      return { level: 'warn', text: `if the OAuth app is in "Testing" status, Google revokes this grant at ${at}`, at };
-    if (age < TESTING_WARN_AFTER_MS)
-      return { level: 'info', text: `revoked at ${at} if the OAuth app is in "Testing" status`, at };
+    const at = new Date(issued + limit.lifetimeMs).toISOString();
+    if (age >= limit.warnAfterMs && age < limit.lifetimeMs)
+      return { level: 'warn', text: `if ${limit.when}, ${provider.label} revokes this grant at ${at}`, at };
+    if (age < limit.warnAfterMs) return { level: 'info', text: `revoked at ${at} if ${limit.when}`, at };
   }
   return { level: 'none', text: 'no known expiry' };
 }

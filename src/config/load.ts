@@ -1,5 +1,6 @@
 // Reads the YAML config, expands ${ENV} in strings and validates it.
 // Every problem is reported with its key path, so `check-config` can print them all at once.
+import { providerFor } from '../providers/index.js';
 import { readFileSync } from 'node:fs';
 import { resolve, dirname, isAbsolute } from 'node:path';
 import { parseDocument } from 'yaml';
@@ -77,7 +78,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   const parsed = configSchema.safeParse(raw ?? {});
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
-      let message = issue.message;
+      const message = issue.message;
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys)
           problems.push({ path: pathString([...issue.path, key]), message: unknownKeyMessage(issue.path, key) });
@@ -132,11 +133,9 @@ function applyClientFiles(raw: unknown, abs: (p: string) => string, problems: Co
     const o = a?.oauth as Record<string, unknown> | undefined;
     if (!o || typeof o !== 'object' || typeof o.clientFile !== 'string') return;
     const at = (k: string) => `accounts[${i}].oauth.${k}`;
-    if (a!.provider === 'microsoft') {
-      problems.push({
-        path: at('clientFile'),
-        message: "clientFile is Google's downloaded client JSON; for Microsoft set clientId and clientSecretFile",
-      });
+    const clientFile = providerFor(a as { provider?: string }).clientFile;
+    if (clientFile !== true) {
+      problems.push({ path: at('clientFile'), message: clientFile });
       return;
     }
     const file = abs(o.clientFile);

@@ -1,7 +1,7 @@
 // The config file's shape. Every object is strict so a typo is an error that names its key.
 import { z } from 'zod';
-import { withProviderDefaults, providerIssues } from '../providers/defaults.js';
-import { MS_CLOUD_NAMES } from '../providers/microsoft.js';
+import { DEFAULT_PROVIDER, PROVIDER_IDS, providerIssues, withProviderDefaults } from '../providers/index.js';
+import { MS_CLOUD_NAMES } from '../providers/microsoft/clouds.js';
 import { isIP } from 'node:net';
 import cron from 'node-cron';
 import { parseDuration, parseSize } from './units.js';
@@ -133,7 +133,7 @@ export const accountSchema = z
   .strictObject({
     name: name,
     /** Whose mail service: google (default) or microsoft (Microsoft 365 / Outlook.com). */
-    provider: z.enum(['google', 'microsoft']).default('google'),
+    provider: z.enum(PROVIDER_IDS).default(DEFAULT_PROVIDER),
     email: email,
     oauth: z.discriminatedUnion('type', [oauthUser, oauthServiceAccount, oauthApp]),
     /** smtp (both providers); Google: gmail-api (scope gmail.send only), auto (API, SMTP when the API cannot express the envelope); Microsoft: graph (Graph sendMail, scope Mail.Send). */
@@ -267,56 +267,11 @@ export const configSchema = z
       if (accounts.has(a.name))
         ctx.addIssue({ code: 'custom', path: ['accounts', i, 'name'], message: `duplicate account name "${a.name}"` });
       accounts.add(a.name);
-      // Microsoft delegated may be a public client (desktop registration): no secret.
-      if (a.oauth.type === 'user' && a.provider !== 'microsoft' && !a.oauth.clientSecret && !a.oauth.clientSecretFile)
-        ctx.addIssue({
-          code: 'custom',
-          path: ['accounts', i, 'oauth'],
-          message: 'set clientSecret or clientSecretFile',
-        });
       if ((a.oauth.type === 'user' || a.oauth.type === 'app') && a.oauth.clientSecret && a.oauth.clientSecretFile)
         ctx.addIssue({
           code: 'custom',
           path: ['accounts', i, 'oauth', 'clientSecretFile'],
           message: 'set clientSecret or clientSecretFile, not both (keep clientSecretFile and remove clientSecret)',
-        });
-      if (a.provider === 'microsoft' && a.transport === 'auto' && a.oauth.type !== 'app')
-        ctx.addIssue({
-          code: 'custom',
-          path: ['accounts', i, 'transport'],
-          message:
-            'transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph',
-        });
-      if (a.provider === 'microsoft' && a.transport === 'gmail-api')
-        ctx.addIssue({
-          code: 'custom',
-          path: ['accounts', i, 'transport'],
-          message: `transport ${a.transport} is for Google accounts only; Microsoft accounts send over SMTP (transport smtp) or Microsoft Graph (transport graph)`,
-        });
-      if (a.provider === 'google' && a.transport === 'graph')
-        ctx.addIssue({
-          code: 'custom',
-          path: ['accounts', i, 'transport'],
-          message:
-            'transport graph is Microsoft Graph, for provider microsoft; a Google account uses smtp, gmail-api or auto',
-        });
-      if (a.cloud !== undefined && a.provider !== 'microsoft')
-        ctx.addIssue({
-          code: 'custom',
-          path: ['accounts', i, 'cloud'],
-          message: 'cloud (Microsoft national clouds) is for provider microsoft only; remove it',
-        });
-      // SMTP: Exchange takes another mailbox as the XOAUTH2 user only from an app-only token.
-      if (
-        a.mailbox !== undefined &&
-        a.transport !== 'graph' &&
-        !(a.provider === 'microsoft' && a.transport === 'smtp' && a.oauth.type === 'app')
-      )
-        ctx.addIssue({
-          code: 'custom',
-          path: ['accounts', i, 'mailbox'],
-          message:
-            'mailbox (send from another mailbox) is for transport graph, or app-only (oauth.type app) Microsoft SMTP; remove it or set transport: graph',
         });
       if (a.upstream.largeMessages && a.transport !== 'graph')
         ctx.addIssue({

@@ -9,7 +9,7 @@ import { createTestPki, writePki, type TestPki } from './ca.js';
 import { FakeTokenEndpoint } from './tokenEndpoint.js';
 import { FakeGmail } from './gmail.js';
 import { FakeGmailApi } from './gmailApi.js';
-import { scopesFor } from '../oauth/scopes.js';
+import { scopesFor } from '../providers/index.js';
 import { hashPassword } from '../listener/passwords.js';
 import { FakeMicrosoftIdentity } from './microsoftIdentity.js';
 import { FakeGraph } from './graph.js';

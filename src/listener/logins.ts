@@ -3,7 +3,7 @@
 // a failure BEFORE its next check waits (refunded if that check succeeds), so 20 parallel
 // connections from one address reach the lockout after `limit` of them instead of running
 // 20 KDFs; the lockout then drops the rest of its queue.
-import { PasswordCache, KdfGate, KdfCancelled, kdfGate, checkPassword } from './passwords.js';
+import { PasswordCache, type KdfGate, KdfCancelled, kdfGate, checkPassword } from './passwords.js';
 import { AuthFailures, type AuthLimits } from './limits.js';
 import { clientKey } from '../config/networks.js';
 

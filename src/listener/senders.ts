@@ -41,7 +41,7 @@ export class SenderPolicy {
 
 // Anything address-shaped, wherever it sits in the header (display name, comment, angle
 // brackets): a display name like "ceo@example.com" <allowed@...> is a spoof too.
-const ADDRESS_LIKE = /[^\s<>"(),;:\[\]\\]+@[^\s<>"(),;:\[\]\\]+/g;
+const ADDRESS_LIKE = /[^\s<>"(),;:[\]\\]+@[^\s<>"(),;:[\]\\]+/g;
 
 /**
  * A header value with its RFC 2047 encoded words (`=?UTF-8?B?…?=`, `=?…?Q?…?=`, adjacent

@@ -15,10 +15,10 @@ const OBJECT_KEYS = /^(config|request|headers|auth|options)$/i;
 const SECRET_PARAMS =
   'refresh_token|access_token|client_secret|code|code_verifier|assertion|client_assertion|password|id_token|device_code';
 const PATTERNS: [RegExp, string][] = [
-  [/ya29\.[A-Za-z0-9._\-]+/g, 'ya29.[redacted]'],
-  [/1\/\/[A-Za-z0-9._\-]+/g, '1//[redacted]'],
+  [/ya29\.[A-Za-z0-9._-]+/g, 'ya29.[redacted]'],
+  [/1\/\/[A-Za-z0-9._-]+/g, '1//[redacted]'],
   [/1%2F%2F[A-Za-z0-9._\-%]+/gi, '1%2F%2F[redacted]'],
-  [/(Bearer\s+)[A-Za-z0-9._~+\/\-]+=*/gi, '$1[redacted]'],
+  [/(Bearer\s+)[A-Za-z0-9._~+/-]+=*/gi, '$1[redacted]'],
   [/(auth=Bearer\s*)[^\x01\s]+/gi, '$1[redacted]'],
   [new RegExp(`\\b(${SECRET_PARAMS})(=|%3D)([^&\\s"']+)`, 'gi'), '$1$2[redacted]'],
   [

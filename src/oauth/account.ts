@@ -4,10 +4,9 @@
 import type { AccountConfig } from '../config/schema.js';
 import { addSecret, redactString } from '../log/redact.js';
 import type { HealthState } from '../types.js';
-import { accountIdentity, readServiceAccountKey } from './client.js';
-import { scopesFor } from './scopes.js';
+import { providerFor, tokenIdentity } from '../providers/index.js';
+import type { Refresher } from '../providers/provider.js';
 import type { TokenRecord } from './store.js';
-import type { Refresher } from './grants/refresher.js';
 
 export class NeedsReauthError extends Error {
   constructor(
@@ -18,11 +17,6 @@ export class NeedsReauthError extends Error {
     this.name = 'NeedsReauthError';
   }
 }
-
-/** A failure on our side (config file, disk), described by its own message. */
-export class LocalError extends Error {}
-/** A problem with the account's own config (secret file, key file): not the endpoint's fault. */
-export class AccountConfigError extends LocalError {}
 
 export interface AccountStatus {
   account: string;
@@ -38,18 +32,8 @@ export interface AccountStatus {
 
 /** The exact command that fixes a dead grant, for log lines and CLI output. */
 export function fixHint(account: AccountConfig): string {
-  if (account.oauth.type === 'app')
-    return `check the app registration in Entra ID (client secret or certificate, SMTP.SendAsApp with admin consent, the Exchange service principal and its mailbox permission: see README "Microsoft 365"), then run: xoauth2-bridge token refresh ${account.name}`;
-  if (account.oauth.type === 'service-account') {
-    // The Admin console's domain-wide delegation takes the key's numeric client ID, not its email.
-    let clientId: string | undefined;
-    try {
-      clientId = readServiceAccountKey(account.oauth.keyFile).client_id;
-    } catch {
-      /* an unreadable key file is its own error; the hint still names scope and subject */
-    }
-    return `check the key file and the domain-wide delegation of the service account (Google Admin console > Security > API controls > Domain-wide delegation: ${clientId ? `client ID ${clientId}` : "the key file's client_id"}, scope ${scopesFor(account).join(' ')}${account.oauth.subject ? `, subject ${account.oauth.subject}` : ''}), then run: xoauth2-bridge token refresh ${account.name}`;
-  }
+  const own = providerFor(account).fixHint(account);
+  if (own) return own;
   return `run: xoauth2-bridge authorize ${account.name}   (or pipe a refresh token into: xoauth2-bridge token import ${account.name})`;
 }
 
@@ -94,7 +78,7 @@ export function registerRefreshToken(s: Slot, rt: string | undefined): void {
 
 /** Takes the stored access token when it belongs to this identity and is newer than ours. */
 export function adoptStoredAccessToken(s: Slot, rec: TokenRecord | undefined, now: number): boolean {
-  if (!rec?.accessToken || !rec.accessTokenExpiresAt || rec.accessTokenFor !== accountIdentity(s.cfg)) return false;
+  if (!rec?.accessToken || !rec.accessTokenExpiresAt || rec.accessTokenFor !== tokenIdentity(s.cfg)) return false;
   const exp = Date.parse(rec.accessTokenExpiresAt);
   if (!(exp > now) || (s.expiresAt !== undefined && exp <= s.expiresAt)) return false;
   s.accessToken = rec.accessToken;

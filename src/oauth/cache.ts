@@ -2,23 +2,21 @@
 // expiry, one refresh in flight per account (single-flight keyed on the token the upstream
 // rejected), refresh-token rotation persisted before the new access token is used, and dead
 // grants (invalid_grant) turned into a quiet `needs-reauth` state instead of a retry storm.
-// How a grant gets a token is its refresher's business (src/oauth/grants/); setting accounts
+// How a grant gets a token is its provider's refresher's business (src/providers/); setting accounts
 // up, the schedule and reloads are the TokenService's (src/oauth/service.ts).
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { addSecret, redactString } from '../log/redact.js';
 import type { HealthState } from '../types.js';
-import { accountIdentity, classifyTokenError, type HttpOptions, type TokenResponse } from './client.js';
-import { classifyMicrosoftError } from '../providers/microsoft.js';
+import { providerFor, tokenIdentity } from '../providers/index.js';
 import {
   AccountConfigError,
+  type GrantContext,
+  type HttpOptions,
   LocalError,
-  NeedsReauthError,
-  fixHint,
-  registerRefreshToken,
-  type Slot,
-} from './account.js';
-import type { GrantContext } from './grants/refresher.js';
+  type TokenResponse,
+} from '../providers/provider.js';
+import { NeedsReauthError, fixHint, registerRefreshToken, type Slot } from './account.js';
 import { HealthBook } from './health.js';
 import type { StoreData, TokenRecord, TokenStore } from './store.js';
 
@@ -205,7 +203,7 @@ export class TokenCache {
     s.backoffUntil = 0;
     const iso = new Date(t).toISOString();
     const expIso = new Date(expiresAt).toISOString();
-    const accessTokenFor = accountIdentity(s.cfg);
+    const accessTokenFor = tokenIdentity(s.cfg);
     s.rec = {
       ...s.rec,
       accessToken,
@@ -252,7 +250,7 @@ export class TokenCache {
     const c =
       err instanceof LocalError
         ? { dead: false, code: undefined, message: redactString(err.message) }
-        : (classifyMicrosoftError(err) ?? classifyTokenError(err, this.http));
+        : providerFor(s.cfg).classifyTokenError(err, this.http);
     if (c.dead) {
       if (usedRt !== undefined && s.rec.refreshToken !== usedRt && s.rec.refreshToken) {
         // A new refresh token arrived (token import) while this one was being refused.

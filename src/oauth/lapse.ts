@@ -1,14 +1,10 @@
-// Warnings before a user's grant lapses: a known end (refresh_token_expires_in) or Google's
-// 7-day limit for apps in "Testing" publishing status. The one definition of those lifetimes
-// (the alerts and the console read them from here).
+// Warnings before a user's grant lapses: a known end (refresh_token_expires_in) or a limit
+// its provider puts on a grant's age (Google: 7 days for apps in "Testing" publishing status).
 import type { Logger } from '../log/logger.js';
+import { providerFor } from '../providers/index.js';
 import { fixHint, type Slot } from './account.js';
 
 const DAY_MS = 86400_000;
-// Google revokes refresh tokens of apps in "Testing" publishing status 7 days after issue;
-// the warning starts at day 5.
-export const TESTING_LIFETIME_MS = 7 * DAY_MS;
-export const TESTING_WARN_AFTER_MS = 5 * DAY_MS;
 
 /** Logs, at most once a day per account, that its refresh token is about to lapse. */
 export function warnLapsing(s: Slot, t: number, log: Logger): void {
@@ -27,13 +23,15 @@ export function warnLapsing(s: Slot, t: number, log: Logger): void {
     }
     return;
   }
-  if (!rec.refreshTokenIssuedAt) return;
+  const limit = providerFor(s.cfg).grantAgeLimit;
+  if (!rec.refreshTokenIssuedAt || !limit) return;
   const age = t - Date.parse(rec.refreshTokenIssuedAt);
-  if (age >= TESTING_WARN_AFTER_MS && age < TESTING_LIFETIME_MS) {
+  if (age >= limit.warnAfterMs && age < limit.lifetimeMs) {
     s.lapseWarnedAt = t;
-    const lapse = new Date(Date.parse(rec.refreshTokenIssuedAt) + TESTING_LIFETIME_MS).toISOString();
+    const lapse = new Date(Date.parse(rec.refreshTokenIssuedAt) + limit.lifetimeMs).toISOString();
+    const days = Math.round(limit.lifetimeMs / DAY_MS);
     log.warn(
-      `account ${name}: refresh token issued ${rec.refreshTokenIssuedAt}; if the OAuth app is in "Testing" publishing status, Google revokes it 7 days after issue (${lapse}). Move the app to "In production" (see README) to keep tokens valid, or be ready to ${fixHint(s.cfg)}`,
+      `account ${name}: refresh token issued ${rec.refreshTokenIssuedAt}; if ${limit.when}, ${providerFor(s.cfg).label} revokes it ${days} days after issue (${lapse}). ${limit.advice}, or be ready to ${fixHint(s.cfg)}`,
       { account: name },
     );
   }

@@ -15,7 +15,7 @@ import {
   type Slot,
 } from './account.js';
 import { TokenCache, type TokenServiceOptions } from './cache.js';
-import { refresherFor } from './grants/index.js';
+import { providerFor } from '../providers/index.js';
 import { warnLapsing } from './lapse.js';
 import { TokenStore, resolveStoreKey, type StoreData, type TokenRecord } from './store.js';
 
@@ -157,7 +157,7 @@ export class TokenService extends TokenCache implements TokenSource, AccountHeal
     s.refresher = undefined;
     s.configError = undefined;
     try {
-      s.refresher = refresherFor(s.cfg, this.grantContext(s));
+      s.refresher = providerFor(s.cfg).refresher(s.cfg, this.grantContext(s));
     } catch (e) {
       s.configError = (e as Error).message;
     }

@@ -10,7 +10,7 @@ import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { NeedsReauthError } from '../oauth/service.js';
 import { OPERATOR_HOLD_MS, classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
 import { redactString } from '../log/redact.js';
-import { exchangeReply } from '../providers/microsoft.js';
+import { providerFor } from '../providers/index.js';
 
 type Transport = SMTPPool;
 
@@ -249,8 +249,7 @@ export class GmailUpstream implements Upstream {
           const reauth = e.reason instanceof NeedsReauthError;
           return { outcome: reauth ? 'auth' : 'transient', response: `token: ${e.reason.message}`, accepted, rejected };
         }
-        const ms =
-          acct.provider === 'microsoft' ? exchangeReply(replyText(err), acct.oauth, acct.mailbox ?? acct.email) : null;
+        const ms = providerFor(acct).smtpReply?.(replyText(err), acct) ?? null;
         if (ms?.hold && (renewed || !/\b5\.7\.3\b/.test(replyText(err)))) {
           // Only an operator can fix this (5.7.139 at once; app-only 5.7.3 after a fresh token was refused too).
           this.tokens.holdAccount?.(acct.name, ms.hold, OPERATOR_HOLD_MS);

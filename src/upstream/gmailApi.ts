@@ -11,7 +11,7 @@ import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from 
 import { openMessage } from '../spool/message.js';
 import type { Logger } from '../log/logger.js';
 import { NeedsReauthError } from '../oauth/service.js';
-import { googleApiTransporter } from '../oauth/client.js';
+import { googleApiTransporter } from '../providers/google/client.js';
 import { redactString } from '../log/redact.js';
 import { planApiSend, bccField, type ApiPlan } from './apiEnvelope.js';
 import { classifyApiAnswer, acceptedText } from './classifyApi.js';

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startFakeWorld, startFakeGraphTenant, type FakeWorld, type FakeGraphTenant } from '../../src/fakes/world.js';
-import { GRAPH_SEND_SCOPE } from '../../src/providers/microsoft.js';
+import { GRAPH_SEND_SCOPE } from '../../src/providers/microsoft/clouds.js';
 import { headerValues } from '../../src/listener/filter.js';
 import {
   startBridge,

@@ -494,7 +494,7 @@ test('FakeGmail: rejects an invalid or foreign bearer with 535 after the XOAUTH2
     });
     assert.match(
       replies[3],
-      /^535-5\.7\.8 Username and Password not accepted\. For more information, go to\r\n535 5\.7\.8  https:\/\/support\.google\.com\/mail\/\?p=BadCredentials/,
+      /^535-5\.7\.8 Username and Password not accepted\. For more information, go to\r\n535 5\.7\.8 {2}https:\/\/support\.google\.com\/mail\/\?p=BadCredentials/,
     );
     assert.match(replies[4], /^535 5\.7\.8 /);
     assert.match(replies[5], /^530 5\.7\.0 Authentication Required/);

@@ -13,7 +13,7 @@ import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../../src/config/schema.js';
 import { TokenService } from '../../src/oauth/service.js';
 import { TokenStore } from '../../src/oauth/store.js';
-import { scopesFor } from '../../src/oauth/scopes.js';
+import { scopesFor } from '../../src/providers/index.js';
 import { nullLogger } from '../../src/log/logger.js';
 import { graphBccField } from '../../src/upstream/graph/envelope.js';
 import { quoteLocalPart } from '../../src/upstream/addressQuote.js';

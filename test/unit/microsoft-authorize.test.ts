@@ -323,7 +323,7 @@ test('microsoft authorize --device: an expired device code ends with a clear err
         input: new PassThrough(),
         output: collect().stream,
       }),
-      /--device is for Microsoft accounts/,
+      /--device is not available for Google accounts: Google refuses the Gmail scope/,
     );
   } finally {
     await w.close();

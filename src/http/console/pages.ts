@@ -2,7 +2,7 @@
 // ever passed in (views carry states, dates and redacted error texts only).
 import type { AccountView, QueueSummary } from './ops.js';
 import type { QueueRow } from '../../control/ops.js';
-import { grantRisk, providerOf } from '../../alerts/grants.js';
+import { grantRisk } from '../../alerts/grants.js';
 import { formatAge, formatRelative, formatSize } from '../../log/format.js';
 
 export const esc = (s: unknown): string => String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -98,7 +98,7 @@ export function accountsPage(ctx: PageContext, accounts: AccountView[], warnAhea
         ? `<form class="inline" method="post" action="/accounts/${encodeURIComponent(a.config.name)}/authorize">${csrfField(ctx)}<button class="${st.state === 'ok' ? '' : 'primary'}">Authorize</button></form>`
         : '<span class="muted">service account</span>';
       return `<tr data-account="${esc(a.config.name)}"><td><b>${esc(a.config.name)}</b><br><span class="muted">${esc(a.config.email)}</span></td>
-<td>${esc(providerOf(a.config))}</td><td class="state">${state(st.state)}</td><td>${when(st.accessTokenExpiresAt, now)}</td>
+<td>${esc(a.config.provider)}</td><td class="state">${state(st.state)}</td><td>${when(st.accessTokenExpiresAt, now)}</td>
 <td>${esc(rtAge)}</td><td>${risk.level === 'none' ? `<span class="muted">${esc(risk.text)}</span>` : `${state(risk.level)} ${esc(risk.text)}`}</td>
 <td>${when(st.lastRefreshAt, now)}</td><td class="err">${esc(st.lastError ?? '')}</td>
 <td class="held">${a.held ? `${a.queued} held (${esc(a.held)})` : String(a.queued)}</td><td>${authorize}</td></tr>`;

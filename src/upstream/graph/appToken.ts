@@ -3,16 +3,16 @@
 // Client credentials are stateless (no refresh token to rotate), so this small cache can ask
 // for them itself with the account's secret or certificate.
 import type { AccountConfig } from '../../config/schema.js';
+import { graphScopes, type MsCloud } from '../../providers/microsoft/clouds.js';
+import { classifyMicrosoftError } from '../../providers/microsoft/errors.js';
 import {
-  graphScopes,
   microsoftAppToken,
   microsoftCredentials,
   type MicrosoftCredentials,
-} from '../../providers/microsoft.js';
-import { DEFAULT_TIMEOUT_MS, tokenAgent } from '../../oauth/client.js';
+} from '../../providers/microsoft/tokens.js';
+import { DEFAULT_TIMEOUT_MS, tokenAgent } from '../../providers/http.js';
 import { addSecret } from '../../log/redact.js';
 import { NeedsReauthError } from '../../oauth/service.js';
-import { classifyMicrosoftError } from '../../providers/microsoft.js';
 
 /** Refresh this long before expiry. */
 const SKEW_MS = 5 * 60_000;
@@ -23,8 +23,8 @@ export class GraphAppTokens {
 
   async get(acct: AccountConfig, force = false): Promise<string> {
     const o = acct.oauth;
-    if (acct.provider !== 'microsoft' || o.type !== 'app')
-      throw new Error(`account ${acct.name}: Graph tokens for transport auto need oauth.type app`);
+    // The config allows transport auto on Microsoft only with app-only sign-in.
+    if (o.type !== 'app') throw new Error(`account ${acct.name}: Graph tokens for transport auto need oauth.type app`);
     const key = JSON.stringify([o.clientId, o.tokenUrl, acct.cloud ?? 'global']);
     const c = this.cache.get(acct.name);
     if (!force && c && c.key === key && c.expiresAt - SKEW_MS > Date.now()) return c.token;

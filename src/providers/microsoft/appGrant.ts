@@ -1,19 +1,18 @@
 // Microsoft, app-only (client credentials with a client secret or certificate): no refresh
 // token, a new access token per request. The secret or key is read when the account is set up.
-import type { AccountConfig } from '../../config/schema.js';
+import { DEFAULT_TIMEOUT_MS, tokenAgent } from '../http.js';
 import {
-  microsoftAppToken,
-  microsoftCredentials,
-  type MicrosoftCredentials,
-  type MicrosoftOAuth,
-} from '../../providers/microsoft.js';
-import { AccountConfigError } from '../account.js';
-import { tokenAgent, DEFAULT_TIMEOUT_MS, type TokenResponse } from '../client.js';
-import type { GrantContext, Refresher } from './refresher.js';
-import { scopesFor } from '../scopes.js';
+  AccountConfigError,
+  type GrantContext,
+  type ProviderAccount,
+  type Refresher,
+  type TokenResponse,
+} from '../provider.js';
+import { microsoftScopes } from './clouds.js';
+import { microsoftAppToken, microsoftCredentials, type MicrosoftCredentials, type MicrosoftOAuth } from './tokens.js';
 
 /** The token request of a Microsoft account; a secret or key that cannot be read is the account's config error. */
-export function microsoftRequester(cfg: AccountConfig, o: MicrosoftOAuth, ctx: GrantContext) {
+export function microsoftRequester(cfg: ProviderAccount & { name: string }, o: MicrosoftOAuth, ctx: GrantContext) {
   const credentials: Promise<MicrosoftCredentials> = microsoftCredentials(o, cfg.name);
   credentials.catch(() => {}); // reported by the first refresh, as a config error
   return async () => {
@@ -28,12 +27,16 @@ export function microsoftRequester(cfg: AccountConfig, o: MicrosoftOAuth, ctx: G
       credentials: c,
       agent: tokenAgent(o.caFile),
       timeoutMs: ctx.http.timeoutMs ?? DEFAULT_TIMEOUT_MS,
-      scopes: scopesFor(cfg),
+      scopes: microsoftScopes(cfg),
     };
   };
 }
 
-export function microsoftAppRefresher(cfg: AccountConfig, o: MicrosoftOAuth, ctx: GrantContext): Refresher {
+export function microsoftAppRefresher(
+  cfg: ProviderAccount & { name: string },
+  o: MicrosoftOAuth,
+  ctx: GrantContext,
+): Refresher {
   const request = microsoftRequester(cfg, o, ctx);
   return {
     async refresh(): Promise<TokenResponse> {

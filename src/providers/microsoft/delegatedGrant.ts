@@ -1,13 +1,15 @@
 // Microsoft, a user's delegated grant: every answer rotates the refresh token (and the fake
 // makes each one usable once), so the rotated token is on disk before the new access token
 // is handed out.
-import type { AccountConfig } from '../../config/schema.js';
-import { microsoftRefresh, type MicrosoftOAuth } from '../../providers/microsoft.js';
-import type { TokenResponse } from '../client.js';
-import { microsoftRequester } from './microsoftApp.js';
-import type { GrantContext, Refresher } from './refresher.js';
+import type { GrantContext, ProviderAccount, Refresher, TokenResponse } from '../provider.js';
+import { microsoftRequester } from './appGrant.js';
+import { microsoftRefresh, type MicrosoftOAuth } from './tokens.js';
 
-export function microsoftDelegatedRefresher(cfg: AccountConfig, o: MicrosoftOAuth, ctx: GrantContext): Refresher {
+export function microsoftDelegatedRefresher(
+  cfg: ProviderAccount & { name: string },
+  o: MicrosoftOAuth,
+  ctx: GrantContext,
+): Refresher {
   const request = microsoftRequester(cfg, o, ctx);
   return {
     async refresh(usedRt): Promise<TokenResponse> {

@@ -1,11 +1,9 @@
 // Google, a user's grant: the refresh token (from `authorize` or `token import`) is exchanged
 // by google-auth-library; a rotated refresh token is persisted before the access token is used.
-import type { AccountConfig } from '../../config/schema.js';
-import { createUserClient } from '../client.js';
-import type { TokenResponse } from '../client.js';
-import type { GrantContext, Refresher } from './refresher.js';
+import type { GrantContext, ProviderAccount, Refresher, TokenResponse } from '../provider.js';
+import { createUserClient } from './client.js';
 
-export function googleUserRefresher(cfg: AccountConfig, ctx: GrantContext): Refresher {
+export function googleUserRefresher(cfg: ProviderAccount, ctx: GrantContext): Refresher {
   const client = createUserClient(cfg, { http: ctx.http });
   /** Persisting a rotated refresh token, started from the library's 'tokens' event. */
   let pendingRotation: Promise<void> | undefined;

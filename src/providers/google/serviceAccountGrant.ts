@@ -1,15 +1,13 @@
 // Google, a service account with domain-wide delegation: each access token comes from a
 // freshly signed JWT assertion (no refresh token). The key is read when the account is set up.
-import type { AccountConfig } from '../../config/schema.js';
 import { addSecret } from '../../log/redact.js';
-import { readServiceAccountKey, serviceAccountToken } from '../client.js';
-import type { TokenResponse } from '../client.js';
-import { scopesFor } from '../scopes.js';
-import type { GrantContext, Refresher } from './refresher.js';
+import type { GrantContext, ProviderAccount, Refresher, TokenResponse } from '../provider.js';
+import { readServiceAccountKey, type ServiceAccountOAuth, serviceAccountToken } from './client.js';
+import { googleScopes } from './scopes.js';
 
 /** Throws when the key file cannot be read (reported as the account's config error). */
 export function googleServiceAccountRefresher(
-  cfg: AccountConfig & { oauth: { type: 'service-account' } },
+  cfg: ProviderAccount & { oauth: ServiceAccountOAuth },
   ctx: GrantContext,
 ): Refresher {
   const key = readServiceAccountKey(cfg.oauth.keyFile);
@@ -22,7 +20,7 @@ export function googleServiceAccountRefresher(
         key,
         Math.floor(Date.now() / 1000),
         ctx.http,
-        scopesFor(ctx.account()),
+        googleScopes(ctx.account()),
       );
       if (!res?.access_token) throw new Error('token endpoint returned no access_token');
       return { access_token: res.access_token, expiry_date: ctx.now() + (res.expires_in ?? 3600) * 1000 };

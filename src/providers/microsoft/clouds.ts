@@ -1,0 +1,61 @@
+// Microsoft's clouds and scopes: where sign-in and Graph live, and what each transport's token
+// is for (one resource per token, so Graph and SMTP scopes never mix).
+import type { ProviderAccount } from '../provider.js';
+
+/** Delegated scope for SMTP AUTH XOAUTH2; offline_access brings the refresh token. */
+export const MS_SMTP_SCOPE = 'https://outlook.office.com/SMTP.Send';
+export const MS_DELEGATED_SCOPES = [MS_SMTP_SCOPE, 'offline_access'];
+/** App-only (client credentials): Exchange Online's application permission SMTP.SendAsApp. */
+export const MS_APP_SCOPE = 'https://outlook.office365.com/.default';
+/**
+ * Microsoft's clouds (the account's `cloud:` key): where sign-in and Graph live. One table, so
+ * a cloud's login host, Graph host and Graph scopes always agree. (SMTP hosts and the Exchange
+ * SMTP scope are the global ones; in a national cloud set upstream.host for transport smtp.)
+ */
+export const MS_CLOUDS = {
+  global: { login: 'https://login.microsoftonline.com', graph: 'https://graph.microsoft.com' },
+  /** US Government GCC High. */
+  usgov: { login: 'https://login.microsoftonline.us', graph: 'https://graph.microsoft.us' },
+  /** US Government DoD. */
+  dod: { login: 'https://login.microsoftonline.us', graph: 'https://dod-graph.microsoft.us' },
+  /** Microsoft 365 operated by 21Vianet (China). */
+  china: { login: 'https://login.chinacloudapi.cn', graph: 'https://microsoftgraph.chinacloudapi.cn' },
+} as const;
+export type MsCloud = keyof typeof MS_CLOUDS;
+export const MS_CLOUD_NAMES = Object.keys(MS_CLOUDS) as [MsCloud, ...MsCloud[]];
+
+/** The Graph scopes of a cloud (the resource is the cloud's Graph host). */
+export function graphScopes(cloud: MsCloud = 'global'): {
+  send: string;
+  sendShared: string;
+  readWrite: string;
+  app: string;
+} {
+  const g = MS_CLOUDS[cloud].graph;
+  return {
+    send: `${g}/Mail.Send`,
+    sendShared: `${g}/Mail.Send.Shared`,
+    readWrite: `${g}/Mail.ReadWrite`,
+    app: `${g}/.default`,
+  };
+}
+
+/** Microsoft Graph (transport graph): base URL and scopes. One token is for one resource, so Graph and SMTP scopes never mix. */
+export const GRAPH_URL = MS_CLOUDS.global.graph;
+export const GRAPH_SEND_SCOPE = `${GRAPH_URL}/Mail.Send`;
+/** Delegated: send from a shared mailbox the user has Send As / Send on Behalf on. */
+export const GRAPH_SEND_SHARED_SCOPE = `${GRAPH_URL}/Mail.Send.Shared`;
+/** Needed for drafts and upload sessions (upstream.largeMessages). */
+export const GRAPH_READWRITE_SCOPE = `${GRAPH_URL}/Mail.ReadWrite`;
+/** App-only: the application permissions (Mail.Send) granted with admin consent. */
+export const GRAPH_APP_SCOPE = `${GRAPH_URL}/.default`;
+
+/** Microsoft: one resource per token. App-only asks for the resource's .default (the admin-consented permissions). */
+export function microsoftScopes(a: ProviderAccount): string[] {
+  const app = a.oauth?.type === 'app';
+  if (a.transport !== 'graph') return app ? [MS_APP_SCOPE] : [...MS_DELEGATED_SCOPES];
+  const g = graphScopes(a.cloud as MsCloud | undefined);
+  if (app) return [g.app];
+  const shared = a.mailbox !== undefined && a.mailbox.toLowerCase() !== a.email?.toLowerCase();
+  return [shared ? g.sendShared : g.send, ...(a.upstream?.largeMessages ? [g.readWrite] : []), 'offline_access'];
+}

@@ -1,37 +1,16 @@
-// Picks the upstream per account transport: SMTP (XOAUTH2), the Gmail API, or auto (the API
-// when it can deliver to exactly the envelope, SMTP when the headers name other addresses),
-// or a transport registered in `transports` (its own folder plus one line here).
-// The delivery worker keeps seeing one Upstream.
-import type { Config } from '../config/schema.js';
-import type { Envelope, MessageSource, SendResult, TokenSource, TransportSizeLimit, Upstream } from '../types.js';
+// Picks the upstream per account transport. Each transport lives in its own folder and is
+// registered by one entry in TRANSPORTS, keyed `provider:transport` or `transport` for any
+// provider. The delivery worker keeps seeing one Upstream.
+import type { AccountConfig, Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import { GmailUpstream } from './gmail.js';
-import { GMAIL_API_MAX_BYTES, GmailApiUpstream } from './gmailApi.js';
-import { GRAPH_MAX_MESSAGE, GraphUpstream, graphMaxMessageBytes } from './graph/index.js';
+import type { Envelope, MessageSource, SendResult, TokenSource, TransportSizeLimit, Upstream } from '../types.js';
+import { GoogleAutoUpstream } from './gmail-api/auto.js';
+import { GmailApiUpstream, gmailApiSizeLimit } from './gmail-api/index.js';
 import { MicrosoftAutoUpstream } from './graph/auto.js';
-import type { AccountConfig } from '../config/schema.js';
-
-/** A transport in its own folder: an Upstream that follows config reloads and says where it sends. */
-export interface RegisteredTransport extends Upstream {
-  reload(config: Config): void;
-  describe(account: AccountConfig): string;
-}
-
-/** null: no limit beyond the listener's (SMTP, and auto, which falls back to SMTP). */
-export function maxMessageBytes(account: AccountConfig): TransportSizeLimit | null {
-  if (account.transport === 'graph') {
-    const bytes = graphMaxMessageBytes(account);
-    return {
-      bytes,
-      reason: account.upstream.largeMessages
-        ? `Exchange Online limit ${bytes} bytes`
-        : `Microsoft Graph sendMail limit ${bytes} bytes; upstream.largeMessages raises it to ${GRAPH_MAX_MESSAGE / 1024 / 1024} MB`,
-    };
-  }
-  if (account.transport === 'gmail-api')
-    return { bytes: GMAIL_API_MAX_BYTES, reason: `Gmail API limit ${GMAIL_API_MAX_BYTES} bytes` };
-  return null;
-}
+import { GraphUpstream } from './graph/index.js';
+import { graphSizeLimit } from './graph/size.js';
+import { SmtpUpstream } from './smtp/index.js';
+import type { Transport } from './transport.js';
 
 export interface RouterOptions {
   config: Config;
@@ -40,57 +19,71 @@ export interface RouterOptions {
   ehloName?: string;
 }
 
+interface TransportEntry {
+  /** `get` hands out another registered transport (auto wraps the ones it chooses between). */
+  create(opts: RouterOptions, get: <T extends Transport>(key: string) => T): Transport;
+  /** Beyond the listener's own limit; absent: none (SMTP, and auto, which can fall back to SMTP). */
+  sizeLimit?(account: AccountConfig): TransportSizeLimit;
+}
+
+const TRANSPORTS: Record<string, TransportEntry> = {
+  smtp: { create: (o) => new SmtpUpstream(o) },
+  'gmail-api': { create: (o) => new GmailApiUpstream(o), sizeLimit: gmailApiSizeLimit },
+  'google:auto': { create: (o, get) => new GoogleAutoUpstream(get('gmail-api'), get('smtp'), o.log) },
+  graph: { create: (o) => new GraphUpstream(o), sizeLimit: graphSizeLimit },
+  'microsoft:auto': { create: (o, get) => new MicrosoftAutoUpstream(o, get('graph')) },
+};
+
+function entryKey(a: { provider: string; transport: string }): string | undefined {
+  const own = `${a.provider}:${a.transport}`;
+  return own in TRANSPORTS ? own : a.transport in TRANSPORTS ? a.transport : undefined;
+}
+
+/** null: no limit beyond the listener's. */
+export function maxMessageBytes(account: AccountConfig): TransportSizeLimit | null {
+  const key = entryKey(account);
+  return (key && TRANSPORTS[key]!.sizeLimit?.(account)) || null;
+}
+
 export class TransportRouter implements Upstream {
   private config: Config;
-  readonly smtp: GmailUpstream;
-  readonly api: GmailApiUpstream;
-  /** Transports by the account's `provider:transport`, or `transport` for any provider. */
-  readonly transports = new Map<string, RegisteredTransport>();
-  private readonly log: Logger;
+  private readonly transports = new Map<string, Transport>();
 
   constructor(opts: RouterOptions) {
     this.config = opts.config;
-    this.log = opts.log.child({ component: 'upstream' });
-    this.smtp = new GmailUpstream(opts);
-    this.api = new GmailApiUpstream(opts);
-    const graph = new GraphUpstream(opts);
-    this.transports.set('graph', graph);
-    this.transports.set('microsoft:auto', new MicrosoftAutoUpstream(opts, graph));
+    const get = <T extends Transport>(key: string): T => {
+      let t = this.transports.get(key);
+      if (!t) {
+        t = TRANSPORTS[key]!.create(opts, get);
+        this.transports.set(key, t);
+      }
+      return t as T;
+    };
+    for (const key of Object.keys(TRANSPORTS)) get(key);
   }
 
   reload(config: Config): void {
     this.config = config;
-    this.smtp.reload(config);
-    this.api.reload(config);
     for (const t of this.transports.values()) t.reload(config);
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.smtp.close(), this.api.close(), ...[...this.transports.values()].map((t) => t.close())]);
+    await Promise.all([...this.transports.values()].map((t) => t.close()));
+  }
+
+  private transportOf(account: string): { acct: AccountConfig | undefined; t: Transport } {
+    const acct = this.config.accounts.find((a) => a.name === account);
+    const key = acct ? entryKey(acct) : undefined;
+    return { acct, t: this.transports.get(key ?? 'smtp')! };
   }
 
   /** Where this account's mail goes, for `send-test` output. */
   describe(account: string): string {
-    const a = this.config.accounts.find((x) => x.name === account);
-    if (!a) return 'unknown account';
-    const smtp = `${a.upstream.host}:${a.upstream.port}`;
-    const registered = this.transports.get(`${a.provider}:${a.transport}`) ?? this.transports.get(a.transport);
-    if (registered) return registered.describe(a);
-    if (a.transport === 'gmail-api') return `${a.upstream.apiUrl} (Gmail API)`;
-    if (a.transport === 'auto') return `${a.upstream.apiUrl} (Gmail API) or ${smtp}`;
-    return smtp;
+    const { acct, t } = this.transportOf(account);
+    return acct ? t.describe(acct) : 'unknown account';
   }
 
-  async send(env: Envelope, message: MessageSource): Promise<SendResult> {
-    const acct = this.config.accounts.find((a) => a.name === env.account);
-    const transport = acct?.transport ?? 'smtp';
-    if (transport === 'smtp') return this.smtp.send(env, message);
-    const registered = this.transports.get(`${acct?.provider}:${transport}`) ?? this.transports.get(transport);
-    if (registered) return registered.send(env, message);
-    if (transport === 'gmail-api') return this.api.send(env, message);
-    const plan = await this.api.plan(env, message);
-    if (plan.ok) return this.api.send(env, message, plan);
-    this.log.debug('transport auto: over SMTP', { id: env.id, account: env.account, why: plan.reason });
-    return this.smtp.send(env, message);
+  send(env: Envelope, message: MessageSource): Promise<SendResult> {
+    return this.transportOf(env.account).t.send(env, message);
   }
 }

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { planRecipients, headerRecipients, mailboxKey, bccField } from '../../src/upstream/apiEnvelope.js';
-import { classifyApiAnswer } from '../../src/upstream/classifyApi.js';
+import { classifyApiAnswer } from '../../src/upstream/gmail-api/classify.js';
 
 const H = (lines: string[]) => lines.join('\r\n') + '\r\n';
 

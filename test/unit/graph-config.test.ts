@@ -18,8 +18,8 @@ import { nullLogger } from '../../src/log/logger.js';
 import { graphBccField } from '../../src/upstream/graph/envelope.js';
 import { quoteLocalPart } from '../../src/upstream/addressQuote.js';
 import { maxMessageBytes } from '../../src/upstream/router.js';
-import { GRAPH_MAX_MESSAGE, GRAPH_MAX_REQUEST } from '../../src/upstream/graph/index.js';
-import { GMAIL_API_MAX_BYTES } from '../../src/upstream/gmailApi.js';
+import { GRAPH_MAX_MESSAGE, GRAPH_MAX_REQUEST } from '../../src/upstream/graph/size.js';
+import { GMAIL_API_MAX_BYTES } from '../../src/upstream/gmail-api/index.js';
 import { authorizeToStore, collect } from '../helpers/oauth.js';
 
 const MAILBOX = 'printer@contoso.com';

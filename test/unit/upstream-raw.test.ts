@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import MimeNode from 'nodemailer/lib/mime-node/index.js';
-import { rawSendProblems, assertRawSendContract, wireAddress } from '../../src/upstream/rawSend.js';
+import { rawSendProblems, assertRawSendContract, wireAddress } from '../../src/upstream/smtp/rawSend.js';
 
 test('the installed nodemailer pool asks the raw message only for what it provides', () => {
   assert.deepEqual(rawSendProblems(), []);

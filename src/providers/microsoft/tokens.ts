@@ -119,7 +119,7 @@ function httpsFetch(agent: https.Agent | undefined, timeoutMs: number): typeof f
 
 export interface MicrosoftRequest {
   oauth: MicrosoftOAuth;
-  /** What to ask for, from scopesFor(account) (src/oauth/scopes.ts); default: SMTP's. */
+  /** What to ask for, from scopesFor(account) (src/providers/index.ts); default: SMTP's. */
   scopes?: readonly string[];
   credentials: MicrosoftCredentials;
   agent?: https.Agent;

@@ -5,19 +5,20 @@
 import type { Config } from '../../config/schema.js';
 import type { Envelope, MessageSource, SendResult, TokenSource } from '../../types.js';
 import type { Logger } from '../../log/logger.js';
-import { GmailUpstream } from '../gmail.js';
+import { SmtpUpstream } from '../smtp/index.js';
 import type { GraphUpstream } from './index.js';
 import { GraphAppTokens } from './appToken.js';
+import type { Transport } from '../transport.js';
 
 /** How long an account stays on Graph after SMTP AUTH was refused, before SMTP is tried again. */
 export const SMTP_RECHECK_MS = 60 * 60_000;
-/** The holds exchangeReply (providers/microsoft.ts) gives when SMTP AUTH is off for the mailbox or refuses the app. */
+/** The holds exchangeReply (providers/microsoft/errors.ts) gives when SMTP AUTH is off for the mailbox or refuses the app. */
 const SMTP_REFUSED = /SMTP AUTH is disabled|refused the app's token/;
 
-export class MicrosoftAutoUpstream {
+export class MicrosoftAutoUpstream implements Transport {
   private config: Config;
   private readonly log: Logger;
-  private readonly smtp: GmailUpstream;
+  private readonly smtp: SmtpUpstream;
   private readonly appTokens = new GraphAppTokens();
   private readonly refused = new Map<string, string>();
   private readonly smtpOff = new Map<string, number>();
@@ -37,7 +38,7 @@ export class MicrosoftAutoUpstream {
         else outer.holdAccount?.(a, reason, ms);
       },
     };
-    this.smtp = new GmailUpstream({ ...opts, tokens });
+    this.smtp = new SmtpUpstream({ ...opts, tokens });
     this.graphTokens = {
       getAccessToken: (a, o) => {
         const acct = this.config.accounts.find((x) => x.name === a);

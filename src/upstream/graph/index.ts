@@ -8,7 +8,8 @@ import https from 'node:https';
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { Config, AccountConfig } from '../../config/schema.js';
-import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from '../../types.js';
+import type { Envelope, MessageSource, SendResult, TokenSource } from '../../types.js';
+import type { Transport } from '../transport.js';
 import { readMessage, openMessage } from '../../spool/message.js';
 import type { Logger } from '../../log/logger.js';
 import { NeedsReauthError } from '../../oauth/service.js';
@@ -20,19 +21,9 @@ import { graphBccField, planGraphSend } from './envelope.js';
 import { MailboxLimiter } from './limiter.js';
 import { DraftJournal } from './journal.js';
 import { parseDraft } from './draft.js';
+import { graphRequest, type HttpAnswer } from './http.js';
+import { GRAPH_MAX_MESSAGE, GRAPH_MAX_REQUEST, graphMaxMessageBytes } from './size.js';
 
-/** Graph's request size limit; a MIME sendMail body is base64, so about 3 MB of message. */
-export const GRAPH_MAX_REQUEST = 4 * 1024 * 1024;
-/** Exchange Online's message size limit: the most upstream.largeMessages sends. */
-export const GRAPH_MAX_MESSAGE = 150 * 1024 * 1024;
-/**
- * The largest message (MIME bytes) Graph can send for this account: the whole 150 MB with
- * largeMessages, otherwise what fits GRAPH_MAX_REQUEST as base64. The bridge's Received: line
- * and a Bcc field count too; when they push a message over, send() bounces it naming the limit.
- */
-export function graphMaxMessageBytes(acct: { upstream: { largeMessages?: boolean } }): number {
-  return acct.upstream.largeMessages ? GRAPH_MAX_MESSAGE : Math.floor(GRAPH_MAX_REQUEST / 4) * 3;
-}
 /** An attachment above this goes through an upload session (one POST takes up to 3 MB). */
 const INLINE_ATTACHMENT_MAX = 3 * 1024 * 1024;
 /** Upload-session chunk: at most 4 MB; a multiple of 320 KiB as Microsoft recommends (3.75 MiB). */
@@ -44,18 +35,10 @@ export interface GraphUpstreamOptions {
   tokens: TokenSource;
 }
 
-interface HttpAnswer {
-  /** undefined: no HTTP answer (see netError). */
-  status: number | undefined;
-  data: unknown;
-  headers: Record<string, string | string[] | undefined>;
-  netError?: string;
-}
-
 /** The base64 length of n bytes. */
 const base64Length = (n: number) => 4 * Math.ceil(n / 3);
 
-export class GraphUpstream implements Upstream {
+export class GraphUpstream implements Transport {
   private config: Config;
   private readonly log: Logger;
   private readonly tokens: TokenSource;
@@ -357,50 +340,7 @@ export class GraphUpstream implements Upstream {
     const url = /^https:\/\//.test(pathOrUrl)
       ? new URL(pathOrUrl)
       : new URL(`${acct.upstream.apiUrl.replace(/\/+$/, '')}${pathOrUrl}`);
-    const len = body?.length ?? 0;
-    return new Promise((resolve) => {
-      const req = https.request(
-        url,
-        {
-          method,
-          agent: this.agentFor(acct),
-          headers: {
-            ...(token ? { Authorization: `Bearer ${token}` } : {}),
-            ...(contentType ? { 'Content-Type': contentType } : {}),
-            'Content-Length': String(len),
-            ...extra,
-          },
-          // Room for a 4 MB request on a slow line (at 100 KB/s), not forever.
-          timeout: 60_000 + Math.ceil(len / 100),
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (e) => resolve({ status: undefined, data: undefined, headers: {}, netError: e.message }));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let data: unknown = text;
-            try {
-              data = text ? JSON.parse(text) : undefined;
-            } catch {
-              /* not JSON: a proxy's page; keep the text */
-            }
-            resolve({ status: res.statusCode ?? 0, data, headers: res.headers });
-          });
-        },
-      );
-      // Only the error's own text: the request carries the token.
-      req.on('timeout', () => req.destroy(new Error('timed out')));
-      req.on('error', (e: NodeJS.ErrnoException) =>
-        resolve({
-          status: undefined,
-          data: undefined,
-          headers: {},
-          netError: `${e.code ? e.code + ' ' : ''}${e.message.split('\n')[0]}`,
-        }),
-      );
-      req.end(body);
-    });
+    return graphRequest(this.agentFor(acct), token, method, url, body, contentType, extra);
   }
 
   /** Verified TLS to the Graph host; upstream.caFile adds trust anchors to the system roots. */

@@ -5,8 +5,8 @@
 // (`send(mail, cb)` with `mail.data` and `mail.message`) is all it needs; nodemailer 10.6.1
 // calls getEnvelope, messageId, getHeader('message-id') and createReadStream on the message.
 import { createRequire } from 'node:module';
-import { openMessage } from '../spool/message.js';
-import type { MessageSource } from '../types.js';
+import { openMessage } from '../../spool/message.js';
+import type { MessageSource } from '../../types.js';
 import SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
 import MimeNode from 'nodemailer/lib/mime-node/index.js';
 import PoolResource from 'nodemailer/lib/smtp-pool/pool-resource.js';

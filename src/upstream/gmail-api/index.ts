@@ -6,16 +6,17 @@ import https from 'node:https';
 import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
-import type { Config, AccountConfig } from '../config/schema.js';
-import type { Envelope, MessageSource, SendResult, TokenSource, Upstream } from '../types.js';
-import { openMessage } from '../spool/message.js';
-import type { Logger } from '../log/logger.js';
-import { NeedsReauthError } from '../oauth/service.js';
-import { googleApiTransporter } from '../providers/google/client.js';
-import { redactString } from '../log/redact.js';
-import { planApiSend, bccField, type ApiPlan } from './apiEnvelope.js';
-import { classifyApiAnswer, acceptedText } from './classifyApi.js';
-import { OPERATOR_HOLD_MS } from './classify.js';
+import type { Config, AccountConfig } from '../../config/schema.js';
+import type { Envelope, MessageSource, SendResult, TokenSource, TransportSizeLimit } from '../../types.js';
+import type { Transport } from '../transport.js';
+import { openMessage } from '../../spool/message.js';
+import type { Logger } from '../../log/logger.js';
+import { NeedsReauthError } from '../../oauth/service.js';
+import { googleApiTransporter } from '../../providers/google/client.js';
+import { redactString } from '../../log/redact.js';
+import { planApiSend, bccField, type ApiPlan } from '../apiEnvelope.js';
+import { classifyApiAnswer, acceptedText } from './classify.js';
+import { OPERATOR_HOLD_MS } from '../classify.js';
 
 /** Gmail's limit for a message uploaded through the API. */
 export const GMAIL_API_MAX_BYTES = 35 * 1024 * 1024;
@@ -26,7 +27,12 @@ export interface GmailApiUpstreamOptions {
   tokens: TokenSource;
 }
 
-export class GmailApiUpstream implements Upstream {
+/** Messages over the API's limit bounce at DATA time (552), not after queuing. */
+export function gmailApiSizeLimit(): TransportSizeLimit {
+  return { bytes: GMAIL_API_MAX_BYTES, reason: `Gmail API limit ${GMAIL_API_MAX_BYTES} bytes` };
+}
+
+export class GmailApiUpstream implements Transport {
   private config: Config;
   private readonly log: Logger;
   private readonly tokens: TokenSource;
@@ -45,6 +51,10 @@ export class GmailApiUpstream implements Upstream {
     // connection (destroying it could cut one Gmail already took, and send it twice).
     for (const c of this.clients.values()) this.retired.push(c.agent);
     this.clients.clear();
+  }
+
+  describe(a: AccountConfig): string {
+    return `${a.upstream.apiUrl} (Gmail API)`;
   }
 
   async close(): Promise<void> {

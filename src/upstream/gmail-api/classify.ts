@@ -1,7 +1,7 @@
 // Maps a Gmail API answer to what the delivery worker does with the message, as classify.ts
 // does for SMTP replies. Google's error body: {error: {code, message, status, errors: [{reason}]}}
 // (https://developers.google.com/workspace/gmail/api/guides/handle-errors).
-import type { Outcome } from '../types.js';
+import type { Outcome } from '../../types.js';
 
 export interface ApiVerdict {
   outcome: Outcome;

@@ -1,16 +1,18 @@
-// The upstream stage: relays a spooled message to Gmail with SASL XOAUTH2 over verified TLS.
-// The delivery worker only sees `send(envelope, message)` and a classified result.
+// The SMTP transport: relays a spooled message to the provider's SMTP server (Gmail, Exchange
+// Online) with SASL XOAUTH2 over verified TLS. The delivery worker only sees
+// `send(envelope, message)` and a classified result.
 import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { rootCertificates, createSecureContext } from 'node:tls';
 import { SMTPPool, sendRaw, assertRawSendContract } from './rawSend.js';
-import type { Config, AccountConfig } from '../config/schema.js';
-import type { Envelope, MessageSource, SendResult, TokenSource, Upstream, RecipientResult } from '../types.js';
-import { bunyanAdapter, type Logger } from '../log/logger.js';
-import { NeedsReauthError } from '../oauth/service.js';
-import { OPERATOR_HOLD_MS, classifyError, classifyReply, replyText, type UpstreamError } from './classify.js';
-import { redactString } from '../log/redact.js';
-import { providerFor } from '../providers/index.js';
+import type { Config, AccountConfig } from '../../config/schema.js';
+import type { Envelope, MessageSource, SendResult, TokenSource, Upstream, RecipientResult } from '../../types.js';
+import { bunyanAdapter, type Logger } from '../../log/logger.js';
+import { NeedsReauthError } from '../../oauth/service.js';
+import { OPERATOR_HOLD_MS, classifyError, classifyReply, replyText, type UpstreamError } from '../classify.js';
+import { redactString } from '../../log/redact.js';
+import { providerFor } from '../../providers/index.js';
+import type { Transport as RegisteredTransport } from '../transport.js';
 
 type Transport = SMTPPool;
 
@@ -69,7 +71,7 @@ function messageOfConnection(pool: Transport, oauth2: unknown): string | undefin
   }
 }
 
-export interface GmailUpstreamOptions {
+export interface SmtpUpstreamOptions {
   config: Config;
   log: Logger;
   tokens: TokenSource;
@@ -77,7 +79,7 @@ export interface GmailUpstreamOptions {
   ehloName?: string;
 }
 
-export class GmailUpstream implements Upstream {
+export class SmtpUpstream implements RegisteredTransport {
   private config: Config;
   private readonly log: Logger;
   private readonly tokens: TokenSource;
@@ -86,7 +88,7 @@ export class GmailUpstream implements Upstream {
   /** Queue id -> the access token the connection carrying it authenticated with (set by the provision callback). */
   private readonly authTokens = new Map<string, string>();
 
-  constructor(opts: GmailUpstreamOptions) {
+  constructor(opts: SmtpUpstreamOptions) {
     assertRawSendContract();
     this.config = opts.config;
     this.log = opts.log.child({ component: 'upstream' });
@@ -103,6 +105,10 @@ export class GmailUpstream implements Upstream {
         this.transports.delete(name);
       }
     }
+  }
+
+  describe(a: AccountConfig): string {
+    return `${a.upstream.host}:${a.upstream.port}`;
   }
 
   async close(): Promise<void> {

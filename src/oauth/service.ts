@@ -313,8 +313,9 @@ export class TokenService extends TokenCache implements TokenSource, AccountHeal
       if (s.configError) {
         s.rec.lastError = s.configError;
         this.setState(s, 'error');
-      } else if (s.state === 'error' || (s.state === 'needs-reauth' && acct.oauth.type === 'service-account')) {
-        // New settings deserve a fresh try; a user grant stays dead until re-authorized.
+      } else if (s.state === 'error' || (s.state === 'needs-reauth' && acct.oauth.type !== 'user')) {
+        // New settings deserve a fresh try: a key-based grant (service account, app-only) is
+        // fixed in the config; a user grant stays dead until re-authorized.
         this.setState(s, 'ok');
       }
     }

@@ -177,3 +177,23 @@ test('app-only: client credentials with a secret; an expired secret -> needs-rea
     await w.close();
   }
 });
+
+test('app-only: a wrong client secret -> needs-reauth; a reload with the right secret gets a fresh try at once', async () => {
+  const w = await msWorld();
+  try {
+    const wrong = w.config('app');
+    const o = wrong.accounts[0]!.oauth as { clientSecret?: string };
+    o.clientSecret = 'Qx8Q~not-the-secret';
+    const svc = new TokenService({ config: wrong, log: w.log });
+    await svc.init();
+    await assert.rejects(svc.getAccessToken('m365'), NeedsReauthError);
+    assert.match(svc.status()[0].lastError ?? '', /AADSTS7000215/);
+    // The fix is in the config (a key-based grant has nothing to re-authorize): reload applies it.
+    svc.reload(w.config('app'));
+    assert.equal(svc.state('m365'), 'ok');
+    w.ms.allowMailbox(w.clientId, 'printer@contoso.com');
+    assert.ok(w.ms.mayUse(await svc.getAccessToken('m365'), 'printer@contoso.com'));
+  } finally {
+    await w.close();
+  }
+});

@@ -121,6 +121,9 @@ export interface Upstream {
 /** An account's token health as the token service judges it (its sending limits are delivery/accountState.ts). */
 export type HealthState = 'ok' | 'needs-reauth' | 'error';
 
+/** Why an upstream holds an account, as a code (its text is for operators). */
+export type HoldCode = 'smtp-auth-refused';
+
 /** The token service as the upstream sees it. */
 export interface TokenSource {
   /**
@@ -132,7 +135,7 @@ export interface TokenSource {
   /** The upstream accepted this token (AUTH succeeded with it). */
   tokenWorked?(account: string, token: string): void;
   /** The upstream says the account cannot send until an operator fixes something: hold its mail with that fix for a while. */
-  holdAccount?(account: string, reason: string, forMs: number): void;
+  holdAccount?(account: string, reason: string, forMs: number, code?: HoldCode): void;
 }
 
 /** Account health as the delivery worker sees it (owned by the token service). */

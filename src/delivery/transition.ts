@@ -2,8 +2,17 @@
 // reason and recipients plus one event (an attempt's outcome with its expiry, an operator
 // command, an account hold or its end, lost data) and returns the decision as codes.
 // Never does: I/O, clocks, or English for operators (commands.ts and the edges render codes).
-// Tested table-driven over every state x event (test/transition.test.ts).
-import type { FailCode, HoldReason, MessageState, Outcome, Recipient, RecipientResult } from '../types.js';
+// Tested table-driven over every state x event (test/unit/transition.test.ts).
+import type {
+  Envelope,
+  FailCode,
+  HoldReason,
+  MessageState,
+  Outcome,
+  Recipient,
+  RecipientResult,
+  SpooledEnvelope,
+} from '../types.js';
 
 export interface MessageView {
   state: MessageState;
@@ -282,4 +291,21 @@ function outcome(m: MessageView, e: Extract<QueueEvent, { type: 'outcome' }>): C
     lastReply: e.response,
     countAttempt: true,
   });
+}
+
+/** What the upstream is handed: the message and only the recipients still to send. */
+export function sendView(env: SpooledEnvelope): Envelope {
+  return {
+    id: env.id,
+    user: env.user,
+    account: env.account,
+    mailFrom: env.mailFrom,
+    rcptTo: openRcpts(env.rcpts).map((r) => r.address),
+    size: env.size,
+    clientIp: env.clientIp,
+    bodyType: env.bodyType,
+    smtputf8: env.smtputf8,
+    receivedAt: env.receivedAt,
+    ...(env.isBounce ? { isBounce: true } : {}),
+  };
 }

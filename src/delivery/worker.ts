@@ -14,10 +14,8 @@ import type { Spool } from '../spool/spool.js';
 import type {
   AccountHealth,
   HealthState,
-  Envelope,
   HoldReason,
   MessageState,
-  Recipient,
   SendResult,
   SpooledEnvelope,
   Upstream,
@@ -26,7 +24,7 @@ import { AccountState } from './accountState.js';
 import { Commands, type CommandResult, type OperatorEvent } from './commands.js';
 import { Outcomes, triesOf, type DeliveryMetrics } from './outcome.js';
 import { Scheduler, type Block, type Item } from './scheduler.js';
-import { openRcpts, transition } from './transition.js';
+import { openRcpts, sendView, transition } from './transition.js';
 
 export type { CommandResult, OperatorEvent } from './commands.js';
 export type { DeliveryMetrics } from './outcome.js';
@@ -399,22 +397,3 @@ export class DeliveryWorker {
     await this.outcomes.attemptEnded({ item, env, result: r, attempt, bypassQuota, now }, d);
   }
 }
-
-/** What the upstream is handed: the message and only the recipients still to send. */
-export function sendView(env: SpooledEnvelope): Envelope {
-  return {
-    id: env.id,
-    user: env.user,
-    account: env.account,
-    mailFrom: env.mailFrom,
-    rcptTo: openRcpts(env.rcpts).map((r) => r.address),
-    size: env.size,
-    clientIp: env.clientIp,
-    bodyType: env.bodyType,
-    smtputf8: env.smtputf8,
-    receivedAt: env.receivedAt,
-    ...(env.isBounce ? { isBounce: true } : {}),
-  };
-}
-
-export type { Recipient };

@@ -124,6 +124,8 @@ export interface SmtpReplyClass {
   /** A clearer reason for the bounce or the deferral. */
   explain?: string;
   quota?: boolean;
+  /** The server refuses SMTP AUTH for this mailbox (another transport may still reach it). */
+  smtpAuthRefused?: boolean;
 }
 
 export interface Provider {

@@ -67,10 +67,12 @@ export function exchangeReply(text: string, o: { type: string }, mailbox: string
     };
   if (/\b5\.7\.139\b/.test(text))
     return {
+      smtpAuthRefused: true,
       hold: `SMTP AUTH is disabled for ${mailbox} (or tenant-wide). Fix: Set-CASMailbox -Identity ${mailbox} -SmtpClientAuthenticationDisabled $false   (and check Security Defaults), then run: xoauth2-bridge token refresh ACCOUNT`,
     };
   if (/\b5\.7\.3\b/.test(text) && o.type === 'app')
     return {
+      smtpAuthRefused: true,
       hold: `Exchange refused the app's token for ${mailbox} (535 5.7.3): register the Exchange service principal (New-ServicePrincipal -AppId CLIENT_ID -ObjectId ENTERPRISE_APP_OBJECT_ID) and grant it the mailbox (Add-MailboxPermission -Identity ${mailbox} -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess), then run: xoauth2-bridge token refresh ACCOUNT`,
     };
   if (/\b5\.7\.3\b/.test(text))

@@ -12,8 +12,6 @@ import type { Transport } from '../transport.js';
 
 /** How long an account stays on Graph after SMTP AUTH was refused, before SMTP is tried again. */
 export const SMTP_RECHECK_MS = 60 * 60_000;
-/** The holds exchangeReply (providers/microsoft/errors.ts) gives when SMTP AUTH is off for the mailbox or refuses the app. */
-const SMTP_REFUSED = /SMTP AUTH is disabled|refused the app's token/;
 
 export class MicrosoftAutoUpstream implements Transport {
   private config: Config;
@@ -33,9 +31,9 @@ export class MicrosoftAutoUpstream implements Transport {
     // The SMTP side's "hold the account" for a refused SMTP AUTH becomes "use Graph".
     const tokens: TokenSource = {
       getAccessToken: (a, o) => outer.getAccessToken(a, o),
-      holdAccount: (a, reason, ms) => {
-        if (SMTP_REFUSED.test(reason)) this.refused.set(a, reason);
-        else outer.holdAccount?.(a, reason, ms);
+      holdAccount: (a, reason, ms, code) => {
+        if (code === 'smtp-auth-refused') this.refused.set(a, reason);
+        else outer.holdAccount?.(a, reason, ms, code);
       },
     };
     this.smtp = new SmtpUpstream({ ...opts, tokens });

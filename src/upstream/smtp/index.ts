@@ -258,7 +258,12 @@ export class SmtpUpstream implements RegisteredTransport {
         const ms = providerFor(acct).smtpReply?.(replyText(err), acct) ?? null;
         if (ms?.hold && (renewed || !/\b5\.7\.3\b/.test(replyText(err)))) {
           // Only an operator can fix this (5.7.139 at once; app-only 5.7.3 after a fresh token was refused too).
-          this.tokens.holdAccount?.(acct.name, ms.hold, OPERATOR_HOLD_MS);
+          this.tokens.holdAccount?.(
+            acct.name,
+            ms.hold,
+            OPERATOR_HOLD_MS,
+            ms.smtpAuthRefused ? 'smtp-auth-refused' : undefined,
+          );
           return {
             outcome: 'transient',
             response: `${replyText(err)} (held: ${ms.hold.replace(/ACCOUNT\b/g, acct.name)})`,

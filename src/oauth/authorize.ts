@@ -2,35 +2,22 @@
 // random state, redirected to a loopback listener on 127.0.0.1:<random port>. With
 // --manual the user pastes the final redirect URL instead (headless server over SSH: the
 // browser's request to 127.0.0.1 fails on their machine, but the address bar holds the code).
-// Microsoft accounts may also sign in with the device code (--device); Google refuses the
-// Gmail scope in the device flow.
+// Where the provider allows it (Microsoft), --device signs in with a device code instead.
+// The provider builds the URL and redeems the answer (src/providers/*/signIn.ts); this file
+// is the plumbing around it, the identity check, and storing.
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { createInterface } from 'node:readline';
-import { CodeChallengeMethod } from 'google-auth-library';
 import type { Config } from '../config/schema.js';
-import * as oauth from 'oauth4webapi';
-import { classifyMicrosoftError } from '../providers/microsoft/errors.js';
+import { providerFor, tokenIdentity } from '../providers/index.js';
 import {
+  AuthorizeError,
+  checkRedirect,
   type DeviceCode,
-  type MicrosoftGrant,
-  type MicrosoftRequest,
-  microsoftCodeFlow,
-  microsoftCredentials,
-  microsoftDeviceFlow,
-} from '../providers/microsoft/tokens.js';
-import { createUserClient } from '../providers/google/client.js';
-import { DEFAULT_TIMEOUT_MS, classifyTokenError, tokenAgent } from '../providers/http.js';
-import {
-  missingScopes,
-  providerFor,
-  type ProviderId,
-  scopesFor,
-  signInScopesFor,
-  tokenIdentity,
-} from '../providers/index.js';
-import { addSecret, redactString } from '../log/redact.js';
+  type RedirectFlow,
+  type SignInGrant,
+} from '../providers/signIn.js';
 import { TokenStore, resolveStoreKey, type TokenRecord } from './store.js';
 
 export interface AuthorizeOptions {
@@ -59,27 +46,7 @@ export interface AuthorizeOptions {
   save: (rec: TokenRecord) => Promise<void>;
 }
 
-export class AuthorizeError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'AuthorizeError';
-  }
-}
-
-/** What a sign-in obtained, before it is stored. */
-interface Grant {
-  refreshToken: string;
-  refreshTokenExpiresAt?: string;
-  accessToken?: string;
-  accessTokenExpiresAt?: number;
-  email: string | null;
-}
-
-/** A provider's redirect sign-in: the URL to open and how the redirect's query becomes a grant. */
-type BeginRedirect = (
-  redirectUri: string,
-  state: string,
-) => Promise<{ url: string; exchange(q: URLSearchParams): Promise<Grant> }>;
+type BeginRedirect = (redirectUri: string, state: string) => Promise<RedirectFlow>;
 
 export async function authorize(opts: AuthorizeOptions): Promise<{ email: string | null }> {
   const acct = opts.config.accounts.find((a) => a.name === opts.account);
@@ -92,9 +59,6 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
     throw new AuthorizeError(
       `account ${acct.name} uses a service account; service accounts do not need authorize (they sign in with keyFile and domain-wide delegation)`,
     );
-  const device = providerFor(acct).deviceSignIn;
-  if (opts.device && device !== true)
-    throw new AuthorizeError(`--device is not available for ${providerFor(acct).label} accounts: ${device}`);
   const env = opts.env ?? process.env;
   // Open the store first so a wrong key or bad file mode fails before the user consents.
   const store = new TokenStore({
@@ -103,7 +67,10 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
   });
   await store.load();
 
-  const grant = await SIGN_IN[acct.provider](opts, { ...acct, oauth: acct.oauth });
+  const user = { ...acct, oauth: acct.oauth };
+  const grant = opts.device
+    ? await deviceSignIn(opts, user)
+    : await redirectSignIn(opts, acct, (uri, state) => providerFor(acct).signIn.redirect(user, uri, state));
   const now = Date.now();
   const rec: TokenRecord = {
     refreshToken: grant.refreshToken,
@@ -131,134 +98,12 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
 
 type UserAccount = Config['accounts'][number] & { oauth: { type: 'user' } };
 
-/** Each provider's interactive sign-in (a new provider adds its line; the type checker asks for it). */
-const SIGN_IN: Record<ProviderId, (opts: AuthorizeOptions, acct: UserAccount) => Promise<Grant>> = {
-  google: (opts, acct) => redirectSignIn(opts, acct, googleRedirect(acct)),
-  microsoft: (opts, acct) => microsoftSignIn(opts, acct),
-};
-
-function googleRedirect(acct: UserAccount): BeginRedirect {
-  return async (redirectUri, state) => {
-    const client = createUserClient(acct, { redirectUri });
-    const { codeVerifier, codeChallenge } = await client.generateCodeVerifierAsync();
-    addSecret(codeVerifier);
-    const url = client.generateAuthUrl({
-      access_type: 'offline',
-      prompt: 'consent',
-      scope: signInScopesFor(acct),
-      state,
-      code_challenge: codeChallenge!,
-      code_challenge_method: CodeChallengeMethod.S256,
-      login_hint: acct.email,
-    });
-    return {
-      url,
-      async exchange(q) {
-        const code = checkRedirect(q, state);
-        addSecret(code);
-        let tokens;
-        try {
-          tokens = (await client.getToken({ code, codeVerifier, redirect_uri: redirectUri })).tokens;
-        } catch (e) {
-          throw new AuthorizeError(`exchanging the authorization code failed: ${classifyTokenError(e).message}`);
-        }
-        const raw = tokens as typeof tokens & { refresh_token_expires_in?: number };
-        if (!tokens.refresh_token)
-          throw new AuthorizeError(
-            'Google returned no refresh token. Remove the app at https://myaccount.google.com/permissions and run authorize again.',
-          );
-        addSecret(tokens.refresh_token);
-        if (tokens.access_token) addSecret(tokens.access_token);
-        // Google's consent screen lets the user untick a scope; such a grant cannot send.
-        const missing = missingScopes(acct, tokens.scope);
-        if (missing.length)
-          throw new AuthorizeError(
-            `the grant lacks ${missing.join(' and ')} (unticked on the consent screen?); run authorize again and allow sending email, nothing was stored`,
-          );
-        const email = emailFromIdToken(tokens.id_token);
-        // Asked for with openid + email: without it nobody can tell whose mailbox this grant opens.
-        if (!email)
-          throw new AuthorizeError(
-            'Google returned no id_token naming the signed-in user (openid email were asked for); nothing was stored. Run authorize again.',
-          );
-        const g: Grant = { refreshToken: tokens.refresh_token, email };
-        if (raw.refresh_token_expires_in)
-          g.refreshTokenExpiresAt = new Date(Date.now() + raw.refresh_token_expires_in * 1000).toISOString();
-        if (tokens.access_token && tokens.expiry_date) {
-          g.accessToken = tokens.access_token;
-          g.accessTokenExpiresAt = tokens.expiry_date;
-        }
-        return g;
-      },
-    };
-  };
-}
-
-/** Microsoft delegated sign-in through oauth4webapi: code + PKCE in a browser, or the device code. */
-async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promise<Grant> {
-  const o = acct.oauth;
-  let credentials;
-  try {
-    credentials = await microsoftCredentials(o, acct.name);
-  } catch (e) {
-    throw new AuthorizeError((e as Error).message);
-  }
-  const req: MicrosoftRequest = {
-    oauth: o,
-    credentials,
-    agent: tokenAgent(o.caFile),
-    timeoutMs: DEFAULT_TIMEOUT_MS,
-    scopes: scopesFor(acct),
-  };
-  const failed = (what: string, e: unknown): AuthorizeError => {
-    if (e instanceof AuthorizeError) return e;
-    const c = classifyMicrosoftError(e);
-    if (c) return new AuthorizeError(`${what} failed: ${c.message}`);
-    if (e instanceof oauth.AuthorizationResponseError)
-      return new AuthorizeError(
-        e.error === 'access_denied'
-          ? 'access was denied in the browser'
-          : `authorization failed: ${e.error} ${e.error_description ?? ''}`.trim(),
-      );
-    return new AuthorizeError(`${what} failed: ${redactString((e as Error).message)}`);
-  };
-  const toGrant = (g: MicrosoftGrant): Grant => {
-    addSecret(g.refreshToken);
-    addSecret(g.accessToken);
-    // As for Google: a grant without what the transport needs cannot send; store nothing.
-    const missing = missingScopes(acct, g.scope);
-    if (missing.length)
-      throw new AuthorizeError(
-        `the grant lacks ${missing.join(' and ')} (not consented?); grant it in Entra ID (admin consent if required) and run authorize again, nothing was stored`,
-      );
-    return {
-      refreshToken: g.refreshToken,
-      accessToken: g.accessToken,
-      accessTokenExpiresAt: Date.now() + (g.expiresInSec ?? 3600) * 1000,
-      email: null,
-    };
-  };
-  if (!opts.device)
-    return redirectSignIn(opts, acct, async (redirectUri, state) => {
-      const flow = await microsoftCodeFlow(req, { redirectUri, state, loginHint: acct.email });
-      return {
-        url: flow.url,
-        async exchange(q) {
-          checkRedirect(q, state);
-          try {
-            return toGrant(await flow.exchange(q));
-          } catch (e) {
-            throw failed('exchanging the authorization code', e);
-          }
-        },
-      };
-    });
-  let device;
-  try {
-    device = await microsoftDeviceFlow(req, (ms) => delay(ms));
-  } catch (e) {
-    throw failed('starting the device sign-in', e);
-  }
+/** The device-code sign-in: the user enters the code elsewhere; we poll until done. */
+async function deviceSignIn(opts: AuthorizeOptions, acct: UserAccount): Promise<SignInGrant> {
+  const p = providerFor(acct);
+  if (!p.signIn.device)
+    throw new AuthorizeError(`--device is not available for ${p.label} accounts: ${p.signIn.noDevice ?? ''}`.trim());
+  const device = await p.signIn.device(acct, (ms) => delay(ms));
   const c = device.code;
   opts.output.write(
     `To authorize account "${acct.name}", sign in as ${acct.email}:\n\n  ` +
@@ -266,17 +111,7 @@ async function microsoftSignIn(opts: AuthorizeOptions, acct: UserAccount): Promi
       `\n\nWaiting up to ${Math.round(c.expiresInSec / 60)} minutes (polling every ${c.intervalSec} s) ...\n`,
   );
   opts.onDeviceCode?.(c);
-  try {
-    return toGrant(await device.poll());
-  } catch (e) {
-    if (e instanceof oauth.ResponseBodyError && (e.error === 'expired_token' || e.error === 'authorization_pending'))
-      throw new AuthorizeError(
-        'the device code expired before the sign-in was completed; run authorize --device again',
-      );
-    if (e instanceof oauth.ResponseBodyError && (e.error === 'authorization_declined' || e.error === 'access_denied'))
-      throw new AuthorizeError('the sign-in was declined');
-    throw failed('the device sign-in', e);
-  }
+  return device.poll();
 }
 
 /**
@@ -288,7 +123,7 @@ async function redirectSignIn(
   opts: AuthorizeOptions,
   acct: { name: string; email: string },
   begin: BeginRedirect,
-): Promise<Grant> {
+): Promise<SignInGrant> {
   const out = opts.output;
   const loop = opts.listen === false && opts.manual ? await unusedLoopbackPort() : await startLoopback();
   let rl: ReturnType<typeof createInterface> | undefined;
@@ -368,35 +203,6 @@ export function parseRedirect(text: string): URLSearchParams | null {
     q = new URLSearchParams(t.startsWith('?') ? t.slice(1) : t);
   }
   return q.get('code') || q.get('error') ? q : null;
-}
-
-function checkRedirect(q: URLSearchParams, state: string): string {
-  // State first: an error= from someone else's redirect is as untrusted as a code.
-  if (q.get('state') !== state)
-    throw new AuthorizeError(
-      'state mismatch: this redirect does not belong to this authorization attempt; rejected. Run authorize again.',
-    );
-  const err = q.get('error');
-  if (err)
-    throw new AuthorizeError(
-      err === 'access_denied' ? 'access was denied in the browser' : `authorization failed: ${err}`,
-    );
-  const code = q.get('code');
-  if (!code) throw new AuthorizeError('the redirect carries no authorization code');
-  return code;
-}
-
-/** The id_token came straight from the token endpoint over verified TLS, so its payload is trusted as-is. */
-function emailFromIdToken(idToken: string | null | undefined): string | null {
-  if (!idToken) return null;
-  try {
-    const payload = JSON.parse(Buffer.from(idToken.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
-      email?: unknown;
-    };
-    return typeof payload.email === 'string' ? payload.email : null;
-  } catch {
-    return null;
-  }
 }
 
 interface Loopback {

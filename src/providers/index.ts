@@ -3,6 +3,7 @@
 import { google } from './google/index.js';
 import { microsoft } from './microsoft/index.js';
 import type { ConfigIssue, Provider, ProviderAccount, RawAccount } from './provider.js';
+import { missingFrom } from './signIn.js';
 
 export const PROVIDERS = { google, microsoft } as const satisfies Record<string, Provider>;
 
@@ -25,15 +26,9 @@ export function signInScopesFor(a: ProviderAccount): string[] {
   return providerFor(a).signInScopes(a);
 }
 
-/**
- * The scopes a transport needs that a grant's answer (its space-separated `scope`) lacks.
- * offline_access is not checked here (a missing refresh token is its own error); an answer
- * without a scope list says nothing, so nothing is missing.
- */
+/** The scopes a transport needs that a grant's answer (its space-separated `scope`) lacks. */
 export function missingScopes(a: ProviderAccount, granted: string | undefined | null): string[] {
-  if (typeof granted !== 'string') return [];
-  const have = new Set(granted.split(/\s+/).filter(Boolean));
-  return scopesFor(a).filter((sc) => sc !== 'offline_access' && !have.has(sc));
+  return missingFrom(scopesFor(a), granted);
 }
 
 /** Who an access token speaks for: a stored token is only reused for the same identity. */

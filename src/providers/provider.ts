@@ -4,6 +4,7 @@
 // endpoint. Types here are structural views of an account, because config/ imports providers/
 // (for defaults and checks) and not the reverse.
 import type { Logger } from '../log/logger.js';
+import type { DeviceFlow, RedirectFlow } from './signIn.js';
 
 export type OAuthType = 'user' | 'service-account' | 'app';
 
@@ -34,6 +35,13 @@ export interface ProviderAccount {
   oauth?: ProviderOAuth;
   upstream?: { host?: string; port?: number; apiUrl?: string; largeMessages?: boolean };
 }
+
+/** An account that signs in interactively (oauth.type user), with its defaults filled in. */
+export type SignInAccount = ProviderAccount & {
+  name: string;
+  email: string;
+  oauth: ProviderOAuth & { type: 'user'; clientId: string; tokenUrl: string; authUrl: string };
+};
 
 /** An account before defaults: what the schema parsed. */
 export interface RawAccount {
@@ -140,8 +148,14 @@ export interface Provider {
   readonly idleGrantLifetimeMs: number;
   /** Whether oauth.clientFile (Google's downloaded client JSON) applies; otherwise the fix. */
   readonly clientFile: true | string;
-  /** Whether `authorize --device` works; otherwise why not (shown to the user). */
-  readonly deviceSignIn: true | string;
+  /** Interactive sign-in of a user's grant (oauth.type user): `authorize` and the web console. */
+  readonly signIn: {
+    redirect(a: SignInAccount, redirectUri: string, state: string): Promise<RedirectFlow>;
+    /** The device code (RFC 8628), where the provider allows it for the account's scopes. */
+    device?(a: SignInAccount, sleep: (ms: number) => Promise<void>): Promise<DeviceFlow>;
+    /** Without `device`: why not, and what to use instead (shown to the user). */
+    noDevice?: string;
+  };
   defaults(a: RawAccount): ProviderDefaults;
   /** Settings that do not fit this provider (also transport/grant combinations). */
   issues(a: RawAccount): ConfigIssue[];

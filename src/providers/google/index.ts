@@ -5,6 +5,7 @@ import { classifyTokenError } from '../http.js';
 import { readServiceAccountKey, type ServiceAccountOAuth } from './client.js';
 import { GOOGLE_IDENTITY_SCOPES, googleScopes } from './scopes.js';
 import { googleServiceAccountRefresher } from './serviceAccountGrant.js';
+import { googleRedirect } from './signIn.js';
 import { googleUserRefresher } from './userGrant.js';
 
 const DAY = 86400e3;
@@ -25,7 +26,10 @@ export const google: Provider = {
   // Unused refresh tokens lapse after 6 months.
   idleGrantLifetimeMs: 180 * DAY,
   clientFile: true,
-  deviceSignIn: 'Google refuses the Gmail scope in the device flow. Use --manual on a machine without a browser.',
+  signIn: {
+    redirect: googleRedirect,
+    noDevice: 'Google refuses the Gmail scope in the device flow. Use --manual on a machine without a browser.',
+  },
   // Google revokes refresh tokens of apps in "Testing" publishing status 7 days after issue.
   grantAgeLimit: {
     lifetimeMs: 7 * DAY,

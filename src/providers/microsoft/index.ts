@@ -7,6 +7,7 @@ import { microsoftAppRefresher } from './appGrant.js';
 import { MS_CLOUDS, type MsCloud, microsoftScopes } from './clouds.js';
 import { microsoftDelegatedRefresher } from './delegatedGrant.js';
 import { classifyMicrosoftError, exchangeReply } from './errors.js';
+import { microsoftDevice, microsoftRedirect, type UserAccount as MsUserAccount } from './signIn.js';
 import type { MicrosoftOAuth } from './tokens.js';
 
 export const MICROSOFT = {
@@ -37,7 +38,10 @@ export const microsoft: Provider = {
   // Unused refresh tokens lapse after 90 days of inactivity.
   idleGrantLifetimeMs: 90 * DAY,
   clientFile: "clientFile is Google's downloaded client JSON; for Microsoft set clientId and clientSecretFile",
-  deviceSignIn: true,
+  signIn: {
+    redirect: (a, uri, state) => microsoftRedirect(a as MsUserAccount, uri, state),
+    device: (a, sleep) => microsoftDevice(a as MsUserAccount, sleep),
+  },
 
   defaults(a: RawAccount) {
     const o = a.oauth;

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import * as oauth from 'oauth4webapi';
 import { addSecret } from '../../log/redact.js';
+import type { DeviceCode } from '../signIn.js';
 import { MS_APP_SCOPE, MS_DELEGATED_SCOPES } from './clouds.js';
 
 export interface MicrosoftOAuth {
@@ -204,15 +205,6 @@ export async function microsoftCodeFlow(
       return grantOf(await oauth.processAuthorizationCodeResponse(as, client, res));
     },
   };
-}
-
-export interface DeviceCode {
-  userCode: string;
-  verificationUri: string;
-  /** Microsoft's own sentence for the user ("To sign in, use a web browser to open ..."). */
-  message: string | undefined;
-  expiresInSec: number;
-  intervalSec: number;
 }
 
 /**

@@ -1,0 +1,121 @@
+// Microsoft's delegated sign-in through oauth4webapi: authorization code + PKCE in a browser,
+// or the device code (RFC 8628). Microsoft's answers name no user (see README "Microsoft 365").
+import * as oauth from 'oauth4webapi';
+import { addSecret, redactString } from '../../log/redact.js';
+import { DEFAULT_TIMEOUT_MS, tokenAgent } from '../http.js';
+import type { ProviderAccount } from '../provider.js';
+import {
+  AuthorizeError,
+  checkRedirect,
+  type DeviceFlow,
+  missingFrom,
+  type RedirectFlow,
+  type SignInGrant,
+} from '../signIn.js';
+import { microsoftScopes } from './clouds.js';
+import { classifyMicrosoftError } from './errors.js';
+import {
+  type MicrosoftGrant,
+  type MicrosoftOAuth,
+  type MicrosoftRequest,
+  microsoftCodeFlow,
+  microsoftCredentials,
+  microsoftDeviceFlow,
+} from './tokens.js';
+
+export type UserAccount = ProviderAccount & { name: string; email: string; oauth: MicrosoftOAuth };
+
+/** The token request of a sign-in; a secret or key that cannot be read is the user's error to fix. */
+async function request(acct: UserAccount): Promise<MicrosoftRequest> {
+  const o = acct.oauth;
+  let credentials;
+  try {
+    credentials = await microsoftCredentials(o, acct.name);
+  } catch (e) {
+    throw new AuthorizeError((e as Error).message);
+  }
+  return {
+    oauth: o,
+    credentials,
+    agent: tokenAgent(o.caFile),
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    scopes: microsoftScopes(acct),
+  };
+}
+
+function failed(what: string, e: unknown): AuthorizeError {
+  if (e instanceof AuthorizeError) return e;
+  const c = classifyMicrosoftError(e);
+  if (c) return new AuthorizeError(`${what} failed: ${c.message}`);
+  if (e instanceof oauth.AuthorizationResponseError)
+    return new AuthorizeError(
+      e.error === 'access_denied'
+        ? 'access was denied in the browser'
+        : `authorization failed: ${e.error} ${e.error_description ?? ''}`.trim(),
+    );
+  return new AuthorizeError(`${what} failed: ${redactString((e as Error).message)}`);
+}
+
+function toGrant(acct: UserAccount, g: MicrosoftGrant): SignInGrant {
+  addSecret(g.refreshToken);
+  addSecret(g.accessToken);
+  // As for Google: a grant without what the transport needs cannot send; store nothing.
+  const missing = missingFrom(microsoftScopes(acct), g.scope);
+  if (missing.length)
+    throw new AuthorizeError(
+      `the grant lacks ${missing.join(' and ')} (not consented?); grant it in Entra ID (admin consent if required) and run authorize again, nothing was stored`,
+    );
+  return {
+    refreshToken: g.refreshToken,
+    accessToken: g.accessToken,
+    accessTokenExpiresAt: Date.now() + (g.expiresInSec ?? 3600) * 1000,
+    email: null,
+  };
+}
+
+export async function microsoftRedirect(acct: UserAccount, redirectUri: string, state: string): Promise<RedirectFlow> {
+  const flow = await microsoftCodeFlow(await request(acct), { redirectUri, state, loginHint: acct.email });
+  return {
+    url: flow.url,
+    async exchange(q) {
+      checkRedirect(q, state);
+      try {
+        return toGrant(acct, await flow.exchange(q));
+      } catch (e) {
+        throw failed('exchanging the authorization code', e);
+      }
+    },
+  };
+}
+
+export async function microsoftDevice(acct: UserAccount, sleep: (ms: number) => Promise<void>): Promise<DeviceFlow> {
+  const req = await request(acct);
+  let device: Awaited<ReturnType<typeof microsoftDeviceFlow>>;
+  try {
+    device = await microsoftDeviceFlow(req, sleep);
+  } catch (e) {
+    throw failed('starting the device sign-in', e);
+  }
+  return {
+    code: device.code,
+    async poll() {
+      try {
+        return toGrant(acct, await device.poll());
+      } catch (e) {
+        if (
+          e instanceof oauth.ResponseBodyError &&
+          (e.error === 'expired_token' || e.error === 'authorization_pending')
+        )
+          throw new AuthorizeError(
+            'the device code expired before the sign-in was completed; run authorize --device again',
+          );
+        if (
+          e instanceof oauth.ResponseBodyError &&
+          (e.error === 'authorization_declined' || e.error === 'access_denied')
+        )
+          throw new AuthorizeError('the sign-in was declined');
+        throw failed('the device sign-in', e);
+      }
+    },
+  };
+}

@@ -1,5 +1,6 @@
 // The `xoauth2-bridge` command line. Each subcommand is a thin shell over a module; exit
-// codes: 0 ok, 1 operation failed, 2 invalid config or usage.
+// codes: 0 ok, 1 operation failed, 2 invalid config or usage. Over 400 lines on purpose: it is
+// one table (every command, option and help example), read top to bottom like `--help`.
 import { Command, Option } from 'commander';
 import { loadConfig, ConfigError } from '../config/load.js';
 import type { Config } from '../config/schema.js';

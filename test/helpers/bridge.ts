@@ -10,7 +10,7 @@ import nodemailer from 'nodemailer';
 import { parseConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/log/logger.js';
 import { Bridge } from '../../src/daemon/bridge.js';
-import { bridgeConfig, writeBridgeConfig, type FakeWorld } from '../../src/fakes/world.js';
+import { bridgeConfig, startFakeWorld, writeBridgeConfig, type FakeWorld } from '../../src/fakes/world.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The command line after `node` that runs the CLI. Under `npm test` (test/run.mjs) it is the
@@ -63,6 +63,32 @@ export async function startBridge(
 }
 
 /** `token import` through the real CLI, the way an operator provisions the account. */
+/** A fresh fake world with a bridge in front of it (retries after 300 ms); both stopped afterwards. */
+export async function withBridge(
+  fn: (world: FakeWorld, b: RunningBridge) => Promise<void>,
+  overrides: Record<string, unknown> = {},
+): Promise<void> {
+  const world = await startFakeWorld();
+  const b = await startBridge(world, { queue: { retry: ['300ms'] }, ...overrides });
+  try {
+    await fn(world, b);
+  } finally {
+    await b.stop();
+    await world.close();
+  }
+}
+
+/** The scanner sends one message to `to` through the bridge, as the world's user. */
+export const sendAsScanner = (world: FakeWorld, b: RunningBridge, to: string[], subject = 'test') =>
+  sendThroughBridge({
+    port: b.port,
+    user: world.user.username,
+    pass: world.user.password,
+    from: 'scanner@example.com',
+    to,
+    raw: message({ from: 'scanner@example.com', to: to.join(', '), subject }),
+  });
+
 export function importToken(configFile: string, world: FakeWorld): void {
   execFileSync(process.execPath, [...CLI, 'token', 'import', world.account.name, '-c', configFile], {
     input: world.account.refreshToken + '\n',

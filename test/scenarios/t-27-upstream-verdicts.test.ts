@@ -5,32 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeWorld, type FakeWorld } from '../../src/fakes/world.js';
-import { startBridge, sendThroughBridge, message, type RunningBridge } from '../helpers/bridge.js';
+import { sendAsScanner, startBridge, withBridge, type RunningBridge } from '../helpers/bridge.js';
 import { waitFor } from '../helpers/wait.js';
 
-async function withBridge(
-  fn: (world: FakeWorld, b: RunningBridge) => Promise<void>,
-  overrides: Record<string, unknown> = {},
-): Promise<void> {
-  const world = await startFakeWorld();
-  const b = await startBridge(world, { queue: { retry: ['300ms'] }, ...overrides });
-  try {
-    await fn(world, b);
-  } finally {
-    await b.stop();
-    await world.close();
-  }
-}
-
-const send = (world: FakeWorld, b: RunningBridge, to: string[], subject = 'test') =>
-  sendThroughBridge({
-    port: b.port,
-    user: world.user.username,
-    pass: world.user.password,
-    from: 'scanner@example.com',
-    to,
-    raw: message({ from: 'scanner@example.com', to: to.join(', '), subject }),
-  });
+const send = sendAsScanner;
 
 const idOf = (r: { response: string }) => r.response.split(' ').pop()!;
 const grants = (world: FakeWorld) => world.tokens.requests.filter((r) => r.grantType === 'refresh_token').length;

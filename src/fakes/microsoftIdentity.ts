@@ -58,6 +58,8 @@ export interface MsTokenRequest {
   clientAuth?: string;
   ok: boolean;
   error?: string;
+  /** Device flow: the device code issued (devicecode) or polled (device_code grant), so tests tell attempts apart. */
+  deviceCode?: string;
 }
 
 interface PendingCode {
@@ -296,6 +298,7 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     if (grantType === 'devicecode') {
       const scopes = this.checkDelegatedScope(p);
       const deviceCode = rnd(48);
+      rec.deviceCode = deviceCode;
       const userCode = randomBytes(5).toString('hex').toUpperCase().slice(0, 9);
       this.devices.set(deviceCode, {
         clientId,
@@ -316,7 +319,8 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       };
     }
     if (grantType === DEVICE_GRANT) {
-      const d = this.devices.get(p.get('device_code') ?? '');
+      rec.deviceCode = p.get('device_code') ?? '';
+      const d = this.devices.get(rec.deviceCode);
       if (!d || d.clientId !== clientId || d.redeemed)
         throw new AadError(400, 'invalid_grant', 'AADSTS70000: The provided device code is invalid.');
       const now = Date.now();

@@ -28,6 +28,8 @@ export interface AuthorizeOptions {
   device?: boolean;
   /** Sees the device code once issued (tests play the user with it). */
   onDeviceCode?: (code: DeviceCode) => void;
+  /** Ends a device sign-in's polling early (the web console's Cancel, the daemon stopping). */
+  signal?: AbortSignal;
   input: NodeJS.ReadableStream;
   output: NodeJS.WritableStream;
   openUrl?: (url: string) => void;
@@ -103,7 +105,7 @@ async function deviceSignIn(opts: AuthorizeOptions, acct: UserAccount): Promise<
   const p = providerFor(acct);
   if (!p.signIn.device)
     throw new AuthorizeError(`--device is not available for ${p.label} accounts: ${p.signIn.noDevice ?? ''}`.trim());
-  const device = await p.signIn.device(acct, (ms) => delay(ms));
+  const device = await p.signIn.device(acct, (ms) => delay(ms, undefined, { signal: opts.signal }));
   const c = device.code;
   opts.output.write(
     `To authorize account "${acct.name}", sign in as ${acct.email}:\n\n  ` +
@@ -111,7 +113,12 @@ async function deviceSignIn(opts: AuthorizeOptions, acct: UserAccount): Promise<
       `\n\nWaiting up to ${Math.round(c.expiresInSec / 60)} minutes (polling every ${c.intervalSec} s) ...\n`,
   );
   opts.onDeviceCode?.(c);
-  return device.poll();
+  try {
+    return await device.poll();
+  } catch (e) {
+    if (opts.signal?.aborted) throw new AuthorizeError('the device sign-in was cancelled');
+    throw e;
+  }
 }
 
 /**

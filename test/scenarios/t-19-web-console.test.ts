@@ -23,6 +23,10 @@ import {
   type RunningBridge,
 } from '../helpers/bridge.js';
 import { callOwner } from '../../src/control/client.js';
+import type { FakeMicrosoftIdentity, MsTokenRequest } from '../../src/fakes/microsoftIdentity.js';
+import type { FakeExchange } from '../../src/fakes/exchange.js';
+import type { FakeWorld } from '../../src/fakes/world.js';
+import { startMicrosoftConsole, MS_MAILBOX } from '../helpers/microsoft-console.js';
 import { waitFor } from '../helpers/wait.js';
 
 const run = promisify(execFile);
@@ -758,4 +762,352 @@ test('Hold and Release from the console: an operator hold keeps a deferred messa
     await b.stop();
     await world.close();
   }
+});
+
+// ---- Sign in with a code (device flow) for Microsoft delegated accounts ----
+
+const SMTP_SEND = 'https://outlook.office.com/SMTP.Send';
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+
+interface MsConsole {
+  world: FakeWorld;
+  ms: FakeMicrosoftIdentity;
+  exo: FakeExchange;
+  b: RunningBridge;
+  base: string;
+  cookie: string;
+  csrf: string;
+  /** Every body the console answered in this test (scanned for the device code and tokens). */
+  bodies: string[];
+  /** Refresh tokens the identity platform issued during the test. */
+  refreshTokens: string[];
+  get(path: string, headers?: Record<string, string>): Promise<Res>;
+  /** A POST as the console's own page sends it (session, CSRF token, same Origin), with overrides. */
+  post(path: string, o?: { form?: Record<string, string>; headers?: Record<string, string> }): Promise<Res>;
+  /** The user at the device login page of the fake identity platform. */
+  enterCode(userCode: string, decision?: 'approve' | 'decline'): Promise<number>;
+  /** Device-code requests (issued) and polls (device_code grant) the fake saw. */
+  issued(): MsTokenRequest[];
+  polls(code?: string): MsTokenRequest[];
+  tokensFile(): Promise<string>;
+}
+
+/** The Microsoft console world (test/helpers/microsoft-console.ts) and a logged-in session. */
+async function withMsConsole(fn: (x: MsConsole) => Promise<void>): Promise<void> {
+  const { world, ms, exo, b, refreshTokens, close } = await startMicrosoftConsole();
+  const ca = readFileSync(world.caFile, 'utf8');
+  const bodies: string[] = [];
+  const tracked = async (p: Promise<Res>) => {
+    const r = await p;
+    bodies.push(r.body);
+    return r;
+  };
+  try {
+    const base = `http://127.0.0.1:${b.bridge.httpAddress!.port}`;
+    const cookie = await linkSession(b);
+    const csrf = csrfOf((await request(`${base}/accounts`, { headers: { Cookie: cookie } })).body);
+    assert.ok(csrf);
+    await fn({
+      world,
+      ms,
+      exo,
+      b,
+      base,
+      cookie,
+      csrf,
+      bodies,
+      refreshTokens,
+      get: (path, headers = {}) => tracked(request(`${base}${path}`, { headers: { Cookie: cookie, ...headers } })),
+      post: (path, o = {}) =>
+        tracked(
+          request(`${base}${path}`, {
+            method: 'POST',
+            body: new URLSearchParams(o.form ?? { csrf }).toString(),
+            headers: {
+              'Content-Type': 'application/x-www-form-urlencoded',
+              Cookie: cookie,
+              Origin: base,
+              ...o.headers,
+            },
+          }),
+        ),
+      enterCode: async (userCode, decision = 'approve') =>
+        (
+          await request(ms.deviceLoginUrl, {
+            method: 'POST',
+            ca,
+            body: new URLSearchParams({ user_code: userCode, decision }).toString(),
+            headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+          })
+        ).status,
+      issued: () => ms.requests.filter((r) => r.grantType === 'devicecode'),
+      polls: (code) => ms.requests.filter((r) => r.grantType === DEVICE_GRANT && (!code || r.deviceCode === code)),
+      tokensFile: () => readFile(join(world.dir, 'state', 'tokens.json'), 'utf8'),
+    });
+  } finally {
+    await close();
+  }
+}
+
+const unescapeHtml = (s: string) => s.replace(/&#(\d+);/g, (_, c: string) => String.fromCharCode(Number(c)));
+const userCodeOf = (body: string) => /id="user-code"[^>]*>([^<]+)</.exec(body)?.[1] ?? '';
+const verificationUrlOf = (body: string) => unescapeHtml(/id="verification-url" href="([^"]+)"/.exec(body)?.[1] ?? '');
+const deviceStatusOf = (body: string) => unescapeHtml(/id="device-status"[^>]*>([^<]+)</.exec(body)?.[1] ?? '');
+
+/** Reads the device page until its status leaves "waiting" (the page refreshes itself the same way). */
+async function deviceOutcome(x: MsConsole, account = 'm365'): Promise<Res> {
+  let last: Res | undefined;
+  await waitFor(
+    async () => {
+      last = await x.get(`/accounts/${account}/authorize/device`);
+      return last.status !== 200 || !/Waiting for you to enter the code/.test(last.body);
+    },
+    30_000,
+    'the device sign-in to end',
+  );
+  return last!;
+}
+
+test('console device sign-in (Microsoft): the code and URL on the page, approved at the identity platform, the page turns to success, held mail is delivered', {
+  timeout: 90_000,
+}, async () => {
+  await withMsConsole(async (x) => {
+    // A message for m365 finds its grant gone: the account turns needs-reauth and the message waits.
+    const sent = await sendThroughBridge({
+      port: x.b.port,
+      user: 'copier',
+      pass: x.world.user.password,
+      from: MS_MAILBOX,
+      to: ['boss@example.org'],
+      raw: message({ from: MS_MAILBOX, to: 'boss@example.org', subject: 'held for a code' }),
+    });
+    assert.match(sent.response, /^250 /);
+    await waitFor(
+      async () => /1 held \(needs-reauth\)/.test((await x.get('/accounts')).body),
+      20_000,
+      'm365 needs-reauth with its message held',
+    );
+
+    // Google's Authorize page says in one line why it has no code sign-in.
+    assert.equal((await x.post('/accounts/office/authorize')).status, 303);
+    const google = await x.get('/accounts/office/authorize');
+    assert.match(
+      google.body,
+      /id="no-device">Sign in with a code is not offered for Google accounts: Google refuses the Gmail scope in the device flow/,
+    );
+    assert.doesNotMatch(google.body, /id="device-start"/);
+    assert.equal((await x.post('/accounts/office/authorize/cancel')).status, 303);
+    assert.match((await x.get('/accounts')).body, /id="flash">Authorization of office cancelled\./);
+
+    // Microsoft's Authorize page offers it next to the paste flow.
+    assert.equal((await x.post('/accounts/m365/authorize')).status, 303);
+    const paste = await x.get('/accounts/m365/authorize');
+    assert.match(paste.body, /id="consent-url"/);
+    assert.match(
+      paste.body,
+      /<form method="post" action="\/accounts\/m365\/authorize\/device">.*id="device-start">Sign in with a code</s,
+    );
+
+    // Two starts at once (a double click, two tabs): one attempt, one code.
+    const starts = await Promise.all([
+      x.post('/accounts/m365/authorize/device'),
+      x.post('/accounts/m365/authorize/device'),
+    ]);
+    for (const s of starts) {
+      assert.equal(s.status, 303, s.body);
+      assert.equal(s.headers.location, '/accounts/m365/authorize/device');
+    }
+    assert.equal(x.issued().length, 1, 'one device code asked for');
+    const page = await x.get('/accounts/m365/authorize/device');
+    assert.equal(page.status, 200);
+    const userCode = userCodeOf(page.body);
+    assert.match(userCode, /^[A-Z0-9]{6,}$/);
+    assert.equal(verificationUrlOf(page.body), x.ms.deviceLoginUrl);
+    assert.match(page.body, /<meta http-equiv="refresh" content="\d+">/);
+    assert.equal(deviceStatusOf(page.body), 'Waiting for you to enter the code…');
+    assert.match(page.body, /action="\/accounts\/m365\/authorize\/cancel"/);
+    assert.match(String(page.headers['content-security-policy']), /^default-src 'none';/);
+    assert.doesNotMatch(page.body, /<script/i);
+    // The paste page of the cancelled paste attempt now leads to the code.
+    assert.equal((await x.get('/accounts/m365/authorize')).headers.location, '/accounts/m365/authorize/device');
+
+    // The daemon polls; the user enters the code at the identity platform.
+    await waitFor(() => x.polls().some((p) => p.error?.startsWith('authorization_pending')), 20_000, 'a pending poll');
+    assert.equal(await x.enterCode(userCode), 200);
+    const done = await deviceOutcome(x);
+    assert.equal(done.status, 200);
+    assert.equal(deviceStatusOf(done.body), 'Account m365 authorized; its held mail is being sent.');
+    assert.doesNotMatch(done.body, /http-equiv="refresh"/, 'the finished page stops refreshing');
+    // Shown once: the attempt is over.
+    assert.equal((await x.get('/accounts/m365/authorize/device')).headers.location, '/accounts');
+
+    // The held message leaves through Exchange with the new grant.
+    await waitFor(() => x.exo.messages.length === 1, 20_000, 'the held message at Exchange');
+    assert.deepEqual(x.exo.messages[0].rcptTo, ['boss@example.org']);
+    assert.equal(x.exo.messages[0].authUser, MS_MAILBOX);
+    assert.ok(
+      x.b.logs.some((l) => l.includes('account authorized from the web console') && l.includes('"flow":"device"')),
+    );
+
+    // The device code (what redeems the grant) never reached a page or a log line.
+    const deviceCode = x.issued()[0].deviceCode!;
+    assert.ok(deviceCode.length > 20);
+    assert.equal(x.refreshTokens.length, 2, 'the new grant, and its rotation when the held message was sent');
+    assertNoSecrets(x.bodies.join('\n') + x.b.logs.join('\n'), [deviceCode, ...x.refreshTokens, ...secretsOf(x.world)]);
+  });
+});
+
+test('console device sign-in failures: an expired code, a declined sign-in and a grant without SMTP.Send each say why and store nothing; Google gets no code', {
+  timeout: 90_000,
+}, async () => {
+  await withMsConsole(async (x) => {
+    const before = await x.tokensFile();
+    const startAndRead = async () => {
+      const s = await x.post('/accounts/m365/authorize/device');
+      assert.equal(s.headers.location, '/accounts/m365/authorize/device', s.body);
+      const page = await x.get('/accounts/m365/authorize/device');
+      const code = userCodeOf(page.body);
+      assert.ok(code, page.body);
+      return code;
+    };
+
+    // The code runs out before anyone enters it.
+    x.ms.deviceCodeTtlSec = 2;
+    await startAndRead();
+    const expired = await deviceOutcome(x);
+    assert.equal(
+      deviceStatusOf(expired.body),
+      'Authorization of m365 failed: the device code expired before the sign-in was completed; run authorize --device again',
+    );
+    assert.match(expired.body, /id="device-start">Get a new code</);
+    x.ms.deviceCodeTtlSec = 900;
+
+    // The user says no at the identity platform.
+    assert.equal(await x.enterCode(await startAndRead(), 'decline'), 200);
+    assert.equal(
+      deviceStatusOf((await deviceOutcome(x)).body),
+      'Authorization of m365 failed: the sign-in was declined',
+    );
+
+    // The consent leaves out SMTP.Send: the grant cannot send, so it is refused.
+    x.ms.withheldScopes.add(SMTP_SEND);
+    assert.equal(await x.enterCode(await startAndRead()), 200);
+    assert.match(
+      deviceStatusOf((await deviceOutcome(x)).body),
+      /^Authorization of m365 failed: the grant lacks https:\/\/outlook\.office\.com\/SMTP\.Send \(not consented\?\).*nothing was stored$/,
+    );
+    assert.equal(x.refreshTokens.length, 1, 'the platform did issue a grant');
+
+    assert.equal(await x.tokensFile(), before, 'nothing was stored');
+    assert.ok(!x.b.logs.some((l) => l.includes('account authorized from the web console')));
+    assert.equal(x.issued().length, 3);
+
+    // Google: refused before anything starts (Google refuses the Gmail scope in the device flow).
+    const g = await x.post('/accounts/office/authorize/device');
+    assert.equal(g.headers.location, '/accounts');
+    assert.match(
+      (await x.get('/accounts')).body,
+      /id="flash">Sign in with a code is not offered for Google accounts: Google refuses the Gmail scope in the device flow\./,
+    );
+    assert.equal(x.issued().length, 3);
+    assertNoSecrets(x.bodies.join('\n') + x.b.logs.join('\n'), [
+      ...x.issued().map((r) => r.deviceCode!),
+      ...x.refreshTokens,
+      ...secretsOf(x.world),
+    ]);
+  });
+});
+
+test('console device sign-in, attacker side: start and cancel need the session, the CSRF token and exact loopback Host/Origin; the status page needs the session; Cancel and stop end the polling', {
+  timeout: 90_000,
+}, async () => {
+  await withMsConsole(async (x) => {
+    const port = x.b.bridge.httpAddress!.port;
+    const refusedStarts: Res[] = [
+      // No session at all (a page elsewhere posting a form to 127.0.0.1).
+      await request(`${x.base}/accounts/m365/authorize/device`, {
+        method: 'POST',
+        body: `csrf=${x.csrf}`,
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Origin: x.base },
+      }),
+      // The session's cookie without its CSRF token, or with another.
+      await x.post('/accounts/m365/authorize/device', { form: {} }),
+      await x.post('/accounts/m365/authorize/device', { form: { csrf: 'x'.repeat(43) } }),
+      // The right token from another origin, or with no Origin/Referer at all.
+      await x.post('/accounts/m365/authorize/device', { headers: { Origin: 'http://evil.example' } }),
+      await x.post('/accounts/m365/authorize/device', { headers: { Origin: `http://127.0.0.1.nip.io:${port}` } }),
+      await x.post('/accounts/m365/authorize/device', { headers: { Origin: '' } }),
+      // DNS rebinding: a name the attacker controls as Host (and Origin).
+      await x.post('/accounts/m365/authorize/device', {
+        headers: { Host: `127.0.0.1.nip.io:${port}`, Origin: `http://127.0.0.1.nip.io:${port}` },
+      }),
+    ];
+    for (const r of refusedStarts) assert.equal(r.status, 403, r.body);
+    assert.equal(x.issued().length, 0, 'no refused request started a sign-in');
+
+    // The status page: nothing without the session.
+    const s = await x.post('/accounts/m365/authorize/device');
+    assert.equal(s.status, 303);
+    const mine = await x.get('/accounts/m365/authorize/device');
+    const codeA = userCodeOf(mine.body);
+    assert.ok(codeA);
+    const anon = await request(`${x.base}/accounts/m365/authorize/device`);
+    assert.equal(anon.status, 401);
+    assert.ok(!anon.body.includes(codeA) && !anon.body.includes('verification-url'));
+    const rebound = await x.get('/accounts/m365/authorize/device', { Host: `localhost.evil:${port}` });
+    assert.equal(rebound.status, 403);
+    assert.ok(!rebound.body.includes(codeA));
+
+    // Cancel with a bad token or origin does nothing; the attempt goes on.
+    assert.equal((await x.post('/accounts/m365/authorize/cancel', { form: {} })).status, 403);
+    assert.equal(
+      (await x.post('/accounts/m365/authorize/cancel', { headers: { Origin: 'http://evil.example' } })).status,
+      403,
+    );
+    const deviceA = x.issued()[0].deviceCode!;
+    await waitFor(() => x.polls(deviceA).length >= 1, 20_000, 'the first attempt polling');
+    assert.equal(userCodeOf((await x.get('/accounts/m365/authorize/device')).body), codeA);
+
+    // The owner's Cancel ends it: the page says so, and the daemon stops polling that code.
+    const cancelled = await x.post('/accounts/m365/authorize/cancel');
+    const cancelledAt = Date.now();
+    assert.equal(cancelled.headers.location, '/accounts');
+    assert.match((await x.get('/accounts')).body, /id="flash">Authorization of m365 cancelled\./);
+    assert.equal((await x.get('/accounts/m365/authorize/device')).headers.location, '/accounts');
+    await waitFor(
+      () =>
+        x.b.logs.some(
+          (l) => l.includes('web console authorization failed') && l.includes('the device sign-in was cancelled'),
+        ),
+      10_000,
+      'the cancelled attempt to end',
+    );
+    // Canary: a new attempt polls twice; the cancelled code was not polled after Cancel.
+    assert.equal((await x.post('/accounts/m365/authorize/device')).status, 303);
+    const deviceB = x.issued()[1].deviceCode!;
+    await waitFor(() => x.polls(deviceB).length >= 2, 20_000, 'the new attempt polling twice');
+    assert.deepEqual(
+      x.polls(deviceA).filter((p) => p.at > cancelledAt),
+      [],
+      'no poll of the cancelled code after Cancel',
+    );
+    // The user would now enter the cancelled code: it was never redeemed, nothing is stored.
+    assert.equal(x.refreshTokens.length, 0);
+
+    // The daemon stops with the new attempt still waiting: it ends (no timer keeps this
+    // process alive: the test file would not exit otherwise).
+    const logged = x.b.logs.length;
+    await x.b.stop();
+    await waitFor(
+      () =>
+        x.b.logs
+          .slice(logged)
+          .some(
+            (l) => l.includes('web console authorization failed') && l.includes('the device sign-in was cancelled'),
+          ),
+      10_000,
+      'the attempt ended by the stop',
+    );
+    assertNoSecrets(x.bodies.join('\n') + x.b.logs.join('\n'), [deviceA, deviceB, ...secretsOf(x.world)]);
+  });
 });

@@ -1,15 +1,19 @@
 // The web console in a real browser (headless Chromium) against a bridge and the fakes: log
 // in through a one-time `console-link` link, watch an account turn needs-reauth after its
 // grant is revoked, re-authorize through the paste flow, see the held message leave the
-// queue; CSRF refusals from the page itself.
+// queue; CSRF refusals from the page itself. A Microsoft account signs in with a device code
+// instead, the page following the sign-in by itself.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
 import { startFakeWorld } from '../../src/fakes/world.js';
 import { startBridge, sendThroughBridge, message, secretsOf, assertNoSecrets, CLI } from '../helpers/bridge.js';
 import { browserMissing, launchBrowser, screenshotPaths } from '../helpers/browser.js';
 import { waitFor } from '../helpers/wait.js';
+import { startMicrosoftConsole, MS_MAILBOX } from '../helpers/microsoft-console.js';
 import type { Page } from 'playwright-core';
 
 const skip = browserMissing() ?? false;
@@ -154,5 +158,102 @@ test('browser: log in with a console-link link, revoked grant -> needs-reauth, A
     await browser.close();
     await b.stop();
     await world.close();
+  }
+});
+
+test('browser: Microsoft account, Sign in with a code: read the code off the page, approve it at the identity platform, the page turns to success by itself', {
+  skip,
+  timeout: 120_000,
+}, async () => {
+  const x = await startMicrosoftConsole();
+  const browser = await launchBrowser();
+  try {
+    const base = `http://127.0.0.1:${x.b.bridge.httpAddress!.port}`;
+    const page = await browser.context.newPage();
+    const bodies: string[] = [];
+    const cspViolations: string[] = [];
+    page.on('console', (m) => {
+      if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+    });
+    page.on('response', (r) => {
+      if (r.url().startsWith(base))
+        void r.text().then(
+          (t) => bodies.push(t),
+          () => {},
+        );
+    });
+    const link = (await run(process.execPath, [...CLI, 'console-link', '-c', x.b.configFile])).stdout.trim();
+    await page.goto(link);
+    assert.match(page.url(), /\/accounts$/);
+
+    // m365's grant is gone: its next message is held, the account needs re-authorization.
+    const sent = await sendThroughBridge({
+      port: x.b.port,
+      user: 'copier',
+      pass: x.world.user.password,
+      from: MS_MAILBOX,
+      to: ['boss@example.org'],
+      raw: message({ from: MS_MAILBOX, to: 'boss@example.org', subject: 'scan' }),
+    });
+    assert.match(sent.response, /^250 /);
+    const stateCell = () => page.textContent('tr[data-account="m365"] td.state');
+    await reloadUntil(page, async () => (await stateCell())?.trim() === 'needs-reauth', 'm365 needs-reauth');
+
+    await page.click('tr[data-account="m365"] button:has-text("Authorize")');
+    assert.match(page.url(), /\/accounts\/m365\/authorize$/);
+    await page.click('#device-start');
+    assert.match(page.url(), /\/accounts\/m365\/authorize\/device$/);
+    const userCode = ((await page.textContent('#user-code')) ?? '').trim();
+    assert.match(userCode, /^[A-Z0-9]{6,}$/);
+    assert.equal(await page.getAttribute('#verification-url', 'href'), x.ms.deviceLoginUrl);
+    assert.equal(((await page.textContent('#device-status')) ?? '').trim(), 'Waiting for you to enter the code…');
+    await shoot(page, 'console-device-code');
+    // The page checks again by itself (no script: a refresh the CSP allows).
+    await page.waitForEvent('framenavigated', { timeout: 15_000 });
+    assert.equal(((await page.textContent('#user-code')) ?? '').trim(), userCode, 'the same code after a refresh');
+
+    // The user enters the code at Microsoft's device login (the fake's) on another device.
+    const approved = await new Promise<number>((resolve, reject) => {
+      const req = https.request(
+        x.ms.deviceLoginUrl,
+        {
+          method: 'POST',
+          ca: readFileSync(x.world.caFile),
+          headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+        },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        },
+      );
+      req.on('error', reject);
+      req.end(new URLSearchParams({ user_code: userCode }).toString());
+    });
+    assert.equal(approved, 200);
+    // Nobody touches the page: it turns to success on its own.
+    await page.waitForSelector('#device-status.ok-banner', { timeout: 30_000 });
+    assert.equal(
+      ((await page.textContent('#device-status')) ?? '').trim(),
+      'Account m365 authorized; its held mail is being sent.',
+    );
+    await shoot(page, 'console-device-done');
+
+    await waitFor(() => x.exo.messages.length === 1, 20_000, 'the held message at Exchange');
+    assert.equal(x.exo.messages[0].authUser, MS_MAILBOX);
+    await page.goto(`${base}/accounts`);
+    assert.equal((await stateCell())?.trim(), 'ok');
+    assert.deepEqual(cspViolations, []);
+
+    const deviceCodes = x.ms.requests.filter((r) => r.grantType === 'devicecode').map((r) => r.deviceCode!);
+    assert.equal(deviceCodes.length, 1);
+    assertNoSecrets(bodies.join('\n') + x.b.logs.join('\n'), [
+      ...deviceCodes,
+      ...x.refreshTokens,
+      ...secretsOf(x.world),
+      new URL(link).searchParams.get('link')!,
+    ]);
+  } finally {
+    await browser.close();
+    await x.close();
   }
 });

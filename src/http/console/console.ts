@@ -8,7 +8,18 @@ import { send as sendAs, HTML } from '../respond.js';
 import { ConsoleAccess, LINK_TTL_MS, type Session } from './access.js';
 import type { AccountView, ConsoleOps } from './ops.js';
 import { ConsoleAuthorizations } from './reauth.js';
-import { accountsPage, authorizePage, linkPage, loginPage, messagePage, queuePage, type PageContext } from './pages.js';
+import {
+  accountsPage,
+  authorizePage,
+  devicePage,
+  linkPage,
+  loginPage,
+  messagePage,
+  queuePage,
+  type DeviceOffer,
+  type PageContext,
+} from './pages.js';
+import { providerFor } from '../../providers/index.js';
 
 export interface ConsoleOptions {
   config: () => Config;
@@ -179,12 +190,20 @@ export class WebConsole {
         200,
         queuePage(await this.ctx(session), await this.opts.ops.queue(), Boolean(this.opts.ops.hold)),
       );
-    const m = /^\/accounts\/([^/]+)\/authorize$/.exec(path);
+    const m = /^\/accounts\/([^/]+)\/authorize(\/device)?$/.exec(path);
     if (m) {
       const account = decodeURIComponent(m[1]);
       const acct = cfg.accounts.find((a) => a.name === account);
       const cur = this.authorizations.current(account);
       if (!acct || !cur) return redirect(res, '/accounts');
+      const base = `/accounts/${encodeURIComponent(account)}/authorize`;
+      if (cur.kind === 'device') {
+        if (!m[2]) return redirect(res, `${base}/device`);
+        // The page is the status: it refreshes itself while the daemon polls, then shows the outcome once.
+        if (cur.settled) this.authorizations.finish(account);
+        return send(res, req, 200, devicePage(await this.ctx(session), account, acct.email, cur));
+      }
+      if (m[2]) return redirect(res, base);
       if (cur.settled) {
         this.authorizations.cancel(account);
         this.flashes.set(
@@ -195,7 +214,7 @@ export class WebConsole {
         );
         return redirect(res, '/accounts');
       }
-      return send(res, req, 200, authorizePage(await this.ctx(session), account, acct.email, cur.url));
+      return send(res, req, 200, authorizePage(await this.ctx(session), acct, cur.url, deviceOffer(acct)));
     }
     return send(res, req, 404, messagePage(404, 'not found'));
   }
@@ -214,11 +233,33 @@ export class WebConsole {
       res.setHeader('Set-Cookie', this.access.clearCookie());
       return redirect(res, '/login');
     }
-    const auth = /^\/accounts\/([^/]+)\/authorize(\/complete)?$/.exec(path);
+    const auth = /^\/accounts\/([^/]+)\/authorize(\/complete|\/device|\/cancel)?$/.exec(path);
     if (auth) {
       const account = decodeURIComponent(auth[1]);
       const acct = this.opts.config().accounts.find((a) => a.name === account);
       if (!acct) return send(res, req, 404, messagePage(404, `no account named ${account}`));
+      if (auth[2] === '/cancel') {
+        if (this.authorizations.cancel(account)) {
+          this.opts.log.info('web console: authorization cancelled', { account });
+          flash(true, `Authorization of ${account} cancelled.`);
+        }
+        return redirect(res, '/accounts');
+      }
+      if (auth[2] === '/device') {
+        const offer = deviceOffer(acct);
+        if (!offer.offered) {
+          flash(false, offer.why);
+          return redirect(res, '/accounts');
+        }
+        try {
+          await this.authorizations.startDevice(account);
+          this.opts.log.info('web console: device sign-in started', { account });
+        } catch (e) {
+          flash(false, `Authorization of ${account} failed: ${(e as Error).message}`);
+          return redirect(res, '/accounts');
+        }
+        return redirect(res, `/accounts/${encodeURIComponent(account)}/authorize/device`);
+      }
       if (!auth[2]) {
         try {
           await this.authorizations.start(account);
@@ -233,8 +274,8 @@ export class WebConsole {
       if (!r.ok) {
         const cur = this.authorizations.current(account);
         // A malformed paste keeps the attempt: show the page again with the problem.
-        if (cur && !cur.settled)
-          return send(res, req, 400, authorizePage(await this.ctx(session), account, acct.email, cur.url, r.error));
+        if (cur?.kind === 'paste' && !cur.settled)
+          return send(res, req, 400, authorizePage(await this.ctx(session), acct, cur.url, deviceOffer(acct), r.error));
         flash(false, `Authorization of ${account} failed: ${r.error}`);
         return redirect(res, '/accounts');
       }
@@ -259,6 +300,17 @@ export class WebConsole {
     }
     return send(res, req, 404, messagePage(404, 'not found'));
   }
+}
+
+/** The device-code sign-in is the provider's to offer (Microsoft does; Google refuses the Gmail scope in it). */
+function deviceOffer(acct: Config['accounts'][number]): DeviceOffer {
+  const p = providerFor(acct);
+  if (acct.oauth.type !== 'user') return { offered: false, why: `account ${acct.name} needs no sign-in` };
+  if (p.signIn.device) return { offered: true };
+  return {
+    offered: false,
+    why: `Sign in with a code is not offered for ${p.label} accounts: ${p.signIn.noDevice ?? ''}`.trim(),
+  };
 }
 
 /**

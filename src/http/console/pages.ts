@@ -1,6 +1,7 @@
 // Server-rendered HTML for the console. Every value goes through esc(); nothing secret is
 // ever passed in (views carry states, dates and redacted error texts only).
 import type { AccountView, QueueSummary } from './ops.js';
+import type { AttemptView } from './reauth.js';
 import type { QueueRow } from '../../control/ops.js';
 import { grantRisk } from '../../alerts/grants.js';
 import { formatAge, formatRelative, formatSize } from '../../log/format.js';
@@ -39,7 +40,8 @@ code.url{display:block;word-break:break-all;background:#fff;border:1px solid #d0
 input[type=text],input[type=password]{font:inherit;padding:.3em;width:100%;max-width:50em;box-sizing:border-box}
 `;
 
-function layout(title: string, ctx: PageContext, body: string): string {
+/** `refreshSec`: the page reloads itself that often (a status page; no script needed). */
+function layout(title: string, ctx: PageContext, body: string, refreshSec?: number): string {
   const banner = ctx.attention.length
     ? `<div class="banner" id="attention" role="alert"><b>Needs attention</b><ul>${ctx.attention.map((a) => `<li>${esc(a)}</li>`).join('')}</ul></div>`
     : '';
@@ -51,7 +53,7 @@ function layout(title: string, ctx: PageContext, body: string): string {
       ? `<form method="post" action="/logout"><input type="hidden" name="csrf" value="${esc(ctx.csrf)}"><button>Log out</button></form>`
       : '';
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>${esc(title)} · xoauth2-bridge</title><style>${CSS}</style></head><body>
+${refreshSec ? `<meta http-equiv="refresh" content="${refreshSec}">` : ''}<title>${esc(title)} · xoauth2-bridge</title><style>${CSS}</style></head><body>
 <header><span>xoauth2-bridge</span><a href="/accounts">Accounts</a><a href="/queue">Queue</a><span class="sp"></span>${logout}</header>
 <main>${banner}${flash}${body}</main></body></html>\n`;
 }
@@ -113,18 +115,67 @@ export function accountsPage(ctx: PageContext, accounts: AccountView[], warnAhea
   );
 }
 
-export function authorizePage(ctx: PageContext, account: string, email: string, url: string, error?: string): string {
+/** Whether the account's provider offers the device-code sign-in, or why not (one line for the page). */
+export type DeviceOffer = { offered: true } | { offered: false; why: string };
+
+export function authorizePage(
+  ctx: PageContext,
+  acct: { name: string; email: string },
+  url: string,
+  offer: DeviceOffer,
+  error?: string,
+): string {
+  const account = acct.name;
   const a = encodeURIComponent(account);
+  const device = offer.offered
+    ? `<h2>Or sign in with a code</h2><p>Nothing to copy back: the bridge shows a code, you enter it at the provider's sign-in page on any device, and this page follows the sign-in by itself.</p>
+<form method="post" action="/accounts/${a}/authorize/device">${csrfField(ctx)}<button id="device-start">Sign in with a code</button></form>`
+    : `<p class="muted" id="no-device">${esc(offer.why)}</p>`;
   return layout(
     `Authorize ${account}`,
     ctx,
     `<h1>Authorize account ${esc(account)}</h1>${error ? `<div class="flash-bad" id="flash">${esc(error)}</div>` : ''}
-<ol><li>Open this address in a browser and sign in as <b>${esc(email)}</b>:<code class="url"><a id="consent-url" href="${esc(url)}" target="_blank" rel="noopener noreferrer">${esc(url)}</a></code></li>
+<ol><li>Open this address in a browser and sign in as <b>${esc(acct.email)}</b>:<code class="url"><a id="consent-url" href="${esc(url)}" target="_blank" rel="noopener noreferrer">${esc(url)}</a></code></li>
 <li>After you allow access, the browser is sent to <code>http://127.0.0.1:…/?state=…&amp;code=…</code>. That page usually fails to load (the bridge is not on your computer); that is expected.</li>
 <li>Copy the whole address from the browser's address bar and paste it here:
 <form method="post" action="/accounts/${a}/authorize/complete">${csrfField(ctx)}<p><input type="text" name="redirect" id="redirect" placeholder="http://127.0.0.1:…/?state=…&amp;code=…" required autocomplete="off"></p>
 <p><button class="primary" id="complete">Complete authorization</button></p></form></li></ol>
-<p class="muted">Same as <code>xoauth2-bridge authorize ${esc(account)} --manual</code>. The attempt expires after 15 minutes; <a href="/accounts">cancel</a>.</p>`,
+<p class="muted">Same as <code>xoauth2-bridge authorize ${esc(account)} --manual</code>. The attempt expires after 15 minutes; <a href="/accounts">cancel</a>.</p>
+${device}`,
+  );
+}
+
+/** How often the device sign-in page reloads itself while the daemon polls. */
+export const DEVICE_REFRESH_SEC = 2;
+
+/** The device sign-in's status page: the code and where to enter it, then the outcome. */
+export function devicePage(ctx: PageContext, account: string, email: string, a: AttemptView, now = Date.now()): string {
+  const enc = encodeURIComponent(account);
+  const title = `Authorize ${account} with a code`;
+  if (a.settled) {
+    const r = a.settled;
+    const body = r.ok
+      ? `<div class="ok-banner" id="device-status" role="status">Account ${esc(account)} authorized${r.email ? ` as ${esc(r.email)}` : ''}; its held mail is being sent.</div>`
+      : `<div class="flash-bad" id="device-status" role="status">Authorization of ${esc(account)} failed: ${esc(r.error)}</div>
+<form method="post" action="/accounts/${enc}/authorize/device">${csrfField(ctx)}<button id="device-start">Get a new code</button></form>`;
+    return layout(title, ctx, `<h1>${esc(title)}</h1>${body}<p><a href="/accounts">Back to the accounts</a></p>`);
+  }
+  // The URL comes from the identity platform: a link only when it is http(s); escaped either way.
+  const link = /^https?:\/\//i.test(a.url)
+    ? `<a id="verification-url" href="${esc(a.url)}" target="_blank" rel="noopener noreferrer">${esc(a.url)}</a>`
+    : `<span id="verification-url">${esc(a.url)}</span>`;
+  const left = a.expiresAt ? Math.max(0, Math.ceil((a.expiresAt - now) / 60e3)) : null;
+  return layout(
+    title,
+    ctx,
+    `<h1>${esc(title)}</h1>
+<ol><li>On any device, open ${link}</li>
+<li>Enter the code <code id="user-code" style="font-size:20px;font-weight:600;letter-spacing:.1em">${esc(a.userCode ?? '')}</code></li>
+<li>Sign in as <b>${esc(email)}</b> and allow access.</li></ol>
+<p class="st st-info" id="device-status" role="status">Waiting for you to enter the code…</p>
+<p class="muted">This page checks again every ${DEVICE_REFRESH_SEC} seconds.${left !== null ? ` The code works for ${left} more minute(s).` : ''} Same as <code>xoauth2-bridge authorize ${esc(account)} --device</code>.</p>
+<form method="post" action="/accounts/${enc}/authorize/cancel">${csrfField(ctx)}<button id="device-cancel">Cancel</button></form>`,
+    DEVICE_REFRESH_SEC,
   );
 }
 

@@ -1,8 +1,11 @@
-// "Authorize" from the browser: the same flow as `xoauth2-bridge authorize --manual`
-// (src/oauth/authorize.ts: code + PKCE S256 + state), driven by two requests instead of a
-// terminal. The first starts it and shows the consent URL; the second passes the URL the
-// user's browser ended on. Nothing listens on the redirect port (listen: false): the
-// browser is usually on another machine, where 127.0.0.1 is not the bridge.
+// "Authorize" from the browser, two ways, both driving src/oauth/authorize.ts (so the identity
+// and scope checks are the CLI's). The paste flow is `authorize --manual` (code + PKCE S256 +
+// state) in two requests: the first shows the consent URL, the second passes the URL the
+// user's browser ended on; nothing listens on the redirect port (listen: false), since the
+// browser is usually on another machine. The device flow (Microsoft only) is `authorize
+// --device`: the page shows the user code and the verification URL and refreshes until the
+// daemon's polling ends. One attempt per account at a time; the device code itself stays
+// inside authorize() (only the user code and URL come out).
 import { PassThrough } from 'node:stream';
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../log/logger.js';
@@ -16,11 +19,23 @@ const EXCHANGE_WAIT_MS = 60e3;
 
 export type AttemptResult = { ok: true; email: string | null } | { ok: false; error: string };
 
-interface Attempt {
+/** What the pages may show of an attempt (never the device code). */
+export interface AttemptView {
+  kind: 'paste' | 'device';
+  /** paste: the consent URL; device: the verification URL. */
   url: string;
-  input: PassThrough;
-  result: Promise<AttemptResult>;
+  /** device: the code the user enters at `url`, and when it stops working. */
+  userCode?: string;
+  expiresAt?: number;
   settled?: AttemptResult;
+}
+
+interface Attempt extends AttemptView {
+  input: PassThrough;
+  abort: AbortController;
+  /** Resolves once the URL (and user code) are known; rejects when the flow ended before that. */
+  ready: Promise<AttemptView>;
+  result: Promise<AttemptResult>;
 }
 
 export interface ReauthOptions {
@@ -36,56 +51,93 @@ export class ConsoleAuthorizations {
 
   constructor(private readonly opts: ReauthOptions) {}
 
-  /** Starts a fresh attempt for `account` (an older one is cancelled); resolves the consent URL. */
+  /** Starts a fresh paste attempt for `account` (an older attempt is cancelled); resolves the consent URL. */
   async start(account: string): Promise<string> {
+    return (await this.begin(account, 'paste')).url;
+  }
+
+  /**
+   * Starts a device sign-in for `account`, or joins the one in progress: two starts (two tabs,
+   * a double click) give one attempt and one code. Resolves once the code is issued.
+   */
+  startDevice(account: string): Promise<AttemptView> {
+    const cur = this.attempts.get(account);
+    if (cur?.kind === 'device' && !cur.settled) return cur.ready;
+    return this.begin(account, 'device');
+  }
+
+  private begin(account: string, kind: 'paste' | 'device'): Promise<AttemptView> {
     this.cancel(account);
     const input = new PassThrough();
-    const out = collect();
-    let gotUrl!: (u: string) => void;
-    const urlP = new Promise<string>((r) => (gotUrl = r));
+    const abort = new AbortController();
+    let issued!: (v: { url: string; userCode?: string; expiresAt?: number }) => void;
+    const issuedP = new Promise<{ url: string; userCode?: string; expiresAt?: number }>((r) => (issued = r));
+    const device = kind === 'device';
+    // authorize() bounds the paste flow itself (timeoutMs) and the device flow by the code's
+    // lifetime; this also bounds a device flow whose server announced an absurd lifetime.
+    const cap = device ? setTimeout(() => abort.abort(), ATTEMPT_TTL_MS + EXCHANGE_WAIT_MS) : undefined;
     const flow = authorize({
       config: this.opts.config(),
       account,
       manual: true,
       listen: false,
+      device,
+      signal: abort.signal,
+      onDeviceCode: (c) =>
+        issued({ url: c.verificationUri, userCode: c.userCode, expiresAt: Date.now() + c.expiresInSec * 1000 }),
       input,
-      output: out.stream,
-      openUrl: gotUrl,
+      output: collect().stream,
+      openUrl: (url) => issued({ url }),
       env: this.opts.env,
       timeoutMs: ATTEMPT_TTL_MS,
       save: (rec: TokenRecord) => this.opts.storeGrant(account, rec),
     });
     const result: Promise<AttemptResult> = flow.then(
       ({ email }) => {
-        this.opts.log.info('account authorized from the web console', { account });
+        this.opts.log.info('account authorized from the web console', { account, flow: kind });
         return { ok: true as const, email };
       },
       (e: unknown) => ({ ok: false as const, error: redactString((e as Error).message) }),
     );
-    const attempt: Attempt = { url: '', input, result };
-    void result.then((r) => {
-      attempt.settled = r;
-      if (!r.ok) this.opts.log.warn('web console authorization failed', { account, error: r.error });
-    });
-    const first = await Promise.race([urlP, result]);
-    if (typeof first !== 'string') {
-      if (first.ok) throw new Error('authorization finished before it started');
-      throw new Error(first.error);
-    }
-    attempt.url = first;
+    const attempt: Attempt = {
+      kind,
+      url: '',
+      input,
+      abort,
+      result,
+      ready: Promise.race([issuedP, result]).then((first) => {
+        if ('url' in first) {
+          Object.assign(attempt, first);
+          return this.view(attempt);
+        }
+        if (this.attempts.get(account) === attempt) this.attempts.delete(account);
+        throw new Error(first.ok ? 'authorization finished before it started' : first.error);
+      }),
+    };
+    // Registered before anything is awaited, so a second start sees (and joins or cancels) it.
     this.attempts.set(account, attempt);
-    return first;
+    void result.then((r) => {
+      clearTimeout(cap);
+      attempt.settled = r;
+      if (!r.ok) this.opts.log.warn('web console authorization failed', { account, flow: kind, error: r.error });
+    });
+    return attempt.ready;
   }
 
-  current(account: string): { url: string; settled?: AttemptResult } | undefined {
+  private view(a: Attempt): AttemptView {
+    return { kind: a.kind, url: a.url, userCode: a.userCode, expiresAt: a.expiresAt, settled: a.settled };
+  }
+
+  /** The account's attempt once its URL is known. */
+  current(account: string): AttemptView | undefined {
     const a = this.attempts.get(account);
-    return a ? { url: a.url, settled: a.settled } : undefined;
+    return a && a.url ? this.view(a) : undefined;
   }
 
   /** The pasted address: completes the exchange, or says what is wrong with it. */
   async complete(account: string, pasted: string): Promise<AttemptResult> {
     const a = this.attempts.get(account);
-    if (!a)
+    if (!a || a.kind !== 'paste')
       return {
         ok: false,
         error: 'No authorization is in progress for this account (it expired or finished). Start again.',
@@ -115,11 +167,19 @@ export class ConsoleAuthorizations {
     return r;
   }
 
-  cancel(account: string): void {
+  /** Forgets a finished attempt once its result was shown. */
+  finish(account: string): void {
+    if (this.attempts.get(account)?.settled) this.attempts.delete(account);
+  }
+
+  /** Ends the account's attempt, if any: the paste flow gives up, the device flow stops polling. True when there was one. */
+  cancel(account: string): boolean {
     const a = this.attempts.get(account);
-    if (!a) return;
+    if (!a) return false;
     this.attempts.delete(account);
-    a.input.end(); // authorize() gives up ("no redirect URL was pasted") and closes its listener
+    a.input.end(); // paste: authorize() gives up ("no redirect URL was pasted")
+    a.abort.abort(); // device: the wait between polls ends, no further poll
+    return !a.settled;
   }
 
   close(): void {

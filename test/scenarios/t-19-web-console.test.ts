@@ -888,8 +888,15 @@ test('console device sign-in (Microsoft): the code and URL on the page, approved
       'm365 needs-reauth with its message held',
     );
 
-    // Google's Authorize page says in one line why it has no code sign-in.
-    assert.equal((await x.post('/accounts/office/authorize')).status, 303);
+    // Google's Authorize page says in one line why it has no code sign-in. Two starts at once
+    // (a double click): the newer replaces the older, whose flow ends instead of waiting 15 minutes.
+    const replaced = () => x.b.logs.filter((l) => l.includes('no redirect URL was pasted (input closed)')).length;
+    const twice = await Promise.all([x.post('/accounts/office/authorize'), x.post('/accounts/office/authorize')]);
+    assert.deepEqual(
+      twice.map((r) => r.headers.location),
+      ['/accounts/office/authorize', '/accounts/office/authorize'],
+    );
+    await waitFor(() => replaced() === 1, 10_000, 'the replaced paste attempt to end');
     const google = await x.get('/accounts/office/authorize');
     assert.match(
       google.body,
@@ -898,6 +905,7 @@ test('console device sign-in (Microsoft): the code and URL on the page, approved
     assert.doesNotMatch(google.body, /id="device-start"/);
     assert.equal((await x.post('/accounts/office/authorize/cancel')).status, 303);
     assert.match((await x.get('/accounts')).body, /id="flash">Authorization of office cancelled\./);
+    await waitFor(() => replaced() === 2, 10_000, 'the cancelled paste attempt to end');
 
     // Microsoft's Authorize page offers it next to the paste flow.
     assert.equal((await x.post('/accounts/m365/authorize')).status, 303);

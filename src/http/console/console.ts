@@ -7,7 +7,7 @@ import { redactString } from '../../log/redact.js';
 import { send as sendAs, HTML } from '../respond.js';
 import { ConsoleAccess, LINK_TTL_MS, type Session } from './access.js';
 import type { AccountView, ConsoleOps } from './ops.js';
-import { ConsoleAuthorizations } from './reauth.js';
+import { AttemptCancelled, ConsoleAuthorizations } from './reauth.js';
 import {
   accountsPage,
   authorizePage,
@@ -255,6 +255,7 @@ export class WebConsole {
           await this.authorizations.startDevice(account);
           this.opts.log.info('web console: device sign-in started', { account });
         } catch (e) {
+          if (e instanceof AttemptCancelled) return redirect(res, `/accounts/${encodeURIComponent(account)}/authorize`);
           flash(false, `Authorization of ${account} failed: ${(e as Error).message}`);
           return redirect(res, '/accounts');
         }
@@ -265,6 +266,8 @@ export class WebConsole {
           await this.authorizations.start(account);
           this.opts.log.info('web console: authorization started', { account });
         } catch (e) {
+          // Replaced by a newer start (a double click) or cancelled: show whatever is current.
+          if (e instanceof AttemptCancelled) return redirect(res, `/accounts/${encodeURIComponent(account)}/authorize`);
           flash(false, (e as Error).message);
           return redirect(res, '/accounts');
         }

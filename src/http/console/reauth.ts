@@ -30,7 +30,16 @@ export interface AttemptView {
   settled?: AttemptResult;
 }
 
+/** A start whose attempt was cancelled (or replaced by a newer start) before its URL was known. */
+export class AttemptCancelled extends Error {
+  constructor() {
+    super('the authorization was cancelled');
+    this.name = 'AttemptCancelled';
+  }
+}
+
 interface Attempt extends AttemptView {
+  cancelled?: boolean;
   input: PassThrough;
   abort: AbortController;
   /** Resolves once the URL (and user code) are known; rejects when the flow ended before that. */
@@ -111,6 +120,7 @@ export class ConsoleAuthorizations {
           return this.view(attempt);
         }
         if (this.attempts.get(account) === attempt) this.attempts.delete(account);
+        if (attempt.cancelled) throw new AttemptCancelled();
         throw new Error(first.ok ? 'authorization finished before it started' : first.error);
       }),
     };
@@ -177,6 +187,7 @@ export class ConsoleAuthorizations {
     const a = this.attempts.get(account);
     if (!a) return false;
     this.attempts.delete(account);
+    a.cancelled = true;
     a.input.end(); // paste: authorize() gives up ("no redirect URL was pasted")
     a.abort.abort(); // device: the wait between polls ends, no further poll
     return !a.settled;

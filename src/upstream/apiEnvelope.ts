@@ -47,11 +47,15 @@ export function headerRecipients(header: string): string[] {
   return out;
 }
 
-/** Compares the envelope with the header recipients; never adds one outside the envelope, never drops one. */
+/**
+ * Compares the envelope with the header recipients; never adds one outside the envelope, never
+ * drops one. `transport` names the API in the reasons ("the Gmail API", "Microsoft Graph").
+ */
 export function planRecipients(
   rcptTo: readonly string[],
   inHeaders: readonly string[],
   maxRecipients: number,
+  transport: string,
 ): ApiPlan {
   const envelope = new Set(rcptTo.map(mailboxKey));
   const named = new Set(inHeaders.map(mailboxKey));
@@ -60,14 +64,14 @@ export function planRecipients(
     const list = outside.slice(0, 5).join(', ') + (outside.length > 5 ? ` and ${outside.length - 5} more` : '');
     return {
       ok: false,
-      reason: `the Gmail API would also send to ${list}: the To/Cc/Bcc headers name ${outside.length === 1 ? 'an address' : 'addresses'} this envelope does not contain`,
+      reason: `${transport} would also send to ${list}: the To/Cc/Bcc headers name ${outside.length === 1 ? 'an address' : 'addresses'} this envelope does not contain`,
     };
   }
   // One API call reaches every header recipient at once: it cannot be split like an SMTP transaction.
   if (rcptTo.length > maxRecipients)
     return {
       ok: false,
-      reason: `the Gmail API cannot split ${rcptTo.length} recipients into transactions of limits.recipientsPerMessage (${maxRecipients})`,
+      reason: `${transport} cannot split ${rcptTo.length} recipients into transactions of limits.recipientsPerMessage (${maxRecipients})`,
     };
   const seen = new Set<string>();
   const bcc: string[] = [];
@@ -81,7 +85,7 @@ export function planRecipients(
   if (unwritable.length)
     return {
       ok: false,
-      reason: `the Gmail API takes recipients from the Bcc header, and no RFC 5322 address can express ${unwritable
+      reason: `${transport} takes recipients from the Bcc header, and no RFC 5322 address can express ${unwritable
         .slice(0, 5)
         .map((a) => JSON.stringify(a))
         .join(', ')}${unwritable.length > 5 ? ` and ${unwritable.length - 5} more` : ''}`,
@@ -124,11 +128,12 @@ export function bccField(bcc: readonly string[]): string {
   return specs.length ? `Bcc: ${specs.join(',\r\n ')}\r\n` : '';
 }
 
-/** Reads the message's header and plans the API send for these envelope recipients. */
+/** Reads the message's header and plans the API send for these envelope recipients; `transport` as for planRecipients. */
 export async function planApiSend(
   msg: MessageSource,
   rcptTo: readonly string[],
   maxRecipients: number,
+  transport: string,
 ): Promise<ApiPlan> {
   const header = await readHeader(msg);
   if (header === null)
@@ -136,5 +141,5 @@ export async function planApiSend(
       ok: false,
       reason: `the header section is longer than ${MAX_HEADER_BYTES / 1024} KB; its recipients cannot be checked`,
     };
-  return planRecipients(rcptTo, headerRecipients(header), maxRecipients);
+  return planRecipients(rcptTo, headerRecipients(header), maxRecipients, transport);
 }

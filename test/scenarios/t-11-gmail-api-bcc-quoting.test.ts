@@ -98,11 +98,11 @@ test('addr-spec: dot-atoms stay bare; other local parts are quoted with " and \\
   assert.equal(localPartValue('"a\\"b"'), 'a"b');
   // A header's quoted spelling and the envelope's bare one are one mailbox.
   assert.equal(mailboxKey('"a,b"@Dest.TEST'), mailboxKey('a,b@dest.test'));
-  assert.deepEqual(planRecipients(['a,b@dest.test'], ['"a,b"@dest.test'], 100), { ok: true, bcc: [] });
+  assert.deepEqual(planRecipients(['a,b@dest.test'], ['"a,b"@dest.test'], 100, 'the Gmail API'), { ok: true, bcc: [] });
 });
 
 test('plan: a recipient no header can carry holds the message with the reason; the Bcc field is parsed back exactly by python3', async () => {
-  const bad = planRecipients(['ok@dest.test', 'x@dest,test'], [], 100);
+  const bad = planRecipients(['ok@dest.test', 'x@dest,test'], [], 100, 'the Gmail API');
   assert.equal(bad.ok, false);
   assert.match(!bad.ok ? bad.reason : '', /no RFC 5322 address can express "x@dest,test"/);
   const rcpts = [
@@ -114,7 +114,7 @@ test('plan: a recipient no header can carry holds the message with the reason; t
     'c\\d@dest.test',
     'plain@dest.test',
   ];
-  const plan = planRecipients(rcpts, [], 100);
+  const plan = planRecipients(rcpts, [], 100, 'the Gmail API');
   assert.ok(plan.ok);
   const parsed = await pythonBcc(Buffer.from(bccField(plan.bcc) + 'Subject: x\r\n\r\nbody\r\n'));
   assert.deepEqual(

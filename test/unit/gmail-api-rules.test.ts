@@ -27,16 +27,19 @@ test('header recipients: To, Cc and Bcc, folded lines, groups and display names;
 });
 
 test('plan: envelope-only recipients become Bcc (once each); a header-only one refuses the API and is named', () => {
-  assert.deepEqual(planRecipients(['a@example.org', 'b@example.org', 'b@Example.ORG'], ['a@example.org'], 100), {
-    ok: true,
-    bcc: ['b@example.org'],
-  });
   assert.deepEqual(
-    planRecipients(['a@example.org'], [], 100),
+    planRecipients(['a@example.org', 'b@example.org', 'b@Example.ORG'], ['a@example.org'], 100, 'the Gmail API'),
+    {
+      ok: true,
+      bcc: ['b@example.org'],
+    },
+  );
+  assert.deepEqual(
+    planRecipients(['a@example.org'], [], 100, 'the Gmail API'),
     { ok: true, bcc: ['a@example.org'] },
     'no recipient headers at all: everything goes as Bcc',
   );
-  const no = planRecipients(['a@example.org'], ['a@example.org', 'x@example.org'], 100);
+  const no = planRecipients(['a@example.org'], ['a@example.org', 'x@example.org'], 100, 'the Gmail API');
   assert.equal(no.ok, false);
   assert.match(!no.ok ? no.reason : '', /would also send to x@example\.org/);
   assert.match(bccField(['b@example.org', 'c@example.org']), /^Bcc: <b@example\.org>,\r\n <c@example\.org>\r\n$/);
@@ -45,9 +48,12 @@ test('plan: envelope-only recipients become Bcc (once each); a header-only one r
 test('plan: domains compare case-insensitively and as punycode, local parts exactly', () => {
   assert.equal(mailboxKey('Jane@Example.ORG'), 'Jane@example.org');
   assert.equal(mailboxKey('jane@bücher.example'), mailboxKey('jane@xn--bcher-kva.example'));
-  assert.deepEqual(planRecipients(['jane@EXAMPLE.org'], ['jane@example.org'], 100), { ok: true, bcc: [] });
+  assert.deepEqual(planRecipients(['jane@EXAMPLE.org'], ['jane@example.org'], 100, 'the Gmail API'), {
+    ok: true,
+    bcc: [],
+  });
   assert.equal(
-    planRecipients(['jane@example.org'], ['Jane@example.org'], 100).ok,
+    planRecipients(['jane@example.org'], ['Jane@example.org'], 100, 'the Gmail API').ok,
     false,
     'another local part may be another mailbox',
   );
@@ -55,9 +61,27 @@ test('plan: domains compare case-insensitively and as punycode, local parts exac
 
 test('plan: more recipients than recipientsPerMessage cannot be split through the API', () => {
   const many = Array.from({ length: 101 }, (_, i) => `r${i}@example.org`);
-  const p = planRecipients(many, many, 100);
+  const p = planRecipients(many, many, 100, 'the Gmail API');
   assert.equal(p.ok, false);
   assert.match(!p.ok ? p.reason : '', /limits\.recipientsPerMessage \(100\)/);
+});
+
+test('plan: every refusal names the transport it was planned for, never another', () => {
+  const many = Array.from({ length: 3 }, (_, i) => `r${i}@example.org`);
+  for (const name of ['the Gmail API', 'Microsoft Graph']) {
+    const reasons = [
+      planRecipients(['a@example.org'], ['a@example.org', 'x@example.org'], 100, name),
+      planRecipients(many, many, 2, name),
+      planRecipients(['x@dest,test'], [], 100, name),
+    ].map((p) => (p.ok ? '' : p.reason));
+    assert.deepEqual(
+      reasons.map((r) => r.slice(0, name.length + 1)),
+      [`${name} `, `${name} `, `${name} `],
+      reasons.join('\n'),
+    );
+    const other = name === 'Microsoft Graph' ? /Gmail/ : /Graph/;
+    for (const r of reasons) assert.doesNotMatch(r, other);
+  }
 });
 
 test('API answers: backoff, quota, fresh token, hold with the fix, bounce', () => {

@@ -66,7 +66,7 @@ export class GmailApiUpstream implements Transport {
   /** Whether the API can deliver this message to exactly its envelope, and the Bcc it needs. */
   plan(env: Envelope, message: MessageSource): Promise<ApiPlan> {
     const acct = this.config.accounts.find((a) => a.name === env.account);
-    return planApiSend(message, env.rcptTo, acct?.limits.recipientsPerMessage ?? 100);
+    return planApiSend(message, env.rcptTo, acct?.limits.recipientsPerMessage ?? 100, 'the Gmail API');
   }
 
   async send(env: Envelope, message: MessageSource, plan?: ApiPlan): Promise<SendResult> {

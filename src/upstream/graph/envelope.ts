@@ -1,7 +1,6 @@
 // Envelope exactness for Graph's MIME sendMail, which (as users.messages.send) delivers to the
 // message's To/Cc/Bcc: the shared planner in apiEnvelope.ts decides, and the Bcc field is the
-// Gmail API's (addresses quoted as RFC 5322 requires, in addressQuote.ts); only the reason text
-// names Graph.
+// Gmail API's (addresses quoted as RFC 5322 requires, in addressQuote.ts); the reasons name Graph.
 import { bccField, planApiSend, type ApiPlan } from '../apiEnvelope.js';
 import type { MessageSource } from '../../types.js';
 
@@ -14,6 +13,5 @@ export async function planGraphSend(
   rcptTo: readonly string[],
   maxRecipients: number,
 ): Promise<ApiPlan> {
-  const plan = await planApiSend(msg, rcptTo, maxRecipients);
-  return plan.ok ? plan : { ok: false, reason: plan.reason.replace(/the Gmail API/g, 'Microsoft Graph') };
+  return planApiSend(msg, rcptTo, maxRecipients, 'Microsoft Graph');
 }

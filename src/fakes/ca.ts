@@ -1,6 +1,8 @@
 // Throwaway PKI for tests and the `demo` command: a CA plus a localhost server certificate
 // signed by it, so clients can verify TLS for real (with `ca`) instead of disabling checks.
 import { mkdir, writeFile, chmod } from 'node:fs/promises';
+import https from 'node:https';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 
@@ -79,4 +81,38 @@ export async function createAppCertificate(commonName = 'xoauth2-bridge app'): P
     notAfterDate: new Date(now + 365 * 24 * 3600e3),
   });
   return { cert: c.cert, key: c.private };
+}
+
+/** An HTTPS fake's server, listening; the fake adds its own 'request' handler. */
+export interface HttpsListener {
+  server: https.Server;
+  port: number;
+  /** Stops listening and drops every connection, a stalled upload's included. */
+  close(): Promise<void>;
+}
+
+/** An HTTPS server on 127.0.0.1:<random port> with the PKI's localhost certificate (TLS >= 1.2). */
+export async function listenHttps(pki: TestPki): Promise<HttpsListener> {
+  const server = https.createServer({ cert: pki.cert, key: pki.key, minVersion: 'TLSv1.2' });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const sockets = new Set<Socket>();
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  // A client that gives up on the handshake (a test verifying the CA) is not the fake's error.
+  server.on('tlsClientError', () => {});
+  return {
+    server,
+    port: (server.address() as { port: number }).port,
+    async close() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      server.closeAllConnections();
+      await closed;
+    },
+  };
 }

@@ -2,12 +2,10 @@
 // CA), the bearer token and its scope checked against the fake token endpoint, Google's JSON
 // error bodies, the raw message recorded, and scriptable failures (429, quota, 401, 403
 // scope, 400, 500, a stall in the middle of the body).
-import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import addressparser from 'nodemailer/lib/addressparser';
-import type { TestPki } from './ca.js';
+import { listenHttps, type HttpsListener, type TestPki } from './ca.js';
 import { GMAIL_SCOPE, GMAIL_SEND_SCOPE, type FakeTokenEndpoint } from './tokenEndpoint.js';
 import { headerValues } from '../listener/filter.js';
 
@@ -57,32 +55,24 @@ export class FakeGmailApi {
   /** A stalled upload stops reading after this many body bytes (default: half the body). */
   stallAfterBytes?: number;
   private readonly failures: ApiFailureKind[] = [];
-  private readonly sockets = new Set<Socket>();
   private readonly waiters: Array<() => void> = [];
   private readonly stalls: Stall[] = [];
   private stalledBytes = 0;
 
+  readonly port: number;
+
   private constructor(
-    private readonly server: https.Server,
+    private readonly listener: HttpsListener,
     private readonly tokens: FakeTokenEndpoint,
-    readonly port: number,
   ) {
-    this.url = `https://localhost:${port}`;
+    this.port = listener.port;
+    this.url = `https://localhost:${listener.port}`;
   }
 
   static async start(opts: { pki: TestPki; tokens: FakeTokenEndpoint }): Promise<FakeGmailApi> {
-    const server = https.createServer({ cert: opts.pki.cert, key: opts.pki.key, minVersion: 'TLSv1.2' });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve());
-    });
-    const fake = new FakeGmailApi(server, opts.tokens, (server.address() as { port: number }).port);
-    server.on('connection', (s: Socket) => {
-      fake.sockets.add(s);
-      s.on('close', () => fake.sockets.delete(s));
-    });
-    server.on('tlsClientError', () => {});
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const listener = await listenHttps(opts.pki);
+    const fake = new FakeGmailApi(listener, opts.tokens);
+    listener.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       fake.handle(req, res).catch(() => {
         if (!res.headersSent) fake.error(res, 500, 'INTERNAL', 'Internal error encountered.', 'backendError');
       });
@@ -129,11 +119,8 @@ export class FakeGmailApi {
     });
   }
 
-  async close(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const s of this.sockets) s.destroy();
-    this.server.closeAllConnections();
-    await closed;
+  close(): Promise<void> {
+    return this.listener.close();
   }
 
   // ---- HTTP ----

@@ -7,12 +7,10 @@
 // What was sent is recorded (MIME bytes, recipients, what a recipient sees without Bcc).
 // Large messages: drafts (POST /messages, JSON, Mail.ReadWrite), small attachments, upload
 // sessions (PUT chunks of at most 4 MB with contiguous, checked Content-Range), then /send.
-import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import { randomBytes, randomUUID } from 'node:crypto';
 import addressparser from 'nodemailer/lib/addressparser';
-import type { TestPki } from './ca.js';
+import { listenHttps, type HttpsListener, type TestPki } from './ca.js';
 import { GRAPH_RESOURCE, type FakeMicrosoftIdentity } from './microsoftIdentity.js';
 import { headerValues } from '../listener/filter.js';
 
@@ -138,30 +136,22 @@ export class FakeGraph {
   private readonly policies = new Map<string, Set<string>>();
   private readonly failures: Array<{ kind: GraphFailureKind; retryAfterSec?: number }> = [];
   private readonly inFlight = new Map<string, number>();
-  private readonly sockets = new Set<Socket>();
   private readonly waiters: Array<() => void> = [];
 
+  readonly port: number;
+
   private constructor(
-    private readonly server: https.Server,
+    private readonly listener: HttpsListener,
     private readonly identity: FakeMicrosoftIdentity,
-    readonly port: number,
   ) {
-    this.url = `https://localhost:${port}`;
+    this.port = listener.port;
+    this.url = `https://localhost:${listener.port}`;
   }
 
   static async start(opts: { pki: TestPki; identity: FakeMicrosoftIdentity }): Promise<FakeGraph> {
-    const server = https.createServer({ cert: opts.pki.cert, key: opts.pki.key, minVersion: 'TLSv1.2' });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve());
-    });
-    const fake = new FakeGraph(server, opts.identity, (server.address() as { port: number }).port);
-    server.on('connection', (s: Socket) => {
-      fake.sockets.add(s);
-      s.on('close', () => fake.sockets.delete(s));
-    });
-    server.on('tlsClientError', () => {});
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => void fake.handle(req, res));
+    const listener = await listenHttps(opts.pki);
+    const fake = new FakeGraph(listener, opts.identity);
+    listener.server.on('request', (req: IncomingMessage, res: ServerResponse) => void fake.handle(req, res));
     return fake;
   }
 
@@ -208,11 +198,8 @@ export class FakeGraph {
     }
   }
 
-  async close(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const s of this.sockets) s.destroy();
-    this.server.closeAllConnections();
-    await closed;
+  close(): Promise<void> {
+    return this.listener.close();
   }
 
   // ---- HTTP ----

@@ -6,7 +6,7 @@ import { createHash, createSign, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, stat, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createTestPki, writePki, type TestPki } from '../../src/fakes/ca.js';
+import { createTestPki, listenHttps, writePki, type TestPki } from '../../src/fakes/ca.js';
 import { FakeTokenEndpoint } from '../../src/fakes/tokenEndpoint.js';
 import { FakeGmail } from '../../src/fakes/gmail.js';
 import nodemailer from 'nodemailer';
@@ -94,6 +94,37 @@ test('test PKI: server cert verifies against the CA only', async () => {
   } finally {
     server.close();
   }
+});
+
+test("listenHttps: the fakes' HTTPS server on 127.0.0.1 with the test cert; close() ends even a stalled request", async () => {
+  const l = await listenHttps(pki);
+  let bodyStarted!: () => void;
+  const stalled = new Promise<void>((r) => (bodyStarted = r));
+  l.server.on('request', (req, res) => {
+    if (req.url === '/stall') {
+      req.once('data', () => bodyStarted()); // never answers
+      return;
+    }
+    res.end('hello');
+  });
+  assert.equal(l.server.address() && (l.server.address() as { address: string }).address, '127.0.0.1');
+  const got = await new Promise<string>((resolve, reject) => {
+    https
+      .get(`https://localhost:${l.port}/`, { ca: pki.caCert }, (res) => {
+        let t = '';
+        res.on('data', (c: Buffer) => (t += c.toString()));
+        res.on('end', () => resolve(t));
+      })
+      .on('error', reject);
+  });
+  assert.equal(got, 'hello');
+  // An upload that stalls mid-body (what the Gmail API fake scripts) must not keep close() waiting.
+  const req = https.request(`https://localhost:${l.port}/stall`, { method: 'POST', ca: pki.caCert, agent: false });
+  req.on('error', () => {});
+  req.write(Buffer.alloc(1024));
+  await stalled;
+  await l.close();
+  await assert.rejects(tlsConnect(l.port, { ca: pki.caCert }), 'closed');
 });
 
 test('writePki writes PEM files with a private key file mode 0600', async () => {

@@ -7,6 +7,8 @@
 // What was sent is recorded (MIME bytes, recipients, what a recipient sees without Bcc).
 // Large messages: drafts (POST /messages, JSON, Mail.ReadWrite), small attachments, upload
 // sessions (PUT chunks of at most 4 MB with contiguous, checked Content-Range), then /send.
+// One file on purpose (over 400 lines): it is one fake service, read as a whole as the
+// behaviour the tests rely on.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomBytes, randomUUID } from 'node:crypto';
 import addressparser from 'nodemailer/lib/addressparser';

@@ -3,6 +3,8 @@
 // helps find bugs: every refresh token is usable ONCE (a rotation the bridge failed to save
 // shows at once), every client assertion is verified against the registered certificate and
 // its jti is usable once. Error bodies carry AADSTS codes as Entra ID's do.
+// One file on purpose (over 400 lines): it is one fake service, read as a whole as the
+// behaviour the tests rely on.
 import https from 'node:https';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';

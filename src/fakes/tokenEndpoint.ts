@@ -1,6 +1,8 @@
 // Fake Google OAuth 2.0 endpoint (token + consent) over real HTTPS, for tests and `demo`.
 // Error bodies and status codes mirror what oauth2.googleapis.com answers, so the app's
 // classification (invalid_grant -> needs-reauth, 5xx -> retry) is exercised for real.
+// One file on purpose (over 400 lines): it is one fake service, read as a whole as the
+// behaviour the tests rely on.
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';

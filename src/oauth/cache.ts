@@ -217,10 +217,16 @@ export class TokenCache {
    * Runs `fn`, one request that spends the account's refresh token, after the account's
    * previous one has finished: with two resources (SMTP and Graph) two refreshes may be wanted
    * at once, and Microsoft rotates the refresh token on every answer (the fake makes each
-   * usable once), so each must send the token the one before it saved.
+   * usable once), so each must send the token the one before it saved. One that was waiting
+   * while the one before it found the grant dead does not ask again (nor undo needs-reauth).
    */
   private spend<T>(s: Slot, fn: () => Promise<T>): Promise<T> {
-    const run = (this.spending.get(s) ?? Promise.resolve()).then(fn);
+    const wasDead = s.state === 'needs-reauth'; // `token refresh` tries a dead grant once on purpose
+    const run = (this.spending.get(s) ?? Promise.resolve()).then(() => {
+      if (!wasDead && s.state === 'needs-reauth')
+        throw new NeedsReauthError(s.cfg.name, s.rec.lastError ?? 'grant refused');
+      return fn();
+    });
     this.spending.set(
       s,
       run.catch(() => undefined),

@@ -315,3 +315,31 @@ test('token service (auto, delegated): a grant without Graph consent -> needs-re
     await w.close();
   }
 });
+
+test('token service (auto, delegated): an SMTP refresh queued behind a Graph refresh that finds no consent does not run, nor undo needs-reauth', {
+  timeout: 30_000,
+}, async () => {
+  const w = await world();
+  try {
+    const rt0 = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP]);
+    const svc = new TokenService({ config: w.config, log: w.log });
+    await svc.init();
+    await svc.importRefreshToken('m365', rt0);
+    try {
+      const [graph, smtp] = await Promise.allSettled([
+        svc.getAccessToken('m365', { resource: 'graph' }),
+        svc.getAccessToken('m365'),
+      ]);
+      assert.equal(graph.status, 'rejected');
+      assert.equal(smtp.status, 'rejected', 'the SMTP refresh waited for the Graph one and did not ask');
+      assert.ok((smtp as PromiseRejectedResult).reason instanceof NeedsReauthError);
+      assert.equal(w.ms.requests.length, 1, 'one token request: the Graph refresh');
+      assert.equal(svc.state('m365'), 'needs-reauth');
+      assert.equal((await w.stored())?.state, 'needs-reauth');
+    } finally {
+      svc.stop();
+    }
+  } finally {
+    await w.close();
+  }
+});

@@ -124,14 +124,21 @@ export type HealthState = 'ok' | 'needs-reauth' | 'error';
 /** Why an upstream holds an account, as a code (its text is for operators). */
 export type HoldCode = 'smtp-auth-refused';
 
+/** A second resource of an account's grant (the first is its transport's): Graph for a delegated Microsoft auto account. */
+export type TokenResource = 'graph';
+
 /** The token service as the upstream sees it. */
 export interface TokenSource {
   /**
    * A usable access token; `force` skips the cache (after a 535). `rejected`: the upstream
    * refused this token; the answer is a newer one, shared by every caller that names the same
    * token (at most one refresh per rejection). Throws NeedsReauthError when the grant is dead.
+   * `resource`: a token for that second resource of the grant, from the same refresh token.
    */
-  getAccessToken(account: string, opts?: { force?: boolean; rejected?: string }): Promise<string>;
+  getAccessToken(
+    account: string,
+    opts?: { force?: boolean; rejected?: string; resource?: TokenResource },
+  ): Promise<string>;
   /** The upstream accepted this token (AUTH succeeded with it). */
   tokenWorked?(account: string, token: string): void;
   /** The upstream says the account cannot send until an operator fixes something: hold its mail with that fix for a while. */

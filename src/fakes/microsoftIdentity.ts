@@ -1,8 +1,11 @@
 // Fake Microsoft identity platform (login.microsoftonline.com v2.0: authorize, token and
 // devicecode endpoints) over real HTTPS, for tests and `demo`. Stricter than Microsoft where it
-// helps find bugs: every refresh token is usable ONCE (a rotation the bridge failed to save
-// shows at once), every client assertion is verified against the registered certificate and
-// its jti is usable once. Error bodies carry AADSTS codes as Entra ID's do.
+// helps find bugs: every refresh token is usable ONCE (a rotation the bridge failed to save,
+// or two refreshes racing on one token, shows at once), every client assertion is verified
+// against the registered certificate and its jti is usable once. As Entra ID: a sign-in may
+// consent to several resources at once, every token request names scopes of ONE resource
+// (AADSTS28000 otherwise), and a refresh token mints tokens for any resource consented to.
+// Error bodies carry AADSTS codes as Entra ID's do.
 // One file on purpose (over 400 lines): it is one fake service, read as a whole as the
 // behaviour the tests rely on.
 import https from 'node:https';
@@ -58,6 +61,8 @@ export interface MsTokenRequest {
   clientId?: string;
   /** secret | assertion | none */
   clientAuth?: string;
+  /** The scope parameter as sent (token requests that have one). */
+  scope?: string;
   ok: boolean;
   error?: string;
   /** Device flow: the device code issued (devicecode) or polled (device_code grant), so tests tell attempts apart. */
@@ -70,6 +75,7 @@ interface PendingCode {
   challenge: string;
   email: string;
   offline: boolean;
+  /** What the user consented to at the sign-in page (possibly several resources). */
   scopes: string[];
 }
 
@@ -229,7 +235,13 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     if (req.method !== 'POST' || (u.pathname !== `${base}/token` && u.pathname !== `${base}/devicecode`))
       return this.error(res, 400, 'invalid_request', `AADSTS90002: Tenant '${u.pathname.split('/')[1]}' not found.`);
     const grantType = u.pathname.endsWith('/devicecode') ? 'devicecode' : (p.get('grant_type') ?? '');
-    const rec: MsTokenRequest = { at: Date.now(), grantType, clientId: p.get('client_id') ?? undefined, ok: false };
+    const rec: MsTokenRequest = {
+      at: Date.now(),
+      grantType,
+      clientId: p.get('client_id') ?? undefined,
+      ...(p.has('scope') ? { scope: p.get('scope')! } : {}),
+      ok: false,
+    };
     this.requests.push(rec);
     try {
       const app = this.clientAuth(p, grantType, rec, u.pathname.replace('/devicecode', '/token'));
@@ -262,15 +274,11 @@ export class FakeMicrosoftIdentity extends EventEmitter {
           'AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.',
         );
       const asked = this.checkDelegatedScope(p);
-      if (g.scopes && asked.some((sc) => sc !== 'offline_access' && !g.scopes!.includes(sc)))
-        throw new AadError(
-          400,
-          'invalid_grant',
-          `AADSTS65001: The user or administrator has not consented to use the application with ID '${clientId}'. Send an interactive authorization request for this user and resource.`,
-        );
-      // Usable once: the old refresh token dies with this answer.
+      if (g.scopes) this.checkConsent(clientId, asked, g.scopes);
+      // Usable once: the old refresh token dies with this answer. The new one carries the whole
+      // consent (every resource), whichever resource this token was for.
       this.refreshTokens.delete(rt);
-      return this.delegated(g.email, clientId, true, asked);
+      return this.delegated(g.email, clientId, true, asked, g.scopes);
     }
     if (grantType === 'authorization_code') {
       const code = p.get('code') ?? '';
@@ -295,10 +303,17 @@ export class FakeMicrosoftIdentity extends EventEmitter {
           'invalid_grant',
           'AADSTS50148: The code_verifier provided does not match the code_challenge supplied in the authorization request for PKCE.',
         );
-      return this.delegated(c.email, clientId, c.offline, c.scopes);
+      // The redemption names one resource's scopes (default: the first resource asked for at
+      // sign-in); the refresh token carries everything consented to.
+      const asked = p.has('scope') ? this.checkDelegatedScope(p) : firstResource(c.scopes);
+      this.checkConsent(clientId, asked, c.scopes);
+      return this.delegated(c.email, clientId, c.offline, asked, this.consented(c.scopes));
     }
     if (grantType === 'devicecode') {
-      const scopes = this.checkDelegatedScope(p);
+      // Like the sign-in page, the device sign-in may consent to several resources.
+      const scopes = (p.get('scope') ?? '').split(' ');
+      const problem = sendScopeProblem(scopes);
+      if (problem) throw new AadError(400, 'invalid_scope', problem);
       const deviceCode = rnd(48);
       rec.deviceCode = deviceCode;
       const userCode = randomBytes(5).toString('hex').toUpperCase().slice(0, 9);
@@ -341,7 +356,8 @@ export class FakeMicrosoftIdentity extends EventEmitter {
           'AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.',
         );
       d.redeemed = true;
-      return this.delegated(d.approvedAs, clientId, d.offline, d.scopes);
+      // The token is for the first resource asked for; the refresh token serves every one.
+      return this.delegated(d.approvedAs, clientId, d.offline, firstResource(d.scopes), this.consented(d.scopes));
     }
     if (grantType === 'client_credentials') {
       if (p.get('scope') !== APP && p.get('scope') !== GRAPH_APP)
@@ -378,12 +394,31 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     return scopes;
   }
 
-  /** A delegated token for the scopes asked (one resource), minus any the consent screen withheld. */
+  /** What a consent screen grants of `scopes`: all but the withheld ones. */
+  private consented(scopes: string[]): string[] {
+    return scopes.filter((sc) => sc !== 'offline_access' && !this.withheldScopes.has(sc));
+  }
+
+  /** A token request may only ask for what was consented to (Entra ID: AADSTS65001). */
+  private checkConsent(clientId: string, asked: string[], consent: string[]): void {
+    if (asked.some((sc) => sc !== 'offline_access' && !consent.includes(sc)))
+      throw new AadError(
+        400,
+        'invalid_grant',
+        `AADSTS65001: The user or administrator has not consented to use the application with ID '${clientId}'. Send an interactive authorization request for this user and resource.`,
+      );
+  }
+
+  /**
+   * A delegated token for the scopes asked (one resource), minus any the consent screen
+   * withheld; its refresh token carries `consent` (default: what this token got).
+   */
   private delegated(
     email: string,
     clientId: string,
     offline: boolean,
     asked: string[],
+    consent?: string[],
   ): Record<string, unknown> & { refresh_token?: string } {
     const granted = asked.filter((sc) => sc !== 'offline_access' && !this.withheldScopes.has(sc));
     const aud = resourceOf(asked.find((sc) => SEND_SCOPES.has(sc))!)!;
@@ -392,7 +427,7 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       token_type: 'Bearer',
       scope: `${granted.join(' ')}${offline ? ' offline_access' : ''}`.trim(),
       ...this.access(email, clientId, aud, { scp }),
-      ...(offline ? { refresh_token: this.issueRefreshToken(clientId, email, granted) } : {}),
+      ...(offline ? { refresh_token: this.issueRefreshToken(clientId, email, consent ?? granted) } : {}),
     };
   }
 
@@ -555,7 +590,8 @@ export class FakeMicrosoftIdentity extends EventEmitter {
         error: 'unsupported_response_type',
         error_description: 'AADSTS700054: response_type must be code.',
       });
-    const problem = delegatedScopeProblem(scopes);
+    // The sign-in may consent to several resources at once (MSAL's extraScopesToConsent).
+    const problem = sendScopeProblem(scopes);
     if (problem) return back({ error: 'invalid_scope', error_description: problem });
     if (q.get('code_challenge_method') !== 'S256' || !q.get('code_challenge'))
       return back({
@@ -633,10 +669,23 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   }
 }
 
-/** Entra ID's checks of a delegated scope list: a send scope, and one resource per token (AADSTS28000). */
-function delegatedScopeProblem(scopes: string[]): string | null {
+/** A sign-in's scope list (authorize, devicecode) must hold a send scope; several resources are fine. */
+function sendScopeProblem(scopes: string[]): string | null {
   if (!scopes.some((sc) => SEND_SCOPES.has(sc)))
     return `AADSTS70011: The provided value for the input parameter 'scope' is not valid.`;
+  return null;
+}
+
+/** The scopes of the first resource in a sign-in's list (plus offline_access): what its first token is for. */
+function firstResource(scopes: string[]): string[] {
+  const first = resourceOf(scopes.find((sc) => SEND_SCOPES.has(sc))!);
+  return scopes.filter((sc) => sc === 'offline_access' || resourceOf(sc) === first);
+}
+
+/** Entra ID's checks of a token request's scope list: a send scope, and one resource per token (AADSTS28000). */
+function delegatedScopeProblem(scopes: string[]): string | null {
+  const send = sendScopeProblem(scopes);
+  if (send) return send;
   const resources = new Set(scopes.map(resourceOf).filter((r): r is string => r !== null));
   if (resources.size > 1)
     return `AADSTS28000: Provided value for the input parameter scope is not valid because it contains more than one resource. Scope ${scopes.join(' ')} is not valid.`;

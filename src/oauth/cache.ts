@@ -2,12 +2,14 @@
 // expiry, one refresh in flight per account (single-flight keyed on the token the upstream
 // rejected), refresh-token rotation persisted before the new access token is used, and dead
 // grants (invalid_grant) turned into a quiet `needs-reauth` state instead of a retry storm.
+// A grant with a second resource (Microsoft delegated auto: SMTP and Graph) gets that one's
+// token from the same refresh token, through the same rotation and one request at a time.
 // How a grant gets a token is its provider's refresher's business (src/providers/); setting accounts
 // up, the schedule and reloads are the TokenService's (src/oauth/service.ts).
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { addSecret, redactString } from '../log/redact.js';
-import type { HealthState } from '../types.js';
+import type { HealthState, TokenResource } from '../types.js';
 import { providerFor, tokenIdentity } from '../providers/index.js';
 import {
   AccountConfigError,
@@ -38,6 +40,17 @@ const FORCED_SHARE_MS = 5_000;
 const BACKOFF_BASE_MS = 5_000;
 const BACKOFF_MAX_MS = 5 * 60_000;
 
+/** An account's token for a second resource of its grant (TokenSource `resource`). */
+interface ResourceToken {
+  /** The grant's identity when it was issued: another client or tenant drops it. */
+  key: string;
+  token?: string;
+  expiresAt?: number;
+  obtainedAt?: number;
+  forced?: boolean;
+  inflight?: Promise<string>;
+}
+
 export interface TokenServiceOptions {
   config: Config;
   log: Logger;
@@ -62,6 +75,10 @@ export class TokenCache {
   protected lastData: StoreData = { accounts: {} };
   /** Why the token store cannot be used (mode, damage, key); while set, every account is held and nothing is written. */
   protected storeError: string | null = null;
+  /** Second-resource tokens by `account\nresource`. */
+  private readonly resourceTokens = new Map<string, ResourceToken>();
+  /** Per account, the last request that spends its refresh token (see spend). */
+  private readonly spending = new WeakMap<Slot, Promise<unknown>>();
 
   constructor(opts: TokenServiceOptions) {
     this.config = opts.config;
@@ -81,10 +98,15 @@ export class TokenCache {
 
   // ---- TokenSource ----
 
-  async getAccessToken(account: string, opts: { force?: boolean; rejected?: string } = {}): Promise<string> {
+  async getAccessToken(
+    account: string,
+    opts: { force?: boolean; rejected?: string; resource?: TokenResource } = {},
+  ): Promise<string> {
     const s = this.slot(account);
     if (this.storeError) throw new Error(`account ${account}: token store unusable: ${this.storeError}`);
     if (s.state === 'needs-reauth') throw new NeedsReauthError(account, s.rec.lastError ?? 'grant refused');
+    if (opts.resource !== undefined)
+      return this.resourceToken(s, opts.resource, opts.force === true || opts.rejected !== undefined);
     if (opts.rejected !== undefined) return this.replaceRejected(s, opts.rejected);
     const t = this.now();
     const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
@@ -130,6 +152,88 @@ export class TokenCache {
     return this.startRefresh(s, true);
   }
 
+  /**
+   * A token for a second resource of the account's grant: cached until close to expiry, one
+   * refresh in flight per resource, a forced one shared for FORCED_SHARE_MS, and the account's
+   * backoff respected. It spends the account's refresh token like any refresh (spend).
+   */
+  private resourceToken(s: Slot, resource: TokenResource, force: boolean): Promise<string> {
+    const name = s.cfg.name;
+    const id = `${name}\n${resource}`;
+    const key = tokenIdentity(s.cfg);
+    let r = this.resourceTokens.get(id);
+    if (!r || r.key !== key) {
+      r = { key };
+      this.resourceTokens.set(id, r);
+    }
+    const t = this.now();
+    const valid = r.token !== undefined && r.expiresAt !== undefined && r.expiresAt > t;
+    if (!force && valid && r.expiresAt! - t > skew(r)) return Promise.resolve(r.token!);
+    if (r.inflight) return r.inflight;
+    if (force && valid && r.forced && r.obtainedAt !== undefined && t - r.obtainedAt < FORCED_SHARE_MS)
+      return Promise.resolve(r.token!);
+    if (t < s.backoffUntil) {
+      if (!force && valid) return Promise.resolve(r.token!);
+      return Promise.reject(
+        new Error(
+          `account ${name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`,
+        ),
+      );
+    }
+    const slot = r;
+    const p = this.spend(s, () => this.refreshResource(s, slot, resource, force)).finally(() => {
+      if (slot.inflight === p) slot.inflight = undefined;
+    });
+    slot.inflight = p;
+    return p;
+  }
+
+  private async refreshResource(s: Slot, r: ResourceToken, resource: TokenResource, forced: boolean): Promise<string> {
+    const name = s.cfg.name;
+    const usedRt = s.rec.refreshToken;
+    let tokens: TokenResponse;
+    try {
+      if (s.configError) throw new AccountConfigError(s.configError);
+      if (!s.refresher?.refreshFor)
+        throw new AccountConfigError(
+          `oauth.type ${s.cfg.oauth.type} of provider ${s.cfg.provider} has no ${resource} token (transport ${s.cfg.transport})`,
+        );
+      tokens = await s.refresher.refreshFor(usedRt, resource);
+    } catch (err) {
+      throw await this.refreshFailed(s, err, usedRt);
+    }
+    const t = this.now();
+    const expiresAt = tokens.expiry_date!;
+    addSecret(tokens.access_token, { slot: `access-${resource}:${name}`, expiresAt });
+    Object.assign(r, { token: tokens.access_token, expiresAt, obtainedAt: t, forced });
+    s.failures = 0;
+    s.backoffUntil = 0;
+    this.log.info('access token refreshed', { account: name, resource, expiresAt: new Date(expiresAt).toISOString() });
+    this.metrics?.tokenRefresh(name, true);
+    return tokens.access_token;
+  }
+
+  /**
+   * Runs `fn`, one request that spends the account's refresh token, after the account's
+   * previous one has finished: with two resources (SMTP and Graph) two refreshes may be wanted
+   * at once, and Microsoft rotates the refresh token on every answer (the fake makes each
+   * usable once), so each must send the token the one before it saved. One that was waiting
+   * while the one before it found the grant dead does not ask again (nor undo needs-reauth).
+   */
+  private spend<T>(s: Slot, fn: () => Promise<T>): Promise<T> {
+    const wasDead = s.state === 'needs-reauth'; // `token refresh` tries a dead grant once on purpose
+    const run = (this.spending.get(s) ?? Promise.resolve()).then(() => {
+      if (!wasDead && s.state === 'needs-reauth')
+        throw new NeedsReauthError(s.cfg.name, s.rec.lastError ?? 'grant refused');
+      return fn();
+    });
+    this.spending.set(
+      s,
+      run.catch(() => undefined),
+    );
+    return run;
+  }
+
   /** The upstream accepted `token` (an AUTH succeeded with it): a later rejection of it is a new revocation, not a dead grant. */
   tokenWorked(account: string, token: string): void {
     const s = this.slots.get(account);
@@ -156,7 +260,11 @@ export class TokenCache {
     return p;
   }
 
-  private async doRefresh(s: Slot, forced: boolean): Promise<string> {
+  private doRefresh(s: Slot, forced: boolean): Promise<string> {
+    return this.spend(s, () => this.refreshOnce(s, forced));
+  }
+
+  private async refreshOnce(s: Slot, forced: boolean): Promise<string> {
     const usedRt = s.rec.refreshToken;
     let tokens: TokenResponse;
     try {

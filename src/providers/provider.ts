@@ -4,6 +4,7 @@
 // endpoint. Types here are structural views of an account, because config/ imports providers/
 // (for defaults and checks) and not the reverse.
 import type { Logger } from '../log/logger.js';
+import type { TokenResource } from '../types.js';
 import type { DeviceFlow, RedirectFlow } from './signIn.js';
 
 export type OAuthType = 'user' | 'service-account' | 'app';
@@ -123,6 +124,8 @@ export interface GrantContext {
 export interface Refresher {
   /** A new access token; `refreshToken` is the one the cache holds at the start of the refresh. */
   refresh(refreshToken: string | undefined): Promise<TokenResponse>;
+  /** A token for a second resource of the same grant (Microsoft: Graph for delegated transport auto), rotation as in `refresh`. */
+  refreshFor?(refreshToken: string | undefined, resource: TokenResource): Promise<TokenResponse>;
 }
 
 /** An SMTP reply that needs more than the generic classes: an operator hold, a better bounce, a quota. */

@@ -1,12 +1,14 @@
-// transport auto on an app-only Microsoft account: SMTP while Exchange takes it; when SMTP
-// AUTH is refused for the mailbox (535 5.7.139), the message goes through Microsoft Graph with
-// the app's Graph token, and so do the account's next messages (no SMTP AUTH tried meanwhile).
+// transport auto on a Microsoft account: SMTP while Exchange takes it; when SMTP AUTH is
+// refused for the mailbox (535 5.7.139), the message goes through Microsoft Graph (app-only:
+// the app's Graph token; delegated: a Graph token from the account's one refresh token), and
+// so do the account's next messages (no SMTP AUTH tried meanwhile).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startFakeWorld, startFakeGraphTenant, type FakeWorld, type FakeGraphTenant } from '../../src/fakes/world.js';
 import { FakeExchange } from '../../src/fakes/exchange.js';
 import { startBridge, sendThroughBridge, message, type RunningBridge } from '../helpers/bridge.js';
 import { waitFor } from '../helpers/wait.js';
+import { TokenStore } from '../../src/oauth/store.js';
 
 const MAILBOX = 'printer@contoso.com';
 
@@ -16,16 +18,18 @@ async function withAuto(
     t: FakeGraphTenant;
     exo: FakeExchange;
     b: RunningBridge;
-    send: (to: string) => Promise<void>;
+    send: (to: string) => Promise<string>;
   }) => Promise<void>,
   before: (t: FakeGraphTenant, exo: FakeExchange) => void = () => {},
+  /** Delegated: the scopes the imported grant was consented for. */
+  delegated?: string[],
 ): Promise<void> {
   const w = await startFakeWorld();
   const t = await startFakeGraphTenant(w, { mailbox: MAILBOX });
   const exo = await FakeExchange.start({ pki: w.pki, identity: t.identity });
   t.identity.allowMailbox(t.clientId, MAILBOX);
   before(t, exo);
-  const acct = t.account('m365', 'app', {
+  const acct = t.account('m365', delegated ? 'user' : 'app', {
     transport: 'auto',
     upstream: { host: 'localhost', port: exo.port, caFile: w.caFile, apiUrl: t.graph.url },
   });
@@ -38,15 +42,21 @@ async function withAuto(
     },
     { importToken: false },
   );
-  const send = async (to: string) =>
-    void (await sendThroughBridge({
+  if (delegated)
+    await b.bridge.tokens.importRefreshToken('m365', t.identity.issueRefreshToken(t.clientId, MAILBOX, delegated));
+  const send = async (to: string) => {
+    const r = await sendThroughBridge({
       port: b.port,
       user: w.user.username,
       pass: w.user.password,
       from: MAILBOX,
       to: [to],
       raw: message({ from: MAILBOX, to }),
-    }));
+    });
+    const id = /queued as (\S+)/.exec(r.response)?.[1];
+    assert.ok(id, r.response);
+    return id;
+  };
   try {
     await fn({ w, t, exo, b, send });
   } finally {
@@ -87,5 +97,81 @@ test(
         assert.equal(exo.auths.length, auths, 'no SMTP AUTH tried for the second message');
       },
       (_t, exo) => exo.smtpAuthDisabled.add(MAILBOX),
+    ),
+);
+
+const SMTP_SEND = 'https://outlook.office.com/SMTP.Send';
+const GRAPH_SEND = 'https://graph.microsoft.com/Mail.Send';
+
+test(
+  'auto (Microsoft, delegated): SMTP AUTH disabled sends through Graph once with a Graph token from the same grant; the rotated refresh token is saved and SMTP refreshes go on',
+  { timeout: 60_000 },
+  () =>
+    withAuto(
+      async ({ t, exo, b, send }) => {
+        await send('a@example.org');
+        await t.graph.waitForMessages(1, 15_000);
+        assert.equal(t.graph.messages[0].caller, MAILBOX, "with the user's delegated Graph token");
+        assert.equal(exo.messages.length, 0);
+        assert.ok(
+          exo.auths.some((a) => !a.ok && /5\.7\.139/.test(a.reply ?? '')),
+          'SMTP AUTH was tried and refused',
+        );
+        assert.ok(
+          b.logs.some((l) =>
+            l.includes('Exchange refused SMTP AUTH for account m365; sending through Microsoft Graph'),
+          ),
+        );
+        // The next message goes to Graph directly; then a canary proves the first was sent once.
+        await send('b@example.org');
+        await t.graph.waitForMessages(2, 15_000);
+        assert.deepEqual(
+          t.graph.messages.map((m) => m.recipients.join(',')),
+          ['a@example.org', 'b@example.org'],
+          'each message reached Graph once',
+        );
+        const refreshes = t.identity.requests.filter((r) => r.grantType === 'refresh_token');
+        assert.ok(refreshes.length >= 2, 'an SMTP and a Graph refresh');
+        assert.equal(refreshes.filter((r) => !r.ok).length, 0, 'no refresh token was spent twice');
+        const stored = async () =>
+          (await new TokenStore({ stateDir: b.bridge.config.stateDir, key: null }).load()).accounts.m365;
+        const before = (await stored())?.refreshToken;
+        await b.bridge.tokens.refresh('m365');
+        const after = (await stored())?.refreshToken;
+        assert.ok(
+          before && after && before !== after,
+          'the SMTP refresh spent the saved rotated token and saved the next',
+        );
+        assert.equal(t.identity.requests.filter((r) => !r.ok).length, 0);
+      },
+      (_t, exo) => exo.smtpAuthDisabled.add(MAILBOX),
+      [SMTP_SEND, GRAPH_SEND],
+    ),
+);
+
+test(
+  'auto (Microsoft, delegated): a grant without Graph consent holds the mail as needs-reauth naming Mail.Send; nothing is delivered',
+  { timeout: 60_000 },
+  () =>
+    withAuto(
+      async ({ t, exo, b, send }) => {
+        const id = await send('a@example.org');
+        const line = () =>
+          b.logs.find((l) => l.includes('account m365 needs re-authorization') && l.includes(GRAPH_SEND));
+        await waitFor(() => line() !== undefined, 15_000, 'needs-reauth naming the Graph consent');
+        assert.match(line()!, /AADSTS65001/);
+        await waitFor(
+          () => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('needs-reauth')),
+          15_000,
+          'the message is held for re-authorization',
+        );
+        assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth');
+        assert.match(b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '', /Mail\.Send/);
+        assert.equal(exo.messages.length, 0);
+        assert.equal(t.graph.requests.length, 0, 'Graph was never called without a token');
+        assert.equal(t.graph.messages.length, 0);
+      },
+      (_t, exo) => exo.smtpAuthDisabled.add(MAILBOX),
+      [SMTP_SEND],
     ),
 );

@@ -270,10 +270,8 @@ test('cloud: one table sets the sign-in host, the Graph host and the Graph scope
   );
 });
 
-test('config: transport auto on a Microsoft account needs app-only sign-in', () => {
-  assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'auto' })] }), [
-    'accounts.0.transport: transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph',
-  ]);
+test('config: transport auto on a Microsoft account takes delegated and app-only sign-in', () => {
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'auto' })] }), []);
   assert.deepEqual(
     issues({
       ...base,

@@ -22,7 +22,7 @@ import { waitFor } from '../helpers/wait.js';
 const MAILBOX = 'printer@contoso.com';
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
-async function world(opts: { publicClient?: boolean } = {}) {
+async function world(opts: { publicClient?: boolean; transport?: string } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'xoauth2-msauth-'));
   const pki = await createTestPki();
   const { caFile } = await writePki(pki, join(dir, 'pki'));
@@ -42,6 +42,7 @@ async function world(opts: { publicClient?: boolean } = {}) {
           name: 'm365',
           provider: 'microsoft',
           email: MAILBOX,
+          ...(opts.transport ? { transport: opts.transport } : {}),
           oauth: {
             type: 'user',
             tenant: ms.tenant,
@@ -325,6 +326,39 @@ test('microsoft authorize --device: an expired device code ends with a clear err
       }),
       /--device is not available for Google accounts: Google refuses the Gmail scope/,
     );
+  } finally {
+    await w.close();
+  }
+});
+
+test("microsoft authorize --device, transport auto: the device sign-in consents to SMTP and Graph; the token is SMTP's, one Graph refresh checks the Graph consent", {
+  timeout: 60_000,
+}, async () => {
+  const w = await world({ publicClient: true, transport: 'auto' });
+  try {
+    w.ms.deviceIntervalSec = 1;
+    const seen: MsTokenRequest[] = [];
+    w.ms.on('request', (r: MsTokenRequest) => seen.push(r));
+    const input = new PassThrough();
+    const out = collect();
+    let userCode = '';
+    out.stream.on('data', (c: Buffer) => {
+      const m = /enter the code (\w+)/.exec(c.toString());
+      if (m) userCode = m[1];
+    });
+    const done = authorizeCommand(w.config(), 'm365', { manual: false, device: true }, input, out.stream);
+    await waitFor(() => userCode !== '', 20_000, 'the device code shown');
+    assert.equal((await w.post(w.ms.deviceLoginUrl, { user_code: userCode })).status, 200);
+    assert.equal(await done, 0, out.text());
+    assert.equal(
+      seen.find((r) => r.grantType === 'devicecode')?.scope,
+      'https://outlook.office.com/SMTP.Send https://graph.microsoft.com/Mail.Send offline_access',
+    );
+    assert.deepEqual(
+      seen.filter((r) => r.grantType === 'refresh_token').map((r) => [r.scope, r.ok]),
+      [['https://graph.microsoft.com/Mail.Send offline_access', true]],
+    );
+    await w.grantWorks();
   } finally {
     await w.close();
   }

@@ -54,8 +54,26 @@ export const GRAPH_APP_SCOPE = `${GRAPH_URL}/.default`;
 export function microsoftScopes(a: ProviderAccount): string[] {
   const app = a.oauth?.type === 'app';
   if (a.transport !== 'graph') return app ? [MS_APP_SCOPE] : [...MS_DELEGATED_SCOPES];
+  if (app) return [graphScopes(a.cloud as MsCloud | undefined).app];
+  return microsoftGraphScopes(a);
+}
+
+/**
+ * A delegated grant's Graph scopes: those of transport graph, and the second resource of a
+ * delegated transport auto account (its Graph token comes from the same refresh token).
+ */
+export function microsoftGraphScopes(a: ProviderAccount): string[] {
   const g = graphScopes(a.cloud as MsCloud | undefined);
-  if (app) return [g.app];
   const shared = a.mailbox !== undefined && a.mailbox.toLowerCase() !== a.email?.toLowerCase();
   return [shared ? g.sendShared : g.send, ...(a.upstream?.largeMessages ? [g.readWrite] : []), 'offline_access'];
+}
+
+/**
+ * What a sign-in consents to. Delegated transport auto: SMTP.Send and Graph's Mail.Send in one
+ * sign-in (SMTP first: a redemption without its own scope is for the first resource); every
+ * token request still names one resource (microsoftScopes / microsoftGraphScopes).
+ */
+export function microsoftSignInScopes(a: ProviderAccount): string[] {
+  if (a.transport !== 'auto' || a.oauth?.type === 'app') return microsoftScopes(a);
+  return [MS_SMTP_SCOPE, ...microsoftGraphScopes(a)];
 }

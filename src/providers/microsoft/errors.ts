@@ -33,10 +33,32 @@ const CLIENT_CODES: Record<string, string> = {
 };
 
 /**
+ * The grant lacks consent for scopes the bridge asked for (AADSTS65001 names none, so the
+ * refresher that asked says which). A dead grant: only a new sign-in with consent helps.
+ */
+export class MicrosoftConsentError extends Error {
+  constructor(readonly scopes: readonly string[]) {
+    const wanted = scopes.filter((sc) => sc !== 'offline_access').join(' and ');
+    super(
+      `the grant has no consent for ${wanted} (AADSTS65001): grant it in Entra ID (admin consent if required), then run authorize again`,
+    );
+    this.name = 'MicrosoftConsentError';
+  }
+}
+
+/** AADSTS65001 from a token request that asked for `scopes`: the consent error naming them; else the error as it was. */
+export function consentErrorFor(err: unknown, scopes: readonly string[]): unknown {
+  if (err instanceof oauth.ResponseBodyError && /AADSTS65001\b/.test(err.error_description ?? ''))
+    return new MicrosoftConsentError(scopes);
+  return err;
+}
+
+/**
  * Microsoft's token-endpoint errors keep their AADSTS code in the message. A dead grant or
  * a dead client credential (wrong/expired secret) needs a person: needs-reauth.
  */
 export function classifyMicrosoftError(err: unknown): ClassifiedError | null {
+  if (err instanceof MicrosoftConsentError) return { dead: true, code: 'AADSTS65001', message: err.message };
   if (!(err instanceof oauth.ResponseBodyError)) return null;
   const desc = (err.error_description ?? '').split(/\r?\n/)[0];
   const aadsts = /AADSTS(\d+)/.exec(desc)?.[1];

@@ -4,7 +4,7 @@
 import { classifyTokenError } from '../http.js';
 import type { ConfigIssue, Provider, ProviderAccount, RawAccount } from '../provider.js';
 import { microsoftAppRefresher } from './appGrant.js';
-import { MS_CLOUDS, type MsCloud, microsoftScopes } from './clouds.js';
+import { MS_CLOUDS, type MsCloud, microsoftScopes, microsoftSignInScopes } from './clouds.js';
 import { microsoftDelegatedRefresher } from './delegatedGrant.js';
 import { classifyMicrosoftError, exchangeReply } from './errors.js';
 import { microsoftDevice, microsoftRedirect, type UserAccount as MsUserAccount } from './signIn.js';
@@ -89,12 +89,6 @@ export const microsoft: Provider = {
           message: 'app-only sign-in needs your own tenant (GUID or domain), not consumers/organizations/common',
         });
     }
-    if (a.transport === 'auto' && o.type !== 'app')
-      out.push({
-        path: ['transport'],
-        message:
-          'transport auto for Microsoft (SMTP, Graph when SMTP AUTH is refused) needs app-only sign-in (oauth.type app): a delegated grant is for one resource; use smtp or graph',
-      });
     if (a.transport === 'gmail-api')
       out.push({
         path: ['transport'],
@@ -111,8 +105,9 @@ export const microsoft: Provider = {
   },
 
   scopes: microsoftScopes,
-  // No identity scopes: Microsoft sign-ins name no user (see README "Microsoft 365").
-  signInScopes: microsoftScopes,
+  // No identity scopes: Microsoft sign-ins name no user (see README "Microsoft 365"). Delegated
+  // auto consents to SMTP and Graph in one sign-in; each token is still for one resource.
+  signInScopes: microsoftSignInScopes,
 
   tokenIdentity(a: ProviderAccount) {
     const o = a.oauth!;

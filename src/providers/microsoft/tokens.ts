@@ -29,6 +29,8 @@ export interface MicrosoftTokens {
   access_token: string;
   expires_in?: number;
   refresh_token?: string;
+  /** The scopes granted, as the token endpoint listed them (those of the one resource asked for). */
+  scope?: string;
 }
 
 /** How the app proves who it is: a secret, or a certificate's key signing a client assertion. */
@@ -122,6 +124,8 @@ export interface MicrosoftRequest {
   oauth: MicrosoftOAuth;
   /** What to ask for, from scopesFor(account) (src/providers/index.ts); default: SMTP's. */
   scopes?: readonly string[];
+  /** What a sign-in consents to, when more than `scopes` (several resources); token requests ask for `scopes`. */
+  signInScopes?: readonly string[];
   credentials: MicrosoftCredentials;
   agent?: https.Agent;
   timeoutMs: number;
@@ -161,6 +165,11 @@ function delegatedScopes(r: MicrosoftRequest): string {
   return (r.scopes ?? MS_DELEGATED_SCOPES).join(' ');
 }
 
+/** A sign-in's consent may span resources; a token request's scope may not (AADSTS28000). */
+function consentScopes(r: MicrosoftRequest): string {
+  return r.signInScopes ? r.signInScopes.join(' ') : delegatedScopes(r);
+}
+
 /**
  * Authorization code + PKCE (S256) sign-in: `url` is where the browser goes; `exchange` takes
  * the redirect's query (state checked by the library) and redeems the code with the verifier.
@@ -179,7 +188,7 @@ export async function microsoftCodeFlow(
     response_type: 'code',
     redirect_uri: p.redirectUri,
     response_mode: 'query',
-    scope: delegatedScopes(r),
+    scope: consentScopes(r),
     state: p.state,
     code_challenge: await oauth.calculatePKCECodeChallenge(verifier),
     code_challenge_method: 'S256',
@@ -222,7 +231,7 @@ export async function microsoftDeviceFlow(
   const d = await oauth.processDeviceAuthorizationResponse(
     as,
     client,
-    await oauth.deviceAuthorizationRequest(as, client, r.credentials.auth, { scope: delegatedScopes(r) }, fetchOpt),
+    await oauth.deviceAuthorizationRequest(as, client, r.credentials.auth, { scope: consentScopes(r) }, fetchOpt),
   );
   addSecret(d.device_code);
   const code: DeviceCode = {
@@ -264,7 +273,12 @@ export async function microsoftRefresh(r: MicrosoftRequest, refreshToken: string
     [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
   });
   const body = await oauth.processRefreshTokenResponse(server(r.oauth), client, res);
-  return { access_token: body.access_token, expires_in: body.expires_in, refresh_token: body.refresh_token };
+  return {
+    access_token: body.access_token,
+    expires_in: body.expires_in,
+    refresh_token: body.refresh_token,
+    scope: body.scope,
+  };
 }
 
 /** App-only: client_credentials grant for Exchange Online's .default scope. */

@@ -23,8 +23,8 @@ export class GraphAppTokens {
 
   async get(acct: AccountConfig, force = false): Promise<string> {
     const o = acct.oauth;
-    // The config allows transport auto on Microsoft only with app-only sign-in.
-    if (o.type !== 'app') throw new Error(`account ${acct.name}: Graph tokens for transport auto need oauth.type app`);
+    // Delegated accounts get their Graph token from the token service (src/upstream/graph/auto.ts).
+    if (o.type !== 'app') throw new Error(`account ${acct.name}: app-only Graph tokens need oauth.type app`);
     const key = JSON.stringify([o.clientId, o.tokenUrl, acct.cloud ?? 'global']);
     const c = this.cache.get(acct.name);
     if (!force && c && c.key === key && c.expiresAt - SKEW_MS > Date.now()) return c.token;

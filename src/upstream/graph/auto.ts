@@ -1,7 +1,9 @@
-// transport auto for an app-only Microsoft account: SMTP (XOAUTH2) while Exchange takes it;
-// when Exchange refuses SMTP AUTH for the mailbox (535 5.7.139 SMTP AUTH disabled, or 5.7.3
-// for the app's token), this message and the account's next ones for an hour go through
-// Microsoft Graph with the app's Graph token (GraphAppTokens), instead of holding the account.
+// transport auto for a Microsoft account: SMTP (XOAUTH2) while Exchange takes it; when
+// Exchange refuses SMTP AUTH for the mailbox (535 5.7.139 SMTP AUTH disabled, or 5.7.3 for
+// an app's token), this message and the account's next ones for an hour go through Microsoft
+// Graph instead of holding the account. The Graph token: app-only, the app's own by client
+// credentials (GraphAppTokens); delegated, the token service's for resource 'graph' (the same
+// refresh token, rotated and single-flight with the SMTP refreshes).
 import type { Config } from '../../config/schema.js';
 import type { Envelope, MessageSource, SendResult, TokenSource } from '../../types.js';
 import type { Logger } from '../../log/logger.js';
@@ -41,6 +43,7 @@ export class MicrosoftAutoUpstream implements Transport {
       getAccessToken: (a, o) => {
         const acct = this.config.accounts.find((x) => x.name === a);
         if (!acct) return Promise.reject(new Error(`account "${a}" is not configured`));
+        if (acct.oauth.type !== 'app') return outer.getAccessToken(a, { ...o, resource: 'graph' });
         return this.appTokens.get(acct, o?.force);
       },
       holdAccount: (a, reason, ms) => outer.holdAccount?.(a, reason, ms),

@@ -1,0 +1,345 @@
+// transport auto on a delegated Microsoft account (oauth.type user): the config takes it, the
+// sign-in consents to SMTP and Graph at once, each token request names one resource, and the
+// token service spends the one rotating refresh token for both resources one request at a
+// time (the fake makes each refresh token usable once, so a race shows as invalid_grant).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import https from 'node:https';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { createTestPki, writePki } from '../../src/fakes/ca.js';
+import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
+import { configSchema } from '../../src/config/schema.js';
+import { NeedsReauthError, TokenService } from '../../src/oauth/service.js';
+import { TokenStore } from '../../src/oauth/store.js';
+import { scopesFor, signInScopesFor } from '../../src/providers/index.js';
+import { createLogger } from '../../src/log/logger.js';
+import { authorizeToStore, collect } from '../helpers/oauth.js';
+
+const MAILBOX = 'printer@contoso.com';
+const SMTP = 'https://outlook.office.com/SMTP.Send';
+const GRAPH = 'https://graph.microsoft.com/Mail.Send';
+const base = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
+const msAccount = (extra: Record<string, unknown>) => ({
+  name: 'm365',
+  provider: 'microsoft',
+  email: MAILBOX,
+  transport: 'auto',
+  oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc' },
+  ...extra,
+});
+
+function issues(cfg: unknown): string[] {
+  const r = configSchema.safeParse(cfg);
+  return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+}
+
+test('config: transport auto is accepted for a delegated Microsoft account; the sign-in asks for SMTP and Graph, each token for one', {
+  timeout: 30_000,
+}, () => {
+  assert.deepEqual(issues({ ...base, accounts: [msAccount({})] }), []);
+  const a = configSchema.parse({ ...base, accounts: [msAccount({})] }).accounts[0];
+  assert.deepEqual(signInScopesFor(a), [SMTP, GRAPH, 'offline_access']);
+  assert.deepEqual(scopesFor(a), [SMTP, 'offline_access'], 'the token the cache holds is the SMTP one');
+  const gov = configSchema.parse({ ...base, accounts: [msAccount({ cloud: 'usgov' })] }).accounts[0];
+  assert.deepEqual(signInScopesFor(gov), [SMTP, 'https://graph.microsoft.us/Mail.Send', 'offline_access']);
+  // SMTP with a delegated token cannot send as another mailbox, so auto keeps refusing mailbox:.
+  assert.match(
+    issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com' })] }).join('\n'),
+    /^accounts\.0\.mailbox: /,
+  );
+  // Other transports keep their single-resource sign-in.
+  const smtp = configSchema.parse({ ...base, accounts: [msAccount({ transport: 'smtp' })] }).accounts[0];
+  assert.deepEqual(signInScopesFor(smtp), [SMTP, 'offline_access']);
+});
+
+async function world() {
+  const dir = await mkdtemp(join(tmpdir(), 'xoauth2-msauto-'));
+  const pki = await createTestPki();
+  const { caFile } = await writePki(pki, join(dir, 'pki'));
+  const ca = await readFile(caFile);
+  const ms = await FakeMicrosoftIdentity.start({ pki });
+  const clientId = '00000000-1111-2222-3333-777777777777';
+  const secret = `Qx8Q~${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+  ms.registerApp(clientId, secret);
+  ms.consentEmail = MAILBOX;
+  const stateDir = join(dir, 'state');
+  const sink = collect();
+  const log = createLogger({ level: 'debug', format: 'json', stream: sink.stream });
+  const config = configSchema.parse({
+    stateDir,
+    listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
+    accounts: [
+      msAccount({
+        oauth: {
+          type: 'user',
+          tenant: ms.tenant,
+          authorityHost: ms.authorityHost,
+          clientId,
+          clientSecret: secret,
+          caFile,
+        },
+      }),
+    ],
+  });
+  const signIn = (url: string) =>
+    new Promise<string>((resolve, reject) => {
+      https
+        .get(url, { ca }, (res) => {
+          res.resume();
+          if (res.statusCode !== 302 || !res.headers.location)
+            reject(new Error(`sign-in page answered ${res.statusCode}`));
+          else resolve(res.headers.location);
+        })
+        .on('error', reject);
+    });
+  const authorize = async () => {
+    const input = new PassThrough();
+    let authUrl = '';
+    await authorizeToStore({
+      config,
+      account: 'm365',
+      manual: true,
+      input,
+      output: collect().stream,
+      openUrl: (url) => {
+        authUrl = url;
+        // A refused sign-in ends the paste flow instead of leaving it waiting.
+        void signIn(url).then(
+          (loc) => input.write(`${loc}\n`),
+          () => input.end(),
+        );
+      },
+    });
+    return authUrl;
+  };
+  /** A raw token request to the fake, as any client could send it. */
+  const tokenRequest = (form: Record<string, string>) =>
+    new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
+      const req = https.request(
+        ms.tokenUrl,
+        { method: 'POST', ca, headers: { 'Content-Type': 'application/x-www-form-urlencoded' } },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) }),
+          );
+        },
+      );
+      req.on('error', reject);
+      req.end(new URLSearchParams({ client_id: clientId, client_secret: secret, ...form }).toString());
+    });
+  const stored = async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365;
+  return {
+    ms,
+    clientId,
+    config,
+    log,
+    logs: sink.text,
+    authorize,
+    tokenRequest,
+    stored,
+    close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })),
+  };
+}
+
+test('fake identity: one refresh token serves every consented resource; a token request naming two resources is refused with AADSTS28000', {
+  timeout: 30_000,
+}, async () => {
+  const w = await world();
+  try {
+    const rt = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP, GRAPH]);
+    const both = await w.tokenRequest({
+      grant_type: 'refresh_token',
+      refresh_token: rt,
+      scope: `${SMTP} ${GRAPH} offline_access`,
+    });
+    assert.equal(both.status, 400);
+    assert.equal(both.body.error, 'invalid_scope');
+    assert.match(String(both.body.error_description), /^AADSTS28000: .*more than one resource/);
+    // The refused request did not spend the token.
+    const smtp = await w.tokenRequest({
+      grant_type: 'refresh_token',
+      refresh_token: rt,
+      scope: `${SMTP} offline_access`,
+    });
+    assert.equal(smtp.status, 200, JSON.stringify(smtp.body));
+    assert.equal(w.ms.tokenClaims(String(smtp.body.access_token))?.aud, 'https://outlook.office.com');
+    const graph = await w.tokenRequest({
+      grant_type: 'refresh_token',
+      refresh_token: String(smtp.body.refresh_token),
+      scope: `${GRAPH} offline_access`,
+    });
+    assert.equal(graph.status, 200, JSON.stringify(graph.body));
+    assert.equal(w.ms.tokenClaims(String(graph.body.access_token))?.aud, 'https://graph.microsoft.com');
+    assert.equal(graph.body.scope, `${GRAPH} offline_access`, 'the answer lists the redeemed resource only');
+    // The rotation keeps the whole consent: SMTP again from the Graph answer's refresh token.
+    const again = await w.tokenRequest({
+      grant_type: 'refresh_token',
+      refresh_token: String(graph.body.refresh_token),
+      scope: `${SMTP} offline_access`,
+    });
+    assert.equal(again.status, 200, JSON.stringify(again.body));
+  } finally {
+    await w.close();
+  }
+});
+
+test('authorize (auto, delegated): consents to SMTP.Send and Graph Mail.Send at once, redeems for SMTP only, checks the Graph consent, stores one refresh token', {
+  timeout: 30_000,
+}, async () => {
+  const w = await world();
+  const asked: string[] = [];
+  w.ms.on('request', (r: { grantType: string; scope?: string }) => asked.push(`${r.grantType} ${r.scope ?? ''}`));
+  try {
+    const url = await w.authorize();
+    assert.equal(new URL(url).searchParams.get('scope'), `${SMTP} ${GRAPH} offline_access`);
+    assert.deepEqual(asked, [`authorization_code ${SMTP} offline_access`, `refresh_token ${GRAPH} offline_access`]);
+    const rec = await w.stored();
+    assert.match(rec?.refreshToken ?? '', /^M\.C5/);
+    const svc = new TokenService({ config: w.config, log: w.log });
+    await svc.init();
+    try {
+      assert.equal(
+        w.ms.tokenClaims(await svc.getAccessToken('m365', { force: true }))?.aud,
+        'https://outlook.office.com',
+      );
+      const g = w.ms.tokenClaims(await svc.getAccessToken('m365', { resource: 'graph' }));
+      assert.deepEqual([g?.aud, g?.scp], ['https://graph.microsoft.com', 'Mail.Send']);
+    } finally {
+      svc.stop();
+    }
+    assert.equal(w.ms.requests.filter((r) => !r.ok).length, 0, 'no token request failed');
+  } finally {
+    await w.close();
+  }
+});
+
+test('authorize (auto, delegated) refuses a grant without the Graph consent, or without SMTP.Send, and stores nothing', {
+  timeout: 30_000,
+}, async () => {
+  for (const withheld of [GRAPH, SMTP]) {
+    const w = await world();
+    try {
+      w.ms.withheldScopes.add(withheld);
+      await assert.rejects(w.authorize(), new RegExp(`${withheld.replace(/[./]/g, '\\$&')}.*nothing was stored`));
+      assert.equal(await w.stored(), undefined);
+    } finally {
+      await w.close();
+    }
+  }
+});
+
+test('token service (auto, delegated): SMTP and Graph tokens asked for at once never race on the refresh token; one chain, saved, and SMTP refreshes go on', {
+  timeout: 30_000,
+}, async () => {
+  const w = await world();
+  try {
+    const rt0 = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP, GRAPH]);
+    const issued: string[] = [rt0];
+    w.ms.on('issued', (e: { refreshToken?: string }) => e.refreshToken && issued.push(e.refreshToken));
+    const svc = new TokenService({ config: w.config, log: w.log });
+    await svc.init();
+    await svc.importRefreshToken('m365', rt0);
+    try {
+      // Round 1: a forced SMTP refresh, two Graph callers and one SMTP caller, all at once.
+      const [, graph, graph2, smtp] = await Promise.all([
+        svc.refresh('m365'),
+        svc.getAccessToken('m365', { resource: 'graph' }),
+        svc.getAccessToken('m365', { resource: 'graph' }),
+        svc.getAccessToken('m365'),
+      ]);
+      assert.equal(w.ms.tokenClaims(smtp)?.aud, 'https://outlook.office.com');
+      assert.equal(w.ms.tokenClaims(graph)?.aud, 'https://graph.microsoft.com');
+      assert.equal(graph2, graph, 'concurrent Graph callers share one refresh');
+      // Round 2: Graph refused its token (force) while SMTP refreshes again.
+      const [, graph3] = await Promise.all([
+        svc.refresh('m365'),
+        svc.getAccessToken('m365', { resource: 'graph', force: true }),
+      ]);
+      assert.notEqual(graph3, graph);
+      assert.equal(w.ms.tokenClaims(graph3)?.aud, 'https://graph.microsoft.com');
+      assert.equal(w.ms.tokenClaims(await svc.getAccessToken('m365'))?.aud, 'https://outlook.office.com');
+      const refreshes = w.ms.requests.filter((r) => r.grantType === 'refresh_token');
+      assert.equal(refreshes.filter((r) => !r.ok).length, 0, 'no invalid_grant: never the same refresh token twice');
+      assert.equal(refreshes.length, 4, 'one SMTP and one Graph refresh per round');
+      assert.equal(issued.length, 5, 'one chain: each refresh spent the token the previous one issued');
+      assert.equal((await w.stored())?.refreshToken, issued.at(-1), 'the last rotated refresh token is on disk');
+      await svc.refresh('m365');
+      assert.equal((await w.stored())?.refreshToken, issued.at(-1));
+      assert.equal(w.ms.requests.filter((r) => !r.ok).length, 0);
+    } finally {
+      svc.stop();
+    }
+    assert.ok(!issued.some((rt) => w.logs().includes(rt)), 'no refresh token in the logs');
+  } finally {
+    await w.close();
+  }
+});
+
+test('token service (auto, delegated): a grant without Graph consent -> needs-reauth naming the missing consent; the refresh token is not lost', {
+  timeout: 30_000,
+}, async () => {
+  const w = await world();
+  try {
+    const rt0 = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP]);
+    const svc = new TokenService({ config: w.config, log: w.log });
+    await svc.init();
+    await svc.importRefreshToken('m365', rt0);
+    try {
+      await svc.getAccessToken('m365');
+      const kept = (await w.stored())?.refreshToken;
+      await assert.rejects(
+        svc.getAccessToken('m365', { resource: 'graph' }),
+        (e: Error) =>
+          e instanceof NeedsReauthError &&
+          /https:\/\/graph\.microsoft\.com\/Mail\.Send/.test(e.message) &&
+          /AADSTS65001/.test(e.message),
+      );
+      assert.equal(svc.state('m365'), 'needs-reauth');
+      const rec = await w.stored();
+      assert.equal(rec?.state, 'needs-reauth');
+      assert.match(rec?.lastError ?? '', /Mail\.Send/);
+      assert.equal(rec?.refreshToken, kept, 'the stored grant stays for authorize to replace');
+      assert.match(
+        w.logs(),
+        /account m365 needs re-authorization: .*graph\.microsoft\.com\/Mail\.Send.*authorize m365/,
+      );
+    } finally {
+      svc.stop();
+    }
+  } finally {
+    await w.close();
+  }
+});
+
+test('token service (auto, delegated): an SMTP refresh queued behind a Graph refresh that finds no consent does not run, nor undo needs-reauth', {
+  timeout: 30_000,
+}, async () => {
+  const w = await world();
+  try {
+    const rt0 = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP]);
+    const svc = new TokenService({ config: w.config, log: w.log });
+    await svc.init();
+    await svc.importRefreshToken('m365', rt0);
+    try {
+      const [graph, smtp] = await Promise.allSettled([
+        svc.getAccessToken('m365', { resource: 'graph' }),
+        svc.getAccessToken('m365'),
+      ]);
+      assert.equal(graph.status, 'rejected');
+      assert.equal(smtp.status, 'rejected', 'the SMTP refresh waited for the Graph one and did not ask');
+      assert.ok((smtp as PromiseRejectedResult).reason instanceof NeedsReauthError);
+      assert.equal(w.ms.requests.length, 1, 'one token request: the Graph refresh');
+      assert.equal(svc.state('m365'), 'needs-reauth');
+      assert.equal((await w.stored())?.state, 'needs-reauth');
+    } finally {
+      svc.stop();
+    }
+  } finally {
+    await w.close();
+  }
+});

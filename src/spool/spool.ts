@@ -14,16 +14,30 @@
 // reason data-lost (one error line, a metric, a notice). remove() first renames ID.json to
 // ID.removed, so the tail of a removal is never mistaken for lost data.
 // Spools of earlier versions (ID.eml = the message alone + ID.json) are read as they are.
+// The format is spool/queueFile.ts, ids spool/ids.ts, directory fsyncs spool/dirSync.ts. This
+// class stays one file over 400 lines on purpose: it is the one writer of the queue, and its
+// methods share the ordering rules (what is durable before what), the group-commit fsyncs and
+// the in-memory copies; split, those rules would be spread over several files.
 import { open, readdir, readFile, rename, mkdir, access, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { MessageSource, Recipient, SpooledEnvelope } from '../types.js';
 import type { Logger } from '../log/logger.js';
-import { open as openCb, fsync as fsyncCb, close as closeCb } from 'node:fs';
-import { promisify } from 'node:util';
 import { safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
 import { openMessage } from './message.js';
 import { checkSpoolDir } from './dirs.js';
+import { DirSync } from './dirSync.js';
+import { isQueueId, newQueueId } from './ids.js';
+import {
+  footer,
+  idsIn,
+  MESSAGE_EXTS,
+  messageFileName,
+  migrateEnvelope,
+  type QueueFileRead,
+  readQueueFileAt,
+  renameAll,
+} from './queueFile.js';
 
 export { openMessage, readMessage } from './message.js';
 
@@ -87,7 +101,6 @@ export interface ReceiveOptions {
   prefix?: (id: string) => string;
 }
 
-const ID_RE = /^[0-9A-Za-z_-]{1,64}$/;
 /**
  * Small messages just received stay in memory (at most this many bytes in all) until
  * delivered, so the worker sends them without opening and reading the file again.
@@ -101,28 +114,6 @@ const RECENT_MAX_BYTES = 4 * 1024 * 1024;
 const WRITE_BATCH = 64 * 1024;
 const FIRST_BATCH = 16 * 1024;
 
-let lastMs = 0;
-let seq = 0;
-
-/**
- * Queue ids sort by arrival (base36 milliseconds, then a per-process sequence) and end in
- * random characters so two processes writing the same spool cannot collide. Uppercase
- * base36 only: safe in file names, logs and shells.
- */
-export function newQueueId(now = Date.now()): string {
-  if (now === lastMs) seq = (seq + 1) % 1296;
-  else {
-    lastMs = now;
-    seq = 0;
-  }
-  const rand = randomBytes(4).readUInt32BE(0).toString(36).padStart(7, '0').slice(-5);
-  return (now.toString(36).padStart(9, '0') + seq.toString(36).padStart(2, '0') + rand).toUpperCase();
-}
-
-export function isQueueId(id: string): boolean {
-  return ID_RE.test(id);
-}
-
 async function exists(path: string): Promise<boolean> {
   try {
     await access(path);
@@ -132,31 +123,17 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-// Plain descriptors for the directories the spool keeps open (see fsyncDirFd).
-const openFd = promisify(openCb);
-const fsyncFd = promisify(fsyncCb);
-const closeFd = promisify(closeCb);
-
-/** The footer that ends every queue file: "\nXB3 <length of the envelope JSON before it>\n". */
-const FOOTER_RE = /\nXB3 (\d{1,10})\n$/;
-const FOOTER_MAX = 16;
-
-/** What a queue file's tail says (see readQueueFile). */
-type QueueFileRead = { kind: 'ok'; env: SpooledEnvelope } | { kind: 'incomplete' } | { kind: 'corrupt'; error: string };
-
 export class Spool {
   readonly dir: string;
   readonly failedDir: string;
   readonly corruptDir: string;
   private readonly fsync: boolean;
   private readonly onCorrupt?: (id: string) => void;
-  /** Per directory: the fsync in progress and the one queued behind it (see syncDir). */
-  private readonly dirSyncs = new Map<string, { running: Promise<void> | null; next: Promise<void> | null }>();
+  /** Directory fsyncs, shared by concurrent callers. */
+  private readonly dirs: DirSync;
   /** Messages received by this process (oldest first), bytes kept while they fit RECENT_MAX_BYTES. */
   private readonly recent = new Map<string, Buffer>();
   private recentBytes = 0;
-  /** Directories kept open for their fsyncs (plain descriptors: a spool lives as long as its process; close() ends them). */
-  private readonly dirFds = new Map<string, Promise<number>>();
   /** Received by this process and never given an ID.json: remove() has no envelope file to delete. */
   private readonly noStateFile = new Set<string>();
 
@@ -169,6 +146,7 @@ export class Spool {
     this.failedDir = join(this.dir, 'failed');
     this.corruptDir = join(this.dir, 'corrupt');
     this.fsync = opts.fsync !== false;
+    this.dirs = new DirSync(this.fsync);
     this.onCorrupt = opts.onCorrupt;
   }
 
@@ -375,7 +353,7 @@ export class Spool {
       let inMemory = !writeErr && flushed === 0 && used === size ? batch.subarray(0, size) : undefined;
       if (!writeErr) {
         const trailer = Buffer.from(JSON.stringify(env));
-        await put(Buffer.concat([trailer, Buffer.from(`\nXB3 ${trailer.length}\n`, 'latin1')]));
+        await put(Buffer.concat([trailer, footer(trailer.length)]));
         if (flushed) inMemory = undefined;
         await flush();
       }
@@ -630,50 +608,14 @@ export class Spool {
     });
   }
 
-  /**
-   * Makes every directory change done before the call durable. Concurrent callers share
-   * fsyncs (group commit): a caller joins the next fsync that has not started yet, never one
-   * already running (it may have begun before the caller's rename/unlink). Under load this
-   * is one or two directory fsyncs at a time instead of one per message.
-   */
+  /** Makes every directory change done before the call durable (group commit, spool/dirSync.ts). */
   private syncDir(dir: string): Promise<void> {
-    if (!this.fsync) return Promise.resolve();
-    let st = this.dirSyncs.get(dir);
-    if (!st) this.dirSyncs.set(dir, (st = { running: null, next: null }));
-    const state = st;
-    const start = (): Promise<void> => {
-      const p: Promise<void> = this.fsyncDirFd(dir).finally(() => {
-        if (state.running === p) state.running = null;
-      });
-      state.running = p;
-      return p;
-    };
-    if (!state.running) return start();
-    state.next ??= state.running
-      .catch(() => {})
-      .then(() => {
-        state.next = null;
-        return start();
-      });
-    return state.next;
-  }
-
-  /** One open descriptor per directory instead of an open and a close around every fsync. */
-  private async fsyncDirFd(dir: string): Promise<void> {
-    let fd = this.dirFds.get(dir);
-    if (!fd) {
-      fd = openFd(dir, 'r');
-      this.dirFds.set(dir, fd);
-      fd.catch(() => this.dirFds.delete(dir));
-    }
-    await fsyncFd(await fd);
+    return this.dirs.sync(dir);
   }
 
   /** Closes the directories held open for fsyncs (daemon stop); the spool reopens them if used again. */
-  async close(): Promise<void> {
-    const fds = [...this.dirFds.values()];
-    this.dirFds.clear();
-    for (const fd of fds) await fd.then((n) => closeFd(n)).catch(() => {});
+  close(): Promise<void> {
+    return this.dirs.close();
   }
 
   private async readEnvelopes(dir: string): Promise<SpooledEnvelope[]> {
@@ -725,120 +667,6 @@ export class Spool {
       return null;
     }
   }
-}
-
-/** Message files of both spool formats: the queue file (version 3) and an older spool's ID.eml. */
-const MESSAGE_EXTS = ['msg', 'eml'];
-
-function messageFileName(env: SpooledEnvelope): string {
-  return `${env.id}.${env.version === 3 ? 'msg' : 'eml'}`;
-}
-
-/** Queue ids named by the envelope or queue files in a folder listing, oldest first. */
-function idsIn(names: string[]): string[] {
-  const ids = new Set<string>();
-  for (const n of names) {
-    const m = /^(.+)\.(json|msg)$/.exec(n);
-    if (m && isQueueId(m[1])) ids.add(m[1]);
-  }
-  return [...ids].sort();
-}
-
-async function renameAll(id: string, from: string, to: string): Promise<void> {
-  for (const ext of [...MESSAGE_EXTS, 'json']) {
-    try {
-      await rename(join(from, `${id}.${ext}`), join(to, `${id}.${ext}`));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-  }
-}
-
-/**
- * Reads a queue file's envelope from its tail. 'incomplete' = no footer (a receive that never
- * reached its fsync); 'corrupt' = a footer but an envelope that does not parse or does not
- * match the bytes before it (with `verify`, their SHA-256 is checked too).
- */
-async function readQueueFileAt(path: string, opts: { verify: boolean }): Promise<QueueFileRead | { kind: 'missing' }> {
-  let fh: FileHandle;
-  try {
-    fh = await open(path, 'r');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'missing' };
-    throw e;
-  }
-  try {
-    const { size: len } = await fh.stat();
-    const tailLen = Math.min(len, FOOTER_MAX);
-    const tail = Buffer.alloc(tailLen);
-    await fh.read(tail, 0, tailLen, len - tailLen);
-    const m = FOOTER_RE.exec(tail.toString('latin1'));
-    if (!m) return { kind: 'incomplete' };
-    const footerLen = m[0].length;
-    const jsonLen = Number(m[1]);
-    const start = len - footerLen - jsonLen;
-    if (start < 0) return { kind: 'corrupt', error: 'queue file footer names more bytes than the file has' };
-    const json = Buffer.alloc(jsonLen);
-    await fh.read(json, 0, jsonLen, start);
-    let env: SpooledEnvelope;
-    try {
-      env = migrateEnvelope(JSON.parse(json.toString('utf8')), false);
-    } catch (e) {
-      return { kind: 'corrupt', error: `queue file envelope: ${(e as Error).message}` };
-    }
-    if (env.version !== 3 || env.size !== start || !path.endsWith(`${env.id}.msg`))
-      return { kind: 'corrupt', error: 'queue file envelope does not match the file' };
-    if (opts.verify && env.sha256) {
-      const hash = createHash('sha256');
-      for await (const c of openMessage({ path, size: start })) hash.update(c as Buffer);
-      if (hash.digest('hex') !== env.sha256)
-        return { kind: 'corrupt', error: 'message bytes do not match the SHA-256 in the queue file' };
-    }
-    return { kind: 'ok', env };
-  } finally {
-    await fh.close();
-  }
-}
-
-/** The first envelope format: `rcptTo` = recipients still to deliver, `delivered` = accepted ones. */
-interface EnvelopeV1 {
-  id: string;
-  rcptTo: string[];
-  delivered?: string[];
-  attempts?: number;
-  lastError?: string;
-  failReason?: string;
-}
-
-/** Accepts a version-2 or -3 envelope as is and turns a version-1 one into version 2; throws on anything else. */
-export function migrateEnvelope(raw: unknown, inFailed: boolean): SpooledEnvelope {
-  const o = raw as Partial<SpooledEnvelope> & Partial<EnvelopeV1>;
-  if (!o || typeof o !== 'object' || typeof o.id !== 'string' || !isQueueId(o.id) || !Array.isArray(o.rcptTo))
-    throw new Error('not an envelope');
-  if (o.version === 2 || o.version === 3) {
-    if (!Array.isArray(o.rcpts) || typeof o.state !== 'string') throw new Error('envelope without rcpts/state');
-    return o as SpooledEnvelope;
-  }
-  const v1 = o as EnvelopeV1 & Omit<SpooledEnvelope, 'rcptTo' | 'rcpts' | 'state' | 'reason' | 'version'>;
-  const tried = (v1.attempts ?? 0) > 0;
-  const left: Recipient['status'] = inFailed ? 'rejected' : tried ? 'deferred' : 'pending';
-  const reply = v1.failReason ?? v1.lastError;
-  const { delivered = [], lastError, ...rest } = v1;
-  return {
-    ...rest,
-    version: 2,
-    rcptTo: [...delivered, ...v1.rcptTo],
-    rcpts: [
-      ...delivered.map((address): Recipient => ({ address, status: 'accepted' })),
-      ...v1.rcptTo.map(
-        (address): Recipient => ({ address, status: left, ...(reply && left !== 'pending' ? { reply } : {}) }),
-      ),
-    ],
-    state: inFailed ? 'failed' : tried ? 'deferred' : 'queued',
-    reason: null,
-    attempts: v1.attempts ?? 0,
-    ...(lastError ? { lastReply: lastError } : {}),
-  };
 }
 
 function errText(e: unknown): string {

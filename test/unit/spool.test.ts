@@ -23,12 +23,12 @@ import {
   Spool,
   SpoolWriteError,
   SpoolSizeError,
-  newQueueId,
   readMessage,
   openMessage,
   type NewMessage,
 } from '../../src/spool/spool.js';
 import type { SpooledEnvelope } from '../../src/types.js';
+import { newQueueId } from '../../src/spool/ids.js';
 import { readHeaderBlock } from '../../src/spool/headers.js';
 import { nullLogger } from '../../src/log/logger.js';
 import { waitFor } from '../helpers/wait.js';

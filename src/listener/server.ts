@@ -1,7 +1,10 @@
 // Inbound SMTP: one smtp-server per configured listener. Decides who may relay (AUTH or a
 // trusted network), as whom (allowed senders, checked on MAIL FROM and the From header),
 // how much (size, recipients, connections), then streams the message into the spool and
-// answers 250 only once the spool has made it durable.
+// answers 250 only once the spool has made it durable (DATA itself: listener/data.ts).
+// Over 400 lines on purpose: the servers' lifecycle and each session's policy (connect, AUTH,
+// MAIL FROM, RCPT TO) share the per-connection state (slots, logins, transactions, live
+// connections), and their order is the security argument; split, it would be read in pieces.
 import { hostname } from 'node:os';
 import {
   SMTPServer,
@@ -18,12 +21,12 @@ import { bunyanAdapter, type Logger } from '../log/logger.js';
 import { addressForLog } from '../log/redact.js';
 import type { NewMessage } from '../spool/spool.js';
 import { Logins } from './logins.js';
+import { type DataContext, receiveData, type SpoolSink, type Transaction, tighter, tooBigText } from './data.js';
 import { type NetworkList, isLoopback, trustedNetworksOf, clientKey } from '../config/networks.js';
-import { SenderPolicy, checkFromHeaders, decodeEncodedWords } from './senders.js';
-import { MessageFilter, SmtpReply, headerValues, discardRest } from './filter.js';
+import { SenderPolicy } from './senders.js';
+import { SmtpReply } from './filter.js';
 import { type AuthFailures, ConnectionCounter, SlotShare, preAuthDeadline, type AuthLimits } from './limits.js';
 import { loadKeyPair } from './certs.js';
-import { receivedHeader } from './received.js';
 import { collectYoung } from './gc.js';
 import { acceptProxyV2 } from './proxyV2.js';
 import { notePeer, isLocalPeer } from './peer.js';
@@ -36,15 +39,7 @@ import {
   type Conn,
 } from './hooks.js';
 
-export type { NewMessage };
-
-export interface SpoolSink {
-  receive(
-    source: NodeJS.ReadableStream | AsyncIterable<Buffer>,
-    meta: NewMessage,
-    opts?: { prefix?: (id: string) => string },
-  ): Promise<Envelope>;
-}
+export type { NewMessage, SpoolSink };
 
 export interface ListenersOptions {
   config: Config;
@@ -73,15 +68,6 @@ export interface BoundListener {
   name: string;
   host: string;
   port: number;
-}
-
-/** Who the current mail transaction relays for, decided at MAIL FROM. */
-interface Transaction {
-  user: string | null;
-  account: AccountConfig;
-  policy: SenderPolicy;
-  /** "user X" or "trusted account Y", for replies and logs. */
-  owner: string;
 }
 
 interface Running {
@@ -133,6 +119,8 @@ export class Listeners {
   private readonly transportLimitOf: (account: AccountConfig) => TransportSizeLimit | null;
   /** Our name in the greeting and in Received: headers. */
   private readonly hostName = hostname();
+  /** What DATA needs of this stage (listener/data.ts). */
+  private readonly data: DataContext;
 
   constructor(opts: ListenersOptions) {
     this.config = opts.config;
@@ -141,6 +129,13 @@ export class Listeners {
     this.onQueued = opts.onQueued;
     this.metrics = opts.metrics;
     this.transportLimitOf = opts.transportLimit ?? (() => null);
+    this.data = {
+      log: this.log,
+      spool: this.spool,
+      hostName: this.hostName,
+      onQueued: this.onQueued,
+      transportLimitOf: this.transportLimitOf,
+    };
     this.logins = new Logins(opts.authFailures);
     this.index(opts.config);
   }
@@ -600,130 +595,13 @@ export class Listeners {
       stream.resume();
       return cb(new SmtpReply(503, '5.5.1 Bad sequence of commands'));
     }
-    const ip = session.remoteAddress;
     this.inData.add(session);
-    let disconnected = false;
-    const limit = tighter(this.transportLimitOf(tx.account), rt.cfg.maxMessageSize);
-    const filter = new MessageFilter({
-      maxBytes: limit?.bytes ?? rt.cfg.maxMessageSize,
-      tooBigText: limit ? tooBigText(limit) : undefined,
-      inspectHeaders: (header) => {
-        const fromValues = headerValues(header, 'from');
-        const bad = checkFromHeaders(fromValues, tx.policy, { nullSender: mailFrom.address === '' });
-        if (!bad) return null;
-        if (rt.cfg.fromHeader === 'rewrite') {
-          // Keep the display name, put an address the sender owns, and let replies reach the original.
-          const owned = mailFrom.address || tx.account.email;
-          const edit = { from: rewrittenFrom(fromValues[0] ?? '', owned), replyTo: fromValues[0] };
-          this.log.info('from header rewritten', {
-            listener: rt.cfg.name,
-            ip,
-            user: tx.user,
-            from: addressForLog(bad),
-            to: owned,
-          });
-          return edit;
-        }
-        this.log.info('from header rejected', { listener: rt.cfg.name, ip, user: tx.user, from: addressForLog(bad) });
-        return new SmtpReply(553, `5.7.1 Sender address rejected: From header address not owned by ${tx.owner}`);
-      },
-      // Stop feeding the spool, but read the client's DATA to its end so the reply
-      // comes at the end of DATA as SMTP expects.
-      onReject: () => {
-        stream.unpipe(filter);
-        discardRest(stream);
-      },
-    });
-    // Errors surface through spool.receive (its iterator throws them), which may start
-    // reading only after the filter already refused the message: no unhandled 'error'.
-    filter.on('error', () => {});
-    stream.on('error', () => {}); // the close handler below deals with it
-    stream.once('close', () => {
-      if (stream.readableEnded) return;
-      disconnected = true;
-      filter.destroy(new Error('client disconnected during DATA'));
-    });
-    stream.pipe(filter);
-    const meta: NewMessage = {
-      user: tx.user,
-      account: tx.account.name,
-      mailFrom: mailFrom.address,
-      rcptTo: session.envelope.rcptTo.map((r) => r.address),
-      clientIp: ip,
-      bodyType: session.envelope.bodyType === '8bitmime' ? '8bitmime' : '7bit',
-      smtputf8: !!session.envelope.smtpUtf8,
-    };
-    let env: Envelope;
     try {
-      const trace = (id: string) =>
-        receivedHeader({
-          helo: session.hostNameAppearsAs,
-          ip,
-          host: this.hostName,
-          listener: rt.cfg.name,
-          esmtp: session.openingCommand === 'EHLO',
-          tls: !!session.secure,
-          authenticated: !!session.user,
-          id,
-          date: new Date(),
-        });
-      env = await this.spool.receive(filter, meta, { prefix: trace });
-    } catch (err) {
-      stream.unpipe(filter);
-      discardRest(stream);
-      if (filter.rejection) {
-        if (filter.rejection.responseCode === 552)
-          this.log.info('message too big', {
-            listener: rt.cfg.name,
-            ip,
-            user: tx.user,
-            limit: limit?.bytes ?? rt.cfg.maxMessageSize,
-          });
-        return cb(filter.rejection);
-      }
-      if (disconnected) {
-        this.log.info('client disconnected during DATA, nothing queued', { listener: rt.cfg.name, ip, user: tx.user });
-        return cb(new SmtpReply(451, '4.3.0 Connection lost'));
-      }
-      this.log.error('spool write failed, message refused with 452', { listener: rt.cfg.name, ip, user: tx.user, err });
-      return cb(new SmtpReply(452, '4.3.1 Insufficient system storage'));
+      await receiveData(this.data, rt.cfg, tx, { stream, session, mailFrom: mailFrom.address }, cb);
     } finally {
       this.inData.delete(session);
     }
-    cb(null, `2.0.0 Ok: queued as ${env.id}`);
-    this.log.info('received', {
-      id: env.id,
-      ip,
-      user: tx.user,
-      account: env.account,
-      from: env.mailFrom,
-      rcpts: env.rcptTo.length,
-      size: env.size,
-      listener: rt.cfg.name,
-    });
-    try {
-      this.onQueued(env);
-    } catch (err) {
-      this.log.error('onQueued failed', { id: env.id, err });
-    }
   }
-}
-
-/** The account's transport limit when it is tighter than the listener's own. */
-function tighter(limit: TransportSizeLimit | null, listenerMax: number): TransportSizeLimit | null {
-  return limit && limit.bytes < listenerMax ? limit : null;
-}
-
-function tooBigText(limit: TransportSizeLimit): string {
-  return `5.3.4 Message too big for this account's transport (${limit.reason})`;
-}
-
-/** `"Scanner 3rd floor" <owned@example.com>` from an original From value and the owned address. */
-function rewrittenFrom(original: string, owned: string): string {
-  const display = /^\s*(.*?)\s*<[^>]*>\s*$/.exec(original)?.[1]?.trim() ?? '';
-  // Judged decoded: an encoded word can hide an address in the name.
-  const safe = display && !/[@<>\r\n]/.test(decodeEncodedWords(display)) ? display : '';
-  return safe ? `${safe} <${owned}>` : owned;
 }
 
 /** Why a listener could not bind, naming its config key and the fix for the common causes. */

@@ -6,6 +6,9 @@
 // token from the same refresh token, through the same rotation and one request at a time.
 // How a grant gets a token is its provider's refresher's business (src/providers/); setting accounts
 // up, the schedule and reloads are the TokenService's (src/oauth/service.ts).
+// Over 400 lines on purpose: every path that spends an account's refresh token (refresh,
+// forced refresh, a rejection, a second resource) must pass the same single-flight, rotation
+// and state rules, and they read best side by side.
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { addSecret, redactString } from '../log/redact.js';

@@ -12,7 +12,14 @@ import { join } from 'node:path';
 import { SMTPServer } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { Listeners } from '../../src/listener/server.js';
-import { smtpServerHookProblems, assertSmtpServerHooks, SMTP_SERVER_VERSION } from '../../src/listener/hooks.js';
+import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import {
+  smtpServerHookProblems,
+  assertSmtpServerHooks,
+  SMTP_SERVER_VERSION,
+  feedDataStream,
+  originalFeedDataStream,
+} from '../../src/listener/hooks.js';
 import { hashPassword } from '../../src/listener/passwords.js';
 import { FAKE_SCRYPT_COST } from '../../src/fakes/world.js';
 import { Spool } from '../../src/spool/spool.js';
@@ -607,4 +614,83 @@ test('PROXY v2: client address from the binary header (trusted networks, lockout
   } finally {
     await p.stop();
   }
+});
+
+/** Feeds `parts` to a DATA parser using `feed`: the message bytes it emits and the commands after. */
+async function parseData(parts: Buffer[], feed: unknown): Promise<{ data: string; commands: string[] }> {
+  const parser = new SMTPStream();
+  (parser as unknown as { _feedDataStream: unknown })._feedDataStream = feed;
+  const commands: string[] = [];
+  const data: Buffer[] = [];
+  parser.oncommand = (cmd: Buffer, cb?: () => void) => {
+    const line = cmd.toString('latin1');
+    commands.push(line);
+    if (line === 'DATA') {
+      const ds = parser.startDataMode();
+      ds.on('data', (c: Buffer) => data.push(c));
+      ds.on('end', () => parser.continue());
+    }
+    cb?.();
+  };
+  for (const p of parts) parser.write(p);
+  await new Promise<void>((resolve) => parser.end(() => resolve()));
+  return { data: Buffer.concat(data).toString('latin1'), commands };
+}
+
+test('end of DATA: the native "\\n." search parses exactly like smtp-server, for any chunking', async () => {
+  assertSmtpServerHooks();
+  // Installed: every connection's parser uses it.
+  assert.equal((SMTPStream.prototype as unknown as { _feedDataStream: unknown })._feedDataStream, feedDataStream);
+  let seed = 11;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const pieces = ['a', 'bc', '.', '..', '\r', '\n', '\r\n', '\r\n.', '\r\n..', '\r\n.\r\n', '\n.\n', '\r.\r'];
+  const fixed = [
+    '.\r\nNOOP', // an empty message
+    '..\r\n.\r\n',
+    '.\r\n', // a leading dot line arriving alone
+    'x\r\n..\r\n...\r\n.\r\nNOOP',
+    'x\n.\r\nNOOP\r\n.\r\n', // a bare-LF terminator is not one
+  ];
+  for (let round = 0; round < 600; round++) {
+    let body = round < fixed.length ? fixed[round] : '';
+    const len = rnd(90);
+    while (body.length < len) body += pieces[rnd(pieces.length)];
+    const all = Buffer.from(`DATA\r\n${body}\r\n.\r\nNOOP\r\n`, 'latin1');
+    const parts: Buffer[] = [];
+    for (let off = 0; off < all.length; ) {
+      const n = 1 + rnd(round % 2 ? 7 : 40);
+      parts.push(all.subarray(off, off + n));
+      off += n;
+    }
+    const want = await parseData(parts, originalFeedDataStream);
+    const got = await parseData(parts, feedDataStream);
+    assert.deepEqual(got, want, JSON.stringify(all.toString('latin1')));
+  }
+  // A large message in socket-sized chunks: every byte through, dots unescaped.
+  const body = 'QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVph\r\n..dot\r\n'.repeat(20_000);
+  const all = Buffer.from(`DATA\r\n${body}.\r\nQUIT\r\n`, 'latin1');
+  const parts = Array.from({ length: Math.ceil(all.length / 65536) }, (_, i) =>
+    all.subarray(i * 65536, (i + 1) * 65536),
+  );
+  const got = await parseData(parts, feedDataStream);
+  assert.equal(got.data, body.replaceAll('\r\n..dot', '\r\n.dot'));
+  assert.deepEqual(got.commands, ['DATA', 'QUIT']);
+});
+
+test('start-up guard: a changed _feedDataStream refuses to start, named', () => {
+  const changed = Object.create(SMTPStream.prototype) as Record<string, unknown>;
+  changed._feedDataStream = function _feedDataStream(this: { _dataStream: { write(b: Buffer): void } }, chunk: Buffer) {
+    this._dataStream.write(chunk);
+  };
+  assert.match(
+    smtpServerHookProblems({
+      server: SMTPServer.prototype,
+      connection: SMTPConnection.prototype,
+      stream: changed,
+    }).join(),
+    /SMTPStream\._feedDataStream\(\) no longer contains `this\._lastBytes` \(feedDataStream is a copy of it\)/,
+  );
 });

@@ -10,6 +10,7 @@ import type { MessageSource } from '../../types.js';
 import SMTPPool from 'nodemailer/lib/smtp-pool/index.js';
 import MimeNode from 'nodemailer/lib/mime-node/index.js';
 import PoolResource from 'nodemailer/lib/smtp-pool/pool-resource.js';
+import DataStream from 'nodemailer/lib/smtp-connection/data-stream.js';
 
 export { SMTPPool };
 
@@ -55,8 +56,11 @@ export function rawSendProblems(sources: string[] = poolSources()): string[] {
 
 /** Throws one clear error at start-up instead of failing each delivery later. */
 export function assertRawSendContract(sources?: string[]): void {
-  const problems = rawSendProblems(sources);
-  if (!problems.length) return;
+  const problems = [...rawSendProblems(sources), ...dotStuffingProblems()];
+  if (!problems.length) {
+    installFastDotStuffing();
+    return;
+  }
   let version = '(unknown version)';
   try {
     version = (createRequire(import.meta.url)('nodemailer/package.json') as { version: string }).version;
@@ -67,6 +71,99 @@ export function assertRawSendContract(sources?: string[]): void {
     `nodemailer ${version} does not relay raw messages the way the upstream expects (written for ${NODEMAILER_VERSION}): ` +
       `${problems.join('; ')}. Install nodemailer ${NODEMAILER_VERSION} exactly (npm ci uses the pinned version).`,
   );
+}
+
+// ---- dot-stuffing -------------------------------------------------------------------------
+// nodemailer's DataStream (the Transform between the message stream and the socket) looks at
+// every byte in JavaScript to stuff leading dots and turn bare CR / bare LF into CRLF: in a
+// profile of 20 concurrent 20 MB messages it was the daemon's largest cost (1.8 s of 7.8 s of
+// CPU). A spooled message is almost always clean CRLF text without a line starting with '.',
+// and such a chunk leaves DataStream unchanged: the fast path below proves that with one
+// native regular-expression scan and passes the chunk on as it is. Every other chunk goes
+// through nodemailer's own code, so the bytes on the wire are exactly what DataStream writes.
+
+interface DataStreamState {
+  inByteCount: number;
+  outByteCount: number;
+  lastByte: number | false;
+  push(chunk: Buffer): boolean;
+}
+type TransformFn = (this: DataStreamState, chunk: unknown, encoding: string, done: () => void) => void;
+type FlushFn = (this: DataStreamState, done: () => void) => void;
+
+const dataStreamProto = DataStream.prototype as unknown as { _transform: TransformFn; _flush: FlushFn };
+const originalTransform = dataStreamProto._transform;
+const CR = 0x0d;
+const LF = 0x0a;
+const DOT = 0x2e;
+/**
+ * Inside a chunk: a bare CR, a bare LF or a dot at the start of a line (each needs an insert).
+ * Every branch starts with CR or LF, so the scan skips other bytes quickly (3x faster than
+ * `[^\r]\n`). A chunk that starts with the LF of a CRLF split across chunks matches too and
+ * takes the slow path: slower, still exact.
+ */
+const NEEDS_CHANGE = /\r[^\n]|(?<!\r)\n|\n\./;
+
+/** DataStream._transform, with clean chunks passed on without a byte loop. */
+export function fastDotStuff(this: DataStreamState, chunk: unknown, encoding: string, done: () => void): void {
+  if (!Buffer.isBuffer(chunk) || chunk.length < 2) return originalTransform.call(this, chunk, encoding, done);
+  // The first byte is judged against the last one of the previous chunk (false: none yet).
+  const prev = this.lastByte;
+  const first = chunk[0];
+  const edge = prev === CR ? first !== LF : first === LF || (first === DOT && (prev === LF || prev === false));
+  if (edge || NEEDS_CHANGE.test(chunk.toString('latin1'))) return originalTransform.call(this, chunk, encoding, done);
+  this.inByteCount += chunk.length;
+  this.outByteCount += chunk.length;
+  this.push(chunk);
+  this.lastByte = chunk[chunk.length - 1];
+  done();
+}
+
+/** What `transform` turns `parts` into (then DataStream's own end of data), run synchronously. */
+function stuffWith(transform: TransformFn, parts: Buffer[]): Buffer {
+  const out: Buffer[] = [];
+  const st: DataStreamState = {
+    inByteCount: 0,
+    outByteCount: 0,
+    lastByte: false,
+    push: (b) => (out.push(Buffer.from(b)), true),
+  };
+  for (const p of parts) transform.call(st, p, 'buffer', () => {});
+  dataStreamProto._flush.call(st, () => {});
+  return Buffer.concat(out);
+}
+
+/** Inputs where every rule of DataStream applies, at the start, the end and across chunks. */
+const STUFFING_CASES = [
+  'a\r\nb\r\n',
+  '.a\r\n..b\r\n.\r\nc',
+  'x\ny\rz\r\n.\n.\r.\r\r\n\n\n',
+  '\r\n.\r\n',
+  'line\r',
+  'line\n',
+  '\n.x',
+  'ab\r\r.\r\n',
+];
+
+/** Empty when the fast path writes what nodemailer's DataStream writes for every case and every split. */
+export function dotStuffingProblems(transform: TransformFn = originalTransform): string[] {
+  for (const text of STUFFING_CASES) {
+    const all = Buffer.from(text, 'latin1');
+    for (let cut = 0; cut <= all.length; cut++) {
+      const parts = [all.subarray(0, cut), all.subarray(cut)].filter((p) => p.length);
+      const want = stuffWith(transform, parts);
+      const got = stuffWith(fastDotStuff, parts);
+      if (!want.equals(got))
+        return [
+          `nodemailer's DataStream no longer writes what the fast dot-stuffing writes (${JSON.stringify(text)} split at ${cut})`,
+        ];
+    }
+  }
+  return [];
+}
+
+function installFastDotStuffing(): void {
+  dataStreamProto._transform = fastDotStuff;
 }
 
 export interface RawEnvelope {

@@ -49,7 +49,13 @@ async function waitLogged(
   match?: (j: Record<string, unknown>) => boolean,
   ms = 15_000,
 ): Promise<Record<string, unknown>> {
-  await waitFor(() => logged(b, message, match) !== undefined, ms, `log line "${message}"`);
+  try {
+    await waitFor(() => logged(b, message, match) !== undefined, ms, `log line "${message}"`);
+  } catch (e) {
+    // What the bridge did instead (its logs are secret-free; the tests assert so).
+    (e as Error).message += `\nlast log lines:\n${b.logs.slice(-40).join('\n')}`;
+    throw e;
+  }
   return logged(b, message, match)!;
 }
 

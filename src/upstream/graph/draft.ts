@@ -6,7 +6,9 @@
 // (internetMessageHeaders), the HTML or else the text body, and each attachment's bytes, name,
 // content type, inline flag and Content-ID. Everything else (Date, Received, other headers,
 // the MIME structure and encodings) is Graph's.
-import { simpleParser, type AddressObject } from 'mailparser';
+// mailparser is loaded on first use: it costs about 10 MB of RSS, and only large messages of
+// accounts with upstream.largeMessages ever need it.
+import type { AddressObject } from 'mailparser';
 import type { Readable } from 'node:stream';
 
 export interface DraftAttachment {
@@ -42,6 +44,7 @@ export async function parseDraft(
   source: Readable,
   opts: { mailbox: string; extraBcc: readonly string[] },
 ): Promise<ParsedDraft> {
+  const { simpleParser } = await import('mailparser');
   const p = await simpleParser(source, {
     skipHtmlToText: true,
     skipTextToHtml: true,

@@ -9,7 +9,7 @@ import type { NewMessage } from '../spool/spool.js';
 import type { Envelope, TransportSizeLimit } from '../types.js';
 import { discardRest, headerValues, MessageFilter, SmtpReply } from './filter.js';
 import { receivedHeader } from './received.js';
-import { checkFromHeaders, decodeEncodedWords, type SenderPolicy } from './senders.js';
+import { checkFromHeaders, decodeEncodedWords, loadWordDecoder, type SenderPolicy } from './senders.js';
 
 export interface SpoolSink {
   receive(
@@ -51,6 +51,7 @@ export async function receiveData(
   const filter = new MessageFilter({
     maxBytes: limit?.bytes ?? listener.maxMessageSize,
     tooBigText: limit ? tooBigText(limit) : undefined,
+    prepareHeaders: (header) => (headerValues(header, 'from').some((v) => v.includes('=?')) ? loadWordDecoder() : null),
     inspectHeaders: (header) => {
       const fromValues = headerValues(header, 'from');
       const bad = checkFromHeaders(fromValues, tx.policy, { nullSender: mailFrom === '' });

@@ -39,6 +39,8 @@ export interface MessageFilterOptions {
    * message, a HeaderEdit rewrites it, null passes it on unchanged.
    */
   inspectHeaders?: (header: string) => SmtpReply | HeaderEdit | null;
+  /** Runs first when it returns a promise: what inspectHeaders needs is loaded on demand. */
+  prepareHeaders?: (header: string) => Promise<void> | null;
   /** Called once, synchronously, when the message is refused; the filter then errors with it. */
   onReject: (reply: SmtpReply) => void;
 }
@@ -66,20 +68,21 @@ export class MessageFilter extends Transform {
     }
     const out = this.normalise(chunk);
     // The header section is held back until it is complete: it may be refused or rewritten.
-    if (this.header) this.captureHeader(out);
-    else this.push(out);
-    cb();
+    const pending = this.header ? this.captureHeader(out) : (this.push(out), undefined);
+    if (pending) pending.then(() => cb(), cb);
+    else cb();
   }
 
   override _flush(cb: TransformCallback): void {
     // A message without a blank line is all header; it still gets inspected.
+    const done = () => (this.rejection ? cb(this.rejection) : cb());
     if (this.header && !this.rejection) {
       const all = Buffer.concat(this.header, this.headerLen);
       this.header = null;
-      this.finishHeader(all, all.length);
+      const pending = this.finishHeader(all, all.length);
+      if (pending) return void pending.then(done, cb);
     }
-    if (this.rejection) return cb(this.rejection);
-    cb();
+    done();
   }
 
   private reject(reply: SmtpReply): void {
@@ -114,7 +117,7 @@ export class MessageFilter extends Transform {
   }
 
   /** Collects header bytes until the blank line, then inspects them and passes them on. */
-  private captureHeader(out: Buffer): void {
+  private captureHeader(out: Buffer): Promise<void> | undefined {
     const header = this.header!;
     const before = this.headerLen;
     header.push(out);
@@ -137,12 +140,21 @@ export class MessageFilter extends Transform {
       return;
     }
     this.header = null;
-    this.finishHeader(all, end);
+    return this.finishHeader(all, end);
   }
 
   /** `all[0, end)` is the header section (ending in CRLF), the rest is body. */
-  private finishHeader(all: Buffer, end: number): void {
-    const verdict = this.opts.inspectHeaders?.(all.subarray(0, end).toString('utf8')) ?? null;
+  private finishHeader(all: Buffer, end: number): Promise<void> | undefined {
+    const text = all.subarray(0, end).toString('utf8');
+    const ready = this.opts.prepareHeaders?.(text);
+    if (ready) return ready.then(() => this.judgeHeader(all, end, text));
+    this.judgeHeader(all, end, text);
+    return undefined;
+  }
+
+  private judgeHeader(all: Buffer, end: number, text: string): void {
+    if (this.rejection || this.destroyed) return;
+    const verdict = this.opts.inspectHeaders?.(text) ?? null;
     if (verdict instanceof SmtpReply) return this.reject(verdict);
     if (verdict) {
       this.push(editHeader(all.subarray(0, end), verdict));

@@ -3,7 +3,7 @@
 // in their ASCII (punycode) form so an IDN matches whichever way the client spelled it.
 import { domainToASCII } from 'node:url';
 import addressparser from 'nodemailer/lib/addressparser';
-import libmime from 'libmime';
+import type Libmime from 'libmime';
 
 function normDomain(d: string): string {
   const lower = d.trim().replace(/\.$/, '').toLowerCase();
@@ -48,11 +48,25 @@ const ADDRESS_LIKE = /[^\s<>"(),;:[\]\\]+@[^\s<>"(),;:[\]\\]+/g;
  * words joined) decoded, as a mail client will display it. Undecodable words stay as they are.
  */
 export function decodeEncodedWords(value: string): string {
+  // Every encoded word starts with "=?": without one there is nothing to decode.
+  if (!value.includes('=?')) return value;
+  // Fail closed: judging an encoded name undecoded could let a spoof through.
+  if (!libmime) throw new Error('the RFC 2047 decoder is not loaded (loadWordDecoder)');
   try {
     return libmime.decodeWords(value);
   } catch {
     return value;
   }
+}
+
+let libmime: typeof Libmime | undefined;
+
+/**
+ * Loads libmime (with its charset tables, about 5 MB of RSS) the first time a From header
+ * carries an encoded word, instead of at start: most mail never needs it.
+ */
+export async function loadWordDecoder(): Promise<void> {
+  libmime ??= (await import('libmime')).default;
 }
 
 // The role addresses MTAs send their own delivery notices from (RFC 5321 4.5.5 has them

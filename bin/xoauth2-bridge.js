@@ -16,7 +16,7 @@ if (!(major >= MIN_MAJOR)) {
 
 // `serve` from an npm install, started by hand or by a process manager, has none of the systemd
 // unit's Environment= lines; apply its V8 flag here (the unit says why: a 1 MB young generation).
-// With it the daemon idles at about 100 MB instead of 113 and its RSS comes back to within 20-34 MB
+// With it the daemon idles about 5 MB lower (91 instead of 96 MB) and its RSS comes back to within 20-34 MB
 // of that after 20 concurrent 20 MB messages instead of 59-71 MB (`npm run bench -- --only 3`).
 // V8 reads it only at start, hence execve: the same process (same PID, so signals, systemd's
 // MAINPID and the state lock stay right) restarts with it. A semi-space size the operator set

@@ -4,10 +4,9 @@
 // scope, 400, 500, a stall in the middle of the body).
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
-import addressparser from 'nodemailer/lib/addressparser';
 import { listenHttps, type HttpsListener, type TestPki } from './ca.js';
 import { GMAIL_SCOPE, GMAIL_SEND_SCOPE, type FakeTokenEndpoint } from './tokenEndpoint.js';
-import { headerValues } from '../listener/filter.js';
+import { readSubmitted, withoutBcc } from './mime.js';
 
 export const SEND_PATH = '/upload/gmail/v1/users/me/messages/send';
 const MAX_UPLOAD = 35 * 1024 * 1024;
@@ -193,14 +192,7 @@ export class FakeGmailApi {
     if (scripted === 'backend500') return fail(500, 'INTERNAL', 'Internal error encountered.', 'backendError');
     if (scripted === 'invalid400') return fail(400, 'INVALID_ARGUMENT', 'Invalid To header', 'invalidArgument');
     const raw = Buffer.concat(chunks);
-    const end = raw.indexOf('\r\n\r\n');
-    const header = raw.subarray(0, end < 0 ? raw.length : end + 2).toString('utf8');
-    const addrs = (field: string) =>
-      headerValues(header, field).flatMap((v) =>
-        addressparser(v, { flatten: true })
-          .map((a) => a.address)
-          .filter((a): a is string => !!a),
-      );
+    const { end, addresses: addrs } = readSubmitted(raw);
     const recipients = [...addrs('to'), ...addrs('cc'), ...addrs('bcc')];
     if (!recipients.length) return fail(400, 'INVALID_ARGUMENT', 'Recipient address required', 'invalidArgument');
     const id = rnd(8);
@@ -248,21 +240,4 @@ export class FakeGmailApi {
     });
     res.end(text);
   }
-}
-
-/** The message as delivered: every Bcc field (with its continuation lines) removed from the header. */
-function withoutBcc(raw: Buffer, headerEnd: number): Buffer {
-  const end = headerEnd < 0 ? raw.length : headerEnd + 2;
-  const lines = raw
-    .subarray(0, end)
-    .toString('latin1')
-    .split(/(?<=\r\n)/);
-  const kept: string[] = [];
-  let skipping = false;
-  for (const line of lines) {
-    if (skipping && /^[ \t]/.test(line)) continue;
-    skipping = /^bcc\s*:/i.test(line);
-    if (!skipping) kept.push(line);
-  }
-  return Buffer.concat([Buffer.from(kept.join(''), 'latin1'), raw.subarray(end)]);
 }

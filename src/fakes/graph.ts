@@ -11,10 +11,9 @@
 // behaviour the tests rely on.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomBytes, randomUUID } from 'node:crypto';
-import addressparser from 'nodemailer/lib/addressparser';
 import { listenHttps, type HttpsListener, type TestPki } from './ca.js';
 import { GRAPH_RESOURCE, type FakeMicrosoftIdentity } from './microsoftIdentity.js';
-import { headerValues } from '../listener/filter.js';
+import { readSubmitted, withoutBcc } from './mime.js';
 
 /** Graph's request size limit for sendMail and other JSON/MIME posts (the base64 text counts). */
 export const GRAPH_MAX_REQUEST = 4 * 1024 * 1024;
@@ -432,15 +431,8 @@ export class FakeGraph {
   }
 
   /** POST /messages/{id}/send: the draft's recipients from its JSON, its size limit, then delivered. */
-  private sendDraft(d: Draft, caller: string): void {
-    const list = (k: string) =>
-      ((d.json[k] as Array<{ emailAddress?: { address?: string } }> | undefined) ?? [])
-        .map((r) => r.emailAddress?.address ?? '')
-        .filter(Boolean);
-    const to = list('toRecipients');
-    const cc = list('ccRecipients');
-    const bcc = list('bccRecipients');
-    const recipients = [...to, ...cc, ...bcc];
+  /** Graph refuses a message with no recipient, or with one it cannot resolve. */
+  private checkRecipients(recipients: string[]): void {
     if (!recipients.length)
       throw new GraphError(400, 'ErrorInvalidRecipients', 'At least one recipient is required, but none were found.');
     const bad = recipients.find((r) => this.invalidRecipients.has(lower(r)));
@@ -450,6 +442,18 @@ export class FakeGraph {
         'ErrorInvalidRecipients',
         `At least one recipient is not valid., Recipient '${bad}' is not resolved. All recipients must be resolved before a message can be submitted.`,
       );
+  }
+
+  private sendDraft(d: Draft, caller: string): void {
+    const list = (k: string) =>
+      ((d.json[k] as Array<{ emailAddress?: { address?: string } }> | undefined) ?? [])
+        .map((r) => r.emailAddress?.address ?? '')
+        .filter(Boolean);
+    const to = list('toRecipients');
+    const cc = list('ccRecipients');
+    const bcc = list('bccRecipients');
+    const recipients = [...to, ...cc, ...bcc];
+    this.checkRecipients(recipients);
     const size = d.attachments.reduce((n, a) => n + a.bytes.length, 0) + JSON.stringify(d.json).length;
     if (size > GRAPH_MAX_MESSAGE)
       throw new GraphError(413, 'ErrorMessageSizeExceeded', 'The message exceeds the maximum supported size.');
@@ -490,24 +494,9 @@ export class FakeGraph {
     if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text.replace(/\r?\n/g, '')) || !text.length)
       throw new GraphError(400, 'ErrorMimeContentInvalidBase64String', 'Invalid base64 string for MIME content.');
     const raw = Buffer.from(text, 'base64');
-    const end = raw.indexOf('\r\n\r\n');
-    const header = raw.subarray(0, end < 0 ? raw.length : end + 2).toString('utf8');
-    const addrs = (field: string) =>
-      headerValues(header, field).flatMap((v) =>
-        addressparser(v, { flatten: true })
-          .map((a) => a.address)
-          .filter((a): a is string => !!a),
-      );
+    const { end, addresses: addrs } = readSubmitted(raw);
     const recipients = [...addrs('to'), ...addrs('cc'), ...addrs('bcc')];
-    if (!recipients.length)
-      throw new GraphError(400, 'ErrorInvalidRecipients', 'At least one recipient is required, but none were found.');
-    const bad = recipients.find((r) => this.invalidRecipients.has(lower(r)));
-    if (bad)
-      throw new GraphError(
-        400,
-        'ErrorInvalidRecipients',
-        `At least one recipient is not valid., Recipient '${bad}' is not resolved. All recipients must be resolved before a message can be submitted.`,
-      );
+    this.checkRecipients(recipients);
     const box = this.mailboxes.get(lower(mailboxName))!;
     const from = addrs('from')[0];
     if (from && lower(from) !== lower(box.address) && !box.sendAs.has(lower(from)))
@@ -647,21 +636,4 @@ function scriptedError(kind: GraphFailureKind, mailbox: string, retryAfterSec = 
         'Cannot send message. Message submission limit exceeded for this mailbox.',
       );
   }
-}
-
-/** The message as delivered: every Bcc field (with its continuation lines) removed from the header. */
-function withoutBcc(raw: Buffer, headerEnd: number): Buffer {
-  const end = headerEnd < 0 ? raw.length : headerEnd + 2;
-  const lines = raw
-    .subarray(0, end)
-    .toString('latin1')
-    .split(/(?<=\r\n)/);
-  const kept: string[] = [];
-  let skipping = false;
-  for (const line of lines) {
-    if (skipping && /^[ \t]/.test(line)) continue;
-    skipping = /^bcc\s*:/i.test(line);
-    if (!skipping) kept.push(line);
-  }
-  return Buffer.concat([Buffer.from(kept.join(''), 'latin1'), raw.subarray(end)]);
 }

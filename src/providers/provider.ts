@@ -143,10 +143,6 @@ export interface Provider {
   readonly id: string;
   /** For messages: "Google", "Microsoft". */
   readonly label: string;
-  /** The oauth.type values it signs in with. */
-  readonly grantTypes: readonly OAuthType[];
-  /** The transport values its accounts may use. */
-  readonly transports: readonly string[];
   /** Unused refresh tokens lapse after this long. */
   readonly idleGrantLifetimeMs: number;
   /** Whether oauth.clientFile (Google's downloaded client JSON) applies; otherwise the fix. */

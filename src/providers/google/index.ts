@@ -21,8 +21,6 @@ export const GOOGLE = {
 export const google: Provider = {
   id: 'google',
   label: 'Google',
-  grantTypes: ['user', 'service-account'],
-  transports: ['smtp', 'gmail-api', 'auto'],
   // Unused refresh tokens lapse after 6 months.
   idleGrantLifetimeMs: 180 * DAY,
   clientFile: true,

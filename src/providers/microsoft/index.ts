@@ -33,8 +33,6 @@ const DAY = 86400e3;
 export const microsoft: Provider = {
   id: 'microsoft',
   label: 'Microsoft',
-  grantTypes: ['user', 'app'],
-  transports: ['smtp', 'graph', 'auto'],
   // Unused refresh tokens lapse after 90 days of inactivity.
   idleGrantLifetimeMs: 90 * DAY,
   clientFile: "clientFile is Google's downloaded client JSON; for Microsoft set clientId and clientSecretFile",

@@ -99,6 +99,8 @@ export interface SendResult {
   rejected: RecipientResult[];
   /** The upstream asked to wait this long before the next try (HTTP Retry-After): the retry is not sooner. */
   retryAfterMs?: number;
+  /** Why the upstream refused, when a wrapping transport may act on it (auto: another transport). */
+  refusal?: HoldCode;
 }
 
 /**

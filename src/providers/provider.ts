@@ -135,7 +135,10 @@ export interface SmtpReplyClass {
   /** A clearer reason for the bounce or the deferral. */
   explain?: string;
   quota?: boolean;
-  /** The server refuses SMTP AUTH for this mailbox (another transport may still reach it). */
+  /**
+   * The server refuses SMTP AUTH for this mailbox (another transport may still reach it). With
+   * `hold`, at once; without, only when a fresh token is refused the same way (else: needs-reauth).
+   */
   smtpAuthRefused?: boolean;
 }
 

@@ -1,5 +1,5 @@
 // transport auto on a Microsoft account: SMTP while Exchange takes it; when SMTP AUTH is
-// refused for the mailbox (535 5.7.139), the message goes through Microsoft Graph (app-only:
+// refused for the mailbox (535 5.7.139; delegated: 5.7.3 for a fresh token too), the message goes through Microsoft Graph (app-only:
 // the app's Graph token; delegated: a Graph token from the account's one refresh token), and
 // so do the account's next messages (no SMTP AUTH tried meanwhile).
 import { test } from 'node:test';
@@ -145,6 +145,33 @@ test(
         assert.equal(t.identity.requests.filter((r) => !r.ok).length, 0);
       },
       (_t, exo) => exo.smtpAuthDisabled.add(MAILBOX),
+      [SMTP_SEND, GRAPH_SEND],
+    ),
+);
+
+test(
+  'auto (Microsoft, delegated): a fresh token refused with 535 5.7.3 too sends through Graph, not needs-reauth',
+  { timeout: 60_000 },
+  () =>
+    withAuto(
+      async ({ t, exo, b, send }) => {
+        await send('a@example.org');
+        await t.graph.waitForMessages(1, 15_000);
+        assert.equal(t.graph.messages[0].caller, MAILBOX);
+        assert.equal(exo.messages.length, 0);
+        assert.equal(
+          exo.auths.filter((a) => !a.ok && /5\.7\.3\b/.test(a.reply ?? '')).length,
+          2,
+          'SMTP AUTH refused twice: the first token, then a fresh one',
+        );
+        assert.ok(
+          b.logs.some((l) =>
+            l.includes('Exchange refused SMTP AUTH for account m365; sending through Microsoft Graph'),
+          ),
+        );
+        assert.equal(b.bridge.tokens.state('m365'), 'ok', 'the grant is not marked needs-reauth');
+      },
+      (_t, exo) => exo.refuseTokens.add(MAILBOX),
       [SMTP_SEND, GRAPH_SEND],
     ),
 );

@@ -97,8 +97,10 @@ export function exchangeReply(text: string, o: { type: string }, mailbox: string
       smtpAuthRefused: true,
       hold: `Exchange refused the app's token for ${mailbox} (535 5.7.3): register the Exchange service principal (New-ServicePrincipal -AppId CLIENT_ID -ObjectId ENTERPRISE_APP_OBJECT_ID) and grant it the mailbox (Add-MailboxPermission -Identity ${mailbox} -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess), then run: xoauth2-bridge token refresh ACCOUNT`,
     };
+  // Delegated 5.7.3: a wrong user's token, or SMTP AUTH off (Security Defaults answer so too).
   if (/\b5\.7\.3\b/.test(text))
     return {
+      smtpAuthRefused: true,
       explain: `Exchange refused the token for ${mailbox}: run xoauth2-bridge authorize ACCOUNT and sign in as ${mailbox}; if it persists, check that SMTP AUTH is enabled for the mailbox (Set-CASMailbox -Identity ${mailbox} -SmtpClientAuthenticationDisabled $false) and that Security Defaults do not block it`,
     };
   if (/\b5\.7\.60\b|\b5\.2\.252\b/.test(text))

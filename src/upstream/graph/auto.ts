@@ -1,6 +1,6 @@
 // transport auto for a Microsoft account: SMTP (XOAUTH2) while Exchange takes it; when
 // Exchange refuses SMTP AUTH for the mailbox (535 5.7.139 SMTP AUTH disabled, or 5.7.3 for
-// an app's token), this message and the account's next ones for an hour go through Microsoft
+// an app's token or for a user's fresh token), this message and the account's next ones for an hour go through Microsoft
 // Graph instead of holding the account. The Graph token: app-only, the app's own by client
 // credentials (GraphAppTokens); delegated, the token service's for resource 'graph' (the same
 // refresh token, rotated and single-flight with the SMTP refreshes).
@@ -69,7 +69,7 @@ export class MicrosoftAutoUpstream implements Transport {
     if ((this.smtpOff.get(env.account) ?? 0) > Date.now())
       return this.graph.send(env, message, { tokens: this.graphTokens });
     const r = await this.smtp.send(env, message);
-    const why = this.refused.get(env.account);
+    const why = this.refused.get(env.account) ?? (r.refusal === 'smtp-auth-refused' ? r.response : undefined);
     if (!why) return r;
     this.refused.delete(env.account);
     this.smtpOff.set(env.account, Date.now() + SMTP_RECHECK_MS);

@@ -310,7 +310,9 @@ export class SmtpUpstream implements RegisteredTransport {
         const response = ms?.explain
           ? `${replyText(err)} (${ms.explain.replace(/ACCOUNT\b/g, acct.name)})`
           : replyText(err);
-        return { outcome: outcome === 'ok' ? 'transient' : outcome, response, accepted, rejected };
+        // A fresh token refused the same way: SMTP AUTH may be off for the mailbox.
+        const refusal = renewed && ms?.smtpAuthRefused ? { refusal: 'smtp-auth-refused' as const } : {};
+        return { outcome: outcome === 'ok' ? 'transient' : outcome, response, accepted, rejected, ...refusal };
       }
     }
     if (!accepted.length && rejected.length)

@@ -3,10 +3,20 @@ import { z } from 'zod';
 import { DEFAULT_PROVIDER, PROVIDER_IDS, providerIssues, withProviderDefaults } from '../providers/index.js';
 import { MS_CLOUD_NAMES } from '../providers/microsoft/clouds.js';
 import { isIP } from 'node:net';
-import cron from 'node-cron';
+import { Cron } from 'croner';
 import { parseDuration, parseSize } from './units.js';
 import { isNetwork, isLoopbackHost, openRelayReason } from './networks.js';
 import { isValidPasswordHash } from './phc.js';
+
+/** Whether croner (the token refresh job's scheduler) takes `expr`; a paused job never runs. */
+function validCron(expr: string): boolean {
+  try {
+    new Cron(expr, { paused: true }).stop();
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 const duration = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -233,7 +243,7 @@ export const configSchema = z
       .strictObject({
         refreshCron: z
           .string()
-          .refine((s) => cron.validate(s), 'expected a cron expression like "*/5 * * * *"')
+          .refine(validCron, 'expected a cron expression like "*/5 * * * *"')
           .default('*/5 * * * *'),
         refreshAhead: duration('refreshAhead').default(600e3),
         encryptionKeyFile: z.string().nullable().default(null),

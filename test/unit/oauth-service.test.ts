@@ -160,7 +160,7 @@ test('scheduled pass refreshes ahead of expiry and idle accounts, backs off when
   }
 });
 
-test('node-cron job refreshes short-lived tokens ahead of expiry by itself', async () => {
+test('the cron job refreshes short-lived tokens ahead of expiry by itself', async () => {
   const w = await oauthWorld({ accessTokenTtlSec: 4 });
   const svc = new TokenService({
     config: w.config({ tokens: { refreshCron: '*/1 * * * * *', refreshAhead: '2s' } }),
@@ -183,6 +183,21 @@ test('node-cron job refreshes short-lived tokens ahead of expiry by itself', asy
     assert.ok(refreshes(w) <= n + 1, 'stop() ends the schedule');
   } finally {
     svc.stop();
+    await w.close();
+  }
+});
+
+test('tokens.refreshCron: 5 or 6 fields are taken; anything else is refused naming the key', async () => {
+  const w = await oauthWorld();
+  try {
+    for (const ok of ['*/5 * * * *', '*/1 * * * * *', '0 3 * * 1-5']) w.config({ tokens: { refreshCron: ok } });
+    for (const bad of ['every 5 minutes', '*/5 * * *', '61 * * * *'])
+      assert.throws(
+        () => w.config({ tokens: { refreshCron: bad } }),
+        (e: Error) => /refreshCron/.test(e.message) && /expected a cron expression like/.test(e.message),
+        bad,
+      );
+  } finally {
     await w.close();
   }
 });

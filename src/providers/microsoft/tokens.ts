@@ -195,6 +195,7 @@ async function signInServer(o: MicrosoftOAuth, as: oauth.AuthorizationServer, re
     return as; // not JSON: oauth4webapi says so
   }
   if (typeof idToken !== 'string') return as;
+  addSecret(idToken); // a signed statement of who signed in: kept out of logs like the tokens
   let tid: unknown;
   try {
     tid = (JSON.parse(Buffer.from(idToken.split('.')[1] ?? '', 'base64url').toString('utf8')) as { tid?: unknown }).tid;

@@ -5,13 +5,24 @@
 // against the registered certificate and its jti is usable once. As Entra ID: a sign-in may
 // consent to several resources at once, every token request names scopes of ONE resource
 // (AADSTS28000 otherwise), and a refresh token mints tokens for any resource consented to.
-// Error bodies carry AADSTS codes as Entra ID's do.
+// A sign-in with `openid` also gets an RS256-signed id_token naming who signed in, issued as
+// Entra ID issues it: `iss` is {authority}/{tenant GUID}/v2.0 whichever tenant alias (domain,
+// organizations, common) the request's path named. Error bodies carry AADSTS codes as Entra ID's do.
 // One file on purpose (over 400 lines): it is one fake service, read as a whole as the
 // behaviour the tests rely on.
 import https from 'node:https';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createHash, randomBytes, randomUUID, verify, X509Certificate } from 'node:crypto';
+import {
+  createHash,
+  generateKeyPairSync,
+  type KeyObject,
+  randomBytes,
+  randomUUID,
+  sign,
+  verify,
+  X509Certificate,
+} from 'node:crypto';
 import type { TestPki } from './ca.js';
 
 const rnd = (n: number): string => randomBytes(n).toString('base64url');
@@ -69,11 +80,17 @@ export interface MsTokenRequest {
   deviceCode?: string;
 }
 
+/** Who signed in: their sign-in name (UPN: the id_token's preferred_username) and their mailbox's primary address (its email claim). */
+interface SignedIn {
+  upn: string;
+  mail: string;
+}
+
 interface PendingCode {
   clientId: string;
   redirectUri: string;
   challenge: string;
-  email: string;
+  user: SignedIn;
   offline: boolean;
   /** What the user consented to at the sign-in page (possibly several resources). */
   scopes: string[];
@@ -84,7 +101,7 @@ interface DeviceGrant {
   userCode: string;
   expiresAt: number;
   lastPollAt: number;
-  approvedAs?: string;
+  approvedAs?: SignedIn;
   declined?: boolean;
   redeemed?: boolean;
   offline: boolean;
@@ -109,8 +126,17 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   readonly authorityHost: string;
   readonly requests: MsTokenRequest[] = [];
   accessTokenTtlSec = 3600;
-  /** Whom the sign-in page "logs in" as (authorize and device login). */
+  /** Whom the sign-in page "logs in" as (authorize and device login): their sign-in name (UPN). */
   consentEmail = 'printer@contoso.com';
+  /**
+   * Users whose sign-in name (UPN) is not their mailbox's address: UPN (lower case) -> primary
+   * SMTP address. Everyone else's mailbox is their UPN.
+   */
+  readonly mailOf = new Map<string, string>();
+  /** Claims every id_token carries instead of the real ones (a forged or misrouted answer). */
+  forgeIdToken: Record<string, unknown> | undefined;
+  /** The directory (tenant) ID: every token's `tid`, and the GUID in the id_token's `iss`. */
+  readonly tenantId: string;
   /** The sign-in page answers error=access_denied. */
   denyConsent = false;
   /** Device codes: polling interval and lifetime announced (seconds). */
@@ -121,7 +147,10 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   /** Scopes the consent screen leaves out of the grant (a user unticked them, or no admin consent). */
   readonly withheldScopes = new Set<string>();
   private readonly apps = new Map<string, App>();
-  private readonly refreshTokens = new Map<string, { clientId: string; email: string; scopes?: string[] }>();
+  private readonly refreshTokens = new Map<
+    string,
+    { clientId: string; email: string; scopes?: string[]; user?: SignedIn }
+  >();
   private readonly accessTokens = new Map<
     string,
     { email: string | null; appId: string; expiresAt: number; claims: AccessTokenClaims }
@@ -129,6 +158,8 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   private readonly codes = new Map<string, PendingCode>();
   private readonly devices = new Map<string, DeviceGrant>();
   private readonly usedJtis = new Set<string>();
+  /** The key id_tokens are signed with (published at /{tenant}/discovery/v2.0/keys). */
+  private readonly signingKey: { kid: string; privateKey: KeyObject; publicKey: KeyObject };
 
   private constructor(
     private readonly server: https.Server,
@@ -137,8 +168,12 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   ) {
     super();
     this.authorityHost = `https://127.0.0.1:${port}`;
+    this.tenantId = GUID.test(tenant) ? tenant.toLowerCase() : randomUUID();
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    this.signingKey = { kid: rnd(12), privateKey, publicKey };
   }
 
+  /** `tenant`: what the endpoints' paths name (a domain or a GUID); organizations and common work too. */
   static async start(opts: { pki: TestPki; tenant?: string }): Promise<FakeMicrosoftIdentity> {
     const server = https.createServer({ cert: opts.pki.cert, key: opts.pki.key, minVersion: 'TLSv1.2' });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -153,6 +188,21 @@ export class FakeMicrosoftIdentity extends EventEmitter {
 
   get tokenUrl(): string {
     return `${this.authorityHost}/${this.tenant}/oauth2/v2.0/token`;
+  }
+
+  /** What Entra ID puts in the id_tokens of this tenant: {authority}/{tenant GUID}/v2.0. */
+  get issuer(): string {
+    return `${this.authorityHost}/${this.tenantId}/v2.0`;
+  }
+
+  /** The public key id_tokens are signed with, as a JWK (what the keys endpoint publishes). */
+  get signingJwk(): Record<string, unknown> {
+    return {
+      ...this.signingKey.publicKey.export({ format: 'jwk' }),
+      kid: this.signingKey.kid,
+      use: 'sig',
+      alg: 'RS256',
+    };
   }
 
   /** Where the user enters a device code (POST user_code=...&decision=approve|decline). */
@@ -190,9 +240,9 @@ export class FakeMicrosoftIdentity extends EventEmitter {
   }
 
   /** `scopes`: what the grant was consented for (default: whatever each refresh asks for). */
-  issueRefreshToken(clientId: string, email: string, scopes?: string[]): string {
+  issueRefreshToken(clientId: string, email: string, scopes?: string[], user?: SignedIn): string {
     const rt = `M.C5${rnd(60)}`;
-    this.refreshTokens.set(rt, { clientId, email, scopes });
+    this.refreshTokens.set(rt, { clientId, email, scopes, ...(user ? { user } : {}) });
     return rt;
   }
 
@@ -229,11 +279,17 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     for await (const c of req as AsyncIterable<Buffer>) chunks.push(c);
     const p = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
     const u = new URL(req.url ?? '/', 'https://x');
-    const base = `/${this.tenant}/oauth2/v2.0`;
-    if (req.method === 'GET' && u.pathname === `${base}/authorize`) return this.authorizePage(u.searchParams, res);
+    // The tenant in the path: its domain or GUID, or the multi-tenant aliases.
+    const tenant = u.pathname.split('/')[1] ?? '';
+    const known = [this.tenant, this.tenantId, 'organizations', 'common'].includes(tenant.toLowerCase());
+    const base = `/${tenant}/oauth2/v2.0`;
     if (req.method === 'POST' && u.pathname === '/devicelogin') return this.deviceLogin(p, res);
+    if (!known) return this.error(res, 400, 'invalid_request', `AADSTS90002: Tenant '${tenant}' not found.`);
+    if (req.method === 'GET' && u.pathname === `/${tenant}/discovery/v2.0/keys`)
+      return this.json(res, { keys: [this.signingJwk] });
+    if (req.method === 'GET' && u.pathname === `${base}/authorize`) return this.authorizePage(u.searchParams, res);
     if (req.method !== 'POST' || (u.pathname !== `${base}/token` && u.pathname !== `${base}/devicecode`))
-      return this.error(res, 400, 'invalid_request', `AADSTS90002: Tenant '${u.pathname.split('/')[1]}' not found.`);
+      return this.error(res, 400, 'invalid_request', `AADSTS90002: Tenant '${tenant}' not found.`);
     const grantType = u.pathname.endsWith('/devicecode') ? 'devicecode' : (p.get('grant_type') ?? '');
     const rec: MsTokenRequest = {
       at: Date.now(),
@@ -278,7 +334,7 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       // Usable once: the old refresh token dies with this answer. The new one carries the whole
       // consent (every resource), whichever resource this token was for.
       this.refreshTokens.delete(rt);
-      return this.delegated(g.email, clientId, true, asked, g.scopes);
+      return this.delegated(g.user ?? { upn: g.email, mail: g.email }, clientId, true, asked, g.scopes, asked);
     }
     if (grantType === 'authorization_code') {
       const code = p.get('code') ?? '';
@@ -307,7 +363,7 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       // sign-in); the refresh token carries everything consented to.
       const asked = p.has('scope') ? this.checkDelegatedScope(p) : firstResource(c.scopes);
       this.checkConsent(clientId, asked, c.scopes);
-      return this.delegated(c.email, clientId, c.offline, asked, this.consented(c.scopes));
+      return this.delegated(c.user, clientId, c.offline, asked, this.consented(c.scopes), c.scopes);
     }
     if (grantType === 'devicecode') {
       // Like the sign-in page, the device sign-in may consent to several resources.
@@ -357,7 +413,14 @@ export class FakeMicrosoftIdentity extends EventEmitter {
         );
       d.redeemed = true;
       // The token is for the first resource asked for; the refresh token serves every one.
-      return this.delegated(d.approvedAs, clientId, d.offline, firstResource(d.scopes), this.consented(d.scopes));
+      return this.delegated(
+        d.approvedAs,
+        clientId,
+        d.offline,
+        firstResource(d.scopes),
+        this.consented(d.scopes),
+        d.scopes,
+      );
     }
     if (grantType === 'client_credentials') {
       if (p.get('scope') !== APP && p.get('scope') !== GRAPH_APP)
@@ -411,24 +474,66 @@ export class FakeMicrosoftIdentity extends EventEmitter {
 
   /**
    * A delegated token for the scopes asked (one resource), minus any the consent screen
-   * withheld; its refresh token carries `consent` (default: what this token got).
+   * withheld; its refresh token carries `consent` (default: what this token got). `signIn`:
+   * the scopes the user signed in with (or the refresh asked for); with openid, an id_token.
    */
   private delegated(
-    email: string,
+    user: SignedIn,
     clientId: string,
     offline: boolean,
     asked: string[],
-    consent?: string[],
+    consent: string[] | undefined,
+    signIn: string[],
   ): Record<string, unknown> & { refresh_token?: string } {
     const granted = asked.filter((sc) => sc !== 'offline_access' && !this.withheldScopes.has(sc));
     const aud = resourceOf(asked.find((sc) => SEND_SCOPES.has(sc))!)!;
-    const scp = granted.map((sc) => sc.slice(sc.lastIndexOf('/') + 1)).join(' ');
+    // The access token is the resource's: its scp names only that resource's scopes.
+    const scp = granted
+      .filter((sc) => resourceOf(sc) !== null)
+      .map((sc) => sc.slice(sc.lastIndexOf('/') + 1))
+      .join(' ');
+    const idToken = this.idToken(user, clientId, this.consented(signIn));
+    const email = user.mail;
     return {
       token_type: 'Bearer',
       scope: `${granted.join(' ')}${offline ? ' offline_access' : ''}`.trim(),
       ...this.access(email, clientId, aud, { scp }),
-      ...(offline ? { refresh_token: this.issueRefreshToken(clientId, email, consent ?? granted) } : {}),
+      ...(idToken ? { id_token: idToken } : {}),
+      ...(offline ? { refresh_token: this.issueRefreshToken(clientId, email, consent ?? granted, user) } : {}),
     };
+  }
+
+  /**
+   * The id_token of a sign-in that consented to openid, as Entra ID's v2.0 endpoint writes it:
+   * RS256, iss with the tenant's GUID, preferred_username with profile, email with email.
+   */
+  private idToken(user: SignedIn, clientId: string, consented: string[]): string | undefined {
+    if (!consented.includes('openid')) return undefined;
+    const now = Math.floor(Date.now() / 1000);
+    const oid = uuidOf(`oid:${this.tenantId}:${user.upn.toLowerCase()}`);
+    const claims: Record<string, unknown> = {
+      ver: '2.0',
+      iss: this.issuer,
+      aud: clientId,
+      sub: createHash('sha256').update(`${clientId}:${oid}`).digest('base64url').slice(0, 43),
+      iat: now,
+      nbf: now,
+      exp: now + 3600,
+      tid: this.tenantId,
+      oid,
+      ...(consented.includes('profile') ? { preferred_username: user.upn, name: user.upn.split('@')[0] } : {}),
+      ...(consented.includes('email') ? { email: user.mail } : {}),
+      ...this.forgeIdToken,
+    };
+    const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const input = `${b64({ typ: 'JWT', alg: 'RS256', kid: this.signingKey.kid })}.${b64(claims)}`;
+    return `${input}.${sign('RSA-SHA256', Buffer.from(input), this.signingKey.privateKey).toString('base64url')}`;
+  }
+
+  /** Who the sign-in page and the device login sign in as. */
+  private signedIn(): SignedIn {
+    const upn = this.consentEmail;
+    return { upn, mail: this.mailOf.get(upn.toLowerCase()) ?? upn };
   }
 
   /** Who the client is: a secret, a certificate-signed assertion, or nothing (public clients, delegated grants only). */
@@ -608,7 +713,7 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       clientId,
       redirectUri,
       challenge: q.get('code_challenge')!,
-      email: this.consentEmail,
+      user: this.signedIn(),
       offline: scopes.includes('offline_access'),
       scopes,
     });
@@ -622,7 +727,7 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     if (!d || d.expiresAt <= Date.now())
       return this.error(res, 400, 'invalid_grant', 'AADSTS70000: The code you entered is not valid or has expired.');
     if (p.get('decision') === 'decline') d.declined = true;
-    else d.approvedAs = this.consentEmail;
+    else d.approvedAs = this.signedIn();
     this.json(res, { ok: true });
   }
 
@@ -639,7 +744,7 @@ export class FakeMicrosoftIdentity extends EventEmitter {
       ...grant,
       ...(email ? { upn: email } : {}),
       appid: appId,
-      tid: this.tenant,
+      tid: this.tenantId,
       exp: Math.floor(expiresAt / 1000),
     };
     const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -667,6 +772,14 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' });
     res.end(text);
   }
+}
+
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A stable GUID-shaped id derived from `seed` (a user's object ID). */
+function uuidOf(seed: string): string {
+  const h = createHash('sha256').update(seed).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-8${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
 /** A sign-in's scope list (authorize, devicecode) must hold a send scope; several resources are fine. */

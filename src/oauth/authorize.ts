@@ -92,7 +92,7 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
   // Gmail), so it is refused before anything is stored.
   if (grant.email && grant.email.toLowerCase() !== acct.email.toLowerCase())
     throw new AuthorizeError(
-      `you signed in as ${grant.email}, but account "${acct.name}" sends as ${acct.email}; nothing was stored. Run authorize again and sign in as ${acct.email} (or set the account's email to ${grant.email} if that is the mailbox it should send as)`,
+      `you signed in as ${grant.email}, but account "${acct.name}" sends as ${acct.email}; nothing was stored. Run authorize again and sign in as ${acct.email} (or set the account's email to ${grant.email} if that is the mailbox it should send as)${grant.identityNote ? ` ${grant.identityNote}` : ''}`,
     );
   await opts.save(rec);
   return { email: grant.email };

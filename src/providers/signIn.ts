@@ -19,6 +19,8 @@ export interface SignInGrant {
   accessTokenExpiresAt?: number;
   /** Who signed in, when the provider says (the caller refuses another user than the account's). */
   email: string | null;
+  /** Appended to that refusal: how the provider named the user (Microsoft: email and sign-in name). */
+  identityNote?: string;
 }
 
 /** A browser sign-in: where to send the user, and how to redeem the redirect back to us. */

@@ -944,7 +944,10 @@ test('console device sign-in (Microsoft): the code and URL on the page, approved
     assert.equal(await x.enterCode(userCode), 200);
     const done = await deviceOutcome(x);
     assert.equal(done.status, 200);
-    assert.equal(deviceStatusOf(done.body), 'Account m365 authorized; its held mail is being sent.');
+    assert.equal(
+      deviceStatusOf(done.body),
+      'Account m365 authorized as printer@contoso.com; its held mail is being sent.',
+    );
     assert.doesNotMatch(done.body, /http-equiv="refresh"/, 'the finished page stops refreshing');
     // Shown once: the attempt is over.
     assert.equal((await x.get('/accounts/m365/authorize/device')).headers.location, '/accounts');
@@ -965,7 +968,7 @@ test('console device sign-in (Microsoft): the code and URL on the page, approved
   });
 });
 
-test('console device sign-in failures: an expired code, a declined sign-in and a grant without SMTP.Send each say why and store nothing; Google gets no code', {
+test('console device sign-in failures: an expired code, a declined sign-in, a grant without SMTP.Send and a sign-in as another user each say why and store nothing; Google gets no code', {
   timeout: 90_000,
 }, async () => {
   await withMsConsole(async (x) => {
@@ -1005,10 +1008,23 @@ test('console device sign-in failures: an expired code, a declined sign-in and a
       /^Authorization of m365 failed: the grant lacks https:\/\/outlook\.office\.com\/SMTP\.Send \(not consented\?\).*nothing was stored$/,
     );
     assert.equal(x.refreshTokens.length, 1, 'the platform did issue a grant');
+    x.ms.withheldScopes.delete(SMTP_SEND);
+
+    // The code is entered by someone signed in as another user (an admin's browser session):
+    // the platform issues that user a grant; the console refuses it, naming both addresses.
+    x.ms.consentEmail = 'admin@contoso.com';
+    assert.equal(await x.enterCode(await startAndRead()), 200);
+    const wrongUser = await deviceOutcome(x);
+    assert.match(
+      deviceStatusOf(wrongUser.body),
+      /^Authorization of m365 failed: you signed in as admin@contoso\.com, but account "m365" sends as printer@contoso\.com; nothing was stored\. Run authorize again and sign in as printer@contoso\.com/,
+    );
+    assert.match(wrongUser.body, /id="device-start">Get a new code</);
+    assert.equal(x.refreshTokens.length, 2, "the platform did issue the admin's grant");
 
     assert.equal(await x.tokensFile(), before, 'nothing was stored');
     assert.ok(!x.b.logs.some((l) => l.includes('account authorized from the web console')));
-    assert.equal(x.issued().length, 3);
+    assert.equal(x.issued().length, 4);
 
     // Google: refused before anything starts (Google refuses the Gmail scope in the device flow).
     const g = await x.post('/accounts/office/authorize/device');
@@ -1017,7 +1033,7 @@ test('console device sign-in failures: an expired code, a declined sign-in and a
       (await x.get('/accounts')).body,
       /id="flash">Sign in with a code is not offered for Google accounts: Google refuses the Gmail scope in the device flow\./,
     );
-    assert.equal(x.issued().length, 3);
+    assert.equal(x.issued().length, 4);
     assertNoSecrets(x.bodies.join('\n') + x.b.logs.join('\n'), [
       ...x.issued().map((r) => r.deviceCode!),
       ...x.refreshTokens,

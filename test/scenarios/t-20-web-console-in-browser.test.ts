@@ -234,7 +234,7 @@ test('browser: Microsoft account, Sign in with a code: read the code off the pag
     await page.waitForSelector('#device-status.ok-banner', { timeout: 30_000 });
     assert.equal(
       ((await page.textContent('#device-status')) ?? '').trim(),
-      'Account m365 authorized; its held mail is being sent.',
+      'Account m365 authorized as printer@contoso.com; its held mail is being sent.',
     );
     await shoot(page, 'console-device-done');
 

@@ -187,7 +187,10 @@ test('authorize with transport graph asks for Graph Mail.Send; the stored grant 
   const w = await msWorld();
   try {
     const url = await w.run();
-    assert.equal(new URL(url).searchParams.get('scope'), 'https://graph.microsoft.com/Mail.Send offline_access');
+    assert.equal(
+      new URL(url).searchParams.get('scope'),
+      'https://graph.microsoft.com/Mail.Send offline_access openid profile email',
+    );
     assert.match((await w.stored()).refreshToken ?? '', /^M\.C5/);
     const svc = new TokenService({ config: w.config, log: nullLogger });
     await svc.init();

@@ -21,6 +21,8 @@ import { authorizeToStore, collect } from '../helpers/oauth.js';
 const MAILBOX = 'printer@contoso.com';
 const SMTP = 'https://outlook.office.com/SMTP.Send';
 const GRAPH = 'https://graph.microsoft.com/Mail.Send';
+/** What a delegated sign-in adds so its id_token names who signed in (never in a refresh). */
+const OPENID = ['openid', 'profile', 'email'];
 const base = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
 const msAccount = (extra: Record<string, unknown>) => ({
   name: 'm365',
@@ -41,10 +43,10 @@ test('config: transport auto is accepted for a delegated Microsoft account; the 
 }, () => {
   assert.deepEqual(issues({ ...base, accounts: [msAccount({})] }), []);
   const a = configSchema.parse({ ...base, accounts: [msAccount({})] }).accounts[0];
-  assert.deepEqual(signInScopesFor(a), [SMTP, GRAPH, 'offline_access']);
+  assert.deepEqual(signInScopesFor(a), [SMTP, GRAPH, 'offline_access', ...OPENID]);
   assert.deepEqual(scopesFor(a), [SMTP, 'offline_access'], 'the token the cache holds is the SMTP one');
   const gov = configSchema.parse({ ...base, accounts: [msAccount({ cloud: 'usgov' })] }).accounts[0];
-  assert.deepEqual(signInScopesFor(gov), [SMTP, 'https://graph.microsoft.us/Mail.Send', 'offline_access']);
+  assert.deepEqual(signInScopesFor(gov), [SMTP, 'https://graph.microsoft.us/Mail.Send', 'offline_access', ...OPENID]);
   // SMTP with a delegated token cannot send as another mailbox, so auto keeps refusing mailbox:.
   assert.match(
     issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com' })] }).join('\n'),
@@ -52,7 +54,7 @@ test('config: transport auto is accepted for a delegated Microsoft account; the 
   );
   // Other transports keep their single-resource sign-in.
   const smtp = configSchema.parse({ ...base, accounts: [msAccount({ transport: 'smtp' })] }).accounts[0];
-  assert.deepEqual(signInScopesFor(smtp), [SMTP, 'offline_access']);
+  assert.deepEqual(signInScopesFor(smtp), [SMTP, 'offline_access', ...OPENID]);
 });
 
 async function world() {
@@ -160,6 +162,13 @@ test('fake identity: one refresh token serves every consented resource; a token 
     assert.equal(both.status, 400);
     assert.equal(both.body.error, 'invalid_scope');
     assert.match(String(both.body.error_description), /^AADSTS28000: .*more than one resource/);
+    // OpenID scopes may go beside one resource, not beside two.
+    const withOpenId = await w.tokenRequest({
+      grant_type: 'refresh_token',
+      refresh_token: rt,
+      scope: `${SMTP} ${GRAPH} offline_access openid profile email`,
+    });
+    assert.match(String(withOpenId.body.error_description), /^AADSTS28000: /);
     // The refused request did not spend the token.
     const smtp = await w.tokenRequest({
       grant_type: 'refresh_token',
@@ -196,8 +205,12 @@ test('authorize (auto, delegated): consents to SMTP.Send and Graph Mail.Send at 
   w.ms.on('request', (r: { grantType: string; scope?: string }) => asked.push(`${r.grantType} ${r.scope ?? ''}`));
   try {
     const url = await w.authorize();
-    assert.equal(new URL(url).searchParams.get('scope'), `${SMTP} ${GRAPH} offline_access`);
-    assert.deepEqual(asked, [`authorization_code ${SMTP} offline_access`, `refresh_token ${GRAPH} offline_access`]);
+    assert.equal(new URL(url).searchParams.get('scope'), `${SMTP} ${GRAPH} offline_access openid profile email`);
+    // The redemption names one resource plus the OpenID scopes; the Graph refresh, one resource only.
+    assert.deepEqual(asked, [
+      `authorization_code ${SMTP} offline_access openid profile email`,
+      `refresh_token ${GRAPH} offline_access`,
+    ]);
     const rec = await w.stored();
     assert.match(rec?.refreshToken ?? '', /^M\.C5/);
     const svc = new TokenService({ config: w.config, log: w.log });

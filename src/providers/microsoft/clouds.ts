@@ -5,21 +5,44 @@ import type { ProviderAccount } from '../provider.js';
 /** Delegated scope for SMTP AUTH XOAUTH2; offline_access brings the refresh token. */
 export const MS_SMTP_SCOPE = 'https://outlook.office.com/SMTP.Send';
 export const MS_DELEGATED_SCOPES = [MS_SMTP_SCOPE, 'offline_access'];
+/**
+ * OpenID scopes a delegated sign-in adds (beside one resource's scopes, as Entra ID allows) so
+ * its id_token names who signed in: email and preferred_username. Never asked for in a refresh.
+ */
+export const MS_IDENTITY_SCOPES = ['openid', 'profile', 'email'];
 /** App-only (client credentials): Exchange Online's application permission SMTP.SendAsApp. */
 export const MS_APP_SCOPE = 'https://outlook.office365.com/.default';
 /**
  * Microsoft's clouds (the account's `cloud:` key): where sign-in and Graph live. One table, so
  * a cloud's login host, Graph host and Graph scopes always agree. (SMTP hosts and the Exchange
  * SMTP scope are the global ones; in a national cloud set upstream.host for transport smtp.)
+ * `issuer`: the host in its id_tokens' iss ({issuer}/{tenant GUID}/v2.0), per its v2.0 OpenID
+ * metadata; China's differs from its login host.
  */
 export const MS_CLOUDS = {
-  global: { login: 'https://login.microsoftonline.com', graph: 'https://graph.microsoft.com' },
+  global: {
+    login: 'https://login.microsoftonline.com',
+    issuer: 'https://login.microsoftonline.com',
+    graph: 'https://graph.microsoft.com',
+  },
   /** US Government GCC High. */
-  usgov: { login: 'https://login.microsoftonline.us', graph: 'https://graph.microsoft.us' },
+  usgov: {
+    login: 'https://login.microsoftonline.us',
+    issuer: 'https://login.microsoftonline.us',
+    graph: 'https://graph.microsoft.us',
+  },
   /** US Government DoD. */
-  dod: { login: 'https://login.microsoftonline.us', graph: 'https://dod-graph.microsoft.us' },
+  dod: {
+    login: 'https://login.microsoftonline.us',
+    issuer: 'https://login.microsoftonline.us',
+    graph: 'https://dod-graph.microsoft.us',
+  },
   /** Microsoft 365 operated by 21Vianet (China). */
-  china: { login: 'https://login.chinacloudapi.cn', graph: 'https://microsoftgraph.chinacloudapi.cn' },
+  china: {
+    login: 'https://login.chinacloudapi.cn',
+    issuer: 'https://login.partner.microsoftonline.cn',
+    graph: 'https://microsoftgraph.chinacloudapi.cn',
+  },
 } as const;
 export type MsCloud = keyof typeof MS_CLOUDS;
 export const MS_CLOUD_NAMES = Object.keys(MS_CLOUDS) as [MsCloud, ...MsCloud[]];
@@ -69,11 +92,29 @@ export function microsoftGraphScopes(a: ProviderAccount): string[] {
 }
 
 /**
- * What a sign-in consents to. Delegated transport auto: SMTP.Send and Graph's Mail.Send in one
- * sign-in (SMTP first: a redemption without its own scope is for the first resource); every
- * token request still names one resource (microsoftScopes / microsoftGraphScopes).
+ * What a sign-in consents to: the transport's scopes and the OpenID ones (who signed in).
+ * Delegated transport auto: SMTP.Send and Graph's Mail.Send in one sign-in (SMTP first: a
+ * redemption without its own scope is for the first resource); every token request still
+ * names one resource (microsoftScopes / microsoftGraphScopes).
  */
 export function microsoftSignInScopes(a: ProviderAccount): string[] {
-  if (a.transport !== 'auto' || a.oauth?.type === 'app') return microsoftScopes(a);
-  return [MS_SMTP_SCOPE, ...microsoftGraphScopes(a)];
+  if (a.oauth?.type === 'app') return microsoftScopes(a);
+  const resources = a.transport === 'auto' ? [MS_SMTP_SCOPE, ...microsoftGraphScopes(a)] : microsoftScopes(a);
+  return [...resources, ...MS_IDENTITY_SCOPES];
+}
+
+/** The authorization code's redemption: the first token's one resource, and the OpenID scopes (its id_token). */
+export function microsoftRedeemScopes(a: ProviderAccount): string[] {
+  return [...microsoftScopes(a), ...MS_IDENTITY_SCOPES];
+}
+
+/**
+ * The issuer of the id_tokens signed in at `authority` (the token endpoint's origin) for the
+ * tenant `tid`: a cloud's login host maps to its issuer host; any other authority (oauth.authorityHost
+ * pointing elsewhere) is taken to issue as itself.
+ */
+export function microsoftIssuer(authority: string, tid: string): string {
+  const origin = new URL(authority).origin;
+  const cloud = Object.values(MS_CLOUDS).find((c) => c.login === origin);
+  return `${cloud?.issuer ?? origin}/${tid}/v2.0`;
 }

@@ -103,8 +103,8 @@ export const microsoft: Provider = {
   },
 
   scopes: microsoftScopes,
-  // No identity scopes: Microsoft sign-ins name no user (see README "Microsoft 365"). Delegated
-  // auto consents to SMTP and Graph in one sign-in; each token is still for one resource.
+  // Delegated: plus openid profile email, so the sign-in's id_token names who signed in.
+  // Delegated auto consents to SMTP and Graph in one sign-in; each token is still for one resource.
   signInScopes: microsoftSignInScopes,
 
   tokenIdentity(a: ProviderAccount) {

@@ -1,5 +1,6 @@
 // Microsoft's delegated sign-in through oauth4webapi: authorization code + PKCE in a browser,
-// or the device code (RFC 8628). Microsoft's answers name no user (see README "Microsoft 365").
+// or the device code (RFC 8628). The sign-in asks for openid profile email too, so the answer's
+// id_token names who signed in (src/oauth/authorize.ts refuses another user than the account's).
 import * as oauth from 'oauth4webapi';
 import { addSecret, redactString } from '../../log/redact.js';
 import { DEFAULT_TIMEOUT_MS, tokenAgent } from '../http.js';
@@ -12,10 +13,11 @@ import {
   type RedirectFlow,
   type SignInGrant,
 } from '../signIn.js';
-import { microsoftGraphScopes, microsoftScopes, microsoftSignInScopes } from './clouds.js';
+import { microsoftGraphScopes, microsoftRedeemScopes, microsoftScopes, microsoftSignInScopes } from './clouds.js';
 import { classifyMicrosoftError, consentErrorFor, MicrosoftConsentError } from './errors.js';
 import {
   type MicrosoftGrant,
+  type MicrosoftIdentity,
   type MicrosoftOAuth,
   type MicrosoftRequest,
   microsoftCodeFlow,
@@ -41,8 +43,10 @@ async function request(acct: UserAccount): Promise<MicrosoftRequest> {
     agent: tokenAgent(o.caFile),
     timeoutMs: DEFAULT_TIMEOUT_MS,
     scopes: microsoftScopes(acct),
-    // Delegated auto: the sign-in consents to SMTP and Graph; the code is redeemed for SMTP.
-    ...(acct.transport === 'auto' ? { signInScopes: microsoftSignInScopes(acct) } : {}),
+    // The sign-in also asks who signs in (OpenID); delegated auto consents to SMTP and Graph,
+    // and the code is redeemed for SMTP. Refreshes ask for `scopes` only.
+    signInScopes: microsoftSignInScopes(acct),
+    redeemScopes: microsoftRedeemScopes(acct),
   };
 }
 
@@ -90,19 +94,45 @@ async function checkGraphConsent(acct: UserAccount, req: MicrosoftRequest, refre
   return r.refresh_token ?? refreshToken;
 }
 
+/**
+ * Who signed in, by the id_token's email (the mailbox's primary SMTP address) or
+ * preferred_username (the sign-in name, UPN): either may be the account's email. Another
+ * user's address is returned for src/oauth/authorize.ts to refuse, with a note naming both.
+ */
+function signedInAs(acct: UserAccount, id: MicrosoftIdentity | undefined): { email: string; note?: string } {
+  if (!id)
+    throw new AuthorizeError(
+      'Microsoft returned no id_token naming the signed-in user (openid profile email were asked for); nothing was stored. Run authorize again.',
+    );
+  const names = [id.email, id.preferredUsername].filter((n): n is string => n !== undefined);
+  if (!names.length)
+    throw new AuthorizeError(
+      "Microsoft's id_token names no user (neither email nor preferred_username: were the email and profile permissions removed from the app registration?); nothing was stored. Run authorize again.",
+    );
+  const same = names.find((n) => n.toLowerCase() === acct.email.toLowerCase());
+  if (same) return { email: same };
+  return {
+    email: names[0],
+    note: `(Microsoft named the user: email ${id.email ?? '(none)'}, preferred_username ${id.preferredUsername ?? '(none)'}; the account's email must be one of them, normally the mailbox's primary SMTP address.)`,
+  };
+}
+
 async function toGrant(acct: UserAccount, req: MicrosoftRequest, g: MicrosoftGrant): Promise<SignInGrant> {
   addSecret(g.refreshToken);
   addSecret(g.accessToken);
   // As for Google: a grant without what the transport needs cannot send; store nothing.
   const missing = missingFrom(microsoftScopes(acct), g.scope);
   if (missing.length) throw lacks(missing);
-  const refreshToken = req.signInScopes ? await checkGraphConsent(acct, req, g.refreshToken) : g.refreshToken;
-  return {
-    refreshToken,
+  const who = signedInAs(acct, g.identity);
+  const grant = {
     accessToken: g.accessToken,
     accessTokenExpiresAt: Date.now() + (g.expiresInSec ?? 3600) * 1000,
-    email: null,
+    email: who.email,
+    ...(who.note ? { identityNote: who.note } : {}),
   };
+  // Another user's grant is refused as it is (src/oauth/authorize.ts); no Graph check for it.
+  if (who.note || acct.transport !== 'auto') return { ...grant, refreshToken: g.refreshToken };
+  return { ...grant, refreshToken: await checkGraphConsent(acct, req, g.refreshToken) };
 }
 
 export async function microsoftRedirect(acct: UserAccount, redirectUri: string, state: string): Promise<RedirectFlow> {

@@ -8,7 +8,7 @@ import https from 'node:https';
 import * as oauth from 'oauth4webapi';
 import { addSecret } from '../../log/redact.js';
 import type { DeviceCode } from '../signIn.js';
-import { MS_APP_SCOPE, MS_DELEGATED_SCOPES } from './clouds.js';
+import { MS_APP_SCOPE, MS_DELEGATED_SCOPES, microsoftIssuer } from './clouds.js';
 
 export interface MicrosoftOAuth {
   type: 'user' | 'app';
@@ -124,8 +124,10 @@ export interface MicrosoftRequest {
   oauth: MicrosoftOAuth;
   /** What to ask for, from scopesFor(account) (src/providers/index.ts); default: SMTP's. */
   scopes?: readonly string[];
-  /** What a sign-in consents to, when more than `scopes` (several resources); token requests ask for `scopes`. */
+  /** What a sign-in consents to, when more than `scopes` (OpenID, several resources); token requests ask for `scopes`. */
   signInScopes?: readonly string[];
+  /** The authorization code's redemption, when more than `scopes`: one resource plus the OpenID scopes. */
+  redeemScopes?: readonly string[];
   credentials: MicrosoftCredentials;
   agent?: https.Agent;
   timeoutMs: number;
@@ -141,6 +143,12 @@ function server(o: MicrosoftOAuth): oauth.AuthorizationServer {
   };
 }
 
+/** Who signed in, as the answer's id_token (checked: iss, aud, exp, tid) names them. */
+export interface MicrosoftIdentity {
+  email?: string;
+  preferredUsername?: string;
+}
+
 /** A delegated grant as the token endpoint gave it (authorization code or device code). */
 export interface MicrosoftGrant {
   refreshToken: string;
@@ -148,17 +156,92 @@ export interface MicrosoftGrant {
   expiresInSec: number | undefined;
   /** The scopes granted, as the token endpoint listed them (checked against what the transport needs). */
   scope?: string;
+  /** The id_token's names of the user; undefined when the answer had no id_token. */
+  identity?: MicrosoftIdentity;
 }
 
 function grantOf(body: oauth.TokenEndpointResponse): MicrosoftGrant {
   if (!body.refresh_token)
     throw new Error('Microsoft returned no refresh token (the scope offline_access was not granted)');
+  const id = oauth.getValidatedIdTokenClaims(body);
+  const str = (v: unknown) => (typeof v === 'string' && v.trim() ? v.trim() : undefined);
   return {
     refreshToken: body.refresh_token,
     accessToken: body.access_token,
     expiresInSec: body.expires_in,
     scope: body.scope,
+    ...(id ? { identity: { email: str(id.email), preferredUsername: str(id.preferred_username) } } : {}),
   };
+}
+
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * The authorization server to process a sign-in's token answer against. oauth4webapi checks an
+ * id_token's iss against `as.issuer`, but Entra ID's is {issuer host}/{tenant GUID}/v2.0: the
+ * GUID of the user's tenant even when the path named a domain, organizations or common, so it is
+ * not known before the answer. So the answer's tid is read first, the issuer it must come with
+ * is computed from the configured authority (src/providers/microsoft/clouds.ts), and oauth4webapi
+ * then checks iss, aud, exp and the alg against it. (That is what oauth4webapi's undocumented
+ * _expectedIssuer hook does for openid-client; a plain `as` keeps to the public API.) A tenant
+ * configured as a GUID pins tid.
+ */
+async function signInServer(o: MicrosoftOAuth, as: oauth.AuthorizationServer, res: Response) {
+  if (res.status !== 200) return as;
+  let idToken: unknown;
+  try {
+    idToken = ((await res.clone().json()) as { id_token?: unknown }).id_token;
+  } catch {
+    return as; // not JSON: oauth4webapi says so
+  }
+  if (typeof idToken !== 'string') return as;
+  addSecret(idToken); // a signed statement of who signed in: kept out of logs like the tokens
+  let tid: unknown;
+  try {
+    tid = (JSON.parse(Buffer.from(idToken.split('.')[1] ?? '', 'base64url').toString('utf8')) as { tid?: unknown }).tid;
+  } catch {
+    tid = undefined;
+  }
+  if (typeof tid !== 'string' || !GUID.test(tid))
+    throw new Error("Microsoft's id_token names no tenant (tid); it cannot be checked, so nothing was stored");
+  const tenant = o.tenant ?? decodeURIComponent(new URL(o.tokenUrl).pathname.split('/')[1] ?? '');
+  if (GUID.test(tenant) && tid.toLowerCase() !== tenant.toLowerCase())
+    throw new Error(
+      `Microsoft's id_token is from tenant ${tid}, not the configured tenant ${tenant} (oauth.tenant); nothing was stored`,
+    );
+  return { ...as, issuer: microsoftIssuer(o.tokenUrl, tid) };
+}
+
+/** oauth4webapi's refusal of an id_token's issuer, in words naming both (neither is a secret). */
+function issuerRefused(e: unknown, as: oauth.AuthorizationServer): unknown {
+  if (
+    e instanceof oauth.OperationProcessingError &&
+    e.code === oauth.JWT_CLAIM_COMPARISON &&
+    (e.cause as { claim?: unknown } | undefined)?.claim === 'iss'
+  ) {
+    const iss = (e.cause as { claims?: { iss?: unknown } }).claims?.iss;
+    return new Error(
+      `Microsoft's id_token was issued by ${String(iss)}, not ${as.issuer} (the configured cloud and tenant); nothing was stored`,
+    );
+  }
+  return e;
+}
+
+/** A sign-in's token answer (code or device code) with its id_token checked against the right issuer. */
+async function processSignIn(
+  o: MicrosoftOAuth,
+  as: oauth.AuthorizationServer,
+  res: Response,
+  process: (as: oauth.AuthorizationServer) => Promise<oauth.TokenEndpointResponse>,
+): Promise<MicrosoftGrant> {
+  const checked = await signInServer(o, as, res);
+  let body;
+  try {
+    body = await process(checked);
+  } catch (e) {
+    throw issuerRefused(e, checked);
+  }
+  return grantOf(body);
 }
 
 function delegatedScopes(r: MicrosoftRequest): string {
@@ -207,11 +290,11 @@ export async function microsoftCodeFlow(
         p.redirectUri,
         verifier,
         {
-          additionalParameters: { scope: delegatedScopes(r) },
+          additionalParameters: { scope: (r.redeemScopes ?? r.scopes ?? MS_DELEGATED_SCOPES).join(' ') },
           [oauth.customFetch]: httpsFetch(r.agent, r.timeoutMs),
         },
       );
-      return grantOf(await oauth.processAuthorizationCodeResponse(as, client, res));
+      return processSignIn(r.oauth, as, res, (checked) => oauth.processAuthorizationCodeResponse(checked, client, res));
     },
   };
 }
@@ -250,7 +333,9 @@ export async function microsoftDeviceFlow(
         await sleep(interval * 1000);
         try {
           const res = await oauth.deviceCodeGrantRequest(as, client, r.credentials.auth, d.device_code, fetchOpt);
-          return grantOf(await oauth.processDeviceCodeResponse(as, client, res));
+          return await processSignIn(r.oauth, as, res, (checked) =>
+            oauth.processDeviceCodeResponse(checked, client, res),
+          );
         } catch (e) {
           if (!(e instanceof oauth.ResponseBodyError)) throw e;
           if (e.error === 'authorization_pending' && Date.now() < deadline) continue;

@@ -127,11 +127,7 @@ export async function authorizeCommand(
       },
     });
     if (!stored.ok) return said(stored, out);
-    out.write(
-      email
-        ? `Authorized account ${account} as ${email}. ${stored.message}\n`
-        : `Authorized account ${account} (the sign-in did not say which user it was; it must be ${acct.email}). ${stored.message}\n`,
-    );
+    out.write(`Authorized account ${account} as ${email}. ${stored.message}\n`);
     return 0;
   } catch (e) {
     out.write(`error: ${(e as Error).message}\n`);

@@ -50,7 +50,7 @@ export interface AuthorizeOptions {
 
 type BeginRedirect = (redirectUri: string, state: string) => Promise<RedirectFlow>;
 
-export async function authorize(opts: AuthorizeOptions): Promise<{ email: string | null }> {
+export async function authorize(opts: AuthorizeOptions): Promise<{ email: string }> {
   const acct = opts.config.accounts.find((a) => a.name === opts.account);
   if (!acct) throw new AuthorizeError(`no account named "${opts.account}" in the config`);
   if (acct.oauth.type === 'app')
@@ -86,11 +86,11 @@ export async function authorize(opts: AuthorizeOptions): Promise<{ email: string
     rec.accessTokenExpiresAt = new Date(grant.accessTokenExpiresAt).toISOString();
     rec.accessTokenFor = tokenIdentity(acct);
   }
-  if (grant.email) rec.authorizedEmail = grant.email;
+  rec.authorizedEmail = grant.email;
   // The one identity check for every re-authorization (CLI and web console): a grant of
   // another user would replace the account's own and send as that user (or be refused by
   // Gmail), so it is refused before anything is stored.
-  if (grant.email && grant.email.toLowerCase() !== acct.email.toLowerCase())
+  if (grant.email.toLowerCase() !== acct.email.toLowerCase())
     throw new AuthorizeError(
       `you signed in as ${grant.email}, but account "${acct.name}" sends as ${acct.email}; nothing was stored. Run authorize again and sign in as ${acct.email} (or set the account's email to ${grant.email} if that is the mailbox it should send as)${grant.identityNote ? ` ${grant.identityNote}` : ''}`,
     );

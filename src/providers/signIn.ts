@@ -17,8 +17,8 @@ export interface SignInGrant {
   refreshTokenExpiresAt?: string;
   accessToken?: string;
   accessTokenExpiresAt?: number;
-  /** Who signed in, when the provider says (the caller refuses another user than the account's). */
-  email: string | null;
+  /** Who signed in (the caller refuses another user than the account's); a sign-in that names nobody is refused by the provider. */
+  email: string;
   /** Appended to that refusal: how the provider named the user (Microsoft: email and sign-in name). */
   identityNote?: string;
 }

@@ -282,7 +282,7 @@ export class WebConsole {
         flash(false, `Authorization of ${account} failed: ${r.error}`);
         return redirect(res, '/accounts');
       }
-      flash(true, `Account ${account} authorized${r.email ? ` as ${r.email}` : ''}; its held mail is being sent.`);
+      flash(true, `Account ${account} authorized as ${r.email}; its held mail is being sent.`);
       return redirect(res, '/accounts');
     }
     const q = /^\/queue\/([0-9A-Za-z_-]+)\/(retry|delete|hold|release)$/.exec(path);

@@ -155,7 +155,7 @@ export function devicePage(ctx: PageContext, account: string, email: string, a: 
   if (a.settled) {
     const r = a.settled;
     const body = r.ok
-      ? `<div class="ok-banner" id="device-status" role="status">Account ${esc(account)} authorized${r.email ? ` as ${esc(r.email)}` : ''}; its held mail is being sent.</div>`
+      ? `<div class="ok-banner" id="device-status" role="status">Account ${esc(account)} authorized as ${esc(r.email)}; its held mail is being sent.</div>`
       : `<div class="flash-bad" id="device-status" role="status">Authorization of ${esc(account)} failed: ${esc(r.error)}</div>
 <form method="post" action="/accounts/${enc}/authorize/device">${csrfField(ctx)}<button id="device-start">Get a new code</button></form>`;
     return layout(title, ctx, `<h1>${esc(title)}</h1>${body}<p><a href="/accounts">Back to the accounts</a></p>`);

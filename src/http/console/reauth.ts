@@ -17,7 +17,7 @@ import { collect } from './ops.js';
 const ATTEMPT_TTL_MS = 15 * 60e3;
 const EXCHANGE_WAIT_MS = 60e3;
 
-export type AttemptResult = { ok: true; email: string | null } | { ok: false; error: string };
+export type AttemptResult = { ok: true; email: string } | { ok: false; error: string };
 
 /** What the pages may show of an attempt (never the device code). */
 export interface AttemptView {

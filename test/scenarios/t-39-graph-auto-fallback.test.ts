@@ -100,6 +100,18 @@ test(
     ),
 );
 
+/** Waits for account m365's needs-reauth line naming `what`, then for message `id` held for it; returns the line. */
+async function heldForReauth(b: RunningBridge, id: string, what: string): Promise<string> {
+  const line = () => b.logs.find((l) => l.includes('account m365 needs re-authorization') && l.includes(what));
+  await waitFor(() => line() !== undefined, 15_000, `needs-reauth naming ${what}`);
+  await waitFor(
+    () => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('needs-reauth')),
+    15_000,
+    'the message is held for re-authorization',
+  );
+  return line()!;
+}
+
 const SMTP_SEND = 'https://outlook.office.com/SMTP.Send';
 const GRAPH_SEND = 'https://graph.microsoft.com/Mail.Send';
 
@@ -183,15 +195,7 @@ test(
     withAuto(
       async ({ t, exo, b, send }) => {
         const id = await send('a@example.org');
-        const line = () =>
-          b.logs.find((l) => l.includes('account m365 needs re-authorization') && l.includes(GRAPH_SEND));
-        await waitFor(() => line() !== undefined, 15_000, 'needs-reauth naming the Graph consent');
-        assert.match(line()!, /AADSTS65001/);
-        await waitFor(
-          () => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('needs-reauth')),
-          15_000,
-          'the message is held for re-authorization',
-        );
+        assert.match(await heldForReauth(b, id, GRAPH_SEND), /AADSTS65001/);
         assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth');
         assert.match(b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '', /Mail\.Send/);
         assert.equal(exo.messages.length, 0);
@@ -210,14 +214,7 @@ test(
     withAuto(
       async ({ t, exo, b, send }) => {
         const id = await send('a@example.org');
-        const line = () =>
-          b.logs.find((l) => l.includes('account m365 needs re-authorization') && l.includes('AADSTS7000222'));
-        await waitFor(() => line() !== undefined, 15_000, 'needs-reauth naming the expired secret');
-        await waitFor(
-          () => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('needs-reauth')),
-          15_000,
-          'the message is held for re-authorization',
-        );
+        await heldForReauth(b, id, 'AADSTS7000222');
         assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth', 'the account is held, not only this message');
         assert.match(b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '', /AADSTS7000222/);
         assert.ok(

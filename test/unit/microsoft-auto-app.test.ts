@@ -32,26 +32,29 @@ async function world() {
   const stateDir = join(dir, 'state');
   const sink = collect();
   const log = createLogger({ level: 'debug', format: 'json', stream: sink.stream });
-  const config = configSchema.parse({
-    stateDir,
-    listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [
-      {
-        name: 'm365',
-        provider: 'microsoft',
-        email: MAILBOX,
-        transport: 'auto',
-        oauth: {
-          type: 'app',
-          tenant: ms.tenant,
-          authorityHost: ms.authorityHost,
-          clientId,
-          clientSecret: secret,
-          caFile,
+  const configFor = (extra: Record<string, unknown> = {}) =>
+    configSchema.parse({
+      stateDir,
+      listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
+      accounts: [
+        {
+          name: 'm365',
+          provider: 'microsoft',
+          email: MAILBOX,
+          transport: 'auto',
+          oauth: {
+            type: 'app',
+            tenant: ms.tenant,
+            authorityHost: ms.authorityHost,
+            clientId,
+            clientSecret: secret,
+            caFile,
+          },
+          ...extra,
         },
-      },
-    ],
-  });
+      ],
+    });
+  const config = configFor();
   const counted: string[] = [];
   const svc = new TokenService({
     config,
@@ -67,6 +70,7 @@ async function world() {
     svc,
     counted,
     graphRequests,
+    configFor,
     logs: sink.text,
     stored: async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365,
     close: async () => {
@@ -77,11 +81,22 @@ async function world() {
   };
 }
 
-test('token service (auto, app-only): 50 Graph token requests at once make one client-credentials request for Graph; SMTP keeps its own token', {
-  timeout: 30_000,
-}, async () => {
+/** Runs a test in its own world, closed whatever the outcome. */
+const inWorld = (fn: (w: Awaited<ReturnType<typeof world>>) => Promise<void>) => async () => {
   const w = await world();
   try {
+    await fn(w);
+  } finally {
+    await w.close();
+  }
+};
+
+test(
+  'token service (auto, app-only): 50 Graph token requests at once make one client-credentials request for Graph; SMTP keeps its own token',
+  {
+    timeout: 30_000,
+  },
+  inWorld(async (w) => {
     const tokens = await Promise.all(
       Array.from({ length: 50 }, () => w.svc.getAccessToken('m365', { resource: 'graph' })),
     );
@@ -104,16 +119,15 @@ test('token service (auto, app-only): 50 Graph token requests at once make one c
     assert.deepEqual(w.counted, ['m365 ok', 'm365 ok'], 'both refreshes counted in the metrics');
     assert.equal(w.svc.state('m365'), 'ok');
     assert.ok(!w.logs().includes(tokens[0]) && !w.logs().includes(w.secret), 'no token or secret in the logs');
-  } finally {
-    await w.close();
-  }
-});
+  }),
+);
 
-test('token service (auto, app-only): a forced Graph refresh (Graph answered 401) is one request, shared by every caller that forces at the same time or just after', {
-  timeout: 30_000,
-}, async () => {
-  const w = await world();
-  try {
+test(
+  'token service (auto, app-only): a forced Graph refresh (Graph answered 401) is one request, shared by every caller that forces at the same time or just after',
+  {
+    timeout: 30_000,
+  },
+  inWorld(async (w) => {
     const first = await w.svc.getAccessToken('m365', { resource: 'graph' });
     const forced = await Promise.all(
       Array.from({ length: 20 }, () => w.svc.getAccessToken('m365', { resource: 'graph', force: true })),
@@ -126,16 +140,15 @@ test('token service (auto, app-only): a forced Graph refresh (Graph answered 401
     assert.equal(w.graphRequests().length, 2);
     assert.equal(await w.svc.getAccessToken('m365', { resource: 'graph' }), forced[0]);
     assert.ok(!isLiveSecret(first) && isLiveSecret(forced[0]), 'the redactor keeps the live Graph token only');
-  } finally {
-    await w.close();
-  }
-});
+  }),
+);
 
-test('token service (auto, app-only): an expired client secret while on Graph -> needs-reauth naming AADSTS7000222, counted, and no more requests', {
-  timeout: 30_000,
-}, async () => {
-  const w = await world();
-  try {
+test(
+  'token service (auto, app-only): an expired client secret while on Graph -> needs-reauth naming AADSTS7000222, counted, and no more requests',
+  {
+    timeout: 30_000,
+  },
+  inWorld(async (w) => {
     await w.svc.getAccessToken('m365');
     w.ms.expireSecret(w.clientId);
     await assert.rejects(
@@ -154,16 +167,15 @@ test('token service (auto, app-only): an expired client secret while on Graph ->
     await assert.rejects(w.svc.getAccessToken('m365', { resource: 'graph', force: true }), NeedsReauthError);
     assert.equal(w.ms.requests.length, asked);
     assert.ok(!w.logs().includes(w.secret), 'the client secret never reaches the logs');
-  } finally {
-    await w.close();
-  }
-});
+  }),
+);
 
-test('token service (auto, app-only): the Graph endpoint failing backs off like any refresh; the cached token is used meanwhile', {
-  timeout: 30_000,
-}, async () => {
-  const w = await world();
-  try {
+test(
+  'token service (auto, app-only): the Graph endpoint failing backs off like any refresh; the cached token is used meanwhile',
+  {
+    timeout: 30_000,
+  },
+  inWorld(async (w) => {
     const g = await w.svc.getAccessToken('m365', { resource: 'graph' });
     await w.ms.close(); // the token endpoint is gone: a network error, not a dead grant
     await assert.rejects(w.svc.getAccessToken('m365', { resource: 'graph', force: true }), /m365/);
@@ -174,7 +186,25 @@ test('token service (auto, app-only): the Graph endpoint failing backs off like 
     assert.deepEqual(w.counted, ['m365 ok', 'm365 failed'], 'no second request during the backoff');
     // ...and a plain caller keeps the still-valid token.
     assert.equal(await w.svc.getAccessToken('m365', { resource: 'graph' }), g);
-  } finally {
-    await w.close();
-  }
-});
+  }),
+);
+
+test(
+  "token service (auto, app-only): a reload that moves the account to another cloud drops the Graph token; the next is asked for that cloud's Graph",
+  {
+    timeout: 30_000,
+  },
+  inWorld(async (w) => {
+    const g = await w.svc.getAccessToken('m365', { resource: 'graph' });
+    assert.equal(await w.svc.getAccessToken('m365', { resource: 'graph' }), g, 'cached while the config stays');
+    // oauth is unchanged (authorityHost is explicit): only the Graph the token is for moves.
+    w.svc.reload(w.configFor({ cloud: 'usgov' }));
+    // The fake identity knows the global Graph only, so the request is refused; what it asked for is the point.
+    await assert.rejects(w.svc.getAccessToken('m365', { resource: 'graph' }), /AADSTS1002012/);
+    assert.deepEqual(
+      w.ms.requests.map((r) => r.scope),
+      [GRAPH_APP, 'https://graph.microsoft.us/.default'],
+      "a new request, for the US Government cloud's Graph",
+    );
+  }),
+);

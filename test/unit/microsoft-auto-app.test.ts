@@ -4,10 +4,10 @@
 // a forced refresh after a 401 shared, an expired secret -> needs-reauth, every request counted.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createTestPki, writePki } from '../../src/fakes/ca.js';
+import { createAppCertificate, createTestPki, writePki } from '../../src/fakes/ca.js';
 import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../../src/config/schema.js';
 import { NeedsReauthError, TokenService } from '../../src/oauth/service.js';
@@ -20,14 +20,22 @@ const MAILBOX = 'printer@contoso.com';
 const SMTP_APP = 'https://outlook.office365.com/.default';
 const GRAPH_APP = 'https://graph.microsoft.com/.default';
 
-async function world() {
+async function world(opts: { certificate?: boolean } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'xoauth2-msautoapp-'));
   const pki = await createTestPki();
   const { caFile } = await writePki(pki, join(dir, 'pki'));
   const ms = await FakeMicrosoftIdentity.start({ pki });
   const clientId = '00000000-1111-2222-3333-888888888888';
   const secret = `Qx8Q~${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-  ms.registerApp(clientId, secret);
+  let credentials: Record<string, string> = { clientSecret: secret };
+  if (opts.certificate) {
+    const app = await createAppCertificate();
+    ms.registerApp(clientId, null);
+    ms.uploadCertificate(clientId, app.cert);
+    credentials = { certificateFile: join(dir, 'app.crt'), privateKeyFile: join(dir, 'app.key') };
+    await writeFile(credentials.certificateFile, app.cert);
+    await writeFile(credentials.privateKeyFile, app.key, { mode: 0o600 });
+  } else ms.registerApp(clientId, secret);
   ms.allowMailbox(clientId, MAILBOX);
   const stateDir = join(dir, 'state');
   const sink = collect();
@@ -47,7 +55,7 @@ async function world() {
             tenant: ms.tenant,
             authorityHost: ms.authorityHost,
             clientId,
-            clientSecret: secret,
+            ...credentials,
             caFile,
           },
           ...extra,
@@ -71,6 +79,7 @@ async function world() {
     counted,
     graphRequests,
     configFor,
+    privateKey: () => readFile(join(dir, 'app.key'), 'utf8'),
     logs: sink.text,
     stored: async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365,
     close: async () => {
@@ -82,14 +91,15 @@ async function world() {
 }
 
 /** Runs a test in its own world, closed whatever the outcome. */
-const inWorld = (fn: (w: Awaited<ReturnType<typeof world>>) => Promise<void>) => async () => {
-  const w = await world();
-  try {
-    await fn(w);
-  } finally {
-    await w.close();
-  }
-};
+const inWorld =
+  (fn: (w: Awaited<ReturnType<typeof world>>) => Promise<void>, opts?: { certificate?: boolean }) => async () => {
+    const w = await world(opts);
+    try {
+      await fn(w);
+    } finally {
+      await w.close();
+    }
+  };
 
 test(
   'token service (auto, app-only): 50 Graph token requests at once make one client-credentials request for Graph; SMTP keeps its own token',
@@ -207,4 +217,26 @@ test(
       "a new request, for the US Government cloud's Graph",
     );
   }),
+);
+
+test(
+  'token service (auto, app-only) with a certificate: the Graph token is asked for with the same signed client assertion as the SMTP one',
+  {
+    timeout: 30_000,
+  },
+  inWorld(
+    async (w) => {
+      const g = await w.svc.getAccessToken('m365', { resource: 'graph' });
+      const smtp = await w.svc.getAccessToken('m365');
+      assert.equal(w.ms.tokenClaims(g)?.aud, 'https://graph.microsoft.com');
+      assert.equal(w.ms.tokenClaims(smtp)?.aud, 'https://outlook.office365.com');
+      assert.deepEqual(
+        w.ms.requests.map((r) => `${r.scope} ${r.clientAuth} ${r.ok}`),
+        [`${GRAPH_APP} assertion true`, `${SMTP_APP} assertion true`],
+      );
+      const key = (await w.privateKey()).split('\n')[1];
+      assert.ok(key && !w.logs().includes(key), 'the private key never reaches the logs');
+    },
+    { certificate: true },
+  ),
 );

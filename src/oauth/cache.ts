@@ -2,13 +2,15 @@
 // expiry, one refresh in flight per account (single-flight keyed on the token the upstream
 // rejected), refresh-token rotation persisted before the new access token is used, and dead
 // grants (invalid_grant) turned into a quiet `needs-reauth` state instead of a retry storm.
-// A grant with a second resource (Microsoft delegated auto: SMTP and Graph) gets that one's
-// token from the same refresh token, through the same rotation and one request at a time.
+// A grant with a second resource (Microsoft transport auto: SMTP and Graph) gets that one's
+// token through the same rules: delegated from the same refresh token, through the same
+// rotation and one request at a time; app-only by its own client-credentials request.
 // How a grant gets a token is its provider's refresher's business (src/providers/); setting accounts
 // up, the schedule and reloads are the TokenService's (src/oauth/service.ts).
 // Over 400 lines on purpose: every path that spends an account's refresh token (refresh,
 // forced refresh, a rejection, a second resource) must pass the same single-flight, rotation
-// and state rules, and they read best side by side.
+// and state rules, and they read best side by side. The hand-out rules are one copy (handOut)
+// for the account's own token and a second resource's.
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { addSecret, redactString } from '../log/redact.js';
@@ -43,15 +45,27 @@ const FORCED_SHARE_MS = 5_000;
 const BACKOFF_BASE_MS = 5_000;
 const BACKOFF_MAX_MS = 5 * 60_000;
 
-/** An account's token for a second resource of its grant (TokenSource `resource`). */
-interface ResourceToken {
-  /** The grant's identity when it was issued: another client or tenant drops it. */
-  key: string;
-  token?: string;
+/**
+ * One cached access token and the refresh that replaces it: the account's own (the Slot
+ * itself) or its token for a second resource (ResourceToken). Both follow handOut's rules.
+ */
+interface Held {
+  accessToken?: string;
   expiresAt?: number;
   obtainedAt?: number;
+  /** It came from a forced refresh: later forced callers share it for FORCED_SHARE_MS. */
   forced?: boolean;
   inflight?: Promise<string>;
+}
+
+/** An account's token for a second resource of its grant (TokenSource `resource`). */
+interface ResourceToken extends Held {
+  /** The identity it was issued for (client, tenant, cloud, scopes): another one drops it. */
+  key: string;
+}
+
+function isValid(h: Held, t: number): boolean {
+  return h.accessToken !== undefined && h.expiresAt !== undefined && h.expiresAt > t;
 }
 
 export interface TokenServiceOptions {
@@ -108,23 +122,53 @@ export class TokenCache {
     const s = this.slot(account);
     if (this.storeError) throw new Error(`account ${account}: token store unusable: ${this.storeError}`);
     if (s.state === 'needs-reauth') throw new NeedsReauthError(account, s.rec.lastError ?? 'grant refused');
-    if (opts.resource !== undefined)
-      return this.resourceToken(s, opts.resource, opts.force === true || opts.rejected !== undefined);
-    if (opts.rejected !== undefined) return this.replaceRejected(s, opts.rejected);
-    const t = this.now();
-    const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
-    if (!opts.force && valid && s.expiresAt! - t > skew(s)) return s.accessToken!;
-    if (s.inflight) return s.inflight;
-    if (opts.force && valid && s.forced && s.obtainedAt !== undefined && t - s.obtainedAt < FORCED_SHARE_MS)
-      return s.accessToken!;
-    if (t < s.backoffUntil) {
-      // The endpoint failed recently: keep using a still-valid token rather than hammering it.
-      if (!opts.force && valid) return s.accessToken!;
-      throw new Error(
-        `account ${account}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`,
-      );
+    const resource = opts.resource;
+    if (resource === undefined) {
+      if (opts.rejected !== undefined) return this.replaceRejected(s, opts.rejected);
+      const force = opts.force === true;
+      return this.handOut(s, s, force, () => this.refreshOnce(s, force));
     }
-    return this.startRefresh(s, opts.force === true);
+    // A second resource's caller that names a rejected token is answered as a forced one.
+    const force = opts.force === true || opts.rejected !== undefined;
+    const r = this.resourceToken(s, resource);
+    return this.handOut(s, r, force, () => this.refreshResource(s, r, resource, force));
+  }
+
+  /**
+   * The cache rules, one copy for the account's own token and every second resource's: a
+   * valid token not close to expiry is the answer (unless forced); a refresh in flight is
+   * joined; a forced caller shares a token forced less than FORCED_SHARE_MS ago; while the
+   * endpoint is failing (the account's backoff) a still-valid token is used rather than
+   * hammering it, else the caller is told when the next try is; otherwise one `refresh`, in
+   * turn with the account's other token requests (spend: a rotating refresh token).
+   */
+  private handOut(s: Slot, h: Held, force: boolean, refresh: () => Promise<string>): Promise<string> {
+    const t = this.now();
+    const valid = isValid(h, t);
+    if (!force && valid && h.expiresAt! - t > skew(h)) return Promise.resolve(h.accessToken!);
+    if (h.inflight) return h.inflight;
+    if (force && valid && h.forced && h.obtainedAt !== undefined && t - h.obtainedAt < FORCED_SHARE_MS)
+      return Promise.resolve(h.accessToken!);
+    if (t < s.backoffUntil) {
+      if (!force && valid) return Promise.resolve(h.accessToken!);
+      return Promise.reject(this.backingOff(s, t));
+    }
+    return this.fly(h, () => this.spend(s, refresh));
+  }
+
+  /** Runs `run` as `h`'s one refresh in flight: callers join it until it settles. */
+  private fly(h: Held, run: () => Promise<string>): Promise<string> {
+    const p = run().finally(() => {
+      if (h.inflight === p) h.inflight = undefined;
+    });
+    h.inflight = p;
+    return p;
+  }
+
+  private backingOff(s: Slot, t: number): Error {
+    return new Error(
+      `account ${s.cfg.name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`,
+    );
   }
 
   /**
@@ -140,77 +184,35 @@ export class TokenCache {
   private replaceRejected(s: Slot, rejected: string): Promise<string> {
     const name = s.cfg.name;
     const t = this.now();
-    const valid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
+    const valid = isValid(s, t);
     if (s.inflight) return s.inflight;
     if (valid && s.accessToken !== rejected) return Promise.resolve(s.accessToken!);
     if (valid && s.unproven)
       return Promise.reject(new NeedsReauthError(name, 'the upstream refused a freshly refreshed access token too'));
-    if (t < s.backoffUntil)
-      return Promise.reject(
-        new Error(
-          `account ${name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`,
-        ),
-      );
+    if (t < s.backoffUntil) return Promise.reject(this.backingOff(s, t));
     this.log.info('the upstream refused the access token; getting a new one', { account: name });
     return this.startRefresh(s, true);
   }
 
-  /**
-   * A token for a second resource of the account's grant: cached until close to expiry, one
-   * refresh in flight per resource, a forced one shared for FORCED_SHARE_MS, and the account's
-   * backoff respected. It spends the account's refresh token like any refresh (spend).
-   */
-  private resourceToken(s: Slot, resource: TokenResource, force: boolean): Promise<string> {
-    const name = s.cfg.name;
-    const id = `${name}\n${resource}`;
-    const key = tokenIdentity(s.cfg);
+  /** The account's cached token for `resource`, dropped when the identity it was issued for changed. */
+  private resourceToken(s: Slot, resource: TokenResource): ResourceToken {
+    const id = `${s.cfg.name}\n${resource}`;
+    // The identity of the token the resource's own transport would use (Microsoft 'graph':
+    // client, tenant, the cloud's Graph and the scopes), so a reload that changes any drops it.
+    const key = tokenIdentity({ ...s.cfg, transport: resource });
     let r = this.resourceTokens.get(id);
     if (!r || r.key !== key) {
       r = { key };
       this.resourceTokens.set(id, r);
     }
-    const t = this.now();
-    const valid = r.token !== undefined && r.expiresAt !== undefined && r.expiresAt > t;
-    if (!force && valid && r.expiresAt! - t > skew(r)) return Promise.resolve(r.token!);
-    if (r.inflight) return r.inflight;
-    if (force && valid && r.forced && r.obtainedAt !== undefined && t - r.obtainedAt < FORCED_SHARE_MS)
-      return Promise.resolve(r.token!);
-    if (t < s.backoffUntil) {
-      if (!force && valid) return Promise.resolve(r.token!);
-      return Promise.reject(
-        new Error(
-          `account ${name}: ${s.rec.lastError ?? 'token refresh failing'}; next attempt in ${Math.ceil((s.backoffUntil - t) / 1000)}s`,
-        ),
-      );
-    }
-    const slot = r;
-    const p = this.spend(s, () => this.refreshResource(s, slot, resource, force)).finally(() => {
-      if (slot.inflight === p) slot.inflight = undefined;
-    });
-    slot.inflight = p;
-    return p;
+    return r;
   }
 
   private async refreshResource(s: Slot, r: ResourceToken, resource: TokenResource, forced: boolean): Promise<string> {
     const name = s.cfg.name;
-    const usedRt = s.rec.refreshToken;
-    let tokens: TokenResponse;
-    try {
-      if (s.configError) throw new AccountConfigError(s.configError);
-      if (!s.refresher?.refreshFor)
-        throw new AccountConfigError(
-          `oauth.type ${s.cfg.oauth.type} of provider ${s.cfg.provider} has no ${resource} token (transport ${s.cfg.transport})`,
-        );
-      tokens = await s.refresher.refreshFor(usedRt, resource);
-    } catch (err) {
-      throw await this.refreshFailed(s, err, usedRt);
-    }
-    const t = this.now();
+    const tokens = await this.request(s, resource);
     const expiresAt = tokens.expiry_date!;
-    addSecret(tokens.access_token, { slot: `access-${resource}:${name}`, expiresAt });
-    Object.assign(r, { token: tokens.access_token, expiresAt, obtainedAt: t, forced });
-    s.failures = 0;
-    s.backoffUntil = 0;
+    this.keep(s, r, tokens.access_token, expiresAt, forced, `access-${resource}:${name}`);
     this.log.info('access token refreshed', { account: name, resource, expiresAt: new Date(expiresAt).toISOString() });
     this.metrics?.tokenRefresh(name, true);
     return tokens.access_token;
@@ -255,30 +257,43 @@ export class TokenCache {
     await this.startRefresh(s);
   }
 
+  /** A refresh of the account's own token, whatever the cache holds (refresh, a rejection, the schedule). */
   protected startRefresh(s: Slot, forced = false): Promise<string> {
-    const p = this.doRefresh(s, forced).finally(() => {
-      if (s.inflight === p) s.inflight = undefined;
-    });
-    s.inflight = p;
-    return p;
-  }
-
-  private doRefresh(s: Slot, forced: boolean): Promise<string> {
-    return this.spend(s, () => this.refreshOnce(s, forced));
+    return this.fly(s, () => this.spend(s, () => this.refreshOnce(s, forced)));
   }
 
   private async refreshOnce(s: Slot, forced: boolean): Promise<string> {
+    const tokens = await this.request(s);
+    return this.refreshSucceeded(s, tokens.access_token, tokens.expiry_date!, forced);
+  }
+
+  /** One token request of the account's grant, for its own token or `resource`'s; a failure is recorded (refreshFailed). */
+  private async request(s: Slot, resource?: TokenResource): Promise<TokenResponse> {
     const usedRt = s.rec.refreshToken;
-    let tokens: TokenResponse;
+    const cfg = s.cfg;
     try {
       if (s.configError) throw new AccountConfigError(s.configError);
-      if (!s.refresher)
-        throw new AccountConfigError(`oauth.type ${s.cfg.oauth.type} is not supported for provider ${s.cfg.provider}`);
-      tokens = await s.refresher.refresh(usedRt);
+      if (resource === undefined) {
+        if (!s.refresher)
+          throw new AccountConfigError(`oauth.type ${cfg.oauth.type} is not supported for provider ${cfg.provider}`);
+        return await s.refresher.refresh(usedRt);
+      }
+      if (!s.refresher?.refreshFor)
+        throw new AccountConfigError(
+          `oauth.type ${cfg.oauth.type} of provider ${cfg.provider} has no ${resource} token (transport ${cfg.transport})`,
+        );
+      return await s.refresher.refreshFor(usedRt, resource);
     } catch (err) {
       throw await this.refreshFailed(s, err, usedRt);
     }
-    return this.refreshSucceeded(s, tokens.access_token, tokens.expiry_date!, forced);
+  }
+
+  /** A request succeeded: `h` holds the new token (the redactor's `slot` too) and the account's backoff ends. */
+  private keep(s: Slot, h: Held, accessToken: string, expiresAt: number, forced: boolean, slot: string): void {
+    addSecret(accessToken, { slot, expiresAt });
+    Object.assign(h, { accessToken, expiresAt, obtainedAt: this.now(), forced });
+    s.failures = 0;
+    s.backoffUntil = 0;
   }
 
   /** What a refresher may do to its account: persist a rotation, note a lapse, give up for want of a refresh token. */
@@ -304,14 +319,8 @@ export class TokenCache {
   private async refreshSucceeded(s: Slot, accessToken: string, expiresAt: number, forced: boolean): Promise<string> {
     const name = s.cfg.name;
     const t = this.now();
-    addSecret(accessToken, { slot: `access:${name}`, expiresAt });
-    s.accessToken = accessToken;
-    s.expiresAt = expiresAt;
-    s.obtainedAt = t;
-    s.forced = forced;
+    this.keep(s, s, accessToken, expiresAt, forced, `access:${name}`);
     s.unproven = forced;
-    s.failures = 0;
-    s.backoffUntil = 0;
     const iso = new Date(t).toISOString();
     const expIso = new Date(expiresAt).toISOString();
     const accessTokenFor = tokenIdentity(s.cfg);
@@ -375,7 +384,7 @@ export class TokenCache {
     const wait = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (s.failures - 1));
     s.backoffUntil = t + wait;
     s.rec.lastError = c.message;
-    const stillValid = s.accessToken !== undefined && s.expiresAt !== undefined && s.expiresAt > t;
+    const stillValid = isValid(s, t);
     const level = c.code === 'invalid_client' ? 'error' : 'warn';
     this.log[level](`account ${name}: access token refresh failed; retrying in ${Math.round(wait / 1000)}s`, {
       account: name,

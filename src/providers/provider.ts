@@ -124,7 +124,7 @@ export interface GrantContext {
 export interface Refresher {
   /** A new access token; `refreshToken` is the one the cache holds at the start of the refresh. */
   refresh(refreshToken: string | undefined): Promise<TokenResponse>;
-  /** A token for a second resource of the same grant (Microsoft: Graph for delegated transport auto), rotation as in `refresh`. */
+  /** A token for a second resource of the same grant (Microsoft transport auto: Graph), rotation as in `refresh`. */
   refreshFor?(refreshToken: string | undefined, resource: TokenResource): Promise<TokenResponse>;
 }
 

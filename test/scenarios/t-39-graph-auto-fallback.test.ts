@@ -100,6 +100,18 @@ test(
     ),
 );
 
+/** Waits for account m365's needs-reauth line naming `what`, then for message `id` held for it; returns the line. */
+async function heldForReauth(b: RunningBridge, id: string, what: string): Promise<string> {
+  const line = () => b.logs.find((l) => l.includes('account m365 needs re-authorization') && l.includes(what));
+  await waitFor(() => line() !== undefined, 15_000, `needs-reauth naming ${what}`);
+  await waitFor(
+    () => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('needs-reauth')),
+    15_000,
+    'the message is held for re-authorization',
+  );
+  return line()!;
+}
+
 const SMTP_SEND = 'https://outlook.office.com/SMTP.Send';
 const GRAPH_SEND = 'https://graph.microsoft.com/Mail.Send';
 
@@ -183,15 +195,7 @@ test(
     withAuto(
       async ({ t, exo, b, send }) => {
         const id = await send('a@example.org');
-        const line = () =>
-          b.logs.find((l) => l.includes('account m365 needs re-authorization') && l.includes(GRAPH_SEND));
-        await waitFor(() => line() !== undefined, 15_000, 'needs-reauth naming the Graph consent');
-        assert.match(line()!, /AADSTS65001/);
-        await waitFor(
-          () => b.logs.some((l) => l.includes('"message":"held"') && l.includes(id) && l.includes('needs-reauth')),
-          15_000,
-          'the message is held for re-authorization',
-        );
+        assert.match(await heldForReauth(b, id, GRAPH_SEND), /AADSTS65001/);
         assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth');
         assert.match(b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '', /Mail\.Send/);
         assert.equal(exo.messages.length, 0);
@@ -200,5 +204,47 @@ test(
       },
       (_t, exo) => exo.smtpAuthDisabled.add(MAILBOX),
       [SMTP_SEND],
+    ),
+);
+
+test(
+  'auto (Microsoft, app-only): the client secret expires before the Graph token is asked for: needs-reauth naming AADSTS7000222, the mail held, not bounced',
+  { timeout: 60_000 },
+  () =>
+    withAuto(
+      async ({ t, exo, b, send }) => {
+        const id = await send('a@example.org');
+        await heldForReauth(b, id, 'AADSTS7000222');
+        assert.equal(b.bridge.tokens.state('m365'), 'needs-reauth', 'the account is held, not only this message');
+        assert.match(b.bridge.tokens.status().find((s) => s.account === 'm365')?.lastError ?? '', /AADSTS7000222/);
+        assert.ok(
+          exo.auths.some((a) => !a.ok && /5\.7\.139/.test(a.reply ?? '')),
+          'SMTP AUTH was tried first and refused',
+        );
+        assert.ok(!b.logs.some((l) => l.includes('"message":"bounced"')), 'nothing bounced');
+        assert.equal(t.graph.requests.length, 0, 'Graph was never called without a token');
+        assert.equal(exo.messages.length + t.graph.messages.length, 0);
+        assert.ok(!b.logs.some((l) => l.includes(t.secret)), 'the client secret is in no log line');
+        // The Graph token request is a refresh like any other: counted, the SMTP one and the failed Graph one.
+        const refreshes = async (result: string) =>
+          Number(
+            (await b.bridge.metrics.registry.metrics())
+              .split('\n')
+              .find((l) => l.startsWith('xoauth2_bridge_token_refreshes_total{') && l.includes(`result="${result}"`))
+              ?.split(' ')
+              .pop() ?? 0,
+          );
+        assert.deepEqual([await refreshes('ok'), await refreshes('error')], [1, 1]);
+      },
+      (t, exo) => {
+        exo.smtpAuthDisabled.add(MAILBOX);
+        // The SMTP token is the last one the secret buys: the Graph token request finds it expired.
+        const expire = (r: { grantType: string; ok: boolean }) => {
+          if (r.grantType !== 'client_credentials' || !r.ok) return;
+          t.identity.expireSecret(t.clientId);
+          t.identity.off('request', expire);
+        };
+        t.identity.on('request', expire);
+      },
     ),
 );

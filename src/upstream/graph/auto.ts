@@ -1,25 +1,22 @@
 // transport auto for a Microsoft account: SMTP (XOAUTH2) while Exchange takes it; when
 // Exchange refuses SMTP AUTH for the mailbox (535 5.7.139 SMTP AUTH disabled, or 5.7.3 for
 // an app's token or for a user's fresh token), this message and the account's next ones for an hour go through Microsoft
-// Graph instead of holding the account. The Graph token: app-only, the app's own by client
-// credentials (GraphAppTokens); delegated, the token service's for resource 'graph' (the same
-// refresh token, rotated and single-flight with the SMTP refreshes).
+// Graph instead of holding the account. The Graph token is the token service's for resource
+// 'graph', like the SMTP one: app-only, by client credentials for Graph; delegated, from the
+// same refresh token, rotated and single-flight with the SMTP refreshes.
 import type { Config } from '../../config/schema.js';
 import type { Envelope, MessageSource, SendResult, TokenSource } from '../../types.js';
 import type { Logger } from '../../log/logger.js';
 import { SmtpUpstream } from '../smtp/index.js';
 import type { GraphUpstream } from './index.js';
-import { GraphAppTokens } from './appToken.js';
 import type { Transport } from '../transport.js';
 
 /** How long an account stays on Graph after SMTP AUTH was refused, before SMTP is tried again. */
 export const SMTP_RECHECK_MS = 60 * 60_000;
 
 export class MicrosoftAutoUpstream implements Transport {
-  private config: Config;
   private readonly log: Logger;
   private readonly smtp: SmtpUpstream;
-  private readonly appTokens = new GraphAppTokens();
   private readonly refused = new Map<string, string>();
   private readonly smtpOff = new Map<string, number>();
 
@@ -27,7 +24,6 @@ export class MicrosoftAutoUpstream implements Transport {
     opts: { config: Config; log: Logger; tokens: TokenSource; ehloName?: string },
     private readonly graph: GraphUpstream,
   ) {
-    this.config = opts.config;
     this.log = opts.log.child({ component: 'upstream', transport: 'auto' });
     const outer = opts.tokens;
     // The SMTP side's "hold the account" for a refused SMTP AUTH becomes "use Graph".
@@ -40,12 +36,7 @@ export class MicrosoftAutoUpstream implements Transport {
     };
     this.smtp = new SmtpUpstream({ ...opts, tokens });
     this.graphTokens = {
-      getAccessToken: (a, o) => {
-        const acct = this.config.accounts.find((x) => x.name === a);
-        if (!acct) return Promise.reject(new Error(`account "${a}" is not configured`));
-        if (acct.oauth.type !== 'app') return outer.getAccessToken(a, { ...o, resource: 'graph' });
-        return this.appTokens.get(acct, o?.force);
-      },
+      getAccessToken: (a, o) => outer.getAccessToken(a, { ...o, resource: 'graph' }),
       holdAccount: (a, reason, ms) => outer.holdAccount?.(a, reason, ms),
     };
   }
@@ -53,7 +44,6 @@ export class MicrosoftAutoUpstream implements Transport {
   private readonly graphTokens: TokenSource;
 
   reload(config: Config): void {
-    this.config = config;
     this.smtp.reload(config);
   }
 

@@ -240,10 +240,11 @@ export class TokenService extends TokenCache implements TokenSource, AccountHeal
     const log = this.log;
     try {
       // croner, not node-cron: node-cron formats every tick with Intl.DateTimeFormat, which
-      // maps ICU's time-zone data and costs an idle daemon about 14 MB of RSS.
+      // maps ICU's time-zone data (about 6 MB of an idle daemon's RSS). No `name`: croner
+      // names are process-wide, and a process may hold two services (tests, a reload).
       this.task = new Cron(
         expr,
-        { name: 'token-refresh', protect: true, catch: (e) => log.warn('token refresh job failed', { err: e }) },
+        { protect: true, catch: (e) => log.warn('token refresh job failed', { err: e }) },
         () => this.runScheduledRefresh(),
       );
     } catch (e) {

@@ -187,10 +187,22 @@ test('the cron job refreshes short-lived tokens ahead of expiry by itself', asyn
   }
 });
 
-test('tokens.refreshCron: 5 or 6 fields are taken; anything else is refused naming the key', async () => {
+test('tokens.refreshCron: 5 or 6 fields are taken, two services schedule side by side; anything else is refused naming the key', async () => {
   const w = await oauthWorld();
   try {
     for (const ok of ['*/5 * * * *', '*/1 * * * * *', '0 3 * * 1-5']) w.config({ tokens: { refreshCron: ok } });
+    // Two services in one process (a test, a reload) each schedule their own job.
+    const one = new TokenService({ config: w.config(), log: w.log });
+    const two = new TokenService({ config: w.config(), log: w.log });
+    await one.init();
+    await two.init();
+    try {
+      one.startSchedule();
+      assert.doesNotThrow(() => two.startSchedule());
+    } finally {
+      one.stop();
+      two.stop();
+    }
     for (const bad of ['every 5 minutes', '*/5 * * *', '61 * * * *'])
       assert.throws(
         () => w.config({ tokens: { refreshCron: bad } }),

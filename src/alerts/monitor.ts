@@ -89,8 +89,9 @@ export class AlertMonitor {
     opts.facts.onAccountChange?.((account) => {
       if (this.started) this.accountChanged(account);
     });
-    opts.facts.upstream.onChange((account, since) => {
-      if (this.started) this.upstreamChanged(account, since);
+    // A failing streak started or ended.
+    opts.facts.upstream.onChange((account) => {
+      if (this.started) this.upstreamCheck(account);
     });
   }
 
@@ -220,28 +221,27 @@ export class AlertMonitor {
     else this.clear(key);
   }
 
-  /** A failing streak started (since) or ended (null): alert when it has lasted upstreamFailingFor. */
-  private upstreamChanged(account: string, since: number | null): void {
+  /**
+   * Alerts when the account's failing streak has lasted upstreamFailingFor; a streak not that
+   * old yet is checked again when it will be. Re-armed here, not only when the streak starts:
+   * a timer may fire a millisecond before Date.now() says it is due (the loop's clock is
+   * coarser), and a streak is announced once, so a timer that found it not yet due must try again.
+   */
+  private upstreamCheck(account: string): void {
     clearTimeout(this.upstreamTimers.get(account));
     this.upstreamTimers.delete(account);
-    if (since !== null) {
-      const wait = Math.max(0, since + this.opts.config().alerts.upstreamFailingFor - this.now());
-      const t = setTimeout(() => {
-        this.upstreamTimers.delete(account);
-        this.upstreamCheck(account);
-      }, wait);
-      t.unref();
-      this.upstreamTimers.set(account, t);
-    }
-    this.upstreamCheck(account);
-  }
-
-  private upstreamCheck(account: string): void {
     const now = this.now();
     const key = `upstream-failing:${account}`;
     const since = this.opts.facts.upstream.failingSince(account);
     if (since === null) return this.clear(key, now);
-    if (now - since < this.opts.config().alerts.upstreamFailingFor) return;
+    const left = since + this.opts.config().alerts.upstreamFailingFor - now;
+    if (left > 0) {
+      if (!this.started) return;
+      const t = setTimeout(() => this.upstreamCheck(account), left + 1);
+      t.unref();
+      this.upstreamTimers.set(account, t);
+      return;
+    }
     const lastError = this.statusOf(account)?.status.lastError;
     this.raise(
       {

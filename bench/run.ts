@@ -894,7 +894,7 @@ async function concurrent(): Promise<void> {
         deliveredVsDirect: 0.8,
         deliveredVsPostfix: 1.5,
         data250P50VsDirect: 2,
-        cpuSecPer1000: 3,
+        cpuSecPer1000: 1.5,
         authsPer1000: 10,
       },
       tokenRequestsDuringRun: tokenRequests,
@@ -905,7 +905,7 @@ async function concurrent(): Promise<void> {
         relayCpuSecPer1000For08xDirect: budgetPer1000,
       },
     };
-    const scen = `${CLIENTS} clients x ${P.concN} x 10 KB`;
+    const scen = `${CLIENTS} clients, ${P.concN} x 10 KB in all`;
     row(2, {
       scenario: `${scen}: delivered/s end to end`,
       bridge: f(b.deliveredPerSec),
@@ -947,8 +947,9 @@ async function concurrent(): Promise<void> {
       direct: '-',
       vsDirect: '',
       vsPostfix: x(b.cpuSecPer1000, p?.cpuSecPer1000),
-      target: '<= 3 (3 ms/msg)',
-      met: [b.cpuSecPer1000 <= 3],
+      // Issue 28 target 3: 1.5 ms of the daemon's CPU per message.
+      target: '<= 1.5 (1.5 ms/msg)',
+      met: [b.cpuSecPer1000 <= 1.5],
     });
     row(4.1, {
       scenario: `${scen}: harness CPU s per 1,000 (clients + fake Gmail)`,

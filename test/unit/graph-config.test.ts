@@ -3,16 +3,8 @@
 // for Graph's Mail.Send and refusing a grant without it (nothing stored), and the Bcc quoting.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import https from 'node:https';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
-import { createTestPki, writePki } from '../../src/fakes/ca.js';
-import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../../src/config/schema.js';
 import { TokenService } from '../../src/oauth/service.js';
-import { TokenStore } from '../../src/oauth/store.js';
 import { scopesFor } from '../../src/providers/index.js';
 import { nullLogger } from '../../src/log/logger.js';
 import { graphBccField } from '../../src/upstream/graph/envelope.js';
@@ -20,9 +12,9 @@ import { quoteLocalPart } from '../../src/upstream/addressQuote.js';
 import { maxMessageBytes } from '../../src/upstream/router.js';
 import { GRAPH_MAX_MESSAGE, GRAPH_MAX_REQUEST } from '../../src/upstream/graph/size.js';
 import { GMAIL_API_MAX_BYTES } from '../../src/upstream/gmail-api/index.js';
-import { authorizeToStore, collect } from '../helpers/oauth.js';
+import { authorizeManually, fakeMicrosoftApp, MS_MAILBOX } from '../helpers/microsoft.js';
 
-const MAILBOX = 'printer@contoso.com';
+const MAILBOX = MS_MAILBOX;
 const base = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
 const msAccount = (extra: Record<string, unknown>) => ({
   name: 'm365',
@@ -116,71 +108,13 @@ test('scopes: one resource per token; delegated Mail.Send (+ Mail.Send.Shared fo
 });
 
 async function msWorld() {
-  const dir = await mkdtemp(join(tmpdir(), 'xoauth2-graphauth-'));
-  const pki = await createTestPki();
-  const { caFile } = await writePki(pki, join(dir, 'pki'));
-  const ca = await readFile(caFile);
-  const ms = await FakeMicrosoftIdentity.start({ pki });
-  const clientId = '00000000-1111-2222-3333-666666666666';
-  const secret = `Qx8Q~${Math.random().toString(36).slice(2)}`;
-  ms.registerApp(clientId, secret);
-  ms.consentEmail = MAILBOX;
-  const stateDir = join(dir, 'state');
+  const app = await fakeMicrosoftApp({ name: 'graphauth', clientId: '00000000-1111-2222-3333-666666666666' });
   const config = configSchema.parse({
-    stateDir,
+    stateDir: app.stateDir,
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [
-      {
-        name: 'm365',
-        provider: 'microsoft',
-        email: MAILBOX,
-        transport: 'graph',
-        oauth: {
-          type: 'user',
-          tenant: ms.tenant,
-          authorityHost: ms.authorityHost,
-          clientId,
-          clientSecret: secret,
-          caFile,
-        },
-      },
-    ],
+    accounts: [{ name: 'm365', provider: 'microsoft', email: MAILBOX, transport: 'graph', oauth: app.oauth('user') }],
   });
-  const signIn = (url: string) =>
-    new Promise<string>((resolve, reject) => {
-      https
-        .get(url, { ca }, (res) => {
-          res.resume();
-          if (res.statusCode !== 302 || !res.headers.location)
-            reject(new Error(`sign-in page answered ${res.statusCode}`));
-          else resolve(res.headers.location);
-        })
-        .on('error', reject);
-    });
-  const run = async () => {
-    const input = new PassThrough();
-    let authUrl = '';
-    await authorizeToStore({
-      config,
-      account: 'm365',
-      manual: true,
-      input,
-      output: collect().stream,
-      openUrl: (url) => {
-        authUrl = url;
-        void signIn(url).then((loc) => input.write(`${loc}\n`));
-      },
-    });
-    return authUrl;
-  };
-  const stored = async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365;
-  return {
-    ms,
-    config,
-    run,
-    stored,
-    close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })),
-  };
+  return { ...app, config, run: () => authorizeManually(app, config) };
 }
 
 test('authorize with transport graph asks for Graph Mail.Send; the stored grant gets a token for https://graph.microsoft.com', async () => {

@@ -5,23 +5,21 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
 import http from 'node:http';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { createTestPki, writePki } from '../../src/fakes/ca.js';
-import { FakeMicrosoftIdentity, type MsTokenRequest } from '../../src/fakes/microsoftIdentity.js';
+import type { FakeMicrosoftIdentity, MsTokenRequest } from '../../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../../src/config/schema.js';
 import { authorizeCommand } from '../../src/cli/token.js';
 import { TokenService } from '../../src/oauth/service.js';
-import { TokenStore } from '../../src/oauth/store.js';
 import { nullLogger } from '../../src/log/logger.js';
 import { collect, authorizeToStore } from '../helpers/oauth.js';
 import { microsoftIssuer } from '../../src/providers/microsoft/clouds.js';
 import { createPublicKey, type JsonWebKey as NodeJwk, verify } from 'node:crypto';
 import { waitFor } from '../helpers/wait.js';
+import { fakeMicrosoftApp, MS_MAILBOX } from '../helpers/microsoft.js';
 
-const MAILBOX = 'printer@contoso.com';
+const MAILBOX = MS_MAILBOX;
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
 /**
@@ -36,16 +34,13 @@ async function world(
     fakeTenant?: string;
   } = {},
 ) {
-  const dir = await mkdtemp(join(tmpdir(), 'xoauth2-msauth-'));
-  const pki = await createTestPki();
-  const { caFile } = await writePki(pki, join(dir, 'pki'));
-  const ca = await readFile(caFile);
-  const ms = await FakeMicrosoftIdentity.start({ pki, ...(opts.fakeTenant ? { tenant: opts.fakeTenant } : {}) });
-  const clientId = '00000000-1111-2222-3333-555555555555';
-  const secret = opts.publicClient ? undefined : `Qx8Q~${Math.random().toString(36).slice(2)}`;
-  ms.registerApp(clientId, secret ?? null, { publicClient: opts.publicClient });
-  ms.consentEmail = MAILBOX;
-  const stateDir = join(dir, 'state');
+  const app = await fakeMicrosoftApp({
+    name: 'msauth',
+    clientId: '00000000-1111-2222-3333-555555555555',
+    publicClient: opts.publicClient,
+    fakeTenant: opts.fakeTenant,
+  });
+  const { ms, stateDir } = app;
   const config = () =>
     configSchema.parse({
       stateDir,
@@ -56,47 +51,10 @@ async function world(
           provider: 'microsoft',
           email: MAILBOX,
           ...(opts.transport ? { transport: opts.transport } : {}),
-          oauth: {
-            type: 'user',
-            tenant: opts.tenant?.(ms) ?? ms.tenant,
-            authorityHost: ms.authorityHost,
-            clientId,
-            ...(secret ? { clientSecret: secret } : {}),
-            caFile,
-          },
+          oauth: app.oauth('user', { tenant: opts.tenant?.(ms) ?? ms.tenant }),
         },
       ],
     });
-  /** Plays the browser at the sign-in page: GET the URL, return the redirect Location. */
-  const signIn = (url: string) =>
-    new Promise<string>((resolve, reject) => {
-      https
-        .get(url, { ca }, (res) => {
-          res.resume();
-          if (res.statusCode !== 302 || !res.headers.location)
-            reject(new Error(`sign-in page answered ${res.statusCode}`));
-          else resolve(res.headers.location);
-        })
-        .on('error', reject);
-    });
-  /** POST a form to the fake (the user at the device login page, or a raw token request). */
-  const post = (url: string, form: Record<string, string>) =>
-    new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
-      const req = https.request(
-        url,
-        { method: 'POST', ca, headers: { 'Content-Type': 'application/x-www-form-urlencoded' } },
-        (res) => {
-          let body = '';
-          res.on('data', (c: Buffer) => (body += c.toString()));
-          res.on('end', () =>
-            resolve({ status: res.statusCode ?? 0, body: JSON.parse(body) as Record<string, unknown> }),
-          );
-        },
-      );
-      req.on('error', reject);
-      req.end(new URLSearchParams(form).toString());
-    });
-  const stored = async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365;
   const tokensFile = () => readFile(join(stateDir, 'tokens.json'), 'utf8').catch(() => '(none)');
   /** `authorize --manual` through the CLI command: the user signs in at the fake and pastes the redirect. */
   const manual = async () => {
@@ -145,22 +103,7 @@ async function world(
       svc.stop();
     }
   };
-  const w = {
-    dir,
-    ca,
-    ms,
-    clientId,
-    secret,
-    config,
-    signIn,
-    post,
-    stored,
-    tokensFile,
-    manual,
-    device,
-    grantWorks,
-    close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })),
-  };
+  const w = { ...app, config, tokensFile, manual, device, grantWorks };
   return w;
 }
 

@@ -4,40 +4,27 @@
 // a forced refresh after a 401 shared, an expired secret -> needs-reauth, every request counted.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createAppCertificate, createTestPki, writePki } from '../../src/fakes/ca.js';
-import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../../src/config/schema.js';
 import { NeedsReauthError, TokenService } from '../../src/oauth/service.js';
-import { TokenStore } from '../../src/oauth/store.js';
 import { createLogger } from '../../src/log/logger.js';
 import { isLiveSecret } from '../../src/log/redact.js';
 import { collect } from '../helpers/oauth.js';
+import { fakeMicrosoftApp, MS_MAILBOX } from '../helpers/microsoft.js';
 
-const MAILBOX = 'printer@contoso.com';
+const MAILBOX = MS_MAILBOX;
 const SMTP_APP = 'https://outlook.office365.com/.default';
 const GRAPH_APP = 'https://graph.microsoft.com/.default';
 
 async function world(opts: { certificate?: boolean } = {}) {
-  const dir = await mkdtemp(join(tmpdir(), 'xoauth2-msautoapp-'));
-  const pki = await createTestPki();
-  const { caFile } = await writePki(pki, join(dir, 'pki'));
-  const ms = await FakeMicrosoftIdentity.start({ pki });
-  const clientId = '00000000-1111-2222-3333-888888888888';
-  const secret = `Qx8Q~${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-  let credentials: Record<string, string> = { clientSecret: secret };
-  if (opts.certificate) {
-    const app = await createAppCertificate();
-    ms.registerApp(clientId, null);
-    ms.uploadCertificate(clientId, app.cert);
-    credentials = { certificateFile: join(dir, 'app.crt'), privateKeyFile: join(dir, 'app.key') };
-    await writeFile(credentials.certificateFile, app.cert);
-    await writeFile(credentials.privateKeyFile, app.key, { mode: 0o600 });
-  } else ms.registerApp(clientId, secret);
-  ms.allowMailbox(clientId, MAILBOX);
-  const stateDir = join(dir, 'state');
+  const app = await fakeMicrosoftApp({
+    name: 'msautoapp',
+    clientId: '00000000-1111-2222-3333-888888888888',
+    certificate: opts.certificate,
+  });
+  const { ms, stateDir, dir } = app;
+  ms.allowMailbox(app.clientId, MAILBOX);
   const sink = collect();
   const log = createLogger({ level: 'debug', format: 'json', stream: sink.stream });
   const configFor = (extra: Record<string, unknown> = {}) =>
@@ -50,14 +37,7 @@ async function world(opts: { certificate?: boolean } = {}) {
           provider: 'microsoft',
           email: MAILBOX,
           transport: 'auto',
-          oauth: {
-            type: 'app',
-            tenant: ms.tenant,
-            authorityHost: ms.authorityHost,
-            clientId,
-            ...credentials,
-            caFile,
-          },
+          oauth: app.oauth('app'),
           ...extra,
         },
       ],
@@ -73,19 +53,18 @@ async function world(opts: { certificate?: boolean } = {}) {
   const graphRequests = () => ms.requests.filter((r) => r.grantType === 'client_credentials' && r.scope === GRAPH_APP);
   return {
     ms,
-    clientId,
-    secret,
+    clientId: app.clientId,
+    secret: app.secret,
     svc,
     counted,
     graphRequests,
     configFor,
     privateKey: () => readFile(join(dir, 'app.key'), 'utf8'),
     logs: sink.text,
-    stored: async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365,
+    stored: app.stored,
     close: async () => {
       svc.stop();
-      await ms.close();
-      await rm(dir, { recursive: true, force: true });
+      await app.close();
     },
   };
 }
@@ -128,7 +107,7 @@ test(
     );
     assert.deepEqual(w.counted, ['m365 ok', 'm365 ok'], 'both refreshes counted in the metrics');
     assert.equal(w.svc.state('m365'), 'ok');
-    assert.ok(!w.logs().includes(tokens[0]) && !w.logs().includes(w.secret), 'no token or secret in the logs');
+    assert.ok(!w.logs().includes(tokens[0]) && !w.logs().includes(w.secret!), 'no token or secret in the logs');
   }),
 );
 
@@ -176,7 +155,7 @@ test(
     const asked = w.ms.requests.length;
     await assert.rejects(w.svc.getAccessToken('m365', { resource: 'graph', force: true }), NeedsReauthError);
     assert.equal(w.ms.requests.length, asked);
-    assert.ok(!w.logs().includes(w.secret), 'the client secret never reaches the logs');
+    assert.ok(!w.logs().includes(w.secret!), 'the client secret never reaches the logs');
   }),
 );
 

@@ -4,21 +4,14 @@
 // time (the fake makes each refresh token usable once, so a race shows as invalid_grant).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import https from 'node:https';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
-import { createTestPki, writePki } from '../../src/fakes/ca.js';
-import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
 import { configSchema } from '../../src/config/schema.js';
 import { NeedsReauthError, TokenService } from '../../src/oauth/service.js';
-import { TokenStore } from '../../src/oauth/store.js';
 import { scopesFor, signInScopesFor } from '../../src/providers/index.js';
 import { createLogger } from '../../src/log/logger.js';
-import { authorizeToStore, collect } from '../helpers/oauth.js';
+import { collect } from '../helpers/oauth.js';
+import { authorizeManually, fakeMicrosoftApp, MS_MAILBOX } from '../helpers/microsoft.js';
 
-const MAILBOX = 'printer@contoso.com';
+const MAILBOX = MS_MAILBOX;
 const SMTP = 'https://outlook.office.com/SMTP.Send';
 const GRAPH = 'https://graph.microsoft.com/Mail.Send';
 /** What a delegated sign-in adds so its id_token names who signed in (never in a refresh). */
@@ -58,93 +51,23 @@ test('config: transport auto is accepted for a delegated Microsoft account; the 
 });
 
 async function world() {
-  const dir = await mkdtemp(join(tmpdir(), 'xoauth2-msauto-'));
-  const pki = await createTestPki();
-  const { caFile } = await writePki(pki, join(dir, 'pki'));
-  const ca = await readFile(caFile);
-  const ms = await FakeMicrosoftIdentity.start({ pki });
-  const clientId = '00000000-1111-2222-3333-777777777777';
-  const secret = `Qx8Q~${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-  ms.registerApp(clientId, secret);
-  ms.consentEmail = MAILBOX;
-  const stateDir = join(dir, 'state');
+  const app = await fakeMicrosoftApp({ name: 'msauto', clientId: '00000000-1111-2222-3333-777777777777' });
   const sink = collect();
   const log = createLogger({ level: 'debug', format: 'json', stream: sink.stream });
   const config = configSchema.parse({
-    stateDir,
+    stateDir: app.stateDir,
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [
-      msAccount({
-        oauth: {
-          type: 'user',
-          tenant: ms.tenant,
-          authorityHost: ms.authorityHost,
-          clientId,
-          clientSecret: secret,
-          caFile,
-        },
-      }),
-    ],
+    accounts: [msAccount({ oauth: app.oauth('user') })],
   });
-  const signIn = (url: string) =>
-    new Promise<string>((resolve, reject) => {
-      https
-        .get(url, { ca }, (res) => {
-          res.resume();
-          if (res.statusCode !== 302 || !res.headers.location)
-            reject(new Error(`sign-in page answered ${res.statusCode}`));
-          else resolve(res.headers.location);
-        })
-        .on('error', reject);
-    });
-  const authorize = async () => {
-    const input = new PassThrough();
-    let authUrl = '';
-    await authorizeToStore({
-      config,
-      account: 'm365',
-      manual: true,
-      input,
-      output: collect().stream,
-      openUrl: (url) => {
-        authUrl = url;
-        // A refused sign-in ends the paste flow instead of leaving it waiting.
-        void signIn(url).then(
-          (loc) => input.write(`${loc}\n`),
-          () => input.end(),
-        );
-      },
-    });
-    return authUrl;
-  };
-  /** A raw token request to the fake, as any client could send it. */
-  const tokenRequest = (form: Record<string, string>) =>
-    new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
-      const req = https.request(
-        ms.tokenUrl,
-        { method: 'POST', ca, headers: { 'Content-Type': 'application/x-www-form-urlencoded' } },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () =>
-            resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) }),
-          );
-        },
-      );
-      req.on('error', reject);
-      req.end(new URLSearchParams({ client_id: clientId, client_secret: secret, ...form }).toString());
-    });
-  const stored = async () => (await new TokenStore({ stateDir, key: null }).load()).accounts.m365;
   return {
-    ms,
-    clientId,
+    ...app,
     config,
     log,
     logs: sink.text,
-    authorize,
-    tokenRequest,
-    stored,
-    close: async () => (await ms.close(), await rm(dir, { recursive: true, force: true })),
+    authorize: () => authorizeManually(app, config),
+    /** A raw token request to the fake, as any client could send it. */
+    tokenRequest: (form: Record<string, string>) =>
+      app.post(app.ms.tokenUrl, { client_id: app.clientId, client_secret: app.secret!, ...form }),
   };
 }
 

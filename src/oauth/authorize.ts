@@ -104,7 +104,9 @@ type UserAccount = Config['accounts'][number] & { oauth: { type: 'user' } };
 async function deviceSignIn(opts: AuthorizeOptions, acct: UserAccount): Promise<SignInGrant> {
   const p = providerFor(acct);
   if (!p.signIn.device)
-    throw new AuthorizeError(`--device is not available for ${p.label} accounts: ${p.signIn.noDevice ?? ''}`.trim());
+    throw new AuthorizeError(
+      `--device is not available for ${p.label} accounts: ${p.signIn.noDevice ?? ''} Use --manual on a machine without a browser.`,
+    );
   const device = await p.signIn.device(acct, (ms) => delay(ms, undefined, { signal: opts.signal }));
   const c = device.code;
   opts.output.write(

@@ -155,7 +155,7 @@ export interface Provider {
     redirect(a: SignInAccount, redirectUri: string, state: string): Promise<RedirectFlow>;
     /** The device code (RFC 8628), where the provider allows it for the account's scopes. */
     device?(a: SignInAccount, sleep: (ms: number) => Promise<void>): Promise<DeviceFlow>;
-    /** Without `device`: why not, and what to use instead (shown to the user). */
+    /** Without `device`: why not, one sentence (each surface adds what to use instead). */
     noDevice?: string;
   };
   defaults(a: RawAccount): ProviderDefaults;

@@ -900,8 +900,9 @@ test('console device sign-in (Microsoft): the code and URL on the page, approved
     const google = await x.get('/accounts/office/authorize');
     assert.match(
       google.body,
-      /id="no-device">Sign in with a code is not offered for Google accounts: Google refuses the Gmail scope in the device flow/,
+      /id="no-device">Sign in with a code is not offered for Google accounts: Google refuses the Gmail scope in the device flow\. Use the address above and paste where it lands\./,
     );
+    assert.doesNotMatch(google.body, /--manual on a machine/, 'the page offers its own paste, not a CLI option');
     assert.doesNotMatch(google.body, /id="device-start"/);
     assert.equal((await x.post('/accounts/office/authorize/cancel')).status, 303);
     assert.match((await x.get('/accounts')).body, /id="flash">Authorization of office cancelled\./);

@@ -322,7 +322,7 @@ test('microsoft authorize --device: an expired device code ends with a clear err
         input: new PassThrough(),
         output: collect().stream,
       }),
-      /--device is not available for Google accounts: Google refuses the Gmail scope/,
+      /--device is not available for Google accounts: Google refuses the Gmail scope in the device flow\. Use --manual/,
     );
   } finally {
     await w.close();

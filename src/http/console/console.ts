@@ -312,7 +312,7 @@ function deviceOffer(acct: Config['accounts'][number]): DeviceOffer {
   if (p.signIn.device) return { offered: true };
   return {
     offered: false,
-    why: `Sign in with a code is not offered for ${p.label} accounts: ${p.signIn.noDevice ?? ''}`.trim(),
+    why: `Sign in with a code is not offered for ${p.label} accounts: ${p.signIn.noDevice ?? ''} Use the address above and paste where it lands.`,
   };
 }
 

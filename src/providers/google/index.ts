@@ -26,7 +26,7 @@ export const google: Provider = {
   clientFile: true,
   signIn: {
     redirect: googleRedirect,
-    noDevice: 'Google refuses the Gmail scope in the device flow. Use --manual on a machine without a browser.',
+    noDevice: 'Google refuses the Gmail scope in the device flow.',
   },
   // Google revokes refresh tokens of apps in "Testing" publishing status 7 days after issue.
   grantAgeLimit: {

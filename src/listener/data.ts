@@ -48,12 +48,15 @@ export async function receiveData(
   const ip = session.remoteAddress;
   let disconnected = false;
   const limit = tighter(ctx.transportLimitOf(tx.account), listener.maxMessageSize);
+  // Both callbacks get this message's one header section: its From values are read once.
+  let from: string[] | undefined;
+  const fromOf = (header: string) => (from ??= headerValues(header, 'from'));
   const filter = new MessageFilter({
     maxBytes: limit?.bytes ?? listener.maxMessageSize,
     tooBigText: limit ? tooBigText(limit) : undefined,
-    prepareHeaders: (header) => (headerValues(header, 'from').some((v) => v.includes('=?')) ? loadWordDecoder() : null),
+    prepareHeaders: (header) => (fromOf(header).some((v) => v.includes('=?')) ? loadWordDecoder() : null),
     inspectHeaders: (header) => {
-      const fromValues = headerValues(header, 'from');
+      const fromValues = fromOf(header);
       const bad = checkFromHeaders(fromValues, tx.policy, { nullSender: mailFrom === '' });
       if (!bad) return null;
       if (listener.fromHeader === 'rewrite') {

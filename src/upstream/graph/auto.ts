@@ -1,7 +1,7 @@
 // transport auto for a Microsoft account: SMTP (XOAUTH2) while Exchange takes it; when
 // Exchange refuses SMTP AUTH for the mailbox (535 5.7.139 SMTP AUTH disabled, or 5.7.3 for
-// an app's token or for a user's fresh token), this message and the account's next ones for an hour go through Microsoft
-// Graph instead of holding the account. The Graph token is the token service's for resource
+// an app's token or for a user's fresh token), this message and the account's next ones for
+// an hour go through Microsoft Graph instead of holding the account. The Graph token is the token service's for resource
 // 'graph', like the SMTP one: app-only, by client credentials for Graph; delegated, from the
 // same refresh token, rotated and single-flight with the SMTP refreshes.
 import type { Config } from '../../config/schema.js';
@@ -17,7 +17,6 @@ export const SMTP_RECHECK_MS = 60 * 60_000;
 export class MicrosoftAutoUpstream implements Transport {
   private readonly log: Logger;
   private readonly smtp: SmtpUpstream;
-  private readonly refused = new Map<string, string>();
   private readonly smtpOff = new Map<string, number>();
 
   constructor(
@@ -26,12 +25,12 @@ export class MicrosoftAutoUpstream implements Transport {
   ) {
     this.log = opts.log.child({ component: 'upstream', transport: 'auto' });
     const outer = opts.tokens;
-    // The SMTP side's "hold the account" for a refused SMTP AUTH becomes "use Graph".
+    // The SMTP side's "hold the account" for a refused SMTP AUTH is dropped: that message's
+    // result says so (refusal), and send() turns it into "use Graph".
     const tokens: TokenSource = {
       getAccessToken: (a, o) => outer.getAccessToken(a, o),
       holdAccount: (a, reason, ms, code) => {
-        if (code === 'smtp-auth-refused') this.refused.set(a, reason);
-        else outer.holdAccount?.(a, reason, ms, code);
+        if (code !== 'smtp-auth-refused') outer.holdAccount?.(a, reason, ms, code);
       },
     };
     this.smtp = new SmtpUpstream({ ...opts, tokens });
@@ -59,9 +58,9 @@ export class MicrosoftAutoUpstream implements Transport {
     if ((this.smtpOff.get(env.account) ?? 0) > Date.now())
       return this.graph.send(env, message, { tokens: this.graphTokens });
     const r = await this.smtp.send(env, message);
-    const why = this.refused.get(env.account) ?? (r.refusal === 'smtp-auth-refused' ? r.response : undefined);
-    if (!why) return r;
-    this.refused.delete(env.account);
+    // This message's own result only: another message's refusal on another pooled connection
+    // says nothing about whether this one was accepted (it may have been: never send it twice).
+    if (r.refusal !== 'smtp-auth-refused' || r.accepted.length) return r;
     this.smtpOff.set(env.account, Date.now() + SMTP_RECHECK_MS);
     this.log.warn(
       `transport auto: Exchange refused SMTP AUTH for account ${env.account}; sending through Microsoft Graph for the next hour`,

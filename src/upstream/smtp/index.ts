@@ -269,6 +269,7 @@ export class SmtpUpstream implements RegisteredTransport {
             response: `${replyText(err)} (held: ${ms.hold.replace(/ACCOUNT\b/g, acct.name)})`,
             accepted,
             rejected,
+            ...(ms.smtpAuthRefused ? { refusal: 'smtp-auth-refused' as const } : {}),
           };
         }
         if (!renewed && (e instanceof TokenRejected || (err.code === 'EAUTH' && classifyError(err) === 'auth'))) {

@@ -65,6 +65,18 @@ async function world() {
     log,
     logs: sink.text,
     authorize: () => authorizeManually(app, config),
+    /** A token service for m365 holding a grant consented for `scopes` (its first refresh token: rt0), stopped after `fn`. */
+    withService: async (scopes: string[], fn: (svc: TokenService, rt0: string) => Promise<void>) => {
+      const rt0 = app.ms.issueRefreshToken(app.clientId, MAILBOX, scopes);
+      const svc = new TokenService({ config, log });
+      await svc.init();
+      await svc.importRefreshToken('m365', rt0);
+      try {
+        await fn(svc, rt0);
+      } finally {
+        svc.stop();
+      }
+    },
     /** A raw token request to the fake, as any client could send it. */
     tokenRequest: (form: Record<string, string>) =>
       app.post(app.ms.tokenUrl, { client_id: app.clientId, client_secret: app.secret!, ...form }),
@@ -174,13 +186,10 @@ test('token service (auto, delegated): SMTP and Graph tokens asked for at once n
 }, async () => {
   const w = await world();
   try {
-    const rt0 = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP, GRAPH]);
-    const issued: string[] = [rt0];
-    w.ms.on('issued', (e: { refreshToken?: string }) => e.refreshToken && issued.push(e.refreshToken));
-    const svc = new TokenService({ config: w.config, log: w.log });
-    await svc.init();
-    await svc.importRefreshToken('m365', rt0);
-    try {
+    const issued: string[] = [];
+    await w.withService([SMTP, GRAPH], async (svc, rt0) => {
+      issued.push(rt0);
+      w.ms.on('issued', (e: { refreshToken?: string }) => e.refreshToken && issued.push(e.refreshToken));
       // Round 1: a forced SMTP refresh, two Graph callers and one SMTP caller, all at once.
       const [, graph, graph2, smtp] = await Promise.all([
         svc.refresh('m365'),
@@ -207,9 +216,7 @@ test('token service (auto, delegated): SMTP and Graph tokens asked for at once n
       await svc.refresh('m365');
       assert.equal((await w.stored())?.refreshToken, issued.at(-1));
       assert.equal(w.ms.requests.filter((r) => !r.ok).length, 0);
-    } finally {
-      svc.stop();
-    }
+    });
     assert.ok(!issued.some((rt) => w.logs().includes(rt)), 'no refresh token in the logs');
   } finally {
     await w.close();
@@ -221,11 +228,7 @@ test('token service (auto, delegated): a grant without Graph consent -> needs-re
 }, async () => {
   const w = await world();
   try {
-    const rt0 = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP]);
-    const svc = new TokenService({ config: w.config, log: w.log });
-    await svc.init();
-    await svc.importRefreshToken('m365', rt0);
-    try {
+    await w.withService([SMTP], async (svc) => {
       await svc.getAccessToken('m365');
       const kept = (await w.stored())?.refreshToken;
       await assert.rejects(
@@ -244,9 +247,7 @@ test('token service (auto, delegated): a grant without Graph consent -> needs-re
         w.logs(),
         /account m365 needs re-authorization: .*graph\.microsoft\.com\/Mail\.Send.*authorize m365/,
       );
-    } finally {
-      svc.stop();
-    }
+    });
   } finally {
     await w.close();
   }
@@ -257,11 +258,7 @@ test('token service (auto, delegated): an SMTP refresh queued behind a Graph ref
 }, async () => {
   const w = await world();
   try {
-    const rt0 = w.ms.issueRefreshToken(w.clientId, MAILBOX, [SMTP]);
-    const svc = new TokenService({ config: w.config, log: w.log });
-    await svc.init();
-    await svc.importRefreshToken('m365', rt0);
-    try {
+    await w.withService([SMTP], async (svc) => {
       const [graph, smtp] = await Promise.allSettled([
         svc.getAccessToken('m365', { resource: 'graph' }),
         svc.getAccessToken('m365'),
@@ -272,9 +269,7 @@ test('token service (auto, delegated): an SMTP refresh queued behind a Graph ref
       assert.equal(w.ms.requests.length, 1, 'one token request: the Graph refresh');
       assert.equal(svc.state('m365'), 'needs-reauth');
       assert.equal((await w.stored())?.state, 'needs-reauth');
-    } finally {
-      svc.stop();
-    }
+    });
   } finally {
     await w.close();
   }

@@ -210,6 +210,19 @@ export class FakeMicrosoftIdentity extends EventEmitter {
     return `${this.authorityHost}/devicelogin`;
   }
 
+  /**
+   * The `oauth` block of an account that signs in here with app `clientId` (registered with
+   * registerApp): `credentials` is { clientSecret } or { certificateFile, privateKeyFile }.
+   */
+  accountOAuth(
+    type: 'user' | 'app',
+    clientId: string,
+    credentials: Record<string, string>,
+    caFile: string,
+  ): Record<string, unknown> {
+    return { type, tenant: this.tenant, authorityHost: this.authorityHost, clientId, ...credentials, caFile };
+  }
+
   registerApp(
     clientId: string,
     secret: string | null,

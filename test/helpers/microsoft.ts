@@ -54,12 +54,7 @@ export async function fakeMicrosoftApp(o: MicrosoftAppOptions) {
     stateDir,
     /** The account's oauth block for this app (`extra` overrides, e.g. another tenant). */
     oauth: (type: 'user' | 'app', extra: Record<string, unknown> = {}) => ({
-      type,
-      tenant: ms.tenant,
-      authorityHost: ms.authorityHost,
-      clientId: o.clientId,
-      ...credentials,
-      caFile,
+      ...ms.accountOAuth(type, o.clientId, credentials, caFile),
       ...extra,
     }),
     /** Plays the browser at the sign-in page: GET the URL, return the redirect Location. */

@@ -75,7 +75,7 @@ async function withMs(
         name: 'm365',
         provider: 'microsoft',
         email: MAILBOX,
-        oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, ...creds, caFile: world.caFile },
+        oauth: ms.accountOAuth(type, clientId, creds, world.caFile),
         upstream: { host: 'localhost', port: exo.port, caFile: world.caFile },
         ...(opts.limits ? { limits: opts.limits } : {}),
       },

@@ -33,7 +33,7 @@ async function msWorld() {
           name: 'm365',
           provider: 'microsoft',
           email: 'printer@contoso.com',
-          oauth: { type, tenant: ms.tenant, authorityHost: ms.authorityHost, clientId, clientSecret: secret, caFile },
+          oauth: ms.accountOAuth(type, clientId, { clientSecret: secret }, caFile),
         },
       ],
     });

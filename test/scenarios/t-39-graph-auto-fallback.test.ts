@@ -67,6 +67,19 @@ async function withAuto(
   }
 }
 
+type Auto = Parameters<Parameters<typeof withAuto>[0]>[0];
+
+/** One message to a@example.org reaches Graph as `caller`, never Exchange, and the switch is logged. */
+async function sentThroughGraph({ t, exo, b, send }: Auto, caller: string, what?: string): Promise<void> {
+  await send('a@example.org');
+  await t.graph.waitForMessages(1, 15_000);
+  assert.equal(t.graph.messages[0].caller, caller, what);
+  assert.equal(exo.messages.length, 0);
+  assert.ok(
+    b.logs.some((l) => l.includes('Exchange refused SMTP AUTH for account m365; sending through Microsoft Graph')),
+  );
+}
+
 test('auto (Microsoft, app-only): SMTP while Exchange takes it; Graph is not used', { timeout: 60_000 }, () =>
   withAuto(async ({ t, exo, send }) => {
     await send('a@example.org');
@@ -80,16 +93,9 @@ test(
   { timeout: 60_000 },
   () =>
     withAuto(
-      async ({ t, exo, b, send }) => {
-        await send('a@example.org');
-        await t.graph.waitForMessages(1, 15_000);
-        assert.equal(t.graph.messages[0].caller, `app:${t.clientId}`, "with the app's Graph token");
-        assert.equal(exo.messages.length, 0);
-        assert.ok(
-          b.logs.some((l) =>
-            l.includes('Exchange refused SMTP AUTH for account m365; sending through Microsoft Graph'),
-          ),
-        );
+      async (x) => {
+        const { t, exo, b, send } = x;
+        await sentThroughGraph(x, `app:${t.clientId}`, "with the app's Graph token");
         assert.ok(!b.logs.some((l) => l.includes('account m365 is held')), 'the account was not held');
         const auths = exo.auths.length;
         await send('b@example.org');
@@ -120,19 +126,12 @@ test(
   { timeout: 60_000 },
   () =>
     withAuto(
-      async ({ t, exo, b, send }) => {
-        await send('a@example.org');
-        await t.graph.waitForMessages(1, 15_000);
-        assert.equal(t.graph.messages[0].caller, MAILBOX, "with the user's delegated Graph token");
-        assert.equal(exo.messages.length, 0);
+      async (x) => {
+        const { t, exo, b, send } = x;
+        await sentThroughGraph(x, MAILBOX, "with the user's delegated Graph token");
         assert.ok(
           exo.auths.some((a) => !a.ok && /5\.7\.139/.test(a.reply ?? '')),
           'SMTP AUTH was tried and refused',
-        );
-        assert.ok(
-          b.logs.some((l) =>
-            l.includes('Exchange refused SMTP AUTH for account m365; sending through Microsoft Graph'),
-          ),
         );
         // The next message goes to Graph directly; then a canary proves the first was sent once.
         await send('b@example.org');
@@ -166,20 +165,13 @@ test(
   { timeout: 60_000 },
   () =>
     withAuto(
-      async ({ t, exo, b, send }) => {
-        await send('a@example.org');
-        await t.graph.waitForMessages(1, 15_000);
-        assert.equal(t.graph.messages[0].caller, MAILBOX);
-        assert.equal(exo.messages.length, 0);
+      async (x) => {
+        const { exo, b } = x;
+        await sentThroughGraph(x, MAILBOX);
         assert.equal(
           exo.auths.filter((a) => !a.ok && /5\.7\.3\b/.test(a.reply ?? '')).length,
           2,
           'SMTP AUTH refused twice: the first token, then a fresh one',
-        );
-        assert.ok(
-          b.logs.some((l) =>
-            l.includes('Exchange refused SMTP AUTH for account m365; sending through Microsoft Graph'),
-          ),
         );
         assert.equal(b.bridge.tokens.state('m365'), 'ok', 'the grant is not marked needs-reauth');
       },

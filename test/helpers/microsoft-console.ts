@@ -5,7 +5,7 @@
 import { startFakeWorld, bridgeConfig, type FakeWorld } from '../../src/fakes/world.js';
 import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
 import { FakeExchange } from '../../src/fakes/exchange.js';
-import { startBridge, type RunningBridge } from './bridge.js';
+import { message, sendThroughBridge, startBridge, type RunningBridge } from './bridge.js';
 
 export const MS_MAILBOX = 'printer@contoso.com';
 
@@ -17,6 +17,8 @@ export interface MicrosoftConsole {
   b: RunningBridge;
   /** Refresh tokens the identity platform issued (to scan pages and logs for). */
   refreshTokens: string[];
+  /** The copier sends one message as the mailbox to boss@example.org; resolves the reply to DATA. */
+  sendAsCopier(subject: string): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -70,5 +72,16 @@ export async function startMicrosoftConsole(): Promise<MicrosoftConsole> {
     await close();
     throw e;
   }
-  return { world, ms, exo, b, refreshTokens, close };
+  const sendAsCopier = async (subject: string) =>
+    (
+      await sendThroughBridge({
+        port: b.port,
+        user: 'copier',
+        pass: world.user.password,
+        from: MS_MAILBOX,
+        to: ['boss@example.org'],
+        raw: message({ from: MS_MAILBOX, to: 'boss@example.org', subject }),
+      })
+    ).response;
+  return { world, ms, exo, b, refreshTokens, sendAsCopier, close };
 }

@@ -23,10 +23,8 @@ import {
   type RunningBridge,
 } from '../helpers/bridge.js';
 import { callOwner } from '../../src/control/client.js';
-import type { FakeMicrosoftIdentity, MsTokenRequest } from '../../src/fakes/microsoftIdentity.js';
-import type { FakeExchange } from '../../src/fakes/exchange.js';
-import type { FakeWorld } from '../../src/fakes/world.js';
-import { startMicrosoftConsole, MS_MAILBOX } from '../helpers/microsoft-console.js';
+import type { MsTokenRequest } from '../../src/fakes/microsoftIdentity.js';
+import { startMicrosoftConsole, MS_MAILBOX, type MicrosoftConsole } from '../helpers/microsoft-console.js';
 import { waitFor } from '../helpers/wait.js';
 
 const run = promisify(execFile);
@@ -769,18 +767,12 @@ test('Hold and Release from the console: an operator hold keeps a deferred messa
 const SMTP_SEND = 'https://outlook.office.com/SMTP.Send';
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
-interface MsConsole {
-  world: FakeWorld;
-  ms: FakeMicrosoftIdentity;
-  exo: FakeExchange;
-  b: RunningBridge;
+interface MsConsole extends Omit<MicrosoftConsole, 'close'> {
   base: string;
   cookie: string;
   csrf: string;
   /** Every body the console answered in this test (scanned for the device code and tokens). */
   bodies: string[];
-  /** Refresh tokens the identity platform issued during the test. */
-  refreshTokens: string[];
   get(path: string, headers?: Record<string, string>): Promise<Res>;
   /** A POST as the console's own page sends it (session, CSRF token, same Origin), with overrides. */
   post(path: string, o?: { form?: Record<string, string>; headers?: Record<string, string> }): Promise<Res>;
@@ -794,7 +786,8 @@ interface MsConsole {
 
 /** The Microsoft console world (test/helpers/microsoft-console.ts) and a logged-in session. */
 async function withMsConsole(fn: (x: MsConsole) => Promise<void>): Promise<void> {
-  const { world, ms, exo, b, refreshTokens, close } = await startMicrosoftConsole();
+  const mc = await startMicrosoftConsole();
+  const { world, ms, b, close } = mc;
   const ca = readFileSync(world.caFile, 'utf8');
   const bodies: string[] = [];
   const tracked = async (p: Promise<Res>) => {
@@ -808,15 +801,11 @@ async function withMsConsole(fn: (x: MsConsole) => Promise<void>): Promise<void>
     const csrf = csrfOf((await request(`${base}/accounts`, { headers: { Cookie: cookie } })).body);
     assert.ok(csrf);
     await fn({
-      world,
-      ms,
-      exo,
-      b,
+      ...mc,
       base,
       cookie,
       csrf,
       bodies,
-      refreshTokens,
       get: (path, headers = {}) => tracked(request(`${base}${path}`, { headers: { Cookie: cookie, ...headers } })),
       post: (path, o = {}) =>
         tracked(
@@ -873,15 +862,7 @@ test('console device sign-in (Microsoft): the code and URL on the page, approved
 }, async () => {
   await withMsConsole(async (x) => {
     // A message for m365 finds its grant gone: the account turns needs-reauth and the message waits.
-    const sent = await sendThroughBridge({
-      port: x.b.port,
-      user: 'copier',
-      pass: x.world.user.password,
-      from: MS_MAILBOX,
-      to: ['boss@example.org'],
-      raw: message({ from: MS_MAILBOX, to: 'boss@example.org', subject: 'held for a code' }),
-    });
-    assert.match(sent.response, /^250 /);
+    assert.match(await x.sendAsCopier('held for a code'), /^250 /);
     await waitFor(
       async () => /1 held \(needs-reauth\)/.test((await x.get('/accounts')).body),
       20_000,

@@ -187,15 +187,7 @@ test('browser: Microsoft account, Sign in with a code: read the code off the pag
     assert.match(page.url(), /\/accounts$/);
 
     // m365's grant is gone: its next message is held, the account needs re-authorization.
-    const sent = await sendThroughBridge({
-      port: x.b.port,
-      user: 'copier',
-      pass: x.world.user.password,
-      from: MS_MAILBOX,
-      to: ['boss@example.org'],
-      raw: message({ from: MS_MAILBOX, to: 'boss@example.org', subject: 'scan' }),
-    });
-    assert.match(sent.response, /^250 /);
+    assert.match(await x.sendAsCopier('scan'), /^250 /);
     const stateCell = () => page.textContent('tr[data-account="m365"] td.state');
     await reloadUntil(page, async () => (await stateCell())?.trim() === 'needs-reauth', 'm365 needs-reauth');
 

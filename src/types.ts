@@ -48,7 +48,9 @@ export interface Recipient {
  */
 export interface SpooledEnvelope extends Envelope {
   version: 2 | 3;
-  /** Version 3: SHA-256 (hex) of the message bytes, checked when a spool is opened after a stop or crash. */
+  /** Version 3: CRC-32 (8 hex digits) of the message bytes, checked when a spool is opened after a stop or crash. */
+  crc32?: string;
+  /** The same, in files written before CRC-32 (or on Node 22.0/22.1): SHA-256 (hex). */
   sha256?: string;
   rcpts: Recipient[];
   state: Exclude<MessageState, 'in-flight' | 'corrupt'>;

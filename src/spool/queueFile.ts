@@ -3,9 +3,9 @@
 // ID.eml + ID.json, read as they are; version-1 envelopes are migrated on read.
 import { type FileHandle, open, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
 import type { Recipient, SpooledEnvelope } from '../types.js';
 import { isQueueId } from './ids.js';
+import { matchesChecksum } from './checksum.js';
 import { openMessage } from './message.js';
 
 /** The footer that ends every queue file: "\nXB3 <length of the envelope JSON before it>\n". */
@@ -87,12 +87,11 @@ export async function readQueueFileAt(
     }
     if (env.version !== 3 || env.size !== start || !path.endsWith(`${env.id}.msg`))
       return { kind: 'corrupt', error: 'queue file envelope does not match the file' };
-    if (opts.verify && env.sha256) {
-      const hash = createHash('sha256');
-      for await (const c of openMessage({ path, size: start })) hash.update(c as Buffer);
-      if (hash.digest('hex') !== env.sha256)
-        return { kind: 'corrupt', error: 'message bytes do not match the SHA-256 in the queue file' };
-    }
+    if (opts.verify && !(await matchesChecksum(env, openMessage({ path, size: start }))))
+      return {
+        kind: 'corrupt',
+        error: `message bytes do not match the ${env.crc32 !== undefined ? 'CRC-32' : 'SHA-256'} in the queue file`,
+      };
     return { kind: 'ok', env };
   } finally {
     await fh.close();

@@ -20,11 +20,11 @@
 // the in-memory copies; split, those rules would be spread over several files.
 import { open, readdir, readFile, rename, mkdir, access, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
 import type { MessageSource, Recipient, SpooledEnvelope } from '../types.js';
 import type { Logger } from '../log/logger.js';
 import { safeWrite, unlinkQuiet, writeAll } from '../fs/safeWrite.js';
 import { openMessage } from './message.js';
+import { newChecksum } from './checksum.js';
 import { checkSpoolDir } from './dirs.js';
 import { DirSync } from './dirSync.js';
 import { isQueueId, newQueueId } from './ids.js';
@@ -282,7 +282,7 @@ export class Spool {
       } catch (e) {
         writeErr = e;
       }
-      const hash = createHash('sha256');
+      const sum = newChecksum();
       // Chunks are copied into one batch buffer: few large writes, no per-message growth,
       // and a source that reuses its buffers cannot change what we already accepted. It
       // starts small and doubles up to WRITE_BATCH: a fresh full-size buffer per 10 KB message
@@ -323,7 +323,7 @@ export class Spool {
         if (opts.maxBytes !== undefined && size > opts.maxBytes) over = true;
         // After a failure keep reading to the end so the SMTP dialogue stays in step.
         if (writeErr || over) continue;
-        hash.update(buf);
+        sum.update(buf);
         await put(buf);
       }
       if (over) throw new SpoolSizeError(size, opts.maxBytes!);
@@ -339,7 +339,7 @@ export class Spool {
         state: 'queued',
         reason: null,
         size,
-        sha256: hash.digest('hex'),
+        ...sum.fields(),
         clientIp: meta.clientIp,
         bodyType: meta.bodyType,
         smtputf8: meta.smtputf8,

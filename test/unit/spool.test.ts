@@ -18,6 +18,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
+import zlib from 'node:zlib';
 import { Readable } from 'node:stream';
 import {
   Spool,
@@ -29,6 +30,7 @@ import {
 } from '../../src/spool/spool.js';
 import type { SpooledEnvelope } from '../../src/types.js';
 import { newQueueId } from '../../src/spool/ids.js';
+import { footer } from '../../src/spool/queueFile.js';
 import { readHeaderBlock } from '../../src/spool/headers.js';
 import { nullLogger } from '../../src/log/logger.js';
 import { waitFor } from '../helpers/wait.js';
@@ -66,7 +68,7 @@ async function spoolFiles(spool: Spool): Promise<string[]> {
 
 /** A message as an older version of the bridge spooled it: ID.eml (the message alone) + ID.json (version 2). */
 async function writeOldFormat(spool: Spool, env: SpooledEnvelope, msg = MSG): Promise<SpooledEnvelope> {
-  const { sha256: _h, ...rest } = env;
+  const { sha256: _h, crc32: _c, ...rest } = env;
   const old: SpooledEnvelope = { ...rest, version: 2, size: msg.length };
   await writeFile(join(spool.dir, `${env.id}.eml`), msg);
   await writeFile(spool.envelopePath(env.id), JSON.stringify(old, null, 2) + '\n');
@@ -74,6 +76,7 @@ async function writeOldFormat(spool: Spool, env: SpooledEnvelope, msg = MSG): Pr
 }
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const crc32 = (b: Buffer) => zlib.crc32(b).toString(16).padStart(8, '0');
 
 test('receive stores the exact bytes and the envelope in one queue file, 0600', async () => {
   await withDir(async (dir) => {
@@ -91,7 +94,8 @@ test('receive stores the exact bytes and the envelope in one queue file, 0600', 
     assert.equal(Number(m[2]), Buffer.byteLength(m[1]));
     assert.deepEqual(JSON.parse(m[1]), env);
     assert.equal((await stat(spool.queueFilePath(env.id))).mode & 0o777, 0o600);
-    assert.equal(env.sha256, sha256(MSG));
+    assert.equal(env.crc32, crc32(MSG));
+    assert.equal(env.sha256, undefined, 'new files keep one checksum');
     assert.equal(env.size, MSG.length);
     assert.deepEqual(env.rcptTo, meta.rcptTo);
     assert.deepEqual(
@@ -306,10 +310,13 @@ test('a 25 MB message is streamed: RSS stays flat and the bytes are intact', asy
     assert.ok(growth < 16, `RSS grew by ${growth.toFixed(1)} MB`);
     assert.equal(env.size, total);
     const onDisk = createHash('sha256');
-    for await (const c of openMessage(spool.message(env))) onDisk.update(c as Buffer);
-    const expected = hash.digest('hex');
-    assert.equal(onDisk.digest('hex'), expected);
-    assert.equal(env.sha256, expected);
+    let onDiskCrc = 0;
+    for await (const c of openMessage(spool.message(env))) {
+      onDisk.update(c as Buffer);
+      onDiskCrc = zlib.crc32(c as Buffer, onDiskCrc);
+    }
+    assert.equal(onDisk.digest('hex'), hash.digest('hex'));
+    assert.equal(env.crc32, onDiskCrc.toString(16).padStart(8, '0'));
   });
 });
 
@@ -692,7 +699,7 @@ test('an older spool (ID.eml + version-2 ID.json) is read after an upgrade: list
   });
 });
 
-test('a queue file whose bytes do not match its envelope (SHA-256) is quarantined in corrupt/ at start, never queued', async () => {
+test('a queue file whose bytes do not match its envelope (CRC-32) is quarantined in corrupt/ at start, never queued', async () => {
   await withDir(async (dir) => {
     const log = recordingLogger();
     const counted: string[] = [];
@@ -719,9 +726,43 @@ test('a queue file whose bytes do not match its envelope (SHA-256) is quarantine
       corrupt.map((c) => c.id),
       [bad.id],
     );
-    assert.match(corrupt[0].error, /SHA-256/);
+    assert.match(corrupt[0].error, /CRC-32/);
     assert.equal(await again.removeCorrupt(bad.id), true);
     assert.deepEqual(await again.listCorrupt(), []);
+  });
+});
+
+test('queue files written before CRC-32 (SHA-256 in the envelope) are still checked with it after an upgrade', async () => {
+  await withDir(async (dir) => {
+    const spool = new Spool(dir, nullLogger);
+    await spool.init();
+    /** Rewrites a queue file as the previous release wrote it: the same bytes, SHA-256 in the envelope. */
+    const asBefore = async (env: SpooledEnvelope, damage: boolean) => {
+      const { crc32: _c, ...rest } = env;
+      const json = Buffer.from(JSON.stringify({ ...rest, sha256: sha256(MSG) }));
+      const body = Buffer.from(MSG);
+      if (damage) body[5] ^= 0x20;
+      await writeFile(spool.queueFilePath(env.id), Buffer.concat([body, json, footer(json.length)]));
+    };
+    const good = await spool.receive([MSG], meta);
+    const bad = await spool.receive([MSG], meta);
+    await asBefore(good, false);
+    await asBefore(bad, true);
+
+    const again = new Spool(dir, nullLogger);
+    await again.init();
+    const queued = await again.list();
+    assert.deepEqual(
+      queued.map((e) => [e.id, e.sha256]),
+      [[good.id, sha256(MSG)]],
+    );
+    assert.deepEqual(await readMessage(again.message(queued[0])), MSG);
+    const corrupt = await again.listCorrupt();
+    assert.deepEqual(
+      corrupt.map((c) => c.id),
+      [bad.id],
+    );
+    assert.match(corrupt[0].error, /SHA-256/);
   });
 });
 

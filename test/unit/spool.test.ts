@@ -1007,3 +1007,14 @@ test('serve with a planted spool/failed symlink does not start: exit 1, the path
     assert.deepEqual(await readdir(elsewhere), []);
   });
 });
+
+test('queue ids: 16 uppercase base36 characters, in arrival order, with a random tail of 5', () => {
+  const ids = Array.from({ length: 3000 }, (_, i) => newQueueId(1_800_000_000_000 + Math.floor(i / 1000)));
+  for (const id of ids) assert.match(id, /^[0-9A-Z]{16}$/);
+  assert.deepEqual([...ids].sort(), ids, 'sorted by time, then by the per-process sequence');
+  const tails = new Set(ids.map((id) => id.slice(-5)));
+  assert.ok(tails.size > 2990, `random tails repeat: ${tails.size} distinct of 3000`);
+  // Every position of the tail takes its whole alphabet (a tail cut from a shorter number would not).
+  const firsts = new Set(ids.map((id) => id[11]));
+  assert.ok(firsts.size >= 30, `first tail character took ${firsts.size} values`);
+});

@@ -107,6 +107,13 @@ export interface ReceiveOptions {
  */
 const RECENT_MAX_BYTES = 4 * 1024 * 1024;
 /**
+ * Largest message kept there. A message larger than one write batch is copied aside as it is
+ * written; beyond this it is read back from its file. 256 KB: a 100 KB message read back cost
+ * seven thread-pool jobs (access, open, four reads, close) on the delivery side, which fell
+ * behind acceptance at 16 and 64 clients (`npm run bench -- --only 8`).
+ */
+const RECENT_MAX_MESSAGE = 256 * 1024;
+/**
  * The receive batch grows from FIRST_BATCH to at most WRITE_BATCH. 64 KB, not 256 KB: with
  * 20 concurrent 20 MB messages the peak RSS was 154-156 MB at 256 KB and 137-143 MB at 64 KB
  * (`npm run bench -- --only 3`, three runs each), at the same MB/s; 32 KB gained nothing more.
@@ -290,10 +297,14 @@ export class Spool {
       let batch = Buffer.allocUnsafe(FIRST_BATCH);
       let used = 0;
       let flushed = 0;
+      // Copies of the flushed batches while the message may still be kept in memory.
+      let kept: Buffer[] | null = [];
       const flush = async () => {
         const n = used;
         used = 0;
         flushed += n;
+        if (kept && flushed <= RECENT_MAX_MESSAGE) kept.push(Buffer.from(batch.subarray(0, n)));
+        else kept = null;
         if (!fh || writeErr || !n) return;
         try {
           await writeAll(fh, batch.subarray(0, n));
@@ -348,13 +359,20 @@ export class Spool {
         nextAttemptAt: now,
         ...(meta.isBounce ? { isBounce: true } : {}),
       };
-      // Nothing flushed yet: the whole message is the start of the batch (kept below only if
-      // the envelope after it did not flush the batch either, which would reuse it).
-      let inMemory = !writeErr && flushed === 0 && used === size ? batch.subarray(0, size) : undefined;
+      // The message stays in memory for delivery: nothing flushed yet, it is the start of the
+      // batch (kept only if the envelope after it does not flush the batch, which reuses it);
+      // or up to RECENT_MAX_MESSAGE, the copies of its flushed batches and the rest.
+      let inMemory: Buffer | undefined;
+      if (!writeErr && flushed === 0 && used === size) inMemory = batch.subarray(0, size);
+      else if (!writeErr && kept && size <= RECENT_MAX_MESSAGE && flushed + used === size)
+        inMemory = Buffer.concat([...kept, batch.subarray(0, used)], size);
+      kept = null;
       if (!writeErr) {
+        const batchWasMessage = flushed === 0;
         const trailer = Buffer.from(JSON.stringify(env));
         await put(Buffer.concat([trailer, footer(trailer.length)]));
-        if (flushed) inMemory = undefined;
+        // A flush reuses the batch, which then no longer holds the message.
+        if (batchWasMessage && flushed) inMemory = undefined;
         await flush();
       }
       if (writeErr) throw new SpoolWriteError(`spool write failed: ${errText(writeErr)}`, { cause: writeErr });

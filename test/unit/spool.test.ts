@@ -869,7 +869,7 @@ test('kill -9 during a receive: before the commit point nothing half-written is 
   }
 });
 
-test('a small message just received is handed to delivery from memory, the same bytes as its queue file; a big one and a restarted spool read the file', async () => {
+test('a message up to 256 KB just received is handed to delivery from memory, the same bytes as its queue file; a bigger one and a restarted spool read the file', async () => {
   await withDir(async (dir) => {
     const spool = new Spool(dir, nullLogger);
     await spool.init();
@@ -881,8 +881,26 @@ test('a small message just received is handed to delivery from memory, the same 
     assert.deepEqual(src.bytes, MSG);
     assert.deepEqual((await readFile(spool.queueFilePath(env.id))).subarray(0, env.size), src.bytes);
     assert.deepEqual(await readMessage(src), MSG);
+    // 100 KB from a source that reuses one 16 KB buffer: several write batches, kept as copies.
+    const ring = Buffer.alloc(16 * 1024);
+    const expected: Buffer[] = [];
+    async function* reusing() {
+      for (let i = 0; i < 7; i++) {
+        ring.fill(0x41 + i);
+        expected.push(Buffer.from(ring));
+        yield ring;
+      }
+    }
+    const mid = await spool.receive(reusing(), meta);
+    assert.equal(mid.size, 7 * 16 * 1024);
+    assert.deepEqual(spool.message(mid).bytes, Buffer.concat(expected), 'a 112 KB message is kept, byte for byte');
+    assert.deepEqual((await readFile(spool.queueFilePath(mid.id))).subarray(0, mid.size), Buffer.concat(expected));
+    const edge = await spool.receive([Buffer.alloc(256 * 1024, 0x62)], meta);
+    assert.equal(spool.message(edge).bytes?.length, 256 * 1024, '256 KB is still kept');
+    const over = await spool.receive([Buffer.alloc(256 * 1024 + 1, 0x63)], meta);
+    assert.equal(spool.message(over).bytes, undefined, 'past 256 KB: read from the file');
     const big = await spool.receive([Buffer.alloc(600_000, 0x61)], meta);
-    assert.equal(spool.message(big).bytes, undefined, 'past the write batch: read from the file');
+    assert.equal(spool.message(big).bytes, undefined, 'read from the file');
     assert.equal((await readMessage(spool.message(big))).length, 600_000);
     const restarted = new Spool(dir, nullLogger);
     await restarted.init();
@@ -891,6 +909,7 @@ test('a small message just received is handed to delivery from memory, the same 
     assert.deepEqual(await readMessage(restarted.message(again)), MSG);
     await spool.remove(env.id);
     assert.equal(spool.message(env).bytes, undefined, 'dropped once delivered');
+    for (const e of [mid, edge, over]) await spool.remove(e.id);
     assert.deepEqual(await spoolFiles(spool), [`${big.id}.msg`]);
   });
 });

@@ -8,12 +8,30 @@ import { join } from 'node:path';
 import { createAppCertificate, createTestPki, writePki } from '../../src/fakes/ca.js';
 import { FakeMicrosoftIdentity } from '../../src/fakes/microsoftIdentity.js';
 import { PassThrough } from 'node:stream';
-import type { Config } from '../../src/config/schema.js';
+import { type Config, configSchema } from '../../src/config/schema.js';
 import { TokenStore } from '../../src/oauth/store.js';
 import { authorizeToStore, collect } from './oauth.js';
 
 /** The mailbox the accounts send as, and the user who signs in unless a test says otherwise. */
 export const MS_MAILBOX = 'printer@contoso.com';
+
+/** A config's stateDir and listener, for config checks that start no daemon. */
+export const MS_CONFIG_BASE = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
+
+/** A delegated Microsoft account m365 for MS_MAILBOX in tenant contoso.com, `extra` on top (config checks). */
+export const msAccount = (extra: Record<string, unknown> = {}) => ({
+  name: 'm365',
+  provider: 'microsoft',
+  email: MS_MAILBOX,
+  oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc' },
+  ...extra,
+});
+
+/** What the config schema refuses in `cfg`, one `path: message` line each (none: it parses). */
+export function configIssues(cfg: unknown): string[] {
+  const r = configSchema.safeParse(cfg);
+  return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+}
 
 export interface MicrosoftAppOptions {
   /** Names the temp directory (which test made it). */
@@ -57,6 +75,24 @@ export async function fakeMicrosoftApp(o: MicrosoftAppOptions) {
       ...ms.accountOAuth(type, o.clientId, credentials, caFile),
       ...extra,
     }),
+    /**
+     * The config of one account m365 for MS_MAILBOX with this app's `type` oauth block:
+     * `account` adds account keys (transport, ...), `oauthExtra` overrides oauth keys (tenant, ...).
+     */
+    config: (type: 'user' | 'app', account: Record<string, unknown> = {}, oauthExtra: Record<string, unknown> = {}) =>
+      configSchema.parse({
+        stateDir,
+        listeners: MS_CONFIG_BASE.listeners,
+        accounts: [
+          {
+            name: 'm365',
+            provider: 'microsoft',
+            email: MS_MAILBOX,
+            oauth: { ...ms.accountOAuth(type, o.clientId, credentials, caFile), ...oauthExtra },
+            ...account,
+          },
+        ],
+      }),
     /** Plays the browser at the sign-in page: GET the URL, return the redirect Location. */
     signIn: (url: string) =>
       new Promise<string>((resolve, reject) => {

@@ -12,22 +12,13 @@ import { quoteLocalPart } from '../../src/upstream/addressQuote.js';
 import { maxMessageBytes } from '../../src/upstream/router.js';
 import { GRAPH_MAX_MESSAGE, GRAPH_MAX_REQUEST } from '../../src/upstream/graph/size.js';
 import { GMAIL_API_MAX_BYTES } from '../../src/upstream/gmail-api/index.js';
-import { authorizeManually, fakeMicrosoftApp, MS_MAILBOX } from '../helpers/microsoft.js';
-
-const MAILBOX = MS_MAILBOX;
-const base = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
-const msAccount = (extra: Record<string, unknown>) => ({
-  name: 'm365',
-  provider: 'microsoft',
-  email: MAILBOX,
-  oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc' },
-  ...extra,
-});
-
-function issues(cfg: unknown): string[] {
-  const r = configSchema.safeParse(cfg);
-  return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
-}
+import {
+  authorizeManually,
+  configIssues as issues,
+  fakeMicrosoftApp,
+  MS_CONFIG_BASE as base,
+  msAccount,
+} from '../helpers/microsoft.js';
 
 test('config: graph is for Microsoft, gmail-api/auto for Google, each refused elsewhere with its key path; apiUrl defaults per provider', () => {
   assert.deepEqual(issues({ ...base, accounts: [msAccount({ transport: 'graph' })] }), []);
@@ -109,11 +100,7 @@ test('scopes: one resource per token; delegated Mail.Send (+ Mail.Send.Shared fo
 
 async function msWorld() {
   const app = await fakeMicrosoftApp({ name: 'graphauth', clientId: '00000000-1111-2222-3333-666666666666' });
-  const config = configSchema.parse({
-    stateDir: app.stateDir,
-    listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [{ name: 'm365', provider: 'microsoft', email: MAILBOX, transport: 'graph', oauth: app.oauth('user') }],
-  });
+  const config = app.config('user', { transport: 'graph' });
   return { ...app, config, run: () => authorizeManually(app, config) };
 }
 

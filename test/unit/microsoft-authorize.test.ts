@@ -42,19 +42,7 @@ async function world(
   });
   const { ms, stateDir } = app;
   const config = () =>
-    configSchema.parse({
-      stateDir,
-      listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-      accounts: [
-        {
-          name: 'm365',
-          provider: 'microsoft',
-          email: MAILBOX,
-          ...(opts.transport ? { transport: opts.transport } : {}),
-          oauth: app.oauth('user', { tenant: opts.tenant?.(ms) ?? ms.tenant }),
-        },
-      ],
-    });
+    app.config('user', opts.transport ? { transport: opts.transport } : {}, { tenant: opts.tenant?.(ms) ?? ms.tenant });
   const tokensFile = () => readFile(join(stateDir, 'tokens.json'), 'utf8').catch(() => '(none)');
   /** `authorize --manual` through the CLI command: the user signs in at the fake and pastes the redirect. */
   const manual = async () => {

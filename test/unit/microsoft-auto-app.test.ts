@@ -6,7 +6,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { configSchema } from '../../src/config/schema.js';
 import { NeedsReauthError, TokenService } from '../../src/oauth/service.js';
 import { createLogger } from '../../src/log/logger.js';
 import { isLiveSecret } from '../../src/log/redact.js';
@@ -23,25 +22,11 @@ async function world(opts: { certificate?: boolean } = {}) {
     clientId: '00000000-1111-2222-3333-888888888888',
     certificate: opts.certificate,
   });
-  const { ms, stateDir, dir } = app;
+  const { ms, dir } = app;
   ms.allowMailbox(app.clientId, MAILBOX);
   const sink = collect();
   const log = createLogger({ level: 'debug', format: 'json', stream: sink.stream });
-  const configFor = (extra: Record<string, unknown> = {}) =>
-    configSchema.parse({
-      stateDir,
-      listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-      accounts: [
-        {
-          name: 'm365',
-          provider: 'microsoft',
-          email: MAILBOX,
-          transport: 'auto',
-          oauth: app.oauth('app'),
-          ...extra,
-        },
-      ],
-    });
+  const configFor = (extra: Record<string, unknown> = {}) => app.config('app', { transport: 'auto', ...extra });
   const config = configFor();
   const counted: string[] = [];
   const svc = new TokenService({

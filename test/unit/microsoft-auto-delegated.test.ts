@@ -9,44 +9,39 @@ import { NeedsReauthError, TokenService } from '../../src/oauth/service.js';
 import { scopesFor, signInScopesFor } from '../../src/providers/index.js';
 import { createLogger } from '../../src/log/logger.js';
 import { collect } from '../helpers/oauth.js';
-import { authorizeManually, fakeMicrosoftApp, MS_MAILBOX } from '../helpers/microsoft.js';
+import {
+  authorizeManually,
+  configIssues as issues,
+  fakeMicrosoftApp,
+  MS_CONFIG_BASE as base,
+  MS_MAILBOX,
+  msAccount,
+} from '../helpers/microsoft.js';
 
 const MAILBOX = MS_MAILBOX;
 const SMTP = 'https://outlook.office.com/SMTP.Send';
 const GRAPH = 'https://graph.microsoft.com/Mail.Send';
 /** What a delegated sign-in adds so its id_token names who signed in (never in a refresh). */
 const OPENID = ['openid', 'profile', 'email'];
-const base = { stateDir: '/tmp/x', listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }] };
-const msAccount = (extra: Record<string, unknown>) => ({
-  name: 'm365',
-  provider: 'microsoft',
-  email: MAILBOX,
-  transport: 'auto',
-  oauth: { type: 'user', tenant: 'contoso.com', clientId: 'abc' },
-  ...extra,
-});
-
-function issues(cfg: unknown): string[] {
-  const r = configSchema.safeParse(cfg);
-  return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
-}
+/** The delegated transport auto account these checks are about. */
+const autoAccount = (extra: Record<string, unknown>) => msAccount({ transport: 'auto', ...extra });
 
 test('config: transport auto is accepted for a delegated Microsoft account; the sign-in asks for SMTP and Graph, each token for one', {
   timeout: 30_000,
 }, () => {
-  assert.deepEqual(issues({ ...base, accounts: [msAccount({})] }), []);
-  const a = configSchema.parse({ ...base, accounts: [msAccount({})] }).accounts[0];
+  assert.deepEqual(issues({ ...base, accounts: [autoAccount({})] }), []);
+  const a = configSchema.parse({ ...base, accounts: [autoAccount({})] }).accounts[0];
   assert.deepEqual(signInScopesFor(a), [SMTP, GRAPH, 'offline_access', ...OPENID]);
   assert.deepEqual(scopesFor(a), [SMTP, 'offline_access'], 'the token the cache holds is the SMTP one');
-  const gov = configSchema.parse({ ...base, accounts: [msAccount({ cloud: 'usgov' })] }).accounts[0];
+  const gov = configSchema.parse({ ...base, accounts: [autoAccount({ cloud: 'usgov' })] }).accounts[0];
   assert.deepEqual(signInScopesFor(gov), [SMTP, 'https://graph.microsoft.us/Mail.Send', 'offline_access', ...OPENID]);
   // SMTP with a delegated token cannot send as another mailbox, so auto keeps refusing mailbox:.
   assert.match(
-    issues({ ...base, accounts: [msAccount({ mailbox: 'info@contoso.com' })] }).join('\n'),
+    issues({ ...base, accounts: [autoAccount({ mailbox: 'info@contoso.com' })] }).join('\n'),
     /^accounts\.0\.mailbox: /,
   );
   // Other transports keep their single-resource sign-in.
-  const smtp = configSchema.parse({ ...base, accounts: [msAccount({ transport: 'smtp' })] }).accounts[0];
+  const smtp = configSchema.parse({ ...base, accounts: [autoAccount({ transport: 'smtp' })] }).accounts[0];
   assert.deepEqual(signInScopesFor(smtp), [SMTP, 'offline_access', ...OPENID]);
 });
 
@@ -57,7 +52,7 @@ async function world() {
   const config = configSchema.parse({
     stateDir: app.stateDir,
     listeners: [{ name: 'local', host: '127.0.0.1', port: 2525 }],
-    accounts: [msAccount({ oauth: app.oauth('user') })],
+    accounts: [autoAccount({ oauth: app.oauth('user') })],
   });
   return {
     ...app,
